@@ -1,0 +1,67 @@
+"""The ``filter-templates`` command: a thin layer over the library.
+
+Each subcommand is one module in this package exposing ``add_parser(subparsers)`` and
+``run(args) -> int``. Every bad input ends here as one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from typing import NoReturn, Sequence
+
+from ..errors import UsageError
+
+PROG = "filter-templates"
+COMMANDS = ("templates", "fit", "train", "sweep", "report", "export")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one line and exit 2 like every other usage error."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see '{self.prog} --help')")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .. import __version__
+
+    parser = _Parser(prog=PROG, description="Shrink CNNs with filter distribution templates.")
+    parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}_cmd")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}_cmd":
+                continue  # command not built yet
+            raise
+        module.add_parser(sub)
+    return parser
+
+
+def error_line(message: str) -> str:
+    return f"{PROG}: error: {' '.join(str(message).split())}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        if not getattr(args, "command", None):
+            parser.print_help(sys.stderr)
+            return 2
+        return int(args.run(args) or 0)
+    except UsageError as exc:
+        print(error_line(str(exc)), file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(error_line("interrupted"), file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

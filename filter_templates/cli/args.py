@@ -1,0 +1,56 @@
+"""Argument types shared by the subcommands: each refuses bad input with a message that says what
+is accepted, which the CLI turns into one error line."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+
+def positive_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a positive finite number") from None
+    if not math.isfinite(v) or v <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive finite number")
+    return v
+
+
+def positive_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected a positive integer") from None
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
+    return v
+
+
+def nonnegative_int(text: str) -> int:
+    try:
+        v = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected an integer >= 0") from None
+    if v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative; expected an integer >= 0")
+    return v
+
+
+def add_model_args(p: argparse.ArgumentParser, *, template_many: bool) -> None:
+    """--model, --template, --width, --classes, --divisor, --floor: how every command names a model."""
+    from ..models import family_names
+
+    p.add_argument("--model", required=True, metavar="M", help=f"model family: {', '.join(family_names())}")
+    if template_many:
+        p.add_argument("--template", action="append", metavar="T", dest="templates",
+                       help="template name (repeatable; default: all), explicit counts 'c1,c2,...', "
+                            "or a function 'module:function'")
+    else:
+        p.add_argument("--template", default="base", metavar="T",
+                       help="template name, explicit counts 'c1,c2,...', or a function 'module:function' (default: base)")
+    p.add_argument("--classes", type=positive_int, default=10, metavar="N", help="number of classes (default: 10)")
+    p.add_argument("--divisor", type=positive_int, default=1, metavar="K",
+                   help="round every layer to a multiple of K, e.g. 8 for tensor cores (default: 1)")
+    p.add_argument("--floor", type=positive_int, default=1, metavar="N",
+                   help="smallest filter count of any layer (default: 1)")
