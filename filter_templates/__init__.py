@@ -2,11 +2,29 @@
 
 The flow: ``templates`` (pure arithmetic) -> ``models`` (families) -> ``arch`` (a buildable record)
 -> ``measure`` / ``fit`` (resources, budgets) -> ``data`` -> ``train`` -> ``sweep`` -> ``report``.
+
+Names are imported lazily so that ``import filter_templates.templates`` stays free of torch.
 """
 
-from .arch import Arch, make_arch
-from .errors import UsageError
-from .templates import distribute, register_template, template_names
+from __future__ import annotations
+
+import importlib
+from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Arch", "make_arch", "UsageError", "distribute", "register_template", "template_names", "__version__"]
+
+_EXPORTS = {
+    "Arch": "arch",
+    "make_arch": "arch",
+    "UsageError": "errors",
+    "distribute": "templates",
+    "register_template": "templates",
+    "template_names": "templates",
+}
+__all__ = [*_EXPORTS, "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
