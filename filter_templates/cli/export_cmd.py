@@ -1,0 +1,33 @@
+"""``filter-templates export``: a run directory's model as ONNX or TorchScript."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..export import FORMATS
+
+    p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript",
+                       description="Rebuild a run's model from its architecture record and weights "
+                                   "(model.pt, else the last checkpoint) and export it with a dynamic batch "
+                                   "dimension. Input: float NCHW [N, 3, 32, 32], normalised like the training "
+                                   "data; output: logits.")
+    p.add_argument("--run", dest="run_dir", required=True, metavar="DIR", help="run directory written by `filter-templates train`")
+    p.add_argument("--format", required=True, choices=FORMATS, help="onnx (needs the onnx extra) or torchscript")
+    p.add_argument("--out", metavar="FILE", help="output file (default: DIR/model.onnx or DIR/model.torchscript.pt)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import export_run
+
+    path = export_run(args.run_dir, args.format, args.out)
+    if args.json:
+        print(json.dumps({"run": str(args.run_dir), "format": args.format, "path": str(path),
+                          "bytes": path.stat().st_size}))
+    else:
+        print(f"wrote {path} ({path.stat().st_size:,} bytes)")
+    return 0

@@ -1,0 +1,160 @@
+"""``filter-templates train``: train one templated model into a run directory (SPEC section 7)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+from .args import nonnegative_int, positive_float, positive_int
+
+# TrainConfig fields a --config file may carry (a run's own config.json does); `fit --save` files
+# carry only "arch" among them, and their other keys ("fit", ...) are ignored.
+_TRAIN_KEYS = ("dataset", "data_dir", "download", "epochs", "batch_size", "lr", "momentum", "weight_decay",
+               "seed", "device", "channels_last", "bf16", "limit_train", "limit_test")
+_DEFAULTS: dict[str, Any] = {"template": "base", "width": 1.0, "divisor": 1, "floor": 1}
+
+
+def nonnegative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a number >= 0") from None
+    if not v >= 0 or v == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
+    return v
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..models import family_names
+    from ..train import DEVICES
+
+    p = sub.add_parser(
+        "train", help="train one templated model into a run directory",
+        description="Train a templated model with the paper's protocol (SGD momentum 0.9, weight decay 5e-4, "
+                    "lr divided by 10 at 50%% and 75%% of the epochs). The run directory gets config.json, "
+                    "metrics.jsonl, checkpoint.pt (every epoch), model.pt and summary.json. The number of "
+                    "classes is the dataset's.")
+    m = p.add_argument_group("model (or --config FILE from `fit --save`; flags given here override it)")
+    m.add_argument("--model", metavar="M", help=f"model family: {', '.join(family_names())}")
+    m.add_argument("--template", metavar="T", help="template name, explicit counts 'c1,c2,...', "
+                                                   "or a function 'module:function' (default: base)")
+    m.add_argument("--width", type=positive_float, metavar="W", help="width multiplier (default: 1.0)")
+    m.add_argument("--divisor", type=positive_int, metavar="K", help="round every layer to a multiple of K (default: 1)")
+    m.add_argument("--floor", type=positive_int, metavar="N", help="smallest filter count of any layer (default: 1)")
+    m.add_argument("--config", metavar="FILE", help="JSON file with an 'arch' record (written by `fit --save`, "
+                                                    "or a run's config.json)")
+    d = p.add_argument_group("data")
+    d.add_argument("--dataset", metavar="D", help="cifar10, cifar100, digits (embedded, default) or synthetic")
+    d.add_argument("--data-dir", metavar="DIR", help="where the dataset is (or goes, with --download)")
+    d.add_argument("--download", action="store_true", default=None, help="fetch the official archive if missing")
+    d.add_argument("--limit-train", type=positive_int, metavar="N", help="use only the first N training images")
+    d.add_argument("--limit-test", type=positive_int, metavar="N", help="use only the first N test images")
+    t = p.add_argument_group("training")
+    t.add_argument("--epochs", type=positive_int, metavar="N", help="epochs (default: 160)")
+    t.add_argument("--batch-size", type=positive_int, metavar="N", help="batch size (default: 64)")
+    t.add_argument("--lr", type=positive_float, metavar="LR", help="initial learning rate (default: 0.1)")
+    t.add_argument("--momentum", type=nonnegative_float, metavar="M", help="SGD momentum (default: 0.9)")
+    t.add_argument("--weight-decay", type=nonnegative_float, metavar="WD", help="weight decay (default: 5e-4)")
+    t.add_argument("--seed", type=nonnegative_int, metavar="S", help="seed of init and data order (default: 0)")
+    t.add_argument("--device", metavar="DEV", help=f"{', '.join(DEVICES)} or cuda:N (default: auto)")
+    t.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
+                   help="keep NCHW memory format (channels_last is faster on CUDA and on this project's CPUs)")
+    t.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="no bf16 autocast on CUDA")
+    o = p.add_argument_group("output")
+    o.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<template>-w<width>-<dataset>-s<seed>)")
+    o.add_argument("--resume", action="store_true", help="continue the checkpoint in --out (fresh start if none)")
+    o.add_argument("--json", action="store_true", help="print the summary as one JSON document on stdout")
+    o.add_argument("--quiet", action="store_true", help="no per-epoch lines on stdout")
+    p.set_defaults(run=run)
+
+
+def _read_config(path: str) -> dict:
+    from ..errors import UsageError
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except OSError as exc:
+        raise UsageError(f"--config {path}: {exc.strerror or exc}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise UsageError(f"--config {path}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or "arch" not in doc:
+        raise UsageError(f"--config {path}: expected a JSON object with an 'arch' record (as `fit --save` writes)")
+    return doc
+
+
+def build_config(args: argparse.Namespace):  # -> TrainConfig
+    """Merge defaults < --config file < explicit flags into a TrainConfig."""
+    from dataclasses import replace
+
+    from ..arch import Arch, make_arch
+    from ..errors import UsageError
+    from ..train import TrainConfig, load_data
+
+    doc = _read_config(args.config) if args.config else {}
+    base = Arch.from_dict(doc["arch"]) if doc else None
+    train_kw = {k: doc[k] for k in _TRAIN_KEYS if k in doc}
+    for k in _TRAIN_KEYS:
+        if getattr(args, k, None) is not None:
+            train_kw[k] = getattr(args, k)
+    train_kw.setdefault("dataset", "digits")
+
+    ds = load_data(train_kw["dataset"], train_kw.get("data_dir"), bool(train_kw.get("download", False)),
+                   train_kw.get("limit_train"), train_kw.get("limit_test"))
+    model_flags = {k: getattr(args, k) for k in ("model", "template", "width", "divisor", "floor")
+                   if getattr(args, k) is not None}
+    if base is None:
+        if "model" not in model_flags:
+            raise UsageError("--model is required (or --config FILE with an 'arch' record)")
+        v = {**_DEFAULTS, **model_flags}
+        arch = make_arch(v["model"], v["template"], v["width"], ds.num_classes, divisor=v["divisor"], floor=v["floor"])
+    elif model_flags:  # re-derive the counts from the file's settings with the flags on top
+        v = {"model": base.family, "template": base.template, "width": base.width, "divisor": base.divisor,
+             "floor": base.floor, **model_flags}
+        arch = make_arch(v["model"], v["template"], v["width"], ds.num_classes, divisor=v["divisor"], floor=v["floor"])
+    else:  # the file's exact counts; only the class count follows the dataset
+        arch = replace(base, classes=ds.num_classes)
+    return TrainConfig(arch=arch, **train_kw)
+
+
+def default_out(config) -> Path:
+    a = config.arch
+    name = f"{a.family}-{a.template}-w{a.width:g}-{config.dataset}-s{config.seed}"
+    return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..cli import error_line
+    from ..train import open_checkpoint, train
+
+    config = build_config(args)
+    out = Path(args.out) if args.out else default_out(config)
+    quiet = args.quiet or args.json
+
+    def on_epoch(row: dict) -> None:
+        if not quiet:
+            print(f"epoch {row['epoch']:>3}/{config.epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
+                  f"train {row['train_acc']:.2%}  test {row['test_acc']:.2%}  {row['seconds']:.1f}s  "
+                  f"{row['images_per_s']:.0f} img/s", flush=True)
+
+    done = 0
+    if (out / "checkpoint.pt").exists():  # refuse before printing anything; train() checks again
+        done = int(open_checkpoint(config, out, args.resume)["epoch"])
+    if not quiet:
+        a = config.arch
+        print(f"training {a.family} {a.template} w={a.width:g} ({' '.join(map(str, a.filters))}) on {config.dataset} "
+              f"for {config.epochs} epochs -> {out}" + (f" (resuming after epoch {done})" if done else ""), flush=True)
+    summary = train(config, out, resume=args.resume, on_epoch=on_epoch)
+    if args.json:
+        print(json.dumps(summary))
+    if summary["status"] != "done":
+        print(error_line(f"training failed: {summary['reason']} (see {out / 'summary.json'})"), file=sys.stderr)
+        return 1
+    if not quiet:
+        print(f"done: final test accuracy {summary['final_acc']:.2%}, best {summary['best_acc']:.2%} "
+              f"(epoch {summary['best_epoch']}), {summary['wall_s']:.0f}s on {summary['device']}; run dir {out}")
+    return 0

@@ -1,0 +1,126 @@
+"""Export a trained run to ONNX or TorchScript for deployment.
+
+The canonical artifact stays the run directory's state_dict plus the architecture record: the
+model is rebuilt from ``Arch`` (no pickled modules anywhere) and only then traced/exported.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from . import checkpoint as ckpt
+from .arch import Arch
+from .errors import UsageError
+
+__all__ = ["FORMATS", "load_run_model", "export_run", "default_export_path"]
+
+FORMATS = ("onnx", "torchscript")
+_SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+def _run_arch(run: Path) -> Arch:
+    """The architecture from config.json, else from the checkpoint."""
+    cfg_path = run / "config.json"
+    if cfg_path.is_file():
+        try:
+            doc = json.loads(cfg_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise UsageError(f"{cfg_path}: not valid JSON ({exc})") from None
+        if isinstance(doc, dict) and "arch" in doc:
+            return Arch.from_dict(doc["arch"])
+    if (run / "checkpoint.pt").is_file():
+        state = ckpt.load(run / "checkpoint.pt")
+        if isinstance(state, dict) and "arch" in state:
+            return Arch.from_dict(state["arch"])
+    raise UsageError(f"{run}: no architecture record (config.json or checkpoint.pt with 'arch'); "
+                     f"is this a run directory written by `filter-templates train`?")
+
+
+def load_run_model(run_dir: str | Path) -> tuple[nn.Module, Arch]:
+    """The run's model in eval mode on the CPU: final weights (model.pt) when the run finished,
+    else the last checkpoint's."""
+    run = Path(run_dir)
+    if not run.is_dir():
+        raise UsageError(f"--run {run}: no such directory")
+    arch = _run_arch(run)
+    if (run / "model.pt").is_file():
+        weights = ckpt.load(run / "model.pt")
+    elif (run / "checkpoint.pt").is_file():
+        state = ckpt.load(run / "checkpoint.pt")
+        weights = state.get("model") if isinstance(state, dict) else None
+    else:
+        raise UsageError(f"{run}: no weights (model.pt or checkpoint.pt); has the run finished an epoch?")
+    if not isinstance(weights, dict):
+        raise UsageError(f"{run}: the weights file does not hold a state_dict")
+    model = arch.build()
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise UsageError(f"{run}: weights do not match the architecture record ({str(exc).splitlines()[0]})") from None
+    return model.eval(), arch
+
+
+def default_export_path(run_dir: str | Path, fmt: str) -> Path:
+    return Path(run_dir) / f"model{_SUFFIX[fmt]}"
+
+
+def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
+    """Write the run's model as ``fmt`` ('onnx' or 'torchscript') to ``out`` (default: in the run
+    directory) with a dynamic batch dimension; returns the path. Input: float NCHW [N, 3, 32, 32],
+    normalised like training data; output: logits [N, classes]."""
+    if fmt not in FORMATS:
+        raise UsageError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
+    model, _ = load_run_model(run_dir)
+    path = Path(out) if out is not None else default_export_path(run_dir, fmt)
+    if not path.parent.is_dir():
+        raise UsageError(f"--out {path}: directory {path.parent} does not exist")
+    example = torch.zeros(2, 3, 32, 32)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        if fmt == "torchscript":
+            _torchscript(model, example, tmp)
+        else:
+            _onnx(model, example, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def _torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    with warnings.catch_warnings(), torch.no_grad():
+        warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export; it still works
+        traced = torch.jit.trace(model, example)
+    traced.save(str(path))
+
+
+def _onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError:
+        raise UsageError("ONNX export needs the onnx extra: pip install 'filter-templates[onnx]' "
+                         "(onnx, onnxscript, onnxruntime)") from None
+    import logging
+
+    batch = torch.export.Dim("batch", min=1)
+    # The dynamo exporter (the only one torch >= 2.9 keeps) chats on stdout and logs missing torchvision
+    # ops; keep stdout clean for callers that print JSON.
+    log = logging.getLogger("torch.onnx")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"],
+                                        output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
+    finally:
+        log.setLevel(level)
+    program.save(str(path))
