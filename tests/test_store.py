@@ -44,7 +44,8 @@ def summary(acc: float = 0.5, status: str = "done", reason: str | None = None) -
     return {"status": status, "reason": reason, "final_acc": acc, "best_acc": acc + 0.1, "best_epoch": 2,
             "epochs": 2, "wall_s": 3.5, "device": "cpu",
             "resources": {"params": 1234, "flops": 5678, "train_memory_bytes": 999,
-                          "latency_s": {"batch64": 0.01, "batch1": 0.001}, "device": "cpu", "threads": 2}}
+                          "latency_s": {"batch64": 0.01, "batch1": 0.001}, "batch_size": 64, "device": "cpu",
+                          "threads": 2}}
 
 
 def test_key_ignores_where_and_how_but_not_what():
@@ -106,7 +107,7 @@ def test_finish_records_everything_and_only_for_the_claim_holder(tmp_path):
         row = s.get(keys[0])
         assert row["status"] == "done" and row["final_acc"] == 0.6 and row["best_acc"] == pytest.approx(0.7)
         assert (row["params"], row["flops"], row["train_memory_bytes"]) == (1234, 5678, 999)
-        assert (row["latency_b64_s"], row["latency_b1_s"], row["threads"]) == (0.01, 0.001, 2)
+        assert (row["latency_batch_s"], row["latency_b1_s"], row["threads"], row["batch_size"]) == (0.01, 0.001, 2, 64)
         assert row["resources"]["device"] == "cpu" and row["run_dir"] == "/runs/x"
         assert row["claimed_by"] is None and row["wall_s"] == 3.5 and row["epochs_done"] == 2
         assert s.claim(keys) is None  # done rows are never claimed again

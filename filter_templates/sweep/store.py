@@ -64,7 +64,8 @@ CREATE TABLE IF NOT EXISTS runs (
     epoch_metrics TEXT NOT NULL DEFAULT '[]',  -- JSON list: one object per epoch (test_acc, ...)
     final_acc REAL, best_acc REAL, best_epoch INTEGER,
     params INTEGER, flops INTEGER, train_memory_bytes INTEGER,
-    latency_b64_s REAL, latency_b1_s REAL, resource_device TEXT, threads INTEGER,
+    batch_size INTEGER,                    -- of the run: latency_batch_s is measured at it
+    latency_batch_s REAL, latency_b1_s REAL, resource_device TEXT, threads INTEGER,
     resources_json TEXT,
     wall_s REAL, device TEXT, reason TEXT,
     created_at REAL NOT NULL, started_at REAL, finished_at REAL, updated_at REAL NOT NULL
@@ -432,6 +433,7 @@ class Store:
             raise ValueError(f"summary status must be 'done' or 'failed', got {status!r}")
         res = summary.get("resources") or {}
         lat = res.get("latency_s") or {}
+        batch = res.get("batch_size")
         now = time.time()
         with self._tx() as db:
             where = "key=? AND claim_token=? AND status='running'" if token is not None else "key=?"
@@ -442,14 +444,14 @@ class Store:
             history = [_clean(dict(e)) for e in epochs] if epochs is not None else json.loads(row[0])
             db.execute(
                 "UPDATE runs SET status=?, reason=?, final_acc=?, best_acc=?, best_epoch=?, params=?, flops=?, "
-                "train_memory_bytes=?, latency_b64_s=?, latency_b1_s=?, resource_device=?, threads=?, "
+                "train_memory_bytes=?, batch_size=?, latency_batch_s=?, latency_b1_s=?, resource_device=?, threads=?, "
                 "resources_json=?, wall_s=?, device=?, epoch_metrics=?, epochs_done=?, finished_at=?, "
                 "updated_at=?, claimed_by=NULL, claim_token=NULL, heartbeat=NULL, run_dir=COALESCE(?, run_dir) "
                 f"WHERE {where}",
                 (status, summary.get("reason") if status == "failed" else None,
                  _num(summary.get("final_acc")), _num(summary.get("best_acc")), _num(summary.get("best_epoch")),
                  _num(res.get("params")), _num(res.get("flops")), _num(res.get("train_memory_bytes")),
-                 _num(lat.get("batch64")), _num(lat.get("batch1")), res.get("device"), _num(res.get("threads")),
+                 _num(batch), _num(lat.get(f"batch{batch}")), _num(lat.get("batch1")), res.get("device"), _num(res.get("threads")),
                  canonical_json(_clean(res)) if res else None, _num(summary.get("wall_s")), summary.get("device"),
                  canonical_json(history), max([int(e.get("epoch", 0)) for e in history] or [0]), now, now,
                  run_dir, *args),
