@@ -79,4 +79,4 @@ def family_names() -> list[str]:
 
 
 # Families register themselves on import; order here is the order users see.
-from . import vgg  # noqa: E402,F401
+from . import vgg, resnet, googlenet, mobilenet  # noqa: E402,F401

@@ -1,0 +1,72 @@
+"""MobileNet v1, CIFAR form: conv3x3(32)+BN+ReLU stem, 13 depthwise-separable blocks (depthwise
+3x3 + BN + ReLU, then pointwise 1x1 + BN + ReLU, all bias-free), stride 2 at the 2nd, 4th, 6th and
+12th block, global average pool, one linear classifier. 3,217,226 parameters (10 classes).
+
+One template layer is one block, counted by its pointwise output channels (64 128 128 256 256
+512x6 1024 1024); the depthwise conv keeps its input's width (groups = channels). The stem (32) is
+scaled by ``stem_width``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..templates import scale_count
+from . import Family, register_family
+
+BASE = (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
+STEM = 32
+STRIDE2 = frozenset({1, 3, 5, 11})  # 0-based: the 2nd, 4th, 6th and 12th block
+
+
+class Block(nn.Module):
+    """Depthwise conv3x3 then pointwise conv1x1, each with BN and ReLU."""
+
+    def __init__(self, in_planes: int, out_planes: int, stride: int = 1) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_planes, in_planes, 3, stride=stride, padding=1, groups=in_planes, bias=False)
+        self.bn1 = nn.BatchNorm2d(in_planes)
+        self.conv2 = nn.Conv2d(in_planes, out_planes, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_planes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+class MobileNet(nn.Module):
+    def __init__(self, filters: Sequence[int], num_classes: int = 10, stem: int = STEM) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, stem, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        blocks: list[nn.Module] = []
+        c_in = stem
+        for i, c in enumerate(filters):
+            blocks.append(Block(c_in, c, 2 if i in STRIDE2 else 1))
+            c_in = c
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)  # the original's avg_pool(2) on a 2x2 map, same params
+        self.linear = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(torch.flatten(self.pool(y), 1))
+
+
+def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1) -> nn.Module:
+    return MobileNet(filters, num_classes, stem=scale_count(STEM, stem_width, divisor=divisor))
+
+
+FAMILY = register_family(
+    Family(
+        name="mobilenet",
+        base_filters=BASE,
+        layer_names=tuple(f"block{i}" for i in range(1, 14)),
+        builder=build,
+        unit="depthwise-separable block's pointwise output channels",
+        description="MobileNet v1 (CIFAR): conv3x3 stem, 13 depthwise-separable blocks, linear classifier",
+    )
+)

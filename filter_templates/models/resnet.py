@@ -1,0 +1,84 @@
+"""ResNet-50, CIFAR form: conv3x3(64)+BN+ReLU stem, bottleneck stages of 3, 4, 6, 3 blocks with
+planes 64/128/256/512 (stride 2 at the first block of stages 2-4), expansion 4, global average
+pool, one linear classifier. 23,520,842 parameters (10 classes).
+
+One template layer is one bottleneck block, counted by its ``planes`` (the inner width of its
+1x1 -> 3x3 convs); the block's output is ``4 * planes``. Because every block may get its own
+count, a projection shortcut (1x1 conv + BN) appears wherever a block's input and output widths
+differ or it downsamples; elsewhere the shortcut is the identity. The stem (64) is scaled by
+``stem_width``.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..templates import scale_count
+from . import Family, register_family
+
+EXPANSION = 4
+STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (planes, blocks)
+BASE = tuple(planes for planes, blocks in STAGES for _ in range(blocks))
+STEM = 64
+# 0-based indices of the blocks that downsample: the first block of stages 2-4.
+STRIDE2 = frozenset({3, 7, 13})
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
+        super().__init__()
+        out = EXPANSION * planes
+        self.conv1 = nn.Conv2d(in_planes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, out, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(out)
+        self.shortcut: nn.Module = nn.Identity()
+        if stride != 1 or in_planes != out:
+            self.shortcut = nn.Sequential(nn.Conv2d(in_planes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return F.relu(y + self.shortcut(x))
+
+
+class ResNet(nn.Module):
+    def __init__(self, filters: Sequence[int], num_classes: int = 10, stem: int = STEM) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, stem, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(stem)
+        blocks: list[nn.Module] = []
+        c_in = stem
+        for i, planes in enumerate(filters):
+            blocks.append(Bottleneck(c_in, planes, 2 if i in STRIDE2 else 1))
+            c_in = EXPANSION * planes
+        self.layers = nn.Sequential(*blocks)
+        self.pool = nn.AdaptiveAvgPool2d(1)  # the original's avg_pool(4) on a 4x4 map, same params
+        self.linear = nn.Linear(c_in, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(torch.flatten(self.pool(y), 1))
+
+
+def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1) -> nn.Module:
+    return ResNet(filters, num_classes, stem=scale_count(STEM, stem_width, divisor=divisor))
+
+
+FAMILY = register_family(
+    Family(
+        name="resnet50",
+        base_filters=BASE,
+        layer_names=tuple(f"s{s}b{b}" for s, (_, n) in enumerate(STAGES, start=1) for b in range(1, n + 1)),
+        builder=build,
+        unit="bottleneck block's planes (its output is 4x planes)",
+        description="ResNet-50 (CIFAR): conv3x3 stem, 16 bottleneck blocks in stages 3-4-6-3, linear classifier",
+    )
+)
