@@ -1,0 +1,135 @@
+"""The batched data path of training: augmentation as a few whole-batch tensor ops on the device.
+
+The common CIFAR scripts crop, flip and normalise one PIL image at a time in DataLoader workers.
+Here the split lives on the training device as uint8, zero-padded once; each batch is then one
+gather (crop and flip together: a flipped crop is the same window read right to left), one
+conversion and one multiply-add. All randomness for an epoch is drawn up front on the CPU from a
+generator seeded by (seed, epoch), so epoch e is the same on any device and whether or not the
+process restarted in between (bit-exact resume).
+"""
+
+from __future__ import annotations
+
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from ..errors import UsageError
+
+__all__ = ["Loader", "epoch_seed"]
+
+_COPY_CHUNK = 8192  # samples copied to the device per step at construction (bounded host memory)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """A well-mixed 63-bit seed for (seed, epoch), independent of Python's hash randomisation."""
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch)]).generate_state(2, np.uint64)[0] >> 1)
+
+
+class Loader:
+    """Iterates (x, y) batches of a split resident on ``device``.
+
+    ``train=True``: a per-epoch seeded shuffle, zero padding by ``pad`` (4), a random crop back to
+    the image size with a per-sample offset, a random horizontal flip, then normalisation;
+    ``drop_last`` so every batch has the same shape. ``train=False``: normalisation only, stored
+    order, the last batch may be short. ``x`` comes out as ``dtype`` NCHW (channels_last memory
+    format unless ``channels_last=False``), ``y`` as int64.
+
+    Each ``iter()`` runs the current epoch and then advances it; :meth:`set_epoch` pins it (do so
+    when resuming): batches of epoch e are a pure function of (seed, e).
+    """
+
+    def __init__(self, x_uint8_nhwc: np.ndarray, y: np.ndarray, batch_size: int, *, train: bool,
+                 mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu", seed: int = 0,
+                 channels_last: bool = True, dtype: torch.dtype = torch.float32, pad: int = 4) -> None:
+        if not isinstance(x_uint8_nhwc, np.ndarray) or x_uint8_nhwc.dtype != np.uint8 or x_uint8_nhwc.ndim != 4:
+            raise ValueError("x must be a uint8 numpy array [N, H, W, C]")
+        n, h, w, c = x_uint8_nhwc.shape
+        if len(y) != n:
+            raise ValueError(f"{n} images but {len(y)} labels")
+        if len(mean) != c or len(std) != c or min(std) <= 0:
+            raise ValueError(f"mean/std need {c} entries each and std > 0")
+        if batch_size < 1 or pad < 0:
+            raise ValueError("batch_size must be >= 1 and pad >= 0")
+        if train and n < batch_size:
+            raise UsageError(f"the training split has {n} samples, fewer than one batch of {batch_size}")
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        self.train = bool(train)
+        self.seed = int(seed)
+        self.epoch = 0
+        self.channels_last = channels_last
+        self.dtype = dtype
+        self.num_samples = n
+        self.image_shape = (h, w, c)
+        self.pad = int(pad) if train else 0
+        # normalise as x * scale + shift, in the output dtype's compute precision
+        std_t = torch.tensor([float(s) for s in std], dtype=torch.float32)
+        mean_t = torch.tensor([float(m) for m in mean], dtype=torch.float32)
+        self._scale = (1.0 / (255.0 * std_t)).to(self.device)
+        self._shift = (-mean_t / std_t).to(self.device)
+        self._y = torch.from_numpy(np.asarray(y, dtype=np.int64).copy()).to(self.device)
+        p = self.pad
+        self._images = torch.zeros((n, h + 2 * p, w + 2 * p, c), dtype=torch.uint8, device=self.device)
+        for s in range(0, n, _COPY_CHUNK):  # memmap -> device in chunks, padding in place
+            block = torch.from_numpy(np.array(x_uint8_nhwc[s:s + _COPY_CHUNK], copy=True))
+            self._images[s:s + len(block), p:p + h, p:p + w] = block.to(self.device)
+        if self.train:
+            self._pixels = self._images.view(-1, c)  # one row per padded pixel: the gather source
+            hp, wp = h + 2 * p, w + 2 * p
+            self._row_offsets = (torch.arange(h, device=self.device) * wp).view(1, h, 1)
+            cols = torch.arange(w, device=self.device)
+            self._cols = torch.stack([cols, cols.flip(0)])  # [2, W]: forward, mirrored
+            self._image_stride = hp * wp
+
+    def __len__(self) -> int:
+        if self.train:
+            return self.num_samples // self.batch_size
+        return -(-self.num_samples // self.batch_size)
+
+    def set_epoch(self, epoch: int) -> None:
+        """The next ``iter()`` runs epoch ``epoch``."""
+        self.epoch = int(epoch)
+
+    def _epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(order, first-pixel index of each crop, flip flag) for every sample of the epoch."""
+        g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
+        n, span = self.num_samples, 2 * self.pad + 1
+        order = torch.randperm(n, generator=g)
+        offsets = torch.randint(0, span, (2, n), generator=g)
+        flips = torch.randint(0, 2, (n,), generator=g)
+        h, w, _ = self.image_shape
+        start = order * self._image_stride + offsets[0] * (w + 2 * self.pad) + offsets[1]
+        return order.to(self.device), start.to(self.device), flips.to(self.device)
+
+    def _normalise(self, x_nhwc: torch.Tensor) -> torch.Tensor:
+        out = torch.empty(x_nhwc.shape, dtype=torch.float32, device=self.device)
+        torch.mul(x_nhwc, self._scale, out=out)
+        out.add_(self._shift)
+        if self.dtype != torch.float32:
+            out = out.to(self.dtype)
+        out = out.permute(0, 3, 1, 2)  # NHWC memory seen as NCHW: channels_last for free
+        return out if self.channels_last else out.contiguous()
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.epoch
+        self.epoch += 1
+        return self._train_batches(epoch) if self.train else self._test_batches()
+
+    def _train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order, start, flips = self._epoch_plan(epoch)
+        b = self.batch_size
+        h, w, c = self.image_shape
+        for i in range(len(self)):
+            sl = slice(i * b, (i + 1) * b)
+            # index of every output pixel in the padded split: crop origin + row offset + column
+            cols = self._cols[flips[sl]]  # [B, W]
+            index = (start[sl].view(b, 1, 1) + self._row_offsets) + cols.view(b, 1, w)
+            x = self._pixels.index_select(0, index.view(-1)).view(b, h, w, c)
+            yield self._normalise(x), self._y[order[sl]]
+
+    def _test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        b = self.batch_size
+        for s in range(0, self.num_samples, b):
+            yield self._normalise(self._images[s:s + b]), self._y[s:s + b]

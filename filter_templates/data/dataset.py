@@ -1,0 +1,36 @@
+"""The in-memory (or memory-mapped) form of a dataset that every other module consumes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+__all__ = ["Dataset"]
+
+
+@dataclass(frozen=True, eq=False)  # arrays make a generated __eq__ meaningless
+class Dataset:
+    """Both splits as uint8 HWC images (possibly ``np.memmap``) with int64 labels.
+
+    ``mean``/``std`` are per-channel statistics of the *full* training split in [0, 1] units, the
+    values the batched loader normalises with. ``source`` says where the pixels came from.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    train_x: np.ndarray  # uint8 [N, 32, 32, 3]
+    train_y: np.ndarray  # int64 [N]
+    test_x: np.ndarray
+    test_y: np.ndarray
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    source: str = ""
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+    def __repr__(self) -> str:
+        return (f"Dataset({self.name!r}, classes={self.num_classes}, train={len(self.train_y)}, "
+                f"test={len(self.test_y)}, source={self.source!r})")

@@ -1,0 +1,191 @@
+"""Decode many small PNG/JPEG files into one uint8 [N, H, W, 3] array, in parallel when it pays.
+
+Decoding a 32x32 JPEG costs ~80 us, almost all of it Python overhead inside Pillow, so threads do
+not help; worker processes do. The workers are plain ``python -m filter_templates.data.images``
+subprocesses fed chunks over pipes, not ``multiprocessing``: spawn would re-run the caller's
+``__main__`` (a script without a main guard, or stdin), and fork is unsafe once torch has started
+threads. Each worker gets chunks of (name, bytes or path) and answers with the decoded array, so
+nothing but our own bytes crosses the boundary. Every failure names the file it came from.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import queue
+import subprocess
+import sys
+import threading
+from pathlib import Path
+from typing import Sequence, Union
+
+import numpy as np
+
+from ..errors import UsageError
+
+__all__ = ["IMAGE_SUFFIXES", "decode_images"]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+
+# An item is (name for messages, raw bytes) or (name, path to read).
+Item = tuple[str, Union[bytes, str, Path]]
+
+_CHUNK = 2048
+_PARALLEL_MIN = 4096  # below this, starting processes costs more than it saves
+
+
+def _decode_chunk(items: Sequence[Item], size: tuple[int, int]) -> tuple[np.ndarray, str | None]:
+    """Decode ``items`` into [len, H, W, 3]; on the first failure return (partial, message)."""
+    from PIL import Image, UnidentifiedImageError
+
+    h, w = size
+    out = np.empty((len(items), h, w, 3), dtype=np.uint8)
+    for i, (name, src) in enumerate(items):
+        try:
+            data = src if isinstance(src, bytes) else Path(src).read_bytes()
+            with Image.open(io.BytesIO(data)) as im:
+                if im.size != (w, h):
+                    return out, f"{name}: image is {im.size[0]}x{im.size[1]}, expected {w}x{h}"
+                if im.mode != "RGB":
+                    im = im.convert("RGB")
+                out[i] = np.asarray(im)
+        except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+            return out, f"{name}: cannot decode image ({exc})"
+    return out, None
+
+
+def _workers(n: int) -> int:
+    env = os.environ.get("FILTER_TEMPLATES_DECODE_WORKERS")
+    if env is not None:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise UsageError(f"FILTER_TEMPLATES_DECODE_WORKERS={env!r} is not an integer") from None
+    if n < _PARALLEL_MIN:
+        return 1
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cpus, 8, n // _CHUNK))
+
+
+class _Worker:
+    """One decoding subprocess; ``decode`` sends a chunk and waits for its result."""
+
+    def __init__(self) -> None:
+        env = dict(os.environ)
+        root = str(Path(__file__).resolve().parents[2])  # so a source checkout works uninstalled
+        env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
+        self.proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, env=env)
+
+    def decode(self, items: Sequence[Item], size: tuple[int, int]) -> tuple[np.ndarray, str | None]:
+        assert self.proc.stdin is not None and self.proc.stdout is not None
+        pickle.dump((list(items), size), self.proc.stdin, protocol=pickle.HIGHEST_PROTOCOL)
+        self.proc.stdin.flush()
+        return pickle.load(self.proc.stdout)  # our own child's answer, not outside data
+
+    def close(self) -> None:
+        try:
+            if self.proc.stdin is not None:
+                self.proc.stdin.close()
+            self.proc.wait(timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            self.proc.kill()
+            self.proc.wait()
+
+
+def _parallel(chunks: list[tuple[int, Sequence[Item]]], size: tuple[int, int], workers: int):
+    """Yield (start, (array, error)) for every chunk, decoded by ``workers`` subprocesses (in any order).
+    A chunk whose worker fails for any reason is decoded here instead."""
+    todo: queue.Queue = queue.Queue()
+    for c in chunks:
+        todo.put(c)
+    done: queue.Queue = queue.Queue()
+    stop = threading.Event()
+
+    def serve() -> None:
+        worker = None
+        try:
+            worker = _Worker()
+        except OSError:
+            pass
+        try:
+            while not stop.is_set():
+                try:
+                    s, c = todo.get_nowait()
+                except queue.Empty:
+                    return
+                result = None
+                if worker is not None:
+                    try:
+                        result = worker.decode(c, size)
+                    except (OSError, EOFError, pickle.UnpicklingError):
+                        worker = None  # broken pipe or dead child: finish in this thread
+                done.put((s, result if result is not None else _decode_chunk(c, size)))
+        except BaseException as exc:  # never leave the consumer waiting
+            done.put((-1, exc))
+        finally:
+            if worker is not None:
+                worker.close()
+
+    threads = [threading.Thread(target=serve, daemon=True) for _ in range(min(workers, len(chunks)))]
+    for t in threads:
+        t.start()
+    try:
+        for _ in chunks:
+            s, result = done.get()
+            if s < 0:
+                raise result
+            yield s, result
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+
+
+def decode_images(items: Sequence[Item], size: tuple[int, int] = (32, 32), *, progress_desc: str = "") -> np.ndarray:
+    """All ``items`` decoded in order into a uint8 [N, H, W, 3] array (greyscale/RGBA become RGB).
+
+    A file that is not an image, or whose size is not ``size`` (H, W), raises a :class:`UsageError`
+    naming it. ``FILTER_TEMPLATES_DECODE_WORKERS`` overrides the number of processes (1: none).
+    """
+    from ..progress import Progress
+
+    n = len(items)
+    out = np.empty((n, *size, 3), dtype=np.uint8)
+    chunks = [(s, items[s:s + _CHUNK]) for s in range(0, n, _CHUNK)]
+    workers = _workers(n)
+    bar = Progress(total=n, desc=progress_desc or "decoding images")
+    try:
+        if workers <= 1:
+            results = ((s, _decode_chunk(c, size)) for s, c in chunks)
+        else:
+            results = _parallel(chunks, size, workers)
+        errors = []
+        for s, (arr, err) in results:
+            if err:
+                errors.append((s, err))
+            out[s:s + len(arr)] = arr
+            bar.update(len(arr))
+        if errors:
+            raise UsageError(min(errors)[1])  # the first bad file in order, whatever finished first
+    finally:
+        bar.close()
+    return out
+
+
+def _worker_main() -> None:
+    """Subprocess loop: read (items, size) chunks from stdin, write (array, error) to stdout."""
+    inp, out = sys.stdin.buffer, sys.stdout.buffer
+    sys.stdout = sys.stderr  # nothing else may write to the result pipe
+    while True:
+        try:
+            items, size = pickle.load(inp)
+        except EOFError:
+            return
+        pickle.dump(_decode_chunk(items, size), out, protocol=pickle.HIGHEST_PROTOCOL)
+        out.flush()
+
+
+if __name__ == "__main__":
+    _worker_main()
