@@ -35,7 +35,7 @@ from .arch import Arch
 from .errors import UsageError
 from .progress import Progress
 
-__all__ = ["TrainConfig", "train", "open_checkpoint", "resolve_device", "load_data", "RESULT_KEYS"]
+__all__ = ["TrainConfig", "train", "sgd_step", "open_checkpoint", "resolve_device", "load_data", "RESULT_KEYS"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -196,6 +196,19 @@ def _note(message: str) -> None:
     print(f"filter-templates: {message}", file=sys.stderr)
 
 
+def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
+             amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """One training step (shared with ``benchmarks/throughput.py`` so it measures this very code);
+    returns the detached loss and logits, still on the device."""
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
           on_epoch: Callable[[dict], None] | None = None) -> dict:
     """Train ``config`` into ``out_dir`` and return the summary written to ``summary.json``.
@@ -270,14 +283,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         seen = 0
         bar = Progress(train_loader, total=len(train_loader), desc=f"epoch {epoch + 1}/{E}", enabled=progress)
         for step, (x, y) in enumerate(bar, start=1):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(x)
-                loss = F.cross_entropy(logits, y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss, logits = sgd_step(model, optimizer, x, y, amp)
             # accumulate on the device: no per-step host sync on CUDA
-            loss_sum += loss.detach().float() * y.shape[0]
+            loss_sum += loss.float() * y.shape[0]
             correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
             if step % check_every == 0 and not math.isfinite(loss_sum.item()):

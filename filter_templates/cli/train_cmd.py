@@ -63,6 +63,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--device", metavar="DEV", help=f"{', '.join(DEVICES)} or cuda:N (default: auto)")
     t.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
                    help="keep NCHW memory format (channels_last is faster on CUDA and on this project's CPUs)")
+    t.add_argument("--threads", type=positive_int, metavar="N",
+                   help="CPU threads of torch (default: torch's choice; on a CPU shared with other jobs 1 is often faster)")
     t.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="no bf16 autocast on CUDA")
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<template>-w<width>-<dataset>-s<seed>)")
@@ -131,6 +133,10 @@ def run(args: argparse.Namespace) -> int:
     from ..cli import error_line
     from ..train import open_checkpoint, train
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     config = build_config(args)
     out = Path(args.out) if args.out else default_out(config)
     quiet = args.quiet or args.json

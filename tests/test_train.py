@@ -1,0 +1,355 @@
+"""Training loop, run directory, exact resume, refusals, NaN handling, checkpoint safety, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from filter_templates import checkpoint as ckpt
+from filter_templates.arch import make_arch
+from filter_templates.cli import main
+from filter_templates.errors import UsageError
+from filter_templates.train import TrainConfig, train
+
+REPO = Path(__file__).resolve().parents[1]
+SMALL = dict(dataset="digits", limit_train=192, limit_test=96, batch_size=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Same thread count in this process and in the subprocesses below (bit-identity needs it), and
+    no oversubscription of a shared CPU."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def small_config(epochs: int = 2, **kw) -> TrainConfig:
+    return TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), epochs=epochs, **{**SMALL, **kw})
+
+
+def weights(path: Path) -> dict:
+    state = torch.load(path, weights_only=True)
+    return state["model"] if "model" in state else state
+
+
+def assert_same_weights(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("filter-templates: error: "), err
+    return err[0]
+
+
+# ---- config -----------------------------------------------------------------------------------
+
+def test_config_round_trips_through_json():
+    c = small_config(lr=0.05, seed=3, device="cpu")
+    d = json.loads(json.dumps(c.to_dict()))
+    assert TrainConfig.from_dict(d) == c
+
+
+@pytest.mark.parametrize("change, word", [
+    ({"epochs": 0}, "epochs"), ({"lr": float("nan")}, "lr"), ({"lr": -1.0}, "lr"),
+    ({"batch_size": 2.5}, "batch_size"), ({"device": "tpu"}, "device"), ({"bogus": 1}, "bogus"),
+    ({"weight_decay": "a"}, "weight_decay"), ({"limit_train": 0}, "limit_train"), ({"arch": {"family": "vgg19"}}, "arch"),
+])
+def test_config_rejects_bad_values(change, word):
+    d = {**small_config().to_dict(), **change}
+    with pytest.raises(UsageError, match=word):
+        TrainConfig.from_dict(d)
+
+
+# ---- a run and its directory -------------------------------------------------------------------
+
+def test_run_writes_the_run_directory(tmp_path):
+    seen = []
+    summary = train(small_config(epochs=4), tmp_path / "run", on_epoch=seen.append)
+    run = tmp_path / "run"
+    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "summary.json"}
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert rows == seen and [r["epoch"] for r in rows] == [1, 2, 3, 4]
+    assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds", "images_per_s"}
+    # lr / 10 at int(0.5 E) and int(0.75 E) epochs
+    assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.01, 0.001])
+    assert all(0 <= r["test_acc"] <= 1 and math.isfinite(r["train_loss"]) for r in rows)
+    on_disk = json.loads((run / "summary.json").read_text())
+    assert on_disk == json.loads(json.dumps(summary))
+    assert summary["status"] == "done" and summary["reason"] is None and summary["epochs"] == 4
+    assert summary["final_acc"] == rows[-1]["test_acc"]
+    assert summary["best_acc"] == max(r["test_acc"] for r in rows)
+    assert rows[summary["best_epoch"] - 1]["test_acc"] == summary["best_acc"]
+    assert summary["device"] == "cpu" and summary["threads"] == 1 and summary["resources"]["params"] > 0
+    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == small_config(epochs=4)
+    state = ckpt.load(run / "checkpoint.pt")
+    assert state["epoch"] == 4 and state["arch"] == small_config().arch.to_dict()
+    assert_same_weights(weights(run / "model.pt"), state["model"])
+
+
+def test_same_seed_same_weights_different_seed_differs(tmp_path):
+    train(small_config(epochs=1), tmp_path / "a")
+    train(small_config(epochs=1), tmp_path / "b")
+    train(small_config(epochs=1, seed=1), tmp_path / "c")
+    a, b, c = (weights(tmp_path / n / "model.pt") for n in "abc")
+    assert_same_weights(a, b)
+    assert not all(torch.equal(a[k], c[k]) for k in a)
+
+
+def _cli_train_args(out: Path, epochs: int) -> list[str]:
+    return ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", "digits",
+            "--limit-train", str(SMALL["limit_train"]), "--limit-test", str(SMALL["limit_test"]),
+            "--batch-size", str(SMALL["batch_size"]), "--epochs", str(epochs), "--device", "cpu",
+            "--out", str(out), "--quiet"]
+
+
+def test_resume_after_sigkill_is_bit_identical(tmp_path, capsys):
+    epochs = 4
+    ref = tmp_path / "ref"
+    assert main(_cli_train_args(ref, epochs)) == 0
+
+    killed = tmp_path / "killed"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
+    proc = subprocess.Popen([sys.executable, "-m", "filter_templates", *_cli_train_args(killed, epochs)],
+                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not (killed / "checkpoint.pt").exists():
+            assert proc.poll() is None, proc.stderr.read().decode()
+            assert time.monotonic() < deadline, "no checkpoint within 120 s"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+        proc.stderr.close()
+    done_before = ckpt.load(killed / "checkpoint.pt")["epoch"]
+    assert 1 <= done_before < epochs, "the run finished before it could be killed"
+    assert not (killed / "summary.json").exists()
+
+    assert main([*_cli_train_args(killed, epochs), "--resume"]) == 0
+    assert_same_weights(weights(ref / "model.pt"), weights(killed / "model.pt"))
+    ref_state, new_state = ckpt.load(ref / "checkpoint.pt"), ckpt.load(killed / "checkpoint.pt")
+    for k in ref_state["optimizer"]["state"]:
+        assert torch.equal(ref_state["optimizer"]["state"][k]["momentum_buffer"],
+                           new_state["optimizer"]["state"][k]["momentum_buffer"])
+    rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
+    ref_rows = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
+    strip = lambda rs: [{k: v for k, v in r.items() if k not in ("seconds", "images_per_s")} for r in rs]  # noqa: E731
+    assert strip(rows) == strip(ref_rows)
+
+
+class Stop(Exception):
+    pass
+
+
+def _stop_after(epoch: int):
+    def on_epoch(row: dict) -> None:
+        if row["epoch"] == epoch:
+            raise Stop  # like a kill right after this epoch's checkpoint
+    return on_epoch
+
+
+def test_resume_after_each_epoch_in_process(tmp_path):
+    full = tmp_path / "full"
+    train(small_config(epochs=3), full)
+    for stop in (1, 2):
+        part = tmp_path / f"part{stop}"
+        with pytest.raises(Stop):
+            train(small_config(epochs=3), part, on_epoch=_stop_after(stop))
+        assert not (part / "model.pt").exists()
+        torch.manual_seed(1234)  # whatever the global RNG did meanwhile, the checkpoint restores it
+        train(small_config(epochs=3), part, resume=True)
+        assert_same_weights(weights(full / "model.pt"), weights(part / "model.pt"))
+
+
+def test_existing_checkpoint_is_not_overwritten_without_resume(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(small_config(epochs=1), run)
+    before = {p.name: p.read_bytes() for p in run.iterdir()}
+    assert main(_cli_train_args(run, 1)) == 2
+    assert "--resume" in one_error_line(capsys)
+    assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_checkpoint_of_other_configuration_is_refused(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(small_config(epochs=1), run)
+    with pytest.raises(UsageError, match=r"epochs \(checkpoint 1, now 2\).*lr \(checkpoint 0.1, now 0.05\)"):
+        train(small_config(epochs=2, lr=0.05), run, resume=True)
+    other = TrainConfig(arch=make_arch("vgg19", "base", 0.05, 10), epochs=1, **SMALL)
+    with pytest.raises(UsageError, match="arch"):
+        train(other, run, resume=True)
+    # where the data live and which device do not make it another experiment
+    assert train(small_config(epochs=1, device="cpu", data_dir=str(tmp_path)), run, resume=True)["status"] == "done"
+
+
+def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
+    summary = train(small_config(epochs=1), tmp_path / "new", resume=True)
+    assert summary["status"] == "done"
+    assert "starting fresh" in capsys.readouterr().err
+
+
+def test_resume_of_finished_run_rewrites_final_files(tmp_path):
+    run = tmp_path / "run"
+    first = train(small_config(epochs=1), run)
+    (run / "model.pt").unlink()  # killed after the last checkpoint, before model.pt
+    (run / "summary.json").unlink()
+    again = train(small_config(epochs=1), run, resume=True)
+    assert again["final_acc"] == first["final_acc"] and (run / "model.pt").exists()
+
+
+# ---- NaN --------------------------------------------------------------------------------------
+
+def _poison_loss_after(monkeypatch, calls: int) -> None:
+    real = torch.nn.functional.cross_entropy
+    count = {"n": 0}
+
+    def cross_entropy(*a, **kw):
+        count["n"] += 1
+        loss = real(*a, **kw)
+        return loss * float("nan") if count["n"] > calls else loss
+
+    monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
+
+
+def test_nan_loss_fails_the_run_with_reason(tmp_path, monkeypatch, capsys):
+    steps_per_epoch = SMALL["limit_train"] // SMALL["batch_size"]
+    _poison_loss_after(monkeypatch, steps_per_epoch + 2)  # in epoch 2
+    run = tmp_path / "run"
+    assert main(_cli_train_args(run, 3)) == 1
+    line = one_error_line(capsys)
+    assert "training failed" in line and "nan" in line
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "failed" and "nan" in summary["reason"] and "epoch 2" in summary["reason"]
+    assert summary["epochs"] == 1 and not (run / "model.pt").exists()
+    assert ckpt.load(run / "checkpoint.pt")["epoch"] == 1  # the last good state is kept
+
+
+def test_exploding_lr_fails_instead_of_training_on(tmp_path):
+    summary = train(small_config(epochs=4, lr=1e12), tmp_path / "run")
+    assert summary["status"] == "failed" and ("nan" in summary["reason"] or "inf" in summary["reason"])
+
+
+# ---- checkpoint files -------------------------------------------------------------------------
+
+class Evil:
+    def __reduce__(self):
+        return (os.system, ("echo pwned > pwned.txt",))
+
+
+def test_checkpoint_load_refuses_code(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "checkpoint.pt"
+    torch.save({"model": Evil()}, path)
+    with pytest.raises(UsageError, match="checkpoint.pt"):
+        ckpt.load(path)
+    path.write_bytes(pickle.dumps({"x": Evil()}))
+    with pytest.raises(UsageError, match="checkpoint.pt"):
+        ckpt.load(path)
+    assert not (tmp_path / "pwned.txt").exists()
+
+
+def test_truncated_or_missing_checkpoint_is_a_clear_error(tmp_path):
+    path = tmp_path / "checkpoint.pt"
+    ckpt.atomic_save({"a": torch.ones(100)}, path)
+    path.write_bytes(path.read_bytes()[:50])
+    with pytest.raises(UsageError, match="cannot be read"):
+        ckpt.load(path)
+    with pytest.raises(UsageError, match="no such file"):
+        ckpt.load(tmp_path / "none.pt")
+
+
+def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
+    path = tmp_path / "checkpoint.pt"
+    ckpt.atomic_save({"v": torch.tensor(1)}, path)
+
+    def broken_save(obj, f):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError):
+        ckpt.atomic_save({"v": torch.tensor(2)}, path)
+    monkeypatch.undo()
+    assert ckpt.load(path)["v"].item() == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
+
+
+def test_rng_state_survives_weights_only(tmp_path):
+    torch.manual_seed(5)
+    ckpt.atomic_save({"rng": ckpt.rng_state(torch.device("cpu"))}, tmp_path / "s.pt")
+    expected = torch.rand(3)
+    torch.manual_seed(99)
+    ckpt.set_rng_state(ckpt.load(tmp_path / "s.pt")["rng"], torch.device("cpu"))
+    assert torch.equal(torch.rand(3), expected)
+
+
+# ---- CLI --------------------------------------------------------------------------------------
+
+def test_cli_train_on_digits_fresh_machine_command(tmp_path, monkeypatch, capsys):
+    """The acceptance command, on the embedded dataset (no data, no network)."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--model", "vgg19", "--template", "uniform", "--width", "0.1", "--dataset", "digits",
+                 "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "epoch   3/3" in out and "done: final test accuracy" in out
+    run = tmp_path / "runs" / "vgg19-uniform-w0.1-digits-s0"
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["epochs"] == 3
+    assert summary["final_acc"] > 0.15  # learns something in 3 epochs (chance: 0.1; 0.25 seen)
+
+
+def test_cli_json_is_one_document(tmp_path, capsys):
+    args = [a for a in _cli_train_args(tmp_path / "run", 1) if a != "--quiet"]
+    assert main([*args, "--json"]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert doc["status"] == "done" and doc["config"]["epochs"] == 1
+
+
+def test_cli_config_file_from_fit(tmp_path, capsys):
+    arch = make_arch("vgg19", "reverse", 0.05, 100)  # classes follow the dataset (digits: 10)
+    cfg = tmp_path / "fit.json"
+    cfg.write_text(json.dumps({"arch": arch.to_dict(), "fit": {"budget": {"params": 1e5}}}))
+    common = ["--dataset", "digits", "--limit-train", "64", "--limit-test", "32", "--epochs", "1", "--json"]
+    assert main(["train", "--config", str(cfg), *common, "--out", str(tmp_path / "a")]) == 0
+    a = json.loads(capsys.readouterr().out)["config"]["arch"]
+    assert a["filters"] == list(arch.filters) and a["classes"] == 10 and a["template"] == "reverse"
+    # an explicit flag overrides the file and re-derives the counts
+    assert main(["train", "--config", str(cfg), "--width", "0.1", *common, "--out", str(tmp_path / "b")]) == 0
+    b = json.loads(capsys.readouterr().out)["config"]["arch"]
+    assert b["filters"] == list(make_arch("vgg19", "reverse", 0.1, 10).filters) and b["width"] == 0.1
+
+
+@pytest.mark.parametrize("argv, word", [
+    (["train", "--dataset", "digits"], "--model"),
+    (["train", "--model", "vgg19", "--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "cuda"),
+    (["train", "--model", "nope"], "unknown model"),
+    (["train", "--model", "vgg19", "--epochs", "0"], "epochs"),
+    (["train", "--config", "/nonexistent/fit.json"], "fit.json"),
+])
+def test_cli_usage_errors_are_one_line(argv, word, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path / "r")]) == 2
+    assert word in one_error_line(capsys)
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_config_file_not_json(tmp_path, capsys):
+    bad = tmp_path / "fit.json"
+    bad.write_text("{nope")
+    assert main(["train", "--config", str(bad)]) == 2
+    assert "not valid JSON" in one_error_line(capsys)
