@@ -499,6 +499,12 @@ class Store:
                 summary = None
         except (OSError, ValueError, AttributeError):
             summary = None
+        try:  # what the sweep measured on top of train's summary (see sweep.plan.complete_resources)
+            extra = json.loads((run_dir / "resources.json").read_text())
+            if summary is not None and isinstance(extra, dict):
+                summary["resources"] = {**extra, **(summary.get("resources") or {})}
+        except (OSError, ValueError):
+            pass
         epochs = read_metrics(run_dir)
         now = time.time()
         with self._tx() as db:

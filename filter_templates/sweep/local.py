@@ -1,0 +1,173 @@
+"""The local engine: claim a point, train it here, record it, repeat until nothing is claimable.
+
+Several local sweeps may share one results file (one per GPU, say): each claims points with a
+``BEGIN IMMEDIATE`` transaction, so no point runs twice. A background thread keeps the claim's
+heartbeat fresh while a run trains, so other hosts can tell a slow run from a dead one. A point
+whose previous owner died resumes from its checkpoint. A run that fails (loss NaN, an exception)
+is recorded failed with its reason and the sweep goes on; Ctrl-C hands the current claim back.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import traceback
+from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Sequence
+
+from ..errors import UsageError
+from ..progress import Progress
+from .plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
+from .store import DEFAULT_STALE_AFTER, Store, owner_id, read_metrics
+
+if TYPE_CHECKING:
+    from ..train import TrainConfig
+
+__all__ = ["run_local", "HEARTBEAT_EVERY"]
+
+HEARTBEAT_EVERY = 30.0  # seconds between heartbeats of a claimed row
+
+
+class _ClaimLost(Exception):
+    """Another sweep took this point over (our heartbeat went stale): stop, leave it to them."""
+
+
+class _Heartbeat:
+    """Refresh one claim's heartbeat from a thread with its own connection (SQLite connections
+    are not shared between threads)."""
+
+    def __init__(self, db: Path, key: str, token: str, every: float) -> None:
+        self.db, self.key, self.token, self.every = db, key, token, every
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="sweep-heartbeat", daemon=True)
+
+    def _loop(self) -> None:
+        try:
+            with Store(self.db) as store:
+                while not self.stop.wait(self.every):
+                    store.heartbeat({self.key: self.token})
+        except Exception:  # a heartbeat failure must never kill the run; staleness is the fallback
+            pass
+
+    def __enter__(self) -> "_Heartbeat":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def _reason(exc: BaseException) -> str:
+    """One line that says what went wrong and where (the last frame of the traceback)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg}{where}"[:2000]
+
+
+def _log(message: str) -> None:
+    print(f"filter-templates: {message}", file=sys.stderr, flush=True)
+
+
+def train_point(store: Store, point: Point, token: str, *, progress: bool | None = None,
+                heartbeat_every: float = HEARTBEAT_EVERY) -> dict:
+    """Train (or resume, or just record) one claimed point; returns the summary it recorded."""
+    from ..train import train
+
+    on_disk = finished_on_disk(point)
+    if on_disk is not None:
+        on_disk = complete_resources(point.config, on_disk, point.run_dir)
+        store.finish(point.key, token, on_disk, epochs=read_metrics(point.run_dir), run_dir=str(point.run_dir))
+        return on_disk
+
+    def on_epoch(row: dict) -> None:
+        if not store.record_epoch(point.key, token, row):
+            raise _ClaimLost(point.key)
+
+    resume = (point.run_dir / "checkpoint.pt").exists()
+    with _Heartbeat(store.path, point.key, token, heartbeat_every):
+        try:
+            summary = train(point.config, point.run_dir, resume=resume, progress=progress, on_epoch=on_epoch)
+            summary = complete_resources(point.config, summary, point.run_dir)
+        except (KeyboardInterrupt, _ClaimLost):
+            raise
+        except Exception as exc:  # a broken run is a result (failed, with why), not the end of the sweep
+            summary = {"status": "failed", "reason": _reason(exc)}
+    store.finish(point.key, token, summary, epochs=read_metrics(point.run_dir), run_dir=str(point.run_dir))
+    return summary
+
+
+def run_local(
+    configs: Sequence["TrainConfig"],
+    db: str | os.PathLike[str],
+    runs_dir: str | os.PathLike[str],
+    *,
+    retry_failed: bool = False,
+    progress: bool | None = None,
+    stale_after: float = DEFAULT_STALE_AFTER,
+    heartbeat_every: float = HEARTBEAT_EVERY,
+    on_run: Callable[[Point, dict], None] | None = None,
+) -> SweepResult:
+    """Run every point of ``configs`` that is not done yet, one after another, on this machine."""
+    t0 = time.perf_counter()
+    owner = owner_id()
+    with Store(db) as store:
+        points, result = prepare(store, configs, runs_dir, retry_failed=retry_failed)
+        result.engine = "local"
+        by_key = {p.key: p for p in points}
+        keys = list(by_key)
+        config_json = {p.key: p.config_json for p in points}
+        bar = Progress(total=len(points), desc="sweep", enabled=progress)
+        bar.n = result.skipped
+        try:
+            while True:
+                claim = store.claim(keys, owner=owner, stale_after=stale_after, config_json=config_json)
+                if claim is None:
+                    break
+                point = by_key[claim["key"]]
+                bar.set(run=point.name)
+                if claim["reclaimed"]:
+                    _log(f"{point.name}: taking over from {claim['previous_owner']}, which stopped; "
+                         "resuming from its checkpoint")
+                try:
+                    summary = train_point(store, point, claim["claim_token"], progress=progress,
+                                          heartbeat_every=heartbeat_every)
+                except _ClaimLost:
+                    _log(f"{point.name}: another sweep took this point over; leaving it to that sweep")
+                    continue
+                except KeyboardInterrupt:
+                    store.release(point.key, claim["claim_token"], "interrupted")
+                    result.interrupted = True
+                    raise
+                if summary.get("status") == "done":
+                    result.done += 1
+                    _log(f"done   {point.name}: final acc {_pct(summary.get('final_acc'))}, "
+                         f"best {_pct(summary.get('best_acc'))}")
+                else:
+                    result.failed += 1
+                    result.failures.append({"run": point.name, "reason": str(summary.get("reason"))})
+                    _log(f"FAILED {point.name}: {summary.get('reason')}")
+                if on_run is not None:
+                    on_run(point, summary)
+                bar.update()
+        finally:
+            bar.close()
+            result.wall_s = time.perf_counter() - t0
+        counts = store.counts(keys)
+        result.elsewhere = counts["running"] + counts["pending"]
+    return result
+
+
+def check_engine_args(cpus_per_trial: float | None, gpus_per_trial: float | None, address: str | None) -> None:
+    """The Ray-only flags mean nothing to the local engine: say so rather than ignore them."""
+    given = [n for n, v in (("--cpus-per-trial", cpus_per_trial), ("--gpus-per-trial", gpus_per_trial),
+                            ("--address", address)) if v is not None]
+    if given:
+        raise UsageError(f"{', '.join(given)} only apply to --engine ray")
+
+
+def _pct(x: object) -> str:
+    return f"{100 * x:.2f}%" if isinstance(x, (int, float)) else "-"

@@ -1,0 +1,183 @@
+"""What both engines share: grid points with their keys and run folders, and the end-of-sweep count."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from .grid import run_dir_name
+from .store import Store, canonical_json, point_key, read_metrics
+
+if TYPE_CHECKING:
+    from ..train import TrainConfig
+
+__all__ = ["Point", "SweepResult", "prepare", "finished_on_disk", "reindex", "complete_resources", "read_summary",
+           "merge_resources", "read_metrics"]
+
+
+@dataclass
+class Point:
+    """One grid point: its configuration, its key in the store and the folder it trains in."""
+
+    config: "TrainConfig"
+    key: str
+    run_dir: Path
+
+    @property
+    def name(self) -> str:
+        return self.run_dir.name
+
+    @property
+    def config_json(self) -> str:
+        return canonical_json(self.config.to_dict())
+
+
+@dataclass
+class SweepResult:
+    """What one sweep did, for the one-line summary and ``--json``."""
+
+    db: str
+    runs_dir: str
+    engine: str
+    points: int
+    done: int = 0  # ran to the end in this sweep
+    failed: int = 0  # ran and failed in this sweep
+    skipped_done: int = 0  # already done before
+    skipped_failed: int = 0  # failed before, not retried (no --retry-failed)
+    elsewhere: int = 0  # held by another live sweep process
+    interrupted: bool = False
+    failures: list[dict[str, str]] = field(default_factory=list)
+    wall_s: float = 0.0
+
+    @property
+    def skipped(self) -> int:
+        return self.skipped_done + self.skipped_failed
+
+    def line(self) -> str:
+        parts = [f"{self.done} done", f"{self.failed} failed", f"{self.skipped} skipped"]
+        why = []
+        if self.skipped_done:
+            why.append(f"{self.skipped_done} already done")
+        if self.skipped_failed:
+            why.append(f"{self.skipped_failed} failed earlier: --retry-failed reruns them")
+        if why:
+            parts[-1] += f" ({', '.join(why)})"
+        if self.elsewhere:
+            parts.append(f"{self.elsewhere} running in another sweep")
+        head = "sweep interrupted" if self.interrupted else "sweep finished"
+        return (f"{head}: {self.points} points, {', '.join(parts)} in {self.wall_s:.0f} s; "
+                f"results in {self.db}, runs in {self.runs_dir}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"db": self.db, "runs_dir": self.runs_dir, "engine": self.engine, "points": self.points,
+                "done": self.done, "failed": self.failed, "skipped": self.skipped,
+                "skipped_done": self.skipped_done, "skipped_failed": self.skipped_failed,
+                "running_elsewhere": self.elsewhere, "interrupted": self.interrupted,
+                "failures": self.failures, "wall_s": round(self.wall_s, 3)}
+
+
+def prepare(store: Store, configs: Sequence["TrainConfig"], runs_dir: str | os.PathLike[str],
+            *, retry_failed: bool = False) -> tuple[list[Point], SweepResult]:
+    """Key every configuration, add the new ones to the store as pending and (``retry_failed``)
+    put failed ones back to pending. Returns the points in grid order and a result whose
+    ``skipped_*`` counts say what this sweep will not run."""
+    runs = Path(runs_dir).resolve()
+    points: list[Point] = []
+    seen: set[str] = set()
+    for cfg in configs:
+        d = cfg.to_dict()
+        key, _ = point_key(d)
+        if key in seen:
+            continue
+        seen.add(key)
+        points.append(Point(cfg, key, runs / run_dir_name(d, key)))
+    store.add_points((p.config.to_dict(), str(p.run_dir)) for p in points)
+    keys = [p.key for p in points]
+    if retry_failed:
+        store.reset_failed(keys)
+    counts = store.counts(keys)
+    result = SweepResult(db=str(store.path.resolve()), runs_dir=str(runs), engine="", points=len(points),
+                         skipped_done=counts["done"], skipped_failed=counts["failed"])
+    return points, result
+
+
+RESOURCES_FILE = "resources.json"  # what the sweep measured on top of train's summary
+LATENCY_MAX_S = 1.0  # most seconds of timed calls per batch size: latency must not dominate a quick sweep
+
+
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """A run's ``summary.json``, with the resources the sweep added (``resources.json``) merged in."""
+    return merge_resources(run_dir, _read_json(Path(run_dir) / "summary.json"))
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        d = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def merge_resources(run_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    extra = _read_json(Path(run_dir) / RESOURCES_FILE)
+    if summary is None or not extra:
+        return summary
+    return {**summary, "resources": {**extra, **(summary.get("resources") or {})}}
+
+
+def complete_resources(config: "TrainConfig", summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """Measure what a done run's summary lacks of SPEC section 4 (training memory, latency at the
+    run's batch size and at 1) on the device it trained on, and keep it in ``resources.json``
+    next to ``summary.json`` (which stays train's own). Returns the summary with them merged."""
+    res = dict(summary.get("resources") or {})
+    need_memory = "train_memory_bytes" not in res
+    need_latency = "latency_s" not in res
+    if summary.get("status") != "done" or not (need_memory or need_latency):
+        return summary
+    import torch
+
+    from ..measure import latency, resources
+
+    device = str(summary.get("device") or "cpu")
+    extra = resources(config.arch, config.batch_size, device, memory=need_memory, latency=False)
+    extra = {k: v for k, v in extra.items() if k not in res}
+    if need_latency:
+        with torch.device(device):
+            model = config.arch.build()
+        lat = {f"batch{b}": latency(model, b, device, max_run_time=LATENCY_MAX_S)
+               for b in dict.fromkeys((config.batch_size, 1))}
+        extra["latency_s"] = {k: v["median_s"] for k, v in lat.items()}
+        extra["latency_iqr_s"] = {k: v["iqr_s"] for k, v in lat.items()}
+        extra["batch_size"] = config.batch_size
+        extra["threads"] = torch.get_num_threads()
+    from ..checkpoint import atomic_write_json
+
+    atomic_write_json(Path(run_dir) / RESOURCES_FILE, extra)
+    return {**summary, "resources": {**extra, **res}}
+
+
+def finished_on_disk(point: Point) -> dict[str, Any] | None:
+    """The summary of a run that finished but whose row was never updated (the sweep was killed
+    between the two writes): recording it beats training it again."""
+    s = read_summary(point.run_dir)
+    if not s or s.get("status") != "done" or not isinstance(s.get("config"), dict):
+        return None
+    if point_key(s["config"])[0] != point.key:
+        return None
+    return s
+
+
+def reindex(store: Store, runs_dir: str | os.PathLike[str]) -> int:
+    """``sweep --reindex``: rebuild rows from every run folder under ``runs_dir``."""
+    n = 0
+    root = Path(runs_dir)
+    if not root.is_dir():
+        return 0
+    for cfg in sorted(root.glob("*/config.json")):
+        if store.reindex_run(cfg.parent) is not None:
+            n += 1
+    return n
+

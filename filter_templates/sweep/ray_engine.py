@@ -1,0 +1,253 @@
+"""The Ray engine: every grid point is one Ray Tune trial, on this machine or a cluster.
+
+Trials may run on other hosts, so they never touch the SQLite file: the driver (this process) is
+its only writer. It claims the points it will run (so a local sweep on the same file leaves them
+alone), records each epoch a trial reports and, when a trial ends, the run's ``summary.json``.
+
+A trial trains into its run folder and reports after every epoch with the folder as a Tune
+checkpoint; Tune copies it to ``storage`` (shared storage on a cluster). When a trial fails
+(a node dies, a worker crashes) Tune restarts it up to ``max_failures`` times from that
+checkpoint: the trial copies the checkpoint back into its run folder and ``train`` resumes.
+When the whole sweep is killed, the next sweep resumes partial runs from their run folders.
+
+Ray is an optional extra (``pip install 'filter-templates[ray]'``) and is imported only here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+from ..errors import UsageError
+from ..progress import Progress
+from .plan import RESOURCES_FILE, Point, SweepResult, complete_resources, finished_on_disk, prepare
+from .store import DEFAULT_STALE_AFTER, Store, owner_id, read_metrics
+
+if TYPE_CHECKING:
+    from ..train import TrainConfig
+
+__all__ = ["run_ray", "import_ray", "copy_run_files"]
+
+HEARTBEAT_EVERY = 30.0
+_QUIET = {
+    "RAY_AIR_NEW_OUTPUT": "0",  # the classic reporter, which verbose=0 silences completely
+    # every per-epoch checkpoint snapshots the experiment state (num_to_keep=1): expected, not a problem
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "summary.json", RESOURCES_FILE)
+
+
+def import_ray() -> tuple[Any, Any]:
+    """``(ray, ray.tune)``, or a UsageError that says how to install them."""
+    try:
+        import ray
+        from ray import tune
+    except ImportError as exc:
+        raise UsageError(f"--engine ray needs Ray Tune, which is not installed ({exc}); "
+                         "install it with: pip install 'filter-templates[ray]'") from None
+    return ray, tune
+
+
+# --------------------------------------------------------------------------------------------
+# The trial (runs in a Ray worker, possibly on another host)
+# --------------------------------------------------------------------------------------------
+
+
+def copy_run_files(src: Path, dst: Path) -> None:
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in _FILES:
+        if (src / name).exists():
+            tmp = dst / f".{name}.restore-{os.getpid()}"
+            shutil.copyfile(src / name, tmp)
+            os.replace(tmp, dst / name)
+
+
+def _trial(params: dict[str, Any]) -> None:
+    """Train one point, reporting each epoch with the run folder as the checkpoint."""
+    import torch
+    from ray import tune
+
+    from ..train import TrainConfig, train
+
+    point = params["point"]
+    run_dir = Path(point["run_dir"])
+    torch.set_num_threads(max(1, int(point["cpus"])))
+    restored = tune.get_checkpoint()
+    if restored is not None:  # a retry after a failure, maybe on another host
+        with restored.as_directory() as d:
+            if (Path(d) / "checkpoint.pt").exists():
+                copy_run_files(Path(d), run_dir)
+    config = TrainConfig.from_dict(point["config"])
+
+    def on_epoch(row: dict) -> None:
+        tune.report({**row, "final": False}, checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
+
+    summary = train(config, run_dir, resume=(run_dir / "checkpoint.pt").exists(), progress=False,
+                    on_epoch=on_epoch)
+    summary = complete_resources(config, summary, run_dir)  # measured here, on the trial's device
+    tune.report({"final": True, "status": summary["status"], "summary": json.dumps(summary, default=str)},
+                checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
+
+
+# --------------------------------------------------------------------------------------------
+# The driver
+# --------------------------------------------------------------------------------------------
+
+
+class _Heartbeats:
+    """Keep every claim the driver holds fresh, from a thread with its own connection."""
+
+    def __init__(self, db: Path, claims: dict[str, str], every: float) -> None:
+        self.db, self.claims, self.every = db, claims, every
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="sweep-heartbeats", daemon=True)
+
+    def drop(self, key: str) -> None:
+        with self.lock:
+            self.claims.pop(key, None)
+
+    def _loop(self) -> None:
+        try:
+            with Store(self.db) as store:
+                while not self.stop.wait(self.every):
+                    with self.lock:
+                        claims = dict(self.claims)
+                    store.heartbeat(claims)
+        except Exception:
+            pass
+
+    def __enter__(self) -> "_Heartbeats":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+
+def run_ray(
+    configs: Sequence["TrainConfig"],
+    db: str | os.PathLike[str],
+    runs_dir: str | os.PathLike[str],
+    *,
+    address: str | None = None,
+    cpus_per_trial: float = 1.0,
+    gpus_per_trial: float = 0.0,
+    max_failures: int = 2,
+    storage: str | None = None,
+    retry_failed: bool = False,
+    progress: bool | None = None,
+    stale_after: float = DEFAULT_STALE_AFTER,
+    heartbeat_every: float = HEARTBEAT_EVERY,
+) -> SweepResult:
+    """Run every claimable point of ``configs`` as a Ray Tune trial; return what happened.
+
+    ``address``: join that Ray cluster (``auto``, ``ray://host:10001``, ...); None starts a local
+    Ray. ``storage``: where Tune keeps trial checkpoints (a shared path or URI on a cluster);
+    default ``<runs_dir>/_ray``.
+    """
+    ray, tune = import_ray()
+    for name, value in _QUIET.items():  # the sweep draws its own progress; Tune's tables would drown it
+        os.environ.setdefault(name, value)
+    t0 = time.perf_counter()
+    runs = Path(runs_dir).resolve()
+    storage = storage or str(runs / "_ray")
+    with Store(db) as store:
+        points, result = prepare(store, configs, runs, retry_failed=retry_failed)
+        result.engine = "ray"
+        by_key = {p.key: p for p in points}
+        claims = store.claim_many(list(by_key), owner=owner_id(), stale_after=stale_after,
+                                  config_json={p.key: p.config_json for p in points})
+        tokens = {c["key"]: c["claim_token"] for c in claims}
+        bar = Progress(total=len(points), desc="sweep", enabled=progress)
+        bar.n = result.skipped
+        todo: list[Point] = []
+        for c in claims:  # finished on disk but never recorded (the last driver died): record, don't rerun
+            p = by_key[c["key"]]
+            s = finished_on_disk(p)
+            if s is not None:
+                store.finish(p.key, tokens[p.key], s, epochs=read_metrics(p.run_dir), run_dir=str(p.run_dir))
+                result.done += 1
+                bar.update()
+            else:
+                todo.append(p)
+        started_ray = False
+        try:
+            if todo:
+                with _Heartbeats(store.path, {p.key: tokens[p.key] for p in todo}, heartbeat_every) as beats, \
+                        contextlib.redirect_stdout(sys.stderr):  # keep stdout for the summary / --json
+                    if not ray.is_initialized():
+                        _init_ray(ray, address)
+                        started_ray = True
+                    from .ray_callback import StoreCallback
+
+                    callback = StoreCallback(store, by_key, tokens, beats, result, bar)
+                    _fit(tune, todo, storage, cpus_per_trial, gpus_per_trial, max_failures, callback)
+        finally:
+            # Anything not recorded (Ctrl-C, a Tune crash) goes back to pending: the next sweep
+            # resumes it from its run folder.
+            for p in todo:
+                row = store.get(p.key)
+                if row is not None and row["status"] == "running":
+                    store.release(p.key, tokens[p.key], "the Ray sweep stopped before this run ended")
+            if started_ray:
+                ray.shutdown()
+            bar.close()
+            result.wall_s = time.perf_counter() - t0
+        counts = store.counts(list(by_key))
+        result.elsewhere = counts["running"] + counts["pending"]
+    return result
+
+
+def _init_ray(ray: Any, address: str | None) -> None:
+    kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+    try:
+        if address:
+            ray.init(address=address, **kwargs)
+        else:  # a local Ray with this machine's CPUs and GPUs (never the removed local_mode)
+            ray.init(**kwargs)
+    except Exception as exc:  # unreachable cluster, bad address: the user's to fix
+        where = f"Ray cluster at {address!r}" if address else "a local Ray"
+        raise UsageError(f"cannot start or join {where}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
+
+
+def _trial_name(trial: Any) -> str:
+    return str(trial.config["point"]["name"])
+
+
+def _fit(tune: Any, todo: list[Point], storage: str, cpus: float, gpus: float, max_failures: int,
+         callback: Any) -> None:
+    def absolute(cfg: dict[str, Any]) -> dict[str, Any]:
+        cfg = dict(cfg)  # trials run with the trial folder as cwd: relative data paths would break
+        if cfg.get("data_dir"):
+            cfg["data_dir"] = str(Path(cfg["data_dir"]).resolve())
+        return cfg
+
+    space = [{"key": p.key, "name": p.name, "run_dir": str(p.run_dir), "config": absolute(p.config.to_dict()),
+              "cpus": cpus} for p in todo]
+    trainable = tune.with_resources(_trial, {"cpu": cpus, "gpu": gpus})
+    tuner = tune.Tuner(
+        trainable,
+        param_space={"point": tune.grid_search(space)},
+        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False, trial_name_creator=_trial_name,
+                                    trial_dirname_creator=_trial_name),
+        run_config=tune.RunConfig(
+            name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
+            storage_path=storage,
+            failure_config=tune.FailureConfig(max_failures=max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            callbacks=[callback],
+            verbose=0,
+        ),
+    )
+    tuner.fit()
+

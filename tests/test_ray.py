@@ -1,0 +1,55 @@
+"""The Ray engine on a local Ray: a two-point grid, each point a Tune trial; the driver alone writes
+the results store. Skipped where Ray is not installed (it is an optional extra; CI installs it)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import pytest
+
+from filter_templates.cli import main
+from filter_templates.sweep.store import Store
+
+
+def test_two_point_grid_on_a_local_ray(tmp_path, capsys, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.chdir(tmp_path)  # relative --db/--runs-dir resolve here, as for a user
+    argv = ["sweep", "--engine", "ray", "--cpus-per-trial", "1", "--models", "vgg19", "--templates", "base",
+            "uniform", "--widths", "0.05", "--datasets", "synthetic", "--epochs", "2", "--limit-train", "64",
+            "--limit-test", "32", "--batch-size", "32", "--device", "cpu", "--db", "r.sqlite", "--runs-dir", "runs",
+            "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)  # stdout is exactly one JSON document despite Ray's chatter
+    assert (out["engine"], out["points"], out["done"], out["failed"]) == ("ray", 2, 2, 0)
+    assert not ray.is_initialized()  # the engine shut down the Ray it started
+    with Store(tmp_path / "r.sqlite") as s:
+        rows = s.rows()
+        assert s.integrity_check() == "ok"
+        events = {r["key"]: [e["event"] for e in s.events(r["key"])] for r in rows}
+    assert [r["status"] for r in rows] == ["done", "done"]
+    for r in rows:
+        assert events[r["key"]] == ["add", "claim", "done"]
+        assert [e["epoch"] for e in r["epoch_metrics"]] == [1, 2]
+        assert r["claimed_by"] is None and r["final_acc"] is not None and r["params"] > 0
+        run_dir = tmp_path / "runs" / os.path.basename(r["run_dir"])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "done" and summary["final_acc"] == r["final_acc"]
+        assert [json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    # Tune kept its trial checkpoints under the runs folder
+    assert list((tmp_path / "runs" / "_ray").glob("sweep-*/*/checkpoint_*"))
+    # a second sweep finds everything done and starts no Ray at all
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["done"], again["skipped_done"]) == (0, 2)
+
+
+def test_missing_ray_is_a_clear_usage_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    argv = ["sweep", "--engine", "ray", "--models", "vgg19", "--templates", "base", "--widths", "0.05",
+            "--datasets", "synthetic", "--epochs", "1", "--db", str(tmp_path / "r.sqlite"),
+            "--runs-dir", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'filter-templates[ray]'" in err[0]
