@@ -1,51 +1,88 @@
-"""``filter-templates templates``: per-layer counts, parameters and FLOPs of every template."""
+"""``filter-templates templates``: per-layer counts, parameters and FLOPs of every template, and with
+``--measure`` training memory and latency too."""
 
 from __future__ import annotations
 
 import argparse
 import json
 
-from .args import add_model_args, positive_float
+from .args import add_model_args, positive_float, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("templates", help="show each template's per-layer filter counts and cost",
                        description="Show, for every template (or those named), the per-layer filter counts, "
-                                   "parameters and forward FLOPs per image of the model at a width multiplier.")
+                                   "parameters and forward FLOPs per image of the model at a width multiplier; "
+                                   "with --measure also training memory per batch and inference latency.")
     add_model_args(p, template_many=True)
     p.add_argument("--width", type=positive_float, default=1.0, metavar="W", help="width multiplier (default: 1.0)")
+    p.add_argument("--measure", action="store_true",
+                   help="also measure training memory of one SGD step at --batch-size (CPU: exact account of "
+                        "parameters, gradients, momentum, buffers, input and tensors saved for backward; CUDA: "
+                        "allocator peak) and eval latency at --batch-size and at batch 1 (slow for big models)")
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
+                   help="batch size of the memory and latency measurements (default: 64)")
+    p.add_argument("--device", default="cpu", metavar="D",
+                   help="cpu, cuda, cuda:N or auto, for --measure (default: cpu)")
+    p.add_argument("--min-run-time", type=positive_float, default=None, metavar="S",
+                   help="seconds of timed forward passes per latency measurement (default: 0.1)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(run=run)
 
 
 def rows(args: argparse.Namespace) -> list[dict]:
     from ..arch import make_arch
-    from ..measure import count_flops, count_params
+    from ..measure import LATENCY_MIN_RUN_TIME, arch_flops, arch_params, resolve_device, resources
     from ..models import get_family
+    from ..progress import Progress
     from ..templates import template_names
 
     get_family(args.model)
+    measure = getattr(args, "measure", False)
+    device = resolve_device(getattr(args, "device", "cpu")) if measure else None
     names = args.templates or template_names()
+    archs = [make_arch(args.model, name, args.width, args.classes, divisor=args.divisor, floor=args.floor)
+             for name in names]  # every name checked before any slow measurement
     out = []
-    for name in names:
-        arch = make_arch(args.model, name, args.width, args.classes, divisor=args.divisor, floor=args.floor)
-        model = arch.build()
-        out.append({"name": name, "filters": list(arch.filters), "params": count_params(model),
-                    "flops": count_flops(model)})
+    for name, arch in zip(names, Progress(archs, desc="measure", enabled=None if measure else False)):
+        row = {"name": name, "filters": list(arch.filters), "params": arch_params(arch), "flops": arch_flops(arch)}
+        if measure:
+            run_time = args.min_run_time if args.min_run_time is not None else LATENCY_MIN_RUN_TIME
+            res = resources(arch, args.batch_size, device, min_run_time=run_time)
+            for key in ("train_memory_bytes", "train_memory_method", "latency_s", "latency_iqr_s"):
+                row[key] = res[key]
+            row["_where"] = {k: res[k] for k in ("device", "device_name", "threads")}
+        out.append(row)
     return out
 
 
 def run(args: argparse.Namespace) -> int:
     table = rows(args)
+    where = table[0].pop("_where", None) if table else None
+    for r in table[1:]:
+        r.pop("_where", None)
     if args.json:
-        print(json.dumps({"model": args.model, "width": args.width, "classes": args.classes, "templates": table}))
+        doc = {"model": args.model, "width": args.width, "classes": args.classes}
+        if where:
+            doc.update(batch_size=args.batch_size, **where)
+        doc["templates"] = table
+        print(json.dumps(doc))
         return 0
     from ..models import get_family
 
     fam = get_family(args.model)
     print(f"{fam.description}; width {args.width:g}, {args.classes} classes; one count per {fam.unit}")
     w = max(len(r["name"]) for r in table)
-    print(f"{'template':<{w}}  {'params':>12}  {'GFLOPs':>8}  filters")
+    b = args.batch_size
+    extra = f"  {'train MB':>9}  {f'ms@{b}':>8}  {'ms@1':>7}" if where else ""
+    print(f"{'template':<{w}}  {'params':>12}  {'GFLOPs':>8}{extra}  filters")
     for r in table:
-        print(f"{r['name']:<{w}}  {r['params']:>12,}  {r['flops'] / 1e9:>8.3f}  {' '.join(map(str, r['filters']))}")
+        extra = ""
+        if where:
+            lat = r["latency_s"]
+            extra = f"  {r['train_memory_bytes'] / 1e6:>9.1f}  {lat[f'batch{b}'] * 1e3:>8.2f}  {lat['batch1'] * 1e3:>7.2f}"
+        print(f"{r['name']:<{w}}  {r['params']:>12,}  {r['flops'] / 1e9:>8.3f}{extra}  {' '.join(map(str, r['filters']))}")
+    if where:
+        print(f"memory: {table[0]['train_memory_method']} of one SGD step at batch {b}; latency: median of eval "
+              f"forward passes on {where['device']} ({where['device_name']}), {where['threads']} threads")
     return 0

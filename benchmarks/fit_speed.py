@@ -1,0 +1,61 @@
+"""How long ``fit`` takes for a params and a FLOPs budget, all five templates, every family.
+
+The goal (issue 3) is under 5 s per family and budget on a 2-core CPU. Every fit starts with empty
+caches (the per-model shape cache and the per-structure FLOP tables), so each time includes the
+meta-device FLOP counting of every new model structure. PyTorch's one-time lazy set-up of meta
+kernels (about a second, once per process) is timed separately as "process warm-up".
+
+    python benchmarks/fit_speed.py [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from filter_templates import measure as M
+from filter_templates.arch import make_arch
+from filter_templates.fit import fit, parse_budget
+from filter_templates.models import family_names
+
+FLOPS_BUDGET = {"vgg19": "flops=100M", "resnet50": "flops=300M", "googlenet": "flops=300M", "mobilenet": "flops=20M"}
+
+
+def clear_caches() -> None:
+    M._shape.cache_clear()
+    M._FLOP_TABLES.clear()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--repeat", type=int, default=3, help="timed runs per family and budget (median reported)")
+    args = ap.parse_args()
+
+    t = time.perf_counter()
+    M.count_flops(M.meta_model(make_arch("vgg19", "base", 0.1)))
+    print(f"process warm-up (first meta forward): {time.perf_counter() - t:.2f} s")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
+    print(f"{'family':<10} {'budget':<12} {'median s':>9} {'max s':>7} {'probes':>7}  fitted / budget")
+    worst = 0.0
+    for family in family_names():
+        for budget in ("params=1M", FLOPS_BUDGET.get(family, "flops=100M")):
+            times, results = [], []
+            for _ in range(args.repeat):
+                clear_caches()
+                t = time.perf_counter()
+                results = fit(family, budget, progress=False)
+                times.append(time.perf_counter() - t)
+            key = budget.split("=")[0]
+            value = parse_budget(budget).value
+            ratios = " ".join(f"{r.resources[key] / value:.3f}" for r in results)
+            probes = sum(r.probes for r in results)
+            worst = max(worst, max(times))
+            print(f"{family:<10} {budget:<12} {statistics.median(times):>9.2f} {max(times):>7.2f} {probes:>7}  {ratios}")
+    print(f"slowest single fit: {worst:.2f} s (goal: < 5 s)")
+
+
+if __name__ == "__main__":
+    main()

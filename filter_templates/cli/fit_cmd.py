@@ -1,0 +1,139 @@
+"""``filter-templates fit``: the widest model of each template that fits a budget (no training)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+
+from .args import add_model_args, positive_float, positive_int
+
+BUDGET_HELP = (
+    "the budget, KEY=VALUE. KEY: params or flops (forward FLOPs per 32x32 image), counts with an "
+    "optional K/M/G/T suffix, 1000-based (params=1M, flops=100M); memory, bytes of one SGD training "
+    "step at --batch-size (CPU: exact account; CUDA: allocator peak), K/M/G/T = 1000-based, "
+    "Ki/Mi/Gi/Ti = 1024-based, optional trailing B (memory=512M, memory=2GiB); latency, seconds of "
+    "one eval forward pass at --batch-size on --device, with suffix s, ms or us (latency=20ms)"
+)
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..fit import LATENCY_TOLERANCE, MAX_WIDTH
+
+    p = sub.add_parser(
+        "fit", help="find, per template, the largest width multiplier that fits a resource budget",
+        description="For every template (or those named), find by bisection on the real rounded model the "
+                    "largest width multiplier whose model stays within the budget. Parameters and FLOPs are "
+                    "exact (to 1e-4 relative in width); memory is the exact CPU account or the CUDA peak; "
+                    "latency is measured at every probe, with a noise tolerance (see --latency-tolerance).")
+    add_model_args(p, template_many=True)
+    p.add_argument("--budget", required=True, metavar="KEY=VALUE", help=BUDGET_HELP)
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
+                   help="batch size of the memory and latency measurements (default: 64)")
+    p.add_argument("--device", default="cpu", metavar="D",
+                   help="cpu, cuda, cuda:N or auto (CUDA when available), for memory and latency (default: cpu)")
+    p.add_argument("--latency-tolerance", type=_fraction, default=LATENCY_TOLERANCE, metavar="FRAC",
+                   help=f"latency probes fit only when their median is at most budget*(1-FRAC), a margin for "
+                        f"timing noise (default: {LATENCY_TOLERANCE:g}, i.e. {LATENCY_TOLERANCE:.0%})")
+    p.add_argument("--min-run-time", type=positive_float, default=None, metavar="S",
+                   help="seconds of timed forward passes per latency measurement (default: 0.1)")
+    p.add_argument("--max-width", type=positive_float, default=MAX_WIDTH, metavar="W",
+                   help=f"largest width multiplier considered (default: {MAX_WIDTH:g}); a budget that even this "
+                        "width meets is reported at this width with a warning")
+    p.add_argument("--measure", action="store_true",
+                   help="also measure training memory and latency of every fitted model")
+    p.add_argument("--save", metavar="DIR",
+                   help="write one JSON config per fitted model, DIR/<model>-<template>-w<width>.json "
+                        "({\"arch\": ..., \"fit\": ...}; 'train --config' reads its arch)")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.set_defaults(run=run)
+
+
+def _fraction(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a fraction in [0, 1)") from None
+    if not 0 <= v < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1)")
+    return v
+
+
+def config_name(model: str, template: str, width: float) -> str:
+    """``<model>-<template>-w<width>.json``, with characters unsafe in file names replaced."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", template).strip("_") or "custom"
+    return f"{model}-{safe}-w{width:g}.json"
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..errors import UsageError
+    from ..fit import fit, format_value, parse_budget
+
+    budget = parse_budget(args.budget)
+    results = fit(args.model, budget, args.templates, classes=args.classes, divisor=args.divisor,
+                  floor=args.floor, batch_size=args.batch_size, device=args.device, max_width=args.max_width,
+                  latency_tolerance=args.latency_tolerance, min_run_time=args.min_run_time, measure=args.measure)
+    for r in results:
+        if r.note:
+            print(f"filter-templates: warning: {r.template}: {r.note}", file=sys.stderr)
+
+    fits = [r.to_dict() for r in results]
+    if args.save:
+        out = Path(args.save)
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+            for r, d in zip(results, fits):
+                path = out / config_name(args.model, r.template, r.width)
+                doc = {"arch": r.arch.to_dict(), "fit": {"budget": budget.to_dict(), "resources": r.resources}}
+                path.write_text(json.dumps(doc, indent=2) + "\n")
+                d["config"] = str(path)
+        except OSError as exc:
+            raise UsageError(f"cannot write configs to {args.save!r}: {exc.strerror or exc}") from None
+
+    if args.json:
+        print(json.dumps({"model": args.model, "budget": budget.to_dict(), "fits": fits}))
+        return 0
+
+    from ..models import get_family
+
+    fam = get_family(args.model)
+    print(f"{fam.description}; {args.classes} classes; budget {budget.key} <= {format_value(budget.key, budget.value)}")
+    w = max(8, *(len(r.template) for r in results))
+    measured = any("train_memory_bytes" in d for d in fits)
+    timed = any("latency_s" in d for d in fits)
+    head = f"{'template':<{w}}  {'width':>9}  {'params':>12}  {'GFLOPs':>8}"
+    if measured:
+        head += f"  {'train MB':>9}"
+    if timed:
+        head += f"  {f'ms@{args.batch_size}':>8}  {'ms@1':>7}"
+    print(head + f"  {'budget':>7}  filters")
+    for r, d in zip(results, fits):
+        line = f"{r.template:<{w}}  {r.width:>9.6g}  {d['params']:>12,}  {d['flops'] / 1e9:>8.3f}"
+        if measured:
+            line += f"  {d['train_memory_bytes'] / 1e6:>9.1f}" if "train_memory_bytes" in d else f"  {'':>9}"
+        if timed:
+            lat = d.get("latency_s", {})
+            line += (f"  {lat[f'batch{args.batch_size}'] * 1e3:>8.2f}  {lat['batch1'] * 1e3:>7.2f}"
+                     if lat else f"  {'':>8}  {'':>7}")
+        used = _used(budget.key, d)
+        line += f"  {used / budget.value:>6.1%}" if used is not None else f"  {'':>7}"
+        print(line + f"  {' '.join(map(str, d['filters']))}{'  (capped)' if r.capped else ''}")
+    if timed or budget.key == "memory":
+        d0 = fits[0]
+        print(f"measured on {d0.get('device')} ({d0.get('device_name')}), {d0.get('threads')} threads, "
+              f"batch {args.batch_size}")
+    for d in fits:
+        if "config" in d:
+            print(f"saved {d['config']}")
+    return 0
+
+
+def _used(key: str, d: dict):
+    if key in ("params", "flops"):
+        return d[key]
+    if key == "memory":
+        return d.get("train_memory_bytes")
+    lat = d.get("latency_s") or {}
+    return lat.get(f"batch{d.get('batch_size', 64)}")

@@ -1,0 +1,403 @@
+"""Fit a budget (SPEC section 5): for each template, the largest width multiplier whose rounded
+model stays within a budget on one resource, found without training anything.
+
+Every probe builds the real, rounded model of ``make_arch(family, template, w)`` (on the meta
+device for parameters, FLOPs and the CPU memory account, so a probe costs milliseconds; on the
+target device for latency and CUDA memory) and compares its resource with the budget:
+
+* bracket: from a first guess, step up (or down) by a growing factor until one width fits and a
+  larger one does not; widths are capped at ``max_width`` (default 64), and a budget that even
+  the capped width meets is reported with ``capped=True`` and a note;
+* bisection on the real rounded model until the bracket is narrower than ``1e-4`` relative
+  (``1e-2`` for latency, whose probes are slow and noisy), so the answer is the largest width that
+  fits up to that precision; the reported width is the shortest decimal inside the final bracket
+  that builds the *same* model as the bisection's answer;
+* resources only change when a rounded count changes, so identical models (same parameter
+  shapes) are measured once per fit.
+
+Parameters, FLOPs and memory only grow with every filter count, so they are monotone in ``w``
+as long as the model's structure stays the same. A ResNet's projection shortcut exists only where
+a block's input and output widths differ, and rounding can make neighbouring blocks equal at one
+width and different at the next, so the cost can dip again just above the boundary. When the
+probes near the boundary (within 25%) saw more than one structure, the fitter therefore also scans 10% above the
+boundary in 0.5% steps and continues from any width that fits again.
+
+Latency probes are noisy: a probe fits only when its median latency is at most
+``budget * (1 - latency_tolerance)`` (default 3%), so the fitted model's latency stays within the
+budget under run-to-run noise of that size; a probe that does not fit is timed up to
+``LATENCY_REPEATS`` (3) times and its fastest median kept, since other processes on the machine
+only ever add time. Latency probes stop at models over
+``MAX_REAL_PARAMS`` parameters (building and timing bigger ones is not practical).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+from .arch import Arch, make_arch
+from .errors import UsageError
+from .progress import Progress
+
+__all__ = ["Budget", "parse_budget", "FitResult", "fit", "KEYS", "MAX_WIDTH", "LATENCY_TOLERANCE", "format_value"]
+
+KEYS = ("params", "flops", "memory", "latency")
+MAX_WIDTH = 64.0
+LATENCY_TOLERANCE = 0.03
+MAX_REAL_PARAMS = 200_000_000
+W_TINY = 1e-6  # every layer (and the stem) rounds to the floor here: the smallest reachable model
+EXACT_REL_TOL = 1e-4
+LATENCY_REL_TOL = 1e-2
+SCAN_STEP = 0.005
+SCAN_STEPS = 20
+LATENCY_REPEATS = 3
+
+_COUNT = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
+_BYTES = {**_COUNT, "ki": 1024.0, "mi": 1024.0**2, "gi": 1024.0**3, "ti": 1024.0**4}
+_TIME = {"": 1.0, "s": 1.0, "ms": 1e-3, "us": 1e-6, "µs": 1e-6}
+_NUMBER = re.compile(r"^\s*([+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?)\s*([a-zA-Zµ]*)\s*$")
+_HELP = {
+    "params": "a count with an optional K/M/G/T suffix (1000-based), e.g. params=5e6 or params=1.5M",
+    "flops": "a count with an optional K/M/G/T suffix (1000-based), e.g. flops=100M",
+    "memory": "bytes with an optional K/M/G/T suffix (1000-based) or Ki/Mi/Gi/Ti (1024-based), "
+              "optionally followed by B, e.g. memory=512M or memory=2GiB",
+    "latency": "seconds with an optional s/ms/us suffix, e.g. latency=20ms or latency=0.02",
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """A limit on one resource: ``key`` in :data:`KEYS`, ``value`` in counts, bytes or seconds."""
+
+    key: str
+    value: float
+
+    def to_dict(self) -> dict[str, Any]:
+        v: Union[int, float] = self.value
+        if self.key != "latency" and float(self.value).is_integer():
+            v = int(self.value)
+        return {"key": self.key, "value": v}
+
+    def __str__(self) -> str:
+        return f"{self.key}={format_value(self.key, self.value)}"
+
+
+def format_value(key: str, value: float) -> str:
+    """A resource value the way a user reads it: 1,000,000 params, 512.0 MB, 20.0 ms."""
+    if key == "latency":
+        return f"{value * 1e3:.4g} ms" if value < 1 else f"{value:.4g} s"
+    if key == "memory":
+        return f"{value / 1e6:,.1f} MB"
+    if float(value).is_integer():
+        return f"{int(value):,}"
+    return f"{value:,.6g}"
+
+
+def parse_budget(text: str) -> Budget:
+    """``KEY=VALUE`` as typed on the command line; anything malformed is a :class:`UsageError`."""
+    if not isinstance(text, str) or text.count("=") != 1:
+        raise UsageError(f"malformed budget {text!r}: expected KEY=VALUE with KEY one of {', '.join(KEYS)}")
+    key, _, raw = text.partition("=")
+    key = key.strip().lower()
+    if key not in KEYS:
+        raise UsageError(f"unknown budget key {key!r} in {text!r}; choose from {', '.join(KEYS)}")
+    m = _NUMBER.match(raw)
+    suffix = m.group(2).lower() if m else ""
+    if key == "memory" and suffix.endswith("b"):
+        suffix = suffix[:-1]
+    table = {"params": _COUNT, "flops": _COUNT, "memory": _BYTES, "latency": _TIME}[key]
+    if m is None or suffix not in table:
+        raise UsageError(f"malformed budget value {raw!r} for {key}: expected {_HELP[key]}")
+    value = float(m.group(1)) * table[suffix]
+    if not math.isfinite(value) or value <= 0:
+        raise UsageError(f"budget {text!r} must be a positive finite value")
+    return Budget(key, value)
+
+
+@dataclass
+class FitResult:
+    """One template's answer: the width, the model it builds and what that model costs."""
+
+    template: str
+    width: float
+    arch: Arch
+    resources: dict[str, Any]
+    capped: bool = False
+    note: Optional[str] = None
+    probes: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        d: dict[str, Any] = {"template": self.template, "width": self.width, "filters": list(self.arch.filters)}
+        d.update(self.resources)
+        d["capped"] = self.capped
+        if self.note:
+            d["note"] = self.note
+        return d
+
+
+class _TooBig(Exception):
+    """A probe's model is too large to build and time for real."""
+
+
+@dataclass
+class _Objective:
+    """The budgeted resource as a function of the width multiplier, for one template."""
+
+    family: str
+    template: str
+    key: str
+    classes: int
+    divisor: int
+    floor: int
+    batch_size: int
+    device: Any
+    min_run_time: float
+    max_real_params: int
+    limit: float
+    cache: dict  # model signature -> measured value, shared by the templates of one fit
+    seen: list = field(default_factory=list)  # (width, structure) of every probe
+    probes: int = 0
+
+    def arch(self, w: float) -> Arch:
+        return make_arch(self.family, self.template, w, self.classes, divisor=self.divisor, floor=self.floor)
+
+    def signature(self, w: float) -> tuple:
+        from .measure import arch_shape
+
+        return arch_shape(self.arch(w)).signature
+
+    def __call__(self, w: float) -> float:
+        from .measure import arch_shape
+
+        self.probes += 1
+        arch = self.arch(w)
+        shape = arch_shape(arch)
+        self.seen.append((w, shape.structure))
+        if self.key == "params":
+            return float(shape.params)
+        if self.key == "flops":
+            return float(shape.flops)
+        if shape.signature in self.cache:
+            return self.cache[shape.signature]
+        value = self._measure(arch, shape.params)
+        self.cache[shape.signature] = value
+        return value
+
+    def _measure(self, arch: Arch, params: int) -> float:
+        import torch
+
+        from . import measure as M
+
+        if self.key == "memory":
+            if self.device.type == "cuda":
+                if params > self.max_real_params:
+                    raise _TooBig
+                try:
+                    return float(M.train_memory_bytes(M.meta_model(arch), self.batch_size, device=self.device))
+                except torch.cuda.OutOfMemoryError:
+                    return math.inf  # does not fit the device: certainly over any budget it could meet
+            return float(M.train_memory_bytes(M.meta_model(arch), self.batch_size, device="cpu"))
+        if params > self.max_real_params:
+            raise _TooBig
+        with torch.device(self.device):
+            model = arch.build()
+        best = math.inf
+        for _ in range(LATENCY_REPEATS):  # interference only ever adds time: keep the fastest median
+            r = M.latency(model, self.batch_size, self.device, min_run_time=self.min_run_time)
+            best = min(best, r["median_s"])
+            if best <= self.limit:
+                break
+        return float(best)
+
+
+def fit(
+    family: str,
+    budget: Union[Budget, str],
+    templates: Optional[Sequence[str]] = None,
+    *,
+    classes: int = 10,
+    divisor: int = 1,
+    floor: int = 1,
+    batch_size: int = 64,
+    device: str = "cpu",
+    max_width: float = MAX_WIDTH,
+    latency_tolerance: float = LATENCY_TOLERANCE,
+    min_run_time: Optional[float] = None,
+    measure: bool = False,
+    progress: Optional[bool] = None,
+) -> list[FitResult]:
+    """For each template (default: all registered), the largest width that fits ``budget``.
+
+    ``measure=True`` adds training memory and latency of every fitted model to its resources
+    (otherwise only params, FLOPs and the budgeted resource are reported). Raises
+    :class:`UsageError` for a budget below the smallest reachable model, naming that model's value.
+    """
+    from . import measure as M
+    from .models import get_family
+    from .templates import template_names
+
+    fam = get_family(family)
+    if isinstance(budget, str):
+        budget = parse_budget(budget)
+    if budget.key not in KEYS:
+        raise UsageError(f"unknown budget key {budget.key!r}; choose from {', '.join(KEYS)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
+    if not (isinstance(max_width, (int, float)) and math.isfinite(max_width) and max_width > W_TINY):
+        raise UsageError(f"maximum width must be a positive finite number, got {max_width!r}")
+    if not (0 <= latency_tolerance < 1):
+        raise UsageError(f"latency tolerance must be in [0, 1), got {latency_tolerance!r}")
+    dev = M.resolve_device(device)
+    run_time = M.LATENCY_MIN_RUN_TIME if min_run_time is None else float(min_run_time)
+    names = list(templates) if templates else template_names()
+    measured = budget.key == "latency" or (budget.key == "memory" and dev.type == "cuda")
+    limit = budget.value * (1 - latency_tolerance) if budget.key == "latency" else budget.value
+    rel_tol = LATENCY_REL_TOL if budget.key == "latency" else EXACT_REL_TOL
+    cache: dict = {}
+    for name in names:  # refuse a bad template before spending time on the others
+        make_arch(fam.name, name, 1.0, classes, divisor=divisor, floor=floor)
+
+    results = []
+    for name in Progress(names, desc=f"fit {fam.name} {budget.key}", enabled=progress):
+        obj = _Objective(fam.name, name, budget.key, classes, divisor, floor, batch_size, dev, run_time,
+                         MAX_REAL_PARAMS, limit, cache)
+        smallest = obj(W_TINY)
+        if smallest > limit:
+            raise UsageError(_unreachable(fam.name, floor, budget, smallest, limit))
+        width, capped, note = _search(obj, limit, float(max_width), rel_tol, measured)
+        arch = obj.arch(width)
+        want_memory = measure or budget.key == "memory"
+        want_latency = measure or budget.key == "latency"
+        res = M.resources(arch, batch_size, dev, memory=want_memory, latency=want_latency, min_run_time=run_time)
+        if not (want_memory or want_latency):
+            res = {"params": res["params"], "flops": res["flops"]}
+        if budget.key == "latency":  # the probe's timing is as valid as the fresh one: keep the faster
+            probe = cache.get(M.arch_shape(arch).signature)
+            at = f"batch{batch_size}"
+            if probe is not None and probe < res["latency_s"][at]:
+                res["latency_s"][at] = probe
+        results.append(FitResult(arch.template, width, arch, res, capped, note, obj.probes))
+    return results
+
+
+def _unreachable(family: str, floor: int, budget: Budget, smallest: float, limit: float) -> str:
+    what = f"the smallest reachable {family} model (every layer at the floor {floor}, width -> 0)"
+    if budget.key == "latency":
+        margin = f", above the budget less the noise tolerance ({format_value('latency', limit)})" \
+            if limit != budget.value else ""
+        return f"budget {budget} cannot be met: {what} takes {format_value('latency', smallest)}{margin}"
+    unit = {"params": " parameters", "flops": " FLOPs per image", "memory": " of training memory"}[budget.key]
+    return f"budget {budget} is below {what}: {format_value(budget.key, smallest)}{unit}"
+
+
+def _search(obj: Callable[[float], float], limit: float, max_width: float, rel_tol: float,
+            measured: bool) -> tuple[float, bool, Optional[str]]:
+    """Largest ``w`` in ``(0, max_width]`` with ``obj(w) <= limit``; ``obj(W_TINY) <= limit`` holds."""
+
+    def fits(w: float) -> bool:
+        return obj(w) <= limit
+
+    # --- bracket: lo fits, hi does not ---------------------------------------------------------
+    if measured:
+        guess, factor = min(0.5, max_width), 2.0
+    else:  # costs grow roughly with w^2: a good first guess saves most of the bracketing
+        small, at_one = obj(W_TINY), obj(1.0)
+        guess = math.sqrt(max(limit - small, 0.0) / max(at_one - small, 1e-300)) if at_one > small else 1.0
+        guess, factor = min(max(guess, 10 * W_TINY), max_width), 1.1
+    lo, hi = W_TINY, None
+    try:
+        if fits(guess):
+            lo = guess
+            while hi is None:
+                if lo >= max_width:
+                    return max_width, True, _capped_note(max_width)
+                w = min(lo * factor, max_width)
+                if fits(w):
+                    lo = w
+                else:
+                    hi = w
+                factor = 1 + 2 * (factor - 1)
+        else:
+            hi = guess
+            while True:
+                w = hi / factor
+                if w <= W_TINY:
+                    break  # lo stays at W_TINY, which fits
+                if fits(w):
+                    lo = w
+                    break
+                hi = w
+                factor = 1 + 2 * (factor - 1)
+    except _TooBig:
+        return lo, True, (f"latency/memory probes stop at models over {MAX_REAL_PARAMS:,} parameters; "
+                          f"width {lo:.6g} is the largest probed that fits")
+
+    # --- bisection, plus a scan above the boundary where the structure changes -------------------
+    assert hi is not None
+    while True:
+        for _ in range(200):  # ends long before: the bracket halves every time
+            if hi - lo <= rel_tol * lo:
+                break
+            mid = 0.5 * (lo + hi)
+            if fits(mid):
+                lo = mid
+            else:
+                hi = mid
+        if measured or not _structure_changes(obj, lo, hi):
+            break
+        again = _scan_up(fits, hi, max_width)
+        if again is None:
+            break
+        lo, hi = again, None
+        while hi is None:  # the next width above it that does not fit
+            w = lo * (1 + SCAN_STEP)
+            if w >= max_width:
+                if fits(max_width):
+                    return max_width, True, _capped_note(max_width)
+                hi = max_width
+            elif fits(w):
+                lo = w
+            else:
+                hi = w
+    return _short_width(obj, lo, hi), False, None
+
+
+def _structure_changes(obj: Any, lo: float, hi: float) -> bool:
+    """Whether probes near the boundary built models of more than one structure."""
+    near = {s for w, s in getattr(obj, "seen", ()) if lo / 1.25 <= w <= hi * 1.25}
+    return len(near) > 1
+
+
+def _scan_up(fits: Callable[[float], bool], start: float, max_width: float) -> Optional[float]:
+    """The first width that fits in ``SCAN_STEPS`` steps of ``SCAN_STEP`` above ``start``."""
+    w = start
+    for _ in range(SCAN_STEPS):
+        w = min(w * (1 + SCAN_STEP), max_width)
+        if fits(w):
+            return w
+        if w >= max_width:
+            break
+    return None
+
+
+def _capped_note(max_width: float) -> str:
+    return (f"even width {max_width:g} (the largest allowed, see --max-width) stays within the budget; "
+            f"reporting width {max_width:g}")
+
+
+def _short_width(obj: Any, lo: float, hi: float) -> float:
+    """The shortest decimal in ``[lo, hi)`` that builds the same model as ``lo`` (else ``lo``)."""
+    signature = getattr(obj, "signature", None)
+    if signature is None:
+        return lo
+    target = signature(lo)
+    exponent = math.floor(math.log10(lo))
+    for digits in range(2, 10):
+        scale = 10.0 ** (digits - 1 - exponent)
+        c = math.ceil(lo * scale - 1e-9) / scale
+        c = float(f"{c:.{digits}g}")
+        if lo <= c < hi and signature(c) == target:
+            return c
+    return lo
