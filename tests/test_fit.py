@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -23,6 +24,15 @@ def run(capsys, *argv):
     out, err = capsys.readouterr()
     return code, out, err
 
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Tiny models on a shared 2-core box: one thread avoids OpenMP spinning against other load."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 # --------------------------------------------------------------------------------------------
 # Budgets
@@ -252,7 +262,7 @@ def test_fit_unknown_model(capsys):
     assert code == 2 and "unknown model 'alexnet'" in err and err.count("\n") == 1
 
 
-@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="CUDA is available here")
+@pytest.mark.skipif(torch.cuda.is_available(), reason="CUDA is available here")
 def test_fit_cuda_without_gpu(capsys):
     code, out, err = run(capsys, "fit", "--model", "vgg19", "--budget", "memory=1G", "--device", "cuda")
     assert code == 2 and "CUDA is not available" in err and err.count("\n") == 1
