@@ -18,16 +18,17 @@ target device for latency and CUDA memory) and compares its resource with the bu
 Parameters, FLOPs and memory only grow with every filter count, so they are monotone in ``w``
 as long as the model's structure stays the same. A ResNet's projection shortcut exists only where
 a block's input and output widths differ, and rounding can make neighbouring blocks equal at one
-width and different at the next, so the cost can dip again just above the boundary. When the
-probes near the boundary (within 25%) saw more than one structure, the fitter therefore also scans 10% above the
-boundary in 0.5% steps and continues from any width that fits again.
+width and different at the next, so the cost can dip again just above the boundary (seen with
+negative-quadratic at widths below about 0.05). When the probes within 25% of the boundary built
+more than one structure, the fitter also scans 10% above the boundary in 0.5% steps and goes on
+from any width that fits again.
 
 Latency probes are noisy: a probe fits only when its median latency is at most
 ``budget * (1 - latency_tolerance)`` (default 3%), so the fitted model's latency stays within the
 budget under run-to-run noise of that size; a probe that does not fit is timed up to
 ``LATENCY_REPEATS`` (3) times and its fastest median kept, since other processes on the machine
-only ever add time. Latency probes stop at models over
-``MAX_REAL_PARAMS`` parameters (building and timing bigger ones is not practical).
+only ever add time. Probes that run real models (latency, CUDA memory) stop at models over
+``MAX_REAL_PARAMS`` parameters: building and timing bigger ones is not practical.
 """
 
 from __future__ import annotations

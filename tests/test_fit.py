@@ -257,6 +257,19 @@ def test_fit_bad_input_is_one_line_exit_2(capsys, argv, needle):
     assert needle in lines[0]
 
 
+@pytest.mark.parametrize("command", ["fit", "templates"])
+def test_help_states_units_and_tolerance(capsys, command):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    if command == "fit":
+        assert "1000-based" in text and "1024-based" in text and "ms" in text
+        assert "budget*(1-FRAC)" in text and "3%" in text
+    else:
+        assert "--measure" in text
+
+
 def test_fit_unknown_model(capsys):
     code, out, err = run(capsys, "fit", "--model", "alexnet", "--budget", "params=1M")
     assert code == 2 and "unknown model 'alexnet'" in err and err.count("\n") == 1

@@ -36,9 +36,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="cpu, cuda, cuda:N or auto (CUDA when available), for memory and latency (default: cpu)")
     p.add_argument("--latency-tolerance", type=_fraction, default=LATENCY_TOLERANCE, metavar="FRAC",
                    help=f"latency probes fit only when their median is at most budget*(1-FRAC), a margin for "
-                        f"timing noise (default: {LATENCY_TOLERANCE:g}, i.e. {LATENCY_TOLERANCE:.0%})")
+                        f"timing noise (default: {LATENCY_TOLERANCE:g}, i.e. {LATENCY_TOLERANCE * 100:g}%%); a probe "
+                        "that does not fit is timed up to 3 times and its fastest median kept")
     p.add_argument("--min-run-time", type=positive_float, default=None, metavar="S",
-                   help="seconds of timed forward passes per latency measurement (default: 0.1)")
+                   help="seconds of timed forward passes per latency measurement, at most 10x this (default: 0.1)")
     p.add_argument("--max-width", type=positive_float, default=MAX_WIDTH, metavar="W",
                    help=f"largest width multiplier considered (default: {MAX_WIDTH:g}); a budget that even this "
                         "width meets is reported at this width with a warning")

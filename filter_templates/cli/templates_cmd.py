@@ -25,7 +25,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--device", default="cpu", metavar="D",
                    help="cpu, cuda, cuda:N or auto, for --measure (default: cpu)")
     p.add_argument("--min-run-time", type=positive_float, default=None, metavar="S",
-                   help="seconds of timed forward passes per latency measurement (default: 0.1)")
+                   help="seconds of timed forward passes per latency measurement, at most 10x this (default: 0.1)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(run=run)
 
