@@ -157,6 +157,7 @@ class _Objective:
     min_run_time: float
     max_real_params: int
     limit: float
+    threads: Optional[int]
     cache: dict  # model signature -> measured value, shared by the templates of one fit
     seen: list = field(default_factory=list)  # (width, structure) of every probe
     probes: int = 0
@@ -206,7 +207,7 @@ class _Objective:
             model = arch.build()
         best = math.inf
         for _ in range(LATENCY_REPEATS):  # interference only ever adds time: keep the fastest median
-            r = M.latency(model, self.batch_size, self.device, min_run_time=self.min_run_time)
+            r = M.latency(model, self.batch_size, self.device, min_run_time=self.min_run_time, threads=self.threads)
             best = min(best, r["median_s"])
             if best <= self.limit:
                 break
@@ -227,12 +228,14 @@ def fit(
     latency_tolerance: float = LATENCY_TOLERANCE,
     min_run_time: Optional[float] = None,
     measure: bool = False,
+    threads: Optional[int] = None,
     progress: Optional[bool] = None,
 ) -> list[FitResult]:
     """For each template (default: all registered), the largest width that fits ``budget``.
 
     ``measure=True`` adds training memory and latency of every fitted model to its resources
-    (otherwise only params, FLOPs and the budgeted resource are reported). Raises
+    (otherwise only params, FLOPs and the budgeted resource are reported). ``threads``: CPU
+    threads for latency (default: the process's). Raises
     :class:`UsageError` for a budget below the smallest reachable model, naming that model's value.
     """
     from . import measure as M
@@ -248,6 +251,8 @@ def fit(
         raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
     if not (isinstance(max_width, (int, float)) and math.isfinite(max_width) and max_width > W_TINY):
         raise UsageError(f"maximum width must be a positive finite number, got {max_width!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"thread count must be a positive integer, got {threads!r}")
     if not (0 <= latency_tolerance < 1):
         raise UsageError(f"latency tolerance must be in [0, 1), got {latency_tolerance!r}")
     dev = M.resolve_device(device)
@@ -263,7 +268,7 @@ def fit(
     results = []
     for name in Progress(names, desc=f"fit {fam.name} {budget.key}", enabled=progress):
         obj = _Objective(fam.name, name, budget.key, classes, divisor, floor, batch_size, dev, run_time,
-                         MAX_REAL_PARAMS, limit, cache)
+                         MAX_REAL_PARAMS, limit, threads, cache)
         smallest = obj(W_TINY)
         if smallest > limit:
             raise UsageError(_unreachable(fam.name, floor, budget, smallest, limit))
@@ -271,7 +276,8 @@ def fit(
         arch = obj.arch(width)
         want_memory = measure or budget.key == "memory"
         want_latency = measure or budget.key == "latency"
-        res = M.resources(arch, batch_size, dev, memory=want_memory, latency=want_latency, min_run_time=run_time)
+        res = M.resources(arch, batch_size, dev, memory=want_memory, latency=want_latency, min_run_time=run_time,
+                          threads=threads)
         if not (want_memory or want_latency):
             res = {"params": res["params"], "flops": res["flops"]}
         if budget.key == "latency":  # the probe's timing is as valid as the fresh one: keep the faster

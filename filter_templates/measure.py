@@ -413,13 +413,15 @@ def latency(
     min_run_time: float = LATENCY_MIN_RUN_TIME,
     max_run_time: float | None = None,
     input_shape: tuple[int, ...] = INPUT_SHAPE,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Median and IQR (seconds) of one eval-mode, no-grad forward pass at ``batch_size``.
 
     One warm-up call, then ``Timer.adaptive_autorange`` (at least 4 timed blocks and
     ``min_run_time`` seconds, until IQR/median < 10% or ``max_run_time``, by default ten times
     ``min_run_time``; a model slower than that gets fewer blocks), at
-    ``torch.get_num_threads()`` threads. A model on another device is copied there, not moved.
+    ``threads`` CPU threads (default: ``torch.get_num_threads()``; the process setting is restored
+    afterwards). A model on another device is copied there, not moved.
     """
     from torch.utils.benchmark import Timer
 
@@ -429,9 +431,13 @@ def latency(
         raise ValueError("latency needs a real model: build it on a device, not on meta")
     if _model_device(model) != dev:
         model = copy.deepcopy(model).to(dev)
-    threads = torch.get_num_threads()
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+        raise UsageError(f"thread count must be a positive integer, got {threads!r}")
+    before = torch.get_num_threads()
+    threads = before if threads is None else threads
     was_training = model.training
     model.eval()
+    torch.set_num_threads(threads)
     try:
         x = torch.randn(batch_size, *input_shape, device=dev)
         with torch.no_grad():
@@ -443,6 +449,7 @@ def latency(
             m = timer.adaptive_autorange(threshold=0.1, min_run_time=min_run_time, max_run_time=limit)
     finally:
         model.train(was_training)
+        torch.set_num_threads(before)
     return {"median_s": float(m.median), "iqr_s": float(m.iqr), "device": str(dev), "threads": threads}
 
 
@@ -459,13 +466,15 @@ def resources(
     memory: bool = True,
     latency: bool = True,
     min_run_time: float = LATENCY_MIN_RUN_TIME,
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Every resource of SPEC section 4 for ``arch``, as a JSON-ready dict.
 
     Keys: ``params``, ``flops``; with ``memory``: ``train_memory_bytes`` and
     ``train_memory_method`` ("cpu-account" or "cuda-peak"); with ``latency``: ``latency_s`` and
     ``latency_iqr_s``, each ``{"batch<batch_size>": s, "batch1": s}``; always ``batch_size``,
-    ``device``, ``device_name`` and ``threads``.
+    ``device``, ``device_name`` and ``threads`` (the CPU threads latency was timed with:
+    ``threads`` or ``torch.get_num_threads()``).
     """
     _check_batch(batch_size)
     dev = resolve_device(device)
@@ -480,13 +489,13 @@ def resources(
             model = arch.build()
         medians, iqrs = {}, {}
         for b in dict.fromkeys((batch_size, 1)):
-            r = _latency_fn(model, b, dev, min_run_time=min_run_time)
+            r = _latency_fn(model, b, dev, min_run_time=min_run_time, threads=threads)
             medians[f"batch{b}"] = r["median_s"]
             iqrs[f"batch{b}"] = r["iqr_s"]
         out["latency_s"], out["latency_iqr_s"] = medians, iqrs
     out["device"] = str(dev)
     out["device_name"] = _device_name(dev)
-    out["threads"] = torch.get_num_threads()
+    out["threads"] = torch.get_num_threads() if threads is None else threads
     return out
 
 

@@ -247,6 +247,7 @@ def test_fit_budget_beyond_max_width_warns(capsys):
     (["--budget", "params=1M", "--latency-tolerance", "1.5"], "fraction"),
     (["--budget", "params=1M", "--batch-size", "0"], "positive integer"),
     (["--budget", "params=1M", "--max-width", "-1"], "positive"),
+    (["--budget", "params=1M", "--threads", "0"], "positive integer"),
     ([], "--budget"),
 ])
 def test_fit_bad_input_is_one_line_exit_2(capsys, argv, needle):

@@ -210,6 +210,11 @@ def test_latency_reports_median_spread_device_threads():
     assert r["median_s"] > 0 and r["iqr_s"] >= 0
     assert r["device"] == "cpu" and r["threads"] == torch.get_num_threads()
     assert model.training  # mode restored
+    torch.set_num_threads(2)
+    r = M.latency(model, 1, min_run_time=0.005, threads=1)
+    assert r["threads"] == 1 and torch.get_num_threads() == 2  # timed at 1 thread, process setting restored
+    with pytest.raises(UsageError, match="thread count"):
+        M.latency(model, 1, threads=0)
     with pytest.raises(ValueError):
         M.latency(M.meta_model(make_arch("vgg19", "base", 0.05)), 2)
 

@@ -40,6 +40,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "that does not fit is timed up to 3 times and its fastest median kept")
     p.add_argument("--min-run-time", type=positive_float, default=None, metavar="S",
                    help="seconds of timed forward passes per latency measurement, at most 10x this (default: 0.1)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="CPU threads for latency measurements (default: PyTorch's, i.e. OMP_NUM_THREADS or the "
+                        "core count); reported with every latency")
     p.add_argument("--max-width", type=positive_float, default=MAX_WIDTH, metavar="W",
                    help=f"largest width multiplier considered (default: {MAX_WIDTH:g}); a budget that even this "
                         "width meets is reported at this width with a warning")
@@ -75,7 +78,8 @@ def run(args: argparse.Namespace) -> int:
     budget = parse_budget(args.budget)
     results = fit(args.model, budget, args.templates, classes=args.classes, divisor=args.divisor,
                   floor=args.floor, batch_size=args.batch_size, device=args.device, max_width=args.max_width,
-                  latency_tolerance=args.latency_tolerance, min_run_time=args.min_run_time, measure=args.measure)
+                  latency_tolerance=args.latency_tolerance, min_run_time=args.min_run_time, measure=args.measure,
+                  threads=args.threads)
     for r in results:
         if r.note:
             print(f"filter-templates: warning: {r.template}: {r.note}", file=sys.stderr)

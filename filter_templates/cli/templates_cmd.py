@@ -26,6 +26,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="cpu, cuda, cuda:N or auto, for --measure (default: cpu)")
     p.add_argument("--min-run-time", type=positive_float, default=None, metavar="S",
                    help="seconds of timed forward passes per latency measurement, at most 10x this (default: 0.1)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="CPU threads for latency measurements (default: PyTorch's, i.e. OMP_NUM_THREADS or the "
+                        "core count); reported with every latency")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(run=run)
 
@@ -48,7 +51,7 @@ def rows(args: argparse.Namespace) -> list[dict]:
         row = {"name": name, "filters": list(arch.filters), "params": arch_params(arch), "flops": arch_flops(arch)}
         if measure:
             run_time = args.min_run_time if args.min_run_time is not None else LATENCY_MIN_RUN_TIME
-            res = resources(arch, args.batch_size, device, min_run_time=run_time)
+            res = resources(arch, args.batch_size, device, min_run_time=run_time, threads=args.threads)
             for key in ("train_memory_bytes", "train_memory_method", "latency_s", "latency_iqr_s"):
                 row[key] = res[key]
             row["_where"] = {k: res[k] for k in ("device", "device_name", "threads")}
