@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import hashlib
 import math
 import platform
 from dataclasses import dataclass
@@ -197,8 +198,8 @@ class ArchShape:
 
     params: int
     flops: int
-    structure: tuple[tuple[str, str], ...]
-    signature: tuple  # structure + every parameter's shape: equal signatures = the same model
+    structure: tuple[tuple[str, str], ...]  # shared by every model of that structure
+    signature: bytes  # digest of structure + every parameter's shape: equal signatures = the same model
 
 
 def arch_shape(arch: Any) -> ArchShape:
@@ -210,7 +211,7 @@ def arch_shape(arch: Any) -> ArchShape:
     return _shape(arch.family, tuple(arch.filters), arch.classes, float(arch.stem_width), arch.divisor)
 
 
-@functools.lru_cache(maxsize=8192)
+@functools.lru_cache(maxsize=4096)
 def _shape(family: str, filters: tuple[int, ...], classes: int, stem_width: float, divisor: int) -> ArchShape:
     from .models import get_family
 
@@ -223,10 +224,15 @@ def _shape(family: str, filters: tuple[int, ...], classes: int, stem_width: floa
 
     model = meta_model(_Spec)
     structure = _structure(model)
+    structure = _STRUCTURES.setdefault(structure, structure)  # thousands of cached shapes, few structures
     params = count_params(model)
     flops = _fast_flops(model, family)
-    signature = (structure, tuple((n, tuple(p.shape)) for n, p in model.named_parameters()))
+    shapes = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+    signature = hashlib.blake2b(repr((family, structure, shapes)).encode(), digest_size=16).digest()
     return ArchShape(params, flops, structure, signature)
+
+
+_STRUCTURES: dict[tuple, tuple] = {}
 
 
 def arch_params(arch: Any) -> int:
