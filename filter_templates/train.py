@@ -35,7 +35,7 @@ from .arch import Arch
 from .errors import UsageError
 from .progress import Progress
 
-__all__ = ["TrainConfig", "train", "sgd_step", "open_checkpoint", "resolve_device", "load_data", "RESULT_KEYS"]
+__all__ = ["TrainConfig", "train", "sgd_step", "bf16_autocast", "open_checkpoint", "resolve_device", "load_data", "RESULT_KEYS"]
 
 DEVICES = ("auto", "cpu", "cuda")
 
@@ -141,6 +141,20 @@ def resolve_device(name: str) -> torch.device:
     if name == "cpu":
         return torch.device("cpu")
     raise UsageError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {name!r}")
+
+
+def bf16_autocast(device: torch.device, wanted: bool = True) -> bool:
+    """Whether to train under bf16 autocast: where the hardware does bf16 natively -- CUDA with bf16
+    support, and CPUs with AMX or AVX512-BF16 (oneDNN; 1.5x faster steps than fp32 for VGG-19 at
+    w=0.25 on a Sapphire Rapids core, measured). Elsewhere bf16 is emulated and slower: fp32."""
+    if not wanted:
+        return False
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    if device.type == "cpu":
+        caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
+        return bool(torch.backends.mkldnn.is_available() and (caps.get("amx_bf16") or caps.get("avx512_bf16")))
+    return False
 
 
 @functools.lru_cache(maxsize=1)
@@ -249,8 +263,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                                 weight_decay=config.weight_decay, nesterov=False)
     E = config.epochs
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[int(0.5 * E), int(0.75 * E)], gamma=0.1)
-    amp = device.type == "cuda" and config.bf16
+    milestones = [m for m in (int(0.5 * E), int(0.75 * E)) if m >= 1]  # a 1-epoch run keeps its lr
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
+    amp = bf16_autocast(device, config.bf16)
     loader_kw = dict(mean=ds.mean, std=ds.std, device=device, seed=config.seed, channels_last=config.channels_last)
     train_loader = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, **loader_kw)
     test_loader = Loader(ds.test_x, ds.test_y, max(config.batch_size, 256), train=False, **loader_kw)
@@ -348,6 +363,7 @@ def _summary(config: TrainConfig, metrics: list[dict], device: torch.device, fai
         "resources": _resources(config.arch),
         "wall_s": round(sum(m["seconds"] for m in metrics), 3),  # training + evaluation, all sessions
         "device": str(device),
+        "precision": "bf16-autocast" if bf16_autocast(device, config.bf16) else "fp32",
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
         "threads": torch.get_num_threads(),
         "config": config.to_dict(),

@@ -19,7 +19,7 @@ from filter_templates import checkpoint as ckpt
 from filter_templates.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.errors import UsageError
-from filter_templates.train import TrainConfig, train
+from filter_templates.train import TrainConfig, bf16_autocast, train
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(dataset="digits", limit_train=192, limit_test=96, batch_size=32)
@@ -101,6 +101,11 @@ def test_run_writes_the_run_directory(tmp_path):
     assert_same_weights(weights(run / "model.pt"), state["model"])
 
 
+def test_one_epoch_run_keeps_its_learning_rate(tmp_path):
+    train(small_config(epochs=1, lr=0.05), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text())["lr"] == 0.05
+
+
 def test_same_seed_same_weights_different_seed_differs(tmp_path):
     train(small_config(epochs=1), tmp_path / "a")
     train(small_config(epochs=1), tmp_path / "b")
@@ -164,16 +169,18 @@ def _stop_after(epoch: int):
     return on_epoch
 
 
-def test_resume_after_each_epoch_in_process(tmp_path):
+@pytest.mark.parametrize("bf16", [True, False])  # bf16 autocast only where the CPU has native bf16
+def test_resume_after_each_epoch_in_process(tmp_path, bf16):
     full = tmp_path / "full"
-    train(small_config(epochs=3), full)
+    summary = train(small_config(epochs=3, bf16=bf16), full)
+    assert summary["precision"] == ("bf16-autocast" if bf16_autocast(torch.device("cpu"), bf16) else "fp32")
     for stop in (1, 2):
         part = tmp_path / f"part{stop}"
         with pytest.raises(Stop):
-            train(small_config(epochs=3), part, on_epoch=_stop_after(stop))
+            train(small_config(epochs=3, bf16=bf16), part, on_epoch=_stop_after(stop))
         assert not (part / "model.pt").exists()
         torch.manual_seed(1234)  # whatever the global RNG did meanwhile, the checkpoint restores it
-        train(small_config(epochs=3), part, resume=True)
+        train(small_config(epochs=3, bf16=bf16), part, resume=True)
         assert_same_weights(weights(full / "model.pt"), weights(part / "model.pt"))
 
 
@@ -353,3 +360,33 @@ def test_cli_config_file_not_json(tmp_path, capsys):
     bad.write_text("{nope")
     assert main(["train", "--config", str(bad)]) == 2
     assert "not valid JSON" in one_error_line(capsys)
+
+
+# ---- the benchmark scripts (slow: run with -m slow) --------------------------------------------
+
+SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+
+
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], env=env,
+                          capture_output=True, text=True, timeout=1800)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="shared CIFAR-10 not present")
+def test_real_cifar10_script_one_short_epoch(tmp_path):
+    r = _script("real_cifar10.py", "--epochs", "1", "--threads", "1", "--out", str(tmp_path / "run"), "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert doc["status"] == "done" and doc["epochs"] == 1
+    assert doc["final_acc"] > 0.15  # 10 classes; one epoch at lr 0.1 gave 0.22 (bf16) and 0.25 (fp32)
+
+
+@pytest.mark.slow
+def test_throughput_script_reports_ratios():
+    r = _script("throughput.py", "--synthetic", "--width", "0.05", "--steps", "5", "--warmup", "2", "--rounds", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    assert {"a_ours", "b_plain", "c_bare", "d_bare_nchw"} <= set(doc["images_per_s"])
+    assert doc["a_over_b"] > 0 and doc["a_over_c"] > 0
