@@ -179,6 +179,8 @@ def open_checkpoint(config: TrainConfig, out_dir: str | Path, resume: bool) -> d
     """
     out = Path(out_dir)
     path = out / "checkpoint.pt"
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a run directory")
     if not path.exists():
         if resume:
             _note(f"no checkpoint in {out}; starting fresh")
@@ -350,7 +352,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
 
 
 def _summary(config: TrainConfig, metrics: list[dict], device: torch.device, failure: str | None) -> dict:
-    from .measure import count_flops, count_params
+    from .measure import resources
 
     best = max(metrics, key=lambda m: m["test_acc"]) if metrics else None
     return {
@@ -360,7 +362,8 @@ def _summary(config: TrainConfig, metrics: list[dict], device: torch.device, fai
         "best_acc": best["test_acc"] if best else None,
         "best_epoch": best["epoch"] if best else None,
         "epochs": len(metrics),  # completed epochs
-        "resources": _resources(config.arch),
+        # SPEC section 4 on the training device, measured after training (latency needs a quiet device)
+        "resources": resources(config.arch, batch_size=config.batch_size, device=str(device)),
         "wall_s": round(sum(m["seconds"] for m in metrics), 3),  # training + evaluation, all sessions
         "device": str(device),
         "precision": "bf16-autocast" if bf16_autocast(device, config.bf16) else "fp32",
@@ -369,13 +372,6 @@ def _summary(config: TrainConfig, metrics: list[dict], device: torch.device, fai
         "config": config.to_dict(),
         "metrics": metrics,
     }
-
-
-def _resources(arch: Arch) -> dict:
-    from .measure import count_flops, count_params
-
-    model = arch.build()
-    return {"params": count_params(model), "flops": count_flops(model)}
 
 
 def _cpu_name() -> str:

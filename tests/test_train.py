@@ -35,6 +35,19 @@ def one_thread():
     torch.set_num_threads(before)
 
 
+@pytest.fixture(autouse=True)
+def quick_resources(request, monkeypatch):
+    """Latency timing and the memory account cost ~1 s per run; these tests are about the loop, so
+    only the run-directory test measures them."""
+    if request.node.name == "test_run_writes_the_run_directory":
+        return
+    from filter_templates import measure
+
+    real = measure.resources
+    monkeypatch.setattr(measure, "resources", lambda arch, batch_size=64, device="cpu", **kw:
+                        real(arch, batch_size, device, memory=False, latency=False))
+
+
 def small_config(epochs: int = 2, **kw) -> TrainConfig:
     return TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), epochs=epochs, **{**SMALL, **kw})
 
@@ -94,7 +107,11 @@ def test_run_writes_the_run_directory(tmp_path):
     assert summary["final_acc"] == rows[-1]["test_acc"]
     assert summary["best_acc"] == max(r["test_acc"] for r in rows)
     assert rows[summary["best_epoch"] - 1]["test_acc"] == summary["best_acc"]
-    assert summary["device"] == "cpu" and summary["threads"] == 1 and summary["resources"]["params"] > 0
+    assert summary["device"] == "cpu" and summary["threads"] == 1
+    res = summary["resources"]
+    assert res["params"] == sum(p.numel() for p in small_config().arch.build().parameters())
+    assert res["flops"] > 0 and res["train_memory_bytes"] > 0 and res["batch_size"] == SMALL["batch_size"]
+    assert set(res["latency_s"]) == {f"batch{SMALL['batch_size']}", "batch1"}
     assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == small_config(epochs=4)
     state = ckpt.load(run / "checkpoint.pt")
     assert state["epoch"] == 4 and state["arch"] == small_config().arch.to_dict()
@@ -203,6 +220,12 @@ def test_checkpoint_of_other_configuration_is_refused(tmp_path, capsys):
         train(other, run, resume=True)
     # where the data live and which device do not make it another experiment
     assert train(small_config(epochs=1, device="cpu", data_dir=str(tmp_path)), run, resume=True)["status"] == "done"
+
+
+def test_out_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "f").write_text("x")
+    assert main(_cli_train_args(tmp_path / "f", 1)) == 2
+    assert "is a file" in one_error_line(capsys)
 
 
 def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
