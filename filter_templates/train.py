@@ -4,7 +4,9 @@ Read :func:`train` top to bottom: it is the whole loop. SGD (momentum 0.9, weigh
 no Nesterov), learning rate divided by 10 at 50% and 75% of the epochs, cross-entropy, top-1 test
 accuracy after every epoch. Data stay resident on the training device and are augmented there in
 whole batches (``data.augment.Loader``); the model runs channels_last (faster on CUDA and, measured
-by ``benchmarks/throughput.py``, on x86 CPUs with oneDNN too) and under bf16 autocast on CUDA.
+by ``benchmarks/throughput.py``, on x86 CPUs with oneDNN too) and under bf16 autocast where the
+hardware does bf16 natively (CUDA; CPUs with AMX/AVX512-BF16, 1.5x faster steps there); elsewhere,
+or with ``bf16=False``, in fp32. ``summary.json`` records which ("precision").
 
 The run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` (after every epoch,
 atomically), ``model.pt`` (final state_dict) and ``summary.json``. Epoch ``e``'s data order is a

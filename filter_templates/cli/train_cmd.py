@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "train", help="train one templated model into a run directory",
         description="Train a templated model with the paper's protocol (SGD momentum 0.9, weight decay 5e-4, "
-                    "lr divided by 10 at 50%% and 75%% of the epochs). The run directory gets config.json, "
+                    "lr divided by 10 at 50% and 75% of the epochs). The run directory gets config.json, "
                     "metrics.jsonl, checkpoint.pt (every epoch), model.pt and summary.json. The number of "
                     "classes is the dataset's.")
     m = p.add_argument_group("model (or --config FILE from `fit --save`; flags given here override it)")
@@ -65,7 +65,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="keep NCHW memory format (channels_last is faster on CUDA and on this project's CPUs)")
     t.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads of torch (default: torch's choice; on a CPU shared with other jobs 1 is often faster)")
-    t.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="no bf16 autocast on CUDA")
+    t.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="train in fp32 (default: bf16 autocast where the hardware does bf16 natively: "
+                        "CUDA, CPUs with AMX/AVX512-BF16)")
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<template>-w<width>-<dataset>-s<seed>)")
     o.add_argument("--resume", action="store_true", help="continue the checkpoint in --out (fresh start if none)")
