@@ -37,8 +37,10 @@ def test_two_point_grid_on_a_local_ray(tmp_path, capsys, monkeypatch):
         summary = json.loads((run_dir / "summary.json").read_text())
         assert summary["status"] == "done" and summary["final_acc"] == r["final_acc"]
         assert [json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    # Tune kept its trial checkpoints under the runs folder
-    assert list((tmp_path / "runs" / "_ray").glob("sweep-*/*/checkpoint_*"))
+    # Tune's trials ran under the runs folder; their checkpoints, duplicates of complete run
+    # folders, were deleted after the driver recorded them
+    trials = list((tmp_path / "runs" / "_ray").glob("sweep-*/*-s0-*"))
+    assert len(trials) == 2 and not list((tmp_path / "runs" / "_ray").glob("sweep-*/*/checkpoint_*"))
     # a second sweep finds everything done and starts no Ray at all
     assert main(argv) == 0
     again = json.loads(capsys.readouterr().out)

@@ -24,7 +24,7 @@ CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "synthetic": 10}.__geti
 
 # A tiny grid: each run is a few optimiser steps of a ~50k-parameter model on generated data.
 TINY = ["--datasets", "synthetic", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32",
-        "--device", "cpu"]
+        "--device", "cpu", "--threads", "1"]  # 1 thread: fast on a CPU shared with other jobs
 
 
 def sweep_args(tmp: Path, *extra: str) -> list[str]:
@@ -172,7 +172,18 @@ def test_sweep_runs_records_and_skips_done_points(tmp_path, capsys):
     assert "0 done, 0 failed, 2 skipped (2 already done)" in line and "r.sqlite" in line
 
 
-def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys):
+@pytest.fixture
+def one_thread():
+    """Library calls train in this process: one thread is fast on a CPU shared with other jobs."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys, one_thread):
     from filter_templates.arch import make_arch
     from filter_templates.sweep.local import run_local
     from filter_templates.train import TrainConfig
@@ -286,12 +297,13 @@ def test_sigkilled_sweep_resumes_without_losing_or_duplicating(tmp_path):
 
 
 def test_three_concurrent_sweeps_on_one_file_run_each_point_once(tmp_path):
+    """The middle sweep runs two jobs (a worker process of its own): four processes in all."""
     db = tmp_path / "r.sqlite"
     grids = [["vgg19"], ["vgg19", "mobilenet"], ["mobilenet"]]  # overlapping: every point in 2 of 3 grids
     procs = []
     for i, models in enumerate(grids):
         argv = sweep_args(tmp_path, "--models", *models, "--templates", "base", "uniform", "--widths", "0.05",
-                          "--epochs", "1", "--limit-train", "32")
+                          "--epochs", "1", "--limit-train", "32", *(["--jobs", "2"] if i == 1 else []))
         procs.append((_spawn(argv, tmp_path / f"w{i}.log"), tmp_path / f"w{i}.log"))
     for p, log in procs:
         _wait(p, log)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 
 from ..errors import UsageError
@@ -19,7 +20,12 @@ of this sweep failed (it is recorded with its reason and the sweep goes on), 0 o
 
 
 def _nonnegative_float(text: str) -> float:
-    v = positive_float(text) if text.strip() not in ("0", "0.0") else 0.0
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a number >= 0") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
     return v
 
 
@@ -30,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=DESCRIPTION)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=list(PRESETS),
-                     help="quick: vgg19+mobilenet, 5 templates, 2 widths, digits, 4 epochs (minutes on a CPU); "
+                     help="quick: vgg19+mobilenet, 5 templates, widths 0.1 and 0.05, digits, 6 epochs (minutes on a CPU); "
                           "paper: the published grid (4 families x 5 templates x 8 widths x cifar10/100, 160 epochs)")
     src.add_argument("--config", metavar="FILE.toml", help="a TOML sweep file (see configs/)")
     g = p.add_argument_group("grid (override the preset/config)")
@@ -50,6 +56,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--data-dir", metavar="DIR", help="where cifar10/cifar100 live (see 'train --help')")
     t.add_argument("--download", action="store_true", default=None, help="download CIFAR archives if missing")
     t.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
+    t.add_argument("--jobs", type=positive_int, metavar="N",
+                   help="local: train N runs at once, one process each (default: the preset's or config's, else 1; "
+                        "at most the CPU count)")
+    t.add_argument("--threads", type=positive_int, metavar="N",
+                   help="local: CPU threads of torch (default: the preset's or config's, else torch's choice; on a CPU "
+                        "shared with other jobs 1 is often much faster); ray: set by --cpus-per-trial")
     s = p.add_argument_group("store and engine")
     s.add_argument("--db", default="results.sqlite", metavar="FILE", help="results store (default: results.sqlite)")
     s.add_argument("--runs-dir", default="runs", metavar="DIR", help="one folder per run (default: runs/)")
@@ -84,7 +96,8 @@ def spec_from_args(args: argparse.Namespace):
         "seeds": args.seeds, "divisor": args.divisor, "floor": args.floor, "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "limit_train": args.limit_train,
         "limit_test": args.limit_test, "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None,
-        "download": args.download, "device": args.device,
+        "download": args.download, "device": args.device, "threads": args.threads,
+        "jobs": args.jobs,
     }
     if args.preset:
         return preset(args.preset).merged(overrides)
@@ -143,6 +156,11 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     if args.engine == "ray":
+        given = [f"--{n}" for n in ("threads", "jobs") if getattr(args, n)]
+        if given:
+            raise UsageError(f"{', '.join(given)} apply to --engine local; with ray, --cpus-per-trial and "
+                             "--gpus-per-trial decide how many trials run at once and their threads")
+        # (a preset's or config's threads/jobs are ignored by Ray for the same reason)
         from ..sweep.ray_engine import run_ray
 
         result = run_ray(configs, args.db, args.runs_dir, address=args.address,
@@ -155,7 +173,9 @@ def run(args: argparse.Namespace) -> int:
 
         for device in {c.device for c in configs}:
             resolve_device(device)  # asking for CUDA where there is none fails now, not per run
-        result = run_local(configs, args.db, args.runs_dir, retry_failed=args.retry_failed)
+        jobs = max(1, min(spec.jobs, os.cpu_count() or 1))
+        result = run_local(configs, args.db, args.runs_dir, retry_failed=args.retry_failed, jobs=jobs,
+                           threads=spec.threads)
     if args.json:
         print(json.dumps({**out, **result.to_dict()}))
     else:

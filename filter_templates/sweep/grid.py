@@ -21,7 +21,7 @@ if TYPE_CHECKING:  # torch stays out of `import filter_templates.sweep.grid`
     from ..train import TrainConfig
 
 __all__ = ["SweepSpec", "PRESETS", "PAPER_WIDTHS", "preset", "load_config", "expand", "run_dir_name",
-           "TRAIN_FIELDS", "GRID_FIELDS"]
+           "TRAIN_FIELDS", "GRID_FIELDS", "RUN_FIELDS"]
 
 PAPER_WIDTHS = (1.6, 1.3, 1.0, 0.8, 0.5, 0.25, 0.1, 0.05)
 ALL_TEMPLATES = ("base", "reverse", "uniform", "quadratic", "negative-quadratic")
@@ -31,6 +31,8 @@ TRAIN_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "chann
                 "limit_train", "limit_test", "device", "data_dir", "download")
 #: The axes of the grid and the architecture options.
 GRID_FIELDS = ("models", "templates", "widths", "datasets", "seeds", "divisor", "floor")
+#: How the local engine runs (not part of any run's configuration).
+RUN_FIELDS = ("threads", "jobs")
 
 
 @dataclass
@@ -45,6 +47,8 @@ class SweepSpec:
     divisor: int = 1
     floor: int = 1
     train: dict[str, Any] = field(default_factory=dict)  # TRAIN_FIELDS overrides (epochs, lr, ...)
+    threads: int | None = None  # torch CPU threads of each local run (None: torch's choice)
+    jobs: int = 1  # local runs at once, one process each
 
     def size(self) -> int:
         return len(self.models) * len(self.templates) * len(self.widths) * len(self.datasets) * len(self.seeds)
@@ -55,7 +59,7 @@ class SweepSpec:
         for k, v in overrides.items():
             if v is None:
                 continue
-            if k in GRID_FIELDS:
+            if k in GRID_FIELDS or k in RUN_FIELDS:
                 setattr(spec, k, list(v) if isinstance(v, (list, tuple)) else v)
             elif k in TRAIN_FIELDS:
                 spec.train[k] = v
@@ -64,12 +68,15 @@ class SweepSpec:
         return spec
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{k: getattr(self, k) for k in GRID_FIELDS}, **self.train}
+        return {**{k: getattr(self, k) for k in GRID_FIELDS + RUN_FIELDS}, **self.train}
 
 
-# Quick: two families, all five templates, the two smallest paper widths on the embedded digits.
-# Widths 0.05 and 0.1 (not 0.25): the quadratic VGG at 0.25 costs 0.74 GFLOPs per image (its
-# widest layers sit at full resolution), 6x the 0.1 model, and would blow the 5-minute budget.
+# Quick: two families, all five templates, the two smallest paper widths on the embedded digits,
+# a few minutes on 2 CPU cores. Widths 0.1 and 0.05, not 0.25: the quadratic VGG at 0.25 costs
+# 0.74 GFLOPs per image (its widest layers sit at full resolution), 6x the 0.1 model, and would
+# blow the 5-minute budget. lr 0.05, not the paper's 0.1: with 6 epochs (lr / 10 after 3 and 4)
+# these thin 16-layer nets barely leave chance level at 0.1 (measured: vgg19 base w0.1 77% at
+# 0.05 against 31% at 0.1 even with 8 epochs; mobilenet base w0.05 45% against 10%).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "models": ["vgg19", "mobilenet"],
@@ -77,8 +84,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         "widths": [0.1, 0.05],
         "datasets": ["digits"],
         "seeds": [0],
-        "epochs": 4,
+        "epochs": 6,
         "batch_size": 64,
+        "lr": 0.05,
+        # Two runs at once with one thread each: these models are too small to gain much from a
+        # second thread, and on a CPU shared with anything else two threads of one process wait
+        # on each other (measured here: up to 20x slower); two processes use both cores.
+        "threads": 1,
+        "jobs": 2,
     },
     # The published grid (SPEC section 8): 4 x 5 x 8 x 2 = 320 runs of 160 epochs at batch 64.
     "paper": {
@@ -94,7 +107,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _from_mapping(d: Mapping[str, Any], where: str) -> SweepSpec:
-    grid = {k: d[k] for k in GRID_FIELDS if k in d}
+    grid = {k: d[k] for k in GRID_FIELDS + RUN_FIELDS if k in d}
     missing = [k for k in ("models", "widths", "datasets") if k not in grid]
     if missing:
         raise UsageError(f"{where}: missing {', '.join(missing)} (and no preset to take them from)")
@@ -130,7 +143,7 @@ def load_config(path: str | Path) -> SweepSpec:
         raise UsageError(f"cannot read sweep config {str(path)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"sweep config {str(path)!r} is not valid TOML: {exc}") from None
-    allowed = {"preset", *GRID_FIELDS, *TRAIN_FIELDS}
+    allowed = {"preset", *GRID_FIELDS, *RUN_FIELDS, *TRAIN_FIELDS}
     unknown = sorted(set(d) - allowed)
     if unknown:
         raise UsageError(f"sweep config {str(path)!r} has unknown keys {', '.join(unknown)}; "
@@ -185,6 +198,10 @@ def expand(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -> l
     unknown = set(spec.train) - set(TRAIN_FIELDS)
     if unknown:
         raise UsageError(f"unknown training settings: {', '.join(sorted(unknown))}")
+    for name in RUN_FIELDS:
+        v = getattr(spec, name)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
+            raise UsageError(f"sweep '{name}' must be a positive integer, got {v!r}")
     classes_of = classes_of or _dataset_classes(spec)
     out = []
     for ds in datasets:

@@ -9,11 +9,14 @@ is recorded failed with its reason and the sweep goes on; Ctrl-C hands the curre
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import sys
 import threading
 import time
 import traceback
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
@@ -107,13 +110,25 @@ def run_local(
     *,
     retry_failed: bool = False,
     progress: bool | None = None,
+    jobs: int = 1,
+    threads: int | None = None,
     stale_after: float = DEFAULT_STALE_AFTER,
     heartbeat_every: float = HEARTBEAT_EVERY,
     on_run: Callable[[Point, dict], None] | None = None,
 ) -> SweepResult:
-    """Run every point of ``configs`` that is not done yet, one after another, on this machine."""
+    """Run every point of ``configs`` that is not done yet on this machine.
+
+    ``jobs``: how many runs train at once, each in its own process (this one and ``jobs - 1``
+    worker processes claiming from the same store); ``threads``: torch CPU threads of each.
+    """
+    import torch
+
     t0 = time.perf_counter()
     owner = owner_id()
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    workers: list[tuple[subprocess.Popen, Path]] = []
     with Store(db) as store:
         points, result = prepare(store, configs, runs_dir, retry_failed=retry_failed)
         result.engine = "local"
@@ -122,7 +137,10 @@ def run_local(
         config_json = {p.key: p.config_json for p in points}
         bar = Progress(total=len(points), desc="sweep", enabled=progress)
         bar.n = result.skipped
+        todo = sum(1 for r in store.rows(keys) if store.claimable(r, stale_after=stale_after))
         try:
+            if jobs > 1 and todo > 1:
+                workers = _spawn_workers(min(jobs, todo) - 1, points, store.path, runs_dir, threads)
             while True:
                 claim = store.claim(keys, owner=owner, stale_after=stale_after, config_json=config_json)
                 if claim is None:
@@ -142,32 +160,106 @@ def run_local(
                     store.release(point.key, claim["claim_token"], "interrupted")
                     result.interrupted = True
                     raise
-                if summary.get("status") == "done":
-                    result.done += 1
-                    _log(f"done   {point.name}: final acc {_pct(summary.get('final_acc'))}, "
-                         f"best {_pct(summary.get('best_acc'))}")
-                else:
-                    result.failed += 1
-                    result.failures.append({"run": point.name, "reason": str(summary.get("reason"))})
-                    _log(f"FAILED {point.name}: {summary.get('reason')}")
+                _count(result, point, summary)
                 if on_run is not None:
                     on_run(point, summary)
+                if workers:  # the others' runs count too
+                    c = store.counts(keys)
+                    bar.n = c["done"] + c["failed"] - 1
                 bar.update()
+            for proc, out in workers:  # wait for the workers' last runs
+                proc.wait()
+                _merge(result, out)
+                if workers:
+                    c = store.counts(keys)
+                    bar.n = c["done"] + c["failed"] - 1
+                    bar.update()
+        except KeyboardInterrupt:
+            result.interrupted = True
+            for proc, _ in workers:  # they got the same Ctrl-C and hand their runs back
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+            raise
         finally:
             bar.close()
+            torch.set_num_threads(before)
+            for _, out in workers:
+                out.unlink(missing_ok=True)
             result.wall_s = time.perf_counter() - t0
         counts = store.counts(keys)
         result.elsewhere = counts["running"] + counts["pending"]
     return result
 
 
-def check_engine_args(cpus_per_trial: float | None, gpus_per_trial: float | None, address: str | None) -> None:
-    """The Ray-only flags mean nothing to the local engine: say so rather than ignore them."""
-    given = [n for n, v in (("--cpus-per-trial", cpus_per_trial), ("--gpus-per-trial", gpus_per_trial),
-                            ("--address", address)) if v is not None]
-    if given:
-        raise UsageError(f"{', '.join(given)} only apply to --engine ray")
+def _count(result: SweepResult, point: Point, summary: dict) -> None:
+    if summary.get("status") == "done":
+        result.done += 1
+        _log(f"done   {point.name}: final acc {_pct(summary.get('final_acc'))}, best {_pct(summary.get('best_acc'))}")
+    else:
+        result.failed += 1
+        result.failures.append({"run": point.name, "reason": str(summary.get("reason"))})
+        _log(f"FAILED {point.name}: {summary.get('reason')}")
+
+
+def _spawn_workers(n: int, points: Sequence[Point], db: Path, runs_dir: str | os.PathLike[str],
+                   threads: int | None) -> list[tuple[subprocess.Popen, Path]]:
+    """``n`` more sweep processes on the same store and grid (``python -m filter_templates.sweep.local``).
+    The grid travels as a JSON file; each worker writes its SweepResult to a JSON file."""
+    out = []
+    tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    job_file = Path(runs_dir).resolve() / f".sweep-{tag}.json"
+    job_file.parent.mkdir(parents=True, exist_ok=True)
+    job_file.write_text(json.dumps({"db": str(Path(db).resolve()), "runs_dir": str(Path(runs_dir).resolve()),
+                                    "threads": threads, "configs": [p.config.to_dict() for p in points]}))
+    try:
+        for i in range(n):
+            result_file = job_file.with_name(f".sweep-{tag}-result{i}.json")
+            proc = subprocess.Popen([sys.executable, "-m", __name__, str(job_file), str(result_file)],
+                                    stdin=subprocess.DEVNULL)
+            out.append((proc, result_file))
+        # give the workers a moment to read the job before it goes
+        deadline = time.time() + 120
+        while time.time() < deadline and any(p.poll() is None and not r.with_suffix(".started").exists()
+                                              for p, r in out):
+            time.sleep(0.05)
+    finally:
+        job_file.unlink(missing_ok=True)
+        for _, r in out:
+            r.with_suffix(".started").unlink(missing_ok=True)
+    return out
+
+
+def _merge(result: SweepResult, out: Path) -> None:
+    try:
+        d = json.loads(out.read_text())
+    except (OSError, ValueError):
+        return
+    result.done += int(d.get("done", 0))
+    result.failed += int(d.get("failed", 0))
+    result.failures += list(d.get("failures", []))
+
+
+def _worker_main(argv: Sequence[str]) -> int:
+    """A worker of ``run_local(jobs=N)``: claim and train until nothing is left, then report."""
+    from ..train import TrainConfig
+
+    job_file, result_file = Path(argv[0]), Path(argv[1])
+    job = json.loads(job_file.read_text())
+    result_file.with_suffix(".started").touch()
+    configs = [TrainConfig.from_dict(c) for c in job["configs"]]
+    try:
+        result = run_local(configs, job["db"], job["runs_dir"], progress=False, threads=job["threads"])
+    except KeyboardInterrupt:
+        return 130
+    result_file.write_text(json.dumps(result.to_dict()))
+    return 0
 
 
 def _pct(x: object) -> str:
     return f"{100 * x:.2f}%" if isinstance(x, (int, float)) else "-"
+
+
+if __name__ == "__main__":  # a worker process of run_local(jobs=N)
+    sys.exit(_worker_main(sys.argv[1:]))

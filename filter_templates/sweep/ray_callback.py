@@ -91,6 +91,19 @@ class StoreCallback(tune.Callback):
             summary = json.loads(last["summary"]) if "summary" in last else {
                 "status": "failed", "reason": "the trial ended without a summary"}
         self._record(key, summary, point.run_dir)
+        self._drop_tune_copy(trial, point.run_dir)
+
+    @staticmethod
+    def _drop_tune_copy(trial: Any, run_dir: Path) -> None:
+        """Tune's copy of a finished run (weights and optimizer state, per trial) doubles the disk a
+        sweep needs; once the run folder here is complete it is only a duplicate: delete it."""
+        ckpt = trial.checkpoint
+        if ckpt is None or not (run_dir / "summary.json").exists() or not (run_dir / "model.pt").exists():
+            return
+        try:
+            ckpt.filesystem.delete_dir(ckpt.path)
+        except Exception:  # storage we cannot delete from: keep it, nothing is lost
+            pass
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         key = self._key(trial)

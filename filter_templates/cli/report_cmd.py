@@ -1,0 +1,40 @@
+"""``filter-templates report``: tables and figures of a results store, in one folder."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from .args import positive_int
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "report", help="tables (Markdown/CSV/LaTeX) and figures (PNG/SVG) from a results store",
+        description="Write the accuracy and resource tables and the accuracy-versus-cost and filters-per-layer "
+                    "figures of a results store into a folder, with an index.md that shows them. Works on "
+                    "partial grids (missing cells are shown as missing).")
+    p.add_argument("--db", default="results.sqlite", metavar="FILE", help="results store (default: results.sqlite)")
+    p.add_argument("--out", default="report", metavar="DIR", help="output folder (default: report/)")
+    p.add_argument("--metric", choices=["final", "best"], default="final",
+                   help="which test accuracy to report: after the last epoch (default) or the best epoch")
+    p.add_argument("--latency", choices=["none", "batch1", "full"], default="batch1",
+                   help="when width 1 was not trained, the resource table measures latency here: at batch 1 "
+                        "(default), also at the run batch size (full; slow for big models on CPU), or not at all")
+    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
+                   help="CPU threads for those latency measurements (default: 1, like the quick preset's runs; "
+                        "the table says which)")
+    p.add_argument("--json", action="store_true", help="print one JSON document (the files written) on stdout")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..report import make_report
+
+    written = make_report(args.db, args.out, metric=args.metric, latency=args.latency, threads=args.threads)
+    if args.json:
+        print(json.dumps(written))
+    else:
+        n = len(written["tables"]) + len(written["figures"])
+        print(f"report: {n} files in {args.out}; open {written['index']}")
+    return 0

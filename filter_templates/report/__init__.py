@@ -1,0 +1,163 @@
+"""Reports (SPEC section 9): the tables and figures of a results store, in one folder.
+
+:func:`make_report` reads whatever the store holds (a finished paper grid, a sweep still running,
+a quick preset) and writes ``tables/`` (Markdown, CSV, LaTeX), ``figures/`` (PNG, SVG) and an
+``index.md`` that shows and links everything.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+from ..errors import UsageError
+
+__all__ = ["make_report", "LATENCY_MODES"]
+
+LATENCY_MODES = ("none", "batch1", "full")
+LATENCY_BUDGET_S = 1.0  # most seconds of timed calls per model and batch size
+
+
+def _measure_width1(batch_size: int, latency_mode: str, threads: int | None) -> Callable:
+    """Resources of a cell's architecture at width 1, without training (for untrained width 1)."""
+    cache: dict[tuple, dict[str, Any] | None] = {}
+
+    def measure(cell: Any) -> dict[str, Any] | None:
+        from ..arch import make_arch
+        from ..measure import latency, resources
+
+        key = (cell.family, cell.template, cell.classes, cell.divisor, cell.floor)
+        if key in cache:
+            return cache[key]
+        try:
+            arch = make_arch(cell.family, cell.template, 1.0, cell.classes, divisor=cell.divisor, floor=cell.floor)
+        except UsageError:  # a custom template this process cannot load
+            cache[key] = None
+            return None
+        r = resources(arch, batch_size, "cpu", memory=True, latency=False)
+        out = {"params": r["params"], "flops": r["flops"], "train_memory_bytes": r.get("train_memory_bytes"),
+               "batch_size": batch_size, "device": r["device"], "threads": r["threads"]}
+        if latency_mode != "none":
+            import torch
+
+            model = arch.build()
+            before = torch.get_num_threads()
+            if threads:
+                torch.set_num_threads(threads)
+                out["threads"] = threads
+            try:  # a short budget: the report should take seconds, and it is marked as measured here
+                out["latency_b1_s"] = latency(model, 1, "cpu", max_run_time=LATENCY_BUDGET_S)["median_s"]
+                if latency_mode == "full":
+                    out["latency_batch_s"] = latency(model, batch_size, "cpu", max_run_time=LATENCY_BUDGET_S)["median_s"]
+            finally:
+                torch.set_num_threads(before)
+        cache[key] = out
+        return out
+
+    return measure
+
+
+def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metric: str = "final",
+                latency: str = "batch1", threads: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+    """Write the report of results store ``db`` into folder ``out``; returns what was written.
+
+    ``metric``: ``final`` or ``best`` test accuracy. ``latency``: for families/templates whose
+    width 1 was not trained, measure latency here at batch 1 (``batch1``, default: quick), also at
+    the run batch size (``full``: slow for big models on a CPU), or not at all (``none``), with
+    ``threads`` CPU threads (default: torch's choice).
+    """
+    from ..models import get_family
+    from ..progress import Progress
+    from ..sweep.store import Store
+    from ..templates import distribute
+    from . import figures, tables
+
+    if metric not in ("final", "best"):
+        raise UsageError(f"metric must be 'final' or 'best', got {metric!r}")
+    if latency not in LATENCY_MODES:
+        raise UsageError(f"latency must be one of {', '.join(LATENCY_MODES)}, got {latency!r}")
+    with Store(db, create=False) as store:
+        rows = store.rows()
+        counts = store.counts()
+    if not rows:
+        raise UsageError(f"results store {str(db)!r} holds no runs yet; run 'filter-templates sweep' first")
+    out = Path(out)
+    (out / "tables").mkdir(parents=True, exist_ok=True)
+    (out / "figures").mkdir(parents=True, exist_ok=True)
+    cells = tables.collect(rows)
+    datasets = sorted({c.dataset for c in cells.values()})
+    batch = next((r["batch_size"] for r in rows if r.get("batch_size")), None) or \
+        next((int(r["config"].get("batch_size", 64)) for r in rows), 64)
+    measure = _measure_width1(batch, latency, threads)
+    written: dict[str, Any] = {"tables": [], "figures": [], "index": None}
+    sections: list[str] = []
+    families = sorted({c.family for c in cells.values()}, key=figures._rank)
+    bar = Progress(total=len(datasets) * 5 + len(families), desc="report", enabled=progress)
+
+    for ds in datasets:
+        sec = [f"## {ds}", ""]
+        acc = tables.accuracy_table(cells, ds, metric)
+        res = tables.resource_table(tables.resource_rows(cells, ds, measure), ds)
+        bar.update()
+        for stem, table in ((f"accuracy_{ds}", acc), (f"resources_{ds}", res)):
+            files = tables.render(table)
+            for ext, text in files.items():
+                p = out / "tables" / f"{stem}.{ext}"
+                p.write_text(text, encoding="utf-8")
+                written["tables"].append(str(p))
+            sec += [files["md"].replace("### ", "### ", 1),
+                    f"Files: [Markdown](tables/{stem}.md) · [CSV](tables/{stem}.csv) · [LaTeX](tables/{stem}.tex)", ""]
+            bar.update()
+        for axis in ("params", "memory", "latency"):
+            fig = figures.tradeoff_figure(cells, ds, axis, metric)
+            bar.update()
+            if fig is None:
+                sec += [f"(No done run of {ds} recorded its {figures.AXES[axis][1].split(' (')[0]}: "
+                        f"no accuracy-versus-{axis} figure.)", ""]
+                continue
+            stem = f"accuracy_vs_{axis}_{ds}"
+            paths = figures.save(fig, out / "figures" / stem)
+            written["figures"] += [str(p) for p in paths]
+            sec += [f"![{ds}: accuracy versus {axis}](figures/{stem}.png)", "",
+                    f"[SVG](figures/{stem}.svg)", ""]
+        sections.append("\n".join(sec))
+
+    fam_sec = ["## Filters per layer", ""]
+    for fam in families:
+        family = get_family(fam)
+        per_layer: dict[str, list[int]] = {}
+        for t in tables.template_order({c.template for c in cells.values() if c.family == fam}):
+            try:
+                per_layer[t] = distribute(t, family.base_filters, 1.0)
+            except UsageError:
+                continue
+        bar.update()
+        if not per_layer:
+            continue
+        fig = figures.filters_figure(fam, per_layer, family.layer_names, family.unit)
+        stem = f"filters_{fam}"
+        written["figures"] += [str(p) for p in figures.save(fig, out / "figures" / stem)]
+        fam_sec += [f"![{fam}: filters per layer](figures/{stem}.png)", "", f"[SVG](figures/{stem}.svg)", ""]
+    bar.close()
+
+    failed = [r for r in rows if r["status"] == "failed"]
+    head = [
+        "# filter-templates report", "",
+        f"Results store: `{Path(db).resolve()}` — generated {_dt.datetime.now().isoformat(timespec='seconds')}.", "",
+        f"Runs: {counts['done']} done, {counts['failed']} failed, {counts['running']} running, "
+        f"{counts['pending']} pending. Accuracy: {metric} top-1 test accuracy. Partial grids are fine: "
+        f"cells not run (yet) show {tables.MISSING}.", "",
+    ]
+    tail = []
+    if failed:
+        tail = ["## Failed runs", "", "| run | reason |", "|---|---|"]
+        tail += [f"| {Path(r['run_dir'] or '').name or r['key'][:10]} | {(r['reason'] or '').replace('|', '/')} |"
+                 for r in failed]
+        tail.append("")
+    index = out / "index.md"
+    index.write_text("\n".join(head + sections + fam_sec + tail) + "\n", encoding="utf-8")
+    written["index"] = str(index)
+    written["counts"] = counts
+    return written

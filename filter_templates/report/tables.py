@@ -1,0 +1,312 @@
+"""The report's numbers: grid cells from the results store, and the accuracy and resource tables
+as Markdown, CSV and LaTeX.
+
+A *cell* is one (dataset, family, template, width): the mean over its done seeds. Partial grids
+are the normal case (a sweep still running, a quick preset): a cell with no done run is shown as
+"—", one whose every run failed as "failed".
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+__all__ = ["Cell", "ResourceRow", "collect", "accuracy_table", "resource_rows", "render", "MISSING",
+           "template_order", "fmt_bytes"]
+
+MISSING = "—"
+BUILTIN_ORDER = ("base", "reverse", "uniform", "quadratic", "negative-quadratic")
+
+
+@dataclass
+class Cell:
+    """All runs of one grid cell (seeds pooled)."""
+
+    dataset: str
+    family: str
+    template: str
+    width: float
+    classes: int
+    divisor: int = 1
+    floor: int = 1
+    done: list[dict[str, Any]] = field(default_factory=list)
+    failed: list[dict[str, Any]] = field(default_factory=list)
+    other: int = 0  # pending or running
+
+    def acc(self, metric: str = "final") -> float | None:
+        vals = [r[f"{metric}_acc"] for r in self.done if r.get(f"{metric}_acc") is not None]
+        return statistics.fmean(vals) if vals else None
+
+    def acc_std(self, metric: str = "final") -> float | None:
+        vals = [r[f"{metric}_acc"] for r in self.done if r.get(f"{metric}_acc") is not None]
+        return statistics.stdev(vals) if len(vals) > 1 else None
+
+    def resource(self, name: str) -> float | None:
+        """Median over done runs (latency varies from run to run; the rest is identical)."""
+        vals = [r[name] for r in self.done if r.get(name) is not None]
+        return statistics.median(vals) if vals else None
+
+    def first(self, name: str) -> Any:
+        return next((r[name] for r in self.done if r.get(name) is not None), None)
+
+    @property
+    def status(self) -> str:
+        if self.done:
+            return "done"
+        return "failed" if self.failed else "pending"
+
+
+def template_order(names: Iterable[str]) -> list[str]:
+    """The paper's order first, then any custom templates alphabetically."""
+    names = set(names)
+    return [t for t in BUILTIN_ORDER if t in names] + sorted(names - set(BUILTIN_ORDER))
+
+
+def collect(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, float], Cell]:
+    """Group store rows into cells keyed ``(dataset, family, template, width)``."""
+    cells: dict[tuple[str, str, str, float], Cell] = {}
+    for r in rows:
+        arch = (r.get("config") or {}).get("arch", {})
+        k = (r["dataset"], r["family"], r["template"], float(r["width"]))
+        c = cells.get(k)
+        if c is None:
+            c = cells[k] = Cell(*k, classes=int(r["classes"]), divisor=int(arch.get("divisor", 1)),
+                                floor=int(arch.get("floor", 1)))
+        if r["status"] == "done":
+            c.done.append(r)
+        elif r["status"] == "failed":
+            c.failed.append(r)
+        else:
+            c.other += 1
+    return cells
+
+
+# --------------------------------------------------------------------------------------------
+# Tables as plain data: a header, rows of cells, and which cells to emphasise
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+    bold: set[tuple[int, int]] = field(default_factory=set)  # (row, column) of emphasised cells
+    notes: list[str] = field(default_factory=list)
+    align: str = ""  # one of l/r per column
+    csv_rows: list[list[Any]] | None = None  # raw values for CSV (defaults to rows)
+    csv_header: list[str] | None = None
+
+
+def _pct(x: float | None, std: float | None = None) -> str:
+    if x is None:
+        return MISSING
+    return f"{100 * x:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
+
+
+def accuracy_table(cells: dict, dataset: str, metric: str = "final") -> Table:
+    """Rows family x width (widest first), one column per template; the best template of each row
+    is emphasised. The paper's table is the ``width = 1`` rows."""
+    mine = [c for c in cells.values() if c.dataset == dataset]
+    templates = template_order(c.template for c in mine)
+    families = list(dict.fromkeys(c.family for c in sorted(mine, key=lambda c: _family_rank(c.family))))
+    header = ["family", "width", *templates, "best"]
+    rows, raw, bold = [], [], set()
+    seeds = max((len(c.done) for c in mine), default=0)
+    for fam in families:
+        widths = sorted({c.width for c in mine if c.family == fam}, reverse=True)
+        for w in widths:
+            accs = {t: (cells.get((dataset, fam, t, w))) for t in templates}
+            vals = {t: c.acc(metric) for t, c in accs.items() if c is not None and c.acc(metric) is not None}
+            best = max(vals, key=vals.get) if vals else None
+            row, rr = [fam, f"{w:g}"], [fam, w]
+            for j, t in enumerate(templates):
+                c = accs[t]
+                if c is None or c.status == "pending":
+                    row.append(MISSING)
+                    rr.append("")
+                elif c.status == "failed":
+                    row.append("failed")
+                    rr.append("failed")
+                else:
+                    row.append(_pct(c.acc(metric), c.acc_std(metric)))
+                    rr.append(round(100 * c.acc(metric), 4))
+                    if t == best and len(vals) > 1:
+                        bold.add((len(rows), 2 + j))
+            row.append(best or MISSING)
+            rr.append(best or "")
+            rows.append(row)
+            raw.append(rr)
+    what = "final" if metric == "final" else "best-epoch"
+    notes = [f"{what} top-1 test accuracy (%)" + (", mean ± std over seeds" if seeds > 1 else "")
+             + "; emphasised: the best template of each row; "
+             + f"{MISSING}: not run (yet); failed: every run of the cell failed (see index.md)."]
+    return Table(title=f"Accuracy on {dataset}", header=header, rows=rows, bold=bold, notes=notes,
+                 align="ll" + "r" * len(templates) + "l", csv_rows=raw)
+
+
+# --------------------------------------------------------------------------------------------
+# Resources at width 1
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class ResourceRow:
+    family: str
+    template: str
+    classes: int
+    params: int | None = None
+    flops: int | None = None
+    train_memory_bytes: int | None = None
+    batch_size: int | None = None
+    latency_batch_s: float | None = None
+    latency_b1_s: float | None = None
+    device: str | None = None  # where latency/memory were measured
+    threads: int | None = None
+    source: str = "run"  # "run": from a trained run at width 1; "computed": by the report
+
+
+def resource_rows(cells: dict, dataset: str, measure: Callable[[Cell], dict[str, Any] | None] | None = None
+                  ) -> list[ResourceRow]:
+    """One row per (family, template) present for ``dataset``, at width 1: from a run when width 1
+    was trained, else from ``measure(cell)`` (the architecture measured without training)."""
+    mine = [c for c in cells.values() if c.dataset == dataset]
+    out = []
+    families = list(dict.fromkeys(c.family for c in sorted(mine, key=lambda c: _family_rank(c.family))))
+    for fam in families:
+        for t in template_order(c.template for c in mine if c.family == fam):
+            c1 = cells.get((dataset, fam, t, 1.0))
+            any_cell = next(c for c in mine if c.family == fam and c.template == t)
+            row = ResourceRow(fam, t, any_cell.classes)
+            if c1 is not None and c1.done:
+                row.params = c1.first("params")
+                row.flops = c1.first("flops")
+                row.train_memory_bytes = c1.first("train_memory_bytes")
+                row.batch_size = c1.first("batch_size")
+                row.latency_batch_s = c1.resource("latency_batch_s")
+                row.latency_b1_s = c1.resource("latency_b1_s")
+                row.device = c1.first("resource_device")
+                row.threads = c1.first("threads")
+            elif measure is not None:
+                m = measure(any_cell)
+                if m:
+                    row.source = "computed"
+                    for k, v in m.items():
+                        setattr(row, k, v)
+            out.append(row)
+    return out
+
+
+def fmt_bytes(n: float | None) -> str:
+    if n is None:
+        return MISSING
+    return f"{n / 2**20:,.1f}"
+
+
+def _ms(s: float | None) -> str:
+    return MISSING if s is None else f"{1000 * s:,.3g}" if s < 0.01 else f"{1000 * s:,.1f}"
+
+
+def resource_table(rows: list[ResourceRow], dataset: str) -> Table:
+    batch = next((r.batch_size for r in rows if r.batch_size), 64)
+    header = ["family", "template", "params (M)", "GFLOPs / image", f"train memory (MiB, batch {batch})",
+              f"latency batch {batch} (ms)", "latency batch 1 (ms)", "measured on"]
+    out, raw = [], []
+    computed = False
+    for r in rows:
+        mark = ""
+        if r.source == "computed":
+            computed = True
+            mark = "†"
+        where = f"{r.device}, {r.threads} thread{'s' if r.threads != 1 else ''}" if r.device else MISSING
+        out.append([r.family, r.template, MISSING if r.params is None else f"{r.params / 1e6:,.3f}",
+                    MISSING if r.flops is None else f"{r.flops / 1e9:,.4f}", fmt_bytes(r.train_memory_bytes) + mark,
+                    _ms(r.latency_batch_s) + (mark if r.latency_batch_s is not None else ""),
+                    _ms(r.latency_b1_s) + (mark if r.latency_b1_s is not None else ""), where])
+        raw.append([r.family, r.template, r.params, r.flops, r.train_memory_bytes, r.batch_size,
+                    r.latency_batch_s, r.latency_b1_s, r.device, r.threads, r.source])
+    notes = ["width multiplier 1, " + f"{rows[0].classes if rows else '?'} classes. Latency: median forward pass "
+             "in eval mode; only comparable between rows measured on the same device and thread count."]
+    if computed:
+        notes.append("†: width 1 was not trained; parameters, FLOPs and training memory are computed from the "
+                     "architecture, latency is measured by the report on this machine (memory on CPU is the "
+                     "exact account of SPEC §4, on CUDA runs the allocator peak).")
+    return Table(title=f"Resources at width 1 ({dataset})", header=header, rows=out, notes=notes,
+                 align="ll" + "r" * 5 + "l",
+                 csv_header=["family", "template", "params", "flops", "train_memory_bytes", "batch_size",
+                             "latency_batch_s", "latency_batch1_s", "device", "threads", "source"],
+                 csv_rows=raw)
+
+
+# --------------------------------------------------------------------------------------------
+# Rendering
+# --------------------------------------------------------------------------------------------
+
+
+def _md(t: Table) -> str:
+    lines = [f"### {t.title}", ""]
+    lines.append("| " + " | ".join(t.header) + " |")
+    lines.append("|" + "|".join("---:" if a == "r" else "---" for a in (t.align or "l" * len(t.header))) + "|")
+    for i, row in enumerate(t.rows):
+        cells = [f"**{v}**" if (i, j) in t.bold else v for j, v in enumerate(row)]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines.append("")
+    lines += [n for n in t.notes]
+    return "\n".join(lines) + "\n"
+
+
+def _csv(t: Table) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(t.csv_header or t.header)
+    for row in (t.csv_rows if t.csv_rows is not None else t.rows):
+        w.writerow(["" if v is None else v for v in row])
+    return buf.getvalue()
+
+
+_TEX_ESCAPE = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
+               "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
+               "—": "---", "±": r"$\pm$", "†": r"$^\dagger$"}
+
+
+def _tex_escape(s: str) -> str:
+    return "".join(_TEX_ESCAPE.get(ch, ch) for ch in str(s))
+
+
+def _tex(t: Table) -> str:
+    """A booktabs table (needs ``\\usepackage{booktabs}``)."""
+    align = t.align or "l" * len(t.header)
+    lines = ["% " + _tex_escape(t.title), r"\begin{table}[ht]", r"\centering", r"\small",
+             rf"\begin{{tabular}}{{{align}}}", r"\toprule",
+             " & ".join(_tex_escape(h) for h in t.header) + r" \\", r"\midrule"]
+    prev_family = None
+    for i, row in enumerate(t.rows):
+        cells = []
+        for j, v in enumerate(row):
+            s = _tex_escape(v)
+            if j == 0:
+                if v == prev_family:
+                    s = ""
+                elif prev_family is not None:
+                    lines.append(r"\midrule")
+                prev_family = v
+            cells.append(rf"\textbf{{{s}}}" if (i, j) in t.bold else s)
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\bottomrule", r"\end{tabular}",
+              rf"\caption{{{_tex_escape(t.title)}. {' '.join(_tex_escape(n) for n in t.notes)}}}",
+              r"\end{table}"]
+    return "\n".join(lines) + "\n"
+
+
+def render(t: Table) -> dict[str, str]:
+    """``{"md": ..., "csv": ..., "tex": ...}``."""
+    return {"md": _md(t), "csv": _csv(t), "tex": _tex(t)}
+
+
+def _family_rank(name: str) -> tuple[int, str]:
+    order = ("vgg19", "resnet50", "googlenet", "mobilenet")
+    return (order.index(name) if name in order else len(order), name)
+

@@ -1,0 +1,205 @@
+"""Reports: tables (Markdown/CSV/LaTeX) and figures (PNG/SVG) from whatever a results store holds."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+from pathlib import Path
+
+import matplotlib.image as mpimg
+import pytest
+
+from filter_templates.arch import make_arch
+from filter_templates.cli import main
+from filter_templates.errors import UsageError
+from filter_templates.report import make_report
+from filter_templates.sweep.store import Store
+from filter_templates.train import TrainConfig
+
+TEMPLATES = ["base", "reverse", "uniform", "quadratic", "negative-quadratic"]
+
+
+def config(family: str, template: str, width: float, dataset: str = "cifar10", seed: int = 0) -> dict:
+    classes = 100 if dataset == "cifar100" else 10
+    return TrainConfig(arch=make_arch(family, template, width, classes), dataset=dataset, epochs=3,
+                       seed=seed).to_dict()
+
+
+def summary(acc: float, params: int, width: float, status: str = "done", reason: str | None = None) -> dict:
+    """What train + the sweep record for a run (numbers shaped like real ones)."""
+    return {"status": status, "reason": reason, "final_acc": acc if status == "done" else None,
+            "best_acc": acc + 0.01 if status == "done" else None, "best_epoch": 3, "wall_s": 12.5, "device": "cpu",
+            "resources": {"params": params, "flops": int(params * 40 * width), "train_memory_bytes": int(4e6 + params * 16),
+                          "batch_size": 64, "latency_s": {"batch64": 0.002 + params * 1e-9, "batch1": 0.0005},
+                          "device": "cpu", "threads": 2}}
+
+
+def fill(db: Path, points: list[tuple[dict, dict]]) -> None:
+    with Store(db) as s:
+        s.add_points((c, f"/runs/{i}") for i, (c, _) in enumerate(points))
+        for c, summ in points:
+            from filter_templates.sweep.store import point_key
+
+            claim = s.claim([point_key(c)[0]])
+            epochs = [{"epoch": e, "test_acc": (summ["final_acc"] or 0) * e / 3} for e in (1, 2, 3)]
+            s.finish(claim["key"], claim["claim_token"], summ, epochs=epochs)
+
+
+@pytest.fixture(scope="module")
+def partial_store(tmp_path_factory) -> Path:
+    """vgg19: all templates at widths 1 and 0.5, one failed run; mobilenet: three templates at 0.5 only
+    (no width 1: its resources must be computed); one pending point; one cifar100 point."""
+    tmp_path = tmp_path_factory.mktemp("store")
+    points = []
+    accs = {"base": 0.90, "reverse": 0.88, "uniform": 0.92, "quadratic": 0.91, "negative-quadratic": 0.89}
+    for t in TEMPLATES:
+        for w in (1.0, 0.5):
+            arch = make_arch("vgg19", t, w, 10)
+            if (t, w) == ("quadratic", 0.5):
+                points.append((config("vgg19", t, w), summary(0, 0, w, "failed", "loss became nan in epoch 2")))
+            else:
+                points.append((config("vgg19", t, w), summary(accs[t] - (1 - w) * 0.05, _params(arch), w)))
+    for t in ("base", "uniform", "quadratic"):
+        arch = make_arch("mobilenet", t, 0.5, 10)
+        points.append((config("mobilenet", t, 0.5), summary(0.85 + 0.01 * len(t) % 0.05, _params(arch), 0.5)))
+    points.append((config("vgg19", "base", 1.0, "cifar100"), summary(0.65, 20_086_692, 1.0)))
+    db = tmp_path / "r.sqlite"
+    fill(db, points)
+    with Store(db) as s:
+        s.add_points([(config("mobilenet", "reverse", 0.5), "/runs/pending")])
+    return db
+
+
+@pytest.fixture(scope="module")
+def report(partial_store, tmp_path_factory) -> tuple[Path, dict]:
+    """One report of the partial store, shared by the tests that read it (rendering takes seconds)."""
+    out = tmp_path_factory.mktemp("report") / "rep"
+    return out, make_report(partial_store, out, latency="batch1", threads=1)
+
+
+def _params(arch) -> int:
+    from filter_templates.measure import count_params
+
+    return count_params(arch.build())
+
+
+def md_rows(text: str) -> list[list[str]]:
+    return [[c.strip() for c in ln.strip("|").split("|")] for ln in text.splitlines() if ln.startswith("| ")]
+
+
+def test_tables_show_partial_grids_and_mark_the_best(report):
+    out, written = report
+    acc = (out / "tables" / "accuracy_cifar10.md").read_text()
+    rows = md_rows(acc)
+    header = rows[0]
+    assert header == ["family", "width", *TEMPLATES, "best"]
+    vgg1 = next(r for r in rows if r[:2] == ["vgg19", "1"])
+    assert vgg1[header.index("uniform")] == "**92.00**" and vgg1[-1] == "uniform"
+    assert sum(c.startswith("**") for c in vgg1) == 1  # one best per row
+    vgg05 = next(r for r in rows if r[:2] == ["vgg19", "0.5"])
+    assert vgg05[header.index("quadratic")] == "failed"
+    mob = next(r for r in rows if r[0] == "mobilenet")
+    assert mob[header.index("reverse")] == "—" and mob[header.index("negative-quadratic")] == "—"
+    assert not any(r[0] == "mobilenet" and r[1] == "1" for r in rows)  # no empty rows invented
+    # CSV: raw numbers, best template named
+    with open(out / "tables" / "accuracy_cifar10.csv") as f:
+        table = list(csv.DictReader(f))
+    first = next(r for r in table if r["family"] == "vgg19" and r["width"] == "1.0")
+    assert float(first["uniform"]) == pytest.approx(92.0) and first["best"] == "uniform"
+    # LaTeX: the same emphasis, escaped names
+    tex = (out / "tables" / "accuracy_cifar10.tex").read_text()
+    assert r"\textbf{92.00}" in tex and r"\begin{tabular}" in tex and "negative-quadratic" in tex
+    assert (out / "tables" / "accuracy_cifar100.md").exists()
+    assert written["counts"] == {"pending": 1, "running": 0, "done": 13, "failed": 1}
+
+
+def test_resource_table_uses_runs_at_width_1_and_computes_the_rest(report):
+    out, _ = report
+    with open(out / "tables" / "resources_cifar10.csv") as f:
+        rows = {(r["family"], r["template"]): r for r in csv.DictReader(f)}
+    vgg = rows[("vgg19", "base")]
+    assert vgg["source"] == "run" and int(vgg["params"]) == 20_040_522
+    assert float(vgg["latency_batch_s"]) > 0
+    mob = rows[("mobilenet", "base")]  # width 1 never trained: computed from the architecture
+    assert mob["source"] == "computed" and int(mob["params"]) == 3_217_226
+    assert int(mob["train_memory_bytes"]) > int(mob["params"]) * 4 * 3  # weights, grads, momentum at least
+    assert float(mob["latency_batch1_s"]) > 0 and mob["latency_batch_s"] == ""  # batch1 mode: batch 1 only
+    assert rows[("mobilenet", "reverse")]["source"] == "computed"  # only pending, but part of the grid
+    md = (out / "tables" / "resources_cifar10.md").read_text()
+    assert "†" in md and "measured by the report on this machine" in md
+
+
+def test_figures_are_written_as_png_and_svg_and_index_links_everything(report):
+    out, written = report
+    names = {Path(p).name for p in written["figures"]}
+    for stem in ("accuracy_vs_params_cifar10", "accuracy_vs_memory_cifar10", "accuracy_vs_latency_cifar10",
+                 "filters_vgg19", "filters_mobilenet"):
+        assert {f"{stem}.png", f"{stem}.svg"} <= names
+        img = mpimg.imread(out / "figures" / f"{stem}.png")
+        assert img.shape[0] > 300 and img.shape[1] > 600 and img[..., :3].std() > 0.05  # a real picture
+        svg = (out / "figures" / f"{stem}.svg").read_text()
+        assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
+    svg = (out / "figures" / "accuracy_vs_params_cifar10.svg").read_text()
+    assert "parameters (millions" in svg and "base model at width 1" in svg
+    index = (out / "index.md").read_text()
+    links = re.findall(r"\]\(([^)]+)\)", index)
+    assert len(links) >= 20
+    for link in links:
+        assert (out / link).exists(), link
+    for p in written["tables"] + written["figures"]:
+        assert Path(p).relative_to(out).as_posix() in links
+    assert "Failed runs" in index and "loss became nan in epoch 2" in index
+    assert "1 pending" in index
+
+
+def test_seeds_are_averaged(tmp_path):
+    arch = make_arch("vgg19", "base", 0.5, 10)
+    db = tmp_path / "r.sqlite"
+    fill(db, [(config("vgg19", "base", 0.5, seed=s), summary(acc, 1000, 0.5)) for s, acc in ((0, 0.80), (1, 0.90))])
+    make_report(db, tmp_path / "rep", latency="none")
+    rows = md_rows((tmp_path / "rep" / "tables" / "accuracy_cifar10.md").read_text())
+    assert rows[1][2] == "85.00 ± 7.07"
+    del arch
+
+
+def test_report_cli(partial_store, tmp_path, capsys):
+    assert main(["report", "--db", str(partial_store), "--out", str(tmp_path / "r"), "--latency", "none",
+                 "--metric", "best", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert Path(out["index"]).exists() and len(out["figures"]) == 2 * 5 + 2 * 3  # cifar100: 3 figures
+    assert "best-epoch" in (tmp_path / "r" / "tables" / "accuracy_cifar10.md").read_text()
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda p: None, "does not exist"),
+    (lambda p: p.write_text("not sqlite" * 50), "not a usable results store"),
+    (lambda p: Store(p).close(), "holds no runs yet"),
+])
+def test_report_errors_are_one_line(tmp_path, capsys, make, match):
+    db = tmp_path / "x.sqlite"
+    make(db)
+    assert main(["report", "--db", str(db), "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and match in err[0]
+
+
+def test_report_of_a_real_sweep(tmp_path, capsys):
+    """End to end: a tiny sweep, then its report (the README's first command, in miniature)."""
+    db, runs, out = tmp_path / "r.sqlite", tmp_path / "runs", tmp_path / "rep"
+    assert main(["sweep", "--models", "mobilenet", "--templates", "base", "uniform", "--widths", "0.05", "0.1",
+                 "--datasets", "synthetic", "--epochs", "1", "--limit-train", "64", "--limit-test", "32",
+                 "--batch-size", "32", "--device", "cpu", "--threads", "1", "--db", str(db), "--runs-dir", str(runs)]) == 0
+    assert main(["report", "--db", str(db), "--out", str(out), "--latency", "none"]) == 0
+    rows = md_rows((out / "tables" / "accuracy_synthetic.md").read_text())
+    assert [r[:2] for r in rows[1:]] == [["mobilenet", "0.1"], ["mobilenet", "0.05"]]
+    assert all(re.fullmatch(r"\*{0,2}\d+\.\d\d\*{0,2}", c) for r in rows[1:] for c in r[2:4])
+    for axis in ("params", "memory", "latency"):
+        assert (out / "figures" / f"accuracy_vs_{axis}_synthetic.png").exists()
+
+
+def test_bad_options():
+    with pytest.raises(UsageError, match="metric"):
+        make_report("x", "y", metric="median")
+    with pytest.raises(UsageError, match="latency"):
+        make_report("x", "y", latency="sometimes")
