@@ -124,6 +124,16 @@ def test_cli_errors_are_one_line(capsys, argv, match):
     assert match in err_line(capsys)
 
 
+def test_dry_run_of_the_paper_grid_needs_no_data(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no CIFAR anywhere here
+    assert main(["sweep", "--preset", "paper", "--dry-run", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["points"] == 320 and out["grid"]["epochs"] == 160
+    assert main(["sweep", "--preset", "paper", "--datasets", "cifar10", "--models", "vgg19",
+                 "--data-dir", str(tmp_path / "no-data")]) == 2
+    assert "does not exist" in err_line(capsys)  # a real run checks the data before training anything
+
+
 def test_dry_run_lists_the_grid(tmp_path, capsys):
     assert main(sweep_args(tmp_path, "--models", "vgg19", "mobilenet", "--templates", "base", "uniform",
                            "--widths", "0.05", "--dry-run", "--json")) == 0
@@ -210,6 +220,24 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys, one_th
     assert retried.failed == 1
     with Store(db) as s:
         assert s.get(nan["key"])["attempts"] == 2
+
+
+def test_resources_a_summary_lacks_are_measured_and_kept_beside_it(tmp_path, one_thread):
+    from filter_templates.arch import make_arch
+    from filter_templates.sweep.plan import complete_resources, read_summary
+    from filter_templates.train import TrainConfig
+
+    cfg = TrainConfig(arch=make_arch("mobilenet", "base", 0.05, 10), batch_size=16, device="cpu")
+    bare = {"status": "done", "device": "cpu", "resources": {"params": 123, "flops": 456}}
+    (tmp_path / "summary.json").write_text(json.dumps(bare))
+    full = complete_resources(cfg, bare, tmp_path)
+    res = full["resources"]
+    assert (res["params"], res["flops"]) == (123, 456)  # what the summary had wins
+    assert res["train_memory_bytes"] > 0 and set(res["latency_s"]) == {"batch16", "batch1"}
+    assert read_summary(tmp_path)["resources"] == res  # kept in resources.json, merged on reading
+    assert complete_resources(cfg, full, tmp_path) is full  # nothing missing: nothing measured
+    failed = {"status": "failed", "reason": "nan", "resources": {}}
+    assert complete_resources(cfg, failed, tmp_path) is failed
 
 
 def test_reindex_rebuilds_a_lost_store(tmp_path, capsys):

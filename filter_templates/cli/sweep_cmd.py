@@ -79,7 +79,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="ray: restart a crashed trial from its checkpoint up to N times (default: 2)")
     s.add_argument("--storage", metavar="PATH", help="ray: where Tune keeps trial checkpoints; on a cluster a "
                                                      "shared path or URI (default: RUNS_DIR/_ray)")
-    s.add_argument("--dry-run", action="store_true", help="validate and list the grid, run nothing")
+    s.add_argument("--dry-run", action="store_true", help="validate and list the grid (without reading the data), "
+                                                          "run nothing")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(run=run)
 
@@ -140,9 +141,9 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(out))
             return 0
 
-    from ..sweep.grid import expand
+    from ..sweep.grid import expand, known_classes
 
-    configs = expand(spec)
+    configs = expand(spec, classes_of=known_classes if args.dry_run else None)  # a real run reads the data now
     if args.dry_run:
         from ..sweep.grid import run_dir_name
         from ..sweep.store import point_key

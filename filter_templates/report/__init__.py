@@ -39,20 +39,11 @@ def _measure_width1(batch_size: int, latency_mode: str, threads: int | None) -> 
         r = resources(arch, batch_size, "cpu", memory=True, latency=False)
         out = {"params": r["params"], "flops": r["flops"], "train_memory_bytes": r.get("train_memory_bytes"),
                "batch_size": batch_size, "device": r["device"], "threads": r["threads"]}
-        if latency_mode != "none":
-            import torch
-
+        if latency_mode != "none":  # a short budget: the report should take seconds; marked as measured here
             model = arch.build()
-            before = torch.get_num_threads()
-            if threads:
-                torch.set_num_threads(threads)
-                out["threads"] = threads
-            try:  # a short budget: the report should take seconds, and it is marked as measured here
-                out["latency_b1_s"] = latency(model, 1, "cpu", max_run_time=LATENCY_BUDGET_S)["median_s"]
-                if latency_mode == "full":
-                    out["latency_batch_s"] = latency(model, batch_size, "cpu", max_run_time=LATENCY_BUDGET_S)["median_s"]
-            finally:
-                torch.set_num_threads(before)
+            for b in (1, batch_size) if latency_mode == "full" else (1,):
+                m = latency(model, b, "cpu", max_run_time=LATENCY_BUDGET_S, threads=threads)
+                out["latency_b1_s" if b == 1 else "latency_batch_s"], out["threads"] = m["median_s"], m["threads"]
         cache[key] = out
         return out
 

@@ -207,7 +207,10 @@ def fmt_bytes(n: float | None) -> str:
 
 
 def _ms(s: float | None) -> str:
-    return MISSING if s is None else f"{1000 * s:,.3g}" if s < 0.01 else f"{1000 * s:,.1f}"
+    if s is None:
+        return MISSING
+    ms = 1000 * s
+    return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 10 else f"{ms:,.1f}"
 
 
 def resource_table(rows: list[ResourceRow], dataset: str) -> Table:

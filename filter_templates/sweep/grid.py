@@ -13,14 +13,14 @@ import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from ..errors import UsageError
 
 if TYPE_CHECKING:  # torch stays out of `import filter_templates.sweep.grid`
     from ..train import TrainConfig
 
-__all__ = ["SweepSpec", "PRESETS", "PAPER_WIDTHS", "preset", "load_config", "expand", "run_dir_name",
+__all__ = ["SweepSpec", "PRESETS", "PAPER_WIDTHS", "preset", "load_config", "expand", "run_dir_name", "known_classes",
            "TRAIN_FIELDS", "GRID_FIELDS", "RUN_FIELDS"]
 
 PAPER_WIDTHS = (1.6, 1.3, 1.0, 0.8, 0.5, 0.25, 0.1, 0.05)
@@ -213,6 +213,17 @@ def expand(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -> l
                     for s in seeds:
                         out.append(TrainConfig(arch=arch, dataset=ds, seed=s, **spec.train))
     return out
+
+
+def known_classes(name: str) -> int:
+    """The class count of a built-in dataset without reading it (``--dry-run``)."""
+    from ..data import DATASETS
+    from ..data.cifar import NUM_CLASSES
+
+    counts = {**NUM_CLASSES, "digits": 10, "synthetic": 10}
+    if name not in DATASETS or name not in counts:
+        raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
+    return counts[name]
 
 
 def _dataset_classes(spec: SweepSpec) -> Callable[[str], int]:

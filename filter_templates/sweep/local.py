@@ -20,7 +20,6 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
-from ..errors import UsageError
 from ..progress import Progress
 from .plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
 from .store import DEFAULT_STALE_AFTER, Store, owner_id, read_metrics
