@@ -141,9 +141,12 @@ def accuracy_table(cells: dict, dataset: str, metric: str = "final") -> Table:
             rows.append(row)
             raw.append(rr)
     what = "final" if metric == "final" else "best-epoch"
-    notes = [f"{what} top-1 test accuracy (%)" + (", mean ± std over seeds" if seeds > 1 else "")
+    epochs = sorted({int(r["epochs"]) for c in mine for r in c.done})
+    trained = (f" after {epochs[0]} epochs" if len(epochs) == 1
+               else f" after {', '.join(map(str, epochs))} epochs (runs differ)" if epochs else "")
+    notes = [f"{what.capitalize()} top-1 test accuracy (%){trained}" + (", mean ± std over seeds" if seeds > 1 else "")
              + "; emphasised: the best template of each row; "
-             + f"{MISSING}: not run (yet); failed: every run of the cell failed (see index.md)."]
+             + f"{MISSING}: not run (yet); failed: every run of the cell failed (reasons in the report's index.md)."]
     return Table(title=f"Accuracy on {dataset}", header=header, rows=rows, bold=bold, notes=notes,
                  align="ll" + "r" * len(templates) + "l", csv_rows=raw)
 
