@@ -168,7 +168,7 @@ def test_report_cli(partial_store, tmp_path, capsys):
                  "--metric", "best", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert Path(out["index"]).exists() and len(out["figures"]) == 2 * 5 + 2 * 3  # cifar100: 3 figures
-    assert "best-epoch" in (tmp_path / "r" / "tables" / "accuracy_cifar10.md").read_text()
+    assert "Best-epoch top-1" in (tmp_path / "r" / "tables" / "accuracy_cifar10.md").read_text()
 
 
 @pytest.mark.parametrize("make, match", [
