@@ -55,3 +55,18 @@ def test_missing_ray_is_a_clear_usage_error(monkeypatch, capsys, tmp_path):
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'filter-templates[ray]'" in err[0]
+
+
+def test_a_trial_that_cannot_fit_a_local_ray_is_refused(tmp_path, capsys):
+    pytest.importorskip("ray")
+    import os as _os
+
+    too_many = str((_os.cpu_count() or 1) + 1)
+    argv = ["sweep", "--engine", "ray", "--cpus-per-trial", too_many, "--models", "vgg19", "--templates", "base",
+            "--widths", "0.05", "--datasets", "synthetic", "--epochs", "1", "--db", str(tmp_path / "r.sqlite"),
+            "--runs-dir", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--cpus-per-trial" in err[0] and "more than this machine" in err[0]
+    with Store(tmp_path / "r.sqlite") as s:  # the claim was handed back
+        assert [r["status"] for r in s.rows()] == ["pending"]

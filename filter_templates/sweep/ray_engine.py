@@ -188,6 +188,8 @@ def run_ray(
                     if not ray.is_initialized():
                         _init_ray(ray, address)
                         started_ray = True
+                    if not address:  # a local Ray cannot grow: a trial that can never fit would wait forever
+                        _check_fits(ray.cluster_resources(), cpus_per_trial, gpus_per_trial)
                     from .ray_callback import StoreCallback
 
                     callback = StoreCallback(store, by_key, tokens, beats, result, bar)
@@ -208,8 +210,15 @@ def run_ray(
     return result
 
 
+def _check_fits(have: dict[str, float], cpus: float, gpus: float) -> None:
+    for what, need, flag in (("CPU", cpus, "--cpus-per-trial"), ("GPU", gpus, "--gpus-per-trial")):
+        if need > have.get(what, 0.0):
+            raise UsageError(f"{flag} {need:g} asks for more than this machine's {have.get(what, 0.0):g} {what}s; "
+                             f"lower it (or join a cluster with --address)")
+
+
 def _init_ray(ray: Any, address: str | None) -> None:
-    kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.WARNING, include_dashboard=False)
+    kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
     try:
         if address:
             ray.init(address=address, **kwargs)
