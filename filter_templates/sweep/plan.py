@@ -68,7 +68,7 @@ class SweepResult:
         if self.elsewhere:
             parts.append(f"{self.elsewhere} running in another sweep")
         head = "sweep interrupted" if self.interrupted else "sweep finished"
-        return (f"{head}: {self.points} points, {', '.join(parts)} in {self.wall_s:.0f} s; "
+        return (f"{head}: {self.points} point{'' if self.points == 1 else 's'}, {', '.join(parts)} in {self.wall_s:.0f} s; "
                 f"results in {self.db}, runs in {self.runs_dir}")
 
     def to_dict(self) -> dict[str, Any]:
