@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from .arch import Arch
 from .errors import UsageError
+from .measure import resolve_device
 from .progress import Progress
 
 __all__ = ["TrainConfig", "train", "sgd_step", "bf16_autocast", "open_checkpoint", "resolve_device", "load_data", "RESULT_KEYS"]
@@ -127,22 +128,6 @@ def _check_float(name: str, v: Any, positive: bool) -> None:
     if not ok:
         raise UsageError(f"training config '{name}' must be a {'positive' if positive else 'non-negative'} "
                          f"finite number, got {v!r}")
-
-
-def resolve_device(name: str) -> torch.device:
-    """'auto' is CUDA when there is one, else the CPU; asking for CUDA without one is a UsageError."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise UsageError(f"device {name!r} requested but CUDA is not available here; use --device cpu or auto")
-        dev = torch.device(name)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s) here")
-        return dev
-    if name == "cpu":
-        return torch.device("cpu")
-    raise UsageError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {name!r}")
 
 
 def bf16_autocast(device: torch.device, wanted: bool = True) -> bool:

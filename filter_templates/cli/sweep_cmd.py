@@ -170,7 +170,7 @@ def run(args: argparse.Namespace) -> int:
                          storage=args.storage, retry_failed=args.retry_failed)
     else:
         from ..sweep.local import run_local
-        from ..train import resolve_device
+        from ..measure import resolve_device
 
         for device in {c.device for c in configs}:
             resolve_device(device)  # asking for CUDA where there is none fails now, not per run
