@@ -256,7 +256,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
     amp = bf16_autocast(device, config.bf16)
     loader_kw = dict(mean=ds.mean, std=ds.std, device=device, seed=config.seed, channels_last=config.channels_last)
-    train_loader = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, **loader_kw)
+    train_loader = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, flip=ds.hflip, **loader_kw)
     test_loader = Loader(ds.test_x, ds.test_y, max(config.batch_size, 256), train=False, **loader_kw)
 
     metrics: list[dict] = []

@@ -464,6 +464,26 @@ def test_train_crops_are_windows_of_the_zero_padded_image_maybe_flipped():
     assert len(offsets) > 10 and flips == {0, 1}  # crops and flips really vary
 
 
+def test_flip_off_crops_but_never_mirrors_and_digits_say_so():
+    x, y = _identifiable(40)
+    padded = np.zeros((40, 40, 40, 3), np.uint8)
+    padded[:, 4:36, 4:36] = x
+    plain = Loader(x, y, 20, train=True, mean=MEAN, std=STD, seed=3, flip=False)
+    offsets = set()
+    for xb, yb in plain:
+        for img, i in zip(_unnormalise(xb), yb.tolist()):
+            found = [(oy, ox) for oy in range(9) for ox in range(9)
+                     if np.array_equal(img, padded[i, oy:oy + 32, ox:ox + 32])]
+            assert found, f"sample {i} is mirrored or not a crop"
+            offsets.add(found[0])
+    assert len(offsets) > 10
+    # same random stream as with flips: the order and crops of an epoch do not depend on the flag
+    flipped = Loader(x, y, 20, train=True, mean=MEAN, std=STD, seed=3)
+    assert [yb.tolist() for _, yb in flipped] == [yb.tolist() for _, yb in Loader(x, y, 20, train=True, mean=MEAN, std=STD, seed=3, flip=False)]
+    assert load_dataset("digits").hflip is False  # a mirrored 2 is not a 2
+    assert load_dataset("synthetic", limit_train=64, limit_test=16).hflip is True
+
+
 def test_loader_determinism_and_set_epoch():
     x, y = _identifiable(48)
     mk = lambda seed=0: Loader(x, y, 16, train=True, mean=MEAN, std=STD, seed=seed)  # noqa: E731

@@ -36,7 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description=DESCRIPTION)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--preset", choices=list(PRESETS),
-                     help="quick: vgg19+mobilenet, 5 templates, widths 0.1 and 0.05, digits, 6 epochs (minutes on a CPU); "
+                     help="quick: vgg19+mobilenet, 5 templates, widths 0.1 and 0.05, digits, 10 epochs (minutes on a CPU); "
                           "paper: the published grid (4 families x 5 templates x 8 widths x cifar10/100, 160 epochs)")
     src.add_argument("--config", metavar="FILE.toml", help="a TOML sweep file (see configs/)")
     g = p.add_argument_group("grid (override the preset/config)")

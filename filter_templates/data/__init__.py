@@ -74,7 +74,7 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, d
     if train_x is ds.train_x and test_x is ds.test_x:
         return ds
     return Dataset(name=ds.name, classes=ds.classes, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                   mean=ds.mean, std=ds.std, source=ds.source)
+                   mean=ds.mean, std=ds.std, source=ds.source, hflip=ds.hflip)
 
 
 def default_data_dir() -> "os.PathLike[str]":

@@ -31,7 +31,8 @@ class Loader:
     """Iterates (x, y) batches of a split resident on ``device``.
 
     ``train=True``: a per-epoch seeded shuffle, zero padding by ``pad`` (4), a random crop back to
-    the image size with a per-sample offset, a random horizontal flip, then normalisation;
+    the image size with a per-sample offset, a random horizontal flip (unless ``flip=False``), then
+    normalisation;
     ``drop_last`` so every batch has the same shape. ``train=False``: normalisation only, stored
     order, the last batch may be short. ``x`` comes out as ``dtype`` NCHW (channels_last memory
     format unless ``channels_last=False``), ``y`` as int64.
@@ -42,7 +43,8 @@ class Loader:
 
     def __init__(self, x_uint8_nhwc: np.ndarray, y: np.ndarray, batch_size: int, *, train: bool,
                  mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu", seed: int = 0,
-                 channels_last: bool = True, dtype: torch.dtype = torch.float32, pad: int = 4) -> None:
+                 channels_last: bool = True, dtype: torch.dtype = torch.float32, pad: int = 4,
+                 flip: bool = True) -> None:
         if not isinstance(x_uint8_nhwc, np.ndarray) or x_uint8_nhwc.dtype != np.uint8 or x_uint8_nhwc.ndim != 4:
             raise ValueError("x must be a uint8 numpy array [N, H, W, C]")
         n, h, w, c = x_uint8_nhwc.shape
@@ -64,6 +66,7 @@ class Loader:
         self.num_samples = n
         self.image_shape = (h, w, c)
         self.pad = int(pad) if train else 0
+        self.flip = bool(flip)
         # normalise as x * scale + shift over whole [H*W*C] images: a per-channel [C] vector would
         # make the innermost loop 3 long and the op ~6x slower on CPU
         std_t = torch.tensor([float(s) for s in std], dtype=torch.float32)
@@ -99,7 +102,9 @@ class Loader:
         n, span = self.num_samples, 2 * self.pad + 1
         order = torch.randperm(n, generator=g)
         offsets = torch.randint(0, span, (2, n), generator=g)
-        flips = torch.randint(0, 2, (n,), generator=g)
+        flips = torch.randint(0, 2, (n,), generator=g)  # drawn either way: one random stream
+        if not self.flip:
+            flips.zero_()
         h, w, _ = self.image_shape
         start = order * self._image_stride + offsets[0] * (w + 2 * self.pad) + offsets[1]
         return order.to(self.device), start.to(self.device), flips.to(self.device)

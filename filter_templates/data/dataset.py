@@ -15,6 +15,8 @@ class Dataset:
 
     ``mean``/``std`` are per-channel statistics of the *full* training split in [0, 1] units, the
     values the batched loader normalises with. ``source`` says where the pixels came from.
+    ``hflip``: whether a mirrored image is still an image of its class (photos yes, digits no), so
+    training augmentation flips only where that holds.
     """
 
     name: str
@@ -26,6 +28,7 @@ class Dataset:
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
     source: str = ""
+    hflip: bool = True
 
     @property
     def num_classes(self) -> int:

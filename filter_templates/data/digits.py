@@ -47,6 +47,6 @@ def load() -> Dataset:
     train, test = train_test_split(np.arange(len(y)), test_size=TEST_SIZE, stratify=y, random_state=_SPLIT_SEED)
     train, test = np.sort(train), np.sort(test)
     mean, std = channel_stats(x[train])
-    return Dataset(name="digits", classes=tuple(str(d) for d in range(10)), train_x=x[train], train_y=y[train],
+    return Dataset(name="digits", hflip=False, classes=tuple(str(d) for d in range(10)), train_x=x[train], train_y=y[train],
                    test_x=x[test], test_y=y[test], mean=mean, std=std,  # type: ignore[arg-type]
                    source="sklearn.datasets.load_digits (bundled)")

@@ -84,7 +84,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "widths": [0.1, 0.05],
         "datasets": ["digits"],
         "seeds": [0],
-        "epochs": 6,
+        "epochs": 10,
         "batch_size": 64,
         "lr": 0.05,
         # Two runs at once with one thread each: these models are too small to gain much from a
