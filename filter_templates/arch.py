@@ -38,7 +38,8 @@ class Arch:
     def build(self) -> nn.Module:
         """A freshly initialised model (seed torch first for a repeatable init)."""
         return get_family(self.family).build(
-            self.filters, num_classes=self.classes, stem_width=self.stem_width, divisor=self.divisor
+            self.filters, num_classes=self.classes, stem_width=self.stem_width, divisor=self.divisor,
+            floor=self.floor,
         )
 
     def to_dict(self) -> dict[str, Any]:

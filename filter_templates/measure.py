@@ -205,14 +205,15 @@ class ArchShape:
 def arch_shape(arch: Any) -> ArchShape:
     """Parameters, FLOPs per image and identity of ``arch``'s model, from a meta-device build.
 
-    Cached on what the build depends on (family, filters, classes, stem width, divisor), so the
+    Cached on what the build depends on (family, filters, classes, stem width, divisor, floor), so the
     same model reached from two templates or widths is counted once.
     """
-    return _shape(arch.family, tuple(arch.filters), arch.classes, float(arch.stem_width), arch.divisor)
+    return _shape(arch.family, tuple(arch.filters), arch.classes, float(arch.stem_width), arch.divisor, arch.floor)
 
 
 @functools.lru_cache(maxsize=4096)
-def _shape(family: str, filters: tuple[int, ...], classes: int, stem_width: float, divisor: int) -> ArchShape:
+def _shape(family: str, filters: tuple[int, ...], classes: int, stem_width: float, divisor: int,
+           floor: int = 1) -> ArchShape:
     from .models import get_family
 
     fam = get_family(family)
@@ -220,7 +221,7 @@ def _shape(family: str, filters: tuple[int, ...], classes: int, stem_width: floa
     class _Spec:  # the parts of an Arch that meta_model needs
         @staticmethod
         def build() -> nn.Module:
-            return fam.build(filters, num_classes=classes, stem_width=stem_width, divisor=divisor)
+            return fam.build(filters, num_classes=classes, stem_width=stem_width, divisor=divisor, floor=floor)
 
     model = meta_model(_Spec)
     structure = _structure(model)

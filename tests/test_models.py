@@ -319,3 +319,14 @@ def test_resnet_projection_rule_any_counts(filters, stem):
     projections(model)
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_floor_reaches_stems_and_googlenet_inner_widths():
+    """`--floor` is part of the one rounding rule, so non-template layers obey it too."""
+    from filter_templates.arch import make_arch
+
+    for family in ("resnet50", "googlenet", "mobilenet"):
+        model = make_arch(family, "uniform", 0.001, floor=4).build()
+        convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+        assert min(c.out_channels for c in convs) >= 4, family
+        assert convs[0].out_channels == 4, family  # the stem: round(0.001 * base) lifted to the floor

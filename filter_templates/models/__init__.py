@@ -1,7 +1,7 @@
 """Model families and their registry (SPEC section 3).
 
 A family is one module that calls :func:`register_family` with its base template-layer counts
-and a builder ``(filters, num_classes, stem_width, divisor) -> nn.Module``. Adding a family means
+and a builder ``(filters, num_classes, stem_width, divisor, floor) -> nn.Module``. Adding a family means
 adding one module and importing it at the bottom of this file.
 """
 
@@ -25,7 +25,7 @@ class Family:
 
     ``base_filters``: the per-template-layer counts ``f_1..f_D`` of the original model.
     ``layer_names``: one short label per template layer (for tables and plots).
-    ``builder(filters, num_classes=10, stem_width=1.0, divisor=1)``: a freshly initialised model.
+    ``builder(filters, num_classes=10, stem_width=1.0, divisor=1, floor=1)``: a freshly initialised model.
     ``stem_width`` scales the layers that are not template layers (the stem) with the same
     rounding as the template layers (``templates.scale_count``).
     ``unit``: what one template layer is (a conv, a bottleneck block's planes, ...), for docs.
@@ -43,7 +43,8 @@ class Family:
         return len(self.base_filters)
 
     def build(
-        self, filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1
+        self, filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
+        floor: int = 1,
     ) -> nn.Module:
         filters = [int(f) for f in filters]
         if len(filters) != self.depth:
@@ -52,7 +53,7 @@ class Family:
             raise UsageError(f"{self.name}: every filter count must be >= 1, got {filters}")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise UsageError(f"number of classes must be a positive integer, got {num_classes!r}")
-        return self.builder(filters, num_classes=num_classes, stem_width=stem_width, divisor=divisor)
+        return self.builder(filters, num_classes=num_classes, stem_width=stem_width, divisor=divisor, floor=floor)
 
 
 _FAMILIES: dict[str, Family] = {}

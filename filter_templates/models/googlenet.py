@@ -54,10 +54,10 @@ STEM = 192
 POOL_AFTER = frozenset({1, 6})  # 0-based: after b3 and after e4
 
 
-def scaled_widths(base: Widths, count: int, divisor: int = 1) -> Widths:
+def scaled_widths(base: Widths, count: int, divisor: int = 1, floor: int = 1) -> Widths:
     """The inner widths of a module whose template count is ``count`` instead of ``base.out``."""
     ratio = count / base.out
-    return Widths(*(scale_count(w, ratio, floor=1, divisor=divisor) for w in base))
+    return Widths(*(scale_count(w, ratio, floor=floor, divisor=divisor) for w in base))
 
 
 def _cbr(c_in: int, c_out: int, k: int) -> list[nn.Module]:
@@ -79,14 +79,15 @@ class Inception(nn.Module):
 
 
 class GoogLeNet(nn.Module):
-    def __init__(self, filters: Sequence[int], num_classes: int = 10, stem: int = STEM, divisor: int = 1) -> None:
+    def __init__(self, filters: Sequence[int], num_classes: int = 10, stem: int = STEM, divisor: int = 1,
+                 floor: int = 1) -> None:
         super().__init__()
         self.pre_layers = nn.Sequential(*_cbr(3, stem, 3))
         layers: list[nn.Module] = []
         outputs = []
         c_in = stem
         for i, (base, count) in enumerate(zip(MODULES, filters)):
-            module = Inception(c_in, scaled_widths(base, count, divisor))
+            module = Inception(c_in, scaled_widths(base, count, divisor, floor))
             layers.append(module)
             c_in = module.out_channels
             outputs.append(c_in)
@@ -102,8 +103,10 @@ class GoogLeNet(nn.Module):
         return self.linear(torch.flatten(self.pool(y), 1))
 
 
-def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1) -> nn.Module:
-    return GoogLeNet(filters, num_classes, stem=scale_count(STEM, stem_width, divisor=divisor), divisor=divisor)
+def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
+          floor: int = 1) -> nn.Module:
+    return GoogLeNet(filters, num_classes, stem=scale_count(STEM, stem_width, floor=floor, divisor=divisor),
+                     divisor=divisor, floor=floor)
 
 
 FAMILY = register_family(

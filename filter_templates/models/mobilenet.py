@@ -56,8 +56,9 @@ class MobileNet(nn.Module):
         return self.linear(torch.flatten(self.pool(y), 1))
 
 
-def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1) -> nn.Module:
-    return MobileNet(filters, num_classes, stem=scale_count(STEM, stem_width, divisor=divisor))
+def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
+          floor: int = 1) -> nn.Module:
+    return MobileNet(filters, num_classes, stem=scale_count(STEM, stem_width, floor=floor, divisor=divisor))
 
 
 FAMILY = register_family(

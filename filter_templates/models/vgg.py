@@ -32,8 +32,9 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.features(x), 1))
 
 
-def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1) -> nn.Module:
-    return VGG(filters, num_classes)  # no stem: stem_width and divisor have nothing to scale
+def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
+          floor: int = 1) -> nn.Module:
+    return VGG(filters, num_classes)  # no stem: stem_width, divisor and floor have nothing to scale
 
 
 FAMILY = register_family(
