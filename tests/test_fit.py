@@ -25,15 +25,6 @@ def run(capsys, *argv):
     return code, out, err
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core box: one thread avoids OpenMP spinning against other load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # --------------------------------------------------------------------------------------------
 # Budgets
 # --------------------------------------------------------------------------------------------

@@ -19,15 +19,6 @@ from filter_templates.templates import template_names
 F32, I64 = 4, 8
 
 
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny models on a shared 2-core box: one thread avoids OpenMP spinning against other load."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 # --------------------------------------------------------------------------------------------
 # Fast, exact parameter and FLOP counts
 # --------------------------------------------------------------------------------------------

@@ -49,15 +49,6 @@ REAL_SUBSET = list(zip(
 ))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny forwards on a shared 2-core box run faster on one thread (no OpenMP barrier waits, seen
-    to make a batch-2 forward 10x slower under load); the process's setting is restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def meta_build(family: str, filters, classes: int = 10, **kw) -> nn.Module:
     with torch.device("meta"):

@@ -182,16 +182,6 @@ def test_sweep_runs_records_and_skips_done_points(tmp_path, capsys):
     assert "0 done, 0 failed, 2 skipped (2 already done)" in line and "r.sqlite" in line
 
 
-@pytest.fixture
-def one_thread():
-    """Library calls train in this process: one thread is fast on a CPU shared with other jobs."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys, one_thread):
     from filter_templates.arch import make_arch

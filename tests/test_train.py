@@ -25,15 +25,6 @@ REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(dataset="digits", limit_train=192, limit_test=96, batch_size=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Same thread count in this process and in the subprocesses below (bit-identity needs it), and
-    no oversubscription of a shared CPU."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(autouse=True)
 def quick_resources(request, monkeypatch):
