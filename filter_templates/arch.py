@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from . import templates as T
 from .errors import UsageError
-from .models import get_family
+from .models import MAX_WIDTH, get_family
 
 __all__ = ["Arch", "make_arch"]
 
@@ -102,6 +102,8 @@ def make_arch(
     same ``width`` with the same rounding inside the family's builder.
     """
     fam = get_family(family)
+    if isinstance(width, (int, float)) and not isinstance(width, bool) and width > MAX_WIDTH:
+        raise UsageError(f"width multiplier {width:g} is over the limit of {MAX_WIDTH:g}")
     name = template if isinstance(template, str) else ",".join(f"{x:g}" for x in template)
     filters = T.distribute(template, fam.base_filters, width, floor=floor, divisor=divisor)
     if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:

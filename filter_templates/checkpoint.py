@@ -91,6 +91,8 @@ def load(path: str | Path, map_location: str | torch.device = "cpu") -> Any:
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:  # torch raises several types (UnpicklingError, RuntimeError, EOFError...)
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if "weights only load failed" in first.lower():  # torch's text goes on to advise the unsafe way
+            first = "refused: not a torch file, or it holds objects beyond tensors and plain containers"
         raise UsageError(f"{path}: cannot be read as a checkpoint ({first[:300]})") from None
 
 

@@ -71,6 +71,10 @@ def default_export_path(run_dir: str | Path, fmt: str) -> Path:
     return Path(run_dir) / f"model{_SUFFIX[fmt]}"
 
 
+# What `train` writes into a run directory: export never replaces these.
+RUN_FILES = frozenset({"checkpoint.pt", "model.pt", "summary.json", "config.json", "metrics.jsonl"})
+
+
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
     """Write the run's model as ``fmt`` ('onnx' or 'torchscript') to ``out`` (default: in the run
     directory) with a dynamic batch dimension; returns the path. Input: float NCHW [N, 3, 32, 32],
@@ -81,6 +85,10 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     path = Path(out) if out is not None else default_export_path(run_dir, fmt)
     if not path.parent.is_dir():
         raise UsageError(f"--out {path}: directory {path.parent} does not exist")
+    if path.is_dir():
+        raise UsageError(f"--out {path} is a directory; give a file name")
+    if path.exists() and path.resolve().parent == Path(run_dir).resolve() and path.name in RUN_FILES:
+        raise UsageError(f"--out {path} would overwrite the run's own {path.name}; choose another file")
     example = torch.zeros(2, 3, 32, 32)
     tmp = path.with_name(f".{path.name}.tmp")
     try:

@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from .arch import Arch
 from .errors import UsageError
-from .measure import resolve_device
+from .measure import meta_model, resolve_device
 from .progress import Progress
 
 __all__ = ["TrainConfig", "train", "sgd_step", "bf16_autocast", "open_checkpoint", "resolve_device", "load_data", "RESULT_KEYS"]
@@ -169,6 +169,7 @@ def open_checkpoint(config: TrainConfig, out_dir: str | Path, resume: bool) -> d
     if out.exists() and not out.is_dir():
         raise UsageError(f"--out {out} is a file, not a run directory")
     if not path.exists():
+        _refuse_finished_without_checkpoint(out)
         if resume:
             _note(f"no checkpoint in {out}; starting fresh")
         return None
@@ -186,6 +187,24 @@ def open_checkpoint(config: TrainConfig, out_dir: str | Path, resume: bool) -> d
         raise UsageError(f"{path} is from a different configuration: {'; '.join(parts)}; "
                          f"resume with the same settings or use another --out")
     return state
+
+
+def _refuse_finished_without_checkpoint(out: Path) -> None:
+    """A folder with final weights or a finished summary but no checkpoint is a finished run (its
+    checkpoint deleted to save space) or someone else's files: starting fresh would overwrite them.
+    A failed run's folder (summary status "failed", no weights) may be started again."""
+    if (out / "model.pt").exists():
+        raise UsageError(f"{out} holds model.pt but no checkpoint.pt to resume; choose another --out "
+                         f"(nothing was overwritten)")
+    summary = out / "summary.json"
+    if summary.exists():
+        try:
+            status = json.loads(summary.read_text(encoding="utf-8")).get("status")
+        except (OSError, ValueError, AttributeError):
+            status = None
+        if status != "failed":
+            raise UsageError(f"{summary} belongs to a run that is not a failed one and there is no "
+                             f"checkpoint.pt to resume; choose another --out (nothing was overwritten)")
 
 
 def _show(key: str, value: Any) -> str:
@@ -228,6 +247,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     cfg = config.to_dict()
 
     state = open_checkpoint(config, out, resume)  # refusals happen before anything is touched
+    meta_model(config.arch)  # so does a model that cannot be built (a layer over the limit, ...)
 
     device = resolve_device(config.device)
     ds = load_data(config.dataset, config.data_dir, config.download, config.limit_train, config.limit_test)

@@ -96,6 +96,16 @@ def test_bad_run_or_format_is_one_error_line(tmp_path, capsys, setup, argv_tail,
     assert len(err) == 1 and err[0].startswith("filter-templates: error: ") and word in err[0], err
 
 
+def test_export_never_overwrites_the_runs_own_files(tmp_path, capsys):
+    fake_run(tmp_path / "run")
+    for name in ("model.pt", "config.json"):
+        target = tmp_path / "run" / name
+        before = target.read_bytes()
+        assert main(["export", "--run", str(tmp_path / "run"), "--format", "torchscript", "--out", str(target)]) == 2
+        assert "would overwrite" in capsys.readouterr().err
+        assert target.read_bytes() == before
+
+
 def test_unknown_format_in_library_is_usage_error(tmp_path):
     fake_run(tmp_path / "run")
     with pytest.raises(UsageError, match="onnx, torchscript"):

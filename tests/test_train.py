@@ -225,6 +225,29 @@ def test_resume_without_checkpoint_starts_fresh(tmp_path, capsys):
     assert "starting fresh" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("resume", [False, True])
+def test_finished_or_foreign_run_without_checkpoint_is_not_overwritten(tmp_path, capsys, resume):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    for name in ("model.pt", "summary.json", "config.json"):
+        (foreign / name).write_text("precious")
+    finished = tmp_path / "finished"
+    train(small_config(epochs=1), finished)
+    (finished / "checkpoint.pt").unlink()  # deleted to save space once done
+    for run in (foreign, finished):
+        before = {p.name: p.read_bytes() for p in run.iterdir()}
+        assert main(_cli_train_args(run, 1) + (["--resume"] if resume else [])) == 2
+        assert "nothing was overwritten" in one_error_line(capsys)
+        assert {p.name: p.read_bytes() for p in run.iterdir()} == before
+
+
+def test_failed_run_without_checkpoint_may_start_again(tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "summary.json").write_text('{"status": "failed", "reason": "loss became nan at epoch 1"}')
+    assert train(small_config(epochs=1), run)["status"] == "done"
+
+
 def test_resume_of_finished_run_rewrites_final_files(tmp_path):
     run = tmp_path / "run"
     first = train(small_config(epochs=1), run)
@@ -277,8 +300,9 @@ def test_checkpoint_load_refuses_code(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": Evil()}, path)
-    with pytest.raises(UsageError, match="checkpoint.pt"):
+    with pytest.raises(UsageError, match="checkpoint.pt") as refused:
         ckpt.load(path)
+    assert "refused" in str(refused.value) and "trust" not in str(refused.value)  # no advice to load it unsafely
     path.write_bytes(pickle.dumps({"x": Evil()}))
     with pytest.raises(UsageError, match="checkpoint.pt"):
         ckpt.load(path)
@@ -404,3 +428,28 @@ def test_throughput_script_reports_ratios():
     doc = json.loads(r.stdout)
     assert {"a_ours", "b_plain", "c_bare", "d_bare_nchw"} <= set(doc["images_per_s"])
     assert doc["a_over_b"] > 0 and doc["a_over_c"] > 0
+
+
+def test_cli_config_file_never_imports_a_template_function(tmp_path, capsys, monkeypatch):
+    called = []
+    monkeypatch.setattr("os.getcwd", lambda *a: called.append(a) or "/")
+    arch = make_arch("vgg19", "base", 0.05, 10).to_dict()
+    arch["template"] = "os:getcwd"
+    cfg = tmp_path / "evil.json"
+    cfg.write_text(json.dumps({"arch": arch}))
+    assert main(["train", "--config", str(cfg), "--width", "0.1", "--dataset", "digits",
+                 "--out", str(tmp_path / "r")]) == 2
+    assert "names a Python function" in one_error_line(capsys)
+    assert called == [] and not (tmp_path / "r").exists()
+
+
+def test_huge_width_or_counts_are_one_line(tmp_path, capsys):
+    assert main(["templates", "--model", "vgg19", "--width", "1e9"]) == 2
+    assert "over the limit" in one_error_line(capsys)
+    arch = make_arch("vgg19", "base", 0.05, 10).to_dict()
+    arch["filters"] = [10**9] * 16
+    cfg = tmp_path / "big.json"
+    cfg.write_text(json.dumps({"arch": arch}))
+    assert main(["train", "--config", str(cfg), "--dataset", "digits", "--out", str(tmp_path / "r")]) == 2
+    assert "over the limit" in one_error_line(capsys)
+    assert not (tmp_path / "r").exists()  # refused before the run folder is made

@@ -116,6 +116,10 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
         v = {**_DEFAULTS, **model_flags}
         arch = make_arch(v["model"], v["template"], v["width"], ds.num_classes, divisor=v["divisor"], floor=v["floor"])
     elif model_flags:  # re-derive the counts from the file's settings with the flags on top
+        if "template" not in model_flags and ":" in base.template:
+            # a data file never imports code: only a flag typed by the user may name a function
+            raise UsageError(f"the config's template {base.template!r} names a Python function; "
+                             "pass it with --template to re-derive the counts")
         v = {"model": base.family, "template": base.template, "width": base.width, "divisor": base.divisor,
              "floor": base.floor, **model_flags}
         arch = make_arch(v["model"], v["template"], v["width"], ds.num_classes, divisor=v["divisor"], floor=v["floor"])

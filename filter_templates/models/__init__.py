@@ -14,7 +14,12 @@ import torch.nn as nn
 
 from ..errors import UsageError
 
-__all__ = ["Family", "register_family", "get_family", "family_names"]
+__all__ = ["Family", "register_family", "get_family", "family_names", "MAX_FILTERS"]
+
+# Far beyond any trainable CIFAR layer; a typo such as --width 1e9 fails here with one line
+# instead of exhausting memory.
+MAX_FILTERS = 65536
+MAX_WIDTH = 1000.0  # width multipliers above this cannot be meant (VGG-19 at 1000 has 20e12 params)
 
 Builder = Callable[..., nn.Module]
 
@@ -51,6 +56,11 @@ class Family:
             raise UsageError(f"{self.name} has {self.depth} template layers, got {len(filters)} filter counts")
         if any(f < 1 for f in filters):
             raise UsageError(f"{self.name}: every filter count must be >= 1, got {filters}")
+        if max(filters) > MAX_FILTERS:
+            raise UsageError(f"{self.name}: a layer of {max(filters):,} filters is over the limit of "
+                             f"{MAX_FILTERS:,}; use a smaller width or counts")
+        if not (0 < stem_width <= MAX_WIDTH):
+            raise UsageError(f"{self.name}: stem width {stem_width!r} is outside (0, {MAX_WIDTH:g}]")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise UsageError(f"number of classes must be a positive integer, got {num_classes!r}")
         return self.builder(filters, num_classes=num_classes, stem_width=stem_width, divisor=divisor, floor=floor)
