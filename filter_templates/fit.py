@@ -272,7 +272,7 @@ def fit(
         smallest = obj(W_TINY)
         if smallest > limit:
             raise UsageError(_unreachable(fam.name, floor, budget, smallest, limit))
-        width, capped, note = _search(obj, limit, float(max_width), rel_tol, measured)
+        width, capped, note = _search(obj, limit, _width_cap(fam, name, float(max_width), divisor), rel_tol, measured)
         arch = obj.arch(width)
         want_memory = measure or budget.key == "memory"
         want_latency = measure or budget.key == "latency"
@@ -287,6 +287,16 @@ def fit(
                 res["latency_s"][at] = probe
         results.append(FitResult(arch.template, width, arch, res, capped, note, obj.probes))
     return results
+
+
+def _width_cap(fam: Any, template: str, max_width: float, divisor: int) -> float:
+    """``max_width``, lowered so that no layer passes the families' filter limit (a quadratic
+    GoogLeNet reaches it near width 58): huge budgets then end "capped" instead of failing."""
+    from .models import MAX_FILTERS
+    from .templates import real_counts
+
+    biggest = max(max(real_counts(template, fam.base_filters)), max(fam.base_filters))
+    return min(max_width, (MAX_FILTERS - divisor) / biggest)
 
 
 def _unreachable(family: str, floor: int, budget: Budget, smallest: float, limit: float) -> str:

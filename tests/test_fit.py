@@ -271,3 +271,11 @@ def test_fit_unknown_model(capsys):
 def test_fit_cuda_without_gpu(capsys):
     code, out, err = run(capsys, "fit", "--model", "vgg19", "--budget", "memory=1G", "--device", "cuda")
     assert code == 2 and "CUDA is not available" in err and err.count("\n") == 1
+
+
+def test_huge_budget_stops_below_the_filter_limit_instead_of_failing():
+    from filter_templates.fit import fit
+    from filter_templates.models import MAX_FILTERS
+
+    (res,) = fit("googlenet", "params=1T", ["quadratic"])  # its end modules hit the limit near w=58
+    assert res.capped and max(res.arch.filters) <= MAX_FILTERS

@@ -86,13 +86,15 @@ def run(args: argparse.Namespace) -> int:
 
     fits = [r.to_dict() for r in results]
     if args.save:
+        from ..checkpoint import atomic_write_json
+
         out = Path(args.save)
         try:
             out.mkdir(parents=True, exist_ok=True)
             for r, d in zip(results, fits):
                 path = out / config_name(args.model, r.template, r.width)
                 doc = {"arch": r.arch.to_dict(), "fit": {"budget": budget.to_dict(), "resources": r.resources}}
-                path.write_text(json.dumps(doc, indent=2) + "\n")
+                atomic_write_json(path, doc)
                 d["config"] = str(path)
         except OSError as exc:
             raise UsageError(f"cannot write configs to {args.save!r}: {exc.strerror or exc}") from None
