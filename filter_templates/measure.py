@@ -166,17 +166,11 @@ def _record_flop_table(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[
         if isinstance(m, _COUNTED):
             transposed = bool(getattr(m, "transposed", False))
             handles.append(m.register_forward_hook(hook(name, transposed)))
-    was_training = model.training
-    model.eval()
     try:
-        x = torch.zeros(1, *input_shape, device=_model_device(model))
-        with FlopCounterMode(display=False) as counter:
-            model(x)
+        flops = count_flops(model, input_shape)
     finally:
-        model.train(was_training)
         for h in handles:
             h.remove()
-    flops = int(counter.get_total_flops())
     return flops, (positions if _flops_from_table(model, positions) == flops else None)
 
 

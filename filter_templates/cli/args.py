@@ -27,6 +27,16 @@ def positive_int(text: str) -> int:
     return v
 
 
+def nonnegative_float(text: str) -> float:
+    try:
+        v = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a number >= 0") from None
+    if not math.isfinite(v) or v < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
+    return v
+
+
 def nonnegative_int(text: str) -> int:
     try:
         v = int(text)
@@ -35,6 +45,20 @@ def nonnegative_int(text: str) -> int:
     if v < 0:
         raise argparse.ArgumentTypeError(f"{text!r} is negative; expected an integer >= 0")
     return v
+
+
+def add_run_args(group: "argparse._ArgumentGroup") -> None:
+    """The training and data settings that `train` and `sweep` share. Defaults are None so that a
+    value given here overrides a config file or preset, and an absent one does not."""
+    group.add_argument("--epochs", type=positive_int, metavar="N", help="epochs (default: 160)")
+    group.add_argument("--batch-size", type=positive_int, metavar="N", help="batch size (default: 64)")
+    group.add_argument("--lr", type=positive_float, metavar="LR", help="initial learning rate (default: 0.1)")
+    group.add_argument("--limit-train", type=positive_int, metavar="N", help="use only the first N training images")
+    group.add_argument("--limit-test", type=positive_int, metavar="N", help="use only the first N test images")
+    group.add_argument("--data-dir", metavar="DIR", help="where cifar10/cifar100 are (or go, with --download)")
+    group.add_argument("--download", action="store_true", default=None,
+                       help="fetch the official CIFAR archive if missing (MD5-checked)")
+    group.add_argument("--device", metavar="DEV", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
 
 
 def add_model_args(p: argparse.ArgumentParser, *, template_many: bool) -> None:

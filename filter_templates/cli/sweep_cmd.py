@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 
 from ..errors import UsageError
-from .args import nonnegative_int, positive_float, positive_int
+from .args import add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 DESCRIPTION = """\
 Train every point of a grid (families x templates x widths x datasets x seeds) and record each
@@ -17,16 +16,6 @@ flags; grid flags given together with a preset or config override its values. Re
 done points, resumes partial ones from their checkpoints and retries failed ones only with
 --retry-failed. Several sweeps may share one --db: no point runs twice. Exit status 1 when a run
 of this sweep failed (it is recorded with its reason and the sweep goes on), 0 otherwise."""
-
-
-def _nonnegative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a number >= 0") from None
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
-    return v
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -48,14 +37,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--divisor", type=positive_int, metavar="K", help="round every layer to a multiple of K")
     g.add_argument("--floor", type=positive_int, metavar="N", help="smallest filter count of any layer")
     t = p.add_argument_group("training (override the preset/config)")
-    t.add_argument("--epochs", type=positive_int, metavar="N", help="epochs per run (default: 160)")
-    t.add_argument("--batch-size", type=positive_int, metavar="B", help="batch size (default: 64)")
-    t.add_argument("--lr", type=positive_float, metavar="LR", help="initial learning rate (default: 0.1)")
-    t.add_argument("--limit-train", type=positive_int, metavar="N", help="use only the first N training images")
-    t.add_argument("--limit-test", type=positive_int, metavar="N", help="use only the first N test images")
-    t.add_argument("--data-dir", metavar="DIR", help="where cifar10/cifar100 live (see 'train --help')")
-    t.add_argument("--download", action="store_true", default=None, help="download CIFAR archives if missing")
-    t.add_argument("--device", metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
+    add_run_args(t)
     t.add_argument("--jobs", type=positive_int, metavar="N",
                    help="local: train N runs at once, one process each (default: the preset's or config's, else 1; "
                         "at most the CPU count)")
@@ -73,7 +55,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--address", metavar="ADDR", help="ray: join this cluster (e.g. auto, ray://head:10001); "
                                                      "default: start a local Ray")
     s.add_argument("--cpus-per-trial", type=positive_float, metavar="C", help="ray: CPUs per trial (default: 1)")
-    s.add_argument("--gpus-per-trial", type=_nonnegative_float, metavar="G",
+    s.add_argument("--gpus-per-trial", type=nonnegative_float, metavar="G",
                    help="ray: GPUs per trial, fractions allowed (default: 0)")
     s.add_argument("--max-failures", type=nonnegative_int, metavar="N",
                    help="ray: restart a crashed trial from its checkpoint up to N times (default: 2)")

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .args import nonnegative_int, positive_float, positive_int
+from .args import add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 # TrainConfig fields a --config file may carry (a run's own config.json does); `fit --save` files
 # carry only "arch" among them, and their other keys ("fit", ...) are ignored.
@@ -18,19 +18,8 @@ _TRAIN_KEYS = ("dataset", "data_dir", "download", "epochs", "batch_size", "lr", 
 _DEFAULTS: dict[str, Any] = {"template": "base", "width": 1.0, "divisor": 1, "floor": 1}
 
 
-def nonnegative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a number >= 0") from None
-    if not v >= 0 or v == float("inf"):
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
-    return v
-
-
 def add_parser(sub: argparse._SubParsersAction) -> None:
     from ..models import family_names
-    from ..train import DEVICES
 
     p = sub.add_parser(
         "train", help="train one templated model into a run directory",
@@ -47,20 +36,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--floor", type=positive_int, metavar="N", help="smallest filter count of any layer (default: 1)")
     m.add_argument("--config", metavar="FILE", help="JSON file with an 'arch' record (written by `fit --save`, "
                                                     "or a run's config.json)")
-    d = p.add_argument_group("data")
-    d.add_argument("--dataset", metavar="D", help="cifar10, cifar100, digits (embedded, default) or synthetic")
-    d.add_argument("--data-dir", metavar="DIR", help="where the dataset is (or goes, with --download)")
-    d.add_argument("--download", action="store_true", default=None, help="fetch the official archive if missing")
-    d.add_argument("--limit-train", type=positive_int, metavar="N", help="use only the first N training images")
-    d.add_argument("--limit-test", type=positive_int, metavar="N", help="use only the first N test images")
-    t = p.add_argument_group("training")
-    t.add_argument("--epochs", type=positive_int, metavar="N", help="epochs (default: 160)")
-    t.add_argument("--batch-size", type=positive_int, metavar="N", help="batch size (default: 64)")
-    t.add_argument("--lr", type=positive_float, metavar="LR", help="initial learning rate (default: 0.1)")
+    t = p.add_argument_group("data and training")
+    t.add_argument("--dataset", metavar="D", help="cifar10, cifar100, digits (embedded, default) or synthetic")
+    add_run_args(t)
     t.add_argument("--momentum", type=nonnegative_float, metavar="M", help="SGD momentum (default: 0.9)")
     t.add_argument("--weight-decay", type=nonnegative_float, metavar="WD", help="weight decay (default: 5e-4)")
     t.add_argument("--seed", type=nonnegative_int, metavar="S", help="seed of init and data order (default: 0)")
-    t.add_argument("--device", metavar="DEV", help=f"{', '.join(DEVICES)} or cuda:N (default: auto)")
     t.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
                    help="keep NCHW memory format (channels_last is faster on CUDA and on this project's CPUs)")
     t.add_argument("--threads", type=positive_int, metavar="N",
