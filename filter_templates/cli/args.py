@@ -7,44 +7,32 @@ import argparse
 import math
 
 
-def positive_float(text: str) -> float:
+def _number(text: str, cast: type, ok, expected: str, bad: str):
+    """``cast(text)`` if it is finite and ``ok``; otherwise an argparse error saying what is accepted."""
+    noun = "an integer" if cast is int else "a number"
     try:
-        v = float(text)
+        v = cast(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a positive finite number") from None
-    if not math.isfinite(v) or v <= 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive finite number")
+        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}; expected {expected}") from None
+    if not math.isfinite(v) or not ok(v):
+        raise argparse.ArgumentTypeError(f"{text!r} {bad}")
     return v
+
+
+def positive_float(text: str) -> float:
+    return _number(text, float, lambda v: v > 0, "a positive finite number", "is not a positive finite number")
 
 
 def positive_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected a positive integer") from None
-    if v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a positive integer")
-    return v
+    return _number(text, int, lambda v: v >= 1, "a positive integer", "is not a positive integer")
 
 
 def nonnegative_float(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a number >= 0") from None
-    if not math.isfinite(v) or v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number >= 0")
-    return v
+    return _number(text, float, lambda v: v >= 0, "a number >= 0", "is not a finite number >= 0")
 
 
 def nonnegative_int(text: str) -> int:
-    try:
-        v = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer; expected an integer >= 0") from None
-    if v < 0:
-        raise argparse.ArgumentTypeError(f"{text!r} is negative; expected an integer >= 0")
-    return v
+    return _number(text, int, lambda v: v >= 0, "an integer >= 0", "is negative; expected an integer >= 0")
 
 
 def add_run_args(group: "argparse._ArgumentGroup") -> None:
