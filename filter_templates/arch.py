@@ -12,6 +12,7 @@ from typing import Any, Mapping, Sequence, Union
 
 import torch.nn as nn
 
+from . import published as P
 from . import templates as T
 from .errors import UsageError
 from .models import MAX_WIDTH, get_family
@@ -29,22 +30,34 @@ class Arch:
     divisor: int = 1
     floor: int = 1
     stem_width: float = field(default=-1.0)  # -1: same as width
+    # The study's literal configuration and rounding (SPEC 2.9) instead of the equations.
+    as_published: bool = False
+    # Every width the builder takes, for families whose template-layer counts do not fix them all
+    # (Family.expand); empty for the others.
+    widths: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         if self.stem_width == -1.0:
             object.__setattr__(self, "stem_width", float(self.width))
         object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))
+        object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
 
     def build(self) -> nn.Module:
         """A freshly initialised model (seed torch first for a repeatable init)."""
         return get_family(self.family).build(
             self.filters, num_classes=self.classes, stem_width=self.stem_width, divisor=self.divisor,
-            floor=self.floor,
+            floor=self.floor, widths=self.widths,
         )
+
+    @property
+    def reading(self) -> str:
+        """Which reading built the counts: the templates' equations or the study's published lists."""
+        return "as published" if self.as_published else "equations"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["filters"] = list(self.filters)
+        d["widths"] = list(self.widths)
         return d
 
     @classmethod
@@ -69,6 +82,14 @@ class Arch:
         classes = d["classes"]
         if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
             raise UsageError(f"architecture config 'classes' must be a positive integer, got {classes!r}")
+        as_published = d.get("as_published", False)
+        if not isinstance(as_published, bool):
+            raise UsageError(f"architecture config 'as_published' must be true or false, got {as_published!r}")
+        widths = d.get("widths", [])
+        if not isinstance(widths, list) or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+            raise UsageError("architecture config 'widths' must be a list of positive integers")
+        if widths and fam.expand is None:
+            raise UsageError(f"architecture config has 'widths' but {fam.name} takes none")
         return cls(
             family=fam.name,
             template=str(d["template"]),
@@ -78,6 +99,8 @@ class Arch:
             divisor=int(d.get("divisor", 1)),
             floor=int(d.get("floor", 1)),
             stem_width=stem,
+            as_published=as_published,
+            widths=tuple(widths),
         )
 
 
@@ -95,18 +118,39 @@ def make_arch(
     *,
     divisor: int = 1,
     floor: int = 1,
+    as_published: bool = False,
 ) -> Arch:
     """The model of ``family`` with ``template`` at width multiplier ``width``.
 
-    Template layers get ``templates.distribute``; non-template layers (stems) are scaled by the
-    same ``width`` with the same rounding inside the family's builder.
+    Template layers get the template's real counts, scaled and rounded (``templates.scale_count``);
+    non-template layers (stems, MobileNet's last block) are scaled by the same ``width`` with the
+    same rounding. ``as_published=True`` builds the study's own configuration where it has one
+    (``published.STUDY``) and uses its rounding ``max(1, int(w * f))`` everywhere (SPEC 2.9).
     """
     fam = get_family(family)
     if isinstance(width, (int, float)) and not isinstance(width, bool) and width > MAX_WIDTH:
         raise UsageError(f"width multiplier {width:g} is over the limit of {MAX_WIDTH:g}")
-    name = template if isinstance(template, str) else ",".join(f"{x:g}" for x in template)
-    filters = T.distribute(template, fam.base_filters, width, floor=floor, divisor=divisor)
     if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
         raise UsageError(f"number of classes must be a positive integer, got {classes!r}")
+    if not isinstance(as_published, bool):
+        raise UsageError(f"as_published must be True or False, got {as_published!r}")
+    if as_published and fam.name not in P.study_families():
+        raise UsageError(f"--as-published applies to the study's families ({', '.join(P.study_families())}), "
+                         f"not {fam.name}")
+    name = template if isinstance(template, str) else ",".join(f"{x:g}" for x in template)
+    T.scale_count(1, width, floor=floor, divisor=divisor)  # one check of width, floor and divisor
+
+    def scale(count: float) -> int:
+        return T.scale_count(count, width, floor=floor, divisor=divisor, truncate=as_published)
+
+    study = P.study_config(fam.name, name) if as_published else None
+    if study is not None:
+        real = fam.layers_of(study) if fam.layers_of else list(study)
+        widths = tuple(scale(w) for w in study) if fam.expand else ()
+    else:
+        real = T.real_counts(template, fam.base_filters)
+        builtin = name if name in T.BUILTIN else None
+        widths = fam.expand(builtin, real, scale) if fam.expand else ()
+    filters = [scale(f) for f in real]
     return Arch(family=fam.name, template=name, width=float(width), classes=classes,
-                filters=tuple(filters), divisor=divisor, floor=floor)
+                filters=tuple(filters), divisor=divisor, floor=floor, as_published=as_published, widths=widths)

@@ -159,11 +159,13 @@ class _Objective:
     limit: float
     threads: Optional[int]
     cache: dict  # model signature -> measured value, shared by the templates of one fit
+    as_published: bool = False
     seen: list = field(default_factory=list)  # (width, structure) of every probe
     probes: int = 0
 
     def arch(self, w: float) -> Arch:
-        return make_arch(self.family, self.template, w, self.classes, divisor=self.divisor, floor=self.floor)
+        return make_arch(self.family, self.template, w, self.classes, divisor=self.divisor, floor=self.floor,
+                         as_published=self.as_published)
 
     def signature(self, w: float) -> tuple:
         from .measure import arch_shape
@@ -230,11 +232,13 @@ def fit(
     measure: bool = False,
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
+    as_published: bool = False,
 ) -> list[FitResult]:
     """For each template (default: all registered), the largest width that fits ``budget``.
 
     ``measure=True`` adds training memory and latency of every fitted model to its resources
-    (otherwise only params, FLOPs and the budgeted resource are reported). ``threads``: CPU
+    (otherwise only params, FLOPs and the budgeted resource are reported). ``as_published``: the
+    study's configurations and truncating rounding (SPEC 2.9). ``threads``: CPU
     threads for latency (default: the process's). Raises
     :class:`UsageError` for a budget below the smallest reachable model, naming that model's value.
     """
@@ -263,16 +267,17 @@ def fit(
     rel_tol = LATENCY_REL_TOL if budget.key == "latency" else EXACT_REL_TOL
     cache: dict = {}
     for name in names:  # refuse a bad template before spending time on the others
-        make_arch(fam.name, name, 1.0, classes, divisor=divisor, floor=floor)
+        make_arch(fam.name, name, 1.0, classes, divisor=divisor, floor=floor, as_published=as_published)
 
     results = []
     for name in Progress(names, desc=f"fit {fam.name} {budget.key}", enabled=progress):
         obj = _Objective(fam.name, name, budget.key, classes, divisor, floor, batch_size, dev, run_time,
-                         MAX_REAL_PARAMS, limit, threads, cache)
+                         MAX_REAL_PARAMS, limit, threads, cache, as_published)
         smallest = obj(W_TINY)
         if smallest > limit:
             raise UsageError(_unreachable(fam.name, floor, budget, smallest, limit))
-        width, capped, note = _search(obj, limit, _width_cap(fam, name, float(max_width), divisor), rel_tol, measured)
+        cap = _width_cap(obj.arch(1.0), fam, float(max_width), divisor)
+        width, capped, note = _search(obj, limit, cap, rel_tol, measured)
         arch = obj.arch(width)
         want_memory = measure or budget.key == "memory"
         want_latency = measure or budget.key == "latency"
@@ -289,13 +294,12 @@ def fit(
     return results
 
 
-def _width_cap(fam: Any, template: str, max_width: float, divisor: int) -> float:
+def _width_cap(unit: Arch, fam: Any, max_width: float, divisor: int) -> float:
     """``max_width``, lowered so that no layer passes the families' filter limit (a quadratic
     GoogLeNet reaches it near width 58): huge budgets then end "capped" instead of failing."""
     from .models import MAX_FILTERS
-    from .templates import real_counts
 
-    biggest = max(max(real_counts(template, fam.base_filters)), max(fam.base_filters))
+    biggest = max(*unit.filters, *unit.widths, *fam.base_filters) + 1  # +1: rounding up never passes the limit
     return min(max_width, (MAX_FILTERS - divisor) / biggest)
 
 

@@ -202,12 +202,13 @@ def arch_shape(arch: Any) -> ArchShape:
     Cached on what the build depends on (family, filters, classes, stem width, divisor, floor), so the
     same model reached from two templates or widths is counted once.
     """
-    return _shape(arch.family, tuple(arch.filters), arch.classes, float(arch.stem_width), arch.divisor, arch.floor)
+    return _shape(arch.family, tuple(arch.filters), arch.classes, float(arch.stem_width), arch.divisor, arch.floor,
+                  tuple(getattr(arch, "widths", ())))
 
 
 @functools.lru_cache(maxsize=4096)
 def _shape(family: str, filters: tuple[int, ...], classes: int, stem_width: float, divisor: int,
-           floor: int = 1) -> ArchShape:
+           floor: int = 1, widths: tuple[int, ...] = ()) -> ArchShape:
     from .models import get_family
 
     fam = get_family(family)
@@ -215,7 +216,8 @@ def _shape(family: str, filters: tuple[int, ...], classes: int, stem_width: floa
     class _Spec:  # the parts of an Arch that meta_model needs
         @staticmethod
         def build() -> nn.Module:
-            return fam.build(filters, num_classes=classes, stem_width=stem_width, divisor=divisor, floor=floor)
+            return fam.build(filters, num_classes=classes, stem_width=stem_width, divisor=divisor, floor=floor,
+                             widths=widths)
 
     model = meta_model(_Spec)
     structure = _structure(model)

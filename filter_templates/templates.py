@@ -46,16 +46,17 @@ class TemplateError(UsageError, ValueError):
 # --------------------------------------------------------------------------------------------
 
 
-def _check_base(counts: Sequence[int]) -> list[int]:
+def _check_base(counts: Sequence[float]) -> list[float]:
+    """Base counts are usually whole filter counts, but a template layer may stand for several
+    convolutions (a GoogLeNet module's ``f_l`` is the mean of its six branch widths), so any
+    positive finite number is a valid base count."""
     if len(counts) == 0:
         raise TemplateError("base filter counts are empty: a model needs at least one template layer")
     out = []
     for i, c in enumerate(counts, start=1):
         if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
             raise TemplateError(f"base filter count of layer {i} is {c!r}: counts must be positive finite numbers")
-        if c != int(c):
-            raise TemplateError(f"base filter count of layer {i} is {c!r}: counts must be whole numbers")
-        out.append(int(c))
+        out.append(int(c) if c == int(c) else float(c))
     return out
 
 
@@ -274,24 +275,29 @@ def _check_scaling(width: float, floor: int, divisor: int) -> None:
         raise TemplateError(f"divisor must be an integer >= 1, got {divisor!r}")
 
 
-def scale_count(count: float, width: float = 1.0, *, floor: int = 1, divisor: int = 1) -> int:
+def scale_count(count: float, width: float = 1.0, *, floor: int = 1, divisor: int = 1,
+                truncate: bool = False) -> int:
     """``max(floor, round(width * count))``, rounded to the nearest multiple of ``divisor``.
 
     Python's ``round`` rounds half to even (``round(2.5) == 2``). With a divisor the floor is
     lifted to the next multiple of the divisor, so every count is a multiple of it.
+    ``truncate=True`` is the study's own rounding, ``max(1, int(width * count))`` (SPEC 2.9): the
+    product is computed in the same order as its code so that the results agree bit for bit.
     """
     _check_scaling(width, floor, divisor)
-    x = width * count
+    x = count * width
     if not math.isfinite(x):
         raise TemplateError(f"count {count!r} times width {width!r} is not finite")
     lowest = -(-floor // divisor) * divisor
-    return max(lowest, divisor * round(x / divisor))
+    steps = int(x / divisor) if truncate else round(x / divisor)
+    return max(lowest, divisor * steps)
 
 
-def scale_counts(counts: Sequence[float], width: float = 1.0, *, floor: int = 1, divisor: int = 1) -> list[int]:
+def scale_counts(counts: Sequence[float], width: float = 1.0, *, floor: int = 1, divisor: int = 1,
+                 truncate: bool = False) -> list[int]:
     """Round a whole distribution the same way as :func:`scale_count`."""
     _check_scaling(width, floor, divisor)
-    return [scale_count(c, width, floor=floor, divisor=divisor) for c in counts]
+    return [scale_count(c, width, floor=floor, divisor=divisor, truncate=truncate) for c in counts]
 
 
 def distribute(
@@ -301,7 +307,8 @@ def distribute(
     *,
     floor: int = 1,
     divisor: int = 1,
+    truncate: bool = False,
 ) -> list[int]:
     """The final integer counts ``f''_l`` of a template at a width: what a model is built from."""
     _check_scaling(width, floor, divisor)
-    return scale_counts(real_counts(template, base_counts), width, floor=floor, divisor=divisor)
+    return scale_counts(real_counts(template, base_counts), width, floor=floor, divisor=divisor, truncate=truncate)

@@ -49,11 +49,12 @@ def add_run_args(group: "argparse._ArgumentGroup") -> None:
     group.add_argument("--device", metavar="DEV", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
 
 
-def add_model_args(p: argparse.ArgumentParser, *, template_many: bool) -> None:
-    """--model, --template, --width, --classes, --divisor, --floor: how every command names a model."""
+def add_model_args(p: argparse.ArgumentParser, *, template_many: bool, model_required: bool = True) -> None:
+    """--model, --template, --width, --classes, --divisor, --floor, --as-published: how every command
+    names a model."""
     from ..models import family_names
 
-    p.add_argument("--model", required=True, metavar="M", help=f"model family: {', '.join(family_names())}")
+    p.add_argument("--model", required=model_required, metavar="M", help=f"model family: {', '.join(family_names())}")
     if template_many:
         p.add_argument("--template", action="append", metavar="T", dest="templates",
                        help="template name (repeatable; default: all), explicit counts 'c1,c2,...', "
@@ -66,3 +67,6 @@ def add_model_args(p: argparse.ArgumentParser, *, template_many: bool) -> None:
                    help="round every layer to a multiple of K, e.g. 8 for tensor cores (default: 1)")
     p.add_argument("--floor", type=positive_int, default=1, metavar="N",
                    help="smallest filter count of any layer (default: 1)")
+    p.add_argument("--as-published", action="store_true", default=None,
+                   help="build the study's own configurations and its rounding max(1, int(w*f)) instead of the "
+                        "equations (SPEC 2.9; families vgg19, resnet50, googlenet, mobilenet)")

@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     results = fit(args.model, budget, args.templates, classes=args.classes, divisor=args.divisor,
                   floor=args.floor, batch_size=args.batch_size, device=args.device, max_width=args.max_width,
                   latency_tolerance=args.latency_tolerance, min_run_time=args.min_run_time, measure=args.measure,
-                  threads=args.threads)
+                  threads=args.threads, as_published=bool(args.as_published))
     for r in results:
         if r.note:
             print(f"filter-templates: warning: {r.template}: {r.note}", file=sys.stderr)

@@ -36,6 +36,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seeds", nargs="+", type=nonnegative_int, metavar="S", help="seeds (default: 0)")
     g.add_argument("--divisor", type=positive_int, metavar="K", help="round every layer to a multiple of K")
     g.add_argument("--floor", type=positive_int, metavar="N", help="smallest filter count of any layer")
+    g.add_argument("--as-published", action="store_true", default=None,
+                   help="the study's own configurations and rounding max(1, int(w*f)) instead of the equations "
+                        "(SPEC 2.9; the paper preset sets it)")
     t = p.add_argument_group("training (override the preset/config)")
     add_run_args(t)
     t.add_argument("--jobs", type=positive_int, metavar="N",
@@ -80,7 +83,7 @@ def spec_from_args(args: argparse.Namespace):
         "batch_size": args.batch_size, "lr": args.lr, "limit_train": args.limit_train,
         "limit_test": args.limit_test, "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None,
         "download": args.download, "device": args.device, "threads": args.threads,
-        "jobs": args.jobs,
+        "jobs": args.jobs, "as_published": args.as_published,
     }
     if args.preset:
         return preset(args.preset).merged(overrides)

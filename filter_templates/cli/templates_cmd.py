@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..errors import UsageError
 from .args import add_model_args, positive_float, positive_int
 
 
@@ -14,7 +15,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                        description="Show, for every template (or those named), the per-layer filter counts, "
                                    "parameters and forward FLOPs per image of the model at a width multiplier; "
                                    "with --measure also training memory per batch and inference latency.")
-    add_model_args(p, template_many=True)
+    add_model_args(p, template_many=True, model_required=False)
     p.add_argument("--width", type=positive_float, default=1.0, metavar="W", help="width multiplier (default: 1.0)")
     p.add_argument("--measure", action="store_true",
                    help="also measure training memory of one SGD step at --batch-size (CPU: exact account of "
@@ -29,6 +30,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--threads", type=positive_int, default=None, metavar="N",
                    help="CPU threads for latency measurements (default: PyTorch's, i.e. OMP_NUM_THREADS or the "
                         "core count); reported with every latency")
+    p.add_argument("--compare-published", action="store_true",
+                   help="compare parameter counts with the study's Table 2: ours (equations), as published "
+                        "(--as-published) and the paper's, for --model or all four study families")
+    p.add_argument("--markdown", action="store_true", help="with --compare-published: print a Markdown table")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(run=run)
 
@@ -44,7 +49,8 @@ def rows(args: argparse.Namespace) -> list[dict]:
     measure = getattr(args, "measure", False)
     device = resolve_device(getattr(args, "device", "cpu")) if measure else None
     names = args.templates or template_names()
-    archs = [make_arch(args.model, name, args.width, args.classes, divisor=args.divisor, floor=args.floor)
+    archs = [make_arch(args.model, name, args.width, args.classes, divisor=args.divisor, floor=args.floor,
+                       as_published=bool(getattr(args, "as_published", False)))
              for name in names]  # every name checked before any slow measurement
     out = []
     for name, arch in zip(names, Progress(archs, desc="measure", enabled=None if measure else False)):
@@ -59,7 +65,36 @@ def rows(args: argparse.Namespace) -> list[dict]:
     return out
 
 
+def compare(args: argparse.Namespace) -> int:
+    from ..compare import TOLERANCE, compare_published, markdown_table
+    from ..published import study_families
+
+    if args.model is not None and args.model not in study_families():
+        raise UsageError(f"--compare-published takes a study family ({', '.join(study_families())}), not {args.model!r}")
+    table = compare_published([args.model] if args.model else None, args.classes)
+    if args.json:
+        print(json.dumps({"classes": args.classes, "tolerance": TOLERANCE, "cells": table}))
+    elif args.markdown:
+        print(markdown_table(table))
+    else:
+        print(f"parameters (millions, {args.classes} classes): ours = the equations, as published = --as-published, "
+              f"paper = the study's Table 2; x: more than {TOLERANCE / 1e6:g}M from the paper")
+        print(f"{'model':<10}  {'template':<18}  {'ours':>7}    {'as pub.':>7}    {'paper':>5}")
+        for r in table:
+            mark = "   no configuration in the study's code gives this count" if r["unreproduced"] else ""
+            print(f"{r['model']:<10}  {r['template']:<18}  {r['params'] / 1e6:>7.2f} {' ' if r['match'] else 'x'}  "
+                  f"{r['params_as_published'] / 1e6:>7.2f} {' ' if r['match_as_published'] else 'x'}  "
+                  f"{r['paper_params'] / 1e6:>5.1f}{mark}")
+        print(f"cells within {TOLERANCE / 1e6:g}M of the paper: ours {sum(r['match'] for r in table)}/{len(table)}, "
+              f"as published {sum(r['match_as_published'] for r in table)}/{len(table)}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.compare_published:
+        return compare(args)
+    if args.model is None:
+        raise UsageError("--model is required (or use --compare-published)")
     table = rows(args)
     where = table[0].pop("_where", None) if table else None
     for r in table[1:]:

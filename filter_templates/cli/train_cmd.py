@@ -89,21 +89,23 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
 
     ds = load_data(train_kw["dataset"], train_kw.get("data_dir"), bool(train_kw.get("download", False)),
                    train_kw.get("limit_train"), train_kw.get("limit_test"))
-    model_flags = {k: getattr(args, k) for k in ("model", "template", "width", "divisor", "floor")
+    model_flags = {k: getattr(args, k) for k in ("model", "template", "width", "divisor", "floor", "as_published")
                    if getattr(args, k) is not None}
     if base is None:
         if "model" not in model_flags:
             raise UsageError("--model is required (or --config FILE with an 'arch' record)")
         v = {**_DEFAULTS, **model_flags}
-        arch = make_arch(v["model"], v["template"], v["width"], ds.num_classes, divisor=v["divisor"], floor=v["floor"])
+        arch = make_arch(v["model"], v["template"], v["width"], ds.num_classes, divisor=v["divisor"], floor=v["floor"],
+                         as_published=bool(v.get("as_published")))
     elif model_flags:  # re-derive the counts from the file's settings with the flags on top
         if "template" not in model_flags and ":" in base.template:
             # a data file never imports code: only a flag typed by the user may name a function
             raise UsageError(f"the config's template {base.template!r} names a Python function; "
                              "pass it with --template to re-derive the counts")
         v = {"model": base.family, "template": base.template, "width": base.width, "divisor": base.divisor,
-             "floor": base.floor, **model_flags}
-        arch = make_arch(v["model"], v["template"], v["width"], ds.num_classes, divisor=v["divisor"], floor=v["floor"])
+             "floor": base.floor, "as_published": base.as_published, **model_flags}
+        arch = make_arch(v["model"], v["template"], v["width"], ds.num_classes, divisor=v["divisor"], floor=v["floor"],
+                         as_published=bool(v.get("as_published")))
     else:  # the file's exact counts; only the class count follows the dataset
         arch = replace(base, classes=ds.num_classes)
     return TrainConfig(arch=arch, **train_kw)

@@ -1,20 +1,24 @@
 """Model families and their registry (SPEC section 3).
 
-A family is one module that calls :func:`register_family` with its base template-layer counts
-and a builder ``(filters, num_classes, stem_width, divisor, floor) -> nn.Module``. Adding a family means
-adding one module and importing it at the bottom of this file.
+A family is one module whose builder ``(filters, num_classes, stem_width, divisor, floor) -> nn.Module``
+is decorated with :func:`family` (name, base template-layer counts, layer names), as timm registers its
+models. Adding a family means adding one module and importing it at the bottom of this file.
+
+The four study families follow the study's own template layers (SPEC 2.8); the finer readings this
+project used first stay available as ``resnet50-blocks``, ``mobilenet-blocks`` and
+``googlenet-proportional``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable, Optional, Sequence
 
 import torch.nn as nn
 
 from ..errors import UsageError
 
-__all__ = ["Family", "register_family", "get_family", "family_names", "MAX_FILTERS"]
+__all__ = ["Family", "family", "register_family", "get_family", "family_names", "MAX_FILTERS"]
 
 # Far beyond any trainable CIFAR layer; a typo such as --width 1e9 fails here with one line
 # instead of exhausting memory.
@@ -22,6 +26,8 @@ MAX_FILTERS = 65536
 MAX_WIDTH = 1000.0  # width multipliers above this cannot be meant (VGG-19 at 1000 has 20e12 params)
 
 Builder = Callable[..., nn.Module]
+# (template name or None for a custom one, real template counts, rounding of one count) -> the builder's widths
+Expand = Callable[[Optional[str], Sequence[float], Callable[[float], int]], tuple[int, ...]]
 
 
 @dataclass(frozen=True)
@@ -34,14 +40,20 @@ class Family:
     ``stem_width`` scales the layers that are not template layers (the stem) with the same
     rounding as the template layers (``templates.scale_count``).
     ``unit``: what one template layer is (a conv, a bottleneck block's planes, ...), for docs.
+    ``expand``: for families whose template-layer counts do not fix every width (a GoogLeNet module's
+    six branch convolutions, MobileNet's fixed last block), the full width list the builder takes as
+    ``widths=``, in the study's cfg order; ``layers_of`` maps such a list back to one value per
+    template layer (for the study's literal configurations, SPEC 2.9).
     """
 
     name: str
-    base_filters: tuple[int, ...]
+    base_filters: tuple[float, ...]
     layer_names: tuple[str, ...]
     builder: Builder
     unit: str
     description: str
+    expand: Optional[Expand] = None
+    layers_of: Optional[Callable[[Sequence[int]], list[float]]] = None
 
     @property
     def depth(self) -> int:
@@ -49,21 +61,28 @@ class Family:
 
     def build(
         self, filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
-        floor: int = 1,
+        floor: int = 1, widths: Sequence[int] = (),
     ) -> nn.Module:
         filters = [int(f) for f in filters]
         if len(filters) != self.depth:
             raise UsageError(f"{self.name} has {self.depth} template layers, got {len(filters)} filter counts")
         if any(f < 1 for f in filters):
             raise UsageError(f"{self.name}: every filter count must be >= 1, got {filters}")
-        if max(filters) > MAX_FILTERS:
-            raise UsageError(f"{self.name}: a layer of {max(filters):,} filters is over the limit of "
+        widths = [int(w) for w in widths]
+        if widths and self.expand is None:
+            raise UsageError(f"{self.name} takes no separate width list")
+        if any(w < 1 for w in widths):
+            raise UsageError(f"{self.name}: every width must be >= 1, got {widths}")
+        if max(filters + widths) > MAX_FILTERS:
+            raise UsageError(f"{self.name}: a layer of {max(filters + widths):,} filters is over the limit of "
                              f"{MAX_FILTERS:,}; use a smaller width or counts")
         if not (0 < stem_width <= MAX_WIDTH):
             raise UsageError(f"{self.name}: stem width {stem_width!r} is outside (0, {MAX_WIDTH:g}]")
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
             raise UsageError(f"number of classes must be a positive integer, got {num_classes!r}")
-        return self.builder(filters, num_classes=num_classes, stem_width=stem_width, divisor=divisor, floor=floor)
+        extra = {"widths": tuple(widths)} if self.expand is not None else {}
+        return self.builder(filters, num_classes=num_classes, stem_width=stem_width, divisor=divisor, floor=floor,
+                            **extra)
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -78,6 +97,19 @@ def register_family(family: Family) -> Family:
     return family
 
 
+def family(name: str, base_filters: Sequence[float], layer_names: Sequence[str], unit: str, description: str,
+           expand: Optional[Expand] = None,
+           layers_of: Optional[Callable[[Sequence[int]], list[float]]] = None) -> Callable[[Builder], Builder]:
+    """Register the decorated builder as the family ``name`` (where it is defined, as timm does)."""
+
+    def wrap(builder: Builder) -> Builder:
+        register_family(Family(name, tuple(base_filters), tuple(layer_names), builder, unit, description, expand,
+                               layers_of))
+        return builder
+
+    return wrap
+
+
 def get_family(name: str) -> Family:
     try:
         return _FAMILIES[name]
@@ -90,4 +122,4 @@ def family_names() -> list[str]:
 
 
 # Families register themselves on import; order here is the order users see.
-from . import vgg, resnet, googlenet, mobilenet  # noqa: E402,F401
+from . import vgg, resnet, googlenet, mobilenet  # noqa: E402,F401  (each registers a study family, then its variant)

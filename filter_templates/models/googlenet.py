@@ -2,24 +2,34 @@
 d4 e4 (max-pool) a5 b5, global average pool, one linear classifier; the 5x5 branch is two 3x3
 convs and every conv has a bias, BN and ReLU. 6,166,250 parameters (10 classes).
 
-One template layer is one Inception module, counted by its output channels (the sum of its four
-branch outputs: 256 480 512 512 512 528 832 832 1024). A module given ``f'_l`` instead of its base
-``f_l`` scales EVERY inner width (the four branch outputs and the two 1x1 "reduce" widths) by
-``f'_l / f_l`` with the templates' rounding (``scale_count``). The module's real output is the sum
-of its four rounded branches, so it can differ from ``f'_l`` by a few channels of rounding; the
-next module takes that realised width as its input (``GoogLeNet.outputs`` lists them). At base
-counts the model is exactly the original. The stem (192) is scaled by ``stem_width``.
+One template layer is one Inception module, in two readings:
+
+- ``googlenet`` (the study's, SPEC 2.8): a module's ``f_l`` is the MEAN width of its six branch
+  convolutions (1x1; 3x3-reduce; 3x3; 5x5-reduce; the 5x5 branch's 3x3 convs; pool projection), e.g.
+  a3 = (64+96+128+16+32+32)/6. ``base`` keeps every module's own six widths (times ``w``);
+  ``reverse`` swaps whole modules (module ``l`` takes the six widths of module ``D-l+1``); any other
+  template sets all six to the module's new value. The stem is the first module's input width as the
+  study builds it: 192 for base, 832 for reverse (the input of the module it takes), the first
+  module's value otherwise. Its widths list is the study's cfg: stem + 9 x 6 branch widths.
+- ``googlenet-proportional``: a module's ``f_l`` is its output channels (the sum of its four branch
+  outputs: 256 480 512 512 512 528 832 832 1024). A module given ``f'_l`` scales EVERY inner width by
+  ``f'_l / f_l`` with the templates' rounding (``scale_count``); the module's realised output (the
+  sum of its four rounded branches) feeds the next module (``GoogLeNet.outputs`` lists them). The
+  stem (192) is scaled by ``stem_width``.
+
+At base counts both readings build exactly the original.
 """
 
 from __future__ import annotations
 
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
+from ..errors import UsageError
 from ..templates import scale_count
-from . import Family, register_family
+from . import family
 
 
 class Widths(NamedTuple):
@@ -50,7 +60,9 @@ MODULES = (
     Widths(384, 192, 384, 48, 128, 128),
 )
 BASE = tuple(m.out for m in MODULES)
+MEANS = tuple(sum(m) / 6 for m in MODULES)  # the study's f_l: a module's mean branch width
 STEM = 192
+INPUTS = (STEM, *BASE[:-1])  # each module's input width in the original
 POOL_AFTER = frozenset({1, 6})  # 0-based: after b3 and after e4
 
 
@@ -79,15 +91,16 @@ class Inception(nn.Module):
 
 
 class GoogLeNet(nn.Module):
-    def __init__(self, filters: Sequence[int], num_classes: int = 10, stem: int = STEM, divisor: int = 1,
-                 floor: int = 1) -> None:
+    """``modules``: the nine modules' inner widths; the next module takes a module's realised output."""
+
+    def __init__(self, modules: Sequence[Widths], num_classes: int = 10, stem: int = STEM) -> None:
         super().__init__()
         self.pre_layers = nn.Sequential(*_cbr(3, stem, 3))
         layers: list[nn.Module] = []
         outputs = []
         c_in = stem
-        for i, (base, count) in enumerate(zip(MODULES, filters)):
-            module = Inception(c_in, scaled_widths(base, count, divisor, floor))
+        for i, widths in enumerate(modules):
+            module = Inception(c_in, widths)
             layers.append(module)
             c_in = module.out_channels
             outputs.append(c_in)
@@ -103,19 +116,40 @@ class GoogLeNet(nn.Module):
         return self.linear(torch.flatten(self.pool(y), 1))
 
 
+def expand(template: Optional[str], real: Sequence[float], scale: Callable[[float], int]) -> tuple[int, ...]:
+    """The study's cfg (stem + 9 x 6 branch widths) of a template's module values (SPEC 2.8)."""
+    if template == "base":
+        return (scale(STEM), *(scale(w) for m in MODULES for w in m))
+    if template == "reverse":
+        return (scale(INPUTS[-1]), *(scale(w) for m in reversed(MODULES) for w in m))
+    values = [scale(f) for f in real]
+    return (values[0], *(v for v in values for _ in range(6)))
+
+
+def layers_of(widths: Sequence[int]) -> list[float]:
+    """One value per module: the mean of its six branch widths."""
+    return [sum(widths[1 + 6 * i: 7 + 6 * i]) / 6 for i in range(len(MODULES))]
+
+
+@family("googlenet", base_filters=MEANS, layer_names=NAMES,
+        unit="Inception module's mean branch width (a template sets all six branch convs to it)",
+        description="GoogLeNet (CIFAR): conv3x3 stem, 9 Inception modules, linear classifier; one template "
+                    "layer per module, its mean branch width (the study's reading)",
+        expand=expand, layers_of=layers_of)
+def build_study(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
+                floor: int = 1, widths: Sequence[int] = ()) -> nn.Module:
+    widths = tuple(widths) or expand(None, filters, int)
+    if len(widths) != 1 + 6 * len(MODULES):
+        raise UsageError(f"googlenet takes {1 + 6 * len(MODULES)} widths (stem + 9 x 6), got {len(widths)}")
+    modules = [Widths(*widths[1 + 6 * i: 7 + 6 * i]) for i in range(len(MODULES))]
+    return GoogLeNet(modules, num_classes, stem=widths[0])
+
+
+@family("googlenet-proportional", base_filters=BASE, layer_names=NAMES,
+        unit="Inception module's output channels (inner widths scaled in proportion)",
+        description="GoogLeNet (CIFAR): conv3x3 stem, 9 Inception modules, linear classifier; one template "
+                    "layer per module, its output channels")
 def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
           floor: int = 1) -> nn.Module:
-    return GoogLeNet(filters, num_classes, stem=scale_count(STEM, stem_width, floor=floor, divisor=divisor),
-                     divisor=divisor, floor=floor)
-
-
-FAMILY = register_family(
-    Family(
-        name="googlenet",
-        base_filters=BASE,
-        layer_names=NAMES,
-        builder=build,
-        unit="Inception module's output channels (inner widths scaled in proportion)",
-        description="GoogLeNet (CIFAR): conv3x3 stem, 9 Inception modules, linear classifier",
-    )
-)
+    modules = [scaled_widths(base, count, divisor, floor) for base, count in zip(MODULES, filters)]
+    return GoogLeNet(modules, num_classes, stem=scale_count(STEM, stem_width, floor=floor, divisor=divisor))

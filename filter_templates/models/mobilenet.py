@@ -2,21 +2,28 @@
 3x3 + BN + ReLU, then pointwise 1x1 + BN + ReLU, all bias-free), stride 2 at the 2nd, 4th, 6th and
 12th block, global average pool, one linear classifier. 3,217,226 parameters (10 classes).
 
-One template layer is one block, counted by its pointwise output channels (64 128 128 256 256
-512x6 1024 1024); the depthwise conv keeps its input's width (groups = channels). The stem (32) is
-scaled by ``stem_width``.
+Two readings of "template layer" (the depthwise conv always keeps its input's width, groups = channels):
+
+- ``mobilenet`` (the study's, SPEC 2.8): 13 template layers, the stem (32) and the pointwise outputs
+  of the first 12 blocks (64 128 128 256 256 512x6 1024). The last block (1024, feeding the
+  classifier) is not a template layer: it keeps ``1024 * w``. Its widths list is the study's cfg:
+  stem + 13 blocks, so ``--as-published`` can build the study's configurations that also change the
+  last block.
+- ``mobilenet-blocks``: 13 template layers, one per block's pointwise output (64 ... 1024 1024); the
+  stem (32) is scaled by ``stem_width``.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import UsageError
 from ..templates import scale_count
-from . import Family, register_family
+from . import family
 
 BASE = (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
 STEM = 32
@@ -56,18 +63,31 @@ class MobileNet(nn.Module):
         return self.linear(torch.flatten(self.pool(y), 1))
 
 
+LAST = BASE[-1]  # the study keeps the last block out of the templates
+
+
+def expand(template: Optional[str], real: Sequence[float], scale: Callable[[float], int]) -> tuple[int, ...]:
+    """The study's cfg: stem and 12 blocks from the template, the last block its base width scaled."""
+    return (*(scale(f) for f in real), scale(LAST))
+
+
+@family("mobilenet", base_filters=(STEM, *BASE[:-1]), layer_names=("stem", *(f"block{i}" for i in range(1, 13))),
+        unit="stem's or depthwise-separable block's pointwise output channels (block 13 stays 1024 x w)",
+        description="MobileNet v1 (CIFAR): conv3x3 stem, 13 depthwise-separable blocks, linear classifier; "
+                    "template layers: the stem and the first 12 blocks (the study's reading)",
+        expand=expand, layers_of=lambda widths: [float(w) for w in widths[:-1]])
+def build_study(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
+                floor: int = 1, widths: Sequence[int] = ()) -> nn.Module:
+    widths = tuple(widths) or (*filters, scale_count(LAST, stem_width, floor=floor, divisor=divisor))
+    if len(widths) != len(BASE) + 1:
+        raise UsageError(f"mobilenet takes {len(BASE) + 1} widths (stem + 13 blocks), got {len(widths)}")
+    return MobileNet(widths[1:], num_classes, stem=widths[0])
+
+
+@family("mobilenet-blocks", base_filters=BASE, layer_names=tuple(f"block{i}" for i in range(1, 14)),
+        unit="depthwise-separable block's pointwise output channels",
+        description="MobileNet v1 (CIFAR): conv3x3 stem, 13 depthwise-separable blocks, linear classifier; "
+                    "one template layer per block")
 def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
           floor: int = 1) -> nn.Module:
     return MobileNet(filters, num_classes, stem=scale_count(STEM, stem_width, floor=floor, divisor=divisor))
-
-
-FAMILY = register_family(
-    Family(
-        name="mobilenet",
-        base_filters=BASE,
-        layer_names=tuple(f"block{i}" for i in range(1, 14)),
-        builder=build,
-        unit="depthwise-separable block's pointwise output channels",
-        description="MobileNet v1 (CIFAR): conv3x3 stem, 13 depthwise-separable blocks, linear classifier",
-    )
-)

@@ -2,11 +2,16 @@
 planes 64/128/256/512 (stride 2 at the first block of stages 2-4), expansion 4, global average
 pool, one linear classifier. 23,520,842 parameters (10 classes).
 
-One template layer is one bottleneck block, counted by its ``planes`` (the inner width of its
-1x1 -> 3x3 convs); the block's output is ``4 * planes``. Because every block may get its own
-count, a projection shortcut (1x1 conv + BN) appears wherever a block's input and output widths
-differ or it downsamples; elsewhere the shortcut is the identity. The stem (64) is scaled by
-``stem_width``.
+Two readings of "template layer":
+
+- ``resnet50`` (the study's, SPEC 2.8): one template layer per *stage*, counted by its ``planes``;
+  every block of the stage uses it, and the stem convolution takes the first stage's value (the
+  study's ``conv1`` is ``cfg[0]`` wide): 64 for base, 512 for reverse.
+- ``resnet50-blocks``: one template layer per bottleneck block; the stem (64) is scaled by
+  ``stem_width``.
+
+A block's output is ``4 * planes``. A projection shortcut (1x1 conv + BN) appears wherever a
+block's input and output widths differ or it downsamples; elsewhere the shortcut is the identity.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..templates import scale_count
-from . import Family, register_family
+from . import family
 
 EXPANSION = 4
 STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (planes, blocks)
@@ -68,18 +73,21 @@ class ResNet(nn.Module):
         return self.linear(torch.flatten(self.pool(y), 1))
 
 
+@family("resnet50", base_filters=tuple(planes for planes, _ in STAGES), layer_names=("stage1", "stage2", "stage3", "stage4"),
+        unit="stage's planes (every block of the stage; output 4x planes; the stem takes stage 1's value)",
+        description="ResNet-50 (CIFAR): conv3x3 stem, bottleneck stages 3-4-6-3, linear classifier; "
+                    "one template layer per stage (the study's reading)")
+def build_stages(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
+                 floor: int = 1) -> nn.Module:
+    blocks = [planes for planes, (_, n) in zip(filters, STAGES) for _ in range(n)]
+    return ResNet(blocks, num_classes, stem=filters[0])
+
+
+@family("resnet50-blocks", base_filters=BASE,
+        layer_names=tuple(f"s{s}b{b}" for s, (_, n) in enumerate(STAGES, start=1) for b in range(1, n + 1)),
+        unit="bottleneck block's planes (its output is 4x planes)",
+        description="ResNet-50 (CIFAR): conv3x3 stem, 16 bottleneck blocks in stages 3-4-6-3, linear classifier; "
+                    "one template layer per block")
 def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
           floor: int = 1) -> nn.Module:
     return ResNet(filters, num_classes, stem=scale_count(STEM, stem_width, floor=floor, divisor=divisor))
-
-
-FAMILY = register_family(
-    Family(
-        name="resnet50",
-        base_filters=BASE,
-        layer_names=tuple(f"s{s}b{b}" for s, (_, n) in enumerate(STAGES, start=1) for b in range(1, n + 1)),
-        builder=build,
-        unit="bottleneck block's planes (its output is 4x planes)",
-        description="ResNet-50 (CIFAR): conv3x3 stem, 16 bottleneck blocks in stages 3-4-6-3, linear classifier",
-    )
-)

@@ -30,7 +30,7 @@ ALL_TEMPLATES = ("base", "reverse", "uniform", "quadratic", "negative-quadratic"
 TRAIN_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "channels_last", "bf16",
                 "limit_train", "limit_test", "device", "data_dir", "download")
 #: The axes of the grid and the architecture options.
-GRID_FIELDS = ("models", "templates", "widths", "datasets", "seeds", "divisor", "floor")
+GRID_FIELDS = ("models", "templates", "widths", "datasets", "seeds", "divisor", "floor", "as_published")
 #: How the local engine runs (not part of any run's configuration).
 RUN_FIELDS = ("threads", "jobs")
 
@@ -46,6 +46,7 @@ class SweepSpec:
     seeds: list[int] = field(default_factory=lambda: [0])
     divisor: int = 1
     floor: int = 1
+    as_published: bool = False  # the study's configurations and rounding (SPEC 2.9), recorded in every arch
     train: dict[str, Any] = field(default_factory=dict)  # TRAIN_FIELDS overrides (epochs, lr, ...)
     threads: int | None = None  # torch CPU threads of each local run (None: torch's choice)
     jobs: int = 1  # local runs at once, one process each
@@ -100,6 +101,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "widths": list(PAPER_WIDTHS),
         "datasets": ["cifar10", "cifar100"],
         "seeds": [0],
+        "as_published": True,
         "epochs": 160,
         "batch_size": 64,
     },
@@ -191,6 +193,8 @@ def expand(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -> l
     widths = _list(spec, "widths", float)
     datasets = _list(spec, "datasets", str)
     seeds = _list(spec, "seeds", int)
+    if not isinstance(spec.as_published, bool):
+        raise UsageError(f"sweep 'as_published' must be true or false, got {spec.as_published!r}")
     for m in models:
         get_family(m)
     for t in templates:
@@ -209,7 +213,8 @@ def expand(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -> l
         for m in models:
             for t in templates:
                 for w in widths:
-                    arch = make_arch(m, t, w, classes, divisor=spec.divisor, floor=spec.floor)
+                    arch = make_arch(m, t, w, classes, divisor=spec.divisor, floor=spec.floor,
+                                     as_published=spec.as_published)
                     for s in seeds:
                         out.append(TrainConfig(arch=arch, dataset=ds, seed=s, **spec.train))
     return out
@@ -246,4 +251,5 @@ def run_dir_name(config: "TrainConfig | Mapping[str, Any]", key: str) -> str:
     d = config if isinstance(config, Mapping) else config.to_dict()
     arch = d["arch"]
     template = _UNSAFE.sub("_", str(arch["template"]))[:40].strip("_") or "custom"
-    return f"{d['dataset']}-{arch['family']}-{template}-w{float(arch['width']):g}-s{d['seed']}-{key[:10]}"
+    reading = "-pub" if arch.get("as_published") else ""
+    return f"{d['dataset']}-{arch['family']}-{template}{reading}-w{float(arch['width']):g}-s{d['seed']}-{key[:10]}"
