@@ -27,18 +27,30 @@ from filter_templates.models import mobilenet as M
 from filter_templates.models import resnet as R
 from filter_templates.templates import BUILTIN, scale_count
 
-FAMILIES = ["vgg19", "resnet50", "googlenet", "mobilenet"]
+STUDY = ["vgg19", "resnet50", "googlenet", "mobilenet"]
+VARIANT = {"resnet50": "resnet50-blocks", "googlenet": "googlenet-proportional", "mobilenet": "mobilenet-blocks"}
+FAMILIES = ["vgg19", "resnet50", "resnet50-blocks", "googlenet", "googlenet-proportional", "mobilenet",
+            "mobilenet-blocks"]
 WIDTHS = (0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 1.3, 1.6)
 
+
+def _both(d: dict) -> dict:
+    """A study family's base model is also its variant's."""
+    return {**d, **{VARIANT[k]: v for k, v in d.items() if k in VARIANT}}
+
+
 # SPEC section 3: parameters at base template, w = 1, 10 classes; forward FLOPs per image.
-PARAMS_10 = {"vgg19": 20_040_522, "resnet50": 23_520_842, "googlenet": 6_166_250, "mobilenet": 3_217_226}
-CLASSIFIER_IN = {"vgg19": 512, "resnet50": 2048, "googlenet": 1024, "mobilenet": 1024}
-SPEC_FLOPS = {"vgg19": 0.80e9, "resnet50": 2.60e9, "googlenet": 3.04e9, "mobilenet": 0.093e9}
+PARAMS_10 = _both({"vgg19": 20_040_522, "resnet50": 23_520_842, "googlenet": 6_166_250, "mobilenet": 3_217_226})
+CLASSIFIER_IN = _both({"vgg19": 512, "resnet50": 2048, "googlenet": 1024, "mobilenet": 1024})
+SPEC_FLOPS = _both({"vgg19": 0.80e9, "resnet50": 2.60e9, "googlenet": 3.04e9, "mobilenet": 0.093e9})
 BASE_FILTERS = {
     "vgg19": (64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512),
-    "resnet50": (64,) * 3 + (128,) * 4 + (256,) * 6 + (512,) * 3,
-    "googlenet": (256, 480, 512, 512, 512, 528, 832, 832, 1024),
-    "mobilenet": (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024),
+    "resnet50": (64, 128, 256, 512),
+    "resnet50-blocks": (64,) * 3 + (128,) * 4 + (256,) * 6 + (512,) * 3,
+    "googlenet": tuple(x / 6 for x in (368, 640, 624, 648, 664, 704, 1024, 1024, 1264)),  # mean branch widths
+    "googlenet-proportional": (256, 480, 512, 512, 512, 528, 832, 832, 1024),
+    "mobilenet": (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024),
+    "mobilenet-blocks": (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024),
 }
 
 # Real CPU forwards: per family, every width once and every template at least once; the costly
@@ -83,9 +95,9 @@ def test_base_model_params_and_flops(family):
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_base_params_100_classes(family):
-    fam = get_family(family)
     expected = PARAMS_10[family] + 90 * (CLASSIFIER_IN[family] + 1)
-    assert count_params(meta_build(family, fam.base_filters, 100)) == expected
+    with torch.device("meta"):
+        assert count_params(make_arch(family, classes=100).build()) == expected
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -182,7 +194,7 @@ def test_smallest_model_runs_for_real(family):
 
 @pytest.mark.parametrize(
     "family, stem, attr",
-    [("resnet50", 64, "conv1"), ("googlenet", 192, "pre_layers.0"), ("mobilenet", 32, "conv1")],
+    [("resnet50-blocks", 64, "conv1"), ("googlenet-proportional", 192, "pre_layers.0"), ("mobilenet-blocks", 32, "conv1")],
 )
 @pytest.mark.parametrize("width, divisor", [(1.0, 1), (0.5, 1), (0.05, 1), (1.3, 1), (0.05, 8), (0.3, 8)])
 def test_stem_scaled_like_template_layers(family, stem, attr, width, divisor):
@@ -210,7 +222,7 @@ def conv_widths(m: G.Inception) -> G.Widths:
 
 
 def test_googlenet_base_is_the_original():
-    modules = inception_modules(meta_build("googlenet", G.BASE))
+    modules = inception_modules(meta_build("googlenet-proportional", G.BASE))
     assert [conv_widths(m) for m in modules] == list(G.MODULES)
     assert G.MODULES[0] == (64, 96, 128, 16, 32, 32) and G.MODULES[-1] == (384, 192, 384, 48, 128, 128)
     ins = [m.b1[0].in_channels for m in modules]
@@ -220,7 +232,7 @@ def test_googlenet_base_is_the_original():
 
 def test_googlenet_half_ratio_halves_every_inner_width():
     filters = [f // 2 for f in G.BASE]
-    modules = inception_modules(meta_build("googlenet", filters))
+    modules = inception_modules(meta_build("googlenet-proportional", filters))
     for base, m in zip(G.MODULES, modules):
         halved = G.Widths(*(scale_count(w, 0.5) for w in base))
         assert conv_widths(m) == halved
@@ -231,7 +243,7 @@ def test_googlenet_half_ratio_halves_every_inner_width():
 def test_googlenet_realised_output_feeds_the_next_module():
     filters = list(G.BASE)
     filters[0] = 100  # ratio 100/256: 64->25, 96->38 (37.5, half to even), 128->50, 16->6, 32->12 (12.5), 32->12
-    model = meta_build("googlenet", filters)
+    model = meta_build("googlenet-proportional", filters)
     a3, b3 = inception_modules(model)[:2]
     assert conv_widths(a3) == (25, 38, 50, 6, 12, 12)
     assert a3.out_channels == model.outputs[0] == 99  # not 100: rounding of the four branches
@@ -239,8 +251,9 @@ def test_googlenet_realised_output_feeds_the_next_module():
     assert meta_forward(model) == (2, 10)
 
 
-def test_googlenet_divisor_applies_to_inner_widths():
-    arch = make_arch("googlenet", "quadratic", 0.37, divisor=8)
+@pytest.mark.parametrize("family", ["googlenet", "googlenet-proportional"])
+def test_googlenet_divisor_applies_to_inner_widths(family):
+    arch = make_arch(family, "quadratic", 0.37, divisor=8)
     with torch.device("meta"):
         model = arch.build()
     for m in inception_modules(model):
@@ -253,22 +266,24 @@ def test_googlenet_divisor_applies_to_inner_widths():
 # --------------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("family", ["mobilenet", "mobilenet-blocks"])
 @pytest.mark.parametrize("template", ["base", "quadratic"])
-def test_mobilenet_depthwise_groups(template):
-    arch = make_arch("mobilenet", template, 0.8)
+def test_mobilenet_depthwise_groups(family, template):
+    arch = make_arch(family, template, 0.8)
     with torch.device("meta"):
         model = arch.build()
     blocks = [m for m in model.modules() if isinstance(m, M.Block)]
     assert len(blocks) == 13
     c_in = model.conv1.out_channels
-    for i, (b, c) in enumerate(zip(blocks, arch.filters)):
+    outputs = arch.widths[1:] if family == "mobilenet" else arch.filters
+    for i, (b, c) in enumerate(zip(blocks, outputs)):
         dw, pw = b.conv1, b.conv2
         assert dw.groups == dw.in_channels == dw.out_channels == c_in
         assert dw.weight.shape == (c_in, 1, 3, 3) and dw.kernel_size == (3, 3)
         assert dw.stride == ((2, 2) if i in (1, 3, 5, 11) else (1, 1))
         assert pw.groups == 1 and pw.kernel_size == (1, 1) and pw.out_channels == c
         c_in = c
-    assert model.linear.in_features == arch.filters[-1]
+    assert model.linear.in_features == outputs[-1]
 
 
 # --------------------------------------------------------------------------------------------
@@ -287,7 +302,7 @@ def projections(model: nn.Module) -> list[int]:
 
 
 def test_resnet_projections_base_and_uniform():
-    assert projections(meta_build("resnet50", R.BASE)) == [0, 3, 7, 13]
+    assert projections(meta_build("resnet50-blocks", R.BASE)) == [0, 3, 7, 13]
     # uniform: 236 planes everywhere -> only the first block (stem 64 -> 944) and the three strides
     with torch.device("meta"):
         uniform = make_arch("resnet50", "uniform").build()
@@ -296,17 +311,17 @@ def test_resnet_projections_base_and_uniform():
 
 def test_resnet_projections_wherever_widths_change():
     filters = [64, 64, 32, 128, 128, 128, 100, 256, 256, 256, 256, 256, 300, 512, 512, 512]
-    assert projections(meta_build("resnet50", filters)) == [0, 2, 3, 6, 7, 12, 13]
+    assert projections(meta_build("resnet50-blocks", filters)) == [0, 2, 3, 6, 7, 12, 13]
     # a stem already 4x the first block's planes needs no projection at block 0
-    assert projections(meta_build("resnet50", [16] * 16, stem_width=1.0)) == [3, 7, 13]
-    assert projections(meta_build("resnet50", [8] * 16, stem_width=1.0)) == [0, 3, 7, 13]
-    assert projections(meta_build("resnet50", [8] * 16, stem_width=0.5)) == [3, 7, 13]
+    assert projections(meta_build("resnet50-blocks", [16] * 16, stem_width=1.0)) == [3, 7, 13]
+    assert projections(meta_build("resnet50-blocks", [8] * 16, stem_width=1.0)) == [0, 3, 7, 13]
+    assert projections(meta_build("resnet50-blocks", [8] * 16, stem_width=0.5)) == [3, 7, 13]
 
 
 @settings(max_examples=20, deadline=None)
 @given(st.lists(st.integers(1, 48), min_size=16, max_size=16), st.sampled_from([0.1, 0.25, 1.0]))
 def test_resnet_projection_rule_any_counts(filters, stem):
-    model = get_family("resnet50").build(filters, stem_width=stem)
+    model = get_family("resnet50-blocks").build(filters, stem_width=stem)
     projections(model)
     with torch.no_grad():
         assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)
@@ -316,7 +331,7 @@ def test_floor_reaches_stems_and_googlenet_inner_widths():
     """`--floor` is part of the one rounding rule, so non-template layers obey it too."""
     from filter_templates.arch import make_arch
 
-    for family in ("resnet50", "googlenet", "mobilenet"):
+    for family in FAMILIES[1:]:
         model = make_arch(family, "uniform", 0.001, floor=4).build()
         convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
         assert min(c.out_channels for c in convs) >= 4, family
