@@ -253,3 +253,38 @@ def test_cli_as_published_flag(capsys):
     assert main(["templates", "--model", "vgg19", "--template", "quadratic", "--width", "0.25", "--as-published",
                  "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["templates"][0]["filters"][2] == 96
+
+
+def test_fit_as_published(capsys):
+    assert main(["fit", "--model", "vgg19", "--budget", "params=1M", "--template", "quadratic", "--as-published",
+                 "--json"]) == 0
+    (f,) = json.loads(capsys.readouterr().out)["fits"]
+    arch = make_arch("vgg19", "quadratic", f["width"], as_published=True)
+    assert f["filters"] == list(arch.filters) and f["params"] <= 1_000_000
+    assert f["filters"][0] == f["filters"][-1] and max(f["filters"]) == f["filters"][0]  # ends pinned at the max
+
+
+def test_train_and_sweep_record_the_reading(tmp_path, capsys):
+    tiny = ["--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--device", "cpu", "--epochs", "1"]
+    out = tmp_path / "run"
+    assert main(["train", "--model", "mobilenet", "--template", "uniform", "--width", "0.05", "--dataset", "synthetic",
+                 "--as-published", "--out", str(out), "--quiet", *tiny]) == 0
+    arch = json.loads((out / "config.json").read_text())["arch"]
+    assert arch["as_published"] is True and arch["widths"] == [23] * 14  # int(467 * 0.05)
+    capsys.readouterr()
+    argv = ["sweep", "--db", str(tmp_path / "r.sqlite"), "--runs-dir", str(tmp_path / "runs"), "--models", "vgg19",
+            "--templates", "quadratic", "--widths", "0.05", "--datasets", "synthetic", "--dry-run", "--json"]
+    assert main(argv) == 0 and main(argv + ["--as-published"]) == 0
+    docs = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
+    assert len(docs) == 2
+    assert json.dumps(docs[0]) != json.dumps(docs[1])  # the two readings are different points
+
+
+def test_paper_preset_is_as_published():
+    from filter_templates.sweep.grid import expand, load_config, preset
+    from pathlib import Path
+
+    configs = expand(preset("paper"), classes_of=lambda d: 10)
+    assert configs and all(c.arch.as_published for c in configs)
+    toml = load_config(Path(__file__).resolve().parents[1] / "configs" / "paper.toml")
+    assert toml.as_published is True

@@ -67,6 +67,11 @@ def add_model_args(p: argparse.ArgumentParser, *, template_many: bool, model_req
                    help="round every layer to a multiple of K, e.g. 8 for tensor cores (default: 1)")
     p.add_argument("--floor", type=positive_int, default=1, metavar="N",
                    help="smallest filter count of any layer (default: 1)")
+    add_as_published(p)
+
+
+def add_as_published(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
+    """--as-published, the same flag on every command that builds a model (SPEC 2.9)."""
     p.add_argument("--as-published", action="store_true", default=None,
                    help="build the study's own configurations and its rounding max(1, int(w*f)) instead of the "
                         "equations (SPEC 2.9; families vgg19, resnet50, googlenet, mobilenet)")

@@ -7,7 +7,7 @@ import json
 import os
 
 from ..errors import UsageError
-from .args import add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
+from .args import add_as_published, add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 DESCRIPTION = """\
 Train every point of a grid (families x templates x widths x datasets x seeds) and record each
@@ -36,9 +36,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g.add_argument("--seeds", nargs="+", type=nonnegative_int, metavar="S", help="seeds (default: 0)")
     g.add_argument("--divisor", type=positive_int, metavar="K", help="round every layer to a multiple of K")
     g.add_argument("--floor", type=positive_int, metavar="N", help="smallest filter count of any layer")
-    g.add_argument("--as-published", action="store_true", default=None,
-                   help="the study's own configurations and rounding max(1, int(w*f)) instead of the equations "
-                        "(SPEC 2.9; the paper preset sets it)")
+    add_as_published(g)
     t = p.add_argument_group("training (override the preset/config)")
     add_run_args(t)
     t.add_argument("--jobs", type=positive_int, metavar="N",

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .args import add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
+from .args import add_as_published, add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 # TrainConfig fields a --config file may carry (a run's own config.json does); `fit --save` files
 # carry only "arch" among them, and their other keys ("fit", ...) are ignored.
@@ -34,6 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--width", type=positive_float, metavar="W", help="width multiplier (default: 1.0)")
     m.add_argument("--divisor", type=positive_int, metavar="K", help="round every layer to a multiple of K (default: 1)")
     m.add_argument("--floor", type=positive_int, metavar="N", help="smallest filter count of any layer (default: 1)")
+    add_as_published(m)
     m.add_argument("--config", metavar="FILE", help="JSON file with an 'arch' record (written by `fit --save`, "
                                                     "or a run's config.json)")
     t = p.add_argument_group("data and training")
