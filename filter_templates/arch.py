@@ -57,7 +57,14 @@ class Arch:
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["filters"] = list(self.filters)
-        d["widths"] = list(self.widths)
+        # Left out at their defaults, so the records (and the results store's keys) of models that
+        # have no separate widths and follow the equations read as they did before these fields.
+        if self.widths:
+            d["widths"] = list(self.widths)
+        else:
+            del d["widths"]
+        if not self.as_published:
+            del d["as_published"]
         return d
 
     @classmethod

@@ -129,11 +129,11 @@ def test_non_monotone_resnet_finds_the_width_above_the_dip():
     # ResNet's projection shortcuts come and go where rounding makes neighbouring blocks equal:
     # the cost can dip just above the first boundary. Nothing above the answer may fit.
     budget = 22_000  # bisection alone stops at width 0.0258 (20,196 params); 0.02698 fits too
-    (r,) = fit("resnet50", Budget("params", budget), ["negative-quadratic"])
+    (r,) = fit("resnet50-blocks", Budget("params", budget), ["negative-quadratic"])
     assert r.width > 0.0269
     assert r.resources["params"] <= budget
     widths = r.width * np.linspace(1 + 1e-4, 1.1, 60)
-    fitting = [w for w in widths if M.arch_params(make_arch("resnet50", "negative-quadratic", float(w))) <= budget]
+    fitting = [w for w in widths if M.arch_params(make_arch("resnet50-blocks", "negative-quadratic", float(w))) <= budget]
     assert fitting == []
 
 
