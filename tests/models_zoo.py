@@ -131,11 +131,42 @@ def vgg19(num_classes: int = 10) -> nn.Module:
     return fam.build(fam.base_filters, num_classes=num_classes)
 
 
-def mobilenet(num_classes: int = 10) -> nn.Module:
-    """MobileNet v1 (CIFAR) at base widths: conv stem 32 and 13 blocks 64 .. 1024 1024."""
-    from filter_templates.models.mobilenet import MobileNet
+class _DWBlock(nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False)
+        self.bn1 = nn.BatchNorm2d(c_in)
+        self.conv2 = nn.Conv2d(c_in, c_out, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(c_out)
 
-    return MobileNet((64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024), num_classes)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
+
+
+class MobileNetV1(nn.Module):
+    """MobileNet v1 (CIFAR) at its base widths, written independently of the built-in family: conv
+    stem 32, 13 depthwise-separable blocks 64 .. 1024 1024 (stride 2 at blocks 2, 4, 6, 12)."""
+
+    CFG = (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 32, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(32)
+        blocks, c = [], 32
+        for i, w in enumerate(self.CFG):
+            blocks.append(_DWBlock(c, w, 2 if i in (1, 3, 5, 11) else 1))
+            c = w
+        self.layers = nn.Sequential(*blocks)
+        self.linear = nn.Linear(c, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.layers(F.relu(self.bn1(self.conv1(x))))
+        return self.linear(torch.flatten(F.adaptive_avg_pool2d(y, 1), 1))
+
+
+def mobilenet(num_classes: int = 10) -> nn.Module:
+    return MobileNetV1(num_classes)
 
 
 # -- refusals -------------------------------------------------------------------------------------

@@ -92,11 +92,12 @@ def get_family(name: str) -> Family:
                      "(or a function 'package.module:function' returning an nn.Module)") from None
 
 
-def resolve_model(model, *, fixed: Sequence[str] = ()) -> str:
+def resolve_model(model, *, fixed: Sequence[str] = (), name: str | None = None) -> str:
     """What ``--model`` (or the Python API) names, as a family name: the one place a model's code is
     imported. ``model``: a family name, ``package.module:function``, or in Python a callable
     returning an ``nn.Module`` or a module. ``fixed``: module names whose channel groups keep their
-    width times the multiplier instead of being template layers (user models only)."""
+    width times the multiplier instead of being template layers (user models only). ``name``: the
+    family name of a callable or module (default: its ``module:qualname``)."""
     if isinstance(model, str) and model in _FAMILIES:
         if fixed:
             raise UsageError(f"--fix applies to models given as package.module:function, not to {model!r}")
@@ -105,7 +106,7 @@ def resolve_model(model, *, fixed: Sequence[str] = ()) -> str:
         get_family(model)  # the unknown-model error
     from .generic import load_model
 
-    return load_model(model, fixed=fixed)
+    return load_model(model, fixed=fixed, name=name)
 
 
 def family_names() -> list[str]:

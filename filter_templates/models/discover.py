@@ -90,7 +90,8 @@ def _fn_name(target: Any) -> str:
 @dataclass(frozen=True)
 class Group:
     """Channels that must share one width. ``role``: free (a template layer), fixed (scaled by the
-    width multiplier only), input (the image channels) or output (the class count)."""
+    width multiplier only), input (the image channels), output (the class count) or derived (the
+    sum of a concatenation's parts it is tied to)."""
 
     base: int
     role: str
@@ -119,6 +120,7 @@ class Plan:
     fingerprint: str
     name: str = "Model"
     _extra: dict[str, nn.Module] = field(default_factory=dict)  # dropout modules replacing F.dropout
+    derived: dict[int, Layout] = field(default_factory=dict)  # group index -> layout whose sum is its width
 
     @property
     def template_groups(self) -> list[int]:
@@ -128,11 +130,17 @@ class Plan:
         """One width per group: ``filters`` for the template layers (in order), ``fixed(base)`` for
         fixed groups, the class count for the output, the base width for the input."""
         free = iter(filters)
-        out = []
+        out: list[int] = []
         for g in self.groups:
             out.append(next(free) if g.role == "free" else fixed(g.base) if g.role == "fixed"
                        else num_classes if g.role == "output" else g.base)
-        return out
+
+        def resolve(i: int, seen: tuple[int, ...] = ()) -> int:
+            if i not in self.derived:
+                return out[i]
+            return sum(m * resolve(self.root_of[r], seen + (i,)) for r, m in self.derived[i])
+
+        return [resolve(i) for i in range(len(out))]
 
     def build(self, widths: Sequence[int]) -> nn.Module:
         """A fresh, default-initialised ``GraphModule`` with every group at its width in ``widths``."""
@@ -140,13 +148,22 @@ class Plan:
         def w(layout: Layout) -> int:
             return sum(m * widths[self.root_of[r]] for r, m in layout)
 
-        mods: dict[str, Any] = {}
+        root = nn.Module()  # holds the new layers under their original names, in execution order
         for name, orig in self.originals.items():
             rec = self.records.get(name)
-            mods[name] = copy.deepcopy(orig) if rec is None else _rebuild(orig, rec, w(rec.ins), w(rec.outs))
+            _put(root, name, copy.deepcopy(orig) if rec is None else _rebuild(orig, rec, w(rec.ins), w(rec.outs)))
         for name, mod in self._extra.items():
-            mods[name] = copy.deepcopy(mod)
-        return fx.GraphModule(mods, copy.deepcopy(self.graph), class_name=self.name)
+            _put(root, name, copy.deepcopy(mod))
+        return fx.GraphModule(root, copy.deepcopy(self.graph), class_name=self.name)
+
+
+def _put(root: nn.Module, name: str, module: nn.Module) -> None:
+    *parents, leaf = name.split(".")
+    for p in parents:
+        if not hasattr(root, p):
+            root.add_module(p, nn.Module())
+        root = getattr(root, p)
+    root.add_module(leaf, module)
 
 
 def _rebuild(orig: nn.Module, rec: _Rec, c_in: int, c_out: int) -> nn.Module:
@@ -182,6 +199,7 @@ class _Walker:
         self.base: list[int] = []
         self.first: list[int] = []
         self.producer: list[str | None] = []
+        self.alias: dict[int, Layout] = {}  # root -> the layout whose sum its width is
         self.input_raws: set[int] = set()
         self.output_raws: set[int] = set()
         self.layout: dict[fx.Node, Layout] = {}
@@ -209,14 +227,37 @@ class _Walker:
             return
         if self.base[ra] != self.base[rb]:  # a model that runs cannot do this; refuse rather than guess
             raise UsageError(f"{where} ties {self.base[ra]} channels to {self.base[rb]}; cannot reason about it")
-        self.parent[max(ra, rb)] = min(ra, rb)
+        keep, gone = min(ra, rb), max(ra, rb)
+        self.parent[gone] = keep
+        if gone in self.alias:
+            moved = self.alias.pop(gone)
+            if keep in self.alias:
+                self.tie(self.alias[keep], moved, where)
+            else:
+                self.alias_to(keep, moved, where)
 
     def tie(self, a: Layout, b: Layout, where: str) -> None:
-        if len(a) != len(b) or any(ma != mb for (_, ma), (_, mb) in zip(a, b)):
+        if len(a) == len(b) and all(ma == mb for (_, ma), (_, mb) in zip(a, b)):
+            for (ga, _), (gb, _) in zip(a, b):
+                self.union(ga, gb, where)
+        elif len(b) == 1 and b[0][1] == 1 and len(a) > 1:  # one layer's channels = a concatenation's
+            self.alias_to(b[0][0], a, where)
+        elif len(a) == 1 and a[0][1] == 1 and len(b) > 1:
+            self.alias_to(a[0][0], b, where)
+        else:
             raise UsageError(f"{where} combines tensors whose channels are made differently "
                              f"({self._fmt(a)} vs {self._fmt(b)}); this is not supported")
-        for (ga, _), (gb, _) in zip(a, b):
-            self.union(ga, gb, where)
+
+    def alias_to(self, r: int, layout: Layout, where: str) -> None:
+        """Group ``r``'s width is the sum of ``layout`` (e.g. an SE gate's conv on a concatenation):
+        it follows those groups and is no template layer of its own."""
+        root = self.find(r)
+        if root in self.alias:
+            self.tie(self.alias[root], layout, where)
+            return
+        if any(self.find(g) == root for g, _ in layout) or self.base[root] != self.width(layout):
+            raise UsageError(f"{where} ties {self.base[root]} channels to {self._fmt(layout)}; cannot reason about it")
+        self.alias[root] = layout
 
     def _fmt(self, layout: Layout) -> str:
         return " + ".join(f"{m}x{self.base[r]}" if m != 1 else str(self.base[r]) for r, m in layout)
@@ -229,7 +270,7 @@ class _Walker:
         if node.op == "call_module":
             return f"module '{node.target}' ({type(self.modules[node.target]).__name__})"
         stack = node.meta.get("nn_module_stack") or {}
-        inside = ""
+        inside = f" in the forward of {type(self.gm).__name__.removesuffix('GraphModule') or 'the model'}"
         if stack:
             path = list(stack.values())[-1]
             path = path[0] if isinstance(path, tuple) else str(path)
@@ -541,7 +582,11 @@ def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str) ->
             raise UsageError(f"--fix {sorted(hits)[0]}: that group is the {'input' if is_in else 'classifier output'}, "
                              "which is never a template layer anyway")
         used_fixed |= hits
-        role = "input" if is_in else "output" if is_out else "fixed" if hits else "free"
+        if r in wk.alias and (is_in or is_out or hits):
+            raise UsageError(f"channels of {', '.join(producers) or 'the input'} are the sum of a concatenation's "
+                             "parts and also the model's input/output or fixed; this is not supported")
+        role = ("input" if is_in else "output" if is_out else "derived" if r in wk.alias
+                else "fixed" if hits else "free")
         groups.append(Group(wk.base[r], role, tuple(touched[r]), producers))
     unused = [f for f in fixed if f not in used_fixed]
     if unused:
@@ -563,7 +608,8 @@ def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str) ->
         "modules": [[k, repr(m)] for k, m in originals.items()],
         "groups": [[g.base, g.role, list(g.modules)] for g in groups],
     }).encode()).hexdigest()[:16]
-    return Plan(graph, originals, records, root_of, groups, fp, name=name, _extra=extra)
+    derived = {index[r]: layout for r, layout in wk.alias.items()}
+    return Plan(graph, originals, records, root_of, groups, fp, name=name, _extra=extra, derived=derived)
 
 
 def _rewrite(gm: fx.GraphModule, rewrites: dict[fx.Node, str]) -> tuple[fx.Graph, dict[str, nn.Module]]:

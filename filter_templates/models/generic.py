@@ -39,7 +39,12 @@ _PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 _NAME = re.compile(r"^(?P<path>[^\[\]]+?)(?:\[fix=(?P<fix>[^\]]*)\])?$")
 DISCOVERY_CLASSES = 10  # the class count the callable is built with for discovery; the output is rebuilt
 
+# Model paths loaded by a flag travel to this process's workers (sweep --jobs N, Ray) in this variable:
+# a worker rebuilds what its parent's command line named, nothing else.
+ENV_LOADED = "FILTER_TEMPLATES_MODELS"
+
 _LOADED: dict[str, Callable[[], nn.Module]] = {}  # model path -> zero-argument factory (trusted)
+_SOURCES: dict[str, Any] = {}  # model path -> the object it was loaded from
 _FAMILIES: dict[str, "GenericFamily"] = {}
 
 
@@ -122,17 +127,20 @@ def load_model(model: ModelSource, *, fixed: Sequence[str] = (), name: str | Non
         fixed = tuple(fixed) + fix
         if name is not None:
             raise UsageError("name= applies to a callable or module, not to a model path")
-        factory = _factory(_import(path), path)
+        source = _import(path)
+        factory = _factory(source, path)
+        allowed = os.environ.get(ENV_LOADED, "").split()
+        if path not in allowed:
+            os.environ[ENV_LOADED] = " ".join(allowed + [path])
     else:
         path = name or _default_label(model)
         if not _PATH.match(path):
             raise UsageError(f"model label {path!r} must look like package.module:function")
-        factory = _factory(model, path)
-    if _LOADED.get(path) is not factory:
-        if path in _LOADED:  # loaded again (another object, or the code changed): rediscover
-            for key in [k for k in _FAMILIES if split_name(k)[0] == path]:
-                del _FAMILIES[key]
-        _LOADED[path] = factory
+        source, factory = model, _factory(model, path)
+    if _SOURCES.get(path, source) is not source:  # another object under that name (code reloaded): rediscover
+        for key in [k for k in _FAMILIES if split_name(k)[0] == path]:
+            del _FAMILIES[key]
+    _SOURCES[path], _LOADED[path] = source, factory
     full = family_name(path, fixed)
     generic_family(full)  # discover now: errors surface where the user named the model
     return full
@@ -151,6 +159,9 @@ def generic_family(name: str) -> GenericFamily:
     if name in _FAMILIES:
         return _FAMILIES[name]
     path, fixed = split_name(name)
+    if path not in _LOADED and path in os.environ.get(ENV_LOADED, "").split():
+        _SOURCES[path] = _import(path)  # a worker of a command that named it
+        _LOADED[path] = _factory(_SOURCES[path], path)
     if path not in _LOADED:
         raise UsageError(f"model {path!r} is Python code; only a command-line flag may name code to import: "
                          f"pass --model {path} (for sweep: --models {path})")
