@@ -173,7 +173,29 @@ class Functional(nn.Module):
         return self.out(F.relu(self.ln(self.fc(y))))
 
 
-@pytest.mark.parametrize("make", [seq_net, Functional], ids=["sequential", "functional"])
+class Gates(nn.Module):
+    """SE gates written three ways (view(b, c, 1, 1) + expand_as, unsqueeze, [:, :, None, None]), a
+    torch.add with a reflect-padded bias conv, squeeze before the head."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.c = nn.Conv2d(3, 16, 3, padding=1, padding_mode="reflect")
+        self.fc1, self.fc2 = nn.Linear(16, 4), nn.Linear(4, 16)
+        self.g = nn.Linear(16, 16, bias=False)
+        self.h = nn.Conv2d(16, 24, 1)
+        self.fc = nn.Linear(24, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.relu(self.c(x), inplace=True)
+        b, c, _, _ = x.size()
+        y = torch.sigmoid(self.fc2(F.relu(self.fc1(F.adaptive_avg_pool2d(x, 1).view(b, c))))).view(b, c, 1, 1)
+        x = x * y.expand_as(x)
+        g = torch.sigmoid(self.g(x.mean((2, 3))))
+        x = torch.add(x * g.unsqueeze(-1).unsqueeze(-1), x * g[:, :, None, None])
+        return self.fc(F.adaptive_avg_pool2d(self.h(x), 1).squeeze(-1).squeeze(-1))
+
+
+@pytest.mark.parametrize("make", [seq_net, Functional, Gates], ids=["sequential", "functional", "gates"])
 def test_other_styles(make):
     name = resolve_model(make, name=f"tests.test_generic:{make.__name__}")
     fam = get_family(name)
@@ -238,6 +260,14 @@ class OwnWeight(Grouped):
         return self.fc((self.c(x) * self.scale).mean((2, 3)))
 
 
+class Shuffle(Grouped):
+    def forward(self, x):
+        x = self.c(x)
+        n, c, h, w = x.shape
+        x = x.view(n, 2, c // 2, h, w).transpose(1, 2).reshape(n, c, h, w)
+        return self.fc(x.mean((2, 3)))
+
+
 class Branchy(Grouped):
     def forward(self, x):
         y = self.c(x)
@@ -254,6 +284,7 @@ class Branchy(Grouped):
     (TwoOutputs, "one logits tensor"),
     (OwnWeight, "own tensor 'scale'"),
     (Branchy, "cannot trace"),
+    (Shuffle, r"reshapes \[2, 8, 30, 30\] to \[2, 2, 4, 30, 30\]"),
 ])
 def test_unsupported_models_are_refused_by_name(make, message):
     with pytest.raises(UsageError, match=message):

@@ -67,7 +67,7 @@ _PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp
                  "clone", "float", "to", "detach", "type_as"}
 _BINARY_FNS = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
                operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div}
-_BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"}
+_BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "expand_as"}
 _REDUCE_FNS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax"}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
 _NONTENSOR_METHODS = {"size", "dim"}
@@ -403,8 +403,14 @@ class _Walker:
         self.records[name] = _Rec(kind, ins, outs)
         self.layout[node] = outs
 
+    def sizes_only(self, node: fx.Node) -> bool:
+        """Arithmetic on sizes (``c // 2``, ``x.size(0)``): no tensor in, no tensor out."""
+        return self.shape(node) is None and not self.tensor_args(node)
+
     def op_call_function(self, node: fx.Node) -> None:
         t = node.target
+        if self.sizes_only(node) and t is not getattr:
+            return
         if t in _DROPOUT_FNS:
             self.passthrough(node)
             self.rewrites[node] = "dropout"
@@ -420,15 +426,23 @@ class _Walker:
             self.reshape(node)
         elif t in _REDUCE_FNS:
             self.reduce(node, _arg(node, 1, "dim", None), _arg(node, 2, "keepdim", False))
+        elif t in (torch.unsqueeze, torch.squeeze):
+            self.same_channels(node)
+        elif t is operator.getitem and node.args and node.args[0] in self.layout:
+            idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+            full = slice(None, None, None)
+            if len(idx) < 2 or idx[0] != full or idx[1] != full or any(isinstance(i, fx.Node) for i in idx):
+                self.refuse(node, "indexes or slices the batch or channel dimension of a feature map")
+            self.same_channels(node)  # x[:, :, None, None], x[:, :, 1:, 1:]
         elif t is getattr or t is operator.getitem:
-            if self.shape(node) is not None or (node.args and node.args[0] in self.layout and t is operator.getitem):
-                self.refuse(node, "indexes or slices a feature map")
+            if self.shape(node) is not None:
+                self.refuse(node, "indexes a tensor")
         else:
             self.refuse(node)
 
     def op_call_method(self, node: fx.Node) -> None:
         t = str(node.target)
-        if t in _NONTENSOR_METHODS:
+        if t in _NONTENSOR_METHODS or self.sizes_only(node):
             return
         if t in _PASS_METHODS:
             self.passthrough(node)
@@ -438,6 +452,8 @@ class _Walker:
             self.flatten(node, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1))
         elif t in ("view", "reshape"):
             self.reshape(node)
+        elif t in ("unsqueeze", "squeeze"):
+            self.same_channels(node)
         elif t in _REDUCE_METHODS:
             self.reduce(node, _arg(node, 1, "dim", None), _arg(node, 2, "keepdim", False))
         else:
@@ -495,8 +511,20 @@ class _Walker:
         elif len(so) == 2 and so[0] == sx[0] and so[1] == math.prod(sx[1:]):
             self.flatten(node, 1, -1)
             self.rewrites[node] = "flatten"
+        elif len(sx) == 2 and so[:2] == sx and math.prod(so[2:]) == 1:  # [N, C] -> [N, C, 1, 1] (an SE gate)
+            self.layout[node] = self.layout[x]
+            self.rewrites[node] = f"expand{len(so) - 2}"
         else:
             self.refuse(node, f"reshapes {list(sx)} to {list(so)}; only reshapes to [N, features] are supported")
+
+    def same_channels(self, node: fx.Node) -> None:
+        """Ops that only add or drop size-1 spatial dims (or crop them): channels pass through."""
+        x = self.first_input(node)
+        sx, so = self.shape(x), self.shape(node)
+        if so is None or len(so) < 2 or so[:2] != sx[:2] or (len(so) != len(sx) and (
+                math.prod(so[2:]) != 1 or math.prod(sx[2:]) != 1)):
+            self.refuse(node, f"changes the batch or channel dimension ({list(sx)} -> {list(so or ())})")
+        self.layout[node] = self.layout[x]
 
     def reduce(self, node: fx.Node, dims: Any, keepdim: bool) -> None:
         x = self.first_input(node)
@@ -622,9 +650,11 @@ def _rewrite(gm: fx.GraphModule, rewrites: dict[fx.Node, str]) -> tuple[fx.Graph
         if what == "identity":
             node.replace_all_uses_with(x)
             graph.erase_node(node)
-        elif what == "flatten":
+        elif what in ("flatten", "expand2", "expand1", "expand3"):
+            full = slice(None, None, None)
             with graph.inserting_after(node):
-                new = graph.call_function(torch.flatten, (x, 1))
+                new = (graph.call_function(torch.flatten, (x, 1)) if what == "flatten" else
+                       graph.call_function(operator.getitem, (x, (full, full) + (None,) * int(what[-1]))))
             node.replace_all_uses_with(new)
             graph.erase_node(node)
         else:
