@@ -317,6 +317,18 @@ def test_templates_json_lists_layers(capsys):
     assert "layer2.0.conv1 layer2.0.bn1" in capsys.readouterr().out
 
 
+def test_small_model_gets_the_templates_that_apply(tmp_path, monkeypatch, capsys):
+    (tmp_path / "tinynets.py").write_text("import torch.nn as nn\ndef tiny():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), "
+                                          "nn.ReLU(), nn.Conv2d(8, 16, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), "
+                                          "nn.Linear(16, 10))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["templates", "--model", "tinynets:tiny", "--json", "--classes", "4"]) == 0
+    out = capsys.readouterr()
+    doc = json.loads(out.out)
+    assert [t["name"] for t in doc["templates"]] == ["base", "reverse", "uniform"] and "at least 3" in out.err
+    assert doc["templates"][0]["params"] == (8 * 3 * 9 + 8) + (16 * 8 * 9 + 16) + (16 * 4 + 4)  # no num_classes arg
+
+
 MODULE_V1 = """
 import torch.nn as nn
 def net(num_classes=10):

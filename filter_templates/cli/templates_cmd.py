@@ -44,6 +44,12 @@ def rows(args: argparse.Namespace) -> list[dict]:
     measure = getattr(args, "measure", False)
     device = resolve_device(getattr(args, "device", "cpu")) if measure else None
     names = args.templates or template_names()
+    if not args.templates and get_family(args.model).depth < 3:  # a small user model: the parabolas need 3 layers
+        import sys
+
+        names = [n for n in names if n not in ("quadratic", "negative-quadratic")]
+        print("filter-templates: note: quadratic and negative-quadratic need at least 3 template layers; "
+              f"{args.model} has {get_family(args.model).depth}", file=sys.stderr)
     archs = [make_arch(args.model, name, args.width, args.classes, divisor=args.divisor, floor=args.floor)
              for name in names]  # every name checked before any slow measurement
     out = []

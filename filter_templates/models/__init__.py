@@ -92,7 +92,7 @@ def get_family(name: str) -> Family:
                      "(or a function 'package.module:function' returning an nn.Module)") from None
 
 
-def resolve_model(model, *, fixed: Sequence[str] = (), name: str | None = None) -> str:
+def resolve_model(model: "str | nn.Module | Callable[..., nn.Module]", *, fixed: Sequence[str] = (), name: str | None = None) -> str:
     """What ``--model`` (or the Python API) names, as a family name: the one place a model's code is
     imported. ``model``: a family name, ``package.module:function``, or in Python a callable
     returning an ``nn.Module`` or a module. ``fixed``: module names whose channel groups keep their

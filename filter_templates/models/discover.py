@@ -16,8 +16,11 @@ of those two" that growing a concatenation's parts needs. We rebuild fresh layer
 
 Supported: ``Conv2d`` (``groups=1`` or depthwise ``groups=in=out``), ``Linear`` on 2-D input,
 ``BatchNorm1d/2d``, ``InstanceNorm2d``, ``GroupNorm``, ``LayerNorm`` over features, ``PReLU``;
-activations, pools, dropout, upsampling; ``+ - * /`` (with broadcasting), ``cat``, ``flatten`` and
-flatten-like ``view``/``reshape``, spatial ``mean``/``sum``/``amax``. Anything else is a
+activations, pools, dropout, upsampling; ``+ - * /`` and ``expand_as`` (with broadcasting), ``cat``,
+``flatten`` and flatten-like ``view``/``reshape`` (hard-coded sizes are rewritten to
+``flatten(x, 1)``), ``[N, C] -> [N, C, 1, 1]`` gates (``view``, ``unsqueeze``, ``[:, :, None, None]``),
+``squeeze`` of 1x1 maps, spatial ``mean``/``sum``/``amax``. A layer tied to a concatenation (an SE
+gate's conv) takes the sum of its parts' widths. Anything else is a
 :class:`~filter_templates.errors.UsageError` that names the module or op.
 """
 
