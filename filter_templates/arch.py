@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch.nn as nn
 
@@ -35,12 +35,17 @@ class Arch:
     # Every width the builder takes, for families whose template-layer counts do not fix them all
     # (Family.expand); empty for the others.
     widths: tuple[int, ...] = ()
+    # A user's model (family "package.module:function"): the fingerprint of its discovered channel-group
+    # plan and each template layer's modules, so a run refuses to rebuild from changed code.
+    plan: str = ""
+    layer_modules: tuple[tuple[str, ...], ...] = ()
 
     def __post_init__(self) -> None:
         if self.stem_width == -1.0:
             object.__setattr__(self, "stem_width", float(self.width))
         object.__setattr__(self, "filters", tuple(int(f) for f in self.filters))
         object.__setattr__(self, "widths", tuple(int(w) for w in self.widths))
+        object.__setattr__(self, "layer_modules", tuple(tuple(str(m) for m in g) for g in self.layer_modules))
 
     def build(self) -> nn.Module:
         """A freshly initialised model (seed torch first for a repeatable init)."""
@@ -65,6 +70,10 @@ class Arch:
             del d["widths"]
         if not self.as_published:
             del d["as_published"]
+        d["layer_modules"] = [list(g) for g in self.layer_modules]
+        for k in ("plan", "layer_modules"):  # absent for built-in families: their records stay as they were
+            if not d[k]:
+                del d[k]
         return d
 
     @classmethod
@@ -86,6 +95,17 @@ class Arch:
             raise UsageError(f"architecture config has {len(filters)} filter counts; {fam.name} has {fam.depth} template layers")
         width = _positive_float(d["width"], "width")
         stem = _positive_float(d.get("stem_width", width), "stem_width")
+        plan = d.get("plan", "")
+        if plan != getattr(fam, "fingerprint", ""):
+            if not getattr(fam, "fingerprint", ""):
+                raise UsageError(f"architecture config has a channel-group plan but {fam.name} is a built-in family")
+            raise UsageError(f"model {fam.name} has changed since this record was written: its channel groups or "
+                             f"layers differ (plan {plan or 'none'} recorded, {fam.fingerprint} now); use the code "
+                             "it was made with, or start a new run")
+        layer_modules = d.get("layer_modules", [])
+        if not isinstance(layer_modules, list) or not all(
+                isinstance(g, list) and all(isinstance(m, str) for m in g) for g in layer_modules):
+            raise UsageError("architecture config 'layer_modules' must be a list of lists of module names")
         classes = d["classes"]
         if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
             raise UsageError(f"architecture config 'classes' must be a positive integer, got {classes!r}")
@@ -108,6 +128,8 @@ class Arch:
             stem_width=stem,
             as_published=as_published,
             widths=tuple(widths),
+            plan=plan,
+            layer_modules=tuple(tuple(g) for g in layer_modules),
         )
 
 
@@ -118,7 +140,7 @@ def _positive_float(v: Any, what: str) -> float:
 
 
 def make_arch(
-    family: str,
+    family: Union[str, nn.Module, Callable[..., nn.Module]],
     template: Union[str, Sequence[float]] = "base",
     width: float = 1.0,
     classes: int = 10,
@@ -134,6 +156,10 @@ def make_arch(
     same rounding. ``as_published=True`` builds the study's own configuration where it has one
     (``published.STUDY``) and uses its rounding ``max(1, int(w * f))`` everywhere (SPEC 2.9).
     """
+    if not isinstance(family, str):  # the Python API takes a module or a callable too
+        from .models import resolve_model
+
+        family = resolve_model(family)
     fam = get_family(family)
     if isinstance(width, (int, float)) and not isinstance(width, bool) and width > MAX_WIDTH:
         raise UsageError(f"width multiplier {width:g} is over the limit of {MAX_WIDTH:g}")
@@ -160,4 +186,5 @@ def make_arch(
         widths = fam.expand(builtin, real, scale) if fam.expand else ()
     filters = [scale(f) for f in real]
     return Arch(family=fam.name, template=name, width=float(width), classes=classes,
-                filters=tuple(filters), divisor=divisor, floor=floor, as_published=as_published, widths=widths)
+                filters=tuple(filters), divisor=divisor, floor=floor, as_published=as_published, widths=widths,
+                plan=getattr(fam, "fingerprint", ""), layer_modules=getattr(fam, "layer_modules", ()))

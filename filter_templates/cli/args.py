@@ -49,12 +49,31 @@ def add_run_args(group: "argparse._ArgumentGroup") -> None:
     group.add_argument("--device", metavar="DEV", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
 
 
+MODEL_HELP = ("model family ({}) or your own network as package.module:function (a callable returning an "
+              "nn.Module; gets num_classes= when it takes it; imported from the current directory too)")
+
+
+def add_fix_arg(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
+    p.add_argument("--fix", action="append", metavar="MODULE",
+                   help="with --model package.module:function: the channel group made by this module (or by the "
+                        "layers inside it) keeps its width times --width instead of being a template layer "
+                        "(repeatable)")
+
+
+def model_from_args(args: argparse.Namespace) -> str:
+    """The family name ``--model`` (and ``--fix``) give: the one place a command imports a model's code."""
+    from ..models import resolve_model
+
+    return resolve_model(args.model, fixed=getattr(args, "fix", None) or ())
+
+
 def add_model_args(p: argparse.ArgumentParser, *, template_many: bool, model_required: bool = True) -> None:
     """--model, --template, --width, --classes, --divisor, --floor, --as-published: how every command
     names a model."""
     from ..models import family_names
 
-    p.add_argument("--model", required=model_required, metavar="M", help=f"model family: {', '.join(family_names())}")
+    p.add_argument("--model", required=model_required, metavar="M", help=MODEL_HELP.format(', '.join(family_names())))
+    add_fix_arg(p)
     if template_many:
         p.add_argument("--template", action="append", metavar="T", dest="templates",
                        help="template name (repeatable; default: all), explicit counts 'c1,c2,...', "

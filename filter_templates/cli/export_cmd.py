@@ -17,6 +17,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--run", dest="run_dir", required=True, metavar="DIR", help="run directory written by `filter-templates train`")
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx (needs the onnx extra) or torchscript")
     p.add_argument("--out", metavar="FILE", help="output file (default: DIR/model.onnx or DIR/model.torchscript.pt)")
+    p.add_argument("--model", metavar="PKG.MOD:FN",
+                   help="the run's own network, when it was trained with --model package.module:function (a run "
+                        "directory never imports code by itself); refused if that code's layers changed since")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(run=run)
 
@@ -24,6 +27,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from ..export import export_run
 
+    if args.model:
+        from ..models import resolve_model
+
+        resolve_model(args.model)
     path = export_run(args.run_dir, args.format, args.out)
     if args.json:
         print(json.dumps({"run": str(args.run_dir), "format": args.format, "path": str(path),

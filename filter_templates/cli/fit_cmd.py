@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from .args import add_model_args, positive_float, positive_int
+from .args import add_model_args, model_from_args, positive_float, positive_int
 
 BUDGET_HELP = (
     "the budget, KEY=VALUE. KEY: params or flops (forward FLOPs per 32x32 image), counts with an "
@@ -68,6 +68,7 @@ def _fraction(text: str) -> float:
 def config_name(model: str, template: str, width: float) -> str:
     """``<model>-<template>-w<width>.json``, with characters unsafe in file names replaced."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", template).strip("_") or "custom"
+    model = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")
     return f"{model}-{safe}-w{width:g}.json"
 
 
@@ -75,6 +76,7 @@ def run(args: argparse.Namespace) -> int:
     from ..errors import UsageError
     from ..fit import fit, format_value, parse_budget
 
+    args.model = model_from_args(args)
     budget = parse_budget(args.budget)
     results = fit(args.model, budget, args.templates, classes=args.classes, divisor=args.divisor,
                   floor=args.floor, batch_size=args.batch_size, device=args.device, max_width=args.max_width,

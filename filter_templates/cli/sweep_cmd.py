@@ -71,12 +71,19 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 _RAY_ONLY = ("address", "cpus_per_trial", "gpus_per_trial", "max_failures", "storage")
 
 
+def _models(names: list[str] | None) -> list[str] | None:
+    """--models: family names or package.module:function (imported here: only a flag may name code)."""
+    from ..models import resolve_model
+
+    return None if names is None else [resolve_model(m) for m in names]
+
+
 def spec_from_args(args: argparse.Namespace):
     """The SweepSpec the flags describe, or None when they name no grid."""
     from ..sweep.grid import load_config, preset
 
     overrides = {
-        "models": args.models, "templates": args.templates, "widths": args.widths, "datasets": args.datasets,
+        "models": _models(args.models), "templates": args.templates, "widths": args.widths, "datasets": args.datasets,
         "seeds": args.seeds, "divisor": args.divisor, "floor": args.floor, "epochs": args.epochs,
         "batch_size": args.batch_size, "lr": args.lr, "limit_train": args.limit_train,
         "limit_test": args.limit_test, "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None,

@@ -7,7 +7,7 @@ import argparse
 import json
 
 from ..errors import UsageError
-from .args import add_model_args, positive_float, positive_int
+from .args import add_model_args, model_from_args, positive_float, positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -45,10 +45,16 @@ def rows(args: argparse.Namespace) -> list[dict]:
     from ..progress import Progress
     from ..templates import template_names
 
-    get_family(args.model)
+    args.model = model_from_args(args)
     measure = getattr(args, "measure", False)
     device = resolve_device(getattr(args, "device", "cpu")) if measure else None
     names = args.templates or template_names()
+    if not args.templates and get_family(args.model).depth < 3:  # a small user model: the parabolas need 3 layers
+        import sys
+
+        names = [n for n in names if n not in ("quadratic", "negative-quadratic")]
+        print("filter-templates: note: quadratic and negative-quadratic need at least 3 template layers; "
+              f"{args.model} has {get_family(args.model).depth}", file=sys.stderr)
     archs = [make_arch(args.model, name, args.width, args.classes, divisor=args.divisor, floor=args.floor,
                        as_published=bool(getattr(args, "as_published", False)))
              for name in names]  # every name checked before any slow measurement
@@ -104,6 +110,9 @@ def run(args: argparse.Namespace) -> int:
         if where:
             doc.update(batch_size=args.batch_size, **where)
         doc["templates"] = table
+        layers = _layers(args.model)
+        if layers is not None:
+            doc["layers"] = layers
         print(json.dumps(doc))
         return 0
     from ..models import get_family
@@ -123,4 +132,20 @@ def run(args: argparse.Namespace) -> int:
     if where:
         print(f"memory: {table[0]['train_memory_method']} of one SGD step at batch {b}; latency: median of eval "
               f"forward passes on {where['device']} ({where['device_name']}), {where['threads']} threads")
+    layers = _layers(args.model)
+    if layers is not None:
+        print("template layers (the modules whose output channels share one width):")
+        for i, layer in enumerate(layers, start=1):
+            print(f"  {i:>3}  {layer['base']:>6}  {' '.join(layer['modules'])}")
     return 0
+
+
+def _layers(model: str) -> list[dict] | None:
+    """One entry per template layer of a user's model: its base width and the modules that share it."""
+    from ..models import get_family
+
+    fam = get_family(model)
+    modules = getattr(fam, "layer_modules", ())
+    if not modules:
+        return None
+    return [{"base": b, "modules": list(m)} for b, m in zip(fam.base_filters, modules)]

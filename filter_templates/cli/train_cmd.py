@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .args import add_as_published, add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
+from .args import (MODEL_HELP, add_as_published, add_fix_arg, add_run_args, nonnegative_float, nonnegative_int,
+                   positive_float, positive_int)
 
 # TrainConfig fields a --config file may carry (a run's own config.json does); `fit --save` files
 # carry only "arch" among them, and their other keys ("fit", ...) are ignored.
@@ -28,7 +29,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "metrics.jsonl, checkpoint.pt (every epoch), model.pt and summary.json. The number of "
                     "classes is the dataset's.")
     m = p.add_argument_group("model (or --config FILE from `fit --save`; flags given here override it)")
-    m.add_argument("--model", metavar="M", help=f"model family: {', '.join(family_names())}")
+    m.add_argument("--model", metavar="M", help=MODEL_HELP.format(', '.join(family_names())))
+    add_fix_arg(m)
     m.add_argument("--template", metavar="T", help="template name, explicit counts 'c1,c2,...', "
                                                    "or a function 'module:function' (default: base)")
     m.add_argument("--width", type=positive_float, metavar="W", help="width multiplier (default: 1.0)")
@@ -92,6 +94,12 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
                    train_kw.get("limit_train"), train_kw.get("limit_test"))
     model_flags = {k: getattr(args, k) for k in ("model", "template", "width", "divisor", "floor", "as_published")
                    if getattr(args, k) is not None}
+    if "model" in model_flags:
+        from ..models import resolve_model
+
+        model_flags["model"] = resolve_model(model_flags["model"], fixed=args.fix or ())
+    elif args.fix:
+        raise UsageError("--fix needs --model package.module:function")
     if base is None:
         if "model" not in model_flags:
             raise UsageError("--model is required (or --config FILE with an 'arch' record)")

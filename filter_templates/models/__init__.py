@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from ..errors import UsageError
 
-__all__ = ["Family", "family", "register_family", "get_family", "family_names", "MAX_FILTERS"]
+__all__ = ["Family", "family", "register_family", "get_family", "family_names", "resolve_model", "MAX_FILTERS"]
 
 # Far beyond any trainable CIFAR layer; a typo such as --width 1e9 fails here with one line
 # instead of exhausting memory.
@@ -111,10 +111,34 @@ def family(name: str, base_filters: Sequence[float], layer_names: Sequence[str],
 
 
 def get_family(name: str) -> Family:
+    """A built-in family, or a user's model loaded by :func:`resolve_model` in this process."""
     try:
         return _FAMILIES[name]
     except KeyError:
-        raise UsageError(f"unknown model {name!r}; choose from: {', '.join(_FAMILIES)}") from None
+        pass
+    if isinstance(name, str) and ":" in name:
+        from .generic import generic_family
+
+        return generic_family(name)
+    raise UsageError(f"unknown model {name!r}; choose from: {', '.join(_FAMILIES)} "
+                     "(or a function 'package.module:function' returning an nn.Module)") from None
+
+
+def resolve_model(model: "str | nn.Module | Callable[..., nn.Module]", *, fixed: Sequence[str] = (), name: str | None = None) -> str:
+    """What ``--model`` (or the Python API) names, as a family name: the one place a model's code is
+    imported. ``model``: a family name, ``package.module:function``, or in Python a callable
+    returning an ``nn.Module`` or a module. ``fixed``: module names whose channel groups keep their
+    width times the multiplier instead of being template layers (user models only). ``name``: the
+    family name of a callable or module (default: its ``module:qualname``)."""
+    if isinstance(model, str) and model in _FAMILIES:
+        if fixed:
+            raise UsageError(f"--fix applies to models given as package.module:function, not to {model!r}")
+        return model
+    if isinstance(model, str) and ":" not in model:
+        get_family(model)  # the unknown-model error
+    from .generic import load_model
+
+    return load_model(model, fixed=fixed, name=name)
 
 
 def family_names() -> list[str]:

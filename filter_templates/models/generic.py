@@ -1,0 +1,199 @@
+"""Any CNN as a model family (SPEC 2.10): ``--model package.module:function``.
+
+A *model path* ``package.module:function`` names a callable that returns an ``nn.Module`` (it gets
+``num_classes=`` when its signature takes it). Its channel groups are discovered once
+(:mod:`.discover`) and it then behaves like a built-in family: ``base_filters`` are the free
+groups' widths in execution order, and the builder makes a fresh plain module at any counts.
+
+Importing code is a decision only the user may make, on the command line or in Python: a model
+path is *loaded* by :func:`load_model` (what ``--model``/``--models`` and the Python API call) and
+only then can a record that names it (a config file, a run directory) be rebuilt in this process.
+A file alone never imports anything.
+
+Family names: ``package.module:function`` or, with fixed groups,
+``package.module:function[fix=name1,name2]`` (one name, one model, whatever caches key on it).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import re
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence, Union
+
+import torch.nn as nn
+
+from ..errors import UsageError
+from ..templates import scale_count
+from . import Family
+from .discover import Plan, discover
+
+__all__ = ["GenericFamily", "load_model", "generic_family", "is_model_path", "family_name", "split_name"]
+
+ModelSource = Union[str, nn.Module, Callable[..., nn.Module]]
+
+_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
+_NAME = re.compile(r"^(?P<path>[^\[\]]+?)(?:\[fix=(?P<fix>[^\]]*)\])?$")
+DISCOVERY_CLASSES = 10  # the class count the callable is built with for discovery; the output is rebuilt
+
+# Model paths loaded by a flag travel to this process's workers (sweep --jobs N, Ray) in this variable:
+# a worker rebuilds what its parent's command line named, nothing else.
+ENV_LOADED = "FILTER_TEMPLATES_MODELS"
+
+_LOADED: dict[str, Callable[[], nn.Module]] = {}  # model path -> zero-argument factory (trusted)
+_SOURCES: dict[str, Any] = {}  # model path -> the object it was loaded from
+_FAMILIES: dict[str, "GenericFamily"] = {}
+
+
+@dataclass(frozen=True)
+class GenericFamily(Family):
+    """A family discovered from a user's model; ``fingerprint`` identifies its group plan."""
+
+    fingerprint: str = ""
+    layer_modules: tuple[tuple[str, ...], ...] = ()
+    plan: Plan | None = field(default=None, compare=False, repr=False)
+
+
+def is_model_path(name: str) -> bool:
+    return isinstance(name, str) and ":" in name
+
+
+def family_name(path: str, fixed: Sequence[str] = ()) -> str:
+    fixed = sorted(dict.fromkeys(f.strip() for f in fixed if f.strip()))
+    return f"{path}[fix={','.join(fixed)}]" if fixed else path
+
+
+def split_name(name: str) -> tuple[str, tuple[str, ...]]:
+    """``(model path, fixed names)`` of a family name."""
+    m = _NAME.match(name.strip())
+    if not m or not _PATH.match(m["path"]):
+        raise UsageError(f"invalid model {name!r}: expected a family name or package.module:function")
+    fix = tuple(f for f in (m["fix"] or "").split(",") if f)
+    return m["path"], fix
+
+
+def _factory(fn: Callable[..., Any], label: str) -> Callable[[], nn.Module]:
+    """A zero-argument builder of the base model, passing ``num_classes`` when the callable takes it."""
+    if isinstance(fn, nn.Module):
+        return lambda: fn
+    if not callable(fn):
+        raise UsageError(f"model {label!r} is not callable (a function or class returning an nn.Module)")
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        params = {}
+    kwargs = {"num_classes": DISCOVERY_CLASSES} if "num_classes" in params else {}
+
+    def make() -> nn.Module:
+        try:
+            model = fn(**kwargs)
+        except UsageError:
+            raise
+        except Exception as exc:
+            raise UsageError(f"calling model {label!r} failed: {type(exc).__name__}: "
+                             f"{' '.join(str(exc).split())[:300]}") from None
+        if not isinstance(model, nn.Module):
+            raise UsageError(f"model {label!r} returned {type(model).__name__}, not an nn.Module")
+        return model
+
+    return make
+
+
+def _import(path: str) -> Callable[..., Any]:
+    module, _, attr = path.partition(":")
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.append(os.getcwd())  # as `python -m` would: the console script can load ./mypkg/models.py
+    try:
+        obj: Any = importlib.import_module(module)
+        for part in attr.split("."):
+            obj = getattr(obj, part)
+    except ImportError as exc:
+        raise UsageError(f"cannot load model {path!r}: {exc}") from None
+    except AttributeError:
+        raise UsageError(f"cannot load model {path!r}: module {module!r} has no {attr!r}") from None
+    return obj
+
+
+def load_model(model: ModelSource, *, fixed: Sequence[str] = (), name: str | None = None) -> str:
+    """Load a user's model so that it can be used (and rebuilt from records) in this process; returns
+    its family name. ``model``: a ``package.module:function`` path (what ``--model`` gives), or in
+    Python a callable returning an ``nn.Module``, or a module (its architecture, not its weights, is
+    used). ``name`` labels a callable or module (default: its ``module:qualname``)."""
+    if isinstance(model, str):
+        path, fix = split_name(model)
+        fixed = tuple(fixed) + fix
+        if name is not None:
+            raise UsageError("name= applies to a callable or module, not to a model path")
+        source = _import(path)
+        factory = _factory(source, path)
+        allowed = os.environ.get(ENV_LOADED, "").split()
+        if path not in allowed:
+            os.environ[ENV_LOADED] = " ".join(allowed + [path])
+    else:
+        path = name or _default_label(model)
+        if not _PATH.match(path):
+            raise UsageError(f"model label {path!r} must look like package.module:function")
+        source, factory = model, _factory(model, path)
+    if _SOURCES.get(path, source) is not source:  # another object under that name (code reloaded): rediscover
+        for key in [k for k in _FAMILIES if split_name(k)[0] == path]:
+            del _FAMILIES[key]
+    _SOURCES[path], _LOADED[path] = source, factory
+    full = family_name(path, fixed)
+    generic_family(full)  # discover now: errors surface where the user named the model
+    return full
+
+
+def _default_label(model: Any) -> str:
+    obj = type(model) if isinstance(model, nn.Module) else model
+    mod = getattr(obj, "__module__", None) or "model"
+    qual = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "model")
+    return f"{mod}:{qual.replace('<locals>.', '').replace('<', '').replace('>', '')}"
+
+
+def generic_family(name: str) -> GenericFamily:
+    """The family of a loaded model; a model path that was not loaded by a flag (or the Python API)
+    in this process is refused: records and config files never import code."""
+    if name in _FAMILIES:
+        return _FAMILIES[name]
+    path, fixed = split_name(name)
+    if path not in _LOADED and path in os.environ.get(ENV_LOADED, "").split():
+        _SOURCES[path] = _import(path)  # a worker of a command that named it
+        _LOADED[path] = _factory(_SOURCES[path], path)
+    if path not in _LOADED:
+        raise UsageError(f"model {path!r} is Python code; only a command-line flag may name code to import: "
+                         f"pass --model {path} (for sweep: --models {path})")
+    plan = discover(_LOADED[path](), fixed, name=_class_name(path))
+    fam = _family(name, path, plan)
+    _FAMILIES[name] = fam
+    return fam
+
+
+def _class_name(path: str) -> str:
+    return "Templated_" + re.sub(r"\W", "_", path.rpartition(":")[2])
+
+
+def _family(name: str, path: str, plan: Plan) -> GenericFamily:
+    free = [plan.groups[i] for i in plan.template_groups]
+    n_fixed = sum(g.role == "fixed" for g in plan.groups)
+
+    def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
+              floor: int = 1) -> nn.Module:
+        widths = plan.widths(filters, num_classes,
+                             lambda base: scale_count(base, stem_width, floor=floor, divisor=divisor))
+        return plan.build(widths)
+
+    return GenericFamily(
+        name=name,
+        base_filters=tuple(g.base for g in free),
+        layer_names=tuple(g.producers[0] if g.producers else g.modules[0] for g in free),
+        builder=build,
+        unit="channel group's width (the layers that must share it are listed per template layer)",
+        description=f"{path}: {len(free)} template layers discovered with torch.fx"
+                    + (f", {n_fixed} fixed" if n_fixed else ""),
+        fingerprint=plan.fingerprint,
+        layer_modules=tuple(g.modules for g in free),
+        plan=plan,
+    )
