@@ -80,7 +80,7 @@ def spec_from_args(args: argparse.Namespace):
         "batch_size": args.batch_size, "lr": args.lr, "limit_train": args.limit_train,
         "limit_test": args.limit_test, "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None,
         "download": args.download, "device": args.device, "threads": args.threads,
-        "jobs": args.jobs,
+        "jobs": args.jobs, "recipe": args.recipe, "precision": args.precision, "memory_format": args.memory_format,
     }
     if args.preset:
         return preset(args.preset).merged(overrides)
