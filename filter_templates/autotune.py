@@ -31,8 +31,8 @@ from .arch import Arch
 from .data.cache import fallback_root
 from .device import device_name
 
-__all__ = ["PRECISIONS", "MEMORY_FORMATS", "BUDGET_S", "Choice", "choose", "choose_threads", "cache_path",
-           "torch_memory_format"]
+__all__ = ["PRECISIONS", "MEMORY_FORMATS", "BUDGET_S", "Choice", "choose", "choose_threads", "bf16_probe",
+           "cache_path", "torch_memory_format"]
 
 PRECISIONS = ("fp32", "bf16")
 MEMORY_FORMATS = ("channels_last", "contiguous")
@@ -41,7 +41,8 @@ CACHE_FILE = "execution.json"
 CACHE_VERSION = 1
 #: What a device gets when a model is too slow to measure within the budget.
 DEFAULTS = {"cpu": ("fp32", "channels_last"), "cuda": ("bf16", "channels_last")}
-CPU_MEASURE_BATCH = 16
+CPU_MEASURE_BATCH = 8
+BF16_PROBE_MARGIN = 0.9  # bf16 stays a candidate when the probe finds it at least this fast relative to fp32
 _MEMO: dict[str, dict] = {}  # this process's answers: a sweep asks once per model
 
 
@@ -54,6 +55,7 @@ class Choice:
     memory_format: str
     source: str
     images_per_s: dict[str, float] = field(default_factory=dict)  # per variant, when measured
+    bf16_probe: dict[str, float] = field(default_factory=dict)  # the device's one-layer fp32/bf16 probe
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -97,11 +99,12 @@ def _write_cache(key: str, entry: dict[str, Any]) -> None:
         _note(f"cannot write the measurement cache {path} ({exc.strerror or exc}); it is used for this run only")
 
 
-def _key(kind: str, arch: Arch, device: torch.device, batch_size: int, threads: int | None) -> str:
+def _key(kind: str, arch: Arch | None, device: torch.device, batch_size: int, threads: int | None) -> str:
     ident = {"kind": kind, "device": device.type, "device_name": device_name(device), "torch": torch.__version__,
-             "cpus": os.cpu_count(), "family": arch.family, "filters": list(arch.filters), "classes": arch.classes,
-             "stem_width": arch.stem_width, "divisor": arch.divisor, "floor": arch.floor,
-             "batch_size": batch_size, "threads": threads}
+             "cpus": os.cpu_count(), "batch_size": batch_size, "threads": threads}
+    if arch is not None:
+        ident.update(family=arch.family, filters=list(arch.filters), classes=arch.classes,
+                     stem_width=arch.stem_width, divisor=arch.divisor, floor=arch.floor)
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:24]
 
 
@@ -138,47 +141,63 @@ class _Bench:
         self.x = torch.randn((batch_size, 3, 32, 32), generator=g).to(device)
         self.y = torch.randint(0, arch.classes, (batch_size,), generator=g).to(device)
         self.device = device
+        self._variants: dict[tuple[str, str], tuple] = {}
 
     def step_seconds(self, precision: str, memory_format: str, steps: int) -> float:
-        """The fastest of ``steps`` timed steps, after one warm-up step (the fastest: other work on a
-        shared machine only ever adds time)."""
-        fmt = torch_memory_format(memory_format)
-        model = copy.deepcopy(self.model).to(memory_format=fmt)
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        x = self.x.contiguous(memory_format=fmt)
+        """The fastest of ``steps`` timed steps (the fastest: other work on a shared machine only ever
+        adds time); a variant's first call runs one untimed warm-up step first."""
+        variant = self._variants.get((precision, memory_format))
+        if variant is None:
+            fmt = torch_memory_format(memory_format)
+            model = copy.deepcopy(self.model).to(memory_format=fmt)
+            opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+            variant = self._variants[(precision, memory_format)] = (model, opt, self.x.contiguous(memory_format=fmt))
+            self._step(precision, *variant)
         best = float("inf")
-        for i in range(steps + 1):
+        for _ in range(steps):
             t0 = time.perf_counter()
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                loss = F.cross_entropy(model(x), self.y)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            if self.device.type == "cuda":
-                torch.cuda.synchronize(self.device)
-            if i:
-                best = min(best, time.perf_counter() - t0)
+            self._step(precision, *variant)
+            best = min(best, time.perf_counter() - t0)
         return best
 
+    def _step(self, precision: str, model: torch.nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            loss = F.cross_entropy(model(x), self.y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
 
-def _steps_within(seconds_per_step: float, variants: int, budget: float) -> int:
-    """Timed steps per variant that fit ``budget`` (each variant also runs one warm-up step)."""
-    return min(5, int(budget / (variants * seconds_per_step)) - 1)
+    def warmed(self, precision: str, memory_format: str) -> bool:
+        return (precision, memory_format) in self._variants
+
+
+def _steps_within(seconds_per_step: float, variants: int, unwarmed: int, budget: float) -> int:
+    """Timed steps per variant that fit ``budget``, each variant not yet run also paying a warm-up step."""
+    return min(5, int((budget / seconds_per_step - unwarmed) / variants))
 
 
 def choose(arch: Arch, device: torch.device, batch_size: int, *, precision: str = "auto",
            memory_format: str = "auto", budget: float = BUDGET_S * 2 / 3) -> Choice:
     """The precision and memory format to train ``arch`` with on ``device`` at ``batch_size``:
     the caller's where not ``"auto"``, else the fastest measured (cached per device and model, at
-    the current thread count)."""
+    the current thread count). bf16 is a candidate where a one-layer probe of the device (cached
+    per device) finds it at least ``BF16_PROBE_MARGIN`` as fast as fp32: where it is emulated
+    (5-10x slower, measured on AVX2) a whole-model bf16 step would not fit the budget at all."""
     if precision != "auto" and memory_format != "auto":
         return Choice(precision, memory_format, "given")
-    if device.type not in DEFAULTS or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
+    probe: dict[str, float] = {}
+    if precision != "auto":
+        precisions: tuple[str, ...] = (precision,)
+    elif device.type not in DEFAULTS or (device.type == "cuda" and not torch.cuda.is_bf16_supported()):
         precisions = ("fp32",)
     else:
-        precisions = PRECISIONS
-    cands = [(p, m) for p in (precisions if precision == "auto" else (precision,))
-             for m in (MEMORY_FORMATS if memory_format == "auto" else (memory_format,))]
+        probe = bf16_probe(device)
+        precisions = PRECISIONS if probe["bf16"] >= BF16_PROBE_MARGIN * probe["fp32"] else ("fp32",)
+    cands = [(p, m) for p in precisions for m in (MEMORY_FORMATS if memory_format == "auto" else (memory_format,))]
+    if len(cands) == 1:
+        return Choice(*cands[0], "measured" if probe else "given", {}, probe)
     threads = torch.get_num_threads() if device.type == "cpu" else None
     key = _key("precision+format", arch, device, batch_size, threads)
     entry = _lookup(key)
@@ -191,26 +210,59 @@ def choose(arch: Arch, device: torch.device, batch_size: int, *, precision: str 
     rates = {k: v for k, v in entry["images_per_s"].items() if tuple(k.split("/")) in cands}
     if not rates:
         dp, dm = DEFAULTS.get(device.type, ("fp32", "contiguous"))
-        return Choice(precision if precision != "auto" else dp, memory_format if memory_format != "auto" else dm,
-                      "default")
+        return Choice(precisions[0] if len(precisions) == 1 else dp, memory_format if memory_format != "auto" else dm,
+                      "default", {}, probe)
     best = max(rates, key=rates.get)
     p, m = best.split("/")
-    return Choice(p, m, source, rates)
+    return Choice(p, m, source, rates, probe)
+
+
+def bf16_probe(device: torch.device, reps: int = 3) -> dict[str, float]:
+    """Images/s of one 3x3 convolution (32 -> 32 channels, 16x16, batch 16, forward and backward,
+    channels_last) in fp32 and under bf16 autocast: does this device do bf16 natively? Cached per
+    device; costs well under a second."""
+    key = _key("bf16-probe", None, device, 16, torch.get_num_threads() if device.type == "cpu" else None)
+    entry = _lookup(key)
+    if entry is not None and {"fp32", "bf16"} <= set(entry["images_per_s"]):
+        return dict(entry["images_per_s"])
+    g = torch.Generator().manual_seed(0)
+    conv = torch.nn.Conv2d(32, 32, 3, padding=1).to(device=device, memory_format=torch.channels_last)
+    x = torch.randn((16, 32, 16, 16), generator=g).to(device).contiguous(memory_format=torch.channels_last)
+    rates = {}
+    for precision in PRECISIONS:
+        best = float("inf")
+        for i in range(reps + 1):
+            t0 = time.perf_counter()
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+                out = conv(x.requires_grad_(False))
+            out.float().square().mean().backward()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i:
+                best = min(best, time.perf_counter() - t0)
+        rates[precision] = round(16 / best, 1)
+    _remember(key, {"images_per_s": rates, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    return rates
 
 
 def _measure(arch: Arch, device: torch.device, batch_size: int, cands: list[tuple[str, str]],
              budget: float) -> dict:
     bench = _Bench(arch, device, batch_size)
-    t0 = time.perf_counter()
+    bench.step_seconds(*cands[0], steps=0)  # warm-up; the process's first step also pays one-off start-up
+    t0 = time.perf_counter()                # (~10 s on a loaded CPU) that training would pay anyway: not counted
     first = bench.step_seconds(*cands[0], steps=1)
-    steps = _steps_within(first, len(cands), budget - (time.perf_counter() - t0))
+    steps = _steps_within(first, len(cands), len(cands) - 1, budget - (time.perf_counter() - t0))
     if steps < 1:
         return {"images_per_s": {}}
     rates = {}
     for p, m in cands:
-        rates[f"{p}/{m}"] = round(bench.batch_size / bench.step_seconds(p, m, steps), 1)
-    return {"images_per_s": rates, "batch_size": bench.batch_size, "steps": steps, "seconds": round(time.perf_counter() - t0, 3),
-            "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if (p, m) == cands[0]:  # already warmed up and timed once
+            seconds = min(first, bench.step_seconds(p, m, steps - 1))
+        else:
+            seconds = bench.step_seconds(p, m, steps)
+        rates[f"{p}/{m}"] = round(bench.batch_size / seconds, 1)
+    return {"images_per_s": rates, "batch_size": bench.batch_size, "steps": steps,
+            "seconds": round(time.perf_counter() - t0, 3), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
 def choose_threads(arch: Arch, device: torch.device, batch_size: int, budget: float = BUDGET_S / 3) -> tuple[int, str]:
@@ -227,17 +279,15 @@ def choose_threads(arch: Arch, device: torch.device, batch_size: int, budget: fl
     source = "cache"
     if entry is None:
         bench = _Bench(arch, device, batch_size)
+        bench.step_seconds("fp32", "channels_last", steps=0)  # warm-up, not counted (see _measure)
         rates = {}
         t0 = time.perf_counter()
         for n in (1, cpus):
             torch.set_num_threads(n)
-            left = budget - (time.perf_counter() - t0)
-            if left <= 0:
-                break
-            first = bench.step_seconds("fp32", "channels_last", steps=1)
-            steps = _steps_within(first, 1, left - first)
-            rates[str(n)] = round(bench.batch_size / (min(first, bench.step_seconds("fp32", "channels_last", steps))
-                                                if steps >= 1 else first), 1)
+            first = bench.step_seconds("fp32", "channels_last", steps=1)  # also lets a new thread pool start
+            more = _steps_within(first, 1, 0, budget / 2 - (time.perf_counter() - t0) + (budget / 2 if n > 1 else 0))
+            seconds = min(first, bench.step_seconds("fp32", "channels_last", more)) if more >= 1 else first
+            rates[str(n)] = round(bench.batch_size / seconds, 1)
         entry = {"images_per_s": rates, "batch_size": bench.batch_size, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _remember(key, entry)
         source = "measured"

@@ -146,14 +146,29 @@ def test_cli_precision_flags_and_aliases(tmp_path, cache, capsys):
 def test_too_slow_to_measure_gets_the_default(cache):
     choice = autotune.choose(ARCH, torch.device("cpu"), 32, budget=1e-6)
     assert (choice.precision, choice.memory_format, choice.source) == (*autotune.DEFAULTS["cpu"], "default")
-    assert not cache.exists()  # nothing measured, nothing cached: the next run tries again
+    entries = json.loads(cache.read_text())["entries"].values()  # only the device's bf16 probe is kept:
+    assert [set(e["images_per_s"]) for e in entries] == [{"fp32", "bf16"}]  # the model is tried again next time
+
+
+@pytest.mark.parametrize("probe, precisions", [({"fp32": 100.0, "bf16": 10.0}, ["fp32"]),
+                                                ({"fp32": 100.0, "bf16": 150.0}, ["fp32", "bf16"])])
+def test_bf16_is_measured_only_where_the_device_probe_finds_it_fast(cache, monkeypatch, probe, precisions):
+    seen = []
+    monkeypatch.setattr(autotune, "bf16_probe", lambda device: probe)
+    monkeypatch.setattr(autotune, "_measure", lambda arch, device, batch, cands, budget: seen.extend(cands) or
+                        {"images_per_s": {f"{p}/{m}": 1.0 + i for i, (p, m) in enumerate(cands)}})
+    choice = autotune.choose(ARCH, torch.device("cpu"), 32)
+    assert sorted({p for p, _ in seen}) == sorted(precisions) and choice.bf16_probe == probe
+    assert f"{choice.precision}/{choice.memory_format}" == f"{seen[-1][0]}/{seen[-1][1]}"  # the fastest wins
 
 
 def test_measured_choice_is_cached(cache, monkeypatch):
     dev = torch.device("cpu")
     first = autotune.choose(ARCH, dev, 32, budget=60)  # a loaded CPU may not fit the default budget
     assert first.source == "measured" and first.precision in autotune.PRECISIONS
-    assert set(first.images_per_s) == {f"{p}/{m}" for p in autotune.PRECISIONS for m in autotune.MEMORY_FORMATS}
+    probe = first.bf16_probe
+    precisions = autotune.PRECISIONS if probe["bf16"] >= autotune.BF16_PROBE_MARGIN * probe["fp32"] else ("fp32",)
+    assert set(first.images_per_s) == {f"{p}/{m}" for p in precisions for m in autotune.MEMORY_FORMATS}
     assert max(first.images_per_s, key=first.images_per_s.get) == f"{first.precision}/{first.memory_format}"
     assert cache.exists()
     monkeypatch.setattr(autotune, "_MEMO", {})  # a new process: reads the file
@@ -164,7 +179,8 @@ def test_measured_choice_is_cached(cache, monkeypatch):
     monkeypatch.undo()
     monkeypatch.setattr(autotune, "cache_path", lambda: cache)
     other = autotune.choose(make_arch("vgg19", "base", 0.05, 10), dev, 32, precision="fp32", budget=60)
-    assert other.source == "measured" and other.precision == "fp32" and len(other.images_per_s) == 2
+    assert other.source == "measured" and other.precision == "fp32" and set(other.images_per_s) == {
+        "fp32/channels_last", "fp32/contiguous"}
 
 
 @pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b'{"version": 99}', b'[1, 2]',
