@@ -226,3 +226,32 @@ def test_threads_are_measured_once_and_cached(cache, monkeypatch):
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     torch.set_num_threads(1)
     assert autotune.choose_threads(ARCH, torch.device("cpu"), 32) == (1, "OMP_NUM_THREADS")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_run_measures_its_precision_and_keeps_data_on_the_gpu(tmp_path, cache):
+    summary = train(TrainConfig(arch=ARCH, epochs=2, device="cuda", **SMALL), tmp_path / "run")
+    assert summary["status"] == "done" and summary["device"].startswith("cuda")
+    assert summary["execution"]["source"] in ("measured", "default")
+    assert summary["precision"] in autotune.PRECISIONS and summary["memory_format"] in autotune.MEMORY_FORMATS
+    stop = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(arch=ARCH, epochs=2, device="cuda", **SMALL), stop,
+              on_epoch=lambda row: (_ for _ in ()).throw(KeyboardInterrupt))
+    resumed = train(TrainConfig(arch=ARCH, epochs=2, device="cuda", **SMALL), stop, resume=True)
+    assert (resumed["precision"], resumed["memory_format"]) == (summary["precision"], summary["memory_format"])
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_check.py"), "--dry-run"], cwd=repo,
+                       capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    for word in ("CUDA-only tests", "ours/plain", "ratio", "vgg19 base", "vgg19 uniform"):
+        assert word in r.stdout, word
