@@ -1,11 +1,13 @@
-"""The real result of issue 4: VGG-19 (base template) at width 0.25, 15 epochs on CIFAR-10.
+"""The real result: VGG-19 (base template) at width 0.25 for 15 epochs on CIFAR-10 (SPEC section 7).
 
-Trains with ``filter_templates.train`` exactly as ``filter-templates train`` does (learning-rate
-steps at 50% and 75% of the epochs, i.e. after epochs 7 and 11) on the shared development copy
-``<repo>/../shared/datasets/cifar10-jpeg.tar.gz`` and prints test accuracy and wall time.
-Expectation: at least 85% after 15 epochs. Re-running continues an interrupted run.
+Trains with ``filter_templates.train`` exactly as ``filter-templates train`` does, on the shared
+development copy ``<repo>/../shared/datasets/cifar10-jpeg.tar.gz``, and prints the final test
+accuracy and the wall time. ``--expect`` is the final accuracy this script's documented result
+(README, "Measured on a 2-core CPU") clears with the default ``--recipe fast``; it is checked only
+for runs of 15 or more epochs on the full data. Re-running continues an interrupted run.
 
-    python benchmarks/real_cifar10.py [--epochs 15] [--width 0.25] [--threads N] [--json]
+    python benchmarks/real_cifar10.py [--recipe fast|paper] [--lr LR] [--epochs 15] [--width 0.25]
+                                      [--expect 0.86] [--threads N] [--json]
 """
 
 from __future__ import annotations
@@ -16,42 +18,54 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
+from filter_templates.arch import make_arch
+from filter_templates.train import TrainConfig, train
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
+EXPECT = 0.86  # VGG-19 base w0.25, 15 epochs, --recipe fast: see README for the measured result
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--recipe", choices=["fast", "paper"], default="fast")
+    p.add_argument("--lr", type=float, default=None, help="peak (fast) or initial (paper) lr (default: the recipe's)")
     p.add_argument("--epochs", type=int, default=15)
     p.add_argument("--model", default="vgg19")
     p.add_argument("--template", default="base")
     p.add_argument("--width", type=float, default=0.25)
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help="any other TrainConfig field, e.g. --set ema=0.999 --set tta=false (screening)")
     p.add_argument("--data", default=str(SHARED_CIFAR), help="CIFAR-10 in any form `train --data-dir` takes")
-    p.add_argument("--limit-train", type=int, default=None, help="fewer training images (quick checks only)")
-    p.add_argument("--out", default=None, help="run directory (default: runs/real-cifar10-<model>-<template>-w<W>-e<E>)")
+    p.add_argument("--limit-train", type=int, default=None, help="fewer training images (screening only)")
+    p.add_argument("--out", default=None, help="run directory (default: runs/real-cifar10-...)")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--no-bf16", dest="bf16", action="store_false")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"])
     p.add_argument("--fresh", action="store_true", help="refuse an existing checkpoint instead of continuing it")
-    p.add_argument("--expect", type=float, default=0.85, help="final accuracy expected after 15+ epochs (default 0.85)")
+    p.add_argument("--expect", type=float, default=EXPECT,
+                   help=f"final accuracy expected after 15+ epochs on the full data (default {EXPECT})")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)
 
     if not Path(args.data).exists():
         print(f"real_cifar10: no CIFAR-10 at {args.data}; pass --data", file=sys.stderr)
         return 2
-    import torch
-
-    from filter_templates.arch import make_arch
-    from filter_templates.train import TrainConfig, train
-
     if args.threads:
         torch.set_num_threads(args.threads)
+    extra = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        extra[key] = json.loads(value)
     config = TrainConfig(arch=make_arch(args.model, args.template, args.width, 10), dataset="cifar10",
-                         data_dir=str(args.data), epochs=args.epochs, device=args.device, bf16=args.bf16,
-                         limit_train=args.limit_train)
-    out = Path(args.out or REPO / "runs" / f"real-cifar10-{args.model}-{args.template}-w{args.width:g}-e{args.epochs}"
-               + (f"-n{args.limit_train}" if args.limit_train else ""))
+                         data_dir=str(args.data), recipe=args.recipe, lr=args.lr, epochs=args.epochs,
+                         device=args.device, precision=args.precision, limit_train=args.limit_train, **extra)
+    tag = "".join(f"-{k}{v}" for k, v in extra.items())
+    out = Path(args.out or REPO / "runs" / (f"real-cifar10-{args.model}-{args.template}-w{args.width:g}-e{args.epochs}"
+                                            f"-{args.recipe}-lr{config.lr:g}{tag}"
+                                            + (f"-n{args.limit_train}" if args.limit_train else "")))
 
     def on_epoch(row: dict) -> None:
         if not args.json:
@@ -62,15 +76,17 @@ def main(argv=None) -> int:
     t0 = time.perf_counter()
     summary = train(config, out, resume=not args.fresh, on_epoch=on_epoch)
     elapsed = time.perf_counter() - t0
-    met = summary["status"] == "done" and (args.epochs < 15 or summary["final_acc"] >= args.expect)
+    judged = args.epochs >= 15 and args.limit_train is None
+    met = summary["status"] == "done" and (not judged or summary["final_acc"] >= args.expect)
     if args.json:
         print(json.dumps({**summary, "process_s": round(elapsed, 1), "expectation_met": met}))
     else:
-        print(f"{summary['status']}: {args.model} {args.template} w={args.width:g}, {summary['epochs']} epochs on CIFAR-10 "
-              f"({summary['precision']}, {summary['device']} x{summary['threads']} threads): final test accuracy "
-              f"{summary['final_acc']:.2%}, best {summary['best_acc']:.2%} (epoch {summary['best_epoch']}); "
-              f"training+evaluation {summary['wall_s']:.0f}s, this process {elapsed:.0f}s; run dir {out}")
-        if args.epochs >= 15:
+        print(f"{summary['status']}: {args.model} {args.template} w={args.width:g}, {summary['epochs']} epochs on CIFAR-10, "
+              f"recipe {config.recipe} lr {config.lr:g} ({summary['precision']}, {summary['memory_format']}, "
+              f"{summary['device']} x{summary['threads']} threads): final test accuracy {summary['final_acc']:.2%}, "
+              f"best {summary['best_acc']:.2%} (epoch {summary['best_epoch']}); training+evaluation "
+              f"{summary['wall_s']:.0f}s, this process {elapsed:.0f}s; run dir {out}")
+        if judged:
             print(f"expectation (final >= {args.expect:.0%}): {'met' if met else 'NOT met'}")
     return 0 if met else 1
 

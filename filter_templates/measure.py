@@ -43,13 +43,14 @@ import hashlib
 import math
 import platform
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from .device import DeviceLike, resolve_device
 from .errors import UsageError
 
 __all__ = [
@@ -72,7 +73,6 @@ __all__ = [
 INPUT_SHAPE = (3, 32, 32)
 LATENCY_MIN_RUN_TIME = 0.1  # seconds of timed calls per batch size; at most 10 x this in all
 
-DeviceLike = Union[str, torch.device]
 
 
 # --------------------------------------------------------------------------------------------
@@ -245,29 +245,6 @@ def arch_flops(arch: Any) -> int:
 # --------------------------------------------------------------------------------------------
 # Devices
 # --------------------------------------------------------------------------------------------
-
-
-def resolve_device(device: DeviceLike = "cpu") -> torch.device:
-    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available) as a usable device."""
-    if isinstance(device, torch.device):
-        text = str(device)
-    else:
-        text = str(device).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if text in ("cpu", "meta"):
-        return torch.device(text)
-    if text == "cuda" or text.startswith("cuda:"):
-        try:
-            dev = torch.device(text)
-        except RuntimeError:
-            raise UsageError(f"invalid device {device!r}; choose cpu, cuda, cuda:N or auto") from None
-        if not torch.cuda.is_available():
-            raise UsageError(f"device {device!r} requested but CUDA is not available here; use cpu or auto")
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise UsageError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
-        return dev
-    raise UsageError(f"unknown device {device!r}; choose cpu, cuda, cuda:N or auto")
 
 
 def _device_name(dev: torch.device) -> str:

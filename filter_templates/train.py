@@ -1,17 +1,18 @@
-"""Train one templated model the way the study did (SPEC section 7), resumable bit for bit.
+"""Train one templated model (SPEC section 7), resumable bit for bit.
 
-Read :func:`train` top to bottom: it is the whole loop. SGD (momentum 0.9, weight decay 5e-4,
-no Nesterov), learning rate divided by 10 at 50% and 75% of the epochs, cross-entropy, top-1 test
-accuracy after every epoch. Data stay resident on the training device and are augmented there in
-whole batches (``data.augment.Loader``); the model runs channels_last (faster on CUDA and, measured
-by ``benchmarks/throughput.py``, on x86 CPUs with oneDNN too) and under bf16 autocast where the
-hardware does bf16 natively (CUDA; CPUs with AMX/AVX512-BF16, 1.5x faster steps there); elsewhere,
-or with ``bf16=False``, in fp32. ``summary.json`` records which ("precision").
+Read :func:`train` top to bottom: prepare (refusals, run directory, data, how to execute), the
+epoch loop (train, evaluate, checkpoint), finish (final weights, summary). How the weights are
+optimised -- the ``fast`` and ``paper`` recipes, the schedule, EMA -- lives in :mod:`.recipe`; the
+measured choice of precision (fp32 / bf16 autocast) and memory format in :mod:`.autotune`. Data
+stay resident on the training device and are augmented there in whole batches
+(``data.augment.Loader``).
 
-The run directory holds ``config.json``, ``metrics.jsonl``, ``checkpoint.pt`` (after every epoch,
-atomically), ``model.pt`` (final state_dict) and ``summary.json``. Epoch ``e``'s data order is a
-pure function of ``(seed, e)`` and the checkpoint carries torch's RNG state, so a run killed at any
-moment and resumed ends with exactly the weights of an uninterrupted run on CPU.
+The run directory holds ``config.json`` (every setting, with the precision and memory format
+actually used), ``metrics.jsonl``, ``checkpoint.pt`` (after every epoch, atomically), ``model.pt``
+(final state_dict: the EMA weights when EMA is on) and ``summary.json``. Epoch ``e``'s data order
+is a pure function of ``(seed, e)``, the schedule of the step count, and the checkpoint carries
+torch's RNG state and the EMA, so a run killed at any moment and resumed ends with exactly the
+weights of an uninterrupted run on CPU.
 
 Accuracies are fractions in [0, 1] everywhere (metrics, summary).
 """
@@ -19,62 +20,98 @@ Accuracies are fractions in [0, 1] everywhere (metrics, summary).
 from __future__ import annotations
 
 import dataclasses
-import functools
 import json
 import math
 import os
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
 import torch
 import torch.nn.functional as F
 
+from . import autotune, measure
 from . import checkpoint as ckpt
 from .arch import Arch
+from .data import load_data
+from .data.augment import Loader
+from .device import device_name, resolve_device
 from .errors import UsageError
-from .measure import meta_model, resolve_device
 from .progress import Progress
+from .recipe import EMA, RECIPES, check_recipe_values, lr_multiplier, make_optimizer
 
-__all__ = ["TrainConfig", "train", "sgd_step", "bf16_autocast", "open_checkpoint", "resolve_device", "load_data", "RESULT_KEYS"]
+__all__ = ["TrainConfig", "train", "sgd_step", "evaluate", "open_checkpoint", "RESULT_KEYS", "EXECUTION_KEYS",
+           "RECIPE_NAMES", "DEVICES"]
 
 DEVICES = ("auto", "cpu", "cuda")
+RECIPE_NAMES = tuple(RECIPES)
 
-# Keys whose change makes a checkpoint belong to a different experiment. Where the data live,
-# whether to download, and the device do not change what is being trained, so they may differ.
-RESULT_KEYS = ("arch", "dataset", "epochs", "batch_size", "lr", "momentum", "weight_decay", "seed",
-               "channels_last", "bf16", "limit_train", "limit_test")
+
+def _result(default: Any = None, **kw: Any) -> Any:
+    """A field whose change makes a different experiment (a checkpoint of another value is refused)."""
+    return field(default=default, metadata={"kind": "result", **kw})
+
+
+def _execution(default: Any = None) -> Any:
+    """A field that says where or how to run, not what: moving the data or the device keeps the run."""
+    return field(default=default, metadata={"kind": "execution"})
+
+
+def _from_recipe() -> Any:
+    """A result field whose default (None) the recipe fills in (``recipe.RECIPES``)."""
+    return _result(None, recipe=True)
 
 
 @dataclass
 class TrainConfig:
-    """Everything that defines a training run (the paper's defaults). JSON via to_dict/from_dict."""
+    """Everything that defines a training run. This class is the one list of its fields: each
+    field's metadata says whether it changes the result (``RESULT_KEYS``) or only the execution
+    (``EXECUTION_KEYS``); the CLI, the sweep grid and the results store derive their lists from it.
+    Fields left None take the ``recipe``'s value, so ``to_dict()`` (config.json) holds every setting."""
 
-    arch: Arch
-    dataset: str = "digits"
-    data_dir: str | None = None
-    download: bool = False
-    epochs: int = 160
-    batch_size: int = 64
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    seed: int = 0
-    device: str = "auto"
-    channels_last: bool = True
-    bf16: bool = True
-    limit_train: int | None = None
-    limit_test: int | None = None
+    arch: Arch = _result()
+    dataset: str = _result("digits")
+    data_dir: str | None = _execution()
+    download: bool = _execution(False)
+    recipe: str = _result("fast")
+    epochs: int = _result(160)
+    batch_size: int = _from_recipe()
+    lr: float = _from_recipe()
+    momentum: float = _from_recipe()
+    weight_decay: float = _from_recipe()
+    schedule: str = _from_recipe()
+    warmup: float = _from_recipe()
+    nesterov: bool = _from_recipe()
+    label_smoothing: float = _from_recipe()
+    norm_bias_decay: bool = _from_recipe()
+    ema: float = _from_recipe()
+    tta: bool = _from_recipe()
+    seed: int = _result(0)
+    limit_train: int | None = _result()
+    limit_test: int | None = _result()
+    device: str = _execution("auto")
+    precision: str = _execution("auto")
+    memory_format: str = _execution("auto")
 
     def __post_init__(self) -> None:
+        if self.recipe in RECIPES:
+            for name, value in RECIPES[self.recipe].items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
+        for name in ("lr", "momentum", "weight_decay", "warmup", "label_smoothing", "ema"):
+            v = getattr(self, name)  # JSON writes 1.0 as 1 sometimes
+            if isinstance(v, int) and not isinstance(v, bool):
+                setattr(self, name, float(v))
         self.validate()
 
     def validate(self) -> None:
         """Refuse values no run could use, naming the field (UsageError)."""
         if not isinstance(self.arch, Arch):
             raise UsageError("training config 'arch' must be an architecture record")
+        if self.recipe not in RECIPES:
+            raise UsageError(f"training config 'recipe' must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
         if not isinstance(self.dataset, str) or not self.dataset:
             raise UsageError("training config 'dataset' must be a dataset name")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
@@ -88,11 +125,16 @@ class TrainConfig:
         _check_float("lr", self.lr, positive=True)
         _check_float("momentum", self.momentum, positive=False)
         _check_float("weight_decay", self.weight_decay, positive=False)
-        for name in ("download", "channels_last", "bf16"):
+        for name in ("download", "nesterov", "norm_bias_decay", "tta"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"training config '{name}' must be true or false, got {getattr(self, name)!r}")
+        check_recipe_values(lambda name: getattr(self, name), _fail)
         if not isinstance(self.device, str) or not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise UsageError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
+        for name, allowed in (("precision", autotune.PRECISIONS), ("memory_format", autotune.MEMORY_FORMATS)):
+            if getattr(self, name) not in ("auto", *allowed):
+                raise UsageError(f"training config '{name}' must be one of auto, {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -106,16 +148,23 @@ class TrainConfig:
             raise UsageError("training config must be a JSON object")
         if "arch" not in d:
             raise UsageError("training config lacks 'arch'")
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - fields
+        unknown = set(d) - set(FIELDS)
         if unknown:
             raise UsageError(f"training config has unknown keys: {', '.join(sorted(unknown))}")
         kw = dict(d)
         kw["arch"] = d["arch"] if isinstance(d["arch"], Arch) else Arch.from_dict(d["arch"])
-        for name in ("lr", "momentum", "weight_decay"):  # JSON writes 1.0 as 1 sometimes
-            if isinstance(kw.get(name), int) and not isinstance(kw.get(name), bool):
-                kw[name] = float(kw[name])
         return cls(**kw)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+#: Keys whose change makes a checkpoint belong to a different experiment.
+RESULT_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["kind"] == "result")
+#: Keys that say where/how to run: they may differ on resume and are no part of a sweep point's identity.
+EXECUTION_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["kind"] == "execution")
+
+
+def _fail(message: str) -> None:
+    raise UsageError(message)
 
 
 def _check_int(name: str, v: Any, minimum: int) -> None:
@@ -130,32 +179,11 @@ def _check_float(name: str, v: Any, positive: bool) -> None:
                          f"finite number, got {v!r}")
 
 
-def bf16_autocast(device: torch.device, wanted: bool = True) -> bool:
-    """Whether to train under bf16 autocast: where the hardware does bf16 natively -- CUDA with bf16
-    support, and CPUs with AMX or AVX512-BF16 (oneDNN; 1.5x faster steps than fp32 for VGG-19 at
-    w=0.25 on a Sapphire Rapids core, measured). Elsewhere bf16 is emulated and slower: fp32."""
-    if not wanted:
-        return False
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    if device.type == "cpu":
-        caps = torch.cpu.get_capabilities() if hasattr(torch.cpu, "get_capabilities") else {}
-        return bool(torch.backends.mkldnn.is_available() and (caps.get("amx_bf16") or caps.get("avx512_bf16")))
-    return False
-
-
-@functools.lru_cache(maxsize=1)
-def load_data(name: str, data_dir: str | None = None, download: bool = False,
-              limit_train: int | None = None, limit_test: int | None = None):  # -> data.Dataset
-    """``data.load_dataset``, remembering the last one: a sweep trains many models on one dataset,
-    and the CLI asks for the class count before training."""
-    from .data import load_dataset
-
-    return load_dataset(name, data_dir, download=download, limit_train=limit_train, limit_test=limit_test)
-
-
 def _diff_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    return [k for k in RESULT_KEYS if saved.get(k) != current.get(k)]
+    """The result keys that differ, and the execution choices fixed differently from the checkpoint's
+    (an ``auto`` one takes the checkpoint's choice: a resumed run keeps its precision and layout)."""
+    fixed = [k for k in ("precision", "memory_format") if current.get(k) != "auto"]
+    return [k for k in (*RESULT_KEYS, *fixed) if saved.get(k) != current.get(k)]
 
 
 def open_checkpoint(config: TrainConfig, out_dir: str | Path, resume: bool) -> dict | None:
@@ -219,20 +247,36 @@ def _note(message: str) -> None:
 
 
 def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-             amp: bool) -> tuple[torch.Tensor, torch.Tensor]:
+             amp: bool, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step (shared with ``benchmarks/throughput.py`` so it measures this very code);
     returns the detached loss and logits, still on the device."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(x)
-        loss = F.cross_entropy(logits, y)
+        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     loss.backward()
     optimizer.step()
     return loss.detach(), logits.detach()
 
 
+def evaluate(model: torch.nn.Module, loader: Loader, amp: bool, tta: bool) -> float:
+    """Top-1 accuracy of ``model`` over ``loader``; ``tta`` adds the logits of the mirrored images."""
+    model.eval()
+    device = loader.device
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+        for x, y in loader:
+            logits = model(x)
+            if tta:
+                logits = logits.float() + model(x.flip(3)).float()
+            correct += (logits.argmax(1) == y).sum()
+            seen += y.shape[0]
+    return correct.item() / max(seen, 1)
+
+
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> dict:
+          on_epoch: Callable[[dict], None] | None = None, threads_source: str | None = None) -> dict:
     """Train ``config`` into ``out_dir`` and return the summary written to ``summary.json``.
 
     ``resume``: continue from ``out_dir/checkpoint.pt`` (fresh start, with a note, if none); without
@@ -240,44 +284,44 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     on stderr (None: only on a terminal). ``on_epoch(row)``: called after each epoch's checkpoint
     with that epoch's metrics row. A loss that turns NaN/inf ends the run with
     ``status == "failed"`` and the reason (returned, not raised); bad input raises UsageError.
+    ``threads_source``: how the caller chose torch's thread count (recorded in the summary).
     """
+    # ---- prepare: refusals first (nothing touched yet), then data, execution choice, directory ----
     config.validate()
     out = Path(out_dir)
-    ckpt_path = out / "checkpoint.pt"
-    cfg = config.to_dict()
-
-    state = open_checkpoint(config, out, resume)  # refusals happen before anything is touched
-    meta_model(config.arch)  # so does a model that cannot be built (a layer over the limit, ...)
-
+    state = open_checkpoint(config, out, resume)
+    measure.meta_model(config.arch)  # a model that cannot be built (a layer over the limit, ...) fails now
     device = resolve_device(config.device)
     ds = load_data(config.dataset, config.data_dir, config.download, config.limit_train, config.limit_test)
     if config.arch.classes != ds.num_classes:
         raise UsageError(f"the model has {config.arch.classes} classes but dataset {config.dataset!r} has "
                          f"{ds.num_classes}; build the architecture with classes={ds.num_classes}")
-
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_stale_temp_files(out)
-    for stale in ("model.pt", "summary.json"):  # from an earlier end of this run; rewritten at the end
-        (out / stale).unlink(missing_ok=True)
-    ckpt.atomic_write_json(out / "config.json", cfg)
-
-    # ---- model, optimiser, schedule, data ----------------------------------------------
-    from .data.augment import Loader
+    if state is not None:
+        choice = autotune.Choice(state["config"]["precision"], state["config"]["memory_format"], "checkpoint")
+    else:
+        choice = autotune.choose(config.arch, device, config.batch_size, precision=config.precision,
+                                 memory_format=config.memory_format)
+    config = dataclasses.replace(config, precision=choice.precision, memory_format=choice.memory_format)
+    cfg = config.to_dict()
+    _prepare_dir(out, cfg)
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)
-    memory_format = torch.channels_last if config.channels_last else torch.contiguous_format
-    model = config.arch.build().to(device=device, memory_format=memory_format)
-    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay, nesterov=False)
-    E = config.epochs
-    milestones = [m for m in (int(0.5 * E), int(0.75 * E)) if m >= 1]  # a 1-epoch run keeps its lr
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=0.1)
-    amp = bf16_autocast(device, config.bf16)
-    loader_kw = dict(mean=ds.mean, std=ds.std, device=device, seed=config.seed, channels_last=config.channels_last)
+    amp = config.precision == "bf16"
+    fmt = autotune.torch_memory_format(config.memory_format)
+    model = config.arch.build().to(device=device, memory_format=fmt)
+    optimizer = make_optimizer(model, config.lr, config.momentum, config.weight_decay, config.nesterov,
+                               config.norm_bias_decay)
+    loader_kw = dict(mean=ds.mean, std=ds.std, device=device, seed=config.seed,
+                     channels_last=config.memory_format == "channels_last")
     train_loader = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, flip=ds.hflip, **loader_kw)
     test_loader = Loader(ds.test_x, ds.test_y, max(config.batch_size, 256), train=False, **loader_kw)
+    E, steps_per_epoch = config.epochs, len(train_loader)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lr_multiplier(config.schedule, config.warmup, E, steps_per_epoch))
+    ema = EMA(model, config.ema) if config.ema > 0 else None
+    tta = config.tta and ds.hflip  # a mirrored digit is not a digit
 
     metrics: list[dict] = []
     start_epoch = 0
@@ -285,6 +329,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if ema is not None:
+            ema.load_state_dict(state["ema"])
         ckpt.set_rng_state(state["rng"], device)
         metrics = list(state["metrics"])
         start_epoch = int(state["epoch"])
@@ -293,56 +339,26 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     del state
     # metrics.jsonl always equals the checkpoint's history: no duplicate epochs after a resume.
     ckpt.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+    eval_model = ema.model if ema is not None else model
 
-    # ---- the loop ---------------------------------------------------------------------
+    # ---- the epoch loop: train, evaluate, checkpoint ----------------------------------------------
     failure: str | None = None
-    check_every = 1 if device.type == "cpu" else 50  # a finiteness check syncs; free on CPU
     for epoch in range(start_epoch, E):
         t0 = time.perf_counter()
-        lr = optimizer.param_groups[0]["lr"]
-        model.train()
-        train_loader.set_epoch(epoch)
-        loss_sum = torch.zeros((), device=device)
-        correct = torch.zeros((), dtype=torch.int64, device=device)
-        seen = 0
-        bar = Progress(train_loader, total=len(train_loader), desc=f"epoch {epoch + 1}/{E}", enabled=progress)
-        for step, (x, y) in enumerate(bar, start=1):
-            loss, logits = sgd_step(model, optimizer, x, y, amp)
-            # accumulate on the device: no per-step host sync on CUDA
-            loss_sum += loss.float() * y.shape[0]
-            correct += (logits.argmax(1) == y).sum()
-            seen += y.shape[0]
-            if step % check_every == 0 and not math.isfinite(loss_sum.item()):
-                failure = f"loss became {loss_sum.item()} in epoch {epoch + 1} (by step {step}) at lr {lr:g}"
-                break
-            if bar.enabled and (step % 10 == 0 or step == len(train_loader)):
-                dt = time.perf_counter() - t0
-                bar.set(loss=loss_sum.item() / seen, acc=correct.item() / seen, img_s=round(seen / dt))
-        bar.close()
-        if failure is None and not math.isfinite(loss_sum.item()):
-            failure = f"loss became {loss_sum.item()} in epoch {epoch + 1} at lr {lr:g}"
+        row, failure = _train_epoch(model, optimizer, scheduler, ema, train_loader, epoch, config, amp, progress)
         if failure is not None:
             break
         train_s = time.perf_counter() - t0
-        scheduler.step()
-
-        model.eval()
-        test_correct = torch.zeros((), dtype=torch.int64, device=device)
-        tested = 0
-        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
-            for x, y in test_loader:
-                test_correct += (model(x).argmax(1) == y).sum()
-                tested += y.shape[0]
-        row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / seen, "train_acc": correct.item() / seen,
-               "test_acc": test_correct.item() / max(tested, 1), "seconds": round(time.perf_counter() - t0, 4),
-               "images_per_s": round(seen / train_s, 1)}
+        row["test_acc"] = evaluate(eval_model, test_loader, amp, tta)
+        row["seconds"] = round(time.perf_counter() - t0, 4)
+        row["images_per_s"] = round(row.pop("_seen") / train_s, 1)
         metrics.append(row)
-
         ckpt.atomic_save({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "rng": ckpt.rng_state(device), "epoch": epoch + 1, "metrics": metrics, "config": cfg,
+            "ema": ema.state_dict() if ema is not None else None,
+            "rng": ckpt.rng_state(device), "threads": torch.get_num_threads(), "epoch": epoch + 1, "metrics": metrics, "config": cfg,
             "arch": config.arch.to_dict(),
-        }, ckpt_path)
+        }, out / "checkpoint.pt")
         with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
             f.flush()
@@ -350,17 +366,60 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         if on_epoch is not None:
             on_epoch(row)
 
-    # ---- the end: final weights and summary ------------------------------------------------
+    # ---- finish: final weights and summary ------------------------------------------------------
     if failure is None:
-        ckpt.atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "model.pt")
-    summary = _summary(config, metrics, device, failure)
+        ckpt.atomic_save({k: v.detach().cpu() for k, v in eval_model.state_dict().items()}, out / "model.pt")
+    summary = _summary(config, metrics, device, failure, {**choice.to_dict(), "threads_source": threads_source})
     ckpt.atomic_write_json(out / "summary.json", summary)
     return summary
 
 
-def _summary(config: TrainConfig, metrics: list[dict], device: torch.device, failure: str | None) -> dict:
-    from .measure import resources
+def _prepare_dir(out: Path, cfg: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt.remove_stale_temp_files(out)
+    for stale in ("model.pt", "summary.json"):  # from an earlier end of this run; rewritten at the end
+        (out / stale).unlink(missing_ok=True)
+    ckpt.atomic_write_json(out / "config.json", cfg)
 
+
+def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMA | None,
+                 loader: Loader, epoch: int, config: TrainConfig, amp: bool,
+                 progress: bool | None) -> tuple[dict, str | None]:
+    """One pass over the training split: (metrics row without the test accuracy, failure or None)."""
+    t0 = time.perf_counter()
+    device = loader.device
+    lr = optimizer.param_groups[0]["lr"]
+    model.train()
+    loader.set_epoch(epoch)
+    loss_sum = torch.zeros((), device=device)  # accumulated on the device: no per-step host sync on CUDA
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen, failure = 0, None
+    check_every = 1 if device.type == "cpu" else 50  # a finiteness check syncs; free on CPU
+    first_step = epoch * len(loader)
+    bar = Progress(loader, total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", enabled=progress)
+    for step, (x, y) in enumerate(bar, start=1):
+        loss, logits = sgd_step(model, optimizer, x, y, amp, config.label_smoothing)
+        scheduler.step()
+        if ema is not None:
+            ema.update(first_step + step)
+        loss_sum += loss.float() * y.shape[0]
+        correct += (logits.argmax(1) == y).sum()
+        seen += y.shape[0]
+        if step % check_every == 0 and not math.isfinite(loss_sum.item()):
+            failure = f"loss became {loss_sum.item()} in epoch {epoch + 1} (by step {step}) at lr {lr:g}"
+            break
+        if bar.enabled and (step % 10 == 0 or step == len(loader)):
+            bar.set(loss=loss_sum.item() / seen, acc=correct.item() / seen, img_s=round(seen / (time.perf_counter() - t0)))
+    bar.close()
+    if failure is None and not math.isfinite(loss_sum.item()):
+        failure = f"loss became {loss_sum.item()} in epoch {epoch + 1} at lr {lr:g}"
+    row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / max(seen, 1),
+           "train_acc": correct.item() / max(seen, 1), "_seen": seen}
+    return row, failure
+
+
+def _summary(config: TrainConfig, metrics: list[dict], device: torch.device, failure: str | None,
+             execution: dict) -> dict:
     best = max(metrics, key=lambda m: m["test_acc"]) if metrics else None
     return {
         "status": "failed" if failure else "done",
@@ -370,25 +429,15 @@ def _summary(config: TrainConfig, metrics: list[dict], device: torch.device, fai
         "best_epoch": best["epoch"] if best else None,
         "epochs": len(metrics),  # completed epochs
         # SPEC section 4 on the training device, measured after training (latency needs a quiet device)
-        "resources": resources(config.arch, batch_size=config.batch_size, device=str(device)),
+        "resources": measure.resources(config.arch, batch_size=config.batch_size, device=str(device)),
         "wall_s": round(sum(m["seconds"] for m in metrics), 3),  # training + evaluation, all sessions
         "device": str(device),
-        "precision": "bf16-autocast" if bf16_autocast(device, config.bf16) else "fp32",
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "recipe": config.recipe,
+        "precision": config.precision,
+        "memory_format": config.memory_format,
+        "execution": execution,  # how precision, memory format and threads were decided
+        "device_name": device_name(device),
         "threads": torch.get_num_threads(),
         "config": config.to_dict(),
         "metrics": metrics,
     }
-
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()

@@ -16,3 +16,16 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True, scope="session")
+def measurement_cache(tmp_path_factory):
+    """The measured precision/layout/thread choices of this test session go to a temporary cache,
+    not the user's ~/.cache (tests that exercise the cache point it elsewhere themselves)."""
+    from filter_templates import autotune
+
+    path = tmp_path_factory.mktemp("autotune") / autotune.CACHE_FILE
+    real = autotune.cache_path
+    autotune.cache_path = lambda: path
+    yield
+    autotune.cache_path = real

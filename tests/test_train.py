@@ -19,7 +19,7 @@ from filter_templates import checkpoint as ckpt
 from filter_templates.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.errors import UsageError
-from filter_templates.train import TrainConfig, bf16_autocast, train
+from filter_templates.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(dataset="digits", limit_train=192, limit_test=96, batch_size=32)
@@ -83,7 +83,7 @@ def test_config_rejects_bad_values(change, word):
 
 def test_run_writes_the_run_directory(tmp_path):
     seen = []
-    summary = train(small_config(epochs=4), tmp_path / "run", on_epoch=seen.append)
+    summary = train(small_config(epochs=4, recipe="paper"), tmp_path / "run", on_epoch=seen.append)
     run = tmp_path / "run"
     assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "summary.json"}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -103,14 +103,18 @@ def test_run_writes_the_run_directory(tmp_path):
     assert res["params"] == sum(p.numel() for p in small_config().arch.build().parameters())
     assert res["flops"] > 0 and res["train_memory_bytes"] > 0 and res["batch_size"] == SMALL["batch_size"]
     assert set(res["latency_s"]) == {f"batch{SMALL['batch_size']}", "batch1"}
-    assert TrainConfig.from_dict(json.loads((run / "config.json").read_text())) == small_config(epochs=4)
+    saved = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
+    assert saved.precision in ("fp32", "bf16") and saved.memory_format in ("channels_last", "contiguous")
+    assert saved == small_config(epochs=4, recipe="paper", precision=saved.precision, memory_format=saved.memory_format)
+    assert (summary["recipe"], summary["precision"], summary["memory_format"]) == ("paper", saved.precision,
+                                                                                   saved.memory_format)
     state = ckpt.load(run / "checkpoint.pt")
     assert state["epoch"] == 4 and state["arch"] == small_config().arch.to_dict()
     assert_same_weights(weights(run / "model.pt"), state["model"])
 
 
 def test_one_epoch_run_keeps_its_learning_rate(tmp_path):
-    train(small_config(epochs=1, lr=0.05), tmp_path / "run")
+    train(small_config(epochs=1, lr=0.05, recipe="paper"), tmp_path / "run")
     assert json.loads((tmp_path / "run" / "metrics.jsonl").read_text())["lr"] == 0.05
 
 
@@ -127,7 +131,7 @@ def _cli_train_args(out: Path, epochs: int) -> list[str]:
     return ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", "digits",
             "--limit-train", str(SMALL["limit_train"]), "--limit-test", str(SMALL["limit_test"]),
             "--batch-size", str(SMALL["batch_size"]), "--epochs", str(epochs), "--device", "cpu",
-            "--out", str(out), "--quiet"]
+            "--out", str(out), "--quiet", "--threads", "1"]
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path, capsys):
@@ -177,19 +181,25 @@ def _stop_after(epoch: int):
     return on_epoch
 
 
-@pytest.mark.parametrize("bf16", [True, False])  # bf16 autocast only where the CPU has native bf16
-def test_resume_after_each_epoch_in_process(tmp_path, bf16):
+@pytest.mark.parametrize("kw", [dict(recipe="paper", precision="fp32"), dict(recipe="fast", precision="fp32"),
+                                dict(recipe="fast", ema=0.9, precision="bf16", memory_format="contiguous")])
+def test_resume_after_each_epoch_in_process(tmp_path, kw):
     full = tmp_path / "full"
-    summary = train(small_config(epochs=3, bf16=bf16), full)
-    assert summary["precision"] == ("bf16-autocast" if bf16_autocast(torch.device("cpu"), bf16) else "fp32")
+    summary = train(small_config(epochs=3, **kw), full)
+    assert summary["precision"] == kw["precision"] and summary["recipe"] == kw["recipe"]
     for stop in (1, 2):
         part = tmp_path / f"part{stop}"
         with pytest.raises(Stop):
-            train(small_config(epochs=3, bf16=bf16), part, on_epoch=_stop_after(stop))
+            train(small_config(epochs=3, **kw), part, on_epoch=_stop_after(stop))
         assert not (part / "model.pt").exists()
         torch.manual_seed(1234)  # whatever the global RNG did meanwhile, the checkpoint restores it
-        train(small_config(epochs=3, bf16=bf16), part, resume=True)
+        # "auto" takes the checkpoint's precision and memory format
+        resumed = train(small_config(epochs=3, **{**kw, "precision": "auto", "memory_format": "auto"}), part, resume=True)
+        assert resumed["precision"] == kw["precision"] and resumed["execution"]["source"] == "checkpoint"
         assert_same_weights(weights(full / "model.pt"), weights(part / "model.pt"))
+        if kw.get("ema"):
+            assert_same_weights(ckpt.load(full / "checkpoint.pt")["ema"]["model"],
+                                ckpt.load(part / "checkpoint.pt")["ema"]["model"])
 
 
 def test_existing_checkpoint_is_not_overwritten_without_resume(tmp_path, capsys):
@@ -414,20 +424,22 @@ def _script(name: str, *args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="shared CIFAR-10 not present")
 def test_real_cifar10_script_one_short_epoch(tmp_path):
-    r = _script("real_cifar10.py", "--epochs", "1", "--threads", "1", "--out", str(tmp_path / "run"), "--json")
+    r = _script("real_cifar10.py", "--epochs", "1", "--limit-train", "5000", "--threads", "1",
+                "--out", str(tmp_path / "run"), "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["status"] == "done" and doc["epochs"] == 1
-    assert doc["final_acc"] > 0.15  # 10 classes; one epoch at lr 0.1 gave 0.22 (bf16) and 0.25 (fp32)
+    assert doc["final_acc"] > 0.15 and doc["recipe"] == "fast"  # 10 classes: chance is 0.1
 
 
 @pytest.mark.slow
 def test_throughput_script_reports_ratios():
-    r = _script("throughput.py", "--synthetic", "--width", "0.05", "--steps", "5", "--warmup", "2", "--rounds", "1", "--json")
+    r = _script("throughput.py", "--synthetic", "--width", "0.05", "--images", "256", "--bare-steps", "2",
+                "--warmup", "1", "--rounds", "1", "--threads", "1", "--json")
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert {"a_ours", "b_plain", "c_bare", "d_bare_nchw"} <= set(doc["images_per_s"])
-    assert doc["a_over_b"] > 0 and doc["a_over_c"] > 0
+    assert {"ours", "ours_epoch", "plain", "bare fp32 channels_last", "bare bf16 contiguous"} <= set(doc["images_per_s"])
+    assert doc["ours_over_plain"] > 0 and doc["ours_over_best_bare"] > 0
 
 
 def test_cli_config_file_never_imports_a_template_function(tmp_path, capsys, monkeypatch):

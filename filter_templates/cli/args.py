@@ -38,15 +38,24 @@ def nonnegative_int(text: str) -> int:
 def add_run_args(group: "argparse._ArgumentGroup") -> None:
     """The training and data settings that `train` and `sweep` share. Defaults are None so that a
     value given here overrides a config file or preset, and an absent one does not."""
+    group.add_argument("--recipe", choices=["fast", "paper"], help="fast (default): warmup + linear decay to 0, "
+                       "Nesterov, label smoothing, flip test-time augmentation; paper: the study's SGD with lr / 10 "
+                       "at 50%% and 75%% of the epochs. Every setting is written to the run's config.json")
     group.add_argument("--epochs", type=positive_int, metavar="N", help="epochs (default: 160)")
-    group.add_argument("--batch-size", type=positive_int, metavar="N", help="batch size (default: 64)")
-    group.add_argument("--lr", type=positive_float, metavar="LR", help="initial learning rate (default: 0.1)")
+    group.add_argument("--batch-size", type=positive_int, metavar="N", help="batch size (default: the recipe's, 64)")
+    group.add_argument("--lr", type=positive_float, metavar="LR", help="initial (paper) or peak (fast) learning rate "
+                                                                       "(default: the recipe's, 0.1)")
     group.add_argument("--limit-train", type=positive_int, metavar="N", help="use only the first N training images")
     group.add_argument("--limit-test", type=positive_int, metavar="N", help="use only the first N test images")
     group.add_argument("--data-dir", metavar="DIR", help="where cifar10/cifar100 are (or go, with --download)")
     group.add_argument("--download", action="store_true", default=None,
                        help="fetch the official CIFAR archive if missing (MD5-checked)")
     group.add_argument("--device", metavar="DEV", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
+    group.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+                       help="fp32 or bf16 autocast (default auto: the faster one, measured on this device for this "
+                            "model and cached)")
+    group.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"],
+                       help="tensor layout (default auto: the faster one, measured with --precision)")
 
 
 MODEL_HELP = ("model family ({}) or your own network as package.module:function (a callable returning an "

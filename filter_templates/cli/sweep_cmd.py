@@ -88,7 +88,8 @@ def spec_from_args(args: argparse.Namespace):
         "batch_size": args.batch_size, "lr": args.lr, "limit_train": args.limit_train,
         "limit_test": args.limit_test, "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None,
         "download": args.download, "device": args.device, "threads": args.threads,
-        "jobs": args.jobs, "as_published": args.as_published,
+        "jobs": args.jobs, "recipe": args.recipe, "precision": args.precision, "memory_format": args.memory_format,
+        "as_published": args.as_published,
     }
     if args.preset:
         return preset(args.preset).merged(overrides)

@@ -6,26 +6,34 @@ import argparse
 import json
 import re
 import sys
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from .args import (MODEL_HELP, add_as_published, add_fix_arg, add_run_args, nonnegative_float, nonnegative_int,
+import torch
+
+from ..arch import Arch, make_arch
+from ..autotune import choose_threads
+from ..data import num_classes
+from ..device import resolve_device
+from ..errors import UsageError
+from ..models import family_names
+from ..train import FIELDS, TrainConfig, open_checkpoint, train
+from .args import (MODEL_HELP, _number, add_as_published, add_fix_arg, add_run_args, nonnegative_float, nonnegative_int,
                    positive_float, positive_int)
 
-# TrainConfig fields a --config file may carry (a run's own config.json does); `fit --save` files
-# carry only "arch" among them, and their other keys ("fit", ...) are ignored.
-_TRAIN_KEYS = ("dataset", "data_dir", "download", "epochs", "batch_size", "lr", "momentum", "weight_decay",
-               "seed", "device", "channels_last", "bf16", "limit_train", "limit_test")
+# TrainConfig fields a --config file may carry (a run's own config.json does; `fit --save` files
+# carry only "arch" among them, and their other keys ("fit", ...) are ignored). A flag's dest is
+# its field's name.
+_TRAIN_KEYS = tuple(k for k in FIELDS if k != "arch")
 _DEFAULTS: dict[str, Any] = {"template": "base", "width": 1.0, "divisor": 1, "floor": 1}
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..models import family_names
-
     p = sub.add_parser(
         "train", help="train one templated model into a run directory",
-        description="Train a templated model with the paper's protocol (SGD momentum 0.9, weight decay 5e-4, "
-                    "lr divided by 10 at 50% and 75% of the epochs). The run directory gets config.json, "
+        description="Train a templated model (--recipe fast by default; --recipe paper: SGD momentum 0.9, weight "
+                    "decay 5e-4, lr divided by 10 at 50%% and 75%% of the epochs). The run directory gets config.json, "
                     "metrics.jsonl, checkpoint.pt (every epoch), model.pt and summary.json. The number of "
                     "classes is the dataset's.")
     m = p.add_argument_group("model (or --config FILE from `fit --save`; flags given here override it)")
@@ -45,12 +53,26 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--momentum", type=nonnegative_float, metavar="M", help="SGD momentum (default: 0.9)")
     t.add_argument("--weight-decay", type=nonnegative_float, metavar="WD", help="weight decay (default: 5e-4)")
     t.add_argument("--seed", type=nonnegative_int, metavar="S", help="seed of init and data order (default: 0)")
-    t.add_argument("--no-channels-last", dest="channels_last", action="store_false", default=None,
-                   help="keep NCHW memory format (channels_last is faster on CUDA and on this project's CPUs)")
-    t.add_argument("--threads", type=positive_int, metavar="N",
-                   help="CPU threads of torch (default: torch's choice; on a CPU shared with other jobs 1 is often faster)")
-    t.add_argument("--no-bf16", dest="bf16", action="store_false", default=None, help="train in fp32 (default: bf16 autocast where the hardware does bf16 natively: "
-                        "CUDA, CPUs with AMX/AVX512-BF16)")
+    r = p.add_argument_group("recipe settings (default: the --recipe's; all are written to config.json)")
+    r.add_argument("--schedule", choices=["step", "linear"],
+                   help="step: lr / 10 at 50%% and 75%% of the epochs; linear: warmup, then linear decay to 0")
+    r.add_argument("--warmup", type=_fraction, metavar="F", help="fraction of all steps spent warming up (linear)")
+    r.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
+    r.add_argument("--label-smoothing", type=_fraction, metavar="E", help="label smoothing of the cross-entropy")
+    r.add_argument("--norm-bias-decay", action=argparse.BooleanOptionalAction, default=None,
+                   help="weight decay on BatchNorm and bias parameters too")
+    r.add_argument("--ema", type=_fraction, metavar="D", help="per-step decay of an EMA of the weights, evaluated "
+                                                              "and saved instead of them (0: off)")
+    r.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                   help="evaluate on each test image and its mirror image (only where the dataset allows flips)")
+    x = p.add_argument_group("execution")
+    x.add_argument("--threads", type=positive_int, metavar="N",
+                   help="CPU threads of torch (default: 1 or all cores, whichever trained this model faster when "
+                        "measured here; cached)")
+    x.add_argument("--no-bf16", dest="precision", action="store_const", const="fp32",
+                   help="the same as --precision fp32")
+    x.add_argument("--no-channels-last", dest="memory_format", action="store_const", const="contiguous",
+                   help="the same as --memory-format contiguous")
     o = p.add_argument_group("output")
     o.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<template>-w<width>-<dataset>-s<seed>)")
     o.add_argument("--resume", action="store_true", help="continue the checkpoint in --out (fresh start if none)")
@@ -59,9 +81,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _read_config(path: str) -> dict:
-    from ..errors import UsageError
+def _fraction(text: str) -> float:
+    """A number in [0, 1)."""
+    return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)", "is not a number in [0, 1)")
 
+
+def _read_config(path: str) -> dict:
     try:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
@@ -76,11 +101,6 @@ def _read_config(path: str) -> dict:
 
 def build_config(args: argparse.Namespace):  # -> TrainConfig
     """Merge defaults < --config file < explicit flags into a TrainConfig."""
-    from dataclasses import replace
-
-    from ..arch import Arch, make_arch
-    from ..errors import UsageError
-    from ..train import TrainConfig, load_data
 
     doc = _read_config(args.config) if args.config else {}
     base = Arch.from_dict(doc["arch"]) if doc else None
@@ -90,8 +110,7 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
             train_kw[k] = getattr(args, k)
     train_kw.setdefault("dataset", "digits")
 
-    ds = load_data(train_kw["dataset"], train_kw.get("data_dir"), bool(train_kw.get("download", False)),
-                   train_kw.get("limit_train"), train_kw.get("limit_test"))
+    classes = num_classes(train_kw["dataset"])
     model_flags = {k: getattr(args, k) for k in ("model", "template", "width", "divisor", "floor", "as_published")
                    if getattr(args, k) is not None}
     if "model" in model_flags:
@@ -104,7 +123,7 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
         if "model" not in model_flags:
             raise UsageError("--model is required (or --config FILE with an 'arch' record)")
         v = {**_DEFAULTS, **model_flags}
-        arch = make_arch(v["model"], v["template"], v["width"], ds.num_classes, divisor=v["divisor"], floor=v["floor"],
+        arch = make_arch(v["model"], v["template"], v["width"], classes, divisor=v["divisor"], floor=v["floor"],
                          as_published=bool(v.get("as_published")))
     elif model_flags:  # re-derive the counts from the file's settings with the flags on top
         if "template" not in model_flags and ":" in base.template:
@@ -113,10 +132,10 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
                              "pass it with --template to re-derive the counts")
         v = {"model": base.family, "template": base.template, "width": base.width, "divisor": base.divisor,
              "floor": base.floor, "as_published": base.as_published, **model_flags}
-        arch = make_arch(v["model"], v["template"], v["width"], ds.num_classes, divisor=v["divisor"], floor=v["floor"],
+        arch = make_arch(v["model"], v["template"], v["width"], classes, divisor=v["divisor"], floor=v["floor"],
                          as_published=bool(v.get("as_published")))
     else:  # the file's exact counts; only the class count follows the dataset
-        arch = replace(base, classes=ds.num_classes)
+        arch = replace(base, classes=classes)
     return TrainConfig(arch=arch, **train_kw)
 
 
@@ -128,12 +147,7 @@ def default_out(config) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     from ..cli import error_line
-    from ..train import open_checkpoint, train
 
-    if args.threads:
-        import torch
-
-        torch.set_num_threads(args.threads)
     config = build_config(args)
     out = Path(args.out) if args.out else default_out(config)
     quiet = args.quiet or args.json
@@ -144,14 +158,24 @@ def run(args: argparse.Namespace) -> int:
                   f"train {row['train_acc']:.2%}  test {row['test_acc']:.2%}  {row['seconds']:.1f}s  "
                   f"{row['images_per_s']:.0f} img/s", flush=True)
 
-    done = 0
+    done, saved_threads = 0, None
     if (out / "checkpoint.pt").exists():  # refuse before printing anything; train() checks again
-        done = int(open_checkpoint(config, out, args.resume)["epoch"])
+        state = open_checkpoint(config, out, args.resume)
+        done, saved_threads = int(state["epoch"]), state.get("threads")
+        del state
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        threads_source = "--threads"
+    elif isinstance(saved_threads, int) and saved_threads >= 1:  # a resumed run keeps its thread count
+        torch.set_num_threads(saved_threads)
+        threads_source = "checkpoint"
+    else:
+        _, threads_source = choose_threads(config.arch, resolve_device(config.device), config.batch_size)
     if not quiet:
         a = config.arch
         print(f"training {a.family} {a.template} w={a.width:g} ({' '.join(map(str, a.filters))}) on {config.dataset} "
               f"for {config.epochs} epochs -> {out}" + (f" (resuming after epoch {done})" if done else ""), flush=True)
-    summary = train(config, out, resume=args.resume, on_epoch=on_epoch)
+    summary = train(config, out, resume=args.resume, on_epoch=on_epoch, threads_source=threads_source)
     if args.json:
         print(json.dumps(summary))
     if summary["status"] != "done":

@@ -8,6 +8,7 @@ except through :class:`Loader` (imported lazily), so decoding workers start quic
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 from ..errors import UsageError
 from .dataset import Dataset
 
-__all__ = ["DATASETS", "Dataset", "Loader", "load_dataset", "default_data_dir"]
+__all__ = ["DATASETS", "Dataset", "Loader", "load_dataset", "load_data", "num_classes", "default_data_dir"]
 
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
 _LIMIT_SEED = 0x5EED
@@ -75,6 +76,22 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, d
         return ds
     return Dataset(name=ds.name, classes=ds.classes, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
                    mean=ds.mean, std=ds.std, source=ds.source, hflip=ds.hflip)
+
+
+@functools.lru_cache(maxsize=1)
+def load_data(name: str, data_dir: str | None = None, download: bool = False,
+              limit_train: int | None = None, limit_test: int | None = None) -> Dataset:
+    """:func:`load_dataset`, remembering the last one: a sweep trains many models on one dataset."""
+    return load_dataset(name, data_dir, download=download, limit_train=limit_train, limit_test=limit_test)
+
+
+def num_classes(name: str) -> int:
+    """The class count of a built-in dataset from its metadata, without reading any data."""
+    from .cifar import NUM_CLASSES
+    from . import digits, synthetic
+
+    counts = {**NUM_CLASSES, "digits": digits.NUM_CLASSES, "synthetic": synthetic.NUM_CLASSES}
+    return counts[_canonical(name)]
 
 
 def default_data_dir() -> "os.PathLike[str]":

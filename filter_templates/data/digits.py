@@ -8,7 +8,9 @@ import numpy as np
 from .dataset import Dataset
 from .stats import channel_stats
 
-__all__ = ["load", "bilinear_resize", "TRAIN_SIZE", "TEST_SIZE"]
+NUM_CLASSES = 10  # the digits 0-9
+
+__all__ = ["load", "bilinear_resize", "TRAIN_SIZE", "TEST_SIZE", "NUM_CLASSES"]
 
 TEST_SIZE = 360  # of 1797: a 1437 / 360 split, stratified by class
 TRAIN_SIZE = 1797 - TEST_SIZE
@@ -47,6 +49,6 @@ def load() -> Dataset:
     train, test = train_test_split(np.arange(len(y)), test_size=TEST_SIZE, stratify=y, random_state=_SPLIT_SEED)
     train, test = np.sort(train), np.sort(test)
     mean, std = channel_stats(x[train])
-    return Dataset(name="digits", hflip=False, classes=tuple(str(d) for d in range(10)), train_x=x[train], train_y=y[train],
+    return Dataset(name="digits", hflip=False, classes=tuple(str(d) for d in range(NUM_CLASSES)), train_x=x[train], train_y=y[train],
                    test_x=x[test], test_y=y[test], mean=mean, std=std,  # type: ignore[arg-type]
                    source="sklearn.datasets.load_digits (bundled)")

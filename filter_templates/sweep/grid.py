@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from ..data import load_data, num_classes
 from ..errors import UsageError
+from ..train import FIELDS as CONFIG_FIELDS
 
 if TYPE_CHECKING:  # torch stays out of `import filter_templates.sweep.grid`
     from ..train import TrainConfig
@@ -26,9 +28,8 @@ __all__ = ["SweepSpec", "PRESETS", "PAPER_WIDTHS", "preset", "load_config", "exp
 PAPER_WIDTHS = (1.6, 1.3, 1.0, 0.8, 0.5, 0.25, 0.1, 0.05)
 ALL_TEMPLATES = ("base", "reverse", "uniform", "quadratic", "negative-quadratic")
 
-#: Settings shared by every point, passed through to TrainConfig unchanged.
-TRAIN_FIELDS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "channels_last", "bf16",
-                "limit_train", "limit_test", "device", "data_dir", "download")
+#: Settings shared by every point, passed through to TrainConfig unchanged (all its fields but the grid's).
+TRAIN_FIELDS = tuple(k for k in CONFIG_FIELDS if k not in ("arch", "dataset", "seed"))
 #: The axes of the grid and the architecture options.
 GRID_FIELDS = ("models", "templates", "widths", "datasets", "seeds", "divisor", "floor", "as_published")
 #: How the local engine runs (not part of any run's configuration).
@@ -104,6 +105,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "as_published": True,
         "epochs": 160,
         "batch_size": 64,
+        "recipe": "paper",
     },
 }
 
@@ -222,19 +224,11 @@ def expand(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -> l
 
 def known_classes(name: str) -> int:
     """The class count of a built-in dataset without reading it (``--dry-run``)."""
-    from ..data import DATASETS
-    from ..data.cifar import NUM_CLASSES
-
-    counts = {**NUM_CLASSES, "digits": 10, "synthetic": 10}
-    if name not in DATASETS or name not in counts:
-        raise UsageError(f"unknown dataset {name!r}; choose from {', '.join(DATASETS)}")
-    return counts[name]
+    return num_classes(name)
 
 
 def _dataset_classes(spec: SweepSpec) -> Callable[[str], int]:
     def classes_of(name: str) -> int:
-        from ..train import load_data
-
         t = spec.train
         ds = load_data(name, t.get("data_dir"), bool(t.get("download", False)), t.get("limit_train"),
                        t.get("limit_test"))

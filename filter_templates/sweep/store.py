@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from ..errors import UsageError
+from ..train import EXECUTION_KEYS
 
 __all__ = [
     "Store",
@@ -45,7 +46,7 @@ __all__ = [
 
 STATUSES = ("pending", "running", "done", "failed")
 #: TrainConfig fields that do not change what is trained, only where/how: not part of a row's key.
-EXECUTION_FIELDS = ("data_dir", "download", "device")
+EXECUTION_FIELDS = EXECUTION_KEYS
 SCHEMA_VERSION = 1
 DEFAULT_STALE_AFTER = 600.0  # seconds without a heartbeat before another host may take a row over
 

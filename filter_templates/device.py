@@ -1,0 +1,56 @@
+"""Which device a run uses, and how that device is named in the records (one home for both)."""
+
+from __future__ import annotations
+
+import platform
+from typing import Union
+
+import torch
+
+from .errors import UsageError
+
+__all__ = ["DeviceLike", "resolve_device", "device_name", "cpu_name"]
+
+DeviceLike = Union[str, torch.device]
+
+
+def resolve_device(device: DeviceLike = "cpu") -> torch.device:
+    """``cpu``, ``cuda``, ``cuda:N`` or ``auto`` (CUDA when available) as a usable device."""
+    if isinstance(device, torch.device):
+        text = str(device)
+    else:
+        text = str(device).strip().lower()
+    if text == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if text in ("cpu", "meta"):
+        return torch.device(text)
+    if text == "cuda" or text.startswith("cuda:"):
+        try:
+            dev = torch.device(text)
+        except RuntimeError:
+            raise UsageError(f"invalid device {device!r}; choose cpu, cuda, cuda:N or auto") from None
+        if not torch.cuda.is_available():
+            raise UsageError(f"device {device!r} requested but CUDA is not available here; use cpu or auto")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise UsageError(f"device {device!r} does not exist: {torch.cuda.device_count()} CUDA device(s) here")
+        return dev
+    raise UsageError(f"unknown device {device!r}; choose cpu, cuda, cuda:N or auto")
+
+
+def cpu_name() -> str:
+    """The CPU's model name from ``/proc/cpuinfo`` ("AMD EPYC"), else what ``platform`` knows."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "cpu"
+
+
+def device_name(device: torch.device) -> str:
+    """A human name of ``device``: the GPU's product name or the CPU's model name."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return cpu_name()

@@ -1,0 +1,257 @@
+"""Recipes (fast / paper), the measured precision and memory format, and their cache."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from filter_templates import autotune
+from filter_templates.arch import make_arch
+from filter_templates.cli import main
+from filter_templates.errors import UsageError
+from filter_templates.recipe import RECIPES, lr_multiplier, make_optimizer
+from filter_templates.train import EXECUTION_KEYS, FIELDS, RESULT_KEYS, TrainConfig, train
+
+SMALL = dict(dataset="digits", limit_train=128, limit_test=64, batch_size=32)
+ARCH = make_arch("vgg19", "uniform", 0.05, 10)
+
+
+@pytest.fixture(autouse=True)
+def no_resources(monkeypatch):
+    from filter_templates import measure
+
+    real = measure.resources
+    monkeypatch.setattr(measure, "resources", lambda arch, batch_size=64, device="cpu", **kw:
+                        real(arch, batch_size, device, memory=False, latency=False))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    """A fresh, empty measurement cache for this test alone."""
+    path = tmp_path / "cache" / autotune.CACHE_FILE
+    monkeypatch.setattr(autotune, "cache_path", lambda: path)
+    monkeypatch.setattr(autotune, "_MEMO", {})
+    return path
+
+
+# ---- config fields ------------------------------------------------------------------------------
+
+def test_field_lists_come_from_train_config():
+    from filter_templates.cli.train_cmd import _TRAIN_KEYS
+    from filter_templates.sweep.grid import TRAIN_FIELDS
+    from filter_templates.sweep.store import EXECUTION_FIELDS
+
+    assert set(RESULT_KEYS) | set(EXECUTION_KEYS) == set(FIELDS) and not set(RESULT_KEYS) & set(EXECUTION_KEYS)
+    assert EXECUTION_FIELDS == EXECUTION_KEYS
+    assert set(_TRAIN_KEYS) == set(FIELDS) - {"arch"}
+    assert set(TRAIN_FIELDS) == set(FIELDS) - {"arch", "dataset", "seed"}
+    assert {"recipe", "ema", "tta", "label_smoothing"} <= set(RESULT_KEYS)
+    assert {"precision", "memory_format", "device"} <= set(EXECUTION_KEYS)
+
+
+def test_class_counts_come_from_metadata(monkeypatch):
+    from filter_templates import data
+
+    monkeypatch.setattr(data, "load_dataset", lambda *a, **k: pytest.fail("data were loaded"))
+    assert (data.num_classes("cifar10"), data.num_classes("CIFAR-100"), data.num_classes("digits")) == (10, 100, 10)
+    with pytest.raises(UsageError, match="unknown dataset"):
+        data.num_classes("imagenet")
+
+
+def test_recipe_fills_unset_fields_and_keeps_given_ones():
+    fast = TrainConfig(arch=ARCH)
+    assert fast.recipe == "fast" and all(getattr(fast, k) == v for k, v in RECIPES["fast"].items())
+    paper = TrainConfig(arch=ARCH, recipe="paper", lr=0.05)
+    assert paper.lr == 0.05 and paper.schedule == "step" and paper.nesterov is False
+    assert TrainConfig.from_dict(json.loads(json.dumps(paper.to_dict()))) == paper
+
+
+@pytest.mark.parametrize("change, word", [
+    ({"recipe": "slow"}, "recipe"), ({"warmup": 1.5}, "warmup"), ({"ema": 1.0}, "ema"),
+    ({"label_smoothing": -0.1}, "label_smoothing"), ({"schedule": "cosine"}, "schedule"),
+    ({"nesterov": True, "momentum": 0.0}, "nesterov"), ({"tta": "yes"}, "tta"),
+    ({"precision": "fp16"}, "precision"), ({"memory_format": "nhwc"}, "memory_format"),
+])
+def test_bad_recipe_values_are_refused(change, word):
+    with pytest.raises(UsageError, match=word):
+        TrainConfig(arch=ARCH, **change)
+
+
+# ---- schedule and optimiser ---------------------------------------------------------------------
+
+def test_linear_schedule_warms_up_then_decays_to_zero():
+    f = lr_multiplier("linear", 0.25, epochs=4, steps_per_epoch=10)  # 40 steps, 10 of warmup
+    values = [f(s) for s in range(40)]
+    assert values[0] == pytest.approx(0.1) and values[9] == 1.0
+    assert all(a > b for a, b in zip(values[9:], values[10:]))
+    assert values[-1] == pytest.approx(1 / 31) and f(40) == 0.0
+
+
+def test_step_schedule_divides_at_half_and_three_quarters():
+    f = lr_multiplier("step", 0.0, epochs=4, steps_per_epoch=10)
+    assert [f(s) for s in (0, 19, 20, 29, 30, 39)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert lr_multiplier("step", 0.0, epochs=1, steps_per_epoch=5)(4) == 1  # no milestone at epoch 0
+
+
+def test_no_weight_decay_on_norm_and_bias():
+    model = ARCH.build()
+    opt = make_optimizer(model, 0.1, 0.9, 5e-4, True, norm_bias_decay=False)
+    decayed, free = opt.param_groups
+    assert decayed["weight_decay"] == 5e-4 and all(p.ndim > 1 for p in decayed["params"])
+    assert free["weight_decay"] == 0.0 and all(p.ndim == 1 for p in free["params"]) and free["params"]
+    assert len(make_optimizer(model, 0.1, 0.9, 5e-4, False, norm_bias_decay=True).param_groups) == 1
+
+
+def test_fast_run_records_every_setting(tmp_path):
+    summary = train(TrainConfig(arch=ARCH, epochs=3, precision="fp32", memory_format="channels_last", **SMALL),
+                    tmp_path / "run")
+    assert summary["status"] == "done" and summary["recipe"] == "fast"
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    for k, v in RECIPES["fast"].items():
+        if k != "batch_size":
+            assert cfg[k] == v, k
+    lrs = [m["lr"] for m in summary["metrics"]]  # lr at the start of each epoch: warmup, then decay
+    assert lrs[0] < lrs[1] and lrs[1] > lrs[2]
+
+
+# ---- precision and memory format ----------------------------------------------------------------
+
+def test_overrides_are_recorded_and_nothing_is_measured(tmp_path, cache, monkeypatch):
+    monkeypatch.setattr(autotune, "_measure", lambda *a, **k: pytest.fail("measured despite overrides"))
+    summary = train(TrainConfig(arch=ARCH, epochs=1, precision="bf16", memory_format="contiguous", **SMALL),
+                    tmp_path / "run")
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert (cfg["precision"], cfg["memory_format"]) == ("bf16", "contiguous")
+    assert (summary["precision"], summary["memory_format"], summary["execution"]["source"]) == ("bf16", "contiguous", "given")
+
+
+def test_cli_precision_flags_and_aliases(tmp_path, cache, capsys):
+    common = ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", "digits",
+              "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--epochs", "1", "--threads", "1",
+              "--json"]
+    assert main([*common, "--precision", "bf16", "--memory-format", "contiguous", "--out", str(tmp_path / "a")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["precision"], doc["memory_format"], doc["config"]["precision"]) == ("bf16", "contiguous", "bf16")
+    assert main([*common, "--no-bf16", "--no-channels-last", "--recipe", "paper", "--out", str(tmp_path / "b")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["precision"], doc["memory_format"], doc["recipe"]) == ("fp32", "contiguous", "paper")
+    assert doc["execution"]["threads_source"] == "--threads" and doc["threads"] == 1
+    # resuming with another explicit precision would not be bit-exact: refused
+    assert main([*common, "--precision", "fp32", "--out", str(tmp_path / "a"), "--resume"]) == 2
+    assert "precision (checkpoint 'bf16', now 'fp32')" in capsys.readouterr().err
+
+
+def test_too_slow_to_measure_gets_the_default(cache):
+    choice = autotune.choose(ARCH, torch.device("cpu"), 32, budget=1e-6)
+    assert (choice.precision, choice.memory_format, choice.source) == (*autotune.DEFAULTS["cpu"], "default")
+    entries = json.loads(cache.read_text())["entries"].values()  # only the device's bf16 probe is kept:
+    assert [set(e["images_per_s"]) for e in entries] == [{"fp32", "bf16"}]  # the model is tried again next time
+
+
+@pytest.mark.parametrize("probe, precisions", [({"fp32": 100.0, "bf16": 10.0}, ["fp32"]),
+                                                ({"fp32": 100.0, "bf16": 150.0}, ["fp32", "bf16"])])
+def test_bf16_is_measured_only_where_the_device_probe_finds_it_fast(cache, monkeypatch, probe, precisions):
+    seen = []
+    monkeypatch.setattr(autotune, "bf16_probe", lambda device: probe)
+    monkeypatch.setattr(autotune, "_measure", lambda arch, device, batch, cands, budget: seen.extend(cands) or
+                        {"images_per_s": {f"{p}/{m}": 1.0 + i for i, (p, m) in enumerate(cands)}})
+    choice = autotune.choose(ARCH, torch.device("cpu"), 32)
+    assert sorted({p for p, _ in seen}) == sorted(precisions) and choice.bf16_probe == probe
+    assert f"{choice.precision}/{choice.memory_format}" == f"{seen[-1][0]}/{seen[-1][1]}"  # the fastest wins
+
+
+def test_measured_choice_is_cached(cache, monkeypatch):
+    dev = torch.device("cpu")
+    first = autotune.choose(ARCH, dev, 32, budget=60)  # a loaded CPU may not fit the default budget
+    assert first.source == "measured" and first.precision in autotune.PRECISIONS
+    probe = first.bf16_probe
+    precisions = autotune.PRECISIONS if probe["bf16"] >= autotune.BF16_PROBE_MARGIN * probe["fp32"] else ("fp32",)
+    assert set(first.images_per_s) == {f"{p}/{m}" for p in precisions for m in autotune.MEMORY_FORMATS}
+    assert max(first.images_per_s, key=first.images_per_s.get) == f"{first.precision}/{first.memory_format}"
+    assert cache.exists()
+    monkeypatch.setattr(autotune, "_MEMO", {})  # a new process: reads the file
+    monkeypatch.setattr(autotune, "_measure", lambda *a, **k: pytest.fail("measured again"))
+    again = autotune.choose(ARCH, dev, 32, budget=60)
+    assert again.source == "cache" and (again.precision, again.memory_format) == (first.precision, first.memory_format)
+    # another model is a miss
+    monkeypatch.undo()
+    monkeypatch.setattr(autotune, "cache_path", lambda: cache)
+    other = autotune.choose(make_arch("vgg19", "base", 0.05, 10), dev, 32, precision="fp32", budget=60)
+    assert other.source == "measured" and other.precision == "fp32" and set(other.images_per_s) == {
+        "fp32/channels_last", "fp32/contiguous"}
+
+
+@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b'{"version": 99}', b'[1, 2]',
+                                     b'{"version": 1, "entries": {"k": {"images_per_s": "fast"}}}'])
+def test_corrupt_cache_is_ignored_with_a_note(cache, capsys, content):
+    cache.parent.mkdir(parents=True)
+    cache.write_bytes(content)
+    choice = autotune.choose(ARCH, torch.device("cpu"), 32, budget=60)
+    assert choice.source == "measured"
+    json.loads(cache.read_text())  # rewritten whole
+    if content != b'{"version": 1, "entries": {"k": {"images_per_s": "fast"}}}':
+        assert "ignoring" in capsys.readouterr().err
+
+
+def test_cli_with_corrupt_cache_trains_without_traceback(tmp_path, cache, capsys):
+    cache.parent.mkdir(parents=True)
+    cache.write_text("{broken")
+    assert main(["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", "digits",
+                 "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--epochs", "1", "--quiet",
+                 "--out", str(tmp_path / "run")]) == 0
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "ignoring unreadable measurement cache" in err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["execution"]["threads_source"] in ("measured", "OMP_NUM_THREADS")
+    assert summary["execution"]["source"] in ("measured", "default")
+
+
+def test_unwritable_cache_is_a_note_not_a_failure(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(autotune, "cache_path", lambda: tmp_path / "file" / "execution.json")
+    monkeypatch.setattr(autotune, "_MEMO", {})
+    (tmp_path / "file").write_text("a file where a folder should be")
+    assert autotune.choose(ARCH, torch.device("cpu"), 32, budget=60).source == "measured"
+    assert "cannot write the measurement cache" in capsys.readouterr().err
+
+
+def test_threads_are_measured_once_and_cached(cache, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(autotune.os, "cpu_count", lambda: 2)
+    n, source = autotune.choose_threads(ARCH, torch.device("cpu"), 32, budget=30)
+    assert n in (1, 2) and source == "measured" and torch.get_num_threads() == n
+    monkeypatch.setattr(autotune, "_MEMO", {})
+    assert autotune.choose_threads(ARCH, torch.device("cpu"), 32) == (n, "cache")
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    assert autotune.choose_threads(ARCH, torch.device("cpu"), 32) == (1, "OMP_NUM_THREADS")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_run_measures_its_precision_and_keeps_data_on_the_gpu(tmp_path, cache):
+    summary = train(TrainConfig(arch=ARCH, epochs=2, device="cuda", **SMALL), tmp_path / "run")
+    assert summary["status"] == "done" and summary["device"].startswith("cuda")
+    assert summary["execution"]["source"] in ("measured", "default")
+    assert summary["precision"] in autotune.PRECISIONS and summary["memory_format"] in autotune.MEMORY_FORMATS
+    stop = tmp_path / "part"
+    with pytest.raises(KeyboardInterrupt):
+        train(TrainConfig(arch=ARCH, epochs=2, device="cuda", **SMALL), stop,
+              on_epoch=lambda row: (_ for _ in ()).throw(KeyboardInterrupt))
+    resumed = train(TrainConfig(arch=ARCH, epochs=2, device="cuda", **SMALL), stop, resume=True)
+    assert (resumed["precision"], resumed["memory_format"]) == (summary["precision"], summary["memory_format"])
+
+
+@pytest.mark.slow
+def test_gpu_check_dry_run():
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_check.py"), "--dry-run"], cwd=repo,
+                       capture_output=True, text=True, timeout=600,
+                       env={**__import__("os").environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    for word in ("CUDA-only tests", "ours/plain", "ratio", "vgg19 base", "vgg19 uniform"):
+        assert word in r.stdout, word
