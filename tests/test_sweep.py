@@ -84,7 +84,8 @@ def test_example_configs_in_the_repo_load():
 @pytest.mark.parametrize("text, match", [
     ("models = [", "not valid TOML"),
     ('models = ["vgg19"]\nwidths = [1.0]\ndatasets = ["digits"]\nepoch = 3\n', "unknown keys epoch"),
-    ('models = ["vgg19"]\n', "missing widths, datasets"),
+    ('models = ["vgg19"]\n', r"missing widths \(or budgets\), datasets"),
+    ('models = ["vgg19"]\nwidths = [1.0]\nbudgets = ["params=1M"]\ndatasets = ["digits"]\n', "widths or budgets, not both"),
     ('preset = "huge"\n', "unknown preset"),
 ])
 def test_bad_toml_configs(tmp_path, text, match):
