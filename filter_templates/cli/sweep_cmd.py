@@ -53,7 +53,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     s.add_argument("--retry-failed", action="store_true", help="run failed points again")
     s.add_argument("--reindex", action="store_true",
                    help="rebuild the store's rows from the run folders in --runs-dir first (alone: only that)")
-    add_engine_args(s, defaults="the preset's or config's, else ")
+    add_engine_args(s, jobs_default="the preset's or config's, else 1",
+                    threads_default="the preset's or config's, else torch's choice")
     s.add_argument("--dry-run", action="store_true", help="validate and list the grid (without reading the data), "
                                                           "run nothing")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -64,18 +65,19 @@ _RAY_ONLY = ("address", "cpus_per_trial", "gpus_per_trial", "max_failures", "sto
 _LOCAL_ONLY = ("threads", "jobs")
 
 
-def add_engine_args(group: "argparse._ArgumentGroup", defaults: str = "") -> None:
+def add_engine_args(group: "argparse._ArgumentGroup", jobs_default: str = "1",
+                    threads_default: str = "torch's choice") -> None:
     """How runs are executed: local jobs and threads, or Ray and its options (sweep, reduce)."""
     from ..sweep.engines import ENGINES
 
     group.add_argument("--engine", choices=list(ENGINES), default="local",
                        help="local: runs train here, --jobs at a time (default); ray: each run a Ray Tune trial")
     group.add_argument("--jobs", type=positive_int, metavar="N",
-                       help=f"local: train N runs at once, one process each (default: {defaults}1; at most the CPU "
-                            "count)")
+                       help=f"local: train N runs at once, one process each (default: {jobs_default}; at most the "
+                            "CPU count)")
     group.add_argument("--threads", type=positive_int, metavar="N",
-                       help=f"local: CPU threads of torch (default: {defaults}torch's choice; on a CPU shared with "
-                            "other jobs 1 is often much faster); ray: set by --cpus-per-trial")
+                       help=f"local: CPU threads of torch per run (default: {threads_default}; on a CPU shared "
+                            "with other jobs 1 is often much faster); ray: set by --cpus-per-trial")
     group.add_argument("--address", metavar="ADDR", help="ray: join this cluster (e.g. auto, ray://head:10001); "
                                                          "default: start a local Ray")
     group.add_argument("--cpus-per-trial", type=positive_float, metavar="C", help="ray: CPUs per trial (default: 1)")
@@ -105,7 +107,7 @@ def engine_options(args: argparse.Namespace, jobs: int | None = None, threads: i
     from ..sweep.engines import EngineOptions
 
     return EngineOptions(
-        engine=args.engine, jobs=args.jobs or jobs or 1, threads=args.threads or threads,
+        engine=args.engine, jobs=args.jobs or jobs, threads=args.threads or threads,
         address=args.address, cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0,
         max_failures=2 if args.max_failures is None else args.max_failures, storage=args.storage,
         retry_failed=bool(getattr(args, "retry_failed", False)))

@@ -21,10 +21,11 @@ ENGINES = ("local", "ray")
 
 @dataclass
 class EngineOptions:
-    """How to run a grid. ``jobs``/``threads``: local only; the rest: Ray only (see ``run_ray``)."""
+    """How to run a grid. ``jobs``/``threads``: local only (None: 1 job, torch's threads); the rest:
+    Ray only (see ``run_ray``)."""
 
     engine: str = "local"
-    jobs: int = 1
+    jobs: int | None = None
     threads: int | None = None
     address: str | None = None
     cpus_per_trial: float = 1.0
@@ -54,6 +55,6 @@ def run_grid(grid: "Grid", db: str | os.PathLike[str], runs_dir: str | os.PathLi
 
     for device in {c.device for c in grid.configs}:
         resolve_device(device)  # asking for CUDA where there is none fails now, not per run
-    jobs = max(1, min(options.jobs, os.cpu_count() or 1))
+    jobs = max(1, min(options.jobs or 1, os.cpu_count() or 1))
     return run_local(grid.configs, db, runs_dir, retry_failed=options.retry_failed, jobs=jobs,
                      threads=options.threads, budget_points=grid.budget_points, progress=progress)
