@@ -200,7 +200,8 @@ def reduce(
     if report:
         from .report import make_report
 
-        result.report = str(Path(make_report(db, out / REPORT_DIR, latency="none", progress=progress)["index"]).resolve())
+        written = make_report(db, out / REPORT_DIR, latency="none", progress=progress)
+        result.report = str(Path(written["index"]).resolve())
     if export and result.winner is not None and result.winner.run_dir:
         result.exported = _export(result.winner.run_dir)
     result.wall_s = time.perf_counter() - t0

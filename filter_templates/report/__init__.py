@@ -100,7 +100,7 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
         if any(c.dataset == ds for c in by_budget.values()):
             made += [(f"accuracy_by_budget_{ds}", B.budget_accuracy_table(by_budget, ds, metric)),
                      (f"fits_by_budget_{ds}", B.budget_resource_table(by_budget, ds))]
-        if any(c.dataset == ds for c in width_cells.values()):  # (budget runs: the fits table has their resources)
+        if any(c.dataset == ds for c in width_cells.values()):  # budget runs: the fits table has resources
             made += [(f"accuracy_{ds}", tables.accuracy_table(width_cells, ds, metric)),
                      (f"resources_{ds}", tables.resource_table(tables.resource_rows(cells, ds, measure), ds))]
         bar.update()
@@ -161,7 +161,7 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
         f"Results store: `{Path(db).resolve()}` — generated {_dt.datetime.now().isoformat(timespec='seconds')}.", "",
         f"Runs: {counts['done']} done, {counts['failed']} failed, {counts['running']} running, "
         f"{counts['pending']} pending"
-        + (f"; {len(unreachable)} budget point{'' if len(unreachable) == 1 else 's'} unreachable" if unreachable else "")
+        + (f"; {len(unreachable)} budget point{'s' * (len(unreachable) != 1)} unreachable" if unreachable else "")
         + f". Accuracy: {metric} top-1 test accuracy. Partial grids are fine: "
         f"cells not run (yet) show {tables.MISSING}.", "",
     ]

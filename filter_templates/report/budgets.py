@@ -163,7 +163,8 @@ def budget_resource_table(cells: dict[tuple, BudgetCell], dataset: str) -> Table
               "of budget", "status"]
     rows, raw, reasons = [], [], []
     for fam, key, value in _budget_rows(mine):
-        for t in template_order(c.template for c in mine if (c.family, c.budget_key, c.budget_value) == (fam, key, value)):
+        row_templates = [c.template for c in mine if (c.family, c.budget_key, c.budget_value) == (fam, key, value)]
+        for t in template_order(row_templates):
             c = cells[(dataset, fam, key, value, t)]
             params, flops, mem = c.resource("params"), c.resource("flops"), c.resource("train_memory_bytes")
             used = c.resource(RESOURCE_OF[key])
