@@ -5,10 +5,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from typing import TYPE_CHECKING
 
 from .args import add_run_args, nonnegative_int, positive_int
 from .fit_cmd import BUDGET_HELP
 from .sweep_cmd import add_engine_args, check_engine_args, engine_options, train_settings
+
+if TYPE_CHECKING:
+    from ..reduce import ReduceResult
 
 DESCRIPTION = """\
 The study's method as one command: fit every template to the budget (the widest model of each
@@ -65,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.winner is not None else 1
 
 
-def render(result) -> str:
+def render(result: "ReduceResult") -> str:
     """The ranked table and where the winner, its export and the report are."""
     from ..fit import format_value
 

@@ -5,9 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from .args import add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
+
+if TYPE_CHECKING:
+    from ..sweep.engines import EngineOptions
 
 DESCRIPTION = """\
 Train every point of a grid (families x templates x widths x datasets x seeds) and record each
@@ -101,7 +105,8 @@ def check_engine_args(args: argparse.Namespace) -> None:
                      "--gpus-per-trial decide how many trials run at once and their threads")
 
 
-def engine_options(args: argparse.Namespace, jobs: int | None = None, threads: int | None = None):
+def engine_options(args: argparse.Namespace, jobs: int | None = None,
+                   threads: int | None = None) -> "EngineOptions":
     """The EngineOptions the flags ask for; ``jobs``/``threads``: a preset's or config's values
     (a flag overrides them; Ray ignores them, as its trials' CPU share decides)."""
     from ..sweep.engines import EngineOptions

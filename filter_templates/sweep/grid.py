@@ -297,6 +297,11 @@ def plan_grid(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -
     return out
 
 
+#: Arch fields the fitted width decides: not part of a budget point's identity (the rest -- family,
+#: template, classes, rounding options -- is).
+_SIZED_BY_WIDTH = ("width", "filters", "stem_width", "widths")
+
+
 def _budgets(spec: SweepSpec) -> list["Budget"]:
     from ..fit import parse_budget
 
@@ -337,7 +342,7 @@ def _budget_points(spec: SweepSpec, family: str, template: str, budget: "Budget"
         d = dataclasses.replace(probe, seed=s).to_dict()
         a = d.pop("arch")
         ident = {k: v for k, v in d.items() if k not in EXECUTION_FIELDS}
-        ident["arch"] = {k: a[k] for k in ("family", "template", "classes", "divisor", "floor")}
+        ident["arch"] = {k: v for k, v in a.items() if k not in _SIZED_BY_WIDTH}
         ident["budget"] = budget.to_dict()
         cfg = None if arch is None else TrainConfig(arch=arch, dataset=dataset, seed=s, **spec.train)
         points.append(BudgetPoint(budget, family, a["template"], dataset, s, ident, cfg, fitted, reason))
