@@ -19,7 +19,7 @@ from . import checkpoint as ckpt
 from .arch import Arch
 from .errors import UsageError
 
-__all__ = ["FORMATS", "load_run_model", "export_run", "default_export_path"]
+__all__ = ["FORMATS", "load_run_model", "export_run", "default_export_path", "onnx_available"]
 
 FORMATS = ("onnx", "torchscript")
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
@@ -109,11 +109,18 @@ def _torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
     traced.save(str(path))
 
 
-def _onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def onnx_available() -> bool:
+    """Whether the onnx extra (what torch's ONNX exporter needs) is installed."""
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
+        return False
+    return True
+
+
+def _onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+    if not onnx_available():
         raise UsageError("ONNX export needs the onnx extra: pip install 'filter-templates[onnx]' "
                          "(onnx, onnxscript, onnxruntime)") from None
     import logging

@@ -70,3 +70,26 @@ def test_a_trial_that_cannot_fit_a_local_ray_is_refused(tmp_path, capsys):
     assert len(err) == 1 and "--cpus-per-trial" in err[0] and "more than this machine" in err[0]
     with Store(tmp_path / "r.sqlite") as s:  # the claim was handed back
         assert [r["status"] for r in s.rows()] == ["pending"]
+
+
+def test_budget_sweep_on_a_local_ray(tmp_path, capsys, monkeypatch):
+    """Budget points are fitted by the driver, trained as trials, recorded with their fit; an
+    unreachable budget is recorded as skipped and the sweep goes on."""
+    pytest.importorskip("ray")
+    monkeypatch.chdir(tmp_path)
+    argv = ["sweep", "--engine", "ray", "--models", "mobilenet", "--templates", "base", "uniform", "--budgets",
+            "params=20K", "params=100", "--datasets", "synthetic", "--epochs", "1", "--limit-train", "64",
+            "--limit-test", "32", "--batch-size", "32", "--device", "cpu", "--db", "r.sqlite", "--runs-dir", "runs",
+            "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["engine"], out["points"], out["done"], out["failed"], len(out["unreachable"])) == ("ray", 2, 2, 0, 2)
+    with Store(tmp_path / "r.sqlite") as s:
+        points = s.budget_rows()
+        for r in s.rows():
+            assert [e["event"] for e in s.events(r["key"])] == ["add", "claim", "done"]
+    fitted = [p for p in points if p["status"] == "fitted"]
+    assert len(points) == 4 and len(fitted) == 2
+    assert all(p["run"]["status"] == "done" and p["run"]["params"] <= 20_000 for p in fitted)
+    assert main(argv) == 0  # a re-run starts no trial
+    assert json.loads(capsys.readouterr().out)["skipped_done"] == 2

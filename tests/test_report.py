@@ -203,3 +203,41 @@ def test_bad_options():
         make_report("x", "y", metric="median")
     with pytest.raises(UsageError, match="latency"):
         make_report("x", "y", latency="sometimes")
+
+
+def test_budget_report_puts_budgets_in_rows_and_templates_in_columns(tmp_path):
+    """Two seeds per point (mean ± std), two budgets, an unreachable one and a pending run."""
+    from filter_templates.sweep.grid import SweepSpec, plan_grid
+
+    spec = SweepSpec(models=["mobilenet"], templates=["base", "uniform", "quadratic"], widths=[], datasets=["cifar10"],
+                     budgets=["params=50K", "params=200K", "params=100"], seeds=[0, 1], train={"epochs": 3})
+    grid = plan_grid(spec, classes_of=lambda ds: 10)
+    accs = {"base": 0.60, "uniform": 0.70, "quadratic": 0.65}
+    db = tmp_path / "r.sqlite"
+    with Store(db) as s:
+        s.add_points((c.to_dict(), f"/runs/{i}") for i, c in enumerate(grid.configs))
+        s.add_budget_points(p.record() for p in grid.budget_points)
+        for p in grid.budget_points:
+            if p.config is None or (p.template, p.budget.value, p.seed) == ("quadratic", 200_000, 1):
+                continue  # unreachable, and one run still pending
+            from filter_templates.sweep.store import point_key
+
+            c = s.claim([point_key(p.config.to_dict())[0]])
+            acc = accs[p.template] + (0.02 if p.seed else 0.0) + (0.1 if p.budget.value == 200_000 else 0.0)
+            s.finish(c["key"], c["claim_token"], summary(acc, p.fit["params"], p.config.arch.width))
+    out = tmp_path / "rep"
+    written = make_report(db, out, latency="none")
+    rows = md_rows((out / "tables" / "accuracy_by_budget_cifar10.md").read_text())
+    assert rows[0] == ["family", "budget", "base", "uniform", "quadratic", "best"]
+    assert [r[1] for r in rows[1:]] == ["params ≤ 200,000", "params ≤ 50,000", "params ≤ 100"]  # largest first
+    assert rows[1][2:] == ["71.00 ± 1.41", "**81.00 ± 1.41**", "75.00", "uniform"]  # one quadratic seed pending
+    assert rows[2][2:] == ["61.00 ± 1.41", "**71.00 ± 1.41**", "66.00 ± 1.41", "uniform"]
+    assert rows[3][2:] == ["unreachable"] * 3 + ["—"]
+    fits = (out / "tables" / "fits_by_budget_cifar10.md").read_text()
+    assert "below the smallest reachable mobilenet model" in fits
+    assert not (out / "tables" / "accuracy_cifar10.md").exists()  # no width runs: no width table
+    names = {Path(p).name for p in written["figures"]}
+    assert {"accuracy_vs_params_budget_cifar10.png", "accuracy_vs_params_budget_cifar10.svg"} <= names
+    svg = (out / "figures" / "accuracy_vs_params_budget_cifar10.svg").read_text()
+    assert "one line per template" in svg and "budget" in svg
+    assert "6 budget points unreachable" in (out / "index.md").read_text()

@@ -243,3 +243,47 @@ def test_non_finite_numbers_are_stored_as_null(tmp_path):
         row = s.get(keys[0])
         assert row["final_acc"] is None and row["epoch_metrics"][0]["train_loss"] is None
         assert canonical_json(row["epoch_metrics"])  # still valid JSON
+
+
+def budget_point(value: float, run_key: str | None, template: str = "base", seed: int = 0,
+                 reason: str | None = None) -> dict:
+    """A BudgetPoint.record()-shaped dict."""
+    ident = {"budget": {"key": "params", "value": value}, "arch": {"family": "vgg19", "template": template},
+             "dataset": "digits", "seed": seed, "epochs": 2}
+    fitted = run_key is not None
+    return {"ident": ident, "budget_key": "params", "budget_value": value, "family": "vgg19", "template": template,
+            "dataset": "digits", "seed": seed, "status": "fitted" if fitted else "unreachable", "reason": reason,
+            "width": 0.1 if fitted else None, "filters": [3, 3, 6] if fitted else None,
+            "fit": {"params": 999, "capped": False} if fitted else None, "run_key": run_key}
+
+
+def test_budget_points_record_the_fit_and_join_their_run(tmp_path):
+    with Store(tmp_path / "r.sqlite") as s:
+        keys = fill(s, grid(1), tmp_path)
+        # two budgets that fit the same model share its run; an unreachable budget has none
+        points = [budget_point(1e6, keys[0]), budget_point(2e6, keys[0]),
+                  budget_point(10, None, reason="budget params=10 is below the smallest reachable vgg19 model")]
+        assert s.add_budget_points(points) == 3
+        assert s.add_budget_points(points[:1]) == 0  # the same point again: refreshed, not added
+        assert s.counts() == {"pending": 1, "running": 0, "done": 0, "failed": 0}  # nothing to train was added
+        c = s.claim(keys)
+        s.finish(c["key"], c["claim_token"], summary(0.7))
+        rows = s.budget_rows()
+        assert [(r["budget_value"], r["status"]) for r in rows] == [(1e6, "fitted"), (2e6, "fitted"), (10, "unreachable")]
+        assert rows[0]["run"]["key"] == rows[1]["run"]["key"] == keys[0] and rows[0]["run"]["final_acc"] == 0.7
+        assert rows[0]["fit"] == {"params": 999, "capped": False} and rows[0]["filters"] == [3, 3, 6]
+        assert rows[0]["width"] == 0.1 and rows[0]["ident"]["budget"] == {"key": "params", "value": 1e6}
+        assert rows[2]["run"] is None and rows[2]["width"] is None and "below the smallest" in rows[2]["reason"]
+        order = [r["key"] for r in rows][::-1]
+        assert [r["key"] for r in s.budget_rows(order)] == order
+        with pytest.raises(ValueError, match="status"):
+            s.add_budget_points([{**points[0], "status": "skipped"}])
+
+
+def test_a_store_written_before_budget_points_gains_the_table(tmp_path):
+    db = tmp_path / "old.sqlite"
+    with Store(db) as s:
+        fill(s, grid(2), tmp_path)
+        s.db.execute("DROP TABLE budget_points")
+    with Store(db, create=False) as s:
+        assert s.budget_rows() == [] and s.counts()["pending"] == 2

@@ -16,7 +16,7 @@ import pytest
 
 from filter_templates.cli import main
 from filter_templates.errors import UsageError
-from filter_templates.sweep.grid import PAPER_WIDTHS, SweepSpec, expand, load_config, preset
+from filter_templates.sweep.grid import PAPER_WIDTHS, SweepSpec, expand, load_config, plan_grid, preset
 from filter_templates.sweep.store import Store, read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
@@ -84,7 +84,8 @@ def test_example_configs_in_the_repo_load():
 @pytest.mark.parametrize("text, match", [
     ("models = [", "not valid TOML"),
     ('models = ["vgg19"]\nwidths = [1.0]\ndatasets = ["digits"]\nepoch = 3\n', "unknown keys epoch"),
-    ('models = ["vgg19"]\n', "missing widths, datasets"),
+    ('models = ["vgg19"]\n', r"missing widths \(or budgets\), datasets"),
+    ('models = ["vgg19"]\nwidths = [1.0]\nbudgets = ["params=1M"]\ndatasets = ["digits"]\n', "widths or budgets, not both"),
     ('preset = "huge"\n', "unknown preset"),
 ])
 def test_bad_toml_configs(tmp_path, text, match):
@@ -110,7 +111,7 @@ def test_expand_validates_everything_up_front(spec, match):
 
 @pytest.mark.parametrize("argv, match", [
     (["sweep"], "name a grid"),
-    (["sweep", "--models", "vgg19"], "needs --widths, --datasets"),
+    (["sweep", "--models", "vgg19"], "needs --widths (or --budgets), --datasets"),
     (["sweep", "--preset", "quick", "--config", "x.toml"], "not allowed with argument"),
     (["sweep", "--preset", "huge"], "invalid choice"),
     (["sweep", "--preset", "quick", "--widths", "0"], "not a positive finite number"),
@@ -118,10 +119,107 @@ def test_expand_validates_everything_up_front(spec, match):
     (["sweep", "--models", "nope", "--widths", "1", "--datasets", "digits"], "unknown model 'nope'"),
     (["sweep", "--config", "/nonexistent/s.toml"], "does not exist"),
     (["sweep", "--reindex", "--runs-dir", "/nonexistent/runs"], "does not exist"),
+    (["sweep", "--models", "vgg19", "--budgets", "params=1M", "--widths", "1", "--datasets", "digits"],
+     "not allowed with argument"),
+    (["sweep", "--models", "vgg19", "--budgets", "params=lots", "--datasets", "synthetic"], "malformed budget value"),
+    (["sweep", "--models", "vgg19", "--budgets", "params", "--datasets", "synthetic"], "malformed budget"),
+    (["sweep", "--models", "vgg19", "--budgets", "size=1M", "--datasets", "synthetic"], "unknown budget key 'size'"),
+    (["sweep", "--models", "vgg19", "--budgets", "params=-5", "--datasets", "synthetic"], "must be a positive finite value"),
+    (["sweep", "--models", "vgg19", "--budgets", "params=1M"], "needs --datasets"),
 ])
 def test_cli_errors_are_one_line(capsys, argv, match):
     assert main(argv) == 2
     assert match in err_line(capsys)
+
+
+# --------------------------------------------------------------------------------------------
+# Budget sweeps: every (family, template, budget, dataset, seed) is fitted, then trained
+# --------------------------------------------------------------------------------------------
+
+
+def test_budget_points_are_fitted_within_their_budget():
+    from filter_templates.measure import arch_flops, arch_params
+
+    spec = SweepSpec(models=["vgg19", "mobilenet"], templates=["base", "reverse", "quadratic"], widths=[],
+                     budgets=["params=50K", "flops=2M", "params=100"], datasets=["synthetic"], seeds=[0, 1],
+                     train={"epochs": 1})
+    grid = plan_grid(spec, classes_of=CLASSES)
+    assert len(grid.budget_points) == 2 * 3 * 3 * 2 and len({p.key for p in grid.budget_points}) == 36
+    for p in grid.budget_points:
+        if p.budget.value == 100:  # below every family's smallest model: skipped, with the reason
+            assert p.config is None and "below the smallest reachable" in p.reason, p.reason
+            continue
+        arch = p.config.arch
+        used = arch_params(arch) if p.budget.key == "params" else arch_flops(arch)
+        assert used <= p.budget.value and p.fit[p.budget.key] == used
+        assert p.budget.value * 0.8 < used  # the widest model that fits, not just any
+        assert p.fit["train_memory_bytes"] > 0 and p.config.epochs == 1 and p.config.seed == p.seed
+        assert p.record()["width"] == arch.width
+    assert len(grid.configs) == 24 and len(grid.unreachable) == 12
+    by_seed = {}  # the seeds of one point share one fit
+    for p in grid.budget_points:
+        by_seed.setdefault((p.family, p.template, p.budget), []).append(p.config and p.config.arch)
+    assert all(len(set(v)) == 1 for v in by_seed.values())
+
+
+def test_budgets_in_toml_and_over_a_preset(tmp_path):
+    f = tmp_path / "b.toml"
+    f.write_text('preset = "quick"\nbudgets = ["params=20K"]\nepochs = 1\n')
+    spec = load_config(f)
+    assert (spec.budgets, spec.widths) == (["params=20K"], [])  # budgets replace the preset's widths
+    assert spec.merged({"widths": [0.1]}).budgets == []  # and a width flag replaces budgets
+    grid = plan_grid(spec, classes_of=CLASSES)
+    assert len(grid.configs) == 2 * 5 and {p.budget.value for p in grid.budget_points} == {20_000}
+
+
+def test_sweep_help_documents_budgets(capsys):
+    with pytest.raises(SystemExit):
+        main(["sweep", "--help"])
+    out = capsys.readouterr().out
+    assert "--budgets KEY=VALUE" in out and "params=1M" in out and "instead of widths" in out
+
+
+def test_budget_sweep_records_fits_skips_unreachable_and_retries(tmp_path, capsys):
+    argv = sweep_args(tmp_path, "--models", "mobilenet", "--templates", "base", "uniform",
+                      "--budgets", "params=20K", "params=100", "--epochs", "1", "--json")
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["points"], out["done"], out["failed"]) == (2, 2, 0)
+    assert len(out["unreachable"]) == 2 and all("231 parameters" in u["reason"] for u in out["unreachable"])
+    with Store(tmp_path / "r.sqlite") as s:
+        points = s.budget_rows()
+    assert len(points) == 4
+    for p in points:
+        if p["budget_value"] == 100:
+            assert p["status"] == "unreachable" and p["run"] is None
+            continue
+        run = p["run"]
+        assert run["status"] == "done" and run["params"] <= 20_000 and run["params"] == p["fit"]["params"]
+        assert run["width"] == p["width"] and run["filters"] == p["filters"]
+    assert main(argv) == 0  # again: nothing to train
+    again = json.loads(capsys.readouterr().out)
+    assert (again["done"], again["skipped_done"], len(again["unreachable"])) == (0, 2, 2)
+    # a budget point whose run fails is skipped on a re-run and retried with --retry-failed
+    bad = sweep_args(tmp_path, "--models", "mobilenet", "--templates", "base", "--budgets", "params=20K",
+                     "--epochs", "1", "--lr", "1e30", "--json")
+    assert main(bad) == 1
+    assert json.loads(capsys.readouterr().out)["failed"] == 1
+    assert main(bad) == 0
+    assert json.loads(capsys.readouterr().out)["skipped_failed"] == 1
+    assert main(bad + ["--retry-failed"]) == 1
+    assert json.loads(capsys.readouterr().out)["failed"] == 1
+    with Store(tmp_path / "r.sqlite") as s:
+        assert sorted(r["attempts"] for r in s.rows()) == [1, 1, 2]
+        assert len(s.budget_rows()) == 5  # the new lr is a new point of the same budget
+
+
+def test_budget_dry_run_lists_fits_and_unreachable_points(tmp_path, capsys):
+    assert main(sweep_args(tmp_path, "--models", "vgg19", "--templates", "base", "--budgets", "flops=5M",
+                           "flops=1", "--dry-run")) == 0
+    out = capsys.readouterr().out
+    assert "synthetic-vgg19-base-w" in out and "unreachable: synthetic vgg19 base flops=1 s0: budget" in out
+    assert "1 points, 1 unreachable; nothing run" in out
+    assert not (tmp_path / "runs").exists()
 
 
 def test_dry_run_of_the_paper_grid_needs_no_data(tmp_path, capsys, monkeypatch):
@@ -312,6 +410,21 @@ def test_sigkilled_sweep_resumes_without_losing_or_duplicating(tmp_path):
     # resumed, not restarted: the epochs trained before the kill kept their numbers
     kept = killed[0]["epoch_metrics"]
     assert [m["test_acc"] for m in read_metrics(by_key[k]["run_dir"])[:len(kept)]] == [m["test_acc"] for m in kept]
+
+
+def test_concurrent_budget_sweeps_on_one_file_run_each_point_once(tmp_path):
+    db = tmp_path / "r.sqlite"
+    argv = sweep_args(tmp_path, "--models", "mobilenet", "--templates", "base", "uniform", "quadratic",
+                      "--budgets", "params=20K", "params=100", "--epochs", "1", "--limit-train", "32")
+    procs = [(_spawn(argv, tmp_path / f"w{i}.log"), tmp_path / f"w{i}.log") for i in range(2)]
+    for p, log in procs:
+        _wait(p, log)
+    rows = _check_runs(db, tmp_path / "runs", 1, 3)
+    with Store(db) as s:
+        assert all([e["event"] for e in s.events(r["key"])] == ["add", "claim", "done"] for r in rows)
+        points = s.budget_rows()
+    assert len(points) == 6 and sorted(p["status"] for p in points) == ["fitted"] * 3 + ["unreachable"] * 3
+    assert sum(log.read_text().count("done   ") for _, log in procs) == 3
 
 
 def test_three_concurrent_sweeps_on_one_file_run_each_point_once(tmp_path):

@@ -14,7 +14,7 @@ from typing import NoReturn, Sequence
 from ..errors import UsageError
 
 PROG = "filter-templates"
-COMMANDS = ("templates", "fit", "train", "sweep", "report", "export")
+COMMANDS = ("templates", "fit", "train", "sweep", "report", "export", "reduce")
 
 
 class _Parser(argparse.ArgumentParser):

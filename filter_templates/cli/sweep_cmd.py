@@ -5,17 +5,24 @@ from __future__ import annotations
 import argparse
 import json
 import os
+from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from .args import add_as_published, add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
 
+if TYPE_CHECKING:
+    from ..sweep.engines import EngineOptions
+
 DESCRIPTION = """\
 Train every point of a grid (families x templates x widths x datasets x seeds) and record each
 run in a results store (SQLite). Give the grid with --preset, --config FILE.toml or the grid
-flags; grid flags given together with a preset or config override its values. Re-running skips
-done points, resumes partial ones from their checkpoints and retries failed ones only with
---retry-failed. Several sweeps may share one --db: no point runs twice. Exit status 1 when a run
-of this sweep failed (it is recorded with its reason and the sweep goes on), 0 otherwise."""
+flags; grid flags given together with a preset or config override its values. With --budgets
+instead of --widths, every (family, template, budget, dataset) is first fitted (the widest model
+within the budget, as 'fit' finds it) and that model is trained; a budget a template cannot reach
+is recorded as skipped with the reason, and the sweep goes on. Re-running skips done points,
+resumes partial ones from their checkpoints and retries failed ones only with --retry-failed.
+Several sweeps may share one --db: no point runs twice. Exit status 1 when a run of this sweep
+failed (it is recorded with its reason and the sweep goes on), 0 otherwise."""
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -31,7 +38,13 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     g = p.add_argument_group("grid (override the preset/config)")
     g.add_argument("--models", nargs="+", metavar="M", help="model families")
     g.add_argument("--templates", nargs="+", metavar="T", help="templates (default: all five)")
-    g.add_argument("--widths", nargs="+", type=positive_float, metavar="W", help="width multipliers")
+    size = g.add_mutually_exclusive_group()
+    size.add_argument("--widths", nargs="+", type=positive_float, metavar="W", help="width multipliers")
+    size.add_argument("--budgets", nargs="+", metavar="KEY=VALUE",
+                      help="budgets instead of widths, e.g. params=1M flops=50M: each point trains the widest model "
+                           "of its template within the budget (fitted as by 'fit'). KEY: params, flops (counts, "
+                           "K/M/G suffixes), memory (bytes of one training step at --batch-size, K/M/G or Ki/Mi/Gi), "
+                           "latency (s/ms/us, measured on --device)")
     g.add_argument("--datasets", nargs="+", metavar="D", help="datasets: digits, cifar10, cifar100, synthetic")
     g.add_argument("--seeds", nargs="+", type=nonnegative_int, metavar="S", help="seeds (default: 0)")
     g.add_argument("--divisor", type=positive_int, metavar="K", help="round every layer to a multiple of K")
@@ -39,29 +52,14 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_as_published(g)
     t = p.add_argument_group("training (override the preset/config)")
     add_run_args(t)
-    t.add_argument("--jobs", type=positive_int, metavar="N",
-                   help="local: train N runs at once, one process each (default: the preset's or config's, else 1; "
-                        "at most the CPU count)")
-    t.add_argument("--threads", type=positive_int, metavar="N",
-                   help="local: CPU threads of torch (default: the preset's or config's, else torch's choice; on a CPU "
-                        "shared with other jobs 1 is often much faster); ray: set by --cpus-per-trial")
     s = p.add_argument_group("store and engine")
     s.add_argument("--db", default="results.sqlite", metavar="FILE", help="results store (default: results.sqlite)")
     s.add_argument("--runs-dir", default="runs", metavar="DIR", help="one folder per run (default: runs/)")
     s.add_argument("--retry-failed", action="store_true", help="run failed points again")
     s.add_argument("--reindex", action="store_true",
                    help="rebuild the store's rows from the run folders in --runs-dir first (alone: only that)")
-    s.add_argument("--engine", choices=["local", "ray"], default="local",
-                   help="local: one run after another here (default); ray: each run a Ray Tune trial")
-    s.add_argument("--address", metavar="ADDR", help="ray: join this cluster (e.g. auto, ray://head:10001); "
-                                                     "default: start a local Ray")
-    s.add_argument("--cpus-per-trial", type=positive_float, metavar="C", help="ray: CPUs per trial (default: 1)")
-    s.add_argument("--gpus-per-trial", type=nonnegative_float, metavar="G",
-                   help="ray: GPUs per trial, fractions allowed (default: 0)")
-    s.add_argument("--max-failures", type=nonnegative_int, metavar="N",
-                   help="ray: restart a crashed trial from its checkpoint up to N times (default: 2)")
-    s.add_argument("--storage", metavar="PATH", help="ray: where Tune keeps trial checkpoints; on a cluster a "
-                                                     "shared path or URI (default: RUNS_DIR/_ray)")
+    add_engine_args(s, jobs_default="the preset's or config's, else 1",
+                    threads_default="the preset's or config's, else torch's choice")
     s.add_argument("--dry-run", action="store_true", help="validate and list the grid (without reading the data), "
                                                           "run nothing")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
@@ -69,6 +67,67 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 _RAY_ONLY = ("address", "cpus_per_trial", "gpus_per_trial", "max_failures", "storage")
+_LOCAL_ONLY = ("threads", "jobs")
+
+
+def add_engine_args(group: "argparse._ArgumentGroup", jobs_default: str = "1",
+                    threads_default: str = "torch's choice") -> None:
+    """How runs are executed: local jobs and threads, or Ray and its options (sweep, reduce)."""
+    from ..sweep.engines import ENGINES
+
+    group.add_argument("--engine", choices=list(ENGINES), default="local",
+                       help="local: runs train here, --jobs at a time (default); ray: each run a Ray Tune trial")
+    group.add_argument("--jobs", type=positive_int, metavar="N",
+                       help=f"local: train N runs at once, one process each (default: {jobs_default}; at most the "
+                            "CPU count)")
+    group.add_argument("--threads", type=positive_int, metavar="N",
+                       help=f"local: CPU threads of torch per run (default: {threads_default}; on a CPU shared "
+                            "with other jobs 1 is often much faster); ray: set by --cpus-per-trial")
+    group.add_argument("--address", metavar="ADDR", help="ray: join this cluster (e.g. auto, ray://head:10001); "
+                                                         "default: start a local Ray")
+    group.add_argument("--cpus-per-trial", type=positive_float, metavar="C", help="ray: CPUs per trial (default: 1)")
+    group.add_argument("--gpus-per-trial", type=nonnegative_float, metavar="G",
+                       help="ray: GPUs per trial, fractions allowed (default: 0)")
+    group.add_argument("--max-failures", type=nonnegative_int, metavar="N",
+                       help="ray: restart a crashed trial from its checkpoint up to N times (default: 2)")
+    group.add_argument("--storage", metavar="PATH", help="ray: where Tune keeps trial checkpoints; on a cluster a "
+                                                         "shared path or URI (default: RUNS_DIR/_ray)")
+
+
+def check_engine_args(args: argparse.Namespace) -> None:
+    """Refuse flags of the other engine before anything is fitted or trained."""
+    other = _RAY_ONLY if args.engine != "ray" else _LOCAL_ONLY
+    given = [f"--{n.replace('_', '-')}" for n in other if getattr(args, n) is not None]
+    if not given:
+        return
+    if args.engine != "ray":
+        raise UsageError(f"{', '.join(given)} only apply to --engine ray")
+    raise UsageError(f"{', '.join(given)} apply to --engine local; with ray, --cpus-per-trial and "
+                     "--gpus-per-trial decide how many trials run at once and their threads")
+
+
+def engine_options(args: argparse.Namespace, jobs: int | None = None,
+                   threads: int | None = None) -> "EngineOptions":
+    """The EngineOptions the flags ask for; ``jobs``/``threads``: a preset's or config's values
+    (a flag overrides them; Ray ignores them, as its trials' CPU share decides)."""
+    from ..sweep.engines import EngineOptions
+
+    return EngineOptions(
+        engine=args.engine, jobs=args.jobs or jobs, threads=args.threads or threads,
+        address=args.address, cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0,
+        max_failures=2 if args.max_failures is None else args.max_failures, storage=args.storage,
+        retry_failed=bool(getattr(args, "retry_failed", False)))
+
+
+def train_settings(args: argparse.Namespace) -> dict:
+    """The training settings the shared flags (``add_run_args``) set, by TrainConfig field name:
+    one place, so a field added to TrainConfig and its flag reaches sweep and reduce alike."""
+    from ..sweep.grid import TRAIN_FIELDS
+
+    out = {k: getattr(args, k, None) for k in TRAIN_FIELDS}
+    if out.get("data_dir"):
+        out["data_dir"] = os.path.abspath(out["data_dir"])
+    return out
 
 
 def _models(names: list[str] | None) -> list[str] | None:
@@ -83,22 +142,19 @@ def spec_from_args(args: argparse.Namespace):
     from ..sweep.grid import load_config, preset
 
     overrides = {
-        "models": _models(args.models), "templates": args.templates, "widths": args.widths, "datasets": args.datasets,
-        "seeds": args.seeds, "divisor": args.divisor, "floor": args.floor, "epochs": args.epochs,
-        "batch_size": args.batch_size, "lr": args.lr, "limit_train": args.limit_train,
-        "limit_test": args.limit_test, "data_dir": os.path.abspath(args.data_dir) if args.data_dir else None,
-        "download": args.download, "device": args.device, "threads": args.threads,
-        "jobs": args.jobs, "recipe": args.recipe, "precision": args.precision, "memory_format": args.memory_format,
-        "as_published": args.as_published,
+        "models": _models(args.models), "templates": args.templates, "widths": args.widths, "budgets": args.budgets,
+        "datasets": args.datasets, "seeds": args.seeds, "divisor": args.divisor, "floor": args.floor,
+        "threads": args.threads, "jobs": args.jobs, "as_published": args.as_published, **train_settings(args),
     }
     if args.preset:
         return preset(args.preset).merged(overrides)
     if args.config:
         return load_config(args.config).merged(overrides)
     grid = ("models", "widths", "datasets")
-    if not any(overrides[k] is not None for k in grid + ("templates", "seeds")):
+    if not any(overrides[k] is not None for k in grid + ("budgets", "templates", "seeds")):
         return None
-    missing = [f"--{k}" for k in grid if overrides[k] is None]
+    missing = [f"--{k}" if k != "widths" else "--widths (or --budgets)" for k in grid
+               if overrides[k] is None and not (k == "widths" and overrides["budgets"] is not None)]
     if missing:
         raise UsageError(f"the grid needs {', '.join(missing)} (or use --preset quick|paper or --config FILE.toml)")
     from ..sweep.grid import ALL_TEMPLATES, SweepSpec
@@ -107,10 +163,7 @@ def spec_from_args(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.engine != "ray":
-        given = [f"--{n.replace('_', '-')}" for n in _RAY_ONLY if getattr(args, n) is not None]
-        if given:
-            raise UsageError(f"{', '.join(given)} only apply to --engine ray")
+    check_engine_args(args)
     spec = spec_from_args(args)
     if spec is None and not args.reindex:
         raise UsageError("name a grid: --preset quick|paper, --config FILE.toml, or --models/--widths/--datasets")
@@ -132,42 +185,27 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(out))
             return 0
 
-    from ..sweep.grid import expand, known_classes
+    from ..sweep.grid import known_classes, plan_grid
 
-    configs = expand(spec, classes_of=known_classes if args.dry_run else None)  # a real run reads the data now
+    grid = plan_grid(spec, classes_of=known_classes if args.dry_run else None)  # a real run reads the data now
     if args.dry_run:
         from ..sweep.grid import run_dir_name
         from ..sweep.store import point_key
 
-        names = [run_dir_name(c.to_dict(), point_key(c.to_dict())[0]) for c in configs]
+        names = [run_dir_name(c.to_dict(), point_key(c.to_dict())[0]) for c in grid.configs]
+        skipped = [{"point": p.label(), "reason": p.reason} for p in grid.unreachable]
         if args.json:
-            print(json.dumps({**out, "points": len(configs), "grid": spec.to_dict(), "runs": names}))
+            print(json.dumps({**out, "points": len(grid.configs), "grid": spec.to_dict(), "runs": names,
+                              "unreachable": skipped}))
         else:
-            print("\n".join(names))
-            print(f"{len(configs)} points; nothing run (--dry-run)")
+            print("\n".join(names + [f"unreachable: {d['point']}: {d['reason']}" for d in skipped]))
+            print(f"{len(grid.configs)} points{f', {len(skipped)} unreachable' if skipped else ''}; "
+                  "nothing run (--dry-run)")
         return 0
 
-    if args.engine == "ray":
-        given = [f"--{n}" for n in ("threads", "jobs") if getattr(args, n)]
-        if given:
-            raise UsageError(f"{', '.join(given)} apply to --engine local; with ray, --cpus-per-trial and "
-                             "--gpus-per-trial decide how many trials run at once and their threads")
-        # (a preset's or config's threads/jobs are ignored by Ray for the same reason)
-        from ..sweep.ray_engine import run_ray
+    from ..sweep.engines import run_grid
 
-        result = run_ray(configs, args.db, args.runs_dir, address=args.address,
-                         cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0,
-                         max_failures=2 if args.max_failures is None else args.max_failures,
-                         storage=args.storage, retry_failed=args.retry_failed)
-    else:
-        from ..sweep.local import run_local
-        from ..measure import resolve_device
-
-        for device in {c.device for c in configs}:
-            resolve_device(device)  # asking for CUDA where there is none fails now, not per run
-        jobs = max(1, min(spec.jobs, os.cpu_count() or 1))
-        result = run_local(configs, args.db, args.runs_dir, retry_failed=args.retry_failed, jobs=jobs,
-                           threads=spec.threads)
+    result = run_grid(grid, args.db, args.runs_dir, engine_options(args, spec.jobs, spec.threads))
     if args.json:
         print(json.dumps({**out, **result.to_dict()}))
     else:

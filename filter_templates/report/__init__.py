@@ -2,7 +2,9 @@
 
 :func:`make_report` reads whatever the store holds (a finished paper grid, a sweep still running,
 a quick preset) and writes ``tables/`` (Markdown, CSV, LaTeX), ``figures/`` (PNG, SVG) and an
-``index.md`` that shows and links everything.
+``index.md`` that shows and links everything. Runs of a budget sweep get their own tables (budgets
+in the rows, templates in the columns) and an accuracy-versus-budgeted-resource figure
+(``budgets``); the width tables only hold runs of width sweeps.
 """
 
 from __future__ import annotations
@@ -72,13 +74,18 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
     with Store(db, create=False) as store:
         rows = store.rows()
         counts = store.counts()
-    if not rows:
+        budget_rows = store.budget_rows()
+    if not rows and not budget_rows:
         raise UsageError(f"results store {str(db)!r} holds no runs yet; run 'filter-templates sweep' first")
     out = Path(out)
     (out / "tables").mkdir(parents=True, exist_ok=True)
     (out / "figures").mkdir(parents=True, exist_ok=True)
+    from . import budgets as B
+
     cells = tables.collect(rows)
-    datasets = sorted({c.dataset for c in cells.values()})
+    by_budget = B.collect_budgets(budget_rows)
+    width_cells = tables.collect([r for r in rows if r["key"] not in B.run_keys(budget_rows)])
+    datasets = sorted({c.dataset for c in cells.values()} | {c.dataset for c in by_budget.values()})
     batch = next((r["batch_size"] for r in rows if r.get("batch_size")), None) or \
         next((int(r["config"].get("batch_size", 64)) for r in rows), 64)
     measure = _measure_width1(batch, latency, threads)
@@ -89,10 +96,15 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
 
     for ds in datasets:
         sec = [f"## {ds}", ""]
-        acc = tables.accuracy_table(cells, ds, metric)
-        res = tables.resource_table(tables.resource_rows(cells, ds, measure), ds)
+        made = []
+        if any(c.dataset == ds for c in by_budget.values()):
+            made += [(f"accuracy_by_budget_{ds}", B.budget_accuracy_table(by_budget, ds, metric)),
+                     (f"fits_by_budget_{ds}", B.budget_resource_table(by_budget, ds))]
+        if any(c.dataset == ds for c in width_cells.values()):  # budget runs: the fits table has resources
+            made += [(f"accuracy_{ds}", tables.accuracy_table(width_cells, ds, metric)),
+                     (f"resources_{ds}", tables.resource_table(tables.resource_rows(cells, ds, measure), ds))]
         bar.update()
-        for stem, table in ((f"accuracy_{ds}", acc), (f"resources_{ds}", res)):
+        for stem, table in made:
             files = tables.render(table)
             for ext, text in files.items():
                 p = out / "tables" / f"{stem}.{ext}"
@@ -101,7 +113,16 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
             sec += [files["md"].replace("### ", "### ", 1),
                     f"Files: [Markdown](tables/{stem}.md) · [CSV](tables/{stem}.csv) · [LaTeX](tables/{stem}.tex)", ""]
             bar.update()
-        for axis in ("params", "memory", "latency"):
+        for key in sorted({c.budget_key for c in by_budget.values() if c.dataset == ds}):
+            fig = B.budget_figure(by_budget, ds, key, metric)
+            if fig is None:
+                sec += [f"(No done run of the {key} budgets of {ds} yet: no accuracy-versus-budget figure.)", ""]
+                continue
+            stem = f"accuracy_vs_{key}_budget_{ds}"
+            written["figures"] += [str(p) for p in figures.save(fig, out / "figures" / stem)]
+            sec += [f"![{ds}: accuracy versus the {key} budgets](figures/{stem}.png)", "",
+                    f"[SVG](figures/{stem}.svg)", ""]
+        for axis in ("params", "memory", "latency") if any(c.dataset == ds for c in cells.values()) else ():
             fig = figures.tradeoff_figure(cells, ds, axis, metric)
             bar.update()
             if fig is None:
@@ -134,11 +155,14 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
     bar.close()
 
     failed = [r for r in rows if r["status"] == "failed"]
+    unreachable = [p for p in budget_rows if p["status"] == "unreachable"]
     head = [
         "# filter-templates report", "",
         f"Results store: `{Path(db).resolve()}` — generated {_dt.datetime.now().isoformat(timespec='seconds')}.", "",
         f"Runs: {counts['done']} done, {counts['failed']} failed, {counts['running']} running, "
-        f"{counts['pending']} pending. Accuracy: {metric} top-1 test accuracy. Partial grids are fine: "
+        f"{counts['pending']} pending"
+        + (f"; {len(unreachable)} budget point{'s' * (len(unreachable) != 1)} unreachable" if unreachable else "")
+        + f". Accuracy: {metric} top-1 test accuracy. Partial grids are fine: "
         f"cells not run (yet) show {tables.MISSING}.", "",
     ]
     tail = []

@@ -1,9 +1,12 @@
 """What a sweep runs: a grid of training configurations, from flags, a preset or a TOML file.
 
-A :class:`SweepSpec` is the grid in words (families x templates x widths x datasets x seeds plus
-the shared training settings); :func:`expand` turns it into one ``TrainConfig`` per point, in an
-order that keeps one dataset loaded at a time. Everything is validated before anything runs, so a
-typo fails in a second rather than after an hour of training.
+A :class:`SweepSpec` is the grid in words (families x templates x (widths or budgets) x datasets x
+seeds plus the shared training settings); :func:`plan_grid` turns it into one ``TrainConfig`` per
+point, in an order that keeps one dataset loaded at a time. With budgets, every (family, template,
+budget, dataset) is first fitted (SPEC section 5, :func:`filter_templates.fit.fit`): the point
+trains the widest model within the budget, and a budget the template cannot reach becomes a
+:class:`BudgetPoint` without a configuration, with the reason. Everything is validated before
+anything runs, so a typo fails in a second rather than after an hour of training.
 """
 
 from __future__ import annotations
@@ -20,10 +23,11 @@ from ..errors import UsageError
 from ..train import FIELDS as CONFIG_FIELDS
 
 if TYPE_CHECKING:  # torch stays out of `import filter_templates.sweep.grid`
+    from ..fit import Budget
     from ..train import TrainConfig
 
-__all__ = ["SweepSpec", "PRESETS", "PAPER_WIDTHS", "preset", "load_config", "expand", "run_dir_name", "known_classes",
-           "TRAIN_FIELDS", "GRID_FIELDS", "RUN_FIELDS"]
+__all__ = ["SweepSpec", "PRESETS", "PAPER_WIDTHS", "preset", "load_config", "expand", "plan_grid", "Grid",
+           "BudgetPoint", "run_dir_name", "known_classes", "TRAIN_FIELDS", "GRID_FIELDS", "RUN_FIELDS"]
 
 PAPER_WIDTHS = (1.6, 1.3, 1.0, 0.8, 0.5, 0.25, 0.1, 0.05)
 ALL_TEMPLATES = ("base", "reverse", "uniform", "quadratic", "negative-quadratic")
@@ -31,7 +35,9 @@ ALL_TEMPLATES = ("base", "reverse", "uniform", "quadratic", "negative-quadratic"
 #: Settings shared by every point, passed through to TrainConfig unchanged (all its fields but the grid's).
 TRAIN_FIELDS = tuple(k for k in CONFIG_FIELDS if k not in ("arch", "dataset", "seed"))
 #: The axes of the grid and the architecture options.
-GRID_FIELDS = ("models", "templates", "widths", "datasets", "seeds", "divisor", "floor", "as_published")
+GRID_FIELDS = ("models", "templates", "widths", "budgets", "datasets", "seeds", "divisor", "floor", "as_published")
+#: The two ways to size the models of a grid: a sweep gives exactly one of them.
+SIZE_FIELDS = ("widths", "budgets")
 #: How the local engine runs (not part of any run's configuration).
 RUN_FIELDS = ("threads", "jobs")
 
@@ -45,6 +51,7 @@ class SweepSpec:
     widths: list[float]
     datasets: list[str]
     seeds: list[int] = field(default_factory=lambda: [0])
+    budgets: list[str] = field(default_factory=list)  # "KEY=VALUE" as typed; instead of widths
     divisor: int = 1
     floor: int = 1
     as_published: bool = False  # the study's configurations and rounding (SPEC 2.9), recorded in every arch
@@ -53,11 +60,19 @@ class SweepSpec:
     jobs: int = 1  # local runs at once, one process each
 
     def size(self) -> int:
-        return len(self.models) * len(self.templates) * len(self.widths) * len(self.datasets) * len(self.seeds)
+        sizes = len(self.budgets) if self.budgets else len(self.widths)
+        return len(self.models) * len(self.templates) * sizes * len(self.datasets) * len(self.seeds)
 
     def merged(self, overrides: Mapping[str, Any]) -> "SweepSpec":
-        """This spec with the non-None ``overrides`` (grid axes or train settings) applied."""
+        """This spec with the non-None ``overrides`` (grid axes or train settings) applied.
+        Widths and budgets replace each other: budgets given over a preset's widths sweep budgets."""
         spec = dataclasses.replace(self, train=dict(self.train))
+        sizing = [k for k in SIZE_FIELDS if overrides.get(k) is not None]
+        if len(sizing) > 1:
+            raise UsageError("give widths or budgets, not both: budgets fit each model's width")
+        for k in SIZE_FIELDS:
+            if sizing and k not in sizing:
+                setattr(spec, k, [])
         for k, v in overrides.items():
             if v is None:
                 continue
@@ -112,7 +127,8 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def _from_mapping(d: Mapping[str, Any], where: str) -> SweepSpec:
     grid = {k: d[k] for k in GRID_FIELDS + RUN_FIELDS if k in d}
-    missing = [k for k in ("models", "widths", "datasets") if k not in grid]
+    missing = [k if k != "widths" else "widths (or budgets)" for k in ("models", "widths", "datasets")
+               if k not in grid and not (k == "widths" and "budgets" in grid)]
     if missing:
         raise UsageError(f"{where}: missing {', '.join(missing)} (and no preset to take them from)")
     grid.setdefault("templates", list(ALL_TEMPLATES))
@@ -127,9 +143,10 @@ def preset(name: str) -> SweepSpec:
 
 
 def load_config(path: str | Path) -> SweepSpec:
-    """A sweep from a TOML file: the grid keys (``models``, ``templates``, ``widths``, ``datasets``,
-    ``seeds``, ``divisor``, ``floor``) and training settings (``epochs``, ``lr``, ...) at the top
-    level; ``preset = "quick"`` starts from a preset and overrides what the file sets."""
+    """A sweep from a TOML file: the grid keys (``models``, ``templates``, ``widths`` or ``budgets``
+    (``["params=1M", "flops=50M"]``), ``datasets``, ``seeds``, ``divisor``, ``floor``) and
+    training settings (``epochs``, ``lr``, ...) at the top level; ``preset = "quick"`` starts from a
+    preset and overrides what the file sets."""
     try:
         import tomllib
     except ModuleNotFoundError:  # Python 3.10
@@ -178,12 +195,67 @@ def _list(spec: SweepSpec, name: str, kind: type) -> list:
     return list(dict.fromkeys(float(x) if kind is float else x for x in v))  # drop repeats, keep order
 
 
+@dataclass
+class BudgetPoint:
+    """One (family, template, budget, dataset, seed) of a budget sweep: the configuration that
+    trains its fitted model, or ``config=None`` and the ``reason`` when the budget is unreachable."""
+
+    budget: "Budget"
+    family: str
+    template: str
+    dataset: str
+    seed: int
+    ident: dict[str, Any]  # what identifies the point in the store (budget + settings, no width)
+    config: "TrainConfig | None" = None
+    fit: dict[str, Any] | None = None  # the fitted model's resources (+ capped, note)
+    reason: str | None = None
+
+    @property
+    def key(self) -> str:
+        from .store import budget_point_key
+
+        return budget_point_key(self.ident)[0]
+
+    def label(self) -> str:
+        return f"{self.dataset} {self.family} {self.template} {self.budget} s{self.seed}"
+
+    def record(self) -> dict[str, Any]:
+        """The store's row (``Store.add_budget_points``)."""
+        from .store import point_key
+
+        cfg = self.config
+        return {"ident": self.ident, "budget_key": self.budget.key, "budget_value": self.budget.value,
+                "family": self.family, "template": self.template, "dataset": self.dataset, "seed": self.seed,
+                "status": "unreachable" if cfg is None else "fitted", "reason": self.reason,
+                "width": None if cfg is None else cfg.arch.width,
+                "filters": None if cfg is None else list(cfg.arch.filters), "fit": self.fit,
+                "run_key": None if cfg is None else point_key(cfg.to_dict())[0]}
+
+
+@dataclass
+class Grid:
+    """What a sweep trains (``configs``, in order) and, for a budget sweep, every budget point."""
+
+    configs: list["TrainConfig"]
+    budget_points: list[BudgetPoint] = field(default_factory=list)
+
+    @property
+    def unreachable(self) -> list[BudgetPoint]:
+        return [p for p in self.budget_points if p.config is None]
+
+
 def expand(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -> list["TrainConfig"]:
-    """One TrainConfig per grid point, ordered dataset -> model -> template -> width -> seed.
+    """One TrainConfig per trainable grid point (see :func:`plan_grid`)."""
+    return plan_grid(spec, classes_of).configs
+
+
+def plan_grid(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -> Grid:
+    """The grid's points, ordered dataset -> model -> template -> width (or budget) -> seed.
 
     ``classes_of(dataset)`` gives the class count (default: load the dataset, which also proves it
     is readable before any run starts). Every name and number is checked here: bad input is a
-    UsageError before anything trains.
+    UsageError before anything trains. Budget points are fitted here (params and FLOPs budgets in
+    milliseconds; memory and latency budgets measure on the training device).
     """
     from ..arch import make_arch
     from ..models import get_family
@@ -192,7 +264,10 @@ def expand(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -> l
 
     models = _list(spec, "models", str)
     templates = _list(spec, "templates", str)
-    widths = _list(spec, "widths", float)
+    if spec.widths and spec.budgets:
+        raise UsageError("a sweep takes widths or budgets, not both")
+    budgets = _budgets(spec) if spec.budgets else None
+    widths = _list(spec, "widths", float) if budgets is None else []
     datasets = _list(spec, "datasets", str)
     seeds = _list(spec, "seeds", int)
     if not isinstance(spec.as_published, bool):
@@ -209,17 +284,78 @@ def expand(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -> l
         if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
             raise UsageError(f"sweep '{name}' must be a positive integer, got {v!r}")
     classes_of = classes_of or _dataset_classes(spec)
-    out = []
+    out = Grid(configs=[])
     for ds in datasets:
         classes = classes_of(ds)
         for m in models:
             for t in templates:
-                for w in widths:
-                    arch = make_arch(m, t, w, classes, divisor=spec.divisor, floor=spec.floor,
-                                     as_published=spec.as_published)
-                    for s in seeds:
-                        out.append(TrainConfig(arch=arch, dataset=ds, seed=s, **spec.train))
+                if budgets is None:
+                    for w in widths:
+                        arch = make_arch(m, t, w, classes, divisor=spec.divisor, floor=spec.floor,
+                                         as_published=spec.as_published)
+                        for s in seeds:
+                            out.configs.append(TrainConfig(arch=arch, dataset=ds, seed=s, **spec.train))
+                    continue
+                for b in budgets:
+                    for p in _budget_points(spec, m, t, b, ds, classes, seeds):
+                        out.budget_points.append(p)
+                        if p.config is not None:
+                            out.configs.append(p.config)
     return out
+
+
+#: Arch fields the fitted width decides: not part of a budget point's identity (the rest -- family,
+#: template, classes, rounding options -- is).
+_SIZED_BY_WIDTH = ("width", "filters", "stem_width", "widths")
+
+
+def _budgets(spec: SweepSpec) -> list["Budget"]:
+    from ..fit import parse_budget
+
+    v = spec.budgets
+    if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
+        raise UsageError(f"sweep 'budgets' must be a list of KEY=VALUE strings, got {v!r}")
+    return list(dict.fromkeys(parse_budget(x) for x in v))
+
+
+def _budget_points(spec: SweepSpec, family: str, template: str, budget: "Budget", dataset: str, classes: int,
+                   seeds: list[int]) -> list[BudgetPoint]:
+    """Fit one (family, template, budget, dataset) and make its point for every seed."""
+    from ..arch import make_arch
+    from ..fit import fit
+    from ..device import resolve_device
+    from ..measure import resources
+    from ..train import TrainConfig
+    from .store import EXECUTION_FIELDS
+
+    # the settings every seed shares, from a provisional config (so defaults are TrainConfig's own)
+    probe = TrainConfig(arch=make_arch(family, template, 1.0, classes, divisor=spec.divisor, floor=spec.floor,
+                                       as_published=spec.as_published),
+                        dataset=dataset, **spec.train)
+    device = resolve_device(probe.device)  # a device that does not exist is an error, not an unreachable budget
+    try:
+        (r,) = fit(family, budget, [template], classes=classes, divisor=spec.divisor, floor=spec.floor,
+                   batch_size=probe.batch_size, device=str(device), progress=False, as_published=spec.as_published)
+    except UsageError as exc:  # below the smallest model this template can build
+        arch, fitted, reason = None, None, " ".join(str(exc).split())
+    else:
+        arch, reason = r.arch, None
+        fitted = {k: v for k, v in r.resources.items() if k not in ("device_name",)}
+        if "train_memory_bytes" not in fitted:  # the CPU account is exact and fast (SPEC section 4)
+            fitted["train_memory_bytes"] = resources(arch, probe.batch_size, "cpu", latency=False)["train_memory_bytes"]
+        fitted["capped"] = r.capped
+        if r.note:
+            fitted["note"] = r.note
+    points = []
+    for s in seeds:
+        d = dataclasses.replace(probe, seed=s).to_dict()
+        a = d.pop("arch")
+        ident = {k: v for k, v in d.items() if k not in EXECUTION_FIELDS}
+        ident["arch"] = {k: v for k, v in a.items() if k not in _SIZED_BY_WIDTH}
+        ident["budget"] = budget.to_dict()
+        cfg = None if arch is None else TrainConfig(arch=arch, dataset=dataset, seed=s, **spec.train)
+        points.append(BudgetPoint(budget, family, a["template"], dataset, s, ident, cfg, fitted, reason))
+    return points
 
 
 def known_classes(name: str) -> int:

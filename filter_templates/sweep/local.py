@@ -26,6 +26,7 @@ from .store import DEFAULT_STALE_AFTER, Store, owner_id, read_metrics
 
 if TYPE_CHECKING:
     from ..train import TrainConfig
+    from .grid import BudgetPoint
 
 __all__ = ["run_local", "HEARTBEAT_EVERY"]
 
@@ -108,6 +109,7 @@ def run_local(
     runs_dir: str | os.PathLike[str],
     *,
     retry_failed: bool = False,
+    budget_points: Sequence["BudgetPoint"] = (),
     progress: bool | None = None,
     jobs: int = 1,
     threads: int | None = None,
@@ -129,7 +131,8 @@ def run_local(
         torch.set_num_threads(threads)
     workers: list[tuple[subprocess.Popen, Path]] = []
     with Store(db) as store:
-        points, result = prepare(store, configs, runs_dir, retry_failed=retry_failed)
+        points, result = prepare(store, configs, runs_dir, retry_failed=retry_failed,
+                                 budget_points=budget_points)
         result.engine = "local"
         by_key = {p.key: p for p in points}
         keys = list(by_key)

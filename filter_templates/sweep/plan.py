@@ -13,6 +13,7 @@ from .store import Store, canonical_json, point_key, read_metrics
 
 if TYPE_CHECKING:
     from ..train import TrainConfig
+    from .grid import BudgetPoint
 
 __all__ = ["Point", "SweepResult", "prepare", "finished_on_disk", "reindex", "complete_resources", "read_summary",
            "merge_resources", "read_metrics"]
@@ -50,6 +51,7 @@ class SweepResult:
     elsewhere: int = 0  # held by another live sweep process
     interrupted: bool = False
     failures: list[dict[str, str]] = field(default_factory=list)
+    unreachable: list[dict[str, str]] = field(default_factory=list)  # budget points with nothing to train
     wall_s: float = 0.0
 
     @property
@@ -67,6 +69,9 @@ class SweepResult:
             parts[-1] += f" ({', '.join(why)})"
         if self.elsewhere:
             parts.append(f"{self.elsewhere} running in another sweep")
+        if self.unreachable:
+            parts.append(f"{len(self.unreachable)} budget point{'' if len(self.unreachable) == 1 else 's'} "
+                         "unreachable (not trained; reasons above and in the store)")
         head = "sweep interrupted" if self.interrupted else "sweep finished"
         return (f"{head}: {self.points} point{'' if self.points == 1 else 's'}, {', '.join(parts)} in {self.wall_s:.0f} s; "
                 f"results in {self.db}, runs in {self.runs_dir}")
@@ -76,14 +81,16 @@ class SweepResult:
                 "done": self.done, "failed": self.failed, "skipped": self.skipped,
                 "skipped_done": self.skipped_done, "skipped_failed": self.skipped_failed,
                 "running_elsewhere": self.elsewhere, "interrupted": self.interrupted,
-                "failures": self.failures, "wall_s": round(self.wall_s, 3)}
+                "failures": self.failures, "unreachable": self.unreachable, "wall_s": round(self.wall_s, 3)}
 
 
 def prepare(store: Store, configs: Sequence["TrainConfig"], runs_dir: str | os.PathLike[str],
-            *, retry_failed: bool = False) -> tuple[list[Point], SweepResult]:
+            *, retry_failed: bool = False, budget_points: Sequence["BudgetPoint"] = ()
+            ) -> tuple[list[Point], SweepResult]:
     """Key every configuration, add the new ones to the store as pending and (``retry_failed``)
-    put failed ones back to pending. Returns the points in grid order and a result whose
-    ``skipped_*`` counts say what this sweep will not run."""
+    put failed ones back to pending; record the ``budget_points`` of a budget sweep (unreachable
+    ones with their reason). Returns the points in grid order and a result whose ``skipped_*``
+    counts and ``unreachable`` list say what this sweep will not run."""
     runs = Path(runs_dir).resolve()
     points: list[Point] = []
     seen: set[str] = set()
@@ -95,12 +102,15 @@ def prepare(store: Store, configs: Sequence["TrainConfig"], runs_dir: str | os.P
         seen.add(key)
         points.append(Point(cfg, key, runs / run_dir_name(d, key)))
     store.add_points((p.config.to_dict(), str(p.run_dir)) for p in points)
+    store.add_budget_points(bp.record() for bp in budget_points)  # after the runs they point to
     keys = [p.key for p in points]
     if retry_failed:
         store.reset_failed(keys)
     counts = store.counts(keys)
     result = SweepResult(db=str(store.path.resolve()), runs_dir=str(runs), engine="", points=len(points),
-                         skipped_done=counts["done"], skipped_failed=counts["failed"])
+                         skipped_done=counts["done"], skipped_failed=counts["failed"],
+                         unreachable=[{"point": bp.label(), "reason": str(bp.reason)}
+                                      for bp in budget_points if bp.config is None])
     return points, result
 
 

@@ -33,6 +33,7 @@ from .store import DEFAULT_STALE_AFTER, Store, owner_id, read_metrics
 
 if TYPE_CHECKING:
     from ..train import TrainConfig
+    from .grid import BudgetPoint
 
 __all__ = ["run_ray", "import_ray", "copy_run_files"]
 
@@ -145,6 +146,7 @@ def run_ray(
     max_failures: int = 2,
     storage: str | None = None,
     retry_failed: bool = False,
+    budget_points: Sequence["BudgetPoint"] = (),
     progress: bool | None = None,
     stale_after: float = DEFAULT_STALE_AFTER,
     heartbeat_every: float = HEARTBEAT_EVERY,
@@ -162,7 +164,8 @@ def run_ray(
     runs = Path(runs_dir).resolve()
     storage = storage or str(runs / "_ray")
     with Store(db) as store:
-        points, result = prepare(store, configs, runs, retry_failed=retry_failed)
+        points, result = prepare(store, configs, runs, retry_failed=retry_failed,
+                                 budget_points=budget_points)
         result.engine = "ray"
         by_key = {p.key: p for p in points}
         claims = store.claim_many(list(by_key), owner=owner_id(), stale_after=stale_after,

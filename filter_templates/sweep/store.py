@@ -14,6 +14,13 @@ keeps its ``heartbeat`` fresh; when the owner is gone (its pid no longer exists 
 its heartbeat is older than ``stale_after``) any sweep may claim the row again and resume the run
 from its checkpoint. Each run's own ``summary.json`` stays the source of truth:
 :meth:`Store.reindex_run` rebuilds a row from its run directory.
+
+Budget sweeps add a second table, ``budget_points``: one row per (budget, family, template,
+dataset, seed, training settings), holding the budget, the fitted width and filters, the fitted
+model's resources and the key of the ``runs`` row that trains it -- or, for a budget the template
+cannot reach, no run and the reason. Two budgets that fit the same model share one run. The
+table is created on opening (stores from before it simply gain it); a re-run of the same budget
+sweep writes the same rows again, so a lost store is rebuilt by ``sweep --reindex`` plus a re-run.
 """
 
 from __future__ import annotations
@@ -39,12 +46,16 @@ __all__ = [
     "EXECUTION_FIELDS",
     "canonical_json",
     "point_key",
+    "budget_point_key",
     "owner_id",
     "owner_alive",
     "read_metrics",
+    "BUDGET_STATUSES",
 ]
 
 STATUSES = ("pending", "running", "done", "failed")
+#: A budget point is fitted (it has a run) or unreachable (the reason says why; nothing to train).
+BUDGET_STATUSES = ("fitted", "unreachable")
 #: TrainConfig fields that do not change what is trained, only where/how: not part of a row's key.
 EXECUTION_FIELDS = EXECUTION_KEYS
 SCHEMA_VERSION = 1
@@ -77,6 +88,19 @@ CREATE TABLE IF NOT EXISTS events (
     key TEXT NOT NULL, event TEXT NOT NULL, owner TEXT, at REAL NOT NULL, detail TEXT
 );
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS budget_points (
+    key TEXT PRIMARY KEY,                  -- sha256 of ident_json
+    ident_json TEXT NOT NULL,              -- canonical JSON: budget, family, template, classes, settings, seed
+    budget_key TEXT NOT NULL, budget_value REAL NOT NULL,
+    family TEXT NOT NULL, template TEXT NOT NULL, dataset TEXT NOT NULL, seed INTEGER NOT NULL,
+    status TEXT NOT NULL CHECK (status IN ('fitted', 'unreachable')),
+    reason TEXT,                           -- why unreachable
+    width REAL, filters TEXT,              -- the fitted model
+    fit_json TEXT,                         -- its resources as fitted (params, flops, memory, capped, note)
+    run_key TEXT,                          -- the runs row that trains it (NULL when unreachable)
+    created_at REAL NOT NULL, updated_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS budget_points_run ON budget_points (run_key);
 """
 
 
@@ -99,6 +123,12 @@ def point_key(config: Mapping[str, Any]) -> tuple[str, str]:
     ident = {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
     key_json = canonical_json(ident)
     return hashlib.sha256(key_json.encode()).hexdigest(), key_json
+
+
+def budget_point_key(ident: Mapping[str, Any]) -> tuple[str, str]:
+    """``(key, ident_json)`` of a budget point's identity (see ``sweep.grid.BudgetPoint``)."""
+    ident_json = canonical_json(ident)
+    return hashlib.sha256(ident_json.encode()).hexdigest(), ident_json
 
 
 def owner_id() -> str:
@@ -476,6 +506,63 @@ class Store:
             if cur.rowcount:
                 self._event(key, "release", owner_id(), {"reason": reason})
             return bool(cur.rowcount)
+
+    # -- budget points ---------------------------------------------------------------------
+
+    def add_budget_points(self, points: Iterable[Mapping[str, Any]]) -> int:
+        """Insert or refresh budget points (``BudgetPoint.record()`` dicts: ``ident``, ``budget_key``,
+        ``budget_value``, ``family``, ``template``, ``dataset``, ``seed``, ``status``, ``reason``,
+        ``width``, ``filters``, ``fit``, ``run_key``). A point already stored takes the new fit
+        (the same one, unless the fitter changed). Returns how many were new."""
+        now = time.time()
+        new = 0
+        with self._tx() as db:
+            for p in points:
+                if p["status"] not in BUDGET_STATUSES:
+                    raise ValueError(f"budget point status must be one of {BUDGET_STATUSES}, got {p['status']!r}")
+                key, ident_json = budget_point_key(p["ident"])
+                exists = db.execute("SELECT 1 FROM budget_points WHERE key=?", (key,)).fetchone()
+                filters = None if p.get("filters") is None else canonical_json([int(f) for f in p["filters"]])
+                fit = None if p.get("fit") is None else canonical_json(_clean(p["fit"]))
+                db.execute(
+                    "INSERT INTO budget_points (key, ident_json, budget_key, budget_value, family, template, dataset, "
+                    "seed, status, reason, width, filters, fit_json, run_key, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET status=excluded.status, reason=excluded.reason, "
+                    "width=excluded.width, filters=excluded.filters, fit_json=excluded.fit_json, "
+                    "run_key=excluded.run_key, updated_at=excluded.updated_at",
+                    (key, ident_json, str(p["budget_key"]), float(p["budget_value"]), str(p["family"]),
+                     str(p["template"]), str(p["dataset"]), int(p["seed"]), p["status"], p.get("reason"),
+                     _num(p.get("width")), filters, fit, p.get("run_key"), now, now),
+                )
+                if exists is None:
+                    new += 1
+        return new
+
+    def budget_rows(self, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Budget points as dicts (``fit`` and ``filters`` decoded), each with ``run``: its runs row
+        (as :meth:`rows` gives it) or None. In the order of ``keys``, else insertion order."""
+        if keys is not None:
+            found: dict[str, sqlite3.Row] = {}
+            wanted = list(keys)
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i:i + 500]
+                q = f"SELECT * FROM budget_points WHERE key IN ({','.join('?' * len(chunk))})"
+                found.update({r["key"]: r for r in self.db.execute(q, chunk)})
+            raw = [found[k] for k in wanted if k in found]
+        else:
+            raw = list(self.db.execute("SELECT * FROM budget_points ORDER BY rowid"))
+        runs = {r["key"]: r for r in self.rows([r["run_key"] for r in raw if r["run_key"]])}
+        out = []
+        for r in raw:
+            d = dict(r)
+            d["ident"] = json.loads(d.pop("ident_json"))
+            fit = d.pop("fit_json")
+            d["fit"] = json.loads(fit) if fit else None
+            d["filters"] = json.loads(d["filters"]) if d["filters"] else None
+            d["run"] = runs.get(d["run_key"]) if d["run_key"] else None
+            out.append(d)
+        return out
 
     # -- rebuilding from run directories ----------------------------------------------------------
 

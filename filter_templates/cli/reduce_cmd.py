@@ -1,0 +1,103 @@
+"""``filter-templates reduce``: fit every template to one budget, train them, keep the best."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import TYPE_CHECKING
+
+from .args import add_run_args, nonnegative_int, positive_int
+from .fit_cmd import BUDGET_HELP
+from .sweep_cmd import add_engine_args, check_engine_args, engine_options, train_settings
+
+if TYPE_CHECKING:
+    from ..reduce import ReduceResult
+
+DESCRIPTION = """\
+The study's method as one command: fit every template to the budget (the widest model of each
+within it, as 'fit' finds it; base is always included, as the uniformly scaled baseline), train
+the candidates, rank them by final test accuracy (mean over seeds; ties go to fewer parameters),
+write a report and export the winner (ONNX where the onnx extra is installed, else TorchScript,
+next to its weights). Everything goes to --out: the results store DIR/results.sqlite, the runs
+DIR/runs/ and the report DIR/report/; running the same command again resumes where it stopped
+(finished runs are not repeated). A template the budget cannot reach is listed as unreachable
+with the reason. Exit status 0 when a candidate finished, 1 when none did."""
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from ..models import family_names
+
+    p = sub.add_parser("reduce", help="fit every template to a budget, train the candidates, rank them, "
+                                      "export the winner", description=DESCRIPTION)
+    p.add_argument("--model", required=True, metavar="M", help=f"model family: {', '.join(family_names())}")
+    p.add_argument("--budget", required=True, metavar="KEY=VALUE", help=BUDGET_HELP)
+    p.add_argument("--dataset", required=True, metavar="D", help="digits, cifar10, cifar100 or synthetic")
+    p.add_argument("--templates", nargs="+", metavar="T",
+                   help="templates to try (default: all five); base is always added")
+    p.add_argument("--seeds", nargs="+", type=nonnegative_int, metavar="S", default=[0],
+                   help="seeds: each candidate trains once per seed and ranks by the mean (default: 0)")
+    p.add_argument("--divisor", type=positive_int, default=1, metavar="K",
+                   help="round every layer to a multiple of K (default: 1)")
+    p.add_argument("--floor", type=positive_int, default=1, metavar="N",
+                   help="smallest filter count of any layer (default: 1)")
+    p.add_argument("--out", default="reduce", metavar="DIR",
+                   help="folder of the store, runs and report (default: reduce/); reuse it to resume")
+    p.add_argument("--no-export", action="store_true", help="do not export the winner")
+    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    t = p.add_argument_group("training (as for train and sweep)")
+    add_run_args(t)
+    e = p.add_argument_group("engine")
+    e.add_argument("--retry-failed", action="store_true", help="train candidates that failed before again")
+    add_engine_args(e, jobs_default="on a CPU, the core count (at most one per run), else 1",
+                    threads_default="1 on a CPU without --jobs, else torch's choice")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..reduce import reduce
+
+    check_engine_args(args)
+    result = reduce(args.model, args.budget, args.dataset, templates=args.templates, seeds=args.seeds,
+                    train=train_settings(args), divisor=args.divisor, floor=args.floor, out=args.out,
+                    engine=engine_options(args), export=not args.no_export)
+    if args.json:
+        print(json.dumps(result.to_dict()))
+    else:
+        print(result.sweep.line(), file=sys.stderr)
+        print(render(result))
+    return 0 if result.winner is not None else 1
+
+
+def render(result: "ReduceResult") -> str:
+    """The ranked table and where the winner, its export and the report are."""
+    from ..fit import format_value
+
+    b = result.budget
+    seeds = ", ".join(map(str, result.seeds))
+    lines = [f"reduce {result.model} to {b.key} <= {format_value(b.key, b.value)} on {result.dataset}: "
+             f"{len(result.candidates)} candidates, {result.epochs} epochs, seed{'s' if len(result.seeds) > 1 else ''} "
+             f"{seeds}"]
+    w = max(8, *(len(c.template) for c in result.candidates))
+    lines.append(f"{'rank':>4}  {'template':<{w}}  {'width':>9}  {'params':>11}  {'MFLOPs':>8}  {'train MB':>8}  "
+                 f"{'final %':>7}  {'best %':>7}  status")
+    for i, c in enumerate(result.candidates, 1):
+        def num(v, fmt):
+            return "-" if v is None else format(v, fmt)
+
+        status = c.status if c.status == "done" else f"{c.status}: {c.reason}" if c.reason else c.status
+        lines.append(f"{i:>4}  {c.template:<{w}}  {num(c.width, '>9.6g')}  {num(c.params, '>11,')}  "
+                     f"{num(None if c.flops is None else c.flops / 1e6, '>8.2f')}  "
+                     f"{num(None if c.train_memory_bytes is None else c.train_memory_bytes / 1e6, '>8.1f')}  "
+                     f"{num(None if c.final_acc is None else 100 * c.final_acc, '>7.2f')}  "
+                     f"{num(None if c.best_acc is None else 100 * c.best_acc, '>7.2f')}  {status}")
+    win = result.winner
+    if win is None:
+        lines.append("no winner: no candidate finished training")
+    else:
+        lines.append(f"winner: {win.template} at width {win.width:g} ({win.params:,} parameters), run {win.run_dir}")
+        if result.exported:
+            lines.append(f"exported: {result.exported}")
+    if result.report:
+        lines.append(f"report: {result.report}")
+    return "\n".join(lines)

@@ -1,0 +1,208 @@
+"""``reduce`` (SPEC section 8): the study's method for one model and one budget, as one call.
+
+Fit every template to the budget (base always among them: it is the usual "scale the original
+uniformly" baseline), train the candidates through the sweep machinery, rank them, report and
+export the winner. Everything lands in one folder, so running the same call again resumes:
+
+* ``DIR/results.sqlite`` -- the results store (done runs are skipped, partial ones resume);
+* ``DIR/runs/`` -- one run folder per candidate and seed;
+* ``DIR/report/`` -- tables and figures of the store (``report.make_report``);
+* the winner's export beside its weights in its run folder (ONNX where the onnx extra is
+  installed, else TorchScript; ``export.export_run``).
+
+Ranking: final test accuracy, mean over the seeds that finished; ties go to fewer parameters.
+Candidates that did not finish (unreachable budget, failed or still pending) rank last.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+
+from .errors import UsageError
+from .fit import Budget, parse_budget
+
+if TYPE_CHECKING:
+    from .report.budgets import BudgetCell
+    from .sweep.engines import EngineOptions
+    from .sweep.plan import SweepResult
+
+__all__ = ["reduce", "rank", "Candidate", "ReduceResult", "DB_FILE", "RUNS_DIR", "REPORT_DIR"]
+
+DB_FILE = "results.sqlite"
+RUNS_DIR = "runs"
+REPORT_DIR = "report"
+
+
+@dataclass
+class Candidate:
+    """One template fitted to the budget and trained (its seeds pooled)."""
+
+    template: str
+    width: float | None
+    filters: list[int] | None
+    params: int | None
+    flops: int | None
+    train_memory_bytes: int | None
+    final_acc: float | None  # mean over finished seeds
+    best_acc: float | None
+    status: str  # done, failed, pending or unreachable
+    reason: str | None = None
+    seeds_done: int = 0
+    run_dir: str | None = None  # the finished seed with the best final accuracy
+
+    @classmethod
+    def from_cell(cls, cell: "BudgetCell") -> "Candidate":
+        runs = sorted(cell.done, key=lambda r: (-(r.get("final_acc") or 0.0), r["seed"]))
+
+        def integer(name: str) -> int | None:
+            v = cell.resource(name)
+            return None if v is None else int(v)
+
+        return cls(template=cell.template, width=cell.width, filters=cell.filters, params=integer("params"),
+                   flops=integer("flops"), train_memory_bytes=integer("train_memory_bytes"),
+                   final_acc=cell.acc("final"), best_acc=cell.acc("best"), status=cell.status,
+                   reason=None if cell.status == "done" else cell.reason, seeds_done=len(runs),
+                   run_dir=runs[0]["run_dir"] if runs else None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"template": self.template, "width": self.width, "filters": self.filters, "params": self.params,
+                "flops": self.flops, "train_memory_bytes": self.train_memory_bytes, "final_acc": self.final_acc,
+                "best_acc": self.best_acc, "status": self.status, "reason": self.reason}
+
+
+def rank(candidates: Sequence[Candidate], order: Sequence[str] = ()) -> list[Candidate]:
+    """Finished candidates by mean final accuracy, ties to fewer parameters (then ``order``);
+    the unfinished after them, in ``order``."""
+    pos = {t: i for i, t in enumerate(order)}
+
+    def key(c: Candidate) -> tuple:
+        if c.status == "done" and c.final_acc is not None:
+            return (0, -c.final_acc, c.params if c.params is not None else float("inf"), pos.get(c.template, len(pos)))
+        return (1, 0.0, 0, pos.get(c.template, len(pos)))
+
+    return sorted(candidates, key=key)
+
+
+@dataclass
+class ReduceResult:
+    """What ``reduce`` found: the ranked candidates, the winner and where everything is."""
+
+    model: str
+    budget: Budget
+    dataset: str
+    epochs: int
+    seeds: list[int]
+    out: Path
+    candidates: list[Candidate]
+    sweep: "SweepResult"
+    exported: str | None = None
+    report: str | None = None
+    wall_s: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def winner(self) -> Candidate | None:
+        first = self.candidates[0] if self.candidates else None
+        return first if first is not None and first.status == "done" else None
+
+    def to_dict(self) -> dict[str, Any]:
+        w = self.winner
+        return {
+            "model": self.model, "budget": self.budget.to_dict(), "dataset": self.dataset,
+            "candidates": [c.to_dict() for c in self.candidates],
+            "winner": None if w is None else {"template": w.template, "width": w.width, "run_dir": w.run_dir,
+                                              "exported": self.exported},
+            "epochs": self.epochs, "seeds": self.seeds, "db": str(self.out / DB_FILE), "report": self.report,
+            "wall_s": round(self.wall_s, 3),
+        }
+
+
+def _export(run_dir: str) -> str:
+    """The winner's model beside its weights: ONNX where possible, else TorchScript. An export
+    newer than the weights (a re-run of the same reduce) is kept."""
+    from .export import default_export_path, export_run, onnx_available
+
+    fmt = "onnx" if onnx_available() else "torchscript"
+    path = default_export_path(run_dir, fmt)
+    weights = Path(run_dir) / "model.pt"
+    if path.is_file() and weights.is_file() and path.stat().st_mtime >= weights.stat().st_mtime:
+        return str(path)
+    return str(export_run(run_dir, fmt))
+
+
+def _local_defaults(engine: "EngineOptions", grid: Any) -> "EngineOptions":
+    """Without --jobs and --threads, a CPU trains the candidates side by side, one thread each, as
+    many at once as there are cores: these models gain little from a second thread, and on a CPU
+    shared with other work, OpenMP threads that wait on each other were measured up to 20x slower
+    (README). On CUDA: one run at a time with torch's threads."""
+    import dataclasses
+
+    from .measure import resolve_device
+
+    if engine.engine != "local" or engine.jobs is not None or engine.threads is not None or not grid.configs:
+        return engine
+    if any(resolve_device(c.device).type != "cpu" for c in grid.configs):
+        return engine
+    return dataclasses.replace(engine, jobs=min(os.cpu_count() or 1, len(grid.configs)), threads=1)
+
+
+def reduce(
+    model: str,
+    budget: Union[Budget, str],
+    dataset: str,
+    *,
+    templates: Sequence[str] | None = None,
+    seeds: Sequence[int] = (0,),
+    train: Mapping[str, Any] | None = None,
+    divisor: int = 1,
+    floor: int = 1,
+    out: str | os.PathLike[str] = "reduce",
+    engine: "EngineOptions | None" = None,
+    report: bool = True,
+    export: bool = True,
+    progress: bool | None = None,
+) -> ReduceResult:
+    """Fit every template of ``templates`` (default: all five; base is always added) to
+    ``budget``, train them on ``dataset`` (``train``: TrainConfig settings such as epochs, lr,
+    limit_train; None values are ignored), rank them, write the report and export the winner.
+    Bad input, and a budget no template can reach, is a UsageError before anything trains."""
+    from .sweep.engines import EngineOptions, run_grid
+    from .sweep.grid import ALL_TEMPLATES, SweepSpec, plan_grid
+    from .sweep.store import Store
+    from .report.budgets import collect_budgets
+
+    t0 = time.perf_counter()
+    budget = parse_budget(budget) if isinstance(budget, str) else budget
+    names = list(dict.fromkeys(["base", *(templates or ALL_TEMPLATES)]))
+    spec = SweepSpec(models=[model], templates=names, widths=[], datasets=[dataset], seeds=list(seeds),
+                     budgets=[f"{budget.key}={budget.value!r}"], divisor=divisor, floor=floor,
+                     train={k: v for k, v in (train or {}).items() if v is not None})
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out} is a file, not a folder")
+    grid = plan_grid(spec)  # validates everything, reads the data, fits every template
+    if not grid.configs:  # every template's smallest model is over the budget: nothing to compare
+        raise UsageError(str(grid.unreachable[0].reason))
+    db, runs = out / DB_FILE, out / RUNS_DIR
+    sweep = run_grid(grid, db, runs, _local_defaults(engine or EngineOptions(), grid), progress=progress)
+
+    with Store(db) as store:
+        rows = store.budget_rows([p.key for p in grid.budget_points])
+    cells = collect_budgets(rows)
+    candidates = rank([Candidate.from_cell(c) for c in cells.values()], names)
+    epochs = grid.budget_points[0].ident["epochs"] if grid.budget_points else 0
+    result = ReduceResult(model=model, budget=budget, dataset=dataset, epochs=int(epochs), seeds=list(spec.seeds),
+                          out=out.resolve(), candidates=candidates, sweep=sweep)
+    if report:
+        from .report import make_report
+
+        written = make_report(db, out / REPORT_DIR, latency="none", progress=progress)
+        result.report = str(Path(written["index"]).resolve())
+    if export and result.winner is not None and result.winner.run_dir:
+        result.exported = _export(result.winner.run_dir)
+    result.wall_s = time.perf_counter() - t0
+    return result

@@ -1,0 +1,239 @@
+"""The report of a budget sweep: budgets in the rows, templates in the columns.
+
+A *budget cell* is one (dataset, family, budget, template): its seeds pooled, like a width cell.
+Its model is the one the fitter chose for the budget; its resources come from the trained run
+when it is done, else from the fit. An unreachable budget shows as "unreachable", with the reason
+in the notes of the report.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+from ..fit import format_value
+from .tables import MISSING, Table, _family_rank, _pct, fmt_bytes, template_order
+
+__all__ = ["BudgetCell", "RESOURCE_OF", "collect_budgets", "budget_accuracy_table", "budget_resource_table",
+           "budget_figure", "run_keys"]
+
+#: The runs/fit column that measures each budget key's resource.
+RESOURCE_OF = {"params": "params", "flops": "flops", "memory": "train_memory_bytes", "latency": "latency_batch_s"}
+_AXIS = {"params": ("parameters", 1.0), "flops": ("forward FLOPs per image", 1.0),
+         "memory": ("training memory per batch (MiB)", 1 / 2**20), "latency": ("inference latency per batch (ms)", 1e3)}
+
+
+@dataclass
+class BudgetCell:
+    dataset: str
+    family: str
+    budget_key: str
+    budget_value: float
+    template: str
+    points: list[dict[str, Any]] = field(default_factory=list)  # Store.budget_rows() entries, one per seed
+
+    @property
+    def budget(self) -> str:
+        return f"{self.budget_key}={format_value(self.budget_key, self.budget_value)}"
+
+    @property
+    def done(self) -> list[dict[str, Any]]:
+        return [p["run"] for p in self.points if p["run"] is not None and p["run"]["status"] == "done"]
+
+    def accs(self, metric: str = "final") -> list[float]:
+        return [r[f"{metric}_acc"] for r in self.done if r.get(f"{metric}_acc") is not None]
+
+    def acc(self, metric: str = "final") -> float | None:
+        vals = self.accs(metric)
+        return statistics.fmean(vals) if vals else None
+
+    def acc_std(self, metric: str = "final") -> float | None:
+        vals = self.accs(metric)
+        return statistics.stdev(vals) if len(vals) > 1 else None
+
+    @property
+    def status(self) -> str:
+        """done (a seed finished), unreachable, failed (every run failed) or pending."""
+        if self.done:
+            return "done"
+        if all(p["status"] == "unreachable" for p in self.points):
+            return "unreachable"
+        runs = [p["run"] for p in self.points if p["run"] is not None]
+        if runs and all(r["status"] == "failed" for r in runs):
+            return "failed"
+        return "pending"
+
+    @property
+    def reason(self) -> str | None:
+        for p in self.points:
+            if p.get("reason"):
+                return str(p["reason"])
+            if p["run"] is not None and p["run"].get("reason"):
+                return str(p["run"]["reason"])
+        return None
+
+    @property
+    def width(self) -> float | None:
+        return next((p["width"] for p in self.points if p.get("width") is not None), None)
+
+    @property
+    def filters(self) -> list[int] | None:
+        return next((p["filters"] for p in self.points if p.get("filters")), None)
+
+    def resource(self, name: str) -> float | None:
+        """From the done runs (median: latency varies), else as fitted."""
+        vals = [r[name] for r in self.done if r.get(name) is not None]
+        if vals:
+            return statistics.median(vals)
+        fit = next((p["fit"] for p in self.points if p.get("fit")), None) or {}
+        if name == "latency_batch_s":
+            lat = fit.get("latency_s") or {}
+            return lat.get(f"batch{fit.get('batch_size')}")
+        return fit.get(name)
+
+
+def run_keys(budget_rows: Sequence[dict[str, Any]]) -> set[str]:
+    """The runs rows that belong to budget points (the rest are width runs)."""
+    return {p["run_key"] for p in budget_rows if p.get("run_key")}
+
+
+def collect_budgets(budget_rows: Sequence[dict[str, Any]]) -> dict[tuple, BudgetCell]:
+    """Group ``Store.budget_rows()`` into cells keyed ``(dataset, family, budget_key, budget_value, template)``."""
+    cells: dict[tuple, BudgetCell] = {}
+    for p in budget_rows:
+        k = (p["dataset"], p["family"], p["budget_key"], float(p["budget_value"]), p["template"])
+        cells.setdefault(k, BudgetCell(*k)).points.append(p)
+    return cells
+
+
+def _budget_rows(mine: list[BudgetCell]) -> list[tuple[str, str, float]]:
+    """(family, key, value) rows: family order, then key, then the largest budget first."""
+    keys = {(c.family, c.budget_key, c.budget_value) for c in mine}
+    return sorted(keys, key=lambda k: (_family_rank(k[0]), k[1], -k[2]))
+
+
+def budget_accuracy_table(cells: dict[tuple, BudgetCell], dataset: str, metric: str = "final") -> Table:
+    """Rows family x budget, one column per template, the best template of each row emphasised;
+    mean ± std over seeds when a cell has more than one."""
+    mine = [c for c in cells.values() if c.dataset == dataset]
+    templates = template_order(c.template for c in mine)
+    header = ["family", "budget", *templates, "best"]
+    rows, raw, bold = [], [], set()
+    for fam, key, value in _budget_rows(mine):
+        row_cells = {t: cells.get((dataset, fam, key, value, t)) for t in templates}
+        vals = {t: c.acc(metric) for t, c in row_cells.items() if c is not None and c.acc(metric) is not None}
+        # ties: the smaller model wins, as in reduce's ranking
+        best = min(vals, key=lambda t: (-vals[t], row_cells[t].resource("params") or 0)) if vals else None
+        label = f"{key} ≤ {format_value(key, value)}"
+        row, rr = [fam, label], [fam, key, value]
+        for j, t in enumerate(templates):
+            c = row_cells[t]
+            status = c.status if c is not None else "pending"
+            if status == "done":
+                row.append(_pct(c.acc(metric), c.acc_std(metric)))
+                rr.append(round(100 * c.acc(metric), 4))
+                if t == best and len(vals) > 1:
+                    bold.add((len(rows), 2 + j))
+            else:
+                row.append(MISSING if status == "pending" else status)
+                rr.append("" if status == "pending" else status)
+        row.append(best or MISSING)
+        rr.append(best or "")
+        rows.append(row)
+        raw.append(rr)
+    seeds = max((len(c.done) for c in mine), default=0)
+    epochs = sorted({int(r["epochs"]) for c in mine for r in c.done})
+    trained = (f" after {epochs[0]} epochs" if len(epochs) == 1
+               else f" after {', '.join(map(str, epochs))} epochs (runs differ)" if epochs else "")
+    what = "Final" if metric == "final" else "Best-epoch"
+    notes = [f"{what} top-1 test accuracy (%){trained} of the widest model of each template within the budget"
+             + (", mean ± std over seeds" if seeds > 1 else "")
+             + f"; emphasised: the best template of each row (ties: fewer parameters); {MISSING}: not run (yet); "
+             "unreachable: even the template's smallest model is over the budget; failed: every run failed."]
+    return Table(title=f"Accuracy by budget on {dataset}", header=header, rows=rows, bold=bold, notes=notes,
+                 align="ll" + "r" * len(templates) + "l", csv_rows=raw,
+                 csv_header=["family", "budget_key", "budget_value", *templates, "best"])
+
+
+def budget_resource_table(cells: dict[tuple, BudgetCell], dataset: str) -> Table:
+    """One row per family x budget x template: the fitted width and what the model costs."""
+    mine = [c for c in cells.values() if c.dataset == dataset]
+    header = ["family", "budget", "template", "width", "params", "GFLOPs / image", "train memory (MiB)",
+              "of budget", "status"]
+    rows, raw, reasons = [], [], []
+    for fam, key, value in _budget_rows(mine):
+        row_templates = [c.template for c in mine if (c.family, c.budget_key, c.budget_value) == (fam, key, value)]
+        for t in template_order(row_templates):
+            c = cells[(dataset, fam, key, value, t)]
+            params, flops, mem = c.resource("params"), c.resource("flops"), c.resource("train_memory_bytes")
+            used = c.resource(RESOURCE_OF[key])
+            status = c.status
+            if status in ("unreachable", "failed") and c.reason:
+                reasons.append(f"{fam} {t} {key} ≤ {format_value(key, value)}: {c.reason}")
+            rows.append([fam, f"{key} ≤ {format_value(key, value)}", t,
+                         MISSING if c.width is None else f"{c.width:g}",
+                         MISSING if params is None else f"{int(params):,}",
+                         MISSING if flops is None else f"{flops / 1e9:,.4f}", fmt_bytes(mem),
+                         MISSING if used is None else f"{used / value:.1%}", status])
+            raw.append([fam, key, value, t, c.width, params, flops, mem, used, status, c.reason or ""])
+    notes = ["The model each template gets within the budget (the largest width multiplier that fits, "
+             "as 'fit' finds it); resources of the trained run, or as fitted when it has not finished."]
+    notes += [f"- {r}" for r in reasons]
+    return Table(title=f"Fitted models by budget ({dataset})", header=header, rows=rows, notes=notes,
+                 align="lll" + "r" * 5 + "l",
+                 csv_header=["family", "budget_key", "budget_value", "template", "width", "params", "flops",
+                             "train_memory_bytes", "budgeted_resource", "status", "reason"], csv_rows=raw)
+
+
+def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric: str = "final") -> Any | None:
+    """Accuracy versus the budgeted resource ``key``: one panel per family, one line per template
+    through its models at each budget (x: what the model uses), dashed lines at the budgets.
+    None when no cell of ``key`` is done."""
+    from . import figures
+
+    plt = figures.plt
+    column = RESOURCE_OF[key]
+    label, scale = _AXIS[key]
+    mine = [c for c in cells.values() if c.dataset == dataset and c.budget_key == key]
+    done = [c for c in mine if c.acc(metric) is not None and c.resource(column)]
+    if not done:
+        return None
+    families = list(dict.fromkeys(c.family for c in sorted(done, key=lambda c: _family_rank(c.family))))
+    templates = template_order(c.template for c in done)
+    rows, cols = figures._grid(len(families))
+    fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
+    for ax, fam in zip(axes.flat, families):
+        xs_all = []
+        for value in sorted({c.budget_value for c in done if c.family == fam}):
+            ax.axvline(value * scale, color="0.35", linestyle="--", linewidth=1)
+            xs_all.append(value * scale)
+        for t in templates:
+            pts = sorted((c for c in done if c.family == fam and c.template == t), key=lambda c: c.budget_value)
+            if not pts:
+                continue
+            xs = [c.resource(column) * scale for c in pts]
+            ys = [100 * c.acc(metric) for c in pts]
+            errs = [100 * (c.acc_std(metric) or 0.0) for c in pts]
+            style = figures.template_style(t, templates)
+            ax.errorbar(xs, ys, yerr=errs if any(errs) else None, linestyle="-", linewidth=1.6, markersize=6,
+                        capsize=3, label=t, **style)
+            xs_all += xs
+        ax.set_title(fam)
+        ax.set_xlabel(f"{label}, log scale")
+        ax.set_ylabel(f"{'final' if metric == 'final' else 'best'} test accuracy (%)")
+        ax.grid(True, which="both", alpha=0.25)
+        figures._log_x(ax, xs_all)
+    for ax in list(axes.flat)[len(families):]:
+        ax.set_visible(False)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], linestyle="-", linewidth=1.6, markersize=6, label=t,
+                      **figures.template_style(t, templates)) for t in templates]
+    handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=1, label="budget"))
+    fig.suptitle(f"{dataset}: accuracy versus {label.split(' (')[0]} at each {key} budget, one line per template",
+                 fontsize=11)
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
+               bbox_to_anchor=(0.5, -0.02), fontsize=9)
+    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    return fig

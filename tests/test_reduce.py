@@ -1,0 +1,123 @@
+"""`reduce`: fit every template to one budget, train, rank, report, export -- and resume after a kill."""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import pytest
+
+from filter_templates.cli import main
+from filter_templates.reduce import Candidate, rank
+from filter_templates.sweep.store import Store
+from test_sweep import _poll, _spawn, err_line
+
+# Tiny and fast: a few optimiser steps per candidate on a slice of the embedded digits.
+TINY = ["--dataset", "digits", "--limit-train", "128", "--limit-test", "64", "--batch-size", "32", "--device", "cpu",
+        "--threads", "1"]
+KEYS = {"template", "width", "filters", "params", "flops", "train_memory_bytes", "final_acc", "best_acc", "status"}
+
+
+def reduce_args(out: Path, *extra: str) -> list[str]:
+    return ["reduce", "--model", "mobilenet", "--budget", "params=20K", "--out", str(out), *TINY, *extra]
+
+
+def test_reduce_end_to_end(tmp_path, capsys):
+    out = tmp_path / "R"
+    assert main(reduce_args(out, "--epochs", "1", "--json")) == 0
+    doc = json.loads(capsys.readouterr().out)  # exactly one JSON document on stdout
+    assert (doc["model"], doc["budget"], doc["dataset"]) == ("mobilenet", {"key": "params", "value": 20000}, "digits")
+    cands = doc["candidates"]
+    assert sorted(c["template"] for c in cands) == sorted(["base", "reverse", "uniform", "quadratic",
+                                                           "negative-quadratic"])
+    for c in cands:
+        assert KEYS <= set(c) and c["status"] == "done"
+        assert 0 < c["params"] <= 20_000 and c["flops"] > 0 and c["train_memory_bytes"] > 0
+        assert len(c["filters"]) == 13 and c["width"] > 0
+    # ranked: final accuracy down, ties to fewer parameters
+    assert [(-c["final_acc"], c["params"]) for c in cands] == sorted((-c["final_acc"], c["params"]) for c in cands)
+    win = doc["winner"]
+    assert (win["template"], win["width"]) == (cands[0]["template"], cands[0]["width"])
+    assert Path(win["exported"]).is_file() and Path(win["exported"]).parent == Path(win["run_dir"])
+    assert Path(win["run_dir"]).parent == (out / "runs").resolve()
+    # the report: budgets in rows, templates in columns, and the accuracy-versus-budget figure
+    table = (out / "report" / "tables" / "accuracy_by_budget_digits.md").read_text()
+    assert "| mobilenet | params ≤ 20,000 |" in table and table.count("**") == 2
+    assert (out / "report" / "figures" / "accuracy_vs_params_budget_digits.png").stat().st_size > 10_000
+    # again: everything is done, nothing trains, the same answer
+    assert main(reduce_args(out, "--epochs", "1")) == 0
+    text = capsys.readouterr()
+    assert "0 done, 0 failed, 5 skipped (5 already done)" in text.err
+    assert f"winner: {win['template']}" in text.out and "exported:" in text.out
+    with Store(out / "results.sqlite") as s:
+        assert [e["event"] for r in s.rows() for e in s.events(r["key"])] == ["add", "claim", "done"] * 5
+
+
+def test_rank_ties_go_to_fewer_parameters_and_unfinished_rank_last():
+    def c(t, acc, params, status="done"):
+        return Candidate(t, 0.1, [1], params, 1, 1, acc, acc, status)
+
+    ranked = rank([c("base", 0.5, 900), c("reverse", None, None, "unreachable"), c("uniform", 0.7, 1000),
+                   c("quadratic", 0.7, 800), c("negative-quadratic", None, 700, "failed")],
+                  ["base", "reverse", "uniform", "quadratic", "negative-quadratic"])
+    assert [x.template for x in ranked] == ["quadratic", "uniform", "base", "reverse", "negative-quadratic"]
+
+
+def test_base_is_always_a_candidate(tmp_path, capsys):
+    assert main(reduce_args(tmp_path / "R", "--templates", "uniform", "--epochs", "1", "--limit-train", "32",
+                            "--no-export", "--json")) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert sorted(c["template"] for c in doc["candidates"]) == ["base", "uniform"]
+    assert doc["winner"]["exported"] is None
+
+
+def test_killed_reduce_resumes_without_repeating_finished_runs(tmp_path, capsys):
+    out, epochs = tmp_path / "R", 3
+    argv = reduce_args(out, "--templates", "uniform", "reverse", "--epochs", str(epochs), "--no-export")
+    db = out / "results.sqlite"
+    proc = _spawn(argv, tmp_path / "killed.log")
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:  # one run done, the next between two epochs
+        if _poll(db, "SELECT COUNT(*) FROM runs WHERE status='done'") >= 1 and _poll(
+                db, f"SELECT COUNT(*) FROM runs WHERE status='running' AND epochs_done BETWEEN 1 AND {epochs - 1}"):
+            break
+        time.sleep(0.02)
+    assert proc.poll() is None, "reduce ended before it could be killed:\n" + (tmp_path / "killed.log").read_text()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    with Store(db) as s:
+        done_before = {r["key"]: r["finished_at"] for r in s.rows() if r["status"] == "done"}
+        killed = [r for r in s.rows() if r["status"] == "running"]
+    assert len(killed) == 1 and done_before
+    assert main(argv + ["--json"]) == 0  # the same command again
+    doc = json.loads(capsys.readouterr().out)
+    assert [c["status"] for c in doc["candidates"]] == ["done"] * 3
+    with Store(db) as s:
+        rows = {r["key"]: r for r in s.rows()}
+        assert len(rows) == 3 and all(r["status"] == "done" for r in rows.values())
+        for key, finished in done_before.items():  # kept, not trained again
+            assert rows[key]["finished_at"] == finished and rows[key]["attempts"] == 1
+        k = killed[0]["key"]
+        assert rows[k]["attempts"] == 2 and [e["event"] for e in s.events(k)] == ["add", "claim", "reclaim", "done"]
+        lines = (Path(rows[k]["run_dir"]) / "metrics.jsonl").read_text().splitlines()
+        assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]  # resumed: each epoch once
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--budget", "params=1K=2"], "malformed budget"),
+    (["--budget", "weight=1M"], "unknown budget key 'weight'"),
+    (["--budget", "params=lots"], "malformed budget value"),
+    (["--budget", "params=100"], "below the smallest reachable mobilenet model"),
+    (["--templates", "cubic"], "unknown template 'cubic'"),
+    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["--model", "vgg20"], "unknown model 'vgg20'"),
+    (["--address", "auto"], "only apply to --engine ray"),
+    (["--engine", "ray", "--jobs", "2"], "apply to --engine local"),
+    (["--epochs", "0"], "not a positive integer"),
+])
+def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, match):
+    assert main(reduce_args(tmp_path / "R", *argv)) == 2
+    assert match in err_line(capsys)
+    assert not (tmp_path / "R" / "runs").exists()  # refused before anything trained
