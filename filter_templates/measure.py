@@ -63,6 +63,7 @@ __all__ = [
     "arch_shape",
     "ArchShape",
     "resolve_device",
+    "device_name",
     "train_memory_account",
     "train_memory_bytes",
     "latency",
@@ -268,9 +269,24 @@ def resolve_device(device: DeviceLike = "cpu") -> torch.device:
     raise UsageError(f"unknown device {device!r}; choose cpu, cuda, cuda:N or auto")
 
 
-def _device_name(dev: torch.device) -> str:
+def device_name(device: DeviceLike) -> str:
+    """What a device is, in words: the GPU's name, or the CPU's model name from ``/proc/cpuinfo``
+    (``platform.processor()`` says only "x86_64" on Linux) -- the one name every record uses."""
+    dev = torch.device(device) if not isinstance(device, torch.device) else device
     if dev.type == "cuda":
         return torch.cuda.get_device_name(dev)
+    return _cpu_model()
+
+
+@functools.lru_cache(maxsize=1)
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
     return platform.processor() or platform.machine() or "cpu"
 
 
@@ -495,7 +511,7 @@ def resources(
             iqrs[f"batch{b}"] = r["iqr_s"]
         out["latency_s"], out["latency_iqr_s"] = medians, iqrs
     out["device"] = str(dev)
-    out["device_name"] = _device_name(dev)
+    out["device_name"] = device_name(dev)
     out["threads"] = torch.get_num_threads() if threads is None else threads
     return out
 

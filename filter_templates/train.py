@@ -20,10 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,9 +30,11 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
+from . import rundir
 from .arch import Arch
 from .errors import UsageError
-from .measure import meta_model, resolve_device
+from .measure import device_name, meta_model, resolve_device
+from .messages import note
 from .progress import Progress
 
 __all__ = ["TrainConfig", "train", "sgd_step", "bf16_autocast", "open_checkpoint", "resolve_device", "load_data", "RESULT_KEYS"]
@@ -154,68 +153,10 @@ def load_data(name: str, data_dir: str | None = None, download: bool = False,
     return load_dataset(name, data_dir, download=download, limit_train=limit_train, limit_test=limit_test)
 
 
-def _diff_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    return [k for k in RESULT_KEYS if saved.get(k) != current.get(k)]
-
-
 def open_checkpoint(config: TrainConfig, out_dir: str | Path, resume: bool) -> dict | None:
-    """The checkpoint in ``out_dir`` that a run of ``config`` would continue (None: start fresh).
-
-    Refuses (UsageError) an existing checkpoint without ``resume`` -- nothing is overwritten -- and
-    a checkpoint of a different configuration, naming the keys that differ.
-    """
-    out = Path(out_dir)
-    path = out / "checkpoint.pt"
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a run directory")
-    if not path.exists():
-        _refuse_finished_without_checkpoint(out)
-        if resume:
-            _note(f"no checkpoint in {out}; starting fresh")
-        return None
-    if not resume:
-        raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it "
-                         f"or choose another --out (nothing was overwritten)")
-    state = ckpt.load(path)
-    if not isinstance(state, dict) or not {"config", "epoch", "model", "optimizer", "scheduler", "rng",
-                                            "metrics"} <= set(state):
-        raise UsageError(f"{path}: not a filter-templates checkpoint")
-    saved, now = state["config"], config.to_dict()
-    differing = _diff_keys(saved, now)
-    if differing:
-        parts = [f"{k} (checkpoint {_show(k, saved.get(k))}, now {_show(k, now.get(k))})" for k in differing]
-        raise UsageError(f"{path} is from a different configuration: {'; '.join(parts)}; "
-                         f"resume with the same settings or use another --out")
-    return state
-
-
-def _refuse_finished_without_checkpoint(out: Path) -> None:
-    """A folder with final weights or a finished summary but no checkpoint is a finished run (its
-    checkpoint deleted to save space) or someone else's files: starting fresh would overwrite them.
-    A failed run's folder (summary status "failed", no weights) may be started again."""
-    if (out / "model.pt").exists():
-        raise UsageError(f"{out} holds model.pt but no checkpoint.pt to resume; choose another --out "
-                         f"(nothing was overwritten)")
-    summary = out / "summary.json"
-    if summary.exists():
-        try:
-            status = json.loads(summary.read_text(encoding="utf-8")).get("status")
-        except (OSError, ValueError, AttributeError):
-            status = None
-        if status != "failed":
-            raise UsageError(f"{summary} belongs to a run that is not a failed one and there is no "
-                             f"checkpoint.pt to resume; choose another --out (nothing was overwritten)")
-
-
-def _show(key: str, value: Any) -> str:
-    if key == "arch" and isinstance(value, Mapping):
-        return (f"{value.get('family')} {value.get('template')} w={value.get('width')} "
-                f"classes={value.get('classes')} filters={value.get('filters')}")
-    return repr(value)
-
-
-def _note(message: str) -> None:
-    print(f"filter-templates: {message}", file=sys.stderr)
+    """The checkpoint in ``out_dir`` that a run of ``config`` would continue (None: start fresh);
+    the refusals are :func:`rundir.open_checkpoint`'s, comparing the ``RESULT_KEYS``."""
+    return rundir.open_checkpoint(out_dir, resume, config.to_dict(), RESULT_KEYS)
 
 
 def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -232,21 +173,23 @@ def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
-          on_epoch: Callable[[dict], None] | None = None) -> dict:
+          on_epoch: Callable[[dict], None] | None = None, checkpoint: dict | None = None) -> dict:
     """Train ``config`` into ``out_dir`` and return the summary written to ``summary.json``.
 
     ``resume``: continue from ``out_dir/checkpoint.pt`` (fresh start, with a note, if none); without
     it an existing checkpoint is refused so nothing is overwritten. ``progress``: the per-epoch bar
     on stderr (None: only on a terminal). ``on_epoch(row)``: called after each epoch's checkpoint
-    with that epoch's metrics row. A loss that turns NaN/inf ends the run with
+    with that epoch's metrics row. ``checkpoint``: what :func:`open_checkpoint` returned for these
+    arguments, when the caller opened it already (it is not read twice). A loss that turns NaN/inf ends the run with
     ``status == "failed"`` and the reason (returned, not raised); bad input raises UsageError.
     """
     config.validate()
     out = Path(out_dir)
-    ckpt_path = out / "checkpoint.pt"
+    ckpt_path = out / rundir.CHECKPOINT
     cfg = config.to_dict()
 
-    state = open_checkpoint(config, out, resume)  # refusals happen before anything is touched
+    # refusals happen before anything is touched
+    state = open_checkpoint(config, out, resume) if checkpoint is None else checkpoint
     meta_model(config.arch)  # so does a model that cannot be built (a layer over the limit, ...)
 
     device = resolve_device(config.device)
@@ -255,11 +198,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         raise UsageError(f"the model has {config.arch.classes} classes but dataset {config.dataset!r} has "
                          f"{ds.num_classes}; build the architecture with classes={ds.num_classes}")
 
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_stale_temp_files(out)
-    for stale in ("model.pt", "summary.json"):  # from an earlier end of this run; rewritten at the end
-        (out / stale).unlink(missing_ok=True)
-    ckpt.atomic_write_json(out / "config.json", cfg)
+    rundir.start_run(out, cfg)
 
     # ---- model, optimiser, schedule, data ----------------------------------------------
     from .data.augment import Loader
@@ -289,10 +228,10 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         metrics = list(state["metrics"])
         start_epoch = int(state["epoch"])
         if start_epoch >= E:
-            _note(f"{out}: all {E} epochs were already done; rewriting the final files")
+            note(f"{out}: all {E} epochs were already done; rewriting the final files")
     del state
     # metrics.jsonl always equals the checkpoint's history: no duplicate epochs after a resume.
-    ckpt.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+    rundir.write_metrics(out, metrics)
 
     # ---- the loop ---------------------------------------------------------------------
     failure: str | None = None
@@ -343,18 +282,15 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             "rng": ckpt.rng_state(device), "epoch": epoch + 1, "metrics": metrics, "config": cfg,
             "arch": config.arch.to_dict(),
         }, ckpt_path)
-        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        rundir.append_metrics(out, row)
         if on_epoch is not None:
             on_epoch(row)
 
     # ---- the end: final weights and summary ------------------------------------------------
     if failure is None:
-        ckpt.atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / "model.pt")
+        ckpt.atomic_save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out / rundir.MODEL)
     summary = _summary(config, metrics, device, failure)
-    ckpt.atomic_write_json(out / "summary.json", summary)
+    rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
 
 
@@ -374,21 +310,9 @@ def _summary(config: TrainConfig, metrics: list[dict], device: torch.device, fai
         "wall_s": round(sum(m["seconds"] for m in metrics), 3),  # training + evaluation, all sessions
         "device": str(device),
         "precision": "bf16-autocast" if bf16_autocast(device, config.bf16) else "fp32",
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else _cpu_name(),
+        "device_name": device_name(device),
         "threads": torch.get_num_threads(),
         "config": config.to_dict(),
         "metrics": metrics,
     }
 
-
-def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    import platform
-
-    return platform.processor() or platform.machine()

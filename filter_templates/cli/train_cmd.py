@@ -9,6 +9,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..messages import error_line
+from ..rundir import SUMMARY
 from .args import add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 # TrainConfig fields a --config file may carry (a run's own config.json does); `fit --save` files
@@ -116,7 +118,6 @@ def default_out(config) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import error_line
     from ..train import open_checkpoint, train
 
     if args.threads:
@@ -133,18 +134,17 @@ def run(args: argparse.Namespace) -> int:
                   f"train {row['train_acc']:.2%}  test {row['test_acc']:.2%}  {row['seconds']:.1f}s  "
                   f"{row['images_per_s']:.0f} img/s", flush=True)
 
-    done = 0
-    if (out / "checkpoint.pt").exists():  # refuse before printing anything; train() checks again
-        done = int(open_checkpoint(config, out, args.resume)["epoch"])
+    state = open_checkpoint(config, out, args.resume)  # refuse before printing anything; read once
+    done = int(state["epoch"]) if state is not None else 0
     if not quiet:
         a = config.arch
         print(f"training {a.family} {a.template} w={a.width:g} ({' '.join(map(str, a.filters))}) on {config.dataset} "
               f"for {config.epochs} epochs -> {out}" + (f" (resuming after epoch {done})" if done else ""), flush=True)
-    summary = train(config, out, resume=args.resume, on_epoch=on_epoch)
+    summary = train(config, out, resume=state is not None, on_epoch=on_epoch, checkpoint=state)
     if args.json:
         print(json.dumps(summary))
     if summary["status"] != "done":
-        print(error_line(f"training failed: {summary['reason']} (see {out / 'summary.json'})"), file=sys.stderr)
+        print(error_line(f"training failed: {summary['reason']} (see {out / SUMMARY})"), file=sys.stderr)
         return 1
     if not quiet:
         print(f"done: final test accuracy {summary['final_acc']:.2%}, best {summary['best_acc']:.2%} "
