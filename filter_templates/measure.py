@@ -71,7 +71,7 @@ __all__ = [
 ]
 
 INPUT_SHAPE = (3, 32, 32)
-LATENCY_MIN_RUN_TIME = 0.1  # seconds of timed calls per batch size; at most 10 x this in all
+LATENCY_MIN_RUN_TIME = 0.1  # seconds of timed calls per batch size; at most 10 x this (latency must not dominate a sweep)
 
 DeviceLike = Union[str, torch.device]
 
