@@ -71,9 +71,9 @@ _FAMILIES: dict[str, Family] = {}
 
 def register_family(family: Family) -> Family:
     if family.name in _FAMILIES:
-        raise ValueError(f"model family {family.name!r} is already registered")
+        raise UsageError(f"model family {family.name!r} is already registered")
     if len(family.layer_names) != len(family.base_filters):
-        raise ValueError(f"{family.name}: one layer name per template layer is required")
+        raise UsageError(f"{family.name}: one layer name per template layer is required")
     _FAMILIES[family.name] = family
     return family
 
