@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import sys
+import os
 import types
 from pathlib import Path
 
@@ -50,3 +50,77 @@ def test_export_to_an_unwritable_place_is_one_error_line(tmp_path, capsys):
     fake_run(tmp_path / "run")
     code = main(["export", "--run", str(tmp_path / "run"), "--format", "torchscript", "--out", "/proc/m.pt"])
     assert code == 2 and "/proc/m.pt" in one_error_line(capsys)
+
+
+def test_register_family_refusals_are_usage_errors():
+    from filter_templates.models import Family, get_family, register_family
+
+    vgg = get_family("vgg19")
+    with pytest.raises(UsageError, match="already registered"):  # was ValueError: a traceback in the CLI
+        register_family(vgg)
+    with pytest.raises(UsageError, match="one layer name"):
+        register_family(Family("odd", (8, 16), ("a",), vgg.builder, "conv", "odd"))
+
+
+def test_store_finish_with_a_bad_status_is_a_usage_error(tmp_path):
+    from filter_templates.sweep.store import Store
+
+    with Store(tmp_path / "r.sqlite") as store:
+        with pytest.raises(UsageError, match="status"):  # was ValueError
+            store.finish("k", None, {"status": "running"})
+
+
+def _finished_run_on_disk(runs: Path):
+    """A TrainConfig and its point's run folder holding a finished run's files (as a sweep killed
+    between writing summary.json and recording the row leaves them), without latency or memory."""
+    from filter_templates.arch import make_arch
+    from filter_templates.sweep.grid import run_dir_name
+    from filter_templates.sweep.store import point_key
+    from filter_templates.train import TrainConfig
+
+    cfg = TrainConfig(arch=make_arch("mobilenet", "base", 0.05, 10), dataset="synthetic", epochs=1,
+                      batch_size=16, device="cpu")
+    d = cfg.to_dict()
+    run = runs.resolve() / run_dir_name(d, point_key(d)[0])
+    run.mkdir(parents=True)
+    rundir.atomic_write_json(run / rundir.CONFIG, d)
+    rundir.atomic_write_json(run / rundir.SUMMARY, {"status": "done", "device": "cpu", "config": d, "final_acc": 0.5,
+                                                    "resources": {"params": 1, "flops": 2}})
+    return cfg
+
+
+def test_ray_engine_completes_the_resources_of_a_run_found_finished(tmp_path):
+    pytest.importorskip("ray")
+    from filter_templates.sweep.ray_engine import run_ray
+    from filter_templates.sweep.store import Store
+
+    cfg = _finished_run_on_disk(tmp_path / "runs")
+    result = run_ray([cfg], tmp_path / "r.sqlite", tmp_path / "runs")  # nothing to train: Ray never starts
+    assert result.done == 1
+    with Store(tmp_path / "r.sqlite") as s:
+        row = s.rows()[0]
+    assert row["status"] == "done" and row["train_memory_bytes"] and row["latency_b1_s"]  # was None
+
+
+def test_joining_a_token_cluster_sends_the_token_and_failures_say_how(tmp_path, monkeypatch):
+    from filter_templates.sweep import ray_engine
+
+    token = tmp_path / "auth_token"
+    token.write_text("secret")
+    monkeypatch.setattr(ray_engine, "RAY_TOKEN_FILE", token)
+    for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    seen = []
+
+    def init(address=None, **kw):
+        seen.append(os.environ.get("RAY_AUTH_MODE"))
+
+    ray_engine._init_ray(types.SimpleNamespace(init=init), "auto")
+    assert seen == ["token"] and "RAY_AUTH_MODE" not in os.environ  # token mode for the join only
+
+    def refused(address=None, **kw):
+        raise ConnectionError("Failed to connect to GCS")
+
+    token.unlink()  # no token here: the error line says what Ray >= 2.59 clusters need
+    with pytest.raises(UsageError, match="RAY_AUTH_MODE=token"):
+        ray_engine._init_ray(types.SimpleNamespace(init=refused), "auto")
