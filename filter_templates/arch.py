@@ -6,13 +6,13 @@ model can always be rebuilt from its run directory without pickling modules.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence, Union
 
 import torch.nn as nn
 
 from . import templates as T
+from . import validate
 from .errors import UsageError
 from .models import MAX_WIDTH, get_family
 
@@ -64,27 +64,18 @@ class Arch:
             raise UsageError("architecture config 'filters' must be a list of positive integers")
         if len(filters) != fam.depth:
             raise UsageError(f"architecture config has {len(filters)} filter counts; {fam.name} has {fam.depth} template layers")
-        width = _positive_float(d["width"], "width")
-        stem = _positive_float(d.get("stem_width", width), "stem_width")
-        classes = d["classes"]
-        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-            raise UsageError(f"architecture config 'classes' must be a positive integer, got {classes!r}")
+        width = validate.number(d["width"], "width")
+        stem = validate.number(d.get("stem_width", width), "stem_width")
         return cls(
             family=fam.name,
             template=str(d["template"]),
             width=width,
-            classes=classes,
+            classes=validate.integer(d["classes"], "architecture config 'classes'"),
             filters=tuple(filters),
-            divisor=int(d.get("divisor", 1)),
-            floor=int(d.get("floor", 1)),
+            divisor=validate.integer(d.get("divisor", 1), "architecture config 'divisor'"),
+            floor=validate.integer(d.get("floor", 1), "architecture config 'floor'"),
             stem_width=stem,
         )
-
-
-def _positive_float(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise UsageError(f"{what} must be a positive finite number, got {v!r}")
-    return float(v)
 
 
 def make_arch(
@@ -106,7 +97,6 @@ def make_arch(
         raise UsageError(f"width multiplier {width:g} is over the limit of {MAX_WIDTH:g}")
     name = template if isinstance(template, str) else ",".join(f"{x:g}" for x in template)
     filters = T.distribute(template, fam.base_filters, width, floor=floor, divisor=divisor)
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-        raise UsageError(f"number of classes must be a positive integer, got {classes!r}")
+    validate.integer(classes, "number of classes")
     return Arch(family=fam.name, template=name, width=float(width), classes=classes,
                 filters=tuple(filters), divisor=divisor, floor=floor)

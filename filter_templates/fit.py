@@ -38,6 +38,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
+from . import validate
 from .arch import Arch, make_arch
 from .errors import UsageError
 from .progress import Progress
@@ -111,10 +112,7 @@ def parse_budget(text: str) -> Budget:
     table = {"params": _COUNT, "flops": _COUNT, "memory": _BYTES, "latency": _TIME}[key]
     if m is None or suffix not in table:
         raise UsageError(f"malformed budget value {raw!r} for {key}: expected {_HELP[key]}")
-    value = float(m.group(1)) * table[suffix]
-    if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"budget {text!r} must be a positive finite value")
-    return Budget(key, value)
+    return Budget(key, validate.number(float(m.group(1)) * table[suffix], f"budget {text!r}"))
 
 
 @dataclass
@@ -247,14 +245,11 @@ def fit(
         budget = parse_budget(budget)
     if budget.key not in KEYS:
         raise UsageError(f"unknown budget key {budget.key!r}; choose from {', '.join(KEYS)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
-    if not (isinstance(max_width, (int, float)) and math.isfinite(max_width) and max_width > W_TINY):
-        raise UsageError(f"maximum width must be a positive finite number, got {max_width!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"thread count must be a positive integer, got {threads!r}")
-    if not (0 <= latency_tolerance < 1):
-        raise UsageError(f"latency tolerance must be in [0, 1), got {latency_tolerance!r}")
+    validate.integer(batch_size, "batch size")
+    validate.number(max_width, "maximum width", W_TINY)
+    if threads is not None:
+        validate.integer(threads, "thread count")
+    validate.number(latency_tolerance, "latency tolerance", 0.0, strict=False, maximum=1.0)
     dev = M.resolve_device(device)
     run_time = M.LATENCY_MIN_RUN_TIME if min_run_time is None else float(min_run_time)
     names = list(templates) if templates else template_names()

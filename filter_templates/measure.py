@@ -50,6 +50,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
+from . import validate
 from .errors import UsageError
 
 __all__ = [
@@ -311,7 +312,7 @@ def train_memory_account(
     meta-device model for speed; the numbers are the same). The model is left as it was: its
     mode, and on real devices its buffers (BatchNorm statistics), are restored.
     """
-    _check_batch(batch_size)
+    validate.integer(batch_size, "batch size")
     dev = _model_device(model)
     counted: set[tuple] = set()
 
@@ -359,14 +360,9 @@ def train_memory_account(
     return out
 
 
-def _check_batch(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
-
-
 def _cuda_peak(model: nn.Module, batch_size: int, input_shape: tuple[int, ...], dev: torch.device) -> int:
     """Allocator peak of one real SGD-with-momentum step on ``dev`` (bytes above what was there)."""
-    _check_batch(batch_size)
+    validate.integer(batch_size, "batch size")
     torch.cuda.synchronize(dev)
     before = torch.cuda.memory_allocated(dev)
     if _model_device(model).type == "meta":
@@ -442,14 +438,14 @@ def latency(
     """
     from torch.utils.benchmark import Timer
 
-    _check_batch(batch_size)
+    validate.integer(batch_size, "batch size")
     dev = resolve_device(device)
     if _model_device(model).type == "meta":
         raise ValueError("latency needs a real model: build it on a device, not on meta")
     if _model_device(model) != dev:
         model = copy.deepcopy(model).to(dev)
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"thread count must be a positive integer, got {threads!r}")
+    if threads is not None:
+        validate.integer(threads, "thread count")
     before = torch.get_num_threads()
     threads = before if threads is None else threads
     was_training = model.training
@@ -493,7 +489,7 @@ def resources(
     ``device``, ``device_name`` and ``threads`` (the CPU threads latency was timed with:
     ``threads`` or ``torch.get_num_threads()``).
     """
-    _check_batch(batch_size)
+    validate.integer(batch_size, "batch size")
     dev = resolve_device(device)
     shape = arch_shape(arch)
     out: dict[str, Any] = {"params": shape.params, "flops": shape.flops, "batch_size": batch_size}

@@ -13,6 +13,7 @@ import math
 from fractions import Fraction
 from typing import Callable, Sequence, Union
 
+from . import validate
 from .errors import UsageError
 
 __all__ = [
@@ -51,8 +52,7 @@ def _check_base(counts: Sequence[int]) -> list[int]:
         raise TemplateError("base filter counts are empty: a model needs at least one template layer")
     out = []
     for i, c in enumerate(counts, start=1):
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
-            raise TemplateError(f"base filter count of layer {i} is {c!r}: counts must be positive finite numbers")
+        validate.number(c, f"base filter count of layer {i}", error=TemplateError)
         if c != int(c):
             raise TemplateError(f"base filter count of layer {i} is {c!r}: counts must be whole numbers")
         out.append(int(c))
@@ -266,12 +266,9 @@ def real_counts(template: Union[str, TemplateFn, Sequence[float]], base_counts: 
 
 
 def _check_scaling(width: float, floor: int, divisor: int) -> None:
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
-        raise TemplateError(f"width multiplier must be a positive finite number, got {width!r}")
-    if isinstance(floor, bool) or not isinstance(floor, int) or floor < 1:
-        raise TemplateError(f"floor must be an integer >= 1, got {floor!r}")
-    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
-        raise TemplateError(f"divisor must be an integer >= 1, got {divisor!r}")
+    validate.number(width, "width multiplier", error=TemplateError)
+    validate.integer(floor, "floor", error=TemplateError)
+    validate.integer(divisor, "divisor", error=TemplateError)
 
 
 def scale_count(count: float, width: float = 1.0, *, floor: int = 1, divisor: int = 1) -> int:

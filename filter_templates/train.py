@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from . import rundir
+from . import rundir, validate
 from .arch import Arch
 from .errors import UsageError
 from .measure import device_name, meta_model, resolve_device
@@ -118,15 +118,11 @@ class TrainConfig:
 
 
 def _check_int(name: str, v: Any, minimum: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise UsageError(f"training config '{name}' must be an integer >= {minimum}, got {v!r}")
+    validate.integer(v, f"training config '{name}'", minimum)
 
 
 def _check_float(name: str, v: Any, positive: bool) -> None:
-    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 if positive else v >= 0)
-    if not ok:
-        raise UsageError(f"training config '{name}' must be a {'positive' if positive else 'non-negative'} "
-                         f"finite number, got {v!r}")
+    validate.number(v, f"training config '{name}'", strict=positive)
 
 
 def bf16_autocast(device: torch.device, wanted: bool = True) -> bool:

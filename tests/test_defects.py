@@ -124,3 +124,17 @@ def test_joining_a_token_cluster_sends_the_token_and_failures_say_how(tmp_path, 
     token.unlink()  # no token here: the error line says what Ray >= 2.59 clusters need
     with pytest.raises(UsageError, match="RAY_AUTH_MODE=token"):
         ray_engine._init_ray(types.SimpleNamespace(init=refused), "auto")
+
+
+@pytest.mark.parametrize("divisor", ["x", 2.7, True, 0])
+def test_a_config_divisor_that_is_not_a_positive_integer_is_one_error_line(tmp_path, capsys, divisor):
+    from filter_templates.arch import make_arch
+
+    arch = make_arch("vgg19", "base", 0.05, 10).to_dict()
+    arch["divisor"] = divisor  # "x" was a traceback (int("x")); 2.7 silently became 2
+    (tmp_path / "c.json").write_text(json.dumps({"arch": arch}))
+    argv = ["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "run"), "--dataset", "synthetic",
+            "--epochs", "1", "--limit-train", "8", "--limit-test", "8", "--quiet"]  # short, were it accepted
+    assert main(argv) == 2
+    assert "divisor" in one_error_line(capsys)
+    assert not (tmp_path / "run").exists()

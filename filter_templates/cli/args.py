@@ -4,35 +4,28 @@ is accepted, which the CLI turns into one error line."""
 from __future__ import annotations
 
 import argparse
-import math
+from typing import Any, Callable
+
+from .. import validate
+from ..errors import UsageError
 
 
-def _number(text: str, cast: type, ok, expected: str, bad: str):
-    """``cast(text)`` if it is finite and ``ok``; otherwise an argparse error saying what is accepted."""
-    noun = "an integer" if cast is int else "a number"
-    try:
-        v = cast(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}; expected {expected}") from None
-    if not math.isfinite(v) or not ok(v):
-        raise argparse.ArgumentTypeError(f"{text!r} {bad}")
-    return v
+def _flag_type(cast: Callable[[str], Any], check: Callable[[Any, str], Any]) -> Callable[[str], Any]:
+    """An argparse ``type``: ``cast`` the text, then ``check`` it with the package's validators;
+    argparse prefixes the flag's name to the message."""
+    def convert(text: str) -> Any:
+        try:
+            return validate.parse(text, cast, lambda v: check(v, "value"))
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
 
 
-def positive_float(text: str) -> float:
-    return _number(text, float, lambda v: v > 0, "a positive finite number", "is not a positive finite number")
-
-
-def positive_int(text: str) -> int:
-    return _number(text, int, lambda v: v >= 1, "a positive integer", "is not a positive integer")
-
-
-def nonnegative_float(text: str) -> float:
-    return _number(text, float, lambda v: v >= 0, "a number >= 0", "is not a finite number >= 0")
-
-
-def nonnegative_int(text: str) -> int:
-    return _number(text, int, lambda v: v >= 0, "an integer >= 0", "is negative; expected an integer >= 0")
+positive_float = _flag_type(float, lambda v, what: validate.number(v, what))
+positive_int = _flag_type(int, lambda v, what: validate.integer(v, what))
+nonnegative_float = _flag_type(float, lambda v, what: validate.number(v, what, strict=False))
+nonnegative_int = _flag_type(int, lambda v, what: validate.integer(v, what, minimum=0))
+fraction = _flag_type(float, lambda v, what: validate.number(v, what, 0.0, strict=False, maximum=1.0))
 
 
 def add_run_args(group: "argparse._ArgumentGroup") -> None:

@@ -8,7 +8,7 @@ import re
 import sys
 from pathlib import Path
 
-from .args import add_model_args, positive_float, positive_int
+from .args import add_model_args, fraction, positive_float, positive_int
 
 BUDGET_HELP = (
     "the budget, KEY=VALUE. KEY: params or flops (forward FLOPs per 32x32 image), counts with an "
@@ -34,7 +34,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="batch size of the memory and latency measurements (default: 64)")
     p.add_argument("--device", default="cpu", metavar="D",
                    help="cpu, cuda, cuda:N or auto (CUDA when available), for memory and latency (default: cpu)")
-    p.add_argument("--latency-tolerance", type=_fraction, default=LATENCY_TOLERANCE, metavar="FRAC",
+    p.add_argument("--latency-tolerance", type=fraction, default=LATENCY_TOLERANCE, metavar="FRAC",
                    help=f"latency probes fit only when their median is at most budget*(1-FRAC), a margin for "
                         f"timing noise (default: {LATENCY_TOLERANCE:g}, i.e. {LATENCY_TOLERANCE * 100:g}%%); a probe "
                         "that does not fit is timed up to 3 times and its fastest median kept")
@@ -53,16 +53,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "({\"arch\": ..., \"fit\": ...}; 'train --config' reads its arch)")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(run=run)
-
-
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a fraction in [0, 1)") from None
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1)")
-    return v
 
 
 def config_name(model: str, template: str, width: float) -> str:

@@ -12,6 +12,7 @@ from typing import Callable, Sequence
 
 import torch.nn as nn
 
+from .. import validate
 from ..errors import UsageError
 
 __all__ = ["Family", "register_family", "get_family", "family_names", "MAX_FILTERS"]
@@ -61,8 +62,7 @@ class Family:
                              f"{MAX_FILTERS:,}; use a smaller width or counts")
         if not (0 < stem_width <= MAX_WIDTH):
             raise UsageError(f"{self.name}: stem width {stem_width!r} is outside (0, {MAX_WIDTH:g}]")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise UsageError(f"number of classes must be a positive integer, got {num_classes!r}")
+        validate.integer(num_classes, "number of classes")
         return self.builder(filters, num_classes=num_classes, stem_width=stem_width, divisor=divisor, floor=floor)
 
 
