@@ -7,7 +7,7 @@ model can always be rebuilt from its run directory without pickling modules.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch.nn as nn
 
@@ -80,7 +80,7 @@ class Arch:
 
 def make_arch(
     family: str,
-    template: Union[str, Sequence[float]] = "base",
+    template: Union[str, Sequence[float], Callable[[list[int]], Sequence[float]]] = "base",
     width: float = 1.0,
     classes: int = 10,
     *,
@@ -95,7 +95,7 @@ def make_arch(
     fam = get_family(family)
     if isinstance(width, (int, float)) and not isinstance(width, bool) and width > MAX_WIDTH:
         raise UsageError(f"width multiplier {width:g} is over the limit of {MAX_WIDTH:g}")
-    name = template if isinstance(template, str) else ",".join(f"{x:g}" for x in template)
+    name = T.template_label(template)
     filters = T.distribute(template, fam.base_filters, width, floor=floor, divisor=divisor)
     validate.integer(classes, "number of classes")
     return Arch(family=fam.name, template=name, width=float(width), classes=classes,

@@ -25,6 +25,7 @@ __all__ = [
     "quadratic",
     "negative_quadratic",
     "register_template",
+    "template_label",
     "unregister_template",
     "template_names",
     "get_template",
@@ -240,10 +241,28 @@ def _validate(
     return out
 
 
+def template_label(template: Union[str, TemplateFn, Sequence[float]]) -> str:
+    """How records name a template: its name, ``module:function`` for an importable function (so
+    ``--template`` can load it again), another function's ``__name__``, or explicit counts
+    ``c1,c2,...``; anything else is a TemplateError."""
+    if isinstance(template, str):
+        return template
+    if callable(template):
+        module, qual = getattr(template, "__module__", None), getattr(template, "__qualname__", "")
+        if module and module != "__main__" and qual and "<" not in qual:
+            return f"{module}:{qual}"
+        return getattr(template, "__name__", "custom")
+    try:
+        return ",".join(f"{float(x):g}" for x in template)
+    except (TypeError, ValueError):
+        raise TemplateError(f"a template is a name, a function base_counts -> counts or a list of counts; "
+                            f"got {template!r}") from None
+
+
 def real_counts(template: Union[str, TemplateFn, Sequence[float]], base_counts: Sequence[int]) -> list[float]:
     """Apply a template (name, function or explicit list) to base counts: real-valued, unrounded."""
     base_counts = _check_base(base_counts)
-    name = template if isinstance(template, str) else getattr(template, "__name__", "custom")
+    name = template_label(template)
     t = resolve_template(template) if isinstance(template, str) else template
     if callable(t):
         try:

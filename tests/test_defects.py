@@ -138,3 +138,40 @@ def test_a_config_divisor_that_is_not_a_positive_integer_is_one_error_line(tmp_p
     assert main(argv) == 2
     assert "divisor" in one_error_line(capsys)
     assert not (tmp_path / "run").exists()
+
+
+def test_fit_takes_several_templates_after_one_flag(capsys):
+    code = main(["fit", "--model", "vgg19", "--budget", "params=1M", "--template", "base", "uniform",
+                 "--template", "reverse", "--json"])  # was: "unrecognized arguments: uniform"
+    assert code == 0
+    assert [f["template"] for f in json.loads(capsys.readouterr().out)["fits"]] == ["base", "uniform", "reverse"]
+
+
+def pyramid(base: list[int]) -> list[float]:
+    """A template function for the test below: doubles every count."""
+    return [2.0 * c for c in base]
+
+
+def test_make_arch_takes_a_template_function():
+    from filter_templates.arch import make_arch
+
+    arch = make_arch("vgg19", pyramid, 0.5)  # was: TypeError ('function' object is not iterable)
+    assert arch.filters == make_arch("vgg19", [2.0 * c for c in arch_base("vgg19")], 0.5).filters
+    assert arch.template == f"{__name__}:pyramid"  # importable: --template can name it again
+    assert make_arch("vgg19", lambda b: b, 1.0).template == "<lambda>"
+    with pytest.raises(UsageError, match="a template is a name"):
+        make_arch("vgg19", 42)  # type: ignore[arg-type]
+
+
+def arch_base(family: str) -> tuple[int, ...]:
+    from filter_templates.models import get_family
+
+    return get_family(family).base_filters
+
+
+def test_a_cli_command_whose_module_is_missing_is_an_import_error(monkeypatch):
+    import filter_templates.cli as cli
+
+    monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "nosuch"))
+    with pytest.raises(ImportError):  # was: silently left out of --help ("command not built yet")
+        cli.build_parser()

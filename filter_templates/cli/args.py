@@ -48,9 +48,9 @@ def add_model_args(p: argparse.ArgumentParser, *, template_many: bool) -> None:
 
     p.add_argument("--model", required=True, metavar="M", help=f"model family: {', '.join(family_names())}")
     if template_many:
-        p.add_argument("--template", action="append", metavar="T", dest="templates",
-                       help="template name (repeatable; default: all), explicit counts 'c1,c2,...', "
-                            "or a function 'module:function'")
+        p.add_argument("--template", action="extend", nargs="+", metavar="T", dest="templates",
+                       help="template names (--template A B, or repeated; default: all), explicit counts "
+                            "'c1,c2,...', or a function 'module:function'")
     else:
         p.add_argument("--template", default="base", metavar="T",
                        help="template name, explicit counts 'c1,c2,...', or a function 'module:function' (default: base)")
