@@ -6,8 +6,9 @@ device for parameters, FLOPs and the CPU memory account, so a probe costs millis
 target device for latency and CUDA memory) and compares its resource with the budget:
 
 * bracket: from a first guess, step up (or down) by a growing factor until one width fits and a
-  larger one does not; widths are capped at ``max_width`` (default 64), and a budget that even
-  the capped width meets is reported with ``capped=True`` and a note;
+  larger one does not; widths are capped at ``max_width`` (default: ``models.MAX_WIDTH``, lowered
+  per template so that no layer passes ``models.MAX_FILTERS``), and a budget that even the capped
+  width meets is reported with ``capped=True`` and a note;
 * bisection on the real rounded model until the bracket is narrower than ``1e-4`` relative
   (``1e-2`` for latency, whose probes are slow and noisy), so the answer is the largest width that
   fits up to that precision; the reported width is the shortest decimal inside the final bracket
@@ -38,15 +39,20 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
+import torch
+
+from . import measure as M
 from . import validate
 from .arch import Arch, make_arch
 from .errors import UsageError
+from .measure import arch_shape
+from .models import MAX_FILTERS, MAX_WIDTH, get_family
 from .progress import Progress
+from .templates import real_counts, template_names
 
-__all__ = ["Budget", "parse_budget", "FitResult", "fit", "KEYS", "MAX_WIDTH", "LATENCY_TOLERANCE", "format_value"]
+__all__ = ["Budget", "parse_budget", "FitResult", "fit", "KEYS", "LATENCY_TOLERANCE", "format_value"]
 
 KEYS = ("params", "flops", "memory", "latency")
-MAX_WIDTH = 64.0
 LATENCY_TOLERANCE = 0.03
 MAX_REAL_PARAMS = 200_000_000
 W_TINY = 1e-6  # every layer (and the stem) rounds to the floor here: the smallest reachable model
@@ -164,13 +170,9 @@ class _Objective:
         return make_arch(self.family, self.template, w, self.classes, divisor=self.divisor, floor=self.floor)
 
     def signature(self, w: float) -> tuple:
-        from .measure import arch_shape
-
         return arch_shape(self.arch(w)).signature
 
     def __call__(self, w: float) -> float:
-        from .measure import arch_shape
-
         self.probes += 1
         arch = self.arch(w)
         shape = arch_shape(arch)
@@ -186,10 +188,6 @@ class _Objective:
         return value
 
     def _measure(self, arch: Arch, params: int) -> float:
-        import torch
-
-        from . import measure as M
-
         if self.key == "memory":
             if self.device.type == "cuda":
                 if params > self.max_real_params:
@@ -236,10 +234,6 @@ def fit(
     threads for latency (default: the process's). Raises
     :class:`UsageError` for a budget below the smallest reachable model, naming that model's value.
     """
-    from . import measure as M
-    from .models import get_family
-    from .templates import template_names
-
     fam = get_family(family)
     if isinstance(budget, str):
         budget = parse_budget(budget)
@@ -287,9 +281,6 @@ def fit(
 def _width_cap(fam: Any, template: str, max_width: float, divisor: int) -> float:
     """``max_width``, lowered so that no layer passes the families' filter limit (a quadratic
     GoogLeNet reaches it near width 58): huge budgets then end "capped" instead of failing."""
-    from .models import MAX_FILTERS
-    from .templates import real_counts
-
     biggest = max(max(real_counts(template, fam.base_filters)), max(fam.base_filters))
     return min(max_width, (MAX_FILTERS - divisor) / biggest)
 

@@ -5,9 +5,12 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
+from ..fit import LATENCY_TOLERANCE, fit, format_value, parse_budget
+from ..messages import warn
+from ..models import MAX_WIDTH, get_family
+from ..rundir import atomic_write_json, check_writable, writing
 from .args import add_model_args, fraction, positive_float, positive_int
 
 BUDGET_HELP = (
@@ -20,8 +23,6 @@ BUDGET_HELP = (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..fit import LATENCY_TOLERANCE, MAX_WIDTH
-
     p = sub.add_parser(
         "fit", help="find, per template, the largest width multiplier that fits a resource budget",
         description="For every template (or those named), find by bisection on the real rounded model the "
@@ -62,38 +63,31 @@ def config_name(model: str, template: str, width: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UsageError
-    from ..fit import fit, format_value, parse_budget
-
     budget = parse_budget(args.budget)
+    if args.save:
+        check_writable(args.save, "--save", folder=True)  # before the fit, which may take a while
     results = fit(args.model, budget, args.templates, classes=args.classes, divisor=args.divisor,
                   floor=args.floor, batch_size=args.batch_size, device=args.device, max_width=args.max_width,
                   latency_tolerance=args.latency_tolerance, min_run_time=args.min_run_time, measure=args.measure,
                   threads=args.threads)
     for r in results:
         if r.note:
-            print(f"filter-templates: warning: {r.template}: {r.note}", file=sys.stderr)
+            warn(f"{r.template}: {r.note}")
 
     fits = [r.to_dict() for r in results]
     if args.save:
-        from ..checkpoint import atomic_write_json
-
         out = Path(args.save)
-        try:
+        with writing("--save", out):
             out.mkdir(parents=True, exist_ok=True)
             for r, d in zip(results, fits):
                 path = out / config_name(args.model, r.template, r.width)
                 doc = {"arch": r.arch.to_dict(), "fit": {"budget": budget.to_dict(), "resources": r.resources}}
                 atomic_write_json(path, doc)
                 d["config"] = str(path)
-        except OSError as exc:
-            raise UsageError(f"cannot write configs to {args.save!r}: {exc.strerror or exc}") from None
 
     if args.json:
         print(json.dumps({"model": args.model, "budget": budget.to_dict(), "fits": fits}))
         return 0
-
-    from ..models import get_family
 
     fam = get_family(args.model)
     print(f"{fam.description}; {args.classes} classes; budget {budget.key} <= {format_value(budget.key, budget.value)}")
