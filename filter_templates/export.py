@@ -83,6 +83,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     rundir.check_writable(path, "--out", folder=False)
     if path.exists() and path.resolve().parent == Path(run_dir).resolve() and path.name in rundir.RUN_FILES:
         raise UsageError(f"--out {path} would overwrite the run's own {path.name}; choose another file")
+    if path.exists() and not path.name.endswith(_SUFFIX[fmt]):  # only an earlier export is replaced
+        raise UsageError(f"--out {path} exists and is not a {_SUFFIX[fmt]} file; choose another file "
+                         f"(nothing was overwritten)")
     example = torch.zeros(2, 3, 32, 32)
     save = _torchscript if fmt == "torchscript" else _onnx
     with rundir.writing("--out", path):

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 import warnings
 from pathlib import Path
 from typing import IO, Any, Callable, Mapping, Sequence
@@ -147,8 +148,11 @@ def check_writable(path: str | os.PathLike[str], flag: str, *, folder: bool) -> 
         p = p.parent
     if not p.is_dir():
         raise UsageError(f"{flag} {path}: {p} is a file, not a folder")
-    if not os.access(p, os.W_OK | os.X_OK):
-        raise UsageError(f"{flag} {path}: {p} is not writable")
+    try:  # try it: permission bits do not stop root, and /proc or a read-only mount still refuse
+        with tempfile.TemporaryFile(dir=p):
+            pass
+    except OSError as exc:
+        raise UsageError(f"{flag} {path}: {p} is not writable ({exc.strerror or exc})") from None
     return path
 
 
