@@ -48,10 +48,12 @@ from typing import Any, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
 from . import validate
 from .errors import UsageError
+from .models import get_family
 
 __all__ = [
     "INPUT_SHAPE",
@@ -210,8 +212,6 @@ def arch_shape(arch: Any) -> ArchShape:
 @functools.lru_cache(maxsize=4096)
 def _shape(family: str, filters: tuple[int, ...], classes: int, stem_width: float, divisor: int,
            floor: int = 1) -> ArchShape:
-    from .models import get_family
-
     fam = get_family(family)
 
     class _Spec:  # the parts of an Arch that meta_model needs
@@ -436,8 +436,6 @@ def latency(
     ``threads`` CPU threads (default: ``torch.get_num_threads()``; the process setting is restored
     afterwards). A model on another device is copied there, not moved.
     """
-    from torch.utils.benchmark import Timer
-
     validate.integer(batch_size, "batch size")
     dev = resolve_device(device)
     if _model_device(model).type == "meta":

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from .. import validate
 from ..errors import UsageError
+from ..models import family_names
 
 
 def _flag_type(cast: Callable[[str], Any], check: Callable[[Any, str], Any]) -> Callable[[str], Any]:
@@ -42,10 +43,21 @@ def add_run_args(group: "argparse._ArgumentGroup") -> None:
     group.add_argument("--device", metavar="DEV", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
 
 
+def add_measure_args(p: argparse.ArgumentParser) -> None:
+    """--batch-size, --device, --min-run-time, --threads: where and how memory and latency are measured."""
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
+                   help="batch size of the memory and latency measurements (default: 64)")
+    p.add_argument("--device", default="cpu", metavar="D",
+                   help="cpu, cuda, cuda:N or auto (CUDA when available), for memory and latency (default: cpu)")
+    p.add_argument("--min-run-time", type=positive_float, default=None, metavar="S",
+                   help="seconds of timed forward passes per latency measurement, at most 10x this (default: 0.1)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="CPU threads for latency measurements (default: PyTorch's, i.e. OMP_NUM_THREADS or the "
+                        "core count); reported with every latency")
+
+
 def add_model_args(p: argparse.ArgumentParser, *, template_many: bool) -> None:
     """--model, --template, --width, --classes, --divisor, --floor: how every command names a model."""
-    from ..models import family_names
-
     p.add_argument("--model", required=True, metavar="M", help=f"model family: {', '.join(family_names())}")
     if template_many:
         p.add_argument("--template", action="extend", nargs="+", metavar="T", dest="templates",

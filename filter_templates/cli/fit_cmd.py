@@ -11,7 +11,7 @@ from ..fit import LATENCY_TOLERANCE, fit, format_value, parse_budget
 from ..messages import warn
 from ..models import MAX_WIDTH, get_family
 from ..rundir import atomic_write_json, check_writable, writing
-from .args import add_model_args, fraction, positive_float, positive_int
+from .args import add_measure_args, add_model_args, fraction, positive_float
 
 BUDGET_HELP = (
     "the budget, KEY=VALUE. KEY: params or flops (forward FLOPs per 32x32 image), counts with an "
@@ -31,19 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "latency is measured at every probe, with a noise tolerance (see --latency-tolerance).")
     add_model_args(p, template_many=True)
     p.add_argument("--budget", required=True, metavar="KEY=VALUE", help=BUDGET_HELP)
-    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
-                   help="batch size of the memory and latency measurements (default: 64)")
-    p.add_argument("--device", default="cpu", metavar="D",
-                   help="cpu, cuda, cuda:N or auto (CUDA when available), for memory and latency (default: cpu)")
+    add_measure_args(p)
     p.add_argument("--latency-tolerance", type=fraction, default=LATENCY_TOLERANCE, metavar="FRAC",
                    help=f"latency probes fit only when their median is at most budget*(1-FRAC), a margin for "
                         f"timing noise (default: {LATENCY_TOLERANCE:g}, i.e. {LATENCY_TOLERANCE * 100:g}%%); a probe "
                         "that does not fit is timed up to 3 times and its fastest median kept")
-    p.add_argument("--min-run-time", type=positive_float, default=None, metavar="S",
-                   help="seconds of timed forward passes per latency measurement, at most 10x this (default: 0.1)")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads for latency measurements (default: PyTorch's, i.e. OMP_NUM_THREADS or the "
-                        "core count); reported with every latency")
     p.add_argument("--max-width", type=positive_float, default=MAX_WIDTH, metavar="W",
                    help=f"largest width multiplier considered (default: {MAX_WIDTH:g}); a budget that even this "
                         "width meets is reported at this width with a warning")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .args import add_model_args, positive_float, positive_int
+from .args import add_measure_args, add_model_args, positive_float
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -20,15 +20,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also measure training memory of one SGD step at --batch-size (CPU: exact account of "
                         "parameters, gradients, momentum, buffers, input and tensors saved for backward; CUDA: "
                         "allocator peak) and eval latency at --batch-size and at batch 1 (slow for big models)")
-    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
-                   help="batch size of the memory and latency measurements (default: 64)")
-    p.add_argument("--device", default="cpu", metavar="D",
-                   help="cpu, cuda, cuda:N or auto, for --measure (default: cpu)")
-    p.add_argument("--min-run-time", type=positive_float, default=None, metavar="S",
-                   help="seconds of timed forward passes per latency measurement, at most 10x this (default: 0.1)")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads for latency measurements (default: PyTorch's, i.e. OMP_NUM_THREADS or the "
-                        "core count); reported with every latency")
+    add_measure_args(p)
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(run=run)
 
