@@ -175,3 +175,26 @@ def test_a_cli_command_whose_module_is_missing_is_an_import_error(monkeypatch):
     monkeypatch.setattr(cli, "COMMANDS", (*cli.COMMANDS, "nosuch"))
     with pytest.raises(ImportError):  # was: silently left out of --help ("command not built yet")
         cli.build_parser()
+
+
+def test_the_cpu_has_one_name_everywhere():
+    from filter_templates.arch import make_arch
+    from filter_templates.measure import device_name, resources
+
+    cpuinfo = Path("/proc/cpuinfo")
+    if not cpuinfo.is_file() or "model name" not in cpuinfo.read_text():
+        pytest.skip("no /proc/cpuinfo model name here")
+    model = next(ln.split(":", 1)[1].strip() for ln in cpuinfo.read_text().splitlines() if ln.startswith("model name"))
+    res = resources(make_arch("vgg19", "base", 0.05, 10), 8, "cpu", memory=False, latency=False)
+    assert res["device_name"] == device_name("cpu") == model  # resources said platform.processor(): "x86_64"
+
+
+def test_train_resume_reads_the_checkpoint_once(tmp_path, capsys, monkeypatch):
+    argv = ["train", "--model", "vgg19", "--width", "0.05", "--dataset", "synthetic", "--epochs", "1",
+            "--limit-train", "8", "--limit-test", "8", "--batch-size", "8", "--quiet", "--out", str(tmp_path / "run")]
+    assert main(argv) == 0
+    loads = []
+    real = rundir.load_checkpoint
+    monkeypatch.setattr(rundir, "load_checkpoint", lambda *a, **k: loads.append(a) or real(*a, **k))
+    assert main([*argv, "--resume"]) == 0  # all epochs done: the final files are written again
+    assert len(loads) == 1  # was 2: train_cmd opened it for its banner, then train() again
