@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Callable, Type, TypeVar
+from typing import Any, Type
 
 from .errors import UsageError
 
-__all__ = ["integer", "number", "parse", "is_integer", "is_number"]
-
-N = TypeVar("N", int, float)
+__all__ = ["integer", "number", "parse", "expected", "is_integer", "is_number"]
 
 
 def is_integer(v: Any) -> bool:
@@ -30,20 +28,22 @@ def is_number(v: Any) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
 
 
-def _bound(minimum: float, strict: bool, kind: str) -> str:
-    if minimum == 1 and kind == "integer" and not strict:
+def expected(kind: type, minimum: float, strict: bool, maximum: float | None = None) -> str:
+    """What a check accepts, in words: "a positive integer", "a fraction in [0, 1)", ..."""
+    if maximum is not None:
+        noun = "a fraction" if (minimum, maximum) == (0, 1) else "a number"
+        return f"{noun} in {'(' if strict else '['}{minimum:g}, {maximum:g})"
+    if kind is int and ((minimum == 1 and not strict) or (minimum == 0 and strict)):
         return "a positive integer"
-    if minimum == 0 and strict:
-        return f"a positive {'integer' if kind == 'integer' else 'finite number'}"
-    if minimum == 0 and kind == "number":
-        return "a non-negative finite number"
-    return f"{'an integer' if kind == 'integer' else 'a finite number'} {'>' if strict else '>='} {minimum:g}"
+    if kind is not int and minimum == 0:
+        return "a positive finite number" if strict else "a non-negative finite number"
+    return f"{'an integer' if kind is int else 'a finite number'} {'>' if strict else '>='} {minimum:g}"
 
 
 def integer(v: Any, what: str, minimum: int = 1, *, error: Type[Exception] = UsageError) -> int:
     """``v`` as an int when it is an integer ``>= minimum``; else ``error`` naming ``what``."""
     if not is_integer(v) or v < minimum:
-        raise error(f"{what} must be {_bound(minimum, False, 'integer')}, got {v!r}")
+        raise error(f"{what} must be {expected(int, minimum, False)}, got {v!r}")
     return int(v)
 
 
@@ -51,22 +51,22 @@ def number(v: Any, what: str, minimum: float = 0.0, *, strict: bool = True, maxi
            error: Type[Exception] = UsageError) -> float:
     """``v`` as a float when it is finite and ``> minimum`` (``>=`` unless ``strict``) and, given a
     ``maximum``, ``< maximum``; else ``error`` naming ``what``."""
-    ok = is_number(v) and (v > minimum if strict else v >= minimum)
-    if maximum is not None and not (ok and v < maximum):
-        kind = "a fraction" if (minimum, maximum) == (0, 1) else "a number"
-        raise error(f"{what} must be {kind} in {'(' if strict else '['}{minimum:g}, {maximum:g}), got {v!r}")
-    if not ok:
-        raise error(f"{what} must be {_bound(minimum, strict, 'number')}, got {v!r}")
+    if not (is_number(v) and (v > minimum if strict else v >= minimum) and (maximum is None or v < maximum)):
+        raise error(f"{what} must be {expected(float, minimum, strict, maximum)}, got {v!r}")
     return float(v)
 
 
-def parse(text: str, cast: Callable[[str], N], check: Callable[[N], Any]) -> N:
-    """``check(cast(text))`` for a value typed on the command line: a text that is not a number at
-    all says so; a number that ``check`` refuses keeps ``check``'s message."""
+def parse(text: str, kind: type, minimum: float, *, strict: bool = False, maximum: float | None = None) -> Any:
+    """A number typed on the command line: ``kind(text)`` when it passes :func:`integer` (``kind``
+    int) or :func:`number`; else a UsageError "'<text>' is not <what is accepted>"."""
+    want = expected(kind, minimum, strict, maximum)
     try:
-        v = cast(text)
+        v = kind(text)
     except ValueError:
-        noun = "an integer" if cast is int else "a number"
-        raise UsageError(f"{text!r} is not {noun}") from None
-    check(v)
-    return v
+        raise UsageError(f"{text!r} is not {'an integer' if kind is int else 'a number'}; expected {want}") from None
+    try:
+        if kind is int:
+            return integer(v, text, int(minimum) + (1 if strict else 0))
+        return number(v, text, minimum, strict=strict, maximum=maximum)
+    except UsageError:
+        raise UsageError(f"{text!r} is not {want}") from None

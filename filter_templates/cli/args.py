@@ -11,22 +11,21 @@ from ..errors import UsageError
 from ..models import family_names
 
 
-def _flag_type(cast: Callable[[str], Any], check: Callable[[Any, str], Any]) -> Callable[[str], Any]:
-    """An argparse ``type``: ``cast`` the text, then ``check`` it with the package's validators;
-    argparse prefixes the flag's name to the message."""
+def _flag_type(kind: type, minimum: float, strict: bool = False, maximum: float | None = None) -> Callable[[str], Any]:
+    """An argparse ``type`` checked by the package's validators; argparse prefixes the flag's name."""
     def convert(text: str) -> Any:
         try:
-            return validate.parse(text, cast, lambda v: check(v, "value"))
+            return validate.parse(text, kind, minimum, strict=strict, maximum=maximum)
         except UsageError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
     return convert
 
 
-positive_float = _flag_type(float, lambda v, what: validate.number(v, what))
-positive_int = _flag_type(int, lambda v, what: validate.integer(v, what))
-nonnegative_float = _flag_type(float, lambda v, what: validate.number(v, what, strict=False))
-nonnegative_int = _flag_type(int, lambda v, what: validate.integer(v, what, minimum=0))
-fraction = _flag_type(float, lambda v, what: validate.number(v, what, 0.0, strict=False, maximum=1.0))
+positive_float = _flag_type(float, 0.0, strict=True)
+positive_int = _flag_type(int, 1)
+nonnegative_float = _flag_type(float, 0.0)
+nonnegative_int = _flag_type(int, 0)
+fraction = _flag_type(float, 0.0, maximum=1.0)
 
 
 def add_run_args(group: "argparse._ArgumentGroup") -> None:
