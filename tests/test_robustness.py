@@ -6,7 +6,7 @@ and an existing output. Each must exit with status 2 and exactly one line on std
 traceback, and leave every file already there byte for byte as it was.
 
 Folders a command *writes* (``train --out``, ``fit --save``, ``report --out``, ``sweep --db`` and
-``--runs-dir``) are created with their parents, like ``mkdir -p``: a missing parent is not an
+``--runs-dir``, ``reduce --out``) are created with their parents, like ``mkdir -p``: a missing parent is not an
 error there, so that case applies to the paths a command reads and to ``export --out``.
 
 The commands run in-process (``cli.main``): a case that wrongly went ahead would train at most
@@ -30,6 +30,8 @@ TINY_TRAIN = ["--model", "vgg19", "--width", "0.05", "--dataset", "synthetic", "
               "--limit-train", "8", "--limit-test", "8", "--batch-size", "8", "--quiet"]
 TINY_SWEEP = ["--models", "vgg19", "--templates", "base", "--widths", "0.05", "--datasets", "synthetic",
               "--epochs", "1", "--limit-train", "8", "--limit-test", "8", "--batch-size", "8"]
+TINY_REDUCE = ["--model", "vgg19", "--budget", "params=20K", "--templates", "base", "--epochs", "1",
+               "--limit-train", "8", "--limit-test", "8", "--batch-size", "8"]
 
 
 @pytest.fixture
@@ -50,6 +52,9 @@ def place(tmp_path: Path) -> Path:
         store.add_points([(cfg, str(run))])
         store.finish(store.rows()[0]["key"], None, {"status": "done", "final_acc": 0.5, "best_acc": 0.5,
                                                     "resources": {"params": 1, "flops": 1}})
+    (tmp_path / "not-reduce").mkdir()  # a folder whose results store is someone else's file
+    (tmp_path / "not-reduce" / "results.sqlite").write_text("precious\n")
+    (tmp_path / "store-is-folder" / "results.sqlite").mkdir(parents=True)
     return tmp_path
 
 
@@ -72,6 +77,9 @@ CASES = {
     "report --out FILE": (["report", "--db", "{t}/r.sqlite", "--out", "{t}/file.txt", "--latency", "none"],
                           "file.txt"),
     "export --run FILE": (["export", "--run", "{t}/file.txt", "--format", "torchscript"], "file.txt"),
+    "reduce --out FILE": (["reduce", *TINY_REDUCE, "--dataset", "synthetic", "--out", "{t}/file.txt"], "file.txt"),
+    "reduce --data-dir FILE": (["reduce", *TINY_REDUCE, "--dataset", "cifar10", "--data-dir", "{t}/file.txt",
+                                "--out", "{t}/new"], "file.txt"),
     # a folder where a file is expected
     "train --config DIR": (["train", "--config", "{t}/folder", "--out", "{t}/new"], "folder"),
     "sweep --config DIR": (["sweep", "--config", "{t}/folder", "--db", "{t}/new.sqlite"], "folder"),
@@ -86,6 +94,7 @@ CASES = {
     "report --out /proc": (["report", "--db", "{t}/r.sqlite", "--out", "/proc/ft-x", "--latency", "none"], "/proc"),
     "export --out /proc": (["export", "--run", "{t}/run", "--format", "torchscript", "--out", "/proc/ft-m.pt"],
                            "/proc"),
+    "reduce --out /proc": (["reduce", *TINY_REDUCE, "--dataset", "synthetic", "--out", "/proc/ft-x"], "/proc"),
     # a missing parent (of what a command reads, and of export's output file)
     "train --config MISSING/": (["train", "--config", "{t}/missing/c.json", "--out", "{t}/new"], "missing"),
     "train --data-dir MISSING/": (["train", "--model", "vgg19", "--dataset", "cifar10", "--data-dir",
@@ -95,6 +104,8 @@ CASES = {
     "export --run MISSING/": (["export", "--run", "{t}/missing/run", "--format", "torchscript"], "missing"),
     "export --out MISSING/": (["export", "--run", "{t}/run", "--format", "torchscript", "--out",
                                "{t}/missing/m.pt"], "missing"),
+    "reduce --data-dir MISSING/": (["reduce", *TINY_REDUCE, "--dataset", "cifar10", "--data-dir", "{t}/missing/data",
+                                    "--out", "{t}/new"], "missing"),
     # an existing output that is not the command's to replace
     "train --out FINISHED-RUN": (["train", *TINY_TRAIN, "--out", "{t}/run"], "run"),
     "export --out RUN-FILE": (["export", "--run", "{t}/run", "--format", "torchscript", "--out",
@@ -103,6 +114,10 @@ CASES = {
                                  "{t}/file.txt"], "file.txt"),
     "sweep --db NOT-A-STORE": (["sweep", *TINY_SWEEP, "--db", "{t}/file.txt", "--runs-dir", "{t}/runs"], "file.txt"),
     "report --db NOT-A-STORE": (["report", "--db", "{t}/file.txt", "--out", "{t}/report"], "file.txt"),
+    "reduce --out NOT-A-STORE": (["reduce", *TINY_REDUCE, "--dataset", "synthetic", "--out", "{t}/not-reduce"],
+                                 "results.sqlite"),
+    "reduce --out STORE-IS-FOLDER": (["reduce", *TINY_REDUCE, "--dataset", "synthetic", "--out",
+                                      "{t}/store-is-folder"], "results.sqlite"),
 }
 
 
