@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from filter_templates import rundir
 from filter_templates.cli import main
