@@ -118,6 +118,12 @@ CASES = {
                                  "results.sqlite"),
     "reduce --out STORE-IS-FOLDER": (["reduce", *TINY_REDUCE, "--dataset", "synthetic", "--out",
                                       "{t}/store-is-folder"], "results.sqlite"),
+    # reduce refuses its --out before it reads the data or fits anything (here the data would fail later)
+    "reduce --out /proc, before the data": (["reduce", *TINY_REDUCE, "--dataset", "cifar10", "--data-dir",
+                                             "{t}/missing/data", "--out", "/proc/ft-x"], "/proc"),
+    "reduce --out STORE-IS-FOLDER, before the data": (["reduce", *TINY_REDUCE, "--dataset", "cifar10", "--data-dir",
+                                                       "{t}/missing/data", "--out", "{t}/store-is-folder"],
+                                                      "results.sqlite"),
 }
 
 
