@@ -41,7 +41,7 @@ def dataset_sizes(name: str, limit_train: int | None, limit_test: int | None) ->
     if name in SIZES:
         n_train, n_test = SIZES[name]
     else:  # the embedded ones are small and load in a second
-        from filter_templates.train import load_data
+        from filter_templates.data import load_data
 
         ds = load_data(name)
         n_train, n_test = len(ds.train_y), len(ds.test_y)
@@ -50,21 +50,22 @@ def dataset_sizes(name: str, limit_train: int | None, limit_test: int | None) ->
 
 def _timer(config) -> tuple:
     """(train_step, eval_batch) closures for one config's model, on the CPU."""
-    from filter_templates.train import bf16_autocast, sgd_step
+    from filter_templates.train import sgd_step
 
-    device = torch.device("cpu")
-    fmt = torch.channels_last if config.channels_last else torch.contiguous_format
+    # "auto" is decided when a run starts (autotune); fp32 and contiguous are what the CPU gets here
+    fmt = torch.channels_last if config.memory_format == "channels_last" else torch.contiguous_format
     torch.manual_seed(0)
     model = config.arch.build().to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=config.momentum, weight_decay=config.weight_decay)
-    amp = bf16_autocast(device, config.bf16)
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=config.momentum, weight_decay=config.weight_decay,
+                          nesterov=config.nesterov)
+    amp = config.precision == "bf16"
     x = torch.randn(config.batch_size, 3, 32, 32).contiguous(memory_format=fmt)
     y = torch.randint(0, config.arch.classes, (config.batch_size,))
     xe = torch.randn(EVAL_BATCH, 3, 32, 32).contiguous(memory_format=fmt)
 
     def step() -> None:
         model.train()
-        sgd_step(model, opt, x, y, amp)
+        sgd_step(model, opt, x, y, amp, config.label_smoothing)
 
     def evaluate() -> None:
         model.eval()
@@ -160,9 +161,9 @@ def main(argv=None) -> int:
 
 
 def _cpu() -> str:
-    from filter_templates.train import _cpu_name
+    from filter_templates.device import cpu_name
 
-    return _cpu_name()
+    return cpu_name()
 
 
 if __name__ == "__main__":

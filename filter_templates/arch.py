@@ -6,7 +6,6 @@ model can always be rebuilt from its run directory without pickling modules.
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Mapping, Sequence, Union
 
@@ -14,8 +13,9 @@ import torch.nn as nn
 
 from . import published as P
 from . import templates as T
+from . import validate
 from .errors import UsageError
-from .models import MAX_WIDTH, get_family
+from .models import MAX_WIDTH, get_family, resolve_model
 
 __all__ = ["Arch", "make_arch"]
 
@@ -93,8 +93,8 @@ class Arch:
             raise UsageError("architecture config 'filters' must be a list of positive integers")
         if len(filters) != fam.depth:
             raise UsageError(f"architecture config has {len(filters)} filter counts; {fam.name} has {fam.depth} template layers")
-        width = _positive_float(d["width"], "width")
-        stem = _positive_float(d.get("stem_width", width), "stem_width")
+        width = validate.number(d["width"], "width")
+        stem = validate.number(d.get("stem_width", width), "stem_width")
         plan = d.get("plan", "")
         if plan != getattr(fam, "fingerprint", ""):
             if not getattr(fam, "fingerprint", ""):
@@ -106,14 +106,11 @@ class Arch:
         if not isinstance(layer_modules, list) or not all(
                 isinstance(g, list) and all(isinstance(m, str) for m in g) for g in layer_modules):
             raise UsageError("architecture config 'layer_modules' must be a list of lists of module names")
-        classes = d["classes"]
-        if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-            raise UsageError(f"architecture config 'classes' must be a positive integer, got {classes!r}")
         as_published = d.get("as_published", False)
         if not isinstance(as_published, bool):
             raise UsageError(f"architecture config 'as_published' must be true or false, got {as_published!r}")
         widths = d.get("widths", [])
-        if not isinstance(widths, list) or not all(isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
+        if not isinstance(widths, list) or not all(validate.is_integer(w) and w >= 1 for w in widths):
             raise UsageError("architecture config 'widths' must be a list of positive integers")
         if widths and fam.expand is None:
             raise UsageError(f"architecture config has 'widths' but {fam.name} takes none")
@@ -121,10 +118,10 @@ class Arch:
             family=fam.name,
             template=str(d["template"]),
             width=width,
-            classes=classes,
+            classes=validate.integer(d["classes"], "architecture config 'classes'"),
             filters=tuple(filters),
-            divisor=int(d.get("divisor", 1)),
-            floor=int(d.get("floor", 1)),
+            divisor=validate.integer(d.get("divisor", 1), "architecture config 'divisor'"),
+            floor=validate.integer(d.get("floor", 1), "architecture config 'floor'"),
             stem_width=stem,
             as_published=as_published,
             widths=tuple(widths),
@@ -133,15 +130,9 @@ class Arch:
         )
 
 
-def _positive_float(v: Any, what: str) -> float:
-    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
-        raise UsageError(f"{what} must be a positive finite number, got {v!r}")
-    return float(v)
-
-
 def make_arch(
     family: Union[str, nn.Module, Callable[..., nn.Module]],
-    template: Union[str, Sequence[float]] = "base",
+    template: Union[str, Sequence[float], Callable[[list[int]], Sequence[float]]] = "base",
     width: float = 1.0,
     classes: int = 10,
     *,
@@ -157,20 +148,17 @@ def make_arch(
     (``published.STUDY``) and uses its rounding ``max(1, int(w * f))`` everywhere (SPEC 2.9).
     """
     if not isinstance(family, str):  # the Python API takes a module or a callable too
-        from .models import resolve_model
-
         family = resolve_model(family)
     fam = get_family(family)
     if isinstance(width, (int, float)) and not isinstance(width, bool) and width > MAX_WIDTH:
         raise UsageError(f"width multiplier {width:g} is over the limit of {MAX_WIDTH:g}")
-    if isinstance(classes, bool) or not isinstance(classes, int) or classes < 1:
-        raise UsageError(f"number of classes must be a positive integer, got {classes!r}")
+    validate.integer(classes, "number of classes")
     if not isinstance(as_published, bool):
         raise UsageError(f"as_published must be True or False, got {as_published!r}")
     if as_published and fam.name not in P.study_families():
         raise UsageError(f"--as-published applies to the study's families ({', '.join(P.study_families())}), "
                          f"not {fam.name}")
-    name = template if isinstance(template, str) else ",".join(f"{x:g}" for x in template)
+    name = T.template_label(template)
     T.scale_count(1, width, floor=floor, divisor=divisor)  # one check of width, floor and divisor
 
     def scale(count: float) -> int:

@@ -17,7 +17,6 @@ import copy
 import hashlib
 import json
 import os
-import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,10 +25,11 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from . import checkpoint as ckpt
 from .arch import Arch
 from .data.cache import fallback_root
 from .device import device_name
+from .messages import note
+from .rundir import atomic_write_json
 
 __all__ = ["PRECISIONS", "MEMORY_FORMATS", "BUDGET_S", "Choice", "choose", "choose_threads", "bf16_probe",
            "cache_path", "torch_memory_format"]
@@ -69,10 +69,6 @@ def cache_path() -> Path:
     return fallback_root() / CACHE_FILE
 
 
-def _note(message: str) -> None:
-    print(f"filter-templates: {message}", file=sys.stderr)
-
-
 def _read_cache() -> dict[str, Any]:
     path = cache_path()
     try:
@@ -80,10 +76,10 @@ def _read_cache() -> dict[str, Any]:
     except FileNotFoundError:
         return {}
     except (OSError, ValueError, UnicodeDecodeError) as exc:
-        _note(f"ignoring unreadable measurement cache {path} ({type(exc).__name__}); measuring again")
+        note(f"ignoring unreadable measurement cache {path} ({type(exc).__name__}); measuring again")
         return {}
     if not isinstance(doc, dict) or doc.get("version") != CACHE_VERSION or not isinstance(doc.get("entries"), dict):
-        _note(f"ignoring measurement cache {path} of another format; measuring again")
+        note(f"ignoring measurement cache {path} of another format; measuring again")
         return {}
     return doc["entries"]
 
@@ -94,9 +90,9 @@ def _write_cache(key: str, entry: dict[str, Any]) -> None:
     path = cache_path()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        ckpt.atomic_write_json(path, {"version": CACHE_VERSION, "entries": entries})
+        atomic_write_json(path, {"version": CACHE_VERSION, "entries": entries})
     except OSError as exc:  # a read-only home must not stop training: the choice is still used
-        _note(f"cannot write the measurement cache {path} ({exc.strerror or exc}); it is used for this run only")
+        note(f"cannot write the measurement cache {path} ({exc.strerror or exc}); it is used for this run only")
 
 
 def _key(kind: str, arch: Arch | None, device: torch.device, batch_size: int, threads: int | None) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import platform
 from typing import Union
 
@@ -37,8 +38,10 @@ def resolve_device(device: DeviceLike = "cpu") -> torch.device:
     raise UsageError(f"unknown device {device!r}; choose cpu, cuda, cuda:N or auto")
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_name() -> str:
-    """The CPU's model name from ``/proc/cpuinfo`` ("AMD EPYC"), else what ``platform`` knows."""
+    """The CPU's model name from ``/proc/cpuinfo`` ("AMD EPYC"), else what ``platform`` knows
+    (``platform.processor()`` says only "x86_64" on Linux)."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             for line in f:
@@ -49,8 +52,10 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine() or "cpu"
 
 
-def device_name(device: torch.device) -> str:
-    """A human name of ``device``: the GPU's product name or the CPU's model name."""
+def device_name(device: DeviceLike) -> str:
+    """What a device is, in words: the GPU's product name or the CPU's model name -- the one name
+    every record (summaries, resources, fit and templates output) uses."""
+    device = device if isinstance(device, torch.device) else torch.device(device)
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return cpu_name()

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
+import logging
 import warnings
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from . import checkpoint as ckpt
+from . import rundir
 from .arch import Arch
 from .errors import UsageError
 
@@ -27,19 +27,18 @@ _SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
 
 def _run_arch(run: Path) -> Arch:
     """The architecture from config.json, else from the checkpoint."""
-    cfg_path = run / "config.json"
+    cfg_path = run / rundir.CONFIG
     if cfg_path.is_file():
-        try:
-            doc = json.loads(cfg_path.read_text(encoding="utf-8"))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"{cfg_path}: not valid JSON ({exc})") from None
-        if isinstance(doc, dict) and "arch" in doc:
+        doc = rundir.read_json(cfg_path)
+        if doc is None:
+            raise UsageError(f"{cfg_path}: not a readable JSON object")
+        if "arch" in doc:
             return Arch.from_dict(doc["arch"])
-    if (run / "checkpoint.pt").is_file():
-        state = ckpt.load(run / "checkpoint.pt")
+    if (run / rundir.CHECKPOINT).is_file():
+        state = rundir.load_checkpoint(run / rundir.CHECKPOINT)
         if isinstance(state, dict) and "arch" in state:
             return Arch.from_dict(state["arch"])
-    raise UsageError(f"{run}: no architecture record (config.json or checkpoint.pt with 'arch'); "
+    raise UsageError(f"{run}: no architecture record ({rundir.CONFIG} or {rundir.CHECKPOINT} with 'arch'); "
                      f"is this a run directory written by `filter-templates train`?")
 
 
@@ -50,13 +49,13 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, Arch]:
     if not run.is_dir():
         raise UsageError(f"--run {run}: no such directory")
     arch = _run_arch(run)
-    if (run / "model.pt").is_file():
-        weights = ckpt.load(run / "model.pt")
-    elif (run / "checkpoint.pt").is_file():
-        state = ckpt.load(run / "checkpoint.pt")
+    if (run / rundir.MODEL).is_file():
+        weights = rundir.load_checkpoint(run / rundir.MODEL)
+    elif (run / rundir.CHECKPOINT).is_file():
+        state = rundir.load_checkpoint(run / rundir.CHECKPOINT)
         weights = state.get("model") if isinstance(state, dict) else None
     else:
-        raise UsageError(f"{run}: no weights (model.pt or checkpoint.pt); has the run finished an epoch?")
+        raise UsageError(f"{run}: no weights ({rundir.MODEL} or {rundir.CHECKPOINT}); has the run finished an epoch?")
     if not isinstance(weights, dict):
         raise UsageError(f"{run}: the weights file does not hold a state_dict")
     model = arch.build()
@@ -71,10 +70,6 @@ def default_export_path(run_dir: str | Path, fmt: str) -> Path:
     return Path(run_dir) / f"model{_SUFFIX[fmt]}"
 
 
-# What `train` writes into a run directory: export never replaces these.
-RUN_FILES = frozenset({"checkpoint.pt", "model.pt", "summary.json", "config.json", "metrics.jsonl"})
-
-
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
     """Write the run's model as ``fmt`` ('onnx' or 'torchscript') to ``out`` (default: in the run
     directory) with a dynamic batch dimension; returns the path. Input: float NCHW [N, 3, 32, 32],
@@ -85,28 +80,24 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     path = Path(out) if out is not None else default_export_path(run_dir, fmt)
     if not path.parent.is_dir():
         raise UsageError(f"--out {path}: directory {path.parent} does not exist")
-    if path.is_dir():
-        raise UsageError(f"--out {path} is a directory; give a file name")
-    if path.exists() and path.resolve().parent == Path(run_dir).resolve() and path.name in RUN_FILES:
+    rundir.check_writable(path, "--out", folder=False)
+    if path.exists() and path.resolve().parent == Path(run_dir).resolve() and path.name in rundir.RUN_FILES:
         raise UsageError(f"--out {path} would overwrite the run's own {path.name}; choose another file")
+    if path.exists() and not path.name.endswith(_SUFFIX[fmt]):  # only an earlier export is replaced
+        raise UsageError(f"--out {path} exists and is not a {_SUFFIX[fmt]} file; choose another file "
+                         f"(nothing was overwritten)")
     example = torch.zeros(2, 3, 32, 32)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        if fmt == "torchscript":
-            _torchscript(model, example, tmp)
-        else:
-            _onnx(model, example, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    save = _torchscript if fmt == "torchscript" else _onnx
+    with rundir.writing("--out", path):
+        rundir.atomic_write(path, lambda f: save(model, example, f))
     return path
 
 
-def _torchscript(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _torchscript(model: nn.Module, example: torch.Tensor, f: io.BufferedIOBase) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export; it still works
         traced = torch.jit.trace(model, example)
-    traced.save(str(path))
+    torch.jit.save(traced, f)
 
 
 def onnx_available() -> bool:
@@ -119,11 +110,11 @@ def onnx_available() -> bool:
     return True
 
 
-def _onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
+def _onnx(model: nn.Module, example: torch.Tensor, f: io.BufferedIOBase) -> None:
     if not onnx_available():
         raise UsageError("ONNX export needs the onnx extra: pip install 'filter-templates[onnx]' "
-                         "(onnx, onnxscript, onnxruntime)") from None
-    import logging
+                         "(onnx, onnxscript, onnxruntime)")
+    import onnx  # an optional extra: imported only when exporting to ONNX
 
     batch = torch.export.Dim("batch", min=1)
     # The dynamo exporter (the only one torch >= 2.9 keeps) chats on stdout and logs missing torchvision
@@ -138,4 +129,4 @@ def _onnx(model: nn.Module, example: torch.Tensor, path: Path) -> None:
                                         output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
     finally:
         log.setLevel(level)
-    program.save(str(path))
+    onnx.save(program.model_proto, f)

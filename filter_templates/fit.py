@@ -6,8 +6,9 @@ device for parameters, FLOPs and the CPU memory account, so a probe costs millis
 target device for latency and CUDA memory) and compares its resource with the budget:
 
 * bracket: from a first guess, step up (or down) by a growing factor until one width fits and a
-  larger one does not; widths are capped at ``max_width`` (default 64), and a budget that even
-  the capped width meets is reported with ``capped=True`` and a note;
+  larger one does not; widths are capped at ``max_width`` (default: ``models.MAX_WIDTH``, lowered
+  per template so that no layer passes ``models.MAX_FILTERS``), and a budget that even the capped
+  width meets is reported with ``capped=True`` and a note;
 * bisection on the real rounded model until the bracket is narrower than ``1e-4`` relative
   (``1e-2`` for latency, whose probes are slow and noisy), so the answer is the largest width that
   fits up to that precision; the reported width is the shortest decimal inside the final bracket
@@ -38,14 +39,21 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence, Union
 
-from .arch import Arch, make_arch
-from .errors import UsageError
-from .progress import Progress
+import torch
 
-__all__ = ["Budget", "parse_budget", "FitResult", "fit", "KEYS", "MAX_WIDTH", "LATENCY_TOLERANCE", "format_value"]
+from . import measure as M
+from . import validate
+from .arch import Arch, make_arch
+from .device import resolve_device
+from .errors import UsageError
+from .measure import arch_shape
+from .models import MAX_FILTERS, MAX_WIDTH, get_family
+from .progress import Progress
+from .templates import template_names
+
+__all__ = ["Budget", "parse_budget", "FitResult", "fit", "KEYS", "LATENCY_TOLERANCE", "format_value"]
 
 KEYS = ("params", "flops", "memory", "latency")
-MAX_WIDTH = 64.0
 LATENCY_TOLERANCE = 0.03
 MAX_REAL_PARAMS = 200_000_000
 W_TINY = 1e-6  # every layer (and the stem) rounds to the floor here: the smallest reachable model
@@ -111,10 +119,7 @@ def parse_budget(text: str) -> Budget:
     table = {"params": _COUNT, "flops": _COUNT, "memory": _BYTES, "latency": _TIME}[key]
     if m is None or suffix not in table:
         raise UsageError(f"malformed budget value {raw!r} for {key}: expected {_HELP[key]}")
-    value = float(m.group(1)) * table[suffix]
-    if not math.isfinite(value) or value <= 0:
-        raise UsageError(f"budget {text!r} must be a positive finite value")
-    return Budget(key, value)
+    return Budget(key, validate.number(float(m.group(1)) * table[suffix], f"budget {text!r}"))
 
 
 @dataclass
@@ -168,13 +173,9 @@ class _Objective:
                          as_published=self.as_published)
 
     def signature(self, w: float) -> tuple:
-        from .measure import arch_shape
-
         return arch_shape(self.arch(w)).signature
 
     def __call__(self, w: float) -> float:
-        from .measure import arch_shape
-
         self.probes += 1
         arch = self.arch(w)
         shape = arch_shape(arch)
@@ -190,10 +191,6 @@ class _Objective:
         return value
 
     def _measure(self, arch: Arch, params: int) -> float:
-        import torch
-
-        from . import measure as M
-
         if self.key == "memory":
             if self.device.type == "cuda":
                 if params > self.max_real_params:
@@ -242,24 +239,17 @@ def fit(
     threads for latency (default: the process's). Raises
     :class:`UsageError` for a budget below the smallest reachable model, naming that model's value.
     """
-    from . import measure as M
-    from .models import get_family
-    from .templates import template_names
-
     fam = get_family(family)
     if isinstance(budget, str):
         budget = parse_budget(budget)
     if budget.key not in KEYS:
         raise UsageError(f"unknown budget key {budget.key!r}; choose from {', '.join(KEYS)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
-    if not (isinstance(max_width, (int, float)) and math.isfinite(max_width) and max_width > W_TINY):
-        raise UsageError(f"maximum width must be a positive finite number, got {max_width!r}")
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"thread count must be a positive integer, got {threads!r}")
-    if not (0 <= latency_tolerance < 1):
-        raise UsageError(f"latency tolerance must be in [0, 1), got {latency_tolerance!r}")
-    dev = M.resolve_device(device)
+    validate.integer(batch_size, "batch size")
+    validate.number(max_width, "maximum width", W_TINY)
+    if threads is not None:
+        validate.integer(threads, "thread count")
+    validate.number(latency_tolerance, "latency tolerance", 0.0, strict=False, maximum=1.0)
+    dev = resolve_device(device)
     run_time = M.LATENCY_MIN_RUN_TIME if min_run_time is None else float(min_run_time)
     names = list(templates) if templates else template_names()
     measured = budget.key == "latency" or (budget.key == "memory" and dev.type == "cuda")
@@ -297,8 +287,6 @@ def fit(
 def _width_cap(unit: Arch, fam: Any, max_width: float, divisor: int) -> float:
     """``max_width``, lowered so that no layer passes the families' filter limit (a quadratic
     GoogLeNet reaches it near width 58): huge budgets then end "capped" instead of failing."""
-    from .models import MAX_FILTERS
-
     biggest = max(*unit.filters, *unit.widths, *fam.base_filters) + 1  # +1: rounding up never passes the limit
     return min(max_width, (MAX_FILTERS - divisor) / biggest)
 

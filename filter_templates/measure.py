@@ -41,17 +41,19 @@ import copy
 import functools
 import hashlib
 import math
-import platform
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
-from .device import DeviceLike, resolve_device
+from . import validate
+from .device import DeviceLike, device_name, resolve_device
 from .errors import UsageError
+from .models import get_family
 
 __all__ = [
     "INPUT_SHAPE",
@@ -64,6 +66,7 @@ __all__ = [
     "arch_shape",
     "ArchShape",
     "resolve_device",
+    "device_name",
     "train_memory_account",
     "train_memory_bytes",
     "latency",
@@ -71,7 +74,7 @@ __all__ = [
 ]
 
 INPUT_SHAPE = (3, 32, 32)
-LATENCY_MIN_RUN_TIME = 0.1  # seconds of timed calls per batch size; at most 10 x this in all
+LATENCY_MIN_RUN_TIME = 0.1  # seconds of timed calls per batch size; at most 10 x this (latency must not dominate a sweep)
 
 
 
@@ -209,8 +212,6 @@ def arch_shape(arch: Any) -> ArchShape:
 @functools.lru_cache(maxsize=4096)
 def _shape(family: str, filters: tuple[int, ...], classes: int, stem_width: float, divisor: int,
            floor: int = 1, widths: tuple[int, ...] = ()) -> ArchShape:
-    from .models import get_family
-
     fam = get_family(family)
 
     class _Spec:  # the parts of an Arch that meta_model needs
@@ -243,17 +244,6 @@ def arch_flops(arch: Any) -> int:
 
 
 # --------------------------------------------------------------------------------------------
-# Devices
-# --------------------------------------------------------------------------------------------
-
-
-def _device_name(dev: torch.device) -> str:
-    if dev.type == "cuda":
-        return torch.cuda.get_device_name(dev)
-    return platform.processor() or platform.machine() or "cpu"
-
-
-# --------------------------------------------------------------------------------------------
 # Training memory
 # --------------------------------------------------------------------------------------------
 
@@ -274,7 +264,7 @@ def train_memory_account(
     meta-device model for speed; the numbers are the same). The model is left as it was: its
     mode, and on real devices its buffers (BatchNorm statistics), are restored.
     """
-    _check_batch(batch_size)
+    validate.integer(batch_size, "batch size")
     dev = _model_device(model)
     counted: set[tuple] = set()
 
@@ -322,14 +312,9 @@ def train_memory_account(
     return out
 
 
-def _check_batch(batch_size: int) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise UsageError(f"batch size must be a positive integer, got {batch_size!r}")
-
-
 def _cuda_peak(model: nn.Module, batch_size: int, input_shape: tuple[int, ...], dev: torch.device) -> int:
     """Allocator peak of one real SGD-with-momentum step on ``dev`` (bytes above what was there)."""
-    _check_batch(batch_size)
+    validate.integer(batch_size, "batch size")
     torch.cuda.synchronize(dev)
     before = torch.cuda.memory_allocated(dev)
     if _model_device(model).type == "meta":
@@ -403,16 +388,14 @@ def latency(
     ``threads`` CPU threads (default: ``torch.get_num_threads()``; the process setting is restored
     afterwards). A model on another device is copied there, not moved.
     """
-    from torch.utils.benchmark import Timer
-
-    _check_batch(batch_size)
+    validate.integer(batch_size, "batch size")
     dev = resolve_device(device)
     if _model_device(model).type == "meta":
         raise ValueError("latency needs a real model: build it on a device, not on meta")
     if _model_device(model) != dev:
         model = copy.deepcopy(model).to(dev)
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise UsageError(f"thread count must be a positive integer, got {threads!r}")
+    if threads is not None:
+        validate.integer(threads, "thread count")
     before = torch.get_num_threads()
     threads = before if threads is None else threads
     was_training = model.training
@@ -456,7 +439,7 @@ def resources(
     ``device``, ``device_name`` and ``threads`` (the CPU threads latency was timed with:
     ``threads`` or ``torch.get_num_threads()``).
     """
-    _check_batch(batch_size)
+    validate.integer(batch_size, "batch size")
     dev = resolve_device(device)
     shape = arch_shape(arch)
     out: dict[str, Any] = {"params": shape.params, "flops": shape.flops, "batch_size": batch_size}
@@ -474,7 +457,7 @@ def resources(
             iqrs[f"batch{b}"] = r["iqr_s"]
         out["latency_s"], out["latency_iqr_s"] = medians, iqrs
     out["device"] = str(dev)
-    out["device_name"] = _device_name(dev)
+    out["device_name"] = device_name(dev)
     out["threads"] = torch.get_num_threads() if threads is None else threads
     return out
 

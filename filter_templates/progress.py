@@ -1,69 +1,33 @@
-"""A small progress bar on stderr, shown only when stderr is a terminal (silent in logs and CI)."""
+"""Progress bars: tqdm, on stderr, shown only when stderr is a terminal (silent in logs, CI and
+under ``--json``, whose stdout must hold one document)."""
 
 from __future__ import annotations
 
 import sys
-import time
-from typing import Iterable, Iterator, TextIO, TypeVar
+from typing import Any, Iterable
 
-T = TypeVar("T")
+from tqdm import tqdm
+
+__all__ = ["Progress"]
 
 
-class Progress:
-    """``for x in Progress(items, total, "epoch 3")`` with ``bar.set(loss=...)`` for live stats."""
+class Progress(tqdm):
+    """``for x in Progress(items, desc="epoch 3")`` with ``bar.set(loss=...)`` for live stats.
 
-    def __init__(self, iterable: Iterable[T] | None = None, total: int | None = None, desc: str = "",
-                 stream: TextIO | None = None, enabled: bool | None = None, min_interval: float = 0.2) -> None:
-        self.iterable = iterable
-        self.total = total if total is not None else (len(iterable) if hasattr(iterable, "__len__") else None)  # type: ignore[arg-type]
-        self.desc = desc
-        self.stream = stream or sys.stderr
-        self.enabled = self.stream.isatty() if enabled is None else enabled
-        self.n = 0
-        self.stats: dict[str, str] = {}
-        self.start = time.perf_counter()
-        self._last = 0.0
-        self.min_interval = min_interval
+    ``enabled``: None (the default) shows the bar only when stderr is a terminal.
+    """
 
-    def __iter__(self) -> Iterator[T]:
-        assert self.iterable is not None
-        try:
-            for item in self.iterable:
-                yield item
-                self.update()
-        finally:
-            self.close()
+    def __init__(self, iterable: Iterable[Any] | None = None, total: int | None = None, desc: str = "",
+                 enabled: bool | None = None, **kwargs: Any) -> None:
+        on = sys.stderr.isatty() if enabled is None else enabled
+        kwargs.setdefault("mininterval", 0.2)
+        super().__init__(iterable, total=total, desc=desc, file=sys.stderr, disable=not on, dynamic_ncols=True,
+                         **kwargs)
 
-    def set(self, **stats: object) -> None:
-        self.stats = {k: (f"{v:.4g}" if isinstance(v, float) else str(v)) for k, v in stats.items()}
-        self._draw()
+    @property
+    def enabled(self) -> bool:
+        return not self.disable
 
-    def update(self, n: int = 1) -> None:
-        self.n += n
-        self._draw()
-
-    def _draw(self, force: bool = False) -> None:
-        if not self.enabled:
-            return
-        now = time.perf_counter()
-        if not force and now - self._last < self.min_interval and self.n != self.total:
-            return
-        self._last = now
-        elapsed = now - self.start
-        if self.total:
-            frac = min(1.0, self.n / self.total)
-            bar = "#" * int(24 * frac) + "-" * (24 - int(24 * frac))
-            eta = elapsed / frac - elapsed if frac > 0 else 0.0
-            head = f"{self.desc} [{bar}] {self.n}/{self.total} {elapsed:.0f}s<{eta:.0f}s"
-        else:
-            head = f"{self.desc} {self.n} {elapsed:.0f}s"
-        tail = " ".join(f"{k}={v}" for k, v in self.stats.items())
-        self.stream.write("\r\033[K" + head + (" " + tail if tail else ""))
-        self.stream.flush()
-
-    def close(self) -> None:
-        if self.enabled:
-            self._draw(force=True)
-            self.stream.write("\n")
-            self.stream.flush()
-            self.enabled = False
+    def set(self, **stats: Any) -> None:
+        """Live statistics after the bar (``loss=0.41 acc=0.87``)."""
+        self.set_postfix(stats)

@@ -14,10 +14,11 @@ run continues bit for bit.
 from __future__ import annotations
 
 import copy
-import math
 from typing import Any, Callable
 
 import torch
+
+from . import validate
 
 __all__ = ["RECIPES", "RECIPE_FIELDS", "SCHEDULES", "lr_multiplier", "make_optimizer", "EMA", "check_recipe_values"]
 
@@ -112,7 +113,7 @@ def check_recipe_values(get: Callable[[str], Any], fail: Callable[[str], None]) 
         fail(f"training config 'schedule' must be one of {', '.join(SCHEDULES)}, got {get('schedule')!r}")
     for name, low, high in (("warmup", 0.0, 1.0), ("label_smoothing", 0.0, 1.0), ("ema", 0.0, 1.0)):
         v = get(name)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not low <= v < high:
-            fail(f"training config '{name}' must be a number in [{low:g}, {high:g}), got {v!r}")
+        if not (validate.is_number(v) and low <= v < high):
+            fail(f"training config '{name}' must be {validate.expected(float, low, False, high)}, got {v!r}")
     if get("nesterov") is True and not get("momentum"):
         fail("training config 'nesterov' needs a momentum above 0")

@@ -16,19 +16,24 @@ Candidates that did not finish (unreachable budget, failed or still pending) ran
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Sequence, Union
+from typing import Any, Mapping, Sequence, Union
 
+from . import rundir
+from .device import resolve_device
 from .errors import UsageError
+from .export import default_export_path, export_run, onnx_available
 from .fit import Budget, parse_budget
-
-if TYPE_CHECKING:
-    from .report.budgets import BudgetCell
-    from .sweep.engines import EngineOptions
-    from .sweep.plan import SweepResult
+from .report import make_report
+from .report.budgets import BudgetCell, collect_budgets
+from .sweep.engines import EngineOptions, run_grid
+from .sweep.grid import ALL_TEMPLATES, SweepSpec, plan_grid
+from .sweep.plan import SweepResult
+from .sweep.store import Store
 
 __all__ = ["reduce", "rank", "Candidate", "ReduceResult", "DB_FILE", "RUNS_DIR", "REPORT_DIR"]
 
@@ -55,7 +60,7 @@ class Candidate:
     run_dir: str | None = None  # the finished seed with the best final accuracy
 
     @classmethod
-    def from_cell(cls, cell: "BudgetCell") -> "Candidate":
+    def from_cell(cls, cell: BudgetCell) -> "Candidate":
         runs = sorted(cell.done, key=lambda r: (-(r.get("final_acc") or 0.0), r["seed"]))
 
         def integer(name: str) -> int | None:
@@ -98,7 +103,7 @@ class ReduceResult:
     seeds: list[int]
     out: Path
     candidates: list[Candidate]
-    sweep: "SweepResult"
+    sweep: SweepResult
     exported: str | None = None
     report: str | None = None
     wall_s: float = 0.0
@@ -124,30 +129,35 @@ class ReduceResult:
 def _export(run_dir: str) -> str:
     """The winner's model beside its weights: ONNX where possible, else TorchScript. An export
     newer than the weights (a re-run of the same reduce) is kept."""
-    from .export import default_export_path, export_run, onnx_available
-
     fmt = "onnx" if onnx_available() else "torchscript"
     path = default_export_path(run_dir, fmt)
-    weights = Path(run_dir) / "model.pt"
+    weights = Path(run_dir) / rundir.MODEL
     if path.is_file() and weights.is_file() and path.stat().st_mtime >= weights.stat().st_mtime:
         return str(path)
     return str(export_run(run_dir, fmt))
 
 
-def _local_defaults(engine: "EngineOptions", grid: Any) -> "EngineOptions":
+def _local_defaults(engine: EngineOptions, grid: Any) -> EngineOptions:
     """Without --jobs and --threads, a CPU trains the candidates side by side, one thread each, as
     many at once as there are cores: these models gain little from a second thread, and on a CPU
     shared with other work, OpenMP threads that wait on each other were measured up to 20x slower
     (README). On CUDA: one run at a time with torch's threads."""
-    import dataclasses
-
-    from .measure import resolve_device
-
     if engine.engine != "local" or engine.jobs is not None or engine.threads is not None or not grid.configs:
         return engine
     if any(resolve_device(c.device).type != "cpu" for c in grid.configs):
         return engine
     return dataclasses.replace(engine, jobs=min(os.cpu_count() or 1, len(grid.configs)), threads=1)
+
+
+def _check_out(out: Path) -> Path:
+    """``--out`` and what reduce keeps in it, refused before anything is read, fitted or trained."""
+    rundir.check_writable(out, "--out", folder=True)
+    for name, folder in ((DB_FILE, False), (RUNS_DIR, True), (REPORT_DIR, True)):
+        p = out / name
+        if p.exists() and p.is_dir() != folder:
+            what = "its results store" if name == DB_FILE else f"its {name} folder"
+            raise UsageError(f"--out {out}: {p} is a {'file' if folder else 'folder'}, where reduce keeps {what}")
+    return out
 
 
 def reduce(
@@ -161,7 +171,7 @@ def reduce(
     divisor: int = 1,
     floor: int = 1,
     out: str | os.PathLike[str] = "reduce",
-    engine: "EngineOptions | None" = None,
+    engine: EngineOptions | None = None,
     report: bool = True,
     export: bool = True,
     progress: bool | None = None,
@@ -170,20 +180,13 @@ def reduce(
     ``budget``, train them on ``dataset`` (``train``: TrainConfig settings such as epochs, lr,
     limit_train; None values are ignored), rank them, write the report and export the winner.
     Bad input, and a budget no template can reach, is a UsageError before anything trains."""
-    from .sweep.engines import EngineOptions, run_grid
-    from .sweep.grid import ALL_TEMPLATES, SweepSpec, plan_grid
-    from .sweep.store import Store
-    from .report.budgets import collect_budgets
-
     t0 = time.perf_counter()
     budget = parse_budget(budget) if isinstance(budget, str) else budget
     names = list(dict.fromkeys(["base", *(templates or ALL_TEMPLATES)]))
     spec = SweepSpec(models=[model], templates=names, widths=[], datasets=[dataset], seeds=list(seeds),
                      budgets=[f"{budget.key}={budget.value!r}"], divisor=divisor, floor=floor,
                      train={k: v for k, v in (train or {}).items() if v is not None})
-    out = Path(out)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a folder")
+    out = _check_out(Path(out))
     grid = plan_grid(spec)  # validates everything, reads the data, fits every template
     if not grid.configs:  # every template's smallest model is over the budget: nothing to compare
         raise UsageError(str(grid.unreachable[0].reason))
@@ -198,8 +201,6 @@ def reduce(
     result = ReduceResult(model=model, budget=budget, dataset=dataset, epochs=int(epochs), seeds=list(spec.seeds),
                           out=out.resolve(), candidates=candidates, sweep=sweep)
     if report:
-        from .report import make_report
-
         written = make_report(db, out / REPORT_DIR, latency="none", progress=progress)
         result.report = str(Path(written["index"]).resolve())
     if export and result.winner is not None and result.winner.run_dir:

@@ -13,6 +13,7 @@ import math
 from fractions import Fraction
 from typing import Callable, Sequence, Union
 
+from . import validate
 from .errors import UsageError
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "quadratic",
     "negative_quadratic",
     "register_template",
+    "template_label",
     "unregister_template",
     "template_names",
     "get_template",
@@ -54,8 +56,7 @@ def _check_base(counts: Sequence[float]) -> list[float]:
         raise TemplateError("base filter counts are empty: a model needs at least one template layer")
     out = []
     for i, c in enumerate(counts, start=1):
-        if isinstance(c, bool) or not isinstance(c, (int, float)) or not math.isfinite(c) or c <= 0:
-            raise TemplateError(f"base filter count of layer {i} is {c!r}: counts must be positive finite numbers")
+        validate.number(c, f"base filter count of layer {i}", error=TemplateError)
         out.append(int(c) if c == int(c) else float(c))
     return out
 
@@ -241,10 +242,28 @@ def _validate(
     return out
 
 
+def template_label(template: Union[str, TemplateFn, Sequence[float]]) -> str:
+    """How records name a template: its name, ``module:function`` for an importable function (so
+    ``--template`` can load it again), another function's ``__name__``, or explicit counts
+    ``c1,c2,...``; anything else is a TemplateError."""
+    if isinstance(template, str):
+        return template
+    if callable(template):
+        module, qual = getattr(template, "__module__", None), getattr(template, "__qualname__", "")
+        if module and module != "__main__" and qual and "<" not in qual:
+            return f"{module}:{qual}"
+        return getattr(template, "__name__", "custom")
+    try:
+        return ",".join(f"{float(x):g}" for x in template)
+    except (TypeError, ValueError):
+        raise TemplateError(f"a template is a name, a function base_counts -> counts or a list of counts; "
+                            f"got {template!r}") from None
+
+
 def real_counts(template: Union[str, TemplateFn, Sequence[float]], base_counts: Sequence[int]) -> list[float]:
     """Apply a template (name, function or explicit list) to base counts: real-valued, unrounded."""
     base_counts = _check_base(base_counts)
-    name = template if isinstance(template, str) else getattr(template, "__name__", "custom")
+    name = template_label(template)
     t = resolve_template(template) if isinstance(template, str) else template
     if callable(t):
         try:
@@ -267,12 +286,9 @@ def real_counts(template: Union[str, TemplateFn, Sequence[float]], base_counts: 
 
 
 def _check_scaling(width: float, floor: int, divisor: int) -> None:
-    if isinstance(width, bool) or not isinstance(width, (int, float)) or not math.isfinite(width) or width <= 0:
-        raise TemplateError(f"width multiplier must be a positive finite number, got {width!r}")
-    if isinstance(floor, bool) or not isinstance(floor, int) or floor < 1:
-        raise TemplateError(f"floor must be an integer >= 1, got {floor!r}")
-    if isinstance(divisor, bool) or not isinstance(divisor, int) or divisor < 1:
-        raise TemplateError(f"divisor must be an integer >= 1, got {divisor!r}")
+    validate.number(width, "width multiplier", error=TemplateError)
+    validate.integer(floor, "floor", error=TemplateError)
+    validate.integer(divisor, "divisor", error=TemplateError)
 
 
 def scale_count(count: float, width: float = 1.0, *, floor: int = 1, divisor: int = 1,

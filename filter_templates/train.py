@@ -20,10 +20,7 @@ Accuracies are fractions in [0, 1] everywhere (metrics, summary).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,13 +29,14 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from . import autotune, measure
+from . import autotune, measure, rundir, validate
 from . import checkpoint as ckpt
 from .arch import Arch
 from .data import load_data
 from .data.augment import Loader
 from .device import device_name, resolve_device
 from .errors import UsageError
+from .messages import note
 from .progress import Progress
 from .recipe import EMA, RECIPES, check_recipe_values, lr_multiplier, make_optimizer
 
@@ -168,82 +166,26 @@ def _fail(message: str) -> None:
 
 
 def _check_int(name: str, v: Any, minimum: int) -> None:
-    if isinstance(v, bool) or not isinstance(v, int) or v < minimum:
-        raise UsageError(f"training config '{name}' must be an integer >= {minimum}, got {v!r}")
+    validate.integer(v, f"training config '{name}'", minimum)
 
 
 def _check_float(name: str, v: Any, positive: bool) -> None:
-    ok = not isinstance(v, bool) and isinstance(v, (int, float)) and math.isfinite(v) and (v > 0 if positive else v >= 0)
-    if not ok:
-        raise UsageError(f"training config '{name}' must be a {'positive' if positive else 'non-negative'} "
-                         f"finite number, got {v!r}")
+    validate.number(v, f"training config '{name}'", strict=positive)
 
 
-def _diff_keys(saved: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:
-    """The result keys that differ, and the execution choices fixed differently from the checkpoint's
-    (an ``auto`` one takes the checkpoint's choice: a resumed run keeps its precision and layout)."""
-    fixed = [k for k in ("precision", "memory_format") if current.get(k) != "auto"]
-    return [k for k in (*RESULT_KEYS, *fixed) if saved.get(k) != current.get(k)]
+def _resume_keys(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The keys a checkpoint must share with ``config``: the result keys, and the execution choices
+    fixed (not ``auto``) in ``config`` (an ``auto`` one takes the checkpoint's choice: a resumed run
+    keeps its precision and layout)."""
+    return (*RESULT_KEYS, *(k for k in ("precision", "memory_format") if config.get(k) != "auto"))
 
 
 def open_checkpoint(config: TrainConfig, out_dir: str | Path, resume: bool) -> dict | None:
-    """The checkpoint in ``out_dir`` that a run of ``config`` would continue (None: start fresh).
-
-    Refuses (UsageError) an existing checkpoint without ``resume`` -- nothing is overwritten -- and
-    a checkpoint of a different configuration, naming the keys that differ.
-    """
-    out = Path(out_dir)
-    path = out / "checkpoint.pt"
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {out} is a file, not a run directory")
-    if not path.exists():
-        _refuse_finished_without_checkpoint(out)
-        if resume:
-            _note(f"no checkpoint in {out}; starting fresh")
-        return None
-    if not resume:
-        raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it "
-                         f"or choose another --out (nothing was overwritten)")
-    state = ckpt.load(path)
-    if not isinstance(state, dict) or not {"config", "epoch", "model", "optimizer", "scheduler", "rng",
-                                            "metrics"} <= set(state):
-        raise UsageError(f"{path}: not a filter-templates checkpoint")
-    saved, now = state["config"], config.to_dict()
-    differing = _diff_keys(saved, now)
-    if differing:
-        parts = [f"{k} (checkpoint {_show(k, saved.get(k))}, now {_show(k, now.get(k))})" for k in differing]
-        raise UsageError(f"{path} is from a different configuration: {'; '.join(parts)}; "
-                         f"resume with the same settings or use another --out")
-    return state
-
-
-def _refuse_finished_without_checkpoint(out: Path) -> None:
-    """A folder with final weights or a finished summary but no checkpoint is a finished run (its
-    checkpoint deleted to save space) or someone else's files: starting fresh would overwrite them.
-    A failed run's folder (summary status "failed", no weights) may be started again."""
-    if (out / "model.pt").exists():
-        raise UsageError(f"{out} holds model.pt but no checkpoint.pt to resume; choose another --out "
-                         f"(nothing was overwritten)")
-    summary = out / "summary.json"
-    if summary.exists():
-        try:
-            status = json.loads(summary.read_text(encoding="utf-8")).get("status")
-        except (OSError, ValueError, AttributeError):
-            status = None
-        if status != "failed":
-            raise UsageError(f"{summary} belongs to a run that is not a failed one and there is no "
-                             f"checkpoint.pt to resume; choose another --out (nothing was overwritten)")
-
-
-def _show(key: str, value: Any) -> str:
-    if key == "arch" and isinstance(value, Mapping):
-        return (f"{value.get('family')} {value.get('template')} w={value.get('width')} "
-                f"classes={value.get('classes')} filters={value.get('filters')}")
-    return repr(value)
-
-
-def _note(message: str) -> None:
-    print(f"filter-templates: {message}", file=sys.stderr)
+    """The checkpoint in ``out_dir`` that a run of ``config`` would continue (None: start fresh);
+    the refusals are :func:`rundir.open_checkpoint`'s, comparing the keys that make the experiment
+    (``RESULT_KEYS``, and a precision or memory format fixed by the caller)."""
+    cfg = config.to_dict()
+    return rundir.open_checkpoint(out_dir, resume, cfg, _resume_keys(cfg))
 
 
 def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -276,7 +218,8 @@ def evaluate(model: torch.nn.Module, loader: Loader, amp: bool, tta: bool) -> fl
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
-          on_epoch: Callable[[dict], None] | None = None, threads_source: str | None = None) -> dict:
+          on_epoch: Callable[[dict], None] | None = None, threads_source: str | None = None,
+          checkpoint: dict | None = None) -> dict:
     """Train ``config`` into ``out_dir`` and return the summary written to ``summary.json``.
 
     ``resume``: continue from ``out_dir/checkpoint.pt`` (fresh start, with a note, if none); without
@@ -285,11 +228,13 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     with that epoch's metrics row. A loss that turns NaN/inf ends the run with
     ``status == "failed"`` and the reason (returned, not raised); bad input raises UsageError.
     ``threads_source``: how the caller chose torch's thread count (recorded in the summary).
+    ``checkpoint``: what :func:`open_checkpoint` returned for these arguments, when the caller
+    opened it already (it is not read twice).
     """
     # ---- prepare: refusals first (nothing touched yet), then data, execution choice, directory ----
     config.validate()
     out = Path(out_dir)
-    state = open_checkpoint(config, out, resume)
+    state = open_checkpoint(config, out, resume) if checkpoint is None else checkpoint
     measure.meta_model(config.arch)  # a model that cannot be built (a layer over the limit, ...) fails now
     device = resolve_device(config.device)
     ds = load_data(config.dataset, config.data_dir, config.download, config.limit_train, config.limit_test)
@@ -303,7 +248,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                                  memory_format=config.memory_format)
     config = dataclasses.replace(config, precision=choice.precision, memory_format=choice.memory_format)
     cfg = config.to_dict()
-    _prepare_dir(out, cfg)
+    rundir.start_run(out, cfg)
 
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
@@ -335,10 +280,10 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         metrics = list(state["metrics"])
         start_epoch = int(state["epoch"])
         if start_epoch >= E:
-            _note(f"{out}: all {E} epochs were already done; rewriting the final files")
+            note(f"{out}: all {E} epochs were already done; rewriting the final files")
     del state
     # metrics.jsonl always equals the checkpoint's history: no duplicate epochs after a resume.
-    ckpt.atomic_write_text(out / "metrics.jsonl", "".join(json.dumps(m) + "\n" for m in metrics))
+    rundir.write_metrics(out, metrics)
     eval_model = ema.model if ema is not None else model
 
     # ---- the epoch loop: train, evaluate, checkpoint ----------------------------------------------
@@ -353,33 +298,22 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         row["seconds"] = round(time.perf_counter() - t0, 4)
         row["images_per_s"] = round(row.pop("_seen") / train_s, 1)
         metrics.append(row)
-        ckpt.atomic_save({
+        rundir.atomic_save({
             "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None,
-            "rng": ckpt.rng_state(device), "threads": torch.get_num_threads(), "epoch": epoch + 1, "metrics": metrics, "config": cfg,
+            "ema": ema.state_dict() if ema is not None else None, "rng": ckpt.rng_state(device),
+            "threads": torch.get_num_threads(), "epoch": epoch + 1, "metrics": metrics, "config": cfg,
             "arch": config.arch.to_dict(),
-        }, out / "checkpoint.pt")
-        with open(out / "metrics.jsonl", "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        }, out / rundir.CHECKPOINT)
+        rundir.append_metrics(out, row)
         if on_epoch is not None:
             on_epoch(row)
 
     # ---- finish: final weights and summary ------------------------------------------------------
     if failure is None:
-        ckpt.atomic_save({k: v.detach().cpu() for k, v in eval_model.state_dict().items()}, out / "model.pt")
+        rundir.atomic_save({k: v.detach().cpu() for k, v in eval_model.state_dict().items()}, out / rundir.MODEL)
     summary = _summary(config, metrics, device, failure, {**choice.to_dict(), "threads_source": threads_source})
-    ckpt.atomic_write_json(out / "summary.json", summary)
+    rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
-
-
-def _prepare_dir(out: Path, cfg: dict) -> None:
-    out.mkdir(parents=True, exist_ok=True)
-    ckpt.remove_stale_temp_files(out)
-    for stale in ("model.pt", "summary.json"):  # from an earlier end of this run; rewritten at the end
-        (out / stale).unlink(missing_ok=True)
-    ckpt.atomic_write_json(out / "config.json", cfg)
 
 
 def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMA | None,

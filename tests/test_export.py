@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from filter_templates import checkpoint as ckpt
+from filter_templates import rundir
 from filter_templates.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.errors import UsageError
@@ -28,10 +28,10 @@ def fake_run(run: Path, *, final: bool = True, family: str = "vgg19", width: flo
                 m.running_var.uniform_(0.5, 2.0)
     run.mkdir(parents=True)
     if final:
-        ckpt.atomic_write_json(run / "config.json", {"arch": arch.to_dict(), "dataset": "digits"})
-        ckpt.atomic_save(model.state_dict(), run / "model.pt")
+        rundir.atomic_write_json(run / rundir.CONFIG, {"arch": arch.to_dict(), "dataset": "digits"})
+        rundir.atomic_save(model.state_dict(), run / rundir.MODEL)
     else:  # killed before the end: the checkpoint alone has weights and architecture
-        ckpt.atomic_save({"model": model.state_dict(), "arch": arch.to_dict(), "epoch": 1}, run / "checkpoint.pt")
+        rundir.atomic_save({"model": model.state_dict(), "arch": arch.to_dict(), "epoch": 1}, run / rundir.CHECKPOINT)
     return model.eval()
 
 
@@ -86,11 +86,11 @@ def test_bad_run_or_format_is_one_error_line(tmp_path, capsys, setup, argv_tail,
         run.mkdir()
     elif setup == "noweights":
         run.mkdir()
-        ckpt.atomic_write_json(run / "config.json", {"arch": make_arch("vgg19", "base", 0.05, 10).to_dict()})
+        rundir.atomic_write_json(run / rundir.CONFIG, {"arch": make_arch("vgg19", "base", 0.05, 10).to_dict()})
     elif setup in ("ok", "mismatch"):
         fake_run(run)
         if setup == "mismatch":
-            ckpt.atomic_write_json(run / "config.json", {"arch": make_arch("vgg19", "base", 0.05, 10).to_dict()})
+            rundir.atomic_write_json(run / rundir.CONFIG, {"arch": make_arch("vgg19", "base", 0.05, 10).to_dict()})
     assert main(["export", "--run", str(run), *argv_tail]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("filter-templates: error: ") and word in err[0], err

@@ -124,7 +124,7 @@ def test_expand_validates_everything_up_front(spec, match):
     (["sweep", "--models", "vgg19", "--budgets", "params=lots", "--datasets", "synthetic"], "malformed budget value"),
     (["sweep", "--models", "vgg19", "--budgets", "params", "--datasets", "synthetic"], "malformed budget"),
     (["sweep", "--models", "vgg19", "--budgets", "size=1M", "--datasets", "synthetic"], "unknown budget key 'size'"),
-    (["sweep", "--models", "vgg19", "--budgets", "params=-5", "--datasets", "synthetic"], "must be a positive finite value"),
+    (["sweep", "--models", "vgg19", "--budgets", "params=-5", "--datasets", "synthetic"], "must be a positive finite number"),
     (["sweep", "--models", "vgg19", "--budgets", "params=1M"], "needs --datasets"),
 ])
 def test_cli_errors_are_one_line(capsys, argv, match):

@@ -11,9 +11,12 @@ import importlib
 import sys
 from typing import NoReturn, Sequence
 
+from .. import __version__
 from ..errors import UsageError
+from ..messages import PROG, error_line
 
-PROG = "filter-templates"
+__all__ = ["main", "build_parser", "error_line", "COMMANDS", "PROG"]
+
 COMMANDS = ("templates", "fit", "train", "sweep", "report", "export", "reduce")
 
 
@@ -25,24 +28,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .. import __version__
-
+    """Every command of ``COMMANDS``; a command whose module is missing is an ImportError (a
+    broken install), never a command silently left out of ``--help``."""
     parser = _Parser(prog=PROG, description="Shrink CNNs with filter distribution templates.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     for name in COMMANDS:
-        try:
-            module = importlib.import_module(f"{__name__}.{name}_cmd")
-        except ModuleNotFoundError as exc:
-            if exc.name == f"{__name__}.{name}_cmd":
-                continue  # command not built yet
-            raise
-        module.add_parser(sub)
+        importlib.import_module(f"{__name__}.{name}_cmd").add_parser(sub)
     return parser
-
-
-def error_line(message: str) -> str:
-    return f"{PROG}: error: {' '.join(str(message).split())}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

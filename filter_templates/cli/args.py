@@ -4,35 +4,28 @@ is accepted, which the CLI turns into one error line."""
 from __future__ import annotations
 
 import argparse
-import math
+from typing import Any, Callable
+
+from .. import validate
+from ..errors import UsageError
+from ..models import family_names, resolve_model
 
 
-def _number(text: str, cast: type, ok, expected: str, bad: str):
-    """``cast(text)`` if it is finite and ``ok``; otherwise an argparse error saying what is accepted."""
-    noun = "an integer" if cast is int else "a number"
-    try:
-        v = cast(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not {noun}; expected {expected}") from None
-    if not math.isfinite(v) or not ok(v):
-        raise argparse.ArgumentTypeError(f"{text!r} {bad}")
-    return v
+def _flag_type(kind: type, minimum: float, strict: bool = False, maximum: float | None = None) -> Callable[[str], Any]:
+    """An argparse ``type`` checked by the package's validators; argparse prefixes the flag's name."""
+    def convert(text: str) -> Any:
+        try:
+            return validate.parse(text, kind, minimum, strict=strict, maximum=maximum)
+        except UsageError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return convert
 
 
-def positive_float(text: str) -> float:
-    return _number(text, float, lambda v: v > 0, "a positive finite number", "is not a positive finite number")
-
-
-def positive_int(text: str) -> int:
-    return _number(text, int, lambda v: v >= 1, "a positive integer", "is not a positive integer")
-
-
-def nonnegative_float(text: str) -> float:
-    return _number(text, float, lambda v: v >= 0, "a number >= 0", "is not a finite number >= 0")
-
-
-def nonnegative_int(text: str) -> int:
-    return _number(text, int, lambda v: v >= 0, "an integer >= 0", "is negative; expected an integer >= 0")
+positive_float = _flag_type(float, 0.0, strict=True)
+positive_int = _flag_type(int, 1)
+nonnegative_float = _flag_type(float, 0.0)
+nonnegative_int = _flag_type(int, 0)
+fraction = _flag_type(float, 0.0, maximum=1.0)
 
 
 def add_run_args(group: "argparse._ArgumentGroup") -> None:
@@ -63,6 +56,7 @@ MODEL_HELP = ("model family ({}) or your own network as package.module:function 
 
 
 def add_fix_arg(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
+    """--fix MODULE: a user model's channel group that keeps its width instead of being a template layer."""
     p.add_argument("--fix", action="append", metavar="MODULE",
                    help="with --model package.module:function: the channel group made by this module (or by the "
                         "layers inside it) keeps its width times --width instead of being a template layer "
@@ -71,22 +65,31 @@ def add_fix_arg(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
 
 def model_from_args(args: argparse.Namespace) -> str:
     """The family name ``--model`` (and ``--fix``) give: the one place a command imports a model's code."""
-    from ..models import resolve_model
-
     return resolve_model(args.model, fixed=getattr(args, "fix", None) or ())
+
+
+def add_measure_args(p: argparse.ArgumentParser) -> None:
+    """--batch-size, --device, --min-run-time, --threads: where and how memory and latency are measured."""
+    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
+                   help="batch size of the memory and latency measurements (default: 64)")
+    p.add_argument("--device", default="cpu", metavar="D",
+                   help="cpu, cuda, cuda:N or auto (CUDA when available), for memory and latency (default: cpu)")
+    p.add_argument("--min-run-time", type=positive_float, default=None, metavar="S",
+                   help="seconds of timed forward passes per latency measurement, at most 10x this (default: 0.1)")
+    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
+                   help="CPU threads for latency measurements (default: PyTorch's, i.e. OMP_NUM_THREADS or the "
+                        "core count); reported with every latency")
 
 
 def add_model_args(p: argparse.ArgumentParser, *, template_many: bool, model_required: bool = True) -> None:
     """--model, --template, --width, --classes, --divisor, --floor, --as-published: how every command
     names a model."""
-    from ..models import family_names
-
     p.add_argument("--model", required=model_required, metavar="M", help=MODEL_HELP.format(', '.join(family_names())))
     add_fix_arg(p)
     if template_many:
-        p.add_argument("--template", action="append", metavar="T", dest="templates",
-                       help="template name (repeatable; default: all), explicit counts 'c1,c2,...', "
-                            "or a function 'module:function'")
+        p.add_argument("--template", action="extend", nargs="+", metavar="T", dest="templates",
+                       help="template names (--template A B, or repeated; default: all), explicit counts "
+                            "'c1,c2,...', or a function 'module:function'")
     else:
         p.add_argument("--template", default="base", metavar="T",
                        help="template name, explicit counts 'c1,c2,...', or a function 'module:function' (default: base)")

@@ -5,10 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..export import FORMATS, export_run
+from ..models import resolve_model
+
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..export import FORMATS
-
     p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript",
                        description="Rebuild a run's model from its architecture record and weights "
                                    "(model.pt, else the last checkpoint) and export it with a dynamic batch "
@@ -25,11 +26,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..export import export_run
-
     if args.model:
-        from ..models import resolve_model
-
         resolve_model(args.model)
     path = export_run(args.run_dir, args.format, args.out)
     if args.json:

@@ -5,10 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from pathlib import Path
 
-from .args import add_model_args, model_from_args, positive_float, positive_int
+from ..fit import LATENCY_TOLERANCE, fit, format_value, parse_budget
+from ..messages import warn
+from ..models import MAX_WIDTH, get_family
+from ..rundir import atomic_write_json, check_writable, writing
+from .args import add_measure_args, add_model_args, fraction, model_from_args, positive_float
 
 BUDGET_HELP = (
     "the budget, KEY=VALUE. KEY: params or flops (forward FLOPs per 32x32 image), counts with an "
@@ -20,8 +23,6 @@ BUDGET_HELP = (
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
-    from ..fit import LATENCY_TOLERANCE, MAX_WIDTH
-
     p = sub.add_parser(
         "fit", help="find, per template, the largest width multiplier that fits a resource budget",
         description="For every template (or those named), find by bisection on the real rounded model the "
@@ -30,19 +31,11 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                     "latency is measured at every probe, with a noise tolerance (see --latency-tolerance).")
     add_model_args(p, template_many=True)
     p.add_argument("--budget", required=True, metavar="KEY=VALUE", help=BUDGET_HELP)
-    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
-                   help="batch size of the memory and latency measurements (default: 64)")
-    p.add_argument("--device", default="cpu", metavar="D",
-                   help="cpu, cuda, cuda:N or auto (CUDA when available), for memory and latency (default: cpu)")
-    p.add_argument("--latency-tolerance", type=_fraction, default=LATENCY_TOLERANCE, metavar="FRAC",
+    add_measure_args(p)
+    p.add_argument("--latency-tolerance", type=fraction, default=LATENCY_TOLERANCE, metavar="FRAC",
                    help=f"latency probes fit only when their median is at most budget*(1-FRAC), a margin for "
                         f"timing noise (default: {LATENCY_TOLERANCE:g}, i.e. {LATENCY_TOLERANCE * 100:g}%%); a probe "
                         "that does not fit is timed up to 3 times and its fastest median kept")
-    p.add_argument("--min-run-time", type=positive_float, default=None, metavar="S",
-                   help="seconds of timed forward passes per latency measurement, at most 10x this (default: 0.1)")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads for latency measurements (default: PyTorch's, i.e. OMP_NUM_THREADS or the "
-                        "core count); reported with every latency")
     p.add_argument("--max-width", type=positive_float, default=MAX_WIDTH, metavar="W",
                    help=f"largest width multiplier considered (default: {MAX_WIDTH:g}); a budget that even this "
                         "width meets is reported at this width with a warning")
@@ -55,16 +48,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(run=run)
 
 
-def _fraction(text: str) -> float:
-    try:
-        v = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number; expected a fraction in [0, 1)") from None
-    if not 0 <= v < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a fraction in [0, 1)")
-    return v
-
-
 def config_name(model: str, template: str, width: float) -> str:
     """``<model>-<template>-w<width>.json``, with characters unsafe in file names replaced."""
     safe = re.sub(r"[^A-Za-z0-9._-]+", "_", template).strip("_") or "custom"
@@ -73,39 +56,32 @@ def config_name(model: str, template: str, width: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import UsageError
-    from ..fit import fit, format_value, parse_budget
-
     args.model = model_from_args(args)
     budget = parse_budget(args.budget)
+    if args.save:
+        check_writable(args.save, "--save", folder=True)  # before the fit, which may take a while
     results = fit(args.model, budget, args.templates, classes=args.classes, divisor=args.divisor,
                   floor=args.floor, batch_size=args.batch_size, device=args.device, max_width=args.max_width,
                   latency_tolerance=args.latency_tolerance, min_run_time=args.min_run_time, measure=args.measure,
                   threads=args.threads, as_published=bool(args.as_published))
     for r in results:
         if r.note:
-            print(f"filter-templates: warning: {r.template}: {r.note}", file=sys.stderr)
+            warn(f"{r.template}: {r.note}")
 
     fits = [r.to_dict() for r in results]
     if args.save:
-        from ..checkpoint import atomic_write_json
-
         out = Path(args.save)
-        try:
+        with writing("--save", out):
             out.mkdir(parents=True, exist_ok=True)
             for r, d in zip(results, fits):
                 path = out / config_name(args.model, r.template, r.width)
                 doc = {"arch": r.arch.to_dict(), "fit": {"budget": budget.to_dict(), "resources": r.resources}}
                 atomic_write_json(path, doc)
                 d["config"] = str(path)
-        except OSError as exc:
-            raise UsageError(f"cannot write configs to {args.save!r}: {exc.strerror or exc}") from None
 
     if args.json:
         print(json.dumps({"model": args.model, "budget": budget.to_dict(), "fits": fits}))
         return 0
-
-    from ..models import get_family
 
     fam = get_family(args.model)
     print(f"{fam.description}; {args.classes} classes; budget {budget.key} <= {format_value(budget.key, budget.value)}")

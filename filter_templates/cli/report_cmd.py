@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..report import make_report
 from .args import positive_int
 
 
@@ -29,8 +30,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..report import make_report
-
     written = make_report(args.db, args.out, metric=args.metric, latency=args.latency, threads=args.threads)
     if args.json:
         print(json.dumps(written))

@@ -8,6 +8,7 @@ import os
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+from ..rundir import check_writable
 from .args import add_as_published, add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 if TYPE_CHECKING:
@@ -170,6 +171,8 @@ def run(args: argparse.Namespace) -> int:
 
     from ..sweep.store import Store
 
+    check_writable(args.db, "--db", folder=False)  # before the data are read or anything trains
+    check_writable(args.runs_dir, "--runs-dir", folder=True)
     out: dict = {"db": os.path.abspath(args.db), "runs_dir": os.path.abspath(args.runs_dir)}
     if args.reindex:
         from ..sweep.plan import reindex

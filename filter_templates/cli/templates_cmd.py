@@ -7,7 +7,8 @@ import argparse
 import json
 
 from ..errors import UsageError
-from .args import add_model_args, model_from_args, positive_float, positive_int
+from ..messages import note
+from .args import add_measure_args, add_model_args, model_from_args, positive_float
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -21,15 +22,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="also measure training memory of one SGD step at --batch-size (CPU: exact account of "
                         "parameters, gradients, momentum, buffers, input and tensors saved for backward; CUDA: "
                         "allocator peak) and eval latency at --batch-size and at batch 1 (slow for big models)")
-    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
-                   help="batch size of the memory and latency measurements (default: 64)")
-    p.add_argument("--device", default="cpu", metavar="D",
-                   help="cpu, cuda, cuda:N or auto, for --measure (default: cpu)")
-    p.add_argument("--min-run-time", type=positive_float, default=None, metavar="S",
-                   help="seconds of timed forward passes per latency measurement, at most 10x this (default: 0.1)")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads for latency measurements (default: PyTorch's, i.e. OMP_NUM_THREADS or the "
-                        "core count); reported with every latency")
+    add_measure_args(p)
     p.add_argument("--compare-published", action="store_true",
                    help="compare parameter counts with the study's Table 2: ours (equations), as published "
                         "(--as-published) and the paper's, for --model or all four study families")
@@ -50,11 +43,9 @@ def rows(args: argparse.Namespace) -> list[dict]:
     device = resolve_device(getattr(args, "device", "cpu")) if measure else None
     names = args.templates or template_names()
     if not args.templates and get_family(args.model).depth < 3:  # a small user model: the parabolas need 3 layers
-        import sys
-
         names = [n for n in names if n not in ("quadratic", "negative-quadratic")]
-        print("filter-templates: note: quadratic and negative-quadratic need at least 3 template layers; "
-              f"{args.model} has {get_family(args.model).depth}", file=sys.stderr)
+        note(f"note: quadratic and negative-quadratic need at least 3 template layers; "
+             f"{args.model} has {get_family(args.model).depth}")
     archs = [make_arch(args.model, name, args.width, args.classes, divisor=args.divisor, floor=args.floor,
                        as_published=bool(getattr(args, "as_published", False)))
              for name in names]  # every name checked before any slow measurement

@@ -17,10 +17,12 @@ from ..autotune import choose_threads
 from ..data import num_classes
 from ..device import resolve_device
 from ..errors import UsageError
-from ..models import family_names
+from ..messages import error_line
+from ..models import family_names, resolve_model
+from ..rundir import SUMMARY
 from ..train import FIELDS, TrainConfig, open_checkpoint, train
-from .args import (MODEL_HELP, _number, add_as_published, add_fix_arg, add_run_args, nonnegative_float, nonnegative_int,
-                   positive_float, positive_int)
+from .args import (MODEL_HELP, add_as_published, add_fix_arg, add_run_args, fraction, nonnegative_float,
+                   nonnegative_int, positive_float, positive_int)
 
 # TrainConfig fields a --config file may carry (a run's own config.json does; `fit --save` files
 # carry only "arch" among them, and their other keys ("fit", ...) are ignored). A flag's dest is
@@ -56,12 +58,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r = p.add_argument_group("recipe settings (default: the --recipe's; all are written to config.json)")
     r.add_argument("--schedule", choices=["step", "linear"],
                    help="step: lr / 10 at 50%% and 75%% of the epochs; linear: warmup, then linear decay to 0")
-    r.add_argument("--warmup", type=_fraction, metavar="F", help="fraction of all steps spent warming up (linear)")
+    r.add_argument("--warmup", type=fraction, metavar="F", help="fraction of all steps spent warming up (linear)")
     r.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
-    r.add_argument("--label-smoothing", type=_fraction, metavar="E", help="label smoothing of the cross-entropy")
+    r.add_argument("--label-smoothing", type=fraction, metavar="E", help="label smoothing of the cross-entropy")
     r.add_argument("--norm-bias-decay", action=argparse.BooleanOptionalAction, default=None,
                    help="weight decay on BatchNorm and bias parameters too")
-    r.add_argument("--ema", type=_fraction, metavar="D", help="per-step decay of an EMA of the weights, evaluated "
+    r.add_argument("--ema", type=fraction, metavar="D", help="per-step decay of an EMA of the weights, evaluated "
                                                               "and saved instead of them (0: off)")
     r.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate on each test image and its mirror image (only where the dataset allows flips)")
@@ -79,11 +81,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     o.add_argument("--json", action="store_true", help="print the summary as one JSON document on stdout")
     o.add_argument("--quiet", action="store_true", help="no per-epoch lines on stdout")
     p.set_defaults(run=run)
-
-
-def _fraction(text: str) -> float:
-    """A number in [0, 1)."""
-    return _number(text, float, lambda v: 0 <= v < 1, "a number in [0, 1)", "is not a number in [0, 1)")
 
 
 def _read_config(path: str) -> dict:
@@ -114,8 +111,6 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
     model_flags = {k: getattr(args, k) for k in ("model", "template", "width", "divisor", "floor", "as_published")
                    if getattr(args, k) is not None}
     if "model" in model_flags:
-        from ..models import resolve_model
-
         model_flags["model"] = resolve_model(model_flags["model"], fixed=args.fix or ())
     elif args.fix:
         raise UsageError("--fix needs --model package.module:function")
@@ -146,7 +141,6 @@ def default_out(config) -> Path:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..cli import error_line
 
     config = build_config(args)
     out = Path(args.out) if args.out else default_out(config)
@@ -158,11 +152,9 @@ def run(args: argparse.Namespace) -> int:
                   f"train {row['train_acc']:.2%}  test {row['test_acc']:.2%}  {row['seconds']:.1f}s  "
                   f"{row['images_per_s']:.0f} img/s", flush=True)
 
-    done, saved_threads = 0, None
-    if (out / "checkpoint.pt").exists():  # refuse before printing anything; train() checks again
-        state = open_checkpoint(config, out, args.resume)
-        done, saved_threads = int(state["epoch"]), state.get("threads")
-        del state
+    state = open_checkpoint(config, out, args.resume)  # refuse before printing anything; read once
+    done = int(state["epoch"]) if state is not None else 0
+    saved_threads = state.get("threads") if state is not None else None
     if args.threads:
         torch.set_num_threads(args.threads)
         threads_source = "--threads"
@@ -175,11 +167,12 @@ def run(args: argparse.Namespace) -> int:
         a = config.arch
         print(f"training {a.family} {a.template} w={a.width:g} ({' '.join(map(str, a.filters))}) on {config.dataset} "
               f"for {config.epochs} epochs -> {out}" + (f" (resuming after epoch {done})" if done else ""), flush=True)
-    summary = train(config, out, resume=args.resume, on_epoch=on_epoch, threads_source=threads_source)
+    summary = train(config, out, resume=state is not None, on_epoch=on_epoch, threads_source=threads_source,
+                    checkpoint=state)
     if args.json:
         print(json.dumps(summary))
     if summary["status"] != "done":
-        print(error_line(f"training failed: {summary['reason']} (see {out / 'summary.json'})"), file=sys.stderr)
+        print(error_line(f"training failed: {summary['reason']} (see {out / SUMMARY})"), file=sys.stderr)
         return 1
     if not quiet:
         print(f"done: final test accuracy {summary['final_acc']:.2%}, best {summary['best_acc']:.2%} "

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import validate
 from ..errors import UsageError
 from .dataset import Dataset
 
@@ -32,8 +33,8 @@ def _canonical(name: str) -> str:
 
 
 def _check_limit(value: int | None, what: str) -> None:
-    if value is not None and (isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1):
-        raise UsageError(f"{what} must be a positive integer, got {value!r}")
+    if value is not None:
+        validate.integer(value, what)
 
 
 def _subset(x: np.ndarray, y: np.ndarray, limit: int | None, salt: int) -> tuple[np.ndarray, np.ndarray]:

@@ -15,10 +15,10 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from ..rundir import atomic_write
 from .dataset import Dataset
 
 __all__ = ["CACHE_DIRNAME", "CACHE_VERSION", "cache_roots", "fallback_root", "load", "store"]
@@ -61,22 +61,26 @@ def _entry_name(name: str, key: str) -> str:
     return f"{name}-{key}"
 
 
+_META_KEYS = ("version", "name", "classes", "mean", "std", "source", "train", "test")
+
+
 def _open(entry: Path) -> Dataset | None:
-    """The entry as a memory-mapped Dataset, or None if it is missing or incomplete/damaged."""
+    """The entry as a memory-mapped Dataset, or None if it is missing or incomplete/damaged
+    (a meta.json without one of its keys is damaged too: rebuilt, never a KeyError)."""
     try:
         meta = json.loads((entry / "meta.json").read_text())
-        if meta.get("version") != CACHE_VERSION:
+        if not isinstance(meta, dict) or meta.get("version") != CACHE_VERSION or not all(k in meta for k in _META_KEYS):
             return None
         arrays = {k: np.load(entry / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in _ARRAYS}
-    except (OSError, ValueError):
+        ok = all(arrays[k].dtype == dt for k, dt in _ARRAYS.items())
+        ok = ok and arrays["train_x"].shape == (meta["train"], 32, 32, 3) and arrays["train_y"].shape == (meta["train"],)
+        ok = ok and arrays["test_x"].shape == (meta["test"], 32, 32, 3) and arrays["test_y"].shape == (meta["test"],)
+        if not ok:
+            return None
+        return Dataset(name=meta["name"], classes=tuple(meta["classes"]), mean=tuple(meta["mean"]),  # type: ignore[arg-type]
+                       std=tuple(meta["std"]), source=meta["source"], **arrays)  # type: ignore[arg-type]
+    except (OSError, ValueError, TypeError):
         return None
-    ok = all(arrays[k].dtype == dt for k, dt in _ARRAYS.items())
-    ok = ok and arrays["train_x"].shape == (meta["train"], 32, 32, 3) and arrays["train_y"].shape == (meta["train"],)
-    ok = ok and arrays["test_x"].shape == (meta["test"], 32, 32, 3) and arrays["test_y"].shape == (meta["test"],)
-    if not ok:
-        return None
-    return Dataset(name=meta["name"], classes=tuple(meta["classes"]), mean=tuple(meta["mean"]),  # type: ignore[arg-type]
-                   std=tuple(meta["std"]), source=meta["source"], **arrays)  # type: ignore[arg-type]
 
 
 def load(name: str, key: str, data_dir: Path) -> Dataset | None:
@@ -90,20 +94,13 @@ def load(name: str, key: str, data_dir: Path) -> Dataset | None:
     return None
 
 
-def _fsync_write(path: Path, write: Any) -> None:
-    with open(path, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-
-
 def _write_entry(tmp: Path, ds: Dataset) -> None:
     for k in _ARRAYS:
         arr = np.ascontiguousarray(getattr(ds, k), dtype=_ARRAYS[k])
-        _fsync_write(tmp / f"{k}.npy", lambda f, a=arr: np.save(f, a, allow_pickle=False))
+        atomic_write(tmp / f"{k}.npy", lambda f, a=arr: np.save(f, a, allow_pickle=False))
     meta = {"version": CACHE_VERSION, "name": ds.name, "classes": list(ds.classes), "mean": list(ds.mean),
             "std": list(ds.std), "source": ds.source, "train": int(len(ds.train_y)), "test": int(len(ds.test_y))}
-    _fsync_write(tmp / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
+    atomic_write(tmp / "meta.json", lambda f: f.write(json.dumps(meta, indent=1).encode()))
 
 
 def store(ds: Dataset, key: str, data_dir: Path) -> Dataset:

@@ -18,6 +18,7 @@ import zlib
 from pathlib import Path
 
 from ..errors import UsageError
+from ..progress import Progress
 
 __all__ = ["ARCHIVES", "MD5", "DEFAULT_BASE_URL", "archive_url", "md5_file", "fetch", "safe_extract"]
 
@@ -49,8 +50,6 @@ def fetch(name: str, data_dir: Path, *, timeout: float = 60.0) -> Path:
 
     An archive already there is verified instead of downloaded again.
     """
-    from ..progress import Progress
-
     data_dir.mkdir(parents=True, exist_ok=True)
     dest = data_dir / ARCHIVES[name]
     expected = MD5[name]

@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Sequence, Union
 
 import numpy as np
+from PIL import Image, UnidentifiedImageError
 
 from ..errors import UsageError
+from ..progress import Progress
 
 __all__ = ["IMAGE_SUFFIXES", "decode_images"]
 
@@ -37,8 +39,6 @@ _PARALLEL_MIN = 4096  # below this, starting processes costs more than it saves
 
 def _decode_chunk(items: Sequence[Item], size: tuple[int, int]) -> tuple[np.ndarray, str | None]:
     """Decode ``items`` into [len, H, W, 3]; on the first failure return (partial, message)."""
-    from PIL import Image, UnidentifiedImageError
-
     h, w = size
     out = np.empty((len(items), h, w, 3), dtype=np.uint8)
     for i, (name, src) in enumerate(items):
@@ -149,8 +149,6 @@ def decode_images(items: Sequence[Item], size: tuple[int, int] = (32, 32), *, pr
     A file that is not an image, or whose size is not ``size`` (H, W), raises a :class:`UsageError`
     naming it. ``FILTER_TEMPLATES_DECODE_WORKERS`` overrides the number of processes (1: none).
     """
-    from ..progress import Progress
-
     n = len(items)
     out = np.empty((n, *size, 3), dtype=np.uint8)
     chunks = [(s, items[s:s + _CHUNK]) for s in range(0, n, _CHUNK)]

@@ -16,6 +16,7 @@ from typing import Callable, Optional, Sequence
 
 import torch.nn as nn
 
+from .. import validate
 from ..errors import UsageError
 
 __all__ = ["Family", "family", "register_family", "get_family", "family_names", "resolve_model", "MAX_FILTERS"]
@@ -78,8 +79,7 @@ class Family:
                              f"{MAX_FILTERS:,}; use a smaller width or counts")
         if not (0 < stem_width <= MAX_WIDTH):
             raise UsageError(f"{self.name}: stem width {stem_width!r} is outside (0, {MAX_WIDTH:g}]")
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-            raise UsageError(f"number of classes must be a positive integer, got {num_classes!r}")
+        validate.integer(num_classes, "number of classes")
         extra = {"widths": tuple(widths)} if self.expand is not None else {}
         return self.builder(filters, num_classes=num_classes, stem_width=stem_width, divisor=divisor, floor=floor,
                             **extra)
@@ -90,9 +90,9 @@ _FAMILIES: dict[str, Family] = {}
 
 def register_family(family: Family) -> Family:
     if family.name in _FAMILIES:
-        raise ValueError(f"model family {family.name!r} is already registered")
+        raise UsageError(f"model family {family.name!r} is already registered")
     if len(family.layer_names) != len(family.base_filters):
-        raise ValueError(f"{family.name}: one layer name per template layer is required")
+        raise UsageError(f"{family.name}: one layer name per template layer is required")
     _FAMILIES[family.name] = family
     return family
 

@@ -14,12 +14,21 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
+from ..arch import make_arch
 from ..errors import UsageError
+from ..measure import latency as measure_latency
+from ..measure import resources
+from ..models import get_family
+from ..progress import Progress
+from ..rundir import atomic_write_text, check_writable, writing
+from ..sweep.store import Store
+from ..templates import distribute
+from . import budgets as B
+from . import tables
 
 __all__ = ["make_report", "LATENCY_MODES"]
 
 LATENCY_MODES = ("none", "batch1", "full")
-LATENCY_BUDGET_S = 1.0  # most seconds of timed calls per model and batch size
 
 
 def _measure_width1(batch_size: int, latency_mode: str, threads: int | None) -> Callable:
@@ -27,9 +36,6 @@ def _measure_width1(batch_size: int, latency_mode: str, threads: int | None) -> 
     cache: dict[tuple, dict[str, Any] | None] = {}
 
     def measure(cell: Any) -> dict[str, Any] | None:
-        from ..arch import make_arch
-        from ..measure import latency, resources
-
         key = (cell.family, cell.template, cell.classes, cell.divisor, cell.floor)
         if key in cache:
             return cache[key]
@@ -44,7 +50,7 @@ def _measure_width1(batch_size: int, latency_mode: str, threads: int | None) -> 
         if latency_mode != "none":  # a short budget: the report should take seconds; marked as measured here
             model = arch.build()
             for b in (1, batch_size) if latency_mode == "full" else (1,):
-                m = latency(model, b, "cpu", max_run_time=LATENCY_BUDGET_S, threads=threads)
+                m = measure_latency(model, b, "cpu", threads=threads)
                 out["latency_b1_s" if b == 1 else "latency_batch_s"], out["threads"] = m["median_s"], m["threads"]
         cache[key] = out
         return out
@@ -61,11 +67,7 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
     the run batch size (``full``: slow for big models on a CPU), or not at all (``none``), with
     ``threads`` CPU threads (default: torch's choice).
     """
-    from ..models import get_family
-    from ..progress import Progress
-    from ..sweep.store import Store
-    from ..templates import distribute
-    from . import figures, tables
+    from . import figures  # matplotlib: only when a report is drawn
 
     if metric not in ("final", "best"):
         raise UsageError(f"metric must be 'final' or 'best', got {metric!r}")
@@ -77,11 +79,18 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
         budget_rows = store.budget_rows()
     if not rows and not budget_rows:
         raise UsageError(f"results store {str(db)!r} holds no runs yet; run 'filter-templates sweep' first")
-    out = Path(out)
-    (out / "tables").mkdir(parents=True, exist_ok=True)
-    (out / "figures").mkdir(parents=True, exist_ok=True)
-    from . import budgets as B
+    out = check_writable(out, "--out", folder=True)
+    with writing("--out", out):
+        return _write_report(db, rows, budget_rows, counts, out, metric, latency, threads, progress, figures)
 
+
+def _write_report(db: str | os.PathLike[str], rows: list[dict[str, Any]], budget_rows: list[dict[str, Any]],
+                  counts: dict[str, int], out: Path, metric: str, latency: str, threads: int | None,
+                  progress: bool | None, figures: Any) -> dict[str, Any]:
+    for sub in ("tables", "figures"):
+        if (out / sub).exists() and not (out / sub).is_dir():
+            raise UsageError(f"--out {out}: {out / sub} is a file, not a folder")
+        (out / sub).mkdir(parents=True, exist_ok=True)
     cells = tables.collect(rows)
     by_budget = B.collect_budgets(budget_rows)
     width_cells = tables.collect([r for r in rows if r["key"] not in B.run_keys(budget_rows)])
@@ -91,7 +100,7 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
     measure = _measure_width1(batch, latency, threads)
     written: dict[str, Any] = {"tables": [], "figures": [], "index": None}
     sections: list[str] = []
-    families = sorted({c.family for c in cells.values()}, key=figures._rank)
+    families = tables.family_order(c.family for c in cells.values())
     bar = Progress(total=len(datasets) * 5 + len(families), desc="report", enabled=progress)
 
     for ds in datasets:
@@ -108,7 +117,7 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
             files = tables.render(table)
             for ext, text in files.items():
                 p = out / "tables" / f"{stem}.{ext}"
-                p.write_text(text, encoding="utf-8")
+                atomic_write_text(p, text)
                 written["tables"].append(str(p))
             sec += [files["md"].replace("### ", "### ", 1),
                     f"Files: [Markdown](tables/{stem}.md) · [CSV](tables/{stem}.csv) · [LaTeX](tables/{stem}.tex)", ""]
@@ -172,7 +181,7 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
                  for r in failed]
         tail.append("")
     index = out / "index.md"
-    index.write_text("\n".join(head + sections + fam_sec + tail) + "\n", encoding="utf-8")
+    atomic_write_text(index, "\n".join(head + sections + fam_sec + tail) + "\n")
     written["index"] = str(index)
     written["counts"] = counts
     return written

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..fit import format_value
-from .tables import MISSING, Table, _family_rank, _pct, fmt_bytes, template_order
+from .tables import MISSING, Table, _pct, family_order, fmt_bytes, template_order
 
 __all__ = ["BudgetCell", "RESOURCE_OF", "collect_budgets", "budget_accuracy_table", "budget_resource_table",
            "budget_figure", "run_keys"]
@@ -110,7 +110,8 @@ def collect_budgets(budget_rows: Sequence[dict[str, Any]]) -> dict[tuple, Budget
 def _budget_rows(mine: list[BudgetCell]) -> list[tuple[str, str, float]]:
     """(family, key, value) rows: family order, then key, then the largest budget first."""
     keys = {(c.family, c.budget_key, c.budget_value) for c in mine}
-    return sorted(keys, key=lambda k: (_family_rank(k[0]), k[1], -k[2]))
+    rank = {f: i for i, f in enumerate(family_order(k[0] for k in keys))}
+    return sorted(keys, key=lambda k: (rank[k[0]], k[1], -k[2]))
 
 
 def budget_accuracy_table(cells: dict[tuple, BudgetCell], dataset: str, metric: str = "final") -> Table:
@@ -199,7 +200,7 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
     done = [c for c in mine if c.acc(metric) is not None and c.resource(column)]
     if not done:
         return None
-    families = list(dict.fromkeys(c.family for c in sorted(done, key=lambda c: _family_rank(c.family))))
+    families = family_order(c.family for c in done)
     templates = template_order(c.template for c in done)
     rows, cols = figures._grid(len(families))
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)

@@ -18,7 +18,8 @@ matplotlib.use("Agg")  # before pyplot: files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
-from .tables import BUILTIN_ORDER, Cell, template_order  # noqa: E402
+from ..rundir import atomic_write  # noqa: E402
+from .tables import BUILTIN_ORDER, Cell, family_order, template_order  # noqa: E402
 
 __all__ = ["AXES", "tradeoff_figure", "filters_figure", "save", "template_style"]
 
@@ -50,7 +51,7 @@ def save(fig: Any, path_stem: Path) -> list[Path]:
     for ext in ("png", "svg"):
         p = path_stem.with_suffix(f".{ext}")
         with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: searchable, editable
-            fig.savefig(p, dpi=150 if ext == "png" else None, bbox_inches="tight")
+            atomic_write(p, lambda f: fig.savefig(f, format=ext, dpi=150 if ext == "png" else None, bbox_inches="tight"))
         out.append(p)
     plt.close(fig)
     return out
@@ -68,7 +69,7 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
             and c.acc(metric) is not None]
     if not mine:
         return None
-    families = list(dict.fromkeys(c.family for c in sorted(mine, key=lambda c: _rank(c.family))))
+    families = family_order(c.family for c in mine)
     templates = template_order(c.template for c in mine)
     rows, cols = _grid(len(families))
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
@@ -180,7 +181,3 @@ def filters_figure(family: str, counts: dict[str, list[int]], layer_names: Seque
     fig.tight_layout()
     return fig
 
-
-def _rank(name: str) -> tuple[int, str]:
-    order = ("vgg19", "resnet50", "googlenet", "mobilenet")
-    return (order.index(name) if name in order else len(order), name)

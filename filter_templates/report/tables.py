@@ -14,11 +14,14 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+from ..models import family_names
+from ..templates import BUILTIN as BUILTIN_TEMPLATES
+
 __all__ = ["Cell", "ResourceRow", "collect", "accuracy_table", "resource_rows", "render", "MISSING",
-           "template_order", "fmt_bytes"]
+           "template_order", "family_order", "fmt_bytes"]
 
 MISSING = "—"
-BUILTIN_ORDER = ("base", "reverse", "uniform", "quadratic", "negative-quadratic")
+BUILTIN_ORDER = BUILTIN_TEMPLATES  # the paper's order, as the templates registry lists them
 
 
 @dataclass
@@ -61,8 +64,18 @@ class Cell:
 
 def template_order(names: Iterable[str]) -> list[str]:
     """The paper's order first, then any custom templates alphabetically."""
+    return _order(names, BUILTIN_ORDER)
+
+
+def family_order(names: Iterable[str]) -> list[str]:
+    """Families in the order they are registered (the order every command lists them), then any
+    other alphabetically."""
+    return _order(names, family_names())
+
+
+def _order(names: Iterable[str], known: Sequence[str]) -> list[str]:
     names = set(names)
-    return [t for t in BUILTIN_ORDER if t in names] + sorted(names - set(BUILTIN_ORDER))
+    return [n for n in known if n in names] + sorted(names - set(known))
 
 
 def collect(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, float], Cell]:
@@ -112,7 +125,7 @@ def accuracy_table(cells: dict, dataset: str, metric: str = "final") -> Table:
     is emphasised. The paper's table is the ``width = 1`` rows."""
     mine = [c for c in cells.values() if c.dataset == dataset]
     templates = template_order(c.template for c in mine)
-    families = list(dict.fromkeys(c.family for c in sorted(mine, key=lambda c: _family_rank(c.family))))
+    families = family_order(c.family for c in mine)
     header = ["family", "width", *templates, "best"]
     rows, raw, bold = [], [], set()
     seeds = max((len(c.done) for c in mine), default=0)
@@ -178,7 +191,7 @@ def resource_rows(cells: dict, dataset: str, measure: Callable[[Cell], dict[str,
     was trained, else from ``measure(cell)`` (the architecture measured without training)."""
     mine = [c for c in cells.values() if c.dataset == dataset]
     out = []
-    families = list(dict.fromkeys(c.family for c in sorted(mine, key=lambda c: _family_rank(c.family))))
+    families = family_order(c.family for c in mine)
     for fam in families:
         for t in template_order(c.template for c in mine if c.family == fam):
             c1 = cells.get((dataset, fam, t, 1.0))
@@ -310,9 +323,4 @@ def _tex(t: Table) -> str:
 def render(t: Table) -> dict[str, str]:
     """``{"md": ..., "csv": ..., "tex": ...}``."""
     return {"md": _md(t), "csv": _csv(t), "tex": _tex(t)}
-
-
-def _family_rank(name: str) -> tuple[int, str]:
-    order = ("vgg19", "resnet50", "googlenet", "mobilenet")
-    return (order.index(name) if name in order else len(order), name)
 

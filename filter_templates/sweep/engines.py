@@ -4,11 +4,11 @@ so both check devices, cap the local jobs and report unreachable budget points t
 from __future__ import annotations
 
 import os
-import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+from ..messages import note
 
 if TYPE_CHECKING:
     from .grid import Grid
@@ -42,7 +42,7 @@ def run_grid(grid: "Grid", db: str | os.PathLike[str], runs_dir: str | os.PathLi
     if options.engine not in ENGINES:
         raise UsageError(f"unknown engine {options.engine!r}; choose from {', '.join(ENGINES)}")
     for p in grid.unreachable:
-        print(f"filter-templates: skipped {p.label()}: {p.reason}", file=sys.stderr, flush=True)
+        note(f"skipped {p.label()}: {p.reason}")
     if options.engine == "ray":
         from .ray_engine import run_ray
 

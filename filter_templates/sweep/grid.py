@@ -12,12 +12,12 @@ anything runs, so a typo fails in a second rather than after an hour of training
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
+from .. import validate
 from ..data import load_data, num_classes
 from ..errors import UsageError
 from ..train import FIELDS as CONFIG_FIELDS
@@ -182,11 +182,9 @@ def _list(spec: SweepSpec, name: str, kind: type) -> list:
         raise UsageError(f"sweep '{name}' must be a non-empty list, got {v!r}")
     for x in v:
         if kind is float:
-            ok = not isinstance(x, bool) and isinstance(x, (int, float)) and math.isfinite(x) and x > 0
-            what = "positive numbers"
+            ok, what = validate.is_number(x) and x > 0, "positive numbers"
         elif kind is int:
-            ok = not isinstance(x, bool) and isinstance(x, int) and x >= 0
-            what = "integers >= 0"
+            ok, what = validate.is_integer(x) and x >= 0, "integers >= 0"
         else:
             ok = isinstance(x, str) and x != ""
             what = "names"
@@ -280,9 +278,8 @@ def plan_grid(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -
     if unknown:
         raise UsageError(f"unknown training settings: {', '.join(sorted(unknown))}")
     for name in RUN_FIELDS:
-        v = getattr(spec, name)
-        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < 1):
-            raise UsageError(f"sweep '{name}' must be a positive integer, got {v!r}")
+        if getattr(spec, name) is not None:
+            validate.integer(getattr(spec, name), f"sweep '{name}'")
     classes_of = classes_of or _dataset_classes(spec)
     out = Grid(configs=[])
     for ds in datasets:

@@ -13,16 +13,17 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import traceback
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from ..messages import note as _log
 from ..progress import Progress
+from ..rundir import CHECKPOINT, read_metrics
 from .plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
-from .store import DEFAULT_STALE_AFTER, Store, owner_id, read_metrics
+from .store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
 
 if TYPE_CHECKING:
     from ..train import TrainConfig
@@ -30,37 +31,8 @@ if TYPE_CHECKING:
 
 __all__ = ["run_local", "HEARTBEAT_EVERY"]
 
-HEARTBEAT_EVERY = 30.0  # seconds between heartbeats of a claimed row
-
-
 class _ClaimLost(Exception):
     """Another sweep took this point over (our heartbeat went stale): stop, leave it to them."""
-
-
-class _Heartbeat:
-    """Refresh one claim's heartbeat from a thread with its own connection (SQLite connections
-    are not shared between threads)."""
-
-    def __init__(self, db: Path, key: str, token: str, every: float) -> None:
-        self.db, self.key, self.token, self.every = db, key, token, every
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="sweep-heartbeat", daemon=True)
-
-    def _loop(self) -> None:
-        try:
-            with Store(self.db) as store:
-                while not self.stop.wait(self.every):
-                    store.heartbeat({self.key: self.token})
-        except Exception:  # a heartbeat failure must never kill the run; staleness is the fallback
-            pass
-
-    def __enter__(self) -> "_Heartbeat":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
 
 
 def _reason(exc: BaseException) -> str:
@@ -69,10 +41,6 @@ def _reason(exc: BaseException) -> str:
     where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
     msg = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {msg}{where}"[:2000]
-
-
-def _log(message: str) -> None:
-    print(f"filter-templates: {message}", file=sys.stderr, flush=True)
 
 
 def train_point(store: Store, point: Point, token: str, *, progress: bool | None = None,
@@ -90,8 +58,8 @@ def train_point(store: Store, point: Point, token: str, *, progress: bool | None
         if not store.record_epoch(point.key, token, row):
             raise _ClaimLost(point.key)
 
-    resume = (point.run_dir / "checkpoint.pt").exists()
-    with _Heartbeat(store.path, point.key, token, heartbeat_every):
+    resume = (point.run_dir / CHECKPOINT).exists()
+    with Heartbeats(store.path, {point.key: token}, heartbeat_every):
         try:
             summary = train(point.config, point.run_dir, resume=resume, progress=progress, on_epoch=on_epoch)
             summary = complete_resources(point.config, summary, point.run_dir)

@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import torch
+
+from ..measure import latency, resources
+from ..rundir import CONFIG, read_metrics, read_summary, write_resources
 from .grid import run_dir_name
-from .store import Store, canonical_json, point_key, read_metrics
+from .store import Store, canonical_json, point_key
 
 if TYPE_CHECKING:
     from ..train import TrainConfig
     from .grid import BudgetPoint
 
 __all__ = ["Point", "SweepResult", "prepare", "finished_on_disk", "reindex", "complete_resources", "read_summary",
-           "merge_resources", "read_metrics"]
+           "read_metrics"]
 
 
 @dataclass
@@ -114,58 +117,27 @@ def prepare(store: Store, configs: Sequence["TrainConfig"], runs_dir: str | os.P
     return points, result
 
 
-RESOURCES_FILE = "resources.json"  # what the sweep measured on top of train's summary
-LATENCY_MAX_S = 1.0  # most seconds of timed calls per batch size: latency must not dominate a quick sweep
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """A run's ``summary.json``, with the resources the sweep added (``resources.json``) merged in."""
-    return merge_resources(run_dir, _read_json(Path(run_dir) / "summary.json"))
-
-
-def _read_json(path: Path) -> dict[str, Any] | None:
-    try:
-        d = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-    return d if isinstance(d, dict) else None
-
-
-def merge_resources(run_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any] | None:
-    extra = _read_json(Path(run_dir) / RESOURCES_FILE)
-    if summary is None or not extra:
-        return summary
-    return {**summary, "resources": {**extra, **(summary.get("resources") or {})}}
-
-
 def complete_resources(config: "TrainConfig", summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
     """Measure what a done run's summary lacks of SPEC section 4 (training memory, latency at the
-    run's batch size and at 1) on the device it trained on, and keep it in ``resources.json``
-    next to ``summary.json`` (which stays train's own). Returns the summary with them merged."""
+    run's batch size and at 1) on the device it trained on, and keep it beside the summary (which
+    stays train's own: :func:`rundir.write_resources`). Returns the summary with them merged."""
     res = dict(summary.get("resources") or {})
     need_memory = "train_memory_bytes" not in res
     need_latency = "latency_s" not in res
     if summary.get("status") != "done" or not (need_memory or need_latency):
         return summary
-    import torch
-
-    from ..measure import latency, resources
-
     device = str(summary.get("device") or "cpu")
     extra = resources(config.arch, config.batch_size, device, memory=need_memory, latency=False)
     extra = {k: v for k, v in extra.items() if k not in res}
     if need_latency:
         with torch.device(device):
             model = config.arch.build()
-        lat = {f"batch{b}": latency(model, b, device, max_run_time=LATENCY_MAX_S)
-               for b in dict.fromkeys((config.batch_size, 1))}
+        lat = {f"batch{b}": latency(model, b, device) for b in dict.fromkeys((config.batch_size, 1))}
         extra["latency_s"] = {k: v["median_s"] for k, v in lat.items()}
         extra["latency_iqr_s"] = {k: v["iqr_s"] for k, v in lat.items()}
         extra["batch_size"] = config.batch_size
         extra["threads"] = torch.get_num_threads()
-    from ..checkpoint import atomic_write_json
-
-    atomic_write_json(Path(run_dir) / RESOURCES_FILE, extra)
+    write_resources(run_dir, extra)
     return {**summary, "resources": {**extra, **res}}
 
 
@@ -186,7 +158,7 @@ def reindex(store: Store, runs_dir: str | os.PathLike[str]) -> int:
     root = Path(runs_dir)
     if not root.is_dir():
         return 0
-    for cfg in sorted(root.glob("*/config.json")):
+    for cfg in sorted(root.glob(f"*/{CONFIG}")):
         if store.reindex_run(cfg.parent) is not None:
             n += 1
     return n

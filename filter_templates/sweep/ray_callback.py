@@ -9,14 +9,15 @@ callbacks with the experiment state: a module-level class pickles by reference, 
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from .plan import Point, SweepResult, read_summary
-from .store import Store, read_metrics
+from ..messages import note
+from ..rundir import MODEL, SUMMARY, copy_run_files, read_metrics, read_summary
+from .plan import Point, SweepResult
+from .store import Store
 
 __all__ = ["StoreCallback", "error_line"]
 
@@ -60,11 +61,11 @@ class StoreCallback(tune.Callback):
         name = self.by_key[key].name
         if summary.get("status") == "done":
             self.result.done += 1
-            print(f"filter-templates: done   {name}", file=sys.stderr, flush=True)
+            note(f"done   {name}")
         else:
             self.result.failed += 1
             self.result.failures.append({"run": name, "reason": str(summary.get("reason"))})
-            print(f"filter-templates: FAILED {name}: {summary.get('reason')}", file=sys.stderr, flush=True)
+            note(f"FAILED {name}: {summary.get('reason')}")
         self.bar.update()
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
@@ -81,8 +82,6 @@ class StoreCallback(tune.Callback):
         point = self.by_key[key]
         summary = read_summary(point.run_dir)  # the source of truth, when the trial ran on this host
         if summary is None and trial.checkpoint is not None:  # it ran elsewhere: fetch its folder
-            from .ray_engine import copy_run_files
-
             with trial.checkpoint.as_directory() as d:
                 copy_run_files(Path(d), point.run_dir)
             summary = read_summary(point.run_dir)
@@ -98,7 +97,7 @@ class StoreCallback(tune.Callback):
         """Tune's copy of a finished run (weights and optimizer state, per trial) doubles the disk a
         sweep needs; once the run folder here is complete it is only a duplicate: delete it."""
         ckpt = trial.checkpoint
-        if ckpt is None or not (run_dir / "summary.json").exists() or not (run_dir / "model.pt").exists():
+        if ckpt is None or not (run_dir / SUMMARY).exists() or not (run_dir / MODEL).exists():
             return
         try:
             ckpt.filesystem.delete_dir(ckpt.path)

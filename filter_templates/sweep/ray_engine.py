@@ -19,31 +19,32 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+import torch
+
 from ..errors import UsageError
 from ..progress import Progress
-from .plan import RESOURCES_FILE, Point, SweepResult, complete_resources, finished_on_disk, prepare
-from .store import DEFAULT_STALE_AFTER, Store, owner_id, read_metrics
+from ..rundir import CHECKPOINT, copy_run_files, read_metrics
+from ..train import TrainConfig, train
+from .plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
+from .store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
 
 if TYPE_CHECKING:
-    from ..train import TrainConfig
     from .grid import BudgetPoint
 
 __all__ = ["run_ray", "import_ray", "copy_run_files"]
 
-HEARTBEAT_EVERY = 30.0
 _QUIET = {
     "RAY_AIR_NEW_OUTPUT": "0",  # the classic reporter, which verbose=0 silences completely
     # every per-epoch checkpoint snapshots the experiment state (num_to_keep=1): expected, not a problem
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
-_FILES = ("config.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "summary.json", RESOURCES_FILE)
+#: Where a cluster started with ``ray start --head`` (Ray >= 2.59) keeps its token by default.
+RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 
 
 def import_ray() -> tuple[Any, Any]:
@@ -62,21 +63,9 @@ def import_ray() -> tuple[Any, Any]:
 # --------------------------------------------------------------------------------------------
 
 
-def copy_run_files(src: Path, dst: Path) -> None:
-    dst.mkdir(parents=True, exist_ok=True)
-    for name in _FILES:
-        if (src / name).exists():
-            tmp = dst / f".{name}.restore-{os.getpid()}"
-            shutil.copyfile(src / name, tmp)
-            os.replace(tmp, dst / name)
-
-
 def _trial(params: dict[str, Any]) -> None:
     """Train one point, reporting each epoch with the run folder as the checkpoint."""
-    import torch
     from ray import tune
-
-    from ..train import TrainConfig, train
 
     point = params["point"]
     run_dir = Path(point["run_dir"])
@@ -84,14 +73,14 @@ def _trial(params: dict[str, Any]) -> None:
     restored = tune.get_checkpoint()
     if restored is not None:  # a retry after a failure, maybe on another host
         with restored.as_directory() as d:
-            if (Path(d) / "checkpoint.pt").exists():
+            if (Path(d) / CHECKPOINT).exists():
                 copy_run_files(Path(d), run_dir)
     config = TrainConfig.from_dict(point["config"])
 
     def on_epoch(row: dict) -> None:
         tune.report({**row, "final": False}, checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
 
-    summary = train(config, run_dir, resume=(run_dir / "checkpoint.pt").exists(), progress=False,
+    summary = train(config, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False,
                     on_epoch=on_epoch)
     summary = complete_resources(config, summary, run_dir)  # measured here, on the trial's device
     tune.report({"final": True, "status": summary["status"], "summary": json.dumps(summary, default=str)},
@@ -101,38 +90,6 @@ def _trial(params: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 # The driver
 # --------------------------------------------------------------------------------------------
-
-
-class _Heartbeats:
-    """Keep every claim the driver holds fresh, from a thread with its own connection."""
-
-    def __init__(self, db: Path, claims: dict[str, str], every: float) -> None:
-        self.db, self.claims, self.every = db, claims, every
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="sweep-heartbeats", daemon=True)
-
-    def drop(self, key: str) -> None:
-        with self.lock:
-            self.claims.pop(key, None)
-
-    def _loop(self) -> None:
-        try:
-            with Store(self.db) as store:
-                while not self.stop.wait(self.every):
-                    with self.lock:
-                        claims = dict(self.claims)
-                    store.heartbeat(claims)
-        except Exception:
-            pass
-
-    def __enter__(self) -> "_Heartbeats":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
 
 
 def run_ray(
@@ -178,6 +135,7 @@ def run_ray(
             p = by_key[c["key"]]
             s = finished_on_disk(p)
             if s is not None:
+                s = complete_resources(p.config, s, p.run_dir)  # as the local engine does
                 store.finish(p.key, tokens[p.key], s, epochs=read_metrics(p.run_dir), run_dir=str(p.run_dir))
                 result.done += 1
                 bar.update()
@@ -186,14 +144,14 @@ def run_ray(
         started_ray = False
         try:
             if todo:
-                with _Heartbeats(store.path, {p.key: tokens[p.key] for p in todo}, heartbeat_every) as beats, \
+                with Heartbeats(store.path, {p.key: tokens[p.key] for p in todo}, heartbeat_every) as beats, \
                         contextlib.redirect_stdout(sys.stderr):  # keep stdout for the summary / --json
                     if not ray.is_initialized():
                         _init_ray(ray, address)
                         started_ray = True
                     if not address:  # a local Ray cannot grow: a trial that can never fit would wait forever
                         _check_fits(ray.cluster_resources(), cpus_per_trial, gpus_per_trial)
-                    from .ray_callback import StoreCallback
+                    from .ray_callback import StoreCallback  # imports Ray: only once it is known to be there
 
                     callback = StoreCallback(store, by_key, tokens, beats, result, bar)
                     _fit(tune, todo, storage, cpus_per_trial, gpus_per_trial, max_failures, callback)
@@ -224,12 +182,36 @@ def _init_ray(ray: Any, address: str | None) -> None:
     kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
     try:
         if address:
-            ray.init(address=address, **kwargs)
+            with _client_auth():
+                ray.init(address=address, **kwargs)
         else:  # a local Ray with this machine's CPUs and GPUs (never the removed local_mode)
             ray.init(**kwargs)
-    except Exception as exc:  # unreachable cluster, bad address: the user's to fix
+    except Exception as exc:  # unreachable cluster, bad address, a token missing: the user's to fix
         where = f"Ray cluster at {address!r}" if address else "a local Ray"
-        raise UsageError(f"cannot start or join {where}: {type(exc).__name__}: {' '.join(str(exc).split())}") from None
+        hint = ""
+        if address and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            hint = ("; a cluster started with `ray start --head` by Ray >= 2.59 uses token authentication: "
+                    "set RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN")
+        raise UsageError(f"cannot start or join {where}: {type(exc).__name__}: {' '.join(str(exc).split())}"
+                         f"{hint}") from None
+
+
+@contextlib.contextmanager
+def _client_auth():
+    """Joining a cluster: Ray >= 2.59's ``ray start --head`` turns token authentication on and
+    writes the token to ``~/.ray/auth_token``, but a client whose ``RAY_AUTH_MODE`` is unset does
+    not send it and fails with a bare ConnectionError. When a token is at hand and the user chose
+    no mode, use token mode for this join (and restore the environment afterwards)."""
+    have_token = bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")) \
+        or RAY_TOKEN_FILE.is_file()
+    if "RAY_AUTH_MODE" in os.environ or not have_token:
+        yield
+        return
+    os.environ["RAY_AUTH_MODE"] = "token"
+    try:
+        yield
+    finally:
+        os.environ.pop("RAY_AUTH_MODE", None)
 
 
 def _trial_name(trial: Any) -> str:

@@ -12,7 +12,8 @@ or switching device must not turn a finished point into a new one.
 A row in state ``running`` belongs to ``claimed_by`` (``pid@host``) while that process lives and
 keeps its ``heartbeat`` fresh; when the owner is gone (its pid no longer exists on this host, or
 its heartbeat is older than ``stale_after``) any sweep may claim the row again and resume the run
-from its checkpoint. Each run's own ``summary.json`` stays the source of truth:
+from its checkpoint (:class:`Heartbeats` keeps a process's claims fresh). Each run's own summary
+stays the source of truth:
 :meth:`Store.reindex_run` rebuilds a row from its run directory.
 
 Budget sweeps add a second table, ``budget_points``: one row per (budget, family, template,
@@ -31,12 +32,15 @@ import math
 import os
 import socket
 import sqlite3
+import threading
 import time
 import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
+from .. import rundir
 from ..errors import UsageError
+from ..rundir import read_metrics
 from ..train import EXECUTION_KEYS
 
 __all__ = [
@@ -51,6 +55,8 @@ __all__ = [
     "owner_alive",
     "read_metrics",
     "BUDGET_STATUSES",
+    "Heartbeats",
+    "HEARTBEAT_EVERY",
 ]
 
 STATUSES = ("pending", "running", "done", "failed")
@@ -60,6 +66,7 @@ BUDGET_STATUSES = ("fitted", "unreachable")
 EXECUTION_FIELDS = EXECUTION_KEYS
 SCHEMA_VERSION = 1
 DEFAULT_STALE_AFTER = 600.0  # seconds without a heartbeat before another host may take a row over
+HEARTBEAT_EVERY = 30.0  # seconds between heartbeats of a claimed row
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -178,24 +185,6 @@ def _fields(config: Mapping[str, Any]) -> dict[str, Any]:
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"not a training configuration (missing or bad {exc}): {canonical_json(config)[:200]}") from None
-
-
-def read_metrics(run_dir: str | os.PathLike[str]) -> list[dict[str, Any]]:
-    """A run's ``metrics.jsonl``, one entry per epoch (the last line wins if an epoch repeats);
-    a torn last line from a kill mid-write is ignored."""
-    path = Path(run_dir) / "metrics.jsonl"
-    by_epoch: dict[int, dict[str, Any]] = {}
-    try:
-        text = path.read_text()
-    except OSError:
-        return []
-    for line in text.splitlines():
-        try:
-            row = json.loads(line)
-            by_epoch[int(row["epoch"])] = row
-        except (ValueError, KeyError, TypeError):
-            continue
-    return [by_epoch[e] for e in sorted(by_epoch)]
 
 
 def _num(x: Any) -> Any:
@@ -461,7 +450,7 @@ class Store:
         """
         status = summary.get("status")
         if status not in ("done", "failed"):
-            raise ValueError(f"summary status must be 'done' or 'failed', got {status!r}")
+            raise StoreError(f"a run's summary status must be 'done' or 'failed', got {status!r}")
         res = summary.get("resources") or {}
         lat = res.get("latency_s") or {}
         batch = res.get("batch_size")
@@ -567,32 +556,24 @@ class Store:
     # -- rebuilding from run directories ----------------------------------------------------------
 
     def reindex_run(self, run_dir: str | os.PathLike[str]) -> str | None:
-        """Rebuild one row from a run directory's ``config.json`` (+ ``summary.json``, ``metrics.jsonl``).
+        """Rebuild one row from a run directory's config (+ summary and metrics, see :mod:`..rundir`).
 
         A finished run becomes done/failed with its summary; an unfinished one becomes pending
         (the next sweep resumes it). Rows held by a live owner are left alone. Returns the key,
-        or None if the folder holds no readable ``config.json``.
+        or None if the folder holds no readable config.
         """
         run_dir = Path(run_dir)
+        config = rundir.read_config(run_dir)
+        if config is None:
+            return None
         try:
-            config = json.loads((run_dir / "config.json").read_text())
             key, key_json = point_key(config)
             f = _fields(config)
-        except (OSError, ValueError, UsageError):
+        except (ValueError, UsageError):
             return None
-        summary = None
-        try:
-            summary = json.loads((run_dir / "summary.json").read_text())
-            if summary.get("status") not in ("done", "failed"):
-                summary = None
-        except (OSError, ValueError, AttributeError):
+        summary = rundir.read_summary(run_dir)  # with what the sweep measured (resources.json) merged in
+        if summary is not None and summary.get("status") not in ("done", "failed"):
             summary = None
-        try:  # what the sweep measured on top of train's summary (see sweep.plan.complete_resources)
-            extra = json.loads((run_dir / "resources.json").read_text())
-            if summary is not None and isinstance(extra, dict):
-                summary["resources"] = {**extra, **(summary.get("resources") or {})}
-        except (OSError, ValueError):
-            pass
         epochs = read_metrics(run_dir)
         now = time.time()
         with self._tx() as db:
@@ -658,6 +639,41 @@ class Store:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.rows())
+
+
+class Heartbeats:
+    """Keep the claims ``{key: token}`` a process holds fresh, from a thread with its own
+    connection (SQLite connections are not shared between threads), while the runs train; a
+    heartbeat failure never stops a run (its claim then goes stale, the fallback)."""
+
+    def __init__(self, db: str | os.PathLike[str], claims: Mapping[str, str], every: float = HEARTBEAT_EVERY) -> None:
+        self.db, self.claims, self.every = Path(db), dict(claims), every
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="sweep-heartbeats", daemon=True)
+
+    def drop(self, key: str) -> None:
+        """Stop refreshing ``key`` (its run ended)."""
+        with self.lock:
+            self.claims.pop(key, None)
+
+    def _loop(self) -> None:
+        try:
+            with Store(self.db) as store:
+                while not self.stop.wait(self.every):
+                    with self.lock:
+                        claims = dict(self.claims)
+                    store.heartbeat(claims)
+        except Exception:  # noqa: BLE001 - staleness is the fallback; the run goes on
+            pass
+
+    def __enter__(self) -> "Heartbeats":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)
 
 
 def _row_dict(row: sqlite3.Row) -> dict[str, Any]:

@@ -1,0 +1,72 @@
+"""The number checks every entry point shares: a value from a flag, a config file or a Python call
+is refused with one message shape, naming what was wrong.
+
+Booleans are refused where numbers are expected (``True`` is an ``int`` to Python, never a width
+to a user), non-finite floats are refused everywhere, and an integral float such as ``2.0`` is not
+silently accepted for an integer (``2.7`` would otherwise become ``2``). Torch-free, like
+``templates``, which uses it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any, Type
+
+from .errors import UsageError
+
+__all__ = ["integer", "number", "parse", "expected", "is_integer", "is_number"]
+
+
+def is_integer(v: Any) -> bool:
+    """An ``int`` (numpy integers included), not a ``bool``."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+
+def is_number(v: Any) -> bool:
+    """A finite ``int`` or ``float`` (numpy scalars included), not a ``bool``."""
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def expected(kind: type, minimum: float, strict: bool, maximum: float | None = None) -> str:
+    """What a check accepts, in words: "a positive integer", "a fraction in [0, 1)", ..."""
+    if maximum is not None:
+        noun = "a fraction" if (minimum, maximum) == (0, 1) else "a number"
+        return f"{noun} in {'(' if strict else '['}{minimum:g}, {maximum:g})"
+    if kind is int and ((minimum == 1 and not strict) or (minimum == 0 and strict)):
+        return "a positive integer"
+    if kind is not int and minimum == 0:
+        return "a positive finite number" if strict else "a non-negative finite number"
+    return f"{'an integer' if kind is int else 'a finite number'} {'>' if strict else '>='} {minimum:g}"
+
+
+def integer(v: Any, what: str, minimum: int = 1, *, error: Type[Exception] = UsageError) -> int:
+    """``v`` as an int when it is an integer ``>= minimum``; else ``error`` naming ``what``."""
+    if not is_integer(v) or v < minimum:
+        raise error(f"{what} must be {expected(int, minimum, False)}, got {v!r}")
+    return int(v)
+
+
+def number(v: Any, what: str, minimum: float = 0.0, *, strict: bool = True, maximum: float | None = None,
+           error: Type[Exception] = UsageError) -> float:
+    """``v`` as a float when it is finite and ``> minimum`` (``>=`` unless ``strict``) and, given a
+    ``maximum``, ``< maximum``; else ``error`` naming ``what``."""
+    if not (is_number(v) and (v > minimum if strict else v >= minimum) and (maximum is None or v < maximum)):
+        raise error(f"{what} must be {expected(float, minimum, strict, maximum)}, got {v!r}")
+    return float(v)
+
+
+def parse(text: str, kind: type, minimum: float, *, strict: bool = False, maximum: float | None = None) -> Any:
+    """A number typed on the command line: ``kind(text)`` when it passes :func:`integer` (``kind``
+    int) or :func:`number`; else a UsageError "'<text>' is not <what is accepted>"."""
+    want = expected(kind, minimum, strict, maximum)
+    try:
+        v = kind(text)
+    except ValueError:
+        raise UsageError(f"{text!r} is not {'an integer' if kind is int else 'a number'}; expected {want}") from None
+    try:
+        if kind is int:
+            return integer(v, text, int(minimum) + (1 if strict else 0))
+        return number(v, text, minimum, strict=strict, maximum=maximum)
+    except UsageError:
+        raise UsageError(f"{text!r} is not {want}") from None
