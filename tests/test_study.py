@@ -288,3 +288,21 @@ def test_paper_preset_is_as_published():
     assert configs and all(c.arch.as_published for c in configs)
     toml = load_config(Path(__file__).resolve().parents[1] / "configs" / "paper.toml")
     assert toml.as_published is True
+
+
+def test_report_keeps_the_readings_apart(tmp_path, capsys):
+    """A store with both readings of one cell: two rows, and per-layer figures of the template layers."""
+    from filter_templates.report import make_report
+
+    db, runs = str(tmp_path / "r.sqlite"), str(tmp_path / "runs")
+    common = ["sweep", "--db", db, "--runs-dir", runs, "--models", "resnet50", "--templates", "base", "uniform",
+              "--widths", "0.05", "--datasets", "synthetic", "--limit-train", "32", "--limit-test", "16",
+              "--batch-size", "16", "--epochs", "1", "--device", "cpu", "--threads", "1"]
+    assert main(common) == 0 and main(common + ["--as-published"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "report"
+    make_report(db, out)
+    text = (out / "index.md").read_text()
+    assert "resnet50 (as published)" in text
+    figs = sorted(p.name for p in (out / "figures").glob("filters_*.png"))
+    assert figs == ["filters_resnet50.png", "filters_resnet50_as_published_.png"] or len(figs) == 2

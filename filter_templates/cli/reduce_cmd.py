@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING
 
-from .args import add_run_args, nonnegative_int, positive_int
+from .args import MODEL_HELP, add_fix_arg, add_run_args, model_from_args, nonnegative_int, positive_int
 from .fit_cmd import BUDGET_HELP
 from .sweep_cmd import add_engine_args, check_engine_args, engine_options, train_settings
 
@@ -30,7 +30,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("reduce", help="fit every template to a budget, train the candidates, rank them, "
                                       "export the winner", description=DESCRIPTION)
-    p.add_argument("--model", required=True, metavar="M", help=f"model family: {', '.join(family_names())}")
+    p.add_argument("--model", required=True, metavar="M", help=MODEL_HELP.format(', '.join(family_names())))
+    add_fix_arg(p)
     p.add_argument("--budget", required=True, metavar="KEY=VALUE", help=BUDGET_HELP)
     p.add_argument("--dataset", required=True, metavar="D", help="digits, cifar10, cifar100 or synthetic")
     p.add_argument("--templates", nargs="+", metavar="T",
@@ -58,6 +59,7 @@ def run(args: argparse.Namespace) -> int:
     from ..reduce import reduce
 
     check_engine_args(args)
+    args.model = model_from_args(args)
     result = reduce(args.model, args.budget, args.dataset, templates=args.templates, seeds=args.seeds,
                     train=train_settings(args), divisor=args.divisor, floor=args.floor, out=args.out,
                     engine=engine_options(args), export=not args.no_export)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import os
+import re
 from pathlib import Path
 from typing import Any, Callable
 
@@ -22,7 +23,6 @@ from ..models import get_family
 from ..progress import Progress
 from ..rundir import atomic_write_text, check_writable, writing
 from ..sweep.store import Store
-from ..templates import distribute
 from . import budgets as B
 from . import tables
 
@@ -40,7 +40,9 @@ def _measure_width1(batch_size: int, latency_mode: str, threads: int | None) -> 
         if key in cache:
             return cache[key]
         try:
-            arch = make_arch(cell.family, cell.template, 1.0, cell.classes, divisor=cell.divisor, floor=cell.floor)
+            family, published = tables.split_reading(cell.family)
+            arch = make_arch(family, cell.template, 1.0, cell.classes, divisor=cell.divisor, floor=cell.floor,
+                             as_published=published)
         except UsageError:  # a custom template this process cannot load
             cache[key] = None
             return None
@@ -147,18 +149,23 @@ def _write_report(db: str | os.PathLike[str], rows: list[dict[str, Any]], budget
 
     fam_sec = ["## Filters per layer", ""]
     for fam in families:
-        family = get_family(fam)
+        name, published = tables.split_reading(fam)
+        try:
+            family = get_family(name)
+        except UsageError:  # a user's model not loaded in this process: no per-layer figure
+            continue
         per_layer: dict[str, list[int]] = {}
         for t in tables.template_order({c.template for c in cells.values() if c.family == fam}):
-            try:
-                per_layer[t] = distribute(t, family.base_filters, 1.0)
+            try:  # the template layers of the family, in the reading the runs used
+                per_layer[t] = list(make_arch(name, t, 1.0, as_published=published).filters)
             except UsageError:
                 continue
         bar.update()
         if not per_layer:
             continue
-        fig = figures.filters_figure(fam, per_layer, family.layer_names, family.unit)
-        stem = f"filters_{fam}"
+        reading = "the study's published configurations" if published else "the templates' equations"
+        fig = figures.filters_figure(fam, per_layer, family.layer_names, family.unit, reading=reading)
+        stem = "filters_" + re.sub(r"[^A-Za-z0-9._-]+", "_", fam).strip("_")
         written["figures"] += [str(p) for p in figures.save(fig, out / "figures" / stem)]
         fam_sec += [f"![{fam}: filters per layer](figures/{stem}.png)", "", f"[SVG](figures/{stem}.svg)", ""]
     bar.close()

@@ -162,8 +162,9 @@ def _reference(cells: list[Cell], family: str) -> Cell | None:
 
 
 def filters_figure(family: str, counts: dict[str, list[int]], layer_names: Sequence[str], unit: str,
-                   width: float = 1.0) -> Any:
-    """Per-layer filter counts of every template of one family (lines with markers)."""
+                   width: float = 1.0, reading: str = "the templates' equations") -> Any:
+    """Per-layer filter counts of every template of one family, one point per template layer
+    (4 for resnet50: its stages), and which reading built them."""
     fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * len(layer_names) + 2), 4.4))
     xs = list(range(1, len(layer_names) + 1))
     names = list(counts)
@@ -174,7 +175,8 @@ def filters_figure(family: str, counts: dict[str, list[int]], layer_names: Seque
                        else "center", fontsize=8)
     ax.set_xlabel("template layer (input side on the left)")
     ax.set_ylabel("filters (output channels)")
-    ax.set_title(f"{family}: filters per template layer at width {width:g}\n(one count per {unit})", fontsize=11)
+    ax.set_title(f"{family}: filters per template layer at width {width:g}, from {reading}\n(one count per {unit})",
+                 fontsize=10)
     ax.grid(True, alpha=0.25)
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)

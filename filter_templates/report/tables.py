@@ -75,15 +75,33 @@ def family_order(names: Iterable[str]) -> list[str]:
 
 def _order(names: Iterable[str], known: Sequence[str]) -> list[str]:
     names = set(names)
+    if any(n.endswith(PUBLISHED) for n in names):  # each reading right after its family
+        known = [x for k in known for x in (k, k + PUBLISHED)]
     return [n for n in known if n in names] + sorted(names - set(known))
 
 
+PUBLISHED = " (as published)"
+
+
+def reading_label(family: str, as_published: bool) -> str:
+    """The family as the report names it: runs of the study's own configurations (``--as-published``)
+    are their own rows, never pooled with the equations' models of the same name."""
+    return family + PUBLISHED if as_published else family
+
+
+def split_reading(label: str) -> tuple[str, bool]:
+    """``(family, as_published)`` of a :func:`reading_label`."""
+    return (label[: -len(PUBLISHED)], True) if label.endswith(PUBLISHED) else (label, False)
+
+
 def collect(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, float], Cell]:
-    """Group store rows into cells keyed ``(dataset, family, template, width)``."""
+    """Group store rows into cells keyed ``(dataset, family, template, width)``; the family is its
+    :func:`reading_label`."""
     cells: dict[tuple[str, str, str, float], Cell] = {}
     for r in rows:
         arch = (r.get("config") or {}).get("arch", {})
-        k = (r["dataset"], r["family"], r["template"], float(r["width"]))
+        family = reading_label(r["family"], bool(arch.get("as_published")))
+        k = (r["dataset"], family, r["template"], float(r["width"]))
         c = cells.get(k)
         if c is None:
             c = cells[k] = Cell(*k, classes=int(r["classes"]), divisor=int(arch.get("divisor", 1)),
