@@ -385,3 +385,14 @@ def test_onnx_export_of_a_user_model(tmp_path, capsys):
     got = ort.InferenceSession(path).run(None, {"input": x.numpy()})[0]
     with torch.no_grad():
         np.testing.assert_allclose(got, model(x).numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_reduce_takes_a_user_model(tmp_path, capsys):
+    """reduce resolves --model package.module:function like the other commands (here: an unreachable budget,
+    which is decided after discovery and fitting, before any training)."""
+    from filter_templates.cli import main
+
+    assert main(["reduce", "--model", "tests.models_zoo:resnet18", "--budget", "params=10", "--dataset", "synthetic",
+                 "--out", str(tmp_path / "r")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "tests.models_zoo:resnet18" in err[0] and "smallest reachable" in err[0]
