@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from ..errors import UsageError
 from ..templates import scale_count
 from . import family
+from .skeleton import StemNet
 
 BASE = (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
 STEM = 32
@@ -44,23 +45,16 @@ class Block(nn.Module):
         return F.relu(self.bn2(self.conv2(F.relu(self.bn1(self.conv1(x))))))
 
 
-class MobileNet(nn.Module):
+class MobileNet(StemNet):
     def __init__(self, filters: Sequence[int], num_classes: int = 10, stem: int = STEM) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, stem, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem)
-        blocks: list[nn.Module] = []
-        c_in = stem
-        for i, c in enumerate(filters):
-            blocks.append(Block(c_in, c, 2 if i in STRIDE2 else 1))
-            c_in = c
-        self.layers = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)  # the original's avg_pool(2) on a 2x2 map, same params
-        self.linear = nn.Linear(c_in, num_classes)
+        def blocks(c_in: int) -> tuple[list[nn.Module], int]:
+            out: list[nn.Module] = []
+            for i, c in enumerate(filters):
+                out.append(Block(c_in, c, 2 if i in STRIDE2 else 1))
+                c_in = c
+            return out, c_in
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return self.linear(torch.flatten(self.pool(y), 1))
+        super().__init__(stem, blocks, num_classes)
 
 
 LAST = BASE[-1]  # the study keeps the last block out of the templates

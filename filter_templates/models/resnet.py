@@ -24,6 +24,7 @@ import torch.nn.functional as F
 
 from ..templates import scale_count
 from . import family
+from .skeleton import StemNet
 
 EXPANSION = 4
 STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (planes, blocks)
@@ -54,23 +55,16 @@ class Bottleneck(nn.Module):
         return F.relu(y + self.shortcut(x))
 
 
-class ResNet(nn.Module):
+class ResNet(StemNet):
     def __init__(self, filters: Sequence[int], num_classes: int = 10, stem: int = STEM) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, stem, 3, padding=1, bias=False)
-        self.bn1 = nn.BatchNorm2d(stem)
-        blocks: list[nn.Module] = []
-        c_in = stem
-        for i, planes in enumerate(filters):
-            blocks.append(Bottleneck(c_in, planes, 2 if i in STRIDE2 else 1))
-            c_in = EXPANSION * planes
-        self.layers = nn.Sequential(*blocks)
-        self.pool = nn.AdaptiveAvgPool2d(1)  # the original's avg_pool(4) on a 4x4 map, same params
-        self.linear = nn.Linear(c_in, num_classes)
+        def blocks(c_in: int) -> tuple[list[nn.Module], int]:
+            out: list[nn.Module] = []
+            for i, planes in enumerate(filters):
+                out.append(Bottleneck(c_in, planes, 2 if i in STRIDE2 else 1))
+                c_in = EXPANSION * planes
+            return out, c_in
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.layers(F.relu(self.bn1(self.conv1(x))))
-        return self.linear(torch.flatten(self.pool(y), 1))
+        super().__init__(stem, blocks, num_classes)
 
 
 @family("resnet50", base_filters=tuple(planes for planes, _ in STAGES), layer_names=("stage1", "stage2", "stage3", "stage4"),
