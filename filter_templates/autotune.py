@@ -37,6 +37,9 @@ __all__ = ["PRECISIONS", "MEMORY_FORMATS", "BUDGET_S", "Choice", "choose", "choo
 PRECISIONS = ("fp32", "bf16")
 MEMORY_FORMATS = ("channels_last", "contiguous")
 BUDGET_S = 3.0  # all measurements for one new model, threads included
+#: A cached thread choice is measured again when the load average has moved by this many cores since:
+#: here one thread trained 9x faster than two under load, which says nothing about the free machine.
+LOAD_CHANGE = 1.0
 CACHE_FILE = "execution.json"
 CACHE_VERSION = 1
 #: What a device gets when a model is too slow to measure within the budget.
@@ -261,10 +264,19 @@ def _measure(arch: Arch, device: torch.device, batch_size: int, cands: list[tupl
             "seconds": round(time.perf_counter() - t0, 3), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
+def _busy_cores() -> float | None:
+    """How many cores other work keeps busy now (the 1-minute load average), None where unknown."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # Windows
+        return None
+
+
 def choose_threads(arch: Arch, device: torch.device, batch_size: int, budget: float = BUDGET_S / 3) -> tuple[int, str]:
     """The CPU thread count that trains ``arch`` fastest here, as ``(threads, source)``: 1 or all
-    cores, measured once per model (fp32, channels_last) and cached; ``$OMP_NUM_THREADS``, when
-    set, is the user's choice and is kept. Leaves torch set to the answer."""
+    cores, measured once per model (fp32, channels_last) and cached with the load average it was
+    measured under, and measured again when the load has since moved by ``LOAD_CHANGE`` cores or more;
+    ``$OMP_NUM_THREADS``, when set, is the user's choice and is kept. Leaves torch set to the answer."""
     cpus = max(1, os.cpu_count() or 1)
     if device.type != "cpu" or cpus == 1:
         return torch.get_num_threads(), "device"
@@ -273,6 +285,9 @@ def choose_threads(arch: Arch, device: torch.device, batch_size: int, budget: fl
     key = _key("threads", arch, device, batch_size, None)
     entry = _lookup(key)
     source = "cache"
+    load = _busy_cores()
+    if entry is not None and load is not None and abs(load - entry.get("busy_cores", load)) >= LOAD_CHANGE:
+        entry = None  # measured while the machine was busier (or quieter) than now: that answer does not hold
     if entry is None:
         bench = _Bench(arch, device, batch_size)
         bench.step_seconds("fp32", "channels_last", steps=0)  # warm-up, not counted (see _measure)
@@ -285,6 +300,8 @@ def choose_threads(arch: Arch, device: torch.device, batch_size: int, budget: fl
             seconds = min(first, bench.step_seconds("fp32", "channels_last", more)) if more >= 1 else first
             rates[str(n)] = round(bench.batch_size / seconds, 1)
         entry = {"images_per_s": rates, "batch_size": bench.batch_size, "measured_at": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if load is not None:
+            entry["busy_cores"] = round(load, 2)
         _remember(key, entry)
         source = "measured"
     rates = {k: v for k, v in entry["images_per_s"].items() if k.isdigit() and 1 <= int(k) <= cpus}

@@ -228,6 +228,21 @@ def test_threads_are_measured_once_and_cached(cache, monkeypatch):
     assert autotune.choose_threads(ARCH, torch.device("cpu"), 32) == (1, "OMP_NUM_THREADS")
 
 
+def test_thread_choice_is_measured_again_when_the_load_has_changed(cache, monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    monkeypatch.setattr(autotune.os, "cpu_count", lambda: 2)
+    monkeypatch.setattr(autotune.os, "getloadavg", lambda: (5.0, 5.0, 5.0))  # measured on a busy machine
+    n, source = autotune.choose_threads(ARCH, torch.device("cpu"), 32, budget=30)
+    assert source == "measured"
+    assert json.loads(autotune.cache_path().read_text())["entries"].popitem()[1]["busy_cores"] == 5.0
+    monkeypatch.setattr(autotune, "_MEMO", {})
+    monkeypatch.setattr(autotune.os, "getloadavg", lambda: (4.5, 5.0, 5.0))  # about as busy: the cache holds
+    assert autotune.choose_threads(ARCH, torch.device("cpu"), 32)[1] == "cache"
+    monkeypatch.setattr(autotune.os, "getloadavg", lambda: (0.2, 1.0, 3.0))  # quiet now: measure again
+    assert autotune.choose_threads(ARCH, torch.device("cpu"), 32, budget=30)[1] == "measured"
+    assert json.loads(autotune.cache_path().read_text())["entries"].popitem()[1]["busy_cores"] == 0.2
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_cuda_run_measures_its_precision_and_keeps_data_on_the_gpu(tmp_path, cache):
     summary = train(TrainConfig(arch=ARCH, epochs=2, device="cuda", **SMALL), tmp_path / "run")
