@@ -88,22 +88,24 @@ class SweepSpec:
         return {**{k: getattr(self, k) for k in GRID_FIELDS + RUN_FIELDS}, **self.train}
 
 
-# Quick: two families, all five templates, the two smallest paper widths on the embedded digits,
-# a few minutes on 2 CPU cores. Widths 0.1 and 0.05, not 0.25: the quadratic VGG at 0.25 costs
-# 0.74 GFLOPs per image (its widest layers sit at full resolution), 6x the 0.1 model, and would
-# blow the 5-minute budget. lr 0.05, not the paper's 0.1: with 6 epochs (lr / 10 after 3 and 4)
-# these thin 16-layer nets barely leave chance level at 0.1 (measured: vgg19 base w0.1 77% at
-# 0.05 against 31% at 0.1 even with 8 epochs; mobilenet base w0.05 45% against 10%).
+# Quick: two families, all five templates, one small width on the embedded digits: the README's
+# first command, venv included, in 5 minutes on 2 CPU cores. Measured here (AMD EPYC, 1 thread per
+# run, benchmarks/budget_study_plan.py): the former grid (widths 0.1 and 0.05, 10 epochs) was ~15 min
+# of wall clock; reverse and quadratic at 0.1 alone cost 2-4 min each (their widest layers sit at
+# full resolution). One width, 6 epochs of the fast recipe. floor 8: at w=0.05 the thinnest layers
+# get 2-3 filters (MobileNet's stem, reverse's last blocks), a bottleneck no shape survives; with a
+# floor of 8 (same runs, same load) MobileNet reverse went from 31% to 62%, base 75% -> 87%, VGG-19
+# quadratic 79% -> 93%, and no cell ends below 60% (chance: 10%).
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "models": ["vgg19", "mobilenet"],
         "templates": list(ALL_TEMPLATES),
-        "widths": [0.1, 0.05],
+        "widths": [0.05],
+        "floor": 8,
         "datasets": ["digits"],
         "seeds": [0],
-        "epochs": 10,
+        "epochs": 6,
         "batch_size": 64,
-        "lr": 0.05,
         # Two runs at once with one thread each: these models are too small to gain much from a
         # second thread, and on a CPU shared with anything else two threads of one process wait
         # on each other (measured here: up to 20x slower); two processes use both cores.
