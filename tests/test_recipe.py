@@ -228,6 +228,15 @@ def test_threads_are_measured_once_and_cached(cache, monkeypatch):
     assert autotune.choose_threads(ARCH, torch.device("cpu"), 32) == (1, "OMP_NUM_THREADS")
 
 
+def test_cpu_measures_at_the_training_batch_unless_a_step_is_too_slow(cache):
+    choice = autotune.choose(ARCH, torch.device("cpu"), 32, precision="fp32", budget=30)
+    assert choice.source == "measured"
+    entry = json.loads(autotune.cache_path().read_text())["entries"].popitem()[1]
+    assert entry["batch_size"] == 32  # the layout ranking at batch 8 can be the opposite of batch 64's
+    bench, _ = autotune._bench(ARCH, torch.device("cpu"), 32, "fp32", "contiguous", budget=1e-6)
+    assert bench.batch_size == autotune.CPU_MEASURE_BATCH  # too slow for the budget: the small batch
+
+
 def test_thread_choice_is_measured_again_when_the_load_has_changed(cache, monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setattr(autotune.os, "cpu_count", lambda: 2)
@@ -241,6 +250,12 @@ def test_thread_choice_is_measured_again_when_the_load_has_changed(cache, monkey
     monkeypatch.setattr(autotune.os, "getloadavg", lambda: (0.2, 1.0, 3.0))  # quiet now: measure again
     assert autotune.choose_threads(ARCH, torch.device("cpu"), 32, budget=30)[1] == "measured"
     assert json.loads(autotune.cache_path().read_text())["entries"].popitem()[1]["busy_cores"] == 0.2
+    entries = json.loads(autotune.cache_path().read_text())["entries"]
+    for entry in entries.values():
+        del entry["busy_cores"]  # an entry written before the load was recorded
+    autotune.cache_path().write_text(json.dumps({"version": 1, "entries": entries}))
+    monkeypatch.setattr(autotune, "_MEMO", {})
+    assert autotune.choose_threads(ARCH, torch.device("cpu"), 32, budget=30)[1] == "measured"
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
