@@ -50,15 +50,18 @@ def dataset_sizes(name: str, limit_train: int | None, limit_test: int | None) ->
 
 def _timer(config) -> tuple:
     """(train_step, eval_batch) closures for one config's model, on the CPU."""
+    from filter_templates import autotune
     from filter_templates.train import sgd_step
 
-    # "auto" is decided when a run starts (autotune); fp32 and contiguous are what the CPU gets here
-    fmt = torch.channels_last if config.memory_format == "channels_last" else torch.contiguous_format
+    # what a run of this config will train with: the same measured (and cached) choice train() makes
+    choice = autotune.choose(config.arch, torch.device("cpu"), config.batch_size, precision=config.precision,
+                             memory_format=config.memory_format)
+    fmt = autotune.torch_memory_format(choice.memory_format)
     torch.manual_seed(0)
     model = config.arch.build().to(memory_format=fmt)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=config.momentum, weight_decay=config.weight_decay,
                           nesterov=config.nesterov)
-    amp = config.precision == "bf16"
+    amp = choice.precision == "bf16"
     x = torch.randn(config.batch_size, 3, 32, 32).contiguous(memory_format=fmt)
     y = torch.randint(0, config.arch.classes, (config.batch_size,))
     xe = torch.randn(EVAL_BATCH, 3, 32, 32).contiguous(memory_format=fmt)

@@ -179,13 +179,13 @@ def _bench(arch: Arch, device: torch.device, batch_size: int, precision: str, me
     """A warmed-up bench at ``batch_size`` and the time of one step of the given variant; on a CPU,
     a model whose step at that batch takes over a quarter of ``budget`` is timed at
     ``CPU_MEASURE_BATCH`` instead (a rough ranking beats no measurement)."""
-    bench = _Bench(arch, device, batch_size)
-    bench.step_seconds(precision, memory_format, steps=0)  # warm-up; a process's first step also pays one-off
-    first = bench.step_seconds(precision, memory_format, steps=1)  # start-up (~10 s on a loaded CPU): not counted
-    if device.type == "cpu" and batch_size > CPU_MEASURE_BATCH and first > budget / 4:
-        bench = _Bench(arch, device, CPU_MEASURE_BATCH)
-        bench.step_seconds(precision, memory_format, steps=0)
-        first = bench.step_seconds(precision, memory_format, steps=1)
+    fallback = device.type == "cpu" and batch_size > CPU_MEASURE_BATCH
+    for batch in (batch_size, CPU_MEASURE_BATCH) if fallback else (batch_size,):
+        bench = _Bench(arch, device, batch)
+        bench.step_seconds(precision, memory_format, steps=0)  # warm-up; a process's first step also pays
+        first = bench.step_seconds(precision, memory_format, steps=1)  # one-off start-up: not counted
+        if first <= budget / 4:
+            break
     return bench, first
 
 
@@ -287,6 +287,14 @@ def _busy_cores() -> float | None:
         return None
 
 
+def _load_moved(entry: dict, load: float | None) -> bool:
+    """Whether a cached thread choice was measured under another load than now's (or an unrecorded one)."""
+    then = entry.get("busy_cores")
+    if load is None:
+        return False
+    return not isinstance(then, (int, float)) or abs(load - then) >= LOAD_CHANGE
+
+
 def choose_threads(arch: Arch, device: torch.device, batch_size: int, budget: float = BUDGET_S / 3) -> tuple[int, str]:
     """The CPU thread count that trains ``arch`` fastest here, as ``(threads, source)``: 1 or all
     cores, measured once per model (fp32, channels_last) and cached with the load average it was
@@ -301,9 +309,8 @@ def choose_threads(arch: Arch, device: torch.device, batch_size: int, budget: fl
     entry = _lookup(key)
     source = "cache"
     load = _busy_cores()
-    if entry is not None and load is not None and (not isinstance(entry.get("busy_cores"), (int, float))
-                                                   or abs(load - entry["busy_cores"]) >= LOAD_CHANGE):
-        entry = None  # measured while the machine was busier (or quieter) than now, or load unknown: measure again
+    if entry is not None and _load_moved(entry, load):
+        entry = None
     if entry is None:
         bench, _ = _bench(arch, device, batch_size, "fp32", "channels_last", budget)
         rates = {}
