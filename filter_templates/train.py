@@ -40,7 +40,7 @@ from .messages import note
 from .progress import Progress
 from .recipe import EMA, RECIPES, check_recipe_values, lr_multiplier, make_optimizer
 
-__all__ = ["TrainConfig", "train", "sgd_step", "evaluate", "open_checkpoint", "RESULT_KEYS", "EXECUTION_KEYS",
+__all__ = ["TrainConfig", "train", "sgd_step", "evaluate", "test_views", "open_checkpoint", "RESULT_KEYS", "EXECUTION_KEYS",
            "RECIPE_NAMES", "DEVICES"]
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -86,6 +86,8 @@ class TrainConfig:
     norm_bias_decay: bool = _from_recipe()
     ema: float = _from_recipe()
     tta: bool = _from_recipe()
+    tta_shift: int = _from_recipe()
+    crop_pad: int = _from_recipe()
     seed: int = _result(0)
     limit_train: int | None = _result()
     limit_test: int | None = _result()
@@ -201,8 +203,11 @@ def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.
     return loss.detach(), logits.detach()
 
 
-def evaluate(model: torch.nn.Module, loader: Loader, amp: bool, tta: bool) -> float:
-    """Top-1 accuracy of ``model`` over ``loader``; ``tta`` adds the logits of the mirrored images."""
+def evaluate(model: torch.nn.Module, loader: Loader, amp: bool, tta: bool, shift: int = 0) -> float:
+    """Top-1 accuracy of ``model`` over ``loader``. ``tta`` adds the logits of the mirrored images;
+    with it, ``shift`` > 0 adds two more views: the mirror image moved by ``shift`` pixels right and
+    down, the image moved by ``shift`` pixels left and up (reflect-padded). The views are fixed, so
+    the accuracy is a pure function of the weights."""
     model.eval()
     device = loader.device
     correct = torch.zeros((), dtype=torch.int64, device=device)
@@ -212,9 +217,27 @@ def evaluate(model: torch.nn.Module, loader: Loader, amp: bool, tta: bool) -> fl
             logits = model(x)
             if tta:
                 logits = logits.float() + model(x.flip(3)).float()
+                if shift:
+                    logits += model(_shifted(x.flip(3), shift)).float() + model(_shifted(x, -shift)).float()
             correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
     return correct.item() / max(seen, 1)
+
+
+def test_views(tta: bool, shift: int) -> int:
+    """How many views of each test image :func:`evaluate` averages."""
+    return 1 if not tta else (4 if shift else 2)
+
+
+def _shifted(x: torch.Tensor, s: int) -> torch.Tensor:
+    """``x`` [N, C, H, W] moved by ``s`` pixels along both axes (positive: right and down), the
+    uncovered border filled by reflection; same memory format as ``x``."""
+    p = abs(s)
+    h, w = x.shape[2:]
+    padded = F.pad(x, (p, p, p, p), mode="reflect")
+    top = p - s  # s > 0: the window starts above-left of the image, so the content moves down-right
+    fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
+    return padded[:, :, top:top + h, top:top + w].contiguous(memory_format=fmt)
 
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
@@ -260,7 +283,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                                config.norm_bias_decay)
     loader_kw = dict(mean=ds.mean, std=ds.std, device=device, seed=config.seed,
                      channels_last=config.memory_format == "channels_last")
-    train_loader = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, flip=ds.hflip, **loader_kw)
+    train_loader = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, flip=ds.hflip,
+                          pad=config.crop_pad, **loader_kw)
     test_loader = Loader(ds.test_x, ds.test_y, max(config.batch_size, 256), train=False, **loader_kw)
     E, steps_per_epoch = config.epochs, len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
@@ -294,7 +318,9 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         if failure is not None:
             break
         train_s = time.perf_counter() - t0
-        row["test_acc"] = evaluate(eval_model, test_loader, amp, tta)
+        shift = config.tta_shift if epoch == E - 1 else 0  # the extra views only where they count: the final accuracy
+        row["test_acc"] = evaluate(eval_model, test_loader, amp, tta, shift)
+        row["test_views"] = test_views(tta, shift)
         row["seconds"] = round(time.perf_counter() - t0, 4)
         row["images_per_s"] = round(row.pop("_seen") / train_s, 1)
         metrics.append(row)

@@ -449,14 +449,15 @@ def test_train_loader_shapes_dtype_channels_last_and_len():
     assert xb.dtype == torch.bfloat16 and xb.is_contiguous()
 
 
-def test_train_crops_are_windows_of_the_zero_padded_image_maybe_flipped():
+@pytest.mark.parametrize("pad", [4, 2])
+def test_train_crops_are_windows_of_the_zero_padded_image_maybe_flipped(pad):
     x, y = _identifiable(40)
-    padded = np.zeros((40, 40, 40, 3), np.uint8)
-    padded[:, 4:36, 4:36] = x
+    padded = np.zeros((40, 32 + 2 * pad, 32 + 2 * pad, 3), np.uint8)
+    padded[:, pad:32 + pad, pad:32 + pad] = x
     offsets, flips = set(), set()
-    for xb, yb in Loader(x, y, 20, train=True, mean=MEAN, std=STD, seed=3):
+    for xb, yb in Loader(x, y, 20, train=True, mean=MEAN, std=STD, seed=3, pad=pad):
         for img, i in zip(_unnormalise(xb), yb.tolist()):
-            found = [(oy, ox, f) for oy in range(9) for ox in range(9) for f in (0, 1)
+            found = [(oy, ox, f) for oy in range(2 * pad + 1) for ox in range(2 * pad + 1) for f in (0, 1)
                      if np.array_equal(img, padded[i, oy:oy + 32, ox:ox + 32][:, ::-1] if f else padded[i, oy:oy + 32, ox:ox + 32])]
             assert found, f"sample {i} is not a crop of its padded image"
             offsets.add(found[0][:2])

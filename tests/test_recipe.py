@@ -72,11 +72,73 @@ def test_recipe_fills_unset_fields_and_keeps_given_ones():
     ({"recipe": "slow"}, "recipe"), ({"warmup": 1.5}, "warmup"), ({"ema": 1.0}, "ema"),
     ({"label_smoothing": -0.1}, "label_smoothing"), ({"schedule": "cosine"}, "schedule"),
     ({"nesterov": True, "momentum": 0.0}, "nesterov"), ({"tta": "yes"}, "tta"),
+    ({"tta_shift": -1}, "tta_shift"), ({"tta_shift": 5}, "tta_shift"), ({"tta_shift": True}, "tta_shift"),
+    ({"crop_pad": -1}, "crop_pad"), ({"crop_pad": 2.5}, "crop_pad"), ({"crop_pad": 17}, "crop_pad"),
     ({"precision": "fp16"}, "precision"), ({"memory_format": "nhwc"}, "memory_format"),
 ])
 def test_bad_recipe_values_are_refused(change, word):
     with pytest.raises(UsageError, match=word):
         TrainConfig(arch=ARCH, **change)
+
+
+def test_crop_pad_reaches_the_training_loader(tmp_path, monkeypatch):
+    from filter_templates import train as train_mod
+
+    pads = []
+    real = train_mod.Loader
+
+    def spy(*args, **kw):
+        if kw.get("train"):
+            pads.append(kw.get("pad"))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(train_mod, "Loader", spy)
+    summary = train(TrainConfig(arch=ARCH, epochs=1, crop_pad=2, **SMALL), tmp_path / "run")
+    assert summary["status"] == "done" and pads == [2]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["crop_pad"] == 2
+
+
+def test_shifted_views_move_the_image_and_reflect_the_border():
+    from filter_templates.train import _shifted
+
+    x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
+    right_down = _shifted(x, 1)
+    assert torch.equal(right_down[:, :, 1:, 1:], x[:, :, :-1, :-1])
+    assert torch.equal(right_down[:, :, 0, 1:], x[:, :, 1, :-1])  # the new top row reflects row 1
+    assert torch.equal(_shifted(x, -2)[:, :, :-2, :-2], x[:, :, 2:, 2:])
+    cl = _shifted(x.contiguous(memory_format=torch.channels_last), 1)
+    assert cl.is_contiguous(memory_format=torch.channels_last) and torch.equal(cl, right_down)
+
+
+def test_evaluate_sums_the_logits_of_the_four_views():
+    from filter_templates.data.augment import Loader
+    from filter_templates.train import _shifted, evaluate
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()  # sees every pixel
+    x = torch.randint(0, 256, (24, 32, 32, 3), dtype=torch.uint8).numpy()
+    y = torch.randint(0, 10, (24,)).numpy()
+    loader = Loader(x, y, 8, train=False, mean=(0.5,) * 3, std=(0.25,) * 3)
+    with torch.no_grad():
+        xs = torch.cat([xb for xb, _ in loader])
+        views = [xs, xs.flip(3), _shifted(xs.flip(3), 1), _shifted(xs, -1)]
+        logits = [model(v) for v in views]
+    labels = torch.from_numpy(y)
+    expect = {2: logits[0] + logits[1], 4: sum(logits), 1: logits[0]}
+    for (tta, shift), n in (((True, 1), 4), ((True, 0), 2), ((False, 1), 1)):
+        acc = evaluate(model, loader, False, tta, shift)
+        assert acc == pytest.approx((expect[n].argmax(1) == labels).float().mean().item()), (tta, shift)
+    # the views disagree somewhere, so each count is really tested
+    assert len({tuple(expect[n].argmax(1).tolist()) for n in (1, 2, 4)}) > 1
+
+
+def test_only_the_final_evaluation_adds_the_shifted_views(tmp_path):
+    summary = train(TrainConfig(arch=ARCH, epochs=2, dataset="synthetic", limit_train=64, limit_test=32,
+                                batch_size=32), tmp_path / "run")
+    assert summary["status"] == "done"
+    assert [m["test_views"] for m in summary["metrics"]] == [2, 4]  # fast: flip, then flip + shifts
+    paper = train(TrainConfig(arch=ARCH, epochs=1, recipe="paper", **SMALL), tmp_path / "paper")
+    assert [m["test_views"] for m in paper["metrics"]] == [1]
 
 
 # ---- schedule and optimiser ---------------------------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any, Callable
 from .. import validate
 from ..errors import UsageError
 from ..models import family_names, resolve_model
+from ..recipe import RECIPES
 
 
 def _flag_type(kind: type, minimum: float, strict: bool = False, maximum: float | None = None) -> Callable[[str], Any]:
@@ -32,12 +33,12 @@ def add_run_args(group: "argparse._ArgumentGroup") -> None:
     """The training and data settings that `train` and `sweep` share. Defaults are None so that a
     value given here overrides a config file or preset, and an absent one does not."""
     group.add_argument("--recipe", choices=["fast", "paper"], help="fast (default): warmup + linear decay to 0, "
-                       "Nesterov, label smoothing, flip test-time augmentation; paper: the study's SGD with lr / 10 "
+                       "Nesterov, label smoothing, milder crops, flip (and final shifted) test-time augmentation; paper: the study's SGD with lr / 10 "
                        "at 50%% and 75%% of the epochs. Every setting is written to the run's config.json")
     group.add_argument("--epochs", type=positive_int, metavar="N", help="epochs (default: 160)")
     group.add_argument("--batch-size", type=positive_int, metavar="N", help="batch size (default: the recipe's, 64)")
     group.add_argument("--lr", type=positive_float, metavar="LR", help="initial (paper) or peak (fast) learning rate "
-                                                                       "(default: the recipe's, 0.1)")
+                       f"(default: the recipe's: fast {RECIPES['fast']['lr']:g}, paper {RECIPES['paper']['lr']:g})")
     group.add_argument("--limit-train", type=positive_int, metavar="N", help="use only the first N training images")
     group.add_argument("--limit-test", type=positive_int, metavar="N", help="use only the first N test images")
     group.add_argument("--data-dir", metavar="DIR", help="where cifar10/cifar100 are (or go, with --download)")

@@ -67,6 +67,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                                                               "and saved instead of them (0: off)")
     r.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
                    help="evaluate on each test image and its mirror image (only where the dataset allows flips)")
+    r.add_argument("--tta-shift", type=nonnegative_int, metavar="S",
+                   help="with --tta, the final evaluation also averages the mirror image shifted S pixels right and "
+                        "down and the image shifted S pixels left and up (0: off)")
+    r.add_argument("--crop-pad", type=nonnegative_int, metavar="P",
+                   help="pixels of zero padding around each training image before the random crop back to its size "
+                        "(shifts of up to P pixels; 0: no crop)")
     x = p.add_argument_group("execution")
     x.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads of torch (default: 1 or all cores, whichever trained this model faster when "

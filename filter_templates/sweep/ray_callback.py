@@ -72,7 +72,7 @@ class StoreCallback(tune.Callback):
         if self.store is None or result.get("final"):
             return  # the final report is recorded from summary.json in on_trial_complete
         key = self._key(trial)
-        row = {k: result[k] for k in ("epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds",
+        row = {k: result[k] for k in ("epoch", "lr", "train_loss", "train_acc", "test_acc", "test_views", "seconds",
                                       "images_per_s") if k in result}
         if "epoch" in row:
             self.store.record_epoch(key, self.tokens[key], row)
