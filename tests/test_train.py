@@ -19,6 +19,7 @@ from filter_templates import checkpoint as ckpt
 from filter_templates.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.errors import UsageError
+from filter_templates.recipe import RECIPES
 from filter_templates.train import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,7 +89,8 @@ def test_run_writes_the_run_directory(tmp_path):
     assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "summary.json"}
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows == seen and [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_acc", "test_acc", "seconds", "images_per_s"}
+    assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_acc", "test_acc", "test_views", "seconds",
+                            "images_per_s"}
     # lr / 10 at int(0.5 E) and int(0.75 E) epochs
     assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.01, 0.001])
     assert all(0 <= r["test_acc"] <= 1 and math.isfinite(r["train_loss"]) for r in rows)
@@ -214,8 +216,9 @@ def test_existing_checkpoint_is_not_overwritten_without_resume(tmp_path, capsys)
 def test_checkpoint_of_other_configuration_is_refused(tmp_path, capsys):
     run = tmp_path / "run"
     train(small_config(epochs=1), run)
-    with pytest.raises(UsageError, match=r"epochs \(checkpoint 1, now 2\).*lr \(checkpoint 0.1, now 0.05\)"):
-        train(small_config(epochs=2, lr=0.05), run, resume=True)
+    lr = RECIPES["fast"]["lr"]
+    with pytest.raises(UsageError, match=rf"epochs \(checkpoint 1, now 2\).*lr \(checkpoint {lr:g}, now {lr / 2:g}\)"):
+        train(small_config(epochs=2, lr=lr / 2), run, resume=True)
     other = TrainConfig(arch=make_arch("vgg19", "base", 0.05, 10), epochs=1, **SMALL)
     with pytest.raises(UsageError, match="arch"):
         train(other, run, resume=True)
