@@ -6,7 +6,8 @@ divided by 10 at 50% and 75% of the epochs, plain cross-entropy, crops of the im
 ``fast`` is a short-schedule recipe: linear warmup then linear decay to zero (a one-cycle), Nesterov
 momentum, label smoothing, no weight decay on BatchNorm and bias parameters, crops of the image
 padded by 2 only (a short run underfits; the milder shift fits more), flip test-time augmentation
-where the dataset allows flips, and two views shifted by a pixel more in the final evaluation. README ("Training recipes") lists what each ingredient measurably did.
+where the dataset allows flips, and two views shifted by a pixel more in the final evaluation.
+README ("Training recipes") lists what each ingredient measurably did.
 
 Everything here is a pure function of the step count or of tensors in the checkpoint, so a resumed
 run continues bit for bit.
@@ -118,13 +119,10 @@ def check_recipe_values(get: Callable[[str], Any], fail: Callable[[str], None]) 
         v = get(name)
         if not (validate.is_number(v) and low <= v < high):
             fail(f"training config '{name}' must be {validate.expected(float, low, False, high)}, got {v!r}")
-    crop_pad = get("crop_pad")
-    if not (validate.is_integer(crop_pad) and 0 <= crop_pad <= MAX_CROP_PAD):
-        fail(f"training config 'crop_pad' must be an integer from 0 to {MAX_CROP_PAD} (pixels of padding before "
-             f"the random crop), got {crop_pad!r}")
-    tta_shift = get("tta_shift")
-    if not (validate.is_integer(tta_shift) and 0 <= tta_shift <= MAX_TTA_SHIFT):
-        fail(f"training config 'tta_shift' must be an integer from 0 to {MAX_TTA_SHIFT} (pixels the two shifted "
-             f"test views of the final evaluation move), got {tta_shift!r}")
+    for name, high, unit in (("crop_pad", MAX_CROP_PAD, "pixels of padding before the random crop"),
+                             ("tta_shift", MAX_TTA_SHIFT, "pixels the two shifted test views of the final evaluation move")):
+        v = get(name)
+        if not (validate.is_integer(v) and 0 <= v <= high):
+            fail(f"training config '{name}' must be an integer from 0 to {high} ({unit}), got {v!r}")
     if get("nesterov") is True and not get("momentum"):
         fail("training config 'nesterov' needs a momentum above 0")
