@@ -4,7 +4,7 @@ optimiser's parameter groups and an exponential moving average (EMA) of the weig
 ``paper`` is the study's protocol: SGD momentum 0.9, weight decay 5e-4 on every parameter, lr 0.1
 divided by 10 at 50% and 75% of the epochs, plain cross-entropy, crops of the image padded by 4.
 ``fast`` is a short-schedule recipe: linear warmup then linear decay to zero (a one-cycle), Nesterov
-momentum, label smoothing, no weight decay on BatchNorm and bias parameters, crops of the image
+momentum, label smoothing 0.3, weight decay 2.5e-4 and none on BatchNorm and bias parameters, crops of the image
 padded by 2 only (a short run underfits; the milder shift fits more), flip test-time augmentation
 where the dataset allows flips, and two views shifted by a pixel more in the final evaluation.
 README ("Training recipes") lists what each ingredient measurably did.
@@ -31,8 +31,8 @@ RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"batch_size": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
               "warmup": 0.0, "nesterov": False, "label_smoothing": 0.0, "norm_bias_decay": True, "ema": 0.0,
               "tta": False, "tta_shift": 0, "crop_pad": 4},
-    "fast": {"batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "linear",
-             "warmup": 0.25, "nesterov": True, "label_smoothing": 0.1, "norm_bias_decay": False, "ema": 0.0,
+    "fast": {"batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 2.5e-4, "schedule": "linear",
+             "warmup": 0.25, "nesterov": True, "label_smoothing": 0.3, "norm_bias_decay": False, "ema": 0.0,
              "tta": True, "tta_shift": 1, "crop_pad": 2},
 }
 RECIPE_FIELDS = tuple(RECIPES["paper"])

@@ -53,7 +53,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--dataset", metavar="D", help="cifar10, cifar100, digits (embedded, default) or synthetic")
     add_run_args(t)
     t.add_argument("--momentum", type=nonnegative_float, metavar="M", help="SGD momentum (default: 0.9)")
-    t.add_argument("--weight-decay", type=nonnegative_float, metavar="WD", help="weight decay (default: 5e-4)")
+    t.add_argument("--weight-decay", type=nonnegative_float, metavar="WD", help="weight decay (default: the recipe's, 2.5e-4 fast, 5e-4 paper)")
     t.add_argument("--seed", type=nonnegative_int, metavar="S", help="seed of init and data order (default: 0)")
     r = p.add_argument_group("recipe settings (default: the --recipe's; all are written to config.json)")
     r.add_argument("--schedule", choices=["step", "linear"],
