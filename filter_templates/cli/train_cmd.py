@@ -19,6 +19,7 @@ from ..device import resolve_device
 from ..errors import UsageError
 from ..messages import error_line
 from ..models import family_names, resolve_model
+from ..recipe import RECIPES
 from ..rundir import SUMMARY
 from ..train import FIELDS, TrainConfig, open_checkpoint, train
 from .args import (MODEL_HELP, add_as_published, add_fix_arg, add_run_args, fraction, nonnegative_float,
@@ -53,7 +54,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--dataset", metavar="D", help="cifar10, cifar100, digits (embedded, default) or synthetic")
     add_run_args(t)
     t.add_argument("--momentum", type=nonnegative_float, metavar="M", help="SGD momentum (default: 0.9)")
-    t.add_argument("--weight-decay", type=nonnegative_float, metavar="WD", help="weight decay (default: the recipe's, 2.5e-4 fast, 5e-4 paper)")
+    t.add_argument("--weight-decay", type=nonnegative_float, metavar="WD", help="weight decay (default: the recipe's, "
+                   + ", ".join(f"{r['weight_decay']:g} {name}" for name, r in RECIPES.items()) + ")")
     t.add_argument("--seed", type=nonnegative_int, metavar="S", help="seed of init and data order (default: 0)")
     r = p.add_argument_group("recipe settings (default: the --recipe's; all are written to config.json)")
     r.add_argument("--schedule", choices=["step", "linear"],
