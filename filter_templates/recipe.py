@@ -4,9 +4,10 @@ optimiser's parameter groups and an exponential moving average (EMA) of the weig
 ``paper`` is the study's protocol: SGD momentum 0.9, weight decay 5e-4 on every parameter, lr 0.1
 divided by 10 at 50% and 75% of the epochs, plain cross-entropy, crops of the image padded by 4.
 ``fast`` is a short-schedule recipe: linear warmup then linear decay to zero (a one-cycle), Nesterov
-momentum, label smoothing 0.3, weight decay 2.5e-4 and none on BatchNorm and bias parameters, crops of the image
-padded by 2 only (a short run underfits; the milder shift fits more), flip test-time augmentation
-where the dataset allows flips, and two views shifted by a pixel more in the final evaluation.
+momentum, label smoothing, a lighter weight decay and none on BatchNorm and bias parameters (values:
+``RECIPES``), crops of the image padded by 2 only (a short run underfits; the milder shift fits
+more), flip test-time augmentation where the dataset allows flips, and two views shifted by a pixel
+more in the final evaluation.
 README ("Training recipes") lists what each ingredient measurably did.
 
 Everything here is a pure function of the step count or of tensors in the checkpoint, so a resumed
@@ -119,8 +120,9 @@ def check_recipe_values(get: Callable[[str], Any], fail: Callable[[str], None]) 
         v = get(name)
         if not (validate.is_number(v) and low <= v < high):
             fail(f"training config '{name}' must be {validate.expected(float, low, False, high)}, got {v!r}")
-    for name, high, unit in (("crop_pad", MAX_CROP_PAD, "pixels of padding before the random crop"),
-                             ("tta_shift", MAX_TTA_SHIFT, "pixels the two shifted test views of the final evaluation move")):
+    for name, high, unit in (
+            ("crop_pad", MAX_CROP_PAD, "pixels of padding before the random crop"),
+            ("tta_shift", MAX_TTA_SHIFT, "pixels the two shifted test views of the final evaluation move")):
         v = get(name)
         if not (validate.is_integer(v) and 0 <= v <= high):
             fail(f"training config '{name}' must be an integer from 0 to {high} ({unit}), got {v!r}")
