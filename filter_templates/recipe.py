@@ -22,10 +22,8 @@ from typing import Any, Callable
 import torch
 
 from . import validate
-from .data.augment import PAD_MODES
 
-__all__ = ["RECIPES", "RECIPE_FIELDS", "SCHEDULES", "PAD_MODES", "lr_multiplier", "make_optimizer", "EMA",
-           "check_recipe_values"]
+__all__ = ["RECIPES", "RECIPE_FIELDS", "SCHEDULES", "lr_multiplier", "make_optimizer", "EMA", "check_recipe_values"]
 
 SCHEDULES = ("step", "linear")
 
@@ -33,10 +31,10 @@ SCHEDULES = ("step", "linear")
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"batch_size": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
               "warmup": 0.0, "nesterov": False, "label_smoothing": 0.0, "norm_bias_decay": True, "ema": 0.0,
-              "tta": False, "tta_shift": 0, "crop_pad": 4, "crop_pad_mode": "zeros"},
+              "tta": False, "tta_shift": 0, "crop_pad": 4},
     "fast": {"batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 2.5e-4, "schedule": "linear",
              "warmup": 0.25, "nesterov": True, "label_smoothing": 0.3, "norm_bias_decay": False, "ema": 0.0,
-             "tta": True, "tta_shift": 1, "crop_pad": 2, "crop_pad_mode": "zeros"},
+             "tta": True, "tta_shift": 1, "crop_pad": 2},
 }
 RECIPE_FIELDS = tuple(RECIPES["paper"])
 MAX_CROP_PAD = 16  # pixels: more would crop mostly padding out of a 32-pixel image
@@ -118,8 +116,6 @@ def check_recipe_values(get: Callable[[str], Any], fail: Callable[[str], None]) 
     """Refuse recipe settings no run could use (``fail(message)``)."""
     if get("schedule") not in SCHEDULES:
         fail(f"training config 'schedule' must be one of {', '.join(SCHEDULES)}, got {get('schedule')!r}")
-    if get("crop_pad_mode") not in PAD_MODES:
-        fail(f"training config 'crop_pad_mode' must be one of {', '.join(PAD_MODES)}, got {get('crop_pad_mode')!r}")
     for name, low, high in (("warmup", 0.0, 1.0), ("label_smoothing", 0.0, 1.0), ("ema", 0.0, 1.0)):
         v = get(name)
         if not (validate.is_number(v) and low <= v < high):

@@ -88,7 +88,6 @@ class TrainConfig:
     tta: bool = _from_recipe()
     tta_shift: int = _from_recipe()
     crop_pad: int = _from_recipe()
-    crop_pad_mode: str = _from_recipe()
     seed: int = _result(0)
     limit_train: int | None = _result()
     limit_test: int | None = _result()
@@ -285,7 +284,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     loader_kw = dict(mean=ds.mean, std=ds.std, device=device, seed=config.seed,
                      channels_last=config.memory_format == "channels_last")
     train_loader = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, flip=ds.hflip,
-                          pad=config.crop_pad, pad_mode=config.crop_pad_mode, **loader_kw)
+                          pad=config.crop_pad, **loader_kw)
     test_loader = Loader(ds.test_x, ds.test_y, max(config.batch_size, 256), train=False, **loader_kw)
     E, steps_per_epoch = config.epochs, len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(

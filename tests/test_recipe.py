@@ -74,7 +74,6 @@ def test_recipe_fills_unset_fields_and_keeps_given_ones():
     ({"nesterov": True, "momentum": 0.0}, "nesterov"), ({"tta": "yes"}, "tta"),
     ({"tta_shift": -1}, "tta_shift"), ({"tta_shift": 5}, "tta_shift"), ({"tta_shift": True}, "tta_shift"),
     ({"crop_pad": -1}, "crop_pad"), ({"crop_pad": 2.5}, "crop_pad"), ({"crop_pad": 17}, "crop_pad"),
-    ({"crop_pad_mode": "edge"}, "crop_pad_mode"), ({"crop_pad_mode": 1}, "crop_pad_mode"),
     ({"precision": "fp16"}, "precision"), ({"memory_format": "nhwc"}, "memory_format"),
 ])
 def test_bad_recipe_values_are_refused(change, word):
@@ -82,7 +81,7 @@ def test_bad_recipe_values_are_refused(change, word):
         TrainConfig(arch=ARCH, **change)
 
 
-def test_crop_pad_and_its_mode_reach_the_training_loader(tmp_path, monkeypatch):
+def test_crop_pad_reaches_the_training_loader(tmp_path, monkeypatch):
     from filter_templates import train as train_mod
 
     pads = []
@@ -90,14 +89,13 @@ def test_crop_pad_and_its_mode_reach_the_training_loader(tmp_path, monkeypatch):
 
     def spy(*args, **kw):
         if kw.get("train"):
-            pads.append((kw.get("pad"), kw.get("pad_mode")))
+            pads.append(kw.get("pad"))
         return real(*args, **kw)
 
     monkeypatch.setattr(train_mod, "Loader", spy)
-    summary = train(TrainConfig(arch=ARCH, epochs=1, crop_pad=2, crop_pad_mode="reflect", **SMALL), tmp_path / "run")
-    assert summary["status"] == "done" and pads == [(2, "reflect")]
-    saved = json.loads((tmp_path / "run" / "config.json").read_text())
-    assert (saved["crop_pad"], saved["crop_pad_mode"]) == (2, "reflect")
+    summary = train(TrainConfig(arch=ARCH, epochs=1, crop_pad=2, **SMALL), tmp_path / "run")
+    assert summary["status"] == "done" and pads == [2]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["crop_pad"] == 2
 
 
 def test_shifted_views_move_the_image_and_reflect_the_border():
@@ -205,17 +203,6 @@ def test_cli_precision_flags_and_aliases(tmp_path, cache, capsys):
     # resuming with another explicit precision would not be bit-exact: refused
     assert main([*common, "--precision", "fp32", "--out", str(tmp_path / "a"), "--resume"]) == 2
     assert "precision (checkpoint 'bf16', now 'fp32')" in capsys.readouterr().err
-
-
-def test_cli_recipe_flags_reach_config_json(tmp_path, cache, capsys):
-    common = ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", "synthetic",
-              "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--epochs", "1", "--threads", "1"]
-    assert main([*common, "--crop-pad", "1", "--crop-pad-mode", "reflect", "--json", "--out", str(tmp_path / "a")]) == 0
-    doc = json.loads(capsys.readouterr().out)
-    assert (doc["config"]["crop_pad"], doc["config"]["crop_pad_mode"]) == (1, "reflect")
-    assert main([*common, "--crop-pad-mode", "edge", "--out", str(tmp_path / "b")]) == 2
-    assert "--crop-pad-mode: invalid choice: 'edge'" in capsys.readouterr().err
-    assert not (tmp_path / "b").exists()
 
 
 def test_too_slow_to_measure_gets_the_default(cache):

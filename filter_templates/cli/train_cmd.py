@@ -19,7 +19,7 @@ from ..device import resolve_device
 from ..errors import UsageError
 from ..messages import error_line
 from ..models import family_names, resolve_model
-from ..recipe import PAD_MODES, RECIPES
+from ..recipe import RECIPES
 from ..rundir import SUMMARY
 from ..train import FIELDS, TrainConfig, open_checkpoint, train
 from .args import (MODEL_HELP, add_as_published, add_fix_arg, add_run_args, fraction, nonnegative_float,
@@ -75,8 +75,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--crop-pad", type=nonnegative_int, metavar="P",
                    help="pixels of zero padding around each training image before the random crop back to its size "
                         "(shifts of up to P pixels; 0: no crop)")
-    r.add_argument("--crop-pad-mode", choices=PAD_MODES,
-                   help="what fills that padding: zeros (black) or the image reflected at its edge")
     x = p.add_argument_group("execution")
     x.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads of torch (default: 1 or all cores, whichever trained this model faster when "

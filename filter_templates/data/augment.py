@@ -1,7 +1,7 @@
 """The batched data path of training: augmentation as a few whole-batch tensor ops on the device.
 
 The common CIFAR scripts crop, flip and normalise one PIL image at a time in DataLoader workers.
-Here the split lives on the training device as uint8, padded once; each batch is then one
+Here the split lives on the training device as uint8, zero-padded once; each batch is then one
 gather (crop and flip together: a flipped crop is the same window read right to left), one
 conversion and one multiply-add. All randomness for an epoch is drawn up front on the CPU from a
 generator seeded by (seed, epoch), so epoch e is the same on any device and whether or not the
@@ -17,9 +17,8 @@ import torch
 
 from ..errors import UsageError
 
-__all__ = ["Loader", "epoch_seed", "PAD_MODES"]
+__all__ = ["Loader", "epoch_seed"]
 
-PAD_MODES = ("zeros", "reflect")  # what fills the border a random crop may take in (nn.Conv2d's names)
 _COPY_CHUNK = 8192  # samples copied to the device per step at construction (bounded host memory)
 
 
@@ -31,8 +30,8 @@ def epoch_seed(seed: int, epoch: int) -> int:
 class Loader:
     """Iterates (x, y) batches of a split resident on ``device``.
 
-    ``train=True``: a per-epoch seeded shuffle, padding by ``pad`` (4) pixels of zeros or of the
-    image reflected at its edge (``pad_mode``), a random crop back to the image size with a per-sample offset, a random horizontal flip (unless ``flip=False``), then
+    ``train=True``: a per-epoch seeded shuffle, zero padding by ``pad`` (4), a random crop back to
+    the image size with a per-sample offset, a random horizontal flip (unless ``flip=False``), then
     normalisation;
     ``drop_last`` so every batch has the same shape. ``train=False``: normalisation only, stored
     order, the last batch may be short. ``x`` comes out as ``dtype`` NCHW (channels_last memory
@@ -45,7 +44,7 @@ class Loader:
     def __init__(self, x_uint8_nhwc: np.ndarray, y: np.ndarray, batch_size: int, *, train: bool,
                  mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu", seed: int = 0,
                  channels_last: bool = True, dtype: torch.dtype = torch.float32, pad: int = 4,
-                 pad_mode: str = "zeros", flip: bool = True) -> None:
+                 flip: bool = True) -> None:
         if not isinstance(x_uint8_nhwc, np.ndarray) or x_uint8_nhwc.dtype != np.uint8 or x_uint8_nhwc.ndim != 4:
             raise ValueError("x must be a uint8 numpy array [N, H, W, C]")
         n, h, w, c = x_uint8_nhwc.shape
@@ -55,8 +54,6 @@ class Loader:
             raise ValueError(f"mean/std need {c} entries each and std > 0")
         if batch_size < 1 or pad < 0:
             raise ValueError("batch_size must be >= 1 and pad >= 0")
-        if pad_mode not in PAD_MODES or (pad_mode == "reflect" and train and pad >= min(h, w)):
-            raise ValueError(f"pad_mode must be one of {PAD_MODES} (reflect: pad below the image size), got {pad_mode!r}")
         if train and n < batch_size:
             raise UsageError(f"the training split has {n} samples, fewer than one batch of {batch_size}")
         self.device = torch.device(device)
@@ -79,15 +76,9 @@ class Loader:
         self._y = torch.from_numpy(np.asarray(y, dtype=np.int64).copy()).to(self.device)
         p = self.pad
         self._images = torch.zeros((n, h + 2 * p, w + 2 * p, c), dtype=torch.uint8, device=self.device)
-        reflect = pad_mode == "reflect" and p > 0
-        for s in range(0, n, _COPY_CHUNK):  # memmap -> device in chunks, padded once here
-            block = np.asarray(x_uint8_nhwc[s:s + _COPY_CHUNK])
-            if reflect:
-                block = np.pad(block, ((0, 0), (p, p), (p, p), (0, 0)), mode="reflect")
-                self._images[s:s + len(block)] = torch.from_numpy(block).to(self.device)
-            else:
-                block = torch.from_numpy(np.array(block, copy=True))
-                self._images[s:s + len(block), p:p + h, p:p + w] = block.to(self.device)
+        for s in range(0, n, _COPY_CHUNK):  # memmap -> device in chunks, padding in place
+            block = torch.from_numpy(np.array(x_uint8_nhwc[s:s + _COPY_CHUNK], copy=True))
+            self._images[s:s + len(block), p:p + h, p:p + w] = block.to(self.device)
         if self.train:
             self._pixels = self._images.view(-1, c)  # one row per padded pixel: the gather source
             hp, wp = h + 2 * p, w + 2 * p
