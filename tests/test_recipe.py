@@ -205,6 +205,16 @@ def test_cli_precision_flags_and_aliases(tmp_path, cache, capsys):
     assert "precision (checkpoint 'bf16', now 'fp32')" in capsys.readouterr().err
 
 
+def test_cli_recipe_flags_reach_config_json(tmp_path, cache, capsys):
+    common = ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", "synthetic",
+              "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--epochs", "1", "--threads", "1"]
+    assert main([*common, "--crop-pad", "3", "--label-smoothing", "0.2", "--json", "--out", str(tmp_path / "a")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["config"]["crop_pad"], doc["config"]["label_smoothing"]) == (3, 0.2)
+    assert main([*common, "--crop-pad", "-1", "--out", str(tmp_path / "b")]) == 2
+    assert "--crop-pad" in capsys.readouterr().err and not (tmp_path / "b").exists()
+
+
 def test_too_slow_to_measure_gets_the_default(cache):
     choice = autotune.choose(ARCH, torch.device("cpu"), 32, budget=1e-6)
     assert (choice.precision, choice.memory_format, choice.source) == (*autotune.DEFAULTS["cpu"], "default")

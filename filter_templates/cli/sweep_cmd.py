@@ -32,9 +32,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("sweep", help="train a grid of models into a results store (local or Ray)",
                        description=DESCRIPTION)
     src = p.add_mutually_exclusive_group()
+    q = PRESETS["quick"]
     src.add_argument("--preset", choices=list(PRESETS),
-                     help="quick: vgg19+mobilenet, 5 templates, widths 0.1 and 0.05, digits, 10 epochs (minutes on a CPU); "
-                          "paper: the published grid (4 families x 5 templates x 8 widths x cifar10/100, 160 epochs)")
+                     help=f"quick: {'+'.join(q['models'])}, 5 templates, width {', '.join(map(str, q['widths']))} "
+                          f"(at least {q['floor']} filters a layer), {', '.join(q['datasets'])}, {q['epochs']} epochs "
+                          "(minutes on a CPU); paper: the published grid (4 families x 5 templates x 8 widths x "
+                          "cifar10/100, 160 epochs)")
     src.add_argument("--config", metavar="FILE.toml", help="a TOML sweep file (see configs/)")
     g = p.add_argument_group("grid (override the preset/config)")
     g.add_argument("--models", nargs="+", metavar="M", help="model families")
