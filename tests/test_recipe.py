@@ -189,10 +189,14 @@ def test_overrides_are_recorded_and_nothing_is_measured(tmp_path, cache, monkeyp
     assert (summary["precision"], summary["memory_format"], summary["execution"]["source"]) == ("bf16", "contiguous", "given")
 
 
+def _small_train_cmd(dataset: str) -> list[str]:
+    """`train` of a tiny model for one epoch on 64 images: what the CLI tests below vary."""
+    return ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", dataset,
+            "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--epochs", "1", "--threads", "1"]
+
+
 def test_cli_precision_flags_and_aliases(tmp_path, cache, capsys):
-    common = ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", "digits",
-              "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--epochs", "1", "--threads", "1",
-              "--json"]
+    common = [*_small_train_cmd("digits"), "--json"]
     assert main([*common, "--precision", "bf16", "--memory-format", "contiguous", "--out", str(tmp_path / "a")]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert (doc["precision"], doc["memory_format"], doc["config"]["precision"]) == ("bf16", "contiguous", "bf16")
@@ -206,8 +210,7 @@ def test_cli_precision_flags_and_aliases(tmp_path, cache, capsys):
 
 
 def test_cli_recipe_flags_reach_config_json(tmp_path, cache, capsys):
-    common = ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", "synthetic",
-              "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--epochs", "1", "--threads", "1"]
+    common = _small_train_cmd("synthetic")
     assert main([*common, "--crop-pad", "3", "--label-smoothing", "0.2", "--json", "--out", str(tmp_path / "a")]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert (doc["config"]["crop_pad"], doc["config"]["label_smoothing"]) == (3, 0.2)
