@@ -37,6 +37,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 
+class _Report(list):
+    """The report's lines, each printed as it comes: a check cut off by a time limit still shows its parts."""
+
+    def append(self, line: str) -> None:
+        super().append(line)
+        print(line, flush=True)
+
+
 def _env() -> dict:
     return {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
@@ -94,8 +102,13 @@ def part_accuracy(args, device: str, lines: list[str]) -> None:
     for template in ("base", "uniform"):
         t0 = time.perf_counter()
         config = TrainConfig(arch=make_arch("vgg19", template, width, 10), recipe="fast", device=device, **kw)
+        def on_epoch(row: dict, template: str = template) -> None:
+            if row["epoch"] % 5 == 0:
+                print(f"  ... vgg19 {template} epoch {row['epoch']}: test {row['test_acc']:.2%}, "
+                      f"{row['images_per_s']:.0f} img/s", flush=True)
+
         with tempfile.TemporaryDirectory() as tmp:
-            s = train(config, Path(tmp) / "run", progress=False)
+            s = train(config, Path(tmp) / "run", progress=False, on_epoch=on_epoch)
         lines.append(f"vgg19 {template:<8} w={width:g} {config.epochs} epochs fast on {config.dataset}: final "
                      f"{s['final_acc']:.2%}, best {s['best_acc']:.2%} ({s['precision']}, {s['memory_format']}, "
                      f"{time.perf_counter() - t0:.0f} s)")
@@ -122,8 +135,9 @@ def main(argv=None) -> int:
     else:
         device = "cuda"
     t0 = time.perf_counter()
-    lines = [f"gpu_check on {torch.cuda.get_device_name(0) if device == 'cuda' else 'CPU (dry run)'}, "
-             f"torch {torch.__version__}"]
+    lines = _Report()
+    lines.append(f"gpu_check on {torch.cuda.get_device_name(0) if device == 'cuda' else 'CPU (dry run)'}, "
+             f"torch {torch.__version__}")
     for name, part in (("tests", lambda: part_tests(args, lines)),
                        ("throughput", lambda: part_throughput(args, device, lines)),
                        ("memory", lambda: part_memory(args, device, lines)),
@@ -135,7 +149,6 @@ def main(argv=None) -> int:
             lines.append(f"{name}: did not finish within its allowance")
         lines.append(f"  ({name}: {time.perf_counter() - started:.0f} s)")
     lines.append(f"total {time.perf_counter() - t0:.0f} s")
-    print("\n".join(lines))
     return 0
 
 

@@ -436,6 +436,20 @@ def test_real_cifar10_script_one_short_epoch(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="shared CIFAR-10 not present")
+def test_recipe_screen_runs_variants_side_by_side(tmp_path):
+    r = _script("recipe_screen.py", "--data", str(SHARED_CIFAR), "--out", str(tmp_path), "--device", "cpu",
+                "--epochs", "1", "--width", "0.05", "--limit-train", "256", "--deadline-s", "300",
+                "plain", "seeded:seed=1,lr=0.02", "broken:no_such_field=1")
+    assert r.returncode == 0, r.stderr
+    rows = {line.split("|")[1].strip(): line for line in r.stdout.splitlines() if line.startswith("| ")}
+    assert "| 1 |" in rows["plain"] and "| 1 |" in rows["seeded:seed=1,lr=0.02"]
+    assert "no_such_field" in rows["broken:no_such_field=1"]  # a bad variant shows its error, the others still run
+    config = json.loads((tmp_path / "seeded" / "config.json").read_text())
+    assert config["seed"] == 1 and config["lr"] == 0.02
+
+
+@pytest.mark.slow
 def test_throughput_script_reports_ratios():
     r = _script("throughput.py", "--synthetic", "--width", "0.05", "--images", "256", "--bare-steps", "2",
                 "--warmup", "1", "--rounds", "1", "--threads", "1", "--json")
