@@ -21,20 +21,21 @@ from typing import Any, Callable
 
 import torch
 
-from . import validate
+from . import muon, validate
 
-__all__ = ["RECIPES", "RECIPE_FIELDS", "SCHEDULES", "lr_multiplier", "make_optimizer", "EMA", "check_recipe_values"]
+__all__ = ["RECIPES", "RECIPE_FIELDS", "SCHEDULES", "OPTIMIZERS", "lr_multiplier", "make_optimizer", "EMA", "check_recipe_values"]
 
 SCHEDULES = ("step", "linear")
+OPTIMIZERS = ("sgd", "muon")
 
 #: The settings each recipe gives the TrainConfig fields left unset.
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"batch_size": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
               "warmup": 0.0, "nesterov": False, "label_smoothing": 0.0, "norm_bias_decay": True, "ema": 0.0,
-              "tta": False, "tta_shift": 0, "crop_pad": 4},
+              "tta": False, "tta_shift": 0, "crop_pad": 4, "optimizer": "sgd", "muon_lr": 0.01},
     "fast": {"batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 2.5e-4, "schedule": "linear",
              "warmup": 0.25, "nesterov": True, "label_smoothing": 0.3, "norm_bias_decay": False, "ema": 0.0,
-             "tta": True, "tta_shift": 1, "crop_pad": 1},
+             "tta": True, "tta_shift": 1, "crop_pad": 1, "optimizer": "sgd", "muon_lr": 0.01},
 }
 RECIPE_FIELDS = tuple(RECIPES["paper"])
 MAX_CROP_PAD = 16  # pixels: more would crop mostly padding out of a 32-pixel image
@@ -64,16 +65,26 @@ def lr_multiplier(schedule: str, warmup: float, epochs: int, steps_per_epoch: in
 
 
 def make_optimizer(model: torch.nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool,
-                   norm_bias_decay: bool) -> torch.optim.SGD:
+                   norm_bias_decay: bool, optimizer: str = "sgd", muon_lr: float = 0.01) -> torch.optim.Optimizer:
     """SGD; with ``norm_bias_decay=False`` the one-dimensional parameters (BatchNorm scales and
-    shifts, biases) get no weight decay: shrinking them fights the normalisation, not overfitting."""
+    shifts, biases) get no weight decay: shrinking them fights the normalisation, not overfitting.
+    ``optimizer="muon"``: the convolutions that feed a BatchNorm take Muon steps at ``muon_lr`` (the
+    schedule scales it as it scales ``lr``), the rest the same SGD (:mod:`.muon`)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    orthogonal = muon.muon_parameters(model) if optimizer == "muon" else []
+    taken = {id(p) for p in orthogonal}
+    params = [p for p in params if id(p) not in taken]
     if norm_bias_decay or weight_decay == 0:
         groups = [{"params": params}]
     else:
         groups = [{"params": [p for p in params if p.ndim > 1]},
                   {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
-    return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    if optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
+    if orthogonal:  # last, so param_groups[0]["lr"] stays the SGD lr that progress lines show
+        groups.append({"params": orthogonal, "muon": True, "lr": muon_lr, "weight_decay": 0.0})
+    return muon.Muon([g for g in groups if g["params"]], lr=lr, momentum=momentum, weight_decay=weight_decay,
+                     nesterov=nesterov)
 
 
 class EMA:
@@ -126,5 +137,7 @@ def check_recipe_values(get: Callable[[str], Any], fail: Callable[[str], None]) 
         v = get(name)
         if not (validate.is_integer(v) and 0 <= v <= high):
             fail(f"training config '{name}' must be an integer from 0 to {high} ({unit}), got {v!r}")
+    if get("optimizer") not in OPTIMIZERS:
+        fail(f"training config 'optimizer' must be one of {', '.join(OPTIMIZERS)}, got {get('optimizer')!r}")
     if get("nesterov") is True and not get("momentum"):
         fail("training config 'nesterov' needs a momentum above 0")

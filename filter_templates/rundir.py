@@ -197,13 +197,14 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
 
 
 def open_checkpoint(out_dir: str | os.PathLike[str], resume: bool, config: Mapping[str, Any],
-                    keys: Sequence[str]) -> dict | None:
+                    keys: Sequence[str], view: Callable[[Mapping[str, Any]], Mapping[str, Any]] = dict) -> dict | None:
     """The checkpoint in ``out_dir`` that a run of ``config`` (a TrainConfig dict) would continue,
     or None: start fresh.
 
     Refuses (UsageError) an output that is a file or cannot be written, an existing checkpoint
     without ``resume`` (nothing is overwritten), a finished or foreign run's folder without a
-    checkpoint, and a checkpoint whose ``keys`` differ from ``config``'s, naming them.
+    checkpoint, and a checkpoint whose ``keys`` differ from ``config``'s, naming them (both seen
+    through ``view``, which may leave out keys that make no difference).
     """
     out = Path(out_dir)
     check_writable(out, "--out", folder=True)
@@ -219,7 +220,7 @@ def open_checkpoint(out_dir: str | os.PathLike[str], resume: bool, config: Mappi
     state = load_checkpoint(path)
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
         raise UsageError(f"{path}: not a filter-templates checkpoint")
-    saved = state["config"]
+    saved, config = view(state["config"]), view(config)
     differing = [k for k in keys if saved.get(k) != config.get(k)]
     if differing:
         parts = [f"{k} (checkpoint {_show(k, saved.get(k))}, now {_show(k, config.get(k))})" for k in differing]

@@ -38,9 +38,10 @@ from .device import device_name, resolve_device
 from .errors import UsageError
 from .messages import note
 from .progress import Progress
-from .recipe import EMA, RECIPES, check_recipe_values, lr_multiplier, make_optimizer
+from .recipe import EMA, RECIPE_FIELDS, RECIPES, check_recipe_values, lr_multiplier, make_optimizer
 
-__all__ = ["TrainConfig", "train", "sgd_step", "evaluate", "test_views", "open_checkpoint", "RESULT_KEYS", "EXECUTION_KEYS",
+__all__ = ["TrainConfig", "train", "sgd_step", "evaluate", "test_views", "open_checkpoint", "identity", "RESULT_KEYS",
+           "EXECUTION_KEYS", "ADDED_FIELDS",
            "RECIPE_NAMES", "DEVICES"]
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -88,6 +89,8 @@ class TrainConfig:
     tta: bool = _from_recipe()
     tta_shift: int = _from_recipe()
     crop_pad: int = _from_recipe()
+    optimizer: str = _from_recipe()
+    muon_lr: float = _from_recipe()
     seed: int = _result(0)
     limit_train: int | None = _result()
     limit_test: int | None = _result()
@@ -100,7 +103,7 @@ class TrainConfig:
             for name, value in RECIPES[self.recipe].items():
                 if getattr(self, name) is None:
                     setattr(self, name, value)
-        for name in ("lr", "momentum", "weight_decay", "warmup", "label_smoothing", "ema"):
+        for name in ("lr", "momentum", "weight_decay", "warmup", "label_smoothing", "ema", "muon_lr"):
             v = getattr(self, name)  # JSON writes 1.0 as 1 sometimes
             if isinstance(v, int) and not isinstance(v, bool):
                 setattr(self, name, float(v))
@@ -123,6 +126,7 @@ class TrainConfig:
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
         _check_float("lr", self.lr, positive=True)
+        _check_float("muon_lr", self.muon_lr, positive=True)
         _check_float("momentum", self.momentum, positive=False)
         _check_float("weight_decay", self.weight_decay, positive=False)
         for name in ("download", "nesterov", "norm_bias_decay", "tta"):
@@ -152,6 +156,8 @@ class TrainConfig:
         if unknown:
             raise UsageError(f"training config has unknown keys: {', '.join(sorted(unknown))}")
         kw = dict(d)
+        if all(k in d for k in RECIPE_FIELDS if k not in ADDED_FIELDS):  # a whole record, maybe from before them
+            kw = {**{k: v for k, v in ADDED_FIELDS.items() if v is not None}, **kw}
         kw["arch"] = d["arch"] if isinstance(d["arch"], Arch) else Arch.from_dict(d["arch"])
         return cls(**kw)
 
@@ -161,6 +167,21 @@ FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
 RESULT_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["kind"] == "result")
 #: Keys that say where/how to run: they may differ on resume and are no part of a sweep point's identity.
 EXECUTION_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["kind"] == "execution")
+
+
+#: Result fields added after runs were already stored, each with the value those runs had (None: it
+#: had no effect on them). A complete stored config without them reads as having these values, and a
+#: config at them keeps the identity (sweep key, checkpoint check) it had before the field existed.
+ADDED_FIELDS: dict[str, Any] = {"optimizer": "sgd", "muon_lr": None}
+
+
+def identity(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes a run's experiment, as stored records are compared: the result fields of a
+    ``to_dict()``, less ``muon_lr`` where no Muon step is taken and less an added field at the value
+    every older run had (so records written before the field existed still match)."""
+    muon = config.get("optimizer") == "muon"
+    return {k: v for k, v in config.items() if k in RESULT_KEYS and not (k == "muon_lr" and not muon)
+            and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
 
 
 def _fail(message: str) -> None:
@@ -175,19 +196,19 @@ def _check_float(name: str, v: Any, positive: bool) -> None:
     validate.number(v, f"training config '{name}'", strict=positive)
 
 
-def _resume_keys(config: Mapping[str, Any]) -> tuple[str, ...]:
-    """The keys a checkpoint must share with ``config``: the result keys, and the execution choices
-    fixed (not ``auto``) in ``config`` (an ``auto`` one takes the checkpoint's choice: a resumed run
-    keeps its precision and layout)."""
-    return (*RESULT_KEYS, *(k for k in ("precision", "memory_format") if config.get(k) != "auto"))
+def _resume_view(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What a checkpoint must share with a run: its :func:`identity`, and the execution choices fixed
+    (not ``auto``) in that run (an ``auto`` one takes the checkpoint's choice: a resumed run keeps its
+    precision and layout)."""
+    return {**identity(config), **{k: config.get(k) for k in ("precision", "memory_format")}}
 
 
 def open_checkpoint(config: TrainConfig, out_dir: str | Path, resume: bool) -> dict | None:
     """The checkpoint in ``out_dir`` that a run of ``config`` would continue (None: start fresh);
-    the refusals are :func:`rundir.open_checkpoint`'s, comparing the keys that make the experiment
-    (``RESULT_KEYS``, and a precision or memory format fixed by the caller)."""
+    the refusals are :func:`rundir.open_checkpoint`'s, comparing :func:`_resume_view`."""
     cfg = config.to_dict()
-    return rundir.open_checkpoint(out_dir, resume, cfg, _resume_keys(cfg))
+    keys = (*RESULT_KEYS, *(k for k in ("precision", "memory_format") if cfg[k] != "auto"))
+    return rundir.open_checkpoint(out_dir, resume, cfg, keys, view=_resume_view)
 
 
 def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
@@ -280,7 +301,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     fmt = autotune.torch_memory_format(config.memory_format)
     model = config.arch.build().to(device=device, memory_format=fmt)
     optimizer = make_optimizer(model, config.lr, config.momentum, config.weight_decay, config.nesterov,
-                               config.norm_bias_decay)
+                               config.norm_bias_decay, config.optimizer, config.muon_lr)
     loader_kw = dict(mean=ds.mean, std=ds.std, device=device, seed=config.seed,
                      channels_last=config.memory_format == "channels_last")
     train_loader = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, flip=ds.hflip,

@@ -211,11 +211,14 @@ def test_cli_precision_flags_and_aliases(tmp_path, cache, capsys):
 
 def test_cli_recipe_flags_reach_config_json(tmp_path, cache, capsys):
     common = _small_train_cmd("synthetic")
-    assert main([*common, "--crop-pad", "3", "--label-smoothing", "0.2", "--json", "--out", str(tmp_path / "a")]) == 0
+    assert main([*common, "--crop-pad", "3", "--label-smoothing", "0.2", "--optimizer", "muon", "--muon-lr", "0.02",
+                 "--json", "--out", str(tmp_path / "a")]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert (doc["config"]["crop_pad"], doc["config"]["label_smoothing"]) == (3, 0.2)
-    assert main([*common, "--crop-pad", "-1", "--out", str(tmp_path / "b")]) == 2
-    assert "--crop-pad" in capsys.readouterr().err and not (tmp_path / "b").exists()
+    assert (doc["config"]["optimizer"], doc["config"]["muon_lr"]) == ("muon", 0.02)
+    for flag, bad in (("--crop-pad", "-1"), ("--optimizer", "adam"), ("--muon-lr", "0")):
+        assert main([*common, flag, bad, "--out", str(tmp_path / "b")]) == 2
+        assert flag in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
 def test_too_slow_to_measure_gets_the_default(cache):

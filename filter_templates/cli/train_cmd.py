@@ -19,7 +19,7 @@ from ..device import resolve_device
 from ..errors import UsageError
 from ..messages import error_line
 from ..models import family_names, resolve_model
-from ..recipe import RECIPES
+from ..recipe import OPTIMIZERS, RECIPES
 from ..rundir import SUMMARY
 from ..train import FIELDS, TrainConfig, open_checkpoint, train
 from .args import (MODEL_HELP, add_as_published, add_fix_arg, add_run_args, fraction, nonnegative_float,
@@ -75,6 +75,10 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     r.add_argument("--crop-pad", type=nonnegative_int, metavar="P",
                    help="pixels of zero padding around each training image before the random crop back to its size "
                         "(shifts of up to P pixels; 0: no crop)")
+    r.add_argument("--optimizer", choices=list(OPTIMIZERS),
+                   help="sgd; or muon: Muon steps for the convolutions that feed a BatchNorm, SGD for the rest")
+    r.add_argument("--muon-lr", type=positive_float, metavar="LR",
+                   help="peak lr of the Muon steps (with --optimizer muon; the schedule scales it as --lr)")
     x = p.add_argument_group("execution")
     x.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads of torch (default: 1 or all cores, whichever trained this model faster when "

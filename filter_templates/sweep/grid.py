@@ -324,8 +324,7 @@ def _budget_points(spec: SweepSpec, family: str, template: str, budget: "Budget"
     from ..fit import fit
     from ..device import resolve_device
     from ..measure import resources
-    from ..train import TrainConfig
-    from .store import EXECUTION_FIELDS
+    from ..train import TrainConfig, identity
 
     # the settings every seed shares, from a provisional config (so defaults are TrainConfig's own)
     probe = TrainConfig(arch=make_arch(family, template, 1.0, classes, divisor=spec.divisor, floor=spec.floor,
@@ -349,7 +348,7 @@ def _budget_points(spec: SweepSpec, family: str, template: str, budget: "Budget"
     for s in seeds:
         d = dataclasses.replace(probe, seed=s).to_dict()
         a = d.pop("arch")
-        ident = {k: v for k, v in d.items() if k not in EXECUTION_FIELDS}
+        ident = identity(d)
         ident["arch"] = {k: v for k, v in a.items() if k not in _SIZED_BY_WIDTH}
         ident["budget"] = budget.to_dict()
         cfg = None if arch is None else TrainConfig(arch=arch, dataset=dataset, seed=s, **spec.train)

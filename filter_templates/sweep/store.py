@@ -5,9 +5,10 @@ mode lets readers (``report``) run while a sweep writes; a busy timeout makes wr
 of failing; every state change is one ``BEGIN IMMEDIATE`` transaction, so a row is claimed by
 exactly one process and a process killed at any instant leaves either the old or the new state.
 
-A row's key is a hash of the canonical JSON of the point's training configuration, minus the
-fields that say *where and how* to run rather than *what* (``EXECUTION_FIELDS``): moving the data
-or switching device must not turn a finished point into a new one.
+A row's key is a hash of the canonical JSON of the point's training configuration as
+``train.identity`` sees it: without the fields that say *where and how* to run rather than *what*
+(``EXECUTION_FIELDS``), since moving the data or switching device must not turn a finished point
+into a new one, and without a field added later at the value older points had.
 
 A row in state ``running`` belongs to ``claimed_by`` (``pid@host``) while that process lives and
 keeps its ``heartbeat`` fresh; when the owner is gone (its pid no longer exists on this host, or
@@ -41,7 +42,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from .. import rundir
 from ..errors import UsageError
 from ..rundir import read_metrics
-from ..train import EXECUTION_KEYS
+from ..train import EXECUTION_KEYS, identity
 
 __all__ = [
     "Store",
@@ -127,8 +128,7 @@ def canonical_json(obj: Any) -> str:
 
 def point_key(config: Mapping[str, Any]) -> tuple[str, str]:
     """``(key, key_json)`` of a TrainConfig dict: what identifies a grid point in the store."""
-    ident = {k: v for k, v in config.items() if k not in EXECUTION_FIELDS}
-    key_json = canonical_json(ident)
+    key_json = canonical_json(identity(config))
     return hashlib.sha256(key_json.encode()).hexdigest(), key_json
 
 
