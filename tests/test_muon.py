@@ -106,6 +106,7 @@ def test_optimizer_fields_are_validated():
 # ---- records written before the optimizer fields existed ---------------------------------------
 
 def _config(**kw) -> TrainConfig:
+    kw.setdefault("optimizer", "sgd")  # whatever the recipe's default is
     return TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), dataset="digits", limit_train=128,
                        limit_test=64, batch_size=32, epochs=2, precision="fp32", **kw)
 
