@@ -32,10 +32,12 @@ OPTIMIZERS = ("sgd", "muon")
 RECIPES: dict[str, dict[str, Any]] = {
     "paper": {"batch_size": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
               "warmup": 0.0, "nesterov": False, "label_smoothing": 0.0, "norm_bias_decay": True, "ema": 0.0,
-              "tta": False, "tta_shift": 0, "crop_pad": 4, "optimizer": "sgd", "muon_lr": 0.01},
+              "tta": False, "tta_shift": 0, "crop_pad": 4, "optimizer": "sgd", "muon_lr": 0.01,
+              "whiten_init": False, "identity_init": False},
     "fast": {"batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 2.5e-4, "schedule": "linear",
              "warmup": 0.25, "nesterov": True, "label_smoothing": 0.3, "norm_bias_decay": False, "ema": 0.0,
-             "tta": True, "tta_shift": 1, "crop_pad": 1, "optimizer": "sgd", "muon_lr": 0.01},
+             "tta": True, "tta_shift": 1, "crop_pad": 1, "optimizer": "sgd", "muon_lr": 0.01,
+             "whiten_init": False, "identity_init": False},
 }
 RECIPE_FIELDS = tuple(RECIPES["paper"])
 MAX_CROP_PAD = 16  # pixels: more would crop mostly padding out of a 32-pixel image

@@ -29,10 +29,10 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from . import autotune, measure, rundir, validate
+from . import autotune, initialise, measure, rundir, validate
 from . import checkpoint as ckpt
 from .arch import Arch
-from .data import load_data
+from .data import Dataset, load_data
 from .data.augment import Loader
 from .device import device_name, resolve_device
 from .errors import UsageError
@@ -91,6 +91,8 @@ class TrainConfig:
     crop_pad: int = _from_recipe()
     optimizer: str = _from_recipe()
     muon_lr: float = _from_recipe()
+    whiten_init: bool = _from_recipe()
+    identity_init: bool = _from_recipe()
     seed: int = _result(0)
     limit_train: int | None = _result()
     limit_test: int | None = _result()
@@ -129,7 +131,7 @@ class TrainConfig:
         _check_float("muon_lr", self.muon_lr, positive=True)
         _check_float("momentum", self.momentum, positive=False)
         _check_float("weight_decay", self.weight_decay, positive=False)
-        for name in ("download", "nesterov", "norm_bias_decay", "tta"):
+        for name in ("download", "nesterov", "norm_bias_decay", "tta", "whiten_init", "identity_init"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"training config '{name}' must be true or false, got {getattr(self, name)!r}")
         check_recipe_values(lambda name: getattr(self, name), _fail)
@@ -172,7 +174,7 @@ EXECUTION_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.meta
 #: Result fields added after runs were already stored, each with the value those runs had (None: it
 #: had no effect on them). A complete stored config without them reads as having these values, and a
 #: config at them keeps the identity (sweep key, checkpoint check) it had before the field existed.
-ADDED_FIELDS: dict[str, Any] = {"optimizer": "sgd", "muon_lr": None}
+ADDED_FIELDS: dict[str, Any] = {"optimizer": "sgd", "muon_lr": None, "whiten_init": False, "identity_init": False}
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -196,18 +198,22 @@ def _check_float(name: str, v: Any, positive: bool) -> None:
     validate.number(v, f"training config '{name}'", strict=positive)
 
 
+#: Execution fields a run measures once and its checkpoint keeps: resuming must not change them.
+CHOSEN_KEYS = ("precision", "memory_format")
+
+
 def _resume_view(config: Mapping[str, Any]) -> dict[str, Any]:
-    """What a checkpoint must share with a run: its :func:`identity`, and the execution choices fixed
-    (not ``auto``) in that run (an ``auto`` one takes the checkpoint's choice: a resumed run keeps its
-    precision and layout)."""
-    return {**identity(config), **{k: config.get(k) for k in ("precision", "memory_format")}}
+    """A config as a checkpoint check compares it: its :func:`identity` and its ``CHOSEN_KEYS``."""
+    return {**identity(config), **{k: config.get(k) for k in CHOSEN_KEYS}}
 
 
 def open_checkpoint(config: TrainConfig, out_dir: str | Path, resume: bool) -> dict | None:
     """The checkpoint in ``out_dir`` that a run of ``config`` would continue (None: start fresh);
-    the refusals are :func:`rundir.open_checkpoint`'s, comparing :func:`_resume_view`."""
+    the refusals are :func:`rundir.open_checkpoint`'s, comparing the result fields and each of
+    ``CHOSEN_KEYS`` given explicitly (an ``auto`` one takes the checkpoint's choice: a resumed run
+    keeps its precision and layout), seen through :func:`_resume_view`."""
     cfg = config.to_dict()
-    keys = (*RESULT_KEYS, *(k for k in ("precision", "memory_format") if cfg[k] != "auto"))
+    keys = (*RESULT_KEYS, *(k for k in CHOSEN_KEYS if cfg[k] != "auto"))
     return rundir.open_checkpoint(out_dir, resume, cfg, keys, view=_resume_view)
 
 
@@ -299,7 +305,10 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     torch.manual_seed(config.seed)
     amp = config.precision == "bf16"
     fmt = autotune.torch_memory_format(config.memory_format)
-    model = config.arch.build().to(device=device, memory_format=fmt)
+    model = config.arch.build()
+    if state is None:  # a resumed run loads its weights over any initialisation
+        _initialise(model, config, ds)
+    model = model.to(device=device, memory_format=fmt)
     optimizer = make_optimizer(model, config.lr, config.momentum, config.weight_decay, config.nesterov,
                                config.norm_bias_decay, config.optimizer, config.muon_lr)
     loader_kw = dict(mean=ds.mean, std=ds.std, device=device, seed=config.seed,
@@ -361,6 +370,24 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     summary = _summary(config, metrics, device, failure, {**choice.to_dict(), "threads_source": threads_source})
     rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
+
+
+def _initialise(model: torch.nn.Module, config: TrainConfig, ds: Dataset) -> None:
+    """The recipe's data-dependent start (:mod:`.initialise`), on the CPU before the model moves.
+    It draws no random numbers, so the run's later draws do not depend on it."""
+    if not (config.whiten_init or config.identity_init):
+        return
+    step = max(1, len(ds.train_x) // initialise.WHITEN_SAMPLE)
+    sample = Loader(ds.train_x[::step][:initialise.WHITEN_SAMPLE], ds.train_y[::step][:initialise.WHITEN_SAMPLE],
+                    500, train=False, mean=ds.mean, std=ds.std, channels_last=False)
+    first = initialise.input_convolution(model, next(iter(sample))[0][:2])
+    if config.whiten_init:
+        if first is None or first.groups != 1:
+            note("whiten_init: no one-group convolution reads the model's input directly; left as built")
+        else:
+            initialise.whiten(first, (x for x, _ in sample))
+    if config.identity_init:
+        initialise.identity(model, skip=first)
 
 
 def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMA | None,

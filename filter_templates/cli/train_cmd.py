@@ -17,6 +17,7 @@ from ..autotune import choose_threads
 from ..data import num_classes
 from ..device import resolve_device
 from ..errors import UsageError
+from ..initialise import WHITEN_SAMPLE
 from ..messages import error_line
 from ..models import family_names, resolve_model
 from ..recipe import OPTIMIZERS, RECIPES
@@ -79,6 +80,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="sgd; or muon: Muon steps for the convolutions that feed a BatchNorm, SGD for the rest")
     r.add_argument("--muon-lr", type=positive_float, metavar="LR",
                    help="peak lr of the Muon steps (with --optimizer muon; the schedule scales it as --lr)")
+    r.add_argument("--whiten-init", action=argparse.BooleanOptionalAction, default=None,
+                   help="start the convolution that reads the image as a whitening filter bank of its input "
+                        f"patches, measured on {WHITEN_SAMPLE:,} training images")
+    r.add_argument("--identity-init", action=argparse.BooleanOptionalAction, default=None,
+                   help="start every other convolution that can (one group, odd kernel, no fewer outputs than "
+                        "inputs) as the identity on its first in_channels filters")
     x = p.add_argument_group("execution")
     x.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads of torch (default: 1 or all cores, whichever trained this model faster when "

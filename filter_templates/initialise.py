@@ -1,0 +1,93 @@
+"""Two initialisations that start a network nearer to where a short schedule wants it (``fast`` recipe).
+
+``whiten``: the convolution that reads the image starts as a patch-whitening filter bank, the pairs
++-v / sqrt(lambda + eps) of the leading eigenvectors v of its input patches' covariance, measured on
+a sample of training images. This is airbench's first layer; there it is an added, frozen layer
+with a kernel small enough to keep every direction, here the model's own first convolution keeps
+its shape and trains on from that start (its few filters hold the leading directions only).
+
+``identity``: every other convolution that can (one group, odd kernel, at least as many outputs as
+inputs) starts as the identity on its first ``in_channels`` filters (``torch.nn.init.dirac_``), its
+other filters as the model made them, so a deep plain stack starts out passing its input through.
+
+Both are deterministic functions of the model and the sample and draw no random numbers: the data
+order and every later draw are the same with or without them, and a resumed run loads its
+checkpoint's weights over them. README ("Training recipes") has what each measurably did.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["WHITEN_SAMPLE", "WHITEN_EPS", "input_convolution", "whiten", "identity"]
+
+WHITEN_SAMPLE = 5000  # training images whose patches give the covariance (spread evenly over the split)
+WHITEN_EPS = 5e-4  # added to each eigenvalue: a direction with almost no variance is not blown up
+
+
+@torch.no_grad()
+def input_convolution(model: nn.Module, example: torch.Tensor) -> nn.Conv2d | None:
+    """The convolution whose input is the model's input itself (found by one forward pass of
+    ``example`` in eval mode, so no BatchNorm statistic moves); None if the model transforms the
+    input before any convolution sees it."""
+    found: list[nn.Conv2d] = []
+
+    def hook(module: nn.Module, args: tuple) -> None:
+        if not found and args and args[0] is example:
+            found.append(module)
+
+    handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]
+    was_training = model.training
+    try:
+        model.eval()
+        model(example)
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    return found[0] if found else None
+
+
+@torch.no_grad()
+def whiten(conv: nn.Conv2d, batches: Iterable[torch.Tensor], eps: float = WHITEN_EPS) -> torch.Tensor:
+    """Set ``conv``'s leading filters to the whitening pairs of its input patches (read from the
+    normalised NCHW ``batches``) and their biases to 0; return the eigenvalues used, largest first.
+    Filters beyond twice the patch size keep their weights."""
+    if conv.groups != 1:
+        raise ValueError("whitening needs a convolution with one group")
+    d = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
+    cov = torch.zeros(d, d, dtype=torch.float64)
+    count = 0
+    for x in batches:
+        p = F.unfold(x.float(), conv.kernel_size, dilation=conv.dilation)  # [B, d, L], rows in weight order
+        p = p.transpose(1, 2).reshape(-1, d).double()
+        cov += p.T @ p
+        count += len(p)
+    if count == 0:
+        raise ValueError("whitening needs at least one image")
+    eigenvalues, eigenvectors = torch.linalg.eigh(cov / count)
+    eigenvalues, eigenvectors = eigenvalues.flip(0), eigenvectors.T.flip(0)  # largest first, one per row
+    pairs = min(-(-conv.out_channels // 2), d)
+    v = eigenvectors[:pairs] / torch.sqrt(eigenvalues[:pairs, None].clamp_min(0) + eps)
+    filters = torch.cat([v, -v])[:conv.out_channels].reshape(-1, *conv.weight.shape[1:])
+    conv.weight[:len(filters)] = filters.to(conv.weight.dtype)
+    if conv.bias is not None:
+        conv.bias[:len(filters)] = 0
+    return eigenvalues[:pairs].float()
+
+
+@torch.no_grad()
+def identity(model: nn.Module, skip: nn.Module | None = None) -> int:
+    """Start every convolution that can (but ``skip``) as the identity on its first ``in_channels``
+    filters; return how many did."""
+    done = 0
+    for m in model.modules():
+        if (isinstance(m, nn.Conv2d) and m is not skip and m.groups == 1 and m.out_channels >= m.in_channels
+                and all(k % 2 for k in m.kernel_size)):
+            nn.init.dirac_(m.weight[:m.in_channels])
+            done += 1
+    return done

@@ -1,0 +1,153 @@
+"""The fast recipe's initialisations: patch whitening of the input convolution, identity elsewhere."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from filter_templates import initialise
+from filter_templates.arch import make_arch
+from filter_templates.cli import main
+from filter_templates.data import load_data
+from filter_templates.train import TrainConfig, _initialise, identity, train
+
+
+def _correlated_images(n: int = 64, c: int = 3, size: int = 12) -> torch.Tensor:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(n, c, size, size, generator=g)
+    x = F.avg_pool2d(x, 3, stride=1, padding=1)  # neighbouring pixels correlate, as in photographs
+    return x + 0.5 * x.mean(1, keepdim=True)  # and so do the channels
+
+
+def test_whitened_filters_decorrelate_the_patches_they_were_measured_on():
+    x = _correlated_images()
+    conv = nn.Conv2d(3, 54, 3)  # 27-long patches: 27 pairs fill all 54 filters
+    eigenvalues = initialise.whiten(conv, x.split(16))
+    assert eigenvalues.shape == (27,) and bool((eigenvalues[:-1] >= eigenvalues[1:]).all())
+    y = F.conv2d(x, conv.weight, conv.bias)[:, :27]  # the "+" half
+    flat = y.permute(0, 2, 3, 1).reshape(-1, 27).double()
+    cov = flat.T @ flat / len(flat)
+    shrink = eigenvalues.double() / (eigenvalues.double() + initialise.WHITEN_EPS)
+    assert torch.allclose(cov, torch.diag(shrink), atol=2e-3)
+    assert torch.equal(conv.weight[27:], -conv.weight[:27]) and bool((conv.bias == 0).all())
+
+
+def test_whitening_keeps_the_leading_pairs_when_filters_are_few_and_leaves_extra_filters_alone():
+    x = _correlated_images()
+    few = nn.Conv2d(3, 5, 3)
+    initialise.whiten(few, [x])
+    assert torch.equal(few.weight[3:5], -few.weight[0:2])  # 3 pairs, the last one's "-" half cut off
+    many = nn.Conv2d(3, 10, 1)  # 3-long patches: 6 filters whitened, 4 kept
+    before = many.weight.detach().clone()
+    initialise.whiten(many, [x])
+    assert torch.equal(many.weight[6:], before[6:]) and not torch.equal(many.weight[:6], before[:6])
+    with pytest.raises(ValueError, match="one group"):
+        initialise.whiten(nn.Conv2d(4, 4, 3, groups=2), [torch.zeros(1, 4, 5, 5)])
+
+
+def test_input_convolution_is_the_one_that_reads_the_input_and_moves_no_statistics():
+    model = make_arch("vgg19", "uniform", 0.1, 10).build().train()
+    x = torch.randn(2, 3, 32, 32)
+    stats = [b.clone() for b in model.buffers()]
+    assert initialise.input_convolution(model, x) is model.features[0]
+    assert model.training and all(torch.equal(a, b) for a, b in zip(stats, model.buffers()))
+
+    class Scaled(nn.Module):  # transforms its input before any convolution sees it
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x * 2)
+
+    assert initialise.input_convolution(Scaled(), x) is None
+
+
+def test_identity_start_passes_the_input_through_where_a_convolution_can():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
+                          nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 3, padding=1),  # fewer outputs: left
+                          nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 2))  # depthwise, even: left
+    before = [m.weight.detach().clone() for m in model]
+    assert initialise.identity(model, skip=model[0]) == 2
+    assert torch.equal(model[0].weight, before[0])
+    x = torch.randn(2, 8, 6, 6)
+    assert torch.allclose(model[1](x) - model[1].bias.view(1, -1, 1, 1), x)
+    assert torch.allclose((model[2](x) - model[2].bias.view(1, -1, 1, 1))[:, :8], x)
+    assert torch.equal(model[2].weight[8:], before[2][8:])  # the filters beyond in_channels keep their start
+    assert all(torch.equal(model[i].weight, before[i]) for i in (3, 4, 5))
+
+
+def _digits_config(**kw) -> TrainConfig:
+    kw = {"epochs": 1, **kw}
+    return TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), dataset="digits", limit_train=128,
+                       limit_test=64, batch_size=32, precision="fp32", memory_format="contiguous", **kw)
+
+
+def test_the_initialisation_draws_no_random_numbers_and_changes_only_convolutions():
+    ds = load_data("digits", limit_train=128, limit_test=64)
+    torch.manual_seed(0)
+    plain = _digits_config().arch.build()
+    torch.manual_seed(0)
+    model = _digits_config().arch.build()
+    rng = torch.get_rng_state()
+    _initialise(model, _digits_config(whiten_init=True, identity_init=True), ds)
+    assert torch.equal(torch.get_rng_state(), rng)  # the data order and later draws do not depend on it
+    changed = {name for (name, a), (_, b) in zip(model.named_parameters(), plain.named_parameters())
+               if not torch.equal(a, b)}
+    assert "features.0.weight" in changed and "features.3.weight" in changed
+    assert all(name.startswith("features.") and isinstance(model.get_submodule(name.rsplit(".", 1)[0]), nn.Conv2d)
+               for name in changed)
+    torch.manual_seed(0)
+    untouched = _digits_config().arch.build()
+    _initialise(untouched, _digits_config(whiten_init=False, identity_init=False), ds)
+    assert all(torch.equal(a, b) for a, b in zip(untouched.parameters(), plain.parameters()))
+
+
+def test_the_fields_reach_config_json_and_the_experiment_identity(tmp_path, capsys, monkeypatch):
+    calls = []
+    for name in ("whiten", "identity"):
+        real = getattr(initialise, name)
+        monkeypatch.setattr(initialise, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+    from filter_templates.recipe import RECIPES
+
+    paper = _digits_config(recipe="paper")
+    assert (paper.whiten_init, paper.identity_init) == (False, False)  # the study's start
+    fast = _digits_config(whiten_init=True, identity_init=True)
+    assert [getattr(_digits_config(), k) for k in ("whiten_init", "identity_init")] == \
+        [RECIPES["fast"][k] for k in ("whiten_init", "identity_init")]
+    off = _digits_config(whiten_init=False, identity_init=False).to_dict()
+    older = {k: v for k, v in off.items() if k not in ("whiten_init", "identity_init")}
+    assert identity(off) == identity(older)  # runs from before the fields keep their sweep key and checkpoint
+    assert identity(fast.to_dict()) != identity(off)
+    assert TrainConfig.from_dict(older).whiten_init is False  # a whole older record: the start it had
+    with pytest.raises(Exception, match="whiten_init"):
+        _digits_config(whiten_init="yes")
+    common = ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--epochs", "1",
+              "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--threads", "1", "--json"]
+    assert main([*common, "--no-whiten-init", "--identity-init", "--out", str(tmp_path / "a")]) == 0
+    doc = json.loads(capsys.readouterr().out)
+    assert (doc["config"]["whiten_init"], doc["config"]["identity_init"]) == (False, True)
+    assert calls == ["identity"]  # train() applied what the config says, once
+    assert json.loads((tmp_path / "a" / "config.json").read_text())["whiten_init"] is False
+
+
+def test_a_resumed_run_with_the_initialisation_continues_bit_for_bit(tmp_path):
+    class Stop(Exception):
+        pass
+
+    def stop(row):
+        raise Stop
+
+    config = _digits_config(epochs=2)
+    whole = train(config, tmp_path / "whole")
+    with pytest.raises(Stop):
+        train(config, tmp_path / "cut", on_epoch=stop)
+    resumed = train(config, tmp_path / "cut", resume=True)
+    assert resumed["final_acc"] == whole["final_acc"]
+    a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
