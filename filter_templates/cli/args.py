@@ -39,8 +39,8 @@ def add_run_args(group: "argparse._ArgumentGroup") -> None:
     group.add_argument("--batch-size", type=positive_int, metavar="N", help="batch size (default: the recipe's, 64)")
     group.add_argument("--lr", type=positive_float, metavar="LR", help="initial (paper) or peak (fast) learning rate "
                        f"(default: the recipe's: fast {RECIPES['fast']['lr']:g}, paper {RECIPES['paper']['lr']:g})")
-    group.add_argument("--limit-train", type=positive_int, metavar="N", help="use only the first N training images")
-    group.add_argument("--limit-test", type=positive_int, metavar="N", help="use only the first N test images")
+    group.add_argument("--limit-train", type=positive_int, metavar="N", help="use only N training images (a fixed seeded random sample)")
+    group.add_argument("--limit-test", type=positive_int, metavar="N", help="use only N test images (a fixed seeded sample)")
     group.add_argument("--data-dir", metavar="DIR", help="where cifar10/cifar100 are (or go, with --download)")
     group.add_argument("--download", action="store_true", default=None,
                        help="fetch the official CIFAR archive if missing (MD5-checked)")
