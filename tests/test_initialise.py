@@ -67,6 +67,22 @@ def test_input_convolution_is_the_one_that_reads_the_input_and_moves_no_statisti
     assert initialise.input_convolution(Scaled(), x) is None
 
 
+def test_a_model_without_an_input_convolution_is_left_as_built_with_a_note(capsys):
+    class Scaled(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.conv(x * 2)
+
+    model = Scaled()
+    before = model.conv.weight.detach().clone()
+    _initialise(model, _digits_config(whiten_init=True, identity_init=False), load_data("digits", limit_train=64))
+    assert torch.equal(model.conv.weight, before)
+    assert "whiten_init: no one-group convolution reads the model's input directly" in capsys.readouterr().err
+
+
 def test_identity_start_passes_the_input_through_where_a_convolution_can():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
                           nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 3, padding=1),  # fewer outputs: left
