@@ -37,7 +37,7 @@ RECIPES: dict[str, dict[str, Any]] = {
     "fast": {"batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 2.5e-4, "schedule": "linear",
              "warmup": 0.25, "nesterov": True, "label_smoothing": 0.3, "norm_bias_decay": False, "ema": 0.0,
              "tta": True, "tta_shift": 1, "crop_pad": 1, "optimizer": "sgd", "muon_lr": 0.01,
-             "whiten_init": False, "identity_init": False},
+             "whiten_init": True, "identity_init": True},
 }
 RECIPE_FIELDS = tuple(RECIPES["paper"])
 MAX_CROP_PAD = 16  # pixels: more would crop mostly padding out of a 32-pixel image
