@@ -6,9 +6,11 @@ a sample of training images. This is airbench's first layer; there it is an adde
 with a kernel small enough to keep every direction, here the model's own first convolution keeps
 its shape and trains on from that start (its few filters hold the leading directions only).
 
-``identity``: every other convolution that can (one group, odd kernel, at least as many outputs as
-inputs) starts as the identity on its first ``in_channels`` filters (``torch.nn.init.dirac_``), its
-other filters as the model made them, so a deep plain stack starts out passing its input through.
+``identity``: in a network without residual sums, every other convolution that can (one group, odd
+kernel, at least as many outputs as inputs) starts as the identity on its first ``in_channels``
+filters (``torch.nn.init.dirac_``), its other filters as the model made them, so a deep plain stack
+starts out passing its input through. A residual network has that path already; there the start
+cost ResNet-50 9 points on the quick grid, so :func:`has_residual_sum` keeps it out.
 
 Both are deterministic functions of the model and the sample and draw no random numbers: the data
 order and every later draw are the same with or without them, and a resumed run loads its
@@ -17,13 +19,15 @@ checkpoint's weights over them. README ("Training recipes") has what each measur
 
 from __future__ import annotations
 
+import operator
 from typing import Iterable
 
 import torch
+import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["WHITEN_SAMPLE", "WHITEN_EPS", "input_convolution", "whiten", "identity"]
+__all__ = ["WHITEN_SAMPLE", "WHITEN_EPS", "input_convolution", "whiten", "identity", "has_residual_sum"]
 
 WHITEN_SAMPLE = 5000  # training images whose patches give the covariance (spread evenly over the split)
 WHITEN_EPS = 5e-4  # added to each eigenvalue: a direction with almost no variance is not blown up
@@ -91,3 +95,20 @@ def identity(model: nn.Module, skip: nn.Module | None = None) -> int:
             nn.init.dirac_(m.weight[:m.in_channels])
             done += 1
     return done
+
+
+_SUMS = (operator.add, operator.iadd, torch.add)
+
+
+def has_residual_sum(model: nn.Module) -> bool | None:
+    """Whether the model adds two computed tensors (a residual connection), read off its
+    ``torch.fx`` graph; None when fx cannot trace the model."""
+    try:
+        graph = fx.symbolic_trace(model).graph
+    except Exception:  # fx raises many kinds on code it cannot trace
+        return None
+    for n in graph.nodes:
+        is_sum = (n.op == "call_function" and n.target in _SUMS) or (n.op == "call_method" and n.target in ("add", "add_"))
+        if is_sum and sum(isinstance(a, fx.Node) for a in n.args[:2]) == 2:
+            return True
+    return False

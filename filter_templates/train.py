@@ -387,7 +387,11 @@ def _initialise(model: torch.nn.Module, config: TrainConfig, ds: Dataset) -> Non
         else:
             initialise.whiten(first, (x for x, _ in sample))
     if config.identity_init:
-        initialise.identity(model, skip=first)
+        residual = initialise.has_residual_sum(model)
+        if residual is None:
+            note("identity_init: torch.fx cannot trace the model to look for residual sums; left as built")
+        elif not residual:  # a residual network has its identity path already
+            initialise.identity(model, skip=first)
 
 
 def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMA | None,

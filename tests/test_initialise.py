@@ -167,3 +167,30 @@ def test_a_resumed_run_with_the_initialisation_continues_bit_for_bit(tmp_path):
     a = torch.load(tmp_path / "whole" / "model.pt", weights_only=True)
     b = torch.load(tmp_path / "cut" / "model.pt", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_the_identity_start_keeps_out_of_residual_networks_and_untraceable_ones(capsys):
+    ds = load_data("digits", limit_train=64)
+    assert initialise.has_residual_sum(make_arch("vgg19", "base", 0.05, 10).build()) is False
+    assert initialise.has_residual_sum(make_arch("mobilenet", "base", 0.05, 10).build()) is False
+    resnet = make_arch("resnet50", "base", 0.05, 10).build()
+    assert initialise.has_residual_sum(resnet) is True
+    before = {k: v.clone() for k, v in resnet.state_dict().items()}
+    _initialise(resnet, _digits_config(whiten_init=False, identity_init=True), ds)
+    assert all(torch.equal(v, before[k]) for k, v in resnet.state_dict().items())  # its shortcut is the identity path
+
+    class Untraceable(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 4, 3, padding=1), nn.Conv2d(4, 4, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.a(x)
+            return self.b(y) if y.sum() > 0 else y  # data-dependent control flow: fx cannot trace it
+
+    model = Untraceable()
+    before_b = model.b.weight.detach().clone()
+    assert initialise.has_residual_sum(model) is None
+    _initialise(model, _digits_config(whiten_init=False, identity_init=True), ds)
+    assert torch.equal(model.b.weight, before_b)
+    assert "identity_init: torch.fx cannot trace the model" in capsys.readouterr().err

@@ -84,8 +84,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                    help="start the convolution that reads the image as a whitening filter bank of its input "
                         f"patches, measured on {WHITEN_SAMPLE:,} training images")
     r.add_argument("--identity-init", action=argparse.BooleanOptionalAction, default=None,
-                   help="start every other convolution that can (one group, odd kernel, no fewer outputs than "
-                        "inputs) as the identity on its first in_channels filters")
+                   help="in a network without residual sums, start every other convolution that can (one group, "
+                        "odd kernel, no fewer outputs than inputs) as the identity on its first in_channels filters")
     x = p.add_argument_group("execution")
     x.add_argument("--threads", type=positive_int, metavar="N",
                    help="CPU threads of torch (default: 1 or all cores, whichever trained this model faster when "
