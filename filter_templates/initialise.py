@@ -10,7 +10,7 @@ its shape and trains on from that start (its few filters hold the leading direct
 kernel, at least as many outputs as inputs) starts as the identity on its first ``in_channels``
 filters (``torch.nn.init.dirac_``), its other filters as the model made them, so a deep plain stack
 starts out passing its input through. A residual network has that path already; there the start
-cost ResNet-50 9 points on the quick grid, so :func:`has_residual_sum` keeps it out.
+cost ResNet-50 9 points at the quick grid's settings, so :func:`has_residual_sum` keeps it out.
 
 Both are deterministic functions of the model and the sample and draw no random numbers: the data
 order and every later draw are the same with or without them, and a resumed run loads its
