@@ -6,8 +6,8 @@ divided by 10 at 50% and 75% of the epochs, plain cross-entropy, crops of the im
 ``fast`` is a short-schedule recipe: linear warmup then linear decay to zero (a one-cycle), Nesterov
 momentum, label smoothing, a lighter weight decay and none on BatchNorm and bias parameters (values:
 ``RECIPES``), crops of the image padded less than ``paper``'s (a short run underfits; the milder shift
-fits more), flip test-time augmentation where the dataset allows flips, and two views shifted by a pixel
-more in the final evaluation.
+fits more), flip test-time augmentation where the dataset allows flips, two views shifted by a pixel
+more in the final evaluation, and the whitening and identity starts of :mod:`.initialise`.
 README ("Training recipes") lists what each ingredient measurably did.
 
 Everything here is a pure function of the step count or of tensors in the checkpoint, so a resumed
