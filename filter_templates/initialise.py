@@ -27,6 +27,9 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import UsageError
+from .models.discover import trace
+
 __all__ = ["WHITEN_SAMPLE", "WHITEN_EPS", "input_convolution", "whiten", "identity", "has_residual_sum"]
 
 WHITEN_SAMPLE = 5000  # training images whose patches give the covariance (spread evenly over the split)
@@ -104,8 +107,8 @@ def has_residual_sum(model: nn.Module) -> bool | None:
     """Whether the model adds two computed tensors (a residual connection), read off its
     ``torch.fx`` graph; None when fx cannot trace the model."""
     try:
-        graph = fx.symbolic_trace(model).graph
-    except Exception:  # fx raises many kinds on code it cannot trace
+        graph = trace(model).graph
+    except UsageError:
         return None
     for n in graph.nodes:
         is_sum = (n.op == "call_function" and n.target in _SUMS) or (n.op == "call_method" and n.target in ("add", "add_"))

@@ -42,7 +42,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from ..errors import UsageError
 
-__all__ = ["Group", "Plan", "discover", "INPUT_SHAPE"]
+__all__ = ["Group", "Plan", "discover", "trace", "INPUT_SHAPE"]
 
 INPUT_SHAPE = (3, 32, 32)
 
@@ -544,7 +544,8 @@ def _arg(node: fx.Node, pos: int, name: str, default: Any) -> Any:
     return node.kwargs.get(name, default)
 
 
-def _trace(model: nn.Module) -> fx.GraphModule:
+def trace(model: nn.Module) -> fx.GraphModule:
+    """The model's torch.fx graph module; UsageError in one line when fx cannot trace it."""
     try:
         return fx.symbolic_trace(model)
     except Exception as exc:  # control flow on tensors, unsupported Python: say so in one line
@@ -560,8 +561,8 @@ def discover(model: nn.Module, fixed: Sequence[str] = (), *, name: str = "Model"
     with torch.device("cpu"):
         was_training = model.training
         try:
-            gm_eval = _trace(model.eval())
-            gm = _trace(model.train())
+            gm_eval = trace(model.eval())
+            gm = trace(model.train())
         finally:
             model.train(was_training)
         _normalise_dropout(gm_eval), _normalise_dropout(gm)
