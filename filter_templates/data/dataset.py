@@ -16,7 +16,10 @@ class Dataset:
     ``mean``/``std`` are per-channel statistics of the *full* training split in [0, 1] units, the
     values the batched loader normalises with. ``source`` says where the pixels came from.
     ``hflip``: whether a mirrored image is still an image of its class (photos yes, digits no), so
-    training augmentation flips only where that holds.
+    training augmentation flips only where that holds. ``val_x``/``val_y``: a validation set the
+    dataset comes with (a folder's own ``val/``), or the part of the training split held out by
+    :func:`filter_templates.data.split.holdout`; None when there is none. Selection (ranking,
+    choosing a seed) reads it, never the test split.
     """
 
     name: str
@@ -29,6 +32,8 @@ class Dataset:
     std: tuple[float, float, float]
     source: str = ""
     hflip: bool = True
+    val_x: np.ndarray | None = None
+    val_y: np.ndarray | None = None
 
     @property
     def num_classes(self) -> int:
@@ -36,4 +41,5 @@ class Dataset:
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, classes={self.num_classes}, train={len(self.train_y)}, "
-                f"test={len(self.test_y)}, source={self.source!r})")
+                f"test={len(self.test_y)}, "
+                + (f"val={len(self.val_y)}, " if self.val_y is not None else "") + f"source={self.source!r})")
