@@ -1,4 +1,4 @@
-"""Train one templated model (SPEC section 7), resumable bit for bit.
+"""Train one templated model, resumable bit for bit.
 
 Read :func:`train` top to bottom: prepare (refusals, run directory, data, how to execute), the
 epoch loop (train, evaluate, checkpoint), finish (final weights, summary). How the weights are
@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from . import autotune, initialise, measure, rundir, validate
 from . import checkpoint as ckpt
 from .arch import Arch
-from .data import Dataset, load_data
+from .data import Dataset, load_data, split
 from .data.augment import Loader
 from .device import device_name, resolve_device
 from .errors import UsageError
@@ -96,6 +96,7 @@ class TrainConfig:
     seed: int = _result(0)
     limit_train: int | None = _result()
     limit_test: int | None = _result()
+    val_split: int | float = _result(0)  # images held out of the training split to select on (data.split)
     device: str = _execution("auto")
     precision: str = _execution("auto")
     memory_format: str = _execution("auto")
@@ -127,6 +128,7 @@ class TrainConfig:
         for name in ("limit_train", "limit_test"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
+        split.check(self.val_split, "training config 'val_split'")
         _check_float("lr", self.lr, positive=True)
         _check_float("muon_lr", self.muon_lr, positive=True)
         _check_float("momentum", self.momentum, positive=False)
@@ -174,7 +176,8 @@ EXECUTION_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.meta
 #: Result fields added after runs were already stored, each with the value those runs had (None: it
 #: had no effect on them). A complete stored config without them reads as having these values, and a
 #: config at them keeps the identity (sweep key, checkpoint check) it had before the field existed.
-ADDED_FIELDS: dict[str, Any] = {"optimizer": "sgd", "muon_lr": None, "whiten_init": False, "identity_init": False}
+ADDED_FIELDS: dict[str, Any] = {"optimizer": "sgd", "muon_lr": None, "whiten_init": False, "identity_init": False,
+                                "val_split": 0}
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -291,6 +294,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     if config.arch.classes != ds.num_classes:
         raise UsageError(f"the model has {config.arch.classes} classes but dataset {config.dataset!r} has "
                          f"{ds.num_classes}; build the architecture with classes={ds.num_classes}")
+    full, ds = ds, _validation_split(ds, config)
     if state is not None:
         choice = autotune.Choice(state["config"]["precision"], state["config"]["memory_format"], "checkpoint")
     else:
@@ -316,6 +320,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     train_loader = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, flip=ds.hflip,
                           pad=config.crop_pad, **loader_kw)
     test_loader = Loader(ds.test_x, ds.test_y, max(config.batch_size, 256), train=False, **loader_kw)
+    val_loader = None if ds.val_x is None else Loader(ds.val_x, ds.val_y, max(config.batch_size, 256), train=False,
+                                                      **loader_kw)
     E, steps_per_epoch = config.epochs, len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(config.schedule, config.warmup, E, steps_per_epoch))
@@ -349,6 +355,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
             break
         train_s = time.perf_counter() - t0
         shift = config.tta_shift if epoch == E - 1 else 0  # the extra views only where they count: the final accuracy
+        if val_loader is not None:  # the same views as the test set, so the two are comparable
+            row["val_acc"] = evaluate(eval_model, val_loader, amp, tta, shift)
         row["test_acc"] = evaluate(eval_model, test_loader, amp, tta, shift)
         row["test_views"] = test_views(tta, shift)
         row["seconds"] = round(time.perf_counter() - t0, 4)
@@ -367,9 +375,19 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     # ---- finish: final weights and summary ------------------------------------------------------
     if failure is None:
         rundir.atomic_save({k: v.detach().cpu() for k, v in eval_model.state_dict().items()}, out / rundir.MODEL)
-    summary = _summary(config, metrics, device, failure, {**choice.to_dict(), "threads_source": threads_source})
+    summary = _summary(config, metrics, device, failure, {**choice.to_dict(), "threads_source": threads_source},
+                       split.describe(full, ds, config.val_split))
     rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
+
+
+def _validation_split(ds: Dataset, config: TrainConfig) -> Dataset:
+    """``ds`` as the run uses it: ``config.val_split`` held out of its training split
+    (:func:`split.holdout`), or the dataset's own validation set, said once, when it brings one."""
+    if config.val_split and ds.val_x is not None:
+        note(f"dataset {config.dataset!r} brings its own validation set ({len(ds.val_y):,} images): it is used "
+             f"instead of holding out val_split={config.val_split!r} of the training images")
+    return split.holdout(ds, config.val_split)
 
 
 def _initialise(model: torch.nn.Module, config: TrainConfig, ds: Dataset) -> None:
@@ -431,18 +449,21 @@ def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
 
 
 def _summary(config: TrainConfig, metrics: list[dict], device: torch.device, failure: str | None,
-             execution: dict) -> dict:
+             execution: dict, val: dict | None) -> dict:
     best = max(metrics, key=lambda m: m["test_acc"]) if metrics else None
     return {
         "status": "failed" if failure else "done",
         "reason": failure,
+        "val_acc": metrics[-1].get("val_acc") if metrics else None,  # what selection reads
+        "val": val,  # its size, source and digest (None: no validation set)
         "final_acc": metrics[-1]["test_acc"] if metrics else None,
+        # the best test accuracy seen over epochs: optimistic (picked on the test set), never used to select
         "best_acc": best["test_acc"] if best else None,
         "best_epoch": best["epoch"] if best else None,
         "epochs": len(metrics),  # completed epochs
-        # SPEC section 4 on the training device, measured after training (latency needs a quiet device)
+        # parameters, FLOPs, memory and latency on the training device, measured after training (latency needs a quiet device)
         "resources": measure.resources(config.arch, batch_size=config.batch_size, device=str(device)),
-        "wall_s": round(sum(m["seconds"] for m in metrics), 3),  # training + evaluation, all sessions
+        "wall_s": round(sum(m["seconds"] for m in metrics), 3),  # training + evaluation, every resumed part included
         "device": str(device),
         "recipe": config.recipe,
         "precision": config.precision,

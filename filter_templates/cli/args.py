@@ -7,6 +7,7 @@ import argparse
 from typing import Any, Callable
 
 from .. import validate
+from ..data import split
 from ..errors import UsageError
 from ..models import family_names, resolve_model
 from ..recipe import RECIPES
@@ -29,9 +30,24 @@ nonnegative_int = _flag_type(int, 0)
 fraction = _flag_type(float, 0.0, maximum=1.0)
 
 
-def add_run_args(group: "argparse._ArgumentGroup") -> None:
-    """The training and data settings that `train` and `sweep` share. Defaults are None so that a
-    value given here overrides a config file or preset, and an absent one does not."""
+def val_split(text: str) -> int | float:
+    """``--val-split``: a count of images or a fraction (``data.split.parse``)."""
+    try:
+        return split.parse(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+VAL_SPLIT_HELP = ("hold out N training images (an integer) or a fraction F in (0, 1) of them, stratified by class, "
+                  "as a validation set to select on: every run of a dataset holds out the same images (a fixed split "
+                  "seed, not --seed); runs record val_acc each epoch and at the end, and train on the rest; "
+                  "0: none (default: {})")
+
+
+def add_run_args(group: "argparse._ArgumentGroup", val_default: str = "0") -> None:
+    """The training and data settings that `train`, `sweep` and `reduce` share. Defaults are None so
+    that a value given here overrides a config file or preset, and an absent one does not;
+    ``val_default`` says in the help what an absent ``--val-split`` means."""
     group.add_argument("--recipe", choices=["fast", "paper"], help="fast (default): warmup + linear decay to 0, "
                        "Nesterov, label smoothing, milder crops, flip (and final shifted) test-time augmentation; paper: the study's SGD with lr / 10 "
                        "at 50%% and 75%% of the epochs. Every setting is written to the run's config.json")
@@ -41,6 +57,7 @@ def add_run_args(group: "argparse._ArgumentGroup") -> None:
                        f"(default: the recipe's: fast {RECIPES['fast']['lr']:g}, paper {RECIPES['paper']['lr']:g})")
     group.add_argument("--limit-train", type=positive_int, metavar="N", help="use only N training images (a fixed seeded random sample)")
     group.add_argument("--limit-test", type=positive_int, metavar="N", help="use only N test images (a fixed seeded sample)")
+    group.add_argument("--val-split", type=val_split, metavar="N|F", help=VAL_SPLIT_HELP.format(val_default))
     group.add_argument("--data-dir", metavar="DIR", help="where cifar10/cifar100 are (or go, with --download)")
     group.add_argument("--download", action="store_true", default=None,
                        help="fetch the official CIFAR archive if missing (MD5-checked)")
@@ -103,7 +120,7 @@ def add_model_args(p: argparse.ArgumentParser, *, template_many: bool, model_req
 
 
 def add_as_published(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
-    """--as-published, the same flag on every command that builds a model (SPEC 2.9)."""
+    """--as-published, the same flag on every command that builds a model."""
     p.add_argument("--as-published", action="store_true", default=None,
                    help="build the study's own configurations and its rounding max(1, int(w*f)) instead of the "
-                        "equations (SPEC 2.9; families vgg19, resnet50, googlenet, mobilenet)")
+                        "equations (families vgg19, resnet50, googlenet, mobilenet)")
