@@ -1,4 +1,4 @@
-"""The real result: VGG-19 (base template) at width 0.25 for 15 epochs on CIFAR-10 (SPEC section 7).
+"""The real result: VGG-19 (base template) at width 0.25 for 15 epochs on CIFAR-10.
 
 Trains with ``filter_templates.train`` exactly as ``filter-templates train`` does, on the shared
 development copy ``<repo>/../shared/datasets/cifar10-jpeg.tar.gz``, and prints the final test

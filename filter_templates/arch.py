@@ -30,7 +30,7 @@ class Arch:
     divisor: int = 1
     floor: int = 1
     stem_width: float = field(default=-1.0)  # -1: same as width
-    # The study's literal configuration and rounding (SPEC 2.9) instead of the equations.
+    # The study's literal configuration and rounding instead of the equations.
     as_published: bool = False
     # Every width the builder takes, for families whose template-layer counts do not fix them all
     # (Family.expand); empty for the others.
@@ -145,7 +145,7 @@ def make_arch(
     Template layers get the template's real counts, scaled and rounded (``templates.scale_count``);
     non-template layers (stems, MobileNet's last block) are scaled by the same ``width`` with the
     same rounding. ``as_published=True`` builds the study's own configuration where it has one
-    (``published.STUDY``) and uses its rounding ``max(1, int(w * f))`` everywhere (SPEC 2.9).
+    (``published.STUDY``) and uses its rounding ``max(1, int(w * f))`` everywhere.
     """
     if not isinstance(family, str):  # the Python API takes a module or a callable too
         family = resolve_model(family)

@@ -1,5 +1,5 @@
 """Table 2 of the study against our models: parameter counts per family and template, from the
-equations (default) and as published (SPEC 2.9), beside the paper's figure."""
+equations (default) and as published, beside the paper's figure."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Fit a budget (SPEC section 5): for each template, the largest width multiplier whose rounded
+"""Fit a budget: for each template, the largest width multiplier whose rounded
 model stays within a budget on one resource, found without training anything.
 
 Every probe builds the real, rounded model of ``make_arch(family, template, w)`` (on the meta
@@ -235,7 +235,7 @@ def fit(
 
     ``measure=True`` adds training memory and latency of every fitted model to its resources
     (otherwise only params, FLOPs and the budgeted resource are reported). ``as_published``: the
-    study's configurations and truncating rounding (SPEC 2.9). ``threads``: CPU
+    study's configurations and truncating rounding. ``threads``: CPU
     threads for latency (default: the process's). Raises
     :class:`UsageError` for a budget below the smallest reachable model, naming that model's value.
     """

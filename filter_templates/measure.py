@@ -1,4 +1,4 @@
-"""What a model costs (SPEC section 4): parameters, forward FLOPs per image, training memory per
+"""What a model costs: parameters, forward FLOPs per image, training memory per
 batch and inference latency.
 
 Parameters and FLOPs of an :class:`~filter_templates.arch.Arch` are counted on a model built on
@@ -446,7 +446,7 @@ def resources(
     min_run_time: float = LATENCY_MIN_RUN_TIME,
     threads: int | None = None,
 ) -> dict[str, Any]:
-    """Every resource of SPEC section 4 for ``arch``, as a JSON-ready dict.
+    """Every resource (parameters, FLOPs, training memory, latency) of ``arch``, as a JSON-ready dict.
 
     Keys: ``params``, ``flops``; with ``memory``: ``train_memory_bytes`` and
     ``train_memory_method`` ("cpu-account" or "cuda-peak"); with ``latency``: ``latency_s`` and

@@ -1,11 +1,11 @@
-"""The study's own configurations and its published parameter counts (SPEC 2.9).
+"""The study's own configurations and its published parameter counts.
 
 Literal data from the study's training code (repository ``izquierdocr/distributed-training-apex-pytorch``,
 ``models/*.py``, method ``_set_filters``) and its Table 2. ``--as-published`` builds these lists, scaled by
 the study's rounding ``max(1, int(w * f))``; every other cell of the tool follows the equations of
 ``templates.py``. Kept torch-free: it is data.
 
-Where the study's code ships a list that its equations do not give (SPEC 2.9), the list here is the
+Where the study's code ships a list that its equations do not give, the list here is the
 one whose parameter count matches the published table:
 
 - vgg19 quadratic: ends pinned at the base maximum (512), total kept; the equations give 811 ... 811.

@@ -1,4 +1,4 @@
-"""How a model is optimised (SPEC section 7): the two recipes, the learning-rate schedule, the
+"""How a model is optimised: the two recipes, the learning-rate schedule, the
 optimiser's parameter groups and an exponential moving average (EMA) of the weights.
 
 ``paper`` is the study's protocol: SGD momentum 0.9, weight decay 5e-4 on every parameter, lr 0.1
@@ -8,7 +8,7 @@ momentum, label smoothing, a lighter weight decay and none on BatchNorm and bias
 ``RECIPES``), crops of the image padded less than ``paper``'s (a short run underfits; the milder shift
 fits more), flip test-time augmentation where the dataset allows flips, two views shifted by a pixel
 more in the final evaluation, and the whitening and identity starts of :mod:`.initialise`.
-README ("Training recipes") lists what each ingredient measurably did.
+``docs/training.md`` says what each ingredient measurably did.
 
 Everything here is a pure function of the step count or of tensors in the checkpoint, so a resumed
 run continues bit for bit.

@@ -1,4 +1,4 @@
-"""``reduce`` (SPEC section 8): the study's method for one model and one budget, as one call.
+"""``reduce``: the study's method for one model and one budget, as one call.
 
 Fit every template to the budget (base always among them: it is the usual "scale the original
 uniformly" baseline), train the candidates through the sweep machinery, rank them, report and

@@ -11,7 +11,7 @@ therefore written to a temporary file in the same directory, flushed and fsynced
 the target with ``os.replace`` (atomic on POSIX and Windows): a reader sees the old complete file
 or the new complete one, never half of one. Checkpoints are read with
 ``torch.load(weights_only=True)``, which admits tensors and plain containers only, so a checkpoint
-from elsewhere cannot run code (SPEC section 11).
+from elsewhere cannot run code.
 """
 
 from __future__ import annotations

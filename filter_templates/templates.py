@@ -1,4 +1,4 @@
-"""Filter distribution templates (SPEC section 2): pure arithmetic, no torch.
+"""Filter distribution templates: pure arithmetic, no torch.
 
 A template maps a model's base per-layer filter counts ``f_1..f_D`` to real-valued counts
 ``f'_1..f'_D`` that keep the total ``F`` (except ``base``/``reverse``, which keep it trivially).
@@ -297,7 +297,7 @@ def scale_count(count: float, width: float = 1.0, *, floor: int = 1, divisor: in
 
     Python's ``round`` rounds half to even (``round(2.5) == 2``). With a divisor the floor is
     lifted to the next multiple of the divisor, so every count is a multiple of it.
-    ``truncate=True`` is the study's own rounding, ``max(1, int(width * count))`` (SPEC 2.9): the
+    ``truncate=True`` is the study's own rounding, ``max(1, int(width * count))``: the
     product is computed in the same order as its code so that the results agree bit for bit.
     """
     _check_scaling(width, floor, divisor)

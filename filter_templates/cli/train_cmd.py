@@ -1,4 +1,4 @@
-"""``filter-templates train``: train one templated model into a run directory (SPEC section 7)."""
+"""``filter-templates train``: train one templated model into a run directory."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Datasets (SPEC §6): ``cifar10``, ``cifar100``, ``digits`` and ``synthetic`` as uint8 arrays, and
+"""Datasets: ``cifar10``, ``cifar100``, ``digits`` and ``synthetic`` as uint8 arrays, and
 the batched augmenting :class:`Loader` that feeds them to a model.
 
 ``load_dataset`` is the one entry point; every problem with the data a user supplied is a

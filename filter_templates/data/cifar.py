@@ -1,4 +1,4 @@
-"""CIFAR-10/100 from a data directory in every form people keep them (SPEC §6).
+"""CIFAR-10/100 from a data directory in every form people keep them.
 
 Accepted, looked for in this order:
 

@@ -1,4 +1,4 @@
-"""Channel groups of any CNN (SPEC 2.10): which layers must share a width, found with torch.fx.
+"""Channel groups of any CNN: which layers must share a width, found with torch.fx.
 
 The model is traced symbolically (``torch.fx``) and run once on an example input to learn every
 tensor's shape. Walking the graph in execution order, each tensor's channel dimension gets a

@@ -1,4 +1,4 @@
-"""Reports (SPEC section 9): the tables and figures of a results store, in one folder.
+"""Reports: the tables and figures of a results store, in one folder.
 
 :func:`make_report` reads whatever the store holds (a finished paper grid, a sweep still running,
 a quick preset) and writes ``tables/`` (Markdown, CSV, LaTeX), ``figures/`` (PNG, SVG) and an

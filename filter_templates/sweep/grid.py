@@ -3,7 +3,7 @@
 A :class:`SweepSpec` is the grid in words (families x templates x (widths or budgets) x datasets x
 seeds plus the shared training settings); :func:`plan_grid` turns it into one ``TrainConfig`` per
 point, in an order that keeps one dataset loaded at a time. With budgets, every (family, template,
-budget, dataset) is first fitted (SPEC section 5, :func:`filter_templates.fit.fit`): the point
+budget, dataset) is first fitted (:func:`filter_templates.fit.fit`): the point
 trains the widest model within the budget, and a budget the template cannot reach becomes a
 :class:`BudgetPoint` without a configuration, with the reason. Everything is validated before
 anything runs, so a typo fails in a second rather than after an hour of training.
@@ -54,7 +54,7 @@ class SweepSpec:
     budgets: list[str] = field(default_factory=list)  # "KEY=VALUE" as typed; instead of widths
     divisor: int = 1
     floor: int = 1
-    as_published: bool = False  # the study's configurations and rounding (SPEC 2.9), recorded in every arch
+    as_published: bool = False  # the study's configurations and rounding, recorded in every arch
     train: dict[str, Any] = field(default_factory=dict)  # TRAIN_FIELDS overrides (epochs, lr, ...)
     threads: int | None = None  # torch CPU threads of each local run (None: torch's choice)
     jobs: int = 1  # local runs at once, one process each
@@ -112,7 +112,7 @@ PRESETS: dict[str, dict[str, Any]] = {
         "threads": 1,
         "jobs": 2,
     },
-    # The published grid (SPEC section 8): 4 x 5 x 8 x 2 = 320 runs of 160 epochs at batch 64.
+    # The published grid: 4 x 5 x 8 x 2 = 320 runs of 160 epochs at batch 64.
     "paper": {
         "models": ["vgg19", "resnet50", "googlenet", "mobilenet"],
         "templates": list(ALL_TEMPLATES),
@@ -339,7 +339,7 @@ def _budget_points(spec: SweepSpec, family: str, template: str, budget: "Budget"
     else:
         arch, reason = r.arch, None
         fitted = {k: v for k, v in r.resources.items() if k not in ("device_name",)}
-        if "train_memory_bytes" not in fitted:  # the CPU account is exact and fast (SPEC section 4)
+        if "train_memory_bytes" not in fitted:  # the CPU account is exact and fast
             fitted["train_memory_bytes"] = resources(arch, probe.batch_size, "cpu", latency=False)["train_memory_bytes"]
         fitted["capped"] = r.capped
         if r.note:

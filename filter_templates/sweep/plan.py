@@ -118,7 +118,7 @@ def prepare(store: Store, configs: Sequence["TrainConfig"], runs_dir: str | os.P
 
 
 def complete_resources(config: "TrainConfig", summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
-    """Measure what a done run's summary lacks of SPEC section 4 (training memory, latency at the
+    """Measure what a done run's summary lacks of the resources (training memory, latency at the
     run's batch size and at 1) on the device it trained on, and keep it beside the summary (which
     stays train's own: :func:`rundir.write_resources`). Returns the summary with them merged."""
     res = dict(summary.get("resources") or {})

@@ -1,4 +1,4 @@
-"""The results store (SPEC section 8): one SQLite file, one row per grid point.
+"""The results store: one SQLite file, one row per grid point.
 
 Why SQLite: one file a user can copy, query and open from several sweep processes at once. WAL
 mode lets readers (``report``) run while a sweep writes; a busy timeout makes writers queue instead
@@ -82,7 +82,8 @@ CREATE TABLE IF NOT EXISTS runs (
     attempts INTEGER NOT NULL DEFAULT 0,   -- how many times the point was claimed to train
     epochs_done INTEGER NOT NULL DEFAULT 0,
     epoch_metrics TEXT NOT NULL DEFAULT '[]',  -- JSON list: one object per epoch (test_acc, ...)
-    final_acc REAL, best_acc REAL, best_epoch INTEGER,
+    final_acc REAL, best_acc REAL, best_epoch INTEGER,  -- test accuracy: final, best over epochs (optimistic)
+    val_acc REAL,                          -- final accuracy on the validation split (NULL: the run had none)
     params INTEGER, flops INTEGER, train_memory_bytes INTEGER,
     batch_size INTEGER,                    -- of the run: latency_batch_s is measured at it
     latency_batch_s REAL, latency_b1_s REAL, resource_device TEXT, threads INTEGER,
@@ -110,6 +111,10 @@ CREATE TABLE IF NOT EXISTS budget_points (
 );
 CREATE INDEX IF NOT EXISTS budget_points_run ON budget_points (run_key);
 """
+
+
+#: Columns added to ``runs`` after stores were written (name, SQL type): opening an older store adds them.
+_ADDED_COLUMNS = (("val_acc", "REAL"),)
 
 
 class StoreError(UsageError):
@@ -265,6 +270,10 @@ class Store:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     self.db.execute(stmt)
+            have = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
+            for column, kind in _ADDED_COLUMNS:  # a store written before the column gains it, empty
+                if column not in have:
+                    self.db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
             row = self.db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
             if row is None:
                 self.db.execute("INSERT INTO meta (name, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -463,13 +472,14 @@ class Store:
                 return False
             history = [_clean(dict(e)) for e in epochs] if epochs is not None else json.loads(row[0])
             db.execute(
-                "UPDATE runs SET status=?, reason=?, final_acc=?, best_acc=?, best_epoch=?, params=?, flops=?, "
+                "UPDATE runs SET status=?, reason=?, final_acc=?, best_acc=?, best_epoch=?, val_acc=?, params=?, flops=?, "
                 "train_memory_bytes=?, batch_size=?, latency_batch_s=?, latency_b1_s=?, resource_device=?, threads=?, "
                 "resources_json=?, wall_s=?, device=?, epoch_metrics=?, epochs_done=?, finished_at=?, "
                 "updated_at=?, claimed_by=NULL, claim_token=NULL, heartbeat=NULL, run_dir=COALESCE(?, run_dir) "
                 f"WHERE {where}",
                 (status, summary.get("reason") if status == "failed" else None,
                  _num(summary.get("final_acc")), _num(summary.get("best_acc")), _num(summary.get("best_epoch")),
+                 _num(summary.get("val_acc")),
                  _num(res.get("params")), _num(res.get("flops")), _num(res.get("train_memory_bytes")),
                  _num(batch), _num(lat.get(f"batch{batch}")), _num(lat.get("batch1")), res.get("device"), _num(res.get("threads")),
                  canonical_json(_clean(res)) if res else None, _num(summary.get("wall_s")), summary.get("device"),
