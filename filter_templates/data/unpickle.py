@@ -3,7 +3,7 @@
 The CIFAR "python version" files are pickles, and a pickle can call any importable function. These
 files only ever need plain containers, strings/bytes, ints and numpy arrays, so :func:`load` admits
 exactly the three globals that rebuild a numpy array and refuses everything else *before* calling
-it. That keeps a crafted file from running code .
+it. That keeps a crafted file from running code.
 """
 
 from __future__ import annotations
