@@ -64,7 +64,8 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
                 latency: str = "batch1", threads: int | None = None, progress: bool | None = None) -> dict[str, Any]:
     """Write the report of results store ``db`` into folder ``out``; returns what was written.
 
-    ``metric``: ``final`` or ``best`` test accuracy. ``latency``: for families/templates whose
+    ``metric``: ``final`` test accuracy, or ``best``: the best test accuracy over the epochs
+    (optimistic, since the epoch is picked on the test set). ``latency``: for families/templates whose
     width 1 was not trained, measure latency here at batch 1 (``batch1``, default: quick), also at
     the run batch size (``full``: slow for big models on a CPU), or not at all (``none``), with
     ``threads`` CPU threads (default: torch's choice).
@@ -178,8 +179,10 @@ def _write_report(db: str | os.PathLike[str], rows: list[dict[str, Any]], budget
         f"Runs: {counts['done']} done, {counts['failed']} failed, {counts['running']} running, "
         f"{counts['pending']} pending"
         + (f"; {len(unreachable)} budget point{'s' * (len(unreachable) != 1)} unreachable" if unreachable else "")
-        + f". Accuracy: {metric} top-1 test accuracy. Partial grids are fine: "
-        f"cells not run (yet) show {tables.MISSING}.", "",
+        + f". Accuracy: {tables.metric_words(metric)}. Runs are pooled (mean over seeds) only when every "
+        "other result field of their configuration is the same; runs that differ in any (recipe, epochs, "
+        "test views, learning rate, ...) are separate rows, and each table's first note says which runs it "
+        f"shows. Partial grids are fine: cells not run (yet) show {tables.MISSING}.", "",
     ]
     tail = []
     if failed:

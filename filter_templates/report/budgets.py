@@ -1,6 +1,7 @@
 """The report of a budget sweep: budgets in the rows, templates in the columns.
 
-A *budget cell* is one (dataset, family, budget, template): its seeds pooled, like a width cell.
+A *budget cell* is one (dataset, family, budget, template, setting): its seeds pooled, like a width
+cell; points of different settings (recipe, epochs, ...: :mod:`.settings`) are different rows.
 Its model is the one the fitter chose for the budget; its resources come from the trained run
 when it is done, else from the fit. An unreachable budget shows as "unreachable", with the reason
 in the notes of the report.
@@ -13,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from ..fit import format_value
-from .tables import MISSING, Table, _pct, family_order, fmt_bytes, template_order
+from . import settings as S
+from .tables import MISSING, Labels, Table, _pct, family_order, fmt_bytes, metric_words, reading_label, template_order
 
 __all__ = ["BudgetCell", "RESOURCE_OF", "collect_budgets", "budget_accuracy_table", "budget_resource_table",
            "budget_figure", "run_keys"]
@@ -32,6 +34,11 @@ class BudgetCell:
     budget_value: float
     template: str
     points: list[dict[str, Any]] = field(default_factory=list)  # Store.budget_rows() entries, one per seed
+    setting: dict[str, Any] = field(default_factory=dict)  # what its seeds share besides the axes
+
+    @property
+    def skey(self) -> str:
+        return S.setting_key(self.setting)
 
     @property
     def budget(self) -> str:
@@ -99,35 +106,42 @@ def run_keys(budget_rows: Sequence[dict[str, Any]]) -> set[str]:
 
 
 def collect_budgets(budget_rows: Sequence[dict[str, Any]]) -> dict[tuple, BudgetCell]:
-    """Group ``Store.budget_rows()`` into cells keyed ``(dataset, family, budget_key, budget_value, template)``."""
+    """Group ``Store.budget_rows()`` into cells keyed ``(dataset, family, budget_key, budget_value,
+    template, setting key)``; the family is its reading label, as in the width tables."""
     cells: dict[tuple, BudgetCell] = {}
     for p in budget_rows:
-        k = (p["dataset"], p["family"], p["budget_key"], float(p["budget_value"]), p["template"])
-        cells.setdefault(k, BudgetCell(*k)).points.append(p)
+        ident = p.get("ident") or {}
+        family = reading_label(p["family"], bool((ident.get("arch") or {}).get("as_published")))
+        s = S.setting(ident)
+        k = (p["dataset"], family, p["budget_key"], float(p["budget_value"]), p["template"], S.setting_key(s))
+        cells.setdefault(k, BudgetCell(*k[:5], setting=s)).points.append(p)
     return cells
 
 
-def _budget_rows(mine: list[BudgetCell]) -> list[tuple[str, str, float]]:
-    """(family, key, value) rows: family order, then key, then the largest budget first."""
-    keys = {(c.family, c.budget_key, c.budget_value) for c in mine}
+def _budget_rows(mine: list[BudgetCell], labels: Labels) -> list[tuple[str, str, float, str]]:
+    """(family, key, value, setting key) rows: family order, then key, then the largest budget first,
+    then the settings in the labels' order."""
+    keys = {(c.family, c.budget_key, c.budget_value, c.skey) for c in mine}
     rank = {f: i for i, f in enumerate(family_order(k[0] for k in keys))}
-    return sorted(keys, key=lambda k: (rank[k[0]], k[1], -k[2]))
+    order = {k: i for i, k in enumerate(labels.settings)}
+    return sorted(keys, key=lambda k: (rank[k[0]], k[1], -k[2], order[k[3]]))
 
 
 def budget_accuracy_table(cells: dict[tuple, BudgetCell], dataset: str, metric: str = "final") -> Table:
-    """Rows family x budget, one column per template, the best template of each row emphasised;
-    mean ± std over seeds when a cell has more than one."""
+    """Rows family x budget x setting, one column per template, the best template of each row
+    emphasised; mean ± std over seeds when a cell has more than one."""
     mine = [c for c in cells.values() if c.dataset == dataset]
     templates = template_order(c.template for c in mine)
-    header = ["family", "budget", *templates, "best"]
+    labels = Labels.of(c.setting for c in mine)
+    header = ["family", "budget", *labels.header(), *templates, "best"]
     rows, raw, bold = [], [], set()
-    for fam, key, value in _budget_rows(mine):
-        row_cells = {t: cells.get((dataset, fam, key, value, t)) for t in templates}
+    for fam, key, value, skey in _budget_rows(mine, labels):
+        row_cells = {t: cells.get((dataset, fam, key, value, t, skey)) for t in templates}
         vals = {t: c.acc(metric) for t, c in row_cells.items() if c is not None and c.acc(metric) is not None}
         # ties: the smaller model wins, as in reduce's ranking
         best = min(vals, key=lambda t: (-vals[t], row_cells[t].resource("params") or 0)) if vals else None
-        label = f"{key} ≤ {format_value(key, value)}"
-        row, rr = [fam, label], [fam, key, value]
+        row = [fam, f"{key} ≤ {format_value(key, value)}", *labels.cells(skey)]
+        rr = [fam, key, value, *labels.csv_cells(skey)]
         for j, t in enumerate(templates):
             c = row_cells[t]
             status = c.status if c is not None else "pending"
@@ -135,56 +149,55 @@ def budget_accuracy_table(cells: dict[tuple, BudgetCell], dataset: str, metric: 
                 row.append(_pct(c.acc(metric), c.acc_std(metric)))
                 rr.append(round(100 * c.acc(metric), 4))
                 if t == best and len(vals) > 1:
-                    bold.add((len(rows), 2 + j))
+                    bold.add((len(rows), len(header) - len(templates) - 1 + j))
             else:
                 row.append(MISSING if status == "pending" else status)
                 rr.append("" if status == "pending" else status)
-        row.append(best or MISSING)
-        rr.append(best or "")
-        rows.append(row)
-        raw.append(rr)
+        rows.append(row + [best or MISSING])
+        raw.append(rr + [best or ""])
     seeds = max((len(c.done) for c in mine), default=0)
-    epochs = sorted({int(r["epochs"]) for c in mine for r in c.done})
-    trained = (f" after {epochs[0]} epochs" if len(epochs) == 1
-               else f" after {', '.join(map(str, epochs))} epochs (runs differ)" if epochs else "")
-    what = "Final" if metric == "final" else "Best-epoch"
-    notes = [f"{what} top-1 test accuracy (%){trained} of the widest model of each template within the budget"
+    notes = [labels.caption(),
+             f"{metric_words(metric)} of the widest model of each template within the budget"
              + (", mean ± std over seeds" if seeds > 1 else "")
              + f"; emphasised: the best template of each row (ties: fewer parameters); {MISSING}: not run (yet); "
              "unreachable: even the template's smallest model is over the budget; failed: every run failed."]
     return Table(title=f"Accuracy by budget on {dataset}", header=header, rows=rows, bold=bold, notes=notes,
-                 align="ll" + "r" * len(templates) + "l", csv_rows=raw,
-                 csv_header=["family", "budget_key", "budget_value", *templates, "best"])
+                 align="ll" + "l" * len(labels.header()) + "r" * len(templates) + "l", csv_rows=raw,
+                 csv_header=["family", "budget_key", "budget_value", *labels.csv_header(), *templates, "best"])
 
 
 def budget_resource_table(cells: dict[tuple, BudgetCell], dataset: str) -> Table:
-    """One row per family x budget x template: the fitted width and what the model costs."""
+    """One row per family x budget x setting x template: the fitted width and what the model costs."""
     mine = [c for c in cells.values() if c.dataset == dataset]
-    header = ["family", "budget", "template", "width", "params", "GFLOPs / image", "train memory (MiB)",
-              "of budget", "status"]
+    labels = Labels.of(c.setting for c in mine)
+    header = ["family", "budget", *labels.header(), "template", "width", "params", "GFLOPs / image",
+              "train memory (MiB)", "of budget", "status"]
     rows, raw, reasons = [], [], []
-    for fam, key, value in _budget_rows(mine):
-        row_templates = [c.template for c in mine if (c.family, c.budget_key, c.budget_value) == (fam, key, value)]
+    for fam, key, value, skey in _budget_rows(mine, labels):
+        row_templates = [c.template for c in mine if (c.family, c.budget_key, c.budget_value, c.skey) == (fam, key, value, skey)]
         for t in template_order(row_templates):
-            c = cells[(dataset, fam, key, value, t)]
+            c = cells[(dataset, fam, key, value, t, skey)]
             params, flops, mem = c.resource("params"), c.resource("flops"), c.resource("train_memory_bytes")
             used = c.resource(RESOURCE_OF[key])
             status = c.status
             if status in ("unreachable", "failed") and c.reason:
                 reasons.append(f"{fam} {t} {key} ≤ {format_value(key, value)}: {c.reason}")
-            rows.append([fam, f"{key} ≤ {format_value(key, value)}", t,
+            rows.append([fam, f"{key} ≤ {format_value(key, value)}", *labels.cells(skey), t,
                          MISSING if c.width is None else f"{c.width:g}",
                          MISSING if params is None else f"{int(params):,}",
                          MISSING if flops is None else f"{flops / 1e9:,.4f}", fmt_bytes(mem),
                          MISSING if used is None else f"{used / value:.1%}", status])
-            raw.append([fam, key, value, t, c.width, params, flops, mem, used, status, c.reason or ""])
-    notes = ["The model each template gets within the budget (the largest width multiplier that fits, "
+            raw.append([fam, key, value, *labels.csv_cells(skey), t, c.width, params, flops, mem, used, status,
+                        c.reason or ""])
+    notes = [labels.caption(),
+             "The model each template gets within the budget (the largest width multiplier that fits, "
              "as 'fit' finds it); resources of the trained run, or as fitted when it has not finished."]
     notes += [f"- {r}" for r in reasons]
     return Table(title=f"Fitted models by budget ({dataset})", header=header, rows=rows, notes=notes,
-                 align="lll" + "r" * 5 + "l",
-                 csv_header=["family", "budget_key", "budget_value", "template", "width", "params", "flops",
-                             "train_memory_bytes", "budgeted_resource", "status", "reason"], csv_rows=raw)
+                 align="ll" + "l" * len(labels.header()) + "l" + "r" * 5 + "l",
+                 csv_header=["family", "budget_key", "budget_value", *labels.csv_header(), "template", "width",
+                             "params", "flops", "train_memory_bytes", "budgeted_resource", "status", "reason"],
+                 csv_rows=raw)
 
 
 def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric: str = "final") -> Any | None:
@@ -200,17 +213,18 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
     done = [c for c in mine if c.acc(metric) is not None and c.resource(column)]
     if not done:
         return None
-    families = family_order(c.family for c in done)
     templates = template_order(c.template for c in done)
-    rows, cols = figures._grid(len(families))
+    where = figures.panels(done)
+    rows, cols = figures._grid(len(where))
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
-    for ax, fam in zip(axes.flat, families):
+    for ax, (fam, skey, panel_title) in zip(axes.flat, where):
         xs_all = []
-        for value in sorted({c.budget_value for c in done if c.family == fam}):
+        panel = [c for c in done if c.family == fam and c.skey == skey]
+        for value in sorted({c.budget_value for c in panel}):
             ax.axvline(value * scale, color="0.35", linestyle="--", linewidth=1)
             xs_all.append(value * scale)
         for t in templates:
-            pts = sorted((c for c in done if c.family == fam and c.template == t), key=lambda c: c.budget_value)
+            pts = sorted((c for c in panel if c.template == t), key=lambda c: c.budget_value)
             if not pts:
                 continue
             xs = [c.resource(column) * scale for c in pts]
@@ -220,20 +234,20 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
             ax.errorbar(xs, ys, yerr=errs if any(errs) else None, linestyle="-", linewidth=1.6, markersize=6,
                         capsize=3, label=t, **style)
             xs_all += xs
-        ax.set_title(fam)
+        ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel(f"{label}, log scale")
-        ax.set_ylabel(f"{'final' if metric == 'final' else 'best'} test accuracy (%)")
+        ax.set_ylabel(figures.accuracy_label(metric))
         ax.grid(True, which="both", alpha=0.25)
         figures._log_x(ax, xs_all)
-    for ax in list(axes.flat)[len(families):]:
+    for ax in list(axes.flat)[len(where):]:
         ax.set_visible(False)
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], linestyle="-", linewidth=1.6, markersize=6, label=t,
                       **figures.template_style(t, templates)) for t in templates]
     handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=1, label="budget"))
-    fig.suptitle(f"{dataset}: accuracy versus {label.split(' (')[0]} at each {key} budget, one line per template",
-                 fontsize=11)
+    fig.suptitle(f"{dataset}: accuracy versus {label.split(' (')[0]} at each {key} budget, one line per template\n"
+                 + figures.runs_line(done), fontsize=11)
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
                bbox_to_anchor=(0.5, -0.02), fontsize=9)
     fig.tight_layout(rect=(0, 0.06, 1, 1))

@@ -1,7 +1,8 @@
-"""The report's figures (SPEC section 9), drawn with matplotlib's Agg backend (no display needed).
+"""The report's figures, drawn with matplotlib's Agg backend (no display needed).
 
 Per dataset: accuracy versus parameters, versus training memory and versus latency, one panel per
-family and one curve per template across the width multipliers, with dashed lines through the
+family (and per setting, when the runs differ in more than the seed: another recipe, other epochs;
+each panel's title says which) and one curve per template across the width multipliers, with dashed lines through the
 base model at width 1 (or, when width 1 was not trained, through the widest base run, as the
 legend says). Per family: the per-layer filter counts of every template.
 """
@@ -9,6 +10,7 @@ legend says). Per family: the per-layer filter counts of every template.
 from __future__ import annotations
 
 import math
+import textwrap
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -19,9 +21,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 
 from ..rundir import atomic_write  # noqa: E402
-from .tables import BUILTIN_ORDER, Cell, family_order, template_order  # noqa: E402
+from . import settings as S  # noqa: E402
+from .tables import BUILTIN_ORDER, Cell, Labels, family_order, metric_words, template_order  # noqa: E402
 
-__all__ = ["AXES", "tradeoff_figure", "filters_figure", "save", "template_style"]
+__all__ = ["AXES", "tradeoff_figure", "filters_figure", "save", "template_style", "panels", "accuracy_label", "runs_line"]
 
 # x-axis: (cell resource column, axis label, scale to display units)
 AXES: dict[str, tuple[str, str, float]] = {
@@ -57,6 +60,27 @@ def save(fig: Any, path_stem: Path) -> list[Path]:
     return out
 
 
+def panels(cells: Sequence[Any]) -> list[tuple[str, str, str]]:
+    """``(family, setting key, title)`` of each panel: one per family and setting, so runs of
+    different settings are never drawn as one curve; the title names the setting's differing fields."""
+    labels = Labels.of(c.setting for c in cells)
+    present = {(c.family, c.skey) for c in cells}
+    return [(fam, k, fam + (f"\n{S.row_label(labels.settings[k], labels.shown)}" if labels.shown else ""))
+            for fam in family_order(c.family for c in cells) for k in labels.settings if (fam, k) in present]
+
+
+def accuracy_label(metric: str) -> str:
+    """The y axis, in the tables' words: the best epoch's test accuracy is optimistic."""
+    if metric == "best":
+        return "best test accuracy over epochs (%, optimistic)"
+    return f"{metric} test accuracy (%)" if metric == "final" else f"{metric}_acc (%)"
+
+
+def runs_line(cells: Sequence[Any]) -> str:
+    """The tables' caption line (recipe, epochs, test views), wrapped for a figure title."""
+    return "\n".join(textwrap.wrap(Labels.of(c.setting for c in cells).caption(), 120))
+
+
 def _grid(n: int) -> tuple[int, int]:
     cols = 1 if n == 1 else 2
     return math.ceil(n / cols), cols
@@ -69,19 +93,20 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
             and c.acc(metric) is not None]
     if not mine:
         return None
-    families = family_order(c.family for c in mine)
     templates = template_order(c.template for c in mine)
-    rows, cols = _grid(len(families))
+    where = panels(mine)
+    rows, cols = _grid(len(where))
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
     batch = next((c.first("batch_size") for c in mine if c.first("batch_size")), 64)
     devices = sorted({f"{c.first('resource_device')}, {c.first('threads')} thread{'s' if c.first('threads') != 1 else ''}"
                       for c in mine if c.first("resource_device")})
     ref_widths: dict[str, float] = {}
-    for ax, fam in zip(axes.flat, families):
+    for ax, (fam, skey, panel_title) in zip(axes.flat, where):
         plotted = False
         xs_all: list[float] = []
+        panel = [c for c in mine if c.skey == skey]
         for t in templates:
-            pts = sorted((c for c in mine if c.family == fam and c.template == t), key=lambda c: c.width)
+            pts = sorted((c for c in panel if c.family == fam and c.template == t), key=lambda c: c.width)
             xy = [(c.resource(column), c.acc(metric), c.width) for c in pts]
             xy = [(x * scale, 100 * y, w) for x, y, w in xy if x is not None and y is not None and x > 0]
             if not xy:
@@ -90,7 +115,7 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
             xs_all += xs
             ax.plot(xs, ys, linestyle="-", linewidth=1.6, markersize=6, label=t, **template_style(t, templates))
             plotted = True
-        ref = _reference(mine, fam)
+        ref = _reference(panel, fam)
         if ref is not None:
             ref_widths[fam] = ref.width
             x, y = ref.resource(column), ref.acc(metric)
@@ -99,13 +124,13 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
                 xs_all.append(x * scale)
             if y is not None:
                 ax.axhline(100 * y, color="0.35", linestyle="--", linewidth=1)
-        ax.set_title(fam)
+        ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel(xlabel.replace("per batch", f"per batch of {batch}"))
-        ax.set_ylabel(f"{'final' if metric == 'final' else 'best'} test accuracy (%)")
+        ax.set_ylabel(accuracy_label(metric))
         ax.grid(True, which="both", alpha=0.25)
         if plotted:
             _log_x(ax, xs_all)
-    for ax in list(axes.flat)[len(families):]:
+    for ax in list(axes.flat)[len(where):]:
         ax.set_visible(False)
     handles = [Line2D([], [], linestyle="-", linewidth=1.6, markersize=6, label=t, **template_style(t, templates))
                for t in templates]
@@ -119,6 +144,7 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
     title = f"{dataset}: accuracy versus {what}, one curve per template across width multipliers"
     if axis in ("latency", "memory") and devices:
         title += f"\nmeasured on {'; '.join(devices)}"
+    title += "\n" + runs_line(mine)
     fig.suptitle(title, fontsize=11)
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
                bbox_to_anchor=(0.5, -0.02), fontsize=9)

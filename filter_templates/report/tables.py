@@ -1,9 +1,11 @@
 """The report's numbers: grid cells from the results store, and the accuracy and resource tables
 as Markdown, CSV and LaTeX.
 
-A *cell* is one (dataset, family, template, width): the mean over its done seeds. Partial grids
-are the normal case (a sweep still running, a quick preset): a cell with no done run is shown as
-"—", one whose every run failed as "failed".
+A *cell* is one (dataset, family, template, width, setting): the mean over its done seeds, where
+the setting is every other result field of the runs' configuration (:mod:`.settings`). Runs that
+differ in anything but the seed are different rows, labelled by the fields that differ. Partial
+grids are the normal case (a sweep still running, a quick preset): a cell with no done run is shown
+as "—", one whose every run failed as "failed".
 """
 
 from __future__ import annotations
@@ -16,9 +18,10 @@ from typing import Any, Callable, Iterable, Sequence
 
 from ..models import family_names
 from ..templates import BUILTIN as BUILTIN_TEMPLATES
+from . import settings as S
 
 __all__ = ["Cell", "ResourceRow", "collect", "accuracy_table", "resource_rows", "render", "MISSING",
-           "template_order", "family_order", "fmt_bytes"]
+           "template_order", "family_order", "fmt_bytes", "metric_words", "setting_order", "Labels"]
 
 MISSING = "—"
 BUILTIN_ORDER = BUILTIN_TEMPLATES  # the paper's order, as the templates registry lists them
@@ -26,7 +29,7 @@ BUILTIN_ORDER = BUILTIN_TEMPLATES  # the paper's order, as the templates registr
 
 @dataclass
 class Cell:
-    """All runs of one grid cell (seeds pooled)."""
+    """All runs of one grid cell (seeds pooled: they share every other result field, ``setting``)."""
 
     dataset: str
     family: str
@@ -35,6 +38,7 @@ class Cell:
     classes: int
     divisor: int = 1
     floor: int = 1
+    setting: dict[str, Any] = field(default_factory=dict)
     done: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     other: int = 0  # pending or running
@@ -60,6 +64,10 @@ class Cell:
         if self.done:
             return "done"
         return "failed" if self.failed else "pending"
+
+    @property
+    def skey(self) -> str:
+        return S.setting_key(self.setting)
 
 
 def template_order(names: Iterable[str]) -> list[str]:
@@ -94,18 +102,20 @@ def split_reading(label: str) -> tuple[str, bool]:
     return (label[: -len(PUBLISHED)], True) if label.endswith(PUBLISHED) else (label, False)
 
 
-def collect(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, float], Cell]:
-    """Group store rows into cells keyed ``(dataset, family, template, width)``; the family is its
-    :func:`reading_label`."""
-    cells: dict[tuple[str, str, str, float], Cell] = {}
+def collect(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, float, str], Cell]:
+    """Group store rows into cells keyed ``(dataset, family, template, width, setting key)``; the
+    family is its :func:`reading_label`, the setting every other result field but the seed."""
+    cells: dict[tuple[str, str, str, float, str], Cell] = {}
     for r in rows:
-        arch = (r.get("config") or {}).get("arch", {})
+        config = r.get("config") or {}
+        arch = config.get("arch", {})
         family = reading_label(r["family"], bool(arch.get("as_published")))
-        k = (r["dataset"], family, r["template"], float(r["width"]))
+        s = S.setting(config)
+        k = (r["dataset"], family, r["template"], float(r["width"]), S.setting_key(s))
         c = cells.get(k)
         if c is None:
-            c = cells[k] = Cell(*k, classes=int(r["classes"]), divisor=int(arch.get("divisor", 1)),
-                                floor=int(arch.get("floor", 1)))
+            c = cells[k] = Cell(*k[:4], classes=int(r["classes"]), divisor=int(arch.get("divisor", 1)),
+                                floor=int(arch.get("floor", 1)), setting=s)
         if r["status"] == "done":
             c.done.append(r)
         elif r["status"] == "failed":
@@ -138,48 +148,109 @@ def _pct(x: float | None, std: float | None = None) -> str:
     return f"{100 * x:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
 
 
+def metric_words(metric: str) -> str:
+    """What a table's accuracy is, said plainly: the best epoch's test accuracy is chosen on the
+    test set itself, so it is optimistic and never a selection."""
+    if metric == "best":
+        return "Best top-1 test accuracy over the epochs (%; optimistic: the epoch is picked on the test set)"
+    return "Final top-1 test accuracy (%)" if metric == "final" else f"{metric}_acc (%)"
+
+
+def setting_order(s: dict[str, Any]) -> tuple:
+    """Rows of one family and width: by recipe (as ``recipe.RECIPES`` lists them), then settings."""
+    names = list(S.RECIPES)
+    return (names.index(s["recipe"]) if s.get("recipe") in names else len(names), S.setting_key(s))
+
+
+def _csv_value(v: Any) -> Any:
+    return "" if v is None else v if isinstance(v, (str, int, float)) else S.fmt_value(v)
+
+
+@dataclass
+class Labels:
+    """The columns that tell rows of different settings apart in one table: in Markdown and LaTeX
+    the fields a reader needs (:func:`settings.label_fields`) and the test views when they differ,
+    in the CSV every differing field."""
+
+    settings: dict[str, dict[str, Any]]  # setting key -> setting, in row order
+    shown: list[str]
+    every: list[str]
+    views: bool
+
+    @classmethod
+    def of(cls, settings: Iterable[dict[str, Any]]) -> "Labels":
+        by: dict[str, dict[str, Any]] = {}
+        for s in settings:
+            by.setdefault(S.setting_key(s), s)
+        ordered = dict(sorted(by.items(), key=lambda kv: setting_order(kv[1])))
+        vals = list(ordered.values())
+        return cls(ordered, S.label_fields(vals), S.differing(vals), len({S.views_of(s) for s in vals}) > 1)
+
+    def header(self) -> list[str]:
+        return [*self.shown, *(["test views"] if self.views else [])]
+
+    def csv_header(self) -> list[str]:
+        return [*self.every, *(["test_views"] if self.views else [])]
+
+    def cells(self, skey: str) -> list[str]:
+        s = self.settings[skey]
+        return [S.fmt_value(s.get(k)) for k in self.shown] + ([str(S.views_of(s))] if self.views else [])
+
+    def csv_cells(self, skey: str) -> list[Any]:
+        s = self.settings[skey]
+        return [_csv_value(s.get(k)) for k in self.every] + ([S.views_of(s)] if self.views else [])
+
+    def caption(self) -> str:
+        return S.caption(list(self.settings.values()))
+
+
+def _acc_row(cells: dict, key: tuple, templates: list[str], metric: str) -> tuple[list[str], list[Any], int | None]:
+    """One row's accuracy cells (Markdown, CSV) and the column of its best template (None: no best)."""
+    found = {t: cells.get((*key[:2], t, *key[2:])) for t in templates}
+    vals = {t: c.acc(metric) for t, c in found.items() if c is not None and c.acc(metric) is not None}
+    best = max(vals, key=vals.get) if vals else None
+    row: list[str] = []
+    raw: list[Any] = []
+    for t in templates:
+        c = found[t]
+        if c is None or c.status == "pending":
+            row.append(MISSING)
+            raw.append("")
+        elif c.status == "failed":
+            row.append("failed")
+            raw.append("failed")
+        else:
+            row.append(_pct(c.acc(metric), c.acc_std(metric)))
+            raw.append(round(100 * c.acc(metric), 4))
+    return row + [best or MISSING], raw + [best or ""], (templates.index(best) if best and len(vals) > 1 else None)
+
+
 def accuracy_table(cells: dict, dataset: str, metric: str = "final") -> Table:
-    """Rows family x width (widest first), one column per template; the best template of each row
-    is emphasised. The paper's table is the ``width = 1`` rows."""
+    """Rows family x width (widest first) x setting, one column per template; the best template of
+    each row is emphasised. The paper's table is the ``width = 1`` rows."""
     mine = [c for c in cells.values() if c.dataset == dataset]
     templates = template_order(c.template for c in mine)
-    families = family_order(c.family for c in mine)
-    header = ["family", "width", *templates, "best"]
+    labels = Labels.of(c.setting for c in mine)
+    header = ["family", "width", *labels.header(), *templates, "best"]
     rows, raw, bold = [], [], set()
     seeds = max((len(c.done) for c in mine), default=0)
-    for fam in families:
-        widths = sorted({c.width for c in mine if c.family == fam}, reverse=True)
-        for w in widths:
-            accs = {t: (cells.get((dataset, fam, t, w))) for t in templates}
-            vals = {t: c.acc(metric) for t, c in accs.items() if c is not None and c.acc(metric) is not None}
-            best = max(vals, key=vals.get) if vals else None
-            row, rr = [fam, f"{w:g}"], [fam, w]
-            for j, t in enumerate(templates):
-                c = accs[t]
-                if c is None or c.status == "pending":
-                    row.append(MISSING)
-                    rr.append("")
-                elif c.status == "failed":
-                    row.append("failed")
-                    rr.append("failed")
-                else:
-                    row.append(_pct(c.acc(metric), c.acc_std(metric)))
-                    rr.append(round(100 * c.acc(metric), 4))
-                    if t == best and len(vals) > 1:
-                        bold.add((len(rows), 2 + j))
-            row.append(best or MISSING)
-            rr.append(best or "")
-            rows.append(row)
-            raw.append(rr)
-    what = "final" if metric == "final" else "best-epoch"
-    epochs = sorted({int(r["epochs"]) for c in mine for r in c.done})
-    trained = (f" after {epochs[0]} epochs" if len(epochs) == 1
-               else f" after {', '.join(map(str, epochs))} epochs (runs differ)" if epochs else "")
-    notes = [f"{what.capitalize()} top-1 test accuracy (%){trained}" + (", mean ± std over seeds" if seeds > 1 else "")
+    present = {(c.family, c.width, c.skey) for c in mine}
+    for fam in family_order(c.family for c in mine):
+        for w in sorted({c.width for c in mine if c.family == fam}, reverse=True):
+            for skey in (k for k in labels.settings if (fam, w, k) in present):
+                row, rr, best = _acc_row(cells, (dataset, fam, w, skey), templates, metric)
+                lead = len(header) - len(templates) - 1
+                if best is not None:
+                    bold.add((len(rows), lead + best))
+                rows.append([fam, f"{w:g}", *labels.cells(skey), *row])
+                raw.append([fam, w, *labels.csv_cells(skey), *rr])
+    notes = [labels.caption(),
+             metric_words(metric) + (", mean ± std over seeds" if seeds > 1 else "")
              + "; emphasised: the best template of each row; "
              + f"{MISSING}: not run (yet); failed: every run of the cell failed (reasons in the report's index.md)."]
     return Table(title=f"Accuracy on {dataset}", header=header, rows=rows, bold=bold, notes=notes,
-                 align="ll" + "r" * len(templates) + "l", csv_rows=raw)
+                 align="ll" + "l" * len(labels.header()) + "r" * len(templates) + "l", csv_rows=raw,
+                 csv_header=["family", "width", *labels.csv_header(), *templates, "best"])
 
 
 # --------------------------------------------------------------------------------------------
@@ -201,36 +272,35 @@ class ResourceRow:
     device: str | None = None  # where latency/memory were measured
     threads: int | None = None
     source: str = "run"  # "run": from a trained run at width 1; "computed": by the report
+    setting: dict[str, Any] = field(default_factory=dict)  # of the runs it stands for
 
 
 def resource_rows(cells: dict, dataset: str, measure: Callable[[Cell], dict[str, Any] | None] | None = None
                   ) -> list[ResourceRow]:
-    """One row per (family, template) present for ``dataset``, at width 1: from a run when width 1
-    was trained, else from ``measure(cell)`` (the architecture measured without training)."""
+    """One row per (family, template, setting) present for ``dataset``, at width 1: from a run when
+    width 1 was trained, else from ``measure(cell)`` (the architecture measured without training)."""
     mine = [c for c in cells.values() if c.dataset == dataset]
     out = []
-    families = family_order(c.family for c in mine)
-    for fam in families:
+    order = list(Labels.of(c.setting for c in mine).settings)
+    for fam in family_order(c.family for c in mine):
         for t in template_order(c.template for c in mine if c.family == fam):
-            c1 = cells.get((dataset, fam, t, 1.0))
-            any_cell = next(c for c in mine if c.family == fam and c.template == t)
-            row = ResourceRow(fam, t, any_cell.classes)
-            if c1 is not None and c1.done:
-                row.params = c1.first("params")
-                row.flops = c1.first("flops")
-                row.train_memory_bytes = c1.first("train_memory_bytes")
-                row.batch_size = c1.first("batch_size")
-                row.latency_batch_s = c1.resource("latency_batch_s")
-                row.latency_b1_s = c1.resource("latency_b1_s")
-                row.device = c1.first("resource_device")
-                row.threads = c1.first("threads")
-            elif measure is not None:
-                m = measure(any_cell)
-                if m:
-                    row.source = "computed"
-                    for k, v in m.items():
-                        setattr(row, k, v)
-            out.append(row)
+            for skey in (k for k in order if any((c.family, c.template, c.skey) == (fam, t, k) for c in mine)):
+                c1 = cells.get((dataset, fam, t, 1.0, skey))
+                any_cell = next(c for c in mine if (c.family, c.template, c.skey) == (fam, t, skey))
+                row = ResourceRow(fam, t, any_cell.classes, setting=any_cell.setting)
+                if c1 is not None and c1.done:
+                    for name in ("params", "flops", "train_memory_bytes", "batch_size", "threads"):
+                        setattr(row, name, c1.first(name))
+                    row.latency_batch_s = c1.resource("latency_batch_s")
+                    row.latency_b1_s = c1.resource("latency_b1_s")
+                    row.device = c1.first("resource_device")
+                elif measure is not None:
+                    m = measure(any_cell)
+                    if m:
+                        row.source = "computed"
+                        for k, v in m.items():
+                            setattr(row, k, v)
+                out.append(row)
     return out
 
 
@@ -249,8 +319,10 @@ def _ms(s: float | None) -> str:
 
 def resource_table(rows: list[ResourceRow], dataset: str) -> Table:
     batch = next((r.batch_size for r in rows if r.batch_size), 64)
-    header = ["family", "template", "params (M)", "GFLOPs / image", f"train memory (MiB, batch {batch})",
-              f"latency batch {batch} (ms)", "latency batch 1 (ms)", "measured on"]
+    labels = Labels.of(r.setting for r in rows)
+    header = ["family", "template", *labels.header(), "params (M)", "GFLOPs / image",
+              f"train memory (MiB, batch {batch})", f"latency batch {batch} (ms)", "latency batch 1 (ms)",
+              "measured on"]
     out, raw = [], []
     computed = False
     for r in rows:
@@ -258,23 +330,25 @@ def resource_table(rows: list[ResourceRow], dataset: str) -> Table:
         if r.source == "computed":
             computed = True
             mark = "†"
+        skey = S.setting_key(r.setting)
         where = f"{r.device}, {r.threads} thread{'s' if r.threads != 1 else ''}" if r.device else MISSING
-        out.append([r.family, r.template, MISSING if r.params is None else f"{r.params / 1e6:,.3f}",
+        out.append([r.family, r.template, *labels.cells(skey), MISSING if r.params is None else f"{r.params / 1e6:,.3f}",
                     MISSING if r.flops is None else f"{r.flops / 1e9:,.4f}", fmt_bytes(r.train_memory_bytes) + mark,
                     _ms(r.latency_batch_s) + (mark if r.latency_batch_s is not None else ""),
                     _ms(r.latency_b1_s) + (mark if r.latency_b1_s is not None else ""), where])
-        raw.append([r.family, r.template, r.params, r.flops, r.train_memory_bytes, r.batch_size,
-                    r.latency_batch_s, r.latency_b1_s, r.device, r.threads, r.source])
-    notes = ["width multiplier 1, " + f"{rows[0].classes if rows else '?'} classes. Latency: median forward pass "
+        raw.append([r.family, r.template, *labels.csv_cells(skey), r.params, r.flops, r.train_memory_bytes,
+                    r.batch_size, r.latency_batch_s, r.latency_b1_s, r.device, r.threads, r.source])
+    notes = [labels.caption(),
+             "width multiplier 1, " + f"{rows[0].classes if rows else '?'} classes. Latency: median forward pass "
              "in eval mode; only comparable between rows measured on the same device and thread count."]
     if computed:
         notes.append("†: width 1 was not trained; parameters, FLOPs and training memory are computed from the "
                      "architecture, latency is measured by the report on this machine (memory on CPU is the "
-                     "exact account of SPEC §4, on CUDA runs the allocator peak).")
+                     "exact account of the training step's tensors, on CUDA runs the allocator peak).")
     return Table(title=f"Resources at width 1 ({dataset})", header=header, rows=out, notes=notes,
-                 align="ll" + "r" * 5 + "l",
-                 csv_header=["family", "template", "params", "flops", "train_memory_bytes", "batch_size",
-                             "latency_batch_s", "latency_batch1_s", "device", "threads", "source"],
+                 align="ll" + "l" * len(labels.header()) + "r" * 5 + "l",
+                 csv_header=["family", "template", *labels.csv_header(), "params", "flops", "train_memory_bytes",
+                             "batch_size", "latency_batch_s", "latency_batch1_s", "device", "threads", "source"],
                  csv_rows=raw)
 
 
