@@ -10,8 +10,14 @@ export the winner. Everything lands in one folder, so running the same call agai
 * the winner's export beside its weights in its run folder (ONNX where the onnx extra is
   installed, else TorchScript; ``export.export_run``).
 
-Ranking: final test accuracy, mean over the seeds that finished; ties go to fewer parameters.
-Candidates that did not finish (unreachable budget, failed or still pending) rank last.
+Selection reads a validation split, never the test set: every candidate trains on the same
+training images less the same held-out ones (``--val-split``, by default 10% of the training set
+and at most 5,000 images: :func:`data.split.default`), candidates rank by their final validation
+accuracy (mean over the seeds that finished; ties go to fewer parameters) and the winner's export
+is its seed with the best validation accuracy. Test accuracy is reported beside it, for the
+reader. With ``val_split`` 0 there is nothing else to rank on: the ranking reads the final test
+accuracy and says so (a note, and ``selection`` ``final_acc``). Candidates that did not finish
+(unreachable budget, failed or still pending) rank last.
 """
 
 from __future__ import annotations
@@ -24,27 +30,36 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
 from . import rundir
+from .data import load_data, split
 from .device import resolve_device
 from .errors import UsageError
 from .export import default_export_path, export_run, onnx_available
 from .fit import Budget, parse_budget
+from .messages import note
+from .recipe import RECIPE_FIELDS
 from .report import make_report
 from .report.budgets import BudgetCell, collect_budgets
 from .sweep.engines import EngineOptions, run_grid
 from .sweep.grid import ALL_TEMPLATES, SweepSpec, plan_grid
 from .sweep.plan import SweepResult
 from .sweep.store import Store
+from .train import check_val_split
 
-__all__ = ["reduce", "rank", "Candidate", "ReduceResult", "DB_FILE", "RUNS_DIR", "REPORT_DIR"]
+__all__ = ["reduce", "rank", "Candidate", "ReduceResult", "DB_FILE", "RUNS_DIR", "REPORT_DIR", "SELECTIONS"]
 
 DB_FILE = "results.sqlite"
 RUNS_DIR = "runs"
 REPORT_DIR = "report"
+#: What candidates can be ranked on: the validation split's final accuracy, or (no split) the test set's.
+SELECTIONS = ("val_acc", "final_acc")
 
 
 @dataclass
 class Candidate:
-    """One template fitted to the budget and trained (its seeds pooled)."""
+    """One template fitted to the budget and trained (its seeds pooled). Accuracies are means over
+    the finished seeds: ``val_acc`` on the validation split (what ranks), ``final_acc`` on the test
+    set (what is reported), ``best_acc`` the best test accuracy over epochs (optimistic: the epoch
+    is picked on the test set; never used to select)."""
 
     template: str
     width: float | None
@@ -52,16 +67,17 @@ class Candidate:
     params: int | None
     flops: int | None
     train_memory_bytes: int | None
-    final_acc: float | None  # mean over finished seeds
+    final_acc: float | None
     best_acc: float | None
     status: str  # done, failed, pending or unreachable
     reason: str | None = None
     seeds_done: int = 0
-    run_dir: str | None = None  # the finished seed with the best final accuracy
+    run_dir: str | None = None  # the finished seed with the best value of the selection metric
+    val_acc: float | None = None
 
     @classmethod
-    def from_cell(cls, cell: BudgetCell) -> "Candidate":
-        runs = sorted(cell.done, key=lambda r: (-(r.get("final_acc") or 0.0), r["seed"]))
+    def from_cell(cls, cell: BudgetCell, selection: str = "val_acc") -> "Candidate":
+        runs = sorted(cell.done, key=lambda r: (-(r.get(selection) or 0.0), r["seed"]))
 
         def integer(name: str) -> int | None:
             v = cell.resource(name)
@@ -71,22 +87,26 @@ class Candidate:
                    flops=integer("flops"), train_memory_bytes=integer("train_memory_bytes"),
                    final_acc=cell.acc("final"), best_acc=cell.acc("best"), status=cell.status,
                    reason=None if cell.status == "done" else cell.reason, seeds_done=len(runs),
-                   run_dir=runs[0]["run_dir"] if runs else None)
+                   run_dir=runs[0]["run_dir"] if runs else None, val_acc=cell.acc("val"))
 
     def to_dict(self) -> dict[str, Any]:
         return {"template": self.template, "width": self.width, "filters": self.filters, "params": self.params,
-                "flops": self.flops, "train_memory_bytes": self.train_memory_bytes, "final_acc": self.final_acc,
-                "best_acc": self.best_acc, "status": self.status, "reason": self.reason}
+                "flops": self.flops, "train_memory_bytes": self.train_memory_bytes, "val_acc": self.val_acc,
+                "final_acc": self.final_acc, "best_acc": self.best_acc, "seeds_done": self.seeds_done,
+                "status": self.status, "reason": self.reason, "run_dir": self.run_dir}
 
 
-def rank(candidates: Sequence[Candidate], order: Sequence[str] = ()) -> list[Candidate]:
-    """Finished candidates by mean final accuracy, ties to fewer parameters (then ``order``);
-    the unfinished after them, in ``order``."""
+def rank(candidates: Sequence[Candidate], order: Sequence[str] = (), selection: str = "val_acc") -> list[Candidate]:
+    """Finished candidates by the mean of ``selection`` (``val_acc`` or ``final_acc``), ties to
+    fewer parameters (then ``order``); the unfinished after them, in ``order``."""
+    if selection not in SELECTIONS:
+        raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     pos = {t: i for i, t in enumerate(order)}
 
     def key(c: Candidate) -> tuple:
-        if c.status == "done" and c.final_acc is not None:
-            return (0, -c.final_acc, c.params if c.params is not None else float("inf"), pos.get(c.template, len(pos)))
+        score = getattr(c, selection)
+        if c.status == "done" and score is not None:
+            return (0, -score, c.params if c.params is not None else float("inf"), pos.get(c.template, len(pos)))
         return (1, 0.0, 0, pos.get(c.template, len(pos)))
 
     return sorted(candidates, key=key)
@@ -104,6 +124,11 @@ class ReduceResult:
     out: Path
     candidates: list[Candidate]
     sweep: SweepResult
+    selection: str = "val_acc"  # what ranks the candidates (SELECTIONS)
+    val_split: int | float = 0  # as given or defaulted
+    val_images: int = 0  # the validation set's size
+    recipe: dict[str, Any] = field(default_factory=dict)  # its name and every setting the candidates trained with
+    test_views: int | list[int] | None = None  # views per test image of the final evaluation (None: none done)
     exported: str | None = None
     report: str | None = None
     wall_s: float = 0.0
@@ -112,14 +137,18 @@ class ReduceResult:
     @property
     def winner(self) -> Candidate | None:
         first = self.candidates[0] if self.candidates else None
-        return first if first is not None and first.status == "done" else None
+        ok = first is not None and first.status == "done" and getattr(first, self.selection) is not None
+        return first if ok else None
 
     def to_dict(self) -> dict[str, Any]:
         w = self.winner
         return {
-            "model": self.model, "budget": self.budget.to_dict(), "dataset": self.dataset,
+            "selection": self.selection, "model": self.model, "budget": self.budget.to_dict(),
+            "dataset": self.dataset, "val_split": self.val_split, "val_images": self.val_images,
+            "recipe": self.recipe, "test_views": self.test_views,
             "candidates": [c.to_dict() for c in self.candidates],
             "winner": None if w is None else {"template": w.template, "width": w.width, "run_dir": w.run_dir,
+                                              "val_acc": w.val_acc, "final_acc": w.final_acc,
                                               "exported": self.exported},
             "epochs": self.epochs, "seeds": self.seeds, "db": str(self.out / DB_FILE), "report": self.report,
             "wall_s": round(self.wall_s, 3),
@@ -178,28 +207,38 @@ def reduce(
 ) -> ReduceResult:
     """Fit every template of ``templates`` (default: all five; base is always added) to
     ``budget``, train them on ``dataset`` (``train``: TrainConfig settings such as epochs, lr,
-    limit_train; None values are ignored), rank them, write the report and export the winner.
-    Bad input, and a budget no template can reach, is a UsageError before anything trains."""
+    limit_train, val_split; None values are ignored; an absent val_split is
+    :func:`data.split.default`), rank them on the validation split, write the report and export
+    the winner. Bad input, and a budget no template can reach, is a UsageError before anything
+    trains."""
     t0 = time.perf_counter()
     budget = parse_budget(budget) if isinstance(budget, str) else budget
     names = list(dict.fromkeys(["base", *(templates or ALL_TEMPLATES)]))
     spec = SweepSpec(models=[model], templates=names, widths=[], datasets=[dataset], seeds=list(seeds),
                      budgets=[f"{budget.key}={budget.value!r}"], divisor=divisor, floor=floor,
-                     train={k: v for k, v in (train or {}).items() if v is not None})
+                     train=_with_val_split(dataset, {k: v for k, v in (train or {}).items() if v is not None}))
     out = _check_out(Path(out))
     grid = plan_grid(spec)  # validates everything, reads the data, fits every template
     if not grid.configs:  # every template's smallest model is over the budget: nothing to compare
         raise UsageError(str(grid.unreachable[0].reason))
+    val_images = check_val_split(grid.configs[0])  # one dataset and one set of settings: the same for all
+    selection = "val_acc" if val_images else "final_acc"
+    if selection == "final_acc":
+        note("val_split 0: no validation split, so the candidates are ranked on their final test accuracy and the "
+             "winner's test accuracy is optimistic (it was selected on the test set)")
     db, runs = out / DB_FILE, out / RUNS_DIR
     sweep = run_grid(grid, db, runs, _local_defaults(engine or EngineOptions(), grid), progress=progress)
 
     with Store(db) as store:
         rows = store.budget_rows([p.key for p in grid.budget_points])
-    cells = collect_budgets(rows)
-    candidates = rank([Candidate.from_cell(c) for c in cells.values()], names)
+    cells = list(collect_budgets(rows).values())
+    candidates = rank([Candidate.from_cell(c, selection) for c in cells], names, selection)
     epochs = grid.budget_points[0].ident["epochs"] if grid.budget_points else 0
+    first = grid.configs[0]
     result = ReduceResult(model=model, budget=budget, dataset=dataset, epochs=int(epochs), seeds=list(spec.seeds),
-                          out=out.resolve(), candidates=candidates, sweep=sweep)
+                          out=out.resolve(), candidates=candidates, sweep=sweep, selection=selection,
+                          val_split=first.val_split, val_images=val_images, test_views=_test_views(cells),
+                          recipe={"name": first.recipe, **{k: getattr(first, k) for k in RECIPE_FIELDS}})
     if report:
         written = make_report(db, out / REPORT_DIR, latency="none", progress=progress)
         result.report = str(Path(written["index"]).resolve())
@@ -207,3 +246,21 @@ def reduce(
         result.exported = _export(result.winner.run_dir)
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+def _with_val_split(dataset: str, settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with reduce's default validation split when it names none (the data are read
+    once: the grid reads them from the same cache)."""
+    if "val_split" in settings:
+        return settings
+    ds = load_data(dataset, settings.get("data_dir"), bool(settings.get("download", False)),
+                   settings.get("limit_train"), settings.get("limit_test"))
+    return {**settings, "val_split": split.default(len(ds.train_y))}
+
+
+def _test_views(cells: Sequence[BudgetCell]) -> int | list[int] | None:
+    """The views per test image of the finished runs' final evaluation: one number (all alike),
+    all of them (they differ), or None (none finished)."""
+    views = sorted({r["epoch_metrics"][-1].get("test_views") for c in cells for r in c.done if r["epoch_metrics"]}
+                   - {None})
+    return None if not views else views[0] if len(views) == 1 else views

@@ -41,7 +41,7 @@ from .progress import Progress
 from .recipe import EMA, RECIPE_FIELDS, RECIPES, check_recipe_values, lr_multiplier, make_optimizer
 
 __all__ = ["TrainConfig", "train", "sgd_step", "evaluate", "test_views", "open_checkpoint", "identity", "RESULT_KEYS",
-           "EXECUTION_KEYS", "ADDED_FIELDS",
+           "EXECUTION_KEYS", "ADDED_FIELDS", "check_val_split",
            "RECIPE_NAMES", "DEVICES"]
 
 DEVICES = ("auto", "cpu", "cuda")
@@ -379,6 +379,16 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                        split.describe(full, ds, config.val_split))
     rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
+
+
+def check_val_split(config: TrainConfig) -> int:
+    """The size of ``config``'s validation set (0: none), read from its data; a UsageError when its
+    ``val_split`` holds out none or all of the training images. Sweeps and reduce call it before
+    anything trains."""
+    ds = load_data(config.dataset, config.data_dir, config.download, config.limit_train, config.limit_test)
+    if config.val_split and ds.val_y is not None:
+        return len(ds.val_y)
+    return split.size(config.val_split, len(ds.train_y))
 
 
 def _validation_split(ds: Dataset, config: TrainConfig) -> Dataset:

@@ -8,18 +8,25 @@ import sys
 from typing import TYPE_CHECKING
 
 from .args import MODEL_HELP, add_fix_arg, add_run_args, model_from_args, nonnegative_int, positive_int
+from ..data.split import DEFAULT_MAX
 from .fit_cmd import BUDGET_HELP
 from .sweep_cmd import add_engine_args, check_engine_args, engine_options, train_settings
 
 if TYPE_CHECKING:
     from ..reduce import ReduceResult
 
+#: What ``best_acc`` is, in every place reduce shows it: never a basis for selection.
+BEST_ACC_WORDS = "best test accuracy over epochs (optimistic)"
+
 DESCRIPTION = """\
 The study's method as one command: fit every template to the budget (the widest model of each
 within it, as 'fit' finds it; base is always included, as the uniformly scaled baseline), train
-the candidates, rank them by final test accuracy (mean over seeds; ties go to fewer parameters),
-write a report and export the winner (ONNX where the onnx extra is installed, else TorchScript,
-next to its weights). Everything goes to --out: the results store DIR/results.sqlite, the runs
+the candidates, rank them by final validation accuracy (mean over seeds; ties go to fewer
+parameters) on a stratified part of the training set held out for every candidate and seed alike
+(--val-split), write a report and export the winner's seed with the best validation accuracy
+(ONNX where the onnx extra is installed, else TorchScript, next to its weights). Every
+candidate's final test accuracy is reported beside it, never used to choose; with --val-split 0
+the ranking falls back to the test accuracy, and says so. Everything goes to --out: the results store DIR/results.sqlite, the runs
 DIR/runs/ and the report DIR/report/; running the same command again resumes where it stopped
 (finished runs are not repeated). A template the budget cannot reach is listed as unreachable
 with the reason. Exit status 0 when a candidate finished, 1 when none did."""
@@ -45,9 +52,12 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", default="reduce", metavar="DIR",
                    help="folder of the store, runs and report (default: reduce/); reuse it to resume")
     p.add_argument("--no-export", action="store_true", help="do not export the winner")
-    p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document on stdout: 'selection' (val_acc, or final_acc with --val-split 0), "
+                        "the recipe, the test views, and per candidate val_acc, final_acc (test), best_acc (the "
+                        f"{BEST_ACC_WORDS}) and seeds_done")
     t = p.add_argument_group("training (as for train and sweep)")
-    add_run_args(t)
+    add_run_args(t, val_default=f"10%% of the training set, at most {DEFAULT_MAX:,} images")
     e = p.add_argument_group("engine")
     e.add_argument("--retry-failed", action="store_true", help="train candidates that failed before again")
     add_engine_args(e, jobs_default="on a CPU, the core count (at most one per run), else 1",
@@ -72,27 +82,34 @@ def run(args: argparse.Namespace) -> int:
 
 
 def render(result: "ReduceResult") -> str:
-    """The ranked table and where the winner, its export and the report are."""
+    """The ranked table and where the winner, its export and the report are; says what ranked the
+    candidates and what each accuracy column is."""
     from ..fit import format_value
 
     b = result.budget
     seeds = ", ".join(map(str, result.seeds))
+    views = result.test_views if result.test_views is not None else "-"
     lines = [f"reduce {result.model} to {b.key} <= {format_value(b.key, b.value)} on {result.dataset}: "
-             f"{len(result.candidates)} candidates, {result.epochs} epochs, seed{'s' if len(result.seeds) > 1 else ''} "
-             f"{seeds}"]
+             f"{len(result.candidates)} candidates, recipe {result.recipe.get('name', '-')}, {result.epochs} epochs, "
+             f"seed{'s' if len(result.seeds) > 1 else ''} {seeds}, {views} test view(s)",
+             f"ranked by {_selection_words(result)}"]
     w = max(8, *(len(c.template) for c in result.candidates))
     lines.append(f"{'rank':>4}  {'template':<{w}}  {'width':>9}  {'params':>11}  {'MFLOPs':>8}  {'train MB':>8}  "
-                 f"{'final %':>7}  {'best %':>7}  status")
+                 f"{'val %':>7}  {'test %':>7}  {'best test* %':>12}  status")
     for i, c in enumerate(result.candidates, 1):
         def num(v, fmt):
             return "-" if v is None else format(v, fmt)
+
+        def pct(v, width=7):
+            return num(None if v is None else 100 * v, f">{width}.2f")
 
         status = c.status if c.status == "done" else f"{c.status}: {c.reason}" if c.reason else c.status
         lines.append(f"{i:>4}  {c.template:<{w}}  {num(c.width, '>9.6g')}  {num(c.params, '>11,')}  "
                      f"{num(None if c.flops is None else c.flops / 1e6, '>8.2f')}  "
                      f"{num(None if c.train_memory_bytes is None else c.train_memory_bytes / 1e6, '>8.1f')}  "
-                     f"{num(None if c.final_acc is None else 100 * c.final_acc, '>7.2f')}  "
-                     f"{num(None if c.best_acc is None else 100 * c.best_acc, '>7.2f')}  {status}")
+                     f"{pct(c.val_acc)}  {pct(c.final_acc)}  {pct(c.best_acc, 12)}  {status}")
+    lines.append(f"val: final validation accuracy; test: final test accuracy; *: the {BEST_ACC_WORDS}, "
+                 "never used to select; means over the finished seeds")
     win = result.winner
     if win is None:
         lines.append("no winner: no candidate finished training")
@@ -103,3 +120,10 @@ def render(result: "ReduceResult") -> str:
     if result.report:
         lines.append(f"report: {result.report}")
     return "\n".join(lines)
+
+
+def _selection_words(result: "ReduceResult") -> str:
+    if result.selection == "val_acc":
+        return (f"final validation accuracy on {result.val_images:,} images (--val-split {result.val_split:g}), "
+                "the same for every candidate and seed; the winner's export is its seed with the best one")
+    return "final test accuracy (--val-split 0: no validation split; the winner's test accuracy is optimistic)"

@@ -194,6 +194,12 @@ def run(args: argparse.Namespace) -> int:
     from ..sweep.grid import known_classes, plan_grid
 
     grid = plan_grid(spec, classes_of=known_classes if args.dry_run else None)  # a real run reads the data now
+    if not args.dry_run:
+        from ..train import check_val_split
+
+        data = {(c.dataset, c.data_dir, c.limit_train, c.val_split): c for c in grid.configs}
+        for c in data.values():  # a split the data cannot give is refused before anything trains
+            check_val_split(c)
     if args.dry_run:
         from ..sweep.grid import run_dir_name
         from ..sweep.store import point_key

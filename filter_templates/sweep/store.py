@@ -41,6 +41,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from .. import rundir
 from ..errors import UsageError
+from ..prune import kind_of
 from ..rundir import read_metrics
 from ..train import EXECUTION_KEYS, identity
 
@@ -76,6 +77,7 @@ CREATE TABLE IF NOT EXISTS runs (
     config_json TEXT NOT NULL,             -- full TrainConfig.to_dict() of the last run of this point
     family TEXT NOT NULL, template TEXT NOT NULL, width REAL NOT NULL, dataset TEXT NOT NULL,
     seed INTEGER NOT NULL, epochs INTEGER NOT NULL, classes INTEGER NOT NULL, filters TEXT NOT NULL,
+    kind TEXT NOT NULL DEFAULT 'template',  -- template, or pruning: a pruning baseline (template: its method)
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'failed')),
     run_dir TEXT,
     claimed_by TEXT, claim_token TEXT, claimed_at REAL, heartbeat REAL,
@@ -114,7 +116,7 @@ CREATE INDEX IF NOT EXISTS budget_points_run ON budget_points (run_key);
 
 
 #: Columns added to ``runs`` after stores were written (name, SQL type): opening an older store adds them.
-_ADDED_COLUMNS = (("val_acc", "REAL"),)
+_ADDED_COLUMNS = (("val_acc", "REAL"), ("kind", "TEXT NOT NULL DEFAULT 'template'"),)
 
 
 class StoreError(UsageError):
@@ -187,6 +189,7 @@ def _fields(config: Mapping[str, Any]) -> dict[str, Any]:
             "dataset": str(config["dataset"]),
             "seed": int(config.get("seed", 0)),
             "epochs": int(config["epochs"]),
+            "kind": kind_of(config),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"not a training configuration (missing or bad {exc}): {canonical_json(config)[:200]}") from None
@@ -330,10 +333,10 @@ class Store:
                 f = _fields(config)
                 cur = db.execute(
                     "INSERT OR IGNORE INTO runs (key, key_json, config_json, family, template, width, dataset, seed, "
-                    "epochs, classes, filters, status, run_dir, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                    "epochs, classes, filters, kind, status, run_dir, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                     (key, key_json, canonical_json(config), f["family"], f["template"], f["width"], f["dataset"],
-                     f["seed"], f["epochs"], f["classes"], f["filters"], str(run_dir), now, now),
+                     f["seed"], f["epochs"], f["classes"], f["filters"], f["kind"], str(run_dir), now, now),
                 )
                 if cur.rowcount:
                     new += 1
@@ -472,8 +475,8 @@ class Store:
                 return False
             history = [_clean(dict(e)) for e in epochs] if epochs is not None else json.loads(row[0])
             db.execute(
-                "UPDATE runs SET status=?, reason=?, final_acc=?, best_acc=?, best_epoch=?, val_acc=?, params=?, flops=?, "
-                "train_memory_bytes=?, batch_size=?, latency_batch_s=?, latency_b1_s=?, resource_device=?, threads=?, "
+                "UPDATE runs SET status=?, reason=?, final_acc=?, best_acc=?, best_epoch=?, val_acc=?, params=?, "
+                "flops=?, train_memory_bytes=?, batch_size=?, latency_batch_s=?, latency_b1_s=?, resource_device=?, threads=?, "
                 "resources_json=?, wall_s=?, device=?, epoch_metrics=?, epochs_done=?, finished_at=?, "
                 "updated_at=?, claimed_by=NULL, claim_token=NULL, heartbeat=NULL, run_dir=COALESCE(?, run_dir) "
                 f"WHERE {where}",
@@ -593,10 +596,10 @@ class Store:
             if row is None:
                 db.execute(
                     "INSERT INTO runs (key, key_json, config_json, family, template, width, dataset, seed, epochs, "
-                    "classes, filters, status, run_dir, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                    "classes, filters, kind, status, run_dir, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                     (key, key_json, canonical_json(config), f["family"], f["template"], f["width"], f["dataset"],
-                     f["seed"], f["epochs"], f["classes"], f["filters"], str(run_dir), now, now),
+                     f["seed"], f["epochs"], f["classes"], f["filters"], f["kind"], str(run_dir), now, now),
                 )
             else:
                 db.execute("UPDATE runs SET status='pending', run_dir=?, claimed_by=NULL, claim_token=NULL, "
