@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any, Type
+from typing import Any, Sequence, Type
 
 from .errors import UsageError
 
-__all__ = ["integer", "number", "parse", "expected", "is_integer", "is_number"]
+__all__ = ["integer", "number", "up_to", "layer_counts", "parse", "expected", "is_integer", "is_number"]
 
 
 def is_integer(v: Any) -> bool:
@@ -54,6 +54,26 @@ def number(v: Any, what: str, minimum: float = 0.0, *, strict: bool = True, maxi
     if not (is_number(v) and (v > minimum if strict else v >= minimum) and (maximum is None or v < maximum)):
         raise error(f"{what} must be {expected(float, minimum, strict, maximum)}, got {v!r}")
     return float(v)
+
+
+def up_to(v: Any, what: str, maximum: float, *, error: Type[Exception] = UsageError) -> float:
+    """``v`` as a float in ``(0, maximum]``: a multiplier whose ceiling no sensible value reaches
+    (a typo such as 1e9 fails here with one line instead of exhausting memory)."""
+    if is_number(v) and v > maximum:
+        raise error(f"{what} {v:g} is over the limit of {maximum:g}")
+    return number(v, what, error=error)
+
+
+def layer_counts(values: Sequence[Any], what: str, maximum: int, *, owner: str) -> list[int]:
+    """Filter counts (or widths) as ints, each ``>= 1`` and ``<= maximum``; else a UsageError
+    naming ``owner`` (a family) and ``what``."""
+    out = [int(v) for v in values]
+    if any(v < 1 for v in out):
+        raise UsageError(f"{owner}: every {what} must be >= 1, got {out}")
+    if out and max(out) > maximum:
+        raise UsageError(f"{owner}: a layer of {max(out):,} filters is over the limit of {maximum:,}; "
+                         "use a smaller width or counts")
+    return out
 
 
 def parse(text: str, kind: type, minimum: float, *, strict: bool = False, maximum: float | None = None) -> Any:

@@ -1,4 +1,4 @@
-"""Any CNN as a model family (SPEC 2.10): ``--model package.module:function``.
+"""Any CNN as a model family: ``--model package.module:function``.
 
 A *model path* ``package.module:function`` names a callable that returns an ``nn.Module`` (it gets
 ``num_classes=`` when its signature takes it). Its channel groups are discovered once
@@ -28,7 +28,7 @@ import torch.nn as nn
 
 from ..errors import UsageError
 from ..templates import scale_count
-from . import Family
+from .registry import Family
 from .discover import Plan, discover
 
 __all__ = ["GenericFamily", "load_model", "generic_family", "is_model_path", "family_name", "split_name"]

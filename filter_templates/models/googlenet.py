@@ -4,7 +4,7 @@ convs and every conv has a bias, BN and ReLU. 6,166,250 parameters (10 classes).
 
 One template layer is one Inception module, in two readings:
 
-- ``googlenet`` (the study's, SPEC 2.8): a module's ``f_l`` is the MEAN width of its six branch
+- ``googlenet`` (the study's): a module's ``f_l`` is the MEAN width of its six branch
   convolutions (1x1; 3x3-reduce; 3x3; 5x5-reduce; the 5x5 branch's 3x3 convs; pool projection), e.g.
   a3 = (64+96+128+16+32+32)/6. ``base`` keeps every module's own six widths (times ``w``);
   ``reverse`` swaps whole modules (module ``l`` takes the six widths of module ``D-l+1``); any other
@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from ..errors import UsageError
 from ..templates import scale_count
-from . import family
+from .registry import family
 
 
 class Widths(NamedTuple):
@@ -117,7 +117,7 @@ class GoogLeNet(nn.Module):
 
 
 def expand(template: Optional[str], real: Sequence[float], scale: Callable[[float], int]) -> tuple[int, ...]:
-    """The study's cfg (stem + 9 x 6 branch widths) of a template's module values (SPEC 2.8)."""
+    """The study's cfg (stem + 9 x 6 branch widths) of a template's module values."""
     if template == "base":
         return (scale(STEM), *(scale(w) for m in MODULES for w in m))
     if template == "reverse":

@@ -4,7 +4,7 @@
 
 Two readings of "template layer" (the depthwise conv always keeps its input's width, groups = channels):
 
-- ``mobilenet`` (the study's, SPEC 2.8): 13 template layers, the stem (32) and the pointwise outputs
+- ``mobilenet`` (the study's): 13 template layers, the stem (32) and the pointwise outputs
   of the first 12 blocks (64 128 128 256 256 512x6 1024). The last block (1024, feeding the
   classifier) is not a template layer: it keeps ``1024 * w``. Its widths list is the study's cfg:
   stem + 13 blocks, so ``--as-published`` can build the study's configurations that also change the
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..errors import UsageError
 from ..templates import scale_count
-from . import family
+from .registry import family
 from .skeleton import StemNet
 
 BASE = (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)

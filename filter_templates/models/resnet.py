@@ -4,7 +4,7 @@ pool, one linear classifier. 23,520,842 parameters (10 classes).
 
 Two readings of "template layer":
 
-- ``resnet50`` (the study's, SPEC 2.8): one template layer per *stage*, counted by its ``planes``;
+- ``resnet50`` (the study's): one template layer per *stage*, counted by its ``planes``;
   every block of the stage uses it, and the stem convolution takes the first stage's value (the
   study's ``conv1`` is ``cfg[0]`` wide): 64 for base, 512 for reverse.
 - ``resnet50-blocks``: one template layer per bottleneck block; the stem (64) is scaled by
@@ -23,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..templates import scale_count
-from . import family
+from .registry import family
 from .skeleton import StemNet
 
 EXPANSION = 4

@@ -1,5 +1,6 @@
-"""VGG-19, CIFAR form: 16 conv3x3+BN+ReLU, max-pool after layers 2, 4, 8, 12, 16, one linear
-classifier. Every conv is a template layer; there is no stem. 20,040,522 parameters (10 classes).
+"""VGG-19, CIFAR form: 16 conv3x3+BN+ReLU, max-pool after layers 2, 4, 8, 12, 16, a global
+average pool (the last map is 1x1 at 32 px; larger inputs need it, as the other families have it), one
+linear classifier. Every conv is a template layer; there is no stem. 20,040,522 parameters (10 classes).
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from . import Family, register_family
+from .registry import family
 
 BASE = (64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512)
 POOL_AFTER = frozenset({2, 4, 8, 12, 16})  # 1-based layer indices
@@ -26,24 +27,16 @@ class VGG(nn.Module):
                 layers.append(nn.MaxPool2d(2))
             c_in = c
         self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)  # a 1x1 map at 32 px (a no-op); larger inputs pool globally
         self.classifier = nn.Linear(c_in, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(torch.flatten(self.features(x), 1))
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
+@family("vgg19", base_filters=BASE, layer_names=tuple(f"conv{i}" for i in range(1, 17)),
+        unit="one 3x3 convolution's output channels",
+        description="VGG-19 (CIFAR): 16 conv3x3+BN+ReLU, 5 max-pools, linear classifier")
 def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
           floor: int = 1) -> nn.Module:
     return VGG(filters, num_classes)  # no stem: stem_width, divisor and floor have nothing to scale
-
-
-FAMILY = register_family(
-    Family(
-        name="vgg19",
-        base_filters=BASE,
-        layer_names=tuple(f"conv{i}" for i in range(1, 17)),
-        builder=build,
-        unit="one 3x3 convolution's output channels",
-        description="VGG-19 (CIFAR): 16 conv3x3+BN+ReLU, 5 max-pools, linear classifier",
-    )
-)
