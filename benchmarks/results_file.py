@@ -69,7 +69,8 @@ def _cpuinfo() -> tuple[str, set[str]]:
 
 def machine() -> dict[str, Any]:
     """What the figures were measured on. AMX matters because bf16 and channels_last only pay off
-    on CPUs that have it; the thread count because the same CPU gives different images/s under it."""
+    on CPUs that have it; the thread count because the same CPU gives different images/s under it;
+    the load average because a timing taken beside other jobs is slower than on a free machine."""
     cpu, flags = _cpuinfo()
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     return {
@@ -81,6 +82,7 @@ def machine() -> dict[str, Any]:
         "torch": torch.__version__,
         "python": platform.python_version(),
         "system": f"{platform.system()} {platform.machine()}",
+        "load_average_1min": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
     }
 
 
