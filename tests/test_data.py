@@ -546,4 +546,4 @@ def test_shared_cifar10_copy_loads():
     assert ds.classes == CIFAR10_CLASSES
     assert np.bincount(ds.train_y).tolist() == [5000] * 10 and np.bincount(ds.test_y).tolist() == [1000] * 10
     assert 0.40 < ds.mean[0] < 0.55 and 0.2 < ds.std[2] < 0.3
-    assert DATASETS == ("cifar10", "cifar100", "digits", "synthetic")
+    assert DATASETS == ("cifar10", "cifar100", "digits", "synthetic", "folder")

@@ -8,10 +8,11 @@ except through :class:`Loader` (imported lazily), so decoding workers start quic
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -19,9 +20,11 @@ from .. import validate
 from ..errors import UsageError
 from .dataset import Dataset
 
-__all__ = ["DATASETS", "Dataset", "Loader", "load_dataset", "load_data", "num_classes", "default_data_dir"]
+__all__ = ["DATASETS", "BUILTIN_SIZE", "Dataset", "DataShape", "Loader", "load_dataset", "load_data", "num_classes",
+           "data_shape", "default_data_dir"]
 
-DATASETS = ("cifar10", "cifar100", "digits", "synthetic")
+DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "folder")
+BUILTIN_SIZE = 32  # every built-in dataset's images are 32 x 32
 _LIMIT_SEED = 0x5EED
 
 
@@ -46,19 +49,28 @@ def _subset(x: np.ndarray, y: np.ndarray, limit: int | None, salt: int) -> tuple
     return np.ascontiguousarray(x[keep]), np.ascontiguousarray(y[keep])
 
 
+def _check_size(key: str, image_size: int | None) -> None:
+    if image_size is not None and key != "folder" and image_size != BUILTIN_SIZE:
+        raise UsageError(f"--image-size applies to --dataset folder; {key} images are {BUILTIN_SIZE}x{BUILTIN_SIZE}")
+
+
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, download: bool = False,
-                 limit_train: int | None = None, limit_test: int | None = None) -> Dataset:
+                 limit_train: int | None = None, limit_test: int | None = None,
+                 image_size: int | None = None) -> Dataset:
     """Load a dataset by name.
 
-    ``data_dir`` (CIFAR only; default ``$FILTER_TEMPLATES_DATA`` or ``./data``) may hold the data in
-    any form :mod:`filter_templates.data.cifar` accepts; ``download`` fetches the official archive
-    when none is there. ``limit_train``/``limit_test`` keep the first N samples after a fixed
-    seeded shuffle (for ``synthetic`` they are the sizes generated). Mean/std always describe the
-    full training split.
+    ``data_dir``: for CIFAR (default ``$FILTER_TEMPLATES_DATA`` or ``./data``) the data in any
+    form :mod:`filter_templates.data.cifar` accepts, ``download`` fetching the official archive
+    when none is there; for ``folder`` (required) the user's image tree or archive
+    (:mod:`filter_templates.data.folder`), brought to ``image_size`` px (default: the images'
+    common size; the built-in datasets are 32 px). ``limit_train``/``limit_test`` keep the first
+    N samples after a fixed seeded shuffle (for ``synthetic`` they are the sizes generated).
+    Mean/std always describe the full training split.
     """
     key = _canonical(name)
     _check_limit(limit_train, "limit_train")
     _check_limit(limit_test, "limit_test")
+    _check_size(key, image_size)
     if key == "synthetic":
         from . import synthetic
 
@@ -67,6 +79,10 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, d
         from . import digits
 
         ds = digits.load()
+    elif key == "folder":
+        from . import folder
+
+        ds = folder.load(data_dir, image_size)
     else:
         from . import cifar
 
@@ -75,15 +91,15 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, d
     test_x, test_y = _subset(ds.test_x, ds.test_y, limit_test, 2)
     if train_x is ds.train_x and test_x is ds.test_x:
         return ds
-    return Dataset(name=ds.name, classes=ds.classes, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                   mean=ds.mean, std=ds.std, source=ds.source, hflip=ds.hflip)
+    return dataclasses.replace(ds, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y)
 
 
 @functools.lru_cache(maxsize=1)
 def load_data(name: str, data_dir: str | None = None, download: bool = False,
-              limit_train: int | None = None, limit_test: int | None = None) -> Dataset:
+              limit_train: int | None = None, limit_test: int | None = None, image_size: int | None = None) -> Dataset:
     """:func:`load_dataset`, remembering the last one: a sweep trains many models on one dataset."""
-    return load_dataset(name, data_dir, download=download, limit_train=limit_train, limit_test=limit_test)
+    return load_dataset(name, data_dir, download=download, limit_train=limit_train, limit_test=limit_test,
+                        image_size=image_size)
 
 
 def num_classes(name: str) -> int:
@@ -92,7 +108,29 @@ def num_classes(name: str) -> int:
     from . import digits, synthetic
 
     counts = {**NUM_CLASSES, "digits": digits.NUM_CLASSES, "synthetic": synthetic.NUM_CLASSES}
-    return counts[_canonical(name)]
+    key = _canonical(name)
+    if key not in counts:
+        raise UsageError(f"the classes of --dataset {key} are its folder names: they are known once it is read")
+    return counts[key]
+
+
+class DataShape(NamedTuple):
+    """What a model for a dataset must fit: its class count and its (square) image side."""
+
+    classes: int
+    image_size: int
+
+
+def data_shape(name: str, data_dir: str | None = None, image_size: int | None = None) -> DataShape:
+    """Class count and image size of a dataset. Built-in ones answer from their metadata (32 px);
+    a folder is read (decoded into its cache once, which also proves it readable before anything
+    trains), its classes being its folder names and its size ``image_size`` or the images' own."""
+    key = _canonical(name)
+    _check_size(key, image_size)
+    if key != "folder":
+        return DataShape(num_classes(key), BUILTIN_SIZE)
+    ds = load_data(key, data_dir, image_size=image_size)
+    return DataShape(ds.num_classes, ds.image_size)
 
 
 def default_data_dir() -> "os.PathLike[str]":

@@ -24,7 +24,7 @@ class Dataset:
 
     name: str
     classes: tuple[str, ...]
-    train_x: np.ndarray  # uint8 [N, 32, 32, 3]
+    train_x: np.ndarray  # uint8 [N, S, S, 3]: S = image_size (32 for the built-in datasets)
     train_y: np.ndarray  # int64 [N]
     test_x: np.ndarray
     test_y: np.ndarray
@@ -38,6 +38,18 @@ class Dataset:
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def image_size(self) -> int:
+        """The side of the (square) images."""
+        return int(self.train_x.shape[1])
+
+    def record(self) -> dict:
+        """What a run records about its data: classes, image size and the normalisation used."""
+        return {"name": self.name, "classes": list(self.classes), "image_size": self.image_size,
+                "mean": [round(float(m), 6) for m in self.mean], "std": [round(float(s), 6) for s in self.std],
+                "train": int(len(self.train_y)), "test": int(len(self.test_y)),
+                "val": None if self.val_y is None else int(len(self.val_y)), "source": self.source}
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, classes={self.num_classes}, train={len(self.train_y)}, "
