@@ -28,7 +28,7 @@ GOAL_S = 0.5
 def program() -> list[str]:
     """The installed entry point when it is on PATH, else the package run as a module."""
     exe = shutil.which("filter-templates")
-    return [exe] if exe else [sys.executable, "-m", "filter_templates.cli"]
+    return [exe] if exe else [sys.executable, "-m", "filter_templates"]
 
 
 def time_once(argv: list[str]) -> tuple[float, float]:

@@ -26,7 +26,7 @@ from results_file import add_write_argument, write
 def program() -> list[str]:
     """The installed entry point when it is on PATH, else the package run as a module."""
     exe = shutil.which("filter-templates")
-    return [exe] if exe else [sys.executable, "-m", "filter_templates.cli"]
+    return [exe] if exe else [sys.executable, "-m", "filter_templates"]
 
 
 def main(argv=None) -> int:

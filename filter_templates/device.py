@@ -10,7 +10,7 @@ import torch
 
 from .errors import UsageError
 
-__all__ = ["DeviceLike", "resolve_device", "device_name", "cpu_name"]
+__all__ = ["DeviceLike", "resolve_device", "device_name", "cpu_name", "cpu_has_amx"]
 
 DeviceLike = Union[str, torch.device]
 
@@ -50,6 +50,23 @@ def cpu_name() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine() or "cpu"
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_has_amx() -> bool:
+    """Whether this CPU has AMX tiles (bf16 matrix products in hardware): torch's own check where
+    it has one, else the ``amx_tile`` flag of ``/proc/cpuinfo``."""
+    check = getattr(getattr(torch, "cpu", None), "_is_amx_tile_supported", None)
+    if callable(check):
+        try:
+            return bool(check())
+        except RuntimeError:
+            pass
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            return any(line.startswith("flags") and "amx_tile" in line.split() for line in f)
+    except OSError:
+        return False
 
 
 def device_name(device: DeviceLike) -> str:

@@ -63,10 +63,10 @@ def add_run_args(group: "argparse._ArgumentGroup", val_default: str = "0") -> No
                        help="fetch the official CIFAR archive if missing (MD5-checked)")
     group.add_argument("--device", metavar="DEV", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     group.add_argument("--precision", choices=["auto", "fp32", "bf16"],
-                       help="fp32 or bf16 autocast (default auto: the faster one, measured on this device for this "
-                            "model and cached)")
+                       help="fp32 or bf16 autocast (default auto: bf16 on CUDA with bf16 and on a CPU with AMX, "
+                            "else fp32; never picked by timing, as it changes the numbers)")
     group.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"],
-                       help="tensor layout (default auto: the faster one, measured with --precision)")
+                       help="tensor layout (default auto: channels_last)")
 
 
 MODEL_HELP = ("model family ({}) or your own network as package.module:function (a callable returning an "

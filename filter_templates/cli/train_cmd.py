@@ -13,7 +13,7 @@ from typing import Any
 import torch
 
 from ..arch import Arch, make_arch
-from ..autotune import choose_threads
+from ..autotune import threads_for
 from ..data import num_classes
 from ..device import resolve_device
 from ..errors import UsageError
@@ -88,8 +88,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                         "odd kernel, no fewer outputs than inputs) as the identity on its first in_channels filters")
     x = p.add_argument_group("execution")
     x.add_argument("--threads", type=positive_int, metavar="N",
-                   help="CPU threads of torch (default: 1 or all cores, whichever trained this model faster when "
-                        "measured here; cached)")
+                   help="CPU threads of torch (default: $OMP_NUM_THREADS, else every core this process may use; "
+                        "a resumed run keeps its own). Written to config.json: it changes the numbers")
     x.add_argument("--no-bf16", dest="precision", action="store_const", const="fp32",
                    help="the same as --precision fp32")
     x.add_argument("--no-channels-last", dest="memory_format", action="store_const", const="contiguous",
@@ -173,15 +173,10 @@ def run(args: argparse.Namespace) -> int:
 
     state = open_checkpoint(config, out, args.resume)  # refuse before printing anything; read once
     done = int(state["epoch"]) if state is not None else 0
-    saved_threads = state.get("threads") if state is not None else None
-    if args.threads:
-        torch.set_num_threads(args.threads)
-        threads_source = "--threads"
-    elif isinstance(saved_threads, int) and saved_threads >= 1:  # a resumed run keeps its thread count
-        torch.set_num_threads(saved_threads)
-        threads_source = "checkpoint"
-    else:
-        _, threads_source = choose_threads(config.arch, resolve_device(config.device), config.batch_size)
+    threads_source = "--threads" if args.threads else None
+    if state is None and config.threads is None:  # else the flag's, the --config file's or the checkpoint's
+        threads, threads_source = threads_for(resolve_device(config.device))
+        torch.set_num_threads(threads)
     if not quiet:
         a = config.arch
         print(f"training {a.family} {a.template} w={a.width:g} ({' '.join(map(str, a.filters))}) on {config.dataset} "

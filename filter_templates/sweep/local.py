@@ -44,8 +44,9 @@ def _reason(exc: BaseException) -> str:
 
 
 def train_point(store: Store, point: Point, token: str, *, progress: bool | None = None,
-                heartbeat_every: float = HEARTBEAT_EVERY) -> dict:
-    """Train (or resume, or just record) one claimed point; returns the summary it recorded."""
+                heartbeat_every: float = HEARTBEAT_EVERY, threads_source: str | None = None) -> dict:
+    """Train (or resume, or just record) one claimed point; returns the summary it recorded.
+    ``threads_source``: how the engine set torch's thread count (recorded in the summary)."""
     from ..train import train
 
     on_disk = finished_on_disk(point)
@@ -61,7 +62,8 @@ def train_point(store: Store, point: Point, token: str, *, progress: bool | None
     resume = (point.run_dir / CHECKPOINT).exists()
     with Heartbeats(store.path, {point.key: token}, heartbeat_every):
         try:
-            summary = train(point.config, point.run_dir, resume=resume, progress=progress, on_epoch=on_epoch)
+            summary = train(point.config, point.run_dir, resume=resume, progress=progress, on_epoch=on_epoch,
+                            threads_source=threads_source)
             summary = complete_resources(point.config, summary, point.run_dir)
         except (KeyboardInterrupt, _ClaimLost):
             raise
@@ -81,6 +83,7 @@ def run_local(
     progress: bool | None = None,
     jobs: int = 1,
     threads: int | None = None,
+    threads_source: str | None = None,
     stale_after: float = DEFAULT_STALE_AFTER,
     heartbeat_every: float = HEARTBEAT_EVERY,
     on_run: Callable[[Point, dict], None] | None = None,
@@ -88,15 +91,23 @@ def run_local(
     """Run every point of ``configs`` that is not done yet on this machine.
 
     ``jobs``: how many runs train at once, each in its own process (this one and ``jobs - 1``
-    worker processes claiming from the same store); ``threads``: torch CPU threads of each.
+    worker processes claiming from the same store); ``threads``: torch CPU threads of each (None:
+    :func:`autotune.threads_for`'s share of the cores for ``jobs`` runs; a resumed run keeps its
+    own); ``threads_source``: what chose a given ``threads`` (default ``--threads``).
     """
     import torch
+
+    from ..autotune import threads_for
+    from ..device import resolve_device
 
     t0 = time.perf_counter()
     owner = owner_id()
     before = torch.get_num_threads()
     if threads:
-        torch.set_num_threads(threads)
+        threads_source = threads_source or "--threads"
+    else:
+        device = resolve_device(configs[0].device) if configs else resolve_device("cpu")
+        threads, threads_source = threads_for(device, jobs)
     workers: list[tuple[subprocess.Popen, Path]] = []
     with Store(db) as store:
         points, result = prepare(store, configs, runs_dir, retry_failed=retry_failed,
@@ -110,7 +121,7 @@ def run_local(
         todo = sum(1 for r in store.rows(keys) if store.claimable(r, stale_after=stale_after))
         try:
             if jobs > 1 and todo > 1:
-                workers = _spawn_workers(min(jobs, todo) - 1, points, store.path, runs_dir, threads)
+                workers = _spawn_workers(min(jobs, todo) - 1, points, store.path, runs_dir, (threads, threads_source))
             while True:
                 claim = store.claim(keys, owner=owner, stale_after=stale_after, config_json=config_json)
                 if claim is None:
@@ -120,9 +131,10 @@ def run_local(
                 if claim["reclaimed"]:
                     _log(f"{point.name}: taking over from {claim['previous_owner']}, which stopped; "
                          "resuming from its checkpoint")
+                torch.set_num_threads(threads)  # each run: a resumed one before it may have kept its own
                 try:
                     summary = train_point(store, point, claim["claim_token"], progress=progress,
-                                          heartbeat_every=heartbeat_every)
+                                          heartbeat_every=heartbeat_every, threads_source=threads_source)
                 except _ClaimLost:
                     _log(f"{point.name}: another sweep took this point over; leaving it to that sweep")
                     continue
@@ -174,7 +186,7 @@ def _count(result: SweepResult, point: Point, summary: dict) -> None:
 
 
 def _spawn_workers(n: int, points: Sequence[Point], db: Path, runs_dir: str | os.PathLike[str],
-                   threads: int | None) -> list[tuple[subprocess.Popen, Path]]:
+                   threads: tuple[int, str]) -> list[tuple[subprocess.Popen, Path]]:
     """``n`` more sweep processes on the same store and grid (``python -m filter_templates.sweep.local``).
     The grid travels as a JSON file; each worker writes its SweepResult to a JSON file."""
     out = []
@@ -182,7 +194,8 @@ def _spawn_workers(n: int, points: Sequence[Point], db: Path, runs_dir: str | os
     job_file = Path(runs_dir).resolve() / f".sweep-{tag}.json"
     job_file.parent.mkdir(parents=True, exist_ok=True)
     job_file.write_text(json.dumps({"db": str(Path(db).resolve()), "runs_dir": str(Path(runs_dir).resolve()),
-                                    "threads": threads, "configs": [p.config.to_dict() for p in points]}))
+                                    "threads": threads[0], "threads_source": threads[1],
+                                    "configs": [p.config.to_dict() for p in points]}))
     try:
         for i in range(n):
             result_file = job_file.with_name(f".sweep-{tag}-result{i}.json")
@@ -220,7 +233,8 @@ def _worker_main(argv: Sequence[str]) -> int:
     result_file.with_suffix(".started").touch()
     configs = [TrainConfig.from_dict(c) for c in job["configs"]]
     try:
-        result = run_local(configs, job["db"], job["runs_dir"], progress=False, threads=job["threads"])
+        result = run_local(configs, job["db"], job["runs_dir"], progress=False, threads=job["threads"],
+                           threads_source=job.get("threads_source"))
     except KeyboardInterrupt:
         return 130
     result_file.write_text(json.dumps(result.to_dict()))
