@@ -3,7 +3,7 @@
 Read :func:`train` top to bottom: prepare (refusals, run directory, data, how to execute), the
 epoch loop (train, evaluate, checkpoint), finish (final weights, summary). How the weights are
 optimised -- the ``fast`` and ``paper`` recipes, the schedule, EMA -- lives in :mod:`.recipe`; the
-measured choice of precision (fp32 / bf16 autocast) and memory format in :mod:`.autotune`. Data
+rule that picks precision (fp32 / bf16 autocast), memory format and threads in :mod:`.autotune`. Data
 stay resident on the training device and are augmented there in whole batches
 (``data.augment.Loader``).
 
@@ -100,6 +100,7 @@ class TrainConfig:
     device: str = _execution("auto")
     precision: str = _execution("auto")
     memory_format: str = _execution("auto")
+    threads: int | None = _execution()  # torch's CPU threads (None: the caller's, see autotune.threads_for)
 
     def __post_init__(self) -> None:
         if self.recipe in RECIPES:
@@ -139,6 +140,8 @@ class TrainConfig:
         check_recipe_values(lambda name: getattr(self, name), _fail)
         if not isinstance(self.device, str) or not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise UsageError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
+        if self.threads is not None:
+            _check_int("threads", self.threads, minimum=1)
         for name, allowed in (("precision", autotune.PRECISIONS), ("memory_format", autotune.MEMORY_FORMATS)):
             if getattr(self, name) not in ("auto", *allowed):
                 raise UsageError(f"training config '{name}' must be one of auto, {', '.join(allowed)}, "
@@ -201,8 +204,8 @@ def _check_float(name: str, v: Any, positive: bool) -> None:
     validate.number(v, f"training config '{name}'", strict=positive)
 
 
-#: Execution fields a run measures once and its checkpoint keeps: resuming must not change them.
-CHOSEN_KEYS = ("precision", "memory_format")
+#: Execution fields that change the numbers: a run decides them once and its checkpoint keeps them.
+CHOSEN_KEYS = ("precision", "memory_format", "threads")
 
 
 def _resume_view(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -213,10 +216,10 @@ def _resume_view(config: Mapping[str, Any]) -> dict[str, Any]:
 def open_checkpoint(config: TrainConfig, out_dir: str | Path, resume: bool) -> dict | None:
     """The checkpoint in ``out_dir`` that a run of ``config`` would continue (None: start fresh);
     the refusals are :func:`rundir.open_checkpoint`'s, comparing the result fields and each of
-    ``CHOSEN_KEYS`` given explicitly (an ``auto`` one takes the checkpoint's choice: a resumed run
-    keeps its precision and layout), seen through :func:`_resume_view`."""
+    ``CHOSEN_KEYS`` given explicitly (an ``auto`` or unset one takes the checkpoint's choice: a
+    resumed run keeps its precision, layout and threads), seen through :func:`_resume_view`."""
     cfg = config.to_dict()
-    keys = (*RESULT_KEYS, *(k for k in CHOSEN_KEYS if cfg[k] != "auto"))
+    keys = (*RESULT_KEYS, *(k for k in CHOSEN_KEYS if cfg[k] not in ("auto", None)))
     return rundir.open_checkpoint(out_dir, resume, cfg, keys, view=_resume_view)
 
 
@@ -295,17 +298,10 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         raise UsageError(f"the model has {config.arch.classes} classes but dataset {config.dataset!r} has "
                          f"{ds.num_classes}; build the architecture with classes={ds.num_classes}")
     full, ds = ds, _validation_split(ds, config)
-    if state is not None:
-        choice = autotune.Choice(state["config"]["precision"], state["config"]["memory_format"], "checkpoint")
-    else:
-        choice = autotune.choose(config.arch, device, config.batch_size, precision=config.precision,
-                                 memory_format=config.memory_format)
-    config = dataclasses.replace(config, precision=choice.precision, memory_format=choice.memory_format)
+    config, choice = _decide_execution(config, state, device, threads_source)
     cfg = config.to_dict()
     rundir.start_run(out, cfg)
 
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True
     torch.manual_seed(config.seed)
     amp = config.precision == "bf16"
     fmt = autotune.torch_memory_format(config.memory_format)
@@ -375,7 +371,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     # ---- finish: final weights and summary ------------------------------------------------------
     if failure is None:
         rundir.atomic_save({k: v.detach().cpu() for k, v in eval_model.state_dict().items()}, out / rundir.MODEL)
-    summary = _summary(config, metrics, device, failure, {**choice.to_dict(), "threads_source": threads_source},
+    summary = _summary(config, metrics, device, failure, choice.to_dict(),
                        split.describe(full, ds, config.val_split))
     rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
@@ -398,6 +394,29 @@ def _validation_split(ds: Dataset, config: TrainConfig) -> Dataset:
         note(f"dataset {config.dataset!r} brings its own validation set ({len(ds.val_y):,} images): it is used "
              f"instead of holding out val_split={config.val_split!r} of the training images")
     return split.holdout(ds, config.val_split)
+
+
+def _decide_execution(config: TrainConfig, state: dict | None, device: torch.device,
+                      threads_source: str | None) -> tuple[TrainConfig, autotune.Choice]:
+    """The precision, memory format and CPU threads of this run, all of which change its numbers:
+    a resumed run's own (its checkpoint's), else the config's where given, else
+    :func:`autotune.rule`'s; threads not given are the caller's count (``threads_source`` says how
+    it was set: CLI and sweeps ask :func:`autotune.threads_for`). Sets torch's thread count and
+    deterministic kernels; returns the config with all three filled in, and how they were decided."""
+    if state is not None:
+        saved = state["config"]
+        choice = autotune.Choice(saved["precision"], saved["memory_format"], "checkpoint")
+        threads, threads_source = saved.get("threads") or state.get("threads"), "checkpoint"
+    else:
+        choice = autotune.choose(device, config.precision, config.memory_format)
+        threads = config.threads
+        threads_source = (threads_source or "given") if threads else threads_source
+    if threads:
+        torch.set_num_threads(int(threads))
+    autotune.make_deterministic(device)
+    config = dataclasses.replace(config, precision=choice.precision, memory_format=choice.memory_format,
+                                 threads=torch.get_num_threads())
+    return config, dataclasses.replace(choice, threads=config.threads, threads_source=threads_source)
 
 
 def _initialise(model: torch.nn.Module, config: TrainConfig, ds: Dataset) -> None:

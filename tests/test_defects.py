@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import types
 from pathlib import Path
 
@@ -109,13 +110,14 @@ def test_joining_a_token_cluster_sends_the_token_and_failures_say_how(tmp_path, 
     monkeypatch.setattr(ray_engine, "RAY_TOKEN_FILE", token)
     for var in ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
         monkeypatch.delenv(var, raising=False)
-    seen = []
-
-    def init(address=None, **kw):
-        seen.append(os.environ.get("RAY_AUTH_MODE"))
-
-    ray_engine._init_ray(types.SimpleNamespace(init=init), "auto")
-    assert seen == ["token"] and "RAY_AUTH_MODE" not in os.environ  # token mode for the join only
+    monkeypatch.delitem(sys.modules, "ray._raylet", raising=False)  # leave this process's Ray settings alone
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert not ray_engine.use_token_auth("auto")  # the user's choice stands
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    assert not ray_engine.use_token_auth(None) and "RAY_AUTH_MODE" not in os.environ  # a local Ray: Ray decides
+    # set before Ray reads it (Ray caches the mode when imported; tests/test_ray.py joins a real head)
+    assert ray_engine.use_token_auth("auto") and os.environ["RAY_AUTH_MODE"] == "token"
+    monkeypatch.delenv("RAY_AUTH_MODE")  # pytest puts back what the environment held before the test
 
     def refused(address=None, **kw):
         raise ConnectionError("Failed to connect to GCS")

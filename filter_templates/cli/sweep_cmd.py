@@ -72,6 +72,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 _RAY_ONLY = ("address", "cpus_per_trial", "gpus_per_trial", "max_failures", "storage")
 _LOCAL_ONLY = ("threads", "jobs")
+_SLURM_ONLY = ("partition", "time", "cpus_per_task", "gpus_per_task", "mem", "array_parallelism", "slurm_option",
+               "slurm_dir")
+_ENGINE_FLAGS = {"local": _LOCAL_ONLY, "ray": _RAY_ONLY, "slurm": _SLURM_ONLY}
 
 
 def add_engine_args(group: "argparse._ArgumentGroup", jobs_default: str = "1",
@@ -80,7 +83,10 @@ def add_engine_args(group: "argparse._ArgumentGroup", jobs_default: str = "1",
     from ..sweep.engines import ENGINES
 
     group.add_argument("--engine", choices=list(ENGINES), default="local",
-                       help="local: runs train here, --jobs at a time (default); ray: each run a Ray Tune trial")
+                       help="local: runs train here, --jobs at a time (default); ray: each run a Ray Tune trial; "
+                            "slurm: each run a Slurm job (pip install 'filter-templates[slurm]'); with ray on a "
+                            "cluster or slurm, --runs-dir, --data-dir and --slurm-dir must be on a file system "
+                            "every node mounts (not this machine's /tmp)")
     group.add_argument("--jobs", type=positive_int, metavar="N",
                        help=f"local: train N runs at once, one process each (default: {jobs_default}; at most the "
                             "CPU count)")
@@ -96,31 +102,57 @@ def add_engine_args(group: "argparse._ArgumentGroup", jobs_default: str = "1",
                        help="ray: restart a crashed trial from its checkpoint up to N times (default: 2)")
     group.add_argument("--storage", metavar="PATH", help="ray: where Tune keeps trial checkpoints; on a cluster a "
                                                          "shared path or URI (default: RUNS_DIR/_ray)")
+    add_slurm_args(group)
+
+
+def add_slurm_args(group: "argparse._ArgumentGroup") -> None:
+    """--engine slurm's requests to the cluster (see sweep.engines.SlurmOptions)."""
+    group.add_argument("--partition", metavar="P", help="slurm: the partition (default: the cluster's default)")
+    group.add_argument("--time", type=positive_int, metavar="MIN",
+                       help="slurm: minutes per job (default: 60); a run that reaches it checkpoints, requeues "
+                            "itself and resumes where it stopped")
+    group.add_argument("--cpus-per-task", type=positive_int, metavar="N",
+                       help="slurm: CPUs per job, also its torch threads (default: 1)")
+    group.add_argument("--gpus-per-task", type=nonnegative_int, metavar="N", help="slurm: GPUs per job (default: 0)")
+    group.add_argument("--mem", metavar="SIZE", help="slurm: memory per job as sbatch takes it, e.g. 8G "
+                                                     "(default: the partition's)")
+    group.add_argument("--array-parallelism", type=positive_int, metavar="N",
+                       help="slurm: at most N jobs of the sweep's array run at once (default: as Slurm schedules)")
+    group.add_argument("--slurm-option", action="append", metavar="KEY=VALUE",
+                       help="slurm: any other sbatch option, without its dashes, e.g. account=myproject "
+                            "(repeatable)")
+    group.add_argument("--slurm-dir", metavar="DIR", help="slurm: the jobs' logs and submitit's files, and which job "
+                                                          "runs which point (default: beside --db, DB.slurm/)")
 
 
 def check_engine_args(args: argparse.Namespace) -> None:
-    """Refuse flags of the other engine before anything is fitted or trained."""
-    other = _RAY_ONLY if args.engine != "ray" else _LOCAL_ONLY
-    given = [f"--{n.replace('_', '-')}" for n in other if getattr(args, n) is not None]
-    if not given:
-        return
-    if args.engine != "ray":
-        raise UsageError(f"{', '.join(given)} only apply to --engine ray")
-    raise UsageError(f"{', '.join(given)} apply to --engine local; with ray, --cpus-per-trial and "
-                     "--gpus-per-trial decide how many trials run at once and their threads")
+    """Refuse flags of another engine before anything is fitted or trained."""
+    for engine, names in _ENGINE_FLAGS.items():
+        given = [f"--{n.replace('_', '-')}" for n in names if getattr(args, n, None) is not None]
+        if engine == args.engine or not given:
+            continue
+        hint = {"ray": "; with ray, --cpus-per-trial and --gpus-per-trial decide how many trials run at once and "
+                       "their threads",
+                "slurm": "; with slurm, --cpus-per-task sets each job's CPUs and threads"}.get(args.engine, "")
+        raise UsageError(f"{', '.join(given)} only apply to --engine {engine}{hint if engine == 'local' else ''}")
 
 
 def engine_options(args: argparse.Namespace, jobs: int | None = None,
                    threads: int | None = None) -> "EngineOptions":
     """The EngineOptions the flags ask for; ``jobs``/``threads``: a preset's or config's values
     (a flag overrides them; Ray ignores them, as its trials' CPU share decides)."""
-    from ..sweep.engines import EngineOptions
+    from ..sweep.engines import EngineOptions, SlurmOptions
 
+    d = SlurmOptions()
+    slurm = SlurmOptions(partition=args.partition, time=args.time or d.time, cpus_per_task=args.cpus_per_task or
+                         d.cpus_per_task, gpus_per_task=args.gpus_per_task or d.gpus_per_task, mem=args.mem,
+                         array_parallelism=args.array_parallelism, extra=SlurmOptions.parse_extra(args.slurm_option),
+                         folder=args.slurm_dir)
     return EngineOptions(
         engine=args.engine, jobs=args.jobs or jobs, threads=args.threads or threads,
         address=args.address, cpus_per_trial=args.cpus_per_trial or 1.0, gpus_per_trial=args.gpus_per_trial or 0.0,
         max_failures=2 if args.max_failures is None else args.max_failures, storage=args.storage,
-        retry_failed=bool(getattr(args, "retry_failed", False)))
+        retry_failed=bool(getattr(args, "retry_failed", False)), slurm=slurm)
 
 
 def train_settings(args: argparse.Namespace) -> dict:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
+from ..autotune import threads_for
 from ..errors import UsageError
 from ..progress import Progress
 from ..rundir import CHECKPOINT, copy_run_files, read_metrics
@@ -47,8 +48,10 @@ _QUIET = {
 RAY_TOKEN_FILE = Path.home() / ".ray" / "auth_token"
 
 
-def import_ray() -> tuple[Any, Any]:
-    """``(ray, ray.tune)``, or a UsageError that says how to install them."""
+def import_ray(address: str | None = None) -> tuple[Any, Any]:
+    """``(ray, ray.tune)``, or a UsageError that says how to install them. ``address``: the
+    cluster this process will join (its authentication is settled before Ray reads it)."""
+    use_token_auth(address)
     try:
         import ray
         from ray import tune
@@ -69,7 +72,8 @@ def _trial(params: dict[str, Any]) -> None:
 
     point = params["point"]
     run_dir = Path(point["run_dir"])
-    torch.set_num_threads(max(1, int(point["cpus"])))
+    threads, threads_source = threads_for(torch.device("cpu"), cores=max(1, int(point["cpus"])))
+    torch.set_num_threads(threads)
     restored = tune.get_checkpoint()
     if restored is not None:  # a retry after a failure, maybe on another host
         with restored.as_directory() as d:
@@ -81,7 +85,7 @@ def _trial(params: dict[str, Any]) -> None:
         tune.report({**row, "final": False}, checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
 
     summary = train(config, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False,
-                    on_epoch=on_epoch)
+                    on_epoch=on_epoch, threads_source=threads_source)
     summary = complete_resources(config, summary, run_dir)  # measured here, on the trial's device
     tune.report({"final": True, "status": summary["status"], "summary": json.dumps(summary, default=str)},
                 checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
@@ -114,7 +118,7 @@ def run_ray(
     Ray. ``storage``: where Tune keeps trial checkpoints (a shared path or URI on a cluster);
     default ``<runs_dir>/_ray``.
     """
-    ray, tune = import_ray()
+    ray, tune = import_ray(address)
     for name, value in _QUIET.items():  # the sweep draws its own progress; Tune's tables would drown it
         os.environ.setdefault(name, value)
     t0 = time.perf_counter()
@@ -182,8 +186,7 @@ def _init_ray(ray: Any, address: str | None) -> None:
     kwargs: dict[str, Any] = dict(log_to_driver=False, logging_level=logging.ERROR, include_dashboard=False)
     try:
         if address:
-            with _client_auth():
-                ray.init(address=address, **kwargs)
+            ray.init(address=address, **kwargs)
         else:  # a local Ray with this machine's CPUs and GPUs (never the removed local_mode)
             ray.init(**kwargs)
     except Exception as exc:  # unreachable cluster, bad address, a token missing: the user's to fix
@@ -196,22 +199,22 @@ def _init_ray(ray: Any, address: str | None) -> None:
                          f"{hint}") from None
 
 
-@contextlib.contextmanager
-def _client_auth():
-    """Joining a cluster: Ray >= 2.59's ``ray start --head`` turns token authentication on and
-    writes the token to ``~/.ray/auth_token``, but a client whose ``RAY_AUTH_MODE`` is unset does
-    not send it and fails with a bare ConnectionError. When a token is at hand and the user chose
-    no mode, use token mode for this join (and restore the environment afterwards)."""
+def use_token_auth(address: str | None) -> bool:
+    """Joining a cluster: Ray >= 2.59's ``ray start --head`` turns token authentication on when a
+    token exists (``~/.ray/auth_token``, or ``RAY_AUTH_TOKEN``/``RAY_AUTH_TOKEN_PATH``), but a
+    client whose ``RAY_AUTH_MODE`` is unset sends no token and fails with "Authentication token is
+    missing or incorrect". When a token is at hand and the user chose no mode, use token mode for
+    this process, as Ray's own ``ray.init()`` does for a cluster it starts. Ray reads the mode when
+    it is imported, so this runs before the import (and refreshes Ray's settings if another part of
+    the process imported it first). Returns whether token mode was switched on here."""
     have_token = bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")) \
         or RAY_TOKEN_FILE.is_file()
-    if "RAY_AUTH_MODE" in os.environ or not have_token:
-        yield
-        return
+    if not address or "RAY_AUTH_MODE" in os.environ or not have_token:
+        return False
     os.environ["RAY_AUTH_MODE"] = "token"
-    try:
-        yield
-    finally:
-        os.environ.pop("RAY_AUTH_MODE", None)
+    if "ray._raylet" in sys.modules:  # imported already: its cached settings still say "no token"
+        sys.modules["ray._raylet"].Config.initialize("")
+    return True
 
 
 def _trial_name(trial: Any) -> str:
