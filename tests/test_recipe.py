@@ -1,4 +1,4 @@
-"""Recipes (fast / paper), the measured precision and memory format, and their cache."""
+"""Recipes (fast / paper), and the precision and memory format flags."""
 
 from __future__ import annotations
 
@@ -25,15 +25,6 @@ def no_resources(monkeypatch):
     real = measure.resources
     monkeypatch.setattr(measure, "resources", lambda arch, batch_size=64, device="cpu", **kw:
                         real(arch, batch_size, device, memory=False, latency=False))
-
-
-@pytest.fixture
-def cache(tmp_path, monkeypatch):
-    """A fresh, empty measurement cache for this test alone."""
-    path = tmp_path / "cache" / autotune.CACHE_FILE
-    monkeypatch.setattr(autotune, "cache_path", lambda: path)
-    monkeypatch.setattr(autotune, "_MEMO", {})
-    return path
 
 
 # ---- config fields ------------------------------------------------------------------------------
@@ -180,8 +171,7 @@ def test_fast_run_records_every_setting(tmp_path):
 
 # ---- precision and memory format ----------------------------------------------------------------
 
-def test_overrides_are_recorded_and_nothing_is_measured(tmp_path, cache, monkeypatch):
-    monkeypatch.setattr(autotune, "_measure", lambda *a, **k: pytest.fail("measured despite overrides"))
+def test_overrides_are_recorded(tmp_path):
     summary = train(TrainConfig(arch=ARCH, epochs=1, precision="bf16", memory_format="contiguous", **SMALL),
                     tmp_path / "run")
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
@@ -195,7 +185,7 @@ def _small_train_cmd(dataset: str) -> list[str]:
             "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--epochs", "1", "--threads", "1"]
 
 
-def test_cli_precision_flags_and_aliases(tmp_path, cache, capsys):
+def test_cli_precision_flags_and_aliases(tmp_path, capsys):
     common = [*_small_train_cmd("digits"), "--json"]
     assert main([*common, "--precision", "bf16", "--memory-format", "contiguous", "--out", str(tmp_path / "a")]) == 0
     doc = json.loads(capsys.readouterr().out)
@@ -209,7 +199,7 @@ def test_cli_precision_flags_and_aliases(tmp_path, cache, capsys):
     assert "precision (checkpoint 'bf16', now 'fp32')" in capsys.readouterr().err
 
 
-def test_cli_recipe_flags_reach_config_json(tmp_path, cache, capsys):
+def test_cli_recipe_flags_reach_config_json(tmp_path, capsys):
     common = _small_train_cmd("synthetic")
     assert main([*common, "--crop-pad", "3", "--label-smoothing", "0.2", "--optimizer", "muon", "--muon-lr", "0.02",
                  "--json", "--out", str(tmp_path / "a")]) == 0
@@ -221,127 +211,12 @@ def test_cli_recipe_flags_reach_config_json(tmp_path, cache, capsys):
         assert flag in capsys.readouterr().err and not (tmp_path / "b").exists()
 
 
-def test_too_slow_to_measure_gets_the_default(cache):
-    choice = autotune.choose(ARCH, torch.device("cpu"), 32, budget=1e-6)
-    assert (choice.precision, choice.memory_format, choice.source) == (*autotune.DEFAULTS["cpu"], "default")
-    entries = json.loads(cache.read_text())["entries"].values()  # only the device's bf16 probe is kept:
-    assert [set(e["images_per_s"]) for e in entries] == [{"fp32", "bf16"}]  # the model is tried again next time
-
-
-@pytest.mark.parametrize("probe, precisions", [({"fp32": 100.0, "bf16": 10.0}, ["fp32"]),
-                                                ({"fp32": 100.0, "bf16": 150.0}, ["fp32", "bf16"])])
-def test_bf16_is_measured_only_where_the_device_probe_finds_it_fast(cache, monkeypatch, probe, precisions):
-    seen = []
-    monkeypatch.setattr(autotune, "bf16_probe", lambda device: probe)
-    monkeypatch.setattr(autotune, "_measure", lambda arch, device, batch, cands, budget: seen.extend(cands) or
-                        {"images_per_s": {f"{p}/{m}": 1.0 + i for i, (p, m) in enumerate(cands)}})
-    choice = autotune.choose(ARCH, torch.device("cpu"), 32)
-    assert sorted({p for p, _ in seen}) == sorted(precisions) and choice.bf16_probe == probe
-    assert f"{choice.precision}/{choice.memory_format}" == f"{seen[-1][0]}/{seen[-1][1]}"  # the fastest wins
-
-
-def test_measured_choice_is_cached(cache, monkeypatch):
-    dev = torch.device("cpu")
-    first = autotune.choose(ARCH, dev, 32, budget=60)  # a loaded CPU may not fit the default budget
-    assert first.source == "measured" and first.precision in autotune.PRECISIONS
-    probe = first.bf16_probe
-    precisions = autotune.PRECISIONS if probe["bf16"] >= autotune.BF16_PROBE_MARGIN * probe["fp32"] else ("fp32",)
-    assert set(first.images_per_s) == {f"{p}/{m}" for p in precisions for m in autotune.MEMORY_FORMATS}
-    assert max(first.images_per_s, key=first.images_per_s.get) == f"{first.precision}/{first.memory_format}"
-    assert cache.exists()
-    monkeypatch.setattr(autotune, "_MEMO", {})  # a new process: reads the file
-    monkeypatch.setattr(autotune, "_measure", lambda *a, **k: pytest.fail("measured again"))
-    again = autotune.choose(ARCH, dev, 32, budget=60)
-    assert again.source == "cache" and (again.precision, again.memory_format) == (first.precision, first.memory_format)
-    # another model is a miss
-    monkeypatch.undo()
-    monkeypatch.setattr(autotune, "cache_path", lambda: cache)
-    other = autotune.choose(make_arch("vgg19", "base", 0.05, 10), dev, 32, precision="fp32", budget=60)
-    assert other.source == "measured" and other.precision == "fp32" and set(other.images_per_s) == {
-        "fp32/channels_last", "fp32/contiguous"}
-
-
-@pytest.mark.parametrize("content", [b"{not json", b"\xff\xfe", b'{"version": 99}', b'[1, 2]',
-                                     b'{"version": 1, "entries": {"k": {"images_per_s": "fast"}}}'])
-def test_corrupt_cache_is_ignored_with_a_note(cache, capsys, content):
-    cache.parent.mkdir(parents=True)
-    cache.write_bytes(content)
-    choice = autotune.choose(ARCH, torch.device("cpu"), 32, budget=60)
-    assert choice.source == "measured"
-    json.loads(cache.read_text())  # rewritten whole
-    if content != b'{"version": 1, "entries": {"k": {"images_per_s": "fast"}}}':
-        assert "ignoring" in capsys.readouterr().err
-
-
-def test_cli_with_corrupt_cache_trains_without_traceback(tmp_path, cache, capsys):
-    cache.parent.mkdir(parents=True)
-    cache.write_text("{broken")
-    assert main(["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", "digits",
-                 "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--epochs", "1", "--quiet",
-                 "--out", str(tmp_path / "run")]) == 0
-    err = capsys.readouterr().err
-    assert "Traceback" not in err and "ignoring unreadable measurement cache" in err
-    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["execution"]["threads_source"] in ("measured", "OMP_NUM_THREADS")
-    assert summary["execution"]["source"] in ("measured", "default")
-
-
-def test_unwritable_cache_is_a_note_not_a_failure(tmp_path, monkeypatch, capsys):
-    monkeypatch.setattr(autotune, "cache_path", lambda: tmp_path / "file" / "execution.json")
-    monkeypatch.setattr(autotune, "_MEMO", {})
-    (tmp_path / "file").write_text("a file where a folder should be")
-    assert autotune.choose(ARCH, torch.device("cpu"), 32, budget=60).source == "measured"
-    assert "cannot write the measurement cache" in capsys.readouterr().err
-
-
-def test_threads_are_measured_once_and_cached(cache, monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(autotune.os, "cpu_count", lambda: 2)
-    n, source = autotune.choose_threads(ARCH, torch.device("cpu"), 32, budget=30)
-    assert n in (1, 2) and source == "measured" and torch.get_num_threads() == n
-    monkeypatch.setattr(autotune, "_MEMO", {})
-    assert autotune.choose_threads(ARCH, torch.device("cpu"), 32) == (n, "cache")
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    torch.set_num_threads(1)
-    assert autotune.choose_threads(ARCH, torch.device("cpu"), 32) == (1, "OMP_NUM_THREADS")
-
-
-def test_cpu_measures_at_the_training_batch_unless_a_step_is_too_slow(cache):
-    choice = autotune.choose(ARCH, torch.device("cpu"), 32, precision="fp32", budget=30)
-    assert choice.source == "measured"
-    entry = json.loads(autotune.cache_path().read_text())["entries"].popitem()[1]
-    assert entry["batch_size"] == 32  # the layout ranking at batch 8 can be the opposite of batch 64's
-    bench, _ = autotune._bench(ARCH, torch.device("cpu"), 32, "fp32", "contiguous", budget=1e-6)
-    assert bench.batch_size == autotune.CPU_MEASURE_BATCH  # too slow for the budget: the small batch
-
-
-def test_thread_choice_is_measured_again_when_the_load_has_changed(cache, monkeypatch):
-    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    monkeypatch.setattr(autotune.os, "cpu_count", lambda: 2)
-    monkeypatch.setattr(autotune.os, "getloadavg", lambda: (5.0, 5.0, 5.0))  # measured on a busy machine
-    n, source = autotune.choose_threads(ARCH, torch.device("cpu"), 32, budget=30)
-    assert source == "measured"
-    assert json.loads(autotune.cache_path().read_text())["entries"].popitem()[1]["busy_cores"] == 5.0
-    monkeypatch.setattr(autotune, "_MEMO", {})
-    monkeypatch.setattr(autotune.os, "getloadavg", lambda: (4.5, 5.0, 5.0))  # about as busy: the cache holds
-    assert autotune.choose_threads(ARCH, torch.device("cpu"), 32)[1] == "cache"
-    monkeypatch.setattr(autotune.os, "getloadavg", lambda: (0.2, 1.0, 3.0))  # quiet now: measure again
-    assert autotune.choose_threads(ARCH, torch.device("cpu"), 32, budget=30)[1] == "measured"
-    assert json.loads(autotune.cache_path().read_text())["entries"].popitem()[1]["busy_cores"] == 0.2
-    entries = json.loads(autotune.cache_path().read_text())["entries"]
-    for entry in entries.values():
-        del entry["busy_cores"]  # an entry written before the load was recorded
-    autotune.cache_path().write_text(json.dumps({"version": 1, "entries": entries}))
-    monkeypatch.setattr(autotune, "_MEMO", {})
-    assert autotune.choose_threads(ARCH, torch.device("cpu"), 32, budget=30)[1] == "measured"
-
-
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_cuda_run_measures_its_precision_and_keeps_data_on_the_gpu(tmp_path, cache):
+def test_cuda_run_takes_the_rule_and_keeps_it_on_resume(tmp_path):
     summary = train(TrainConfig(arch=ARCH, epochs=2, device="cuda", **SMALL), tmp_path / "run")
     assert summary["status"] == "done" and summary["device"].startswith("cuda")
-    assert summary["execution"]["source"] in ("measured", "default")
-    assert summary["precision"] in autotune.PRECISIONS and summary["memory_format"] in autotune.MEMORY_FORMATS
+    assert summary["execution"]["source"] == "rule"
+    assert (summary["precision"], summary["memory_format"]) == autotune.rule(torch.device("cuda"))[:2]
     stop = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):
         train(TrainConfig(arch=ARCH, epochs=2, device="cuda", **SMALL), stop,
