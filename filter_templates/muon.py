@@ -1,9 +1,9 @@
 """Muon for the convolutions that feed a BatchNorm, SGD for every other parameter: one optimiser.
 
 Why: Muon (K. Jordan, 2024; the optimiser of airbench94_muon) moves a filter bank in every direction
-at the same rate: each step replaces a convolution's momentum by the nearest semi-orthogonal matrix of the same shape
-(five Newton-Schulz iterations on ``(out, in*kh*kw)``). What it gives depends on ``muon_lr`` and on
-the length of the schedule (``docs/training.md``).
+at the same rate: each step replaces a convolution's momentum by the nearest semi-orthogonal matrix
+of the same shape (five Newton-Schulz iterations on ``(out, in*kh*kw)``). What it gives depends on
+``muon_lr`` and on the length of the schedule (``docs/training.md``).
 
 Like airbench, the weight is rescaled to Frobenius norm ``sqrt(out_channels)`` before each step,
 so the learning rate alone sets the relative size of a step (no weight decay). That is only harmless
