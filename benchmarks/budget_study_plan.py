@@ -19,11 +19,19 @@ thread is what the step takes when it has a core to itself (as each of ``--jobs`
 machine with that many free cores); the wall-clock figure is printed beside it.
 
     python benchmarks/budget_study_plan.py configs/cifar10-budget-cpu.toml [--jobs 2] [--threads 1] [--json]
+
+``--record FILE`` times nothing: it writes the configurations the config plans (each run's full
+``config.json``, its store key, budget and fit), one run per line, so a study's table can be kept
+beside exactly the runs it came from (``tests/test_configs.py`` checks the config still plans them):
+
+    python benchmarks/budget_study_plan.py configs/cifar10-budget-cpu.toml \
+        --record docs/cifar10-budget-cpu/planned_runs.json --accuracy docs/cifar10-budget-cpu/accuracy_by_budget_cifar10.csv
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import os
 import statistics
@@ -98,6 +106,9 @@ def main(argv=None) -> int:
     p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
                    help="estimate from the CPU time of each step (default; right on a busy machine) or its wall time")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--record", metavar="FILE", help="write the planned runs' configurations to FILE and time nothing")
+    p.add_argument("--accuracy", metavar="CSV",
+                   help="with --record: a report's accuracy_by_budget CSV whose final accuracies the record names")
     args = p.parse_args(argv)
 
     from filter_templates.sweep.grid import known_classes, load_config, plan_grid
@@ -106,6 +117,10 @@ def main(argv=None) -> int:
     torch.set_num_threads(args.threads)
     spec = load_config(args.config)
     grid = plan_grid(spec, classes_of=known_classes)
+    if args.record:
+        Path(args.record).write_text(record(args.config, grid, args.accuracy))
+        print(f"{args.record}: {len(grid.configs)} planned runs of {args.config}")
+        return 0
     jobs = args.jobs or spec.jobs or 1
     models = {}  # arch -> first config using it (seeds share one model)
     for c in grid.configs:
@@ -161,6 +176,33 @@ def main(argv=None) -> int:
     print(f"sum of runs {total / 60:.1f} min; with {jobs} job(s): about {max(free) / 60:.1f} min wall clock "
           f"(if each job runs as fast as when timed here)")
     return 0
+
+
+def record(config: str, grid, accuracy_csv: str | None = None) -> str:
+    """The planned runs of ``grid`` as JSON text: one object per line (a diff shows which run moved).
+    With ``accuracy_csv`` (a report's ``accuracy_by_budget`` table, in percent) each run carries the
+    final accuracy that table gives its cell."""
+    from filter_templates.sweep.store import canonical_json, point_key
+
+    table = {}
+    if accuracy_csv:
+        with open(accuracy_csv, newline="") as f:
+            for row in csv.DictReader(f):
+                for t in set(row) - {"family", "budget_key", "budget_value", "best"}:
+                    if row[t] not in ("", None):
+                        table[(row["family"], row["budget_key"], float(row["budget_value"]), t)] = float(row[t])
+    runs = []
+    for p in grid.budget_points:
+        run = {"budget": f"{p.budget.key}={p.budget.value:g}", "fit": p.fit, "reason": p.reason,
+               "config": None if p.config is None else p.config.to_dict(),
+               "key": None if p.config is None else point_key(p.config.to_dict())[0]}
+        acc = table.get((p.family, p.budget.key, float(p.budget.value), p.template))
+        if acc is not None:
+            run["table_final_acc_percent"] = acc
+        runs.append(canonical_json(run))
+    head = {"config": config, "planned_by": f"python benchmarks/budget_study_plan.py {config} --record FILE",
+            "accuracy_from": accuracy_csv, "runs": len(runs)}
+    return "{\"about\": " + canonical_json(head) + ",\n\"runs\": [\n" + ",\n".join(runs) + "\n]}\n"
 
 
 def _cpu() -> str:

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 from . import autotune, initialise, measure, rundir, validate
 from . import checkpoint as ckpt
-from .arch import Arch
+from .arch import MIN_IMAGE_SIZE, Arch
 from .data import Dataset, load_data, split
-from .data.augment import Loader
+from .data.augment import Loader, scale_pixels
 from .device import device_name, resolve_device
 from .errors import UsageError
 from .messages import note
@@ -101,6 +101,7 @@ class TrainConfig:
     precision: str = _execution("auto")
     memory_format: str = _execution("auto")
     threads: int | None = _execution()  # torch's CPU threads (None: the caller's, see autotune.threads_for)
+    image_size: int = _result(32)  # side of the square images (a folder's are resized to it); arch.image_size too
 
     def __post_init__(self) -> None:
         if self.recipe in RECIPES:
@@ -134,6 +135,10 @@ class TrainConfig:
         _check_float("muon_lr", self.muon_lr, positive=True)
         _check_float("momentum", self.momentum, positive=False)
         _check_float("weight_decay", self.weight_decay, positive=False)
+        _check_int("image_size", self.image_size, minimum=MIN_IMAGE_SIZE)
+        if self.arch.image_size != self.image_size:
+            raise UsageError(f"the model is built for {self.arch.image_size} px images but the training config's "
+                             f"image_size is {self.image_size}; build the architecture with image_size={self.image_size}")
         for name in ("download", "nesterov", "norm_bias_decay", "tta", "whiten_init", "identity_init"):
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"training config '{name}' must be true or false, got {getattr(self, name)!r}")
@@ -180,7 +185,7 @@ EXECUTION_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.meta
 #: had no effect on them). A complete stored config without them reads as having these values, and a
 #: config at them keeps the identity (sweep key, checkpoint check) it had before the field existed.
 ADDED_FIELDS: dict[str, Any] = {"optimizer": "sgd", "muon_lr": None, "whiten_init": False, "identity_init": False,
-                                "val_split": 0}
+                                "val_split": 0, "image_size": 32}
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -293,7 +298,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     state = open_checkpoint(config, out, resume) if checkpoint is None else checkpoint
     measure.meta_model(config.arch)  # a model that cannot be built (a layer over the limit, ...) fails now
     device = resolve_device(config.device)
-    ds = load_data(config.dataset, config.data_dir, config.download, config.limit_train, config.limit_test)
+    ds = load_data(config.dataset, config.data_dir, config.download, config.limit_train, config.limit_test,
+                   config.image_size)
     if config.arch.classes != ds.num_classes:
         raise UsageError(f"the model has {config.arch.classes} classes but dataset {config.dataset!r} has "
                          f"{ds.num_classes}; build the architecture with classes={ds.num_classes}")
@@ -314,7 +320,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     loader_kw = dict(mean=ds.mean, std=ds.std, device=device, seed=config.seed,
                      channels_last=config.memory_format == "channels_last")
     train_loader = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, flip=ds.hflip,
-                          pad=config.crop_pad, **loader_kw)
+                          pad=scale_pixels(config.crop_pad, ds.image_size), **loader_kw)
     test_loader = Loader(ds.test_x, ds.test_y, max(config.batch_size, 256), train=False, **loader_kw)
     val_loader = None if ds.val_x is None else Loader(ds.val_x, ds.val_y, max(config.batch_size, 256), train=False,
                                                       **loader_kw)
@@ -350,7 +356,8 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         if failure is not None:
             break
         train_s = time.perf_counter() - t0
-        shift = config.tta_shift if epoch == E - 1 else 0  # the extra views only where they count: the final accuracy
+        # the extra views only where they count: the final accuracy
+        shift = scale_pixels(config.tta_shift, ds.image_size) if epoch == E - 1 else 0
         if val_loader is not None:  # the same views as the test set, so the two are comparable
             row["val_acc"] = evaluate(eval_model, val_loader, amp, tta, shift)
         row["test_acc"] = evaluate(eval_model, test_loader, amp, tta, shift)
@@ -372,7 +379,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     if failure is None:
         rundir.atomic_save({k: v.detach().cpu() for k, v in eval_model.state_dict().items()}, out / rundir.MODEL)
     summary = _summary(config, metrics, device, failure, choice.to_dict(),
-                       split.describe(full, ds, config.val_split))
+                       split.describe(full, ds, config.val_split), full.record())
     rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
 
@@ -381,7 +388,8 @@ def check_val_split(config: TrainConfig) -> int:
     """The size of ``config``'s validation set (0: none), read from its data; a UsageError when its
     ``val_split`` holds out none or all of the training images. Sweeps and reduce call it before
     anything trains."""
-    ds = load_data(config.dataset, config.data_dir, config.download, config.limit_train, config.limit_test)
+    ds = load_data(config.dataset, config.data_dir, config.download, config.limit_train, config.limit_test,
+                   config.image_size)
     if config.val_split and ds.val_y is not None:
         return len(ds.val_y)
     return split.size(config.val_split, len(ds.train_y))
@@ -478,7 +486,7 @@ def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
 
 
 def _summary(config: TrainConfig, metrics: list[dict], device: torch.device, failure: str | None,
-             execution: dict, val: dict | None) -> dict:
+             execution: dict, val: dict | None, data: dict | None = None) -> dict:
     best = max(metrics, key=lambda m: m["test_acc"]) if metrics else None
     return {
         "status": "failed" if failure else "done",
@@ -496,6 +504,7 @@ def _summary(config: TrainConfig, metrics: list[dict], device: torch.device, fai
         "device": str(device),
         "recipe": config.recipe,
         "precision": config.precision,
+        "data": data,  # classes, image size and the normalisation the run used
         "memory_format": config.memory_format,
         "execution": execution,  # how precision, memory format and threads were decided
         "device_name": device_name(device),
