@@ -17,7 +17,11 @@ from . import validate
 from .errors import UsageError
 from .models import MAX_WIDTH, get_family, resolve_model
 
-__all__ = ["Arch", "make_arch"]
+__all__ = ["Arch", "make_arch", "IMAGE_SIZE", "MIN_IMAGE_SIZE", "STUDY_MIN_IMAGE_SIZE"]
+
+IMAGE_SIZE = 32  # the input side of the built-in datasets, and of every record that names none
+MIN_IMAGE_SIZE = 8
+STUDY_MIN_IMAGE_SIZE = 32  # VGG-19 pools five times: the built-in families need at least 32 px
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,9 @@ class Arch:
     # plan and each template layer's modules, so a run refuses to rebuild from changed code.
     plan: str = ""
     layer_modules: tuple[tuple[str, ...], ...] = ()
+    # The side of the square images the model takes: parameters can be the same at every size, but
+    # FLOPs, memory and latency are counted at this one, and a user's model is discovered on it.
+    image_size: int = IMAGE_SIZE
 
     def __post_init__(self) -> None:
         if self.stem_width == -1.0:
@@ -49,7 +56,7 @@ class Arch:
 
     def build(self) -> nn.Module:
         """A freshly initialised model (seed torch first for a repeatable init)."""
-        return get_family(self.family).build(
+        return get_family(self.family, self.image_size).build(
             self.filters, num_classes=self.classes, stem_width=self.stem_width, divisor=self.divisor,
             floor=self.floor, widths=self.widths,
         )
@@ -74,6 +81,8 @@ class Arch:
         for k in ("plan", "layer_modules"):  # absent for built-in families: their records stay as they were
             if not d[k]:
                 del d[k]
+        if self.image_size == IMAGE_SIZE:  # absent at 32 px: records of 32 px models read as before
+            del d["image_size"]
         return d
 
     @classmethod
@@ -87,7 +96,9 @@ class Arch:
         unknown = set(d) - {f for f in cls.__dataclass_fields__}
         if unknown:
             raise UsageError(f"architecture config has unknown keys: {', '.join(sorted(unknown))}")
-        fam = get_family(str(d["family"]))
+        size = validate.integer(d.get("image_size", IMAGE_SIZE), "architecture config 'image_size'", MIN_IMAGE_SIZE)
+        fam = get_family(str(d["family"]), size)
+        _check_size(fam.name, size)
         filters = d["filters"]
         if not isinstance(filters, list) or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in filters):
             raise UsageError("architecture config 'filters' must be a list of positive integers")
@@ -127,7 +138,15 @@ class Arch:
             widths=tuple(widths),
             plan=plan,
             layer_modules=tuple(tuple(g) for g in layer_modules),
+            image_size=size,
         )
+
+
+def _check_size(family: str, image_size: int) -> None:
+    """The built-in families need at least ``STUDY_MIN_IMAGE_SIZE`` px (a smaller map pools to nothing)."""
+    if ":" not in family and image_size < STUDY_MIN_IMAGE_SIZE:
+        raise UsageError(f"{family} takes images of at least {STUDY_MIN_IMAGE_SIZE}x{STUDY_MIN_IMAGE_SIZE} px, "
+                         f"not {image_size}x{image_size}; use a larger --image-size")
 
 
 def make_arch(
@@ -139,17 +158,21 @@ def make_arch(
     divisor: int = 1,
     floor: int = 1,
     as_published: bool = False,
+    image_size: int = IMAGE_SIZE,
 ) -> Arch:
     """The model of ``family`` with ``template`` at width multiplier ``width``.
 
     Template layers get the template's real counts, scaled and rounded (``templates.scale_count``);
     non-template layers (stems, MobileNet's last block) are scaled by the same ``width`` with the
     same rounding. ``as_published=True`` builds the study's own configuration where it has one
-    (``published.STUDY``) and uses its rounding ``max(1, int(w * f))`` everywhere.
+    (``published.STUDY``) and uses its rounding ``max(1, int(w * f))`` everywhere. ``image_size``:
+    the side of the square images the model takes (its dataset's).
     """
+    validate.integer(image_size, "image size", MIN_IMAGE_SIZE)
     if not isinstance(family, str):  # the Python API takes a module or a callable too
-        family = resolve_model(family)
-    fam = get_family(family)
+        family = resolve_model(family, image_size=image_size)
+    fam = get_family(family, image_size)
+    _check_size(fam.name, image_size)
     if isinstance(width, (int, float)) and not isinstance(width, bool) and width > MAX_WIDTH:
         raise UsageError(f"width multiplier {width:g} is over the limit of {MAX_WIDTH:g}")
     validate.integer(classes, "number of classes")
@@ -175,4 +198,5 @@ def make_arch(
     filters = [scale(f) for f in real]
     return Arch(family=fam.name, template=name, width=float(width), classes=classes,
                 filters=tuple(filters), divisor=divisor, floor=floor, as_published=as_published, widths=widths,
-                plan=getattr(fam, "fingerprint", ""), layer_modules=getattr(fam, "layer_modules", ()))
+                plan=getattr(fam, "fingerprint", ""), layer_modules=getattr(fam, "layer_modules", ()),
+                image_size=image_size)

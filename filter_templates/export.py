@@ -19,10 +19,18 @@ from . import rundir
 from .arch import Arch
 from .errors import UsageError
 
-__all__ = ["FORMATS", "load_run_model", "export_run", "default_export_path", "onnx_available"]
+__all__ = ["FORMATS", "load_run_model", "export_run", "default_export_path", "onnx_available", "run_image_size"]
 
 FORMATS = ("onnx", "torchscript")
 _SUFFIX = {"onnx": ".onnx", "torchscript": ".torchscript.pt"}
+
+
+def run_image_size(run_dir: str | Path) -> int:
+    """The input side a run's model was trained at, read from its config.json without building
+    anything (a user's network is then discovered at that size); 32 when the record names none."""
+    doc = rundir.read_json(Path(run_dir) / rundir.CONFIG) if (Path(run_dir) / rundir.CONFIG).is_file() else None
+    size = (doc or {}).get("arch", {}).get("image_size", 32) if isinstance(doc, dict) else 32
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 1 else 32
 
 
 def _run_arch(run: Path) -> Arch:
@@ -72,11 +80,11 @@ def default_export_path(run_dir: str | Path, fmt: str) -> Path:
 
 def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> Path:
     """Write the run's model as ``fmt`` ('onnx' or 'torchscript') to ``out`` (default: in the run
-    directory) with a dynamic batch dimension; returns the path. Input: float NCHW [N, 3, 32, 32],
-    normalised like training data; output: logits [N, classes]."""
+    directory) with a dynamic batch dimension; returns the path. Input: float NCHW [N, 3, S, S] at
+    the run's image size S, normalised like training data; output: logits [N, classes]."""
     if fmt not in FORMATS:
         raise UsageError(f"unknown export format {fmt!r}; choose from: {', '.join(FORMATS)}")
-    model, _ = load_run_model(run_dir)
+    model, arch = load_run_model(run_dir)
     path = Path(out) if out is not None else default_export_path(run_dir, fmt)
     if not path.parent.is_dir():
         raise UsageError(f"--out {path}: directory {path.parent} does not exist")
@@ -86,7 +94,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     if path.exists() and not path.name.endswith(_SUFFIX[fmt]):  # only an earlier export is replaced
         raise UsageError(f"--out {path} exists and is not a {_SUFFIX[fmt]} file; choose another file "
                          f"(nothing was overwritten)")
-    example = torch.zeros(2, 3, 32, 32)
+    example = torch.zeros(2, 3, arch.image_size, arch.image_size)
     save = _torchscript if fmt == "torchscript" else _onnx
     with rundir.writing("--out", path):
         rundir.atomic_write(path, lambda f: save(model, example, f))

@@ -165,12 +165,13 @@ class _Objective:
     threads: Optional[int]
     cache: dict  # model signature -> measured value, shared by the templates of one fit
     as_published: bool = False
+    image_size: int = 32
     seen: list = field(default_factory=list)  # (width, structure) of every probe
     probes: int = 0
 
     def arch(self, w: float) -> Arch:
         return make_arch(self.family, self.template, w, self.classes, divisor=self.divisor, floor=self.floor,
-                         as_published=self.as_published)
+                         as_published=self.as_published, image_size=self.image_size)
 
     def signature(self, w: float) -> tuple:
         return arch_shape(self.arch(w)).signature
@@ -196,17 +197,19 @@ class _Objective:
                 if params > self.max_real_params:
                     raise _TooBig
                 try:
-                    return float(M.train_memory_bytes(M.meta_model(arch), self.batch_size, device=self.device))
+                    return float(M.train_memory_bytes(M.meta_model(arch), self.batch_size, M.input_shape_of(arch),
+                                                      device=self.device))
                 except torch.cuda.OutOfMemoryError:
                     return math.inf  # does not fit the device: certainly over any budget it could meet
-            return float(M.train_memory_bytes(M.meta_model(arch), self.batch_size, device="cpu"))
+            return float(M.train_memory_bytes(M.meta_model(arch), self.batch_size, M.input_shape_of(arch), device="cpu"))
         if params > self.max_real_params:
             raise _TooBig
         with torch.device(self.device):
             model = arch.build()
         best = math.inf
         for _ in range(LATENCY_REPEATS):  # interference only ever adds time: keep the fastest median
-            r = M.latency(model, self.batch_size, self.device, min_run_time=self.min_run_time, threads=self.threads)
+            r = M.latency(model, self.batch_size, self.device, min_run_time=self.min_run_time, threads=self.threads,
+                          input_shape=M.input_shape_of(arch))
             best = min(best, r["median_s"])
             if best <= self.limit:
                 break
@@ -230,16 +233,18 @@ def fit(
     threads: Optional[int] = None,
     progress: Optional[bool] = None,
     as_published: bool = False,
+    image_size: int = 32,
 ) -> list[FitResult]:
     """For each template (default: all registered), the largest width that fits ``budget``.
 
     ``measure=True`` adds training memory and latency of every fitted model to its resources
     (otherwise only params, FLOPs and the budgeted resource are reported). ``as_published``: the
     study's configurations and truncating rounding. ``threads``: CPU
-    threads for latency (default: the process's). Raises
+    threads for latency (default: the process's). ``image_size``: the side of the images the models
+    take (their dataset's); every resource is counted at it. Raises
     :class:`UsageError` for a budget below the smallest reachable model, naming that model's value.
     """
-    fam = get_family(family)
+    fam = get_family(family, image_size)
     if isinstance(budget, str):
         budget = parse_budget(budget)
     if budget.key not in KEYS:
@@ -257,12 +262,13 @@ def fit(
     rel_tol = LATENCY_REL_TOL if budget.key == "latency" else EXACT_REL_TOL
     cache: dict = {}
     for name in names:  # refuse a bad template before spending time on the others
-        make_arch(fam.name, name, 1.0, classes, divisor=divisor, floor=floor, as_published=as_published)
+        make_arch(fam.name, name, 1.0, classes, divisor=divisor, floor=floor, as_published=as_published,
+                  image_size=image_size)
 
     results = []
     for name in Progress(names, desc=f"fit {fam.name} {budget.key}", enabled=progress):
         obj = _Objective(fam.name, name, budget.key, classes, divisor, floor, batch_size, dev, run_time,
-                         MAX_REAL_PARAMS, limit, threads, cache, as_published)
+                         MAX_REAL_PARAMS, limit, threads, cache, as_published, image_size=image_size)
         smallest = obj(W_TINY)
         if smallest > limit:
             raise UsageError(_unreachable(fam.name, floor, budget, smallest, limit))

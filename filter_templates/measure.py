@@ -29,6 +29,9 @@ Training memory (:func:`train_memory_bytes`):
   rounding or fragmentation. The account depends only on shapes and dtypes, so it is computed on
   a meta-device model (fast) and equals the account of the real CPU model (tested).
 
+Every count of an architecture is taken at its own input size (``Arch.image_size``, its dataset's:
+32 px for the built-in datasets), so a model for 64 px images costs what it costs on 64 px images.
+
 Latency (:func:`latency`): ``torch.utils.benchmark.Timer.adaptive_autorange`` on an eval-mode
 forward pass under ``no_grad`` after a warm-up call, at the process's thread count; median and
 inter-quartile range of the per-call time. Only comparable on one machine, hence ``device`` and
@@ -57,6 +60,7 @@ from .models import get_family
 
 __all__ = [
     "INPUT_SHAPE",
+    "input_shape_of",
     "LATENCY_MIN_RUN_TIME",
     "count_params",
     "count_flops",
@@ -74,6 +78,12 @@ __all__ = [
 ]
 
 INPUT_SHAPE = (3, 32, 32)
+
+
+def input_shape_of(arch: Any) -> tuple[int, int, int]:
+    """The (C, H, W) of one input image of ``arch``'s model: RGB at its image size."""
+    size = int(getattr(arch, "image_size", INPUT_SHAPE[1]))
+    return (3, size, size)
 LATENCY_MIN_RUN_TIME = 0.1  # seconds of timed calls per batch size; at most 10 x this (latency must not dominate a sweep)
 
 
@@ -202,17 +212,17 @@ class ArchShape:
 def arch_shape(arch: Any) -> ArchShape:
     """Parameters, FLOPs per image and identity of ``arch``'s model, from a meta-device build.
 
-    Cached on what the build depends on (family, filters, classes, stem width, divisor, floor), so the
-    same model reached from two templates or widths is counted once.
+    Cached on what the build depends on (family, filters, classes, stem width, divisor, floor, input
+    size), so the same model reached from two templates or widths is counted once.
     """
     return _shape(arch.family, tuple(arch.filters), arch.classes, float(arch.stem_width), arch.divisor, arch.floor,
-                  tuple(getattr(arch, "widths", ())))
+                  tuple(getattr(arch, "widths", ())), input_shape_of(arch)[1])
 
 
 @functools.lru_cache(maxsize=4096)
 def _shape(family: str, filters: tuple[int, ...], classes: int, stem_width: float, divisor: int,
-           floor: int = 1, widths: tuple[int, ...] = ()) -> ArchShape:
-    fam = get_family(family)
+           floor: int = 1, widths: tuple[int, ...] = (), image_size: int = INPUT_SHAPE[1]) -> ArchShape:
+    fam = get_family(family, image_size)
 
     class _Spec:  # the parts of an Arch that meta_model needs
         @staticmethod
@@ -224,7 +234,7 @@ def _shape(family: str, filters: tuple[int, ...], classes: int, stem_width: floa
     structure = _structure(model)
     structure = _STRUCTURES.setdefault(structure, structure)  # thousands of cached shapes, few structures
     params = count_params(model)
-    flops = _fast_flops(model, family)
+    flops = _fast_flops(model, family, (3, image_size, image_size))
     shapes = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
     signature = hashlib.blake2b(repr((family, structure, shapes)).encode(), digest_size=16).digest()
     return ArchShape(params, flops, structure, signature)
@@ -239,7 +249,7 @@ def arch_params(arch: Any) -> int:
 
 
 def arch_flops(arch: Any) -> int:
-    """Forward FLOPs per 3x32x32 image (exact; equals ``count_flops(arch.build())``)."""
+    """Forward FLOPs per image at its input size (exact; equals ``count_flops(arch.build(), input_shape_of(arch))``)."""
     return arch_shape(arch).flops
 
 
@@ -452,7 +462,7 @@ def resources(
     ``train_memory_method`` ("cpu-account" or "cuda-peak"); with ``latency``: ``latency_s`` and
     ``latency_iqr_s``, each ``{"batch<batch_size>": s, "batch1": s}``; always ``batch_size``,
     ``device``, ``device_name`` and ``threads`` (the CPU threads latency was timed with:
-    ``threads`` or ``torch.get_num_threads()``).
+    ``threads`` or ``torch.get_num_threads()``); ``image_size``, the input side it was counted at.
     """
     validate.integer(batch_size, "batch size")
     dev = resolve_device(device)
@@ -460,20 +470,21 @@ def resources(
     out: dict[str, Any] = {"params": shape.params, "flops": shape.flops, "batch_size": batch_size}
     if memory:
         model = meta_model(arch)
-        out["train_memory_bytes"] = train_memory_bytes(model, batch_size, device=dev)
+        out["train_memory_bytes"] = train_memory_bytes(model, batch_size, input_shape_of(arch), device=dev)
         out["train_memory_method"] = "cuda-peak" if dev.type == "cuda" else "cpu-account"
     if latency:
         with torch.device(dev):
             model = arch.build()
         medians, iqrs = {}, {}
         for b in dict.fromkeys((batch_size, 1)):
-            r = _latency_fn(model, b, dev, min_run_time=min_run_time, threads=threads)
+            r = _latency_fn(model, b, dev, min_run_time=min_run_time, threads=threads, input_shape=input_shape_of(arch))
             medians[f"batch{b}"] = r["median_s"]
             iqrs[f"batch{b}"] = r["iqr_s"]
         out["latency_s"], out["latency_iqr_s"] = medians, iqrs
     out["device"] = str(dev)
     out["device_name"] = device_name(dev)
     out["threads"] = torch.get_num_threads() if threads is None else threads
+    out["image_size"] = input_shape_of(arch)[1]
     return out
 
 

@@ -254,7 +254,7 @@ def _with_val_split(dataset: str, settings: dict[str, Any]) -> dict[str, Any]:
     if "val_split" in settings:
         return settings
     ds = load_data(dataset, settings.get("data_dir"), bool(settings.get("download", False)),
-                   settings.get("limit_train"), settings.get("limit_test"))
+                   settings.get("limit_train"), settings.get("limit_test"), settings.get("image_size"))
     return {**settings, "val_split": split.default(len(ds.train_y))}
 
 

@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 from .. import validate
 from ..data import split
+from ..arch import IMAGE_SIZE, MIN_IMAGE_SIZE
 from ..errors import UsageError
 from ..models import family_names, resolve_model
 from ..recipe import RECIPES
@@ -58,7 +59,10 @@ def add_run_args(group: "argparse._ArgumentGroup", val_default: str = "0") -> No
     group.add_argument("--limit-train", type=positive_int, metavar="N", help="use only N training images (a fixed seeded random sample)")
     group.add_argument("--limit-test", type=positive_int, metavar="N", help="use only N test images (a fixed seeded sample)")
     group.add_argument("--val-split", type=val_split, metavar="N|F", help=VAL_SPLIT_HELP.format(val_default))
-    group.add_argument("--data-dir", metavar="DIR", help="where cifar10/cifar100 are (or go, with --download)")
+    group.add_argument("--data-dir", metavar="DIR", help="where cifar10/cifar100 are (or go, with --download); for "
+                       "--dataset folder: your images, train/<class>/ + test/<class>/ (+ val/<class>/) or a tar of them")
+    add_image_size_arg(group, "for --dataset folder: resize every image once to N x N (shorter side to N, centre "
+                              "crop; default: the training images' own size when they all share one)")
     group.add_argument("--download", action="store_true", default=None,
                        help="fetch the official CIFAR archive if missing (MD5-checked)")
     group.add_argument("--device", metavar="DEV", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
@@ -83,7 +87,13 @@ def add_fix_arg(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
 
 def model_from_args(args: argparse.Namespace) -> str:
     """The family name ``--model`` (and ``--fix``) give: the one place a command imports a model's code."""
-    return resolve_model(args.model, fixed=getattr(args, "fix", None) or ())
+    return resolve_model(args.model, fixed=getattr(args, "fix", None) or (),
+                         image_size=getattr(args, "image_size", None) or IMAGE_SIZE)
+
+
+def add_image_size_arg(p: "argparse.ArgumentParser | argparse._ArgumentGroup", help_text: str) -> None:
+    """--image-size N: the side of the square images a model takes (its dataset's)."""
+    p.add_argument("--image-size", type=_flag_type(int, MIN_IMAGE_SIZE), metavar="N", help=help_text)
 
 
 def add_measure_args(p: argparse.ArgumentParser) -> None:
@@ -117,6 +127,9 @@ def add_model_args(p: argparse.ArgumentParser, *, template_many: bool, model_req
     p.add_argument("--floor", type=positive_int, default=1, metavar="N",
                    help="smallest filter count of any layer (default: 1)")
     add_as_published(p)
+    add_image_size_arg(p, f"side of the square input images (default: {IMAGE_SIZE}, the built-in datasets'): FLOPs, "
+                          "memory and latency are counted at it and a package.module:function model is discovered "
+                          "on it")
 
 
 def add_as_published(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:

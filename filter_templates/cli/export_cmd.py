@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..export import FORMATS, export_run
+from ..export import FORMATS, export_run, run_image_size
 from ..models import resolve_model
 
 
@@ -13,8 +13,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript",
                        description="Rebuild a run's model from its architecture record and weights "
                                    "(model.pt, else the last checkpoint) and export it with a dynamic batch "
-                                   "dimension. Input: float NCHW [N, 3, 32, 32], normalised like the training "
-                                   "data; output: logits.")
+                                   "dimension. Input: float NCHW [N, 3, S, S] at the run's image size S "
+                                   "(32 for the built-in datasets), normalised like the training data; output: logits.")
     p.add_argument("--run", dest="run_dir", required=True, metavar="DIR", help="run directory written by `filter-templates train`")
     p.add_argument("--format", required=True, choices=FORMATS, help="onnx (needs the onnx extra) or torchscript")
     p.add_argument("--out", metavar="FILE", help="output file (default: DIR/model.onnx or DIR/model.torchscript.pt)")
@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.model:
-        resolve_model(args.model)
+        resolve_model(args.model, image_size=run_image_size(args.run_dir))
     path = export_run(args.run_dir, args.format, args.out)
     if args.json:
         print(json.dumps({"run": str(args.run_dir), "format": args.format, "path": str(path),

@@ -7,6 +7,7 @@ import json
 import re
 from pathlib import Path
 
+from ..arch import IMAGE_SIZE
 from ..fit import LATENCY_TOLERANCE, fit, format_value, parse_budget
 from ..messages import warn
 from ..models import MAX_WIDTH, get_family
@@ -14,7 +15,7 @@ from ..rundir import atomic_write_json, check_writable, writing
 from .args import add_measure_args, add_model_args, fraction, model_from_args, positive_float
 
 BUDGET_HELP = (
-    "the budget, KEY=VALUE. KEY: params or flops (forward FLOPs per 32x32 image), counts with an "
+    "the budget, KEY=VALUE. KEY: params or flops (forward FLOPs per image at --image-size, default 32x32), counts with an "
     "optional K/M/G/T suffix, 1000-based (params=1M, flops=100M); memory, bytes of one SGD training "
     "step at --batch-size (CPU: exact account; CUDA: allocator peak), K/M/G/T = 1000-based, "
     "Ki/Mi/Gi/Ti = 1024-based, optional trailing B (memory=512M, memory=2GiB); latency, seconds of "
@@ -57,13 +58,14 @@ def config_name(model: str, template: str, width: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     args.model = model_from_args(args)
+    size = args.image_size or IMAGE_SIZE
     budget = parse_budget(args.budget)
     if args.save:
         check_writable(args.save, "--save", folder=True)  # before the fit, which may take a while
     results = fit(args.model, budget, args.templates, classes=args.classes, divisor=args.divisor,
                   floor=args.floor, batch_size=args.batch_size, device=args.device, max_width=args.max_width,
                   latency_tolerance=args.latency_tolerance, min_run_time=args.min_run_time, measure=args.measure,
-                  threads=args.threads, as_published=bool(args.as_published))
+                  threads=args.threads, as_published=bool(args.as_published), image_size=size)
     for r in results:
         if r.note:
             warn(f"{r.template}: {r.note}")
@@ -80,11 +82,11 @@ def run(args: argparse.Namespace) -> int:
                 d["config"] = str(path)
 
     if args.json:
-        print(json.dumps({"model": args.model, "budget": budget.to_dict(), "fits": fits}))
+        print(json.dumps({"model": args.model, "budget": budget.to_dict(), "image_size": size, "fits": fits}))
         return 0
 
-    fam = get_family(args.model)
-    print(f"{fam.description}; {args.classes} classes; budget {budget.key} <= {format_value(budget.key, budget.value)}")
+    fam = get_family(args.model, size)
+    print(f"{fam.description}; {args.classes} classes; {size}x{size} px input; budget {budget.key} <= {format_value(budget.key, budget.value)}")
     w = max(8, *(len(r.template) for r in results))
     measured = any("train_memory_bytes" in d for d in fits)
     timed = any("latency_s" in d for d in fits)

@@ -40,7 +40,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", required=True, metavar="M", help=MODEL_HELP.format(', '.join(family_names())))
     add_fix_arg(p)
     p.add_argument("--budget", required=True, metavar="KEY=VALUE", help=BUDGET_HELP)
-    p.add_argument("--dataset", required=True, metavar="D", help="digits, cifar10, cifar100 or synthetic")
+    p.add_argument("--dataset", required=True, metavar="D", help="digits, cifar10, cifar100, synthetic, or folder (your "
+                   "images in --data-dir)")
     p.add_argument("--templates", nargs="+", metavar="T",
                    help="templates to try (default: all five); base is always added")
     p.add_argument("--seeds", nargs="+", type=nonnegative_int, metavar="S", default=[0],

@@ -49,7 +49,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
                            "of its template within the budget (fitted as by 'fit'). KEY: params, flops (counts, "
                            "K/M/G suffixes), memory (bytes of one training step at --batch-size, K/M/G or Ki/Mi/Gi), "
                            "latency (s/ms/us, measured on --device)")
-    g.add_argument("--datasets", nargs="+", metavar="D", help="datasets: digits, cifar10, cifar100, synthetic")
+    g.add_argument("--datasets", nargs="+", metavar="D", help="datasets: digits, cifar10, cifar100, synthetic, "
+                   "folder (your images in --data-dir)")
     g.add_argument("--seeds", nargs="+", type=nonnegative_int, metavar="S", help="seeds (default: 0)")
     g.add_argument("--divisor", type=positive_int, metavar="K", help="round every layer to a multiple of K")
     g.add_argument("--floor", type=positive_int, metavar="N", help="smallest filter count of any layer")
@@ -166,11 +167,12 @@ def train_settings(args: argparse.Namespace) -> dict:
     return out
 
 
-def _models(names: list[str] | None) -> list[str] | None:
-    """--models: family names or package.module:function (imported here: only a flag may name code)."""
+def _models(names: list[str] | None, image_size: int | None = None) -> list[str] | None:
+    """--models: family names or package.module:function (imported here: only a flag may name code;
+    a user's network is discovered at --image-size when given)."""
     from ..models import resolve_model
 
-    return None if names is None else [resolve_model(m) for m in names]
+    return None if names is None else [resolve_model(m, image_size=image_size or 32) for m in names]
 
 
 def spec_from_args(args: argparse.Namespace):
@@ -178,7 +180,7 @@ def spec_from_args(args: argparse.Namespace):
     from ..sweep.grid import load_config, preset
 
     overrides = {
-        "models": _models(args.models), "templates": args.templates, "widths": args.widths, "budgets": args.budgets,
+        "models": _models(args.models, args.image_size), "templates": args.templates, "widths": args.widths, "budgets": args.budgets,
         "datasets": args.datasets, "seeds": args.seeds, "divisor": args.divisor, "floor": args.floor,
         "threads": args.threads, "jobs": args.jobs, "as_published": args.as_published, **train_settings(args),
     }

@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..arch import IMAGE_SIZE
 from ..errors import UsageError
 from ..messages import note
 from .args import add_measure_args, add_model_args, model_from_args, positive_float
@@ -39,15 +40,16 @@ def rows(args: argparse.Namespace) -> list[dict]:
     from ..templates import template_names
 
     args.model = model_from_args(args)
+    size = args.image_size or IMAGE_SIZE
     measure = getattr(args, "measure", False)
     device = resolve_device(getattr(args, "device", "cpu")) if measure else None
     names = args.templates or template_names()
-    if not args.templates and get_family(args.model).depth < 3:  # a small user model: the parabolas need 3 layers
+    if not args.templates and get_family(args.model, size).depth < 3:  # a small user model: the parabolas need 3 layers
         names = [n for n in names if n not in ("quadratic", "negative-quadratic")]
         note(f"note: quadratic and negative-quadratic need at least 3 template layers; "
-             f"{args.model} has {get_family(args.model).depth}")
+             f"{args.model} has {get_family(args.model, size).depth}")
     archs = [make_arch(args.model, name, args.width, args.classes, divisor=args.divisor, floor=args.floor,
-                       as_published=bool(getattr(args, "as_published", False)))
+                       as_published=bool(getattr(args, "as_published", False)), image_size=size)
              for name in names]  # every name checked before any slow measurement
     out = []
     for name, arch in zip(names, Progress(archs, desc="measure", enabled=None if measure else False)):
@@ -97,19 +99,22 @@ def run(args: argparse.Namespace) -> int:
     for r in table[1:]:
         r.pop("_where", None)
     if args.json:
-        doc = {"model": args.model, "width": args.width, "classes": args.classes}
+        doc = {"model": args.model, "width": args.width, "classes": args.classes,
+               "image_size": args.image_size or IMAGE_SIZE}
         if where:
             doc.update(batch_size=args.batch_size, **where)
         doc["templates"] = table
-        layers = _layers(args.model)
+        layers = _layers(args.model, args.image_size or IMAGE_SIZE)
         if layers is not None:
             doc["layers"] = layers
         print(json.dumps(doc))
         return 0
     from ..models import get_family
 
-    fam = get_family(args.model)
-    print(f"{fam.description}; width {args.width:g}, {args.classes} classes; one count per {fam.unit}")
+    size = args.image_size or IMAGE_SIZE
+    fam = get_family(args.model, size)
+    print(f"{fam.description}; width {args.width:g}, {args.classes} classes, {size}x{size} px input; "
+          f"one count per {fam.unit}")
     w = max(len(r["name"]) for r in table)
     b = args.batch_size
     extra = f"  {'train MB':>9}  {f'ms@{b}':>8}  {'ms@1':>7}" if where else ""
@@ -123,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
     if where:
         print(f"memory: {table[0]['train_memory_method']} of one SGD step at batch {b}; latency: median of eval "
               f"forward passes on {where['device']} ({where['device_name']}), {where['threads']} threads")
-    layers = _layers(args.model)
+    layers = _layers(args.model, size)
     if layers is not None:
         print("template layers (the modules whose output channels share one width):")
         for i, layer in enumerate(layers, start=1):
@@ -131,11 +136,11 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _layers(model: str) -> list[dict] | None:
+def _layers(model: str, image_size: int) -> list[dict] | None:
     """One entry per template layer of a user's model: its base width and the modules that share it."""
     from ..models import get_family
 
-    fam = get_family(model)
+    fam = get_family(model, image_size)
     modules = getattr(fam, "layer_modules", ())
     if not modules:
         return None

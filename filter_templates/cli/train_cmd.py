@@ -14,7 +14,7 @@ import torch
 
 from ..arch import Arch, make_arch
 from ..autotune import threads_for
-from ..data import num_classes
+from ..data import data_shape
 from ..device import resolve_device
 from ..errors import UsageError
 from ..initialise import WHITEN_SAMPLE
@@ -52,7 +52,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     m.add_argument("--config", metavar="FILE", help="JSON file with an 'arch' record (written by `fit --save`, "
                                                     "or a run's config.json)")
     t = p.add_argument_group("data and training")
-    t.add_argument("--dataset", metavar="D", help="cifar10, cifar100, digits (embedded, default) or synthetic")
+    t.add_argument("--dataset", metavar="D", help="cifar10, cifar100, digits (embedded, default), synthetic, or "
+                                                  "folder (your own images in --data-dir, at --image-size)")
     add_run_args(t)
     t.add_argument("--momentum", type=nonnegative_float, metavar="M", help="SGD momentum (default: 0.9)")
     t.add_argument("--weight-decay", type=nonnegative_float, metavar="WD", help="weight decay (default: the recipe's, "
@@ -126,11 +127,13 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
             train_kw[k] = getattr(args, k)
     train_kw.setdefault("dataset", "digits")
 
-    classes = num_classes(train_kw["dataset"])
+    # the model follows the data: its class count and image size (a folder is read here, once)
+    classes, size = data_shape(train_kw["dataset"], train_kw.get("data_dir"), train_kw.get("image_size"))
+    train_kw["image_size"] = size
     model_flags = {k: getattr(args, k) for k in ("model", "template", "width", "divisor", "floor", "as_published")
                    if getattr(args, k) is not None}
     if "model" in model_flags:
-        model_flags["model"] = resolve_model(model_flags["model"], fixed=args.fix or ())
+        model_flags["model"] = resolve_model(model_flags["model"], fixed=args.fix or (), image_size=size)
     elif args.fix:
         raise UsageError("--fix needs --model package.module:function")
     if base is None:
@@ -138,7 +141,7 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
             raise UsageError("--model is required (or --config FILE with an 'arch' record)")
         v = {**_DEFAULTS, **model_flags}
         arch = make_arch(v["model"], v["template"], v["width"], classes, divisor=v["divisor"], floor=v["floor"],
-                         as_published=bool(v.get("as_published")))
+                         as_published=bool(v.get("as_published")), image_size=size)
     elif model_flags:  # re-derive the counts from the file's settings with the flags on top
         if "template" not in model_flags and ":" in base.template:
             # a data file never imports code: only a flag typed by the user may name a function
@@ -147,9 +150,9 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
         v = {"model": base.family, "template": base.template, "width": base.width, "divisor": base.divisor,
              "floor": base.floor, "as_published": base.as_published, **model_flags}
         arch = make_arch(v["model"], v["template"], v["width"], classes, divisor=v["divisor"], floor=v["floor"],
-                         as_published=bool(v.get("as_published")))
+                         as_published=bool(v.get("as_published")), image_size=size)
     else:  # the file's exact counts; only the class count follows the dataset
-        arch = replace(base, classes=classes)
+        arch = replace(base, classes=classes, image_size=size)
     return TrainConfig(arch=arch, **train_kw)
 
 

@@ -17,7 +17,9 @@ import torch
 
 from ..errors import UsageError
 
-__all__ = ["Loader", "epoch_seed"]
+__all__ = ["Loader", "epoch_seed", "scale_pixels", "REFERENCE_SIZE"]
+
+REFERENCE_SIZE = 32  # the image side the recipes' pixel settings (crop padding, test shifts) are given at
 
 _COPY_CHUNK = 8192  # samples copied to the device per step at construction (bounded host memory)
 
@@ -25,6 +27,12 @@ _COPY_CHUNK = 8192  # samples copied to the device per step at construction (bou
 def epoch_seed(seed: int, epoch: int) -> int:
     """A well-mixed 63-bit seed for (seed, epoch), independent of Python's hash randomisation."""
     return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch)]).generate_state(2, np.uint64)[0] >> 1)
+
+
+def scale_pixels(pixels: int, image_size: int) -> int:
+    """A recipe's shift of ``pixels`` at 32 px, for ``image_size`` px images: the same fraction of
+    the image (the paper's 4 px crop padding is N/8), so a 64 px photo is not augmented half as much."""
+    return int(round(pixels * image_size / REFERENCE_SIZE))
 
 
 class Loader:

@@ -18,35 +18,37 @@ import torch.nn as nn
 from ..errors import UsageError
 # Families register themselves on import; the order here is the order users see.
 from . import vgg, resnet, googlenet, mobilenet  # noqa: F401  (each registers a study family, then its variant)
-from .generic import generic_family, load_model
+from .generic import DISCOVERY_SIZE, generic_family, load_model
 from .registry import MAX_FILTERS, MAX_WIDTH, Family, family, family_names, register_family, registered
 
 __all__ = ["Family", "family", "register_family", "get_family", "family_names", "resolve_model", "MAX_FILTERS",
            "MAX_WIDTH"]
 
 
-def get_family(name: str) -> Family:
-    """A built-in family, or a user's model loaded by :func:`resolve_model` in this process."""
+def get_family(name: str, image_size: int = DISCOVERY_SIZE) -> Family:
+    """A built-in family, or a user's model loaded by :func:`resolve_model` in this process (as
+    discovered on ``image_size`` px inputs; the built-in families take any size of at least 32)."""
     found = registered(name) if isinstance(name, str) else None
     if found is not None:
         return found
     if isinstance(name, str) and ":" in name:
-        return generic_family(name)
+        return generic_family(name, image_size)
     raise UsageError(f"unknown model {name!r}; choose from: {', '.join(family_names())} "
                      "(or a function 'package.module:function' returning an nn.Module)") from None
 
 
 def resolve_model(model: "str | nn.Module | Callable[..., nn.Module]", *, fixed: Sequence[str] = (),
-                  name: str | None = None) -> str:
+                  name: str | None = None, image_size: int = DISCOVERY_SIZE) -> str:
     """What ``--model`` (or the Python API) names, as a family name: the one place a model's code is
     imported. ``model``: a family name, ``package.module:function``, or in Python a callable
     returning an ``nn.Module`` or a module. ``fixed``: module names whose channel groups keep their
     width times the multiplier instead of being template layers (user models only). ``name``: the
-    family name of a callable or module (default: its ``module:qualname``)."""
+    family name of a callable or module (default: its ``module:qualname``). ``image_size``: the
+    side of the inputs a user's model is discovered on."""
     if isinstance(model, str) and registered(model) is not None:
         if fixed:
             raise UsageError(f"--fix applies to models given as package.module:function, not to {model!r}")
         return model
     if isinstance(model, str) and ":" not in model:
         get_family(model)  # the unknown-model error
-    return load_model(model, fixed=fixed, name=name)
+    return load_model(model, fixed=fixed, name=name, image_size=image_size)

@@ -45,7 +45,8 @@ ENV_LOADED = "FILTER_TEMPLATES_MODELS"
 
 _LOADED: dict[str, Callable[[], nn.Module]] = {}  # model path -> zero-argument factory (trusted)
 _SOURCES: dict[str, Any] = {}  # model path -> the object it was loaded from
-_FAMILIES: dict[str, "GenericFamily"] = {}
+_FAMILIES: dict[tuple[str, int], "GenericFamily"] = {}  # (family name, input size) -> family
+DISCOVERY_SIZE = 32  # the input side a model is discovered at unless its data says otherwise
 
 
 @dataclass(frozen=True)
@@ -117,11 +118,14 @@ def _import(path: str) -> Callable[..., Any]:
     return obj
 
 
-def load_model(model: ModelSource, *, fixed: Sequence[str] = (), name: str | None = None) -> str:
+def load_model(model: ModelSource, *, fixed: Sequence[str] = (), name: str | None = None,
+               image_size: int = DISCOVERY_SIZE) -> str:
     """Load a user's model so that it can be used (and rebuilt from records) in this process; returns
     its family name. ``model``: a ``package.module:function`` path (what ``--model`` gives), or in
     Python a callable returning an ``nn.Module``, or a module (its architecture, not its weights, is
-    used). ``name`` labels a callable or module (default: its ``module:qualname``)."""
+    used). ``name`` labels a callable or module (default: its ``module:qualname``). ``image_size``:
+    the side of the square inputs it is discovered on (its data's: a flatten feeding a linear layer
+    counts the map's size)."""
     if isinstance(model, str):
         path, fix = split_name(model)
         fixed = tuple(fixed) + fix
@@ -138,11 +142,11 @@ def load_model(model: ModelSource, *, fixed: Sequence[str] = (), name: str | Non
             raise UsageError(f"model label {path!r} must look like package.module:function")
         source, factory = model, _factory(model, path)
     if _SOURCES.get(path, source) is not source:  # another object under that name (code reloaded): rediscover
-        for key in [k for k in _FAMILIES if split_name(k)[0] == path]:
+        for key in [k for k in _FAMILIES if split_name(k[0])[0] == path]:
             del _FAMILIES[key]
     _SOURCES[path], _LOADED[path] = source, factory
     full = family_name(path, fixed)
-    generic_family(full)  # discover now: errors surface where the user named the model
+    generic_family(full, image_size)  # discover now: errors surface where the user named the model
     return full
 
 
@@ -153,11 +157,12 @@ def _default_label(model: Any) -> str:
     return f"{mod}:{qual.replace('<locals>.', '').replace('<', '').replace('>', '')}"
 
 
-def generic_family(name: str) -> GenericFamily:
+def generic_family(name: str, image_size: int = DISCOVERY_SIZE) -> GenericFamily:
     """The family of a loaded model; a model path that was not loaded by a flag (or the Python API)
-    in this process is refused: records and config files never import code."""
-    if name in _FAMILIES:
-        return _FAMILIES[name]
+    in this process is refused: records and config files never import code. Discovered once per
+    input size (``image_size`` px square)."""
+    if (name, image_size) in _FAMILIES:
+        return _FAMILIES[name, image_size]
     path, fixed = split_name(name)
     if path not in _LOADED and path in os.environ.get(ENV_LOADED, "").split():
         _SOURCES[path] = _import(path)  # a worker of a command that named it
@@ -165,9 +170,9 @@ def generic_family(name: str) -> GenericFamily:
     if path not in _LOADED:
         raise UsageError(f"model {path!r} is Python code; only a command-line flag may name code to import: "
                          f"pass --model {path} (for sweep: --models {path})")
-    plan = discover(_LOADED[path](), fixed, name=_class_name(path))
+    plan = discover(_LOADED[path](), fixed, name=_class_name(path), input_shape=(3, image_size, image_size))
     fam = _family(name, path, plan)
-    _FAMILIES[name] = fam
+    _FAMILIES[name, image_size] = fam
     return fam
 
 

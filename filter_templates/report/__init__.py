@@ -36,13 +36,14 @@ def _measure_width1(batch_size: int, latency_mode: str, threads: int | None) -> 
     cache: dict[tuple, dict[str, Any] | None] = {}
 
     def measure(cell: Any) -> dict[str, Any] | None:
-        key = (cell.family, cell.template, cell.classes, cell.divisor, cell.floor)
+        size = int(cell.setting.get("image_size") or 32)  # counted at the size the cell's runs trained at
+        key = (cell.family, cell.template, cell.classes, cell.divisor, cell.floor, size)
         if key in cache:
             return cache[key]
         try:
             family, published = tables.split_reading(cell.family)
             arch = make_arch(family, cell.template, 1.0, cell.classes, divisor=cell.divisor, floor=cell.floor,
-                             as_published=published)
+                             as_published=published, image_size=size)
         except UsageError:  # a custom template this process cannot load
             cache[key] = None
             return None
@@ -52,7 +53,7 @@ def _measure_width1(batch_size: int, latency_mode: str, threads: int | None) -> 
         if latency_mode != "none":  # a short budget: the report should take seconds; marked as measured here
             model = arch.build()
             for b in (1, batch_size) if latency_mode == "full" else (1,):
-                m = measure_latency(model, b, "cpu", threads=threads)
+                m = measure_latency(model, b, "cpu", threads=threads, input_shape=(3, size, size))
                 out["latency_b1_s" if b == 1 else "latency_batch_s"], out["threads"] = m["median_s"], m["threads"]
         cache[key] = out
         return out

@@ -286,17 +286,18 @@ def plan_grid(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -
     out = Grid(configs=[])
     for ds in datasets:
         classes = classes_of(ds)
+        at_size = _at_image_size(spec, ds)
         for m in models:
             for t in templates:
                 if budgets is None:
                     for w in widths:
                         arch = make_arch(m, t, w, classes, divisor=spec.divisor, floor=spec.floor,
-                                         as_published=spec.as_published)
+                                         as_published=spec.as_published, image_size=at_size.train["image_size"])
                         for s in seeds:
-                            out.configs.append(TrainConfig(arch=arch, dataset=ds, seed=s, **spec.train))
+                            out.configs.append(TrainConfig(arch=arch, dataset=ds, seed=s, **at_size.train))
                     continue
                 for b in budgets:
-                    for p in _budget_points(spec, m, t, b, ds, classes, seeds):
+                    for p in _budget_points(at_size, m, t, b, ds, classes, seeds):
                         out.budget_points.append(p)
                         if p.config is not None:
                             out.configs.append(p.config)
@@ -306,6 +307,17 @@ def plan_grid(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -
 #: Arch fields the fitted width decides: not part of a budget point's identity (the rest -- family,
 #: template, classes, rounding options -- is).
 _SIZED_BY_WIDTH = ("width", "filters", "stem_width", "widths")
+
+
+def _at_image_size(spec: SweepSpec, dataset: str) -> SweepSpec:
+    """``spec`` with ``image_size`` set in its training settings: the one given, else the dataset's
+    own (a folder's common image size; 32 for the built-in ones). Models are built, counted and
+    fitted at it, so every point of a dataset has one size."""
+    from ..data import data_shape
+
+    t = spec.train
+    size = data_shape(dataset, t.get("data_dir"), t.get("image_size")).image_size
+    return dataclasses.replace(spec, train={**t, "image_size": size})
 
 
 def _budgets(spec: SweepSpec) -> list["Budget"]:
@@ -327,13 +339,15 @@ def _budget_points(spec: SweepSpec, family: str, template: str, budget: "Budget"
     from ..train import TrainConfig, identity
 
     # the settings every seed shares, from a provisional config (so defaults are TrainConfig's own)
+    size = spec.train.get("image_size", 32)
     probe = TrainConfig(arch=make_arch(family, template, 1.0, classes, divisor=spec.divisor, floor=spec.floor,
-                                       as_published=spec.as_published),
+                                       as_published=spec.as_published, image_size=size),
                         dataset=dataset, **spec.train)
     device = resolve_device(probe.device)  # a device that does not exist is an error, not an unreachable budget
     try:
         (r,) = fit(family, budget, [template], classes=classes, divisor=spec.divisor, floor=spec.floor,
-                   batch_size=probe.batch_size, device=str(device), progress=False, as_published=spec.as_published)
+                   batch_size=probe.batch_size, device=str(device), progress=False, as_published=spec.as_published,
+                   image_size=size)
     except UsageError as exc:  # below the smallest model this template can build
         arch, fitted, reason = None, None, " ".join(str(exc).split())
     else:
@@ -365,7 +379,7 @@ def _dataset_classes(spec: SweepSpec) -> Callable[[str], int]:
     def classes_of(name: str) -> int:
         t = spec.train
         ds = load_data(name, t.get("data_dir"), bool(t.get("download", False)), t.get("limit_train"),
-                       t.get("limit_test"))
+                       t.get("limit_test"), t.get("image_size"))
         return int(ds.num_classes)
 
     return classes_of

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from ..measure import latency, resources
+from ..measure import input_shape_of, latency, resources
 from ..rundir import CONFIG, read_metrics, read_summary, write_resources
 from .grid import run_dir_name
 from .store import Store, canonical_json, point_key
@@ -132,7 +132,8 @@ def complete_resources(config: "TrainConfig", summary: dict[str, Any], run_dir: 
     if need_latency:
         with torch.device(device):
             model = config.arch.build()
-        lat = {f"batch{b}": latency(model, b, device) for b in dict.fromkeys((config.batch_size, 1))}
+        lat = {f"batch{b}": latency(model, b, device, input_shape=input_shape_of(config.arch))
+               for b in dict.fromkeys((config.batch_size, 1))}
         extra["latency_s"] = {k: v["median_s"] for k, v in lat.items()}
         extra["latency_iqr_s"] = {k: v["iqr_s"] for k, v in lat.items()}
         extra["batch_size"] = config.batch_size

@@ -78,6 +78,7 @@ CREATE TABLE IF NOT EXISTS runs (
     family TEXT NOT NULL, template TEXT NOT NULL, width REAL NOT NULL, dataset TEXT NOT NULL,
     seed INTEGER NOT NULL, epochs INTEGER NOT NULL, classes INTEGER NOT NULL, filters TEXT NOT NULL,
     kind TEXT NOT NULL DEFAULT 'template',  -- template, or pruning: a pruning baseline (template: its method)
+    image_size INTEGER NOT NULL DEFAULT 32,  -- side of the images trained on: part of a cell, like the dataset
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'failed')),
     run_dir TEXT,
     claimed_by TEXT, claim_token TEXT, claimed_at REAL, heartbeat REAL,
@@ -116,7 +117,8 @@ CREATE INDEX IF NOT EXISTS budget_points_run ON budget_points (run_key);
 
 
 #: Columns added to ``runs`` after stores were written (name, SQL type): opening an older store adds them.
-_ADDED_COLUMNS = (("val_acc", "REAL"), ("kind", "TEXT NOT NULL DEFAULT 'template'"),)
+_ADDED_COLUMNS = (("val_acc", "REAL"), ("kind", "TEXT NOT NULL DEFAULT 'template'"),
+                  ("image_size", "INTEGER NOT NULL DEFAULT 32"))
 
 
 class StoreError(UsageError):
@@ -190,6 +192,7 @@ def _fields(config: Mapping[str, Any]) -> dict[str, Any]:
             "seed": int(config.get("seed", 0)),
             "epochs": int(config["epochs"]),
             "kind": kind_of(config),
+            "image_size": int(config.get("image_size", arch.get("image_size", 32))),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"not a training configuration (missing or bad {exc}): {canonical_json(config)[:200]}") from None
@@ -333,10 +336,11 @@ class Store:
                 f = _fields(config)
                 cur = db.execute(
                     "INSERT OR IGNORE INTO runs (key, key_json, config_json, family, template, width, dataset, seed, "
-                    "epochs, classes, filters, kind, status, run_dir, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                    "epochs, classes, filters, kind, image_size, status, run_dir, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                     (key, key_json, canonical_json(config), f["family"], f["template"], f["width"], f["dataset"],
-                     f["seed"], f["epochs"], f["classes"], f["filters"], f["kind"], str(run_dir), now, now),
+                     f["seed"], f["epochs"], f["classes"], f["filters"], f["kind"], f["image_size"], str(run_dir), now,
+                     now),
                 )
                 if cur.rowcount:
                     new += 1
@@ -596,10 +600,11 @@ class Store:
             if row is None:
                 db.execute(
                     "INSERT INTO runs (key, key_json, config_json, family, template, width, dataset, seed, epochs, "
-                    "classes, filters, kind, status, run_dir, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
+                    "classes, filters, kind, image_size, status, run_dir, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
                     (key, key_json, canonical_json(config), f["family"], f["template"], f["width"], f["dataset"],
-                     f["seed"], f["epochs"], f["classes"], f["filters"], f["kind"], str(run_dir), now, now),
+                     f["seed"], f["epochs"], f["classes"], f["filters"], f["kind"], f["image_size"], str(run_dir), now,
+                     now),
                 )
             else:
                 db.execute("UPDATE runs SET status='pending', run_dir=?, claimed_by=NULL, claim_token=NULL, "
