@@ -1,8 +1,7 @@
 """What a checkpoint carries beyond weights: torch's random generator states, so a resumed run
 draws exactly the numbers an uninterrupted one would.
 
-Writing and reading checkpoint files (atomically, ``weights_only``) is :mod:`.rundir`'s job; the
-names below are kept here for callers of the old ``checkpoint`` API.
+Writing and reading checkpoint files (atomically, ``weights_only``) is :mod:`.rundir`'s job.
 """
 
 from __future__ import annotations
@@ -11,11 +10,7 @@ from typing import Any
 
 import torch
 
-from .rundir import atomic_save, atomic_write_json, atomic_write_text, remove_stale_temp_files
-from .rundir import load_checkpoint as load
-
-__all__ = ["atomic_save", "atomic_write_json", "atomic_write_text", "load", "remove_stale_temp_files",
-           "rng_state", "set_rng_state"]
+__all__ = ["rng_state", "set_rng_state"]
 
 
 def rng_state(device: torch.device) -> dict[str, Any]:

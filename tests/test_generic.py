@@ -370,15 +370,15 @@ def test_onnx_export_of_a_user_model(tmp_path, capsys):
     import numpy as np
     import onnxruntime as ort
 
-    from filter_templates import checkpoint as ckpt
+    from filter_templates import rundir
 
     name = resolve_model(f"{ZOO}:flat2x2")
     arch = make_arch(name, "reverse", 0.5)
     model = arch.build().eval()
     run = tmp_path / "run"
     run.mkdir()
-    ckpt.atomic_write_json(run / "config.json", {"arch": arch.to_dict(), "dataset": "synthetic"})
-    ckpt.atomic_save(model.state_dict(), run / "model.pt")
+    rundir.atomic_write_json(run / "config.json", {"arch": arch.to_dict(), "dataset": "synthetic"})
+    rundir.atomic_save(model.state_dict(), run / "model.pt")
     assert main(["export", "--run", str(run), "--format", "onnx", "--model", f"{ZOO}:flat2x2", "--json"]) == 0
     path = json.loads(capsys.readouterr().out)["path"]
     x = torch.randn(3, 3, 32, 32)

@@ -134,7 +134,7 @@ def test_whole_older_record_reads_as_sgd_whatever_the_recipe_says(monkeypatch):
 
 
 def test_checkpoint_from_before_the_optimizer_fields_resumes_under_sgd_only(tmp_path):
-    from filter_templates import checkpoint as ckpt
+    from filter_templates import rundir
     from filter_templates.train import train
 
     class Stop(Exception):
@@ -146,7 +146,7 @@ def test_checkpoint_from_before_the_optimizer_fields_resumes_under_sgd_only(tmp_
     out = tmp_path / "run"
     with pytest.raises(Stop):
         train(_config(), out, on_epoch=stop)
-    state = ckpt.load(out / "checkpoint.pt")
+    state = rundir.load_checkpoint(out / "checkpoint.pt")
     state["config"] = _older(state["config"])
     torch.save(state, out / "checkpoint.pt")
     with pytest.raises(UsageError, match=r"optimizer \(checkpoint None, now 'muon'\)"):

@@ -16,6 +16,7 @@ import pytest
 import torch
 
 from filter_templates import checkpoint as ckpt
+from filter_templates import rundir
 from filter_templates.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.errors import UsageError
@@ -110,7 +111,7 @@ def test_run_writes_the_run_directory(tmp_path):
     assert saved == small_config(epochs=4, recipe="paper", precision=saved.precision, memory_format=saved.memory_format)
     assert (summary["recipe"], summary["precision"], summary["memory_format"]) == ("paper", saved.precision,
                                                                                    saved.memory_format)
-    state = ckpt.load(run / "checkpoint.pt")
+    state = rundir.load_checkpoint(run / "checkpoint.pt")
     assert state["epoch"] == 4 and state["arch"] == small_config().arch.to_dict()
     assert_same_weights(weights(run / "model.pt"), state["model"])
 
@@ -157,13 +158,13 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, capsys):
     finally:
         proc.wait()
         proc.stderr.close()
-    done_before = ckpt.load(killed / "checkpoint.pt")["epoch"]
+    done_before = rundir.load_checkpoint(killed / "checkpoint.pt")["epoch"]
     assert 1 <= done_before < epochs, "the run finished before it could be killed"
     assert not (killed / "summary.json").exists()
 
     assert main([*_cli_train_args(killed, epochs), "--resume"]) == 0
     assert_same_weights(weights(ref / "model.pt"), weights(killed / "model.pt"))
-    ref_state, new_state = ckpt.load(ref / "checkpoint.pt"), ckpt.load(killed / "checkpoint.pt")
+    ref_state, new_state = rundir.load_checkpoint(ref / "checkpoint.pt"), rundir.load_checkpoint(killed / "checkpoint.pt")
     for k in ref_state["optimizer"]["state"]:
         assert torch.equal(ref_state["optimizer"]["state"][k]["momentum_buffer"],
                            new_state["optimizer"]["state"][k]["momentum_buffer"])
@@ -203,8 +204,8 @@ def test_resume_after_each_epoch_in_process(tmp_path, kw):
         assert resumed["precision"] == kw["precision"] and resumed["execution"]["source"] == "checkpoint"
         assert_same_weights(weights(full / "model.pt"), weights(part / "model.pt"))
         if kw.get("ema"):
-            assert_same_weights(ckpt.load(full / "checkpoint.pt")["ema"]["model"],
-                                ckpt.load(part / "checkpoint.pt")["ema"]["model"])
+            assert_same_weights(rundir.load_checkpoint(full / "checkpoint.pt")["ema"]["model"],
+                                rundir.load_checkpoint(part / "checkpoint.pt")["ema"]["model"])
 
 
 def test_existing_checkpoint_is_not_overwritten_without_resume(tmp_path, capsys):
@@ -297,7 +298,7 @@ def test_nan_loss_fails_the_run_with_reason(tmp_path, monkeypatch, capsys):
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "failed" and "nan" in summary["reason"] and "epoch 2" in summary["reason"]
     assert summary["epochs"] == 1 and not (run / "model.pt").exists()
-    assert ckpt.load(run / "checkpoint.pt")["epoch"] == 1  # the last good state is kept
+    assert rundir.load_checkpoint(run / "checkpoint.pt")["epoch"] == 1  # the last good state is kept
 
 
 def test_exploding_lr_fails_instead_of_training_on(tmp_path):
@@ -317,27 +318,27 @@ def test_checkpoint_load_refuses_code(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
     torch.save({"model": Evil()}, path)
     with pytest.raises(UsageError, match="checkpoint.pt") as refused:
-        ckpt.load(path)
+        rundir.load_checkpoint(path)
     assert "refused" in str(refused.value) and "trust" not in str(refused.value)  # no advice to load it unsafely
     path.write_bytes(pickle.dumps({"x": Evil()}))
     with pytest.raises(UsageError, match="checkpoint.pt"):
-        ckpt.load(path)
+        rundir.load_checkpoint(path)
     assert not (tmp_path / "pwned.txt").exists()
 
 
 def test_truncated_or_missing_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "checkpoint.pt"
-    ckpt.atomic_save({"a": torch.ones(100)}, path)
+    rundir.atomic_save({"a": torch.ones(100)}, path)
     path.write_bytes(path.read_bytes()[:50])
     with pytest.raises(UsageError, match="cannot be read"):
-        ckpt.load(path)
+        rundir.load_checkpoint(path)
     with pytest.raises(UsageError, match="no such file"):
-        ckpt.load(tmp_path / "none.pt")
+        rundir.load_checkpoint(tmp_path / "none.pt")
 
 
 def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "checkpoint.pt"
-    ckpt.atomic_save({"v": torch.tensor(1)}, path)
+    rundir.atomic_save({"v": torch.tensor(1)}, path)
 
     def broken_save(obj, f):
         f.write(b"partial")
@@ -345,18 +346,18 @@ def test_failed_write_leaves_old_file_and_no_temp(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", broken_save)
     with pytest.raises(OSError):
-        ckpt.atomic_save({"v": torch.tensor(2)}, path)
+        rundir.atomic_save({"v": torch.tensor(2)}, path)
     monkeypatch.undo()
-    assert ckpt.load(path)["v"].item() == 1
+    assert rundir.load_checkpoint(path)["v"].item() == 1
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.pt"]
 
 
 def test_rng_state_survives_weights_only(tmp_path):
     torch.manual_seed(5)
-    ckpt.atomic_save({"rng": ckpt.rng_state(torch.device("cpu"))}, tmp_path / "s.pt")
+    rundir.atomic_save({"rng": ckpt.rng_state(torch.device("cpu"))}, tmp_path / "s.pt")
     expected = torch.rand(3)
     torch.manual_seed(99)
-    ckpt.set_rng_state(ckpt.load(tmp_path / "s.pt")["rng"], torch.device("cpu"))
+    ckpt.set_rng_state(rundir.load_checkpoint(tmp_path / "s.pt")["rng"], torch.device("cpu"))
     assert torch.equal(torch.rand(3), expected)
 
 

@@ -10,10 +10,9 @@ from .stats import channel_stats
 
 NUM_CLASSES = 10  # the digits 0-9
 
-__all__ = ["load", "bilinear_resize", "TRAIN_SIZE", "TEST_SIZE", "NUM_CLASSES"]
+__all__ = ["load", "bilinear_resize", "TEST_SIZE", "NUM_CLASSES"]
 
 TEST_SIZE = 360  # of 1797: a 1437 / 360 split, stratified by class
-TRAIN_SIZE = 1797 - TEST_SIZE
 _SPLIT_SEED = 0
 
 

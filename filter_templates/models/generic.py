@@ -31,7 +31,7 @@ from ..templates import scale_count
 from .registry import Family
 from .discover import Plan, discover
 
-__all__ = ["GenericFamily", "load_model", "generic_family", "is_model_path", "family_name", "split_name"]
+__all__ = ["GenericFamily", "load_model", "generic_family", "family_name", "split_name"]
 
 ModelSource = Union[str, nn.Module, Callable[..., nn.Module]]
 
@@ -56,10 +56,6 @@ class GenericFamily(Family):
     fingerprint: str = ""
     layer_modules: tuple[tuple[str, ...], ...] = ()
     plan: Plan | None = field(default=None, compare=False, repr=False)
-
-
-def is_model_path(name: str) -> bool:
-    return isinstance(name, str) and ":" in name
 
 
 def family_name(path: str, fixed: Sequence[str] = ()) -> str:
