@@ -18,6 +18,8 @@ import torch.nn as nn
 from . import rundir
 from .arch import Arch
 from .errors import UsageError
+from .prune import apply_structure
+from .prune_run import run_structure
 
 __all__ = ["FORMATS", "load_run_model", "export_run", "default_export_path", "onnx_available", "run_image_size"]
 
@@ -67,6 +69,9 @@ def load_run_model(run_dir: str | Path) -> tuple[nn.Module, Arch]:
     if not isinstance(weights, dict):
         raise UsageError(f"{run}: the weights file does not hold a state_dict")
     model = arch.build()
+    structure = run_structure(run)  # a pruning baseline: the shapes it was pruned to
+    if structure is not None:
+        apply_structure(model, structure)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

@@ -38,6 +38,8 @@ from .device import device_name, resolve_device
 from .errors import UsageError
 from .messages import note
 from .progress import Progress
+from .prune import check_spec as check_prune
+from .prune_run import Start, train_pruned
 from .recipe import EMA, RECIPE_FIELDS, RECIPES, check_recipe_values, lr_multiplier, make_optimizer
 
 __all__ = ["TrainConfig", "train", "sgd_step", "evaluate", "test_views", "open_checkpoint", "identity", "RESULT_KEYS",
@@ -93,6 +95,8 @@ class TrainConfig:
     muon_lr: float = _from_recipe()
     whiten_init: bool = _from_recipe()
     identity_init: bool = _from_recipe()
+    # a pruning baseline (prune.py): {method, budget, at}; the arch is the base model it prunes
+    prune: dict | None = _result()
     seed: int = _result(0)
     limit_train: int | None = _result()
     limit_test: int | None = _result()
@@ -143,6 +147,7 @@ class TrainConfig:
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"training config '{name}' must be true or false, got {getattr(self, name)!r}")
         check_recipe_values(lambda name: getattr(self, name), _fail)
+        check_prune(self.prune)
         if not isinstance(self.device, str) or not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise UsageError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
         if self.threads is not None:
@@ -185,6 +190,7 @@ EXECUTION_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.meta
 #: had no effect on them). A complete stored config without them reads as having these values, and a
 #: config at them keeps the identity (sweep key, checkpoint check) it had before the field existed.
 ADDED_FIELDS: dict[str, Any] = {"optimizer": "sgd", "muon_lr": None, "whiten_init": False, "identity_init": False,
+                                "prune": None,
                                 "val_split": 0, "image_size": 32}
 
 
@@ -280,7 +286,7 @@ def _shifted(x: torch.Tensor, s: int) -> torch.Tensor:
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
           on_epoch: Callable[[dict], None] | None = None, threads_source: str | None = None,
-          checkpoint: dict | None = None) -> dict:
+          checkpoint: dict | None = None, start: Start | None = None) -> dict:
     """Train ``config`` into ``out_dir`` and return the summary written to ``summary.json``.
 
     ``resume``: continue from ``out_dir/checkpoint.pt`` (fresh start, with a note, if none); without
@@ -290,12 +296,16 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     ``status == "failed"`` and the reason (returned, not raised); bad input raises UsageError.
     ``threads_source``: how the caller chose torch's thread count (recorded in the summary).
     ``checkpoint``: what :func:`open_checkpoint` returned for these arguments, when the caller
-    opened it already (it is not read twice).
+    opened it already (it is not read twice). ``start``: the model made elsewhere (a pruned
+    network) instead of ``config.arch``'s. A config with ``prune`` set trains in stages
+    (:func:`prune_run.train_pruned`).
     """
     # ---- prepare: refusals first (nothing touched yet), then data, execution choice, directory ----
     config.validate()
     out = Path(out_dir)
     state = open_checkpoint(config, out, resume) if checkpoint is None else checkpoint
+    if config.prune is not None:
+        return train_pruned(config, out, state, on_epoch, train)
     measure.meta_model(config.arch)  # a model that cannot be built (a layer over the limit, ...) fails now
     device = resolve_device(config.device)
     ds = load_data(config.dataset, config.data_dir, config.download, config.limit_train, config.limit_test,
@@ -311,8 +321,10 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     torch.manual_seed(config.seed)
     amp = config.precision == "bf16"
     fmt = autotune.torch_memory_format(config.memory_format)
-    model = config.arch.build()
-    if state is None:  # a resumed run loads its weights over any initialisation
+    model = config.arch.build() if start is None else start.build()
+    if state is None and start is not None and start.weights is not None:  # a pruned model goes on
+        model.load_state_dict(start.weights)
+    elif state is None:  # a resumed run loads its weights over any initialisation
         _initialise(model, config, ds)
     model = model.to(device=device, memory_format=fmt)
     optimizer = make_optimizer(model, config.lr, config.momentum, config.weight_decay, config.nesterov,

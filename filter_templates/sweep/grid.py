@@ -17,10 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping
 
-from .. import validate
+from .. import prune, validate
+from ..arch import make_arch
 from ..data import load_data, num_classes
 from ..errors import UsageError
+from ..messages import note
 from ..train import FIELDS as CONFIG_FIELDS
+from ..train import TrainConfig as _TrainConfig
+from ..train import identity as _identity
 
 if TYPE_CHECKING:  # torch stays out of `import filter_templates.sweep.grid`
     from ..fit import Budget
@@ -33,9 +37,10 @@ PAPER_WIDTHS = (1.6, 1.3, 1.0, 0.8, 0.5, 0.25, 0.1, 0.05)
 ALL_TEMPLATES = ("base", "reverse", "uniform", "quadratic", "negative-quadratic")
 
 #: Settings shared by every point, passed through to TrainConfig unchanged (all its fields but the grid's).
-TRAIN_FIELDS = tuple(k for k in CONFIG_FIELDS if k not in ("arch", "dataset", "seed"))
+TRAIN_FIELDS = tuple(k for k in CONFIG_FIELDS if k not in ("arch", "dataset", "seed", "prune"))
 #: The axes of the grid and the architecture options.
-GRID_FIELDS = ("models", "templates", "widths", "budgets", "datasets", "seeds", "divisor", "floor", "as_published")
+GRID_FIELDS = ("models", "templates", "widths", "budgets", "datasets", "seeds", "divisor", "floor", "as_published",
+               "baselines", "prune_at", "prune_from")
 #: The two ways to size the models of a grid: a sweep gives exactly one of them.
 SIZE_FIELDS = ("widths", "budgets")
 #: How the local engine runs (not part of any run's configuration).
@@ -58,10 +63,14 @@ class SweepSpec:
     train: dict[str, Any] = field(default_factory=dict)  # TRAIN_FIELDS overrides (epochs, lr, ...)
     threads: int | None = None  # torch CPU threads of each local run (None: torch's choice)
     jobs: int = 1  # local runs at once, one process each
+    baselines: list[str] = field(default_factory=list)  # pruning baselines beside the templates (budgets only)
+    prune_at: float = 0.5  # the share of the epochs the baselines train before pruning
+    prune_from: float = 1.0  # the width of the base model the baselines train and prune
 
     def size(self) -> int:
         sizes = len(self.budgets) if self.budgets else len(self.widths)
-        return len(self.models) * len(self.templates) * sizes * len(self.datasets) * len(self.seeds)
+        kinds = len(self.templates) + (len(self.baselines) if self.budgets else 0)
+        return len(self.models) * kinds * sizes * len(self.datasets) * len(self.seeds)
 
     def merged(self, overrides: Mapping[str, Any]) -> "SweepSpec":
         """This spec with the non-None ``overrides`` (grid axes or train settings) applied.
@@ -282,13 +291,21 @@ def plan_grid(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -
     for name in RUN_FIELDS:
         if getattr(spec, name) is not None:
             validate.integer(getattr(spec, name), f"sweep '{name}'")
+    base = _baselines(spec, budgets)
+    lead, trail = base.ordered()
     classes_of = classes_of or _dataset_classes(spec)
     out = Grid(configs=[])
     for ds in datasets:
         classes = classes_of(ds)
         at_size = _at_image_size(spec, ds)
         for m in models:
-            for t in templates:
+            pruned = _pruned_base(at_size, m, classes, base)
+            for t in [*lead, *templates, *trail]:
+                if t in base.names:
+                    for b in budgets or ():
+                        _add(out, _baseline_points(at_size, dataclasses.replace(pruned[0], template=t), b, ds, seeds,
+                                                   base, pruned[1]))
+                    continue
                 if budgets is None:
                     for w in widths:
                         arch = make_arch(m, t, w, classes, divisor=spec.divisor, floor=spec.floor,
@@ -302,6 +319,60 @@ def plan_grid(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -
                         if p.config is not None:
                             out.configs.append(p.config)
     return out
+
+
+def _add(grid: Grid, points: list[BudgetPoint]) -> None:
+    for p in points:
+        grid.budget_points.append(p)
+        if p.config is not None:
+            grid.configs.append(p.config)
+
+
+def _baselines(spec: SweepSpec, budgets: list["Budget"] | None) -> prune.Baselines:
+    """The pruning baselines the spec asks for, checked (Torch-Pruning installed, a budget each
+    can search a ratio for)."""
+    if not spec.baselines:
+        return prune.Baselines()
+    base = prune.Baselines(tuple(_list(spec, "baselines", str)), spec.prune_at, spec.prune_from).validate()
+    if budgets is None:
+        raise UsageError("the pruning baselines meet a budget: give budgets (--budgets or --budget), not widths")
+    for b in budgets:
+        if b.key not in prune.BUDGET_KEYS:
+            raise UsageError(f"the pruning baselines search their ratio for a {', '.join(prune.BUDGET_KEYS)} "
+                             f"budget, not {b.key}")
+    return base
+
+
+def _pruned_base(spec: SweepSpec, family: str, classes: int, base: prune.Baselines) -> tuple[Any, str | None]:
+    """The base model the baselines prune, and why Torch-Pruning cannot prune it (None: it can),
+    said once per model: its baselines are then unreachable, the templates still run."""
+    if not base.names:
+        return None, None
+    arch = make_arch(family, "base", base.from_width, classes, divisor=spec.divisor, floor=spec.floor,
+                     as_published=spec.as_published, image_size=spec.train.get("image_size", 32))
+    why = prune.cannot_prune(arch)
+    if why is not None:
+        why = f"Torch-Pruning cannot prune {family} ({why}); its pruning baselines are left out"
+        note(f"{why}, the templates still run")
+    return arch, why
+
+
+def _baseline_points(spec: SweepSpec, arch: Any, budget: "Budget", dataset: str, seeds: list[int],
+                     base: prune.Baselines, why: str | None) -> list[BudgetPoint]:
+    """The points of one pruning baseline (``arch.template``) at one budget: the base model
+    ``arch`` trains, is pruned to the budget and fine-tuned (or, for prune-scratch, retrained)."""
+    setting = {"method": arch.template, "budget": budget.to_dict(), "at": base.at}
+    points = []
+    for s in seeds:
+        cfg = _TrainConfig(arch=arch, dataset=dataset, seed=s, prune=setting, **spec.train)
+        d = cfg.to_dict()
+        a = d.pop("arch")
+        ident = _identity(d)
+        ident["arch"] = {k: v for k, v in a.items() if k not in ("filters", "widths")}
+        ident["budget"] = budget.to_dict()
+        points.append(BudgetPoint(budget, arch.family, arch.template, dataset, s, ident,
+                                  None if why else cfg, None, why))
+    return points
 
 
 #: Arch fields the fitted width decides: not part of a budget point's identity (the rest -- family,

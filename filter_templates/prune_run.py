@@ -1,0 +1,238 @@
+"""A pruning baseline as one run (:mod:`.prune`): train, prune to the budget, fine-tune.
+
+A run whose config has ``prune`` set is made of ordinary training stages, each a complete run of
+:func:`train.train` in its own folder under ``RUN/stages/`` (so each resumes bit for bit as any
+run does), plus the pruning between them:
+
+* ``prune-l1`` / ``prune-l1-global``: ``stages/train`` trains the base model (the config's arch,
+  its width ``--prune-from``) for ``at`` of the epochs; it is pruned to the budget
+  (``RUN/pruned.pt``: the structure and the pruned weights; ``RUN/pruned.json``: the same record
+  without the weights, readable); ``stages/finetune`` trains the pruned model for the remaining
+  epochs with the recipe's schedule started again.
+* ``prune-scratch``: the structure ``prune-l1-global`` found for the same base, budget, data,
+  recipe and seed -- read from that run's folder beside this one when it has pruned already, else
+  found here the same way -- re-initialised and trained in ``stages/scratch`` for all the epochs.
+
+The run folder itself looks like any run's to the rest of the package: ``config.json`` (the
+pruning config), ``metrics.jsonl`` (every stage's epochs, numbered on, each row naming its
+stage), ``checkpoint.pt`` (a small record of where the run is, so a sweep resumes it; the
+weights live in the stage folders), ``model.pt`` and ``summary.json`` (the final stage's
+accuracies; resources measured on the pruned model; ``pruned``: ratio, per-layer counts and
+structure). Everything is read back with ``torch.load(weights_only=True)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+import torch
+
+from . import prune, rundir
+from .device import resolve_device
+from .errors import UsageError
+
+if TYPE_CHECKING:  # train imports this module to hand pruning configs over
+    from .train import TrainConfig
+
+__all__ = ["Start", "train_pruned", "load_pruned_model", "run_structure", "STAGES", "PRUNED", "PRUNED_JSON"]
+
+STAGES = "stages"
+PRUNED = "pruned.pt"
+PRUNED_JSON = "pruned.json"
+
+
+@dataclass
+class Start:
+    """A run's model made elsewhere: ``build()`` gives its structure (freshly initialised);
+    ``weights`` (a state_dict), when given, replace the recipe's start on a fresh run."""
+
+    build: Callable[[], torch.nn.Module]
+    weights: Mapping[str, torch.Tensor] | None = None
+
+
+Trainer = Callable[..., dict]  # train.train, handed over by train itself
+
+
+def _epochs(config: "TrainConfig") -> tuple[int, int]:
+    """(epochs before pruning, after): at least one each."""
+    first = min(max(1, round(config.prune["at"] * config.epochs)), config.epochs - 1)
+    return first, config.epochs - first
+
+
+def _stage_config(config: "TrainConfig", epochs: int, choice: Mapping[str, Any] | None = None) -> "TrainConfig":
+    """An ordinary training config of the base model for one stage (``choice``: the precision and
+    memory format an earlier stage used, kept so the stages run alike)."""
+    arch = dataclasses.replace(config.arch, template="base")
+    kw = {k: choice[k] for k in ("precision", "memory_format")} if choice else {}
+    return dataclasses.replace(config, arch=arch, epochs=epochs, prune=None, **kw)
+
+
+def search_key(config: "TrainConfig") -> str:
+    """What ``prune-l1-global`` and ``prune-scratch`` share: the base model, budget, data, recipe
+    and seed (every result field but the method). The global run records it with its structure."""
+    execution = {f.name for f in dataclasses.fields(config) if f.metadata.get("kind") == "execution"}
+    d = {k: v for k, v in config.to_dict().items() if k not in execution}
+    d["arch"] = {**d["arch"], "template": None}
+    d["prune"] = {**d["prune"], "method": None}
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
+
+
+def _sibling(config: "TrainConfig", out: Path) -> Path | None:
+    """The ``pruned.pt`` of the ``prune-l1-global`` run beside ``out`` with the same search, if any."""
+    key = search_key(config)
+    for record in sorted(out.parent.glob(f"*/{PRUNED_JSON}")):
+        doc = rundir.read_json(record) or {}
+        if doc.get("search_key") == key and doc.get("method") == prune.GLOBAL and (record.parent / PRUNED).is_file():
+            return record.parent / PRUNED
+    return None
+
+
+class _Relay:
+    """Turns each stage's epoch rows into the run's: numbered on, stage-tagged, written to the
+    run's metrics and its small checkpoint, and passed to the caller's ``on_epoch``. It also holds
+    the trainer every stage runs with."""
+
+    def __init__(self, config: dict, out: Path, on_epoch: Callable[[dict], None] | None, trainer: Trainer) -> None:
+        self.config, self.out, self.on_epoch, self.trainer = config, out, on_epoch, trainer
+        self.done: list[dict] = []  # rows of finished stages
+        self.stage, self.folder, self.offset = "", out, 0
+
+    def begin(self, stage: str) -> Path:
+        self.stage, self.folder, self.offset = stage, self.out / STAGES / stage, len(self.done)
+        return self.folder
+
+    def rows(self) -> list[dict]:
+        now = [{**r, "epoch": self.offset + int(r["epoch"]), "stage": self.stage} for r in rundir.read_metrics(self.folder)]
+        return self.done + now
+
+    def end(self) -> None:
+        self.done = self.rows()
+
+    def __call__(self, row: dict) -> None:
+        rows = self.rows()
+        rundir.write_metrics(self.out, rows)
+        rundir.atomic_save({"config": self.config, "epoch": len(rows), "metrics": rows, "stage": self.stage,
+                            "model": {}, "optimizer": {}, "scheduler": {}, "rng": {},
+                            "threads": torch.get_num_threads()}, self.out / rundir.CHECKPOINT)
+        if self.on_epoch is not None:
+            self.on_epoch(rows[-1])
+
+
+def _run_stage(name: str, config: "TrainConfig", relay: _Relay, start: Start | None = None) -> dict:
+    """One stage: skipped when its folder holds a finished run of it, else trained or resumed."""
+    folder = relay.begin(name)
+    done = rundir.read_summary(folder)
+    if done is not None and done.get("status") == "done" and (folder / rundir.MODEL).is_file():
+        relay.end()
+        return done
+    summary = relay.trainer(config, folder, resume=(folder / rundir.CHECKPOINT).exists(), progress=False,
+                            on_epoch=relay, start=start)
+    relay.end()
+    return summary
+
+
+def _prune(config: "TrainConfig", out: Path, trained: Path, choice: Mapping[str, Any]) -> dict:
+    """Prune the trained base model to the budget; ``RUN/pruned.pt`` keeps the result."""
+    path = out / PRUNED
+    if path.is_file():
+        return rundir.load_checkpoint(path)
+    base = config.arch.build()
+    base.load_state_dict(rundir.load_checkpoint(trained / rundir.MODEL))
+    found = prune.search_ratio(base, config.arch, config.prune, config.batch_size)
+    record = {"method": config.prune["method"], "budget": config.prune["budget"], **found.record(),
+              "layers": prune.layer_counts(found.model), "structure": prune.structure(base, found.model),
+              "search_key": search_key(config), "source": str(out),
+              "precision": choice.get("precision"), "memory_format": choice.get("memory_format")}
+    weights = {k: v.detach().clone() for k, v in found.model.state_dict().items()}
+    rundir.atomic_save({**record, "weights": weights}, path)
+    rundir.atomic_write_json(out / PRUNED_JSON, record)
+    return {**record, "weights": weights}
+
+
+def _scratch_structure(config: "TrainConfig", relay: _Relay) -> tuple[dict, dict | None]:
+    """(the global run's pruned record, the first stage's summary when the search ran here)."""
+    sibling = _sibling(config, relay.out)
+    if sibling is not None:
+        return rundir.load_checkpoint(sibling), None
+    first, _ = _epochs(config)
+    s1 = _run_stage("train", _stage_config(config, first), relay)
+    if s1.get("status") != "done":
+        return {}, s1
+    searching = dataclasses.replace(config, prune={**config.prune, "method": prune.GLOBAL})
+    return _prune(searching, relay.out, relay.folder, s1["config"]), s1
+
+
+def train_pruned(config: "TrainConfig", out_dir: str | Path, state: dict | None,
+                 on_epoch: Callable[[dict], None] | None, trainer: Trainer) -> dict:
+    """Train the pruning baseline ``config`` (its ``prune`` set) into ``out_dir``; returns the
+    summary written to ``summary.json``. ``state``: the run's checkpoint as ``train`` opened it
+    (None: a fresh start); ``trainer``: ``train.train``, which runs each stage."""
+    out = Path(out_dir)
+    cfg = config.to_dict()
+    if state is not None:  # the precision and layout the stages chose stay the run's
+        cfg.update({k: state["config"][k] for k in ("precision", "memory_format")})
+    rundir.start_run(out, cfg)
+    relay = _Relay(cfg, out, on_epoch, trainer)
+    first, rest = _epochs(config)
+    if config.prune["method"] == prune.SCRATCH:
+        rec, s1 = _scratch_structure(config, relay)
+        stage, epochs, weights = "scratch", config.epochs, None
+    else:
+        s1 = _run_stage("train", _stage_config(config, first), relay)
+        rec = _prune(config, out, relay.folder, s1["config"]) if s1.get("status") == "done" else {}
+        stage, epochs, weights = "finetune", rest, rec.get("weights")
+    if s1 is not None and s1.get("status") != "done":
+        return _finish(config, relay, s1, None)
+    choice = {k: rec.get(k) for k in ("precision", "memory_format") if rec.get(k) not in (None, "auto")}
+    structure, arch, fresh = rec["structure"], config.arch, weights is None
+    start = Start(build=lambda: prune.apply_structure(arch.build(), structure, reinit=fresh), weights=weights)
+    s2 = _run_stage(stage, _stage_config(config, epochs, choice or None), relay, start)
+    return _finish(config, relay, s2, rec)
+
+
+def _finish(config: "TrainConfig", relay: _Relay, last: dict, rec: dict | None) -> dict:
+    """The run's summary: the last stage's accuracies, every stage's epochs, the pruned model's resources."""
+    out, rows = relay.out, relay.done
+    rundir.write_metrics(out, rows)
+    summary = {**last, "config": relay.config, "metrics": rows, "epochs": len(rows),
+               "wall_s": round(sum(r.get("seconds", 0.0) for r in rows), 3)}
+    summary.pop("resources", None)  # the stage's: its config names the base model
+    if last.get("status") == "done" and rec is not None:
+        model = load_pruned_model(config.arch, rec["structure"], relay.folder / rundir.MODEL)
+        best = max((r for r in rows if r["stage"] == relay.stage), key=lambda r: r["test_acc"])
+        summary.update(best_acc=best["test_acc"], best_epoch=best["epoch"],
+                       resources=prune.model_resources(model, config.arch, config.batch_size,
+                                                          resolve_device(config.device)),
+                       pruned={k: v for k, v in rec.items() if k != "weights"})
+        rundir.atomic_copy(relay.folder / rundir.MODEL, out / rundir.MODEL)
+    rundir.atomic_write_json(out / rundir.SUMMARY, summary)
+    return summary
+
+
+def load_pruned_model(arch: Any, record: Mapping[str, Any], weights: str | Path) -> torch.nn.Module:
+    """The pruned model: ``arch`` built, given the recorded structure, its weights loaded."""
+    model = prune.apply_structure(arch.build(), record)
+    try:
+        model.load_state_dict(rundir.load_checkpoint(weights))
+    except RuntimeError as exc:
+        raise UsageError(f"{weights}: weights do not match the pruned structure ({str(exc).splitlines()[0]})") from None
+    return model.eval()
+
+
+def run_structure(run_dir: str | Path) -> dict | None:
+    """The pruned structure a run folder records (its summary, else ``pruned.pt``); None for a run
+    that is not a pruning baseline. A pruning run not pruned yet is a UsageError."""
+    run = Path(run_dir)
+    if not (rundir.read_config(run) or {}).get("prune"):
+        return None
+    s = rundir.read_json(run / rundir.SUMMARY) or {}
+    if isinstance(s.get("pruned"), Mapping):
+        return dict(s["pruned"].get("structure") or {})
+    if (run / PRUNED).is_file():
+        return dict(rundir.load_checkpoint(run / PRUNED).get("structure") or {})
+    raise UsageError(f"{run}: this pruning run has not pruned its model yet (the base model trains in {run / STAGES})")
