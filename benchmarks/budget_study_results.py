@@ -59,7 +59,8 @@ def main(argv=None) -> int:
                        "fits": fitted},
               seeds=[0], views="CIFAR-10 test split, 10,000 images, 2 views (the image and its mirror)",
               note="Final top-1 test accuracy (%) after 2 epochs, one seed: a 10,000-image test set gives "
-                   "about 0.5 points of standard error per cell. Read from the report's CSV tables "
+                   "about 0.5 points of standard error per cell. Each run trained at 1 thread, two at a time, "
+                   "batch 64, on the 2-core CPU (the config's threads, jobs and batch_size). Read from the report's CSV tables "
                    "(numbers.source); the sweep that measured them is numbers.measured_by.",
               table={"columns": ["family", "budget", *TEMPLATES, "best"], "rows": rows})
     return 0

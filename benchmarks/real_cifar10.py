@@ -2,16 +2,15 @@
 
 Trains with ``filter_templates.train`` exactly as ``filter-templates train`` does, on the shared
 development copy ``<repo>/../shared/datasets/cifar10-jpeg.tar.gz``, and prints the final test
-accuracy and the wall time. ``--expect`` (default 0.86, issue 9's acceptance floor; the goal is
-0.88) is checked only for runs of 15 or more epochs on the full data. Measured (AMD EPYC, 2 cores,
-1 thread beside another run, torch 2.13 CPU), the default recipe (run P: crops padded by 1, whitening
-and identity starts): 86.76% with its four test views, so the 86% floor is met and the 88% goal is
-not (README, "Measured on a 2-core CPU", has every variant).
-``--set KEY=JSON`` sets any other TrainConfig field, for screening.
+accuracy and the wall time. ``--expect`` (default 0.86: the accuracy the ``fast`` recipe must reach
+here; its goal is 0.88) is checked only for runs of 15 or more epochs on the full data.
+``--set KEY=JSON`` sets any other TrainConfig field, for screening one ingredient of a recipe at a
+time. ``--write docs/results/`` records the run (``real_cifar10[-NAME].json``, NAME from ``--name``)
+with its machine, settings, per-epoch test accuracy and test views.
 Re-running continues an interrupted run.
 
     python benchmarks/real_cifar10.py [--recipe fast|paper] [--lr LR] [--epochs 15] [--width 0.25]
-                                      [--expect 0.86] [--threads N] [--json]
+                                      [--expect 0.86] [--threads N] [--json] [--write DIR [--name NAME]]
 """
 
 from __future__ import annotations
@@ -26,10 +25,11 @@ import torch
 
 from filter_templates.arch import make_arch
 from filter_templates.train import TrainConfig, train
+from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
-EXPECT = 0.86  # VGG-19 base w0.25, 15 epochs, --recipe fast: the acceptance floor (measured: 0.8596, not met)
+EXPECT = 0.86  # VGG-19 base w0.25, 15 epochs, --recipe fast: the floor the recipe must reach on CIFAR-10
 
 
 def main(argv=None) -> int:
@@ -52,6 +52,8 @@ def main(argv=None) -> int:
     p.add_argument("--expect", type=float, default=EXPECT,
                    help=f"final accuracy expected after 15+ epochs on the full data (default {EXPECT})")
     p.add_argument("--json", action="store_true")
+    add_write_argument(p)
+    p.add_argument("--name", default="", help="with --write: the results file is real_cifar10-NAME.json")
     args = p.parse_args(argv)
 
     if not Path(args.data).exists():
@@ -92,7 +94,31 @@ def main(argv=None) -> int:
               f"{summary['wall_s']:.0f}s, this process {elapsed:.0f}s; run dir {out}")
         if judged:
             print(f"expectation (final >= {args.expect:.0%}): {'met' if met else 'NOT met'}")
+    if args.write:
+        write_result(args, config, summary, out)
     return 0 if met else 1
+
+
+def write_result(args, config: TrainConfig, summary: dict, out: Path) -> None:
+    """The run as a results file: settings, final and per-epoch test accuracy, and the test views."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    views = 4 if config.tta and config.tta_shift else (2 if config.tta else 1)
+    name = "real_cifar10" + (f"-{args.name}" if args.name else "")
+    settings = {k: getattr(config, k) for k in ("recipe", "lr", "epochs", "batch_size", "seed", "crop_pad",
+                                                "label_smoothing", "weight_decay", "whiten_init", "identity_init")}
+    write(args.write, name, title=f"{args.model} {args.template} w{args.width:g}, {args.epochs} epochs on CIFAR-10 "
+                                  f"(--recipe {config.recipe}{' ' + ' '.join(args.set) if args.set else ''})",
+          numbers={"final_acc": summary["final_acc"], "best_acc": summary["best_acc"], "status": summary["status"],
+                   "wall_s": summary["wall_s"], "precision": summary["precision"],
+                   "memory_format": summary["memory_format"], "settings": settings, "set": args.set,
+                   "test_acc_by_epoch": [r.get("test_acc") for r in rows]},
+          seeds=[config.seed], views="CIFAR-10 test split (10,000 images); "
+                                     f"final evaluation with {views} view(s), per-epoch ones with "
+                                     f"{min(views, 2)}",
+          note="Final test accuracy of the last epoch's weights; best over epochs is optimistic.",
+          table={"columns": ["final test acc. %", "train images", "epochs", "wall s"],
+                 "rows": [[round(100 * summary["final_acc"], 2), args.limit_train or 50000, args.epochs,
+                           round(summary["wall_s"])]]})
 
 
 if __name__ == "__main__":

@@ -56,7 +56,7 @@ def cell(value: Any) -> str:
     if isinstance(value, int):
         return f"{value:,}"
     if isinstance(value, float):
-        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:g}"
+        return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:.2f}"
     return str(value).replace("|", "\\|")
 
 
@@ -106,11 +106,12 @@ def measurements_page(results: list[dict[str, Any]]) -> str:
 
 def block(data: dict[str, Any], top_level: bool) -> str:
     """A page's short copy of one results file: its table and where it comes from."""
-    link = "docs/measurements.md" if top_level else "measurements.md"
+    base = "docs/" if top_level else ""
     m = data["machine"]
-    where = f"{m['cpu']}, {'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}, {m['threads']} threads, torch {m['torch']}"
+    where = f"{m['cpu']}, {'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}, torch {m['torch']}"
     return (table(data) + f"\n{seeds_words(data).capitalize()}; {where}; {data['date'][:10]}. "
-            f"Source: [`docs/results/{data['name']}.json`]({link}).\n")
+            f"Source: [`docs/results/{data['name']}.json`]({base}results/{data['name']}.json), "
+            f"details on [measurements.md]({base}measurements.md).\n")
 
 
 def render_page(text: str, where: str, by_name: dict[str, dict[str, Any]], top_level: bool) -> str:
