@@ -10,9 +10,14 @@ entry no longer occurs so the list only shrinks.
 from __future__ import annotations
 
 import ast
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+
+from filter_templates.cli import COMMANDS, build_parser
+from filter_templates.errors import UsageError
 
 PACKAGE = "filter_templates"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
@@ -49,8 +54,10 @@ ALLOWED: set[tuple[str, str]] = {
     ('local-import', 'filter_templates.sweep.grid:BudgetPoint.record'),
     ('local-import', 'filter_templates.sweep.grid:_budget_points'),
     ('local-import', 'filter_templates.sweep.grid:_budgets'),
+    ('local-import', 'filter_templates.sweep.grid:_at_image_size'),
     ('local-import', 'filter_templates.sweep.grid:plan_grid'),
     ('local-import', 'filter_templates.sweep.local:_worker_main'),
+    ('local-import', 'filter_templates.sweep.local:run_local'),
     ('local-import', 'filter_templates.sweep.local:train_point'),
     ('local-import', 'filter_templates.sweep.ray_engine:run_ray'),
     ('parameters', 'filter_templates.data.augment:Loader.__init__'),
@@ -241,3 +248,24 @@ def test_checker_sees_each_kind():
     finally:
         MODULES = saved
     assert kinds == {"cycle", "local-import", "parameters", "length"}
+
+
+def test_help_and_version_import_no_torch():
+    """``filter-templates --help`` lists the commands from the dispatch table without importing any
+    command module, so it answers without loading torch (about a second)."""
+    code = ("import sys\nfrom filter_templates.cli import main\n"
+            "for argv in (['--help'], ['--version'], []):\n"
+            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n"
+            "assert not [m for m in sys.modules if m.endswith('_cmd')], 'a command module imported'\n")
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    for name, line in COMMANDS.items():
+        assert name in done.stdout and line.split()[0] in done.stdout
+
+
+def test_a_command_builds_only_its_own_parser():
+    parser = build_parser(["report"])
+    with pytest.raises(UsageError, match="invalid choice"):
+        parser.parse_args(["trian"])
+    assert parser.parse_args(["report", "--out", "o"]).command == "report"

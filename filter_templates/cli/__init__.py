@@ -1,7 +1,8 @@
 """The ``filter-templates`` command: a thin layer over the library.
 
-Each subcommand is one module in this package exposing ``add_parser(subparsers)`` and
-``run(args) -> int``. Every bad input ends here as one line on stderr and exit status 2.
+Each subcommand is one module in this package, ``<name>_cmd.py``, exposing
+``add_parser(subparsers, help)`` and ``run(args) -> int``. Every bad input ends here as one line on
+stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
-from typing import NoReturn, Sequence
+from typing import Iterable, NoReturn, Sequence
 
 from .. import __version__
 from ..errors import UsageError
@@ -17,7 +18,18 @@ from ..messages import PROG, error_line
 
 __all__ = ["main", "build_parser", "error_line", "COMMANDS", "PROG"]
 
-COMMANDS = ("templates", "fit", "train", "sweep", "report", "export", "reduce")
+# The dispatch table: each command's one-line help, in the order ``--help`` lists them. A command's
+# module (``<name>_cmd.py``) is imported by name, and only when that command is given: the modules
+# import torch (about a second), which ``filter-templates --help`` and ``--version`` do not need.
+COMMANDS = {
+    "templates": "show each template's per-layer filter counts and cost",
+    "fit": "find, per template, the largest width multiplier that fits a resource budget",
+    "train": "train one templated model into a run directory",
+    "sweep": "train a grid of models into a results store (local, Ray or Slurm)",
+    "report": "tables (Markdown/CSV/LaTeX) and figures (PNG/SVG) from a results store",
+    "export": "export a trained run to ONNX or TorchScript",
+    "reduce": "fit every template to a budget, train the candidates, rank them, export the winner",
+}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,20 +39,32 @@ class _Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see '{self.prog} --help')")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Every command of ``COMMANDS``; a command whose module is missing is an ImportError (a
-    broken install), never a command silently left out of ``--help``."""
+def build_parser(commands: Iterable[str] | None = None) -> argparse.ArgumentParser:
+    """The parser of ``COMMANDS``: the full parsers of ``commands`` (default: all of them), the others
+    only by name and help line. A command whose module is missing is an ImportError (a broken
+    install), never a command silently left out of ``--help``."""
+    full = set(COMMANDS if commands is None else commands)
     parser = _Parser(prog=PROG, description="Shrink CNNs with filter distribution templates.")
     parser.add_argument("--version", action="version", version=f"{PROG} {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-    for name in COMMANDS:
-        importlib.import_module(f"{__name__}.{name}_cmd").add_parser(sub)
+    for name, line in COMMANDS.items():
+        if name in full:
+            importlib.import_module(f"{__name__}.{name}_cmd").add_parser(sub, line)
+        else:
+            sub.add_parser(name, help=line)
     return parser
+
+
+def _command(argv: Sequence[str]) -> list[str]:
+    """The command that ``argv`` names (its first word that is not a flag), if it is one."""
+    first = next((a for a in argv if not a.startswith("-")), None)
+    return [first] if first in COMMANDS else []
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        parser = build_parser()
+        argv = sys.argv[1:] if argv is None else list(argv)
+        parser = build_parser(_command(argv))
         args = parser.parse_args(argv)
         if not getattr(args, "command", None):
             parser.print_help(sys.stderr)

@@ -9,8 +9,8 @@ from ..export import FORMATS, export_run, run_image_size
 from ..models import resolve_model
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export a trained run to ONNX or TorchScript",
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
+    p = sub.add_parser("export", help=help,
                        description="Rebuild a run's model from its architecture record and weights "
                                    "(model.pt, else the last checkpoint) and export it with a dynamic batch "
                                    "dimension. Input: float NCHW [N, 3, S, S] at the run's image size S "

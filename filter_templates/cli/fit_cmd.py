@@ -23,9 +23,9 @@ BUDGET_HELP = (
 )
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
-        "fit", help="find, per template, the largest width multiplier that fits a resource budget",
+        "fit", help=help,
         description="For every template (or those named), find by bisection on the real rounded model the "
                     "largest width multiplier whose model stays within the budget. Parameters and FLOPs are "
                     "exact (to 1e-4 relative in width); memory is the exact CPU account or the CUDA peak; "

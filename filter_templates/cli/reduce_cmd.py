@@ -32,11 +32,10 @@ DIR/runs/ and the report DIR/report/; running the same command again resumes whe
 with the reason. Exit status 0 when a candidate finished, 1 when none did."""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     from ..models import family_names
 
-    p = sub.add_parser("reduce", help="fit every template to a budget, train the candidates, rank them, "
-                                      "export the winner", description=DESCRIPTION)
+    p = sub.add_parser("reduce", help=help, description=DESCRIPTION)
     p.add_argument("--model", required=True, metavar="M", help=MODEL_HELP.format(', '.join(family_names())))
     add_fix_arg(p)
     p.add_argument("--budget", required=True, metavar="KEY=VALUE", help=BUDGET_HELP)

@@ -9,9 +9,9 @@ from ..report import make_report
 from .args import positive_int
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
-        "report", help="tables (Markdown/CSV/LaTeX) and figures (PNG/SVG) from a results store",
+        "report", help=help,
         description="Write the accuracy and resource tables and the accuracy-versus-cost and filters-per-layer "
                     "figures of a results store into a folder, with an index.md that shows them. Works on "
                     "partial grids (missing cells are shown as missing).")

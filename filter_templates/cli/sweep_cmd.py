@@ -26,10 +26,10 @@ Several sweeps may share one --db: no point runs twice. Exit status 1 when a run
 failed (it is recorded with its reason and the sweep goes on), 0 otherwise."""
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     from ..sweep.grid import PRESETS
 
-    p = sub.add_parser("sweep", help="train a grid of models into a results store (local or Ray)",
+    p = sub.add_parser("sweep", help=help,
                        description=DESCRIPTION)
     src = p.add_mutually_exclusive_group()
     q = PRESETS["quick"]

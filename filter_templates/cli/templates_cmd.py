@@ -12,8 +12,8 @@ from ..messages import note
 from .args import add_measure_args, add_model_args, model_from_args, positive_float
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("templates", help="show each template's per-layer filter counts and cost",
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
+    p = sub.add_parser("templates", help=help,
                        description="Show, for every template (or those named), the per-layer filter counts, "
                                    "parameters and forward FLOPs per image of the model at a width multiplier; "
                                    "with --measure also training memory per batch and inference latency.")

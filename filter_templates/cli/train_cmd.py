@@ -33,9 +33,9 @@ _TRAIN_KEYS = tuple(k for k in FIELDS if k != "arch")
 _DEFAULTS: dict[str, Any] = {"template": "base", "width": 1.0, "divisor": 1, "floor": 1}
 
 
-def add_parser(sub: argparse._SubParsersAction) -> None:
+def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
-        "train", help="train one templated model into a run directory",
+        "train", help=help,
         description="Train a templated model (--recipe fast by default; --recipe paper: SGD momentum 0.9, weight "
                     "decay 5e-4, lr divided by 10 at 50%% and 75%% of the epochs). The run directory gets config.json, "
                     "metrics.jsonl, checkpoint.pt (every epoch), model.pt and summary.json. The number of "
