@@ -404,7 +404,11 @@ def check_val_split(config: TrainConfig) -> int:
                    config.image_size)
     if config.val_split and ds.val_y is not None:
         return len(ds.val_y)
-    return split.size(config.val_split, len(ds.train_y))
+    n, k = len(ds.train_y), split.size(config.val_split, len(ds.train_y))
+    if k and n - k < config.batch_size:  # every run of it would fail on its first epoch
+        raise UsageError(f"val_split {config.val_split!r} holds out {k} of the {n} training images, leaving "
+                         f"{n - k}, fewer than one batch of {config.batch_size}; give a smaller split or batch size")
+    return k
 
 
 def _validation_split(ds: Dataset, config: TrainConfig) -> Dataset:
