@@ -171,7 +171,8 @@ def run(args: argparse.Namespace) -> int:
     def on_epoch(row: dict) -> None:
         if not quiet:
             print(f"epoch {row['epoch']:>3}/{config.epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
-                  f"train {row['train_acc']:.2%}  test {row['test_acc']:.2%}  {row['seconds']:.1f}s  "
+                  f"train {row['train_acc']:.2%}  " + (f"val {row['val_acc']:.2%}  " if "val_acc" in row else "")
+                  + f"test {row['test_acc']:.2%}  {row['seconds']:.1f}s  "
                   f"{row['images_per_s']:.0f} img/s", flush=True)
 
     state = open_checkpoint(config, out, args.resume)  # refuse before printing anything; read once
@@ -192,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
         print(error_line(f"training failed: {summary['reason']} (see {out / SUMMARY})"), file=sys.stderr)
         return 1
     if not quiet:
-        print(f"done: final test accuracy {summary['final_acc']:.2%}, best {summary['best_acc']:.2%} "
-              f"(epoch {summary['best_epoch']}), {summary['wall_s']:.0f}s on {summary['device']}; run dir {out}")
+        val = f"final validation accuracy {summary['val_acc']:.2%}, " if summary.get("val_acc") is not None else ""
+        print(f"done: {val}final test accuracy {summary['final_acc']:.2%} (best test accuracy over epochs, "
+              f"optimistic: {summary['best_acc']:.2%} at epoch {summary['best_epoch']}), {summary['wall_s']:.0f}s on "
+              f"{summary['device']}; run dir {out}")
     return 0
