@@ -11,8 +11,10 @@ Each part has a time allowance; a part that cannot run (no data, no time left) s
 runs every part on the CPU at toy sizes (synthetic data, 1 epoch, width 0.05): it checks imports,
 arguments and the report, not the GPU.
 
-    python benchmarks/gpu_check.py [--data-dir ../shared/datasets/cifar10-jpeg.tar.gz] [--width 0.5]
+    python benchmarks/gpu_check.py [--data-dir ../shared/datasets/cifar10-jpeg.tar.gz] [--width 0.5] [--write DIR]
     python benchmarks/gpu_check.py --dry-run
+
+``--write docs/results/`` keeps the report as ``gpu_check.json`` (a dry run is never written).
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from filter_templates import measure
 from filter_templates.arch import make_arch
 from filter_templates.models import family_names
 from filter_templates.train import TrainConfig, train
+from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -125,6 +128,7 @@ def main(argv=None) -> int:
     p.add_argument("--bare-steps", type=int, default=200)
     p.add_argument("--tests-timeout", type=int, default=120)
     p.add_argument("--throughput-timeout", type=int, default=150)
+    add_write_argument(p)
     args = p.parse_args(argv)
     if args.dry_run:
         args.images, args.rounds, args.bare_steps = 256, 1, 2
@@ -149,6 +153,15 @@ def main(argv=None) -> int:
             lines.append(f"{name}: did not finish within its allowance")
         lines.append(f"  ({name}: {time.perf_counter() - started:.0f} s)")
     lines.append(f"total {time.perf_counter() - t0:.0f} s")
+    if args.write and not args.dry_run:
+        data = "CIFAR-10" if "cifar10" in " ".join(lines) else "synthetic"
+        write(args.write, "gpu_check", title="One GPU check: CUDA tests, throughput, memory, accuracy",
+              numbers={"report": list(lines), "width": args.width, "epochs": args.epochs},
+              seeds=[0], views=f"{data} test split, the fast recipe's views; throughput on training images",
+              note="The report as printed, one line a row: CUDA-only tests, throughput against the plain loop "
+                   "and the bare steps, CUDA peak against the CPU account of training memory, VGG-19 base and "
+                   "uniform trained with the fast recipe.",
+              table={"columns": ["report"], "rows": [[line] for line in lines]})
     return 0
 
 

@@ -7,8 +7,11 @@ processes share the card well, so a handful of variants and seeds finish in minu
 the table at the end gives each one's final test accuracy (the recipe's test views). At the deadline
 unfinished runs are stopped and shown at their last epoch.
 
-    python benchmarks/recipe_screen.py --data DATA --out DIR [--deadline-s 300] \\
+    python benchmarks/recipe_screen.py --data DATA --out DIR [--deadline-s 300] [--write DIR] \\
         default: seed1:seed=1 b32:batch_size=32,lr=0.035
+
+``--write docs/results/`` keeps the table as ``recipe_screen.json`` (every variant, its seed, epochs
+done and test views).
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +54,7 @@ def main(argv=None) -> int:
     p.add_argument("--device", default="cuda")
     p.add_argument("--limit-train", type=int, default=None, help="fewer training images (a dry run)")
     p.add_argument("--deadline-s", type=float, default=300.0)
+    add_write_argument(p)
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -92,14 +98,30 @@ def main(argv=None) -> int:
     print(f"{len(procs)} runs, {args.epochs} epochs, width {args.width:g}, {time.perf_counter() - t0:.0f} s")
     print("| variant | epochs done | final test acc (views) | train acc | s/epoch |")
     print("|---|---:|---:|---:|---:|")
+    table = []
     for name, (text, proc, _) in procs.items():
         row = last_row(out / name)
         if row is None:
             tail = (out / f"{name}.log").read_text().strip().splitlines()[-1:]
             print(f"| {text} | 0 | - | - | - |  exit {proc.returncode}: {tail}")
+            table.append([text, 0, None, None, None, None])
             continue
         print(f"| {text} | {row['epoch']} | {row['test_acc']:.2%} ({row['test_views']}) | {row['train_acc']:.2%} | "
               f"{row['seconds']:.1f} |")
+        table.append([text, row["epoch"], round(100 * row["test_acc"], 2), row["test_views"],
+                      round(100 * row["train_acc"], 2), round(row["seconds"], 1)])
+    if args.write:
+        seeds = sorted({parse_variant(text)[1].get("seed", 0) for text in args.variants})
+        write(args.write, "recipe_screen", title=f"Recipe variants side by side: VGG-19 base w{args.width:g}, "
+                                                 f"{args.epochs} epochs on CIFAR-10",
+              numbers={"epochs": args.epochs, "width": args.width, "variants": args.variants,
+                       "limit_train": args.limit_train},
+              seeds=seeds, views="CIFAR-10 test split, 10,000 images; views per row",
+              note="Final test accuracy (%) of each variant, one seed each unless the variant sets it; a run "
+                   "stopped at the deadline shows its last epoch. The runs shared one device, so s/epoch is "
+                   "not a speed of the recipe.",
+              table={"columns": ["variant", "epochs done", "final test acc. %", "views", "train acc. %", "s/epoch"],
+                     "rows": table})
     return 0
 
 
