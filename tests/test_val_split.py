@@ -14,6 +14,7 @@ from filter_templates.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.data import load_data, split
 from filter_templates.errors import UsageError
+from filter_templates.sweep.grid import known_classes, load_config, plan_grid
 from filter_templates.sweep.store import Store, point_key
 from filter_templates.train import TrainConfig, check_val_split, train
 
@@ -149,3 +150,12 @@ def test_cli_bad_val_split_is_one_line(tmp_path, capsys, command, value, words):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("filter-templates: error: ") and words in err[0], err
     assert not list(tmp_path.rglob("*.pt")) and not list(tmp_path.rglob("metrics.jsonl"))  # nothing trained
+
+
+def test_a_sweep_config_file_sets_it(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('models = ["vgg19"]\nwidths = [0.05]\ndatasets = ["digits"]\nval_split = 0.1\n')
+    assert {c.val_split for c in plan_grid(load_config(path), classes_of=known_classes).configs} == {0.1}
+    path.write_text('models = ["vgg19"]\nwidths = [0.05]\ndatasets = ["digits"]\nval_split = 1.5\n')
+    with pytest.raises(UsageError, match="'val_split' must be a count of images"):
+        plan_grid(load_config(path), classes_of=known_classes)
