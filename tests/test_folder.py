@@ -181,3 +181,115 @@ def test_decoding_in_chunks_with_workers_matches_one_process(cache_home, monkeyp
     out = np.zeros_like(one)
     images.decode_images(items, (32, 32), resize=True, out=out)
     assert np.array_equal(one, out)
+
+
+# ------------------------------------------------------------------------- models follow the size
+
+def test_study_families_keep_their_parameters_and_scale_their_flops():
+    from filter_templates.arch import make_arch
+    from filter_templates.measure import arch_flops, arch_params
+
+    for family, params in (("vgg19", 20_040_522), ("resnet50", 23_520_842), ("googlenet", 6_166_250),
+                           ("mobilenet", 3_217_226)):
+        a32, a64 = make_arch(family), make_arch(family, image_size=64)
+        assert arch_params(a32) == arch_params(a64) == params
+        assert 3.99 < arch_flops(a64) / arch_flops(a32) <= 4.0
+    with pytest.raises(UsageError, match="at least 32x32"):
+        make_arch("vgg19", image_size=16)
+
+
+def test_a_built_model_runs_and_counts_at_its_size():
+    import torch
+
+    from filter_templates.arch import make_arch
+    from filter_templates.measure import arch_flops, count_flops, input_shape_of, resources
+
+    arch = make_arch("vgg19", "uniform", 0.05, 3, image_size=48)
+    model = arch.build().eval()
+    assert model(torch.zeros(2, 3, 48, 48)).shape == (2, 3)
+    assert count_flops(model, input_shape_of(arch)) == arch_flops(arch)
+    res = resources(arch, 8, "cpu", latency=False)
+    small = resources(make_arch("vgg19", "uniform", 0.05, 3), 8, "cpu", latency=False)
+    assert res["image_size"] == 48 and res["train_memory_bytes"] > 2 * small["train_memory_bytes"]
+
+
+class _Flat48(__import__("torch").nn.Module):
+    """A network whose classifier is sized for 48 px inputs (a flatten of a 24x24 map)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        import torch.nn as nn
+
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.fc = nn.Linear(8 * 24 * 24, num_classes)
+
+    def forward(self, x):
+        import torch.nn.functional as F
+
+        return self.fc(F.max_pool2d(F.relu(self.bn(self.conv(x))), 2).flatten(1))
+
+
+def test_user_model_is_discovered_at_the_data_size():
+    import torch
+
+    from filter_templates.arch import make_arch
+    from filter_templates.measure import arch_params
+    from filter_templates.models import resolve_model
+
+    with pytest.raises(UsageError, match=r"\[2, 3, 32, 32\]"):
+        resolve_model(_Flat48, name="test_folder:flat48")
+    name = resolve_model(_Flat48, name="test_folder:flat48", image_size=48)
+    arch = make_arch(name, "uniform", 2.0, 3, image_size=48)
+    assert arch.filters == (16,) and arch_params(arch) == 3 * 16 * 9 + 16 + 2 * 16 + (16 * 24 * 24 + 1) * 3
+    assert arch.build()(torch.zeros(1, 3, 48, 48)).shape == (1, 3)
+
+
+def test_train_config_size_is_a_result_field_left_out_at_32():
+    from filter_templates.arch import make_arch
+    from filter_templates.train import TrainConfig, identity
+
+    with pytest.raises(UsageError, match="built for 48 px"):
+        TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 3, image_size=48), dataset="folder", image_size=32)
+    at32 = TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), dataset="digits").to_dict()
+    assert "image_size" not in identity(at32) and "image_size" not in at32["arch"]
+    at48 = TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 3, image_size=48), dataset="folder",
+                       image_size=48).to_dict()
+    assert identity(at48)["image_size"] == 48 and at48["arch"]["image_size"] == 48
+    assert TrainConfig.from_dict(at48).arch.image_size == 48
+
+
+def test_store_rows_carry_the_size(tmp_path):
+    from filter_templates.arch import make_arch
+    from filter_templates.sweep.store import Store
+    from filter_templates.train import TrainConfig
+
+    cfgs = [TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 3, image_size=s), dataset="folder", image_size=s)
+            for s in (32, 48)]
+    with Store(tmp_path / "r.sqlite") as st:
+        assert st.add_points([(c.to_dict(), str(tmp_path / f"run{i}")) for i, c in enumerate(cfgs)]) == 2
+        assert sorted(r["image_size"] for r in st.rows()) == [32, 48]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit:DeprecationWarning")
+def test_train_on_a_folder_records_its_size_and_exports_for_it(cache_home, capsys):
+    import torch
+
+    from filter_templates.cli import main
+
+    data = make_folder(cache_home / "d", per_class={"train": 12, "test": 4}, sizes=((36, 36),))
+    run = cache_home / "run"
+    assert main(["train", "--model", "vgg19", "--template", "uniform", "--width", "0.03", "--dataset", "folder",
+                 "--data-dir", str(data), "--epochs", "1", "--batch-size", "16", "--threads", "1", "--out", str(run),
+                 "--quiet"]) == 0
+    config = json.loads((run / "config.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert config["image_size"] == 36 and config["arch"]["image_size"] == 36 and config["arch"]["classes"] == 3
+    assert summary["data"]["classes"] == list(CLASSES) and summary["data"]["image_size"] == 36
+    assert summary["resources"]["image_size"] == 36
+    assert main(["export", "--run", str(run), "--format", "torchscript", "--json"]) == 0
+    traced = torch.jit.load(json.loads(capsys.readouterr().out)["path"])
+    assert traced(torch.zeros(2, 3, 36, 36)).shape == (2, 3)
+    assert main(["train", "--model", "vgg19", "--dataset", "folder", "--data-dir", str(data), "--image-size", "4",
+                 "--out", str(cache_home / "r2")]) == 2
+    assert "--image-size" in capsys.readouterr().err
