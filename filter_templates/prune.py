@@ -62,6 +62,12 @@ class Baselines:
     at: float = 0.5
     from_width: float = 1.0
 
+    @classmethod
+    def from_flags(cls, names: Sequence[str] | None, at: float | None, from_width: float | None) -> "Baselines":
+        """``--baselines``, ``--prune-at``, ``--prune-from`` as given (None: the default)."""
+        d = cls()
+        return cls(tuple(names or ()), d.at if at is None else at, d.from_width if from_width is None else from_width)
+
     def validate(self) -> "Baselines":
         names = tuple(dict.fromkeys(self.names))
         for n in names:

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
-from . import rundir
+from . import prune, rundir
 from .data import load_data, split
 from .device import resolve_device
 from .errors import UsageError
@@ -74,6 +74,8 @@ class Candidate:
     seeds_done: int = 0
     run_dir: str | None = None  # the finished seed with the best value of the selection metric
     val_acc: float | None = None
+    kind: str = "template"  # or "pruning": a pruning baseline (prune.py), its method in ``template``
+    pruned: dict[str, Any] | None = None  # a pruning baseline's ratio and per-layer counts (run_dir's seed)
 
     @classmethod
     def from_cell(cls, cell: BudgetCell, selection: str = "val_acc") -> "Candidate":
@@ -87,13 +89,23 @@ class Candidate:
                    flops=integer("flops"), train_memory_bytes=integer("train_memory_bytes"),
                    final_acc=cell.acc("final"), best_acc=cell.acc("best"), status=cell.status,
                    reason=None if cell.status == "done" else cell.reason, seeds_done=len(runs),
-                   run_dir=runs[0]["run_dir"] if runs else None, val_acc=cell.acc("val"))
+                   run_dir=runs[0]["run_dir"] if runs else None, val_acc=cell.acc("val"),
+                   kind="pruning" if cell.template in prune.METHODS else "template",
+                   pruned=_pruned(runs[0]["run_dir"]) if runs and cell.template in prune.METHODS else None)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"template": self.template, "width": self.width, "filters": self.filters, "params": self.params,
+        return {"kind": self.kind, "template": self.template, "width": self.width, "filters": self.filters, "params": self.params,
                 "flops": self.flops, "train_memory_bytes": self.train_memory_bytes, "val_acc": self.val_acc,
                 "final_acc": self.final_acc, "best_acc": self.best_acc, "seeds_done": self.seeds_done,
-                "status": self.status, "reason": self.reason, "run_dir": self.run_dir}
+                "status": self.status, "reason": self.reason, "run_dir": self.run_dir,
+                **({"pruned": self.pruned} if self.kind == "pruning" else {})}
+
+
+def _pruned(run_dir: str | None) -> dict[str, Any] | None:
+    """What a pruning run's summary says of its pruned model: ratio, budget use, per-layer counts."""
+    s = rundir.read_json(Path(run_dir) / rundir.SUMMARY) if run_dir else None
+    p = (s or {}).get("pruned") or {}
+    return {k: p[k] for k in ("ratio", "value", "layers", "source") if k in p} or None
 
 
 def rank(candidates: Sequence[Candidate], order: Sequence[str] = (), selection: str = "val_acc") -> list[Candidate]:
@@ -204,18 +216,22 @@ def reduce(
     report: bool = True,
     export: bool = True,
     progress: bool | None = None,
+    baselines: prune.Baselines | None = None,
 ) -> ReduceResult:
     """Fit every template of ``templates`` (default: all five; base is always added) to
     ``budget``, train them on ``dataset`` (``train``: TrainConfig settings such as epochs, lr,
     limit_train, val_split; None values are ignored; an absent val_split is
     :func:`data.split.default`), rank them on the validation split, write the report and export
-    the winner. Bad input, and a budget no template can reach, is a UsageError before anything
-    trains."""
+    the winner. ``baselines``: pruning baselines trained beside the templates at the same budget,
+    epochs and recipe, ranked with them. Bad input, and a budget no template can reach, is a
+    UsageError before anything trains."""
     t0 = time.perf_counter()
     budget = parse_budget(budget) if isinstance(budget, str) else budget
     names = list(dict.fromkeys(["base", *(templates or ALL_TEMPLATES)]))
+    base = baselines or prune.Baselines()
     spec = SweepSpec(models=[model], templates=names, widths=[], datasets=[dataset], seeds=list(seeds),
                      budgets=[f"{budget.key}={budget.value!r}"], divisor=divisor, floor=floor,
+                     baselines=list(base.names), prune_at=base.at, prune_from=base.from_width,
                      train=_with_val_split(dataset, {k: v for k, v in (train or {}).items() if v is not None}))
     out = _check_out(Path(out))
     grid = plan_grid(spec)  # validates everything, reads the data, fits every template
@@ -232,7 +248,7 @@ def reduce(
     with Store(db) as store:
         rows = store.budget_rows([p.key for p in grid.budget_points])
     cells = list(collect_budgets(rows).values())
-    candidates = rank([Candidate.from_cell(c, selection) for c in cells], names, selection)
+    candidates = rank([Candidate.from_cell(c, selection) for c in cells], [*names, *base.names], selection)
     epochs = grid.budget_points[0].ident["epochs"] if grid.budget_points else 0
     first = grid.configs[0]
     result = ReduceResult(model=model, budget=budget, dataset=dataset, epochs=int(epochs), seeds=list(spec.seeds),

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from .args import MODEL_HELP, add_fix_arg, add_run_args, model_from_args, nonnegative_int, positive_int
 from ..data.split import DEFAULT_MAX
 from .fit_cmd import BUDGET_HELP
-from .sweep_cmd import add_engine_args, check_engine_args, engine_options, train_settings
+from .sweep_cmd import add_baseline_args, add_engine_args, check_engine_args, engine_options, train_settings
 
 if TYPE_CHECKING:
     from ..reduce import ReduceResult
@@ -58,6 +58,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
                         f"{BEST_ACC_WORDS}) and seeds_done")
     t = p.add_argument_group("training (as for train and sweep)")
     add_run_args(t, val_default=f"10%% of the training set, at most {DEFAULT_MAX:,} images")
+    add_baseline_args(p.add_argument_group("pruning baselines (ranked with the templates)"))
     e = p.add_argument_group("engine")
     e.add_argument("--retry-failed", action="store_true", help="train candidates that failed before again")
     add_engine_args(e, jobs_default="on a CPU, the core count (at most one per run), else 1",
@@ -66,13 +67,15 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..prune import Baselines
     from ..reduce import reduce
 
     check_engine_args(args)
     args.model = model_from_args(args)
     result = reduce(args.model, args.budget, args.dataset, templates=args.templates, seeds=args.seeds,
                     train=train_settings(args), divisor=args.divisor, floor=args.floor, out=args.out,
-                    engine=engine_options(args), export=not args.no_export)
+                    engine=engine_options(args), export=not args.no_export,
+                    baselines=Baselines.from_flags(args.baselines, args.prune_at, args.prune_from))
     if args.json:
         print(json.dumps(result.to_dict()))
     else:

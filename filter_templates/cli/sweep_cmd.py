@@ -55,6 +55,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     g.add_argument("--divisor", type=positive_int, metavar="K", help="round every layer to a multiple of K")
     g.add_argument("--floor", type=positive_int, metavar="N", help="smallest filter count of any layer")
     add_as_published(g)
+    add_baseline_args(g)
     t = p.add_argument_group("training (override the preset/config)")
     add_run_args(t)
     s = p.add_argument_group("store and engine")
@@ -76,6 +77,19 @@ _LOCAL_ONLY = ("threads", "jobs")
 _SLURM_ONLY = ("partition", "time", "cpus_per_task", "gpus_per_task", "mem", "array_parallelism", "slurm_option",
                "slurm_dir")
 _ENGINE_FLAGS = {"local": _LOCAL_ONLY, "ray": _RAY_ONLY, "slurm": _SLURM_ONLY}
+
+
+def add_baseline_args(group: "argparse._ArgumentGroup") -> None:
+    """--baselines, --prune-at, --prune-from: pruning baselines beside the templates at each budget."""
+    group.add_argument("--baselines", nargs="+", metavar="NAME",
+                       help="pruning baselines trained beside the templates at the same budget, data, recipe and "
+                            "epochs: prune-l1 (train, prune channels by L1 norm to the budget, fine-tune), "
+                            "prune-l1-global (one ranking across layers), prune-scratch (prune-l1-global's "
+                            "architecture trained from scratch); needs: pip install -e '.[prune]'")
+    group.add_argument("--prune-at", type=positive_float, metavar="F",
+                       help="share of the epochs the baselines train before pruning (default: 0.5)")
+    group.add_argument("--prune-from", type=positive_float, metavar="W",
+                       help="width of the base model the baselines train and prune (default: 1)")
 
 
 def add_engine_args(group: "argparse._ArgumentGroup", jobs_default: str = "1",
@@ -182,7 +196,8 @@ def spec_from_args(args: argparse.Namespace):
     overrides = {
         "models": _models(args.models, args.image_size), "templates": args.templates, "widths": args.widths, "budgets": args.budgets,
         "datasets": args.datasets, "seeds": args.seeds, "divisor": args.divisor, "floor": args.floor,
-        "threads": args.threads, "jobs": args.jobs, "as_published": args.as_published, **train_settings(args),
+        "threads": args.threads, "jobs": args.jobs, "as_published": args.as_published, "baselines": args.baselines,
+        "prune_at": args.prune_at, "prune_from": args.prune_from, **train_settings(args),
     }
     if args.preset:
         return preset(args.preset).merged(overrides)
