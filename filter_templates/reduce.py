@@ -42,12 +42,12 @@ from .report.budgets import BudgetCell, collect_budgets
 from .sweep.engines import EngineOptions, run_grid
 from .sweep.grid import ALL_TEMPLATES, SweepSpec, plan_grid
 from .sweep.plan import SweepResult
-from .sweep.store import Store
+from .sweep.store import DEFAULT_FILE, Store
 from .train import check_val_split
 
 __all__ = ["reduce", "rank", "Candidate", "ReduceResult", "DB_FILE", "RUNS_DIR", "REPORT_DIR", "SELECTIONS"]
 
-DB_FILE = "results.sqlite"
+DB_FILE = DEFAULT_FILE
 RUNS_DIR = "runs"
 REPORT_DIR = "report"
 #: What candidates can be ranked on: the validation split's final accuracy, or (no split) the test set's.

@@ -11,6 +11,7 @@ from ..data import split
 from ..arch import IMAGE_SIZE, MIN_IMAGE_SIZE
 from ..errors import UsageError
 from ..models import family_names, resolve_model
+from ..autotune import MEMORY_FORMATS, PRECISIONS
 from ..recipe import RECIPES
 
 
@@ -49,7 +50,7 @@ def add_run_args(group: "argparse._ArgumentGroup", val_default: str = "0") -> No
     """The training and data settings that `train`, `sweep` and `reduce` share. Defaults are None so
     that a value given here overrides a config file or preset, and an absent one does not;
     ``val_default`` says in the help what an absent ``--val-split`` means."""
-    group.add_argument("--recipe", choices=["fast", "paper"], help="fast (default): warmup + linear decay to 0, "
+    group.add_argument("--recipe", choices=list(RECIPES), help="fast (default): warmup + linear decay to 0, "
                        "Nesterov, label smoothing, milder crops, flip (and final shifted) test-time augmentation; paper: the study's SGD with lr / 10 "
                        "at 50%% and 75%% of the epochs. Every setting is written to the run's config.json")
     group.add_argument("--epochs", type=positive_int, metavar="N", help="epochs (default: 160)")
@@ -66,10 +67,10 @@ def add_run_args(group: "argparse._ArgumentGroup", val_default: str = "0") -> No
     group.add_argument("--download", action="store_true", default=None,
                        help="fetch the official CIFAR archive if missing (MD5-checked)")
     group.add_argument("--device", metavar="DEV", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
-    group.add_argument("--precision", choices=["auto", "fp32", "bf16"],
+    group.add_argument("--precision", choices=["auto", *PRECISIONS],
                        help="fp32 or bf16 autocast (default auto: bf16 on CUDA with bf16 and on a CPU with AMX, "
                             "else fp32; never picked by timing, as it changes the numbers)")
-    group.add_argument("--memory-format", choices=["auto", "channels_last", "contiguous"],
+    group.add_argument("--memory-format", choices=["auto", *MEMORY_FORMATS],
                        help="tensor layout (default auto: channels_last)")
 
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..report import make_report
+from ..report import LATENCY_MODES, METRICS, make_report
+from ..sweep.store import DEFAULT_FILE
 from .args import positive_int
 
 
@@ -15,11 +16,11 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         description="Write the accuracy and resource tables and the accuracy-versus-cost and filters-per-layer "
                     "figures of a results store into a folder, with an index.md that shows them. Works on "
                     "partial grids (missing cells are shown as missing).")
-    p.add_argument("--db", default="results.sqlite", metavar="FILE", help="results store (default: results.sqlite)")
+    p.add_argument("--db", default=DEFAULT_FILE, metavar="FILE", help=f"results store (default: {DEFAULT_FILE})")
     p.add_argument("--out", default="report", metavar="DIR", help="output folder (default: report/)")
-    p.add_argument("--metric", choices=["final", "best"], default="final",
+    p.add_argument("--metric", choices=METRICS, default="final",
                    help="which test accuracy to report: after the last epoch (default) or the best epoch")
-    p.add_argument("--latency", choices=["none", "batch1", "full"], default="batch1",
+    p.add_argument("--latency", choices=LATENCY_MODES, default="batch1",
                    help="when width 1 was not trained, the resource table measures latency here: at batch 1 "
                         "(default), also at the run batch size (full; slow for big models on CPU), or not at all")
     p.add_argument("--threads", type=positive_int, default=1, metavar="N",

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..errors import UsageError
 from ..rundir import check_writable
+from ..sweep.store import DEFAULT_FILE
 from .args import add_as_published, add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     t = p.add_argument_group("training (override the preset/config)")
     add_run_args(t)
     s = p.add_argument_group("store and engine")
-    s.add_argument("--db", default="results.sqlite", metavar="FILE", help="results store (default: results.sqlite)")
+    s.add_argument("--db", default=DEFAULT_FILE, metavar="FILE", help=f"results store (default: {DEFAULT_FILE})")
     s.add_argument("--runs-dir", default="runs", metavar="DIR", help="one folder per run (default: runs/)")
     s.add_argument("--retry-failed", action="store_true", help="run failed points again")
     s.add_argument("--reindex", action="store_true",

@@ -20,7 +20,7 @@ from ..errors import UsageError
 from ..initialise import WHITEN_SAMPLE
 from ..messages import error_line
 from ..models import family_names, resolve_model
-from ..recipe import OPTIMIZERS, RECIPES
+from ..recipe import OPTIMIZERS, RECIPES, SCHEDULES
 from ..rundir import SUMMARY
 from ..train import FIELDS, TrainConfig, open_checkpoint, train
 from .args import (MODEL_HELP, add_as_published, add_fix_arg, add_run_args, fraction, nonnegative_float,
@@ -60,7 +60,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
                    + ", ".join(f"{r['weight_decay']:g} {name}" for name, r in RECIPES.items()) + ")")
     t.add_argument("--seed", type=nonnegative_int, metavar="S", help="seed of init and data order (default: 0)")
     r = p.add_argument_group("recipe settings (default: the --recipe's; all are written to config.json)")
-    r.add_argument("--schedule", choices=["step", "linear"],
+    r.add_argument("--schedule", choices=list(SCHEDULES),
                    help="step: lr / 10 at 50%% and 75%% of the epochs; linear: warmup, then linear decay to 0")
     r.add_argument("--warmup", type=fraction, metavar="F", help="fraction of all steps spent warming up (linear)")
     r.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")

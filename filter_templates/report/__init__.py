@@ -29,6 +29,7 @@ from . import tables
 __all__ = ["make_report", "LATENCY_MODES"]
 
 LATENCY_MODES = ("none", "batch1", "full")
+METRICS = ("final", "best")  # the test accuracy after the last epoch, or at the best epoch
 
 
 def _measure_width1(batch_size: int, latency_mode: str, threads: int | None) -> Callable:
@@ -73,8 +74,8 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
     """
     from . import figures  # matplotlib: only when a report is drawn
 
-    if metric not in ("final", "best"):
-        raise UsageError(f"metric must be 'final' or 'best', got {metric!r}")
+    if metric not in METRICS:
+        raise UsageError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if latency not in LATENCY_MODES:
         raise UsageError(f"latency must be one of {', '.join(LATENCY_MODES)}, got {latency!r}")
     with Store(db, create=False) as store:

@@ -22,6 +22,7 @@ from ..arch import make_arch
 from ..data import load_data, num_classes
 from ..errors import UsageError
 from ..messages import note
+from ..templates import BUILTIN
 from ..train import FIELDS as CONFIG_FIELDS
 from ..train import TrainConfig as _TrainConfig
 from ..train import identity as _identity
@@ -34,7 +35,7 @@ __all__ = ["SweepSpec", "PRESETS", "PAPER_WIDTHS", "preset", "load_config", "exp
            "BudgetPoint", "run_dir_name", "known_classes", "TRAIN_FIELDS", "GRID_FIELDS", "RUN_FIELDS"]
 
 PAPER_WIDTHS = (1.6, 1.3, 1.0, 0.8, 0.5, 0.25, 0.1, 0.05)
-ALL_TEMPLATES = ("base", "reverse", "uniform", "quadratic", "negative-quadratic")
+ALL_TEMPLATES = BUILTIN  # every sweep runs the five built-in templates unless told otherwise
 
 #: Settings shared by every point, passed through to TrainConfig unchanged (all its fields but the grid's).
 TRAIN_FIELDS = tuple(k for k in CONFIG_FIELDS if k not in ("arch", "dataset", "seed", "prune"))

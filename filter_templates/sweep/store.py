@@ -67,6 +67,7 @@ BUDGET_STATUSES = ("fitted", "unreachable")
 #: TrainConfig fields that do not change what is trained, only where/how: not part of a row's key.
 EXECUTION_FIELDS = EXECUTION_KEYS
 SCHEMA_VERSION = 1
+DEFAULT_FILE = "results.sqlite"  # a store given no name: sweep and report, and reduce inside its --out
 DEFAULT_STALE_AFTER = 600.0  # seconds without a heartbeat before another host may take a row over
 HEARTBEAT_EVERY = 30.0  # seconds between heartbeats of a claimed row
 
