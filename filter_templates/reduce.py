@@ -15,7 +15,8 @@ training images less the same held-out ones (``--val-split``, by default 10% of 
 and at most 5,000 images: :func:`data.split.default`), candidates rank by their final validation
 accuracy (mean over the seeds that finished; ties go to fewer parameters) and the winner's export
 is its seed with the best validation accuracy. Test accuracy is reported beside it, for the
-reader. With ``val_split`` 0 there is nothing else to rank on: the ranking reads the final test
+reader. A dataset with its own validation set (a folder's ``val/``) is ranked on that. With
+``val_split`` 0 and no such set there is nothing else to rank on: the ranking reads the final test
 accuracy and says so (a note, and ``selection`` ``final_acc``). Candidates that did not finish
 (unreachable budget, failed or still pending) rank last.
 """
@@ -181,8 +182,8 @@ def _export(run_dir: str) -> str:
 def _local_defaults(engine: EngineOptions, grid: Any) -> EngineOptions:
     """Without --jobs and --threads, a CPU trains the candidates side by side, one thread each, as
     many at once as there are cores: these models gain little from a second thread, and on a CPU
-    shared with other work, OpenMP threads that wait on each other were measured up to 20x slower
-    (README). On CUDA: one run at a time with torch's threads."""
+    shared with other work, OpenMP threads that wait on each other were measured up to 20x slower.
+    On CUDA: one run at a time with torch's threads."""
     if engine.engine != "local" or engine.jobs is not None or engine.threads is not None or not grid.configs:
         return engine
     if any(resolve_device(c.device).type != "cpu" for c in grid.configs):

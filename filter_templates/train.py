@@ -398,11 +398,11 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
 
 def check_val_split(config: TrainConfig) -> int:
     """The size of ``config``'s validation set (0: none), read from its data; a UsageError when its
-    ``val_split`` holds out none or all of the training images. Sweeps and reduce call it before
+    ``val_split`` holds out none of the training images, or leaves less than one batch. Sweeps and reduce call it before
     anything trains."""
     ds = load_data(config.dataset, config.data_dir, config.download, config.limit_train, config.limit_test,
                    config.image_size)
-    if config.val_split and ds.val_y is not None:
+    if ds.val_y is not None:  # the dataset's own
         return len(ds.val_y)
     n, k = len(ds.train_y), split.size(config.val_split, len(ds.train_y))
     if k and n - k < config.batch_size:  # every run of it would fail on its first epoch

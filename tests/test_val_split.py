@@ -85,7 +85,7 @@ def test_a_dataset_with_its_own_validation_set_keeps_it():
     ds = digits()
     own = dataclasses.replace(ds, val_x=ds.test_x[:50], val_y=ds.test_y[:50])
     assert split.holdout(own, 0.1) is own and split.holdout(own, 500) is own  # nothing held out of train
-    assert split.holdout(own, 0).val_x is None  # 0: no validation at all
+    assert split.holdout(own, 0) is own  # its own validation set costs the training split nothing
     assert split.describe(own, own, 0.1)["source"] == "the dataset's own"
 
 

@@ -7,8 +7,8 @@ its labels) and :data:`SPLIT_SEED` -- never of the training seed or the model. T
 stratified: every class gives its share of the held-out images (to within one image), so a small
 validation set does not tilt towards a class by chance.
 
-A dataset that brings its own validation set (``Dataset.val_x``) keeps it: nothing is held out of
-its training split. Mean and std stay those of the full training split, so a run with a split
+A dataset that brings its own validation set (``Dataset.val_x``, a folder's ``val/``) keeps it,
+whatever the value: nothing is held out of its training split, which it never overlaps. Mean and std stay those of the full training split, so a run with a split
 normalises exactly like one without.
 """
 
@@ -109,13 +109,11 @@ def default(n_train: int) -> int | float:
 
 @functools.lru_cache(maxsize=2)  # a sweep trains many models on one split; Dataset hashes by identity
 def holdout(ds: Dataset, value: int | float, seed: int = SPLIT_SEED) -> Dataset:
-    """``ds`` with the validation set a run of ``value`` uses: its own when it brings one (and
-    ``value`` is not 0), else ``value`` held out of its training split (``val_x``/``val_y``, and the
-    training arrays hold the rest); ``value`` 0 means no validation set at all."""
+    """``ds`` with the validation set a run of ``value`` uses: its own when it brings one, else
+    ``value`` held out of its training split (``val_x``/``val_y``, and the training arrays hold the
+    rest); none for ``value`` 0."""
     v = check(value)
-    if v == 0:
-        return ds if ds.val_x is None else dataclasses.replace(ds, val_x=None, val_y=None)
-    if ds.val_x is not None:
+    if v == 0 or ds.val_x is not None:
         return ds
     k = size(v, len(ds.train_y))
     train, val = indices(ds.train_y, k, ds.name, seed)
