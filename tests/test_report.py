@@ -13,17 +13,17 @@ import pytest
 from filter_templates.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.errors import UsageError
-from filter_templates.report import make_report
+from filter_templates.report import make_report, tables
 from filter_templates.sweep.store import Store
 from filter_templates.train import TrainConfig
 
 TEMPLATES = ["base", "reverse", "uniform", "quadratic", "negative-quadratic"]
 
 
-def config(family: str, template: str, width: float, dataset: str = "cifar10", seed: int = 0) -> dict:
+def config(family: str, template: str, width: float, dataset: str = "cifar10", seed: int = 0, **settings) -> dict:
     classes = 100 if dataset == "cifar100" else 10
-    return TrainConfig(arch=make_arch(family, template, width, classes), dataset=dataset, epochs=3,
-                       seed=seed).to_dict()
+    return TrainConfig(arch=make_arch(family, template, width, classes), dataset=dataset,
+                       **{"epochs": 3, "seed": seed, **settings}).to_dict()
 
 
 def summary(acc: float, params: int, width: float, status: str = "done", reason: str | None = None) -> dict:
@@ -242,3 +242,102 @@ def test_budget_report_puts_budgets_in_rows_and_templates_in_columns(tmp_path):
     svg = (out / "figures" / "accuracy_vs_params_budget_cifar10.svg").read_text()
     assert "one line per template" in svg and "budget" in svg
     assert "6 budget points unreachable" in (out / "index.md").read_text()
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_runs_that_differ_in_a_result_field_are_never_pooled(tmp_path):
+    """Seeds pool; another recipe, learning rate, epochs or validation split is another row, labelled
+    by exactly the fields that differ (the recipe standing for its own values in the Markdown)."""
+    db = tmp_path / "r.sqlite"
+    arch = make_arch("vgg19", "base", 0.5, 10)
+    params = _params(arch)
+    points = [(config("vgg19", t, 0.5, seed=s), summary(acc + s / 100, params, 0.5))
+              for t, acc in (("base", 0.80), ("uniform", 0.82)) for s in (0, 1)]  # fast, 2 seeds: pooled
+    points += [(config("vgg19", t, 0.5, recipe="paper"), summary(acc, params, 0.5))
+               for t, acc in (("base", 0.40), ("uniform", 0.45))]
+    points += [(config("vgg19", "base", 0.5, lr=0.2), summary(0.60, params, 0.5)),
+               (config("vgg19", "base", 0.5, epochs=5), summary(0.90, params, 0.5)),
+               (config("vgg19", "base", 0.5, val_split=0.1), summary(0.70, params, 0.5))]
+    fill(db, points)
+    with Store(db) as s:
+        files = tables.render(tables.accuracy_table(tables.collect(s.rows()), "cifar10"))
+    (tmp_path / "t.csv").write_text(files["csv"])
+    table = csv_rows(tmp_path / "t.csv")
+    assert len(table) == 5  # fast; fast lr 0.2; fast 5 epochs; fast val_split 0.1; paper
+    assert {"recipe", "lr", "epochs", "val_split", "test_views"} <= set(table[0])
+    assert "seed" not in table[0]
+    by = {(r["recipe"], r["lr"], r["epochs"], r["val_split"]): r for r in table}
+    assert float(by[("fast", "0.05", "3", "0")]["base"]) == pytest.approx(80.5)  # two seeds' mean
+    assert float(by[("paper", "0.1", "3", "0")]["base"]) == pytest.approx(40.0)  # not averaged with fast
+    assert by[("paper", "0.1", "3", "0")]["test_views"] == "1" and by[("fast", "0.05", "3", "0")]["test_views"] == "4"
+    assert float(by[("fast", "0.2", "3", "0")]["base"]) == pytest.approx(60.0)
+    assert float(by[("fast", "0.05", "5", "0")]["base"]) == pytest.approx(90.0)
+    assert float(by[("fast", "0.05", "3", "0.1")]["base"]) == pytest.approx(70.0)
+    assert by[("fast", "0.05", "3", "0")]["weight_decay"] != by[("paper", "0.1", "3", "0")]["weight_decay"]
+    md = files["md"]
+    rows = md_rows(md)
+    assert rows[0][:7] == ["family", "width", "recipe", "epochs", "lr", "val_split", "test views"]
+    assert len({tuple(r[2:7]) for r in rows[1:]}) == 5  # every row says what sets it apart
+    assert "weight_decay" not in rows[0]  # paper's own value: the recipe column says it
+    assert "Runs: recipes paper, fast (per row); 3/5 epochs (per row); 1/4 test views" in md
+
+
+def test_every_table_says_its_recipe_epochs_and_views(report):
+    out, _ = report
+    for name in ("accuracy_cifar10", "resources_cifar10", "accuracy_cifar100"):
+        md = (out / "tables" / f"{name}.md").read_text()
+        assert "Runs: recipe fast; 3 epochs; 4 test views per image in the final accuracy." in md, name
+    rows = md_rows((out / "tables" / "accuracy_cifar10.md").read_text())
+    assert rows[0] == ["family", "width", *TEMPLATES, "best"]  # alike runs: no label columns
+
+
+def test_budget_tables_and_figures_split_settings(tmp_path):
+    """One budget trained with two recipes: two rows, and one figure panel per recipe."""
+    from filter_templates.report import budgets as B
+    from filter_templates.report import figures
+    from filter_templates.sweep.grid import SweepSpec, plan_grid
+    from filter_templates.sweep.store import point_key
+
+    db = tmp_path / "r.sqlite"
+    for recipe, acc in (("fast", 0.70), ("paper", 0.50)):
+        spec = SweepSpec(models=["mobilenet"], templates=["base", "uniform"], widths=[], datasets=["cifar10"],
+                         budgets=["params=50K"], train={"epochs": 3, "recipe": recipe})
+        grid = plan_grid(spec, classes_of=lambda ds: 10)
+        with Store(db) as s:
+            s.add_points((c.to_dict(), f"/runs/{recipe}{i}") for i, c in enumerate(grid.configs))
+            s.add_budget_points(p.record() for p in grid.budget_points)
+            for p in grid.budget_points:
+                c = s.claim([point_key(p.config.to_dict())[0]])
+                s.finish(c["key"], c["claim_token"], summary(acc + (p.template == "uniform") / 10, p.fit["params"],
+                                                             p.config.arch.width))
+    with Store(db) as s:
+        cells = B.collect_budgets(s.budget_rows())
+    table = B.budget_accuracy_table(cells, "cifar10")
+    assert table.header == ["family", "budget", "recipe", "test views", "base", "uniform", "best"]
+    assert [r[2:] for r in table.rows] == [["paper", "1", "50.00", "60.00", "uniform"],
+                                           ["fast", "4", "70.00", "80.00", "uniform"]]
+    assert table.bold == {(0, 5), (1, 5)}  # each row's best: uniform
+    assert table.notes[0].startswith("Runs: recipes paper, fast (per row); 3 epochs; 1/4 test views")
+    fits = B.budget_resource_table(cells, "cifar10")
+    assert [r[2] for r in fits.rows] == ["paper", "paper", "fast", "fast"]
+    titles = [t for _, _, t in figures.panels([c for c in cells.values()])]
+    assert titles == ["mobilenet\nrecipe=paper", "mobilenet\nrecipe=fast"]
+
+
+def test_one_grid_point_swept_with_two_recipes_is_two_rows(tmp_path):
+    """The same grid point swept with --recipe fast and with --recipe paper into one store: the
+    report keeps them apart, with a recipe column in the CSV."""
+    db, runs, out = str(tmp_path / "r.sqlite"), str(tmp_path / "runs"), tmp_path / "rep"
+    point = ["sweep", "--models", "mobilenet", "--templates", "base", "--widths", "0.05", "--datasets", "digits",
+             "--epochs", "1", "--limit-train", "128", "--limit-test", "64", "--device", "cpu", "--threads", "1",
+             "--db", db, "--runs-dir", runs]
+    assert main([*point, "--recipe", "fast"]) == 0
+    assert main([*point, "--recipe", "paper"]) == 0
+    assert main(["report", "--db", db, "--out", str(out), "--latency", "none"]) == 0
+    table = csv_rows(out / "tables" / "accuracy_digits.csv")
+    assert [(r["family"], r["recipe"]) for r in table] == [("mobilenet", "paper"), ("mobilenet", "fast")]
+    assert all(r["base"] for r in table)

@@ -78,7 +78,8 @@ def accuracy_label(metric: str) -> str:
 
 def runs_line(cells: Sequence[Any]) -> str:
     """The tables' caption line (recipe, epochs, test views), wrapped for a figure title."""
-    return "\n".join(textwrap.wrap(Labels.of(c.setting for c in cells).caption(), 120))
+    text = Labels.of(c.setting for c in cells).caption().replace("(per row)", "(per panel)")
+    return "\n".join(textwrap.wrap(text, 120))
 
 
 def _grid(n: int) -> tuple[int, int]:

@@ -84,9 +84,10 @@ def row_label(s: Mapping[str, Any], fields: Sequence[str]) -> str:
 
 
 def _departures(s: Mapping[str, Any]) -> list[str]:
-    """The recipe fields where ``s`` departs from its recipe's values (as this version defines it)."""
+    """The recipe fields where ``s`` departs from its recipe's values (as this version defines it);
+    a field without effect (None: ``muon_lr`` without Muon) departs from nothing."""
     rec = RECIPES.get(str(s.get("recipe")), {})
-    return [f"{k}={fmt_value(s.get(k))}" for k in rec if k in s and repr(s[k]) != repr(rec[k])]
+    return [f"{k}={fmt_value(s[k])}" for k in rec if s.get(k) is not None and repr(s[k]) != repr(rec[k])]
 
 
 def caption(settings: Sequence[Mapping[str, Any]]) -> str:
@@ -103,7 +104,7 @@ def caption(settings: Sequence[Mapping[str, Any]]) -> str:
     epochs = sorted({int(s["epochs"]) for s in settings if s.get("epochs") is not None})
     views = sorted({views_of(s) for s in settings})
     per_row = " (per row)"
-    return ("Runs: recipe " + "; ".join(parts) + (per_row if len(recipes) > 1 else "")
+    return (f"Runs: recipe{'s' * (len(recipes) > 1)} " + ", ".join(parts) + (per_row if len(recipes) > 1 else "")
             + f"; {'/'.join(map(str, epochs)) or '?'} epoch{'s' * (epochs != [1])}" + (per_row if len(epochs) > 1 else "")
             + f"; {'/'.join(map(str, views))} test view{'s' * (views != [1])} per image in the final accuracy"
             + (per_row if len(views) > 1 else "") + ".")
