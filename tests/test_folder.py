@@ -293,3 +293,29 @@ def test_train_on_a_folder_records_its_size_and_exports_for_it(cache_home, capsy
     assert main(["train", "--model", "vgg19", "--dataset", "folder", "--data-dir", str(data), "--image-size", "4",
                  "--out", str(cache_home / "r2")]) == 2
     assert "--image-size" in capsys.readouterr().err
+
+
+@pytest.mark.slow  # the ONNX exporter takes ~20-80 s on a shared 2-core machine
+def test_onnx_export_takes_the_run_size(tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    import torch
+
+    from filter_templates import rundir
+    from filter_templates.arch import make_arch
+    from filter_templates.export import export_run
+
+    arch = make_arch("vgg19", "uniform", 0.03, 3, image_size=48)
+    torch.manual_seed(0)
+    model = arch.build().eval()
+    (tmp_path / "run").mkdir()
+    rundir.atomic_write_json(tmp_path / "run" / rundir.CONFIG, {"arch": arch.to_dict(), "dataset": "folder"})
+    rundir.atomic_save(model.state_dict(), tmp_path / "run" / rundir.MODEL)
+    path = export_run(tmp_path / "run", "onnx")
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert session.get_inputs()[0].shape[1:] == [3, 48, 48]
+    x = torch.randn(2, 3, 48, 48)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    with torch.no_grad():
+        torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-5)
