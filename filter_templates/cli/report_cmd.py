@@ -19,7 +19,8 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p.add_argument("--db", default=DEFAULT_FILE, metavar="FILE", help=f"results store (default: {DEFAULT_FILE})")
     p.add_argument("--out", default="report", metavar="DIR", help="output folder (default: report/)")
     p.add_argument("--metric", choices=METRICS, default="final",
-                   help="which test accuracy to report: after the last epoch (default) or the best epoch")
+                   help="which test accuracy to report: after the last epoch (default), or the best test "
+                        "accuracy seen over the epochs (optimistic: the epoch is picked on the test set)")
     p.add_argument("--latency", choices=LATENCY_MODES, default="batch1",
                    help="when width 1 was not trained, the resource table measures latency here: at batch 1 "
                         "(default), also at the run batch size (full; slow for big models on CPU), or not at all")
