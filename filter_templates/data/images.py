@@ -38,7 +38,8 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 # An item is (name for messages, raw bytes) or (name, path to read).
 Item = tuple[str, Union[bytes, str, Path]]
 
-_CHUNK = 2048
+_CHUNK = 2048  # images per chunk at 32 px; fewer for larger images (_CHUNK_BYTES)
+_CHUNK_BYTES = 16 << 20  # decoded bytes per chunk: a worker's answer stays this small at any size
 _PARALLEL_MIN = 4096  # below this, starting processes costs more than it saves
 
 
@@ -211,7 +212,8 @@ def decode_images(items: Sequence[Item], size: tuple[int, int] = (32, 32), *, re
     n = len(items)
     if out is None:
         out = np.empty((n, *size, 3), dtype=np.uint8)
-    chunks = [(s, items[s:s + _CHUNK]) for s in range(0, n, _CHUNK)]
+    step = max(16, min(_CHUNK, _CHUNK_BYTES // (size[0] * size[1] * 3)))
+    chunks = [(s, items[s:s + step]) for s in range(0, n, step)]
     workers = _workers(n)
     bar = Progress(total=n, desc=progress_desc or "decoding images")
     try:
