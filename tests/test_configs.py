@@ -18,8 +18,8 @@ from filter_templates.train import EXECUTION_KEYS, identity
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
 STUDY = ROOT / "docs" / "cifar10-budget-cpu"
-#: What a config must say besides the recipe's fields: the recipe, how long, and what it holds out.
-PINNED = ("recipe", "epochs", "val_split", *RECIPE_FIELDS)
+#: What a config must say besides the recipe's fields: the recipe, how long, what it holds out, the input size.
+PINNED = ("recipe", "epochs", "val_split", "image_size", *RECIPE_FIELDS)
 
 
 def test_there_are_configs():
