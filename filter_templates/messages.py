@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-__all__ = ["PROG", "note", "warn", "error_line"]
+__all__ = ["PROG", "note", "warn", "error", "error_line"]
 
 PROG = "filter-templates"
 
@@ -22,6 +22,11 @@ def note(message: str) -> None:
 def warn(message: str) -> None:
     """A note that says something may not be what the user wanted."""
     note(f"warning: {message}")
+
+
+def error(message: str) -> None:
+    """The error line on stderr: a usage error, or a run that failed."""
+    print(error_line(message), file=sys.stderr, flush=True)
 
 
 def error_line(message: str) -> str:

@@ -14,7 +14,7 @@ from typing import Iterable, NoReturn, Sequence
 
 from .. import __version__
 from ..errors import UsageError
-from ..messages import PROG, error_line
+from ..messages import PROG, error, error_line
 
 __all__ = ["main", "build_parser", "error_line", "COMMANDS", "PROG"]
 
@@ -71,10 +71,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return int(args.run(args) or 0)
     except UsageError as exc:
-        print(error_line(str(exc)), file=sys.stderr)
+        error(str(exc))
         return 2
     except KeyboardInterrupt:
-        print(error_line("interrupted"), file=sys.stderr)
+        error("interrupted")
         return 130
     except BrokenPipeError:
         return 1

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from typing import TYPE_CHECKING
 
 from .args import MODEL_HELP, add_fix_arg, add_run_args, model_from_args, nonnegative_int, positive_int
 from ..data.split import DEFAULT_MAX
+from ..messages import note
 from .fit_cmd import BUDGET_HELP
 from .sweep_cmd import add_baseline_args, add_engine_args, check_engine_args, engine_options, train_settings
 
@@ -79,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
-        print(result.sweep.line(), file=sys.stderr)
+        note(result.sweep.line())
         print(render(result))
     return 0 if result.winner is not None else 1
 

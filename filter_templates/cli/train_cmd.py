@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import re
-import sys
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from ..data import data_shape
 from ..device import resolve_device
 from ..errors import UsageError
 from ..initialise import WHITEN_SAMPLE
-from ..messages import error_line
+from ..messages import error
 from ..models import family_names, resolve_model
 from ..recipe import OPTIMIZERS, RECIPES, SCHEDULES
 from ..rundir import SUMMARY
@@ -190,7 +189,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary))
     if summary["status"] != "done":
-        print(error_line(f"training failed: {summary['reason']} (see {out / SUMMARY})"), file=sys.stderr)
+        error(f"training failed: {summary['reason']} (see {out / SUMMARY})")
         return 1
     if not quiet:
         val = f"final validation accuracy {summary['val_acc']:.2%}, " if summary.get("val_acc") is not None else ""
