@@ -181,7 +181,7 @@ def _write_report(db: str | os.PathLike[str], rows: list[dict[str, Any]], budget
         f"Runs: {counts['done']} done, {counts['failed']} failed, {counts['running']} running, "
         f"{counts['pending']} pending"
         + (f"; {len(unreachable)} budget point{'s' * (len(unreachable) != 1)} unreachable" if unreachable else "")
-        + f". Accuracy: {tables.metric_words(metric)}. Runs are pooled (mean over seeds) only when every "
+        + f". Accuracy: {tables.metric_words(metric).lower()}. Runs are pooled (mean over seeds) only when every "
         "other result field of their configuration is the same; runs that differ in any (recipe, epochs, "
         "test views, learning rate, ...) are separate rows, and each table's first note says which runs it "
         f"shows. Partial grids are fine: cells not run (yet) show {tables.MISSING}.", "",
