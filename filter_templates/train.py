@@ -44,10 +44,9 @@ from .recipe import EMA, RECIPE_FIELDS, RECIPES, check_recipe_values, lr_multipl
 
 __all__ = ["TrainConfig", "train", "sgd_step", "evaluate", "test_views", "open_checkpoint", "identity", "RESULT_KEYS",
            "EXECUTION_KEYS", "ADDED_FIELDS", "check_val_split",
-           "RECIPE_NAMES", "DEVICES"]
+           "DEVICES"]
 
 DEVICES = ("auto", "cpu", "cuda")
-RECIPE_NAMES = tuple(RECIPES)
 
 
 def _result(default: Any = None, **kw: Any) -> Any:
@@ -62,7 +61,7 @@ def _execution(default: Any = None) -> Any:
 
 def _from_recipe() -> Any:
     """A result field whose default (None) the recipe fills in (``recipe.RECIPES``)."""
-    return _result(None, recipe=True)
+    return _result(None)
 
 
 @dataclass
@@ -112,7 +111,7 @@ class TrainConfig:
             for name, value in RECIPES[self.recipe].items():
                 if getattr(self, name) is None:
                     setattr(self, name, value)
-        for name in ("lr", "momentum", "weight_decay", "warmup", "label_smoothing", "ema", "muon_lr"):
+        for name in _FLOATS:
             v = getattr(self, name)  # JSON writes 1.0 as 1 sometimes
             if isinstance(v, int) and not isinstance(v, bool):
                 setattr(self, name, float(v))
@@ -143,7 +142,7 @@ class TrainConfig:
         if self.arch.image_size != self.image_size:
             raise UsageError(f"the model is built for {self.arch.image_size} px images but the training config's "
                              f"image_size is {self.image_size}; build the architecture with image_size={self.image_size}")
-        for name in ("download", "nesterov", "norm_bias_decay", "tta", "whiten_init", "identity_init"):
+        for name in _BOOLS:
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"training config '{name}' must be true or false, got {getattr(self, name)!r}")
         check_recipe_values(lambda name: getattr(self, name), _fail)
@@ -180,6 +179,9 @@ class TrainConfig:
 
 
 FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+# The fields typed float (an int read from JSON becomes one) and bool (nothing else is accepted).
+_FLOATS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type == "float")
+_BOOLS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type == "bool")
 #: Keys whose change makes a checkpoint belong to a different experiment.
 RESULT_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["kind"] == "result")
 #: Keys that say where/how to run: they may differ on resume and are no part of a sweep point's identity.
