@@ -83,7 +83,9 @@ def search_key(config: "TrainConfig") -> str:
 
 
 def _sibling(config: "TrainConfig", out: Path) -> Path | None:
-    """The ``pruned.pt`` of the ``prune-l1-global`` run beside ``out`` with the same search, if any."""
+    """The ``pruned.pt`` of the ``prune-l1-global`` run beside ``out`` with the same search, if
+    any: ``prune-scratch`` takes its architecture, ``prune-l1`` its trained base model (the same
+    training of the same base with the same seed, so it is not repeated)."""
     key = search_key(config)
     for record in sorted(out.parent.glob(f"*/{PRUNED_JSON}")):
         doc = rundir.read_json(record) or {}
@@ -102,8 +104,8 @@ class _Relay:
         self.done: list[dict] = []  # rows of finished stages
         self.stage, self.folder, self.offset = "", out, 0
 
-    def begin(self, stage: str) -> Path:
-        self.stage, self.folder, self.offset = stage, self.out / STAGES / stage, len(self.done)
+    def begin(self, stage: str, folder: Path | None = None) -> Path:
+        self.stage, self.folder, self.offset = stage, folder or self.out / STAGES / stage, len(self.done)
         return self.folder
 
     def rows(self) -> list[dict]:
@@ -123,9 +125,12 @@ class _Relay:
             self.on_epoch(rows[-1])
 
 
-def _run_stage(name: str, config: "TrainConfig", relay: _Relay, start: Start | None = None) -> dict:
-    """One stage: skipped when its folder holds a finished run of it, else trained or resumed."""
-    folder = relay.begin(name)
+def _run_stage(name: str, config: "TrainConfig", relay: _Relay, start: Start | None = None,
+               shared: Path | None = None) -> dict:
+    """One stage: skipped when its folder (or ``shared``: the same stage finished in another run's
+    folder) holds a finished run of it, else trained or resumed."""
+    finished = shared is not None and (rundir.read_summary(shared) or {}).get("status") == "done"
+    folder = relay.begin(name, shared if finished else None)
     done = rundir.read_summary(folder)
     if done is not None and done.get("status") == "done" and (folder / rundir.MODEL).is_file():
         relay.end()
@@ -146,7 +151,7 @@ def _prune(config: "TrainConfig", out: Path, trained: Path, choice: Mapping[str,
     found = prune.search_ratio(base, config.arch, config.prune, config.batch_size)
     record = {"method": config.prune["method"], "budget": config.prune["budget"], **found.record(),
               "layers": prune.layer_counts(found.model), "structure": prune.structure(base, found.model),
-              "search_key": search_key(config), "source": str(out),
+              "search_key": search_key(config), "source": str(out), "trained": str(trained),
               "precision": choice.get("precision"), "memory_format": choice.get("memory_format")}
     weights = {k: v.detach().clone() for k, v in found.model.state_dict().items()}
     rundir.atomic_save({**record, "weights": weights}, path)
@@ -183,7 +188,9 @@ def train_pruned(config: "TrainConfig", out_dir: str | Path, state: dict | None,
         rec, s1 = _scratch_structure(config, relay)
         stage, epochs, weights = "scratch", config.epochs, None
     else:
-        s1 = _run_stage("train", _stage_config(config, first), relay)
+        sibling = _sibling(config, out)
+        shared = sibling.parent / STAGES / "train" if sibling is not None else None
+        s1 = _run_stage("train", _stage_config(config, first), relay, shared=shared)
         rec = _prune(config, out, relay.folder, s1["config"]) if s1.get("status") == "done" else {}
         stage, epochs, weights = "finetune", rest, rec.get("weights")
     if s1 is not None and s1.get("status") != "done":
