@@ -124,7 +124,7 @@ def _write_report(db: str | os.PathLike[str], rows: list[dict[str, Any]], budget
                 p = out / "tables" / f"{stem}.{ext}"
                 atomic_write_text(p, text)
                 written["tables"].append(str(p))
-            sec += [files["md"].replace("### ", "### ", 1),
+            sec += [files["md"],
                     f"Files: [Markdown](tables/{stem}.md) · [CSV](tables/{stem}.csv) · [LaTeX](tables/{stem}.tex)", ""]
             bar.update()
         for key in sorted({c.budget_key for c in by_budget.values() if c.dataset == ds}):
