@@ -18,8 +18,9 @@ from ..train import ADDED_FIELDS, RESULT_KEYS, identity, test_views
 
 __all__ = ["setting", "setting_key", "differing", "label_fields", "fmt_value", "row_label", "views_of", "caption"]
 
-#: Result fields that are the table's own axes (or follow from them): never a setting.
-AXES = ("arch", "dataset", "seed")
+#: Result fields that are the table's own axes (or follow from them): never a setting. A pruning
+#: baseline's ``prune`` is its column (the method, named by its template) at its row (the budget).
+AXES = ("arch", "dataset", "seed", "prune")
 #: Architecture fields that are axes or follow from them (the width and what it sizes, the dataset's
 #: classes, the reading, which the family label carries).
 ARCH_AXES = ("family", "template", "width", "filters", "stem_width", "widths", "classes", "as_published")
