@@ -265,7 +265,7 @@ def test_templates_measure_table(capsys):
 def test_templates_without_measure_keeps_its_keys(capsys):
     assert main(["templates", "--model", "vgg19", "--template", "base", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert set(doc) == {"model", "width", "classes", "templates"}
+    assert set(doc) == {"model", "width", "classes", "image_size", "templates"} and doc["image_size"] == 32
     assert set(doc["templates"][0]) == {"name", "filters", "params", "flops"}
 
 
