@@ -19,7 +19,14 @@ Prints ``ours/plain`` (goal >= 1.2 on a 2-core CPU without AMX) and ``ours/best-
 present, else synthetic data of the same shape. Each variant's best round counts (the CPU may be
 shared with other jobs); every round is in ``--json``.
 
+``--mode rule`` asks what the execution rule (``autotune.rule``, ``autotune.threads_for``) costs
+or gains against the choice a timing would make: the bare step of every precision x memory format
+x thread count (1 and all usable cores), alternating round after round; the fastest measured
+variant against the rule's, images/s of both and their ratio (``--write docs/results/`` keeps it
+as ``execution_rule.json``).
+
     python benchmarks/throughput.py [--model vgg19] [--width 0.25] [--images 10000] [--rounds 2] [--json]
+    python benchmarks/throughput.py --mode rule [--rounds 3] [--write docs/results/]
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ from filter_templates.data import load_dataset
 from filter_templates.data.augment import Loader
 from filter_templates.device import device_name, resolve_device
 from filter_templates.train import TrainConfig, sgd_step, train
+from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -145,8 +153,62 @@ def run_bare(arch, ds, args, device, precision: str, memory_format: str) -> floa
     return args.bare_steps * args.batch_size / (time.perf_counter() - t0)
 
 
+def rule_vs_measured(arch, ds, args, device) -> dict:
+    """Bare-step images/s of every (precision, memory format, threads) variant, alternating rounds
+    (the best round counts); the rule's variant against the fastest one."""
+    precision, memory_format, reason = autotune.rule(device)
+    threads, threads_source = autotune.threads_for(device)
+    rule_key = f"{precision}/{memory_format}/{threads}"
+    counts = sorted({1, autotune.usable_cores()})
+    keys = [f"{p}/{m}/{n}" for n in counts for p, m in BARE]
+    if rule_key not in keys:
+        keys.append(rule_key)
+    rounds: dict[str, list[float]] = {k: [] for k in keys}
+    for r in range(args.rounds):
+        for key in keys if r % 2 == 0 else keys[::-1]:  # alternate the order: drifts in load even out
+            p, m, n = key.split("/")
+            torch.set_num_threads(int(n))
+            rounds[key].append(run_bare(arch, ds, args, device, p, m))
+            print(f"  round {r + 1} {key:<26} {rounds[key][-1]:8.1f} img/s", file=sys.stderr, flush=True)
+    torch.set_num_threads(threads)  # what a run gets, and what the results file records
+    best = {k: max(v) for k, v in rounds.items()}
+    fastest = max(best, key=best.get)
+    return {"rule": {"variant": rule_key, "reason": reason, "threads_source": threads_source,
+                     "images_per_s": round(best[rule_key], 1)},
+            "measured_fastest": {"variant": fastest, "images_per_s": round(best[fastest], 1)},
+            "rule_over_fastest": round(best[rule_key] / best[fastest], 3),
+            "images_per_s": {k: round(v, 1) for k, v in best.items()},
+            "all_rounds": {k: [round(x, 1) for x in v] for k, v in rounds.items()}}
+
+
+def main_rule(args, arch, ds, source, device) -> int:
+    """``--mode rule``: print (and with ``--write``, keep) :func:`rule_vs_measured`."""
+    report = {"model": f"{args.model} {args.template} w={args.width:g}", "filters": list(arch.filters),
+              "data": source, "device": str(device), "device_name": device_name(device),
+              "usable_cores": autotune.usable_cores(), "batch_size": args.batch_size, "warmup": args.warmup,
+              "bare_steps": args.bare_steps, "rounds": args.rounds, **rule_vs_measured(arch, ds, args, device)}
+    if args.write:
+        rows = [[k, v, "rule" if k == report["rule"]["variant"] else ""] for k, v in report["images_per_s"].items()]
+        write(args.write, "execution_rule", title="Execution rule against the fastest measured variant",
+              numbers=report, seeds=[0], views=f"{source}; one fixed batch of {args.batch_size}, bare training steps",
+              table={"columns": ["precision/layout/threads", "img/s (best round)", ""], "rows": rows},
+              note="Bare SGD steps of each variant, alternating; the rule's pick never depends on a timing.")
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    r, f = report["rule"], report["measured_fastest"]
+    print(f"{report['model']} on {device_name(device)}, batch {args.batch_size}, {args.rounds} rounds (best)")
+    for k, v in report["images_per_s"].items():
+        print(f"  {k:<26} {v:8.1f} img/s" + ("   <- rule" if k == r["variant"] else ""))
+    print(f"rule {r['variant']} ({r['reason']}): {r['images_per_s']:.1f} img/s; fastest measured {f['variant']}: "
+          f"{f['images_per_s']:.1f} img/s; rule/fastest = {report['rule_over_fastest']:.3f}")
+    return 0
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--mode", choices=["all", "rule"], default="all",
+                   help="all: ours vs plain vs bare; rule: the execution rule vs the fastest measured variant")
     p.add_argument("--model", default="vgg19")
     p.add_argument("--template", default="base")
     p.add_argument("--width", type=float, default=0.25)
@@ -159,9 +221,10 @@ def main(argv=None) -> int:
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
     p.add_argument("--device", default="auto")
     p.add_argument("--threads", type=int, default=None,
-                   help="torch threads of every variant (default: the CLI's measured choice for this model)")
+                   help="torch threads of every variant (default: the CLI's rule, autotune.threads_for)")
     p.add_argument("--synthetic", action="store_true", help="synthetic data even when the shared CIFAR-10 exists")
     p.add_argument("--json", action="store_true")
+    add_write_argument(p)
     args = p.parse_args(argv)
 
     device = resolve_device(args.device)
@@ -169,12 +232,15 @@ def main(argv=None) -> int:
     ds, dataset, data_dir, source = load(args)
     load_s = time.perf_counter() - t0
     arch = make_arch(args.model, args.template, args.width, ds.num_classes)
+    if args.mode == "rule":
+        return main_rule(args, arch, ds, source, device)
     if args.threads:
         torch.set_num_threads(args.threads)
         threads_source = "--threads"
     else:
-        _, threads_source = autotune.choose_threads(arch, device, args.batch_size)
-    choice = autotune.choose(arch, device, args.batch_size)  # what train() will use (cached now, not timed)
+        threads, threads_source = autotune.threads_for(device)
+        torch.set_num_threads(threads)
+    choice = autotune.choose(device)  # what train() will use
 
     variants = {"ours": lambda: run_ours(arch, ds, args, device, dataset, data_dir), "plain": lambda: run_plain(arch, ds, args, device)}
     for prec, fmt in BARE:

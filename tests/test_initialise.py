@@ -83,7 +83,7 @@ def test_a_model_without_an_input_convolution_is_left_as_built_with_a_note(capsy
     assert "whiten_init: no one-group convolution reads the model's input directly" in capsys.readouterr().err
 
 
-def test_identity_start_passes_the_input_through_where_a_convolution_can():
+def test_identity_start_adds_the_input_to_what_a_convolution_made_where_it_can():
     model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
                           nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 3, padding=1),  # fewer outputs: left
                           nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 2))  # depthwise, even: left
@@ -91,10 +91,53 @@ def test_identity_start_passes_the_input_through_where_a_convolution_can():
     assert initialise.identity(model, skip=model[0]) == 2
     assert torch.equal(model[0].weight, before[0])
     x = torch.randn(2, 8, 6, 6)
-    assert torch.allclose(model[1](x) - model[1].bias.view(1, -1, 1, 1), x)
-    assert torch.allclose((model[2](x) - model[2].bias.view(1, -1, 1, 1))[:, :8], x)
+    own = F.conv2d(x, before[1], model[1].bias, padding=1)
+    assert torch.allclose(model[1](x), own + x, atol=1e-5)  # the identity on top of the model's own filters
+    own = F.conv2d(x, before[2], model[2].bias)
+    assert torch.allclose(model[2](x)[:, :8], own[:, :8] + x, atol=1e-5)
     assert torch.equal(model[2].weight[8:], before[2][8:])  # the filters beyond in_channels keep their start
     assert all(torch.equal(model[i].weight, before[i]) for i in (3, 4, 5))
+
+
+def _digits_sample(n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
+    from filter_templates.data.augment import Loader
+
+    ds = load_data("digits", limit_train=n)
+    return next(iter(Loader(ds.train_x, ds.train_y, n, train=False, mean=ds.mean, std=ds.std, channels_last=False)))
+
+
+def test_whitening_gives_no_filter_to_directions_grey_images_lack():
+    """The digits are grey images stored as RGB: 9 of a 3x3 patch's 27 directions carry variance.
+    A whitened filter on one of the other 18 answers only with rounding, in fp32 and far more in
+    bf16, and the BatchNorm after it would make that rounding a channel of its own."""
+    x, _ = _digits_sample()
+    conv = nn.Conv2d(3, 64, 3, padding=1)
+    before = conv.weight.detach().clone()
+    eigenvalues = initialise.whiten(conv, [x])
+    assert len(eigenvalues) <= 9 and bool((eigenvalues >= initialise.WHITEN_FLOOR * eigenvalues[0]).all())
+    n = 2 * len(eigenvalues)
+    assert torch.equal(conv.weight[n:], before[n:])  # the rest keep the model's start
+    with torch.no_grad():
+        fp32 = conv(x)[:, :n]
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            bf16 = conv(x)[:, :n].float()
+    signal = fp32.std(dim=(0, 2, 3))
+    noise = (bf16 - fp32).std(dim=(0, 2, 3))
+    assert bool((signal > 0.3).all())  # every whitened filter sees the images
+    assert bool((noise < 0.5 * signal).all())  # and bf16 rounding does not drown it
+
+
+def test_the_fast_starts_keep_the_gradient_of_a_deep_plain_net_in_scale_on_digits():
+    """VGG-19 with both starts on the digits: one backward pass. With convolutions that were only
+    the identity, each channel ran alone through 15 ReLU(BatchNorm(.)) and the gradient of the
+    second convolution came out 3e4 times its weights."""
+    x, y = _digits_sample()
+    model = make_arch("vgg19", "uniform", 0.1, 10).build()
+    _initialise(model, _digits_config(whiten_init=True, identity_init=True), load_data("digits"))
+    model.train()
+    F.cross_entropy(model(x), y).backward()
+    ratios = [(m.weight.grad.norm() / m.weight.norm()).item() for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert max(ratios) < 5, [f"{r:.2g}" for r in ratios]
 
 
 def _digits_config(**kw) -> TrainConfig:
