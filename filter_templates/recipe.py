@@ -22,6 +22,7 @@ from typing import Any, Callable
 import torch
 
 from . import muon, validate
+from .errors import UsageError
 
 __all__ = ["RECIPES", "RECIPE_FIELDS", "SCHEDULES", "OPTIMIZERS", "lr_multiplier", "make_optimizer", "EMA", "check_recipe_values"]
 
@@ -125,21 +126,18 @@ class EMA:
         self.updates = int(state["updates"])
 
 
-def check_recipe_values(get: Callable[[str], Any], fail: Callable[[str], None]) -> None:
-    """Refuse recipe settings no run could use (``fail(message)``)."""
+def check_recipe_values(get: Callable[[str], Any]) -> None:
+    """Refuse recipe settings no run could use (UsageError)."""
     if get("schedule") not in SCHEDULES:
-        fail(f"training config 'schedule' must be one of {', '.join(SCHEDULES)}, got {get('schedule')!r}")
-    for name, low, high in (("warmup", 0.0, 1.0), ("label_smoothing", 0.0, 1.0), ("ema", 0.0, 1.0)):
-        v = get(name)
-        if not (validate.is_number(v) and low <= v < high):
-            fail(f"training config '{name}' must be {validate.expected(float, low, False, high)}, got {v!r}")
+        raise UsageError(f"training config 'schedule' must be one of {', '.join(SCHEDULES)}, got {get('schedule')!r}")
+    for name in ("warmup", "label_smoothing", "ema"):
+        validate.number(get(name), f"training config '{name}'", 0.0, strict=False, maximum=1.0)
     for name, high, unit in (
             ("crop_pad", MAX_CROP_PAD, "pixels of padding before the random crop"),
             ("tta_shift", MAX_TTA_SHIFT, "pixels the two shifted test views of the final evaluation move")):
-        v = get(name)
-        if not (validate.is_integer(v) and 0 <= v <= high):
-            fail(f"training config '{name}' must be an integer from 0 to {high} ({unit}), got {v!r}")
+        validate.integer(get(name), f"training config '{name}' ({unit})", 0, maximum=high)
     if get("optimizer") not in OPTIMIZERS:
-        fail(f"training config 'optimizer' must be one of {', '.join(OPTIMIZERS)}, got {get('optimizer')!r}")
+        raise UsageError(f"training config 'optimizer' must be one of {', '.join(OPTIMIZERS)}, "
+                         f"got {get('optimizer')!r}")
     if get("nesterov") is True and not get("momentum"):
-        fail("training config 'nesterov' needs a momentum above 0")
+        raise UsageError("training config 'nesterov' needs a momentum above 0")

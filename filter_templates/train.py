@@ -145,7 +145,7 @@ class TrainConfig:
         for name in _BOOLS:
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"training config '{name}' must be true or false, got {getattr(self, name)!r}")
-        check_recipe_values(lambda name: getattr(self, name), _fail)
+        check_recipe_values(lambda name: getattr(self, name))
         check_prune(self.prune)
         if not isinstance(self.device, str) or not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise UsageError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
@@ -203,10 +203,6 @@ def identity(config: Mapping[str, Any]) -> dict[str, Any]:
     muon = config.get("optimizer") == "muon"
     return {k: v for k, v in config.items() if k in RESULT_KEYS and not (k == "muon_lr" and not muon)
             and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
-
-
-def _fail(message: str) -> None:
-    raise UsageError(message)
 
 
 def _check_int(name: str, v: Any, minimum: int) -> None:

@@ -30,6 +30,8 @@ def is_number(v: Any) -> bool:
 
 def expected(kind: type, minimum: float, strict: bool, maximum: float | None = None) -> str:
     """What a check accepts, in words: "a positive integer", "a fraction in [0, 1)", ..."""
+    if kind is int and maximum is not None:
+        return f"an integer from {minimum + (1 if strict else 0):g} to {maximum:g}"
     if maximum is not None:
         noun = "a fraction" if (minimum, maximum) == (0, 1) else "a number"
         return f"{noun} in {'(' if strict else '['}{minimum:g}, {maximum:g})"
@@ -40,10 +42,12 @@ def expected(kind: type, minimum: float, strict: bool, maximum: float | None = N
     return f"{'an integer' if kind is int else 'a finite number'} {'>' if strict else '>='} {minimum:g}"
 
 
-def integer(v: Any, what: str, minimum: int = 1, *, error: Type[Exception] = UsageError) -> int:
-    """``v`` as an int when it is an integer ``>= minimum``; else ``error`` naming ``what``."""
-    if not is_integer(v) or v < minimum:
-        raise error(f"{what} must be {expected(int, minimum, False)}, got {v!r}")
+def integer(v: Any, what: str, minimum: int = 1, *, maximum: int | None = None,
+            error: Type[Exception] = UsageError) -> int:
+    """``v`` as an int when it is an integer ``>= minimum`` (and ``<= maximum``); else ``error``
+    naming ``what``."""
+    if not is_integer(v) or v < minimum or (maximum is not None and v > maximum):
+        raise error(f"{what} must be {expected(int, minimum, False, maximum)}, got {v!r}")
     return int(v)
 
 
