@@ -151,6 +151,8 @@ def check_engine_args(args: argparse.Namespace) -> None:
                        "their threads",
                 "slurm": "; with slurm, --cpus-per-task sets each job's CPUs and threads"}.get(args.engine, "")
         raise UsageError(f"{', '.join(given)} only apply to --engine {engine}{hint if engine == 'local' else ''}")
+    if args.engine == "slurm":  # refused now, before any data is read
+        engine_options(args).slurm.validate()
 
 
 def engine_options(args: argparse.Namespace, jobs: int | None = None,

@@ -49,7 +49,8 @@ class TrainJob:
         torch.set_num_threads(max(1, int(os.environ.get("SLURM_CPUS_PER_TASK") or payload["threads"])))
         first: dict[str, float] = {}
 
-        def on_epoch(row: dict) -> None:
+        def on_epoch(row: dict) -> None:  # the first epoch this start trained (later than 1 when resumed)
+            first.setdefault("epoch", int(row["epoch"]))
             first.setdefault("at", time.time())
             first.setdefault("seconds", float(row.get("seconds") or 0.0))
 
@@ -62,7 +63,8 @@ class TrainJob:
             return {"status": "failed", "reason": reason_of(exc), "slurm_job_id": _job_id()}
         slurm = {"job_id": _job_id(), "node": socket.gethostname(), "restarts": _restarts(),
                  "submitted_at": payload.get("submitted_at"), "started_at": started,
-                 "first_epoch_at": first.get("at"), "first_epoch_s": first.get("seconds")}
+                 "first_epoch": first.get("epoch"), "first_epoch_at": first.get("at"),
+                 "first_epoch_s": first.get("seconds")}
         own = read_json(run_dir / SUMMARY)  # train's file, without what the sweep measured beside it
         if own is not None:
             atomic_write_json(run_dir / SUMMARY, {**own, "slurm_job_id": slurm["job_id"], "slurm": slurm})

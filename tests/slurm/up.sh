@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # A one-node Slurm cluster on this machine, for the tests of `sweep --engine slurm`.
 #
-# Idempotent: does nothing when the node is already idle. As root it installs slurm-wlm and munge
-# with apt-get when they are missing, writes a munge key and /etc/slurm/slurm.conf (one node with
-# this machine's CPUs and memory, one default partition, no cgroups, short timeouts), starts
-# munged, slurmctld and slurmd, and waits until `sinfo` shows the node idle. On failure it prints
-# one line saying why and exits non-zero; the Slurm tests then skip with that reason.
+# Idempotent: does nothing when the node is idle under this script's configuration (or under a
+# configuration it did not write: a real cluster is left alone). As root it installs slurm-wlm and
+# munge with apt-get when they are missing, writes a munge key and /etc/slurm/slurm.conf (one node
+# with this machine's CPUs and memory, one default partition, no cgroups, short timeouts), starts
+# munged, slurmctld and slurmd (restarting the two it started before when the configuration
+# changed), and waits until `sinfo` shows the node idle. On failure it prints one line saying why
+# and exits non-zero; the Slurm tests then skip with their own one-line reason.
 set -uo pipefail
 
 CONF=/etc/slurm/slurm.conf
@@ -14,6 +16,8 @@ NODE=$(hostname -s)
 STATE=/var/spool/slurm-ft
 LOGS=/var/log/slurm-ft
 PARTITION=${FT_SLURM_PARTITION:-debug}
+CTLD_PID=/run/slurmctld-ft.pid
+SLURMD_PID=/run/slurmd-ft.pid
 
 fail() { echo "tests/slurm/up.sh: $*" >&2; exit 1; }
 
@@ -22,7 +26,53 @@ node_idle() {
     [[ "$(timeout 10 sinfo -h -N -n "$NODE" -o '%t' 2>/dev/null)" =~ ^(idle|mix|alloc)$ ]]
 }
 
-node_idle && exit 0
+wanted_conf() {
+    local cpus mem_mb
+    cpus=$(nproc)
+    mem_mb=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 ))
+    cat <<EOF
+$MARK
+ClusterName=filter-templates
+SlurmctldHost=$NODE(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+# a requeued job waits cred_expire seconds before it starts again (120 by default)
+AuthInfo=cred_expire=10
+StateSaveLocation=$STATE/ctld
+SlurmdSpoolDir=$STATE/d
+SlurmctldPidFile=$CTLD_PID
+SlurmdPidFile=$SLURMD_PID
+SlurmctldLogFile=$LOGS/slurmctld.log
+SlurmdLogFile=$LOGS/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+MpiDefault=none
+ReturnToService=2
+SlurmdParameters=config_overrides
+SlurmctldTimeout=30
+SlurmdTimeout=30
+MessageTimeout=10
+InactiveLimit=0
+KillWait=5
+MinJobAge=600
+SchedulerParameters=sched_min_interval=100000
+NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
+EOF
+}
+
+WANTED=$(wanted_conf)
+if node_idle; then
+    # a cluster this script did not configure, or ours unchanged: nothing to do
+    if [[ ! -f $CONF ]] || ! grep -qF "$MARK" "$CONF" || [[ "$(cat "$CONF")" == "$WANTED" ]]; then
+        exit 0
+    fi
+fi
 [[ $(id -u) -eq 0 ]] || fail "needs root to install and start Slurm (run it with sudo)"
 
 if ! command -v slurmctld >/dev/null || ! command -v slurmd >/dev/null || ! command -v munged >/dev/null; then
@@ -47,48 +97,25 @@ if ! pgrep -u munge -x munged >/dev/null; then
     runuser -u munge -- /usr/sbin/munged || fail "munged did not start (see /var/log/munge/munged.log)"
 fi
 
-# slurm.conf: this machine as the one node
-CPUS=$(nproc)
-MEM_MB=$(( $(awk '/^MemTotal:/ {print $2}' /proc/meminfo) / 1024 ))
+# slurm.conf: this machine as the one node; daemons this script started under another one restart
 mkdir -p "$STATE/ctld" "$STATE/d" "$LOGS" /etc/slurm
-cat >"$CONF" <<EOF
-$MARK
-ClusterName=filter-templates
-SlurmctldHost=$NODE(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-StateSaveLocation=$STATE/ctld
-SlurmdSpoolDir=$STATE/d
-SlurmctldPidFile=/run/slurmctld-ft.pid
-SlurmdPidFile=/run/slurmd-ft.pid
-SlurmctldLogFile=$LOGS/slurmctld.log
-SlurmdLogFile=$LOGS/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-JobAcctGatherType=jobacct_gather/none
-AccountingStorageType=accounting_storage/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=none
-ReturnToService=2
-SlurmdParameters=config_overrides
-SlurmctldTimeout=30
-SlurmdTimeout=30
-MessageTimeout=10
-InactiveLimit=0
-KillWait=5
-MinJobAge=600
-SchedulerParameters=sched_min_interval=100000
-NodeName=$NODE NodeAddr=127.0.0.1 CPUs=$CPUS RealMemory=$MEM_MB State=UNKNOWN
-PartitionName=$PARTITION Nodes=$NODE Default=YES MaxTime=INFINITE State=UP
-EOF
+if [[ ! -f $CONF || "$(cat "$CONF")" != "$WANTED" ]]; then
+    printf '%s\n' "$WANTED" >"$CONF"
+    for pidfile in "$SLURMD_PID" "$CTLD_PID"; do
+        pid=$(cat "$pidfile" 2>/dev/null)
+        if [[ -n $pid ]] && kill "$pid" 2>/dev/null; then
+            for _ in $(seq 40); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+        fi
+    done
+fi
 
 # the daemons (each forks into the background)
 pgrep -x slurmctld >/dev/null || slurmctld || fail "slurmctld did not start (see $LOGS/slurmctld.log)"
 pgrep -x slurmd >/dev/null || slurmd || fail "slurmd did not start (see $LOGS/slurmd.log)"
 
-for _ in $(seq 60); do
+state=""
+deadline=$((SECONDS + 60))
+while ((SECONDS < deadline)); do
     node_idle && exit 0
     state=$(timeout 10 sinfo -h -N -n "$NODE" -o '%t' 2>/dev/null)
     if [[ $state == down* || $state == drain* ]]; then
