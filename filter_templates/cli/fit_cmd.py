@@ -15,8 +15,8 @@ from ..rundir import atomic_write_json, check_writable, writing
 from .args import add_measure_args, add_model_args, fraction, model_from_args, positive_float
 
 BUDGET_HELP = (
-    "the budget, KEY=VALUE. KEY: params or flops (forward FLOPs per image at --image-size, default 32x32), counts with an "
-    "optional K/M/G/T suffix, 1000-based (params=1M, flops=100M); memory, bytes of one SGD training "
+    "the budget, KEY=VALUE. KEY: params or flops (forward FLOPs per image at --image-size, default 32x32), "
+    "counts with an optional K/M/G/T suffix, 1000-based (params=1M, flops=100M); memory, bytes of one SGD training "
     "step at --batch-size (CPU: exact account; CUDA: allocator peak), K/M/G/T = 1000-based, "
     "Ki/Mi/Gi/Ti = 1024-based, optional trailing B (memory=512M, memory=2GiB); latency, seconds of "
     "one eval forward pass at --batch-size on --device, with suffix s, ms or us (latency=20ms)"

@@ -282,8 +282,8 @@ def _build(listing: Listing, size: int, key: str, cache_dir: Path) -> Dataset:
             y[:] = [label for label, _, _ in files]
             _decode_split(listing, split, x, size)
         mean, std = channel_stats(arrays["train_x"])
-        ds = Dataset(name=NAME, classes=listing.classes, mean=mean, std=std, source=str(listing.origin),  # type: ignore[arg-type]
-                     **arrays)
+        ds = Dataset(name=NAME, classes=listing.classes, mean=mean, std=std,  # type: ignore[arg-type]
+                     source=str(listing.origin.resolve()), **arrays)
         return b.finish(ds)
 
 

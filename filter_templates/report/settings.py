@@ -93,7 +93,7 @@ def _departures(s: Mapping[str, Any]) -> list[str]:
 
 def caption(settings: Sequence[Mapping[str, Any]]) -> str:
     """One line that says which runs a table shows: the recipe (with what departs from its
-    defaults), the epochs and the test views, each one value or "per row"."""
+    defaults), the epochs, the test views and (other than 32) the image size, each one value or "per row"."""
     if not settings:
         return "Runs: none done yet."
     recipes = list(dict.fromkeys(str(s.get("recipe")) for s in settings))
@@ -104,8 +104,11 @@ def caption(settings: Sequence[Mapping[str, Any]]) -> str:
         parts.append(r + (f" ({', '.join(shared)}; the recipe's other values as defined)" if shared else ""))
     epochs = sorted({int(s["epochs"]) for s in settings if s.get("epochs") is not None})
     views = sorted({views_of(s) for s in settings})
+    sizes = sorted({int(s.get("image_size") or 32) for s in settings})  # 32: the built-in datasets'
     per_row = " (per row)"
     return (f"Runs: recipe{'s' * (len(recipes) > 1)} " + ", ".join(parts) + (per_row if len(recipes) > 1 else "")
             + f"; {'/'.join(map(str, epochs)) or '?'} epoch{'s' * (epochs != [1])}" + (per_row if len(epochs) > 1 else "")
             + f"; {'/'.join(map(str, views))} test view{'s' * (views != [1])} per image in the final accuracy"
-            + (per_row if len(views) > 1 else "") + ".")
+            + (per_row if len(views) > 1 else "")
+            + (f"; {'/'.join(map(str, sizes))} px images" + (per_row if len(sizes) > 1 else "") if sizes != [32] else "")
+            + ".")
