@@ -99,9 +99,7 @@ class Arch:
         size = validate.integer(d.get("image_size", IMAGE_SIZE), "architecture config 'image_size'", MIN_IMAGE_SIZE)
         fam = get_family(str(d["family"]), size)
         _check_size(fam.name, size)
-        filters = d["filters"]
-        if not isinstance(filters, list) or not all(isinstance(f, int) and not isinstance(f, bool) and f >= 1 for f in filters):
-            raise UsageError("architecture config 'filters' must be a list of positive integers")
+        filters = validate.positive_integers(d["filters"], "architecture config 'filters'")
         if len(filters) != fam.depth:
             raise UsageError(f"architecture config has {len(filters)} filter counts; {fam.name} has {fam.depth} template layers")
         width = validate.number(d["width"], "width")
@@ -120,9 +118,7 @@ class Arch:
         as_published = d.get("as_published", False)
         if not isinstance(as_published, bool):
             raise UsageError(f"architecture config 'as_published' must be true or false, got {as_published!r}")
-        widths = d.get("widths", [])
-        if not isinstance(widths, list) or not all(validate.is_integer(w) and w >= 1 for w in widths):
-            raise UsageError("architecture config 'widths' must be a list of positive integers")
+        widths = validate.positive_integers(d.get("widths", []), "architecture config 'widths'")
         if widths and fam.expand is None:
             raise UsageError(f"architecture config has 'widths' but {fam.name} takes none")
         return cls(
@@ -173,8 +169,7 @@ def make_arch(
         family = resolve_model(family, image_size=image_size)
     fam = get_family(family, image_size)
     _check_size(fam.name, image_size)
-    if isinstance(width, (int, float)) and not isinstance(width, bool) and width > MAX_WIDTH:
-        raise UsageError(f"width multiplier {width:g} is over the limit of {MAX_WIDTH:g}")
+    validate.up_to(width, "width multiplier", MAX_WIDTH)
     validate.integer(classes, "number of classes")
     if not isinstance(as_published, bool):
         raise UsageError(f"as_published must be True or False, got {as_published!r}")

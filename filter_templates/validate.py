@@ -15,7 +15,7 @@ from typing import Any, Sequence, Type
 
 from .errors import UsageError
 
-__all__ = ["integer", "number", "up_to", "layer_counts", "parse", "expected", "is_integer", "is_number"]
+__all__ = ["integer", "number", "up_to", "layer_counts", "positive_integers", "parse", "expected", "is_integer", "is_number"]
 
 
 def is_integer(v: Any) -> bool:
@@ -78,6 +78,13 @@ def layer_counts(values: Sequence[Any], what: str, maximum: int, *, owner: str) 
         raise UsageError(f"{owner}: a layer of {max(out):,} filters is over the limit of {maximum:,}; "
                          "use a smaller width or counts")
     return out
+
+
+def positive_integers(v: Any, what: str) -> list[int]:
+    """``v`` when it is a list of integers ``>= 1`` (a record read from JSON); else a UsageError."""
+    if not isinstance(v, list) or not all(is_integer(x) and x >= 1 for x in v):
+        raise UsageError(f"{what} must be a list of positive integers")
+    return v
 
 
 def parse(text: str, kind: type, minimum: float, *, strict: bool = False, maximum: float | None = None) -> Any:
