@@ -1,11 +1,19 @@
-"""The Ray engine on a local Ray: a two-point grid, each point a Tune trial; the driver alone writes
-the results store. Skipped where Ray is not installed (it is an optional extra; CI installs it)."""
+"""The Ray engine on a local Ray and on a cluster started with ``ray start --head``: a two-point
+grid, each point a Tune trial; the driver alone writes the results store. Skipped where Ray is not
+installed (it is an optional extra; CI installs it)."""
 
 from __future__ import annotations
 
 import json
 import os
+import signal
+import socket
+import subprocess
 import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
 
 import pytest
 
@@ -93,3 +101,63 @@ def test_budget_sweep_on_a_local_ray(tmp_path, capsys, monkeypatch):
     assert all(p["run"]["status"] == "done" and p["run"]["params"] <= 20_000 for p in fitted)
     assert main(argv) == 0  # a re-run starts no trial
     assert json.loads(capsys.readouterr().out)["skipped_done"] == 2
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_joining_a_ray_start_head_cluster_needs_nothing_exported(tmp_path):
+    """A real head started with `ray start --head` (Ray >= 2.59 turns token authentication on when
+    a token exists); the sweep joins it with the token that is in ~/.ray/auth_token and nothing in
+    the environment, as a user would after `ray start`. The head runs in its own process group
+    (its own HOME, port, temporary folder) and is stopped through it."""
+    pytest.importorskip("ray")
+    home = tmp_path / "home"
+    (home / ".ray").mkdir(parents=True)
+    (home / ".ray" / "auth_token").write_text(uuid.uuid4().hex)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("RAY_AUTH", "RAY_ADDRESS"))}
+    env["HOME"] = str(home)
+    port = _free_port()
+    temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    ray_cli = Path(sys.executable).with_name("ray")
+    head = subprocess.Popen(
+        [str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--temp-dir={temp}",
+         "--num-cpus=2", "--include-dashboard=false", f"--dashboard-port={_free_port()}",
+         f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        started = head.communicate(timeout=180)[0]
+        assert head.returncode == 0, started[-2000:]
+        argv = ["sweep", "--engine", "ray", "--address", f"127.0.0.1:{port}", "--models", "mobilenet", "--templates",
+                "base", "uniform", "--widths", "0.05", "--datasets", "digits", "--epochs", "1", "--limit-train", "128",
+                "--limit-test", "64", "--precision", "fp32", "--memory-format", "contiguous", "--device", "cpu",
+                "--db", str(tmp_path / "r.sqlite"), "--runs-dir", str(tmp_path / "runs"), "--json"]
+        sweep = subprocess.run([sys.executable, "-m", "filter_templates", *argv], env=env, capture_output=True,
+                               text=True, timeout=400)
+        assert sweep.returncode == 0, sweep.stderr[-2000:]
+        out = json.loads(sweep.stdout)
+        assert (out["engine"], out["points"], out["done"], out["failed"]) == ("ray", 2, 2, 0)
+        with Store(tmp_path / "r.sqlite") as s:
+            assert [r["status"] for r in s.rows()] == ["done", "done"]
+    finally:
+        _stop_group(head.pid)
+        subprocess.run(["rm", "-rf", temp], check=False)
+
+
+def _stop_group(pgid: int) -> None:
+    """Stop every process of the head's group: SIGTERM, then SIGKILL what is left."""
+    for sig, wait in ((signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.time() + wait
+        while time.time() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.2)
