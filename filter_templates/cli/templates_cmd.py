@@ -6,9 +6,15 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..arch import IMAGE_SIZE
+from ..arch import IMAGE_SIZE, make_arch
+from ..compare import TOLERANCE, compare_published, markdown_table
 from ..errors import UsageError
+from ..measure import LATENCY_MIN_RUN_TIME, arch_flops, arch_params, resolve_device, resources
 from ..messages import note
+from ..models import get_family
+from ..progress import Progress
+from ..published import study_families
+from ..templates import template_names
 from .args import add_measure_args, add_model_args, model_from_args, positive_float
 
 
@@ -33,12 +39,6 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
 
 
 def rows(args: argparse.Namespace) -> list[dict]:
-    from ..arch import make_arch
-    from ..measure import LATENCY_MIN_RUN_TIME, arch_flops, arch_params, resolve_device, resources
-    from ..models import get_family
-    from ..progress import Progress
-    from ..templates import template_names
-
     args.model = model_from_args(args)
     size = args.image_size or IMAGE_SIZE
     measure = getattr(args, "measure", False)
@@ -65,9 +65,6 @@ def rows(args: argparse.Namespace) -> list[dict]:
 
 
 def compare(args: argparse.Namespace) -> int:
-    from ..compare import TOLERANCE, compare_published, markdown_table
-    from ..published import study_families
-
     if args.model is not None and args.model not in study_families():
         raise UsageError(f"--compare-published takes a study family ({', '.join(study_families())}), not {args.model!r}")
     table = compare_published([args.model] if args.model else None, args.classes)
@@ -109,7 +106,6 @@ def run(args: argparse.Namespace) -> int:
             doc["layers"] = layers
         print(json.dumps(doc))
         return 0
-    from ..models import get_family
 
     size = args.image_size or IMAGE_SIZE
     fam = get_family(args.model, size)
@@ -138,8 +134,6 @@ def run(args: argparse.Namespace) -> int:
 
 def _layers(model: str, image_size: int) -> list[dict] | None:
     """One entry per template layer of a user's model: its base width and the modules that share it."""
-    from ..models import get_family
-
     fam = get_family(model, image_size)
     modules = getattr(fam, "layer_modules", ())
     if not modules:
