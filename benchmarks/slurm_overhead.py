@@ -53,7 +53,8 @@ def point_times(summary: dict) -> dict:
     queued = s["started_at"] - s["submitted_at"]
     to_epoch_end = s["first_epoch_at"] - s["started_at"]
     return {
-        "run": Path(summary.get("run_dir", "")).name or s["job_id"], "slurm_job_id": s["job_id"],
+        "run": Path(summary["run_dir"]).name.rpartition("-")[0],  # the point, without its key's digest
+        "slurm_job_id": s["job_id"],
         "submission_to_start_s": round(queued, 2),
         "scheduling_s": None if start is None else round(start - s["submitted_at"], 2),
         "python_start_s": None if start is None else round(s["started_at"] - start, 2),
@@ -91,6 +92,7 @@ def main(argv=None) -> int:
         "median_start_to_first_epoch_s": round(statistics.median(r["start_to_first_epoch_s"] for r in rows), 2),
         "sweep_command": " ".join(["filter-templates", *cmd[cmd.index("sweep"):]]),
         "slurm": subprocess.run(["sinfo", "-V"], capture_output=True, text=True).stdout.strip(),
+        "slurm_start_resolution_s": 1.0,  # squeue's start time is in whole seconds: the split is +-1 s
     }
     if args.write:
         write(args.write, "slurm_overhead", title="Slurm engine: overhead per grid point", numbers=numbers, seeds=[0],
@@ -98,7 +100,8 @@ def main(argv=None) -> int:
               table={"columns": ["run", "submission -> start (s)", "start -> first epoch (s)", "first epoch (s)"],
                      "rows": [[r["run"], r["submission_to_start_s"], r["start_to_first_epoch_s"], r["first_epoch_s"]]
                               for r in rows]},
-              note="On a one-node Slurm (this machine, started by tests/slurm/up.sh). submission -> start: from "
+              note="On a one-node Slurm (this machine, started by tests/slurm/up.sh), one CPU per job, both jobs "
+                   "at once. submission -> start: from "
                    "sbatch to the job's Python entering the run (Slurm's scheduling, then the interpreter and torch "
                    "starting); start -> first epoch: data, model and the execution choice (precision and memory "
                    "format, measured) before the first epoch trains. The machine's load average is recorded: "
