@@ -1,4 +1,4 @@
-"""Training throughput: whole epochs of ``train()`` versus a plain CIFAR loop versus the bare step (SPEC section 11).
+"""Training throughput: whole epochs of ``train()`` versus a plain CIFAR loop versus the bare step.
 
 In one process, on the same model and the same images, alternating the variants round after round:
 
@@ -205,7 +205,7 @@ def main_rule(args, arch, ds, source, device) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--mode", choices=["all", "rule"], default="all",
                    help="all: ours vs plain vs bare; rule: the execution rule vs the fastest measured variant")
@@ -225,7 +225,11 @@ def main(argv=None) -> int:
     p.add_argument("--synthetic", action="store_true", help="synthetic data even when the shared CIFAR-10 exists")
     p.add_argument("--json", action="store_true")
     add_write_argument(p)
-    args = p.parse_args(argv)
+    return p
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
 
     device = resolve_device(args.device)
     t0 = time.perf_counter()

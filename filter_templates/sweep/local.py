@@ -91,23 +91,14 @@ def run_local(
     """Run every point of ``configs`` that is not done yet on this machine.
 
     ``jobs``: how many runs train at once, each in its own process (this one and ``jobs - 1``
-    worker processes claiming from the same store); ``threads``: torch CPU threads of each (None:
-    :func:`autotune.threads_for`'s share of the cores for ``jobs`` runs; a resumed run keeps its
-    own); ``threads_source``: what chose a given ``threads`` (default ``--threads``).
+    worker processes claiming from the same store); ``threads``, ``threads_source``: see :func:`_threads`.
     """
     import torch
-
-    from ..autotune import threads_for
-    from ..device import resolve_device
 
     t0 = time.perf_counter()
     owner = owner_id()
     before = torch.get_num_threads()
-    if threads:
-        threads_source = threads_source or "--threads"
-    else:
-        device = resolve_device(configs[0].device) if configs else resolve_device("cpu")
-        threads, threads_source = threads_for(device, jobs)
+    threads, threads_source = _threads(configs, jobs, threads, threads_source)
     workers: list[tuple[subprocess.Popen, Path]] = []
     with Store(db) as store:
         points, result = prepare(store, configs, runs_dir, retry_failed=retry_failed,
@@ -131,7 +122,7 @@ def run_local(
                 if claim["reclaimed"]:
                     _log(f"{point.name}: taking over from {claim['previous_owner']}, which stopped; "
                          "resuming from its checkpoint")
-                torch.set_num_threads(threads)  # each run: a resumed one before it may have kept its own
+                torch.set_num_threads(threads)  # a resumed run before this one kept its own
                 try:
                     summary = train_point(store, point, claim["claim_token"], progress=progress,
                                           heartbeat_every=heartbeat_every, threads_source=threads_source)
@@ -173,6 +164,19 @@ def run_local(
         counts = store.counts(keys)
         result.elsewhere = counts["running"] + counts["pending"]
     return result
+
+
+def _threads(configs: Sequence["TrainConfig"], jobs: int, threads: int | None,
+             source: str | None) -> tuple[int, str]:
+    """The thread count of every run of this engine and what chose it: the caller's, else
+    :func:`autotune.threads_for`'s share of the cores among ``jobs`` runs (not among the runs
+    left to do: a resumed sweep must give its runs the counts the first one did)."""
+    from ..autotune import threads_for
+    from ..device import resolve_device
+
+    if threads:
+        return threads, source or "--threads"
+    return threads_for(resolve_device(configs[0].device if configs else "cpu"), jobs)
 
 
 def _count(result: SweepResult, point: Point, summary: dict) -> None:
