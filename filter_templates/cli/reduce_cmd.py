@@ -6,9 +6,13 @@ import argparse
 import json
 from typing import TYPE_CHECKING
 
-from .args import MODEL_HELP, add_fix_arg, add_run_args, model_from_args, nonnegative_int, positive_int
 from ..data.split import DEFAULT_MAX
+from ..fit import format_value
 from ..messages import note
+from ..models import family_names
+from ..prune import Baselines
+from ..reduce import reduce
+from .args import MODEL_HELP, add_fix_arg, add_run_args, model_from_args, nonnegative_int, positive_int
 from .fit_cmd import BUDGET_HELP
 from .sweep_cmd import add_baseline_args, add_engine_args, check_engine_args, engine_options, train_settings
 
@@ -33,8 +37,6 @@ with the reason. Exit status 0 when a candidate finished, 1 when none did."""
 
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
-    from ..models import family_names
-
     p = sub.add_parser("reduce", help=help, description=DESCRIPTION)
     p.add_argument("--model", required=True, metavar="M", help=MODEL_HELP.format(', '.join(family_names())))
     add_fix_arg(p)
@@ -67,9 +69,6 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..prune import Baselines
-    from ..reduce import reduce
-
     check_engine_args(args)
     args.model = model_from_args(args)
     result = reduce(args.model, args.budget, args.dataset, templates=args.templates, seeds=args.seeds,
@@ -87,8 +86,6 @@ def run(args: argparse.Namespace) -> int:
 def render(result: "ReduceResult") -> str:
     """The ranked table and where the winner, its export and the report are; says what ranked the
     candidates and what each accuracy column is."""
-    from ..fit import format_value
-
     b = result.budget
     seeds = ", ".join(map(str, result.seeds))
     views = result.test_views if result.test_views is not None else "-"
@@ -117,7 +114,8 @@ def render(result: "ReduceResult") -> str:
     if win is None:
         lines.append("no winner: no candidate finished training")
     else:
-        lines.append(f"winner: {win.template} at width {win.width:g} ({win.params:,} parameters), run {win.run_dir}")
+        where = f"pruned from width {win.width:g}" if win.kind == "pruning" else f"at width {win.width:g}"
+        lines.append(f"winner: {win.template} {where} ({win.params:,} parameters), run {win.run_dir}")
         if result.exported:
             lines.append(f"exported: {result.exported}")
     if result.report:

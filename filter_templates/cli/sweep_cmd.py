@@ -5,15 +5,17 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from typing import TYPE_CHECKING
 
 from ..errors import UsageError
+from ..models import resolve_model
 from ..rundir import check_writable
-from ..sweep.store import DEFAULT_FILE
+from ..sweep.engines import ENGINES, EngineOptions, SlurmOptions, run_grid
+from ..sweep.grid import (ALL_TEMPLATES, PRESETS, TRAIN_FIELDS, SweepSpec, known_classes, load_config, plan_grid,
+                          preset, run_dir_name)
+from ..sweep.plan import reindex
+from ..sweep.store import DEFAULT_FILE, Store, point_key
+from ..train import check_val_split
 from .args import add_as_published, add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
-
-if TYPE_CHECKING:
-    from ..sweep.engines import EngineOptions
 
 DESCRIPTION = """\
 Train every point of a grid (families x templates x widths x datasets x seeds) and record each
@@ -28,8 +30,6 @@ failed (it is recorded with its reason and the sweep goes on), 0 otherwise."""
 
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
-    from ..sweep.grid import PRESETS
-
     p = sub.add_parser("sweep", help=help,
                        description=DESCRIPTION)
     src = p.add_mutually_exclusive_group()
@@ -96,8 +96,6 @@ def add_baseline_args(group: "argparse._ArgumentGroup") -> None:
 def add_engine_args(group: "argparse._ArgumentGroup", jobs_default: str = "1",
                     threads_default: str = "torch's choice") -> None:
     """How runs are executed: local jobs and threads, or Ray and its options (sweep, reduce)."""
-    from ..sweep.engines import ENGINES
-
     group.add_argument("--engine", choices=list(ENGINES), default="local",
                        help="local: runs train here, --jobs at a time (default); ray: each run a Ray Tune trial; "
                             "slurm: each run a Slurm job (pip install 'filter-templates[slurm]'); with ray on a "
@@ -159,8 +157,6 @@ def engine_options(args: argparse.Namespace, jobs: int | None = None,
                    threads: int | None = None) -> "EngineOptions":
     """The EngineOptions the flags ask for; ``jobs``/``threads``: a preset's or config's values
     (a flag overrides them; Ray ignores them, as its trials' CPU share decides)."""
-    from ..sweep.engines import EngineOptions, SlurmOptions
-
     d = SlurmOptions()
     slurm = SlurmOptions(partition=args.partition, time=args.time or d.time, cpus_per_task=args.cpus_per_task or
                          d.cpus_per_task, gpus_per_task=args.gpus_per_task or d.gpus_per_task, mem=args.mem,
@@ -176,8 +172,6 @@ def engine_options(args: argparse.Namespace, jobs: int | None = None,
 def train_settings(args: argparse.Namespace) -> dict:
     """The training settings the shared flags (``add_run_args``) set, by TrainConfig field name:
     one place, so a field added to TrainConfig and its flag reaches sweep and reduce alike."""
-    from ..sweep.grid import TRAIN_FIELDS
-
     out = {k: getattr(args, k, None) for k in TRAIN_FIELDS}
     if out.get("data_dir"):
         out["data_dir"] = os.path.abspath(out["data_dir"])
@@ -187,15 +181,11 @@ def train_settings(args: argparse.Namespace) -> dict:
 def _models(names: list[str] | None, image_size: int | None = None) -> list[str] | None:
     """--models: family names or package.module:function (imported here: only a flag may name code;
     a user's network is discovered at --image-size when given)."""
-    from ..models import resolve_model
-
     return None if names is None else [resolve_model(m, image_size=image_size or 32) for m in names]
 
 
 def spec_from_args(args: argparse.Namespace):
     """The SweepSpec the flags describe, or None when they name no grid."""
-    from ..sweep.grid import load_config, preset
-
     overrides = {
         "models": _models(args.models, args.image_size), "templates": args.templates, "widths": args.widths, "budgets": args.budgets,
         "datasets": args.datasets, "seeds": args.seeds, "divisor": args.divisor, "floor": args.floor,
@@ -213,8 +203,6 @@ def spec_from_args(args: argparse.Namespace):
                if overrides[k] is None and not (k == "widths" and overrides["budgets"] is not None)]
     if missing:
         raise UsageError(f"the grid needs {', '.join(missing)} (or use --preset quick|paper or --config FILE.toml)")
-    from ..sweep.grid import ALL_TEMPLATES, SweepSpec
-
     return SweepSpec(models=[], templates=list(ALL_TEMPLATES), widths=[], datasets=[]).merged(overrides)
 
 
@@ -223,15 +211,10 @@ def run(args: argparse.Namespace) -> int:
     spec = spec_from_args(args)
     if spec is None and not args.reindex:
         raise UsageError("name a grid: --preset quick|paper, --config FILE.toml, or --models/--widths/--datasets")
-
-    from ..sweep.store import Store
-
     check_writable(args.db, "--db", folder=False)  # before the data are read or anything trains
     check_writable(args.runs_dir, "--runs-dir", folder=True)
     out: dict = {"db": os.path.abspath(args.db), "runs_dir": os.path.abspath(args.runs_dir)}
     if args.reindex:
-        from ..sweep.plan import reindex
-
         if not os.path.isdir(args.runs_dir):
             raise UsageError(f"--reindex: run folder {args.runs_dir!r} does not exist")
         with Store(args.db) as store:
@@ -243,19 +226,12 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(out))
             return 0
 
-    from ..sweep.grid import known_classes, plan_grid
-
     grid = plan_grid(spec, classes_of=known_classes if args.dry_run else None)  # a real run reads the data now
     if not args.dry_run:
-        from ..train import check_val_split
-
         data = {(c.dataset, c.data_dir, c.limit_train, c.val_split): c for c in grid.configs}
         for c in data.values():  # a split the data cannot give is refused before anything trains
             check_val_split(c)
     if args.dry_run:
-        from ..sweep.grid import run_dir_name
-        from ..sweep.store import point_key
-
         names = [run_dir_name(c.to_dict(), point_key(c.to_dict())[0]) for c in grid.configs]
         skipped = [{"point": p.label(), "reason": p.reason} for p in grid.unreachable]
         if args.json:
@@ -266,8 +242,6 @@ def run(args: argparse.Namespace) -> int:
             print(f"{len(grid.configs)} points{f', {len(skipped)} unreachable' if skipped else ''}; "
                   "nothing run (--dry-run)")
         return 0
-
-    from ..sweep.engines import run_grid
 
     result = run_grid(grid, args.db, args.runs_dir, engine_options(args, spec.jobs, spec.threads))
     if args.json:
