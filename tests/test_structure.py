@@ -40,7 +40,6 @@ ALLOWED: set[tuple[str, str]] = {
     ('local-import', 'filter_templates.sweep.grid:BudgetPoint.record'),
     ('local-import', 'filter_templates.sweep.grid:_budget_points'),
     ('local-import', 'filter_templates.sweep.grid:_budgets'),
-    ('local-import', 'filter_templates.sweep.grid:_at_image_size'),
     ('local-import', 'filter_templates.sweep.grid:plan_grid'),
     ('local-import', 'filter_templates.sweep.local:_worker_main'),
     ('local-import', 'filter_templates.sweep.local:run_local'),

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 from .. import prune, validate
 from ..arch import make_arch
-from ..data import load_data, num_classes
+from ..data import data_shape, load_data, num_classes
 from ..errors import UsageError
 from ..messages import note
 from ..templates import BUILTIN
@@ -385,8 +385,6 @@ def _at_image_size(spec: SweepSpec, dataset: str) -> SweepSpec:
     """``spec`` with ``image_size`` set in its training settings: the one given, else the dataset's
     own (a folder's common image size; 32 for the built-in ones). Models are built, counted and
     fitted at it, so every point of a dataset has one size."""
-    from ..data import data_shape
-
     t = spec.train
     size = data_shape(dataset, t.get("data_dir"), t.get("image_size")).image_size
     return dataclasses.replace(spec, train={**t, "image_size": size})
