@@ -19,14 +19,16 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Callable, Sequence
 
+from ..autotune import threads_for
+from ..device import resolve_device
 from ..messages import note as _log
 from ..progress import Progress
 from ..rundir import CHECKPOINT, read_metrics
+from ..train import TrainConfig, train
 from .plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
 from .store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
 
 if TYPE_CHECKING:
-    from ..train import TrainConfig
     from .grid import BudgetPoint
 
 __all__ = ["run_local", "HEARTBEAT_EVERY"]
@@ -47,8 +49,6 @@ def train_point(store: Store, point: Point, token: str, *, progress: bool | None
                 heartbeat_every: float = HEARTBEAT_EVERY, threads_source: str | None = None) -> dict:
     """Train (or resume, or just record) one claimed point; returns the summary it recorded.
     ``threads_source``: how the engine set torch's thread count (recorded in the summary)."""
-    from ..train import train
-
     on_disk = finished_on_disk(point)
     if on_disk is not None:
         on_disk = complete_resources(point.config, on_disk, point.run_dir)
@@ -171,9 +171,6 @@ def _threads(configs: Sequence["TrainConfig"], jobs: int, threads: int | None,
     """The thread count of every run of this engine and what chose it: the caller's, else
     :func:`autotune.threads_for`'s share of the cores among ``jobs`` runs (not among the runs
     left to do: a resumed sweep must give its runs the counts the first one did)."""
-    from ..autotune import threads_for
-    from ..device import resolve_device
-
     if threads:
         return threads, source or "--threads"
     return threads_for(resolve_device(configs[0].device if configs else "cpu"), jobs)
@@ -230,8 +227,6 @@ def _merge(result: SweepResult, out: Path) -> None:
 
 def _worker_main(argv: Sequence[str]) -> int:
     """A worker of ``run_local(jobs=N)``: claim and train until nothing is left, then report."""
-    from ..train import TrainConfig
-
     job_file, result_file = Path(argv[0]), Path(argv[1])
     job = json.loads(job_file.read_text())
     result_file.with_suffix(".started").touch()
