@@ -295,6 +295,19 @@ def test_train_on_a_folder_records_its_size_and_exports_for_it(cache_home, capsy
     assert "--image-size" in capsys.readouterr().err
 
 
+def test_a_fitted_record_brings_its_size_to_train(cache_home):
+    """A model fitted for 40 px images trains at 40 px: the record's size is the default."""
+    from filter_templates.cli import main
+
+    data = make_folder(cache_home / "d", per_class={"train": 12, "test": 4}, sizes=((36, 36),))
+    assert main(["fit", "--model", "vgg19", "--template", "uniform", "--budget", "params=2K", "--classes", "3",
+                 "--image-size", "40", "--save", str(cache_home / "fits")]) == 0
+    saved = next((cache_home / "fits").iterdir())
+    assert main(["train", "--config", str(saved), "--dataset", "folder", "--data-dir", str(data), "--epochs", "1",
+                 "--batch-size", "16", "--threads", "1", "--out", str(cache_home / "r3"), "--quiet"]) == 0
+    assert json.loads((cache_home / "r3" / "config.json").read_text())["image_size"] == 40
+
+
 @pytest.mark.slow  # the ONNX exporter takes ~20-80 s on a shared 2-core machine
 def test_onnx_export_takes_the_run_size(tmp_path):
     pytest.importorskip("onnx")

@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from ..arch import Arch, make_arch
+from ..arch import IMAGE_SIZE, Arch, make_arch
 from ..autotune import threads_for
 from ..data import data_shape
 from ..device import resolve_device
@@ -126,6 +126,8 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
             train_kw[k] = getattr(args, k)
     train_kw.setdefault("dataset", "digits")
 
+    if base is not None and base.image_size != IMAGE_SIZE:  # a `fit --image-size N --save` record
+        train_kw.setdefault("image_size", base.image_size)
     # the model follows the data: its class count and image size (a folder is read here, once)
     classes, size = data_shape(train_kw["dataset"], train_kw.get("data_dir"), train_kw.get("image_size"))
     train_kw["image_size"] = size
