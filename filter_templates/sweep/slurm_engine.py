@@ -51,6 +51,8 @@ __all__ = ["run_slurm", "default_folder", "check_shared"]
 GRACE_S = 60.0
 #: States a job may leave again (requeued), or that a slow file system makes look final too early.
 _MAY_RETURN = {None, "COMPLETED", "PREEMPTED", "NODE_FAIL"}
+#: Questions in a row Slurm may leave unanswered before the driver stops (its jobs go on).
+_PATIENCE = 12
 #: Pending reasons that will not resolve by waiting: said once, on stderr.
 _STUCK = {"PartitionTimeLimit", "PartitionNodeLimit", "PartitionDown", "ReqNodeNotAvail", "BadConstraints",
           "InvalidAccount", "InvalidQOS", "QOSMaxWallDurationPerJobLimit", "AssocMaxWallDurationPerJobLimit",
@@ -78,6 +80,7 @@ class _Sweep:
     epochs: dict[str, int] = field(default_factory=dict)  # key -> last epoch copied into the store
     grace: dict[str, float] = field(default_factory=dict)  # key -> when a silent ended job counts as lost
     said: set[str] = field(default_factory=set)
+    failed_asks: int = 0  # questions to Slurm in a row that got no answer
 
 
 def default_folder(db: str | os.PathLike[str]) -> Path:
@@ -263,7 +266,10 @@ def _watch(sw: _Sweep) -> None:
     quiet_since = time.time()
     while sw.active:
         before = len(sw.active)
-        states = job_states([j["job_id"] for j in sw.active.values()])
+        states = _ask(sw)
+        if states is None:
+            time.sleep(sw.options.poll_s)
+            continue
         for key in list(sw.active):
             job = sw.active[key]
             state = states.get(job["job_id"])
@@ -278,6 +284,22 @@ def _watch(sw: _Sweep) -> None:
             quiet_since = time.time()
         if sw.active:
             time.sleep(min(sw.options.poll_s, 1.0 + 0.1 * (time.time() - quiet_since)))
+
+
+def _ask(sw: _Sweep) -> dict[str, tuple[str, str]] | None:
+    """The jobs' states, or None while the controller does not answer (a busy slurmctld times out
+    now and then); after ``_PATIENCE`` failed questions in a row the driver gives up (its jobs go on)."""
+    try:
+        states = job_states([j["job_id"] for j in sw.active.values()])
+    except UsageError as exc:
+        sw.failed_asks += 1
+        if sw.failed_asks >= _PATIENCE:
+            raise
+        if sw.failed_asks == 1:
+            warn(f"{exc}; asking again")
+        return None
+    sw.failed_asks = 0
+    return states
 
 
 def _follow(sw: _Sweep, key: str, job: dict[str, Any], state: tuple[str, str]) -> None:
