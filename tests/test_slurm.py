@@ -171,7 +171,8 @@ def test_bad_slurm_options_are_one_error_line(slurm, tmp_path, capsys):
     for more, words in ((["--partition", "no-such-partition"], "no such partition"),
                         (["--slurm-option", "account"], "KEY=VALUE"),
                         (["--slurm-option", "time=5"], "use --time"),
-                        (["--mem", "lots"], "--mem")):
+                        (["--mem", "lots"], "--mem"),
+                        (["--time", "1"], "at least 3 minutes")):
         assert main(_argv(tmp_path, more=more)) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err

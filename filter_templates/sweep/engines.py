@@ -47,6 +47,9 @@ class SlurmOptions:
     def validate(self) -> "SlurmOptions":
         """Refuse what sbatch would refuse later (or silently misread), naming the flag."""
         validate.integer(self.time, "--time (minutes)")
+        if self.time < 3:  # submitit signals 90 s before the limit: a shorter job would requeue before it trains
+            raise UsageError(f"--time must be at least 3 minutes (a job is told to checkpoint 90 s before its "
+                             f"limit), got {self.time}")
         validate.integer(self.cpus_per_task, "--cpus-per-task")
         validate.integer(self.gpus_per_task, "--gpus-per-task", minimum=0)
         if self.array_parallelism is not None:
