@@ -9,8 +9,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from .. import validate
+from ..device import resolve_device
 from ..errors import UsageError
 from ..messages import note
+from .local import run_local
+from .ray_engine import run_ray
+from .slurm_engine import run_slurm
 
 if TYPE_CHECKING:
     from .grid import Grid
@@ -106,20 +110,13 @@ def run_grid(grid: "Grid", db: str | os.PathLike[str], runs_dir: str | os.PathLi
     for p in grid.unreachable:
         note(f"skipped {p.label()}: {p.reason}")
     if options.engine == "ray":
-        from .ray_engine import run_ray
-
         return run_ray(grid.configs, db, runs_dir, address=options.address, cpus_per_trial=options.cpus_per_trial,
                        gpus_per_trial=options.gpus_per_trial, max_failures=options.max_failures,
                        storage=options.storage, retry_failed=options.retry_failed,
                        budget_points=grid.budget_points, progress=progress)
     if options.engine == "slurm":  # devices are the nodes' to resolve, not this machine's
-        from .slurm_engine import run_slurm
-
         return run_slurm(grid.configs, db, runs_dir, options.slurm.validate(), retry_failed=options.retry_failed,
                          budget_points=grid.budget_points, progress=progress)
-    from ..device import resolve_device
-    from .local import run_local
-
     for device in {c.device for c in grid.configs}:
         resolve_device(device)  # asking for CUDA where there is none fails now, not per run
     jobs = max(1, min(options.jobs or 1, os.cpu_count() or 1))

@@ -15,21 +15,21 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 from .. import prune, validate
 from ..arch import make_arch
 from ..data import data_shape, load_data, num_classes
+from ..device import resolve_device
 from ..errors import UsageError
+from ..fit import Budget, fit, parse_budget
+from ..measure import resources
 from ..messages import note
-from ..templates import BUILTIN
+from ..models import get_family
+from ..templates import BUILTIN, resolve_template
 from ..train import FIELDS as CONFIG_FIELDS
-from ..train import TrainConfig as _TrainConfig
-from ..train import identity as _identity
-
-if TYPE_CHECKING:  # torch stays out of `import filter_templates.sweep.grid`
-    from ..fit import Budget
-    from ..train import TrainConfig
+from ..train import TrainConfig, identity
+from .store import budget_point_key, point_key
 
 __all__ = ["SweepSpec", "PRESETS", "PAPER_WIDTHS", "preset", "load_config", "expand", "plan_grid", "Grid",
            "BudgetPoint", "run_dir_name", "known_classes", "TRAIN_FIELDS", "GRID_FIELDS", "RUN_FIELDS"]
@@ -222,8 +222,6 @@ class BudgetPoint:
 
     @property
     def key(self) -> str:
-        from .store import budget_point_key
-
         return budget_point_key(self.ident)[0]
 
     def label(self) -> str:
@@ -231,8 +229,6 @@ class BudgetPoint:
 
     def record(self) -> dict[str, Any]:
         """The store's row (``Store.add_budget_points``)."""
-        from .store import point_key
-
         cfg = self.config
         return {"ident": self.ident, "budget_key": self.budget.key, "budget_value": self.budget.value,
                 "family": self.family, "template": self.template, "dataset": self.dataset, "seed": self.seed,
@@ -267,11 +263,6 @@ def plan_grid(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -
     UsageError before anything trains. Budget points are fitted here (params and FLOPs budgets in
     milliseconds; memory and latency budgets measure on the training device).
     """
-    from ..arch import make_arch
-    from ..models import get_family
-    from ..templates import resolve_template
-    from ..train import TrainConfig
-
     models = _list(spec, "models", str)
     templates = _list(spec, "templates", str)
     if spec.widths and spec.budgets:
@@ -365,10 +356,10 @@ def _baseline_points(spec: SweepSpec, arch: Any, budget: "Budget", dataset: str,
     setting = {"method": arch.template, "budget": budget.to_dict(), "at": base.at}
     points = []
     for s in seeds:
-        cfg = _TrainConfig(arch=arch, dataset=dataset, seed=s, prune=setting, **spec.train)
+        cfg = TrainConfig(arch=arch, dataset=dataset, seed=s, prune=setting, **spec.train)
         d = cfg.to_dict()
         a = d.pop("arch")
-        ident = _identity(d)
+        ident = identity(d)
         ident["arch"] = {k: v for k, v in a.items() if k not in ("filters", "widths")}
         ident["budget"] = budget.to_dict()
         points.append(BudgetPoint(budget, arch.family, arch.template, dataset, s, ident,
@@ -391,8 +382,6 @@ def _at_image_size(spec: SweepSpec, dataset: str) -> SweepSpec:
 
 
 def _budgets(spec: SweepSpec) -> list["Budget"]:
-    from ..fit import parse_budget
-
     v = spec.budgets
     if not isinstance(v, list) or not all(isinstance(x, str) for x in v):
         raise UsageError(f"sweep 'budgets' must be a list of KEY=VALUE strings, got {v!r}")
@@ -402,12 +391,6 @@ def _budgets(spec: SweepSpec) -> list["Budget"]:
 def _budget_points(spec: SweepSpec, family: str, template: str, budget: "Budget", dataset: str, classes: int,
                    seeds: list[int]) -> list[BudgetPoint]:
     """Fit one (family, template, budget, dataset) and make its point for every seed."""
-    from ..arch import make_arch
-    from ..fit import fit
-    from ..device import resolve_device
-    from ..measure import resources
-    from ..train import TrainConfig, identity
-
     # the settings every seed shares, from a provisional config (so defaults are TrainConfig's own)
     size = spec.train.get("image_size", 32)
     probe = TrainConfig(arch=make_arch(family, template, 1.0, classes, divisor=spec.divisor, floor=spec.floor,
