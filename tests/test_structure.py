@@ -33,8 +33,6 @@ ALLOWED: set[tuple[str, str]] = {
     ('local-import', 'filter_templates.data:default_data_dir'),
     ('local-import', 'filter_templates.data:load_dataset'),
     ('local-import', 'filter_templates.data:num_classes'),
-    ('local-import', 'filter_templates.report.budgets:budget_figure'),
-    ('local-import', 'filter_templates.report:make_report'),
     ('local-import', 'filter_templates.sweep.ray_engine:run_ray'),
     ('parameters', 'filter_templates.data.augment:Loader.__init__'),
     ('parameters', 'filter_templates.fit:fit'),

@@ -24,7 +24,7 @@ from ..progress import Progress
 from ..rundir import atomic_write_text, check_writable, writing
 from ..sweep.store import Store
 from . import budgets as B
-from . import tables
+from . import figures, tables
 
 __all__ = ["make_report", "LATENCY_MODES"]
 
@@ -72,8 +72,6 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
     the run batch size (``full``: slow for big models on a CPU), or not at all (``none``), with
     ``threads`` CPU threads (default: torch's choice).
     """
-    from . import figures  # matplotlib: only when a report is drawn
-
     if metric not in METRICS:
         raise UsageError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
     if latency not in LATENCY_MODES:

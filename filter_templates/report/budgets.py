@@ -13,7 +13,10 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+from matplotlib.lines import Line2D
+
 from ..fit import format_value
+from . import figures
 from . import settings as S
 from .tables import MISSING, Labels, Table, _pct, family_order, fmt_bytes, metric_words, reading_label, template_order
 
@@ -204,8 +207,6 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
     """Accuracy versus the budgeted resource ``key``: one panel per family, one line per template
     through its models at each budget (x: what the model uses), dashed lines at the budgets.
     None when no cell of ``key`` is done."""
-    from . import figures
-
     plt = figures.plt
     column = RESOURCE_OF[key]
     label, scale = _AXIS[key]
@@ -241,8 +242,6 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
         figures._log_x(ax, xs_all)
     for ax in list(axes.flat)[len(where):]:
         ax.set_visible(False)
-    from matplotlib.lines import Line2D
-
     handles = [Line2D([], [], linestyle="-", linewidth=1.6, markersize=6, label=t,
                       **figures.template_style(t, templates)) for t in templates]
     handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=1, label="budget"))

@@ -19,6 +19,7 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from ..rundir import atomic_write  # noqa: E402
 from . import settings as S  # noqa: E402
@@ -159,8 +160,6 @@ def _fmt(v: float, _pos: Any = None) -> str:
 
 def _log_x(ax: Any, xs: Sequence[float]) -> None:
     """Log x when the values span enough to need it, with plain-number tick labels either way."""
-    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
-
     xs = [float(x) for x in xs if x and x > 0]
     if not xs:
         return
