@@ -10,9 +10,8 @@ extra. Each job trains MobileNet at width 0.05 on a few hundred digits images.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
+import socket
 import subprocess
 import sys
 import time
@@ -189,8 +188,6 @@ def test_slurm_flags_need_the_slurm_engine(tmp_path, capsys):
 def test_paths_the_nodes_cannot_see_are_refused(tmp_path):
     """A folder under this machine's temporary folder is refused when other nodes run the jobs,
     accepted when the only node is this machine."""
-    import socket
-
     elsewhere = Cluster("batch", ["node001", "node002"])
     with pytest.raises(UsageError, match=r"--runs-dir .* temporary folder of this machine"):
         check_shared(elsewhere, {"--runs-dir": Path("/tmp/runs")})

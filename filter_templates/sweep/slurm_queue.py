@@ -11,7 +11,6 @@ Every change is a read-modify-write under an exclusive lock and an atomic rename
 from __future__ import annotations
 
 import fcntl
-import json
 import shutil
 import socket
 import subprocess
