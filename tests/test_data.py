@@ -17,7 +17,8 @@ import numpy as np
 import pytest
 import torch
 
-from filter_templates.data import DATASETS, Dataset, Loader, load_dataset
+from filter_templates.data import DATASETS, Dataset, load_dataset
+from filter_templates.data.augment import Loader
 from filter_templates.data import cache as data_cache
 from filter_templates.data import cifar, download, unpickle
 from filter_templates.data.images import decode_images

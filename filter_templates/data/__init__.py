@@ -2,14 +2,16 @@
 the batched augmenting :class:`Loader` that feeds them to a model.
 
 ``load_dataset`` is the one entry point; every problem with the data a user supplied is a
-:class:`~filter_templates.errors.UsageError` naming the file. This package imports no torch
-except through :class:`Loader` (imported lazily), so decoding workers start quickly.
+:class:`~filter_templates.errors.UsageError` naming the file. Importing this package imports no
+torch (the image-decoding worker processes import it and must start quickly): the Loader is
+``data.augment.Loader``, and the CIFAR and folder modules are imported by name when loaded.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import os
 import re
 from typing import Any, NamedTuple
@@ -18,14 +20,24 @@ import numpy as np
 
 from .. import validate
 from ..errors import UsageError
+from . import digits, synthetic
 from .dataset import Dataset
 
-__all__ = ["DATASETS", "BUILTIN_SIZE", "Dataset", "DataShape", "Loader", "load_dataset", "load_data", "num_classes",
-           "data_shape", "default_data_dir"]
+__all__ = ["DATASETS", "BUILTIN_SIZE", "Dataset", "DataShape", "load_dataset", "load_data", "num_classes",
+           "data_shape"]
 
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "folder")
 BUILTIN_SIZE = 32  # every built-in dataset's images are 32 x 32
 _LIMIT_SEED = 0x5EED
+
+
+# The module of each dataset, imported by name when it is loaded: CIFAR's and the folder's write
+# their decoded cache with the run-file writer, which imports torch.
+_MODULES = {"cifar10": "cifar", "cifar100": "cifar", "digits": "digits", "synthetic": "synthetic", "folder": "folder"}
+
+
+def _module(key: str) -> Any:
+    return importlib.import_module(f"{__name__}.{_MODULES[key]}")
 
 
 def _canonical(name: str) -> str:
@@ -72,21 +84,13 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, d
     _check_limit(limit_test, "limit_test")
     _check_size(key, image_size)
     if key == "synthetic":
-        from . import synthetic
-
         return synthetic.load(limit_train or synthetic.DEFAULT_TRAIN, limit_test or synthetic.DEFAULT_TEST)
     if key == "digits":
-        from . import digits
-
         ds = digits.load()
     elif key == "folder":
-        from . import folder
-
-        ds = folder.load(data_dir, image_size)
+        ds = _module(key).load(data_dir, image_size)
     else:
-        from . import cifar
-
-        ds = cifar.load(key, data_dir, download_missing=download)
+        ds = _module(key).load(key, data_dir, download_missing=download)
     train_x, train_y = _subset(ds.train_x, ds.train_y, limit_train, 1)
     test_x, test_y = _subset(ds.test_x, ds.test_y, limit_test, 2)
     if train_x is ds.train_x and test_x is ds.test_x:
@@ -104,10 +108,7 @@ def load_data(name: str, data_dir: str | None = None, download: bool = False,
 
 def num_classes(name: str) -> int:
     """The class count of a built-in dataset from its metadata, without reading any data."""
-    from .cifar import NUM_CLASSES
-    from . import digits, synthetic
-
-    counts = {**NUM_CLASSES, "digits": digits.NUM_CLASSES, "synthetic": synthetic.NUM_CLASSES}
+    counts = {**_module("cifar10").NUM_CLASSES, "digits": digits.NUM_CLASSES, "synthetic": synthetic.NUM_CLASSES}
     key = _canonical(name)
     if key not in counts:
         raise UsageError(f"the classes of --dataset {key} are its folder names: they are known once it is read")
@@ -132,17 +133,3 @@ def data_shape(name: str, data_dir: str | None = None, image_size: int | None = 
     ds = load_data(key, data_dir, image_size=image_size)
     return DataShape(ds.num_classes, ds.image_size)
 
-
-def default_data_dir() -> "os.PathLike[str]":
-    """Where CIFAR is looked for when no data_dir is given."""
-    from .cifar import default_data_dir as _d
-
-    return _d()
-
-
-def __getattr__(name: str) -> Any:
-    if name == "Loader":  # imports torch: only on demand
-        from .augment import Loader
-
-        return Loader
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
