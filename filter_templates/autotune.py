@@ -9,9 +9,11 @@ what the device is:
 
 - CUDA: bf16 autocast where the GPU supports it, channels_last (tensor cores want NHWC).
 - A CPU with AMX: bf16 autocast and channels_last. AMX runs bf16 matrix products in hardware
-  (a VGG-19 step was measured 1.4x fp32 on one); without AMX bf16 gained little or lost, so:
-- Any other CPU: fp32, channels_last (``benchmarks/throughput.py --mode rule`` measures what
-  this costs against the fastest variant; docs/results/ holds the numbers).
+  (a VGG-19 step was measured 1.4x fp32 on one).
+- Any other CPU: fp32, channels_last. Without AMX, bf16 autocast measured anywhere from 0.14x
+  fp32 (AVX2) to faster than fp32 (some AVX512-BF16 CPUs), so no flag short of AMX says it pays;
+  ``benchmarks/throughput.py --mode rule`` measures what the rule costs against the fastest
+  variant on a given machine.
 - Threads: the cores this process may run on (its CPU affinity), divided among the runs a
   sweep trains side by side; ``$OMP_NUM_THREADS``, when set, is the user's choice and is kept.
 
