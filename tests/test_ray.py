@@ -5,6 +5,7 @@ installed (it is an optional extra; CI installs it)."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import socket
@@ -21,52 +22,9 @@ from filter_templates.cli import main
 from filter_templates.sweep.store import Store
 
 
-def test_two_point_grid_on_a_local_ray(tmp_path, capsys, monkeypatch):
-    ray = pytest.importorskip("ray")
-    monkeypatch.chdir(tmp_path)  # relative --db/--runs-dir resolve here, as for a user
-    argv = ["sweep", "--engine", "ray", "--cpus-per-trial", "1", "--models", "vgg19", "--templates", "base",
-            "uniform", "--widths", "0.05", "--datasets", "synthetic", "--epochs", "2", "--limit-train", "64",
-            "--limit-test", "32", "--batch-size", "32", "--device", "cpu", "--db", "r.sqlite", "--runs-dir", "runs",
-            "--json"]
-    assert main(argv) == 0
-    out = json.loads(capsys.readouterr().out)  # stdout is exactly one JSON document despite Ray's chatter
-    assert (out["engine"], out["points"], out["done"], out["failed"]) == ("ray", 2, 2, 0)
-    assert not ray.is_initialized()  # the engine shut down the Ray it started
-    with Store(tmp_path / "r.sqlite") as s:
-        rows = s.rows()
-        assert s.integrity_check() == "ok"
-        events = {r["key"]: [e["event"] for e in s.events(r["key"])] for r in rows}
-    assert [r["status"] for r in rows] == ["done", "done"]
-    for r in rows:
-        assert events[r["key"]] == ["add", "claim", "done"]
-        assert [e["epoch"] for e in r["epoch_metrics"]] == [1, 2]
-        assert r["claimed_by"] is None and r["final_acc"] is not None and r["params"] > 0
-        run_dir = tmp_path / "runs" / os.path.basename(r["run_dir"])
-        summary = json.loads((run_dir / "summary.json").read_text())
-        assert summary["status"] == "done" and summary["final_acc"] == r["final_acc"]
-        assert [json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
-    # Tune's trials ran under the runs folder; their checkpoints, duplicates of complete run
-    # folders, were deleted after the driver recorded them
-    trials = list((tmp_path / "runs" / "_ray").glob("sweep-*/*-s0-*"))
-    assert len(trials) == 2 and not list((tmp_path / "runs" / "_ray").glob("sweep-*/*/checkpoint_*"))
-    # a second sweep finds everything done and starts no Ray at all
-    assert main(argv) == 0
-    again = json.loads(capsys.readouterr().out)
-    assert (again["done"], again["skipped_done"]) == (0, 2)
-
-
-def test_missing_ray_is_a_clear_usage_error(monkeypatch, capsys, tmp_path):
-    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    argv = ["sweep", "--engine", "ray", "--models", "vgg19", "--templates", "base", "--widths", "0.05",
-            "--datasets", "synthetic", "--epochs", "1", "--db", str(tmp_path / "r.sqlite"),
-            "--runs-dir", str(tmp_path / "runs")]
-    assert main(argv) == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "pip install 'filter-templates[ray]'" in err[0]
-
-
 def test_a_trial_that_cannot_fit_a_local_ray_is_refused(tmp_path, capsys):
-    pytest.importorskip("ray")
+    ray = pytest.importorskip("ray")
+    assert not ray.is_initialized()  # runs before the module's shared Ray starts
     import os as _os
 
     too_many = str((_os.cpu_count() or 1) + 1)
@@ -78,29 +36,17 @@ def test_a_trial_that_cannot_fit_a_local_ray_is_refused(tmp_path, capsys):
     assert len(err) == 1 and "--cpus-per-trial" in err[0] and "more than this machine" in err[0]
     with Store(tmp_path / "r.sqlite") as s:  # the claim was handed back
         assert [r["status"] for r in s.rows()] == ["pending"]
+    assert not ray.is_initialized()  # the engine shut down the Ray it started, on a refusal too
 
 
-def test_budget_sweep_on_a_local_ray(tmp_path, capsys, monkeypatch):
-    """Budget points are fitted by the driver, trained as trials, recorded with their fit; an
-    unreachable budget is recorded as skipped and the sweep goes on."""
-    pytest.importorskip("ray")
-    monkeypatch.chdir(tmp_path)
-    argv = ["sweep", "--engine", "ray", "--models", "mobilenet", "--templates", "base", "uniform", "--budgets",
-            "params=20K", "params=100", "--datasets", "synthetic", "--epochs", "1", "--limit-train", "64",
-            "--limit-test", "32", "--batch-size", "32", "--device", "cpu", "--db", "r.sqlite", "--runs-dir", "runs",
-            "--json"]
-    assert main(argv) == 0
-    out = json.loads(capsys.readouterr().out)
-    assert (out["engine"], out["points"], out["done"], out["failed"], len(out["unreachable"])) == ("ray", 2, 2, 0, 2)
-    with Store(tmp_path / "r.sqlite") as s:
-        points = s.budget_rows()
-        for r in s.rows():
-            assert [e["event"] for e in s.events(r["key"])] == ["add", "claim", "done"]
-    fitted = [p for p in points if p["status"] == "fitted"]
-    assert len(points) == 4 and len(fitted) == 2
-    assert all(p["run"]["status"] == "done" and p["run"]["params"] <= 20_000 for p in fitted)
-    assert main(argv) == 0  # a re-run starts no trial
-    assert json.loads(capsys.readouterr().out)["skipped_done"] == 2
+def test_missing_ray_is_a_clear_usage_error(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
+    argv = ["sweep", "--engine", "ray", "--models", "vgg19", "--templates", "base", "--widths", "0.05",
+            "--datasets", "synthetic", "--epochs", "1", "--db", str(tmp_path / "r.sqlite"),
+            "--runs-dir", str(tmp_path / "runs")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'filter-templates[ray]'" in err[0]
 
 
 def _free_port() -> int:
@@ -161,3 +107,69 @@ def _stop_group(pgid: int) -> None:
             except ProcessLookupError:
                 return
             time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for this module's sweeps (each start takes seconds): the engine runs on a Ray it
+    finds running and leaves it running; the test above checks that it stops one it started."""
+    ray = pytest.importorskip("ray")
+    ray.init(include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
+    yield ray
+    ray.shutdown()
+
+
+def test_two_point_grid_on_a_local_ray(tmp_path, capsys, monkeypatch, local_ray):
+    ray = local_ray
+    monkeypatch.chdir(tmp_path)  # relative --db/--runs-dir resolve here, as for a user
+    argv = ["sweep", "--engine", "ray", "--cpus-per-trial", "1", "--models", "vgg19", "--templates", "base",
+            "uniform", "--widths", "0.05", "--datasets", "synthetic", "--epochs", "2", "--limit-train", "64",
+            "--limit-test", "32", "--batch-size", "32", "--device", "cpu", "--db", "r.sqlite", "--runs-dir", "runs",
+            "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)  # stdout is exactly one JSON document despite Ray's chatter
+    assert (out["engine"], out["points"], out["done"], out["failed"]) == ("ray", 2, 2, 0)
+    assert ray.is_initialized()  # a Ray the engine found running is left running
+    with Store(tmp_path / "r.sqlite") as s:
+        rows = s.rows()
+        assert s.integrity_check() == "ok"
+        events = {r["key"]: [e["event"] for e in s.events(r["key"])] for r in rows}
+    assert [r["status"] for r in rows] == ["done", "done"]
+    for r in rows:
+        assert events[r["key"]] == ["add", "claim", "done"]
+        assert [e["epoch"] for e in r["epoch_metrics"]] == [1, 2]
+        assert r["claimed_by"] is None and r["final_acc"] is not None and r["params"] > 0
+        run_dir = tmp_path / "runs" / os.path.basename(r["run_dir"])
+        summary = json.loads((run_dir / "summary.json").read_text())
+        assert summary["status"] == "done" and summary["final_acc"] == r["final_acc"]
+        assert [json.loads(x)["epoch"] for x in (run_dir / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    # Tune's trials ran under the runs folder; their checkpoints, duplicates of complete run
+    # folders, were deleted after the driver recorded them
+    trials = list((tmp_path / "runs" / "_ray").glob("sweep-*/*-s0-*"))
+    assert len(trials) == 2 and not list((tmp_path / "runs" / "_ray").glob("sweep-*/*/checkpoint_*"))
+    # a second sweep finds everything done and starts no Ray at all
+    assert main(argv) == 0
+    again = json.loads(capsys.readouterr().out)
+    assert (again["done"], again["skipped_done"]) == (0, 2)
+
+
+def test_budget_sweep_on_a_local_ray(tmp_path, capsys, monkeypatch, local_ray):
+    """Budget points are fitted by the driver, trained as trials, recorded with their fit; an
+    unreachable budget is recorded as skipped and the sweep goes on."""
+    monkeypatch.chdir(tmp_path)
+    argv = ["sweep", "--engine", "ray", "--models", "mobilenet", "--templates", "base", "uniform", "--budgets",
+            "params=20K", "params=100", "--datasets", "synthetic", "--epochs", "1", "--limit-train", "64",
+            "--limit-test", "32", "--batch-size", "32", "--device", "cpu", "--db", "r.sqlite", "--runs-dir", "runs",
+            "--json"]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["engine"], out["points"], out["done"], out["failed"], len(out["unreachable"])) == ("ray", 2, 2, 0, 2)
+    with Store(tmp_path / "r.sqlite") as s:
+        points = s.budget_rows()
+        for r in s.rows():
+            assert [e["event"] for e in s.events(r["key"])] == ["add", "claim", "done"]
+    fitted = [p for p in points if p["status"] == "fitted"]
+    assert len(points) == 4 and len(fitted) == 2
+    assert all(p["run"]["status"] == "done" and p["run"]["params"] <= 20_000 for p in fitted)
+    assert main(argv) == 0  # a re-run starts no trial
+    assert json.loads(capsys.readouterr().out)["skipped_done"] == 2
