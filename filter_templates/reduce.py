@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
 from . import prune, rundir
-from .data import load_data, split
+from .data import load_data_for, split
 from .device import resolve_device
 from .errors import UsageError
 from .export import default_export_path, export_run, onnx_available
@@ -199,6 +199,8 @@ def _check_out(out: Path) -> Path:
         if p.exists() and p.is_dir() != folder:
             what = "its results store" if name == DB_FILE else f"its {name} folder"
             raise UsageError(f"--out {out}: {p} is a {'file' if folder else 'folder'}, where reduce keeps {what}")
+    if (out / DB_FILE).is_file():  # a file that is not a results store is refused now, not after the data
+        Store(out / DB_FILE, create=False).close()
     return out
 
 
@@ -230,11 +232,11 @@ def reduce(
     budget = parse_budget(budget) if isinstance(budget, str) else budget
     names = list(dict.fromkeys(["base", *(templates or ALL_TEMPLATES)]))
     base = baselines or prune.Baselines()
+    out = _check_out(Path(out))  # before the data are read for the default validation split
     spec = SweepSpec(models=[model], templates=names, widths=[], datasets=[dataset], seeds=list(seeds),
                      budgets=[f"{budget.key}={budget.value!r}"], divisor=divisor, floor=floor,
                      baselines=list(base.names), prune_at=base.at, prune_from=base.from_width,
                      train=_with_val_split(dataset, {k: v for k, v in (train or {}).items() if v is not None}))
-    out = _check_out(Path(out))
     grid = plan_grid(spec)  # validates everything, reads the data, fits every template
     if not grid.configs:  # every template's smallest model is over the budget: nothing to compare
         raise UsageError(str(grid.unreachable[0].reason))
@@ -270,8 +272,7 @@ def _with_val_split(dataset: str, settings: dict[str, Any]) -> dict[str, Any]:
     once: the grid reads them from the same cache)."""
     if "val_split" in settings:
         return settings
-    ds = load_data(dataset, settings.get("data_dir"), bool(settings.get("download", False)),
-                   settings.get("limit_train"), settings.get("limit_test"), settings.get("image_size"))
+    ds = load_data_for({**settings, "dataset": dataset})
     return {**settings, "val_split": split.default(len(ds.train_y))}
 
 

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from . import autotune, initialise, measure, rundir, validate
 from . import checkpoint as ckpt
 from .arch import MIN_IMAGE_SIZE, Arch
-from .data import Dataset, load_data, split
+from .data import Dataset, data_digest_for, load_data_for, split
 from .data.augment import Loader, scale_pixels
 from .device import device_name, resolve_device
 from .errors import UsageError
@@ -73,6 +73,9 @@ class TrainConfig:
 
     arch: Arch = _result()
     dataset: str = _result("digits")
+    # which images, where the name does not say it: a folder's content digest (data.data_digest_for),
+    # so runs on two folders never pass for one experiment; None for the built-in datasets
+    data_digest: str | None = _result()
     data_dir: str | None = _execution()
     download: bool = _execution(False)
     recipe: str = _result("fast")
@@ -127,6 +130,8 @@ class TrainConfig:
             raise UsageError("training config 'dataset' must be a dataset name")
         if self.data_dir is not None and not isinstance(self.data_dir, str):
             raise UsageError("training config 'data_dir' must be a path or null")
+        if self.data_digest is not None and not isinstance(self.data_digest, str):
+            raise UsageError("training config 'data_digest' must be a string or null")
         for name in ("epochs", "batch_size"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("seed", self.seed, minimum=0)
@@ -193,7 +198,7 @@ EXECUTION_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.meta
 #: config at them keeps the identity (sweep key, checkpoint check) it had before the field existed.
 ADDED_FIELDS: dict[str, Any] = {"optimizer": "sgd", "muon_lr": None, "whiten_init": False, "identity_init": False,
                                 "prune": None,
-                                "val_split": 0, "image_size": 32}
+                                "val_split": 0, "image_size": 32, "data_digest": None}
 
 
 def identity(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -300,14 +305,19 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     """
     # ---- prepare: refusals first (nothing touched yet), then data, execution choice, directory ----
     config.validate()
+    if config.data_digest is None and (digest := data_digest_for(config)) is not None:
+        config = dataclasses.replace(config, data_digest=digest)  # made without it (the CLI and sweeps fill it in)
     out = Path(out_dir)
     state = open_checkpoint(config, out, resume) if checkpoint is None else checkpoint
     if config.prune is not None:
         return train_pruned(config, out, state, on_epoch, train)
     measure.meta_model(config.arch)  # a model that cannot be built (a layer over the limit, ...) fails now
     device = resolve_device(config.device)
-    ds = load_data(config.dataset, config.data_dir, config.download, config.limit_train, config.limit_test,
-                   config.image_size)
+    ds = load_data_for(config)
+    if ds.digest != config.data_digest:
+        raise UsageError(f"{config.data_dir or config.dataset}: not the images the run was planned for (content "
+                         f"digest {ds.digest}, planned {config.data_digest}): a file was changed, added or removed, "
+                         "or copied without its modification time; plan the run again")
     if config.arch.classes != ds.num_classes:
         raise UsageError(f"the model has {config.arch.classes} classes but dataset {config.dataset!r} has "
                          f"{ds.num_classes}; build the architecture with classes={ds.num_classes}")
@@ -398,8 +408,7 @@ def check_val_split(config: TrainConfig) -> int:
     """The size of ``config``'s validation set (0: none), read from its data; a UsageError when its
     ``val_split`` holds out none of the training images, or leaves less than one batch. Sweeps and reduce call it before
     anything trains."""
-    ds = load_data(config.dataset, config.data_dir, config.download, config.limit_train, config.limit_test,
-                   config.image_size)
+    ds = load_data_for(config)
     if ds.val_y is not None:  # the dataset's own
         return len(ds.val_y)
     n, k = len(ds.train_y), split.size(config.val_split, len(ds.train_y))

@@ -332,3 +332,106 @@ def test_onnx_export_takes_the_run_size(tmp_path):
     (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         torch.testing.assert_close(torch.from_numpy(got), model(x), rtol=1e-4, atol=1e-5)
+
+
+# ---- what the data are: a folder's content digest in its runs' identity ----------------------------
+
+def _grid_config(data: Path):
+    from filter_templates.sweep.grid import SweepSpec, plan_grid
+
+    spec = SweepSpec(models=["vgg19"], templates=["uniform"], widths=[0.03], datasets=["folder"],
+                     train={"data_dir": str(data), "epochs": 1, "batch_size": 16, "threads": 1})
+    (config,) = plan_grid(spec).configs
+    return config
+
+
+def test_two_folders_are_two_experiments_and_a_moved_folder_is_the_same(cache_home):
+    """Same names, sizes and settings, other images: other keys, so one store keeps both, a sweep
+    skips neither and the report splits them. The same folder moved keeps its key."""
+    from filter_templates.report.settings import setting
+    from filter_templates.sweep.store import Store, point_key
+
+    a = make_folder(cache_home / "a", per_class={"train": 12, "test": 4}, sizes=((36, 36),), seed=1)
+    b = make_folder(cache_home / "b", per_class={"train": 12, "test": 4}, sizes=((36, 36),), seed=2)
+    ca, cb = _grid_config(a), _grid_config(b)
+    assert ca.data_digest == folder.digest(a) and cb.data_digest == folder.digest(b)
+    assert ca.data_digest != cb.data_digest and ca.data_dir != cb.data_dir
+    assert point_key(ca.to_dict()) != point_key(cb.to_dict())
+    assert setting(ca.to_dict())["data_digest"] != setting(cb.to_dict())["data_digest"]  # two report rows
+    with Store(cache_home / "r.sqlite") as st:
+        assert st.add_points([(c.to_dict(), str(cache_home / n)) for n, c in (("ra", ca), ("rb", cb))]) == 2
+    moved = cache_home / "elsewhere" / "a-moved"
+    moved.parent.mkdir()
+    os.rename(a, moved)
+    cm = _grid_config(moved)
+    assert cm.data_dir != ca.data_dir and point_key(cm.to_dict()) == point_key(ca.to_dict())
+    assert load_dataset("folder", moved).digest == ca.data_digest  # and its cache moved with it
+    (moved / "train" / "cat" / "000.jpg").unlink()  # a file less: other images
+    assert folder.digest(moved) != ca.data_digest
+
+
+def test_archive_digest_follows_its_content(cache_home):
+    root = make_folder(cache_home / "tree" / "mydata", per_class={"train": 6, "test": 2}, sizes=((36, 36),))
+    archive = cache_home / "mydata.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(root, arcname="mydata")
+    first = folder.digest(archive)
+    (cache_home / "moved").mkdir()
+    assert folder.digest(archive.rename(cache_home / "moved" / archive.name)) == first
+    with tarfile.open(cache_home / "other.tar.gz", "w:gz") as tf:
+        tf.add(root / "train", arcname="mydata/train")
+        tf.add(root / "test", arcname="mydata/test")
+        tf.add(root / "train" / "cat" / "000.jpg", arcname="mydata/test/cat/extra.jpg")
+    assert folder.digest(cache_home / "other.tar.gz") != first
+
+
+def test_built_in_datasets_and_older_records_keep_their_identity():
+    from filter_templates.arch import make_arch
+    from filter_templates.data import data_digest_for
+    from filter_templates.train import TrainConfig, identity
+
+    config = TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), dataset="digits")
+    assert config.data_digest is None and data_digest_for(config) is None
+    older = config.to_dict()
+    del older["data_digest"]  # a record written before the field
+    assert identity(older) == identity(config.to_dict()) and "data_digest" not in identity(older)
+    assert TrainConfig.from_dict(older).data_digest is None
+    with pytest.raises(UsageError, match="data_digest"):
+        TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), dataset="digits", data_digest=5)
+
+
+def test_train_records_the_digest_resumes_a_moved_folder_and_refuses_other_images(cache_home, capsys):
+    from filter_templates.cli import main
+    from filter_templates.train import train
+
+    a = make_folder(cache_home / "a", per_class={"train": 12, "test": 4}, sizes=((36, 36),), seed=1)
+    b = make_folder(cache_home / "b", per_class={"train": 12, "test": 4}, sizes=((36, 36),), seed=2)
+    run = cache_home / "run"
+    argv = ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.03", "--dataset", "folder",
+            "--epochs", "1", "--batch-size", "16", "--threads", "1", "--out", str(run), "--quiet"]
+    assert main([*argv, "--data-dir", str(a)]) == 0
+    config = json.loads((run / "config.json").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    assert config["data_digest"] == summary["data"]["digest"] == folder.digest(a)
+    os.rename(a, cache_home / "a-moved")  # the same images elsewhere: the same run, resumed
+    assert main([*argv, "--data-dir", str(cache_home / "a-moved"), "--resume"]) == 0
+    capsys.readouterr()
+    assert main([*argv, "--data-dir", str(b), "--resume"]) == 2  # other images: another experiment
+    assert "data_digest" in capsys.readouterr().err
+    # a run planned for some images does not train on others that took their place
+    planned = _grid_config(cache_home / "a-moved")
+    (cache_home / "a-moved" / "train" / "dog" / "001.png").unlink()
+    with pytest.raises(UsageError, match="not the images the run was planned for"):
+        train(planned, cache_home / "run2")
+    assert not (cache_home / "run2").exists()
+
+
+def test_one_home_for_the_data_arguments():
+    """Every run reads its data through data.load_data_for: a new data setting has one place to go."""
+    import filter_templates
+
+    package = Path(filter_templates.__file__).parent
+    callers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
+                     if p.name != "__init__.py" or p.parent.name != "data"
+                     if "load_data(" in p.read_text(encoding="utf-8"))
+    assert callers == []

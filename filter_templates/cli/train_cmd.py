@@ -13,7 +13,7 @@ import torch
 
 from ..arch import IMAGE_SIZE, Arch, make_arch
 from ..autotune import threads_for
-from ..data import data_shape
+from ..data import data_digest_for, data_shape
 from ..device import resolve_device
 from ..errors import UsageError
 from ..initialise import WHITEN_SAMPLE
@@ -131,6 +131,7 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
     # the model follows the data: its class count and image size (a folder is read here, once)
     classes, size = data_shape(train_kw["dataset"], train_kw.get("data_dir"), train_kw.get("image_size"))
     train_kw["image_size"] = size
+    train_kw["data_digest"] = data_digest_for(train_kw)  # the images read now, not those a --config file names
     model_flags = {k: getattr(args, k) for k in ("model", "template", "width", "divisor", "floor", "as_published")
                    if getattr(args, k) is not None}
     if "model" in model_flags:

@@ -14,7 +14,7 @@ import functools
 import importlib
 import os
 import re
-from typing import Any, NamedTuple
+from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
@@ -23,8 +23,8 @@ from ..errors import UsageError
 from . import digits, synthetic
 from .dataset import Dataset
 
-__all__ = ["DATASETS", "BUILTIN_SIZE", "Dataset", "DataShape", "load_dataset", "load_data", "num_classes",
-           "data_shape"]
+__all__ = ["DATASETS", "BUILTIN_SIZE", "Dataset", "DataShape", "load_dataset", "load_data", "load_data_for",
+           "data_digest_for", "num_classes", "data_shape"]
 
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "folder")
 BUILTIN_SIZE = 32  # every built-in dataset's images are 32 x 32
@@ -104,6 +104,29 @@ def load_data(name: str, data_dir: str | None = None, download: bool = False,
     """:func:`load_dataset`, remembering the last one: a sweep trains many models on one dataset."""
     return load_dataset(name, data_dir, download=download, limit_train=limit_train, limit_test=limit_test,
                         image_size=image_size)
+
+
+def _setting(settings: Any, name: str, default: Any = None) -> Any:
+    if isinstance(settings, Mapping):
+        return settings.get(name, default)
+    return getattr(settings, name, default)
+
+
+def load_data_for(settings: Any) -> Dataset:
+    """The data a run of ``settings`` reads: a ``TrainConfig``, or a mapping of its fields (a
+    sweep's shared training settings with ``dataset``). The one place that turns a configuration
+    into :func:`load_data`'s arguments, so a new data setting is added here and nowhere else."""
+    return load_data(_setting(settings, "dataset"), _setting(settings, "data_dir"),
+                     bool(_setting(settings, "download", False)), _setting(settings, "limit_train"),
+                     _setting(settings, "limit_test"), _setting(settings, "image_size"))
+
+
+def data_digest_for(settings: Any) -> str | None:
+    """What the images of ``settings``' dataset are, for its runs' identity (``TrainConfig.data_digest``):
+    a folder's content digest (:func:`folder.digest`: its files' names, sizes and times, nothing
+    decoded; where the folder lies is no part of it), None for a built-in dataset, whose name says it."""
+    key = _canonical(_setting(settings, "dataset"))
+    return _module(key).digest(_setting(settings, "data_dir")) if key == "folder" else None
 
 
 def num_classes(name: str) -> int:

@@ -19,7 +19,8 @@ class Dataset:
     training augmentation flips only where that holds. ``val_x``/``val_y``: a validation set the
     dataset comes with (a folder's own ``val/``), or the part of the training split held out by
     :func:`filter_templates.data.split.holdout`; None when there is none. Selection (ranking,
-    choosing a seed) reads it, never the test split.
+    choosing a seed) reads it, never the test split. ``digest``: what the images are where the
+    name does not say it (a folder's content digest, part of its runs' identity); else None.
     """
 
     name: str
@@ -34,6 +35,7 @@ class Dataset:
     hflip: bool = True
     val_x: np.ndarray | None = None
     val_y: np.ndarray | None = None
+    digest: str | None = None
 
     @property
     def num_classes(self) -> int:
@@ -49,7 +51,8 @@ class Dataset:
         return {"name": self.name, "classes": list(self.classes), "image_size": self.image_size,
                 "mean": [round(float(m), 6) for m in self.mean], "std": [round(float(s), 6) for s in self.std],
                 "train": int(len(self.train_y)), "test": int(len(self.test_y)),
-                "val": None if self.val_y is None else int(len(self.val_y)), "source": self.source}
+                "val": None if self.val_y is None else int(len(self.val_y)), "source": self.source,
+                **({"digest": self.digest} if self.digest is not None else {})}
 
     def __repr__(self) -> str:
         return (f"Dataset({self.name!r}, classes={self.num_classes}, train={len(self.train_y)}, "

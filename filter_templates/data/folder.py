@@ -4,8 +4,7 @@ The folder tree may also come as a tar/tar.gz (optionally under one top folder).
 reads is an image, of any size, greyscale or colour (made RGB). Classes are the sorted folder
 names under ``train/``. Every image is brought to ``image_size`` x ``image_size`` once (shorter
 side to the size, centre crop) and kept in the decode-once, memory-mapped cache of :mod:`.cache`,
-keyed by the folder's content (every file's path, size and modification time; an archive's size
-and time) and the size. Decoding writes straight into the cache's files in chunks, so a folder
+keyed by the folder's content digest (:func:`digest`) and the size. Decoding writes straight into the cache's files in chunks, so a folder
 larger than memory is fine, and an unreadable file stops it with nothing left behind.
 
 Without an ``image_size`` the training images' common size is used; images of several sizes
@@ -14,6 +13,7 @@ need one to be chosen (an error says so).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
 import tarfile
@@ -31,7 +31,7 @@ from .dataset import Dataset
 from .images import decode_images, image_size_of
 from .stats import channel_stats
 
-__all__ = ["NAME", "SPLITS", "MIN_IMAGE_SIZE", "Listing", "list_images", "load"]
+__all__ = ["NAME", "SPLITS", "MIN_IMAGE_SIZE", "Listing", "list_images", "digest", "load"]
 
 NAME = "folder"
 SPLITS = ("train", "val", "test")  # val is optional
@@ -174,18 +174,29 @@ def list_images(data_dir: str | os.PathLike[str]) -> Listing:
 
 
 def _fingerprint(listing: Listing) -> str:
-    """Changes when the content may have: every file's path, size and modification time (an
-    archive's own size and time)."""
-    h = hashlib.sha256(f"{cache.CACHE_VERSION}|{NAME}|{listing.origin.resolve()}".encode())
+    """What the images are, from their listing alone (nothing decoded): every file's name inside
+    the tree, size and modification time (an archive's member names and its own size and time).
+    Where the tree lies is left out, so a moved folder keeps it (and its cache); a changed,
+    added or renamed file changes it, and so does a copy that does not keep modification times.
+    It keys the cache and, through :func:`digest`, a run's identity."""
+    h = hashlib.sha256(f"{NAME}|{'tar' if listing.is_tar else 'tree'}".encode())
     if listing.is_tar:
         st = listing.origin.stat()
         h.update(f"|{st.st_size}:{st.st_mtime_ns}".encode())
-    else:
-        for split, files in listing.files.items():
-            for _, name, p in files:
-                st = os.stat(p)
-                h.update(f"|{split}|{name}:{st.st_size}:{st.st_mtime_ns}".encode())
+    for split, files in sorted(listing.files.items()):
+        for _, _, src in files:
+            if listing.is_tar:
+                h.update(f"|{split}|{src}".encode())
+            else:
+                st = os.stat(src)
+                h.update(f"|{Path(src).relative_to(listing.origin).as_posix()}:{st.st_size}:{st.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
+
+
+def digest(data_dir: str | os.PathLike[str] | None) -> str:
+    """The content digest of the folder dataset at ``data_dir`` (:func:`_fingerprint`), read from
+    its listing without decoding an image: two folders of other images never share it."""
+    return list_images(_required(data_dir)).key
 
 
 # --------------------------------------------------------------------------------------- image size
@@ -290,16 +301,20 @@ def _build(listing: Listing, size: int, key: str, cache_dir: Path) -> Dataset:
 def load(data_dir: str | os.PathLike[str] | None, image_size: int | None = None) -> Dataset:
     """The folder dataset at ``data_dir`` at ``image_size`` px (default: the training images'
     common size), from the cache when it is current, else decoded into it."""
-    if data_dir is None:
-        raise UsageError("--dataset folder needs --data-dir PATH (a folder with train/<class>/ and test/<class>/ "
-                         "images, or a tar/tar.gz of one)")
+    data_dir = _required(data_dir)
     if image_size is not None:
         validate.integer(image_size, "--image-size", MIN_IMAGE_SIZE)
     listing = list_images(data_dir)
     cache_dir = listing.origin.parent if listing.is_tar else listing.origin
     key = f"{listing.key}-{image_size if image_size is not None else 'native'}"
-    cached = cache.load(NAME, key, cache_dir)
-    if cached is not None:
-        return cached
-    size = image_size if image_size is not None else common_size(listing)
-    return _build(listing, size, key, cache_dir)
+    ds = cache.load(NAME, key, cache_dir)
+    if ds is None:
+        ds = _build(listing, image_size if image_size is not None else common_size(listing), key, cache_dir)
+    return dataclasses.replace(ds, digest=listing.key)
+
+
+def _required(data_dir: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
+    if data_dir is None:
+        raise UsageError("--dataset folder needs --data-dir PATH (a folder with train/<class>/ and test/<class>/ "
+                         "images, or a tar/tar.gz of one)")
+    return data_dir

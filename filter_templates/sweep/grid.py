@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 
 from .. import prune, validate
 from ..arch import make_arch
-from ..data import data_shape, load_data, num_classes
+from ..data import data_digest_for, data_shape, load_data_for, num_classes
 from ..device import resolve_device
 from ..errors import UsageError
 from ..fit import Budget, fit, parse_budget
@@ -289,7 +289,7 @@ def plan_grid(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -
     out = Grid(configs=[])
     for ds in datasets:
         classes = classes_of(ds)
-        at_size = _at_image_size(spec, ds)
+        at_size = _for_dataset(spec, ds)
         for m in models:
             pruned = _pruned_base(at_size, m, classes, base)
             for t in [*lead, *templates, *trail]:
@@ -372,13 +372,15 @@ def _baseline_points(spec: SweepSpec, arch: Any, budget: "Budget", dataset: str,
 _SIZED_BY_WIDTH = ("width", "filters", "stem_width", "widths")
 
 
-def _at_image_size(spec: SweepSpec, dataset: str) -> SweepSpec:
+def _for_dataset(spec: SweepSpec, dataset: str) -> SweepSpec:
     """``spec`` with ``image_size`` set in its training settings: the one given, else the dataset's
     own (a folder's common image size; 32 for the built-in ones). Models are built, counted and
-    fitted at it, so every point of a dataset has one size."""
+    fitted at it, so every point of a dataset has one size. ``data_digest`` too: a folder's
+    points are those of its images, whatever a settings file says."""
     t = spec.train
     size = data_shape(dataset, t.get("data_dir"), t.get("image_size")).image_size
-    return dataclasses.replace(spec, train={**t, "image_size": size})
+    digest = data_digest_for({**t, "dataset": dataset})
+    return dataclasses.replace(spec, train={**t, "image_size": size, "data_digest": digest})
 
 
 def _budgets(spec: SweepSpec) -> list["Budget"]:
@@ -430,10 +432,7 @@ def known_classes(name: str) -> int:
 
 def _dataset_classes(spec: SweepSpec) -> Callable[[str], int]:
     def classes_of(name: str) -> int:
-        t = spec.train
-        ds = load_data(name, t.get("data_dir"), bool(t.get("download", False)), t.get("limit_train"),
-                       t.get("limit_test"), t.get("image_size"))
-        return int(ds.num_classes)
+        return int(load_data_for({**spec.train, "dataset": name}).num_classes)
 
     return classes_of
 
