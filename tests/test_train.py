@@ -187,23 +187,24 @@ def _stop_after(epoch: int):
 @pytest.mark.parametrize("kw", [dict(recipe="paper", precision="fp32"), dict(recipe="fast", precision="fp32"),
                                 dict(recipe="fast", ema=0.9, precision="bf16", memory_format="contiguous"),
                                 dict(recipe="fast", optimizer="muon", precision="fp32")])
-def test_resume_after_each_epoch_in_process(tmp_path, kw):
+def test_resume_after_an_epoch_in_process(tmp_path, kw):
+    """Two epochs: stopped after the first (mid-schedule), the resumed run's last epoch (the fast
+    recipe's final shifted test views, the EMA's last update) matches the uninterrupted run's."""
     full = tmp_path / "full"
-    summary = train(small_config(epochs=3, **kw), full)
+    summary = train(small_config(epochs=2, **kw), full)
     assert summary["precision"] == kw["precision"] and summary["recipe"] == kw["recipe"]
-    for stop in (1, 2):
-        part = tmp_path / f"part{stop}"
-        with pytest.raises(Stop):
-            train(small_config(epochs=3, **kw), part, on_epoch=_stop_after(stop))
-        assert not (part / "model.pt").exists()
-        torch.manual_seed(1234)  # whatever the global RNG did meanwhile, the checkpoint restores it
-        # "auto" takes the checkpoint's precision and memory format
-        resumed = train(small_config(epochs=3, **{**kw, "precision": "auto", "memory_format": "auto"}), part, resume=True)
-        assert resumed["precision"] == kw["precision"] and resumed["execution"]["source"] == "checkpoint"
-        assert_same_weights(weights(full / "model.pt"), weights(part / "model.pt"))
-        if kw.get("ema"):
-            assert_same_weights(rundir.load_checkpoint(full / "checkpoint.pt")["ema"]["model"],
-                                rundir.load_checkpoint(part / "checkpoint.pt")["ema"]["model"])
+    part = tmp_path / "part"
+    with pytest.raises(Stop):
+        train(small_config(epochs=2, **kw), part, on_epoch=_stop_after(1))
+    assert not (part / "model.pt").exists()
+    torch.manual_seed(1234)  # whatever the global RNG did meanwhile, the checkpoint restores it
+    # "auto" takes the checkpoint's precision and memory format
+    resumed = train(small_config(epochs=2, **{**kw, "precision": "auto", "memory_format": "auto"}), part, resume=True)
+    assert resumed["precision"] == kw["precision"] and resumed["execution"]["source"] == "checkpoint"
+    assert_same_weights(weights(full / "model.pt"), weights(part / "model.pt"))
+    if kw.get("ema"):
+        assert_same_weights(rundir.load_checkpoint(full / "checkpoint.pt")["ema"]["model"],
+                            rundir.load_checkpoint(part / "checkpoint.pt")["ema"]["model"])
 
 
 def test_existing_checkpoint_is_not_overwritten_without_resume(tmp_path, capsys):
