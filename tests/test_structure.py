@@ -27,14 +27,10 @@ MAX_LINES = 80
 # (check, "module:qualname" or "a -> b -> a" for a cycle): exceptions that still exist.
 ALLOWED: set[tuple[str, str]] = {
     ('length', 'filter_templates.report:_write_report'),
-    ('length', 'filter_templates.sweep.local:run_local'),
     ('length', 'filter_templates.train:train'),
-    ('local-import', 'filter_templates.sweep.ray_engine:run_ray'),
     ('parameters', 'filter_templates.data.augment:Loader.__init__'),
     ('parameters', 'filter_templates.fit:fit'),
     ('parameters', 'filter_templates.reduce:reduce'),
-    ('parameters', 'filter_templates.sweep.local:run_local'),
-    ('parameters', 'filter_templates.sweep.ray_engine:run_ray'),
 }
 
 

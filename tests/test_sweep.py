@@ -285,6 +285,7 @@ def test_sweep_runs_records_and_skips_done_points(tmp_path, capsys):
 def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys, one_thread):
     from filter_templates.arch import make_arch
     from filter_templates.sweep.local import run_local
+    from filter_templates.sweep.options import EngineOptions
     from filter_templates.train import TrainConfig
 
     common = dict(dataset="synthetic", epochs=1, batch_size=32, limit_train=64, limit_test=32, device="cpu")
@@ -305,7 +306,7 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys, one_th
     # failed points are skipped on a re-run, and retried only when asked
     again = run_local(configs, db, runs)
     assert (again.done, again.failed, again.skipped_failed, again.skipped_done) == (0, 0, 2, 1)
-    retried = run_local(configs[:1], db, runs, retry_failed=True)
+    retried = run_local(configs[:1], db, runs, EngineOptions(retry_failed=True))
     assert retried.failed == 1
     with Store(db) as s:
         assert s.get(nan["key"])["attempts"] == 2

@@ -3,16 +3,15 @@ so both check devices, cap the local jobs and report unreachable budget points t
 
 from __future__ import annotations
 
+import dataclasses
 import os
-import re
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from .. import validate
 from ..device import resolve_device
 from ..errors import UsageError
 from ..messages import note
 from .local import run_local
+from .options import ENGINES, EngineOptions, SlurmOptions
 from .ray_engine import run_ray
 from .slurm_engine import run_slurm
 
@@ -21,84 +20,6 @@ if TYPE_CHECKING:
     from .plan import SweepResult
 
 __all__ = ["ENGINES", "EngineOptions", "SlurmOptions", "run_grid"]
-
-ENGINES = ("local", "ray", "slurm")
-
-#: sbatch options that --slurm-option may not set: our own flags set them, or the engine needs its own value.
-_SLURM_OWN = {"partition": "--partition", "p": "--partition", "time": "--time", "t": "--time",
-              "cpus-per-task": "--cpus-per-task", "c": "--cpus-per-task", "gpus-per-task": "--gpus-per-task",
-              "mem": "--mem", "array": "--array-parallelism", "job-name": None, "J": None, "output": None,
-              "o": None, "error": None, "e": None, "open-mode": None, "signal": None, "wrap": None}
-
-
-@dataclass
-class SlurmOptions:
-    """What ``--engine slurm`` asks of the cluster (``sweep.slurm_engine``). ``time``: minutes per job
-    (a run that reaches it checkpoints, requeues itself and resumes); ``extra``: further sbatch
-    options (``--slurm-option KEY=VALUE``); ``folder``: where submitit keeps the jobs' pickles and
-    logs (None: beside the store); ``poll_s``: how often the driver asks Slurm about its jobs."""
-
-    partition: str | None = None
-    time: int = 60
-    cpus_per_task: int = 1
-    gpus_per_task: int = 0
-    mem: str | None = None
-    array_parallelism: int | None = None
-    extra: dict[str, str] = field(default_factory=dict)
-    folder: str | None = None
-    poll_s: float = 5.0
-
-    def validate(self) -> "SlurmOptions":
-        """Refuse what sbatch would refuse later (or silently misread), naming the flag."""
-        validate.integer(self.time, "--time (minutes)")
-        if self.time < 3:  # submitit signals 90 s before the limit: a shorter job would requeue before it trains
-            raise UsageError(f"--time must be at least 3 minutes (a job is told to checkpoint 90 s before its "
-                             f"limit), got {self.time}")
-        validate.integer(self.cpus_per_task, "--cpus-per-task")
-        validate.integer(self.gpus_per_task, "--gpus-per-task", minimum=0)
-        if self.array_parallelism is not None:
-            validate.integer(self.array_parallelism, "--array-parallelism")
-        validate.number(self.poll_s, "the Slurm poll interval")
-        if self.mem is not None and not re.fullmatch(r"[1-9][0-9]*[KMGT]?", str(self.mem)):
-            raise UsageError(f"--mem must be a size as sbatch takes it (e.g. 4G, 8000M), got {self.mem!r}")
-        if self.partition is not None and not re.fullmatch(r"[\w.-]+", self.partition):
-            raise UsageError(f"--partition must be one partition's name, got {self.partition!r}")
-        for key in self.extra:
-            if key in _SLURM_OWN:
-                instead = _SLURM_OWN[key]
-                raise UsageError(f"--slurm-option {key}=...: " + (f"use {instead}" if instead else
-                                                                  "the Slurm engine sets this itself"))
-        return self
-
-    @staticmethod
-    def parse_extra(items: list[str] | None) -> dict[str, str]:
-        """``--slurm-option KEY=VALUE`` (repeatable) as a dict, refusing what is not KEY=VALUE."""
-        out: dict[str, str] = {}
-        for item in items or []:
-            key, sep, value = item.partition("=")
-            key = key.strip().lstrip("-")
-            if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key) or not value.strip():
-                raise UsageError(f"--slurm-option takes KEY=VALUE, an sbatch option without its dashes "
-                                 f"(e.g. account=myproject, qos=normal, constraint=a100), got {item!r}")
-            out[key] = value.strip()
-        return out
-
-
-@dataclass
-class EngineOptions:
-    """How to run a grid. ``jobs``/``threads``: local only (None: 1 job, torch's threads);
-    ``address`` to ``storage``: Ray only (see ``run_ray``); ``slurm``: Slurm only."""
-
-    engine: str = "local"
-    jobs: int | None = None
-    threads: int | None = None
-    address: str | None = None
-    cpus_per_trial: float = 1.0
-    gpus_per_trial: float = 0.0
-    max_failures: int = 2
-    storage: str | None = None
-    retry_failed: bool = False
-    slurm: SlurmOptions = field(default_factory=SlurmOptions)
 
 
 def run_grid(grid: "Grid", db: str | os.PathLike[str], runs_dir: str | os.PathLike[str], options: EngineOptions,
@@ -110,15 +31,12 @@ def run_grid(grid: "Grid", db: str | os.PathLike[str], runs_dir: str | os.PathLi
     for p in grid.unreachable:
         note(f"skipped {p.label()}: {p.reason}")
     if options.engine == "ray":
-        return run_ray(grid.configs, db, runs_dir, address=options.address, cpus_per_trial=options.cpus_per_trial,
-                       gpus_per_trial=options.gpus_per_trial, max_failures=options.max_failures,
-                       storage=options.storage, retry_failed=options.retry_failed,
-                       budget_points=grid.budget_points, progress=progress)
+        return run_ray(grid.configs, db, runs_dir, options, budget_points=grid.budget_points, progress=progress)
     if options.engine == "slurm":  # devices are the nodes' to resolve, not this machine's
         return run_slurm(grid.configs, db, runs_dir, options.slurm.validate(), retry_failed=options.retry_failed,
                          budget_points=grid.budget_points, progress=progress)
     for device in {c.device for c in grid.configs}:
         resolve_device(device)  # asking for CUDA where there is none fails now, not per run
     jobs = max(1, min(options.jobs or 1, os.cpu_count() or 1))
-    return run_local(grid.configs, db, runs_dir, retry_failed=options.retry_failed, jobs=jobs,
-                     threads=options.threads, budget_points=grid.budget_points, progress=progress)
+    return run_local(grid.configs, db, runs_dir, dataclasses.replace(options, jobs=jobs),
+                     budget_points=grid.budget_points, progress=progress)

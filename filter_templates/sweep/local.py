@@ -17,7 +17,9 @@ import time
 import traceback
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Sequence
+from typing import TYPE_CHECKING, Sequence
+
+import torch
 
 from ..autotune import threads_for
 from ..device import resolve_device
@@ -25,6 +27,7 @@ from ..messages import note as _log
 from ..progress import Progress
 from ..rundir import CHECKPOINT, read_metrics
 from ..train import TrainConfig, train
+from .options import EngineOptions
 from .plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
 from .store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
 
@@ -73,35 +76,23 @@ def train_point(store: Store, point: Point, token: str, *, progress: bool | None
     return summary
 
 
-def run_local(
-    configs: Sequence["TrainConfig"],
-    db: str | os.PathLike[str],
-    runs_dir: str | os.PathLike[str],
-    *,
-    retry_failed: bool = False,
-    budget_points: Sequence["BudgetPoint"] = (),
-    progress: bool | None = None,
-    jobs: int = 1,
-    threads: int | None = None,
-    threads_source: str | None = None,
-    stale_after: float = DEFAULT_STALE_AFTER,
-    heartbeat_every: float = HEARTBEAT_EVERY,
-    on_run: Callable[[Point, dict], None] | None = None,
-) -> SweepResult:
+def run_local(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs_dir: str | os.PathLike[str],
+              options: EngineOptions = EngineOptions(), *, budget_points: Sequence["BudgetPoint"] = (),
+              progress: bool | None = None) -> SweepResult:
     """Run every point of ``configs`` that is not done yet on this machine.
 
-    ``jobs``: how many runs train at once, each in its own process (this one and ``jobs - 1``
-    worker processes claiming from the same store); ``threads``, ``threads_source``: see :func:`_threads`.
+    ``options.jobs``: how many runs train at once, each in its own process (this one and ``jobs - 1``
+    worker processes claiming from the same store); ``options.threads``, ``options.threads_source``:
+    see :func:`_threads`; ``options.retry_failed``: train failed points again.
     """
-    import torch
-
     t0 = time.perf_counter()
     owner = owner_id()
     before = torch.get_num_threads()
-    threads, threads_source = _threads(configs, jobs, threads, threads_source)
+    jobs = options.jobs or 1
+    threads, threads_source = _threads(configs, jobs, options.threads, options.threads_source)
     workers: list[tuple[subprocess.Popen, Path]] = []
     with Store(db) as store:
-        points, result = prepare(store, configs, runs_dir, retry_failed=retry_failed,
+        points, result = prepare(store, configs, runs_dir, retry_failed=options.retry_failed,
                                  budget_points=budget_points)
         result.engine = "local"
         by_key = {p.key: p for p in points}
@@ -109,12 +100,12 @@ def run_local(
         config_json = {p.key: p.config_json for p in points}
         bar = Progress(total=len(points), desc="sweep", enabled=progress)
         bar.n = result.skipped
-        todo = sum(1 for r in store.rows(keys) if store.claimable(r, stale_after=stale_after))
+        todo = sum(1 for r in store.rows(keys) if store.claimable(r, stale_after=DEFAULT_STALE_AFTER))
         try:
             if jobs > 1 and todo > 1:
                 workers = _spawn_workers(min(jobs, todo) - 1, points, store.path, runs_dir, (threads, threads_source))
             while True:
-                claim = store.claim(keys, owner=owner, stale_after=stale_after, config_json=config_json)
+                claim = store.claim(keys, owner=owner, stale_after=DEFAULT_STALE_AFTER, config_json=config_json)
                 if claim is None:
                     break
                 point = by_key[claim["key"]]
@@ -125,7 +116,7 @@ def run_local(
                 torch.set_num_threads(threads)  # a resumed run before this one kept its own
                 try:
                     summary = train_point(store, point, claim["claim_token"], progress=progress,
-                                          heartbeat_every=heartbeat_every, threads_source=threads_source)
+                                          threads_source=threads_source)
                 except _ClaimLost:
                     _log(f"{point.name}: another sweep took this point over; leaving it to that sweep")
                     continue
@@ -134,8 +125,6 @@ def run_local(
                     result.interrupted = True
                     raise
                 _count(result, point, summary)
-                if on_run is not None:
-                    on_run(point, summary)
                 if workers:  # the others' runs count too
                     c = store.counts(keys)
                     bar.n = c["done"] + c["failed"] - 1
@@ -232,8 +221,8 @@ def _worker_main(argv: Sequence[str]) -> int:
     result_file.with_suffix(".started").touch()
     configs = [TrainConfig.from_dict(c) for c in job["configs"]]
     try:
-        result = run_local(configs, job["db"], job["runs_dir"], progress=False, threads=job["threads"],
-                           threads_source=job.get("threads_source"))
+        options = EngineOptions(threads=job["threads"], threads_source=job.get("threads_source"))
+        result = run_local(configs, job["db"], job["runs_dir"], options, progress=False)
     except KeyboardInterrupt:
         return 130
     result_file.write_text(json.dumps(result.to_dict()))

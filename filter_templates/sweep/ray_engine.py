@@ -16,6 +16,7 @@ Ray is an optional extra (``pip install 'filter-templates[ray]'``) and is import
 from __future__ import annotations
 
 import contextlib
+import importlib
 import json
 import logging
 import os
@@ -31,6 +32,7 @@ from ..errors import UsageError
 from ..progress import Progress
 from ..rundir import CHECKPOINT, copy_run_files, read_metrics
 from ..train import TrainConfig, train
+from .options import EngineOptions
 from .plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
 from .store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
 
@@ -96,40 +98,29 @@ def _trial(params: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def run_ray(
-    configs: Sequence["TrainConfig"],
-    db: str | os.PathLike[str],
-    runs_dir: str | os.PathLike[str],
-    *,
-    address: str | None = None,
-    cpus_per_trial: float = 1.0,
-    gpus_per_trial: float = 0.0,
-    max_failures: int = 2,
-    storage: str | None = None,
-    retry_failed: bool = False,
-    budget_points: Sequence["BudgetPoint"] = (),
-    progress: bool | None = None,
-    stale_after: float = DEFAULT_STALE_AFTER,
-    heartbeat_every: float = HEARTBEAT_EVERY,
-) -> SweepResult:
+def run_ray(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs_dir: str | os.PathLike[str],
+            options: EngineOptions = EngineOptions(engine="ray"), *, budget_points: Sequence["BudgetPoint"] = (),
+            progress: bool | None = None) -> SweepResult:
     """Run every claimable point of ``configs`` as a Ray Tune trial; return what happened.
 
-    ``address``: join that Ray cluster (``auto``, ``ray://host:10001``, ...); None starts a local
-    Ray. ``storage``: where Tune keeps trial checkpoints (a shared path or URI on a cluster);
-    default ``<runs_dir>/_ray``.
+    ``options.address``: join that Ray cluster (``auto``, ``ray://host:10001``, ...); None starts a
+    local Ray. ``options.storage``: where Tune keeps trial checkpoints (a shared path or URI on a
+    cluster); default ``<runs_dir>/_ray``. ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``
+    and ``retry_failed`` as their flags say.
     """
+    address = options.address
     ray, tune = import_ray(address)
     for name, value in _QUIET.items():  # the sweep draws its own progress; Tune's tables would drown it
         os.environ.setdefault(name, value)
     t0 = time.perf_counter()
     runs = Path(runs_dir).resolve()
-    storage = storage or str(runs / "_ray")
+    storage = options.storage or str(runs / "_ray")
     with Store(db) as store:
-        points, result = prepare(store, configs, runs, retry_failed=retry_failed,
+        points, result = prepare(store, configs, runs, retry_failed=options.retry_failed,
                                  budget_points=budget_points)
         result.engine = "ray"
         by_key = {p.key: p for p in points}
-        claims = store.claim_many(list(by_key), owner=owner_id(), stale_after=stale_after,
+        claims = store.claim_many(list(by_key), owner=owner_id(), stale_after=DEFAULT_STALE_AFTER,
                                   config_json={p.key: p.config_json for p in points})
         tokens = {c["key"]: c["claim_token"] for c in claims}
         bar = Progress(total=len(points), desc="sweep", enabled=progress)
@@ -148,17 +139,15 @@ def run_ray(
         started_ray = False
         try:
             if todo:
-                with Heartbeats(store.path, {p.key: tokens[p.key] for p in todo}, heartbeat_every) as beats, \
+                with Heartbeats(store.path, {p.key: tokens[p.key] for p in todo}, HEARTBEAT_EVERY) as beats, \
                         contextlib.redirect_stdout(sys.stderr):  # keep stdout for the summary / --json
                     if not ray.is_initialized():
                         _init_ray(ray, address)
                         started_ray = True
                     if not address:  # a local Ray cannot grow: a trial that can never fit would wait forever
-                        _check_fits(ray.cluster_resources(), cpus_per_trial, gpus_per_trial)
-                    from .ray_callback import StoreCallback  # imports Ray: only once it is known to be there
-
-                    callback = StoreCallback(store, by_key, tokens, beats, result, bar)
-                    _fit(tune, todo, storage, cpus_per_trial, gpus_per_trial, max_failures, callback)
+                        _check_fits(ray.cluster_resources(), options.cpus_per_trial, options.gpus_per_trial)
+                    callback = _store_callback()(store, by_key, tokens, beats, result, bar)
+                    _fit(tune, todo, storage, options, callback)
         finally:
             # Anything not recorded (Ctrl-C, a Tune crash) goes back to pending: the next sweep
             # resumes it from its run folder.
@@ -221,8 +210,15 @@ def _trial_name(trial: Any) -> str:
     return str(trial.config["point"]["name"])
 
 
-def _fit(tune: Any, todo: list[Point], storage: str, cpus: float, gpus: float, max_failures: int,
-         callback: Any) -> None:
+def _store_callback() -> Any:
+    """The Tune callback class that records trials (``ray_callback.StoreCallback``). It subclasses
+    Ray's ``Callback``, so its module imports Ray: it is imported by name, after :func:`import_ray`
+    has found Ray."""
+    return importlib.import_module(f"{__package__}.ray_callback").StoreCallback
+
+
+def _fit(tune: Any, todo: list[Point], storage: str, options: EngineOptions, callback: Any) -> None:
+    cpus, gpus = options.cpus_per_trial, options.gpus_per_trial
     def absolute(cfg: dict[str, Any]) -> dict[str, Any]:
         cfg = dict(cfg)  # trials run with the trial folder as cwd: relative data paths would break
         if cfg.get("data_dir"):
@@ -240,7 +236,7 @@ def _fit(tune: Any, todo: list[Point], storage: str, cpus: float, gpus: float, m
         run_config=tune.RunConfig(
             name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=storage,
-            failure_config=tune.FailureConfig(max_failures=max_failures),
+            failure_config=tune.FailureConfig(max_failures=options.max_failures),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             callbacks=[callback],
             verbose=0,

@@ -42,7 +42,7 @@ from .store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owne
 
 if TYPE_CHECKING:
     from ..train import TrainConfig
-    from .engines import SlurmOptions
+    from .options import SlurmOptions
     from .grid import BudgetPoint
 
 __all__ = ["run_slurm", "default_folder", "check_shared"]
