@@ -21,7 +21,7 @@ import torch
 
 from filter_templates import measure as M
 from filter_templates.arch import make_arch
-from filter_templates.fit import fit, parse_budget
+from filter_templates.fit import FitRequest, fit, parse_budget
 from filter_templates.models import family_names
 from results_file import add_write_argument, write
 
@@ -53,7 +53,7 @@ def main() -> None:
             for _ in range(args.repeat):
                 clear_caches()
                 t, c = time.perf_counter(), time.process_time()
-                results = fit(family, budget, progress=False)
+                results = fit(FitRequest(family, budget, progress=False))
                 times.append(time.perf_counter() - t)
                 cpu.append(time.process_time() - c)
             key = budget.split("=")[0]

@@ -51,7 +51,7 @@ from .models import MAX_FILTERS, MAX_WIDTH, get_family
 from .progress import Progress
 from .templates import template_names
 
-__all__ = ["Budget", "parse_budget", "FitResult", "fit", "KEYS", "LATENCY_TOLERANCE", "format_value"]
+__all__ = ["Budget", "parse_budget", "FitRequest", "FitResult", "fit", "KEYS", "LATENCY_TOLERANCE", "format_value"]
 
 KEYS = ("params", "flops", "memory", "latency")
 LATENCY_TOLERANCE = 0.03
@@ -147,31 +147,60 @@ class _TooBig(Exception):
     """A probe's model is too large to build and time for real."""
 
 
+@dataclass(frozen=True)
+class FitRequest:
+    """What :func:`fit` fits: ``family`` to ``budget`` for ``templates`` (default: all registered).
+
+    How each model is built besides its width: ``classes``, ``divisor``, ``floor``,
+    ``as_published`` (the study's configurations and truncating rounding) and ``image_size`` (the
+    side of the images the models take; every resource is counted at it). Where and how the
+    measured resources are measured: ``batch_size``, ``device``, ``min_run_time`` (latency timing;
+    default ``measure.LATENCY_MIN_RUN_TIME``), ``threads`` (CPU threads for latency; default the
+    process's) and ``latency_tolerance`` (a latency budget is fitted this fraction below, against
+    timing noise). ``max_width`` caps the search; ``measure=True`` adds training memory and latency
+    of every fitted model to its resources (otherwise only params, FLOPs and the budgeted resource).
+    """
+
+    family: str
+    budget: Union[Budget, str]
+    templates: Optional[Sequence[str]] = None
+    classes: int = 10
+    divisor: int = 1
+    floor: int = 1
+    as_published: bool = False
+    image_size: int = 32
+    batch_size: int = 64
+    device: str = "cpu"
+    min_run_time: Optional[float] = None
+    threads: Optional[int] = None
+    latency_tolerance: float = LATENCY_TOLERANCE
+    max_width: float = MAX_WIDTH
+    measure: bool = False
+    progress: Optional[bool] = None
+
+    def arch(self, family: str, template: str, width: float) -> Arch:
+        return make_arch(family, template, width, self.classes, divisor=self.divisor, floor=self.floor,
+                         as_published=self.as_published, image_size=self.image_size)
+
+
 @dataclass
 class _Objective:
     """The budgeted resource as a function of the width multiplier, for one template."""
 
-    family: str
+    request: FitRequest
+    family: str  # the request's, resolved
     template: str
     key: str
-    classes: int
-    divisor: int
-    floor: int
-    batch_size: int
     device: Any
     min_run_time: float
-    max_real_params: int
     limit: float
-    threads: Optional[int]
     cache: dict  # model signature -> measured value, shared by the templates of one fit
-    as_published: bool = False
-    image_size: int = 32
+    max_real_params: int = 0
     seen: list = field(default_factory=list)  # (width, structure) of every probe
     probes: int = 0
 
     def arch(self, w: float) -> Arch:
-        return make_arch(self.family, self.template, w, self.classes, divisor=self.divisor, floor=self.floor,
-                         as_published=self.as_published, image_size=self.image_size)
+        return self.request.arch(self.family, self.template, w)
 
     def signature(self, w: float) -> tuple:
         return arch_shape(self.arch(w)).signature
@@ -197,93 +226,67 @@ class _Objective:
                 if params > self.max_real_params:
                     raise _TooBig
                 try:
-                    return float(M.train_memory_bytes(M.meta_model(arch), self.batch_size, M.input_shape_of(arch),
-                                                      device=self.device))
+                    return float(M.train_memory_bytes(M.meta_model(arch), self.request.batch_size,
+                                                      M.input_shape_of(arch), device=self.device))
                 except torch.cuda.OutOfMemoryError:
                     return math.inf  # does not fit the device: certainly over any budget it could meet
-            return float(M.train_memory_bytes(M.meta_model(arch), self.batch_size, M.input_shape_of(arch), device="cpu"))
+            return float(M.train_memory_bytes(M.meta_model(arch), self.request.batch_size, M.input_shape_of(arch),
+                                              device="cpu"))
         if params > self.max_real_params:
             raise _TooBig
         with torch.device(self.device):
             model = arch.build()
         best = math.inf
         for _ in range(LATENCY_REPEATS):  # interference only ever adds time: keep the fastest median
-            r = M.latency(model, self.batch_size, self.device, min_run_time=self.min_run_time, threads=self.threads,
-                          input_shape=M.input_shape_of(arch))
+            r = M.latency(model, self.request.batch_size, self.device, min_run_time=self.min_run_time,
+                          threads=self.request.threads, input_shape=M.input_shape_of(arch))
             best = min(best, r["median_s"])
             if best <= self.limit:
                 break
         return float(best)
 
 
-def fit(
-    family: str,
-    budget: Union[Budget, str],
-    templates: Optional[Sequence[str]] = None,
-    *,
-    classes: int = 10,
-    divisor: int = 1,
-    floor: int = 1,
-    batch_size: int = 64,
-    device: str = "cpu",
-    max_width: float = MAX_WIDTH,
-    latency_tolerance: float = LATENCY_TOLERANCE,
-    min_run_time: Optional[float] = None,
-    measure: bool = False,
-    threads: Optional[int] = None,
-    progress: Optional[bool] = None,
-    as_published: bool = False,
-    image_size: int = 32,
-) -> list[FitResult]:
-    """For each template (default: all registered), the largest width that fits ``budget``.
-
-    ``measure=True`` adds training memory and latency of every fitted model to its resources
-    (otherwise only params, FLOPs and the budgeted resource are reported). ``as_published``: the
-    study's configurations and truncating rounding. ``threads``: CPU
-    threads for latency (default: the process's). ``image_size``: the side of the images the models
-    take (their dataset's); every resource is counted at it. Raises
-    :class:`UsageError` for a budget below the smallest reachable model, naming that model's value.
-    """
-    fam = get_family(family, image_size)
-    if isinstance(budget, str):
-        budget = parse_budget(budget)
+def fit(request: FitRequest) -> list[FitResult]:
+    """For each template of ``request``, the largest width that fits its budget. Raises
+    :class:`UsageError` for a budget below the smallest reachable model, naming that model's value."""
+    r = request
+    fam = get_family(r.family, r.image_size)
+    budget = parse_budget(r.budget) if isinstance(r.budget, str) else r.budget
     if budget.key not in KEYS:
         raise UsageError(f"unknown budget key {budget.key!r}; choose from {', '.join(KEYS)}")
-    validate.integer(batch_size, "batch size")
-    validate.number(max_width, "maximum width", W_TINY)
-    if threads is not None:
-        validate.integer(threads, "thread count")
-    validate.number(latency_tolerance, "latency tolerance", 0.0, strict=False, maximum=1.0)
-    dev = resolve_device(device)
-    run_time = M.LATENCY_MIN_RUN_TIME if min_run_time is None else float(min_run_time)
-    names = list(templates) if templates else template_names()
+    validate.integer(r.batch_size, "batch size")
+    validate.number(r.max_width, "maximum width", W_TINY)
+    if r.threads is not None:
+        validate.integer(r.threads, "thread count")
+    validate.number(r.latency_tolerance, "latency tolerance", 0.0, strict=False, maximum=1.0)
+    dev = resolve_device(r.device)
+    run_time = M.LATENCY_MIN_RUN_TIME if r.min_run_time is None else float(r.min_run_time)
+    names = list(r.templates) if r.templates else template_names()
     measured = budget.key == "latency" or (budget.key == "memory" and dev.type == "cuda")
-    limit = budget.value * (1 - latency_tolerance) if budget.key == "latency" else budget.value
+    limit = budget.value * (1 - r.latency_tolerance) if budget.key == "latency" else budget.value
     rel_tol = LATENCY_REL_TOL if budget.key == "latency" else EXACT_REL_TOL
     cache: dict = {}
     for name in names:  # refuse a bad template before spending time on the others
-        make_arch(fam.name, name, 1.0, classes, divisor=divisor, floor=floor, as_published=as_published,
-                  image_size=image_size)
+        r.arch(fam.name, name, 1.0)
 
     results = []
-    for name in Progress(names, desc=f"fit {fam.name} {budget.key}", enabled=progress):
-        obj = _Objective(fam.name, name, budget.key, classes, divisor, floor, batch_size, dev, run_time,
-                         MAX_REAL_PARAMS, limit, threads, cache, as_published, image_size=image_size)
+    for name in Progress(names, desc=f"fit {fam.name} {budget.key}", enabled=r.progress):
+        obj = _Objective(r, fam.name, name, budget.key, dev, run_time, limit, cache, MAX_REAL_PARAMS)
         smallest = obj(W_TINY)
         if smallest > limit:
-            raise UsageError(_unreachable(fam.name, floor, budget, smallest, limit))
-        cap = _width_cap(obj.arch(1.0), fam, float(max_width), divisor)
+            raise UsageError(_unreachable(fam.name, r.floor, budget, smallest, limit))
+        cap = _width_cap(obj.arch(1.0), fam, float(r.max_width), r.divisor)
         width, capped, note = _search(obj, limit, cap, rel_tol, measured)
         arch = obj.arch(width)
-        want_memory = measure or budget.key == "memory"
-        want_latency = measure or budget.key == "latency"
-        res = M.resources(arch, batch_size, dev, memory=want_memory, latency=want_latency, min_run_time=run_time,
-                          threads=threads)
+        want_memory = r.measure or budget.key == "memory"
+        want_latency = r.measure or budget.key == "latency"
+        res = M.resources(arch, r.batch_size, dev, memory=want_memory, latency=want_latency, min_run_time=run_time,
+                          threads=r.threads)
         if not (want_memory or want_latency):
             res = {"params": res["params"], "flops": res["flops"]}
         if budget.key == "latency":  # the probe's timing is as valid as the fresh one: keep the faster
             probe = cache.get(M.arch_shape(arch).signature)
-            at = f"batch{batch_size}"
+            at = f"batch{r.batch_size}"
             if probe is not None and probe < res["latency_s"][at]:
                 res["latency_s"][at] = probe
         results.append(FitResult(arch.template, width, arch, res, capped, note, obj.probes))

@@ -15,7 +15,7 @@ from filter_templates import measure as M
 from filter_templates.arch import Arch, make_arch
 from filter_templates.cli import main
 from filter_templates.errors import UsageError
-from filter_templates.fit import Budget, fit, parse_budget
+from filter_templates.fit import Budget, FitRequest, fit, parse_budget
 from filter_templates.templates import template_names
 
 
@@ -112,14 +112,14 @@ def test_fit_cli_hits_97_to_100_percent(capsys, family, budget):
 def test_fit_is_the_largest_width_up_to_1e4(key):
     budget = Budget(key, 2e6 if key == "params" else 150e6)
     shape = {"params": M.arch_params, "flops": M.arch_flops}[key]
-    for r in fit("vgg19", budget):
+    for r in fit(FitRequest("vgg19", budget)):
         assert shape(r.arch) <= budget.value
         assert shape(make_arch("vgg19", r.template, r.width * (1 + 1e-4))) > budget.value, r.template
         assert r.resources == {"params": M.arch_params(r.arch), "flops": M.arch_flops(r.arch)}
 
 
 def test_fit_options_pass_through():
-    (r,) = fit("mobilenet", "params=300K", ["uniform"], classes=100, divisor=8, floor=16)
+    (r,) = fit(FitRequest("mobilenet", "params=300K", ["uniform"], classes=100, divisor=8, floor=16))
     assert r.arch.classes == 100 and r.arch.divisor == 8 and r.arch.floor == 16
     assert all(f % 8 == 0 and f >= 16 for f in r.arch.filters)
     assert r.resources["params"] == M.count_params(r.arch.build()) <= 300_000
@@ -129,7 +129,7 @@ def test_non_monotone_resnet_finds_the_width_above_the_dip():
     # ResNet's projection shortcuts come and go where rounding makes neighbouring blocks equal:
     # the cost can dip just above the first boundary. Nothing above the answer may fit.
     budget = 22_000  # bisection alone stops at width 0.0258 (20,196 params); 0.02698 fits too
-    (r,) = fit("resnet50-blocks", Budget("params", budget), ["negative-quadratic"])
+    (r,) = fit(FitRequest("resnet50-blocks", Budget("params", budget), ["negative-quadratic"]))
     assert r.width > 0.0269
     assert r.resources["params"] <= budget
     widths = r.width * np.linspace(1 + 1e-4, 1.1, 60)
@@ -139,7 +139,7 @@ def test_non_monotone_resnet_finds_the_width_above_the_dip():
 
 def test_memory_budget_uses_the_exact_account():
     budget = Budget("memory", 40e6)
-    for r in fit("vgg19", budget, ["base", "quadratic"], batch_size=16):
+    for r in fit(FitRequest("vgg19", budget, ["base", "quadratic"], batch_size=16)):
         assert r.resources["train_memory_bytes"] <= budget.value
         assert r.resources["train_memory_method"] == "cpu-account"
         bigger = make_arch("vgg19", r.template, r.width * (1 + 1e-4))
@@ -154,7 +154,7 @@ def test_latency_budget_with_tolerance(monkeypatch):
     monkeypatch.setattr(M, "latency", fake)
     monkeypatch.setattr(M, "_latency_fn", fake)
     budget = Budget("latency", 0.0005)  # 0.5 ms = about 780K parameters at batch 64
-    results = fit("mobilenet", budget, ["base", "uniform"], latency_tolerance=0.05)
+    results = fit(FitRequest("mobilenet", budget, ["base", "uniform"], latency_tolerance=0.05))
     for r in results:
         lat = r.resources["latency_s"]["batch64"]
         assert lat <= budget.value * 0.95
@@ -164,13 +164,13 @@ def test_latency_budget_with_tolerance(monkeypatch):
 
 
 def test_fit_result_to_dict_and_unreachable_message():
-    (r,) = fit("vgg19", "params=500K", ["base"])
+    (r,) = fit(FitRequest("vgg19", "params=500K", ["base"]))
     d = r.to_dict()
     assert list(d) == ["template", "width", "filters", "params", "flops", "capped"]
     smallest = M.arch_params(make_arch("vgg19", "base", 1e-6))
     with pytest.raises(UsageError, match=f"smallest reachable vgg19 model.*{smallest:,} parameters"):
-        fit("vgg19", Budget("params", smallest - 1))
-    (r,) = fit("vgg19", Budget("params", smallest), ["reverse"])  # exactly the smallest is reachable
+        fit(FitRequest("vgg19", Budget("params", smallest - 1)))
+    (r,) = fit(FitRequest("vgg19", Budget("params", smallest), ["reverse"]))  # exactly the smallest is reachable
     assert r.resources["params"] == smallest
 
 
@@ -274,8 +274,7 @@ def test_fit_cuda_without_gpu(capsys):
 
 
 def test_huge_budget_stops_below_the_filter_limit_instead_of_failing():
-    from filter_templates.fit import fit
     from filter_templates.models import MAX_FILTERS
 
-    (res,) = fit("googlenet", "params=1T", ["quadratic"])  # its end modules hit the limit near w=58
+    (res,) = fit(FitRequest("googlenet", "params=1T", ["quadratic"]))  # its end modules hit the limit near w=58
     assert res.capped and max(res.arch.filters) <= MAX_FILTERS

@@ -29,7 +29,6 @@ ALLOWED: set[tuple[str, str]] = {
     ('length', 'filter_templates.report:_write_report'),
     ('length', 'filter_templates.train:train'),
     ('parameters', 'filter_templates.data.augment:Loader.__init__'),
-    ('parameters', 'filter_templates.fit:fit'),
     ('parameters', 'filter_templates.reduce:reduce'),
 }
 

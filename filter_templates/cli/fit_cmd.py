@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 
 from ..arch import IMAGE_SIZE
-from ..fit import LATENCY_TOLERANCE, fit, format_value, parse_budget
+from ..fit import LATENCY_TOLERANCE, FitRequest, fit, format_value, parse_budget
 from ..messages import warn
 from ..models import MAX_WIDTH, get_family
 from ..rundir import atomic_write_json, check_writable, writing
@@ -62,10 +62,11 @@ def run(args: argparse.Namespace) -> int:
     budget = parse_budget(args.budget)
     if args.save:
         check_writable(args.save, "--save", folder=True)  # before the fit, which may take a while
-    results = fit(args.model, budget, args.templates, classes=args.classes, divisor=args.divisor,
-                  floor=args.floor, batch_size=args.batch_size, device=args.device, max_width=args.max_width,
-                  latency_tolerance=args.latency_tolerance, min_run_time=args.min_run_time, measure=args.measure,
-                  threads=args.threads, as_published=bool(args.as_published), image_size=size)
+    results = fit(FitRequest(args.model, budget, args.templates, classes=args.classes, divisor=args.divisor,
+                             floor=args.floor, as_published=bool(args.as_published), image_size=size,
+                             batch_size=args.batch_size, device=args.device, min_run_time=args.min_run_time,
+                             threads=args.threads, latency_tolerance=args.latency_tolerance,
+                             max_width=args.max_width, measure=args.measure))
     for r in results:
         if r.note:
             warn(f"{r.template}: {r.note}")

@@ -22,7 +22,7 @@ from ..arch import make_arch
 from ..data import data_digest_for, data_shape, load_data_for, num_classes
 from ..device import resolve_device
 from ..errors import UsageError
-from ..fit import Budget, fit, parse_budget
+from ..fit import Budget, FitRequest, fit, parse_budget
 from ..measure import resources
 from ..messages import note
 from ..models import get_family
@@ -400,9 +400,9 @@ def _budget_points(spec: SweepSpec, family: str, template: str, budget: "Budget"
                         dataset=dataset, **spec.train)
     device = resolve_device(probe.device)  # a device that does not exist is an error, not an unreachable budget
     try:
-        (r,) = fit(family, budget, [template], classes=classes, divisor=spec.divisor, floor=spec.floor,
-                   batch_size=probe.batch_size, device=str(device), progress=False, as_published=spec.as_published,
-                   image_size=size)
+        (r,) = fit(FitRequest(family, budget, [template], classes=classes, divisor=spec.divisor, floor=spec.floor,
+                              as_published=spec.as_published, image_size=size, batch_size=probe.batch_size,
+                              device=str(device), progress=False))
     except UsageError as exc:  # below the smallest model this template can build
         arch, fitted, reason = None, None, " ".join(str(exc).split())
     else:
