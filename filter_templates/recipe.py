@@ -17,6 +17,7 @@ run continues bit for bit.
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -24,7 +25,8 @@ import torch
 from . import muon, validate
 from .errors import UsageError
 
-__all__ = ["RECIPES", "RECIPE_FIELDS", "SCHEDULES", "OPTIMIZERS", "lr_multiplier", "make_optimizer", "EMA", "check_recipe_values"]
+__all__ = ["RECIPES", "RECIPE_FIELDS", "SCHEDULES", "OPTIMIZERS", "lr_multiplier", "make_optimizer",
+           "OptimizerSettings", "EMA", "check_recipe_values"]
 
 SCHEDULES = ("step", "linear")
 OPTIMIZERS = ("sgd", "muon")
@@ -67,17 +69,32 @@ def lr_multiplier(schedule: str, warmup: float, epochs: int, steps_per_epoch: in
     return linear
 
 
-def make_optimizer(model: torch.nn.Module, lr: float, momentum: float, weight_decay: float, nesterov: bool,
-                   norm_bias_decay: bool, optimizer: str = "sgd", muon_lr: float = 0.01) -> torch.optim.Optimizer:
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """What an optimiser is made from: these fields of a ``TrainConfig``, which passes as one."""
+
+    lr: float
+    momentum: float
+    weight_decay: float
+    nesterov: bool
+    norm_bias_decay: bool
+    optimizer: str = "sgd"
+    muon_lr: float = 0.01
+
+
+def make_optimizer(model: torch.nn.Module, settings: OptimizerSettings) -> torch.optim.Optimizer:
     """SGD; with ``norm_bias_decay=False`` the one-dimensional parameters (BatchNorm scales and
     shifts, biases) get no weight decay: shrinking them fights the normalisation, not overfitting.
     ``optimizer="muon"``: the convolutions that feed a BatchNorm take Muon steps at ``muon_lr`` (the
-    schedule scales it as it scales ``lr``), the rest the same SGD (:mod:`.muon`)."""
+    schedule scales it as it scales ``lr``), the rest the same SGD (:mod:`.muon`). ``settings``:
+    an :class:`OptimizerSettings` or a ``TrainConfig``."""
+    s = settings
+    lr, momentum, weight_decay, nesterov, optimizer = s.lr, s.momentum, s.weight_decay, s.nesterov, s.optimizer
     params = [p for p in model.parameters() if p.requires_grad]
     orthogonal = muon.muon_parameters(model) if optimizer == "muon" else []
     taken = {id(p) for p in orthogonal}
     params = [p for p in params if id(p) not in taken]
-    if norm_bias_decay or weight_decay == 0:
+    if s.norm_bias_decay or weight_decay == 0:
         groups = [{"params": params}]
     else:
         groups = [{"params": [p for p in params if p.ndim > 1]},
@@ -85,7 +102,7 @@ def make_optimizer(model: torch.nn.Module, lr: float, momentum: float, weight_de
     if optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if orthogonal:  # last, so param_groups[0]["lr"] stays the SGD lr that progress lines show
-        groups.append({"params": orthogonal, "muon": True, "lr": muon_lr, "weight_decay": 0.0})
+        groups.append({"params": orthogonal, "muon": True, "lr": s.muon_lr, "weight_decay": 0.0})
     return muon.Muon([g for g in groups if g["params"]], lr=lr, momentum=momentum, weight_decay=weight_decay,
                      nesterov=nesterov)
 

@@ -335,8 +335,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     elif state is None:  # a resumed run loads its weights over any initialisation
         _initialise(model, config, ds)
     model = model.to(device=device, memory_format=fmt)
-    optimizer = make_optimizer(model, config.lr, config.momentum, config.weight_decay, config.nesterov,
-                               config.norm_bias_decay, config.optimizer, config.muon_lr)
+    optimizer = make_optimizer(model, config)
     loader_kw = dict(mean=ds.mean, std=ds.std, device=device, seed=config.seed,
                      channels_last=config.memory_format == "channels_last")
     train_loader = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, flip=ds.hflip,

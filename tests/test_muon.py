@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from filter_templates import muon
 from filter_templates.arch import make_arch
 from filter_templates.errors import UsageError
-from filter_templates.recipe import make_optimizer
+from filter_templates.recipe import OptimizerSettings, make_optimizer
 from filter_templates.train import TrainConfig
 
 
@@ -58,7 +58,7 @@ class _Untraceable(nn.Module):
 def test_untraceable_model_is_refused_with_one_clear_error():
     with pytest.raises(UsageError, match="optimizer 'muon' needs a model torch.fx can trace"):
         muon.muon_parameters(_Untraceable())
-    make_optimizer(_Untraceable(), 0.1, 0.9, 1e-4, True, False)  # plain SGD needs no tracing
+    make_optimizer(_Untraceable(), OptimizerSettings(0.1, 0.9, 1e-4, True, False))  # plain SGD needs no tracing
 
 
 def test_other_parameters_step_exactly_as_torch_sgd():
@@ -82,7 +82,7 @@ def test_muon_step_sets_the_weight_scale_and_moves_it_by_about_lr():
     model = nn.Sequential(nn.Conv2d(3, 16, 3), nn.BatchNorm2d(16), nn.Flatten(), nn.LazyLinear(2))
     model(torch.randn(2, 3, 8, 8))
     lr = 0.01
-    opt = make_optimizer(model, 0.1, 0.9, 0.0, True, False, "muon", lr)
+    opt = make_optimizer(model, OptimizerSettings(0.1, 0.9, 0.0, True, False, "muon", lr))
     assert [g["muon"] for g in opt.param_groups][-1] and opt.param_groups[0]["lr"] == 0.1  # SGD's lr shows first
     w = model[0].weight
     F.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.tensor([0, 1, 0, 1])).backward()

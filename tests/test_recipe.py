@@ -11,7 +11,7 @@ from filter_templates import autotune
 from filter_templates.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.errors import UsageError
-from filter_templates.recipe import RECIPES, lr_multiplier, make_optimizer
+from filter_templates.recipe import RECIPES, OptimizerSettings, lr_multiplier, make_optimizer
 from filter_templates.train import EXECUTION_KEYS, FIELDS, RESULT_KEYS, TrainConfig, train
 
 SMALL = dict(dataset="digits", limit_train=128, limit_test=64, batch_size=32)
@@ -150,11 +150,11 @@ def test_step_schedule_divides_at_half_and_three_quarters():
 
 def test_no_weight_decay_on_norm_and_bias():
     model = ARCH.build()
-    opt = make_optimizer(model, 0.1, 0.9, 5e-4, True, norm_bias_decay=False)
+    opt = make_optimizer(model, OptimizerSettings(0.1, 0.9, 5e-4, True, norm_bias_decay=False))
     decayed, free = opt.param_groups
     assert decayed["weight_decay"] == 5e-4 and all(p.ndim > 1 for p in decayed["params"])
     assert free["weight_decay"] == 0.0 and all(p.ndim == 1 for p in free["params"]) and free["params"]
-    assert len(make_optimizer(model, 0.1, 0.9, 5e-4, False, norm_bias_decay=True).param_groups) == 1
+    assert len(make_optimizer(model, OptimizerSettings(0.1, 0.9, 5e-4, False, norm_bias_decay=True)).param_groups) == 1
 
 
 def test_fast_run_records_every_setting(tmp_path):
