@@ -10,7 +10,7 @@ hold without training anything (runs that have not finished show as pending).
 
     python benchmarks/pruning_study.py --write docs/results/ [--models vgg19 mobilenet]
         [--budget params=100K] [--epochs 4] [--limit-train 2500] [--limit-test 1000] [--seeds 0 1]
-        [--prune-from vgg19=0.25 mobilenet=0.5] [--out runs/pruning-study] [--collect]
+        [--prune-from vgg19=0.25 mobilenet=0.5] [--out runs/pruning-study] [--collect] [--retry-failed]
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from filter_templates.prune import METHODS, Baselines
 from filter_templates.reduce import Candidate, rank, reduce
 from filter_templates.report.budgets import collect_budgets
+from filter_templates.sweep.options import EngineOptions
 from filter_templates.sweep.grid import ALL_TEMPLATES
 from filter_templates.sweep.store import Store
 from results_file import add_write_argument, write
@@ -67,6 +68,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", default=str(SHARED_CIFAR))
     p.add_argument("--out", default=str(REPO / "runs" / "pruning-study"))
     p.add_argument("--collect", action="store_true", help="write the results file from the folders; train nothing")
+    p.add_argument("--retry-failed", action="store_true", help="train candidates that failed before again")
     add_write_argument(p)
     args = p.parse_args(argv)
     start = {k: float(v) for k, _, v in (x.partition("=") for x in args.prune_from)}
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
         if not args.collect:
             base = Baselines(METHODS, args.prune_at, start.get(model, 1.0))
             reduce(model, args.budget, "cifar10", seeds=args.seeds, out=folder, baselines=base, report=False,
-                   export=False, progress=False,
+                   export=False, progress=False, engine=EngineOptions(retry_failed=args.retry_failed),
                    train={"epochs": args.epochs, "limit_train": args.limit_train, "limit_test": args.limit_test,
                           "data_dir": args.data})
         found, runs = collect(folder)
