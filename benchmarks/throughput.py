@@ -46,7 +46,7 @@ import torch
 from filter_templates import autotune
 from filter_templates.arch import make_arch
 from filter_templates.data import load_dataset
-from filter_templates.data.augment import Loader
+from filter_templates.data.augment import Loader, LoaderOptions
 from filter_templates.device import device_name, resolve_device
 from filter_templates.train import TrainConfig, sgd_step, train
 from results_file import add_write_argument, write
@@ -140,7 +140,8 @@ def run_bare(arch, ds, args, device, precision: str, memory_format: str) -> floa
     model = arch.build().to(device=device, memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
     loader = Loader(ds.train_x[: args.batch_size], ds.train_y[: args.batch_size], args.batch_size, train=True,
-                    mean=ds.mean, std=ds.std, device=device, seed=0, channels_last=memory_format == "channels_last")
+                    mean=ds.mean, std=ds.std,
+                    options=LoaderOptions(device=device, channels_last=memory_format == "channels_last"))
     x, y = next(iter(loader))
     amp = precision == "bf16"
     for _ in range(args.warmup):

@@ -33,7 +33,7 @@ from . import autotune, initialise, measure, rundir, validate
 from . import checkpoint as ckpt
 from .arch import MIN_IMAGE_SIZE, Arch
 from .data import Dataset, data_digest_for, load_data_for, split
-from .data.augment import Loader, scale_pixels
+from .data.augment import Loader, LoaderOptions, scale_pixels
 from .device import device_name, resolve_device
 from .errors import UsageError
 from .messages import note
@@ -336,13 +336,13 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         _initialise(model, config, ds)
     model = model.to(device=device, memory_format=fmt)
     optimizer = make_optimizer(model, config)
-    loader_kw = dict(mean=ds.mean, std=ds.std, device=device, seed=config.seed,
-                     channels_last=config.memory_format == "channels_last")
-    train_loader = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, flip=ds.hflip,
-                          pad=scale_pixels(config.crop_pad, ds.image_size), **loader_kw)
-    test_loader = Loader(ds.test_x, ds.test_y, max(config.batch_size, 256), train=False, **loader_kw)
+    batches = LoaderOptions(device=device, seed=config.seed, channels_last=config.memory_format == "channels_last",
+                            pad=scale_pixels(config.crop_pad, ds.image_size), flip=ds.hflip)
+    norm = dict(mean=ds.mean, std=ds.std)
+    train_loader = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, options=batches, **norm)
+    test_loader = Loader(ds.test_x, ds.test_y, max(config.batch_size, 256), train=False, options=batches, **norm)
     val_loader = None if ds.val_x is None else Loader(ds.val_x, ds.val_y, max(config.batch_size, 256), train=False,
-                                                      **loader_kw)
+                                                      options=batches, **norm)
     E, steps_per_epoch = config.epochs, len(train_loader)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_multiplier(config.schedule, config.warmup, E, steps_per_epoch))
@@ -456,7 +456,7 @@ def _initialise(model: torch.nn.Module, config: TrainConfig, ds: Dataset) -> Non
         return
     step = max(1, len(ds.train_x) // initialise.WHITEN_SAMPLE)
     sample = Loader(ds.train_x[::step][:initialise.WHITEN_SAMPLE], ds.train_y[::step][:initialise.WHITEN_SAMPLE],
-                    500, train=False, mean=ds.mean, std=ds.std, channels_last=False)
+                    500, train=False, mean=ds.mean, std=ds.std, options=LoaderOptions(channels_last=False))
     first = initialise.input_convolution(model, next(iter(sample))[0][:2])
     if config.whiten_init:
         if first is None or first.groups != 1:

@@ -18,7 +18,7 @@ import pytest
 import torch
 
 from filter_templates.data import DATASETS, Dataset, load_dataset
-from filter_templates.data.augment import Loader
+from filter_templates.data.augment import Loader, LoaderOptions
 from filter_templates.data import cache as data_cache
 from filter_templates.data import cifar, download, unpickle
 from filter_templates.data.images import decode_images
@@ -446,7 +446,8 @@ def test_train_loader_shapes_dtype_channels_last_and_len():
         assert yb.dtype == torch.int64 and yb.shape == (16,)
     seen = torch.cat([yb for _, yb in batches])
     assert len(set(seen.tolist())) == 32  # a permutation: no sample twice in an epoch
-    xb, _ = next(iter(Loader(x, y, 8, train=True, mean=MEAN, std=STD, channels_last=False, dtype=torch.bfloat16)))
+    options = LoaderOptions(channels_last=False, dtype=torch.bfloat16)
+    xb, _ = next(iter(Loader(x, y, 8, train=True, mean=MEAN, std=STD, options=options)))
     assert xb.dtype == torch.bfloat16 and xb.is_contiguous()
 
 
@@ -456,7 +457,7 @@ def test_train_crops_are_windows_of_the_zero_padded_image_maybe_flipped(pad):
     padded = np.zeros((40, 32 + 2 * pad, 32 + 2 * pad, 3), np.uint8)
     padded[:, pad:32 + pad, pad:32 + pad] = x
     offsets, flips = set(), set()
-    for xb, yb in Loader(x, y, 20, train=True, mean=MEAN, std=STD, seed=3, pad=pad):
+    for xb, yb in Loader(x, y, 20, train=True, mean=MEAN, std=STD, options=LoaderOptions(seed=3, pad=pad)):
         for img, i in zip(_unnormalise(xb), yb.tolist()):
             found = [(oy, ox, f) for oy in range(2 * pad + 1) for ox in range(2 * pad + 1) for f in (0, 1)
                      if np.array_equal(img, padded[i, oy:oy + 32, ox:ox + 32][:, ::-1] if f else padded[i, oy:oy + 32, ox:ox + 32])]
@@ -470,7 +471,7 @@ def test_flip_off_crops_but_never_mirrors_and_digits_say_so():
     x, y = _identifiable(40)
     padded = np.zeros((40, 40, 40, 3), np.uint8)
     padded[:, 4:36, 4:36] = x
-    plain = Loader(x, y, 20, train=True, mean=MEAN, std=STD, seed=3, flip=False)
+    plain = Loader(x, y, 20, train=True, mean=MEAN, std=STD, options=LoaderOptions(seed=3, flip=False))
     offsets = set()
     for xb, yb in plain:
         for img, i in zip(_unnormalise(xb), yb.tolist()):
@@ -480,15 +481,16 @@ def test_flip_off_crops_but_never_mirrors_and_digits_say_so():
             offsets.add(found[0])
     assert len(offsets) > 10
     # same random stream as with flips: the order and crops of an epoch do not depend on the flag
-    flipped = Loader(x, y, 20, train=True, mean=MEAN, std=STD, seed=3)
-    assert [yb.tolist() for _, yb in flipped] == [yb.tolist() for _, yb in Loader(x, y, 20, train=True, mean=MEAN, std=STD, seed=3, flip=False)]
+    flipped = Loader(x, y, 20, train=True, mean=MEAN, std=STD, options=LoaderOptions(seed=3))
+    plain = Loader(x, y, 20, train=True, mean=MEAN, std=STD, options=LoaderOptions(seed=3, flip=False))
+    assert [yb.tolist() for _, yb in flipped] == [yb.tolist() for _, yb in plain]
     assert load_dataset("digits").hflip is False  # a mirrored 2 is not a 2
     assert load_dataset("synthetic", limit_train=64, limit_test=16).hflip is True
 
 
 def test_loader_determinism_and_set_epoch():
     x, y = _identifiable(48)
-    mk = lambda seed=0: Loader(x, y, 16, train=True, mean=MEAN, std=STD, seed=seed)  # noqa: E731
+    mk = lambda seed=0: Loader(x, y, 16, train=True, mean=MEAN, std=STD, options=LoaderOptions(seed=seed))  # noqa: E731
     a, b = mk(), mk()
     ep0a, ep1a = list(a), list(a)  # iterating advances the epoch
     ep0b = list(b)

@@ -100,10 +100,11 @@ def test_identity_start_adds_the_input_to_what_a_convolution_made_where_it_can()
 
 
 def _digits_sample(n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
-    from filter_templates.data.augment import Loader
+    from filter_templates.data.augment import Loader, LoaderOptions
 
     ds = load_data("digits", limit_train=n)
-    return next(iter(Loader(ds.train_x, ds.train_y, n, train=False, mean=ds.mean, std=ds.std, channels_last=False)))
+    return next(iter(Loader(ds.train_x, ds.train_y, n, train=False, mean=ds.mean, std=ds.std,
+                            options=LoaderOptions(channels_last=False))))
 
 
 def test_whitening_gives_no_filter_to_directions_grey_images_lack():

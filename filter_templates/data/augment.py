@@ -10,14 +10,16 @@ process restarted in between (bit-exact resume).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Iterator, Sequence
 
 import numpy as np
 import torch
 
+from .. import validate
 from ..errors import UsageError
 
-__all__ = ["Loader", "epoch_seed", "scale_pixels", "REFERENCE_SIZE"]
+__all__ = ["Loader", "LoaderOptions", "epoch_seed", "scale_pixels", "REFERENCE_SIZE"]
 
 REFERENCE_SIZE = 32  # the image side the recipes' pixel settings (crop padding, test shifts) are given at
 
@@ -35,33 +37,48 @@ def scale_pixels(pixels: int, image_size: int) -> int:
     return int(round(pixels * image_size / REFERENCE_SIZE))
 
 
-class Loader:
-    """Iterates (x, y) batches of a split resident on ``device``.
+@dataclass(frozen=True)
+class LoaderOptions:
+    """How a :class:`Loader` hands batches out: on ``device`` as ``dtype`` NCHW (channels_last
+    memory format unless ``channels_last=False``), shuffled and augmented from ``seed``, training
+    crops from images zero-padded by ``pad`` pixels, flipped at random unless ``flip=False``."""
 
-    ``train=True``: a per-epoch seeded shuffle, zero padding by ``pad`` (4), a random crop back to
+    device: torch.device | str = "cpu"
+    seed: int = 0
+    channels_last: bool = True
+    dtype: torch.dtype = torch.float32
+    pad: int = 4
+    flip: bool = True
+
+
+class Loader:
+    """Iterates (x, y) batches of a split resident on the options' device.
+
+    ``train=True``: a per-epoch seeded shuffle, zero padding by ``pad``, a random crop back to
     the image size with a per-sample offset, a random horizontal flip (unless ``flip=False``), then
-    normalisation;
-    ``drop_last`` so every batch has the same shape. ``train=False``: normalisation only, stored
-    order, the last batch may be short. ``x`` comes out as ``dtype`` NCHW (channels_last memory
-    format unless ``channels_last=False``), ``y`` as int64.
+    normalisation with ``mean`` and ``std``; ``drop_last`` so every batch has the same shape.
+    ``train=False``: normalisation only, stored order, the last batch may be short. ``x`` comes out
+    as described by :class:`LoaderOptions`, ``y`` as int64.
 
     Each ``iter()`` runs the current epoch and then advances it; :meth:`set_epoch` pins it (do so
     when resuming): batches of epoch e are a pure function of (seed, e).
     """
 
     def __init__(self, x_uint8_nhwc: np.ndarray, y: np.ndarray, batch_size: int, *, train: bool,
-                 mean: Sequence[float], std: Sequence[float], device: torch.device | str = "cpu", seed: int = 0,
-                 channels_last: bool = True, dtype: torch.dtype = torch.float32, pad: int = 4,
-                 flip: bool = True) -> None:
+                 mean: Sequence[float], std: Sequence[float], options: LoaderOptions = LoaderOptions()) -> None:
         if not isinstance(x_uint8_nhwc, np.ndarray) or x_uint8_nhwc.dtype != np.uint8 or x_uint8_nhwc.ndim != 4:
             raise ValueError("x must be a uint8 numpy array [N, H, W, C]")
         n, h, w, c = x_uint8_nhwc.shape
         if len(y) != n:
             raise ValueError(f"{n} images but {len(y)} labels")
-        if len(mean) != c or len(std) != c or min(std) <= 0:
-            raise ValueError(f"mean/std need {c} entries each and std > 0")
-        if batch_size < 1 or pad < 0:
-            raise ValueError("batch_size must be >= 1 and pad >= 0")
+        if len(mean) != c or len(std) != c:
+            raise ValueError(f"mean/std need {c} entries each")
+        for s in std:
+            validate.number(s, "a channel's standard deviation")
+        validate.integer(batch_size, "batch size")
+        validate.integer(options.pad, "crop padding", minimum=0)
+        device, seed, channels_last, dtype, pad, flip = (options.device, options.seed, options.channels_last,
+                                                         options.dtype, options.pad, options.flip)
         if train and n < batch_size:
             raise UsageError(f"the training split has {n} samples, fewer than one batch of {batch_size}")
         self.device = torch.device(device)
