@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 from filter_templates.prune import METHODS, Baselines
-from filter_templates.reduce import Candidate, rank, reduce
+from filter_templates.reduce import Candidate, ReduceRequest, rank, reduce
 from filter_templates.report.budgets import collect_budgets
 from filter_templates.sweep.options import EngineOptions
 from filter_templates.sweep.grid import ALL_TEMPLATES
@@ -77,10 +77,10 @@ def main(argv=None) -> int:
         folder = Path(args.out) / model
         if not args.collect:
             base = Baselines(METHODS, args.prune_at, start.get(model, 1.0))
-            reduce(model, args.budget, "cifar10", seeds=args.seeds, out=folder, baselines=base, report=False,
-                   export=False, progress=False, engine=EngineOptions(retry_failed=args.retry_failed),
-                   train={"epochs": args.epochs, "limit_train": args.limit_train, "limit_test": args.limit_test,
-                          "data_dir": args.data})
+            reduce(ReduceRequest(model, args.budget, "cifar10", seeds=args.seeds, out=folder, baselines=base,
+                                 report=False, export=False, engine=EngineOptions(retry_failed=args.retry_failed),
+                                 train={"epochs": args.epochs, "limit_train": args.limit_train,
+                                        "limit_test": args.limit_test, "data_dir": args.data}), progress=False)
         found, runs = collect(folder)
         table += rows(model, found, runs)
         numbers[model] = {"prune_from": start.get(model, 1.0),

@@ -46,7 +46,7 @@ from .sweep.plan import SweepResult
 from .sweep.store import DEFAULT_FILE, Store
 from .train import check_val_split
 
-__all__ = ["reduce", "rank", "Candidate", "ReduceResult", "DB_FILE", "RUNS_DIR", "REPORT_DIR", "SELECTIONS"]
+__all__ = ["reduce", "ReduceRequest", "rank", "Candidate", "ReduceResult", "DB_FILE", "RUNS_DIR", "REPORT_DIR", "SELECTIONS"]
 
 DB_FILE = DEFAULT_FILE
 RUNS_DIR = "runs"
@@ -204,39 +204,46 @@ def _check_out(out: Path) -> Path:
     return out
 
 
-def reduce(
-    model: str,
-    budget: Union[Budget, str],
-    dataset: str,
-    *,
-    templates: Sequence[str] | None = None,
-    seeds: Sequence[int] = (0,),
-    train: Mapping[str, Any] | None = None,
-    divisor: int = 1,
-    floor: int = 1,
-    out: str | os.PathLike[str] = "reduce",
-    engine: EngineOptions | None = None,
-    report: bool = True,
-    export: bool = True,
-    progress: bool | None = None,
-    baselines: prune.Baselines | None = None,
-) -> ReduceResult:
-    """Fit every template of ``templates`` (default: all five; base is always added) to
-    ``budget``, train them on ``dataset`` (``train``: TrainConfig settings such as epochs, lr,
+@dataclass
+class ReduceRequest:
+    """What :func:`reduce` does: fit every template of ``templates`` (default: all five; base is
+    always added) of ``model`` to ``budget``, built with ``divisor`` and ``floor``; train them on
+    ``dataset`` for each of ``seeds`` (``train``: TrainConfig settings such as epochs, lr,
     limit_train, val_split; None values are ignored; an absent val_split is
-    :func:`data.split.default`), rank them on the validation split, write the report and export
-    the winner. ``baselines``: pruning baselines trained beside the templates at the same budget,
-    epochs and recipe, ranked with them. Bad input, and a budget no template can reach, is a
+    :func:`data.split.default`) with ``engine``; rank them on the validation split; write the
+    report (``report``) and export the winner (``export``), everything under ``out``.
+    ``baselines``: pruning baselines trained beside the templates at the same budget, epochs and
+    recipe, ranked with them."""
+
+    model: str
+    budget: Union[Budget, str]
+    dataset: str
+    templates: Sequence[str] | None = None
+    seeds: Sequence[int] = (0,)
+    train: Mapping[str, Any] | None = None
+    divisor: int = 1
+    floor: int = 1
+    out: str | os.PathLike[str] = "reduce"
+    engine: EngineOptions | None = None
+    report: bool = True
+    export: bool = True
+    baselines: prune.Baselines | None = None
+
+
+def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceResult:
+    """Run ``request`` (:class:`ReduceRequest`). Bad input, and a budget no template can reach, is a
     UsageError before anything trains."""
     t0 = time.perf_counter()
-    budget = parse_budget(budget) if isinstance(budget, str) else budget
-    names = list(dict.fromkeys(["base", *(templates or ALL_TEMPLATES)]))
-    base = baselines or prune.Baselines()
-    out = _check_out(Path(out))  # before the data are read for the default validation split
-    spec = SweepSpec(models=[model], templates=names, widths=[], datasets=[dataset], seeds=list(seeds),
-                     budgets=[f"{budget.key}={budget.value!r}"], divisor=divisor, floor=floor,
+    r = request
+    model, dataset = r.model, r.dataset
+    budget = parse_budget(r.budget) if isinstance(r.budget, str) else r.budget
+    names = list(dict.fromkeys(["base", *(r.templates or ALL_TEMPLATES)]))
+    base = r.baselines or prune.Baselines()
+    out = _check_out(Path(r.out))  # before the data are read for the default validation split
+    spec = SweepSpec(models=[model], templates=names, widths=[], datasets=[dataset], seeds=list(r.seeds),
+                     budgets=[f"{budget.key}={budget.value!r}"], divisor=r.divisor, floor=r.floor,
                      baselines=list(base.names), prune_at=base.at, prune_from=base.from_width,
-                     train=_with_val_split(dataset, {k: v for k, v in (train or {}).items() if v is not None}))
+                     train=_with_val_split(dataset, {k: v for k, v in (r.train or {}).items() if v is not None}))
     grid = plan_grid(spec)  # validates everything, reads the data, fits every template
     if not grid.configs:  # every template's smallest model is over the budget: nothing to compare
         raise UsageError(str(grid.unreachable[0].reason))
@@ -246,7 +253,7 @@ def reduce(
         note("val_split 0: no validation split, so the candidates are ranked on their final test accuracy and the "
              "winner's test accuracy is optimistic (it was selected on the test set)")
     db, runs = out / DB_FILE, out / RUNS_DIR
-    sweep = run_grid(grid, db, runs, _local_defaults(engine or EngineOptions(), grid), progress=progress)
+    sweep = run_grid(grid, db, runs, _local_defaults(r.engine or EngineOptions(), grid), progress=progress)
 
     with Store(db) as store:
         rows = store.budget_rows([p.key for p in grid.budget_points])
@@ -258,10 +265,10 @@ def reduce(
                           out=out.resolve(), candidates=candidates, sweep=sweep, selection=selection,
                           val_split=first.val_split, val_images=val_images, test_views=_test_views(cells),
                           recipe={"name": first.recipe, **{k: getattr(first, k) for k in RECIPE_FIELDS}})
-    if report:
+    if r.report:
         written = make_report(db, out / REPORT_DIR, latency="none", progress=progress)
         result.report = str(Path(written["index"]).resolve())
-    if export and result.winner is not None and result.winner.run_dir:
+    if r.export and result.winner is not None and result.winner.run_dir:
         result.exported = _export(result.winner.run_dir)
     result.wall_s = time.perf_counter() - t0
     return result

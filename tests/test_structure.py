@@ -28,7 +28,6 @@ MAX_LINES = 80
 ALLOWED: set[tuple[str, str]] = {
     ('length', 'filter_templates.report:_write_report'),
     ('length', 'filter_templates.train:train'),
-    ('parameters', 'filter_templates.reduce:reduce'),
 }
 
 

@@ -4,20 +4,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import TYPE_CHECKING
 
 from ..data.split import DEFAULT_MAX
 from ..fit import format_value
 from ..messages import note
 from ..models import family_names
 from ..prune import Baselines
-from ..reduce import reduce
+from ..reduce import ReduceRequest, ReduceResult, reduce
 from .args import MODEL_HELP, add_fix_arg, add_run_args, model_from_args, nonnegative_int, positive_int
 from .fit_cmd import BUDGET_HELP
 from .sweep_cmd import add_baseline_args, add_engine_args, check_engine_args, engine_options, train_settings
-
-if TYPE_CHECKING:
-    from ..reduce import ReduceResult
 
 #: What ``best_acc`` is, in every place reduce shows it: never a basis for selection.
 BEST_ACC_WORDS = "best test accuracy over epochs (optimistic)"
@@ -71,10 +67,10 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
 def run(args: argparse.Namespace) -> int:
     check_engine_args(args)
     args.model = model_from_args(args)
-    result = reduce(args.model, args.budget, args.dataset, templates=args.templates, seeds=args.seeds,
-                    train=train_settings(args), divisor=args.divisor, floor=args.floor, out=args.out,
-                    engine=engine_options(args), export=not args.no_export,
-                    baselines=Baselines.from_flags(args.baselines, args.prune_at, args.prune_from))
+    result = reduce(ReduceRequest(args.model, args.budget, args.dataset, templates=args.templates, seeds=args.seeds,
+                                  train=train_settings(args), divisor=args.divisor, floor=args.floor, out=args.out,
+                                  engine=engine_options(args), export=not args.no_export,
+                                  baselines=Baselines.from_flags(args.baselines, args.prune_at, args.prune_from)))
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -83,7 +79,7 @@ def run(args: argparse.Namespace) -> int:
     return 0 if result.winner is not None else 1
 
 
-def render(result: "ReduceResult") -> str:
+def render(result: ReduceResult) -> str:
     """The ranked table and where the winner, its export and the report are; says what ranked the
     candidates and what each accuracy column is."""
     b = result.budget
