@@ -313,83 +313,43 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         return train_pruned(config, out, state, on_epoch, train)
     measure.meta_model(config.arch)  # a model that cannot be built (a layer over the limit, ...) fails now
     device = resolve_device(config.device)
-    ds = load_data_for(config)
-    if ds.digest != config.data_digest:
-        raise UsageError(f"{config.data_dir or config.dataset}: not the images the run was planned for (content "
-                         f"digest {ds.digest}, planned {config.data_digest}): a file was changed, added or removed, "
-                         "or copied without its modification time; plan the run again")
-    if config.arch.classes != ds.num_classes:
-        raise UsageError(f"the model has {config.arch.classes} classes but dataset {config.dataset!r} has "
-                         f"{ds.num_classes}; build the architecture with classes={ds.num_classes}")
-    full, ds = ds, _validation_split(ds, config)
+    full = _planned_data(config)
+    ds = _validation_split(full, config)
     config, choice = _decide_execution(config, state, device, threads_source)
     cfg = config.to_dict()
     rundir.start_run(out, cfg)
-
-    torch.manual_seed(config.seed)
-    amp = config.precision == "bf16"
-    fmt = autotune.torch_memory_format(config.memory_format)
-    model = config.arch.build() if start is None else start.build()
-    if state is None and start is not None and start.weights is not None:  # a pruned model goes on
-        model.load_state_dict(start.weights)
-    elif state is None:  # a resumed run loads its weights over any initialisation
-        _initialise(model, config, ds)
-    model = model.to(device=device, memory_format=fmt)
-    optimizer = make_optimizer(model, config)
-    batches = LoaderOptions(device=device, seed=config.seed, channels_last=config.memory_format == "channels_last",
-                            pad=scale_pixels(config.crop_pad, ds.image_size), flip=ds.hflip)
-    norm = dict(mean=ds.mean, std=ds.std)
-    train_loader = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, options=batches, **norm)
-    test_loader = Loader(ds.test_x, ds.test_y, max(config.batch_size, 256), train=False, options=batches, **norm)
-    val_loader = None if ds.val_x is None else Loader(ds.val_x, ds.val_y, max(config.batch_size, 256), train=False,
-                                                      options=batches, **norm)
-    E, steps_per_epoch = config.epochs, len(train_loader)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lr_multiplier(config.schedule, config.warmup, E, steps_per_epoch))
-    ema = EMA(model, config.ema) if config.ema > 0 else None
+    parts = _Parts.make(config, ds, device, state is None, start)
+    amp, E = config.precision == "bf16", config.epochs
     tta = config.tta and ds.hflip  # a mirrored digit is not a digit
-
-    metrics: list[dict] = []
-    start_epoch = 0
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        if ema is not None:
-            ema.load_state_dict(state["ema"])
-        ckpt.set_rng_state(state["rng"], device)
-        metrics = list(state["metrics"])
-        start_epoch = int(state["epoch"])
-        if start_epoch >= E:
-            note(f"{out}: all {E} epochs were already done; rewriting the final files")
+    metrics, start_epoch = parts.resume(state, device) if state is not None else ([], 0)
+    if state is not None and start_epoch >= E:
+        note(f"{out}: all {E} epochs were already done; rewriting the final files")
     del state
     # metrics.jsonl always equals the checkpoint's history: no duplicate epochs after a resume.
     rundir.write_metrics(out, metrics)
-    eval_model = ema.model if ema is not None else model
+    eval_model = parts.ema.model if parts.ema is not None else parts.model
 
     # ---- the epoch loop: train, evaluate, checkpoint ----------------------------------------------
     failure: str | None = None
     for epoch in range(start_epoch, E):
         t0 = time.perf_counter()
-        row, failure = _train_epoch(model, optimizer, scheduler, ema, train_loader, epoch, config, amp, progress)
+        row, failure = _train_epoch(parts.model, parts.optimizer, parts.scheduler, parts.ema, parts.train,
+                                    epoch, config, amp, progress)
         if failure is not None:
             break
         train_s = time.perf_counter() - t0
         # the extra views only where they count: the final accuracy
         shift = scale_pixels(config.tta_shift, ds.image_size) if epoch == E - 1 else 0
-        if val_loader is not None:  # the same views as the test set, so the two are comparable
-            row["val_acc"] = evaluate(eval_model, val_loader, amp, tta, shift)
-        row["test_acc"] = evaluate(eval_model, test_loader, amp, tta, shift)
+        if parts.val is not None:  # the same views as the test set, so the two are comparable
+            row["val_acc"] = evaluate(eval_model, parts.val, amp, tta, shift)
+        row["test_acc"] = evaluate(eval_model, parts.test, amp, tta, shift)
         row["test_views"] = test_views(tta, shift)
         row["seconds"] = round(time.perf_counter() - t0, 4)
         row["images_per_s"] = round(row.pop("_seen") / train_s, 1)
         metrics.append(row)
-        rundir.atomic_save({
-            "model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-            "ema": ema.state_dict() if ema is not None else None, "rng": ckpt.rng_state(device),
-            "threads": torch.get_num_threads(), "epoch": epoch + 1, "metrics": metrics, "config": cfg,
-            "arch": config.arch.to_dict(),
-        }, out / rundir.CHECKPOINT)
+        rundir.atomic_save({**parts.state(), "rng": ckpt.rng_state(device), "threads": torch.get_num_threads(),
+                            "epoch": epoch + 1, "metrics": metrics, "config": cfg, "arch": config.arch.to_dict()},
+                           out / rundir.CHECKPOINT)
         rundir.append_metrics(out, row)
         if on_epoch is not None:
             on_epoch(row)
@@ -401,6 +361,73 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
                        split.describe(full, ds, config.val_split), full.record())
     rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
+
+
+def _planned_data(config: TrainConfig) -> Dataset:
+    """The run's data, refused when they are not the images it was planned for or have another
+    class count than its model."""
+    ds = load_data_for(config)
+    if ds.digest != config.data_digest:
+        raise UsageError(f"{config.data_dir or config.dataset}: not the images the run was planned for (content "
+                         f"digest {ds.digest}, planned {config.data_digest}): a file was changed, added or removed, "
+                         "or copied without its modification time; plan the run again")
+    if config.arch.classes != ds.num_classes:
+        raise UsageError(f"the model has {config.arch.classes} classes but dataset {config.dataset!r} has "
+                         f"{ds.num_classes}; build the architecture with classes={ds.num_classes}")
+    return ds
+
+
+@dataclass
+class _Parts:
+    """What a run trains with: the model, its optimiser, schedule and EMA, and the loaders."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    ema: EMA | None
+    train: Loader
+    test: Loader
+    val: Loader | None
+
+    @classmethod
+    def make(cls, config: TrainConfig, ds: Dataset, device: torch.device, fresh: bool,
+             start: Start | None) -> "_Parts":
+        """Built in a fixed order from ``config.seed`` (the same weights for the same command); a
+        ``fresh`` run initialises them (a resumed one loads its checkpoint over them)."""
+        torch.manual_seed(config.seed)
+        model = config.arch.build() if start is None else start.build()
+        if fresh and start is not None and start.weights is not None:  # a pruned model goes on
+            model.load_state_dict(start.weights)
+        elif fresh:
+            _initialise(model, config, ds)
+        model = model.to(device=device, memory_format=autotune.torch_memory_format(config.memory_format))
+        optimizer = make_optimizer(model, config)
+        batches = LoaderOptions(device=device, seed=config.seed, channels_last=config.memory_format == "channels_last",
+                                pad=scale_pixels(config.crop_pad, ds.image_size), flip=ds.hflip)
+        norm = dict(mean=ds.mean, std=ds.std)
+        train = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, options=batches, **norm)
+        test = Loader(ds.test_x, ds.test_y, max(config.batch_size, 256), train=False, options=batches, **norm)
+        val = None if ds.val_x is None else Loader(ds.val_x, ds.val_y, max(config.batch_size, 256), train=False,
+                                                   options=batches, **norm)
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lr_multiplier(config.schedule, config.warmup, config.epochs, len(train)))
+        ema = EMA(model, config.ema) if config.ema > 0 else None
+        return cls(model, optimizer, scheduler, ema, train, test, val)
+
+    def state(self) -> dict[str, Any]:
+        """The training state a checkpoint keeps."""
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None}
+
+    def resume(self, state: dict, device: torch.device) -> tuple[list[dict], int]:
+        """Load a checkpoint's state and random generators; its metrics and epochs done."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.ema is not None:
+            self.ema.load_state_dict(state["ema"])
+        ckpt.set_rng_state(state["rng"], device)
+        return list(state["metrics"]), int(state["epoch"])
 
 
 def check_val_split(config: TrainConfig) -> int:
