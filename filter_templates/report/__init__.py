@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -84,12 +85,12 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
         raise UsageError(f"results store {str(db)!r} holds no runs yet; run 'filter-templates sweep' first")
     out = check_writable(out, "--out", folder=True)
     with writing("--out", out):
-        return _write_report(db, rows, budget_rows, counts, out, metric, latency, threads, progress, figures)
+        return _write_report(db, rows, budget_rows, counts, out, metric, latency, threads, progress)
 
 
 def _write_report(db: str | os.PathLike[str], rows: list[dict[str, Any]], budget_rows: list[dict[str, Any]],
                   counts: dict[str, int], out: Path, metric: str, latency: str, threads: int | None,
-                  progress: bool | None, figures: Any) -> dict[str, Any]:
+                  progress: bool | None) -> dict[str, Any]:
     for sub in ("tables", "figures"):
         if (out / sub).exists() and not (out / sub).is_dir():
             raise UsageError(f"--out {out}: {out / sub} is a file, not a folder")
@@ -100,80 +101,102 @@ def _write_report(db: str | os.PathLike[str], rows: list[dict[str, Any]], budget
     datasets = sorted({c.dataset for c in cells.values()} | {c.dataset for c in by_budget.values()})
     batch = next((r["batch_size"] for r in rows if r.get("batch_size")), None) or \
         next((int(r["config"].get("batch_size", 64)) for r in rows), 64)
-    measure = _measure_width1(batch, latency, threads)
-    written: dict[str, Any] = {"tables": [], "figures": [], "index": None}
-    sections: list[str] = []
     families = tables.family_order(c.family for c in cells.values())
     bar = Progress(total=len(datasets) * 5 + len(families), desc="report", enabled=progress)
+    w = _Writer(out, metric, cells, by_budget, width_cells, _measure_width1(batch, latency, threads), bar)
+    sections = [w.dataset_section(ds) for ds in datasets]
+    fam_sec = w.family_section(families)
+    bar.close()
+    index = out / "index.md"
+    atomic_write_text(index, "\n".join(_head(db, counts, budget_rows, metric) + sections + fam_sec + _tail(rows))
+                      + "\n")
+    return {**w.written, "index": str(index), "counts": counts}
 
-    for ds in datasets:
+
+@dataclass
+class _Writer:
+    """One report being written into ``out``: the cells it shows and the files written so far."""
+
+    out: Path
+    metric: str
+    cells: dict
+    by_budget: dict
+    width_cells: dict
+    measure: Callable
+    bar: Any
+    written: dict[str, Any] = field(default_factory=lambda: {"tables": [], "figures": [], "index": None})
+
+    def figure(self, fig: Any, stem: str, alt: str) -> list[str]:
+        """Save ``fig`` as PNG and SVG under ``figures/``; the index lines that show it."""
+        self.written["figures"] += [str(p) for p in figures.save(fig, self.out / "figures" / stem)]
+        return [f"![{alt}](figures/{stem}.png)", "", f"[SVG](figures/{stem}.svg)", ""]
+
+    def dataset_section(self, ds: str) -> str:
+        """The tables and figures of one dataset, as the index shows them."""
         sec = [f"## {ds}", ""]
         made = []
-        if any(c.dataset == ds for c in by_budget.values()):
-            made += [(f"accuracy_by_budget_{ds}", B.budget_accuracy_table(by_budget, ds, metric)),
-                     (f"fits_by_budget_{ds}", B.budget_resource_table(by_budget, ds))]
-        if any(c.dataset == ds for c in width_cells.values()):  # budget runs: the fits table has resources
-            made += [(f"accuracy_{ds}", tables.accuracy_table(width_cells, ds, metric)),
-                     (f"resources_{ds}", tables.resource_table(tables.resource_rows(cells, ds, measure), ds))]
-        bar.update()
+        if any(c.dataset == ds for c in self.by_budget.values()):
+            made += [(f"accuracy_by_budget_{ds}", B.budget_accuracy_table(self.by_budget, ds, self.metric)),
+                     (f"fits_by_budget_{ds}", B.budget_resource_table(self.by_budget, ds))]
+        if any(c.dataset == ds for c in self.width_cells.values()):  # budget runs: the fits table has resources
+            made += [(f"accuracy_{ds}", tables.accuracy_table(self.width_cells, ds, self.metric)),
+                     (f"resources_{ds}", tables.resource_table(tables.resource_rows(self.cells, ds, self.measure),
+                                                               ds))]
+        self.bar.update()
         for stem, table in made:
             files = tables.render(table)
             for ext, text in files.items():
-                p = out / "tables" / f"{stem}.{ext}"
+                p = self.out / "tables" / f"{stem}.{ext}"
                 atomic_write_text(p, text)
-                written["tables"].append(str(p))
+                self.written["tables"].append(str(p))
             sec += [files["md"],
                     f"Files: [Markdown](tables/{stem}.md) · [CSV](tables/{stem}.csv) · [LaTeX](tables/{stem}.tex)", ""]
-            bar.update()
-        for key in sorted({c.budget_key for c in by_budget.values() if c.dataset == ds}):
-            fig = B.budget_figure(by_budget, ds, key, metric)
+            self.bar.update()
+        for key in sorted({c.budget_key for c in self.by_budget.values() if c.dataset == ds}):
+            fig = B.budget_figure(self.by_budget, ds, key, self.metric)
             if fig is None:
                 sec += [f"(No done run of the {key} budgets of {ds} yet: no accuracy-versus-budget figure.)", ""]
                 continue
-            stem = f"accuracy_vs_{key}_budget_{ds}"
-            written["figures"] += [str(p) for p in figures.save(fig, out / "figures" / stem)]
-            sec += [f"![{ds}: accuracy versus the {key} budgets](figures/{stem}.png)", "",
-                    f"[SVG](figures/{stem}.svg)", ""]
-        for axis in ("params", "memory", "latency") if any(c.dataset == ds for c in cells.values()) else ():
-            fig = figures.tradeoff_figure(cells, ds, axis, metric)
-            bar.update()
+            sec += self.figure(fig, f"accuracy_vs_{key}_budget_{ds}", f"{ds}: accuracy versus the {key} budgets")
+        for axis in ("params", "memory", "latency") if any(c.dataset == ds for c in self.cells.values()) else ():
+            fig = figures.tradeoff_figure(self.cells, ds, axis, self.metric)
+            self.bar.update()
             if fig is None:
                 sec += [f"(No done run of {ds} recorded its {figures.AXES[axis][1].split(' (')[0]}: "
                         f"no accuracy-versus-{axis} figure.)", ""]
                 continue
-            stem = f"accuracy_vs_{axis}_{ds}"
-            paths = figures.save(fig, out / "figures" / stem)
-            written["figures"] += [str(p) for p in paths]
-            sec += [f"![{ds}: accuracy versus {axis}](figures/{stem}.png)", "",
-                    f"[SVG](figures/{stem}.svg)", ""]
-        sections.append("\n".join(sec))
+            sec += self.figure(fig, f"accuracy_vs_{axis}_{ds}", f"{ds}: accuracy versus {axis}")
+        return "\n".join(sec)
 
-    fam_sec = ["## Filters per layer", ""]
-    for fam in families:
-        name, published = tables.split_reading(fam)
-        try:
-            family = get_family(name)
-        except UsageError:  # a user's model not loaded in this process: no per-layer figure
-            continue
-        per_layer: dict[str, list[int]] = {}
-        for t in tables.template_order({c.template for c in cells.values() if c.family == fam}):
-            try:  # the template layers of the family, in the reading the runs used
-                per_layer[t] = list(make_arch(name, t, 1.0, as_published=published).filters)
-            except UsageError:
+    def family_section(self, families: list[str]) -> list[str]:
+        """Per family, the filters per template layer of every template its runs used."""
+        sec = ["## Filters per layer", ""]
+        for fam in families:
+            name, published = tables.split_reading(fam)
+            try:
+                family = get_family(name)
+            except UsageError:  # a user's model not loaded in this process: no per-layer figure
                 continue
-        bar.update()
-        if not per_layer:
-            continue
-        reading = "the study's published configurations" if published else "the templates' equations"
-        fig = figures.filters_figure(fam, per_layer, family.layer_names, family.unit, reading=reading)
-        stem = "filters_" + re.sub(r"[^A-Za-z0-9._-]+", "_", fam).strip("_")
-        written["figures"] += [str(p) for p in figures.save(fig, out / "figures" / stem)]
-        fam_sec += [f"![{fam}: filters per layer](figures/{stem}.png)", "", f"[SVG](figures/{stem}.svg)", ""]
-    bar.close()
+            per_layer: dict[str, list[int]] = {}
+            for t in tables.template_order({c.template for c in self.cells.values() if c.family == fam}):
+                try:  # the template layers of the family, in the reading the runs used
+                    per_layer[t] = list(make_arch(name, t, 1.0, as_published=published).filters)
+                except UsageError:
+                    continue
+            self.bar.update()
+            if not per_layer:
+                continue
+            reading = "the study's published configurations" if published else "the templates' equations"
+            fig = figures.filters_figure(fam, per_layer, family.layer_names, family.unit, reading=reading)
+            stem = "filters_" + re.sub(r"[^A-Za-z0-9._-]+", "_", fam).strip("_")
+            sec += self.figure(fig, stem, f"{fam}: filters per layer")
+        return sec
 
-    failed = [r for r in rows if r["status"] == "failed"]
+
+def _head(db: str | os.PathLike[str], counts: dict[str, int], budget_rows: list[dict[str, Any]],
+          metric: str) -> list[str]:
     unreachable = [p for p in budget_rows if p["status"] == "unreachable"]
-    head = [
+    return [
         "# filter-templates report", "",
         f"Results store: `{Path(db).resolve()}` — generated {_dt.datetime.now().isoformat(timespec='seconds')}.", "",
         f"Runs: {counts['done']} done, {counts['failed']} failed, {counts['running']} running, "
@@ -184,14 +207,12 @@ def _write_report(db: str | os.PathLike[str], rows: list[dict[str, Any]], budget
         "test views, learning rate, ...) are separate rows, and each table's first note says which runs it "
         f"shows. Partial grids are fine: cells not run (yet) show {tables.MISSING}.", "",
     ]
-    tail = []
-    if failed:
-        tail = ["## Failed runs", "", "| run | reason |", "|---|---|"]
-        tail += [f"| {Path(r['run_dir'] or '').name or r['key'][:10]} | {(r['reason'] or '').replace('|', '/')} |"
-                 for r in failed]
-        tail.append("")
-    index = out / "index.md"
-    atomic_write_text(index, "\n".join(head + sections + fam_sec + tail) + "\n")
-    written["index"] = str(index)
-    written["counts"] = counts
-    return written
+
+
+def _tail(rows: list[dict[str, Any]]) -> list[str]:
+    failed = [r for r in rows if r["status"] == "failed"]
+    if not failed:
+        return []
+    return (["## Failed runs", "", "| run | reason |", "|---|---|"]
+            + [f"| {Path(r['run_dir'] or '').name or r['key'][:10]} | {(r['reason'] or '').replace('|', '/')} |"
+               for r in failed] + [""])
