@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from filter_templates.errors import UsageError
-from filter_templates.sweep.store import Store, StoreError, canonical_json, owner_alive, point_key
+from filter_templates.sweep.store import Heartbeats, Store, StoreError, canonical_json, owner_alive, point_key
 
 
 def cfg(width: float = 0.1, template: str = "base", dataset: str = "digits", seed: int = 0, **extra) -> dict:
@@ -287,3 +287,15 @@ def test_a_store_written_before_budget_points_gains_the_table(tmp_path):
         s.db.execute("DROP TABLE budget_points")
     with Store(db, create=False) as s:
         assert s.budget_rows() == [] and s.counts()["pending"] == 2
+
+
+def test_heartbeats_refresh_held_claims_from_their_own_thread(tmp_path):
+    with Store(tmp_path / "r.sqlite") as s:
+        keys = fill(s, grid(2), tmp_path)
+        held, other = s.claim(keys), s.claim(keys)
+        with Heartbeats(s.path, {held["key"]: held["claim_token"], other["key"]: "not-the-token"}, every=0.02):
+            deadline = time.time() + 10
+            while s.get(held["key"])["heartbeat"] == held["heartbeat"] and time.time() < deadline:
+                time.sleep(0.02)
+        assert s.get(held["key"])["heartbeat"] > held["heartbeat"]  # refreshed
+        assert s.get(other["key"])["heartbeat"] == other["heartbeat"]  # another token's claim is left alone

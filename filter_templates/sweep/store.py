@@ -27,49 +27,25 @@ sweep writes the same rows again, so a lost store is rebuilt by ``sweep --reinde
 
 from __future__ import annotations
 
-import hashlib
-import json
-import math
 import os
-import socket
 import sqlite3
-import threading
 import time
-import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from .. import rundir
 from ..errors import UsageError
-from ..prune import kind_of
 from ..rundir import read_metrics
-from ..train import EXECUTION_KEYS, identity
+from .budget_points import BudgetPoints
+from .claims import Claims, Heartbeats
+from .records import (BUDGET_STATUSES, DEFAULT_FILE, DEFAULT_STALE_AFTER, EXECUTION_FIELDS, HEARTBEAT_EVERY,
+                      SCHEMA_VERSION, STATUSES, StoreError, budget_point_key, canonical_json, clean, fields,
+                      owner_alive, owner_id, point_key, row_dict)
 
-__all__ = [
-    "Store",
-    "StoreError",
-    "STATUSES",
-    "EXECUTION_FIELDS",
-    "canonical_json",
-    "point_key",
-    "budget_point_key",
-    "owner_id",
-    "owner_alive",
-    "read_metrics",
-    "BUDGET_STATUSES",
-    "Heartbeats",
-    "HEARTBEAT_EVERY",
-]
-
-STATUSES = ("pending", "running", "done", "failed")
-#: A budget point is fitted (it has a run) or unreachable (the reason says why; nothing to train).
-BUDGET_STATUSES = ("fitted", "unreachable")
-#: TrainConfig fields that do not change what is trained, only where/how: not part of a row's key.
-EXECUTION_FIELDS = EXECUTION_KEYS
-SCHEMA_VERSION = 1
-DEFAULT_FILE = "results.sqlite"  # a store given no name: sweep and report, and reduce inside its --out
-DEFAULT_STALE_AFTER = 600.0  # seconds without a heartbeat before another host may take a row over
-HEARTBEAT_EVERY = 30.0  # seconds between heartbeats of a claimed row
+# The store's names, wherever they are defined: what the engines, the CLI and the reports import.
+__all__ = ["Store", "StoreError", "STATUSES", "EXECUTION_FIELDS", "DEFAULT_FILE", "DEFAULT_STALE_AFTER",
+           "canonical_json", "point_key", "budget_point_key", "owner_id", "owner_alive", "read_metrics",
+           "BUDGET_STATUSES", "Heartbeats", "HEARTBEAT_EVERY"]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -122,107 +98,12 @@ _ADDED_COLUMNS = (("val_acc", "REAL"), ("kind", "TEXT NOT NULL DEFAULT 'template
                   ("image_size", "INTEGER NOT NULL DEFAULT 32"))
 
 
-class StoreError(UsageError):
-    """The results file cannot be used (not SQLite, newer schema, unwritable)."""
-
-
-# --------------------------------------------------------------------------------------------
-# Keys and owners
-# --------------------------------------------------------------------------------------------
-
-
-def canonical_json(obj: Any) -> str:
-    """Sorted keys, no spaces, floats as Python writes them: equal configs give equal strings."""
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), allow_nan=False)
-
-
-def point_key(config: Mapping[str, Any]) -> tuple[str, str]:
-    """``(key, key_json)`` of a TrainConfig dict: what identifies a grid point in the store."""
-    key_json = canonical_json(identity(config))
-    return hashlib.sha256(key_json.encode()).hexdigest(), key_json
-
-
-def budget_point_key(ident: Mapping[str, Any]) -> tuple[str, str]:
-    """``(key, ident_json)`` of a budget point's identity (see ``sweep.grid.BudgetPoint``)."""
-    ident_json = canonical_json(ident)
-    return hashlib.sha256(ident_json.encode()).hexdigest(), ident_json
-
-
-def owner_id() -> str:
-    """``pid@host``: who holds a claim, in a form a later sweep can check for liveness."""
-    return f"{os.getpid()}@{socket.gethostname()}"
-
-
-def owner_alive(owner: str | None) -> bool | None:
-    """True/False when ``owner`` is a process on this host; None when it is on another host."""
-    if not owner or "@" not in owner:
-        return False
-    pid_text, _, host = owner.partition("@")
-    if host != socket.gethostname():
-        return None
-    try:
-        pid = int(pid_text)
-    except ValueError:
-        return False
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child its parent has not reaped yet is a zombie: it will never write again
-        stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat.rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
-def _fields(config: Mapping[str, Any]) -> dict[str, Any]:
-    """The columns a report filters on, lifted out of a TrainConfig dict."""
-    try:
-        arch = config["arch"]
-        return {
-            "family": str(arch["family"]),
-            "template": str(arch["template"]),
-            "width": float(arch["width"]),
-            "classes": int(arch["classes"]),
-            "filters": canonical_json([int(f) for f in arch["filters"]]),
-            "dataset": str(config["dataset"]),
-            "seed": int(config.get("seed", 0)),
-            "epochs": int(config["epochs"]),
-            "kind": kind_of(config),
-            "image_size": int(config.get("image_size", arch.get("image_size", 32))),
-        }
-    except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"not a training configuration (missing or bad {exc}): {canonical_json(config)[:200]}") from None
-
-
-def _num(x: Any) -> Any:
-    """A finite number or None (SQLite stores NaN as NULL anyway; JSON cannot hold it)."""
-    if isinstance(x, bool) or not isinstance(x, (int, float)):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def _clean(obj: Any) -> Any:
-    """JSON-safe copy: non-finite floats become None."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, Mapping):
-        return {str(k): _clean(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_clean(v) for v in obj]
-    return obj
-
-
 # --------------------------------------------------------------------------------------------
 # The store
 # --------------------------------------------------------------------------------------------
 
 
-class Store:
+class Store(Claims, BudgetPoints):
     """One connection to a results file. Not shared between threads: open one per thread.
 
     Every method that changes state is one ``BEGIN IMMEDIATE`` transaction and, for a row in
@@ -319,7 +200,7 @@ class Store:
     def _event(self, key: str, event: str, owner: str | None, detail: Any = None) -> None:
         self.db.execute(
             "INSERT INTO events (key, event, owner, at, detail) VALUES (?, ?, ?, ?, ?)",
-            (key, event, owner, time.time(), None if detail is None else canonical_json(_clean(detail))),
+            (key, event, owner, time.time(), None if detail is None else canonical_json(clean(detail))),
         )
 
     # -- grid points -------------------------------------------------------------------------
@@ -334,7 +215,7 @@ class Store:
         with self._tx() as db:
             for config, run_dir in points:
                 key, key_json = point_key(config)
-                f = _fields(config)
+                f = fields(config)
                 cur = db.execute(
                     "INSERT OR IGNORE INTO runs (key, key_json, config_json, family, template, width, dataset, seed, "
                     "epochs, classes, filters, kind, image_size, status, run_dir, created_at, updated_at) "
@@ -362,215 +243,6 @@ class Store:
                     self._event(key, "retry", None)
         return n
 
-    def claimable(self, row: Mapping[str, Any], *, stale_after: float = DEFAULT_STALE_AFTER,
-                  now: float | None = None) -> bool:
-        """A pending row, or a running row whose owner is gone (dead pid here, or stale heartbeat)."""
-        if row["status"] == "pending":
-            return True
-        if row["status"] != "running":
-            return False
-        alive = owner_alive(row["claimed_by"])
-        if alive is False:
-            return True
-        now = time.time() if now is None else now
-        return (now - float(row["heartbeat"] or 0.0)) > stale_after
-
-    def claim(
-        self,
-        keys: Sequence[str],
-        *,
-        owner: str | None = None,
-        stale_after: float = DEFAULT_STALE_AFTER,
-        config_json: Mapping[str, str] | None = None,
-    ) -> dict[str, Any] | None:
-        """Atomically take the first claimable row of ``keys`` (in that order) and mark it running.
-
-        Returns the row (with ``claim_token`` and ``reclaimed``: whether a dead owner had it), or
-        None when no row of ``keys`` can be claimed. ``config_json`` maps a key to the full
-        configuration this process will run it with (it replaces the stored one).
-        """
-        got = self._claim(keys, 1, owner, stale_after, config_json)
-        return got[0] if got else None
-
-    def claim_many(self, keys: Sequence[str], *, owner: str | None = None,
-                   stale_after: float = DEFAULT_STALE_AFTER,
-                   config_json: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-        """Claim every claimable row of ``keys`` in one transaction (the Ray driver hands them all
-        to Tune at once)."""
-        return self._claim(keys, len(keys), owner, stale_after, config_json)
-
-    def _claim(self, keys: Sequence[str], limit: int, owner: str | None, stale_after: float,
-               config_json: Mapping[str, str] | None) -> list[dict[str, Any]]:
-        owner = owner or owner_id()
-        wanted = list(dict.fromkeys(keys))
-        out: list[dict[str, Any]] = []
-        with self._tx() as db:
-            rows = self._rows_for(wanted, "status IN ('pending', 'running')")
-            now = time.time()
-            for key in wanted:
-                if len(out) >= limit:
-                    break
-                row = rows.get(key)
-                if row is None or not self.claimable(row, stale_after=stale_after, now=now):
-                    continue
-                token = uuid.uuid4().hex
-                reclaimed = row["status"] == "running"
-                cfg = (config_json or {}).get(key, row["config_json"])
-                db.execute(
-                    "UPDATE runs SET status='running', claimed_by=?, claim_token=?, claimed_at=?, heartbeat=?, "
-                    "attempts=attempts+1, started_at=COALESCE(started_at, ?), reason=NULL, config_json=?, "
-                    "updated_at=? WHERE key=?",
-                    (owner, token, now, now, now, cfg, now, key),
-                )
-                self._event(key, "reclaim" if reclaimed else "claim", owner,
-                            {"from": row["claimed_by"]} if reclaimed else None)
-                d = _row_dict(row)
-                d.update(status="running", claimed_by=owner, claim_token=token, claimed_at=now, heartbeat=now,
-                         attempts=row["attempts"] + 1, reclaimed=reclaimed, config=json.loads(cfg),
-                         previous_owner=row["claimed_by"] if reclaimed else None)
-                out.append(d)
-        return out
-
-    def heartbeat(self, claims: Mapping[str, str]) -> int:
-        """Refresh ``{key: token}`` claims; returns how many are still ours."""
-        if not claims:
-            return 0
-        n = 0
-        now = time.time()
-        with self._tx() as db:
-            for key, token in claims.items():
-                n += db.execute("UPDATE runs SET heartbeat=? WHERE key=? AND claim_token=? AND status='running'",
-                                (now, key, token)).rowcount
-        return n
-
-    def record_epoch(self, key: str, token: str, metrics: Mapping[str, Any]) -> bool:
-        """Add (or replace) one epoch's metrics of a running row; False if the claim was lost."""
-        epoch = int(metrics["epoch"])
-        with self._tx() as db:
-            row = db.execute("SELECT epoch_metrics FROM runs WHERE key=? AND claim_token=? AND status='running'",
-                             (key, token)).fetchone()
-            if row is None:
-                return False
-            history = [m for m in json.loads(row[0]) if int(m.get("epoch", -1)) < epoch]
-            history.append(_clean(dict(metrics)))
-            now = time.time()
-            db.execute("UPDATE runs SET epoch_metrics=?, epochs_done=?, heartbeat=?, updated_at=? WHERE key=?",
-                       (canonical_json(history), epoch, now, now, key))
-        return True
-
-    def finish(self, key: str, token: str | None, summary: Mapping[str, Any],
-               epochs: Sequence[Mapping[str, Any]] | None = None, run_dir: str | None = None) -> bool:
-        """Record a run's ``summary.json`` (status done or failed) on a row we hold.
-
-        ``token=None`` records regardless of claim (reindexing). ``epochs`` (the run's
-        ``metrics.jsonl``) replaces the per-epoch history when given. False if the claim was lost.
-        """
-        status = summary.get("status")
-        if status not in ("done", "failed"):
-            raise StoreError(f"a run's summary status must be 'done' or 'failed', got {status!r}")
-        res = summary.get("resources") or {}
-        lat = res.get("latency_s") or {}
-        batch = res.get("batch_size")
-        now = time.time()
-        with self._tx() as db:
-            where = "key=? AND claim_token=? AND status='running'" if token is not None else "key=?"
-            args: tuple[Any, ...] = (key, token) if token is not None else (key,)
-            row = db.execute(f"SELECT epoch_metrics FROM runs WHERE {where}", args).fetchone()
-            if row is None:
-                return False
-            history = [_clean(dict(e)) for e in epochs] if epochs is not None else json.loads(row[0])
-            db.execute(
-                "UPDATE runs SET status=?, reason=?, final_acc=?, best_acc=?, best_epoch=?, val_acc=?, params=?, "
-                "flops=?, train_memory_bytes=?, batch_size=?, latency_batch_s=?, latency_b1_s=?, resource_device=?, threads=?, "
-                "resources_json=?, wall_s=?, device=?, epoch_metrics=?, epochs_done=?, finished_at=?, "
-                "updated_at=?, claimed_by=NULL, claim_token=NULL, heartbeat=NULL, run_dir=COALESCE(?, run_dir) "
-                f"WHERE {where}",
-                (status, summary.get("reason") if status == "failed" else None,
-                 _num(summary.get("final_acc")), _num(summary.get("best_acc")), _num(summary.get("best_epoch")),
-                 _num(summary.get("val_acc")),
-                 _num(res.get("params")), _num(res.get("flops")), _num(res.get("train_memory_bytes")),
-                 _num(batch), _num(lat.get(f"batch{batch}")), _num(lat.get("batch1")), res.get("device"), _num(res.get("threads")),
-                 canonical_json(_clean(res)) if res else None, _num(summary.get("wall_s")), summary.get("device"),
-                 canonical_json(history), max([int(e.get("epoch", 0)) for e in history] or [0]), now, now,
-                 run_dir, *args),
-            )
-            self._event(key, status, None if token is None else owner_id(),
-                        {"reason": summary.get("reason")} if status == "failed" else None)
-        return True
-
-    def fail(self, key: str, token: str | None, reason: str) -> bool:
-        """Mark a row failed with a reason (an exception outside train's own summary)."""
-        return self.finish(key, token, {"status": "failed", "reason": reason})
-
-    def release(self, key: str, token: str, reason: str = "interrupted") -> bool:
-        """Give a claim back (Ctrl-C): the row is pending again and will resume from its checkpoint."""
-        with self._tx() as db:
-            cur = db.execute(
-                "UPDATE runs SET status='pending', claimed_by=NULL, claim_token=NULL, heartbeat=NULL, "
-                "updated_at=? WHERE key=? AND claim_token=? AND status='running'",
-                (time.time(), key, token),
-            )
-            if cur.rowcount:
-                self._event(key, "release", owner_id(), {"reason": reason})
-            return bool(cur.rowcount)
-
-    # -- budget points ---------------------------------------------------------------------
-
-    def add_budget_points(self, points: Iterable[Mapping[str, Any]]) -> int:
-        """Insert or refresh budget points (``BudgetPoint.record()`` dicts: ``ident``, ``budget_key``,
-        ``budget_value``, ``family``, ``template``, ``dataset``, ``seed``, ``status``, ``reason``,
-        ``width``, ``filters``, ``fit``, ``run_key``). A point already stored takes the new fit
-        (the same one, unless the fitter changed). Returns how many were new."""
-        now = time.time()
-        new = 0
-        with self._tx() as db:
-            for p in points:
-                if p["status"] not in BUDGET_STATUSES:
-                    raise ValueError(f"budget point status must be one of {BUDGET_STATUSES}, got {p['status']!r}")
-                key, ident_json = budget_point_key(p["ident"])
-                exists = db.execute("SELECT 1 FROM budget_points WHERE key=?", (key,)).fetchone()
-                filters = None if p.get("filters") is None else canonical_json([int(f) for f in p["filters"]])
-                fit = None if p.get("fit") is None else canonical_json(_clean(p["fit"]))
-                db.execute(
-                    "INSERT INTO budget_points (key, ident_json, budget_key, budget_value, family, template, dataset, "
-                    "seed, status, reason, width, filters, fit_json, run_key, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
-                    "ON CONFLICT(key) DO UPDATE SET status=excluded.status, reason=excluded.reason, "
-                    "width=excluded.width, filters=excluded.filters, fit_json=excluded.fit_json, "
-                    "run_key=excluded.run_key, updated_at=excluded.updated_at",
-                    (key, ident_json, str(p["budget_key"]), float(p["budget_value"]), str(p["family"]),
-                     str(p["template"]), str(p["dataset"]), int(p["seed"]), p["status"], p.get("reason"),
-                     _num(p.get("width")), filters, fit, p.get("run_key"), now, now),
-                )
-                if exists is None:
-                    new += 1
-        return new
-
-    def budget_rows(self, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
-        """Budget points as dicts (``fit`` and ``filters`` decoded), each with ``run``: its runs row
-        (as :meth:`rows` gives it) or None. In the order of ``keys``, else insertion order."""
-        if keys is not None:
-            found: dict[str, sqlite3.Row] = {}
-            wanted = list(keys)
-            for i in range(0, len(wanted), 500):
-                chunk = wanted[i:i + 500]
-                q = f"SELECT * FROM budget_points WHERE key IN ({','.join('?' * len(chunk))})"
-                found.update({r["key"]: r for r in self.db.execute(q, chunk)})
-            raw = [found[k] for k in wanted if k in found]
-        else:
-            raw = list(self.db.execute("SELECT * FROM budget_points ORDER BY rowid"))
-        runs = {r["key"]: r for r in self.rows([r["run_key"] for r in raw if r["run_key"]])}
-        out = []
-        for r in raw:
-            d = dict(r)
-            d["ident"] = json.loads(d.pop("ident_json"))
-            fit = d.pop("fit_json")
-            d["fit"] = json.loads(fit) if fit else None
-            d["filters"] = json.loads(d["filters"]) if d["filters"] else None
-            d["run"] = runs.get(d["run_key"]) if d["run_key"] else None
-            out.append(d)
-        return out
-
     # -- rebuilding from run directories ----------------------------------------------------------
 
     def reindex_run(self, run_dir: str | os.PathLike[str]) -> str | None:
@@ -586,7 +258,7 @@ class Store:
             return None
         try:
             key, key_json = point_key(config)
-            f = _fields(config)
+            f = fields(config)
         except (ValueError, UsageError):
             return None
         summary = rundir.read_summary(run_dir)  # with what the sweep measured (resources.json) merged in
@@ -611,7 +283,7 @@ class Store:
                 db.execute("UPDATE runs SET status='pending', run_dir=?, claimed_by=NULL, claim_token=NULL, "
                            "heartbeat=NULL, updated_at=? WHERE key=?", (str(run_dir), now, key))
             db.execute("UPDATE runs SET epoch_metrics=?, epochs_done=? WHERE key=?",
-                       (canonical_json(_clean(epochs)), max([int(e["epoch"]) for e in epochs] or [0]), key))
+                       (canonical_json(clean(epochs)), max([int(e["epoch"]) for e in epochs] or [0]), key))
             self._event(key, "reindex", None)
         if summary is not None:
             self.finish(key, None, summary, epochs=epochs, run_dir=str(run_dir))
@@ -629,7 +301,7 @@ class Store:
 
     def get(self, key: str) -> dict[str, Any] | None:
         row = self.db.execute("SELECT * FROM runs WHERE key=?", (key,)).fetchone()
-        return _row_dict(row) if row is not None else None
+        return row_dict(row) if row is not None else None
 
     def rows(self, keys: Sequence[str] | None = None, status: str | None = None) -> list[dict[str, Any]]:
         """Rows as dicts (JSON columns decoded), in insertion order."""
@@ -638,7 +310,7 @@ class Store:
             rows = [found[k] for k in keys if k in found]
         else:
             rows = list(self.db.execute("SELECT * FROM runs ORDER BY rowid"))
-        out = [_row_dict(r) for r in rows]
+        out = [row_dict(r) for r in rows]
         return [r for r in out if status is None or r["status"] == status]
 
     def counts(self, keys: Sequence[str] | None = None) -> dict[str, int]:
@@ -658,49 +330,3 @@ class Store:
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.rows())
-
-
-class Heartbeats:
-    """Keep the claims ``{key: token}`` a process holds fresh, from a thread with its own
-    connection (SQLite connections are not shared between threads), while the runs train; a
-    heartbeat failure never stops a run (its claim then goes stale, the fallback)."""
-
-    def __init__(self, db: str | os.PathLike[str], claims: Mapping[str, str], every: float = HEARTBEAT_EVERY) -> None:
-        self.db, self.claims, self.every = Path(db), dict(claims), every
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._loop, name="sweep-heartbeats", daemon=True)
-
-    def drop(self, key: str) -> None:
-        """Stop refreshing ``key`` (its run ended)."""
-        with self.lock:
-            self.claims.pop(key, None)
-
-    def _loop(self) -> None:
-        try:
-            with Store(self.db) as store:
-                while not self.stop.wait(self.every):
-                    with self.lock:
-                        claims = dict(self.claims)
-                    store.heartbeat(claims)
-        except Exception:  # noqa: BLE001 - staleness is the fallback; the run goes on
-            pass
-
-    def __enter__(self) -> "Heartbeats":
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop.set()
-        self.thread.join(timeout=5)
-
-
-def _row_dict(row: sqlite3.Row) -> dict[str, Any]:
-    """A row with its JSON columns decoded: ``config``, ``resources``, ``epoch_metrics``, ``filters``."""
-    d = dict(row)
-    d["config"] = json.loads(d.pop("config_json"))
-    res = d.pop("resources_json")
-    d["resources"] = json.loads(res) if res else None
-    d["epoch_metrics"] = json.loads(d["epoch_metrics"])
-    d["filters"] = json.loads(d["filters"])
-    return d
