@@ -194,23 +194,19 @@ def _rebuild(orig: nn.Module, rec: _Rec, c_in: int, c_out: int) -> nn.Module:
 # ------------------------------------------------------------------------------------------------
 
 
-class _Walker:
-    def __init__(self, gm: fx.GraphModule) -> None:
-        self.gm = gm
-        self.modules = dict(gm.named_modules())
+class _Groups:
+    """The rules of channel groups, apart from the graph: a union-find over raw groups (each made by
+    one layer, ``base`` channels wide, first seen at walk step ``first``), the ties an op makes
+    between layouts, and aliases (a group whose width is the sum of a concatenation's)."""
+
+    def __init__(self) -> None:
         self.parent: list[int] = []
         self.base: list[int] = []
         self.first: list[int] = []
         self.producer: list[str | None] = []
         self.alias: dict[int, Layout] = {}  # root -> the layout whose sum its width is
-        self.input_raws: set[int] = set()
-        self.output_raws: set[int] = set()
-        self.layout: dict[fx.Node, Layout] = {}
-        self.records: dict[str, _Rec] = {}
-        self.rewrites: dict[fx.Node, str] = {}  # node -> "flatten" | "identity" | "dropout"
         self.step = 0
 
-    # -- union-find over raw groups --------------------------------------------------------------
     def new(self, base: int, producer: str | None) -> int:
         self.parent.append(len(self.parent))
         self.base.append(int(base))
@@ -267,6 +263,21 @@ class _Walker:
 
     def width(self, layout: Layout) -> int:
         return sum(m * self.base[r] for r, m in layout)
+
+
+class _Walker(_Groups):
+    """The walk over a traced graph: each node's channel layout from its inputs, by the kind of
+    op, recording every layer that makes channels and the rewrites a rebuilt model needs."""
+
+    def __init__(self, gm: fx.GraphModule) -> None:
+        super().__init__()
+        self.gm = gm
+        self.modules = dict(gm.named_modules())
+        self.input_raws: set[int] = set()
+        self.output_raws: set[int] = set()
+        self.layout: dict[fx.Node, Layout] = {}
+        self.records: dict[str, _Rec] = {}
+        self.rewrites: dict[fx.Node, str] = {}  # node -> "flatten" | "identity" | "dropout"
 
     # -- helpers ---------------------------------------------------------------------------------
     def where(self, node: fx.Node) -> str:
