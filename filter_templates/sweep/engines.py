@@ -33,8 +33,7 @@ def run_grid(grid: "Grid", db: str | os.PathLike[str], runs_dir: str | os.PathLi
     if options.engine == "ray":
         return run_ray(grid.configs, db, runs_dir, options, budget_points=grid.budget_points, progress=progress)
     if options.engine == "slurm":  # devices are the nodes' to resolve, not this machine's
-        return run_slurm(grid.configs, db, runs_dir, options.slurm.validate(), retry_failed=options.retry_failed,
-                         budget_points=grid.budget_points, progress=progress)
+        return run_slurm(grid.configs, db, runs_dir, options, budget_points=grid.budget_points, progress=progress)
     for device in {c.device for c in grid.configs}:
         resolve_device(device)  # asking for CUDA where there is none fails now, not per run
     jobs = max(1, min(options.jobs or 1, os.cpu_count() or 1))

@@ -35,6 +35,7 @@ from ..errors import UsageError
 from ..messages import note, warn
 from ..progress import Progress
 from ..rundir import check_writable, read_metrics, read_summary
+from .options import EngineOptions, SlurmOptions
 from .plan import Point, SweepResult, finished_on_disk, prepare
 from .slurm_job import TrainJob, import_submitit
 from .slurm_queue import LIVE_STATES, Cluster, JobBook, inspect_cluster, job_states, jobs_named
@@ -42,7 +43,6 @@ from .store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owne
 
 if TYPE_CHECKING:
     from ..train import TrainConfig
-    from .options import SlurmOptions
     from .grid import BudgetPoint
 
 __all__ = ["run_slurm", "default_folder", "check_shared"]
@@ -116,18 +116,12 @@ def _shared_paths(runs: Path, folder: Path, configs: Sequence["TrainConfig"]) ->
     return paths
 
 
-def run_slurm(
-    configs: Sequence["TrainConfig"],
-    db: str | os.PathLike[str],
-    runs_dir: str | os.PathLike[str],
-    options: "SlurmOptions",
-    *,
-    retry_failed: bool = False,
-    budget_points: Sequence["BudgetPoint"] = (),
-    progress: bool | None = None,
-    stale_after: float = DEFAULT_STALE_AFTER,
-) -> SweepResult:
-    """Run every claimable point of ``configs`` as a Slurm job and follow the jobs to their end."""
+def run_slurm(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs_dir: str | os.PathLike[str],
+              engine: EngineOptions, *, budget_points: Sequence["BudgetPoint"] = (),
+              progress: bool | None = None) -> SweepResult:
+    """Run every claimable point of ``configs`` as a Slurm job and follow the jobs to their end
+    (``engine.slurm``: what to ask of the cluster; ``engine.retry_failed``: run failed points again)."""
+    options = engine.slurm.validate()
     submitit = import_submitit()
     t0 = time.perf_counter()
     runs = Path(runs_dir).resolve()
@@ -136,10 +130,11 @@ def run_slurm(
     check_shared(cluster, _shared_paths(runs, folder, configs))
     check_writable(folder, "--slurm-dir", folder=True)
     with Store(db) as store:
-        points, result = prepare(store, configs, runs, retry_failed=retry_failed, budget_points=budget_points)
+        points, result = prepare(store, configs, runs, retry_failed=engine.retry_failed,
+                                 budget_points=budget_points)
         result.engine = "slurm"
         by_key = {p.key: p for p in points}
-        claims = store.claim_many(list(by_key), owner=owner_id(), stale_after=stale_after,
+        claims = store.claim_many(list(by_key), owner=owner_id(), stale_after=DEFAULT_STALE_AFTER,
                                   config_json={p.key: p.config_json for p in points})
         bar = Progress(total=len(points), desc="sweep", enabled=progress)
         bar.n = result.skipped
