@@ -80,7 +80,7 @@ def test_crop_pad_reaches_the_training_loader(tmp_path, monkeypatch):
 
     def spy(*args, **kw):
         if kw.get("train"):
-            pads.append(kw.get("pad"))
+            pads.append(kw["options"].pad)
         return real(*args, **kw)
 
     monkeypatch.setattr(train_mod, "Loader", spy)
