@@ -8,7 +8,7 @@ the same time see the same load on a shared machine; the CPU seconds move less w
 the wall seconds.
 
     python benchmarks/test_suite.py [--repo DIR] [--cov] [--name test_suite] [--write docs/results/]
-        [-- EXTRA PYTEST ARGS]
+        [--log FILE] [-- EXTRA PYTEST ARGS]
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ def _coverage(text: str) -> dict[str, float] | None:
     return None if m is None else {"statements": int(m[1]), "missed": int(m[2]), "percent": int(m[3])}
 
 
-def measure(repo: Path, cov: bool, extra: list[str]) -> dict:
+def measure(repo: Path, cov: bool, extra: list[str], log: Path | None = None) -> dict:
     cmd = [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *extra]
     if cov:
         cmd += ["--cov=filter_templates", "--cov-report=term"]
@@ -52,6 +52,8 @@ def measure(repo: Path, cov: bool, extra: list[str]) -> dict:
     t0 = time.perf_counter()
     done = subprocess.run(cmd, cwd=repo, env=env, capture_output=True, text=True)
     wall = time.perf_counter() - t0
+    if log is not None:
+        log.write_text(done.stdout + done.stderr)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=repo, capture_output=True, text=True)
@@ -66,10 +68,11 @@ def main() -> int:
     p.add_argument("--repo", type=Path, default=REPO, help="the checkout to test (default: this one)")
     p.add_argument("--cov", action="store_true", help="also measure line coverage (pytest-cov; slows the run)")
     p.add_argument("--name", default="test_suite", help="results file stem (default: test_suite)")
+    p.add_argument("--log", type=Path, default=None, help="also write pytest's whole output to this file")
     add_write_argument(p)
     p.add_argument("extra", nargs="*", help="more pytest arguments (after --)")
     args = p.parse_args()
-    numbers = measure(args.repo.resolve(), args.cov, args.extra)
+    numbers = measure(args.repo.resolve(), args.cov, args.extra, args.log)
     print(numbers)
     if args.write:
         t = numbers["tests"]
