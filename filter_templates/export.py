@@ -10,6 +10,7 @@ import contextlib
 import io
 import logging
 import warnings
+from typing import Any
 from pathlib import Path
 
 import torch
@@ -113,21 +114,27 @@ def _torchscript(model: nn.Module, example: torch.Tensor, f: io.BufferedIOBase) 
     torch.jit.save(traced, f)
 
 
-def onnx_available() -> bool:
-    """Whether the onnx extra (what torch's ONNX exporter needs) is installed."""
+def _import_onnx() -> Any | None:
+    """The ``onnx`` module, or None: the onnx extra (onnx and onnxscript, what torch's ONNX exporter
+    needs) is optional, so it is imported here, only when ONNX is asked for."""
     try:
-        import onnx  # noqa: F401
+        import onnx
         import onnxscript  # noqa: F401
     except ImportError:
-        return False
-    return True
+        return None
+    return onnx
+
+
+def onnx_available() -> bool:
+    """Whether the onnx extra (what torch's ONNX exporter needs) is installed."""
+    return _import_onnx() is not None
 
 
 def _onnx(model: nn.Module, example: torch.Tensor, f: io.BufferedIOBase) -> None:
-    if not onnx_available():
+    onnx = _import_onnx()
+    if onnx is None:
         raise UsageError("ONNX export needs the onnx extra: pip install 'filter-templates[onnx]' "
                          "(onnx, onnxscript, onnxruntime)")
-    import onnx  # an optional extra: imported only when exporting to ONNX
 
     batch = torch.export.Dim("batch", min=1)
     # The dynamo exporter (the only one torch >= 2.9 keeps) chats on stdout and logs missing torchvision

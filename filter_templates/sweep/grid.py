@@ -17,6 +17,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the tomli backport, if installed
+    try:
+        import tomli as tomllib  # type: ignore[no-redef]
+    except ModuleNotFoundError:
+        tomllib = None  # type: ignore[assignment]
+
 from .. import prune, validate
 from ..arch import make_arch
 from ..data import data_digest_for, data_shape, load_data_for, num_classes
@@ -159,13 +167,8 @@ def load_config(path: str | Path) -> SweepSpec:
     (``["params=1M", "flops=50M"]``), ``datasets``, ``seeds``, ``divisor``, ``floor``) and
     training settings (``epochs``, ``lr``, ...) at the top level; ``preset = "quick"`` starts from a
     preset and overrides what the file sets."""
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef]
-        except ModuleNotFoundError:
-            raise UsageError("reading TOML needs Python 3.11+ or 'pip install tomli'") from None
+    if tomllib is None:
+        raise UsageError("reading TOML needs Python 3.11+ or 'pip install tomli'")
     path = Path(path)
     try:
         with open(path, "rb") as f:

@@ -70,7 +70,7 @@ def import_ray(address: str | None = None) -> tuple[Any, Any]:
 
 def _trial(params: dict[str, Any]) -> None:
     """Train one point, reporting each epoch with the run folder as the checkpoint."""
-    from ray import tune
+    _, tune = import_ray()  # in a Ray worker: Ray is there
 
     point = params["point"]
     run_dir = Path(point["run_dir"])
