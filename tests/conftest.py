@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import importlib
+
 import pytest
+
+from filter_templates.cli import COMMANDS
+
+# The CLI imports a command's module when the command is first given. Imported here, once, so that
+# no module binds a name (``from ..measure import resources``) while a test has it monkeypatched:
+# a module first imported under a patch would keep the patched function for every later test.
+for _name in COMMANDS:
+    importlib.import_module(f"filter_templates.cli.{_name}_cmd")
 
 
 @pytest.fixture(autouse=True)
