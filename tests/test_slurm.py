@@ -191,7 +191,7 @@ def test_paths_the_nodes_cannot_see_are_refused(tmp_path):
     elsewhere = Cluster("batch", ["node001", "node002"])
     with pytest.raises(UsageError, match=r"--runs-dir .* temporary folder of this machine"):
         check_shared(elsewhere, {"--runs-dir": Path("/tmp/runs")})
-    check_shared(elsewhere, {"--runs-dir": ROOT / "runs"})  # a project folder: fine
+    check_shared(elsewhere, {"--runs-dir": Path("/srv/project/runs")})  # a shared project folder: fine
     check_shared(Cluster("debug", [socket.gethostname()]), {"--runs-dir": Path("/tmp/runs")})
 
 
