@@ -19,11 +19,15 @@ from pathlib import Path
 
 import pytest
 
+from filter_templates.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.errors import UsageError
+from filter_templates.rundir import read_json
 from filter_templates.sweep.slurm_engine import check_shared
+from filter_templates.sweep.slurm_job import TrainJob
 from filter_templates.sweep.slurm_queue import Cluster
 from filter_templates.sweep.store import Store
+from filter_templates.train import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -200,3 +204,27 @@ def test_missing_submitit_is_a_clear_usage_error(monkeypatch, capsys, tmp_path):
     assert main(_argv(tmp_path)) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'filter-templates[slurm]'" in err[0]
+
+
+def test_a_job_writes_its_run_folder_with_its_slurm_id_and_a_broken_one_is_a_failed_result(tmp_path, monkeypatch):
+    """What a node runs, in this process: the job trains into its run folder (resuming when the
+    folder holds a checkpoint), stamps its summary with the id squeue knows (``ARRAY_TASK`` for an
+    array task) and turns a broken run into a failed result instead of raising."""
+    monkeypatch.setenv("SLURM_ARRAY_JOB_ID", "41")
+    monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "not a number")  # read as no restart
+    monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
+    config = TrainConfig(arch=make_arch("mobilenet", "base", 0.05, 10), dataset="digits", epochs=1,
+                         limit_train=128, limit_test=64, batch_size=32, precision="fp32",
+                         memory_format="contiguous", device="cpu")
+    run = tmp_path / "run"
+    out = TrainJob()({"key": "k", "run_dir": str(run), "config": config.to_dict(), "threads": 1,
+                      "submitted_at": 1.0})
+    assert out["status"] == "done" and out["slurm_job_id"] == "41_3"
+    assert out["slurm"]["restarts"] == 0 and out["slurm"]["first_epoch"] == 1
+    on_disk = read_json(run / "summary.json")
+    assert on_disk["slurm_job_id"] == "41_3" and on_disk["slurm"]["submitted_at"] == 1.0
+
+    broken = {**config.to_dict(), "epochs": 0}
+    failed = TrainJob()({"key": "k", "run_dir": str(tmp_path / "bad"), "config": broken, "threads": 1})
+    assert failed["status"] == "failed" and "epochs" in failed["reason"] and failed["slurm_job_id"] == "41_3"
