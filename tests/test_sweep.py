@@ -448,3 +448,29 @@ def test_three_concurrent_sweeps_on_one_file_run_each_point_once(tmp_path):
             assert r["attempts"] == 1
     started = sum(log.read_text().count("done   ") for _, log in procs)
     assert started == 4  # the three logs together report each point once
+
+
+def test_two_jobs_share_the_grid_and_the_worker_reports_back(tmp_path, one_thread):
+    """``--jobs 2``: the driver spawns one worker process on the same store; every point runs once,
+    and the driver's result counts the worker's runs too. The worker's entry point is called in this
+    process as well, on a grid with nothing left, to check it reads its job and writes its result."""
+    from filter_templates.arch import make_arch
+    from filter_templates.sweep.local import _worker_main, run_local
+    from filter_templates.sweep.options import EngineOptions
+    from filter_templates.train import TrainConfig
+
+    common = dict(dataset="synthetic", epochs=1, batch_size=32, limit_train=64, limit_test=32, device="cpu")
+    configs = [TrainConfig(arch=make_arch("vgg19", t, 0.05, 10), **common) for t in ("base", "uniform", "reverse")]
+    db, runs = tmp_path / "r.sqlite", tmp_path / "runs"
+    result = run_local(configs, db, runs, EngineOptions(jobs=2, threads=1))
+    assert (result.done, result.failed) == (3, 0)
+    with Store(db) as s:
+        rows = s.rows()
+    assert [r["status"] for r in rows] == ["done"] * 3 and len({r["key"] for r in rows}) == 3
+    assert not list(runs.glob(".sweep-*"))  # the job and result files are cleaned up
+
+    job, out = tmp_path / "job.json", tmp_path / "out.json"
+    job.write_text(json.dumps({"db": str(db), "runs_dir": str(runs), "threads": 1, "threads_source": "--threads",
+                               "configs": [c.to_dict() for c in configs]}))
+    assert _worker_main([str(job), str(out)]) == 0
+    assert json.loads(out.read_text())["skipped_done"] == 3
