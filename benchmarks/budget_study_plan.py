@@ -58,8 +58,8 @@ def dataset_sizes(name: str, limit_train: int | None, limit_test: int | None) ->
 
 def _timer(config) -> tuple:
     """(train_step, eval_batch) closures for one config's model, on the CPU."""
-    from filter_templates import autotune
-    from filter_templates.train import sgd_step
+    from filter_templates.training import autotune
+    from filter_templates.training.loop import sgd_step
 
     # what a run of this config will train with: the same measured (and cached) choice train() makes
     choice = autotune.choose(config.arch, torch.device("cpu"), config.batch_size, precision=config.precision,
@@ -139,7 +139,7 @@ def main(argv=None) -> int:
             walls[a].append(t[0])
             evals[a].append(_time(evaluate, 1)[clock] / EVAL_BATCH)
 
-    from filter_templates.measure import arch_shape
+    from filter_templates.method.measure import arch_shape
 
     runs, free = [], [0.0] * jobs
     for c in grid.configs:
@@ -206,7 +206,7 @@ def record(config: str, grid, accuracy_csv: str | None = None) -> str:
 
 
 def _cpu() -> str:
-    from filter_templates.device import cpu_name
+    from filter_templates.core.device import cpu_name
 
     return cpu_name()
 

@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from filter_templates import measure as M
-from filter_templates.arch import make_arch
-from filter_templates.fit import FitRequest, fit, parse_budget
+from filter_templates.method import measure as M
+from filter_templates.method.arch import make_arch
+from filter_templates.method.fit import FitRequest, fit, parse_budget
 from filter_templates.models import family_names
 from results_file import add_write_argument, write
 

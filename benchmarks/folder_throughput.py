@@ -29,9 +29,9 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from filter_templates.arch import make_arch
+from filter_templates.method.arch import make_arch
 from filter_templates.data import load_dataset
-from filter_templates.train import TrainConfig, train
+from filter_templates.training.loop import TrainConfig, train
 from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]

@@ -30,10 +30,10 @@ from pathlib import Path
 
 import torch
 
-from filter_templates import measure
-from filter_templates.arch import make_arch
+from filter_templates.method import measure
+from filter_templates.method.arch import make_arch
 from filter_templates.models import family_names
-from filter_templates.train import TrainConfig, train
+from filter_templates.training.loop import TrainConfig, train
 from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]

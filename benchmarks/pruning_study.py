@@ -19,7 +19,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from filter_templates.prune import METHODS, Baselines
+from filter_templates.pruning.adapter import METHODS, Baselines
 from filter_templates.reduce import Candidate, ReduceRequest, rank, reduce
 from filter_templates.report.budgets import collect_budgets
 from filter_templates.sweep.options import EngineOptions

@@ -1,6 +1,6 @@
 """The real result: VGG-19 (base template) at width 0.25 for 15 epochs on CIFAR-10.
 
-Trains with ``filter_templates.train`` exactly as ``filter-templates train`` does, on the shared
+Trains with ``filter_templates.training.loop`` exactly as ``filter-templates train`` does, on the shared
 development copy ``<repo>/../shared/datasets/cifar10-jpeg.tar.gz``, and prints the final test
 accuracy and the wall time. ``--expect`` (default 0.86: the accuracy the ``fast`` recipe must reach
 here; its goal is 0.88) is checked only for runs of 15 or more epochs on the full data.
@@ -23,8 +23,8 @@ from pathlib import Path
 
 import torch
 
-from filter_templates.arch import make_arch
-from filter_templates.train import TrainConfig, train
+from filter_templates.method.arch import make_arch
+from filter_templates.training.loop import TrainConfig, train
 from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]

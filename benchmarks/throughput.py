@@ -2,7 +2,7 @@
 
 In one process, on the same model and the same images, alternating the variants round after round:
 
-  ours   -- ``filter_templates.train.train()`` itself, 2 epochs into a scratch folder, with its
+  ours   -- ``filter_templates.training.loop.train()`` itself, 2 epochs into a scratch folder, with its
             default recipe and its measured precision / memory format. Its training images/s is
             what ``train()`` records per epoch (the whole training pass: batched augmentation,
             step, schedule, EMA, NaN checks); the second epoch counts (the first one includes the
@@ -43,12 +43,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from filter_templates import autotune
-from filter_templates.arch import make_arch
+from filter_templates.training import autotune
+from filter_templates.method.arch import make_arch
 from filter_templates.data import load_dataset
 from filter_templates.data.augment import Loader, LoaderOptions
-from filter_templates.device import device_name, resolve_device
-from filter_templates.train import TrainConfig, sgd_step, train
+from filter_templates.core.device import device_name, resolve_device
+from filter_templates.training.loop import TrainConfig, sgd_step, train
 from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]

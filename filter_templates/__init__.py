@@ -3,7 +3,7 @@
 The flow: ``templates`` (pure arithmetic) -> ``models`` (families) -> ``arch`` (a buildable record)
 -> ``measure`` / ``fit`` (resources, budgets) -> ``data`` -> ``train`` -> ``sweep`` -> ``report``.
 
-Names are imported lazily so that ``import filter_templates.templates`` stays free of torch.
+Names are imported lazily so that ``import filter_templates.method.templates`` stays free of torch.
 """
 
 from __future__ import annotations

@@ -16,11 +16,11 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
-from . import rundir
-from .arch import Arch
-from .errors import UsageError
-from .prune import apply_structure
-from .prune_run import run_structure
+from filter_templates.core import rundir
+from filter_templates.method.arch import Arch
+from filter_templates.core.errors import UsageError
+from filter_templates.pruning.adapter import apply_structure
+from filter_templates.pruning.run import run_structure
 
 __all__ = ["FORMATS", "load_run_model", "export_run", "default_export_path", "onnx_available", "run_image_size"]
 

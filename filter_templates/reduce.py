@@ -30,21 +30,22 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
-from . import prune, rundir
-from .data import load_data_for, split
-from .device import resolve_device
-from .errors import UsageError
-from .export import default_export_path, export_run, onnx_available
-from .fit import Budget, parse_budget
-from .messages import note
-from .recipe import RECIPE_FIELDS
-from .report import make_report
-from .report.budgets import BudgetCell, collect_budgets
-from .sweep.engines import EngineOptions, run_grid
-from .sweep.grid import ALL_TEMPLATES, SweepSpec, plan_grid
-from .sweep.plan import SweepResult
-from .sweep.store import DEFAULT_FILE, Store
-from .train import check_val_split
+from filter_templates.pruning import adapter
+from filter_templates.core import rundir
+from filter_templates.data import load_data_for, split
+from filter_templates.core.device import resolve_device
+from filter_templates.core.errors import UsageError
+from filter_templates.export import default_export_path, export_run, onnx_available
+from filter_templates.method.fit import Budget, parse_budget
+from filter_templates.core.messages import note
+from filter_templates.training.recipe import RECIPE_FIELDS
+from filter_templates.report import make_report
+from filter_templates.report.budgets import BudgetCell, collect_budgets
+from filter_templates.sweep.engines import EngineOptions, run_grid
+from filter_templates.sweep.grid import ALL_TEMPLATES, SweepSpec, plan_grid
+from filter_templates.sweep.plan import SweepResult
+from filter_templates.sweep.store import DEFAULT_FILE, Store
+from filter_templates.training.loop import check_val_split
 
 __all__ = ["reduce", "ReduceRequest", "rank", "Candidate", "ReduceResult", "DB_FILE", "RUNS_DIR", "REPORT_DIR", "SELECTIONS"]
 

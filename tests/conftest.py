@@ -36,7 +36,7 @@ def quick_latency():
     """The latency a run records (``measure.resources``) timed for 5-10 ms instead of 0.1-1 s: the
     tests check that it is measured and recorded, not its precision (``test_measure`` calls
     ``measure.latency`` itself, with its own times). Runs in subprocesses keep the real timing."""
-    from filter_templates import measure
+    from filter_templates.method import measure
 
     real = measure._latency_fn
     measure._latency_fn = lambda *a, **kw: real(*a, **{**kw, "min_run_time": 0.005, "max_run_time": 0.01})

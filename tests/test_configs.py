@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 
-from filter_templates.recipe import RECIPE_FIELDS
+from filter_templates.training.recipe import RECIPE_FIELDS
 from filter_templates.sweep.grid import known_classes, load_config, plan_grid
 from filter_templates.sweep.store import point_key
-from filter_templates.train import EXECUTION_KEYS, identity
+from filter_templates.training.loop import EXECUTION_KEYS, identity
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.toml"))

@@ -22,7 +22,7 @@ from filter_templates.data.augment import Loader, LoaderOptions
 from filter_templates.data import cache as data_cache
 from filter_templates.data import cifar, download, unpickle
 from filter_templates.data.images import decode_images
-from filter_templates.errors import UsageError
+from filter_templates.core.errors import UsageError
 from fixtures_data import (CIFAR10_CLASSES, cifar100_classes, make_split, py2_pickle_dumps, tar_folder,
                            write_cifar10_batches, write_cifar100_files, write_tree)
 

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from filter_templates import rundir
+from filter_templates.core import rundir
 from filter_templates.cli import main
 from filter_templates.data import cache as data_cache
 from filter_templates.data.dataset import Dataset
-from filter_templates.errors import UsageError
+from filter_templates.core.errors import UsageError
 
 
 def one_error_line(capsys) -> str:
@@ -73,10 +73,10 @@ def test_store_finish_with_a_bad_status_is_a_usage_error(tmp_path):
 def _finished_run_on_disk(runs: Path):
     """A TrainConfig and its point's run folder holding a finished run's files (as a sweep killed
     between writing summary.json and recording the row leaves them), without latency or memory."""
-    from filter_templates.arch import make_arch
+    from filter_templates.method.arch import make_arch
     from filter_templates.sweep.grid import run_dir_name
     from filter_templates.sweep.store import point_key
-    from filter_templates.train import TrainConfig
+    from filter_templates.training.loop import TrainConfig
 
     cfg = TrainConfig(arch=make_arch("mobilenet", "base", 0.05, 10), dataset="synthetic", epochs=1,
                       batch_size=16, device="cpu")
@@ -129,7 +129,7 @@ def test_joining_a_token_cluster_sends_the_token_and_failures_say_how(tmp_path, 
 
 @pytest.mark.parametrize("divisor", ["x", 2.7, True, 0])
 def test_a_config_divisor_that_is_not_a_positive_integer_is_one_error_line(tmp_path, capsys, divisor):
-    from filter_templates.arch import make_arch
+    from filter_templates.method.arch import make_arch
 
     arch = make_arch("vgg19", "base", 0.05, 10).to_dict()
     arch["divisor"] = divisor  # "x" was a traceback (int("x")); 2.7 silently became 2
@@ -154,7 +154,7 @@ def pyramid(base: list[int]) -> list[float]:
 
 
 def test_make_arch_takes_a_template_function():
-    from filter_templates.arch import make_arch
+    from filter_templates.method.arch import make_arch
 
     arch = make_arch("vgg19", pyramid, 0.5)  # was: TypeError ('function' object is not iterable)
     assert arch.filters == make_arch("vgg19", [2.0 * c for c in arch_base("vgg19")], 0.5).filters
@@ -179,8 +179,8 @@ def test_a_cli_command_whose_module_is_missing_is_an_import_error(monkeypatch):
 
 
 def test_the_cpu_has_one_name_everywhere():
-    from filter_templates.arch import make_arch
-    from filter_templates.measure import device_name, resources
+    from filter_templates.method.arch import make_arch
+    from filter_templates.method.measure import device_name, resources
 
     cpuinfo = Path("/proc/cpuinfo")
     if not cpuinfo.is_file() or "model name" not in cpuinfo.read_text():

@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from filter_templates import rundir
-from filter_templates.arch import make_arch
+from filter_templates.core import rundir
+from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
-from filter_templates.errors import UsageError
+from filter_templates.core.errors import UsageError
 from filter_templates.export import export_run, load_run_model
 
 

@@ -10,13 +10,13 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from filter_templates import fit as FIT
-from filter_templates import measure as M
-from filter_templates.arch import Arch, make_arch
+from filter_templates.method import fit as FIT
+from filter_templates.method import measure as M
+from filter_templates.method.arch import Arch, make_arch
 from filter_templates.cli import main
-from filter_templates.errors import UsageError
-from filter_templates.fit import Budget, FitRequest, fit, parse_budget
-from filter_templates.templates import template_names
+from filter_templates.core.errors import UsageError
+from filter_templates.method.fit import Budget, FitRequest, fit, parse_budget
+from filter_templates.method.templates import template_names
 
 
 def run(capsys, *argv):

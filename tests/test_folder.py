@@ -14,7 +14,7 @@ from PIL import Image
 from filter_templates.data import cache as data_cache
 from filter_templates.data import data_shape, load_dataset
 from filter_templates.data import folder
-from filter_templates.errors import UsageError
+from filter_templates.core.errors import UsageError
 
 CLASSES = ("cat", "dog", "emu")
 
@@ -186,8 +186,8 @@ def test_decoding_in_chunks_with_workers_matches_one_process(cache_home, monkeyp
 # ------------------------------------------------------------------------- models follow the size
 
 def test_study_families_keep_their_parameters_and_scale_their_flops():
-    from filter_templates.arch import make_arch
-    from filter_templates.measure import arch_flops, arch_params
+    from filter_templates.method.arch import make_arch
+    from filter_templates.method.measure import arch_flops, arch_params
 
     for family, params in (("vgg19", 20_040_522), ("resnet50", 23_520_842), ("googlenet", 6_166_250),
                            ("mobilenet", 3_217_226)):
@@ -201,8 +201,8 @@ def test_study_families_keep_their_parameters_and_scale_their_flops():
 def test_a_built_model_runs_and_counts_at_its_size():
     import torch
 
-    from filter_templates.arch import make_arch
-    from filter_templates.measure import arch_flops, count_flops, input_shape_of, resources
+    from filter_templates.method.arch import make_arch
+    from filter_templates.method.measure import arch_flops, count_flops, input_shape_of, resources
 
     arch = make_arch("vgg19", "uniform", 0.05, 3, image_size=48)
     model = arch.build().eval()
@@ -233,8 +233,8 @@ class _Flat48(__import__("torch").nn.Module):
 def test_user_model_is_discovered_at_the_data_size():
     import torch
 
-    from filter_templates.arch import make_arch
-    from filter_templates.measure import arch_params
+    from filter_templates.method.arch import make_arch
+    from filter_templates.method.measure import arch_params
     from filter_templates.models import resolve_model
 
     with pytest.raises(UsageError, match=r"\[2, 3, 32, 32\]"):
@@ -246,8 +246,8 @@ def test_user_model_is_discovered_at_the_data_size():
 
 
 def test_train_config_size_is_a_result_field_left_out_at_32():
-    from filter_templates.arch import make_arch
-    from filter_templates.train import TrainConfig, identity
+    from filter_templates.method.arch import make_arch
+    from filter_templates.training.loop import TrainConfig, identity
 
     with pytest.raises(UsageError, match="built for 48 px"):
         TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 3, image_size=48), dataset="folder", image_size=32)
@@ -260,9 +260,9 @@ def test_train_config_size_is_a_result_field_left_out_at_32():
 
 
 def test_store_rows_carry_the_size(tmp_path):
-    from filter_templates.arch import make_arch
+    from filter_templates.method.arch import make_arch
     from filter_templates.sweep.store import Store
-    from filter_templates.train import TrainConfig
+    from filter_templates.training.loop import TrainConfig
 
     cfgs = [TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 3, image_size=s), dataset="folder", image_size=s)
             for s in (32, 48)]
@@ -315,8 +315,8 @@ def test_onnx_export_takes_the_run_size(tmp_path):
     ort = pytest.importorskip("onnxruntime")
     import torch
 
-    from filter_templates import rundir
-    from filter_templates.arch import make_arch
+    from filter_templates.core import rundir
+    from filter_templates.method.arch import make_arch
     from filter_templates.export import export_run
 
     arch = make_arch("vgg19", "uniform", 0.03, 3, image_size=48)
@@ -386,9 +386,9 @@ def test_archive_digest_follows_its_content(cache_home):
 
 
 def test_built_in_datasets_and_older_records_keep_their_identity():
-    from filter_templates.arch import make_arch
+    from filter_templates.method.arch import make_arch
     from filter_templates.data import data_digest_for
-    from filter_templates.train import TrainConfig, identity
+    from filter_templates.training.loop import TrainConfig, identity
 
     config = TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), dataset="digits")
     assert config.data_digest is None and data_digest_for(config) is None
@@ -402,7 +402,7 @@ def test_built_in_datasets_and_older_records_keep_their_identity():
 
 def test_train_records_the_digest_resumes_a_moved_folder_and_refuses_other_images(cache_home, capsys):
     from filter_templates.cli import main
-    from filter_templates.train import train
+    from filter_templates.training.loop import train
 
     a = make_folder(cache_home / "a", per_class={"train": 12, "test": 4}, sizes=((36, 36),), seed=1)
     b = make_folder(cache_home / "b", per_class={"train": 12, "test": 4}, sizes=((36, 36),), seed=2)

@@ -12,12 +12,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from filter_templates.arch import Arch, make_arch
+from filter_templates.method.arch import Arch, make_arch
 from filter_templates.cli import main
-from filter_templates.errors import UsageError
-from filter_templates.measure import arch_params, count_params
+from filter_templates.core.errors import UsageError
+from filter_templates.method.measure import arch_params, count_params
 from filter_templates.models import get_family, resolve_model
-from filter_templates.templates import BUILTIN
+from filter_templates.method.templates import BUILTIN
 
 import models_zoo as zoo  # tests/ is on sys.path (as for fixtures_data); the CLI imports it as tests.models_zoo
 
@@ -370,7 +370,7 @@ def test_onnx_export_of_a_user_model(tmp_path, capsys):
     import numpy as np
     import onnxruntime as ort
 
-    from filter_templates import rundir
+    from filter_templates.core import rundir
 
     name = resolve_model(f"{ZOO}:flat2x2")
     arch = make_arch(name, "reverse", 0.5)

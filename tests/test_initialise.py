@@ -9,11 +9,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from filter_templates import initialise
-from filter_templates.arch import make_arch
+from filter_templates.training import initialise
+from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.data import load_data
-from filter_templates.train import TrainConfig, _initialise, identity, train
+from filter_templates.training.loop import TrainConfig, _initialise, identity, train
 
 
 def _correlated_images(n: int = 64, c: int = 3, size: int = 12) -> torch.Tensor:
@@ -172,7 +172,7 @@ def test_the_fields_reach_config_json_and_the_experiment_identity(tmp_path, caps
     for name in ("whiten", "identity"):
         real = getattr(initialise, name)
         monkeypatch.setattr(initialise, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
-    from filter_templates.recipe import RECIPES
+    from filter_templates.training.recipe import RECIPES
 
     paper = _digits_config(recipe="paper")
     assert (paper.whiten_init, paper.identity_init) == (False, False)  # the study's start

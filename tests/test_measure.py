@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from filter_templates import measure as M
-from filter_templates.arch import make_arch
+from filter_templates.method import measure as M
+from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
-from filter_templates.errors import UsageError
+from filter_templates.core.errors import UsageError
 from filter_templates.models import family_names
-from filter_templates.templates import template_names
+from filter_templates.method.templates import template_names
 
 F32, I64 = 4, 8
 

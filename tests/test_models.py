@@ -18,14 +18,14 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filter_templates.arch import make_arch
-from filter_templates.errors import UsageError
-from filter_templates.measure import count_flops, count_params
+from filter_templates.method.arch import make_arch
+from filter_templates.core.errors import UsageError
+from filter_templates.method.measure import count_flops, count_params
 from filter_templates.models import family_names, get_family
 from filter_templates.models import googlenet as G
 from filter_templates.models import mobilenet as M
 from filter_templates.models import resnet as R
-from filter_templates.templates import BUILTIN, scale_count
+from filter_templates.method.templates import BUILTIN, scale_count
 
 STUDY = ["vgg19", "resnet50", "googlenet", "mobilenet"]
 VARIANT = {"resnet50": "resnet50-blocks", "googlenet": "googlenet-proportional", "mobilenet": "mobilenet-blocks"}
@@ -329,7 +329,7 @@ def test_resnet_projection_rule_any_counts(filters, stem):
 
 def test_floor_reaches_stems_and_googlenet_inner_widths():
     """`--floor` is part of the one rounding rule, so non-template layers obey it too."""
-    from filter_templates.arch import make_arch
+    from filter_templates.method.arch import make_arch
 
     for family in FAMILIES[1:]:
         model = make_arch(family, "uniform", 0.001, floor=4).build()

@@ -1,4 +1,4 @@
-"""Muon for BatchNorm-fed convolutions, SGD for the rest (filter_templates.muon)."""
+"""Muon for BatchNorm-fed convolutions, SGD for the rest (filter_templates.training.muon)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from filter_templates import muon
-from filter_templates.arch import make_arch
-from filter_templates.errors import UsageError
-from filter_templates.recipe import OptimizerSettings, make_optimizer
-from filter_templates.train import TrainConfig
+from filter_templates.training import muon
+from filter_templates.method.arch import make_arch
+from filter_templates.core.errors import UsageError
+from filter_templates.training.recipe import OptimizerSettings, make_optimizer
+from filter_templates.training.loop import TrainConfig
 
 
 @pytest.mark.parametrize("shape", [(16, 27), (64, 16), (128, 1152)])
@@ -125,7 +125,7 @@ def test_sgd_points_keep_the_key_they_had_before_the_optimizer_fields():
 
 
 def test_whole_older_record_reads_as_sgd_whatever_the_recipe_says(monkeypatch):
-    from filter_templates import recipe
+    from filter_templates.training import recipe
 
     older = _older(_config().to_dict())
     monkeypatch.setitem(recipe.RECIPES["fast"], "optimizer", "muon")
@@ -134,8 +134,8 @@ def test_whole_older_record_reads_as_sgd_whatever_the_recipe_says(monkeypatch):
 
 
 def test_checkpoint_from_before_the_optimizer_fields_resumes_under_sgd_only(tmp_path):
-    from filter_templates import rundir
-    from filter_templates.train import train
+    from filter_templates.core import rundir
+    from filter_templates.training.loop import train
 
     class Stop(Exception):
         pass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from filter_templates.progress import Progress
+from filter_templates.core.progress import Progress
 
 
 def test_off_when_stderr_is_not_a_terminal(capsys):

@@ -11,13 +11,14 @@ import sys
 import pytest
 import torch
 
-from filter_templates import prune, rundir
-from filter_templates.arch import make_arch
+from filter_templates.pruning import adapter
+from filter_templates.core import rundir
+from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
-from filter_templates.errors import UsageError
-from filter_templates.measure import count_params
+from filter_templates.core.errors import UsageError
+from filter_templates.method.measure import count_params
 from filter_templates.sweep.grid import SweepSpec, plan_grid
-from filter_templates.train import TrainConfig, train
+from filter_templates.training.loop import TrainConfig, train
 
 pytest.importorskip("torch_pruning")
 

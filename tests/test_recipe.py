@@ -7,12 +7,12 @@ import json
 import pytest
 import torch
 
-from filter_templates import autotune
-from filter_templates.arch import make_arch
+from filter_templates.training import autotune
+from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
-from filter_templates.errors import UsageError
-from filter_templates.recipe import RECIPES, OptimizerSettings, lr_multiplier, make_optimizer
-from filter_templates.train import EXECUTION_KEYS, FIELDS, RESULT_KEYS, TrainConfig, train
+from filter_templates.core.errors import UsageError
+from filter_templates.training.recipe import RECIPES, OptimizerSettings, lr_multiplier, make_optimizer
+from filter_templates.training.loop import EXECUTION_KEYS, FIELDS, RESULT_KEYS, TrainConfig, train
 
 SMALL = dict(dataset="digits", limit_train=128, limit_test=64, batch_size=32)
 ARCH = make_arch("vgg19", "uniform", 0.05, 10)
@@ -20,7 +20,7 @@ ARCH = make_arch("vgg19", "uniform", 0.05, 10)
 
 @pytest.fixture(autouse=True)
 def no_resources(monkeypatch):
-    from filter_templates import measure
+    from filter_templates.method import measure
 
     real = measure.resources
     monkeypatch.setattr(measure, "resources", lambda arch, batch_size=64, device="cpu", **kw:
@@ -74,7 +74,7 @@ def test_bad_recipe_values_are_refused(change, word):
 
 
 def test_crop_pad_reaches_the_training_loader(tmp_path, monkeypatch):
-    from filter_templates import train as train_mod
+    from filter_templates.training import loop as train_mod
 
     pads = []
     real = train_mod.Loader
@@ -91,7 +91,7 @@ def test_crop_pad_reaches_the_training_loader(tmp_path, monkeypatch):
 
 
 def test_shifted_views_move_the_image_and_reflect_the_border():
-    from filter_templates.train import _shifted
+    from filter_templates.training.loop import _shifted
 
     x = torch.arange(2 * 3 * 5 * 5, dtype=torch.float32).view(2, 3, 5, 5)
     right_down = _shifted(x, 1)
@@ -104,7 +104,7 @@ def test_shifted_views_move_the_image_and_reflect_the_border():
 
 def test_evaluate_sums_the_logits_of_the_four_views():
     from filter_templates.data.augment import Loader
-    from filter_templates.train import _shifted, evaluate
+    from filter_templates.training.loop import _shifted, evaluate
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 32 * 32, 10)).eval()  # sees every pixel

@@ -10,12 +10,12 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pytest
 
-from filter_templates.arch import make_arch
+from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
-from filter_templates.errors import UsageError
+from filter_templates.core.errors import UsageError
 from filter_templates.report import make_report, tables
 from filter_templates.sweep.store import Store
-from filter_templates.train import TrainConfig
+from filter_templates.training.loop import TrainConfig
 
 TEMPLATES = ["base", "reverse", "uniform", "quadratic", "negative-quadratic"]
 
@@ -79,7 +79,7 @@ def report(partial_store, tmp_path_factory) -> tuple[Path, dict]:
 
 
 def _params(arch) -> int:
-    from filter_templates.measure import count_params
+    from filter_templates.method.measure import count_params
 
     return count_params(arch.build())
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from filter_templates import autotune
+from filter_templates.training import autotune
 from filter_templates.cli import main
 
 REPO = Path(__file__).resolve().parents[1]

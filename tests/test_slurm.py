@@ -19,15 +19,15 @@ from pathlib import Path
 
 import pytest
 
-from filter_templates.arch import make_arch
+from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
-from filter_templates.errors import UsageError
-from filter_templates.rundir import read_json
+from filter_templates.core.errors import UsageError
+from filter_templates.core.rundir import read_json
 from filter_templates.sweep.slurm_engine import check_shared
 from filter_templates.sweep.slurm_job import TrainJob
 from filter_templates.sweep.slurm_queue import Cluster
 from filter_templates.sweep.store import Store
-from filter_templates.train import TrainConfig
+from filter_templates.training.loop import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filter_templates.errors import UsageError
+from filter_templates.core.errors import UsageError
 from filter_templates.sweep.store import Heartbeats, Store, StoreError, canonical_json, owner_alive, point_key
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from filter_templates.cli import COMMANDS, build_parser
-from filter_templates.errors import UsageError
+from filter_templates.core.errors import UsageError
 
 PACKAGE = "filter_templates"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE

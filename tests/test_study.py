@@ -3,7 +3,7 @@
 The configurations below are literal test data copied from the study's training code
 (izquierdocr/distributed-training-apex-pytorch, models/*.py, `_set_filters`), and for MobileNet
 uniform and negative-quadratic from SPEC 2.9 (the study's earlier configurations). They are written
-out here, not imported from `filter_templates.published`, so that a wrong table in the package fails.
+out here, not imported from `filter_templates.method.published`, so that a wrong table in the package fails.
 """
 
 from __future__ import annotations
@@ -14,14 +14,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from filter_templates.arch import Arch, make_arch
+from filter_templates.method.arch import Arch, make_arch
 from filter_templates.cli import main
-from filter_templates.errors import UsageError
-from filter_templates.measure import arch_params, count_params
+from filter_templates.core.errors import UsageError
+from filter_templates.method.measure import arch_params, count_params
 from filter_templates.models import googlenet as G
 from filter_templates.models import mobilenet as M
 from filter_templates.models import resnet as R
-from filter_templates.templates import BUILTIN
+from filter_templates.method.templates import BUILTIN
 
 VGG = {
     "base": [64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512],
@@ -240,7 +240,7 @@ def test_readme_table_is_generated():
     """The README's Table 2 comparison is exactly what `templates --compare-published --markdown` prints."""
     from pathlib import Path
 
-    from filter_templates.compare import compare_published, markdown_table
+    from filter_templates.method.compare import compare_published, markdown_table
 
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     start, end = "<!-- table2:start -->", "<!-- table2:end -->"

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from filter_templates.cli import main
-from filter_templates.errors import UsageError
+from filter_templates.core.errors import UsageError
 from filter_templates.sweep.grid import PAPER_WIDTHS, SweepSpec, expand, load_config, plan_grid, preset
 from filter_templates.sweep.store import Store, read_metrics
 
@@ -139,7 +139,7 @@ def test_cli_errors_are_one_line(capsys, argv, match):
 
 
 def test_budget_points_are_fitted_within_their_budget():
-    from filter_templates.measure import arch_flops, arch_params
+    from filter_templates.method.measure import arch_flops, arch_params
 
     spec = SweepSpec(models=["vgg19", "mobilenet"], templates=["base", "reverse", "quadratic"], widths=[],
                      budgets=["params=50K", "flops=2M", "params=100"], datasets=["synthetic"], seeds=[0, 1],
@@ -283,10 +283,10 @@ def test_sweep_runs_records_and_skips_done_points(tmp_path, capsys):
 
 
 def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys, one_thread):
-    from filter_templates.arch import make_arch
+    from filter_templates.method.arch import make_arch
     from filter_templates.sweep.local import run_local
     from filter_templates.sweep.options import EngineOptions
-    from filter_templates.train import TrainConfig
+    from filter_templates.training.loop import TrainConfig
 
     common = dict(dataset="synthetic", epochs=1, batch_size=32, limit_train=64, limit_test=32, device="cpu")
     arch = make_arch("vgg19", "base", 0.05, 10)
@@ -313,9 +313,9 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys, one_th
 
 
 def test_resources_a_summary_lacks_are_measured_and_kept_beside_it(tmp_path, one_thread):
-    from filter_templates.arch import make_arch
+    from filter_templates.method.arch import make_arch
     from filter_templates.sweep.plan import complete_resources, read_summary
-    from filter_templates.train import TrainConfig
+    from filter_templates.training.loop import TrainConfig
 
     cfg = TrainConfig(arch=make_arch("mobilenet", "base", 0.05, 10), batch_size=16, device="cpu")
     bare = {"status": "done", "device": "cpu", "resources": {"params": 123, "flops": 456}}
@@ -454,10 +454,10 @@ def test_two_jobs_share_the_grid_and_the_worker_reports_back(tmp_path, one_threa
     """``--jobs 2``: the driver spawns one worker process on the same store; every point runs once,
     and the driver's result counts the worker's runs too. The worker's entry point is called in this
     process as well, on a grid with nothing left, to check it reads its job and writes its result."""
-    from filter_templates.arch import make_arch
+    from filter_templates.method.arch import make_arch
     from filter_templates.sweep.local import _worker_main, run_local
     from filter_templates.sweep.options import EngineOptions
-    from filter_templates.train import TrainConfig
+    from filter_templates.training.loop import TrainConfig
 
     common = dict(dataset="synthetic", epochs=1, batch_size=32, limit_train=64, limit_test=32, device="cpu")
     configs = [TrainConfig(arch=make_arch("vgg19", t, 0.05, 10), **common) for t in ("base", "uniform", "reverse")]

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filter_templates import templates as T
+from filter_templates.method import templates as T
 
 VGG19 = [64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512]
 
@@ -32,7 +32,7 @@ def test_vgg19_published_counts(name):
 def test_templates_module_is_free_of_torch():
     import subprocess
 
-    code = "import sys, filter_templates.templates; print('torch' in sys.modules)"
+    code = "import sys, filter_templates.method.templates; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 
@@ -145,4 +145,4 @@ def test_register_function_and_list():
 
 def test_function_path_and_explicit_list_from_text():
     assert T.distribute("3,4.4,5", [1, 1, 1]) == [3, 4, 5]
-    assert T.distribute("filter_templates.templates:uniform", [1, 2, 3]) == [2, 2, 2]
+    assert T.distribute("filter_templates.method.templates:uniform", [1, 2, 3]) == [2, 2, 2]

@@ -15,13 +15,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from filter_templates import checkpoint as ckpt
-from filter_templates import rundir
-from filter_templates.arch import make_arch
+from filter_templates.core import checkpoint as ckpt
+from filter_templates.core import rundir
+from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
-from filter_templates.errors import UsageError
-from filter_templates.recipe import RECIPES
-from filter_templates.train import TrainConfig, train
+from filter_templates.core.errors import UsageError
+from filter_templates.training.recipe import RECIPES
+from filter_templates.training.loop import TrainConfig, train
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(dataset="digits", limit_train=192, limit_test=96, batch_size=32)
@@ -34,7 +34,7 @@ def quick_resources(request, monkeypatch):
     only the run-directory test measures them."""
     if request.node.name == "test_run_writes_the_run_directory":
         return
-    from filter_templates import measure
+    from filter_templates.method import measure
 
     real = measure.resources
     monkeypatch.setattr(measure, "resources", lambda arch, batch_size=64, device="cpu", **kw:

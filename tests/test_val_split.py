@@ -10,13 +10,13 @@ import sqlite3
 import numpy as np
 import pytest
 
-from filter_templates.arch import make_arch
+from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.data import load_data, split
-from filter_templates.errors import UsageError
+from filter_templates.core.errors import UsageError
 from filter_templates.sweep.grid import known_classes, load_config, plan_grid
 from filter_templates.sweep.store import Store, point_key
-from filter_templates.train import TrainConfig, check_val_split, train
+from filter_templates.training.loop import TrainConfig, check_val_split, train
 
 TINY = dict(dataset="digits", limit_train=160, limit_test=64, batch_size=32, epochs=1, precision="fp32",
             memory_format="contiguous")
@@ -25,7 +25,7 @@ TINY = dict(dataset="digits", limit_train=160, limit_test=64, batch_size=32, epo
 @pytest.fixture
 def quick_resources(monkeypatch):
     """The training tests here are about the split: skip each run's latency timing and memory account."""
-    from filter_templates import measure
+    from filter_templates.method import measure
 
     real = measure.resources
     monkeypatch.setattr(measure, "resources", lambda arch, batch_size=64, device="cpu", **kw:

@@ -12,9 +12,9 @@ import importlib
 import sys
 from typing import Iterable, NoReturn, Sequence
 
-from .. import __version__
-from ..errors import UsageError
-from ..messages import PROG, error, error_line
+from filter_templates import __version__
+from filter_templates.core.errors import UsageError
+from filter_templates.core.messages import PROG, error, error_line
 
 __all__ = ["main", "build_parser", "error_line", "COMMANDS", "PROG"]
 

@@ -6,13 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from .. import validate
-from ..data import split
-from ..arch import IMAGE_SIZE, MIN_IMAGE_SIZE
-from ..errors import UsageError
-from ..models import family_names, resolve_model
-from ..autotune import MEMORY_FORMATS, PRECISIONS
-from ..recipe import RECIPES
+from filter_templates.core import validate
+from filter_templates.data import split
+from filter_templates.method.arch import IMAGE_SIZE, MIN_IMAGE_SIZE
+from filter_templates.core.errors import UsageError
+from filter_templates.models import family_names, resolve_model
+from filter_templates.training.autotune import MEMORY_FORMATS, PRECISIONS
+from filter_templates.training.recipe import RECIPES
 
 
 def _flag_type(kind: type, minimum: float, strict: bool = False, maximum: float | None = None) -> Callable[[str], Any]:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..export import FORMATS, export_run, run_image_size
-from ..models import resolve_model
+from filter_templates.export import FORMATS, export_run, run_image_size
+from filter_templates.models import resolve_model
 
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:

@@ -7,12 +7,18 @@ import json
 import re
 from pathlib import Path
 
-from ..arch import IMAGE_SIZE
-from ..fit import LATENCY_TOLERANCE, FitRequest, fit, format_value, parse_budget
-from ..messages import warn
-from ..models import MAX_WIDTH, get_family
-from ..rundir import atomic_write_json, check_writable, writing
-from .args import add_measure_args, add_model_args, fraction, model_from_args, positive_float
+from filter_templates.method.arch import IMAGE_SIZE
+from filter_templates.method.fit import LATENCY_TOLERANCE, FitRequest, fit, format_value, parse_budget
+from filter_templates.core.messages import warn
+from filter_templates.models import MAX_WIDTH, get_family
+from filter_templates.core.rundir import atomic_write_json, check_writable, writing
+from filter_templates.cli.args import (
+    add_measure_args,
+    add_model_args,
+    fraction,
+    model_from_args,
+    positive_float,
+)
 
 BUDGET_HELP = (
     "the budget, KEY=VALUE. KEY: params or flops (forward FLOPs per image at --image-size, default 32x32), "

@@ -5,15 +5,28 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..data.split import DEFAULT_MAX
-from ..fit import format_value
-from ..messages import note
-from ..models import family_names
-from ..prune import Baselines
-from ..reduce import ReduceRequest, ReduceResult, reduce
-from .args import MODEL_HELP, add_fix_arg, add_run_args, model_from_args, nonnegative_int, positive_int
-from .fit_cmd import BUDGET_HELP
-from .sweep_cmd import add_baseline_args, add_engine_args, check_engine_args, engine_options, train_settings
+from filter_templates.data.split import DEFAULT_MAX
+from filter_templates.method.fit import format_value
+from filter_templates.core.messages import note
+from filter_templates.models import family_names
+from filter_templates.pruning.adapter import Baselines
+from filter_templates.reduce import ReduceRequest, ReduceResult, reduce
+from filter_templates.cli.args import (
+    MODEL_HELP,
+    add_fix_arg,
+    add_run_args,
+    model_from_args,
+    nonnegative_int,
+    positive_int,
+)
+from filter_templates.cli.fit_cmd import BUDGET_HELP
+from filter_templates.cli.sweep_cmd import (
+    add_baseline_args,
+    add_engine_args,
+    check_engine_args,
+    engine_options,
+    train_settings,
+)
 
 #: What ``best_acc`` is, in every place reduce shows it: never a basis for selection.
 BEST_ACC_WORDS = "best test accuracy over epochs (optimistic)"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..report import LATENCY_MODES, METRICS, make_report
-from ..sweep.store import DEFAULT_FILE
-from .args import positive_int
+from filter_templates.report import LATENCY_MODES, METRICS, make_report
+from filter_templates.sweep.store import DEFAULT_FILE
+from filter_templates.cli.args import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:

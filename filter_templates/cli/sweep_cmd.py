@@ -6,16 +6,32 @@ import argparse
 import json
 import os
 
-from ..errors import UsageError
-from ..models import resolve_model
-from ..rundir import check_writable
-from ..sweep.engines import ENGINES, EngineOptions, SlurmOptions, run_grid
-from ..sweep.grid import (ALL_TEMPLATES, PRESETS, TRAIN_FIELDS, SweepSpec, known_classes, load_config, plan_grid,
-                          preset, run_dir_name)
-from ..sweep.plan import reindex
-from ..sweep.store import DEFAULT_FILE, Store, point_key
-from ..train import check_val_split
-from .args import add_as_published, add_run_args, nonnegative_float, nonnegative_int, positive_float, positive_int
+from filter_templates.core.errors import UsageError
+from filter_templates.models import resolve_model
+from filter_templates.core.rundir import check_writable
+from filter_templates.sweep.engines import ENGINES, EngineOptions, SlurmOptions, run_grid
+from filter_templates.sweep.grid import (
+    ALL_TEMPLATES,
+    PRESETS,
+    TRAIN_FIELDS,
+    SweepSpec,
+    known_classes,
+    load_config,
+    plan_grid,
+    preset,
+    run_dir_name,
+)
+from filter_templates.sweep.plan import reindex
+from filter_templates.sweep.store import DEFAULT_FILE, Store, point_key
+from filter_templates.training.loop import check_val_split
+from filter_templates.cli.args import (
+    add_as_published,
+    add_run_args,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 DESCRIPTION = """\
 Train every point of a grid (families x templates x widths x datasets x seeds) and record each

@@ -6,16 +6,22 @@ from __future__ import annotations
 import argparse
 import json
 
-from ..arch import IMAGE_SIZE, make_arch
-from ..compare import TOLERANCE, compare_published, markdown_table
-from ..errors import UsageError
-from ..measure import LATENCY_MIN_RUN_TIME, arch_flops, arch_params, resolve_device, resources
-from ..messages import note
-from ..models import get_family
-from ..progress import Progress
-from ..published import study_families
-from ..templates import template_names
-from .args import add_measure_args, add_model_args, model_from_args, positive_float
+from filter_templates.method.arch import IMAGE_SIZE, make_arch
+from filter_templates.method.compare import TOLERANCE, compare_published, markdown_table
+from filter_templates.core.errors import UsageError
+from filter_templates.method.measure import (
+    LATENCY_MIN_RUN_TIME,
+    arch_flops,
+    arch_params,
+    resolve_device,
+    resources,
+)
+from filter_templates.core.messages import note
+from filter_templates.models import get_family
+from filter_templates.core.progress import Progress
+from filter_templates.method.published import study_families
+from filter_templates.method.templates import template_names
+from filter_templates.cli.args import add_measure_args, add_model_args, model_from_args, positive_float
 
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:

@@ -11,19 +11,28 @@ from typing import Any
 
 import torch
 
-from ..arch import IMAGE_SIZE, Arch, make_arch
-from ..autotune import threads_for
-from ..data import data_digest_for, data_shape
-from ..device import resolve_device
-from ..errors import UsageError
-from ..initialise import WHITEN_SAMPLE
-from ..messages import error
-from ..models import family_names, resolve_model
-from ..recipe import OPTIMIZERS, RECIPES, SCHEDULES
-from ..rundir import SUMMARY
-from ..train import FIELDS, TrainConfig, open_checkpoint, train
-from .args import (MODEL_HELP, add_as_published, add_fix_arg, add_run_args, fraction, nonnegative_float,
-                   nonnegative_int, positive_float, positive_int)
+from filter_templates.method.arch import IMAGE_SIZE, Arch, make_arch
+from filter_templates.training.autotune import threads_for
+from filter_templates.data import data_digest_for, data_shape
+from filter_templates.core.device import resolve_device
+from filter_templates.core.errors import UsageError
+from filter_templates.training.initialise import WHITEN_SAMPLE
+from filter_templates.core.messages import error
+from filter_templates.models import family_names, resolve_model
+from filter_templates.training.recipe import OPTIMIZERS, RECIPES, SCHEDULES
+from filter_templates.core.rundir import SUMMARY
+from filter_templates.training.loop import FIELDS, TrainConfig, open_checkpoint, train
+from filter_templates.cli.args import (
+    MODEL_HELP,
+    add_as_published,
+    add_fix_arg,
+    add_run_args,
+    fraction,
+    nonnegative_float,
+    nonnegative_int,
+    positive_float,
+    positive_int,
+)
 
 # TrainConfig fields a --config file may carry (a run's own config.json does; `fit --save` files
 # carry only "arch" among them, and their other keys ("fit", ...) are ignored). A flag's dest is

@@ -2,7 +2,7 @@
 the batched augmenting :class:`Loader` that feeds them to a model.
 
 ``load_dataset`` is the one entry point; every problem with the data a user supplied is a
-:class:`~filter_templates.errors.UsageError` naming the file. Importing this package imports no
+:class:`~filter_templates.core.errors.UsageError` naming the file. Importing this package imports no
 torch (the image-decoding worker processes import it and must start quickly): the Loader is
 ``data.augment.Loader``, and the CIFAR and folder modules are imported by name when loaded.
 """
@@ -18,10 +18,10 @@ from typing import Any, Mapping, NamedTuple
 
 import numpy as np
 
-from .. import validate
-from ..errors import UsageError
-from . import digits, synthetic
-from .dataset import Dataset
+from filter_templates.core import validate
+from filter_templates.core.errors import UsageError
+from filter_templates.data import digits, synthetic
+from filter_templates.data.dataset import Dataset
 
 __all__ = ["DATASETS", "BUILTIN_SIZE", "Dataset", "DataShape", "load_dataset", "load_data", "load_data_for",
            "data_digest_for", "num_classes", "data_shape"]

@@ -16,8 +16,8 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .. import validate
-from ..errors import UsageError
+from filter_templates.core import validate
+from filter_templates.core.errors import UsageError
 
 __all__ = ["Loader", "LoaderOptions", "epoch_seed", "scale_pixels", "REFERENCE_SIZE"]
 

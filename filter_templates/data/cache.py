@@ -23,8 +23,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
-from ..rundir import atomic_write
-from .dataset import Dataset
+from filter_templates.core.rundir import atomic_write
+from filter_templates.data.dataset import Dataset
 
 __all__ = ["CACHE_DIRNAME", "CACHE_VERSION", "Builder", "building", "cache_roots", "fallback_root", "load", "store"]
 

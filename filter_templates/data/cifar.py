@@ -26,12 +26,12 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from ..errors import UsageError
-from . import cache, download
-from .dataset import Dataset
-from .images import IMAGE_SUFFIXES, decode_images
-from .stats import channel_stats
-from .unpickle import load as restricted_load
+from filter_templates.core.errors import UsageError
+from filter_templates.data import cache, download
+from filter_templates.data.dataset import Dataset
+from filter_templates.data.images import IMAGE_SUFFIXES, decode_images
+from filter_templates.data.stats import channel_stats
+from filter_templates.data.unpickle import load as restricted_load
 
 __all__ = ["Source", "default_data_dir", "locate", "load"]
 

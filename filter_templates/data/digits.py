@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dataset import Dataset
-from .stats import channel_stats
+from filter_templates.data.dataset import Dataset
+from filter_templates.data.stats import channel_stats
 
 NUM_CLASSES = 10  # the digits 0-9
 

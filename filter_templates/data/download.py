@@ -17,8 +17,8 @@ import urllib.request
 import zlib
 from pathlib import Path
 
-from ..errors import UsageError
-from ..progress import Progress
+from filter_templates.core.errors import UsageError
+from filter_templates.core.progress import Progress
 
 __all__ = ["ARCHIVES", "MD5", "DEFAULT_BASE_URL", "archive_url", "md5_file", "fetch", "safe_extract"]
 

@@ -24,12 +24,12 @@ from typing import Iterator, Union
 
 import numpy as np
 
-from .. import validate
-from ..errors import UsageError
-from . import cache
-from .dataset import Dataset
-from .images import decode_images, image_size_of
-from .stats import channel_stats
+from filter_templates.core import validate
+from filter_templates.core.errors import UsageError
+from filter_templates.data import cache
+from filter_templates.data.dataset import Dataset
+from filter_templates.data.images import decode_images, image_size_of
+from filter_templates.data.stats import channel_stats
 
 __all__ = ["NAME", "SPLITS", "MIN_IMAGE_SIZE", "Listing", "list_images", "digest", "load"]
 

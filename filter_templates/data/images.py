@@ -28,8 +28,8 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from ..errors import UsageError
-from ..progress import Progress
+from filter_templates.core.errors import UsageError
+from filter_templates.core.progress import Progress
 
 __all__ = ["IMAGE_SUFFIXES", "decode_images", "image_size_of"]
 

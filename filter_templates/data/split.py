@@ -23,9 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from .. import validate
-from ..errors import UsageError
-from .dataset import Dataset
+from filter_templates.core import validate
+from filter_templates.core.errors import UsageError
+from filter_templates.data.dataset import Dataset
 
 __all__ = ["SPLIT_SEED", "DEFAULT_FRACTION", "DEFAULT_MAX", "check", "parse", "size", "indices", "default",
            "holdout", "describe"]

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .dataset import Dataset
-from .digits import bilinear_resize
-from .stats import channel_stats
+from filter_templates.data.dataset import Dataset
+from filter_templates.data.digits import bilinear_resize
+from filter_templates.data.stats import channel_stats
 
 __all__ = ["load", "DEFAULT_TRAIN", "DEFAULT_TEST", "NUM_CLASSES"]
 

@@ -14,7 +14,7 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
-from ..errors import UsageError
+from filter_templates.core.errors import UsageError
 
 __all__ = ["load", "ALLOWED_GLOBALS"]
 

@@ -15,11 +15,19 @@ from typing import Callable, Sequence
 
 import torch.nn as nn
 
-from ..errors import UsageError
+from filter_templates.core.errors import UsageError
 # Families register themselves on import; the order here is the order users see.
-from . import vgg, resnet, googlenet, mobilenet  # noqa: F401  (each registers a study family, then its variant)
-from .generic import DISCOVERY_SIZE, generic_family, load_model
-from .registry import MAX_FILTERS, MAX_WIDTH, Family, family, family_names, register_family, registered
+from filter_templates.models import vgg, resnet, googlenet, mobilenet
+from filter_templates.models.generic import DISCOVERY_SIZE, generic_family, load_model
+from filter_templates.models.registry import (
+    MAX_FILTERS,
+    MAX_WIDTH,
+    Family,
+    family,
+    family_names,
+    register_family,
+    registered,
+)
 
 __all__ = ["Family", "family", "register_family", "get_family", "family_names", "resolve_model", "MAX_FILTERS",
            "MAX_WIDTH"]

@@ -21,7 +21,7 @@ activations, pools, dropout, upsampling; ``+ - * /`` and ``expand_as`` (with bro
 ``flatten(x, 1)``), ``[N, C] -> [N, C, 1, 1]`` gates (``view``, ``unsqueeze``, ``[:, :, None, None]``),
 ``squeeze`` of 1x1 maps, spatial ``mean``/``sum``/``amax``. A layer tied to a concatenation (an SE
 gate's conv) takes the sum of its parts' widths. Anything else is a
-:class:`~filter_templates.errors.UsageError` that names the module or op.
+:class:`~filter_templates.core.errors.UsageError` that names the module or op.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from ..errors import UsageError
+from filter_templates.core.errors import UsageError
 
 __all__ = ["Group", "Plan", "discover", "trace", "INPUT_SHAPE"]
 

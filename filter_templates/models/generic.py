@@ -26,10 +26,10 @@ from typing import Any, Callable, Sequence, Union
 
 import torch.nn as nn
 
-from ..errors import UsageError
-from ..templates import scale_count
-from .registry import Family
-from .discover import Plan, discover
+from filter_templates.core.errors import UsageError
+from filter_templates.method.templates import scale_count
+from filter_templates.models.registry import Family
+from filter_templates.models.discover import Plan, discover
 
 __all__ = ["GenericFamily", "load_model", "generic_family", "family_name", "split_name"]
 

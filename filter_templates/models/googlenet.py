@@ -27,9 +27,9 @@ from typing import Callable, NamedTuple, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from ..errors import UsageError
-from ..templates import scale_count
-from .registry import family
+from filter_templates.core.errors import UsageError
+from filter_templates.method.templates import scale_count
+from filter_templates.models.registry import family
 
 
 class Widths(NamedTuple):

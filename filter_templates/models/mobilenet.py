@@ -21,10 +21,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..errors import UsageError
-from ..templates import scale_count
-from .registry import family
-from .skeleton import StemNet
+from filter_templates.core.errors import UsageError
+from filter_templates.method.templates import scale_count
+from filter_templates.models.registry import family
+from filter_templates.models.skeleton import StemNet
 
 BASE = (64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024)
 STEM = 32

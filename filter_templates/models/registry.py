@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Optional, Sequence
 
-from .. import validate
-from ..errors import UsageError
+from filter_templates.core import validate
+from filter_templates.core.errors import UsageError
 
 if TYPE_CHECKING:
     import torch.nn as nn

@@ -22,9 +22,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..templates import scale_count
-from .registry import family
-from .skeleton import StemNet
+from filter_templates.method.templates import scale_count
+from filter_templates.models.registry import family
+from filter_templates.models.skeleton import StemNet
 
 EXPANSION = 4
 STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))  # (planes, blocks)

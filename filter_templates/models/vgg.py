@@ -10,7 +10,7 @@ from typing import Sequence
 import torch
 import torch.nn as nn
 
-from .registry import family
+from filter_templates.models.registry import family
 
 BASE = (64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512)
 POOL_AFTER = frozenset({2, 4, 8, 12, 16})  # 1-based layer indices

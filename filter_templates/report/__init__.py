@@ -16,16 +16,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from ..arch import make_arch
-from ..errors import UsageError
-from ..measure import latency as measure_latency
-from ..measure import resources
-from ..models import get_family
-from ..progress import Progress
-from ..rundir import atomic_write_text, check_writable, writing
-from ..sweep.store import Store
-from . import budgets as B
-from . import figures, tables
+from filter_templates.method.arch import make_arch
+from filter_templates.core.errors import UsageError
+from filter_templates.method.measure import latency as measure_latency
+from filter_templates.method.measure import resources
+from filter_templates.models import get_family
+from filter_templates.core.progress import Progress
+from filter_templates.core.rundir import atomic_write_text, check_writable, writing
+from filter_templates.sweep.store import Store
+from filter_templates.report import budgets as B
+from filter_templates.report import figures, tables
 
 __all__ = ["make_report", "LATENCY_MODES"]
 

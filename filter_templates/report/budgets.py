@@ -15,10 +15,20 @@ from typing import Any, Sequence
 
 from matplotlib.lines import Line2D
 
-from ..fit import format_value
-from . import figures
-from . import settings as S
-from .tables import MISSING, Labels, Table, _pct, family_order, fmt_bytes, metric_words, reading_label, template_order
+from filter_templates.method.fit import format_value
+from filter_templates.report import figures
+from filter_templates.report import settings as S
+from filter_templates.report.tables import (
+    MISSING,
+    Labels,
+    Table,
+    _pct,
+    family_order,
+    fmt_bytes,
+    metric_words,
+    reading_label,
+    template_order,
+)
 
 __all__ = ["BudgetCell", "RESOURCE_OF", "collect_budgets", "budget_accuracy_table", "budget_resource_table",
            "budget_figure", "run_keys"]

@@ -21,9 +21,16 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
-from ..rundir import atomic_write  # noqa: E402
-from . import settings as S  # noqa: E402
-from .tables import BUILTIN_ORDER, Cell, Labels, family_order, metric_words, template_order  # noqa: E402
+from filter_templates.core.rundir import atomic_write
+from filter_templates.report import settings as S
+from filter_templates.report.tables import (
+    BUILTIN_ORDER,
+    Cell,
+    Labels,
+    family_order,
+    metric_words,
+    template_order,
+)
 
 __all__ = ["AXES", "tradeoff_figure", "filters_figure", "save", "template_style", "panels", "accuracy_label", "runs_line"]
 

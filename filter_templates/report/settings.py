@@ -13,8 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from ..recipe import RECIPES
-from ..train import ADDED_FIELDS, RESULT_KEYS, identity, test_views
+from filter_templates.training.recipe import RECIPES
+from filter_templates.training.loop import ADDED_FIELDS, RESULT_KEYS, identity, test_views
 
 __all__ = ["setting", "setting_key", "differing", "label_fields", "fmt_value", "row_label", "views_of", "caption"]
 

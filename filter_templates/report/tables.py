@@ -16,9 +16,9 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
-from ..models import family_names
-from ..templates import BUILTIN as BUILTIN_TEMPLATES
-from . import settings as S
+from filter_templates.models import family_names
+from filter_templates.method.templates import BUILTIN as BUILTIN_TEMPLATES
+from filter_templates.report import settings as S
 
 __all__ = ["Cell", "ResourceRow", "collect", "accuracy_table", "resource_rows", "render", "MISSING",
            "template_order", "family_order", "fmt_bytes", "metric_words", "setting_order", "Labels"]

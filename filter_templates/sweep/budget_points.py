@@ -11,7 +11,7 @@ import sqlite3
 import time
 from typing import Any, Iterable, Mapping, Sequence
 
-from .records import BUDGET_STATUSES, budget_point_key, canonical_json, clean, num
+from filter_templates.sweep.records import BUDGET_STATUSES, budget_point_key, canonical_json, clean, num
 
 __all__ = ["BudgetPoints"]
 

@@ -16,8 +16,17 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .records import (DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, StoreError, canonical_json, clean, num, owner_alive,
-                      owner_id, row_dict)
+from filter_templates.sweep.records import (
+    DEFAULT_STALE_AFTER,
+    HEARTBEAT_EVERY,
+    StoreError,
+    canonical_json,
+    clean,
+    num,
+    owner_alive,
+    owner_id,
+    row_dict,
+)
 
 __all__ = ["Claims", "Heartbeats"]
 

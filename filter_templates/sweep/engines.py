@@ -7,17 +7,17 @@ import dataclasses
 import os
 from typing import TYPE_CHECKING
 
-from ..device import resolve_device
-from ..errors import UsageError
-from ..messages import note
-from .local import run_local
-from .options import ENGINES, EngineOptions, SlurmOptions
-from .ray_engine import run_ray
-from .slurm_engine import run_slurm
+from filter_templates.core.device import resolve_device
+from filter_templates.core.errors import UsageError
+from filter_templates.core.messages import note
+from filter_templates.sweep.local import run_local
+from filter_templates.sweep.options import ENGINES, EngineOptions, SlurmOptions
+from filter_templates.sweep.ray_engine import run_ray
+from filter_templates.sweep.slurm_engine import run_slurm
 
 if TYPE_CHECKING:
-    from .grid import Grid
-    from .plan import SweepResult
+    from filter_templates.sweep.grid import Grid
+    from filter_templates.sweep.plan import SweepResult
 
 __all__ = ["ENGINES", "EngineOptions", "SlurmOptions", "run_grid"]
 

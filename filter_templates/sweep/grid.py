@@ -3,7 +3,7 @@
 A :class:`SweepSpec` is the grid in words (families x templates x (widths or budgets) x datasets x
 seeds plus the shared training settings); :func:`plan_grid` turns it into one ``TrainConfig`` per
 point, in an order that keeps one dataset loaded at a time. With budgets, every (family, template,
-budget, dataset) is first fitted (:func:`filter_templates.fit.fit`): the point
+budget, dataset) is first fitted (:func:`filter_templates.method.fit.fit`): the point
 trains the widest model within the budget, and a budget the template cannot reach becomes a
 :class:`BudgetPoint` without a configuration, with the reason. Everything is validated before
 anything runs, so a typo fails in a second rather than after an hour of training.
@@ -25,19 +25,20 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport, if installed
     except ModuleNotFoundError:
         tomllib = None  # type: ignore[assignment]
 
-from .. import prune, validate
-from ..arch import make_arch
-from ..data import data_digest_for, data_shape, load_data_for, num_classes
-from ..device import resolve_device
-from ..errors import UsageError
-from ..fit import Budget, FitRequest, fit, parse_budget
-from ..measure import resources
-from ..messages import note
-from ..models import get_family
-from ..templates import BUILTIN, resolve_template
-from ..train import FIELDS as CONFIG_FIELDS
-from ..train import TrainConfig, identity
-from .store import budget_point_key, point_key
+from filter_templates.pruning import adapter
+from filter_templates.core import validate
+from filter_templates.method.arch import make_arch
+from filter_templates.data import data_digest_for, data_shape, load_data_for, num_classes
+from filter_templates.core.device import resolve_device
+from filter_templates.core.errors import UsageError
+from filter_templates.method.fit import Budget, FitRequest, fit, parse_budget
+from filter_templates.method.measure import resources
+from filter_templates.core.messages import note
+from filter_templates.models import get_family
+from filter_templates.method.templates import BUILTIN, resolve_template
+from filter_templates.training.loop import FIELDS as CONFIG_FIELDS
+from filter_templates.training.loop import TrainConfig, identity
+from filter_templates.sweep.store import budget_point_key, point_key
 
 __all__ = ["SweepSpec", "PRESETS", "PAPER_WIDTHS", "preset", "load_config", "expand", "plan_grid", "Grid",
            "BudgetPoint", "run_dir_name", "known_classes", "TRAIN_FIELDS", "GRID_FIELDS", "RUN_FIELDS"]

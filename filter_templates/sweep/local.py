@@ -21,18 +21,18 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from ..autotune import threads_for
-from ..device import resolve_device
-from ..messages import note as _log
-from ..progress import Progress
-from ..rundir import CHECKPOINT, read_metrics
-from ..train import TrainConfig, train
-from .options import EngineOptions
-from .plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
-from .store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
+from filter_templates.training.autotune import threads_for
+from filter_templates.core.device import resolve_device
+from filter_templates.core.messages import note as _log
+from filter_templates.core.progress import Progress
+from filter_templates.core.rundir import CHECKPOINT, read_metrics
+from filter_templates.training.loop import TrainConfig, train
+from filter_templates.sweep.options import EngineOptions
+from filter_templates.sweep.plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
+from filter_templates.sweep.store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
 
 if TYPE_CHECKING:
-    from .grid import BudgetPoint
+    from filter_templates.sweep.grid import BudgetPoint
 
 __all__ = ["run_local", "HEARTBEAT_EVERY"]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .. import validate
-from ..errors import UsageError
+from filter_templates.core import validate
+from filter_templates.core.errors import UsageError
 
 __all__ = ["ENGINES", "EngineOptions", "SlurmOptions"]
 

@@ -9,14 +9,14 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from ..measure import input_shape_of, latency, resources
-from ..rundir import CONFIG, read_metrics, read_summary, write_resources
-from .grid import run_dir_name
-from .store import Store, canonical_json, point_key
+from filter_templates.method.measure import input_shape_of, latency, resources
+from filter_templates.core.rundir import CONFIG, read_metrics, read_summary, write_resources
+from filter_templates.sweep.grid import run_dir_name
+from filter_templates.sweep.store import Store, canonical_json, point_key
 
 if TYPE_CHECKING:
-    from ..train import TrainConfig
-    from .grid import BudgetPoint
+    from filter_templates.training.loop import TrainConfig
+    from filter_templates.sweep.grid import BudgetPoint
 
 __all__ = ["Point", "SweepResult", "prepare", "finished_on_disk", "reindex", "complete_resources", "read_summary",
            "read_metrics"]

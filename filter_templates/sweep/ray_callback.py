@@ -14,10 +14,10 @@ from typing import Any
 
 from ray import tune
 
-from ..messages import note
-from ..rundir import MODEL, SUMMARY, copy_run_files, read_metrics, read_summary
-from .plan import Point, SweepResult
-from .store import Store
+from filter_templates.core.messages import note
+from filter_templates.core.rundir import MODEL, SUMMARY, copy_run_files, read_metrics, read_summary
+from filter_templates.sweep.plan import Point, SweepResult
+from filter_templates.sweep.store import Store
 
 __all__ = ["StoreCallback", "error_line"]
 

@@ -27,17 +27,17 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from ..autotune import threads_for
-from ..errors import UsageError
-from ..progress import Progress
-from ..rundir import CHECKPOINT, copy_run_files, read_metrics
-from ..train import TrainConfig, train
-from .options import EngineOptions
-from .plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
-from .store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
+from filter_templates.training.autotune import threads_for
+from filter_templates.core.errors import UsageError
+from filter_templates.core.progress import Progress
+from filter_templates.core.rundir import CHECKPOINT, copy_run_files, read_metrics
+from filter_templates.training.loop import TrainConfig, train
+from filter_templates.sweep.options import EngineOptions
+from filter_templates.sweep.plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
+from filter_templates.sweep.store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
 
 if TYPE_CHECKING:
-    from .grid import BudgetPoint
+    from filter_templates.sweep.grid import BudgetPoint
 
 __all__ = ["run_ray", "import_ray", "copy_run_files"]
 

@@ -14,9 +14,9 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Mapping
 
-from ..errors import UsageError
-from ..prune import kind_of
-from ..train import EXECUTION_KEYS, identity
+from filter_templates.core.errors import UsageError
+from filter_templates.pruning.adapter import kind_of
+from filter_templates.training.loop import EXECUTION_KEYS, identity
 
 __all__ = ["StoreError", "STATUSES", "BUDGET_STATUSES", "EXECUTION_FIELDS", "SCHEMA_VERSION", "DEFAULT_FILE",
            "DEFAULT_STALE_AFTER", "HEARTBEAT_EVERY", "canonical_json", "point_key", "budget_point_key", "owner_id",

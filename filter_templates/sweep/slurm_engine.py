@@ -31,19 +31,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
-from ..errors import UsageError
-from ..messages import note, warn
-from ..progress import Progress
-from ..rundir import check_writable, read_metrics, read_summary
-from .options import EngineOptions, SlurmOptions
-from .plan import Point, SweepResult, finished_on_disk, prepare
-from .slurm_job import TrainJob, import_submitit
-from .slurm_queue import LIVE_STATES, Cluster, JobBook, inspect_cluster, job_states, jobs_named
-from .store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
+from filter_templates.core.errors import UsageError
+from filter_templates.core.messages import note, warn
+from filter_templates.core.progress import Progress
+from filter_templates.core.rundir import check_writable, read_metrics, read_summary
+from filter_templates.sweep.options import EngineOptions, SlurmOptions
+from filter_templates.sweep.plan import Point, SweepResult, finished_on_disk, prepare
+from filter_templates.sweep.slurm_job import TrainJob, import_submitit
+from filter_templates.sweep.slurm_queue import (
+    LIVE_STATES,
+    Cluster,
+    JobBook,
+    inspect_cluster,
+    job_states,
+    jobs_named,
+)
+from filter_templates.sweep.store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
 
 if TYPE_CHECKING:
-    from ..train import TrainConfig
-    from .grid import BudgetPoint
+    from filter_templates.training.loop import TrainConfig
+    from filter_templates.sweep.grid import BudgetPoint
 
 __all__ = ["run_slurm", "default_folder", "check_shared"]
 

@@ -20,11 +20,11 @@ from typing import Any
 
 import torch
 
-from ..errors import UsageError
-from ..rundir import CHECKPOINT, SUMMARY, atomic_write_json, read_json
-from ..train import TrainConfig, train
-from .local import _reason as reason_of
-from .plan import complete_resources
+from filter_templates.core.errors import UsageError
+from filter_templates.core.rundir import CHECKPOINT, SUMMARY, atomic_write_json, read_json
+from filter_templates.training.loop import TrainConfig, train
+from filter_templates.sweep.local import _reason as reason_of
+from filter_templates.sweep.plan import complete_resources
 
 __all__ = ["TrainJob", "import_submitit"]
 

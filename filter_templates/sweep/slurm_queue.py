@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
-from ..errors import UsageError
-from ..rundir import atomic_write_json, read_json
+from filter_templates.core.errors import UsageError
+from filter_templates.core.rundir import atomic_write_json, read_json
 
 __all__ = ["Cluster", "JobBook", "LIVE_STATES", "inspect_cluster", "job_states", "jobs_named"]
 

@@ -33,14 +33,29 @@ import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
-from .. import rundir
-from ..errors import UsageError
-from ..rundir import read_metrics
-from .budget_points import BudgetPoints
-from .claims import Claims, Heartbeats
-from .records import (BUDGET_STATUSES, DEFAULT_FILE, DEFAULT_STALE_AFTER, EXECUTION_FIELDS, HEARTBEAT_EVERY,
-                      SCHEMA_VERSION, STATUSES, StoreError, budget_point_key, canonical_json, clean, fields,
-                      owner_alive, owner_id, point_key, row_dict)
+from filter_templates.core import rundir
+from filter_templates.core.errors import UsageError
+from filter_templates.core.rundir import read_metrics
+from filter_templates.sweep.budget_points import BudgetPoints
+from filter_templates.sweep.claims import Claims, Heartbeats
+from filter_templates.sweep.records import (
+    BUDGET_STATUSES,
+    DEFAULT_FILE,
+    DEFAULT_STALE_AFTER,
+    EXECUTION_FIELDS,
+    HEARTBEAT_EVERY,
+    SCHEMA_VERSION,
+    STATUSES,
+    StoreError,
+    budget_point_key,
+    canonical_json,
+    clean,
+    fields,
+    owner_alive,
+    owner_id,
+    point_key,
+    row_dict,
+)
 
 # The store's names, wherever they are defined: what the engines, the CLI and the reports import.
 __all__ = ["Store", "StoreError", "STATUSES", "EXECUTION_FIELDS", "DEFAULT_FILE", "DEFAULT_STALE_AFTER",

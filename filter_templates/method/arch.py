@@ -11,11 +11,11 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch.nn as nn
 
-from . import published as P
-from . import templates as T
-from . import validate
-from .errors import UsageError
-from .models import MAX_WIDTH, get_family, resolve_model
+from filter_templates.method import published as P
+from filter_templates.method import templates as T
+from filter_templates.core import validate
+from filter_templates.core.errors import UsageError
+from filter_templates.models import MAX_WIDTH, get_family, resolve_model
 
 __all__ = ["Arch", "make_arch", "IMAGE_SIZE", "MIN_IMAGE_SIZE", "STUDY_MIN_IMAGE_SIZE"]
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from . import published as P
-from .arch import make_arch
-from .measure import arch_params
-from .templates import BUILTIN
+from filter_templates.method import published as P
+from filter_templates.method.arch import make_arch
+from filter_templates.method.measure import arch_params
+from filter_templates.method.templates import BUILTIN
 
 __all__ = ["TOLERANCE", "compare_published", "markdown_table"]
 

@@ -13,7 +13,7 @@ import math
 import numbers
 from typing import Any, Sequence, Type
 
-from .errors import UsageError
+from filter_templates.core.errors import UsageError
 
 __all__ = ["integer", "number", "up_to", "layer_counts", "positive_integers", "parse", "expected", "is_integer", "is_number"]
 

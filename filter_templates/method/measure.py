@@ -1,7 +1,7 @@
 """What a model costs: parameters, forward FLOPs per image, training memory per
 batch and inference latency.
 
-Parameters and FLOPs of an :class:`~filter_templates.arch.Arch` are counted on a model built on
+Parameters and FLOPs of an :class:`~filter_templates.method.arch.Arch` are counted on a model built on
 PyTorch's ``meta`` device: every parameter has its real shape but nothing is allocated or
 initialised, so counting a VGG-19 at width 1.6 takes milliseconds instead of a second. FLOPs come
 from PyTorch's own ``FlopCounterMode``; because a forward pass (even on meta tensors) is the slow
@@ -53,10 +53,10 @@ import torch.nn.functional as F
 from torch.utils.benchmark import Timer
 from torch.utils.flop_counter import FlopCounterMode
 
-from . import validate
-from .device import DeviceLike, device_name, resolve_device
-from .errors import UsageError
-from .models import get_family
+from filter_templates.core import validate
+from filter_templates.core.device import DeviceLike, device_name, resolve_device
+from filter_templates.core.errors import UsageError
+from filter_templates.models import get_family
 
 __all__ = [
     "INPUT_SHAPE",

@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .device import cpu_has_amx
+from filter_templates.core.device import cpu_has_amx
 
 __all__ = ["PRECISIONS", "MEMORY_FORMATS", "Choice", "rule", "choose", "usable_cores", "threads_for",
            "torch_memory_format", "make_deterministic"]

@@ -39,8 +39,8 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import UsageError
-from .models.discover import trace
+from filter_templates.core.errors import UsageError
+from filter_templates.models.discover import trace
 
 __all__ = ["WHITEN_SAMPLE", "WHITEN_EPS", "WHITEN_FLOOR", "input_convolution", "whiten", "identity", "has_residual_sum"]
 

@@ -29,10 +29,11 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from . import measure, validate
-from .device import device_name
-from .errors import UsageError
-from .models.generic import split_name
+from filter_templates.method import measure
+from filter_templates.core import validate
+from filter_templates.core.device import device_name
+from filter_templates.core.errors import UsageError
+from filter_templates.models.generic import split_name
 
 __all__ = ["METHODS", "GLOBAL", "SCRATCH", "INSTALL_HINT", "BUDGET_KEYS", "KINDS", "Baselines", "torch_pruning",
            "check_spec", "kind_of", "ignored_layers", "prune_once", "budget_value", "search_ratio", "Search",

@@ -32,12 +32,13 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
-from . import prune, rundir
-from .device import resolve_device
-from .errors import UsageError
+from filter_templates.pruning import adapter
+from filter_templates.core import rundir
+from filter_templates.core.device import resolve_device
+from filter_templates.core.errors import UsageError
 
 if TYPE_CHECKING:  # train imports this module to hand pruning configs over
-    from .train import TrainConfig
+    from filter_templates.training.loop import TrainConfig
 
 __all__ = ["Start", "train_pruned", "load_pruned_model", "run_structure", "STAGES", "PRUNED", "PRUNED_JSON"]
 

@@ -26,8 +26,8 @@ from typing import IO, Any, Callable, Mapping, Sequence
 
 import torch
 
-from .errors import UsageError
-from .messages import note
+from filter_templates.core.errors import UsageError
+from filter_templates.core.messages import note
 
 __all__ = [
     "CONFIG", "METRICS", "CHECKPOINT", "MODEL", "SUMMARY", "RESOURCES", "TRAIN_FILES", "RUN_FILES",

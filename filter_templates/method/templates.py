@@ -13,8 +13,8 @@ import math
 from fractions import Fraction
 from typing import Callable, Sequence, Union
 
-from . import validate
-from .errors import UsageError
+from filter_templates.core import validate
+from filter_templates.core.errors import UsageError
 
 __all__ = [
     "TemplateError",

@@ -41,15 +41,15 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from . import measure as M
-from . import validate
-from .arch import Arch, make_arch
-from .device import resolve_device
-from .errors import UsageError
-from .measure import arch_shape
-from .models import MAX_FILTERS, MAX_WIDTH, get_family
-from .progress import Progress
-from .templates import template_names
+from filter_templates.method import measure as M
+from filter_templates.core import validate
+from filter_templates.method.arch import Arch, make_arch
+from filter_templates.core.device import resolve_device
+from filter_templates.core.errors import UsageError
+from filter_templates.method.measure import arch_shape
+from filter_templates.models import MAX_FILTERS, MAX_WIDTH, get_family
+from filter_templates.core.progress import Progress
+from filter_templates.method.templates import template_names
 
 __all__ = ["Budget", "parse_budget", "FitRequest", "FitResult", "fit", "KEYS", "LATENCY_TOLERANCE", "format_value"]
 

@@ -29,18 +29,27 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from . import autotune, initialise, measure, rundir, validate
-from . import checkpoint as ckpt
-from .arch import MIN_IMAGE_SIZE, Arch
-from .data import Dataset, data_digest_for, load_data_for, split
-from .data.augment import Loader, LoaderOptions, scale_pixels
-from .device import device_name, resolve_device
-from .errors import UsageError
-from .messages import note
-from .progress import Progress
-from .prune import check_spec as check_prune
-from .prune_run import Start, train_pruned
-from .recipe import EMA, RECIPE_FIELDS, RECIPES, check_recipe_values, lr_multiplier, make_optimizer
+from filter_templates.training import autotune, initialise
+from filter_templates.method import measure
+from filter_templates.core import rundir, validate
+from filter_templates.core import checkpoint as ckpt
+from filter_templates.method.arch import MIN_IMAGE_SIZE, Arch
+from filter_templates.data import Dataset, data_digest_for, load_data_for, split
+from filter_templates.data.augment import Loader, LoaderOptions, scale_pixels
+from filter_templates.core.device import device_name, resolve_device
+from filter_templates.core.errors import UsageError
+from filter_templates.core.messages import note
+from filter_templates.core.progress import Progress
+from filter_templates.pruning.adapter import check_spec as check_prune
+from filter_templates.pruning.run import Start, train_pruned
+from filter_templates.training.recipe import (
+    EMA,
+    RECIPE_FIELDS,
+    RECIPES,
+    check_recipe_values,
+    lr_multiplier,
+    make_optimizer,
+)
 
 __all__ = ["TrainConfig", "train", "sgd_step", "evaluate", "test_views", "open_checkpoint", "identity", "RESULT_KEYS",
            "EXECUTION_KEYS", "ADDED_FIELDS", "check_val_split",

@@ -22,7 +22,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .errors import UsageError
+from filter_templates.core.errors import UsageError
 
 __all__ = ["Muon", "orthogonalize", "muon_parameters"]
 

@@ -8,7 +8,7 @@ from typing import Union
 
 import torch
 
-from .errors import UsageError
+from filter_templates.core.errors import UsageError
 
 __all__ = ["DeviceLike", "resolve_device", "device_name", "cpu_name", "cpu_has_amx"]
 

@@ -22,8 +22,9 @@ from typing import Any, Callable
 
 import torch
 
-from . import muon, validate
-from .errors import UsageError
+from filter_templates.training import muon
+from filter_templates.core import validate
+from filter_templates.core.errors import UsageError
 
 __all__ = ["RECIPES", "RECIPE_FIELDS", "SCHEDULES", "OPTIMIZERS", "lr_multiplier", "make_optimizer",
            "OptimizerSettings", "EMA", "check_recipe_values"]
