@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
-from filter_templates.pruning import adapter
+from filter_templates.pruning import adapter as prune
 from filter_templates.core import rundir
 from filter_templates.data import load_data_for, split
 from filter_templates.core.device import resolve_device

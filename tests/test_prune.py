@@ -11,7 +11,7 @@ import sys
 import pytest
 import torch
 
-from filter_templates.pruning import adapter
+from filter_templates.pruning import adapter as prune
 from filter_templates.core import rundir
 from filter_templates.method.arch import make_arch
 from filter_templates.cli import main

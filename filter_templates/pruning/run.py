@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING, Any, Callable, Mapping
 
 import torch
 
-from filter_templates.pruning import adapter
+from filter_templates.pruning import adapter as prune
 from filter_templates.core import rundir
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError

@@ -25,7 +25,7 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport, if installed
     except ModuleNotFoundError:
         tomllib = None  # type: ignore[assignment]
 
-from filter_templates.pruning import adapter
+from filter_templates.pruning import adapter as prune
 from filter_templates.core import validate
 from filter_templates.method.arch import make_arch
 from filter_templates.data import data_digest_for, data_shape, load_data_for, num_classes
