@@ -31,7 +31,8 @@ from PIL import Image
 
 from filter_templates.method.arch import make_arch
 from filter_templates.data import load_dataset
-from filter_templates.training.loop import TrainConfig, train
+from filter_templates.training.config import TrainConfig
+from filter_templates.training.loop import train
 from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]

@@ -33,7 +33,8 @@ import torch
 from filter_templates.method import measure
 from filter_templates.method.arch import make_arch
 from filter_templates.models import family_names
-from filter_templates.training.loop import TrainConfig, train
+from filter_templates.training.config import TrainConfig
+from filter_templates.training.loop import train
 from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]

@@ -24,7 +24,8 @@ from pathlib import Path
 import torch
 
 from filter_templates.method.arch import make_arch
-from filter_templates.training.loop import TrainConfig, train
+from filter_templates.training.config import TrainConfig
+from filter_templates.training.loop import train
 from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]

@@ -48,12 +48,13 @@ from filter_templates.method.arch import make_arch
 from filter_templates.data import load_dataset
 from filter_templates.data.augment import Loader, LoaderOptions
 from filter_templates.core.device import device_name, resolve_device
-from filter_templates.training.loop import TrainConfig, sgd_step, train
+from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, TrainConfig
+from filter_templates.training.loop import sgd_step, train
 from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
-BARE = [(p, m) for p in autotune.PRECISIONS for m in autotune.MEMORY_FORMATS]
+BARE = [(p, m) for p in PRECISIONS for m in MEMORY_FORMATS]
 
 
 class PlainCifar(torch.utils.data.Dataset):

@@ -38,7 +38,7 @@ from filter_templates.core.errors import UsageError
 from filter_templates.export import default_export_path, export_run, onnx_available
 from filter_templates.method.fit import Budget, parse_budget
 from filter_templates.core.messages import note
-from filter_templates.training.recipe import RECIPE_FIELDS
+from filter_templates.training.config import PRUNE_METHODS, RECIPE_FIELDS
 from filter_templates.report import make_report
 from filter_templates.report.budgets import BudgetCell, collect_budgets
 from filter_templates.sweep.engines import EngineOptions, run_grid
@@ -92,8 +92,8 @@ class Candidate:
                    final_acc=cell.acc("final"), best_acc=cell.acc("best"), status=cell.status,
                    reason=None if cell.status == "done" else cell.reason, seeds_done=len(runs),
                    run_dir=runs[0]["run_dir"] if runs else None, val_acc=cell.acc("val"),
-                   kind="pruning" if cell.template in prune.METHODS else "template",
-                   pruned=_pruned(runs[0]["run_dir"]) if runs and cell.template in prune.METHODS else None)
+                   kind="pruning" if cell.template in PRUNE_METHODS else "template",
+                   pruned=_pruned(runs[0]["run_dir"]) if runs and cell.template in PRUNE_METHODS else None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "template": self.template, "width": self.width, "filters": self.filters, "params": self.params,

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from filter_templates.training.recipe import RECIPE_FIELDS
 from filter_templates.sweep.grid import known_classes, load_config, plan_grid
 from filter_templates.sweep.store import point_key
-from filter_templates.training.loop import EXECUTION_KEYS, identity
+from filter_templates.training.config import EXECUTION_KEYS, RECIPE_FIELDS, experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
@@ -51,7 +50,7 @@ def test_the_budget_study_plans_exactly_its_recorded_runs(study):
     for p, run in zip(points, runs):
         assert p.config is not None and run["config"] is not None
         planned = p.config.to_dict()
-        assert identity(planned) == identity(run["config"]), p.label()
+        assert experiment(planned) == experiment(run["config"]), p.label()
         assert point_key(planned)[0] == run["key"], p.label()  # the results store's key: same run
         for k in EXECUTION_KEYS:  # what the config pins about how to run (precision, data)
             if k in spec.train:

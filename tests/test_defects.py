@@ -76,7 +76,7 @@ def _finished_run_on_disk(runs: Path):
     from filter_templates.method.arch import make_arch
     from filter_templates.sweep.grid import run_dir_name
     from filter_templates.sweep.store import point_key
-    from filter_templates.training.loop import TrainConfig
+    from filter_templates.training.config import TrainConfig
 
     cfg = TrainConfig(arch=make_arch("mobilenet", "base", 0.05, 10), dataset="synthetic", epochs=1,
                       batch_size=16, device="cpu")

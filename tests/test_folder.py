@@ -247,22 +247,22 @@ def test_user_model_is_discovered_at_the_data_size():
 
 def test_train_config_size_is_a_result_field_left_out_at_32():
     from filter_templates.method.arch import make_arch
-    from filter_templates.training.loop import TrainConfig, identity
+    from filter_templates.training.config import TrainConfig, experiment
 
     with pytest.raises(UsageError, match="built for 48 px"):
         TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 3, image_size=48), dataset="folder", image_size=32)
     at32 = TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), dataset="digits").to_dict()
-    assert "image_size" not in identity(at32) and "image_size" not in at32["arch"]
+    assert "image_size" not in experiment(at32) and "image_size" not in at32["arch"]
     at48 = TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 3, image_size=48), dataset="folder",
                        image_size=48).to_dict()
-    assert identity(at48)["image_size"] == 48 and at48["arch"]["image_size"] == 48
+    assert experiment(at48)["image_size"] == 48 and at48["arch"]["image_size"] == 48
     assert TrainConfig.from_dict(at48).arch.image_size == 48
 
 
 def test_store_rows_carry_the_size(tmp_path):
     from filter_templates.method.arch import make_arch
     from filter_templates.sweep.store import Store
-    from filter_templates.training.loop import TrainConfig
+    from filter_templates.training.config import TrainConfig
 
     cfgs = [TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 3, image_size=s), dataset="folder", image_size=s)
             for s in (32, 48)]
@@ -388,13 +388,13 @@ def test_archive_digest_follows_its_content(cache_home):
 def test_built_in_datasets_and_older_records_keep_their_identity():
     from filter_templates.method.arch import make_arch
     from filter_templates.data import data_digest_for
-    from filter_templates.training.loop import TrainConfig, identity
+    from filter_templates.training.config import TrainConfig, experiment
 
     config = TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), dataset="digits")
     assert config.data_digest is None and data_digest_for(config) is None
     older = config.to_dict()
     del older["data_digest"]  # a record written before the field
-    assert identity(older) == identity(config.to_dict()) and "data_digest" not in identity(older)
+    assert experiment(older) == experiment(config.to_dict()) and "data_digest" not in experiment(older)
     assert TrainConfig.from_dict(older).data_digest is None
     with pytest.raises(UsageError, match="data_digest"):
         TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), dataset="digits", data_digest=5)

@@ -13,7 +13,8 @@ from filter_templates.training import initialise
 from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.data import load_data
-from filter_templates.training.loop import TrainConfig, _initialise, identity, train
+from filter_templates.training.config import TrainConfig, experiment
+from filter_templates.training.loop import _initialise, train
 
 
 def _correlated_images(n: int = 64, c: int = 3, size: int = 12) -> torch.Tensor:
@@ -172,7 +173,7 @@ def test_the_fields_reach_config_json_and_the_experiment_identity(tmp_path, caps
     for name in ("whiten", "identity"):
         real = getattr(initialise, name)
         monkeypatch.setattr(initialise, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
-    from filter_templates.training.recipe import RECIPES
+    from filter_templates.training.config import RECIPES
 
     paper = _digits_config(recipe="paper")
     assert (paper.whiten_init, paper.identity_init) == (False, False)  # the study's start
@@ -181,8 +182,8 @@ def test_the_fields_reach_config_json_and_the_experiment_identity(tmp_path, caps
         [RECIPES["fast"][k] for k in ("whiten_init", "identity_init")]
     off = _digits_config(whiten_init=False, identity_init=False).to_dict()
     older = {k: v for k, v in off.items() if k not in ("whiten_init", "identity_init")}
-    assert identity(off) == identity(older)  # runs from before the fields keep their sweep key and checkpoint
-    assert identity(fast.to_dict()) != identity(off)
+    assert experiment(off) == experiment(older)  # runs from before the fields keep their sweep key and checkpoint
+    assert experiment(fast.to_dict()) != experiment(off)
     assert TrainConfig.from_dict(older).whiten_init is False  # a whole older record: the start it had
     with pytest.raises(Exception, match="whiten_init"):
         _digits_config(whiten_init="yes")

@@ -13,7 +13,7 @@ from filter_templates.training import muon
 from filter_templates.method.arch import make_arch
 from filter_templates.core.errors import UsageError
 from filter_templates.training.recipe import OptimizerSettings, make_optimizer
-from filter_templates.training.loop import TrainConfig
+from filter_templates.training.config import TrainConfig
 
 
 @pytest.mark.parametrize("shape", [(16, 27), (64, 16), (128, 1152)])
@@ -125,10 +125,10 @@ def test_sgd_points_keep_the_key_they_had_before_the_optimizer_fields():
 
 
 def test_whole_older_record_reads_as_sgd_whatever_the_recipe_says(monkeypatch):
-    from filter_templates.training import recipe
+    from filter_templates.training import config
 
     older = _older(_config().to_dict())
-    monkeypatch.setitem(recipe.RECIPES["fast"], "optimizer", "muon")
+    monkeypatch.setitem(config.RECIPES["fast"], "optimizer", "muon")
     assert TrainConfig.from_dict(older).optimizer == "sgd"  # the run it describes took SGD steps
     assert TrainConfig.from_dict({"arch": older["arch"]}).optimizer == "muon"  # a partial one: the recipe's
 

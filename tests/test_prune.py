@@ -18,7 +18,8 @@ from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
 from filter_templates.method.measure import count_params
 from filter_templates.sweep.grid import SweepSpec, plan_grid
-from filter_templates.training.loop import TrainConfig, train
+from filter_templates.training.config import TrainConfig
+from filter_templates.run import run_config
 
 pytest.importorskip("torch_pruning")
 
@@ -73,7 +74,7 @@ class _Crash(Exception):
 
 def test_pruning_run_resumes_bit_exact_after_a_crash_during_fine_tuning(tmp_path):
     config = _config()
-    whole = train(config, tmp_path / "whole")
+    whole = run_config(config, tmp_path / "whole")
     assert whole["status"] == "done" and whole["resources"]["params"] <= BUDGET["value"]
     assert [r["stage"] for r in whole["metrics"]] == ["train", "train", "finetune", "finetune"]
     assert whole["pruned"]["layers"]["classifier"] == 10
@@ -83,10 +84,10 @@ def test_pruning_run_resumes_bit_exact_after_a_crash_during_fine_tuning(tmp_path
             raise _Crash()
 
     with pytest.raises(_Crash):
-        train(config, tmp_path / "cut", on_epoch=crash)
+        run_config(config, tmp_path / "cut", on_epoch=crash)
     with pytest.raises(UsageError, match="--resume"):  # nothing overwritten without resume
-        train(config, tmp_path / "cut")
-    resumed = train(config, tmp_path / "cut", resume=True)
+        run_config(config, tmp_path / "cut")
+    resumed = run_config(config, tmp_path / "cut", resume=True)
     a = rundir.load_checkpoint(tmp_path / "whole" / rundir.MODEL)
     b = rundir.load_checkpoint(tmp_path / "cut" / rundir.MODEL)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
@@ -98,10 +99,10 @@ def test_prune_scratch_takes_the_global_runs_architecture(tmp_path):
     runs = tmp_path / "runs"
     glob = _config(arch=_arch("prune-l1-global"), epochs=2,
                    prune={"method": "prune-l1-global", "budget": BUDGET, "at": 0.5})
-    g = train(glob, runs / "global")
+    g = run_config(glob, runs / "global")
     scratch = dataclasses.replace(glob, arch=_arch("prune-scratch"),
                                   prune={**glob.prune, "method": "prune-scratch"})
-    s = train(scratch, runs / "scratch")
+    s = run_config(scratch, runs / "scratch")
     assert s["pruned"]["structure"] == g["pruned"]["structure"]
     assert s["pruned"]["source"] == str(runs / "global")
     assert [r["stage"] for r in s["metrics"]] == ["scratch", "scratch"]  # all epochs, from scratch

@@ -11,8 +11,9 @@ from filter_templates.training import autotune
 from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
-from filter_templates.training.recipe import RECIPES, OptimizerSettings, lr_multiplier, make_optimizer
-from filter_templates.training.loop import EXECUTION_KEYS, FIELDS, RESULT_KEYS, TrainConfig, train
+from filter_templates.training.recipe import OptimizerSettings, lr_multiplier, make_optimizer
+from filter_templates.training.config import EXECUTION_KEYS, FIELDS, RECIPES, RESULT_KEYS, TrainConfig
+from filter_templates.training.loop import train
 
 SMALL = dict(dataset="digits", limit_train=128, limit_test=64, batch_size=32)
 ARCH = make_arch("vgg19", "uniform", 0.05, 10)
@@ -74,17 +75,17 @@ def test_bad_recipe_values_are_refused(change, word):
 
 
 def test_crop_pad_reaches_the_training_loader(tmp_path, monkeypatch):
-    from filter_templates.training import loop as train_mod
+    from filter_templates.training import loop
 
     pads = []
-    real = train_mod.Loader
+    real = loop.Loader
 
     def spy(*args, **kw):
         if kw.get("train"):
             pads.append(kw["options"].pad)
         return real(*args, **kw)
 
-    monkeypatch.setattr(train_mod, "Loader", spy)
+    monkeypatch.setattr(loop, "Loader", spy)
     summary = train(TrainConfig(arch=ARCH, epochs=1, crop_pad=2, **SMALL), tmp_path / "run")
     assert summary["status"] == "done" and pads == [2]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["crop_pad"] == 2

@@ -15,7 +15,7 @@ from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
 from filter_templates.report import make_report, tables
 from filter_templates.sweep.store import Store
-from filter_templates.training.loop import TrainConfig
+from filter_templates.training.config import TrainConfig
 
 TEMPLATES = ["base", "reverse", "uniform", "quadratic", "negative-quadratic"]
 

@@ -24,7 +24,7 @@ from filter_templates.core import rundir
 from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.sweep.store import Store
-from filter_templates.training.loop import TrainConfig
+from filter_templates.training.config import TrainConfig
 
 TINY_TRAIN = ["--model", "vgg19", "--width", "0.05", "--dataset", "synthetic", "--epochs", "1",
               "--limit-train", "8", "--limit-test", "8", "--batch-size", "8", "--quiet"]

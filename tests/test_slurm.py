@@ -27,7 +27,7 @@ from filter_templates.sweep.slurm_engine import check_shared
 from filter_templates.sweep.slurm_job import TrainJob
 from filter_templates.sweep.slurm_queue import Cluster
 from filter_templates.sweep.store import Store
-from filter_templates.training.loop import TrainConfig
+from filter_templates.training.config import TrainConfig
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -286,7 +286,7 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys, one_th
     from filter_templates.method.arch import make_arch
     from filter_templates.sweep.local import run_local
     from filter_templates.sweep.options import EngineOptions
-    from filter_templates.training.loop import TrainConfig
+    from filter_templates.training.config import TrainConfig
 
     common = dict(dataset="synthetic", epochs=1, batch_size=32, limit_train=64, limit_test=32, device="cpu")
     arch = make_arch("vgg19", "base", 0.05, 10)
@@ -315,7 +315,7 @@ def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys, one_th
 def test_resources_a_summary_lacks_are_measured_and_kept_beside_it(tmp_path, one_thread):
     from filter_templates.method.arch import make_arch
     from filter_templates.sweep.plan import complete_resources, read_summary
-    from filter_templates.training.loop import TrainConfig
+    from filter_templates.training.config import TrainConfig
 
     cfg = TrainConfig(arch=make_arch("mobilenet", "base", 0.05, 10), batch_size=16, device="cpu")
     bare = {"status": "done", "device": "cpu", "resources": {"params": 123, "flops": 456}}
@@ -457,7 +457,7 @@ def test_two_jobs_share_the_grid_and_the_worker_reports_back(tmp_path, one_threa
     from filter_templates.method.arch import make_arch
     from filter_templates.sweep.local import _worker_main, run_local
     from filter_templates.sweep.options import EngineOptions
-    from filter_templates.training.loop import TrainConfig
+    from filter_templates.training.config import TrainConfig
 
     common = dict(dataset="synthetic", epochs=1, batch_size=32, limit_train=64, limit_test=32, device="cpu")
     configs = [TrainConfig(arch=make_arch("vgg19", t, 0.05, 10), **common) for t in ("base", "uniform", "reverse")]

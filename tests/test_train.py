@@ -20,8 +20,8 @@ from filter_templates.core import rundir
 from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
-from filter_templates.training.recipe import RECIPES
-from filter_templates.training.loop import TrainConfig, train
+from filter_templates.training.config import RECIPES, TrainConfig
+from filter_templates.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(dataset="digits", limit_train=192, limit_test=96, batch_size=32)

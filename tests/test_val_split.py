@@ -16,7 +16,8 @@ from filter_templates.data import load_data, split
 from filter_templates.core.errors import UsageError
 from filter_templates.sweep.grid import known_classes, load_config, plan_grid
 from filter_templates.sweep.store import Store, point_key
-from filter_templates.training.loop import TrainConfig, check_val_split, train
+from filter_templates.training.config import TrainConfig
+from filter_templates.training.loop import check_val_split, train
 
 TINY = dict(dataset="digits", limit_train=160, limit_test=64, batch_size=32, epochs=1, precision="fp32",
             memory_format="contiguous")

@@ -11,8 +11,7 @@ from filter_templates.data import split
 from filter_templates.method.arch import IMAGE_SIZE, MIN_IMAGE_SIZE
 from filter_templates.core.errors import UsageError
 from filter_templates.models import family_names, resolve_model
-from filter_templates.training.autotune import MEMORY_FORMATS, PRECISIONS
-from filter_templates.training.recipe import RECIPES
+from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, RECIPES
 
 
 def _flag_type(kind: type, minimum: float, strict: bool = False, maximum: float | None = None) -> Callable[[str], Any]:

@@ -19,9 +19,10 @@ from filter_templates.core.errors import UsageError
 from filter_templates.training.initialise import WHITEN_SAMPLE
 from filter_templates.core.messages import error
 from filter_templates.models import family_names, resolve_model
-from filter_templates.training.recipe import OPTIMIZERS, RECIPES, SCHEDULES
+from filter_templates.training.config import FIELDS, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
 from filter_templates.core.rundir import SUMMARY
-from filter_templates.training.loop import FIELDS, TrainConfig, open_checkpoint, train
+from filter_templates.training.loop import open_checkpoint
+from filter_templates.run import run_config
 from filter_templates.cli.args import (
     MODEL_HELP,
     add_as_published,
@@ -196,7 +197,7 @@ def run(args: argparse.Namespace) -> int:
         a = config.arch
         print(f"training {a.family} {a.template} w={a.width:g} ({' '.join(map(str, a.filters))}) on {config.dataset} "
               f"for {config.epochs} epochs -> {out}" + (f" (resuming after epoch {done})" if done else ""), flush=True)
-    summary = train(config, out, resume=state is not None, on_epoch=on_epoch, threads_source=threads_source,
+    summary = run_config(config, out, resume=state is not None, on_epoch=on_epoch, threads_source=threads_source,
                     checkpoint=state)
     if args.json:
         print(json.dumps(summary))

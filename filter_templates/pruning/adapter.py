@@ -16,7 +16,7 @@ the budget, as ``fit`` finds the widest template model. A pruned model is record
 the modules that changed (:func:`structure`), plain numbers that rebuild it from the base model
 (:func:`apply_structure`) without Torch-Pruning and without unpickling anything.
 
-How a pruning run trains (stages, resume) is :mod:`.prune_run`'s job.
+How a pruning run trains (stages, resume) is :mod:`.run`'s job.
 """
 
 from __future__ import annotations
@@ -34,23 +34,15 @@ from filter_templates.core import validate
 from filter_templates.core.device import device_name
 from filter_templates.core.errors import UsageError
 from filter_templates.models.generic import split_name
+from filter_templates.training.config import PRUNE_GLOBAL, PRUNE_L1, PRUNE_METHODS
 
-__all__ = ["METHODS", "GLOBAL", "SCRATCH", "INSTALL_HINT", "BUDGET_KEYS", "KINDS", "Baselines", "torch_pruning",
-           "check_spec", "kind_of", "ignored_layers", "prune_once", "budget_value", "search_ratio", "Search",
+__all__ = ["INSTALL_HINT", "Baselines", "torch_pruning", "ignored_layers", "prune_once", "budget_value", "search_ratio", "Search",
            "structure", "apply_structure", "layer_counts", "cannot_prune", "model_resources", "RATIO_STEP"]
 
-METHODS = ("prune-l1", "prune-l1-global", "prune-scratch")
-GLOBAL = "prune-l1-global"
-SCRATCH = "prune-scratch"
-#: What a results row is: a template's model trained from scratch, or a pruning baseline.
-KINDS = ("template", "pruning")
 INSTALL_HINT = "pip install -e '.[prune]'"
-#: Budgets a ratio search can meet exactly and quickly (latency is too noisy to bisect on).
-BUDGET_KEYS = ("params", "flops", "memory")
 #: The ratio search stops when its bracket is this narrow: finer than one channel of a 2048-wide layer.
 RATIO_STEP = 2.0 ** -12
 MAX_HALVINGS = 10  # the largest ratio tried: 1 - 2**-10
-_PRUNE_KEYS = {"method", "budget", "at"}
 
 
 @dataclass(frozen=True)
@@ -72,8 +64,8 @@ class Baselines:
     def validate(self) -> "Baselines":
         names = tuple(dict.fromkeys(self.names))
         for n in names:
-            if n not in METHODS:
-                raise UsageError(f"unknown baseline {n!r}; choose from: {', '.join(METHODS)}")
+            if n not in PRUNE_METHODS:
+                raise UsageError(f"unknown baseline {n!r}; choose from: {', '.join(PRUNE_METHODS)}")
         validate.number(self.at, "--prune-at", strict=True)
         if not 0 < self.at < 1:
             raise UsageError(f"--prune-at must be a share of the epochs strictly between 0 and 1, got {self.at!r}")
@@ -85,7 +77,7 @@ class Baselines:
     def ordered(self) -> tuple[list[str], list[str]]:
         """(before the templates, after them): the global search runs first, so that ``prune-l1``
         finds the base model it trained and ``prune-scratch`` the architecture it found."""
-        first = [n for n in self.names if n == GLOBAL]
+        first = [n for n in self.names if n == PRUNE_GLOBAL]
         return first, [n for n in self.names if n not in first]
 
 
@@ -96,28 +88,6 @@ def torch_pruning() -> Any:
     except ImportError:
         raise UsageError(f"the pruning baselines need Torch-Pruning: {INSTALL_HINT}") from None
     return tp
-
-
-def check_spec(spec: Any) -> None:
-    """A training config's ``prune`` setting: None, or ``{"method", "budget": {"key", "value"}, "at"}``."""
-    if spec is None:
-        return
-    if not isinstance(spec, Mapping) or set(spec) != _PRUNE_KEYS:
-        raise UsageError(f"training config 'prune' must be null or an object with keys {', '.join(sorted(_PRUNE_KEYS))}")
-    if spec["method"] not in METHODS:
-        raise UsageError(f"training config 'prune': unknown method {spec['method']!r}; choose from: {', '.join(METHODS)}")
-    b = spec["budget"]
-    if not isinstance(b, Mapping) or set(b) != {"key", "value"} or b["key"] not in BUDGET_KEYS:
-        raise UsageError(f"training config 'prune': budget must be {{key, value}} with key one of {', '.join(BUDGET_KEYS)}")
-    validate.number(b["value"], "training config 'prune' budget value", strict=True)
-    validate.number(spec["at"], "training config 'prune' at", strict=True)
-    if not 0 < spec["at"] < 1:
-        raise UsageError(f"training config 'prune': 'at' must be strictly between 0 and 1, got {spec['at']!r}")
-
-
-def kind_of(config: Mapping[str, Any]) -> str:
-    """``pruning`` for a pruning baseline's config (dict), ``template`` for any other."""
-    return "pruning" if config.get("prune") else "template"
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,7 +159,7 @@ def search_ratio(model: nn.Module, arch: Any, spec: Mapping[str, Any], batch_siz
     smallest ratio whose model fits, to :data:`RATIO_STEP` (the resource shrinks as the ratio grows,
     until layers would be emptied). A budget no ratio meets is a UsageError saying what it reached."""
     key, limit = spec["budget"]["key"], float(spec["budget"]["value"])
-    global_ranking = spec["method"] != "prune-l1"
+    global_ranking = spec["method"] != PRUNE_L1
     probes = 0
 
     def at(r: float) -> tuple[nn.Module, float]:

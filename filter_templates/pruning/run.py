@@ -1,7 +1,7 @@
-"""A pruning baseline as one run (:mod:`.prune`): train, prune to the budget, fine-tune.
+"""A pruning baseline as one run (:mod:`.adapter`): train, prune to the budget, fine-tune.
 
 A run whose config has ``prune`` set is made of ordinary training stages, each a complete run of
-:func:`train.train` in its own folder under ``RUN/stages/`` (so each resumes bit for bit as any
+:func:`training.loop.train` in its own folder under ``RUN/stages/`` (so each resumes bit for bit as any
 run does), plus the pruning between them:
 
 * ``prune-l1`` / ``prune-l1-global``: ``stages/train`` trains the base model (the config's arch,
@@ -26,46 +26,33 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping
+from typing import Any, Callable, Mapping
 
 import torch
 
-from filter_templates.pruning import adapter as prune
 from filter_templates.core import rundir
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
+from filter_templates.core.status import DONE
+from filter_templates.pruning import adapter
+from filter_templates.training.config import EXECUTION_KEYS, PRUNE_GLOBAL, PRUNE_SCRATCH, Summary, TrainConfig
+from filter_templates.training.loop import Context, Start, summarise, train
 
-if TYPE_CHECKING:  # train imports this module to hand pruning configs over
-    from filter_templates.training.loop import TrainConfig
-
-__all__ = ["Start", "train_pruned", "load_pruned_model", "run_structure", "STAGES", "PRUNED", "PRUNED_JSON"]
+__all__ = ["train_pruned", "load_pruned_model", "run_structure", "STAGES", "PRUNED", "PRUNED_JSON"]
 
 STAGES = "stages"
 PRUNED = "pruned.pt"
 PRUNED_JSON = "pruned.json"
 
 
-@dataclass
-class Start:
-    """A run's model made elsewhere: ``build()`` gives its structure (freshly initialised);
-    ``weights`` (a state_dict), when given, replace the recipe's start on a fresh run."""
-
-    build: Callable[[], torch.nn.Module]
-    weights: Mapping[str, torch.Tensor] | None = None
-
-
-Trainer = Callable[..., dict]  # train.train, handed over by train itself
-
-
-def _epochs(config: "TrainConfig") -> tuple[int, int]:
+def _epochs(config: TrainConfig) -> tuple[int, int]:
     """(epochs before pruning, after): at least one each."""
     first = min(max(1, round(config.prune["at"] * config.epochs)), config.epochs - 1)
     return first, config.epochs - first
 
 
-def _stage_config(config: "TrainConfig", epochs: int, choice: Mapping[str, Any] | None = None) -> "TrainConfig":
+def _stage_config(config: TrainConfig, epochs: int, choice: Mapping[str, Any] | None = None) -> TrainConfig:
     """An ordinary training config of the base model for one stage (``choice``: the precision and
     memory format an earlier stage used, kept so the stages run alike)."""
     arch = dataclasses.replace(config.arch, template="base")
@@ -73,35 +60,33 @@ def _stage_config(config: "TrainConfig", epochs: int, choice: Mapping[str, Any] 
     return dataclasses.replace(config, arch=arch, epochs=epochs, prune=None, **kw)
 
 
-def search_key(config: "TrainConfig") -> str:
+def search_key(config: TrainConfig) -> str:
     """What ``prune-l1-global`` and ``prune-scratch`` share: the base model, budget, data, recipe
     and seed (every result field but the method). The global run records it with its structure."""
-    execution = {f.name for f in dataclasses.fields(config) if f.metadata.get("kind") == "execution"}
-    d = {k: v for k, v in config.to_dict().items() if k not in execution}
+    d = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_KEYS}
     d["arch"] = {**d["arch"], "template": None}
     d["prune"] = {**d["prune"], "method": None}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
-def _sibling(config: "TrainConfig", out: Path) -> Path | None:
+def _sibling(config: TrainConfig, out: Path) -> Path | None:
     """The ``pruned.pt`` of the ``prune-l1-global`` run beside ``out`` with the same search, if
     any: ``prune-scratch`` takes its architecture, ``prune-l1`` its trained base model (the same
     training of the same base with the same seed, so it is not repeated)."""
     key = search_key(config)
     for record in sorted(out.parent.glob(f"*/{PRUNED_JSON}")):
         doc = rundir.read_json(record) or {}
-        if doc.get("search_key") == key and doc.get("method") == prune.GLOBAL and (record.parent / PRUNED).is_file():
+        if doc.get("search_key") == key and doc.get("method") == PRUNE_GLOBAL and (record.parent / PRUNED).is_file():
             return record.parent / PRUNED
     return None
 
 
 class _Relay:
     """Turns each stage's epoch rows into the run's: numbered on, stage-tagged, written to the
-    run's metrics and its small checkpoint, and passed to the caller's ``on_epoch``. It also holds
-    the trainer every stage runs with."""
+    run's metrics and its small checkpoint, and passed to the caller's ``on_epoch``."""
 
-    def __init__(self, config: dict, out: Path, on_epoch: Callable[[dict], None] | None, trainer: Trainer) -> None:
-        self.config, self.out, self.on_epoch, self.trainer = config, out, on_epoch, trainer
+    def __init__(self, config: dict, out: Path, on_epoch: Callable[[dict], None] | None) -> None:
+        self.config, self.out, self.on_epoch = config, out, on_epoch
         self.done: list[dict] = []  # rows of finished stages
         self.stage, self.folder, self.offset = "", out, 0
 
@@ -126,32 +111,32 @@ class _Relay:
             self.on_epoch(rows[-1])
 
 
-def _run_stage(name: str, config: "TrainConfig", relay: _Relay, start: Start | None = None,
-               shared: Path | None = None) -> dict:
+def _run_stage(name: str, config: TrainConfig, relay: _Relay, start: Start | None = None,
+               shared: Path | None = None) -> Summary:
     """One stage: skipped when its folder (or ``shared``: the same stage finished in another run's
     folder) holds a finished run of it, else trained or resumed."""
-    finished = shared is not None and (rundir.read_summary(shared) or {}).get("status") == "done"
+    finished = shared is not None and (rundir.read_summary(shared) or {}).get("status") == DONE
     folder = relay.begin(name, shared if finished else None)
     done = rundir.read_summary(folder)
-    if done is not None and done.get("status") == "done" and (folder / rundir.MODEL).is_file():
+    if done is not None and done.get("status") == DONE and (folder / rundir.MODEL).is_file():
         relay.end()
-        return done
-    summary = relay.trainer(config, folder, resume=(folder / rundir.CHECKPOINT).exists(), progress=False,
+        return done  # type: ignore[return-value]  # a summary file this package wrote
+    summary = train(config, folder, resume=(folder / rundir.CHECKPOINT).exists(), progress=False,
                             on_epoch=relay, start=start)
     relay.end()
     return summary
 
 
-def _prune(config: "TrainConfig", out: Path, trained: Path, choice: Mapping[str, Any]) -> dict:
+def _prune(config: TrainConfig, out: Path, trained: Path, choice: Mapping[str, Any]) -> dict:
     """Prune the trained base model to the budget; ``RUN/pruned.pt`` keeps the result."""
     path = out / PRUNED
     if path.is_file():
         return rundir.load_checkpoint(path)
     base = config.arch.build()
     base.load_state_dict(rundir.load_checkpoint(trained / rundir.MODEL))
-    found = prune.search_ratio(base, config.arch, config.prune, config.batch_size)
+    found = adapter.search_ratio(base, config.arch, config.prune, config.batch_size)
     record = {"method": config.prune["method"], "budget": config.prune["budget"], **found.record(),
-              "layers": prune.layer_counts(found.model), "structure": prune.structure(base, found.model),
+              "layers": adapter.layer_counts(found.model), "structure": adapter.structure(base, found.model),
               "search_key": search_key(config), "source": str(out), "trained": str(trained),
               "precision": choice.get("precision"), "memory_format": choice.get("memory_format")}
     weights = {k: v.detach().clone() for k, v in found.model.state_dict().items()}
@@ -160,71 +145,67 @@ def _prune(config: "TrainConfig", out: Path, trained: Path, choice: Mapping[str,
     return {**record, "weights": weights}
 
 
-def _scratch_structure(config: "TrainConfig", relay: _Relay) -> tuple[dict, dict | None]:
+def _scratch_structure(config: TrainConfig, relay: _Relay) -> tuple[dict, dict | None]:
     """(the global run's pruned record, the first stage's summary when the search ran here)."""
     sibling = _sibling(config, relay.out)
     if sibling is not None:
         return rundir.load_checkpoint(sibling), None
     first, _ = _epochs(config)
     s1 = _run_stage("train", _stage_config(config, first), relay)
-    if s1.get("status") != "done":
+    if s1["status"] != DONE:
         return {}, s1
-    searching = dataclasses.replace(config, prune={**config.prune, "method": prune.GLOBAL})
+    searching = dataclasses.replace(config, prune={**config.prune, "method": PRUNE_GLOBAL})
     return _prune(searching, relay.out, relay.folder, s1["config"]), s1
 
 
-def train_pruned(config: "TrainConfig", out_dir: str | Path, state: dict | None,
-                 on_epoch: Callable[[dict], None] | None, trainer: Trainer) -> dict:
+def train_pruned(config: TrainConfig, out_dir: str | Path, state: dict | None,
+                 on_epoch: Callable[[dict], None] | None) -> Summary:
     """Train the pruning baseline ``config`` (its ``prune`` set) into ``out_dir``; returns the
-    summary written to ``summary.json``. ``state``: the run's checkpoint as ``train`` opened it
-    (None: a fresh start); ``trainer``: ``train.train``, which runs each stage."""
+    summary written to ``summary.json``. ``state``: the run's checkpoint as the caller opened it
+    (None: a fresh start)."""
     out = Path(out_dir)
     cfg = config.to_dict()
     if state is not None:  # the precision and layout the stages chose stay the run's
         cfg.update({k: state["config"][k] for k in ("precision", "memory_format")})
     rundir.start_run(out, cfg)
-    relay = _Relay(cfg, out, on_epoch, trainer)
+    relay = _Relay(cfg, out, on_epoch)
     first, rest = _epochs(config)
-    if config.prune["method"] == prune.SCRATCH:
+    if config.prune["method"] == PRUNE_SCRATCH:
         rec, s1 = _scratch_structure(config, relay)
         stage, epochs, weights = "scratch", config.epochs, None
     else:
         sibling = _sibling(config, out)
         shared = sibling.parent / STAGES / "train" if sibling is not None else None
         s1 = _run_stage("train", _stage_config(config, first), relay, shared=shared)
-        rec = _prune(config, out, relay.folder, s1["config"]) if s1.get("status") == "done" else {}
+        rec = _prune(config, out, relay.folder, s1["config"]) if s1["status"] == DONE else {}
         stage, epochs, weights = "finetune", rest, rec.get("weights")
-    if s1 is not None and s1.get("status") != "done":
+    if s1 is not None and s1["status"] != DONE:
         return _finish(config, relay, s1, None)
     choice = {k: rec.get(k) for k in ("precision", "memory_format") if rec.get(k) not in (None, "auto")}
     structure, arch, fresh = rec["structure"], config.arch, weights is None
-    start = Start(build=lambda: prune.apply_structure(arch.build(), structure, reinit=fresh), weights=weights)
+    start = Start(build=lambda: adapter.apply_structure(arch.build(), structure, reinit=fresh), weights=weights)
     s2 = _run_stage(stage, _stage_config(config, epochs, choice or None), relay, start)
     return _finish(config, relay, s2, rec)
 
 
-def _finish(config: "TrainConfig", relay: _Relay, last: dict, rec: dict | None) -> dict:
+def _finish(config: TrainConfig, relay: _Relay, last: Summary, rec: dict | None) -> Summary:
     """The run's summary: the last stage's accuracies, every stage's epochs, the pruned model's resources."""
     out, rows = relay.out, relay.done
     rundir.write_metrics(out, rows)
-    summary = {**last, "config": relay.config, "metrics": rows, "epochs": len(rows),
-               "wall_s": round(sum(r.get("seconds", 0.0) for r in rows), 3)}
-    summary.pop("resources", None)  # the stage's: its config names the base model
-    if last.get("status") == "done" and rec is not None:
+    resources, pruned, failure = None, None, last["reason"] if last["status"] != DONE else None
+    if failure is None and rec is not None:
         model = load_pruned_model(config.arch, rec["structure"], relay.folder / rundir.MODEL)
-        best = max((r for r in rows if r["stage"] == relay.stage), key=lambda r: r["test_acc"])
-        summary.update(best_acc=best["test_acc"], best_epoch=best["epoch"],
-                       resources=prune.model_resources(model, config.arch, config.batch_size,
-                                                          resolve_device(config.device)),
-                       pruned={k: v for k, v in rec.items() if k != "weights"})
+        resources = adapter.model_resources(model, config.arch, config.batch_size, resolve_device(config.device))
+        pruned = {k: v for k, v in rec.items() if k != "weights"}
         rundir.atomic_copy(relay.folder / rundir.MODEL, out / rundir.MODEL)
+    summary = summarise(relay.config, rows, failure, resources, Context.of(last), stage=relay.stage, pruned=pruned)
     rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
 
 
 def load_pruned_model(arch: Any, record: Mapping[str, Any], weights: str | Path) -> torch.nn.Module:
     """The pruned model: ``arch`` built, given the recorded structure, its weights loaded."""
-    model = prune.apply_structure(arch.build(), record)
+    model = adapter.apply_structure(arch.build(), record)
     try:
         model.load_state_dict(rundir.load_checkpoint(weights))
     except RuntimeError as exc:

@@ -1,7 +1,7 @@
 """What makes two runs alike in a report, and how a table says which runs it shows.
 
 Runs are pooled into one number only when they are the same experiment but for the seed: their
-*setting* is every result field of the run's configuration (``train.identity``, the one definition
+*setting* is every result field of the run's configuration (``training.config.experiment``, the one definition
 the results store keys on) except the seed and the table's own axes (dataset, family and its
 reading, template, width or budget). Runs of one table whose settings differ -- another recipe,
 learning rate, number of epochs, test views, filter floor -- are split into rows labelled by the
@@ -13,8 +13,7 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from filter_templates.training.recipe import RECIPES
-from filter_templates.training.loop import ADDED_FIELDS, RESULT_KEYS, identity, test_views
+from filter_templates.training.config import ADDED_FIELDS, RECIPES, RESULT_KEYS, experiment, test_views
 
 __all__ = ["setting", "setting_key", "differing", "label_fields", "fmt_value", "row_label", "views_of", "caption"]
 
@@ -31,7 +30,7 @@ def setting(record: Mapping[str, Any]) -> dict[str, Any]:
     identity: every result field but the axes, in ``RESULT_KEYS`` order, then the architecture's
     options (divisor, floor, ...). A field the record leaves out has the value runs without it had
     (``train.ADDED_FIELDS``), else None."""
-    ident = identity(record)
+    ident = experiment(record)
     out = {k: ident.get(k, ADDED_FIELDS.get(k)) for k in RESULT_KEYS if k not in AXES}
     arch = ident.get("arch") or {}
     out.update({k: v for k, v in arch.items() if k not in ARCH_AXES})

@@ -36,8 +36,8 @@ from filter_templates.method.measure import resources
 from filter_templates.core.messages import note
 from filter_templates.models import get_family
 from filter_templates.method.templates import BUILTIN, resolve_template
-from filter_templates.training.loop import FIELDS as CONFIG_FIELDS
-from filter_templates.training.loop import TrainConfig, identity
+from filter_templates.training.config import FIELDS as CONFIG_FIELDS
+from filter_templates.training.config import PRUNE_BUDGET_KEYS, TrainConfig, experiment
 from filter_templates.sweep.store import budget_point_key, point_key
 
 __all__ = ["SweepSpec", "PRESETS", "PAPER_WIDTHS", "preset", "load_config", "expand", "plan_grid", "Grid",
@@ -333,8 +333,8 @@ def _baselines(spec: SweepSpec, budgets: list["Budget"] | None) -> prune.Baselin
     if budgets is None:
         raise UsageError("the pruning baselines meet a budget: give budgets (--budgets or --budget), not widths")
     for b in budgets:
-        if b.key not in prune.BUDGET_KEYS:
-            raise UsageError(f"the pruning baselines search their ratio for a {', '.join(prune.BUDGET_KEYS)} "
+        if b.key not in PRUNE_BUDGET_KEYS:
+            raise UsageError(f"the pruning baselines search their ratio for a {', '.join(PRUNE_BUDGET_KEYS)} "
                              f"budget, not {b.key}")
     return base
 
@@ -363,7 +363,7 @@ def _baseline_points(spec: SweepSpec, arch: Any, budget: "Budget", dataset: str,
         cfg = TrainConfig(arch=arch, dataset=dataset, seed=s, prune=setting, **spec.train)
         d = cfg.to_dict()
         a = d.pop("arch")
-        ident = identity(d)
+        ident = experiment(d)
         ident["arch"] = {k: v for k, v in a.items() if k not in ("filters", "widths")}
         ident["budget"] = budget.to_dict()
         points.append(BudgetPoint(budget, arch.family, arch.template, dataset, s, ident,
@@ -421,7 +421,7 @@ def _budget_points(spec: SweepSpec, family: str, template: str, budget: "Budget"
     for s in seeds:
         d = dataclasses.replace(probe, seed=s).to_dict()
         a = d.pop("arch")
-        ident = identity(d)
+        ident = experiment(d)
         ident["arch"] = {k: v for k, v in a.items() if k not in _SIZED_BY_WIDTH}
         ident["budget"] = budget.to_dict()
         cfg = None if arch is None else TrainConfig(arch=arch, dataset=dataset, seed=s, **spec.train)

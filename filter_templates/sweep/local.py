@@ -26,7 +26,8 @@ from filter_templates.core.device import resolve_device
 from filter_templates.core.messages import note as _log
 from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import CHECKPOINT, read_metrics
-from filter_templates.training.loop import TrainConfig, train
+from filter_templates.run import run_config
+from filter_templates.training.config import TrainConfig
 from filter_templates.sweep.options import EngineOptions
 from filter_templates.sweep.plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
 from filter_templates.sweep.store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
@@ -65,7 +66,7 @@ def train_point(store: Store, point: Point, token: str, *, progress: bool | None
     resume = (point.run_dir / CHECKPOINT).exists()
     with Heartbeats(store.path, {point.key: token}, heartbeat_every):
         try:
-            summary = train(point.config, point.run_dir, resume=resume, progress=progress, on_epoch=on_epoch,
+            summary = run_config(point.config, point.run_dir, resume=resume, progress=progress, on_epoch=on_epoch,
                             threads_source=threads_source)
             summary = complete_resources(point.config, summary, point.run_dir)
         except (KeyboardInterrupt, _ClaimLost):

@@ -14,8 +14,9 @@ from filter_templates.core.rundir import CONFIG, read_metrics, read_summary, wri
 from filter_templates.sweep.grid import run_dir_name
 from filter_templates.sweep.store import Store, canonical_json, point_key
 
+from filter_templates.training.config import TrainConfig
+
 if TYPE_CHECKING:
-    from filter_templates.training.loop import TrainConfig
     from filter_templates.sweep.grid import BudgetPoint
 
 __all__ = ["Point", "SweepResult", "prepare", "finished_on_disk", "reindex", "complete_resources", "read_summary",

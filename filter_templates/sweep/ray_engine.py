@@ -31,7 +31,8 @@ from filter_templates.training.autotune import threads_for
 from filter_templates.core.errors import UsageError
 from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import CHECKPOINT, copy_run_files, read_metrics
-from filter_templates.training.loop import TrainConfig, train
+from filter_templates.run import run_config
+from filter_templates.training.config import TrainConfig
 from filter_templates.sweep.options import EngineOptions
 from filter_templates.sweep.plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
 from filter_templates.sweep.store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
@@ -86,7 +87,7 @@ def _trial(params: dict[str, Any]) -> None:
     def on_epoch(row: dict) -> None:
         tune.report({**row, "final": False}, checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
 
-    summary = train(config, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False,
+    summary = run_config(config, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False,
                     on_epoch=on_epoch, threads_source=threads_source)
     summary = complete_resources(config, summary, run_dir)  # measured here, on the trial's device
     tune.report({"final": True, "status": summary["status"], "summary": json.dumps(summary, default=str)},

@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from filter_templates.core.errors import UsageError
-from filter_templates.pruning.adapter import kind_of
-from filter_templates.training.loop import EXECUTION_KEYS, identity
+from filter_templates.training.config import EXECUTION_KEYS, experiment, kind_of
 
 __all__ = ["StoreError", "STATUSES", "BUDGET_STATUSES", "EXECUTION_FIELDS", "SCHEMA_VERSION", "DEFAULT_FILE",
            "DEFAULT_STALE_AFTER", "HEARTBEAT_EVERY", "canonical_json", "point_key", "budget_point_key", "owner_id",
@@ -49,7 +48,7 @@ def canonical_json(obj: Any) -> str:
 
 def point_key(config: Mapping[str, Any]) -> tuple[str, str]:
     """``(key, key_json)`` of a TrainConfig dict: what identifies a grid point in the store."""
-    key_json = canonical_json(identity(config))
+    key_json = canonical_json(experiment(config))
     return hashlib.sha256(key_json.encode()).hexdigest(), key_json
 
 

@@ -48,8 +48,9 @@ from filter_templates.sweep.slurm_queue import (
 )
 from filter_templates.sweep.store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
 
+from filter_templates.training.config import TrainConfig
+
 if TYPE_CHECKING:
-    from filter_templates.training.loop import TrainConfig
     from filter_templates.sweep.grid import BudgetPoint
 
 __all__ = ["run_slurm", "default_folder", "check_shared"]

@@ -22,7 +22,8 @@ import torch
 
 from filter_templates.core.errors import UsageError
 from filter_templates.core.rundir import CHECKPOINT, SUMMARY, atomic_write_json, read_json
-from filter_templates.training.loop import TrainConfig, train
+from filter_templates.run import run_config
+from filter_templates.training.config import TrainConfig
 from filter_templates.sweep.local import _reason as reason_of
 from filter_templates.sweep.plan import complete_resources
 
@@ -56,7 +57,7 @@ class TrainJob:
 
         try:
             config = TrainConfig.from_dict(payload["config"])
-            summary = train(config, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False,
+            summary = run_config(config, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False,
                             on_epoch=on_epoch, threads_source="--cpus-per-task")
             summary = complete_resources(config, summary, run_dir)  # measured here, on the node
         except Exception as exc:  # a broken run is a result (failed, with why); SystemExit (requeue) passes

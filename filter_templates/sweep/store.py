@@ -6,7 +6,7 @@ of failing; every state change is one ``BEGIN IMMEDIATE`` transaction, so a row 
 exactly one process and a process killed at any instant leaves either the old or the new state.
 
 A row's key is a hash of the canonical JSON of the point's training configuration as
-``train.identity`` sees it: without the fields that say *where and how* to run rather than *what*
+``training.config.experiment`` sees it: without the fields that say *where and how* to run rather than *what*
 (``EXECUTION_FIELDS``), since moving the data or switching device must not turn a finished point
 into a new one, and without a field added later at the value older points had.
 

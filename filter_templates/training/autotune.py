@@ -31,11 +31,9 @@ import torch
 
 from filter_templates.core.device import cpu_has_amx
 
-__all__ = ["PRECISIONS", "MEMORY_FORMATS", "Choice", "rule", "choose", "usable_cores", "threads_for",
+__all__ = ["Choice", "rule", "choose", "usable_cores", "threads_for",
            "torch_memory_format", "make_deterministic"]
 
-PRECISIONS = ("fp32", "bf16")
-MEMORY_FORMATS = ("channels_last", "contiguous")
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -33,207 +33,32 @@ from filter_templates.training import autotune, initialise
 from filter_templates.method import measure
 from filter_templates.core import rundir, validate
 from filter_templates.core import checkpoint as ckpt
-from filter_templates.method.arch import MIN_IMAGE_SIZE, Arch
 from filter_templates.data import Dataset, data_digest_for, load_data_for, split
 from filter_templates.data.augment import Loader, LoaderOptions, scale_pixels
 from filter_templates.core.device import device_name, resolve_device
 from filter_templates.core.errors import UsageError
 from filter_templates.core.messages import note
 from filter_templates.core.progress import Progress
-from filter_templates.pruning.adapter import check_spec as check_prune
-from filter_templates.pruning.run import Start, train_pruned
-from filter_templates.training.recipe import (
-    EMA,
-    RECIPE_FIELDS,
-    RECIPES,
-    check_recipe_values,
-    lr_multiplier,
-    make_optimizer,
-)
+from filter_templates.core.status import DONE, FAILED
+from filter_templates.training.config import CHOSEN_KEYS, RESULT_KEYS, Summary, TrainConfig, experiment, test_views
+from filter_templates.training.recipe import EMA, lr_multiplier, make_optimizer
 
-__all__ = ["TrainConfig", "train", "sgd_step", "evaluate", "test_views", "open_checkpoint", "identity", "RESULT_KEYS",
-           "EXECUTION_KEYS", "ADDED_FIELDS", "check_val_split",
-           "DEVICES"]
-
-DEVICES = ("auto", "cpu", "cuda")
-
-
-def _result(default: Any = None, **kw: Any) -> Any:
-    """A field whose change makes a different experiment (a checkpoint of another value is refused)."""
-    return field(default=default, metadata={"kind": "result", **kw})
-
-
-def _execution(default: Any = None) -> Any:
-    """A field that says where or how to run, not what: moving the data or the device keeps the run."""
-    return field(default=default, metadata={"kind": "execution"})
-
-
-def _from_recipe() -> Any:
-    """A result field whose default (None) the recipe fills in (``recipe.RECIPES``)."""
-    return _result(None)
-
-
-@dataclass
-class TrainConfig:
-    """Everything that defines a training run. This class is the one list of its fields: each
-    field's metadata says whether it changes the result (``RESULT_KEYS``) or only the execution
-    (``EXECUTION_KEYS``); the CLI, the sweep grid and the results store derive their lists from it.
-    Fields left None take the ``recipe``'s value, so ``to_dict()`` (config.json) holds every setting."""
-
-    arch: Arch = _result()
-    dataset: str = _result("digits")
-    # which images, where the name does not say it: a folder's content digest (data.data_digest_for),
-    # so runs on two folders never pass for one experiment; None for the built-in datasets
-    data_digest: str | None = _result()
-    data_dir: str | None = _execution()
-    download: bool = _execution(False)
-    recipe: str = _result("fast")
-    epochs: int = _result(160)
-    batch_size: int = _from_recipe()
-    lr: float = _from_recipe()
-    momentum: float = _from_recipe()
-    weight_decay: float = _from_recipe()
-    schedule: str = _from_recipe()
-    warmup: float = _from_recipe()
-    nesterov: bool = _from_recipe()
-    label_smoothing: float = _from_recipe()
-    norm_bias_decay: bool = _from_recipe()
-    ema: float = _from_recipe()
-    tta: bool = _from_recipe()
-    tta_shift: int = _from_recipe()
-    crop_pad: int = _from_recipe()
-    optimizer: str = _from_recipe()
-    muon_lr: float = _from_recipe()
-    whiten_init: bool = _from_recipe()
-    identity_init: bool = _from_recipe()
-    # a pruning baseline (prune.py): {method, budget, at}; the arch is the base model it prunes
-    prune: dict | None = _result()
-    seed: int = _result(0)
-    limit_train: int | None = _result()
-    limit_test: int | None = _result()
-    val_split: int | float = _result(0)  # images held out of the training split to select on (data.split)
-    device: str = _execution("auto")
-    precision: str = _execution("auto")
-    memory_format: str = _execution("auto")
-    threads: int | None = _execution()  # torch's CPU threads (None: the caller's, see autotune.threads_for)
-    image_size: int = _result(32)  # side of the square images (a folder's are resized to it); arch.image_size too
-
-    def __post_init__(self) -> None:
-        if self.recipe in RECIPES:
-            for name, value in RECIPES[self.recipe].items():
-                if getattr(self, name) is None:
-                    setattr(self, name, value)
-        for name in _FLOATS:
-            v = getattr(self, name)  # JSON writes 1.0 as 1 sometimes
-            if isinstance(v, int) and not isinstance(v, bool):
-                setattr(self, name, float(v))
-        self.validate()
-
-    def validate(self) -> None:
-        """Refuse values no run could use, naming the field (UsageError)."""
-        if not isinstance(self.arch, Arch):
-            raise UsageError("training config 'arch' must be an architecture record")
-        if self.recipe not in RECIPES:
-            raise UsageError(f"training config 'recipe' must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
-        if not isinstance(self.dataset, str) or not self.dataset:
-            raise UsageError("training config 'dataset' must be a dataset name")
-        if self.data_dir is not None and not isinstance(self.data_dir, str):
-            raise UsageError("training config 'data_dir' must be a path or null")
-        if self.data_digest is not None and not isinstance(self.data_digest, str):
-            raise UsageError("training config 'data_digest' must be a string or null")
-        for name in ("epochs", "batch_size"):
-            _check_int(name, getattr(self, name), minimum=1)
-        _check_int("seed", self.seed, minimum=0)
-        for name in ("limit_train", "limit_test"):
-            if getattr(self, name) is not None:
-                _check_int(name, getattr(self, name), minimum=1)
-        split.check(self.val_split, "training config 'val_split'")
-        _check_float("lr", self.lr, positive=True)
-        _check_float("muon_lr", self.muon_lr, positive=True)
-        _check_float("momentum", self.momentum, positive=False)
-        _check_float("weight_decay", self.weight_decay, positive=False)
-        _check_int("image_size", self.image_size, minimum=MIN_IMAGE_SIZE)
-        if self.arch.image_size != self.image_size:
-            raise UsageError(f"the model is built for {self.arch.image_size} px images but the training config's "
-                             f"image_size is {self.image_size}; build the architecture with image_size={self.image_size}")
-        for name in _BOOLS:
-            if not isinstance(getattr(self, name), bool):
-                raise UsageError(f"training config '{name}' must be true or false, got {getattr(self, name)!r}")
-        check_recipe_values(lambda name: getattr(self, name))
-        check_prune(self.prune)
-        if not isinstance(self.device, str) or not (self.device in DEVICES or self.device.startswith("cuda:")):
-            raise UsageError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
-        if self.threads is not None:
-            _check_int("threads", self.threads, minimum=1)
-        for name, allowed in (("precision", autotune.PRECISIONS), ("memory_format", autotune.MEMORY_FORMATS)):
-            if getattr(self, name) not in ("auto", *allowed):
-                raise UsageError(f"training config '{name}' must be one of auto, {', '.join(allowed)}, "
-                                 f"got {getattr(self, name)!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
-        d["arch"] = self.arch.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
-        """Validate a config read from JSON; any problem is a UsageError."""
-        if not isinstance(d, Mapping):
-            raise UsageError("training config must be a JSON object")
-        if "arch" not in d:
-            raise UsageError("training config lacks 'arch'")
-        unknown = set(d) - set(FIELDS)
-        if unknown:
-            raise UsageError(f"training config has unknown keys: {', '.join(sorted(unknown))}")
-        kw = dict(d)
-        if all(k in d for k in RECIPE_FIELDS if k not in ADDED_FIELDS):  # a whole record, maybe from before them
-            kw = {**{k: v for k, v in ADDED_FIELDS.items() if v is not None}, **kw}
-        kw["arch"] = d["arch"] if isinstance(d["arch"], Arch) else Arch.from_dict(d["arch"])
-        return cls(**kw)
-
-
-FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
-# The fields typed float (an int read from JSON becomes one) and bool (nothing else is accepted).
-_FLOATS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type == "float")
-_BOOLS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type == "bool")
-#: Keys whose change makes a checkpoint belong to a different experiment.
-RESULT_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["kind"] == "result")
-#: Keys that say where/how to run: they may differ on resume and are no part of a sweep point's identity.
-EXECUTION_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["kind"] == "execution")
-
-
-#: Result fields added after runs were already stored, each with the value those runs had (None: it
-#: had no effect on them). A complete stored config without them reads as having these values, and a
-#: config at them keeps the identity (sweep key, checkpoint check) it had before the field existed.
-ADDED_FIELDS: dict[str, Any] = {"optimizer": "sgd", "muon_lr": None, "whiten_init": False, "identity_init": False,
-                                "prune": None,
-                                "val_split": 0, "image_size": 32, "data_digest": None}
-
-
-def identity(config: Mapping[str, Any]) -> dict[str, Any]:
-    """What makes a run's experiment, as stored records are compared: the result fields of a
-    ``to_dict()``, less ``muon_lr`` where no Muon step is taken and less an added field at the value
-    every older run had (so records written before the field existed still match)."""
-    muon = config.get("optimizer") == "muon"
-    return {k: v for k, v in config.items() if k in RESULT_KEYS and not (k == "muon_lr" and not muon)
-            and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
-
-
-def _check_int(name: str, v: Any, minimum: int) -> None:
-    validate.integer(v, f"training config '{name}'", minimum)
-
-
-def _check_float(name: str, v: Any, positive: bool) -> None:
-    validate.number(v, f"training config '{name}'", strict=positive)
-
-
-#: Execution fields that change the numbers: a run decides them once and its checkpoint keeps them.
-CHOSEN_KEYS = ("precision", "memory_format", "threads")
+__all__ = ["train", "Start", "Context", "sgd_step", "evaluate", "open_checkpoint", "with_data_digest", "check_val_split",
+           "summarise"]
 
 
 def _resume_view(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A config as a checkpoint check compares it: its :func:`identity` and its ``CHOSEN_KEYS``."""
-    return {**identity(config), **{k: config.get(k) for k in CHOSEN_KEYS}}
+    """A config as a checkpoint check compares it: its :func:`experiment` and its ``CHOSEN_KEYS``."""
+    return {**experiment(config), **{k: config.get(k) for k in CHOSEN_KEYS}}
+
+
+@dataclass
+class Start:
+    """A run's model made elsewhere (a pruned network): ``build()`` gives its structure (freshly
+    initialised); ``weights`` (a state_dict), when given, replace the recipe's start on a fresh run."""
+
+    build: Callable[[], torch.nn.Module]
+    weights: Mapping[str, torch.Tensor] | None = None
 
 
 def open_checkpoint(config: TrainConfig, out_dir: str | Path, resume: bool) -> dict | None:
@@ -280,11 +105,6 @@ def evaluate(model: torch.nn.Module, loader: Loader, amp: bool, tta: bool, shift
     return correct.item() / max(seen, 1)
 
 
-def test_views(tta: bool, shift: int) -> int:
-    """How many views of each test image :func:`evaluate` averages."""
-    return 1 if not tta else (4 if shift else 2)
-
-
 def _shifted(x: torch.Tensor, s: int) -> torch.Tensor:
     """``x`` [N, C, H, W] moved by ``s`` pixels along both axes (positive: right and down), the
     uncovered border filled by reflection; same memory format as ``x``."""
@@ -298,28 +118,26 @@ def _shifted(x: torch.Tensor, s: int) -> torch.Tensor:
 
 def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
           on_epoch: Callable[[dict], None] | None = None, threads_source: str | None = None,
-          checkpoint: dict | None = None, start: Start | None = None) -> dict:
+          checkpoint: dict | None = None, start: Start | None = None) -> Summary:
     """Train ``config`` into ``out_dir`` and return the summary written to ``summary.json``.
 
     ``resume``: continue from ``out_dir/checkpoint.pt`` (fresh start, with a note, if none); without
     it an existing checkpoint is refused so nothing is overwritten. ``progress``: the per-epoch bar
     on stderr (None: only on a terminal). ``on_epoch(row)``: called after each epoch's checkpoint
     with that epoch's metrics row. A loss that turns NaN/inf ends the run with
-    ``status == "failed"`` and the reason (returned, not raised); bad input raises UsageError.
+    ``status == FAILED`` and the reason (returned, not raised); bad input raises UsageError.
     ``threads_source``: how the caller chose torch's thread count (recorded in the summary).
     ``checkpoint``: what :func:`open_checkpoint` returned for these arguments, when the caller
     opened it already (it is not read twice). ``start``: the model made elsewhere (a pruned
-    network) instead of ``config.arch``'s. A config with ``prune`` set trains in stages
-    (:func:`prune_run.train_pruned`).
+    network) instead of ``config.arch``'s. A pruning baseline is no template run: ``pruning.run``
+    trains it in stages of this function, and ``run.run_config`` picks which of the two a config is.
     """
     # ---- prepare: refusals first (nothing touched yet), then data, execution choice, directory ----
-    config.validate()
-    if config.data_digest is None and (digest := data_digest_for(config)) is not None:
-        config = dataclasses.replace(config, data_digest=digest)  # made without it (the CLI and sweeps fill it in)
+    config = with_data_digest(config)
     out = Path(out_dir)
     state = open_checkpoint(config, out, resume) if checkpoint is None else checkpoint
     if config.prune is not None:
-        return train_pruned(config, out, state, on_epoch, train)
+        raise UsageError("a pruning baseline trains in stages (pruning.run.train_pruned), not as one template run")
     measure.meta_model(config.arch)  # a model that cannot be built (a layer over the limit, ...) fails now
     device = resolve_device(config.device)
     full = _planned_data(config)
@@ -342,7 +160,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     failure: str | None = None
     for epoch in range(start_epoch, E):
         t0 = time.perf_counter()
-        row, failure = _train_epoch(parts.model, parts.optimizer, parts.scheduler, parts.ema, parts.train,
+        row, seen, failure = _train_epoch(parts.model, parts.optimizer, parts.scheduler, parts.ema, parts.train,
                                     epoch, config, amp, progress)
         if failure is not None:
             break
@@ -354,7 +172,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         row["test_acc"] = evaluate(eval_model, parts.test, amp, tta, shift)
         row["test_views"] = test_views(tta, shift)
         row["seconds"] = round(time.perf_counter() - t0, 4)
-        row["images_per_s"] = round(row.pop("_seen") / train_s, 1)
+        row["images_per_s"] = round(seen / train_s, 1)
         metrics.append(row)
         rundir.atomic_save({**parts.state(), "rng": ckpt.rng_state(device), "threads": torch.get_num_threads(),
                             "epoch": epoch + 1, "metrics": metrics, "config": cfg, "arch": config.arch.to_dict()},
@@ -366,10 +184,22 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     # ---- finish: final weights and summary ------------------------------------------------------
     if failure is None:
         rundir.atomic_save({k: v.detach().cpu() for k, v in eval_model.state_dict().items()}, out / rundir.MODEL)
-    summary = _summary(config, metrics, device, failure, choice.to_dict(),
-                       split.describe(full, ds, config.val_split), full.record())
+    # resources on the training device, measured after training (latency needs a quiet device)
+    resources = measure.resources(config.arch, batch_size=config.batch_size, device=str(device))
+    context = Context(str(device), device_name(device), config.precision, config.memory_format, choice.to_dict(),
+                      torch.get_num_threads(), split.describe(full, ds, config.val_split), full.record())
+    summary = summarise(cfg, metrics, failure, resources, context)
     rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
+
+
+def with_data_digest(config: TrainConfig) -> TrainConfig:
+    """``config`` validated, with its data's content digest filled in when it was made without it
+    (the CLI and sweeps fill it in when they plan)."""
+    config.validate()
+    if config.data_digest is None and (digest := data_digest_for(config)) is not None:
+        config = dataclasses.replace(config, data_digest=digest)
+    return config
 
 
 def _planned_data(config: TrainConfig) -> Dataset:
@@ -509,8 +339,9 @@ def _initialise(model: torch.nn.Module, config: TrainConfig, ds: Dataset) -> Non
 
 def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMA | None,
                  loader: Loader, epoch: int, config: TrainConfig, amp: bool,
-                 progress: bool | None) -> tuple[dict, str | None]:
-    """One pass over the training split: (metrics row without the test accuracy, failure or None)."""
+                 progress: bool | None) -> tuple[dict, int, str | None]:
+    """One pass over the training split: (metrics row without the test accuracy, images seen,
+    failure or None)."""
     t0 = time.perf_counter()
     device = loader.device
     lr = optimizer.param_groups[0]["lr"]
@@ -539,34 +370,58 @@ def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, sched
     if failure is None and not math.isfinite(loss_sum.item()):
         failure = f"loss became {loss_sum.item()} in epoch {epoch + 1} at lr {lr:g}"
     row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / max(seen, 1),
-           "train_acc": correct.item() / max(seen, 1), "_seen": seen}
-    return row, failure
+           "train_acc": correct.item() / max(seen, 1)}
+    return row, seen, failure
 
 
-def _summary(config: TrainConfig, metrics: list[dict], device: torch.device, failure: str | None,
-             execution: dict, val: dict | None, data: dict | None = None) -> dict:
-    best = max(metrics, key=lambda m: m["test_acc"]) if metrics else None
-    return {
-        "status": "failed" if failure else "done",
+@dataclass(frozen=True)
+class Context:
+    """Where and how a run's last part executed, as its summary records it."""
+
+    device: str
+    device_name: str
+    precision: str
+    memory_format: str
+    execution: dict  # how precision, memory format and threads were decided
+    threads: int
+    val: dict | None  # the validation set's size, source and digest (None: none)
+    data: dict | None  # classes, image size and the normalisation the run used
+
+    @classmethod
+    def of(cls, summary: Mapping[str, Any]) -> "Context":
+        """The context a finished part (a stage of a pruning run) recorded."""
+        return cls(*(summary[f.name] for f in dataclasses.fields(cls)))
+
+
+def summarise(config: Mapping[str, Any], metrics: list[dict], failure: str | None, resources: dict | None,
+              context: Context, *, stage: str | None = None, pruned: dict | None = None) -> Summary:
+    """The one writer of a :class:`Summary`: a run's outcome from its metrics rows (``config``: its
+    ``to_dict()``). ``stage``: score only the rows of that stage (a pruning run's last); ``pruned``:
+    what a pruning run pruned."""
+    scored = [m for m in metrics if stage is None or m.get("stage") == stage]
+    best = max(scored, key=lambda m: m["test_acc"]) if scored else None
+    summary: Summary = {
+        "status": FAILED if failure else DONE,
         "reason": failure,
-        "val_acc": metrics[-1].get("val_acc") if metrics else None,  # what selection reads
-        "val": val,  # its size, source and digest (None: no validation set)
-        "final_acc": metrics[-1]["test_acc"] if metrics else None,
-        # the best test accuracy seen over epochs: optimistic (picked on the test set), never used to select
+        "val_acc": scored[-1].get("val_acc") if scored else None,
+        "val": context.val,
+        "final_acc": scored[-1]["test_acc"] if scored else None,
         "best_acc": best["test_acc"] if best else None,
         "best_epoch": best["epoch"] if best else None,
-        "epochs": len(metrics),  # completed epochs
-        # parameters, FLOPs, memory and latency on the training device, measured after training (latency needs a quiet device)
-        "resources": measure.resources(config.arch, batch_size=config.batch_size, device=str(device)),
-        "wall_s": round(sum(m["seconds"] for m in metrics), 3),  # training + evaluation, every resumed part included
-        "device": str(device),
-        "recipe": config.recipe,
-        "precision": config.precision,
-        "data": data,  # classes, image size and the normalisation the run used
-        "memory_format": config.memory_format,
-        "execution": execution,  # how precision, memory format and threads were decided
-        "device_name": device_name(device),
-        "threads": torch.get_num_threads(),
-        "config": config.to_dict(),
+        "epochs": len(metrics),
+        "resources": resources,
+        "wall_s": round(sum(m.get("seconds", 0.0) for m in metrics), 3),
+        "device": context.device,
+        "recipe": config["recipe"],
+        "precision": context.precision,
+        "data": context.data,
+        "memory_format": context.memory_format,
+        "execution": context.execution,
+        "device_name": context.device_name,
+        "threads": context.threads,
+        "config": dict(config),
         "metrics": metrics,
     }
+    if pruned is not None:
+        summary["pruned"] = pruned
+    return summary

@@ -5,7 +5,7 @@ optimiser's parameter groups and an exponential moving average (EMA) of the weig
 divided by 10 at 50% and 75% of the epochs, plain cross-entropy, crops of the image padded by 4.
 ``fast`` is a short-schedule recipe: linear warmup then linear decay to zero (a one-cycle), Nesterov
 momentum, label smoothing, a lighter weight decay and none on BatchNorm and bias parameters (values:
-``RECIPES``), crops of the image padded less than ``paper``'s (a short run underfits; the milder shift
+``training.config.RECIPES``), crops of the image padded less than ``paper``'s (a short run underfits; the milder shift
 fits more), flip test-time augmentation where the dataset allows flips, two views shifted by a pixel
 more in the final evaluation, and the whitening and identity starts of :mod:`.initialise`.
 ``docs/training.md`` says what each ingredient measurably did.
@@ -23,29 +23,9 @@ from typing import Any, Callable
 import torch
 
 from filter_templates.training import muon
-from filter_templates.core import validate
-from filter_templates.core.errors import UsageError
 
-__all__ = ["RECIPES", "RECIPE_FIELDS", "SCHEDULES", "OPTIMIZERS", "lr_multiplier", "make_optimizer",
-           "OptimizerSettings", "EMA", "check_recipe_values"]
+__all__ = ["lr_multiplier", "make_optimizer", "OptimizerSettings", "EMA"]
 
-SCHEDULES = ("step", "linear")
-OPTIMIZERS = ("sgd", "muon")
-
-#: The settings each recipe gives the TrainConfig fields left unset.
-RECIPES: dict[str, dict[str, Any]] = {
-    "paper": {"batch_size": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
-              "warmup": 0.0, "nesterov": False, "label_smoothing": 0.0, "norm_bias_decay": True, "ema": 0.0,
-              "tta": False, "tta_shift": 0, "crop_pad": 4, "optimizer": "sgd", "muon_lr": 0.01,
-              "whiten_init": False, "identity_init": False},
-    "fast": {"batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 2.5e-4, "schedule": "linear",
-             "warmup": 0.25, "nesterov": True, "label_smoothing": 0.3, "norm_bias_decay": False, "ema": 0.0,
-             "tta": True, "tta_shift": 1, "crop_pad": 1, "optimizer": "sgd", "muon_lr": 0.01,
-             "whiten_init": True, "identity_init": True},
-}
-RECIPE_FIELDS = tuple(RECIPES["paper"])
-MAX_CROP_PAD = 16  # pixels: more would crop mostly padding out of a 32-pixel image
-MAX_TTA_SHIFT = 4  # pixels a shifted test view may move (reflect padding needs it below the image size)
 EMA_EVERY = 5  # steps between EMA updates (decay ** EMA_EVERY each time): the update costs a pass over the weights
 
 
@@ -142,20 +122,3 @@ class EMA:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.model.load_state_dict(state["model"])
         self.updates = int(state["updates"])
-
-
-def check_recipe_values(get: Callable[[str], Any]) -> None:
-    """Refuse recipe settings no run could use (UsageError)."""
-    if get("schedule") not in SCHEDULES:
-        raise UsageError(f"training config 'schedule' must be one of {', '.join(SCHEDULES)}, got {get('schedule')!r}")
-    for name in ("warmup", "label_smoothing", "ema"):
-        validate.number(get(name), f"training config '{name}'", 0.0, strict=False, maximum=1.0)
-    for name, high, unit in (
-            ("crop_pad", MAX_CROP_PAD, "pixels of padding before the random crop"),
-            ("tta_shift", MAX_TTA_SHIFT, "pixels the two shifted test views of the final evaluation move")):
-        validate.integer(get(name), f"training config '{name}' ({unit})", 0, maximum=high)
-    if get("optimizer") not in OPTIMIZERS:
-        raise UsageError(f"training config 'optimizer' must be one of {', '.join(OPTIMIZERS)}, "
-                         f"got {get('optimizer')!r}")
-    if get("nesterov") is True and not get("momentum"):
-        raise UsageError("training config 'nesterov' needs a momentum above 0")

@@ -1,0 +1,331 @@
+"""The run schema: what a run is (``TrainConfig``), which of its fields make the experiment and
+which only say how to execute it, the recipes' values for the fields left unset, the pruning
+setting's shape, and what a finished run writes (``Summary``).
+
+It lives apart from the training loop so that everything that only reads runs -- the results
+store, the grid and plan of a sweep, the report -- learns the field names here without importing
+the code that trains. It imports no training code itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, TypedDict
+
+from filter_templates.core import validate
+from filter_templates.core.errors import UsageError
+from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
+from filter_templates.data import split
+from filter_templates.method.arch import Arch
+
+__all__ = ["TrainConfig", "FIELDS", "RESULT_KEYS", "EXECUTION_KEYS", "CHOSEN_KEYS", "ADDED_FIELDS", "experiment",
+           "DEVICES", "PRECISIONS", "MEMORY_FORMATS", "RECIPES", "RECIPE_FIELDS", "SCHEDULES", "OPTIMIZERS",
+           "MAX_CROP_PAD", "MAX_TTA_SHIFT", "TEMPLATE", "PRUNING", "KINDS", "PRUNE_METHODS", "PRUNE_L1",
+           "PRUNE_GLOBAL", "PRUNE_SCRATCH", "PRUNE_BUDGET_KEYS", "check_prune", "kind_of", "method_of",
+           "test_views", "Summary"]
+
+DEVICES = ("auto", "cpu", "cuda")
+#: How a run may execute (``autotune`` picks among them when a field says ``auto``).
+PRECISIONS = ("fp32", "bf16")
+MEMORY_FORMATS = ("channels_last", "contiguous")
+
+SCHEDULES = ("step", "linear")
+OPTIMIZERS = ("sgd", "muon")
+#: The settings each recipe gives the TrainConfig fields left unset (``training.recipe`` says what
+#: each does).
+RECIPES: dict[str, dict[str, Any]] = {
+    "paper": {"batch_size": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
+              "warmup": 0.0, "nesterov": False, "label_smoothing": 0.0, "norm_bias_decay": True, "ema": 0.0,
+              "tta": False, "tta_shift": 0, "crop_pad": 4, "optimizer": "sgd", "muon_lr": 0.01,
+              "whiten_init": False, "identity_init": False},
+    "fast": {"batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 2.5e-4, "schedule": "linear",
+             "warmup": 0.25, "nesterov": True, "label_smoothing": 0.3, "norm_bias_decay": False, "ema": 0.0,
+             "tta": True, "tta_shift": 1, "crop_pad": 1, "optimizer": "sgd", "muon_lr": 0.01,
+             "whiten_init": True, "identity_init": True},
+}
+RECIPE_FIELDS = tuple(RECIPES["paper"])
+MAX_CROP_PAD = 16  # pixels: more would crop mostly padding out of a 32-pixel image
+MAX_TTA_SHIFT = 4  # pixels a shifted test view may move (reflect padding needs it below the image size)
+
+#: What a run is: a template's model trained from scratch, or a pruning baseline (``prune`` set).
+TEMPLATE = "template"
+PRUNING = "pruning"
+KINDS = (TEMPLATE, PRUNING)
+#: The pruning baselines (``pruning.adapter`` says what each does).
+PRUNE_L1 = "prune-l1"
+PRUNE_GLOBAL = "prune-l1-global"
+PRUNE_SCRATCH = "prune-scratch"
+PRUNE_METHODS = (PRUNE_L1, PRUNE_GLOBAL, PRUNE_SCRATCH)
+#: Budgets a pruning ratio search can meet exactly and quickly (latency is too noisy to bisect on).
+PRUNE_BUDGET_KEYS = ("params", "flops", "memory")
+_PRUNE_KEYS = {"method", "budget", "at"}
+
+
+def _result(default: Any = None, **kw: Any) -> Any:
+    """A field whose change makes a different experiment (a checkpoint of another value is refused)."""
+    return field(default=default, metadata={"kind": "result", **kw})
+
+
+def _execution(default: Any = None) -> Any:
+    """A field that says where or how to run, not what: moving the data or the device keeps the run."""
+    return field(default=default, metadata={"kind": "execution"})
+
+
+def _from_recipe() -> Any:
+    """A result field whose default (None) the recipe fills in (``RECIPES``)."""
+    return _result(None)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run. This class is the one list of its fields: each
+    field's metadata says whether it changes the result (``RESULT_KEYS``) or only the execution
+    (``EXECUTION_KEYS``); the CLI, the sweep grid and the results store derive their lists from it.
+    Fields left None take the recipe's value, so ``to_dict()`` (config.json) holds every setting."""
+
+    arch: Arch = _result()
+    dataset: str = _result("digits")
+    # which images, where the name does not say it: a folder's content digest (data.data_digest_for),
+    # so runs on two folders never pass for one experiment; None for the built-in datasets
+    data_digest: str | None = _result()
+    data_dir: str | None = _execution()
+    download: bool = _execution(False)
+    recipe: str = _result("fast")
+    epochs: int = _result(160)
+    batch_size: int = _from_recipe()
+    lr: float = _from_recipe()
+    momentum: float = _from_recipe()
+    weight_decay: float = _from_recipe()
+    schedule: str = _from_recipe()
+    warmup: float = _from_recipe()
+    nesterov: bool = _from_recipe()
+    label_smoothing: float = _from_recipe()
+    norm_bias_decay: bool = _from_recipe()
+    ema: float = _from_recipe()
+    tta: bool = _from_recipe()
+    tta_shift: int = _from_recipe()
+    crop_pad: int = _from_recipe()
+    optimizer: str = _from_recipe()
+    muon_lr: float = _from_recipe()
+    whiten_init: bool = _from_recipe()
+    identity_init: bool = _from_recipe()
+    # a pruning baseline: {method, budget, at}; the arch is the base model it prunes (kind_of, method_of)
+    prune: dict | None = _result()
+    seed: int = _result(0)
+    limit_train: int | None = _result()
+    limit_test: int | None = _result()
+    val_split: int | float = _result(0)  # images held out of the training split to select on (data.split)
+    device: str = _execution("auto")
+    precision: str = _execution("auto")
+    memory_format: str = _execution("auto")
+    threads: int | None = _execution()  # torch's CPU threads (None: the caller's, see autotune.threads_for)
+    image_size: int = _result(IMAGE_SIZE)  # side of the square images (a folder's are resized to it); arch.image_size too
+
+    def __post_init__(self) -> None:
+        if self.recipe in RECIPES:
+            for name, value in RECIPES[self.recipe].items():
+                if getattr(self, name) is None:
+                    setattr(self, name, value)
+        for name in _FLOATS:
+            v = getattr(self, name)  # JSON writes 1.0 as 1 sometimes
+            if isinstance(v, int) and not isinstance(v, bool):
+                setattr(self, name, float(v))
+        self.validate()
+
+    def validate(self) -> None:
+        """Refuse values no run could use, naming the field (UsageError)."""
+        if not isinstance(self.arch, Arch):
+            raise UsageError("training config 'arch' must be an architecture record")
+        if self.recipe not in RECIPES:
+            raise UsageError(f"training config 'recipe' must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        if not isinstance(self.dataset, str) or not self.dataset:
+            raise UsageError("training config 'dataset' must be a dataset name")
+        if self.data_dir is not None and not isinstance(self.data_dir, str):
+            raise UsageError("training config 'data_dir' must be a path or null")
+        if self.data_digest is not None and not isinstance(self.data_digest, str):
+            raise UsageError("training config 'data_digest' must be a string or null")
+        for name in ("epochs", "batch_size"):
+            _check_int(name, getattr(self, name), minimum=1)
+        _check_int("seed", self.seed, minimum=0)
+        for name in ("limit_train", "limit_test"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1)
+        split.check(self.val_split, "training config 'val_split'")
+        _check_float("lr", self.lr, positive=True)
+        _check_float("muon_lr", self.muon_lr, positive=True)
+        _check_float("momentum", self.momentum, positive=False)
+        _check_float("weight_decay", self.weight_decay, positive=False)
+        _check_int("image_size", self.image_size, minimum=MIN_IMAGE_SIZE)
+        if self.arch.image_size != self.image_size:
+            raise UsageError(f"the model is built for {self.arch.image_size} px images but the training config's "
+                             f"image_size is {self.image_size}; build the architecture with image_size={self.image_size}")
+        for name in _BOOLS:
+            if not isinstance(getattr(self, name), bool):
+                raise UsageError(f"training config '{name}' must be true or false, got {getattr(self, name)!r}")
+        _check_recipe_values(lambda name: getattr(self, name))
+        check_prune(self.prune)
+        if not isinstance(self.device, str) or not (self.device in DEVICES or self.device.startswith("cuda:")):
+            raise UsageError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
+        if self.threads is not None:
+            _check_int("threads", self.threads, minimum=1)
+        for name, allowed in (("precision", PRECISIONS), ("memory_format", MEMORY_FORMATS)):
+            if getattr(self, name) not in ("auto", *allowed):
+                raise UsageError(f"training config '{name}' must be one of auto, {', '.join(allowed)}, "
+                                 f"got {getattr(self, name)!r}")
+
+    @property
+    def kind(self) -> str:
+        """``TEMPLATE`` or ``PRUNING`` (:func:`kind_of`)."""
+        return kind_of(self.to_dict())
+
+    @property
+    def method(self) -> str:
+        """The arch's template, or the pruning baseline's method (:func:`method_of`)."""
+        return method_of(self.to_dict())
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        d["arch"] = self.arch.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "TrainConfig":
+        """Validate a config read from JSON; any problem is a UsageError."""
+        if not isinstance(d, Mapping):
+            raise UsageError("training config must be a JSON object")
+        if "arch" not in d:
+            raise UsageError("training config lacks 'arch'")
+        unknown = set(d) - set(FIELDS)
+        if unknown:
+            raise UsageError(f"training config has unknown keys: {', '.join(sorted(unknown))}")
+        kw = dict(d)
+        if all(k in d for k in RECIPE_FIELDS if k not in ADDED_FIELDS):  # a whole record, maybe from before them
+            kw = {**{k: v for k, v in ADDED_FIELDS.items() if v is not None}, **kw}
+        kw["arch"] = d["arch"] if isinstance(d["arch"], Arch) else Arch.from_dict(d["arch"])
+        return cls(**kw)
+
+
+FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+# The fields typed float (an int read from JSON becomes one) and bool (nothing else is accepted).
+_FLOATS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type == "float")
+_BOOLS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type == "bool")
+#: Keys whose change makes a checkpoint belong to a different experiment.
+RESULT_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["kind"] == "result")
+#: Keys that say where/how to run: they may differ on resume and are no part of a sweep point's identity.
+EXECUTION_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["kind"] == "execution")
+#: Execution fields that change the numbers: a run decides them once and its checkpoint keeps them.
+CHOSEN_KEYS = ("precision", "memory_format", "threads")
+
+
+#: Result fields added after runs were already stored, each with the value those runs had (None: it
+#: had no effect on them). A complete stored config without them reads as having these values, and a
+#: config at them keeps the identity (sweep key, checkpoint check) it had before the field existed.
+ADDED_FIELDS: dict[str, Any] = {"optimizer": "sgd", "muon_lr": None, "whiten_init": False, "identity_init": False,
+                                "prune": None,
+                                "val_split": 0, "image_size": IMAGE_SIZE, "data_digest": None}
+
+
+def experiment(config: Mapping[str, Any]) -> dict[str, Any]:
+    """What makes a run's experiment, as stored records are compared: the result fields of a
+    ``to_dict()``, less ``muon_lr`` where no Muon step is taken and less an added field at the value
+    every older run had (so records written before the field existed still match)."""
+    muon = config.get("optimizer") == "muon"
+    return {k: v for k, v in config.items() if k in RESULT_KEYS and not (k == "muon_lr" and not muon)
+            and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
+
+
+def test_views(tta: bool, shift: int) -> int:
+    """How many views of each test image the final evaluation averages (``training.loop.evaluate``):
+    one, two with the mirror image (``tta``), four with the two shifted ones too (``shift`` > 0)."""
+    return 1 if not tta else (4 if shift else 2)
+
+
+def check_prune(spec: Any) -> None:
+    """A training config's ``prune`` setting: None, or ``{"method", "budget": {"key", "value"}, "at"}``."""
+    if spec is None:
+        return
+    if not isinstance(spec, Mapping) or set(spec) != _PRUNE_KEYS:
+        raise UsageError(f"training config 'prune' must be null or an object with keys {', '.join(sorted(_PRUNE_KEYS))}")
+    if spec["method"] not in PRUNE_METHODS:
+        raise UsageError(f"training config 'prune': unknown method {spec['method']!r}; "
+                         f"choose from: {', '.join(PRUNE_METHODS)}")
+    b = spec["budget"]
+    if not isinstance(b, Mapping) or set(b) != {"key", "value"} or b["key"] not in PRUNE_BUDGET_KEYS:
+        raise UsageError("training config 'prune': budget must be {key, value} with key one of "
+                         f"{', '.join(PRUNE_BUDGET_KEYS)}")
+    validate.number(b["value"], "training config 'prune' budget value", strict=True)
+    validate.number(spec["at"], "training config 'prune' at", strict=True)
+    if not 0 < spec["at"] < 1:
+        raise UsageError(f"training config 'prune': 'at' must be strictly between 0 and 1, got {spec['at']!r}")
+
+
+def kind_of(config: Mapping[str, Any]) -> str:
+    """``PRUNING`` for a pruning baseline's config (a ``to_dict()``), ``TEMPLATE`` for any other."""
+    return PRUNING if config.get("prune") else TEMPLATE
+
+
+def method_of(config: Mapping[str, Any]) -> str:
+    """What a run compares, as tables and rankings name it: the pruning method of a pruning
+    baseline, else its model's template."""
+    prune = config.get("prune")
+    return str(prune["method"]) if prune else str(config["arch"]["template"])
+
+
+def _check_int(name: str, v: Any, minimum: int) -> None:
+    validate.integer(v, f"training config '{name}'", minimum)
+
+
+def _check_float(name: str, v: Any, positive: bool) -> None:
+    validate.number(v, f"training config '{name}'", strict=positive)
+
+
+def _check_recipe_values(get: Callable[[str], Any]) -> None:
+    """Refuse recipe settings no run could use (UsageError)."""
+    if get("schedule") not in SCHEDULES:
+        raise UsageError(f"training config 'schedule' must be one of {', '.join(SCHEDULES)}, got {get('schedule')!r}")
+    for name in ("warmup", "label_smoothing", "ema"):
+        validate.number(get(name), f"training config '{name}'", 0.0, strict=False, maximum=1.0)
+    for name, high, unit in (
+            ("crop_pad", MAX_CROP_PAD, "pixels of padding before the random crop"),
+            ("tta_shift", MAX_TTA_SHIFT, "pixels the two shifted test views of the final evaluation move")):
+        validate.integer(get(name), f"training config '{name}' ({unit})", 0, maximum=high)
+    if get("optimizer") not in OPTIMIZERS:
+        raise UsageError(f"training config 'optimizer' must be one of {', '.join(OPTIMIZERS)}, "
+                         f"got {get('optimizer')!r}")
+    if get("nesterov") is True and not get("momentum"):
+        raise UsageError("training config 'nesterov' needs a momentum above 0")
+
+
+class _SummaryExtras(TypedDict, total=False):
+    pruned: dict[str, Any]  # a pruning run's: ratio, per-layer counts and structure
+
+
+class Summary(_SummaryExtras):
+    """What ``summary.json`` holds: the one record a finished (or failed) run writes, built by
+    ``training.loop.summarise`` alone. Accuracies are fractions in [0, 1]; a pruning run scores the
+    rows of its last stage."""
+
+    status: str  # core.status.DONE or FAILED
+    reason: str | None  # why it failed
+    val_acc: float | None  # the last epoch's validation accuracy: what selection reads
+    val: dict[str, Any] | None  # the validation set's size, source and digest (None: none)
+    final_acc: float | None  # the last epoch's test accuracy
+    # the best test accuracy seen over epochs: optimistic (picked on the test set), never used to select
+    best_acc: float | None
+    best_epoch: int | None
+    epochs: int  # completed epochs
+    # parameters, FLOPs, memory and latency on the training device, measured after training (None:
+    # a pruning run that failed before its pruned model existed)
+    resources: dict[str, Any] | None
+    wall_s: float  # training + evaluation, every resumed part included
+    device: str
+    recipe: str
+    precision: str
+    data: dict[str, Any] | None  # classes, image size and the normalisation the run used
+    memory_format: str
+    execution: dict[str, Any]  # how precision, memory format and threads were decided
+    device_name: str
+    threads: int
+    config: dict[str, Any]
+    metrics: list[dict[str, Any]]
