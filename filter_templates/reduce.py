@@ -38,6 +38,7 @@ from filter_templates.core.errors import UsageError
 from filter_templates.export import default_export_path, export_run, onnx_available
 from filter_templates.method.fit import Budget, parse_budget
 from filter_templates.core.messages import note
+from filter_templates.core.status import DONE
 from filter_templates.training.config import PRUNE_METHODS, RECIPE_FIELDS
 from filter_templates.report import make_report
 from filter_templates.report.budgets import BudgetCell, collect_budgets
@@ -90,7 +91,7 @@ class Candidate:
         return cls(template=cell.template, width=cell.width, filters=cell.filters, params=integer("params"),
                    flops=integer("flops"), train_memory_bytes=integer("train_memory_bytes"),
                    final_acc=cell.acc("final"), best_acc=cell.acc("best"), status=cell.status,
-                   reason=None if cell.status == "done" else cell.reason, seeds_done=len(runs),
+                   reason=None if cell.status == DONE else cell.reason, seeds_done=len(runs),
                    run_dir=runs[0]["run_dir"] if runs else None, val_acc=cell.acc("val"),
                    kind="pruning" if cell.template in PRUNE_METHODS else "template",
                    pruned=_pruned(runs[0]["run_dir"]) if runs and cell.template in PRUNE_METHODS else None)
@@ -119,7 +120,7 @@ def rank(candidates: Sequence[Candidate], order: Sequence[str] = (), selection: 
 
     def key(c: Candidate) -> tuple:
         score = getattr(c, selection)
-        if c.status == "done" and score is not None:
+        if c.status == DONE and score is not None:
             return (0, -score, c.params if c.params is not None else float("inf"), pos.get(c.template, len(pos)))
         return (1, 0.0, 0, pos.get(c.template, len(pos)))
 
@@ -151,7 +152,7 @@ class ReduceResult:
     @property
     def winner(self) -> Candidate | None:
         first = self.candidates[0] if self.candidates else None
-        ok = first is not None and first.status == "done" and getattr(first, self.selection) is not None
+        ok = first is not None and first.status == DONE and getattr(first, self.selection) is not None
         return first if ok else None
 
     def to_dict(self) -> dict[str, Any]:

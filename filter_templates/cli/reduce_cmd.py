@@ -8,6 +8,7 @@ import json
 from filter_templates.data.split import DEFAULT_MAX
 from filter_templates.method.fit import format_value
 from filter_templates.core.messages import note
+from filter_templates.core.status import DONE
 from filter_templates.models import family_names
 from filter_templates.pruning.adapter import Baselines
 from filter_templates.reduce import ReduceRequest, ReduceResult, reduce
@@ -112,7 +113,7 @@ def render(result: ReduceResult) -> str:
         def pct(v, width=7):
             return num(None if v is None else 100 * v, f">{width}.2f")
 
-        status = c.status if c.status == "done" else f"{c.status}: {c.reason}" if c.reason else c.status
+        status = c.status if c.status == DONE else f"{c.status}: {c.reason}" if c.reason else c.status
         lines.append(f"{i:>4}  {c.template:<{w}}  {num(c.width, '>9.6g')}  {num(c.params, '>11,')}  "
                      f"{num(None if c.flops is None else c.flops / 1e6, '>8.2f')}  "
                      f"{num(None if c.train_memory_bytes is None else c.train_memory_bytes / 1e6, '>8.1f')}  "

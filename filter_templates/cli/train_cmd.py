@@ -21,6 +21,7 @@ from filter_templates.core.messages import error
 from filter_templates.models import family_names, resolve_model
 from filter_templates.training.config import FIELDS, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
 from filter_templates.core.rundir import SUMMARY
+from filter_templates.core.status import DONE
 from filter_templates.training.loop import open_checkpoint
 from filter_templates.run import run_config
 from filter_templates.cli.args import (
@@ -201,7 +202,7 @@ def run(args: argparse.Namespace) -> int:
                     checkpoint=state)
     if args.json:
         print(json.dumps(summary))
-    if summary["status"] != "done":
+    if summary["status"] != DONE:
         error(f"training failed: {summary['reason']} (see {out / SUMMARY})")
         return 1
     if not quiet:

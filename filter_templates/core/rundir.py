@@ -28,6 +28,7 @@ import torch
 
 from filter_templates.core.errors import UsageError
 from filter_templates.core.messages import note
+from filter_templates.core.status import FAILED
 
 __all__ = [
     "CONFIG", "METRICS", "CHECKPOINT", "MODEL", "SUMMARY", "RESOURCES", "TRAIN_FILES", "RUN_FILES",
@@ -236,7 +237,7 @@ def _refuse_finished_without_checkpoint(out: Path) -> None:
     if (out / MODEL).exists():
         raise UsageError(f"{out} holds {MODEL} but no {CHECKPOINT} to resume; choose another --out "
                          f"(nothing was overwritten)")
-    if (out / SUMMARY).exists() and (read_json(out / SUMMARY) or {}).get("status") != "failed":
+    if (out / SUMMARY).exists() and (read_json(out / SUMMARY) or {}).get("status") != FAILED:
         raise UsageError(f"{out / SUMMARY} belongs to a run that is not a failed one and there is no "
                          f"{CHECKPOINT} to resume; choose another --out (nothing was overwritten)")
 

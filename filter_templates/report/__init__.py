@@ -23,6 +23,7 @@ from filter_templates.method.measure import resources
 from filter_templates.models import get_family
 from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import atomic_write_text, check_writable, writing
+from filter_templates.core.status import FAILED, UNREACHABLE
 from filter_templates.sweep.store import Store
 from filter_templates.report import budgets as B
 from filter_templates.report import figures, tables
@@ -195,7 +196,7 @@ class _Writer:
 
 def _head(db: str | os.PathLike[str], counts: dict[str, int], budget_rows: list[dict[str, Any]],
           metric: str) -> list[str]:
-    unreachable = [p for p in budget_rows if p["status"] == "unreachable"]
+    unreachable = [p for p in budget_rows if p["status"] == UNREACHABLE]
     return [
         "# filter-templates report", "",
         f"Results store: `{Path(db).resolve()}` — generated {_dt.datetime.now().isoformat(timespec='seconds')}.", "",
@@ -210,7 +211,7 @@ def _head(db: str | os.PathLike[str], counts: dict[str, int], budget_rows: list[
 
 
 def _tail(rows: list[dict[str, Any]]) -> list[str]:
-    failed = [r for r in rows if r["status"] == "failed"]
+    failed = [r for r in rows if r["status"] == FAILED]
     if not failed:
         return []
     return (["## Failed runs", "", "| run | reason |", "|---|---|"]

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 
 from matplotlib.lines import Line2D
 
+from filter_templates.core.status import DONE, FAILED, PENDING, UNREACHABLE
 from filter_templates.method.fit import format_value
 from filter_templates.report import figures
 from filter_templates.report import settings as S
@@ -59,7 +60,7 @@ class BudgetCell:
 
     @property
     def done(self) -> list[dict[str, Any]]:
-        return [p["run"] for p in self.points if p["run"] is not None and p["run"]["status"] == "done"]
+        return [p["run"] for p in self.points if p["run"] is not None and p["run"]["status"] == DONE]
 
     def accs(self, metric: str = "final") -> list[float]:
         return [r[f"{metric}_acc"] for r in self.done if r.get(f"{metric}_acc") is not None]
@@ -76,13 +77,13 @@ class BudgetCell:
     def status(self) -> str:
         """done (a seed finished), unreachable, failed (every run failed) or pending."""
         if self.done:
-            return "done"
-        if all(p["status"] == "unreachable" for p in self.points):
-            return "unreachable"
+            return DONE
+        if all(p["status"] == UNREACHABLE for p in self.points):
+            return UNREACHABLE
         runs = [p["run"] for p in self.points if p["run"] is not None]
-        if runs and all(r["status"] == "failed" for r in runs):
-            return "failed"
-        return "pending"
+        if runs and all(r["status"] == FAILED for r in runs):
+            return FAILED
+        return PENDING
 
     @property
     def reason(self) -> str | None:
@@ -157,15 +158,15 @@ def budget_accuracy_table(cells: dict[tuple, BudgetCell], dataset: str, metric: 
         rr = [fam, key, value, *labels.csv_cells(skey)]
         for j, t in enumerate(templates):
             c = row_cells[t]
-            status = c.status if c is not None else "pending"
-            if status == "done":
+            status = c.status if c is not None else PENDING
+            if status == DONE:
                 row.append(_pct(c.acc(metric), c.acc_std(metric)))
                 rr.append(round(100 * c.acc(metric), 4))
                 if t == best and len(vals) > 1:
                     bold.add((len(rows), len(header) - len(templates) - 1 + j))
             else:
-                row.append(MISSING if status == "pending" else status)
-                rr.append("" if status == "pending" else status)
+                row.append(MISSING if status == PENDING else status)
+                rr.append("" if status == PENDING else status)
         rows.append(row + [best or MISSING])
         raw.append(rr + [best or ""])
     seeds = max((len(c.done) for c in mine), default=0)
@@ -193,7 +194,7 @@ def budget_resource_table(cells: dict[tuple, BudgetCell], dataset: str) -> Table
             params, flops, mem = c.resource("params"), c.resource("flops"), c.resource("train_memory_bytes")
             used = c.resource(RESOURCE_OF[key])
             status = c.status
-            if status in ("unreachable", "failed") and c.reason:
+            if status in (UNREACHABLE, FAILED) and c.reason:
                 reasons.append(f"{fam} {t} {key} ≤ {format_value(key, value)}: {c.reason}")
             rows.append([fam, f"{key} ≤ {format_value(key, value)}", *labels.cells(skey), t,
                          MISSING if c.width is None else f"{c.width:g}",

@@ -16,6 +16,7 @@ import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+from filter_templates.core.status import DONE, FAILED, PENDING
 from filter_templates.models import family_names
 from filter_templates.method.templates import BUILTIN as BUILTIN_TEMPLATES
 from filter_templates.report import settings as S
@@ -62,8 +63,8 @@ class Cell:
     @property
     def status(self) -> str:
         if self.done:
-            return "done"
-        return "failed" if self.failed else "pending"
+            return DONE
+        return FAILED if self.failed else PENDING
 
     @property
     def skey(self) -> str:
@@ -116,9 +117,9 @@ def collect(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, float, 
         if c is None:
             c = cells[k] = Cell(*k[:4], classes=int(r["classes"]), divisor=int(arch.get("divisor", 1)),
                                 floor=int(arch.get("floor", 1)), setting=s)
-        if r["status"] == "done":
+        if r["status"] == DONE:
             c.done.append(r)
-        elif r["status"] == "failed":
+        elif r["status"] == FAILED:
             c.failed.append(r)
         else:
             c.other += 1
@@ -213,12 +214,12 @@ def _acc_row(cells: dict, key: tuple, templates: list[str], metric: str) -> tupl
     raw: list[Any] = []
     for t in templates:
         c = found[t]
-        if c is None or c.status == "pending":
+        if c is None or c.status == PENDING:
             row.append(MISSING)
             raw.append("")
-        elif c.status == "failed":
-            row.append("failed")
-            raw.append("failed")
+        elif c.status == FAILED:
+            row.append(FAILED)
+            raw.append(FAILED)
         else:
             row.append(_pct(c.acc(metric), c.acc_std(metric)))
             raw.append(round(100 * c.acc(metric), 4))

@@ -16,6 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from filter_templates.core.status import FAILED, PENDING, RUNNING, RUN_STATUSES
 from filter_templates.sweep.records import (
     DEFAULT_STALE_AFTER,
     HEARTBEAT_EVERY,
@@ -40,9 +41,9 @@ class Claims:
     def claimable(self, row: Mapping[str, Any], *, stale_after: float = DEFAULT_STALE_AFTER,
                   now: float | None = None) -> bool:
         """A pending row, or a running row whose owner is gone (dead pid here, or stale heartbeat)."""
-        if row["status"] == "pending":
+        if row["status"] == PENDING:
             return True
-        if row["status"] != "running":
+        if row["status"] != RUNNING:
             return False
         alive = owner_alive(row["claimed_by"])
         if alive is False:
@@ -89,7 +90,7 @@ class Claims:
                 if row is None or not self.claimable(row, stale_after=stale_after, now=now):
                     continue
                 token = uuid.uuid4().hex
-                reclaimed = row["status"] == "running"
+                reclaimed = row["status"] == RUNNING
                 cfg = (config_json or {}).get(key, row["config_json"])
                 db.execute(
                     "UPDATE runs SET status='running', claimed_by=?, claim_token=?, claimed_at=?, heartbeat=?, "
@@ -100,7 +101,7 @@ class Claims:
                 self._event(key, "reclaim" if reclaimed else "claim", owner,
                             {"from": row["claimed_by"]} if reclaimed else None)
                 d = row_dict(row)
-                d.update(status="running", claimed_by=owner, claim_token=token, claimed_at=now, heartbeat=now,
+                d.update(status=RUNNING, claimed_by=owner, claim_token=token, claimed_at=now, heartbeat=now,
                          attempts=row["attempts"] + 1, reclaimed=reclaimed, config=json.loads(cfg),
                          previous_owner=row["claimed_by"] if reclaimed else None)
                 out.append(d)
@@ -140,7 +141,7 @@ class Claims:
         ``metrics.jsonl``) replaces the per-epoch history when given. False if the claim was lost.
         """
         status = summary.get("status")
-        if status not in ("done", "failed"):
+        if status not in RUN_STATUSES:
             raise StoreError(f"a run's summary status must be 'done' or 'failed', got {status!r}")
         res = summary.get("resources") or {}
         lat = res.get("latency_s") or {}
@@ -159,7 +160,7 @@ class Claims:
                 "resources_json=?, wall_s=?, device=?, epoch_metrics=?, epochs_done=?, finished_at=?, "
                 "updated_at=?, claimed_by=NULL, claim_token=NULL, heartbeat=NULL, run_dir=COALESCE(?, run_dir) "
                 f"WHERE {where}",
-                (status, summary.get("reason") if status == "failed" else None,
+                (status, summary.get("reason") if status == FAILED else None,
                  num(summary.get("final_acc")), num(summary.get("best_acc")), num(summary.get("best_epoch")),
                  num(summary.get("val_acc")),
                  num(res.get("params")), num(res.get("flops")), num(res.get("train_memory_bytes")),
@@ -169,12 +170,12 @@ class Claims:
                  run_dir, *args),
             )
             self._event(key, status, None if token is None else owner_id(),
-                        {"reason": summary.get("reason")} if status == "failed" else None)
+                        {"reason": summary.get("reason")} if status == FAILED else None)
         return True
 
     def fail(self, key: str, token: str | None, reason: str) -> bool:
         """Mark a row failed with a reason (an exception outside train's own summary)."""
-        return self.finish(key, token, {"status": "failed", "reason": reason})
+        return self.finish(key, token, {"status": FAILED, "reason": reason})
 
     def release(self, key: str, token: str, reason: str = "interrupted") -> bool:
         """Give a claim back (Ctrl-C): the row is pending again and will resume from its checkpoint."""

@@ -34,6 +34,7 @@ from filter_templates.core.errors import UsageError
 from filter_templates.method.fit import Budget, FitRequest, fit, parse_budget
 from filter_templates.method.measure import resources
 from filter_templates.core.messages import note
+from filter_templates.core.status import FITTED, UNREACHABLE
 from filter_templates.models import get_family
 from filter_templates.method.templates import BUILTIN, resolve_template
 from filter_templates.training.config import FIELDS as CONFIG_FIELDS
@@ -236,7 +237,7 @@ class BudgetPoint:
         cfg = self.config
         return {"ident": self.ident, "budget_key": self.budget.key, "budget_value": self.budget.value,
                 "family": self.family, "template": self.template, "dataset": self.dataset, "seed": self.seed,
-                "status": "unreachable" if cfg is None else "fitted", "reason": self.reason,
+                "status": UNREACHABLE if cfg is None else FITTED, "reason": self.reason,
                 "width": None if cfg is None else cfg.arch.width,
                 "filters": None if cfg is None else list(cfg.arch.filters), "fit": self.fit,
                 "run_key": None if cfg is None else point_key(cfg.to_dict())[0]}

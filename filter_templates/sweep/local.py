@@ -26,6 +26,7 @@ from filter_templates.core.device import resolve_device
 from filter_templates.core.messages import note as _log
 from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import CHECKPOINT, read_metrics
+from filter_templates.core.status import DONE, FAILED, PENDING, RUNNING
 from filter_templates.run import run_config
 from filter_templates.training.config import TrainConfig
 from filter_templates.sweep.options import EngineOptions
@@ -72,7 +73,7 @@ def train_point(store: Store, point: Point, token: str, *, progress: bool | None
         except (KeyboardInterrupt, _ClaimLost):
             raise
         except Exception as exc:  # a broken run is a result (failed, with why), not the end of the sweep
-            summary = {"status": "failed", "reason": _reason(exc)}
+            summary = {"status": FAILED, "reason": _reason(exc)}
     store.finish(point.key, token, summary, epochs=read_metrics(point.run_dir), run_dir=str(point.run_dir))
     return summary
 
@@ -128,14 +129,14 @@ def run_local(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs
                 _count(result, point, summary)
                 if workers:  # the others' runs count too
                     c = store.counts(keys)
-                    bar.n = c["done"] + c["failed"] - 1
+                    bar.n = c[DONE] + c[FAILED] - 1
                 bar.update()
             for proc, out in workers:  # wait for the workers' last runs
                 proc.wait()
                 _merge(result, out)
                 if workers:
                     c = store.counts(keys)
-                    bar.n = c["done"] + c["failed"] - 1
+                    bar.n = c[DONE] + c[FAILED] - 1
                     bar.update()
         except KeyboardInterrupt:
             result.interrupted = True
@@ -152,7 +153,7 @@ def run_local(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs
                 out.unlink(missing_ok=True)
             result.wall_s = time.perf_counter() - t0
         counts = store.counts(keys)
-        result.elsewhere = counts["running"] + counts["pending"]
+        result.elsewhere = counts[RUNNING] + counts[PENDING]
     return result
 
 
@@ -167,7 +168,7 @@ def _threads(configs: Sequence["TrainConfig"], jobs: int, threads: int | None,
 
 
 def _count(result: SweepResult, point: Point, summary: dict) -> None:
-    if summary.get("status") == "done":
+    if summary.get("status") == DONE:
         result.done += 1
         _log(f"done   {point.name}: final acc {_pct(summary.get('final_acc'))}, best {_pct(summary.get('best_acc'))}")
     else:
@@ -210,8 +211,8 @@ def _merge(result: SweepResult, out: Path) -> None:
         d = json.loads(out.read_text())
     except (OSError, ValueError):
         return
-    result.done += int(d.get("done", 0))
-    result.failed += int(d.get("failed", 0))
+    result.done += int(d.get(DONE, 0))
+    result.failed += int(d.get(FAILED, 0))
     result.failures += list(d.get("failures", []))
 
 

@@ -11,6 +11,7 @@ import torch
 
 from filter_templates.method.measure import input_shape_of, latency, resources
 from filter_templates.core.rundir import CONFIG, read_metrics, read_summary, write_resources
+from filter_templates.core.status import DONE, FAILED
 from filter_templates.sweep.grid import run_dir_name
 from filter_templates.sweep.store import Store, canonical_json, point_key
 
@@ -112,7 +113,7 @@ def prepare(store: Store, configs: Sequence["TrainConfig"], runs_dir: str | os.P
         store.reset_failed(keys)
     counts = store.counts(keys)
     result = SweepResult(db=str(store.path.resolve()), runs_dir=str(runs), engine="", points=len(points),
-                         skipped_done=counts["done"], skipped_failed=counts["failed"],
+                         skipped_done=counts[DONE], skipped_failed=counts[FAILED],
                          unreachable=[{"point": bp.label(), "reason": str(bp.reason)}
                                       for bp in budget_points if bp.config is None])
     return points, result
@@ -125,7 +126,7 @@ def complete_resources(config: "TrainConfig", summary: dict[str, Any], run_dir: 
     res = dict(summary.get("resources") or {})
     need_memory = "train_memory_bytes" not in res
     need_latency = "latency_s" not in res
-    if summary.get("status") != "done" or not (need_memory or need_latency):
+    if summary.get("status") != DONE or not (need_memory or need_latency):
         return summary
     device = str(summary.get("device") or "cpu")
     extra = resources(config.arch, config.batch_size, device, memory=need_memory, latency=False)
@@ -147,7 +148,7 @@ def finished_on_disk(point: Point) -> dict[str, Any] | None:
     """The summary of a run that finished but whose row was never updated (the sweep was killed
     between the two writes): recording it beats training it again."""
     s = read_summary(point.run_dir)
-    if not s or s.get("status") != "done" or not isinstance(s.get("config"), dict):
+    if not s or s.get("status") != DONE or not isinstance(s.get("config"), dict):
         return None
     if point_key(s["config"])[0] != point.key:
         return None

@@ -16,6 +16,7 @@ from ray import tune
 
 from filter_templates.core.messages import note
 from filter_templates.core.rundir import MODEL, SUMMARY, copy_run_files, read_metrics, read_summary
+from filter_templates.core.status import DONE, FAILED
 from filter_templates.sweep.plan import Point, SweepResult
 from filter_templates.sweep.store import Store
 
@@ -59,7 +60,7 @@ class StoreCallback(tune.Callback):
                           run_dir=str(run_dir))
         self.beats.drop(key)
         name = self.by_key[key].name
-        if summary.get("status") == "done":
+        if summary.get("status") == DONE:
             self.result.done += 1
             note(f"done   {name}")
         else:
@@ -88,7 +89,7 @@ class StoreCallback(tune.Callback):
         if summary is None:
             last = trial.last_result or {}
             summary = json.loads(last["summary"]) if "summary" in last else {
-                "status": "failed", "reason": "the trial ended without a summary"}
+                "status": FAILED, "reason": "the trial ended without a summary"}
         self._record(key, summary, point.run_dir)
         self._drop_tune_copy(trial, point.run_dir)
 
@@ -107,5 +108,5 @@ class StoreCallback(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         key = self._key(trial)
         reason = error_line(trial.get_error())
-        self._record(key, {"status": "failed", "reason": f"{reason} (after {trial.num_failures} attempt(s) on Ray)"},
+        self._record(key, {"status": FAILED, "reason": f"{reason} (after {trial.num_failures} attempt(s) on Ray)"},
                      self.by_key[key].run_dir)

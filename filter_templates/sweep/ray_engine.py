@@ -31,6 +31,7 @@ from filter_templates.training.autotune import threads_for
 from filter_templates.core.errors import UsageError
 from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import CHECKPOINT, copy_run_files, read_metrics
+from filter_templates.core.status import PENDING, RUNNING
 from filter_templates.run import run_config
 from filter_templates.training.config import TrainConfig
 from filter_templates.sweep.options import EngineOptions
@@ -154,14 +155,14 @@ def run_ray(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs_d
             # resumes it from its run folder.
             for p in todo:
                 row = store.get(p.key)
-                if row is not None and row["status"] == "running":
+                if row is not None and row["status"] == RUNNING:
                     store.release(p.key, tokens[p.key], "the Ray sweep stopped before this run ended")
             if started_ray:
                 ray.shutdown()
             bar.close()
             result.wall_s = time.perf_counter() - t0
         counts = store.counts(list(by_key))
-        result.elsewhere = counts["running"] + counts["pending"]
+        result.elsewhere = counts[RUNNING] + counts[PENDING]
     return result
 
 

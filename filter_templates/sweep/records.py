@@ -15,15 +15,14 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from filter_templates.core.errors import UsageError
+from filter_templates.core.status import BUDGET_STATUSES, ROW_STATUSES
 from filter_templates.training.config import EXECUTION_KEYS, experiment, kind_of
 
 __all__ = ["StoreError", "STATUSES", "BUDGET_STATUSES", "EXECUTION_FIELDS", "SCHEMA_VERSION", "DEFAULT_FILE",
            "DEFAULT_STALE_AFTER", "HEARTBEAT_EVERY", "canonical_json", "point_key", "budget_point_key", "owner_id",
            "owner_alive", "fields", "num", "clean", "row_dict"]
 
-STATUSES = ("pending", "running", "done", "failed")
-#: A budget point is fitted (it has a run) or unreachable (the reason says why; nothing to train).
-BUDGET_STATUSES = ("fitted", "unreachable")
+STATUSES = ROW_STATUSES
 #: TrainConfig fields that do not change what is trained, only where/how: not part of a row's key.
 EXECUTION_FIELDS = EXECUTION_KEYS
 SCHEMA_VERSION = 1

@@ -35,6 +35,7 @@ from filter_templates.core.errors import UsageError
 from filter_templates.core.messages import note, warn
 from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import check_writable, read_metrics, read_summary
+from filter_templates.core.status import DONE, FAILED, PENDING, RUNNING, RUN_STATUSES
 from filter_templates.sweep.options import EngineOptions, SlurmOptions
 from filter_templates.sweep.plan import Point, SweepResult, finished_on_disk, prepare
 from filter_templates.sweep.slurm_job import TrainJob, import_submitit
@@ -166,7 +167,7 @@ def run_slurm(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs
             bar.close()
             result.wall_s = time.perf_counter() - t0
         counts = store.counts(list(by_key))
-        result.elsewhere = counts["running"] + counts["pending"]
+        result.elsewhere = counts[RUNNING] + counts[PENDING]
     return result
 
 
@@ -338,21 +339,21 @@ def _outcome(sw: _Sweep, key: str, job: dict[str, Any], state: tuple[str, str] |
     if done is not None:
         return done
     own = read_summary(point.run_dir)
-    if own and own.get("status") == "failed" and own.get("slurm_job_id") == job["job_id"]:
+    if own and own.get("status") == FAILED and own.get("slurm_job_id") == job["job_id"]:
         return own
     left = _result_pickle(job)
     if left is not None and left[0] == "success" and isinstance(left[1], dict) and \
-            left[1].get("status") in ("done", "failed"):
+            left[1].get("status") in RUN_STATUSES:
         return left[1]
     if left is not None and left[0] == "error":
-        return {"status": "failed", "reason": f"{_last_line(left[1])} (Slurm job {job['job_id']}; "
+        return {"status": FAILED, "reason": f"{_last_line(left[1])} (Slurm job {job['job_id']}; "
                                               f"log: {job.get('stderr')})"}
     name = state[0] if state else None
     if name in _MAY_RETURN and time.time() < sw.grace.setdefault(key, time.time() + GRACE_S):
         return None
     what = f"ended {name} ({_ENDED[name]})" if name in _ENDED else \
         f"ended {name}" if name else "is no longer known to Slurm"
-    return {"status": "failed", "reason": f"Slurm job {job['job_id']} {what} before the run finished; "
+    return {"status": FAILED, "reason": f"Slurm job {job['job_id']} {what} before the run finished; "
                                           f"--retry-failed resumes it from its last checkpoint "
                                           f"(log: {job.get('stderr')})"}
 
@@ -379,7 +380,7 @@ def _record(sw: _Sweep, key: str, summary: dict[str, Any]) -> None:
     if not recorded:
         note(f"{point.name}: another sweep took this point over; its result is that sweep's to record")
         return
-    if summary.get("status") == "done":
+    if summary.get("status") == DONE:
         sw.result.done += 1
         note(f"done   {point.name} (Slurm job {summary.get('slurm_job_id', '-')})")
     else:
@@ -394,7 +395,7 @@ def _release(sw: _Sweep, todo: list[str]) -> None:
     their rows go back to pending, and the next sweep re-attaches to the jobs through the book."""
     for key in todo:
         row = sw.store.get(key)
-        if row is not None and row["status"] == "running" and row["claim_token"] == sw.tokens[key]:
+        if row is not None and row["status"] == RUNNING and row["claim_token"] == sw.tokens[key]:
             sw.store.release(key, sw.tokens[key], "the Slurm driver stopped before this run ended")
     if sw.active:
         ids = [j["job_id"] for j in sw.active.values()]

@@ -22,6 +22,7 @@ import torch
 
 from filter_templates.core.errors import UsageError
 from filter_templates.core.rundir import CHECKPOINT, SUMMARY, atomic_write_json, read_json
+from filter_templates.core.status import FAILED
 from filter_templates.run import run_config
 from filter_templates.training.config import TrainConfig
 from filter_templates.sweep.local import _reason as reason_of
@@ -61,7 +62,7 @@ class TrainJob:
                             on_epoch=on_epoch, threads_source="--cpus-per-task")
             summary = complete_resources(config, summary, run_dir)  # measured here, on the node
         except Exception as exc:  # a broken run is a result (failed, with why); SystemExit (requeue) passes
-            return {"status": "failed", "reason": reason_of(exc), "slurm_job_id": _job_id()}
+            return {"status": FAILED, "reason": reason_of(exc), "slurm_job_id": _job_id()}
         slurm = {"job_id": _job_id(), "node": socket.gethostname(), "restarts": _restarts(),
                  "submitted_at": payload.get("submitted_at"), "started_at": started,
                  "first_epoch": first.get("epoch"), "first_epoch_at": first.get("at"),

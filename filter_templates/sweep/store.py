@@ -36,6 +36,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 from filter_templates.core import rundir
 from filter_templates.core.errors import UsageError
 from filter_templates.core.rundir import read_metrics
+from filter_templates.core.status import RUNNING, RUN_STATUSES
 from filter_templates.sweep.budget_points import BudgetPoints
 from filter_templates.sweep.claims import Claims, Heartbeats
 from filter_templates.sweep.records import (
@@ -277,13 +278,13 @@ class Store(Claims, BudgetPoints):
         except (ValueError, UsageError):
             return None
         summary = rundir.read_summary(run_dir)  # with what the sweep measured (resources.json) merged in
-        if summary is not None and summary.get("status") not in ("done", "failed"):
+        if summary is not None and summary.get("status") not in RUN_STATUSES:
             summary = None
         epochs = read_metrics(run_dir)
         now = time.time()
         with self._tx() as db:
             row = db.execute("SELECT * FROM runs WHERE key=?", (key,)).fetchone()
-            if row is not None and row["status"] == "running" and not self.claimable(row):
+            if row is not None and row["status"] == RUNNING and not self.claimable(row):
                 return key
             if row is None:
                 db.execute(

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from filter_templates.training import autotune, initialise
 from filter_templates.method import measure
-from filter_templates.core import rundir, validate
+from filter_templates.core import rundir
 from filter_templates.core import checkpoint as ckpt
 from filter_templates.data import Dataset, data_digest_for, load_data_for, split
 from filter_templates.data.augment import Loader, LoaderOptions, scale_pixels
