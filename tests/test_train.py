@@ -108,9 +108,11 @@ def test_run_writes_the_run_directory(tmp_path):
     assert set(res["latency_s"]) == {f"batch{SMALL['batch_size']}", "batch1"}
     saved = TrainConfig.from_dict(json.loads((run / "config.json").read_text()))
     assert saved.precision in ("fp32", "bf16") and saved.memory_format in ("channels_last", "contiguous")
-    # the execution the run used is recorded: the rule's precision and layout, the thread count it ran with
+    # the execution the run used is recorded: the rule's precision and layout, the thread count it ran
+    # with, the memory its training split could take, one process, per-process BatchNorm
+    assert saved.data_memory >= 1 and (saved.world_size, saved.sync_bn) == (1, False)
     assert saved == small_config(epochs=4, recipe="paper", precision=saved.precision, memory_format=saved.memory_format,
-                                 threads=summary["threads"])
+                                 threads=summary["threads"], data_memory=saved.data_memory, world_size=1, sync_bn=False)
     assert (summary["recipe"], summary["precision"], summary["memory_format"]) == ("paper", saved.precision,
                                                                                    saved.memory_format)
     state = rundir.load_checkpoint(run / "checkpoint.pt")

@@ -31,6 +31,14 @@ nonnegative_int = _flag_type(int, 0)
 fraction = _flag_type(float, 0.0, maximum=1.0)
 
 
+def memory_size(text: str) -> int:
+    """``--data-memory``: bytes, with an optional unit (``validate.byte_size``)."""
+    try:
+        return validate.byte_size(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def val_split(text: str) -> int | float:
     """``--val-split``: a count of images or a fraction (``data.split.parse``)."""
     try:
@@ -65,6 +73,10 @@ def add_run_args(group: "argparse._ArgumentGroup", val_default: str = "0") -> No
                               "crop; default: the training images' own size when they all share one)")
     group.add_argument("--download", action="store_true", default=None,
                        help="fetch the official CIFAR archive if missing (MD5-checked)")
+    group.add_argument("--data-memory", type=memory_size, metavar="SIZE",
+                       help="memory the padded training split may take on the training device, e.g. 4GiB; a larger "
+                            "split is read batch by batch from its memory-mapped cache instead, giving the same "
+                            "batches (default: half of the device's free memory, shared by the run's processes)")
     group.add_argument("--device", metavar="DEV", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     group.add_argument("--precision", choices=["auto", *PRECISIONS],
                        help="fp32 or bf16 autocast (default auto: bf16 on CUDA with bf16 and on a CPU with AMX, "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import platform
 from typing import Union
 
@@ -10,7 +11,7 @@ import torch
 
 from filter_templates.core.errors import UsageError
 
-__all__ = ["DeviceLike", "resolve_device", "device_name", "cpu_name", "cpu_has_amx"]
+__all__ = ["DeviceLike", "resolve_device", "device_name", "cpu_name", "cpu_has_amx", "free_memory"]
 
 DeviceLike = Union[str, torch.device]
 
@@ -76,3 +77,19 @@ def device_name(device: DeviceLike) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     return cpu_name()
+
+
+def free_memory(device: DeviceLike) -> int:
+    """Bytes the device could still hand out now: a GPU's free memory, or the host's
+    ``MemAvailable`` (what Linux can give without swapping; page cache counts as free)."""
+    device = device if isinstance(device, torch.device) else torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))

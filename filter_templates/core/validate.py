@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import math
 import numbers
+import re
 from typing import Any, Sequence, Type
 
 from filter_templates.core.errors import UsageError
 
-__all__ = ["integer", "number", "up_to", "layer_counts", "positive_integers", "parse", "expected", "is_integer", "is_number"]
+__all__ = ["integer", "number", "up_to", "layer_counts", "positive_integers", "parse", "byte_size", "expected",
+           "is_integer", "is_number"]
 
 
 def is_integer(v: Any) -> bool:
@@ -101,3 +103,20 @@ def parse(text: str, kind: type, minimum: float, *, strict: bool = False, maximu
         return number(v, text, minimum, strict=strict, maximum=maximum)
     except UsageError:
         raise UsageError(f"{text!r} is not {want}") from None
+
+
+_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
+          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+
+
+def byte_size(text: str) -> int:
+    """A memory size typed by a user, as bytes: ``256MiB``, ``1.5GB``, ``2G`` (decimal ``k``/``M``/
+    ``G``/``T``, binary ``KiB``/``MiB``/``GiB``/``TiB``) or a plain byte count; at least one byte."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
+    if m is None or m.group(2) not in _UNITS:
+        raise UsageError(f"{text!r} is not a memory size; expected a number of bytes with an optional unit "
+                         "such as 512MiB, 2GiB or 1.5GB")
+    value = float(m.group(1)) * _UNITS[m.group(2)]
+    if not math.isfinite(value) or value < 1:
+        raise UsageError(f"{text!r} is not a memory size of at least one byte")
+    return int(value)

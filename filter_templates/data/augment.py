@@ -6,6 +6,11 @@ gather (crop and flip together: a flipped crop is the same window read right to 
 conversion and one multiply-add. All randomness for an epoch is drawn up front on the CPU from a
 generator seeded by (seed, epoch), so epoch e is the same on any device and whether or not the
 process restarted in between (bit-exact resume).
+
+A training split larger than the options' ``memory`` budget is not copied: its batches are read in
+the same order from where the split lies (:mod:`.stream`), so both paths give the same batches. One
+of several processes training one run takes its ``share`` of every batch (the same permutation on
+every process) and evaluates its shard of a test split.
 """
 
 from __future__ import annotations
@@ -18,6 +23,7 @@ import torch
 
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
+from filter_templates.data.stream import Stream, padded_bytes
 
 __all__ = ["Loader", "LoaderOptions", "epoch_seed", "scale_pixels", "REFERENCE_SIZE"]
 
@@ -41,7 +47,10 @@ def scale_pixels(pixels: int, image_size: int) -> int:
 class LoaderOptions:
     """How a :class:`Loader` hands batches out: on ``device`` as ``dtype`` NCHW (channels_last
     memory format unless ``channels_last=False``), shuffled and augmented from ``seed``, training
-    crops from images zero-padded by ``pad`` pixels, flipped at random unless ``flip=False``."""
+    crops from images zero-padded by ``pad`` pixels, flipped at random unless ``flip=False``.
+    ``memory``: the bytes the padded training split may take on the device (None: no limit);
+    above it, it is streamed. ``share``: (rank, processes) when several processes train one run:
+    this one takes its contiguous part of every training batch and of an evaluation split."""
 
     device: torch.device | str = "cpu"
     seed: int = 0
@@ -49,6 +58,8 @@ class LoaderOptions:
     dtype: torch.dtype = torch.float32
     pad: int = 4
     flip: bool = True
+    memory: int | None = None
+    share: tuple[int, int] = (0, 1)
 
 
 class Loader:
@@ -79,8 +90,17 @@ class Loader:
         validate.integer(options.pad, "crop padding", minimum=0)
         device, seed, channels_last, dtype, pad, flip = (options.device, options.seed, options.channels_last,
                                                          options.dtype, options.pad, options.flip)
+        rank, world = options.share
+        validate.integer(world, "processes")
+        validate.integer(rank, "rank", minimum=0, maximum=world - 1)
         if train and n < batch_size:
             raise UsageError(f"the training split has {n} samples, fewer than one batch of {batch_size}")
+        if train and batch_size < world:
+            raise UsageError(f"a batch of {batch_size} cannot be shared by {world} processes; give a batch size "
+                             f"of at least {world}")
+        if not train and world > 1:  # evaluation: this process's shard of the split
+            lo, hi = _part(n, rank, world)
+            x_uint8_nhwc, y, n = x_uint8_nhwc[lo:hi], y[lo:hi], hi - lo
         self.device = torch.device(device)
         self.batch_size = int(batch_size)
         self.train = bool(train)
@@ -92,6 +112,7 @@ class Loader:
         self.image_shape = (h, w, c)
         self.pad = int(pad) if train else 0
         self.flip = bool(flip)
+        self.share = _part(self.batch_size, rank, world) if train else (0, self.batch_size)
         # normalise as x * scale + shift over whole [H*W*C] images: a per-channel [C] vector would
         # make the innermost loop 3 long and the op ~6x slower on CPU
         std_t = torch.tensor([float(s) for s in std], dtype=torch.float32)
@@ -100,12 +121,16 @@ class Loader:
         self._shift = (-mean_t / std_t).repeat(h * w).to(self.device)
         self._y = torch.from_numpy(np.asarray(y, dtype=np.int64).copy()).to(self.device)
         p = self.pad
-        self._images = torch.zeros((n, h + 2 * p, w + 2 * p, c), dtype=torch.uint8, device=self.device)
-        for s in range(0, n, _COPY_CHUNK):  # memmap -> device in chunks, padding in place
-            block = torch.from_numpy(np.array(x_uint8_nhwc[s:s + _COPY_CHUNK], copy=True))
-            self._images[s:s + len(block), p:p + h, p:p + w] = block.to(self.device)
+        need = padded_bytes((n, h, w, c), p)
+        #: reads batches from ``x`` as they are needed instead of holding the split (None: resident)
+        self.stream = (Stream(x_uint8_nhwc, p, self.device, window_bytes=options.memory // 2)
+                       if train and options.memory is not None and need > options.memory else None)
+        if self.stream is None:
+            self._images = torch.zeros((n, h + 2 * p, w + 2 * p, c), dtype=torch.uint8, device=self.device)
+            for s in range(0, n, _COPY_CHUNK):  # memmap -> device in chunks, padding in place
+                block = torch.from_numpy(np.array(x_uint8_nhwc[s:s + _COPY_CHUNK], copy=True))
+                self._images[s:s + len(block), p:p + h, p:p + w] = block.to(self.device)
         if self.train:
-            self._pixels = self._images.view(-1, c)  # one row per padded pixel: the gather source
             hp, wp = h + 2 * p, w + 2 * p
             self._row_offsets = (torch.arange(h, device=self.device) * wp).view(1, h, 1)
             cols = torch.arange(w, device=self.device)
@@ -122,7 +147,8 @@ class Loader:
         self.epoch = int(epoch)
 
     def _epoch_plan(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(order, first-pixel index of each crop, flip flag) for every sample of the epoch."""
+        """(sample, crop origin within its padded image, flip flag) of this process's part of every
+        batch of the epoch, on the CPU: drawn for the whole epoch, so every share sees one plan."""
         g = torch.Generator().manual_seed(epoch_seed(self.seed, epoch))
         n, span = self.num_samples, 2 * self.pad + 1
         order = torch.randperm(n, generator=g)
@@ -130,9 +156,12 @@ class Loader:
         flips = torch.randint(0, 2, (n,), generator=g)  # drawn either way: one random stream
         if not self.flip:
             flips.zero_()
-        h, w, _ = self.image_shape
-        start = order * self._image_stride + offsets[0] * (w + 2 * self.pad) + offsets[1]
-        return order.to(self.device), start.to(self.device), flips.to(self.device)
+        crop = offsets[0] * (self.image_shape[1] + 2 * self.pad) + offsets[1]
+        lo, hi = self.share
+        if (lo, hi) != (0, self.batch_size):  # this process's positions in every batch
+            mine = (torch.arange(len(self)).view(-1, 1) * self.batch_size + torch.arange(lo, hi)).view(-1)
+            order, crop, flips = order[mine], crop[mine], flips[mine]
+        return order, crop, flips
 
     def _normalise(self, x_nhwc: torch.Tensor) -> torch.Tensor:
         b = x_nhwc.shape[0]
@@ -151,18 +180,38 @@ class Loader:
         return self._train_batches(epoch) if self.train else self._test_batches()
 
     def _train_batches(self, epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order, start, flips = self._epoch_plan(epoch)
-        b = self.batch_size
-        h, w, c = self.image_shape
-        for i in range(len(self)):
+        order, crop, flips = self._epoch_plan(epoch)
+        b = self.share[1] - self.share[0]
+        batches = len(self)
+        flips = flips.to(self.device)
+        labels = self._y.index_select(0, order.to(self.device))
+        if self.stream is None:  # crop origins in the whole resident split
+            start = (order * self._image_stride + crop).to(self.device)
+            sources: Iterator[torch.Tensor] = (self._images for _ in range(batches))
+        else:  # crop origins in each streamed batch of b padded images
+            start = (torch.arange(b).repeat(batches) * self._image_stride + crop[:batches * b]).to(self.device)
+            sources = self.stream.batches(order[:batches * b].view(batches, b))
+        for i, images in enumerate(sources):
             sl = slice(i * b, (i + 1) * b)
-            # index of every output pixel in the padded split: crop origin + row offset + column
-            cols = self._cols.index_select(0, flips[sl])  # [B, W]; index_select: far cheaper than [] here
-            index = (start[sl].view(b, 1, 1) + self._row_offsets) + cols.view(b, 1, w)
-            x = self._pixels.index_select(0, index.view(-1)).view(b, h, w, c)
-            yield self._normalise(x), self._y.index_select(0, order[sl])
+            yield self._normalise(self._crop(images, start[sl], flips[sl])), labels[sl]
+
+    def _crop(self, images: torch.Tensor, start: torch.Tensor, flips: torch.Tensor) -> torch.Tensor:
+        """The crops (mirrored where ``flips``) whose first pixels are ``start`` in the padded
+        ``images``: one gather of every output pixel's index (crop origin + row offset + column)."""
+        b, (h, w, c) = len(start), self.image_shape
+        cols = self._cols.index_select(0, flips)  # [B, W]; index_select: far cheaper than [] here
+        index = (start.view(b, 1, 1) + self._row_offsets) + cols.view(b, 1, w)
+        return images.view(-1, c).index_select(0, index.view(-1)).view(b, h, w, c)
 
     def _test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         b = self.batch_size
         for s in range(0, self.num_samples, b):
             yield self._normalise(self._images[s:s + b]), self._y[s:s + b]
+
+
+def _part(n: int, rank: int, world: int) -> tuple[int, int]:
+    """[lo, hi) of ``rank``'s contiguous part of ``n`` items shared by ``world`` processes (the first
+    ``n % world`` get one more)."""
+    base, extra = divmod(int(n), int(world))
+    lo = rank * base + min(rank, extra)
+    return lo, lo + base + (1 if rank < extra else 0)

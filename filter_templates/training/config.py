@@ -19,7 +19,8 @@ from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
 from filter_templates.data import split
 from filter_templates.method.arch import Arch
 
-__all__ = ["TrainConfig", "FIELDS", "RESULT_KEYS", "EXECUTION_KEYS", "CHOSEN_KEYS", "ADDED_FIELDS", "experiment",
+__all__ = ["TrainConfig", "FIELDS", "RESULT_KEYS", "EXECUTION_KEYS", "CHOSEN_KEYS", "DATA_MEMORY_SHARE", "ADDED_FIELDS",
+           "experiment",
            "DEVICES", "PRECISIONS", "MEMORY_FORMATS", "RECIPES", "RECIPE_FIELDS", "SCHEDULES", "OPTIMIZERS",
            "MAX_CROP_PAD", "MAX_TTA_SHIFT", "TEMPLATE", "PRUNING", "KINDS", "PRUNE_METHODS", "PRUNE_L1",
            "PRUNE_GLOBAL", "PRUNE_SCRATCH", "PRUNE_BUDGET_KEYS", "check_prune", "kind_of", "method_of",
@@ -120,6 +121,14 @@ class TrainConfig:
     precision: str = _execution("auto")
     memory_format: str = _execution("auto")
     threads: int | None = _execution()  # torch's CPU threads (None: the caller's, see autotune.threads_for)
+    # bytes the padded training split may take on the device; a larger one is streamed from its
+    # memory-mapped cache (data.stream), with the same batches. None: DATA_MEMORY_SHARE of the
+    # device's free memory, filled in when the run starts (config.json records the bytes)
+    data_memory: int | None = _execution()
+    # the processes training this run (torchrun's WORLD_SIZE; None: those started, filled in). It
+    # changes the numbers (each takes a share of every batch): a checkpoint resumes only with as many
+    world_size: int | None = _execution()
+    sync_bn: bool | None = _execution()  # BatchNorm statistics over the whole batch, not each process's share
     image_size: int = _result(IMAGE_SIZE)  # side of the square images (a folder's are resized to it); arch.image_size too
 
     def __post_init__(self) -> None:
@@ -167,8 +176,11 @@ class TrainConfig:
         check_prune(self.prune)
         if not isinstance(self.device, str) or not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise UsageError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
-        if self.threads is not None:
-            _check_int("threads", self.threads, minimum=1)
+        for name in ("threads", "data_memory", "world_size"):
+            if getattr(self, name) is not None:
+                _check_int(name, getattr(self, name), minimum=1)
+        if self.sync_bn is not None and not isinstance(self.sync_bn, bool):
+            raise UsageError(f"training config 'sync_bn' must be true, false or null, got {self.sync_bn!r}")
         for name, allowed in (("precision", PRECISIONS), ("memory_format", MEMORY_FORMATS)):
             if getattr(self, name) not in ("auto", *allowed):
                 raise UsageError(f"training config '{name}' must be one of auto, {', '.join(allowed)}, "
@@ -215,7 +227,10 @@ RESULT_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadat
 #: Keys that say where/how to run: they may differ on resume and are no part of a sweep point's identity.
 EXECUTION_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["kind"] == "execution")
 #: Execution fields that change the numbers: a run decides them once and its checkpoint keeps them.
-CHOSEN_KEYS = ("precision", "memory_format", "threads")
+CHOSEN_KEYS = ("precision", "memory_format", "threads", "sync_bn")
+#: The share of the device's free memory a training split may take when ``data_memory`` is not
+#: given (divided among the processes of a run that share the device's host).
+DATA_MEMORY_SHARE = 0.5
 
 
 #: Result fields added after runs were already stored, each with the value those runs had (None: it

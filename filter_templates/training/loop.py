@@ -29,27 +29,37 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from filter_templates.training import autotune, initialise
+from filter_templates.training import autotune, distributed, initialise
 from filter_templates.method import measure
 from filter_templates.core import rundir
 from filter_templates.core import checkpoint as ckpt
 from filter_templates.data import Dataset, data_digest_for, load_data_for, split
 from filter_templates.data.augment import Loader, LoaderOptions, scale_pixels
-from filter_templates.core.device import device_name, resolve_device
+from filter_templates.data.stream import padded_bytes
+from filter_templates.core.device import device_name, free_memory, resolve_device
 from filter_templates.core.errors import UsageError
 from filter_templates.core.messages import note
 from filter_templates.core.progress import Progress
 from filter_templates.core.status import DONE, FAILED
-from filter_templates.training.config import CHOSEN_KEYS, RESULT_KEYS, Summary, TrainConfig, experiment, test_views
+from filter_templates.training.config import (
+    CHOSEN_KEYS,
+    DATA_MEMORY_SHARE,
+    RESULT_KEYS,
+    Summary,
+    TrainConfig,
+    experiment,
+    test_views,
+)
 from filter_templates.training.recipe import EMA, lr_multiplier, make_optimizer
 
 __all__ = ["train", "Start", "Context", "sgd_step", "evaluate", "open_checkpoint", "with_data_digest", "check_val_split",
-           "summarise"]
+           "summarise", "with_world"]
 
 
 def _resume_view(config: Mapping[str, Any]) -> dict[str, Any]:
-    """A config as a checkpoint check compares it: its :func:`experiment` and its ``CHOSEN_KEYS``."""
-    return {**experiment(config), **{k: config.get(k) for k in CHOSEN_KEYS}}
+    """A config as a checkpoint check compares it: its :func:`experiment`, its ``CHOSEN_KEYS`` and its
+    process count (one for a checkpoint from before the count was recorded)."""
+    return {**experiment(config), **{k: config.get(k) for k in CHOSEN_KEYS}, "world_size": config.get("world_size") or 1}
 
 
 @dataclass
@@ -65,21 +75,23 @@ def open_checkpoint(config: TrainConfig, out_dir: str | Path, resume: bool) -> d
     """The checkpoint in ``out_dir`` that a run of ``config`` would continue (None: start fresh);
     the refusals are :func:`rundir.open_checkpoint`'s, comparing the result fields and each of
     ``CHOSEN_KEYS`` given explicitly (an ``auto`` or unset one takes the checkpoint's choice: a
-    resumed run keeps its precision, layout and threads), seen through :func:`_resume_view`."""
+    resumed run keeps its precision, layout and threads) and the process count, seen through
+    :func:`_resume_view`."""
     cfg = config.to_dict()
-    keys = (*RESULT_KEYS, *(k for k in CHOSEN_KEYS if cfg[k] not in ("auto", None)))
+    keys = (*RESULT_KEYS, *(k for k in CHOSEN_KEYS if cfg[k] not in ("auto", None)), "world_size")
     return rundir.open_checkpoint(out_dir, resume, cfg, keys, view=_resume_view)
 
 
 def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-             amp: bool, label_smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+             amp: bool, label_smoothing: float = 0.0, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step (shared with ``benchmarks/throughput.py`` so it measures this very code);
-    returns the detached loss and logits, still on the device."""
+    returns the detached loss and logits, still on the device. ``weight`` scales the loss that is
+    differentiated (a process's share of a batch; 1: the whole batch, or an equal share)."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
         logits = model(x)
         loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if weight == 1.0 else loss * weight).backward()
     optimizer.step()
     return loss.detach(), logits.detach()
 
@@ -102,7 +114,8 @@ def evaluate(model: torch.nn.Module, loader: Loader, amp: bool, tta: bool, shift
                     logits += model(_shifted(x.flip(3), shift)).float() + model(_shifted(x, -shift)).float()
             correct += (logits.argmax(1) == y).sum()
             seen += y.shape[0]
-    return correct.item() / max(seen, 1)
+    correct_all, seen_all = distributed.total(correct, torch.tensor(seen))  # each process saw its shard
+    return correct_all.item() / max(seen_all.item(), 1)
 
 
 def _shifted(x: torch.Tensor, s: int) -> torch.Tensor:
@@ -134,37 +147,64 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     """
     # ---- prepare: refusals first (nothing touched yet), then data, execution choice, directory ----
     config = with_data_digest(config)
+    world = distributed.from_env()
+    config = with_world(config, world.size)
     out = Path(out_dir)
     state = open_checkpoint(config, out, resume) if checkpoint is None else checkpoint
     if config.prune is not None:
         raise UsageError("a pruning baseline trains in stages (pruning.run.train_pruned), not as one template run")
     measure.meta_model(config.arch)  # a model that cannot be built (a layer over the limit, ...) fails now
-    device = resolve_device(config.device)
+    device = distributed.device_for(resolve_device(config.device), world)
     full = _planned_data(config)
     ds = _validation_split(full, config)
     config, choice = _decide_execution(config, state, device, threads_source)
+    config = _with_data_memory(config, device, world)
+    with distributed.session(world, device):
+        return _run(config, out, state, _Setting(device, world, full, ds, choice, start), progress, on_epoch)
+
+
+@dataclass(frozen=True)
+class _Setting:
+    """Where a run executes and on what: its device, its process's place, the data (``full`` as
+    loaded, ``ds`` with the validation split held out), how its execution was decided, and the
+    model made elsewhere, if any."""
+
+    device: torch.device
+    world: distributed.World
+    full: Dataset
+    ds: Dataset
+    choice: autotune.Choice
+    start: Start | None
+
+
+def _run(config: TrainConfig, out: Path, state: dict | None, where: _Setting, progress: bool | None,
+         on_epoch: Callable[[dict], None] | None) -> Summary:
+    """The run once prepared: directory, parts, the epoch loop (train, evaluate, checkpoint), and
+    the final weights and summary. Only rank 0 writes files or calls ``on_epoch``."""
+    device, main, ds = where.device, where.world.main, where.ds
     cfg = config.to_dict()
-    rundir.start_run(out, cfg)
-    parts = _Parts.make(config, ds, device, state is None, start)
+    if main:
+        rundir.start_run(out, cfg)
+    parts = _Parts.make(config, ds, device, state is None, where)
     amp, E = config.precision == "bf16", config.epochs
     tta = config.tta and ds.hflip  # a mirrored digit is not a digit
     metrics, start_epoch = parts.resume(state, device) if state is not None else ([], 0)
-    if state is not None and start_epoch >= E:
+    if state is not None and start_epoch >= E and main:
         note(f"{out}: all {E} epochs were already done; rewriting the final files")
     del state
-    # metrics.jsonl always equals the checkpoint's history: no duplicate epochs after a resume.
-    rundir.write_metrics(out, metrics)
+    if main:  # metrics.jsonl always equals the checkpoint's history: no duplicate epochs after a resume
+        rundir.write_metrics(out, metrics)
     eval_model = parts.ema.model if parts.ema is not None else parts.model
 
     # ---- the epoch loop: train, evaluate, checkpoint ----------------------------------------------
     failure: str | None = None
     for epoch in range(start_epoch, E):
         t0 = time.perf_counter()
-        row, seen, failure = _train_epoch(parts.model, parts.optimizer, parts.scheduler, parts.ema, parts.train,
-                                    epoch, config, amp, progress)
+        row, seen, failure = _train_epoch(parts, epoch, config, amp, progress and main)
         if failure is not None:
             break
         train_s = time.perf_counter() - t0
+        distributed.broadcast_buffers(eval_model)  # every process evaluates rank 0's model
         # the extra views only where they count: the final accuracy
         shift = scale_pixels(config.tta_shift, ds.image_size) if epoch == E - 1 else 0
         if parts.val is not None:  # the same views as the test set, so the two are comparable
@@ -174,23 +214,45 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         row["seconds"] = round(time.perf_counter() - t0, 4)
         row["images_per_s"] = round(seen / train_s, 1)
         metrics.append(row)
-        rundir.atomic_save({**parts.state(), "rng": ckpt.rng_state(device), "threads": torch.get_num_threads(),
-                            "epoch": epoch + 1, "metrics": metrics, "config": cfg, "arch": config.arch.to_dict()},
-                           out / rundir.CHECKPOINT)
-        rundir.append_metrics(out, row)
-        if on_epoch is not None:
-            on_epoch(row)
+        if main:
+            rundir.atomic_save({**parts.state(), "rng": ckpt.rng_state(device), "threads": torch.get_num_threads(),
+                                "epoch": epoch + 1, "metrics": metrics, "config": cfg,
+                                "arch": config.arch.to_dict()}, out / rundir.CHECKPOINT)
+            rundir.append_metrics(out, row)
+            if on_epoch is not None:
+                on_epoch(row)
 
     # ---- finish: final weights and summary ------------------------------------------------------
-    if failure is None:
+    if failure is None and main:
         rundir.atomic_save({k: v.detach().cpu() for k, v in eval_model.state_dict().items()}, out / rundir.MODEL)
-    # resources on the training device, measured after training (latency needs a quiet device)
-    resources = measure.resources(config.arch, batch_size=config.batch_size, device=str(device))
-    context = Context(str(device), device_name(device), config.precision, config.memory_format, choice.to_dict(),
-                      torch.get_num_threads(), split.describe(full, ds, config.val_split), full.record())
+    # resources on the training device, measured after training (latency needs a quiet device); by
+    # rank 0 only, which writes the summary
+    resources = measure.resources(config.arch, batch_size=config.batch_size, device=str(device)) if main else None
+    context = Context(str(device), device_name(device), config.precision, config.memory_format,
+                      where.choice.to_dict(), torch.get_num_threads(), split.describe(where.full, ds, config.val_split),
+                      where.full.record())
     summary = summarise(cfg, metrics, failure, resources, context)
-    rundir.atomic_write_json(out / rundir.SUMMARY, summary)
+    if main:
+        rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
+
+
+def with_world(config: TrainConfig, size: int) -> TrainConfig:
+    """``config`` for a run on ``size`` processes: its ``world_size`` filled in, or refused when it
+    names another count (the processes actually started decide it, and it changes the numbers)."""
+    if config.world_size is not None and config.world_size != size:
+        raise UsageError(f"the run is configured for {config.world_size} processes (world_size) but {size} "
+                         f"{'was' if size == 1 else 'were'} started")
+    return dataclasses.replace(config, world_size=size)
+
+
+def _with_data_memory(config: TrainConfig, device: torch.device, world: distributed.World) -> TrainConfig:
+    """``config`` with its ``data_memory`` in bytes: given, or ``DATA_MEMORY_SHARE`` of what the
+    device has free now, divided among the run's processes on it (one host's memory for CPU)."""
+    if config.data_memory is not None:
+        return config
+    sharing = world.local_size if device.type == "cpu" else 1
+    return dataclasses.replace(config, data_memory=max(1, int(free_memory(device) * DATA_MEMORY_SHARE / sharing)))
 
 
 def with_data_digest(config: TrainConfig) -> TrainConfig:
@@ -227,22 +289,27 @@ class _Parts:
     train: Loader
     test: Loader
     val: Loader | None
+    stepper: torch.nn.Module  # what takes the training steps: the model, or it under DistributedDataParallel
 
     @classmethod
     def make(cls, config: TrainConfig, ds: Dataset, device: torch.device, fresh: bool,
-             start: Start | None) -> "_Parts":
+             where: _Setting) -> "_Parts":
         """Built in a fixed order from ``config.seed`` (the same weights for the same command); a
         ``fresh`` run initialises them (a resumed one loads its checkpoint over them)."""
         torch.manual_seed(config.seed)
+        start, world = where.start, where.world
         model = config.arch.build() if start is None else start.build()
         if fresh and start is not None and start.weights is not None:  # a pruned model goes on
             model.load_state_dict(start.weights)
         elif fresh:
             _initialise(model, config, ds)
+        if config.sync_bn and world.size > 1:
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         model = model.to(device=device, memory_format=autotune.torch_memory_format(config.memory_format))
         optimizer = make_optimizer(model, config)
         batches = LoaderOptions(device=device, seed=config.seed, channels_last=config.memory_format == "channels_last",
-                                pad=scale_pixels(config.crop_pad, ds.image_size), flip=ds.hflip)
+                                pad=scale_pixels(config.crop_pad, ds.image_size), flip=ds.hflip,
+                                memory=config.data_memory, share=(world.rank, world.size))
         norm = dict(mean=ds.mean, std=ds.std)
         train = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, options=batches, **norm)
         test = Loader(ds.test_x, ds.test_y, max(config.batch_size, 256), train=False, options=batches, **norm)
@@ -251,7 +318,10 @@ class _Parts:
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_multiplier(config.schedule, config.warmup, config.epochs, len(train)))
         ema = EMA(model, config.ema) if config.ema > 0 else None
-        return cls(model, optimizer, scheduler, ema, train, test, val)
+        if train.stream is not None and world.main:
+            note(f"the training split ({padded_bytes(ds.train_x.shape, train.pad) / 2**20:,.0f} MiB padded) is over "
+                 f"data_memory ({config.data_memory / 2**20:,.0f} MiB): its batches are read from where it lies")
+        return cls(model, optimizer, scheduler, ema, train, test, val, distributed.wrap(model, device))
 
     def state(self) -> dict[str, Any]:
         """The training state a checkpoint keeps."""
@@ -303,15 +373,17 @@ def _decide_execution(config: TrainConfig, state: dict | None, device: torch.dev
         saved = state["config"]
         choice = autotune.Choice(saved["precision"], saved["memory_format"], "checkpoint")
         threads, threads_source = saved.get("threads") or state.get("threads"), "checkpoint"
+        sync_bn = bool(saved.get("sync_bn"))
     else:
         choice = autotune.choose(device, config.precision, config.memory_format)
         threads = config.threads
+        sync_bn = bool(config.sync_bn)
         threads_source = (threads_source or "given") if threads else threads_source
     if threads:
         torch.set_num_threads(int(threads))
     autotune.make_deterministic(device)
     config = dataclasses.replace(config, precision=choice.precision, memory_format=choice.memory_format,
-                                 threads=torch.get_num_threads())
+                                 threads=torch.get_num_threads(), sync_bn=sync_bn)
     return config, dataclasses.replace(choice, threads=config.threads, threads_source=threads_source)
 
 
@@ -337,41 +409,46 @@ def _initialise(model: torch.nn.Module, config: TrainConfig, ds: Dataset) -> Non
             initialise.identity(model, skip=first)
 
 
-def _train_epoch(model: torch.nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, ema: EMA | None,
-                 loader: Loader, epoch: int, config: TrainConfig, amp: bool,
+def _train_epoch(parts: _Parts, epoch: int, config: TrainConfig, amp: bool,
                  progress: bool | None) -> tuple[dict, int, str | None]:
     """One pass over the training split: (metrics row without the test accuracy, images seen,
-    failure or None)."""
+    failure or None). Every process checks the loss summed over all of them, so all stop on the
+    same step, and the row counts every process's images."""
     t0 = time.perf_counter()
+    loader, optimizer = parts.train, parts.optimizer
     device = loader.device
     lr = optimizer.param_groups[0]["lr"]
-    model.train()
+    parts.stepper.train()
     loader.set_epoch(epoch)
     loss_sum = torch.zeros((), device=device)  # accumulated on the device: no per-step host sync on CUDA
     correct = torch.zeros((), dtype=torch.int64, device=device)
     seen, failure = 0, None
     check_every = 1 if device.type == "cpu" else 50  # a finiteness check syncs; free on CPU
     first_step = epoch * len(loader)
+    # a process's share of a batch may be one image more than another's: weigh each share's mean
+    # loss by its size so that the averaged gradient is the whole batch's mean
+    weight = (loader.share[1] - loader.share[0]) * (config.world_size or 1) / config.batch_size
     bar = Progress(loader, total=len(loader), desc=f"epoch {epoch + 1}/{config.epochs}", enabled=progress)
     for step, (x, y) in enumerate(bar, start=1):
-        loss, logits = sgd_step(model, optimizer, x, y, amp, config.label_smoothing)
-        scheduler.step()
-        if ema is not None:
-            ema.update(first_step + step)
+        loss, logits = sgd_step(parts.stepper, optimizer, x, y, amp, config.label_smoothing, weight)
+        parts.scheduler.step()
+        if parts.ema is not None:
+            parts.ema.update(first_step + step)
         loss_sum += loss.float() * y.shape[0]
         correct += (logits.argmax(1) == y).sum()
         seen += y.shape[0]
-        if step % check_every == 0 and not math.isfinite(loss_sum.item()):
+        if step % check_every == 0 and not distributed.all_finite(loss_sum):
             failure = f"loss became {loss_sum.item()} in epoch {epoch + 1} (by step {step}) at lr {lr:g}"
             break
         if bar.enabled and (step % 10 == 0 or step == len(loader)):
             bar.set(loss=loss_sum.item() / seen, acc=correct.item() / seen, img_s=round(seen / (time.perf_counter() - t0)))
     bar.close()
-    if failure is None and not math.isfinite(loss_sum.item()):
-        failure = f"loss became {loss_sum.item()} in epoch {epoch + 1} at lr {lr:g}"
-    row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_sum.item() / max(seen, 1),
-           "train_acc": correct.item() / max(seen, 1)}
-    return row, seen, failure
+    loss_all, correct_all, seen_all = (v.item() for v in distributed.total(loss_sum, correct, torch.tensor(seen)))
+    if failure is None and not math.isfinite(loss_all):
+        failure = f"loss became {loss_all} in epoch {epoch + 1} at lr {lr:g}"
+    row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_all / max(seen_all, 1),
+           "train_acc": correct_all / max(seen_all, 1)}
+    return row, int(seen_all), failure
 
 
 @dataclass(frozen=True)
