@@ -15,7 +15,8 @@ from filter_templates.core.errors import UsageError
 from filter_templates.data.augment import Loader, LoaderOptions
 from filter_templates.data.stream import padded_bytes
 from filter_templates.method.arch import make_arch
-from filter_templates.training.loop import EXECUTION_KEYS, TrainConfig, identity, train
+from filter_templates.training.config import EXECUTION_KEYS, TrainConfig, experiment
+from filter_templates.training.loop import train
 
 from test_train import assert_same_weights, one_error_line, weights
 
@@ -90,7 +91,7 @@ def test_streamed_run_is_bit_identical_and_keeps_its_identity(tmp_path, capsys):
     assert_same_weights(weights(tmp_path / "resident" / "model.pt"), weights(tmp_path / "streamed" / "model.pt"))
     assert a["metrics"][-1]["train_loss"] == b["metrics"][-1]["train_loss"]
     assert "data_memory" in EXECUTION_KEYS and b["config"]["data_memory"] == 2**16
-    assert identity(a["config"]) == identity(b["config"])
+    assert experiment(a["config"]) == experiment(b["config"])
 
 
 def test_resume_with_another_budget(tmp_path):
