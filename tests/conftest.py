@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 
 import pytest
 
@@ -13,6 +14,19 @@ from filter_templates.cli import COMMANDS
 # a module first imported under a patch would keep the patched function for every later test.
 for _name in COMMANDS:
     importlib.import_module(f"filter_templates.cli.{_name}_cmd")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def own_config_dir(tmp_path_factory):
+    """No test reads the developer's own machine profile (``training.profile``): the user's config
+    directory is an empty folder of the suite's, for every test and the subprocesses they start."""
+    before = os.environ.get("XDG_CONFIG_HOME")
+    os.environ["XDG_CONFIG_HOME"] = str(tmp_path_factory.mktemp("config"))
+    yield
+    if before is None:
+        os.environ.pop("XDG_CONFIG_HOME", None)
+    else:
+        os.environ["XDG_CONFIG_HOME"] = before
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,7 @@ COMMANDS = {
     "report": "tables (Markdown/CSV/LaTeX) and figures (PNG/SVG) from a results store",
     "export": "export a trained run to ONNX or TorchScript",
     "reduce": "fit every template to a budget, train the candidates, rank them, export the winner",
+    "tune": "measure how this machine trains fastest and keep it as its profile for later runs",
 }
 
 

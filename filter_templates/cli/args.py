@@ -11,7 +11,7 @@ from filter_templates.data import split
 from filter_templates.method.arch import IMAGE_SIZE, MIN_IMAGE_SIZE
 from filter_templates.core.errors import UsageError
 from filter_templates.models import family_names, resolve_model
-from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, RECIPES
+from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE_OFF, RECIPES
 
 
 def _flag_type(kind: type, minimum: float, strict: bool = False, maximum: float | None = None) -> Callable[[str], Any]:
@@ -79,10 +79,18 @@ def add_run_args(group: "argparse._ArgumentGroup", val_default: str = "0") -> No
                             "batches (default: half of the device's free memory, shared by the run's processes)")
     group.add_argument("--device", metavar="DEV", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     group.add_argument("--precision", choices=["auto", *PRECISIONS],
-                       help="fp32 or bf16 autocast (default auto: bf16 on CUDA with bf16 and on a CPU with AMX, "
-                            "else fp32; never picked by timing, as it changes the numbers)")
+                       help="fp32 or bf16 autocast (default auto: the machine profile's, else bf16 on CUDA with bf16 "
+                            "and on a CPU with AMX, else fp32; never picked by a timing during the run, as it changes "
+                            "the numbers)")
     group.add_argument("--memory-format", choices=["auto", *MEMORY_FORMATS],
-                       help="tensor layout (default auto: channels_last)")
+                       help="tensor layout (default auto: the machine profile's, else channels_last)")
+    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                       help="torch.compile the training step (default: the machine profile's, else off; on a CPU "
+                            "it needs a C++ compiler). Written to config.json: it changes the numbers")
+    group.add_argument("--profile", metavar="FILE", help="the machine profile to read (default: "
+                       "$XDG_CONFIG_HOME/filter-templates/profile.toml, written by `filter-templates tune`)")
+    group.add_argument("--no-profile", dest="profile", action="store_const", const=PROFILE_OFF,
+                       help="ignore any machine profile: settings not given follow the rule")
 
 
 MODEL_HELP = ("model family ({}) or your own network as package.module:function (a callable returning an "

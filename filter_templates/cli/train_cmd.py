@@ -99,8 +99,9 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
                         "odd kernel, no fewer outputs than inputs) as the identity on its first in_channels filters")
     x = p.add_argument_group("execution")
     x.add_argument("--threads", type=positive_int, metavar="N",
-                   help="CPU threads of torch (default: $OMP_NUM_THREADS, else every core this process may use; "
-                        "a resumed run keeps its own). Written to config.json: it changes the numbers")
+                   help="CPU threads of torch (default: $OMP_NUM_THREADS, else the machine profile's, else every core "
+                        "this process may use; a resumed run keeps its own). Written to config.json: it changes the "
+                        "numbers")
     x.add_argument("--no-bf16", dest="precision", action="store_const", const="fp32",
                    help="the same as --precision fp32")
     x.add_argument("--no-channels-last", dest="memory_format", action="store_const", const="contiguous",

@@ -1,11 +1,14 @@
-"""How a run executes: precision (fp32 / bf16 autocast), memory format and CPU threads.
+"""How a run executes: precision (fp32 / bf16 autocast), memory format, CPU threads and
+whether the training step is compiled (``torch.compile``).
 
-Each of the three changes the numbers a run produces (another kernel, another rounding, another
-split of every reduction over the threads), so none is picked by a timing: a timing moves with
-the load on the machine, and the same command would then train different weights from one run
-to the next. They come from the user (``--precision``, ``--memory-format``, ``--threads``),
-from a resumed run's checkpoint, or from :func:`rule` and :func:`threads_for`, which read only
-what the device is:
+Each of them changes the numbers a run produces (another kernel, another rounding, another
+split of every reduction over the threads), so none is picked by a timing during a run: a timing
+moves with the load on the machine, and the same command would then train different weights from
+one run to the next. They come from the user (``--precision``, ``--memory-format``, ``--threads``,
+``--compile``), from a resumed run's checkpoint, from a machine profile that ``filter-templates
+tune`` measured on purpose and wrote to a file (:mod:`.profile`: a file, not a timing, so the same
+command still trains the same weights), or from :func:`rule` and :func:`threads_for`, which read
+only what the device is:
 
 - CUDA: bf16 autocast where the GPU supports it, channels_last (tensor cores want NHWC).
 - A CPU with AMX: bf16 autocast and channels_last. AMX runs bf16 matrix products in hardware
@@ -24,24 +27,38 @@ bf16 is a rule only because it trains as well as fp32 with the fast recipe's sta
 from __future__ import annotations
 
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from typing import Any
 
 import torch
 
 from filter_templates.core.device import cpu_has_amx
+from filter_templates.core.errors import UsageError
 
-__all__ = ["Choice", "rule", "choose", "usable_cores", "threads_for",
-           "torch_memory_format", "make_deterministic"]
+__all__ = ["Execution", "Choice", "rule", "choose", "usable_cores", "threads_for",
+           "torch_memory_format", "make_deterministic", "check_compile", "compiled"]
 
 
 
 @dataclass(frozen=True)
+class Execution:
+    """The settings a machine profile keeps: what ``tune`` measured fastest on a machine."""
+
+    precision: str
+    memory_format: str
+    threads: int
+    compile: bool
+
+
+@dataclass(frozen=True)
 class Choice:
-    """How a run executes. ``source``: ``rule`` (:func:`rule`), ``given`` (the caller fixed both),
-    ``given+rule`` (one of them), ``checkpoint`` (a resumed run keeps its own); ``reason``: the
-    device property the rule read; ``threads_source``: who set ``threads`` (``--threads``,
-    ``checkpoint``, ``rule``, ``OMP_NUM_THREADS``, ...)."""
+    """How a run executes. ``source``: ``rule`` (:func:`rule`), ``profile`` (a machine profile),
+    ``given`` (the caller fixed precision and memory format), ``given+rule`` / ``given+profile``
+    (one of them), ``checkpoint`` (a resumed run keeps its own); ``reason``: the device property
+    the rule read; ``profile``: the profile file read, when one was; ``threads_source``: who set
+    ``threads`` (``--threads``, ``checkpoint``, ``rule``, ``profile``, ``OMP_NUM_THREADS``, ...);
+    ``compile``: whether the training step is compiled (``compile_source`` says who decided)."""
 
     precision: str
     memory_format: str
@@ -49,6 +66,9 @@ class Choice:
     reason: str = ""
     threads: int | None = None
     threads_source: str | None = None
+    compile: bool = False
+    compile_source: str = "default"
+    profile: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -69,14 +89,24 @@ def rule(device: torch.device) -> tuple[str, str, str]:
     return "fp32", "channels_last", f"{device.type.upper()} without AMX"
 
 
-def choose(device: torch.device, precision: str = "auto", memory_format: str = "auto") -> Choice:
-    """The caller's precision and memory format where not ``"auto"``, else :func:`rule`'s."""
+def choose(device: torch.device, precision: str = "auto", memory_format: str = "auto",
+           compile: bool | None = None, profile: tuple[Execution, str] | None = None) -> Choice:
+    """The caller's precision, memory format and compile where given (not ``"auto"`` / None), else
+    the ``profile``'s (its settings and the file they were read from), else :func:`rule`'s (and no
+    compile). Threads are :func:`threads_for`'s business: the caller sets them."""
+    if profile is not None:
+        settings, path = profile
+        p, m, c, default, reason = settings.precision, settings.memory_format, settings.compile, "profile", ""
+    else:
+        (p, m, reason), c, default, path = rule(device), False, "rule", None
     if precision != "auto" and memory_format != "auto":
-        return Choice(precision, memory_format, "given")
-    p, m, reason = rule(device)
-    source = "rule" if precision == "auto" and memory_format == "auto" else "given+rule"
+        source, reason = "given", ""
+    else:
+        source = default if precision == "auto" and memory_format == "auto" else f"given+{default}"
     return Choice(p if precision == "auto" else precision, m if memory_format == "auto" else memory_format,
-                  source, reason)
+                  source, reason, compile=c if compile is None else bool(compile),
+                  compile_source=("profile" if profile is not None else "default") if compile is None else "given",
+                  profile=path)
 
 
 def usable_cores() -> int:
@@ -112,3 +142,18 @@ def make_deterministic(device: torch.device) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
     torch.backends.cudnn.benchmark = False
     torch.backends.cudnn.deterministic = True
+
+
+def check_compile(device: torch.device) -> None:
+    """Refuse ``--compile`` where it cannot work, before a run writes anything: on a CPU torch's
+    inductor builds C++ and needs a compiler on PATH."""
+    if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++", "clang++")):
+        raise UsageError("--compile on a CPU needs a C++ compiler (g++ or clang++) on PATH; install one or "
+                         "drop --compile")
+
+
+def compiled(model: torch.nn.Module, on: bool | None) -> torch.nn.Module:
+    """``model`` as the training step calls it: itself, or with ``on`` ``torch.compile``'s wrapper
+    (the same parameters; its forward and backward run as generated kernels, compiled on the
+    first step, which is why :func:`check_compile` comes first)."""
+    return torch.compile(model) if on else model

@@ -21,7 +21,8 @@ from filter_templates.method.arch import Arch
 
 __all__ = ["TrainConfig", "FIELDS", "RESULT_KEYS", "EXECUTION_KEYS", "CHOSEN_KEYS", "DATA_MEMORY_SHARE", "ADDED_FIELDS",
            "experiment",
-           "DEVICES", "PRECISIONS", "MEMORY_FORMATS", "RECIPES", "RECIPE_FIELDS", "SCHEDULES", "OPTIMIZERS",
+           "DEVICES", "PRECISIONS", "MEMORY_FORMATS", "PROFILE_AUTO", "PROFILE_OFF", "RECIPES", "RECIPE_FIELDS",
+           "SCHEDULES", "OPTIMIZERS",
            "MAX_CROP_PAD", "MAX_TTA_SHIFT", "TEMPLATE", "PRUNING", "KINDS", "PRUNE_METHODS", "PRUNE_L1",
            "PRUNE_GLOBAL", "PRUNE_SCRATCH", "PRUNE_BUDGET_KEYS", "check_prune", "kind_of", "method_of",
            "test_views", "Summary"]
@@ -30,6 +31,9 @@ DEVICES = ("auto", "cpu", "cuda")
 #: How a run may execute (``autotune`` picks among them when a field says ``auto``).
 PRECISIONS = ("fp32", "bf16")
 MEMORY_FORMATS = ("channels_last", "contiguous")
+#: Which machine profile a run reads (``training.profile``): the user's config directory's, or none.
+PROFILE_AUTO = "auto"
+PROFILE_OFF = "off"
 
 SCHEDULES = ("step", "linear")
 OPTIMIZERS = ("sgd", "muon")
@@ -129,6 +133,9 @@ class TrainConfig:
     # changes the numbers (each takes a share of every batch): a checkpoint resumes only with as many
     world_size: int | None = _execution()
     sync_bn: bool | None = _execution()  # BatchNorm statistics over the whole batch, not each process's share
+    compile: bool | None = _execution()  # torch.compile the training step (None: the profile's, else off)
+    # the machine profile to read (training.profile): PROFILE_AUTO (the user's config directory), PROFILE_OFF or a file
+    profile: str = _execution(PROFILE_AUTO)
     image_size: int = _result(IMAGE_SIZE)  # side of the square images (a folder's are resized to it); arch.image_size too
 
     def __post_init__(self) -> None:
@@ -179,8 +186,12 @@ class TrainConfig:
         for name in ("threads", "data_memory", "world_size"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
-        if self.sync_bn is not None and not isinstance(self.sync_bn, bool):
-            raise UsageError(f"training config 'sync_bn' must be true, false or null, got {self.sync_bn!r}")
+        for name in ("sync_bn", "compile"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
+                raise UsageError(f"training config '{name}' must be true, false or null, got {getattr(self, name)!r}")
+        if not isinstance(self.profile, str) or not self.profile:
+            raise UsageError(f"training config 'profile' must be {PROFILE_AUTO}, {PROFILE_OFF} or a file, "
+                             f"got {self.profile!r}")
         for name, allowed in (("precision", PRECISIONS), ("memory_format", MEMORY_FORMATS)):
             if getattr(self, name) not in ("auto", *allowed):
                 raise UsageError(f"training config '{name}' must be one of auto, {', '.join(allowed)}, "
@@ -227,7 +238,7 @@ RESULT_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadat
 #: Keys that say where/how to run: they may differ on resume and are no part of a sweep point's identity.
 EXECUTION_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["kind"] == "execution")
 #: Execution fields that change the numbers: a run decides them once and its checkpoint keeps them.
-CHOSEN_KEYS = ("precision", "memory_format", "threads", "sync_bn")
+CHOSEN_KEYS = ("precision", "memory_format", "threads", "sync_bn", "compile")
 #: The share of the device's free memory a training split may take when ``data_memory`` is not
 #: given (divided among the processes of a run that share the device's host).
 DATA_MEMORY_SHARE = 0.5
@@ -339,7 +350,7 @@ class Summary(_SummaryExtras):
     precision: str
     data: dict[str, Any] | None  # classes, image size and the normalisation the run used
     memory_format: str
-    execution: dict[str, Any]  # how precision, memory format and threads were decided
+    execution: dict[str, Any]  # how precision, memory format, threads and compile were decided (and the profile read)
     device_name: str
     threads: int
     config: dict[str, Any]

@@ -3,7 +3,8 @@
 Read :func:`train` top to bottom: prepare (refusals, run directory, data, how to execute), the
 epoch loop (train, evaluate, checkpoint), finish (final weights, summary). How the weights are
 optimised -- the ``fast`` and ``paper`` recipes, the schedule, EMA -- lives in :mod:`.recipe`; the
-rule that picks precision (fp32 / bf16 autocast), memory format and threads in :mod:`.autotune`. Data
+rule that picks precision (fp32 / bf16 autocast), memory format, threads and compile in :mod:`.autotune`
+(or a machine profile, :mod:`.profile`). Data
 stay resident on the training device and are augmented there in whole batches
 (``data.augment.Loader``).
 
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 
 from filter_templates.training import autotune, distributed, initialise
+from filter_templates.training import profile as machine_profile
 from filter_templates.method import measure
 from filter_templates.core import rundir
 from filter_templates.core import checkpoint as ckpt
@@ -75,7 +77,7 @@ def open_checkpoint(config: TrainConfig, out_dir: str | Path, resume: bool) -> d
     """The checkpoint in ``out_dir`` that a run of ``config`` would continue (None: start fresh);
     the refusals are :func:`rundir.open_checkpoint`'s, comparing the result fields and each of
     ``CHOSEN_KEYS`` given explicitly (an ``auto`` or unset one takes the checkpoint's choice: a
-    resumed run keeps its precision, layout and threads) and the process count, seen through
+    resumed run keeps its precision, layout, threads and compile) and the process count, seen through
     :func:`_resume_view`."""
     cfg = config.to_dict()
     keys = (*RESULT_KEYS, *(k for k in CHOSEN_KEYS if cfg[k] not in ("auto", None)), "world_size")
@@ -280,7 +282,8 @@ def _planned_data(config: TrainConfig) -> Dataset:
 
 @dataclass
 class _Parts:
-    """What a run trains with: the model, its optimiser, schedule and EMA, and the loaders."""
+    """What a run trains with: the model, its optimiser, schedule and EMA, the loaders, and
+    ``stepper``, what takes the training steps."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
@@ -289,7 +292,9 @@ class _Parts:
     train: Loader
     test: Loader
     val: Loader | None
-    stepper: torch.nn.Module  # what takes the training steps: the model, or it under DistributedDataParallel
+    # what takes the training steps: the model, or it under DistributedDataParallel, compiled or not
+    # (the same parameters; ``model`` is what checkpoints and evaluation read)
+    stepper: torch.nn.Module
 
     @classmethod
     def make(cls, config: TrainConfig, ds: Dataset, device: torch.device, fresh: bool,
@@ -321,7 +326,8 @@ class _Parts:
         if train.stream is not None and world.main:
             note(f"the training split ({padded_bytes(ds.train_x.shape, train.pad) / 2**20:,.0f} MiB padded) is over "
                  f"data_memory ({config.data_memory / 2**20:,.0f} MiB): its batches are read from where it lies")
-        return cls(model, optimizer, scheduler, ema, train, test, val, distributed.wrap(model, device))
+        return cls(model, optimizer, scheduler, ema, train, test, val,
+                   autotune.compiled(distributed.wrap(model, device), config.compile))
 
     def state(self) -> dict[str, Any]:
         """The training state a checkpoint keeps."""
@@ -364,26 +370,36 @@ def _validation_split(ds: Dataset, config: TrainConfig) -> Dataset:
 
 def _decide_execution(config: TrainConfig, state: dict | None, device: torch.device,
                       threads_source: str | None) -> tuple[TrainConfig, autotune.Choice]:
-    """The precision, memory format and CPU threads of this run, all of which change its numbers:
-    a resumed run's own (its checkpoint's), else the config's where given, else
-    :func:`autotune.rule`'s; threads not given are the caller's count (``threads_source`` says how
-    it was set: CLI and sweeps ask :func:`autotune.threads_for`). Sets torch's thread count and
-    deterministic kernels; returns the config with all three filled in, and how they were decided."""
+    """The precision, memory format, CPU threads and compile of this run, all of which change its
+    numbers: a resumed run's own (its checkpoint's), else the config's where given, else the
+    machine profile's (:func:`machine_profile.find`, when one matches this machine), else
+    :func:`autotune.rule`'s. Threads not given are the caller's count (``threads_source`` says how
+    it was set: CLI and sweeps ask :func:`autotune.threads_for`); a profile's replace them only
+    where that count is the plain rule's (every core to this one run), never a sweep's share.
+    Sets torch's thread count and deterministic kernels; returns the config with all four filled
+    in, and how they were decided."""
     if state is not None:
         saved = state["config"]
-        choice = autotune.Choice(saved["precision"], saved["memory_format"], "checkpoint")
+        choice = autotune.Choice(saved["precision"], saved["memory_format"], "checkpoint",
+                                 compile=bool(saved.get("compile")), compile_source="checkpoint")
         threads, threads_source = saved.get("threads") or state.get("threads"), "checkpoint"
         sync_bn = bool(saved.get("sync_bn"))
     else:
-        choice = autotune.choose(device, config.precision, config.memory_format)
+        found = machine_profile.find(device, config.profile)
+        choice = autotune.choose(device, config.precision, config.memory_format, config.compile, found)
         threads = config.threads
         sync_bn = bool(config.sync_bn)
-        threads_source = (threads_source or "given") if threads else threads_source
+        if threads:
+            threads_source = threads_source or "given"
+        elif found is not None and threads_source in (None, "rule"):
+            threads, threads_source = found[0].threads, "profile"
+    if choice.compile:
+        autotune.check_compile(device)
     if threads:
         torch.set_num_threads(int(threads))
     autotune.make_deterministic(device)
     config = dataclasses.replace(config, precision=choice.precision, memory_format=choice.memory_format,
-                                 threads=torch.get_num_threads(), sync_bn=sync_bn)
+                                 threads=torch.get_num_threads(), sync_bn=sync_bn, compile=choice.compile)
     return config, dataclasses.replace(choice, threads=config.threads, threads_source=threads_source)
 
 
