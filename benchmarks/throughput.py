@@ -19,6 +19,14 @@ Prints ``ours/plain`` (goal >= 1.2 on a 2-core CPU without AMX) and ``ours/best-
 present, else synthetic data of the same shape. Each variant's best round counts (the CPU may be
 shared with other jobs); every round is in ``--json``.
 
+``--mode profile`` sets what a machine profile (``filter-templates tune``) buys beside the rule:
+whole epochs of ``train()`` with the profile's execution (``--profile FILE``, default the user's;
+it must match this machine), of ``train()`` with the rule's (``--no-profile``), and of the plain
+fp32 DataLoader loop, alternating round after round in one process; each variant's whole-epoch
+images/s (training pass plus evaluation and checkpoint for ``train()``; the pass for the plain
+loop, which evaluates nothing) and their ratios (``--write docs/results/`` keeps it as
+``execution_profile.json``).
+
 ``--mode rule`` asks what the execution rule (``autotune.rule``, ``autotune.threads_for``) costs
 or gains against the choice a timing would make: the bare step of every precision x memory format
 x thread count (1 and all usable cores), alternating round after round; the fastest measured
@@ -27,6 +35,7 @@ as ``execution_rule.json``).
 
     python benchmarks/throughput.py [--model vgg19] [--width 0.25] [--images 10000] [--rounds 2] [--json]
     python benchmarks/throughput.py --mode rule [--rounds 3] [--write docs/results/]
+    python benchmarks/throughput.py --mode profile [--model vgg19 --template base] [--write docs/results/]
 """
 
 from __future__ import annotations
@@ -44,6 +53,7 @@ import numpy as np
 import torch
 
 from filter_templates.training import autotune
+from filter_templates.training import profile as machine_profile
 from filter_templates.method.arch import make_arch
 from filter_templates.data import load_dataset
 from filter_templates.data.augment import Loader, LoaderOptions
@@ -94,10 +104,13 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def run_ours(arch, ds, args, device, dataset, data_dir) -> tuple[float, float]:
-    """(training images/s of train()'s second epoch, images/s of that whole epoch incl. eval + checkpoint)."""
+def run_ours(arch, ds, args, device, dataset, data_dir, profile: str = machine_profile.OFF,
+             summaries: list | None = None) -> tuple[float, float]:
+    """(training images/s of train()'s second epoch, images/s of that whole epoch incl. eval + checkpoint).
+    ``profile``: the machine profile train() reads (default none: the rule); ``summaries`` gets each run's."""
     config = TrainConfig(arch=arch, dataset=dataset, data_dir=data_dir, epochs=2, batch_size=args.batch_size,
-                         device=str(device), limit_train=args.images, limit_test=max(1, args.images // 5))
+                         device=str(device), limit_train=args.images, limit_test=max(1, args.images // 5),
+                         profile=profile)
     marks: list[float] = []
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,7 +118,9 @@ def run_ours(arch, ds, args, device, dataset, data_dir) -> tuple[float, float]:
             sync(device)
             marks.append(time.perf_counter())
             rows.append(row)
-        train(config, Path(tmp) / "run", on_epoch=on_epoch, progress=False)
+        summary = train(config, Path(tmp) / "run", on_epoch=on_epoch, progress=False)
+    if summaries is not None:
+        summaries.append(summary)
     n = (len(ds.train_y) // args.batch_size) * args.batch_size
     return rows[1]["images_per_s"], n / (marks[1] - marks[0])
 
@@ -207,10 +222,67 @@ def main_rule(args, arch, ds, source, device) -> int:
     return 0
 
 
+def main_profile(args, arch, ds, dataset, data_dir, source, device) -> int:
+    """``--mode profile``: the profile's execution against the rule's and the plain loop, whole epochs."""
+    found = machine_profile.find(device, args.profile or machine_profile.DEFAULT)
+    if found is None:
+        sys.exit(f"throughput.py: no profile for this machine at {args.profile or machine_profile.default_path()}; "
+                 "run `filter-templates tune` first")
+    threads = args.threads or autotune.threads_for(device)[0]
+    summaries: dict[str, list] = {"profile": [], "rule": []}
+    variants = {"profile": lambda: run_ours(arch, ds, args, device, dataset, data_dir, found[1], summaries["profile"]),
+                "rule": lambda: run_ours(arch, ds, args, device, dataset, data_dir, summaries=summaries["rule"]),
+                "plain": lambda: (run_plain(arch, ds, args, device),) * 2}
+    results: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
+    for r in range(args.rounds):
+        for name in variants if r % 2 == 0 else list(variants)[::-1]:
+            torch.set_num_threads(threads)  # the rule's count; a profile sets its own inside train()
+            results[name].append(variants[name]())
+            print(f"  round {r + 1} {name:<8} pass {results[name][-1][0]:8.1f}  whole epoch {results[name][-1][1]:8.1f} "
+                  "img/s", file=sys.stderr, flush=True)
+    torch.set_num_threads(threads)
+    best = {k: (max(v[0] for v in vs), max(v[1] for v in vs)) for k, vs in results.items()}
+    used = {k: {f: summaries[k][0][f] for f in ("precision", "memory_format", "threads")}
+            | {"compile": summaries[k][0]["execution"]["compile"], "source": summaries[k][0]["execution"]["source"]}
+            for k in summaries}
+    report = {"model": f"{args.model} {args.template} w={args.width:g}", "filters": list(arch.filters), "data": source,
+              "device": str(device), "device_name": device_name(device), "batch_size": args.batch_size,
+              "images": len(ds.train_y), "rounds": args.rounds, "profile": found[1], "execution": used,
+              "plain": f"{args.workers} DataLoader workers, fp32, NCHW, {threads} threads",
+              "train_pass_images_per_s": {k: round(v[0], 1) for k, v in best.items()},
+              "whole_epoch_images_per_s": {k: round(v[1], 1) for k, v in best.items()},
+              "all_rounds": {k: [[round(a, 1), round(b, 1)] for a, b in vs] for k, vs in results.items()},
+              "profile_over_plain": round(best["profile"][1] / best["plain"][1], 3),
+              "rule_over_plain": round(best["rule"][1] / best["plain"][1], 3),
+              "profile_over_rule": round(best["profile"][1] / best["rule"][1], 3)}
+    if args.write:
+        def words(k):
+            u = used[k]
+            return f"{u['precision']}, {u['memory_format']}, {u['threads']} threads" + (", compiled" if u["compile"] else "")
+        rows = [["train(), profile", words("profile"), best["profile"][0], best["profile"][1], report["profile_over_plain"]],
+                ["train(), rule", words("rule"), best["rule"][0], best["rule"][1], report["rule_over_plain"]],
+                ["plain DataLoader loop", report["plain"], best["plain"][0], best["plain"][1], 1.0]]
+        write(args.write, "execution_profile", title="Profiled execution against the rule's and the plain loop",
+              numbers=report, seeds=[0], views=f"{source}; {args.rounds} alternating rounds, best round each",
+              table={"columns": ["variant", "execution", "training pass img/s", "whole epoch img/s", "x plain"],
+                     "rows": rows},
+              note="Whole-epoch images/s: train()'s second epoch with its evaluation and checkpoint; the plain "
+                   "loop's one pass. The profile was written by `filter-templates tune` on this machine.")
+    print(json.dumps(report) if args.json else
+          f"{report['model']} on {source}, {device_name(device)}: whole-epoch img/s "
+          + ", ".join(f"{k} {v[1]:.0f}" for k, v in best.items())
+          + f"; profile/plain {report['profile_over_plain']:.2f}, rule/plain {report['rule_over_plain']:.2f}, "
+            f"profile/rule {report['profile_over_rule']:.2f}")
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--mode", choices=["all", "rule"], default="all",
-                   help="all: ours vs plain vs bare; rule: the execution rule vs the fastest measured variant")
+    p.add_argument("--mode", choices=["all", "rule", "profile"], default="all",
+                   help="all: ours vs plain vs bare; rule: the execution rule vs the fastest measured variant; "
+                        "profile: train() with the machine profile vs with the rule vs the plain loop, whole epochs")
+    p.add_argument("--profile", default=None, metavar="FILE",
+                   help="--mode profile: the machine profile (default: the user's, as train() reads it)")
     p.add_argument("--model", default="vgg19")
     p.add_argument("--template", default="base")
     p.add_argument("--width", type=float, default=0.25)
@@ -240,6 +312,8 @@ def main(argv=None) -> int:
     arch = make_arch(args.model, args.template, args.width, ds.num_classes)
     if args.mode == "rule":
         return main_rule(args, arch, ds, source, device)
+    if args.mode == "profile":
+        return main_profile(args, arch, ds, dataset, data_dir, source, device)
     if args.threads:
         torch.set_num_threads(args.threads)
         threads_source = "--threads"

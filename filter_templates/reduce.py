@@ -46,6 +46,7 @@ from filter_templates.sweep.engines import EngineOptions, run_grid
 from filter_templates.sweep.grid import ALL_TEMPLATES, SweepSpec, plan_grid
 from filter_templates.sweep.plan import SweepResult
 from filter_templates.sweep.store import DEFAULT_FILE, Store
+from filter_templates.training import profile as machine_profile
 from filter_templates.training.loop import check_val_split
 
 __all__ = ["reduce", "ReduceRequest", "rank", "Candidate", "ReduceResult", "DB_FILE", "RUNS_DIR", "REPORT_DIR", "SELECTIONS"]
@@ -250,6 +251,7 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
     if not grid.configs:  # every template's smallest model is over the budget: nothing to compare
         raise UsageError(str(grid.unreachable[0].reason))
     val_images = check_val_split(grid.configs[0])  # one dataset and one set of settings: the same for all
+    machine_profile.check(grid.configs[0].profile)  # a corrupt machine profile would fail every run
     selection = "val_acc" if val_images else "final_acc"
     if selection == "final_acc":
         note("val_split 0: no validation split, so the candidates are ranked on their final test accuracy and the "

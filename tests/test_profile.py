@@ -212,3 +212,14 @@ def test_tune_refuses_a_corrupt_profile_or_an_unwritable_path_before_measuring(t
     assert main([*TINY_TUNE, "--profile", "/proc/ft-profile.toml"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "TOML" in err[0] and "/proc" in err[1] and bad.read_text() == "nonsense ["
+
+
+def test_a_sweep_refuses_a_corrupt_profile_before_any_run(tmp_path, capsys):
+    bad = tmp_path / "p.toml"
+    bad.write_text("[[machine]]\n")
+    args = ["sweep", "--models", "vgg19", "--templates", "base", "--widths", "0.05", "--datasets", "synthetic",
+            "--epochs", "1", "--limit-train", "8", "--limit-test", "8", "--batch-size", "8",
+            "--db", str(tmp_path / "r.sqlite"), "--runs-dir", str(tmp_path / "runs"), "--profile", str(bad)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(bad) in err[0] and not (tmp_path / "runs").exists()

@@ -112,7 +112,8 @@ def test_run_writes_the_run_directory(tmp_path):
     # with, the memory its training split could take, one process, per-process BatchNorm
     assert saved.data_memory >= 1 and (saved.world_size, saved.sync_bn) == (1, False)
     assert saved == small_config(epochs=4, recipe="paper", precision=saved.precision, memory_format=saved.memory_format,
-                                 threads=summary["threads"], data_memory=saved.data_memory, world_size=1, sync_bn=False)
+                                 threads=summary["threads"], data_memory=saved.data_memory, world_size=1, sync_bn=False,
+                                 compile=False)
     assert (summary["recipe"], summary["precision"], summary["memory_format"]) == ("paper", saved.precision,
                                                                                    saved.memory_format)
     state = rundir.load_checkpoint(run / "checkpoint.pt")

@@ -23,6 +23,7 @@ from filter_templates.sweep.grid import (
 )
 from filter_templates.sweep.plan import reindex
 from filter_templates.sweep.store import DEFAULT_FILE, Store, point_key
+from filter_templates.training import profile as machine_profile
 from filter_templates.training.loop import check_val_split
 from filter_templates.cli.args import (
     add_as_published,
@@ -247,6 +248,8 @@ def run(args: argparse.Namespace) -> int:
         data = {(c.dataset, c.data_dir, c.limit_train, c.val_split): c for c in grid.configs}
         for c in data.values():  # a split the data cannot give is refused before anything trains
             check_val_split(c)
+        for profile in {c.profile for c in grid.configs}:  # so is a corrupt machine profile
+            machine_profile.check(profile)
     if args.dry_run:
         names = [run_dir_name(c.to_dict(), point_key(c.to_dict())[0]) for c in grid.configs]
         skipped = [{"point": p.label(), "reason": p.reason} for p in grid.unreachable]

@@ -33,7 +33,7 @@ from filter_templates.core.messages import note
 from filter_templates.training.autotune import Execution, usable_cores
 from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE_AUTO, PROFILE_OFF
 
-__all__ = ["FILE_NAME", "DEFAULT", "OFF", "Entry", "default_path", "machine_key", "resolve_path", "read", "find",
+__all__ = ["FILE_NAME", "DEFAULT", "OFF", "Entry", "default_path", "machine_key", "resolve_path", "read", "check", "find",
            "write", "render"]
 
 FILE_NAME = "profile.toml"
@@ -119,17 +119,24 @@ def read(path: str | os.PathLike[str]) -> list[Entry]:
 _SAID: set[tuple[str, str]] = set()  # (file, reason) lines already printed by this process
 
 
+def check(profile: str = DEFAULT) -> list[Entry]:
+    """The tables of the profile a ``TrainConfig.profile`` value names ([] for none or ``off``),
+    refusing a corrupt file or a named one that does not exist: what a sweep asks once, before its
+    runs (each of which would otherwise fail on it)."""
+    path = resolve_path(profile)
+    if path is None:
+        return []
+    if profile != DEFAULT and not path.is_file():
+        raise UsageError(f"profile {path}: no such file (write one with `filter-templates tune --profile {path}`)")
+    return read(path)
+
+
 def find(device: torch.device, profile: str = DEFAULT) -> tuple[Execution, str] | None:
     """This machine's settings and the file they came from, or None (no profile, ``off``, or none
     of its tables is for this machine: then one line on stderr says so, once per process).
     ``profile``: a ``TrainConfig.profile`` value. A file named explicitly must exist."""
-    path = resolve_path(profile)
-    if path is None:
-        return None
-    if profile != DEFAULT and not path.is_file():
-        raise UsageError(f"profile {path}: no such file (write one with `filter-templates tune --profile {path}`)")
-    entries = read(path)
-    if not entries:
+    path, entries = resolve_path(profile), check(profile)
+    if path is None or not entries:
         return None
     key = machine_key(device)
     for entry in entries:
