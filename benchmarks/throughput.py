@@ -58,7 +58,7 @@ from filter_templates.method.arch import make_arch
 from filter_templates.data import load_dataset
 from filter_templates.data.augment import Loader, LoaderOptions
 from filter_templates.core.device import device_name, resolve_device
-from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, TrainConfig
+from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE_AUTO, PROFILE_OFF, TrainConfig
 from filter_templates.training.loop import sgd_step, train
 from results_file import add_write_argument, write
 
@@ -104,7 +104,7 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def run_ours(arch, ds, args, device, dataset, data_dir, profile: str = machine_profile.OFF,
+def run_ours(arch, ds, args, device, dataset, data_dir, profile: str = PROFILE_OFF,
              summaries: list | None = None) -> tuple[float, float]:
     """(training images/s of train()'s second epoch, images/s of that whole epoch incl. eval + checkpoint).
     ``profile``: the machine profile train() reads (default none: the rule); ``summaries`` gets each run's."""
@@ -224,7 +224,7 @@ def main_rule(args, arch, ds, source, device) -> int:
 
 def main_profile(args, arch, ds, dataset, data_dir, source, device) -> int:
     """``--mode profile``: the profile's execution against the rule's and the plain loop, whole epochs."""
-    found = machine_profile.find(device, args.profile or machine_profile.DEFAULT)
+    found = machine_profile.find(device, args.profile or PROFILE_AUTO)
     if found is None:
         sys.exit(f"throughput.py: no profile for this machine at {args.profile or machine_profile.default_path()}; "
                  "run `filter-templates tune` first")

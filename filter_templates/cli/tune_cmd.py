@@ -21,7 +21,7 @@ from filter_templates.core.messages import note
 from filter_templates.method.arch import IMAGE_SIZE, make_arch
 from filter_templates.models import family_names
 from filter_templates.training import profile as machine_profile
-from filter_templates.training.recipe import RECIPES
+from filter_templates.training.config import PROFILE_AUTO, RECIPES
 from filter_templates.training.tune import (
     BF16_TOLERANCE,
     PAYBACK_EPOCHS,
@@ -69,7 +69,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
-    path = machine_profile.resolve_path(args.profile or machine_profile.DEFAULT)
+    path = machine_profile.resolve_path(args.profile or PROFILE_AUTO)
     if not args.print_only:  # refuse a path that cannot be written, or a corrupt file, before minutes of work
         rundir.check_writable(path, "--profile", folder=False)
         machine_profile.read(path)

@@ -475,7 +475,7 @@ class Context:
     device_name: str
     precision: str
     memory_format: str
-    execution: dict  # how precision, memory format and threads were decided
+    execution: dict  # how precision, memory format, threads and compile were decided (and the profile read)
     threads: int
     val: dict | None  # the validation set's size, source and digest (None: none)
     data: dict | None  # classes, image size and the normalisation the run used

@@ -33,12 +33,10 @@ from filter_templates.core.messages import note
 from filter_templates.training.autotune import Execution, usable_cores
 from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE_AUTO, PROFILE_OFF
 
-__all__ = ["FILE_NAME", "DEFAULT", "OFF", "Entry", "default_path", "machine_key", "resolve_path", "read", "check", "find",
+__all__ = ["FILE_NAME", "Entry", "default_path", "machine_key", "resolve_path", "read", "check", "find",
            "write", "render"]
 
 FILE_NAME = "profile.toml"
-DEFAULT = PROFILE_AUTO  # TrainConfig.profile: the user's config directory
-OFF = PROFILE_OFF  # TrainConfig.profile: no profile (``--no-profile``)
 KEY_FIELDS = ("device", "cores", "torch")
 _REMEDY = "fix or delete it (`filter-templates tune` then writes a new one), or pass --no-profile"
 _HEADER = ("# filter-templates machine profile, written by `filter-templates tune`.\n"
@@ -64,9 +62,9 @@ def default_path() -> Path:
 
 def resolve_path(profile: str) -> Path | None:
     """The file a ``TrainConfig.profile`` value names: ``auto`` the default one, ``off`` none."""
-    if profile == OFF:
+    if profile == PROFILE_OFF:
         return None
-    return default_path() if profile == DEFAULT else Path(profile).expanduser()
+    return default_path() if profile == PROFILE_AUTO else Path(profile).expanduser()
 
 
 def machine_key(device: torch.device) -> dict[str, Any]:
@@ -119,19 +117,19 @@ def read(path: str | os.PathLike[str]) -> list[Entry]:
 _SAID: set[tuple[str, str]] = set()  # (file, reason) lines already printed by this process
 
 
-def check(profile: str = DEFAULT) -> list[Entry]:
+def check(profile: str = PROFILE_AUTO) -> list[Entry]:
     """The tables of the profile a ``TrainConfig.profile`` value names ([] for none or ``off``),
     refusing a corrupt file or a named one that does not exist: what a sweep asks once, before its
     runs (each of which would otherwise fail on it)."""
     path = resolve_path(profile)
     if path is None:
         return []
-    if profile != DEFAULT and not path.is_file():
+    if profile != PROFILE_AUTO and not path.is_file():
         raise UsageError(f"profile {path}: no such file (write one with `filter-templates tune --profile {path}`)")
     return read(path)
 
 
-def find(device: torch.device, profile: str = DEFAULT) -> tuple[Execution, str] | None:
+def find(device: torch.device, profile: str = PROFILE_AUTO) -> tuple[Execution, str] | None:
     """This machine's settings and the file they came from, or None (no profile, ``off``, or none
     of its tables is for this machine: then one line on stderr says so, once per process).
     ``profile``: a ``TrainConfig.profile`` value. A file named explicitly must exist."""

@@ -33,8 +33,9 @@ from filter_templates.data import data_shape
 from filter_templates.method.arch import Arch
 from filter_templates.training import autotune
 from filter_templates.training import profile as machine_profile
-from filter_templates.training.loop import TrainConfig, sgd_step, train
-from filter_templates.training.recipe import RECIPES, make_optimizer
+from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE_OFF, RECIPES, TrainConfig
+from filter_templates.training.loop import sgd_step, train
+from filter_templates.training.recipe import make_optimizer
 
 __all__ = ["TuneRequest", "Variant", "Timing", "TuneResult", "tune", "thread_counts", "BF16_TOLERANCE",
            "PAYBACK_EPOCHS", "PAYBACK_IMAGES", "compile_pays", "describe_machine"]
@@ -178,9 +179,9 @@ def _alternate(request: TuneRequest, benches: dict[Variant, _Bench], seconds: fl
 
 def _eager_variants(request: TuneRequest) -> list[Variant]:
     cpu = request.device.type == "cpu"
-    precisions = [p for p in autotune.PRECISIONS if p != "bf16" or cpu or torch.cuda.is_bf16_supported()]
+    precisions = [p for p in PRECISIONS if p != "bf16" or cpu or torch.cuda.is_bf16_supported()]
     counts = thread_counts(autotune.usable_cores()) if cpu else [torch.get_num_threads()]
-    return [Variant(p, m, n) for n in counts for p in precisions for m in autotune.MEMORY_FORMATS]
+    return [Variant(p, m, n) for n in counts for p in precisions for m in MEMORY_FORMATS]
 
 
 def _check_bf16(request: TuneRequest, winner: Variant) -> dict[str, Any]:
@@ -194,7 +195,7 @@ def _check_bf16(request: TuneRequest, winner: Variant) -> dict[str, Any]:
         for precision in ("fp32", "bf16"):
             config = TrainConfig(arch=arch, dataset=CHECK_DATASET, epochs=request.check_epochs, seed=0,
                                  device=str(request.device), precision=precision, memory_format=winner.memory_format,
-                                 threads=winner.threads, compile=False, profile=machine_profile.OFF)
+                                 threads=winner.threads, compile=False, profile=PROFILE_OFF)
             request.say(f"bf16 check: {request.check_epochs} epochs of the fast recipe on {CHECK_DATASET}, {precision}")
             acc[precision] = train(config, Path(tmp) / precision, progress=False)["final_acc"]
     passed = acc["fp32"] is not None and acc["bf16"] is not None and acc["fp32"] - acc["bf16"] <= BF16_TOLERANCE
