@@ -216,9 +216,10 @@ def tune(request: TuneRequest) -> TuneResult:
     t0, before = time.perf_counter(), torch.get_num_threads()
     try:
         variants = _eager_variants(request)
-        benches = {v: _Bench(request, v.precision, v.memory_format, False) for v in variants}
-        for v in variants:  # threads only change how a step runs: one model per (precision, layout)
-            benches[v] = next(b for u, b in benches.items() if (u.precision, u.memory_format) == (v.precision, v.memory_format))
+        # threads only change how a step runs: one model per (precision, layout)
+        models = {(v.precision, v.memory_format): None for v in variants}
+        models = {k: _Bench(request, *k, False) for k in models}
+        benches = {v: models[v.precision, v.memory_format] for v in variants}
         timings = {v: Timing(v) for v in variants}
         _alternate(request, benches, request.seconds, timings)
         ranked = sorted(variants, key=lambda v: -timings[v].median)
