@@ -70,6 +70,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if not getattr(args, "command", None):
             parser.print_help(sys.stderr)
             return 2
+        args.argv = argv  # what was typed: a command that starts copies of itself (train --nproc) passes it on
         return int(args.run(args) or 0)
     except UsageError as exc:
         error(str(exc))

@@ -22,7 +22,8 @@ from filter_templates.models import family_names, resolve_model
 from filter_templates.training.config import FIELDS, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
 from filter_templates.core.rundir import SUMMARY
 from filter_templates.core.status import DONE
-from filter_templates.training.loop import open_checkpoint
+from filter_templates.training import distributed
+from filter_templates.training.loop import open_checkpoint, with_world
 from filter_templates.run import run_config
 from filter_templates.cli.args import (
     MODEL_HELP,
@@ -102,6 +103,14 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
                    help="CPU threads of torch (default: $OMP_NUM_THREADS, else the machine profile's, else every core "
                         "this process may use; a resumed run keeps its own). Written to config.json: it changes the "
                         "numbers")
+    x.add_argument("--nproc", type=positive_int, metavar="N",
+                   help="train this one run on N processes on this machine (DistributedDataParallel: gloo on CPU, "
+                        "one GPU each over NCCL), as torchrun --nproc-per-node N -m filter_templates train ... "
+                        "does; the batch size stays the whole batch, each process takes a share. It changes the "
+                        "numbers: a checkpoint resumes only with the same N")
+    x.add_argument("--sync-bn", action="store_true", default=None,
+                   help="with several processes, BatchNorm statistics over the whole batch instead of each "
+                        "process's share (kept on resume)")
     x.add_argument("--no-bf16", dest="precision", action="store_const", const="fp32",
                    help="the same as --precision fp32")
     x.add_argument("--no-channels-last", dest="memory_format", action="store_const", const="contiguous",
@@ -176,11 +185,24 @@ def default_out(config) -> Path:
     return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
+def _processes(args: argparse.Namespace, world: distributed.World) -> int:
+    """How many processes train the run: those started (torchrun's), or ``--nproc``'s to start."""
+    if world.size > 1 and args.nproc not in (None, world.size):
+        raise UsageError(f"--nproc {args.nproc} but {world.size} processes were started (WORLD_SIZE)")
+    return world.size if world.size > 1 else (args.nproc or 1)
+
+
 def run(args: argparse.Namespace) -> int:
 
-    config = build_config(args)
+    world = distributed.from_env()
+    nproc = _processes(args, world)
+    config = with_world(build_config(args), nproc)
     out = Path(args.out) if args.out else default_out(config)
-    quiet = args.quiet or args.json
+    if nproc > 1 and world.size == 1:  # the launcher: refuse here, once, what every process would
+        open_checkpoint(config, out, args.resume)
+        distributed.check_sync_bn(config.sync_bn, resolve_device(config.device), nproc)
+        return distributed.launch(nproc, args.argv)
+    quiet = args.quiet or args.json or not world.main
 
     def on_epoch(row: dict) -> None:
         if not quiet:
@@ -193,7 +215,7 @@ def run(args: argparse.Namespace) -> int:
     done = int(state["epoch"]) if state is not None else 0
     threads_source = "--threads" if args.threads else None
     if state is None and config.threads is None:  # else the flag's, the --config file's or the checkpoint's
-        threads, threads_source = threads_for(resolve_device(config.device))
+        threads, threads_source = threads_for(resolve_device(config.device), jobs=world.local_size)
         torch.set_num_threads(threads)
     if not quiet:
         a = config.arch
@@ -201,9 +223,11 @@ def run(args: argparse.Namespace) -> int:
               f"for {config.epochs} epochs -> {out}" + (f" (resuming after epoch {done})" if done else ""), flush=True)
     summary = run_config(config, out, resume=state is not None, on_epoch=on_epoch, threads_source=threads_source,
                     checkpoint=state)
-    if args.json:
+    if args.json and world.main:
         print(json.dumps(summary))
     if summary["status"] != DONE:
+        if not world.main:
+            return 1
         error(f"training failed: {summary['reason']} (see {out / SUMMARY})")
         return 1
     if not quiet:

@@ -16,17 +16,19 @@ import ctypes
 import os
 import signal
 from dataclasses import dataclass
-from typing import Iterator, Mapping
+from typing import Iterator, Mapping, Sequence
 
 import torch
 import torch.distributed as dist
+from torch.distributed import run as torchrun
+from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 from torch.nn.parallel import DistributedDataParallel
 
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
 
 __all__ = ["World", "from_env", "session", "device_for", "wrap", "total", "all_finite", "broadcast_buffers",
-           "ENV_KEYS"]
+           "launch", "check_sync_bn", "ENV_KEYS"]
 
 #: The environment a process of a several-process run reads (torchrun's names).
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -96,6 +98,13 @@ def session(world: World, device: torch.device) -> Iterator[None]:
         dist.destroy_process_group()
 
 
+def check_sync_bn(sync_bn: bool | None, device: torch.device, size: int) -> None:
+    """Refuse ``sync_bn`` where torch cannot do it: its SyncBatchNorm runs on GPUs only."""
+    if sync_bn and size > 1 and device.type != "cuda":
+        raise UsageError(f"--sync-bn needs CUDA processes (torch's SyncBatchNorm runs on GPUs only); this run's "
+                         f"device is {device}")
+
+
 def _die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent (the launcher) ends, however it ends."""
     try:
@@ -139,3 +148,18 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
     if _active():
         for b in model.buffers():
             dist.broadcast(b, 0)
+
+
+def launch(nproc: int, argv: Sequence[str]) -> int:
+    """Run ``python -m filter_templates <argv>`` as ``nproc`` processes on this node, exactly as
+    ``torchrun --standalone --nproc-per-node <nproc> -m filter_templates <argv>`` does (same
+    environment, so the same numbers); the exit status: 0, else the first failed process's (2
+    for a usage error, 1 otherwise)."""
+    args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(int(nproc)), "--module", "filter_templates"])
+    args.training_script_args = list(argv)  # as given: torchrun's own parser would take ``--nproc`` for its flag
+    try:
+        torchrun.run(args)
+    except ChildFailedError as exc:
+        codes = [f.exitcode for f in exc.failures.values()]
+        return 2 if 2 in codes else 1
+    return 0

@@ -157,6 +157,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
         raise UsageError("a pruning baseline trains in stages (pruning.run.train_pruned), not as one template run")
     measure.meta_model(config.arch)  # a model that cannot be built (a layer over the limit, ...) fails now
     device = distributed.device_for(resolve_device(config.device), world)
+    distributed.check_sync_bn(config.sync_bn, device, world.size)
     full = _planned_data(config)
     ds = _validation_split(full, config)
     config, choice = _decide_execution(config, state, device, threads_source)
