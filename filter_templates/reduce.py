@@ -35,15 +35,16 @@ from filter_templates.core import rundir
 from filter_templates.data import load_data_for, split
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
+from filter_templates.sweep.halving import Driver, Halving, Rung, check_store, run_rungs
 from filter_templates.export import default_export_path, export_run, onnx_available
 from filter_templates.method.fit import Budget, parse_budget
 from filter_templates.core.messages import note
-from filter_templates.core.status import DONE
+from filter_templates.core.status import DONE, STOPPED
 from filter_templates.training.config import PRUNE_METHODS, RECIPE_FIELDS
 from filter_templates.report import make_report
 from filter_templates.report.budgets import BudgetCell, collect_budgets
 from filter_templates.sweep.engines import EngineOptions, run_grid
-from filter_templates.sweep.grid import ALL_TEMPLATES, SweepSpec, plan_grid
+from filter_templates.sweep.grid import ALL_TEMPLATES, Grid, SweepSpec, plan_grid
 from filter_templates.sweep.plan import SweepResult
 from filter_templates.sweep.store import DEFAULT_FILE, Store
 from filter_templates.training import profile as machine_profile
@@ -73,13 +74,14 @@ class Candidate:
     train_memory_bytes: int | None
     final_acc: float | None
     best_acc: float | None
-    status: str  # done, failed, pending or unreachable
+    status: str  # done, failed, pending, unreachable or stopped (by successive halving)
     reason: str | None = None
     seeds_done: int = 0
     run_dir: str | None = None  # the finished seed with the best value of the selection metric
     val_acc: float | None = None
     kind: str = "template"  # or "pruning": a pruning baseline (prune.py), its method in ``template``
     pruned: dict[str, Any] | None = None  # a pruning baseline's ratio and per-layer counts (run_dir's seed)
+    stopped_at: int | None = None  # successive halving stopped it after this rung's epochs (status stopped)
 
     @classmethod
     def from_cell(cls, cell: BudgetCell, selection: str = "val_acc") -> "Candidate":
@@ -101,7 +103,7 @@ class Candidate:
         return {"kind": self.kind, "template": self.template, "width": self.width, "filters": self.filters, "params": self.params,
                 "flops": self.flops, "train_memory_bytes": self.train_memory_bytes, "val_acc": self.val_acc,
                 "final_acc": self.final_acc, "best_acc": self.best_acc, "seeds_done": self.seeds_done,
-                "status": self.status, "reason": self.reason, "run_dir": self.run_dir,
+                "status": self.status, "reason": self.reason, "run_dir": self.run_dir, "stopped_at": self.stopped_at,
                 **({"pruned": self.pruned} if self.kind == "pruning" else {})}
 
 
@@ -114,16 +116,20 @@ def _pruned(run_dir: str | None) -> dict[str, Any] | None:
 
 def rank(candidates: Sequence[Candidate], order: Sequence[str] = (), selection: str = "val_acc") -> list[Candidate]:
     """Finished candidates by the mean of ``selection`` (``val_acc`` or ``final_acc``), ties to
-    fewer parameters (then ``order``); the unfinished after them, in ``order``."""
+    fewer parameters (then ``order``); then those successive halving stopped, the later rung first,
+    each rung as ranked there; the unfinished after them, in ``order``."""
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     pos = {t: i for i, t in enumerate(order)}
 
     def key(c: Candidate) -> tuple:
         score = getattr(c, selection)
+        params = c.params if c.params is not None else float("inf")
         if c.status == DONE and score is not None:
-            return (0, -score, c.params if c.params is not None else float("inf"), pos.get(c.template, len(pos)))
-        return (1, 0.0, 0, pos.get(c.template, len(pos)))
+            return (0, 0, -score, params, pos.get(c.template, len(pos)))
+        if c.status == STOPPED:
+            return (1, -(c.stopped_at or 0), -(c.val_acc or 0.0), params, pos.get(c.template, len(pos)))
+        return (2, 0, 0.0, 0, pos.get(c.template, len(pos)))
 
     return sorted(candidates, key=key)
 
@@ -147,6 +153,7 @@ class ReduceResult:
     test_views: int | list[int] | None = None  # views per test image of the final evaluation (None: none done)
     exported: str | None = None
     report: str | None = None
+    halving: dict[str, Any] | None = None  # rate, each rung's candidates, scores and survivors, epochs trained
     wall_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
@@ -167,6 +174,7 @@ class ReduceResult:
                                               "val_acc": w.val_acc, "final_acc": w.final_acc,
                                               "exported": self.exported},
             "epochs": self.epochs, "seeds": self.seeds, "db": str(self.out / DB_FILE), "report": self.report,
+            "halving": self.halving,
             "wall_s": round(self.wall_s, 3),
         }
 
@@ -231,6 +239,7 @@ class ReduceRequest:
     report: bool = True
     export: bool = True
     baselines: prune.Baselines | None = None
+    halving: Halving | None = None  # successive halving of the candidates (None: every one trains to the end)
 
 
 def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceResult:
@@ -250,25 +259,40 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
     grid = plan_grid(spec)  # validates everything, reads the data, fits every template
     if not grid.configs:  # every template's smallest model is over the budget: nothing to compare
         raise UsageError(str(grid.unreachable[0].reason))
-    val_images = check_val_split(grid.configs[0])  # one dataset and one set of settings: the same for all
-    machine_profile.check(grid.configs[0].profile)  # a corrupt machine profile would fail every run
+    first_config = grid.configs[0]
+    val_images = check_val_split(first_config)  # one dataset and one set of settings: the same for all
+    machine_profile.check(first_config.profile)  # a corrupt machine profile would fail every run
     selection = "val_acc" if val_images else "final_acc"
     if selection == "final_acc":
         note("val_split 0: no validation split, so the candidates are ranked on their final test accuracy and the "
              "winner's test accuracy is optimistic (it was selected on the test set)")
     db, runs = out / DB_FILE, out / RUNS_DIR
-    sweep = run_grid(grid, db, runs, _local_defaults(r.engine or EngineOptions(), grid), progress=progress)
+    epochs, first = first_config.epochs, first_config
+    check_store(db, grid, r.halving, epochs)  # before anything is written
+    order = [*names, *base.names]
 
-    with Store(db) as store:
-        rows = store.budget_rows([p.key for p in grid.budget_points])
+    def run(g: Grid) -> SweepResult:
+        return run_grid(g, db, runs, _local_defaults(r.engine or EngineOptions(), g), progress=progress)
+
+    def read() -> list[dict[str, Any]]:
+        with Store(db) as store:
+            return store.budget_rows([p.key for p in grid.budget_points])
+
+    rungs: list[Rung] = []
+    if r.halving is None:
+        sweep = run(grid)
+    else:
+        rungs, sweeps = run_rungs(r.halving, epochs, db, Driver(grid, run, read, selection, order, _params))
+        sweep = _merged(sweeps)
+    rows = read()
     cells = list(collect_budgets(rows).values())
-    candidates = rank([Candidate.from_cell(c, selection) for c in cells], [*names, *base.names], selection)
-    epochs = grid.budget_points[0].ident["epochs"] if grid.budget_points else 0
-    first = grid.configs[0]
+    candidates = rank(_stopped([Candidate.from_cell(c, selection) for c in cells], rungs), order, selection)
     result = ReduceResult(model=model, budget=budget, dataset=dataset, epochs=int(epochs), seeds=list(spec.seeds),
                           out=out.resolve(), candidates=candidates, sweep=sweep, selection=selection,
                           val_split=first.val_split, val_images=val_images, test_views=_test_views(cells),
                           recipe={"name": first.recipe, **{k: getattr(first, k) for k in RECIPE_FIELDS}})
+    if r.halving is not None:
+        result.halving = {"rate": r.halving.rate, "rungs": [g.to_dict() for g in rungs], **_epochs_trained(rows)}
     if r.report:
         written = make_report(db, out / REPORT_DIR, latency="none", progress=progress)
         result.report = str(Path(written["index"]).resolve())
@@ -276,6 +300,44 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
         result.exported = _export(result.winner.run_dir)
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+def _params(rows: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Each candidate's parameter count (what breaks a tie at a rung), as its cell reports it."""
+    return {c.template: c.resource("params") for c in collect_budgets(rows).values()}
+
+
+def _stopped(candidates: list[Candidate], rungs: Sequence[Rung]) -> list[Candidate]:
+    """``candidates`` with those successive halving stopped marked so: status ``stopped``, the
+    rung's epochs and its score as ``val_acc``, no final accuracies."""
+    stopped = {t: g for g in rungs[:-1] for t in g.candidates if t not in g.survivors}
+    out = []
+    for c in candidates:
+        g = stopped.get(c.template)
+        if g is not None:
+            c = dataclasses.replace(c, status=STOPPED, stopped_at=g.epochs, val_acc=g.scores.get(c.template),
+                                    final_acc=None, best_acc=None, reason=None, seeds_done=0, run_dir=None)
+        out.append(c)
+    return out
+
+
+def _merged(sweeps: Sequence[SweepResult]) -> SweepResult:
+    """One account of a reduce's rungs: the first rung's points and skips, every rung's runs."""
+    total = dataclasses.replace(sweeps[0], failures=list(sweeps[0].failures))
+    for s in sweeps[1:]:
+        total.done, total.failed, total.paused = total.done + s.done, total.failed + s.failed, total.paused + s.paused
+        total.failures += s.failures
+        total.interrupted, total.elsewhere = total.interrupted or s.interrupted, s.elsewhere
+        total.wall_s += s.wall_s
+    return total
+
+
+def _epochs_trained(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
+    """Epochs trained over every run (all seeds, every stage), and what training each to the end
+    of its schedule would be: a plain reduce's."""
+    runs = {p["run"]["key"]: p["run"] for p in rows if p.get("run")}.values()
+    return {"epochs_trained": sum(len(r["epoch_metrics"]) for r in runs),
+            "epochs_plain": sum(int(r["epochs"]) for r in runs)}
 
 
 def _with_val_split(dataset: str, settings: dict[str, Any]) -> dict[str, Any]:

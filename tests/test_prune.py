@@ -95,6 +95,24 @@ def test_pruning_run_resumes_bit_exact_after_a_crash_during_fine_tuning(tmp_path
     assert resumed["resources"]["params"] == whole["resources"]["params"]
 
 
+def test_pruning_run_pauses_inside_and_between_its_stages_and_ends_bit_exact(tmp_path):
+    """Paused in the base model's training (1), right at the pruning (2) and in fine-tuning (3) of
+    4 epochs, then continued: the weights and accuracies of a run never paused."""
+    whole = run_config(_config(), tmp_path / "whole")
+    part = tmp_path / "part"
+    for k, stages in ((1, ["train"]), (2, ["train", "train"]), (3, ["train", "train", "finetune"])):
+        s = run_config(_config(stop_at=k), part, resume=k > 1)
+        assert s["status"] == "paused" and s["stopped_at"] == k and s["epochs"] == k
+        assert [r["stage"] for r in s["metrics"]] == stages and not (part / rundir.MODEL).exists()
+    done = run_config(_config(), part, resume=True)
+    assert done["status"] == "done" and done["stopped_at"] is None
+    a = rundir.load_checkpoint(tmp_path / "whole" / rundir.MODEL)
+    b = rundir.load_checkpoint(part / rundir.MODEL)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["val_acc" if "val_acc" in r else "test_acc"] for r in done["metrics"]] == \
+        [r["val_acc" if "val_acc" in r else "test_acc"] for r in whole["metrics"]]
+
+
 def test_prune_scratch_takes_the_global_runs_architecture(tmp_path):
     runs = tmp_path / "runs"
     glob = _config(arch=_arch("prune-l1-global"), epochs=2,

@@ -173,3 +173,20 @@ def test_budget_sweep_on_a_local_ray(tmp_path, capsys, monkeypatch, local_ray):
     assert all(p["run"]["status"] == "done" and p["run"]["params"] <= 20_000 for p in fitted)
     assert main(argv) == 0  # a re-run starts no trial
     assert json.loads(capsys.readouterr().out)["skipped_done"] == 2
+
+
+def test_halving_on_a_local_ray_keeps_the_local_engines_survivors(tmp_path, capsys, local_ray):
+    """The same reduce with --halving 2 on the local engine and on Ray (each rung one submission,
+    the driver ranking between rungs from the store): the same candidates at every rung."""
+    from test_halving import HALVING, survivors
+    from test_reduce import reduce_args
+
+    assert main(reduce_args(tmp_path / "local", *HALVING)) == 0
+    local = json.loads(capsys.readouterr().out)
+    argv = reduce_args(tmp_path / "ray", *HALVING, "--engine", "ray", "--cpus-per-trial", "1")
+    i = argv.index("--threads")
+    assert main(argv[:i] + argv[i + 2:]) == 0  # --threads is the local engine's; a trial gets its CPU's
+    ray = json.loads(capsys.readouterr().out)
+    assert survivors(ray) == survivors(local) and len(survivors(local)) == 3
+    assert ray["halving"]["epochs_trained"] == local["halving"]["epochs_trained"] == 9
+    assert ray["winner"]["template"] == local["winner"]["template"]

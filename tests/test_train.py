@@ -490,3 +490,37 @@ def test_huge_width_or_counts_are_one_line(tmp_path, capsys):
     assert main(["train", "--config", str(cfg), "--dataset", "digits", "--out", str(tmp_path / "r")]) == 2
     assert "over the limit" in one_error_line(capsys)
     assert not (tmp_path / "r").exists()  # refused before the run folder is made
+
+
+def test_paused_and_continued_twice_is_bit_identical(tmp_path, capsys):
+    """Paused after epoch 1 and again after 2 of 4 (EMA on, so its state must travel too), then
+    continued to the end: the weights of a run never paused. A paused run says so, has no model.pt
+    and keeps the full schedule (its learning rates are the full run's)."""
+    kw = dict(ema=0.9, precision="fp32")
+    full = train(small_config(epochs=4, **kw), tmp_path / "full")
+    part = tmp_path / "part"
+    first = train(small_config(epochs=4, stop_at=1, **kw), part)
+    assert first["status"] == "paused" and first["stopped_at"] == 1 and first["epochs"] == 1
+    assert not (part / "model.pt").exists()
+    assert first["metrics"][0] == {**full["metrics"][0], "seconds": first["metrics"][0]["seconds"],
+                                   "images_per_s": first["metrics"][0]["images_per_s"]}
+    again = train(small_config(epochs=4, stop_at=1, **kw), part, resume=True)  # at its stop: nothing trained
+    assert again["status"] == "paused" and again["epochs"] == 1
+    second = train(small_config(epochs=4, stop_at=2, **kw), part, resume=True)
+    assert second["status"] == "paused" and second["stopped_at"] == 2
+    assert main(["train", "--config", str(part / "config.json"), "--stop-at", "3", "--out", str(part),
+                 "--resume", "--quiet"]) == 0
+    assert "paused after epoch 3 of 4" in capsys.readouterr().err
+    done = train(small_config(epochs=4, **kw), part, resume=True)
+    assert done["status"] == "done" and done["stopped_at"] is None and done["epochs"] == 4
+    assert [m["lr"] for m in done["metrics"]] == [m["lr"] for m in full["metrics"]]
+    assert_same_weights(weights(tmp_path / "full" / "model.pt"), weights(part / "model.pt"))
+
+
+def test_stop_at_is_no_part_of_the_run_identity():
+    from filter_templates.training.config import EXECUTION_KEYS, experiment
+
+    assert "stop_at" in EXECUTION_KEYS
+    assert experiment(small_config(stop_at=1).to_dict()) == experiment(small_config().to_dict())
+    with pytest.raises(UsageError, match="stop_at"):
+        small_config(stop_at=0)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import json
 
+from filter_templates.core.errors import UsageError
 from filter_templates.data.split import DEFAULT_MAX
+from filter_templates.sweep.halving import DEFAULT_RUNGS, Halving
 from filter_templates.method.fit import format_value
 from filter_templates.core.messages import note
 from filter_templates.core.status import DONE
@@ -71,6 +73,14 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     t = p.add_argument_group("training (as for train and sweep)")
     add_run_args(t, val_default=f"10%% of the training set, at most {DEFAULT_MAX:,} images")
     add_baseline_args(p.add_argument_group("pruning baselines (ranked with the templates)"))
+    h = p.add_argument_group("successive halving (docs/training.md says when it pays)")
+    h.add_argument("--halving", type=int, metavar="R",
+                   help="train every candidate to the first rung, keep the best 1/R (at least one) by mean "
+                        "validation accuracy there, and so on; the last rung is the full schedule (R >= 2; "
+                        "default: off, every candidate trains to the end)")
+    h.add_argument("--rungs", type=int, metavar="K",
+                   help=f"rungs at E//R^(K-1), ..., E//R, E epochs, each rounded down; the first must be at least one "
+                        f"epoch (default: {DEFAULT_RUNGS})")
     e = p.add_argument_group("engine")
     e.add_argument("--retry-failed", action="store_true", help="train candidates that failed before again")
     add_engine_args(e, jobs_default="on a CPU, the core count (at most one per run), else 1",
@@ -78,13 +88,24 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p.set_defaults(run=run)
 
 
+def halving_plan(args: argparse.Namespace) -> Halving | None:
+    """``--halving`` and ``--rungs`` as a plan (None: off); a bad value is one line."""
+    if args.halving is None:
+        if args.rungs is not None:
+            raise UsageError("--rungs needs --halving R")
+        return None
+    return Halving(args.halving, DEFAULT_RUNGS if args.rungs is None else args.rungs)
+
+
 def run(args: argparse.Namespace) -> int:
     check_engine_args(args)
+    halving = halving_plan(args)
     args.model = model_from_args(args)
     result = reduce(ReduceRequest(args.model, args.budget, args.dataset, templates=args.templates, seeds=args.seeds,
                                   train=train_settings(args), divisor=args.divisor, floor=args.floor, out=args.out,
                                   engine=engine_options(args), export=not args.no_export,
-                                  baselines=Baselines.from_flags(args.baselines, args.prune_at, args.prune_from)))
+                                  baselines=Baselines.from_flags(args.baselines, args.prune_at, args.prune_from),
+                                  halving=halving))
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -114,12 +135,19 @@ def render(result: ReduceResult) -> str:
             return num(None if v is None else 100 * v, f">{width}.2f")
 
         status = c.status if c.status == DONE else f"{c.status}: {c.reason}" if c.reason else c.status
+        if c.stopped_at is not None:
+            status = f"stopped after {c.stopped_at} epochs (val % at that rung)"
         lines.append(f"{i:>4}  {c.template:<{w}}  {num(c.width, '>9.6g')}  {num(c.params, '>11,')}  "
                      f"{num(None if c.flops is None else c.flops / 1e6, '>8.2f')}  "
                      f"{num(None if c.train_memory_bytes is None else c.train_memory_bytes / 1e6, '>8.1f')}  "
                      f"{pct(c.val_acc)}  {pct(c.final_acc)}  {pct(c.best_acc, 12)}  {status}")
     lines.append(f"val: final validation accuracy; test: final test accuracy; *: the {BEST_ACC_WORDS}, "
                  "never used to select; means over the finished seeds")
+    if result.halving is not None:
+        h = result.halving
+        lines.append(f"successive halving, rate {h['rate']}: rungs at {', '.join(str(g['epochs']) for g in h['rungs'])} "
+                     f"epochs; {h['epochs_trained']} of the {h['epochs_plain']} epochs of training every candidate "
+                     f"to the end trained ({h['epochs_trained'] / max(1, h['epochs_plain']):.0%})")
     win = result.winner
     if win is None:
         lines.append("no winner: no candidate finished training")

@@ -17,11 +17,11 @@ from filter_templates.data import data_digest_for, data_shape
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
 from filter_templates.training.initialise import WHITEN_SAMPLE
-from filter_templates.core.messages import error
+from filter_templates.core.messages import error, note
 from filter_templates.models import family_names, resolve_model
 from filter_templates.training.config import FIELDS, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
 from filter_templates.core.rundir import SUMMARY
-from filter_templates.core.status import DONE
+from filter_templates.core.status import DONE, PAUSED
 from filter_templates.training import distributed
 from filter_templates.training.loop import open_checkpoint, with_world
 from filter_templates.run import run_config
@@ -111,6 +111,9 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     x.add_argument("--sync-bn", action="store_true", default=None,
                    help="with several processes, BatchNorm statistics over the whole batch instead of each "
                         "process's share (kept on resume)")
+    x.add_argument("--stop-at", type=positive_int, metavar="K",
+                   help="pause after epoch K of the planned --epochs, with the full run's schedule (status paused); "
+                        "--resume later continues it to exactly the weights of a run never paused")
     x.add_argument("--no-bf16", dest="precision", action="store_const", const="fp32",
                    help="the same as --precision fp32")
     x.add_argument("--no-channels-last", dest="memory_format", action="store_const", const="contiguous",
@@ -225,6 +228,9 @@ def run(args: argparse.Namespace) -> int:
                     checkpoint=state)
     if args.json and world.main:
         print(json.dumps(summary))
+    if summary["status"] == PAUSED:
+        note(f"paused after epoch {summary['stopped_at']} of {config.epochs}; --resume --out {out} continues it")
+        return 0
     if summary["status"] != DONE:
         if not world.main:
             return 1

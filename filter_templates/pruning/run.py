@@ -27,19 +27,19 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Mapping
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 
 from filter_templates.core import rundir
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
-from filter_templates.core.status import DONE
+from filter_templates.core.status import DONE, PAUSED
 from filter_templates.pruning import adapter
 from filter_templates.training.config import EXECUTION_KEYS, PRUNE_GLOBAL, PRUNE_SCRATCH, Summary, TrainConfig
 from filter_templates.training.loop import Context, Start, summarise, train
 
-__all__ = ["train_pruned", "load_pruned_model", "run_structure", "STAGES", "PRUNED", "PRUNED_JSON"]
+__all__ = ["train_pruned", "schedule_rows", "load_pruned_model", "run_structure", "STAGES", "PRUNED", "PRUNED_JSON"]
 
 STAGES = "stages"
 PRUNED = "pruned.pt"
@@ -52,12 +52,30 @@ def _epochs(config: TrainConfig) -> tuple[int, int]:
     return first, config.epochs - first
 
 
-def _stage_config(config: TrainConfig, epochs: int, choice: Mapping[str, Any] | None = None) -> TrainConfig:
+def _stage_config(config: TrainConfig, epochs: int, choice: Mapping[str, Any] | None = None,
+                  stop_at: int | None = None) -> TrainConfig:
     """An ordinary training config of the base model for one stage (``choice``: the precision and
-    memory format an earlier stage used, kept so the stages run alike)."""
+    memory format an earlier stage used, kept so the stages run alike; ``stop_at``: the stage's own
+    epoch to pause after, None: its end)."""
     arch = dataclasses.replace(config.arch, template="base")
     kw = {k: choice[k] for k in ("precision", "memory_format")} if choice else {}
-    return dataclasses.replace(config, arch=arch, epochs=epochs, prune=None, **kw)
+    stop = stop_at if stop_at is not None and stop_at < epochs else None
+    return dataclasses.replace(config, arch=arch, epochs=epochs, prune=None, stop_at=stop, **kw)
+
+
+def _stage_stop(config: "TrainConfig", offset: int) -> int | None:
+    """The run's ``stop_at`` as the epoch of a stage that starts after ``offset`` of the run's
+    planned epochs (a stage wholly after it is never started: the run pauses before)."""
+    return None if config.stop_at is None else config.stop_at - offset
+
+
+def schedule_rows(config: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """A run's metrics rows of its planned epochs, in order, as a TrainConfig dict plans them: a
+    ``prune-scratch`` run's search (the base model trained to find a structure, when no sibling had
+    found it) is no part of them; every other run's rows all are."""
+    if (config.get("prune") or {}).get("method") == PRUNE_SCRATCH:
+        return [r for r in rows if r.get("stage") == "scratch"]
+    return list(rows)
 
 
 def search_key(config: TrainConfig) -> str:
@@ -176,15 +194,21 @@ def train_pruned(config: TrainConfig, out_dir: str | Path, state: dict | None,
     else:
         sibling = _sibling(config, out)
         shared = sibling.parent / STAGES / "train" if sibling is not None else None
-        s1 = _run_stage("train", _stage_config(config, first), relay, shared=shared)
+        s1 = _run_stage("train", _stage_config(config, first, stop_at=config.stop_at), relay, shared=shared)
         rec = _prune(config, out, relay.folder, s1["config"]) if s1["status"] == DONE else {}
         stage, epochs, weights = "finetune", rest, rec.get("weights")
-    if s1 is not None and s1["status"] != DONE:
+    if s1 is not None and s1["status"] != DONE:  # failed, or paused before pruning
         return _finish(config, relay, s1, None)
     choice = {k: rec.get(k) for k in ("precision", "memory_format") if rec.get(k) not in (None, "auto")}
     structure, arch, fresh = rec["structure"], config.arch, weights is None
     start = Start(build=lambda: adapter.apply_structure(arch.build(), structure, reinit=fresh), weights=weights)
-    s2 = _run_stage(stage, _stage_config(config, epochs, choice or None), relay, start)
+    offset = first if stage == "finetune" else 0
+    stop = _stage_stop(config, offset)
+    if stop is not None and stop <= 0:  # paused just after pruning (kept in RUN/pruned.pt): its stage not begun
+        return _finish(config, relay, {**s1, "status": PAUSED, "stopped_at": first}, None)
+    s2 = _run_stage(stage, _stage_config(config, epochs, choice or None, stop), relay, start)
+    if s2.get("stopped_at") is not None:  # paused in its stage: the run's own epoch
+        s2 = {**s2, "stopped_at": offset + int(s2["stopped_at"])}
     return _finish(config, relay, s2, rec)
 
 
@@ -193,12 +217,13 @@ def _finish(config: TrainConfig, relay: _Relay, last: Summary, rec: dict | None)
     out, rows = relay.out, relay.done
     rundir.write_metrics(out, rows)
     resources, pruned, failure = None, None, last["reason"] if last["status"] != DONE else None
-    if failure is None and rec is not None:
+    if last["status"] == DONE and rec is not None:
         model = load_pruned_model(config.arch, rec["structure"], relay.folder / rundir.MODEL)
         resources = adapter.model_resources(model, config.arch, config.batch_size, resolve_device(config.device))
         pruned = {k: v for k, v in rec.items() if k != "weights"}
         rundir.atomic_copy(relay.folder / rundir.MODEL, out / rundir.MODEL)
-    summary = summarise(relay.config, rows, failure, resources, Context.of(last), stage=relay.stage, pruned=pruned)
+    summary = summarise(relay.config, rows, failure, resources, Context.of(last), stage=relay.stage, pruned=pruned,
+                        stopped_at=last.get("stopped_at"))
     rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
 

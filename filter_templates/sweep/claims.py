@@ -16,7 +16,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from filter_templates.core.status import FAILED, PENDING, RUNNING, RUN_STATUSES
+from filter_templates.core.status import FAILED, PAUSED, PENDING, RUNNING, RUN_STATUSES
 from filter_templates.sweep.records import (
     DEFAULT_STALE_AFTER,
     HEARTBEAT_EVERY,
@@ -31,6 +31,16 @@ from filter_templates.sweep.records import (
 
 __all__ = ["Claims", "Heartbeats"]
 
+
+def _at_stop(row: Mapping[str, Any], config_json: str) -> bool:
+    """A paused row that a run of ``config_json`` would leave where it is: its ``stop_at`` is the
+    epoch the row paused after, or an earlier one."""
+    paused = row["paused_at"]
+    if paused is None:
+        return False
+    stop = json.loads(config_json).get("stop_at") if config_json else None
+    return stop is not None and int(paused) >= int(stop)
+
 _BEAT = "UPDATE runs SET heartbeat=? WHERE key=? AND claim_token=? AND status='running'"
 
 
@@ -39,10 +49,12 @@ class Claims:
     ``_rows_for``)."""
 
     def claimable(self, row: Mapping[str, Any], *, stale_after: float = DEFAULT_STALE_AFTER,
-                  now: float | None = None) -> bool:
-        """A pending row, or a running row whose owner is gone (dead pid here, or stale heartbeat)."""
+                  now: float | None = None, config_json: str | None = None) -> bool:
+        """A pending row, or a running row whose owner is gone (dead pid here, or stale heartbeat);
+        not a paused row whose run would stop where it is (``config_json``: the configuration it
+        would run with, by default its stored one)."""
         if row["status"] == PENDING:
-            return True
+            return not _at_stop(row, config_json or row["config_json"])
         if row["status"] != RUNNING:
             return False
         alive = owner_alive(row["claimed_by"])
@@ -87,14 +99,15 @@ class Claims:
                 if len(out) >= limit:
                     break
                 row = rows.get(key)
-                if row is None or not self.claimable(row, stale_after=stale_after, now=now):
+                cfg = (config_json or {}).get(key, row["config_json"] if row is not None else "")
+                if row is None or not self.claimable(row, stale_after=stale_after, now=now, config_json=cfg):
                     continue
                 token = uuid.uuid4().hex
                 reclaimed = row["status"] == RUNNING
-                cfg = (config_json or {}).get(key, row["config_json"])
                 db.execute(
                     "UPDATE runs SET status='running', claimed_by=?, claim_token=?, claimed_at=?, heartbeat=?, "
                     "attempts=attempts+1, started_at=COALESCE(started_at, ?), reason=NULL, config_json=?, "
+                    "paused_at=NULL, "
                     "updated_at=? WHERE key=?",
                     (owner, token, now, now, now, cfg, now, key),
                 )
@@ -141,8 +154,10 @@ class Claims:
         ``metrics.jsonl``) replaces the per-epoch history when given. False if the claim was lost.
         """
         status = summary.get("status")
+        if status == PAUSED:
+            return self._pause(key, token, summary, epochs, run_dir)
         if status not in RUN_STATUSES:
-            raise StoreError(f"a run's summary status must be 'done' or 'failed', got {status!r}")
+            raise StoreError(f"a run's summary status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
         res = summary.get("resources") or {}
         lat = res.get("latency_s") or {}
         batch = res.get("batch_size")
@@ -158,8 +173,8 @@ class Claims:
                 "UPDATE runs SET status=?, reason=?, final_acc=?, best_acc=?, best_epoch=?, val_acc=?, params=?, "
                 "flops=?, train_memory_bytes=?, batch_size=?, latency_batch_s=?, latency_b1_s=?, resource_device=?, threads=?, "
                 "resources_json=?, wall_s=?, device=?, epoch_metrics=?, epochs_done=?, finished_at=?, "
-                "updated_at=?, claimed_by=NULL, claim_token=NULL, heartbeat=NULL, run_dir=COALESCE(?, run_dir) "
-                f"WHERE {where}",
+                "updated_at=?, claimed_by=NULL, claim_token=NULL, heartbeat=NULL, paused_at=NULL, "
+                f"run_dir=COALESCE(?, run_dir) WHERE {where}",
                 (status, summary.get("reason") if status == FAILED else None,
                  num(summary.get("final_acc")), num(summary.get("best_acc")), num(summary.get("best_epoch")),
                  num(summary.get("val_acc")),
@@ -171,6 +186,26 @@ class Claims:
             )
             self._event(key, status, None if token is None else owner_id(),
                         {"reason": summary.get("reason")} if status == FAILED else None)
+        return True
+
+    def _pause(self, key: str, token: str | None, summary: Mapping[str, Any],
+               epochs: Sequence[Mapping[str, Any]] | None, run_dir: str | None) -> bool:
+        """A run paused at its ``stop_at``: pending again (never done), with its epochs so far and
+        the epoch it stopped after, so no sweep claims it to stop there again."""
+        where = "key=? AND claim_token=? AND status='running'" if token is not None else "key=?"
+        args: tuple[Any, ...] = (key, token) if token is not None else (key,)
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(f"SELECT epoch_metrics FROM runs WHERE {where}", args).fetchone()
+            if row is None:
+                return False
+            history = [clean(dict(e)) for e in epochs] if epochs is not None else json.loads(row[0])
+            db.execute("UPDATE runs SET status='pending', paused_at=?, epoch_metrics=?, epochs_done=?, reason=NULL, "
+                       "claimed_by=NULL, claim_token=NULL, heartbeat=NULL, updated_at=?, "
+                       f"run_dir=COALESCE(?, run_dir) WHERE {where}",
+                       (int(summary["stopped_at"]), canonical_json(history),
+                        max([int(e.get("epoch", 0)) for e in history] or [0]), now, run_dir, *args))
+            self._event(key, PAUSED, None if token is None else owner_id(), {"epoch": summary["stopped_at"]})
         return True
 
     def fail(self, key: str, token: str | None, reason: str) -> bool:

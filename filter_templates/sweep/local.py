@@ -26,7 +26,7 @@ from filter_templates.core.device import resolve_device
 from filter_templates.core.messages import note as _log
 from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import CHECKPOINT, read_metrics
-from filter_templates.core.status import DONE, FAILED, PENDING, RUNNING
+from filter_templates.core.status import DONE, FAILED, PAUSED, PENDING, RUNNING
 from filter_templates.run import run_config
 from filter_templates.training.config import TrainConfig
 from filter_templates.sweep.options import EngineOptions
@@ -102,7 +102,8 @@ def run_local(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs
         config_json = {p.key: p.config_json for p in points}
         bar = Progress(total=len(points), desc="sweep", enabled=progress)
         bar.n = result.skipped
-        todo = sum(1 for r in store.rows(keys) if store.claimable(r, stale_after=DEFAULT_STALE_AFTER))
+        todo = sum(1 for r in store.rows(keys)
+                   if store.claimable(r, stale_after=DEFAULT_STALE_AFTER, config_json=config_json[r["key"]]))
         try:
             if jobs > 1 and todo > 1:
                 workers = _spawn_workers(min(jobs, todo) - 1, points, store.path, runs_dir, (threads, threads_source))
@@ -168,7 +169,10 @@ def _threads(configs: Sequence["TrainConfig"], jobs: int, threads: int | None,
 
 
 def _count(result: SweepResult, point: Point, summary: dict) -> None:
-    if summary.get("status") == DONE:
+    if summary.get("status") == PAUSED:
+        result.paused += 1
+        _log(f"paused {point.name} after epoch {summary.get('stopped_at')}")
+    elif summary.get("status") == DONE:
         result.done += 1
         _log(f"done   {point.name}: final acc {_pct(summary.get('final_acc'))}, best {_pct(summary.get('best_acc'))}")
     else:
@@ -212,6 +216,7 @@ def _merge(result: SweepResult, out: Path) -> None:
     except (OSError, ValueError):
         return
     result.done += int(d.get(DONE, 0))
+    result.paused += int(d.get(PAUSED, 0))
     result.failed += int(d.get(FAILED, 0))
     result.failures += list(d.get("failures", []))
 

@@ -11,7 +11,7 @@ import torch
 
 from filter_templates.method.measure import input_shape_of, latency, resources
 from filter_templates.core.rundir import CONFIG, read_metrics, read_summary, write_resources
-from filter_templates.core.status import DONE, FAILED
+from filter_templates.core.status import DONE, FAILED, PAUSED
 from filter_templates.sweep.grid import run_dir_name
 from filter_templates.sweep.store import Store, canonical_json, point_key
 
@@ -51,6 +51,7 @@ class SweepResult:
     points: int
     done: int = 0  # ran to the end in this sweep
     failed: int = 0  # ran and failed in this sweep
+    paused: int = 0  # ran to its stop_at epoch in this sweep (not done: running it further continues it)
     skipped_done: int = 0  # already done before
     skipped_failed: int = 0  # failed before, not retried (no --retry-failed)
     elsewhere: int = 0  # held by another live sweep process
@@ -64,7 +65,8 @@ class SweepResult:
         return self.skipped_done + self.skipped_failed
 
     def line(self) -> str:
-        parts = [f"{self.done} done", f"{self.failed} failed", f"{self.skipped} skipped"]
+        parts = [f"{self.done} done", *([f"{self.paused} paused"] if self.paused else []), f"{self.failed} failed",
+                 f"{self.skipped} skipped"]
         why = []
         if self.skipped_done:
             why.append(f"{self.skipped_done} already done")
@@ -83,7 +85,7 @@ class SweepResult:
 
     def to_dict(self) -> dict[str, Any]:
         return {"db": self.db, "runs_dir": self.runs_dir, "engine": self.engine, "points": self.points,
-                "done": self.done, "failed": self.failed, "skipped": self.skipped,
+                "done": self.done, "paused": self.paused, "failed": self.failed, "skipped": self.skipped,
                 "skipped_done": self.skipped_done, "skipped_failed": self.skipped_failed,
                 "running_elsewhere": self.elsewhere, "interrupted": self.interrupted,
                 "failures": self.failures, "unreachable": self.unreachable, "wall_s": round(self.wall_s, 3)}
@@ -145,10 +147,15 @@ def complete_resources(config: "TrainConfig", summary: dict[str, Any], run_dir: 
 
 
 def finished_on_disk(point: Point) -> dict[str, Any] | None:
-    """The summary of a run that finished but whose row was never updated (the sweep was killed
-    between the two writes): recording it beats training it again."""
+    """The summary of a run that finished (or paused where ``point`` would stop it) but whose row
+    was never updated (the sweep was killed between the two writes): recording it beats training
+    it again."""
     s = read_summary(point.run_dir)
-    if not s or s.get("status") != DONE or not isinstance(s.get("config"), dict):
+    if not s or not isinstance(s.get("config"), dict):
+        return None
+    stop = point.config.stop_at
+    paused = s.get("status") == PAUSED and stop is not None and int(s.get("stopped_at") or 0) >= stop
+    if s.get("status") != DONE and not paused:
         return None
     if point_key(s["config"])[0] != point.key:
         return None

@@ -16,7 +16,7 @@ from ray import tune
 
 from filter_templates.core.messages import note
 from filter_templates.core.rundir import MODEL, SUMMARY, copy_run_files, read_metrics, read_summary
-from filter_templates.core.status import DONE, FAILED
+from filter_templates.core.status import DONE, FAILED, PAUSED
 from filter_templates.sweep.plan import Point, SweepResult
 from filter_templates.sweep.store import Store
 
@@ -60,7 +60,10 @@ class StoreCallback(tune.Callback):
                           run_dir=str(run_dir))
         self.beats.drop(key)
         name = self.by_key[key].name
-        if summary.get("status") == DONE:
+        if summary.get("status") == PAUSED:
+            self.result.paused += 1
+            note(f"paused {name} after epoch {summary.get('stopped_at')}")
+        elif summary.get("status") == DONE:
             self.result.done += 1
             note(f"done   {name}")
         else:
@@ -73,7 +76,7 @@ class StoreCallback(tune.Callback):
         if self.store is None or result.get("final"):
             return  # the final report is recorded from summary.json in on_trial_complete
         key = self._key(trial)
-        row = {k: result[k] for k in ("epoch", "lr", "train_loss", "train_acc", "test_acc", "test_views", "seconds",
+        row = {k: result[k] for k in ("epoch", "lr", "train_loss", "train_acc", "val_acc", "test_acc", "test_views", "seconds",
                                       "images_per_s") if k in result}
         if "epoch" in row:
             self.store.record_epoch(key, self.tokens[key], row)

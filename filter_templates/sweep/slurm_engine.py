@@ -35,7 +35,7 @@ from filter_templates.core.errors import UsageError
 from filter_templates.core.messages import note, warn
 from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import check_writable, read_metrics, read_summary
-from filter_templates.core.status import DONE, FAILED, PENDING, RUNNING, RUN_STATUSES
+from filter_templates.core.status import DONE, FAILED, PAUSED, PENDING, RUNNING, RUN_STATUSES
 from filter_templates.sweep.options import EngineOptions, SlurmOptions
 from filter_templates.sweep.plan import Point, SweepResult, finished_on_disk, prepare
 from filter_templates.sweep.slurm_job import TrainJob, import_submitit
@@ -380,7 +380,10 @@ def _record(sw: _Sweep, key: str, summary: dict[str, Any]) -> None:
     if not recorded:
         note(f"{point.name}: another sweep took this point over; its result is that sweep's to record")
         return
-    if summary.get("status") == DONE:
+    if summary.get("status") == PAUSED:
+        sw.result.paused += 1
+        note(f"paused {point.name} after epoch {summary.get('stopped_at')} (Slurm job {summary.get('slurm_job_id', '-')})")
+    elif summary.get("status") == DONE:
         sw.result.done += 1
         note(f"done   {point.name} (Slurm job {summary.get('slurm_job_id', '-')})")
     else:

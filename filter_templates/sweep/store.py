@@ -27,6 +27,7 @@ sweep writes the same rows again, so a lost store is rebuilt by ``sweep --reinde
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import time
@@ -77,6 +78,7 @@ CREATE TABLE IF NOT EXISTS runs (
     claimed_by TEXT, claim_token TEXT, claimed_at REAL, heartbeat REAL,
     attempts INTEGER NOT NULL DEFAULT 0,   -- how many times the point was claimed to train
     epochs_done INTEGER NOT NULL DEFAULT 0,
+    paused_at INTEGER,                     -- a pending run paused at its stop_at epoch (NULL: not paused)
     epoch_metrics TEXT NOT NULL DEFAULT '[]',  -- JSON list: one object per epoch (test_acc, ...)
     final_acc REAL, best_acc REAL, best_epoch INTEGER,  -- test accuracy: final, best over epochs (optimistic)
     val_acc REAL,                          -- final accuracy on the validation split (NULL: the run had none)
@@ -111,7 +113,7 @@ CREATE INDEX IF NOT EXISTS budget_points_run ON budget_points (run_key);
 
 #: Columns added to ``runs`` after stores were written (name, SQL type): opening an older store adds them.
 _ADDED_COLUMNS = (("val_acc", "REAL"), ("kind", "TEXT NOT NULL DEFAULT 'template'"),
-                  ("image_size", "INTEGER NOT NULL DEFAULT 32"))
+                  ("image_size", "INTEGER NOT NULL DEFAULT 32"), ("paused_at", "INTEGER"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -336,6 +338,22 @@ class Store(Claims, BudgetPoints):
                   else self.db.execute("SELECT status FROM runs")):
             out[r["status"]] += 1
         return out
+
+    def paused(self, keys: Sequence[str]) -> dict[str, int]:
+        """The runs among ``keys`` that are paused: ``{key: the epoch they paused after}``."""
+        return {k: int(r["paused_at"]) for k, r in self._rows_for(list(keys), "status='pending'").items()
+                if r["paused_at"] is not None}
+
+    def meta(self, name: str) -> Any:
+        """A JSON value the store keeps under ``name`` (None: none), such as the plan of the
+        successive halving its paused runs belong to."""
+        row = self.db.execute("SELECT value FROM meta WHERE name=?", (name,)).fetchone()
+        return None if row is None else json.loads(row[0])
+
+    def set_meta(self, name: str, value: Any) -> None:
+        with self._tx() as db:
+            db.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
+                       "value=excluded.value", (name, canonical_json(value)))
 
     def events(self, key: str | None = None) -> list[dict[str, Any]]:
         q = "SELECT * FROM events" + (" WHERE key=?" if key else "") + " ORDER BY id"

@@ -136,6 +136,9 @@ class TrainConfig:
     compile: bool | None = _execution()  # torch.compile the training step (None: the profile's, else off)
     # the machine profile to read (training.profile): PROFILE_AUTO (the user's config directory), PROFILE_OFF or a file
     profile: str = _execution(PROFILE_AUTO)
+    # pause after this epoch of the planned ``epochs`` (None: run to the end); the schedule stays
+    # the full run's, so continuing later ends exactly where a run never paused would
+    stop_at: int | None = _execution()
     image_size: int = _result(IMAGE_SIZE)  # side of the square images (a folder's are resized to it); arch.image_size too
 
     def __post_init__(self) -> None:
@@ -183,7 +186,7 @@ class TrainConfig:
         check_prune(self.prune)
         if not isinstance(self.device, str) or not (self.device in DEVICES or self.device.startswith("cuda:")):
             raise UsageError(f"device must be one of {', '.join(DEVICES)} (or cuda:N), got {self.device!r}")
-        for name in ("threads", "data_memory", "world_size"):
+        for name in ("threads", "data_memory", "world_size", "stop_at"):
             if getattr(self, name) is not None:
                 _check_int(name, getattr(self, name), minimum=1)
         for name in ("sync_bn", "compile"):
@@ -206,6 +209,11 @@ class TrainConfig:
     def method(self) -> str:
         """The arch's template, or the pruning baseline's method (:func:`method_of`)."""
         return method_of(self.to_dict())
+
+    @property
+    def stop_epoch(self) -> int:
+        """The epoch a run of this config trains to this time: ``stop_at``, at most ``epochs``."""
+        return self.epochs if self.stop_at is None else min(self.stop_at, self.epochs)
 
     def to_dict(self) -> dict[str, Any]:
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
@@ -332,8 +340,9 @@ class Summary(_SummaryExtras):
     ``training.loop.summarise`` alone. Accuracies are fractions in [0, 1]; a pruning run scores the
     rows of its last stage."""
 
-    status: str  # core.status.DONE or FAILED
+    status: str  # core.status.DONE, FAILED or PAUSED
     reason: str | None  # why it failed
+    stopped_at: int | None  # a paused run's last epoch, of its planned schedule (None: not paused)
     val_acc: float | None  # the last epoch's validation accuracy: what selection reads
     val: dict[str, Any] | None  # the validation set's size, source and digest (None: none)
     final_acc: float | None  # the last epoch's test accuracy

@@ -42,7 +42,7 @@ from filter_templates.core.device import device_name, free_memory, resolve_devic
 from filter_templates.core.errors import UsageError
 from filter_templates.core.messages import note
 from filter_templates.core.progress import Progress
-from filter_templates.core.status import DONE, FAILED
+from filter_templates.core.status import DONE, FAILED, PAUSED
 from filter_templates.training.config import (
     CHOSEN_KEYS,
     DATA_MEMORY_SHARE,
@@ -201,7 +201,7 @@ def _run(config: TrainConfig, out: Path, state: dict | None, where: _Setting, pr
 
     # ---- the epoch loop: train, evaluate, checkpoint ----------------------------------------------
     failure: str | None = None
-    for epoch in range(start_epoch, E):
+    for epoch in range(start_epoch, config.stop_epoch):
         t0 = time.perf_counter()
         row, seen, failure = _train_epoch(parts, epoch, config, amp, progress and main)
         if failure is not None:
@@ -226,7 +226,7 @@ def _run(config: TrainConfig, out: Path, state: dict | None, where: _Setting, pr
                 on_epoch(row)
 
     # ---- finish: final weights and summary ------------------------------------------------------
-    if failure is None and main:
+    if failure is None and main and len(metrics) >= E:
         rundir.atomic_save({k: v.detach().cpu() for k, v in eval_model.state_dict().items()}, out / rundir.MODEL)
     # resources on the training device, measured after training (latency needs a quiet device); by
     # rank 0 only, which writes the summary
@@ -234,7 +234,8 @@ def _run(config: TrainConfig, out: Path, state: dict | None, where: _Setting, pr
     context = Context(str(device), device_name(device), config.precision, config.memory_format,
                       where.choice.to_dict(), torch.get_num_threads(), split.describe(where.full, ds, config.val_split),
                       where.full.record())
-    summary = summarise(cfg, metrics, failure, resources, context)
+    paused = len(metrics) if failure is None and len(metrics) < E else None
+    summary = summarise(cfg, metrics, failure, resources, context, stopped_at=paused)
     if main:
         rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
@@ -488,15 +489,18 @@ class Context:
 
 
 def summarise(config: Mapping[str, Any], metrics: list[dict], failure: str | None, resources: dict | None,
-              context: Context, *, stage: str | None = None, pruned: dict | None = None) -> Summary:
+              context: Context, *, stage: str | None = None, pruned: dict | None = None,
+              stopped_at: int | None = None) -> Summary:
     """The one writer of a :class:`Summary`: a run's outcome from its metrics rows (``config``: its
     ``to_dict()``). ``stage``: score only the rows of that stage (a pruning run's last); ``pruned``:
-    what a pruning run pruned."""
+    what a pruning run pruned; ``stopped_at``: the epoch of its planned schedule a run paused after
+    (its ``stop_at``: not done, a later run continues it)."""
     scored = [m for m in metrics if stage is None or m.get("stage") == stage]
     best = max(scored, key=lambda m: m["test_acc"]) if scored else None
     summary: Summary = {
-        "status": FAILED if failure else DONE,
+        "status": FAILED if failure else PAUSED if stopped_at is not None else DONE,
         "reason": failure,
+        "stopped_at": None if failure else stopped_at,
         "val_acc": scored[-1].get("val_acc") if scored else None,
         "val": context.val,
         "final_acc": scored[-1]["test_acc"] if scored else None,
