@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core import rundir
 from filter_templates.method.arch import Arch
 from filter_templates.core.errors import UsageError
@@ -32,8 +33,8 @@ def run_image_size(run_dir: str | Path) -> int:
     """The input side a run's model was trained at, read from its config.json without building
     anything (a user's network is then discovered at that size); 32 when the record names none."""
     doc = rundir.read_json(Path(run_dir) / rundir.CONFIG) if (Path(run_dir) / rundir.CONFIG).is_file() else None
-    size = (doc or {}).get("arch", {}).get("image_size", 32) if isinstance(doc, dict) else 32
-    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 1 else 32
+    size = (doc or {}).get("arch", {}).get("image_size", IMAGE_SIZE) if isinstance(doc, dict) else IMAGE_SIZE
+    return size if isinstance(size, int) and not isinstance(size, bool) and size >= 1 else IMAGE_SIZE
 
 
 def _run_arch(run: Path) -> Arch:

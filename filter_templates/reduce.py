@@ -43,6 +43,7 @@ from filter_templates.core.status import DONE, STOPPED
 from filter_templates.training.config import PRUNE_METHODS, RECIPE_FIELDS
 from filter_templates.report import make_report
 from filter_templates.report.budgets import BudgetCell, collect_budgets
+from filter_templates.report.settings import views_of
 from filter_templates.sweep.engines import EngineOptions, run_grid
 from filter_templates.sweep.grid import ALL_TEMPLATES, Grid, SweepSpec, plan_grid
 from filter_templates.sweep.plan import SweepResult
@@ -350,8 +351,8 @@ def _with_val_split(dataset: str, settings: dict[str, Any]) -> dict[str, Any]:
 
 
 def _test_views(cells: Sequence[BudgetCell]) -> int | list[int] | None:
-    """The views per test image of the finished runs' final evaluation: one number (all alike),
-    all of them (they differ), or None (none finished)."""
-    views = sorted({r["epoch_metrics"][-1].get("test_views") for c in cells for r in c.done if r["epoch_metrics"]}
-                   - {None})
+    """The views per test image of the finished runs' final evaluation, as the report counts them
+    (:func:`report.settings.views_of`): one number (all alike), all of them (they differ), or None
+    (none finished)."""
+    views = sorted({views_of(c.setting) for c in cells if c.done})
     return None if not views else views[0] if len(views) == 1 else views

@@ -550,3 +550,22 @@ def test_shared_cifar10_copy_loads():
     assert np.bincount(ds.train_y).tolist() == [5000] * 10 and np.bincount(ds.test_y).tolist() == [1000] * 10
     assert 0.40 < ds.mean[0] < 0.55 and 0.2 < ds.std[2] < 0.3
     assert DATASETS == ("cifar10", "cifar100", "digits", "synthetic", "folder")
+
+
+def test_the_shipped_digits_are_scikit_learns_bytes_and_split():
+    """digits.npz holds the very images, labels and split scikit-learn gives, so runs read the same
+    numbers with or without it (skipped where scikit-learn is not installed)."""
+    datasets = pytest.importorskip("sklearn.datasets")
+    selection = pytest.importorskip("sklearn.model_selection")
+    from filter_templates.data import digits
+
+    bunch = datasets.load_digits()
+    train, test = selection.train_test_split(np.arange(len(bunch.target)), test_size=digits.TEST_SIZE,
+                                             stratify=bunch.target, random_state=0)
+    gray = bunch.images * (255.0 / 16.0)
+    big = np.clip(np.rint(digits.bilinear_resize(gray, (32, 32))), 0, 255).astype(np.uint8)
+    x = np.repeat(big[..., None], 3, axis=3)
+    ds = digits.load()
+    assert np.array_equal(ds.train_x, x[np.sort(train)]) and np.array_equal(ds.test_x, x[np.sort(test)])
+    assert np.array_equal(ds.train_y, bunch.target[np.sort(train)]) and np.array_equal(ds.test_y, bunch.target[np.sort(test)])
+    assert ds.train_y.dtype == np.int64 and ds.train_x.dtype == np.uint8

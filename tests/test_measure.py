@@ -259,7 +259,7 @@ def test_templates_measure_table(capsys):
                  "--batch-size", "4", "--min-run-time", "0.005"])
     out, _ = capsys.readouterr()
     assert code == 0
-    assert "train MB" in out and "ms@4" in out and "ms@1" in out and "threads" in out
+    assert "train MiB" in out and "ms@4" in out and "ms@1" in out and "threads" in out
 
 
 def test_templates_without_measure_keeps_its_keys(capsys):

@@ -8,7 +8,7 @@ from typing import Any, Callable
 
 from filter_templates.core import validate
 from filter_templates.data import split
-from filter_templates.method.arch import IMAGE_SIZE, MIN_IMAGE_SIZE
+from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
 from filter_templates.core.errors import UsageError
 from filter_templates.models import family_names, resolve_model
 from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE_OFF, RECIPES

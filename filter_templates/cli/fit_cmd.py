@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from pathlib import Path
 
-from filter_templates.method.arch import IMAGE_SIZE
+from filter_templates.core.images import IMAGE_SIZE
+from filter_templates.core.rundir import portable
 from filter_templates.method.fit import LATENCY_TOLERANCE, FitRequest, fit, format_value, parse_budget
+from filter_templates.method.measure import mib
 from filter_templates.core.messages import warn
 from filter_templates.models import MAX_WIDTH, get_family
 from filter_templates.core.rundir import atomic_write_json, check_writable, writing
@@ -57,9 +58,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
 
 def config_name(model: str, template: str, width: float) -> str:
     """``<model>-<template>-w<width>.json``, with characters unsafe in file names replaced."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", template).strip("_") or "custom"
-    model = re.sub(r"[^A-Za-z0-9._-]+", "_", model).strip("_")
-    return f"{model}-{safe}-w{width:g}.json"
+    return f"{portable(model) or 'model'}-{portable(template) or 'custom'}-w{width:g}.json"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -99,14 +98,14 @@ def run(args: argparse.Namespace) -> int:
     timed = any("latency_s" in d for d in fits)
     head = f"{'template':<{w}}  {'width':>9}  {'params':>12}  {'GFLOPs':>8}"
     if measured:
-        head += f"  {'train MB':>9}"
+        head += f"  {'train MiB':>9}"
     if timed:
         head += f"  {f'ms@{args.batch_size}':>8}  {'ms@1':>7}"
     print(head + f"  {'budget':>7}  filters")
     for r, d in zip(results, fits):
         line = f"{r.template:<{w}}  {r.width:>9.6g}  {d['params']:>12,}  {d['flops'] / 1e9:>8.3f}"
         if measured:
-            line += f"  {d['train_memory_bytes'] / 1e6:>9.1f}" if "train_memory_bytes" in d else f"  {'':>9}"
+            line += f"  {mib(d['train_memory_bytes']):>9.1f}" if "train_memory_bytes" in d else f"  {'':>9}"
         if timed:
             lat = d.get("latency_s", {})
             line += (f"  {lat[f'batch{args.batch_size}'] * 1e3:>8.2f}  {lat['batch1'] * 1e3:>7.2f}"

@@ -9,6 +9,7 @@ from filter_templates.core.errors import UsageError
 from filter_templates.data.split import DEFAULT_MAX
 from filter_templates.sweep.halving import DEFAULT_RUNGS, Halving
 from filter_templates.method.fit import format_value
+from filter_templates.method.measure import mib
 from filter_templates.core.messages import note
 from filter_templates.core.status import DONE
 from filter_templates.models import family_names
@@ -125,7 +126,7 @@ def render(result: ReduceResult) -> str:
              f"seed{'s' if len(result.seeds) > 1 else ''} {seeds}, {views} test view(s)",
              f"ranked by {_selection_words(result)}"]
     w = max(8, *(len(c.template) for c in result.candidates))
-    lines.append(f"{'rank':>4}  {'template':<{w}}  {'width':>9}  {'params':>11}  {'MFLOPs':>8}  {'train MB':>8}  "
+    lines.append(f"{'rank':>4}  {'template':<{w}}  {'width':>9}  {'params':>11}  {'MFLOPs':>8}  {'train MiB':>9}  "
                  f"{'val %':>7}  {'test %':>7}  {'best test* %':>12}  status")
     for i, c in enumerate(result.candidates, 1):
         def num(v, fmt):
@@ -139,7 +140,7 @@ def render(result: ReduceResult) -> str:
             status = f"stopped after {c.stopped_at} epochs (val % at that rung)"
         lines.append(f"{i:>4}  {c.template:<{w}}  {num(c.width, '>9.6g')}  {num(c.params, '>11,')}  "
                      f"{num(None if c.flops is None else c.flops / 1e6, '>8.2f')}  "
-                     f"{num(None if c.train_memory_bytes is None else c.train_memory_bytes / 1e6, '>8.1f')}  "
+                     f"{num(None if c.train_memory_bytes is None else mib(c.train_memory_bytes), '>9.1f')}  "
                      f"{pct(c.val_acc)}  {pct(c.final_acc)}  {pct(c.best_acc, 12)}  {status}")
     lines.append(f"val: final validation accuracy; test: final test accuracy; *: the {BEST_ACC_WORDS}, "
                  "never used to select; means over the finished seeds")

@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.errors import UsageError
 from filter_templates.models import resolve_model
 from filter_templates.core.rundir import check_writable
@@ -198,7 +199,7 @@ def train_settings(args: argparse.Namespace) -> dict:
 def _models(names: list[str] | None, image_size: int | None = None) -> list[str] | None:
     """--models: family names or package.module:function (imported here: only a flag may name code;
     a user's network is discovered at --image-size when given)."""
-    return None if names is None else [resolve_model(m, image_size=image_size or 32) for m in names]
+    return None if names is None else [resolve_model(m, image_size=image_size or IMAGE_SIZE) for m in names]
 
 
 def spec_from_args(args: argparse.Namespace):

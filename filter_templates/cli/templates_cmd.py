@@ -6,10 +6,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from filter_templates.method.arch import IMAGE_SIZE, make_arch
+from filter_templates.core.images import IMAGE_SIZE
+from filter_templates.method.arch import make_arch
 from filter_templates.method.compare import TOLERANCE, compare_published, markdown_table
 from filter_templates.core.errors import UsageError
 from filter_templates.method.measure import (
+    mib,
     LATENCY_MIN_RUN_TIME,
     arch_flops,
     arch_params,
@@ -119,13 +121,13 @@ def run(args: argparse.Namespace) -> int:
           f"one count per {fam.unit}")
     w = max(len(r["name"]) for r in table)
     b = args.batch_size
-    extra = f"  {'train MB':>9}  {f'ms@{b}':>8}  {'ms@1':>7}" if where else ""
+    extra = f"  {'train MiB':>9}  {f'ms@{b}':>8}  {'ms@1':>7}" if where else ""
     print(f"{'template':<{w}}  {'params':>12}  {'GFLOPs':>8}{extra}  filters")
     for r in table:
         extra = ""
         if where:
             lat = r["latency_s"]
-            extra = f"  {r['train_memory_bytes'] / 1e6:>9.1f}  {lat[f'batch{b}'] * 1e3:>8.2f}  {lat['batch1'] * 1e3:>7.2f}"
+            extra = f"  {mib(r['train_memory_bytes']):>9.1f}  {lat[f'batch{b}'] * 1e3:>8.2f}  {lat['batch1'] * 1e3:>7.2f}"
         print(f"{r['name']:<{w}}  {r['params']:>12,}  {r['flops'] / 1e9:>8.3f}{extra}  {' '.join(map(str, r['filters']))}")
     if where:
         print(f"memory: {table[0]['train_memory_method']} of one SGD step at batch {b}; latency: median of eval "

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from filter_templates.method.arch import IMAGE_SIZE, Arch, make_arch
+from filter_templates.core.images import IMAGE_SIZE
+from filter_templates.method.arch import Arch, make_arch
 from filter_templates.training.autotune import threads_for
 from filter_templates.data import data_digest_for, data_shape
 from filter_templates.core.device import resolve_device
@@ -20,7 +20,7 @@ from filter_templates.training.initialise import WHITEN_SAMPLE
 from filter_templates.core.messages import error, note
 from filter_templates.models import family_names, resolve_model
 from filter_templates.training.config import FIELDS, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
-from filter_templates.core.rundir import SUMMARY
+from filter_templates.core.rundir import SUMMARY, run_name
 from filter_templates.core.status import DONE, PAUSED
 from filter_templates.training import distributed
 from filter_templates.training.loop import open_checkpoint, with_world
@@ -182,10 +182,8 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
     return TrainConfig(arch=arch, **train_kw)
 
 
-def default_out(config) -> Path:
-    a = config.arch
-    name = f"{a.family}-{a.template}-w{a.width:g}-{config.dataset}-s{config.seed}"
-    return Path("runs") / re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+def default_out(config: TrainConfig) -> Path:
+    return Path("runs") / run_name(config.to_dict())
 
 
 def _processes(args: argparse.Namespace, world: distributed.World) -> int:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 import warnings
@@ -36,6 +37,7 @@ __all__ = [
     "atomic_copy", "append_line", "remove_stale_temp_files", "check_writable", "writing",
     "load_checkpoint", "open_checkpoint", "start_run", "read_json", "read_config", "read_summary",
     "merge_resources", "write_resources", "read_metrics", "write_metrics", "append_metrics", "copy_run_files",
+    "portable", "run_name",
 ]
 
 CONFIG = "config.json"
@@ -52,6 +54,30 @@ RUN_FILES = (*TRAIN_FILES, RESOURCES)
 CHECKPOINT_KEYS = frozenset({"config", "epoch", "model", "optimizer", "scheduler", "rng", "metrics"})
 
 _TMP_MARK = ".tmp-"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+# --------------------------------------------------------------------------------------------
+# Naming: run folders and the files commands write for a model
+# --------------------------------------------------------------------------------------------
+
+
+def portable(text: str, limit: int = 40) -> str:
+    """``text`` as part of a file name on every system: letters, digits and ``.-_`` only (any
+    other run of characters, ``:`` of ``package.module:function`` included, becomes ``_``), at
+    most ``limit`` characters."""
+    return _UNSAFE.sub("_", str(text))[:limit].strip("_")
+
+
+def run_name(config: Mapping[str, Any], key: str | None = None) -> str:
+    """A run folder's readable name, ``digits-vgg19-uniform-w0.1-s0`` (+ ``-<key prefix>`` where
+    many runs share a folder: a sweep's), from a ``TrainConfig.to_dict()``. The full model and
+    template names stay in the run's ``config.json``."""
+    arch = config["arch"]
+    reading = "-pub" if arch.get("as_published") else ""
+    name = (f"{portable(config['dataset']) or 'data'}-{portable(arch['family']) or 'model'}-"
+            f"{portable(arch['template']) or 'custom'}{reading}-w{float(arch['width']):g}-s{config['seed']}")
+    return name if key is None else f"{name}-{key[:10]}"
 
 
 # --------------------------------------------------------------------------------------------

@@ -20,14 +20,14 @@ import numpy as np
 
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.data import digits, synthetic
 from filter_templates.data.dataset import Dataset
 
-__all__ = ["DATASETS", "BUILTIN_SIZE", "Dataset", "DataShape", "load_dataset", "load_data", "load_data_for",
-           "data_digest_for", "num_classes", "data_shape"]
+__all__ = ["DATASETS", "Dataset", "DataShape", "load_dataset", "load_data", "load_data_for",
+           "data_digest_for", "num_classes", "data_shape", "mirrors"]
 
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "folder")
-BUILTIN_SIZE = 32  # every built-in dataset's images are 32 x 32
 _LIMIT_SEED = 0x5EED
 
 
@@ -62,8 +62,8 @@ def _subset(x: np.ndarray, y: np.ndarray, limit: int | None, salt: int) -> tuple
 
 
 def _check_size(key: str, image_size: int | None) -> None:
-    if image_size is not None and key != "folder" and image_size != BUILTIN_SIZE:
-        raise UsageError(f"--image-size applies to --dataset folder; {key} images are {BUILTIN_SIZE}x{BUILTIN_SIZE}")
+    if image_size is not None and key != "folder" and image_size != IMAGE_SIZE:
+        raise UsageError(f"--image-size applies to --dataset folder; {key} images are {IMAGE_SIZE}x{IMAGE_SIZE}")
 
 
 def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, download: bool = False,
@@ -104,6 +104,12 @@ def load_data(name: str, data_dir: str | None = None, download: bool = False,
     """:func:`load_dataset`, remembering the last one: a sweep trains many models on one dataset."""
     return load_dataset(name, data_dir, download=download, limit_train=limit_train, limit_test=limit_test,
                         image_size=image_size)
+
+
+def mirrors(name: str) -> bool:
+    """Whether a mirrored image of dataset ``name`` is still an image of its class (``Dataset.hflip``),
+    known without loading it: photos yes, digits no."""
+    return digits.MIRRORS if _canonical(name) == "digits" else True
 
 
 def _setting(settings: Any, name: str, default: Any = None) -> Any:
@@ -152,7 +158,7 @@ def data_shape(name: str, data_dir: str | None = None, image_size: int | None = 
     key = _canonical(name)
     _check_size(key, image_size)
     if key != "folder":
-        return DataShape(num_classes(key), BUILTIN_SIZE)
+        return DataShape(num_classes(key), IMAGE_SIZE)
     ds = load_data(key, data_dir, image_size=image_size)
     return DataShape(ds.num_classes, ds.image_size)
 

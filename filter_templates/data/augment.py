@@ -21,13 +21,14 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
 from filter_templates.data.stream import Stream, padded_bytes
 
 __all__ = ["Loader", "LoaderOptions", "epoch_seed", "scale_pixels", "REFERENCE_SIZE"]
 
-REFERENCE_SIZE = 32  # the image side the recipes' pixel settings (crop padding, test shifts) are given at
+REFERENCE_SIZE = IMAGE_SIZE  # the image side the recipes' pixel settings (crop padding, test shifts) are given at
 
 _COPY_CHUNK = 8192  # samples copied to the device per step at construction (bounded host memory)
 

@@ -23,6 +23,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.rundir import atomic_write
 from filter_templates.data.dataset import Dataset
 
@@ -82,7 +83,7 @@ def _open(entry: Path) -> Dataset | None:
             return None
         kinds = {**_ARRAYS, **(_VAL_ARRAYS if "val" in meta else {})}
         arrays = {k: np.load(entry / f"{k}.npy", mmap_mode="r", allow_pickle=False) for k in kinds}
-        size = int(meta.get("image_size", 32))  # entries written before folders were all 32 px
+        size = int(meta.get("image_size", IMAGE_SIZE))  # entries written before folders were all 32 px
         ok = all(arrays[k].dtype == dt for k, dt in kinds.items())
         ok = ok and all(_split_ok(arrays, s, meta[s], size) for s in ("train", "test", "val") if s in meta)
         if not ok:

@@ -24,6 +24,7 @@ from typing import Iterator, Union
 
 import numpy as np
 
+from filter_templates.core.images import MIN_IMAGE_SIZE
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
 from filter_templates.data import cache
@@ -31,11 +32,10 @@ from filter_templates.data.dataset import Dataset
 from filter_templates.data.images import decode_images, image_size_of
 from filter_templates.data.stats import channel_stats
 
-__all__ = ["NAME", "SPLITS", "MIN_IMAGE_SIZE", "Listing", "list_images", "digest", "load"]
+__all__ = ["NAME", "SPLITS", "Listing", "list_images", "digest", "load"]
 
 NAME = "folder"
 SPLITS = ("train", "val", "test")  # val is optional
-MIN_IMAGE_SIZE = 8
 _JUNK = frozenset({"thumbs.db", "desktop.ini"})  # files operating systems leave in image folders
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
 _TAR_BATCH_BYTES = 64 << 20  # compressed image bytes held at once while decoding an archive

@@ -28,6 +28,7 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.errors import UsageError
 from filter_templates.core.progress import Progress
 
@@ -199,7 +200,7 @@ def _parallel(chunks: list[tuple[int, Sequence[Item]]], size: tuple[int, int], r
             t.join()
 
 
-def decode_images(items: Sequence[Item], size: tuple[int, int] = (32, 32), *, resize: bool = False,
+def decode_images(items: Sequence[Item], size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE), *, resize: bool = False,
                   out: np.ndarray | None = None, progress_desc: str = "") -> np.ndarray:
     """All ``items`` decoded in order into a uint8 [N, H, W, 3] array (greyscale/RGBA become RGB).
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.data.dataset import Dataset
 from filter_templates.data.digits import bilinear_resize
 from filter_templates.data.stats import channel_stats
@@ -36,7 +37,7 @@ def _split(n: int, split: int, protos: np.ndarray) -> tuple[np.ndarray, np.ndarr
         y = rng.integers(0, NUM_CLASSES, _CHUNK)
         shift = rng.integers(-3, 4, size=(_CHUNK, 2))
         gain = rng.uniform(0.6, 1.2, size=(_CHUNK, 1, 1, 1)).astype(np.float32)
-        noise = rng.integers(-40, 41, size=(_CHUNK, 32, 32, 3), dtype=np.int16)
+        noise = rng.integers(-40, 41, size=(_CHUNK, IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.int16)
         base = protos[y]
         for dy in range(-3, 4):  # shift by rolling, grouped by offset: no per-sample loop
             for dx in range(-3, 4):

@@ -15,12 +15,11 @@ from filter_templates.method import published as P
 from filter_templates.method import templates as T
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
+from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
 from filter_templates.models import MAX_WIDTH, get_family, resolve_model
 
-__all__ = ["Arch", "make_arch", "IMAGE_SIZE", "MIN_IMAGE_SIZE", "STUDY_MIN_IMAGE_SIZE"]
+__all__ = ["Arch", "make_arch", "STUDY_MIN_IMAGE_SIZE"]
 
-IMAGE_SIZE = 32  # the input side of the built-in datasets, and of every record that names none
-MIN_IMAGE_SIZE = 8
 STUDY_MIN_IMAGE_SIZE = 32  # VGG-19 pools five times: the built-in families need at least 32 px
 
 

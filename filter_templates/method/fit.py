@@ -41,6 +41,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.method import measure as M
 from filter_templates.core import validate
 from filter_templates.method.arch import Arch, make_arch
@@ -168,7 +169,7 @@ class FitRequest:
     divisor: int = 1
     floor: int = 1
     as_published: bool = False
-    image_size: int = 32
+    image_size: int = IMAGE_SIZE
     batch_size: int = 64
     device: str = "cpu"
     min_run_time: Optional[float] = None

@@ -56,10 +56,13 @@ from torch.utils.flop_counter import FlopCounterMode
 from filter_templates.core import validate
 from filter_templates.core.device import DeviceLike, device_name, resolve_device
 from filter_templates.core.errors import UsageError
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.models import get_family
 
 __all__ = [
     "INPUT_SHAPE",
+    "MIB",
+    "mib",
     "input_shape_of",
     "LATENCY_MIN_RUN_TIME",
     "count_params",
@@ -77,7 +80,13 @@ __all__ = [
     "resources",
 ]
 
-INPUT_SHAPE = (3, 32, 32)
+INPUT_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)
+MIB = 2**20  # bytes: every memory figure the package prints is in MiB
+
+
+def mib(n: float) -> float:
+    """``n`` bytes in MiB, the one unit of every printed memory figure."""
+    return n / MIB
 
 
 def input_shape_of(arch: Any) -> tuple[int, int, int]:

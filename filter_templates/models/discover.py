@@ -40,11 +40,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.errors import UsageError
 
 __all__ = ["Group", "Plan", "discover", "trace", "INPUT_SHAPE"]
 
-INPUT_SHAPE = (3, 32, 32)
+INPUT_SHAPE = (3, IMAGE_SIZE, IMAGE_SIZE)
 
 Layout = tuple[tuple[int, int], ...]  # ((raw group id, multiplier), ...)
 

@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence, Union
 
 import torch.nn as nn
 
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.errors import UsageError
 from filter_templates.method.templates import scale_count
 from filter_templates.models.registry import Family
@@ -46,7 +47,7 @@ ENV_LOADED = "FILTER_TEMPLATES_MODELS"
 _LOADED: dict[str, Callable[[], nn.Module]] = {}  # model path -> zero-argument factory (trusted)
 _SOURCES: dict[str, Any] = {}  # model path -> the object it was loaded from
 _FAMILIES: dict[tuple[str, int], "GenericFamily"] = {}  # (family name, input size) -> family
-DISCOVERY_SIZE = 32  # the input side a model is discovered at unless its data says otherwise
+DISCOVERY_SIZE = IMAGE_SIZE  # the input side a model is discovered at unless its data says otherwise
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.method.arch import make_arch
 from filter_templates.core.errors import UsageError
 from filter_templates.method.measure import latency as measure_latency
@@ -39,7 +40,7 @@ def _measure_width1(batch_size: int, latency_mode: str, threads: int | None) -> 
     cache: dict[tuple, dict[str, Any] | None] = {}
 
     def measure(cell: Any) -> dict[str, Any] | None:
-        size = int(cell.setting.get("image_size") or 32)  # counted at the size the cell's runs trained at
+        size = int(cell.setting.get("image_size") or IMAGE_SIZE)  # counted at the size the cell's runs trained at
         key = (cell.family, cell.template, cell.classes, cell.divisor, cell.floor, size)
         if key in cache:
             return cache[key]

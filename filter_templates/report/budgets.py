@@ -17,13 +17,14 @@ from matplotlib.lines import Line2D
 
 from filter_templates.core.status import DONE, FAILED, PENDING, UNREACHABLE
 from filter_templates.method.fit import format_value
+from filter_templates.method.measure import MIB
 from filter_templates.report import figures
 from filter_templates.report import settings as S
 from filter_templates.report.tables import (
     MISSING,
     Labels,
     Table,
-    _pct,
+    pct,
     family_order,
     fmt_bytes,
     metric_words,
@@ -37,7 +38,7 @@ __all__ = ["BudgetCell", "RESOURCE_OF", "collect_budgets", "budget_accuracy_tabl
 #: The runs/fit column that measures each budget key's resource.
 RESOURCE_OF = {"params": "params", "flops": "flops", "memory": "train_memory_bytes", "latency": "latency_batch_s"}
 _AXIS = {"params": ("parameters", 1.0), "flops": ("forward FLOPs per image", 1.0),
-         "memory": ("training memory per batch (MiB)", 1 / 2**20), "latency": ("inference latency per batch (ms)", 1e3)}
+         "memory": ("training memory per batch (MiB)", 1 / MIB), "latency": ("inference latency per batch (ms)", 1e3)}
 
 
 @dataclass
@@ -160,7 +161,7 @@ def budget_accuracy_table(cells: dict[tuple, BudgetCell], dataset: str, metric: 
             c = row_cells[t]
             status = c.status if c is not None else PENDING
             if status == DONE:
-                row.append(_pct(c.acc(metric), c.acc_std(metric)))
+                row.append(pct(c.acc(metric), c.acc_std(metric)))
                 rr.append(round(100 * c.acc(metric), 4))
                 if t == best and len(vals) > 1:
                     bold.add((len(rows), len(header) - len(templates) - 1 + j))

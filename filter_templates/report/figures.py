@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D  # noqa: E402
 from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
 from filter_templates.core.rundir import atomic_write
+from filter_templates.method.measure import MIB
 from filter_templates.report import settings as S
 from filter_templates.report.tables import (
     BUILTIN_ORDER,
@@ -37,7 +38,7 @@ __all__ = ["AXES", "tradeoff_figure", "filters_figure", "save", "template_style"
 # x-axis: (cell resource column, axis label, scale to display units)
 AXES: dict[str, tuple[str, str, float]] = {
     "params": ("params", "parameters (millions, log scale)", 1e-6),
-    "memory": ("train_memory_bytes", "training memory per batch (MiB, log scale)", 1 / 2**20),
+    "memory": ("train_memory_bytes", "training memory per batch (MiB, log scale)", 1 / MIB),
     "latency": ("latency_batch_s", "inference latency per batch (ms, log scale)", 1e3),
 }
 

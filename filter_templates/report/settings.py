@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
+from filter_templates.core.images import IMAGE_SIZE
+from filter_templates.data import mirrors
 from filter_templates.training.config import ADDED_FIELDS, RECIPES, RESULT_KEYS, experiment, test_views
 
 __all__ = ["setting", "setting_key", "differing", "label_fields", "fmt_value", "row_label", "views_of", "caption"]
@@ -29,9 +31,12 @@ def setting(record: Mapping[str, Any]) -> dict[str, Any]:
     """The setting of a run's configuration (``TrainConfig.to_dict()``) or of a budget point's
     identity: every result field but the axes, in ``RESULT_KEYS`` order, then the architecture's
     options (divisor, floor, ...). A field the record leaves out has the value runs without it had
-    (``train.ADDED_FIELDS``), else None."""
+    (``ADDED_FIELDS``), else None. ``tta`` is what the run did: off on a dataset whose mirrored
+    images are not of their class (:func:`data.mirrors`), as the training loop turns it off."""
     ident = experiment(record)
     out = {k: ident.get(k, ADDED_FIELDS.get(k)) for k in RESULT_KEYS if k not in AXES}
+    if out.get("tta") and "dataset" in record and not mirrors(str(record["dataset"])):
+        out["tta"] = False
     arch = ident.get("arch") or {}
     out.update({k: v for k, v in arch.items() if k not in ARCH_AXES})
     return out
@@ -63,7 +68,8 @@ def label_fields(settings: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def views_of(s: Mapping[str, Any]) -> int:
-    """How many views of each test image the final accuracy of a run of setting ``s`` averages."""
+    """How many views of each test image the final accuracy of a run of setting ``s`` averages: the
+    number its training loop records (``training.config.test_views`` of the same effective ``tta``)."""
     return test_views(bool(s.get("tta")), int(s.get("tta_shift") or 0))
 
 
@@ -103,11 +109,11 @@ def caption(settings: Sequence[Mapping[str, Any]]) -> str:
         parts.append(r + (f" ({', '.join(shared)}; the recipe's other values as defined)" if shared else ""))
     epochs = sorted({int(s["epochs"]) for s in settings if s.get("epochs") is not None})
     views = sorted({views_of(s) for s in settings})
-    sizes = sorted({int(s.get("image_size") or 32) for s in settings})  # 32: the built-in datasets'
+    sizes = sorted({int(s.get("image_size") or IMAGE_SIZE) for s in settings})  # 32: the built-in datasets'
     per_row = " (per row)"
     return (f"Runs: recipe{'s' * (len(recipes) > 1)} " + ", ".join(parts) + (per_row if len(recipes) > 1 else "")
             + f"; {'/'.join(map(str, epochs)) or '?'} epoch{'s' * (epochs != [1])}" + (per_row if len(epochs) > 1 else "")
             + f"; {'/'.join(map(str, views))} test view{'s' * (views != [1])} per image in the final accuracy"
             + (per_row if len(views) > 1 else "")
-            + (f"; {'/'.join(map(str, sizes))} px images" + (per_row if len(sizes) > 1 else "") if sizes != [32] else "")
+            + (f"; {'/'.join(map(str, sizes))} px images" + (per_row if len(sizes) > 1 else "") if sizes != [IMAGE_SIZE] else "")
             + ".")

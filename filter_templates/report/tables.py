@@ -18,11 +18,12 @@ from typing import Any, Callable, Iterable, Sequence
 
 from filter_templates.core.status import DONE, FAILED, PENDING
 from filter_templates.models import family_names
+from filter_templates.method.measure import mib
 from filter_templates.method.templates import BUILTIN as BUILTIN_TEMPLATES
 from filter_templates.report import settings as S
 
 __all__ = ["Cell", "ResourceRow", "collect", "accuracy_table", "resource_rows", "render", "MISSING",
-           "template_order", "family_order", "fmt_bytes", "metric_words", "setting_order", "Labels"]
+           "template_order", "family_order", "fmt_bytes", "pct", "metric_words", "setting_order", "Labels"]
 
 MISSING = "—"
 BUILTIN_ORDER = BUILTIN_TEMPLATES  # the paper's order, as the templates registry lists them
@@ -143,7 +144,7 @@ class Table:
     csv_header: list[str] | None = None
 
 
-def _pct(x: float | None, std: float | None = None) -> str:
+def pct(x: float | None, std: float | None = None) -> str:
     if x is None:
         return MISSING
     return f"{100 * x:.2f}" + (f" ± {100 * std:.2f}" if std is not None else "")
@@ -221,7 +222,7 @@ def _acc_row(cells: dict, key: tuple, templates: list[str], metric: str) -> tupl
             row.append(FAILED)
             raw.append(FAILED)
         else:
-            row.append(_pct(c.acc(metric), c.acc_std(metric)))
+            row.append(pct(c.acc(metric), c.acc_std(metric)))
             raw.append(round(100 * c.acc(metric), 4))
     return row + [best or MISSING], raw + [best or ""], (templates.index(best) if best and len(vals) > 1 else None)
 
@@ -308,7 +309,7 @@ def resource_rows(cells: dict, dataset: str, measure: Callable[[Cell], dict[str,
 def fmt_bytes(n: float | None) -> str:
     if n is None:
         return MISSING
-    return f"{n / 2**20:,.1f}"
+    return f"{mib(n):,.1f}"
 
 
 def _ms(s: float | None) -> str:

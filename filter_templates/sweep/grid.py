@@ -12,7 +12,6 @@ anything runs, so a typo fails in a second rather than after an hour of training
 from __future__ import annotations
 
 import dataclasses
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -25,8 +24,9 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport, if installed
     except ModuleNotFoundError:
         tomllib = None  # type: ignore[assignment]
 
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.pruning import adapter as prune
-from filter_templates.core import validate
+from filter_templates.core import rundir, validate
 from filter_templates.method.arch import make_arch
 from filter_templates.data import data_digest_for, data_shape, load_data_for, num_classes
 from filter_templates.core.device import resolve_device
@@ -346,7 +346,7 @@ def _pruned_base(spec: SweepSpec, family: str, classes: int, base: prune.Baselin
     if not base.names:
         return None, None
     arch = make_arch(family, "base", base.from_width, classes, divisor=spec.divisor, floor=spec.floor,
-                     as_published=spec.as_published, image_size=spec.train.get("image_size", 32))
+                     as_published=spec.as_published, image_size=spec.train.get("image_size", IMAGE_SIZE))
     why = prune.cannot_prune(arch)
     if why is not None:
         why = f"Torch-Pruning cannot prune {family} ({why}); its pruning baselines are left out"
@@ -399,7 +399,7 @@ def _budget_points(spec: SweepSpec, family: str, template: str, budget: "Budget"
                    seeds: list[int]) -> list[BudgetPoint]:
     """Fit one (family, template, budget, dataset) and make its point for every seed."""
     # the settings every seed shares, from a provisional config (so defaults are TrainConfig's own)
-    size = spec.train.get("image_size", 32)
+    size = spec.train.get("image_size", IMAGE_SIZE)
     probe = TrainConfig(arch=make_arch(family, template, 1.0, classes, divisor=spec.divisor, floor=spec.floor,
                                        as_published=spec.as_published, image_size=size),
                         dataset=dataset, **spec.train)
@@ -442,13 +442,6 @@ def _dataset_classes(spec: SweepSpec) -> Callable[[str], int]:
     return classes_of
 
 
-_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
 def run_dir_name(config: "TrainConfig | Mapping[str, Any]", key: str) -> str:
-    """A readable, unique folder name: ``digits-vgg19-uniform-w0.1-s0-<key prefix>``."""
-    d = config if isinstance(config, Mapping) else config.to_dict()
-    arch = d["arch"]
-    template = _UNSAFE.sub("_", str(arch["template"]))[:40].strip("_") or "custom"
-    reading = "-pub" if arch.get("as_published") else ""
-    return f"{d['dataset']}-{arch['family']}-{template}{reading}-w{float(arch['width']):g}-s{d['seed']}-{key[:10]}"
+    """A sweep's run folder: :func:`rundir.run_name` with the point's key."""
+    return rundir.run_name(config if isinstance(config, Mapping) else config.to_dict(), key)

@@ -14,7 +14,6 @@ import os
 import subprocess
 import sys
 import time
-import traceback
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
@@ -30,7 +29,7 @@ from filter_templates.core.status import DONE, FAILED, PAUSED, PENDING, RUNNING
 from filter_templates.run import run_config
 from filter_templates.training.config import TrainConfig
 from filter_templates.sweep.options import EngineOptions
-from filter_templates.sweep.plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
+from filter_templates.sweep.plan import Point, SweepResult, complete_resources, failure_reason, finished_on_disk, prepare
 from filter_templates.sweep.store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
 
 if TYPE_CHECKING:
@@ -40,14 +39,6 @@ __all__ = ["run_local", "HEARTBEAT_EVERY"]
 
 class _ClaimLost(Exception):
     """Another sweep took this point over (our heartbeat went stale): stop, leave it to them."""
-
-
-def _reason(exc: BaseException) -> str:
-    """One line that says what went wrong and where (the last frame of the traceback)."""
-    tb = traceback.extract_tb(exc.__traceback__)
-    where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
-    msg = " ".join(str(exc).split())
-    return f"{type(exc).__name__}: {msg}{where}"[:2000]
 
 
 def train_point(store: Store, point: Point, token: str, *, progress: bool | None = None,
@@ -73,7 +64,7 @@ def train_point(store: Store, point: Point, token: str, *, progress: bool | None
         except (KeyboardInterrupt, _ClaimLost):
             raise
         except Exception as exc:  # a broken run is a result (failed, with why), not the end of the sweep
-            summary = {"status": FAILED, "reason": _reason(exc)}
+            summary = {"status": FAILED, "reason": failure_reason(exc)}
     store.finish(point.key, token, summary, epochs=read_metrics(point.run_dir), run_dir=str(point.run_dir))
     return summary
 

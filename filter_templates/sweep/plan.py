@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
@@ -20,7 +21,8 @@ from filter_templates.training.config import TrainConfig
 if TYPE_CHECKING:
     from filter_templates.sweep.grid import BudgetPoint
 
-__all__ = ["Point", "SweepResult", "prepare", "finished_on_disk", "reindex", "complete_resources", "read_summary",
+__all__ = ["Point", "SweepResult", "prepare", "finished_on_disk", "reindex", "complete_resources", "failure_reason",
+           "read_summary",
            "read_metrics"]
 
 
@@ -173,3 +175,10 @@ def reindex(store: Store, runs_dir: str | os.PathLike[str]) -> int:
             n += 1
     return n
 
+
+def failure_reason(exc: BaseException) -> str:
+    """A failed run's reason: one line that says what went wrong and where (the last frame of the traceback)."""
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {Path(tb[-1].filename).name}:{tb[-1].lineno})" if tb else ""
+    msg = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {msg}{where}"[:2000]

@@ -14,6 +14,7 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Mapping
 
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.errors import UsageError
 from filter_templates.core.status import BUDGET_STATUSES, ROW_STATUSES
 from filter_templates.training.config import EXECUTION_KEYS, experiment, kind_of
@@ -102,7 +103,7 @@ def fields(config: Mapping[str, Any]) -> dict[str, Any]:
             "seed": int(config.get("seed", 0)),
             "epochs": int(config["epochs"]),
             "kind": kind_of(config),
-            "image_size": int(config.get("image_size", arch.get("image_size", 32))),
+            "image_size": int(config.get("image_size", arch.get("image_size", IMAGE_SIZE))),
         }
     except (KeyError, TypeError, ValueError) as exc:
         raise UsageError(f"not a training configuration (missing or bad {exc}): {canonical_json(config)[:200]}") from None

@@ -25,8 +25,7 @@ from filter_templates.core.rundir import CHECKPOINT, SUMMARY, atomic_write_json,
 from filter_templates.core.status import FAILED
 from filter_templates.run import run_config
 from filter_templates.training.config import TrainConfig
-from filter_templates.sweep.local import _reason as reason_of
-from filter_templates.sweep.plan import complete_resources
+from filter_templates.sweep.plan import complete_resources, failure_reason
 
 __all__ = ["TrainJob", "import_submitit"]
 
@@ -62,7 +61,7 @@ class TrainJob:
                             on_epoch=on_epoch, threads_source="--cpus-per-task")
             summary = complete_resources(config, summary, run_dir)  # measured here, on the node
         except Exception as exc:  # a broken run is a result (failed, with why); SystemExit (requeue) passes
-            return {"status": FAILED, "reason": reason_of(exc), "slurm_job_id": _job_id()}
+            return {"status": FAILED, "reason": failure_reason(exc), "slurm_job_id": _job_id()}
         slurm = {"job_id": _job_id(), "node": socket.gethostname(), "restarts": _restarts(),
                  "submitted_at": payload.get("submitted_at"), "started_at": started,
                  "first_epoch": first.get("epoch"), "first_epoch_at": first.get("at"),
