@@ -40,7 +40,7 @@ from filter_templates.export import default_export_path, export_run, onnx_availa
 from filter_templates.method.fit import Budget, parse_budget
 from filter_templates.core.messages import note
 from filter_templates.core.status import DONE, STOPPED
-from filter_templates.training.config import PRUNE_METHODS, RECIPE_FIELDS
+from filter_templates.training.config import PRUNE_METHODS, PRUNING, RECIPE_FIELDS, TEMPLATE
 from filter_templates.report import make_report
 from filter_templates.report.budgets import BudgetCell, collect_budgets
 from filter_templates.report.settings import views_of
@@ -92,13 +92,13 @@ class Candidate:
             v = cell.resource(name)
             return None if v is None else int(v)
 
-        return cls(template=cell.template, width=cell.width, filters=cell.filters, params=integer("params"),
+        return cls(template=cell.method, width=cell.width, filters=cell.filters, params=integer("params"),
                    flops=integer("flops"), train_memory_bytes=integer("train_memory_bytes"),
                    final_acc=cell.acc("final"), best_acc=cell.acc("best"), status=cell.status,
                    reason=None if cell.status == DONE else cell.reason, seeds_done=len(runs),
                    run_dir=runs[0]["run_dir"] if runs else None, val_acc=cell.acc("val"),
-                   kind="pruning" if cell.template in PRUNE_METHODS else "template",
-                   pruned=_pruned(runs[0]["run_dir"]) if runs and cell.template in PRUNE_METHODS else None)
+                   kind=PRUNING if cell.method in PRUNE_METHODS else TEMPLATE,
+                   pruned=_pruned(runs[0]["run_dir"]) if runs and cell.method in PRUNE_METHODS else None)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "template": self.template, "width": self.width, "filters": self.filters, "params": self.params,
@@ -305,7 +305,7 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
 
 def _params(rows: list[dict[str, Any]]) -> dict[str, float | None]:
     """Each candidate's parameter count (what breaks a tie at a rung), as its cell reports it."""
-    return {c.template: c.resource("params") for c in collect_budgets(rows).values()}
+    return {c.method: c.resource("params") for c in collect_budgets(rows).values()}
 
 
 def _stopped(candidates: list[Candidate], rungs: Sequence[Rung]) -> list[Candidate]:

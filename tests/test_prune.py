@@ -26,8 +26,10 @@ pytest.importorskip("torch_pruning")
 BUDGET = {"key": "params", "value": 20_000}
 
 
-def _arch(method: str = "base", width: float = 0.0625):
-    return dataclasses.replace(make_arch("vgg19", "base", width, 10), template=method)
+def _arch(width: float = 0.0625):
+    """The base model every baseline prunes: a pruning run's arch is its base model's, the method is
+    its ``prune`` setting's."""
+    return make_arch("vgg19", "base", width, 10)
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +64,7 @@ def test_pruned_structure_rebuilds_from_plain_numbers(base_model):
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(arch=_arch("prune-l1"), dataset="digits", epochs=4, limit_train=160, limit_test=64, batch_size=32,
+    base = dict(arch=_arch(), dataset="digits", epochs=4, limit_train=160, limit_test=64, batch_size=32,
                 device="cpu", precision="fp32", memory_format="contiguous", val_split=0,
                 prune={"method": "prune-l1", "budget": BUDGET, "at": 0.5})
     return TrainConfig(**{**base, **kw})
@@ -115,10 +117,10 @@ def test_pruning_run_pauses_inside_and_between_its_stages_and_ends_bit_exact(tmp
 
 def test_prune_scratch_takes_the_global_runs_architecture(tmp_path):
     runs = tmp_path / "runs"
-    glob = _config(arch=_arch("prune-l1-global"), epochs=2,
+    glob = _config(arch=_arch(), epochs=2,
                    prune={"method": "prune-l1-global", "budget": BUDGET, "at": 0.5})
     g = run_config(glob, runs / "global")
-    scratch = dataclasses.replace(glob, arch=_arch("prune-scratch"),
+    scratch = dataclasses.replace(glob,
                                   prune={**glob.prune, "method": "prune-scratch"})
     s = run_config(scratch, runs / "scratch")
     assert s["pruned"]["structure"] == g["pruned"]["structure"]
@@ -134,11 +136,12 @@ def _spec(models=("vgg19",), baselines=("prune-l1",)) -> SweepSpec:
 
 def test_budget_sweep_plans_baselines_beside_the_templates():
     grid = plan_grid(_spec(baselines=["prune-scratch", "prune-l1", "prune-l1-global"]), classes_of=lambda d: 10)
-    names = [p.template for p in grid.budget_points]
+    names = [p.method for p in grid.budget_points]
     assert names == ["prune-l1-global", "base", "prune-scratch", "prune-l1"]  # the global search first
     cfg = grid.configs[0]
     assert cfg.prune == {"method": "prune-l1-global", "budget": {"key": "params", "value": 20000}, "at": 0.5}
-    assert cfg.arch.width == 0.0625 and cfg.arch.template == "prune-l1-global"
+    assert cfg.arch.width == 0.0625 and cfg.arch.template == "base"  # the base model it prunes
+    assert (cfg.kind, cfg.method) == ("pruning", "prune-l1-global")
     with pytest.raises(UsageError, match="budget"):
         plan_grid(dataclasses.replace(_spec(), budgets=[], widths=[0.1]), classes_of=lambda d: 10)
     with pytest.raises(UsageError, match="latency"):
@@ -165,7 +168,7 @@ def test_a_model_torch_pruning_cannot_prune_is_one_line_and_the_templates_still_
         prune.cannot_prune.cache_clear()
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot prune vgg19" in err[0] and "templates still run" in err[0]
-    assert [p.template for p in grid.budget_points] == ["base", "prune-l1"]
+    assert [p.method for p in grid.budget_points] == ["base", "prune-l1"]
     assert [c.arch.template for c in grid.configs] == ["base"]
     (skipped,) = grid.unreachable
     assert "RuntimeError: cannot trace the graph" in skipped.reason

@@ -219,12 +219,12 @@ def test_budget_report_puts_budgets_in_rows_and_templates_in_columns(tmp_path):
         s.add_points((c.to_dict(), f"/runs/{i}") for i, c in enumerate(grid.configs))
         s.add_budget_points(p.record() for p in grid.budget_points)
         for p in grid.budget_points:
-            if p.config is None or (p.template, p.budget.value, p.seed) == ("quadratic", 200_000, 1):
+            if p.config is None or (p.method, p.budget.value, p.seed) == ("quadratic", 200_000, 1):
                 continue  # unreachable, and one run still pending
             from filter_templates.sweep.store import point_key
 
             c = s.claim([point_key(p.config.to_dict())[0]])
-            acc = accs[p.template] + (0.02 if p.seed else 0.0) + (0.1 if p.budget.value == 200_000 else 0.0)
+            acc = accs[p.method] + (0.02 if p.seed else 0.0) + (0.1 if p.budget.value == 200_000 else 0.0)
             s.finish(c["key"], c["claim_token"], summary(acc, p.fit["params"], p.config.arch.width))
     out = tmp_path / "rep"
     written = make_report(db, out, latency="none")
@@ -312,7 +312,7 @@ def test_budget_tables_and_figures_split_settings(tmp_path):
             s.add_budget_points(p.record() for p in grid.budget_points)
             for p in grid.budget_points:
                 c = s.claim([point_key(p.config.to_dict())[0]])
-                s.finish(c["key"], c["claim_token"], summary(acc + (p.template == "uniform") / 10, p.fit["params"],
+                s.finish(c["key"], c["claim_token"], summary(acc + (p.method == "uniform") / 10, p.fit["params"],
                                                              p.config.arch.width))
     with Store(db) as s:
         cells = B.collect_budgets(s.budget_rows())

@@ -251,7 +251,7 @@ def budget_point(value: float, run_key: str | None, template: str = "base", seed
     ident = {"budget": {"key": "params", "value": value}, "arch": {"family": "vgg19", "template": template},
              "dataset": "digits", "seed": seed, "epochs": 2}
     fitted = run_key is not None
-    return {"ident": ident, "budget_key": "params", "budget_value": value, "family": "vgg19", "template": template,
+    return {"ident": ident, "budget_key": "params", "budget_value": value, "family": "vgg19", "method": template,
             "dataset": "digits", "seed": seed, "status": "fitted" if fitted else "unreachable", "reason": reason,
             "width": 0.1 if fitted else None, "filters": [3, 3, 6] if fitted else None,
             "fit": {"params": 999, "capped": False} if fitted else None, "run_key": run_key}
@@ -299,3 +299,13 @@ def test_heartbeats_refresh_held_claims_from_their_own_thread(tmp_path):
                 time.sleep(0.02)
         assert s.get(held["key"])["heartbeat"] > held["heartbeat"]  # refreshed
         assert s.get(other["key"])["heartbeat"] == other["heartbeat"]  # another token's claim is left alone
+
+
+def test_a_store_of_an_older_schema_is_refused_with_how_to_rebuild_it(tmp_path):
+    db = tmp_path / "old.sqlite"
+    Store(db).close()
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE meta SET value='1' WHERE name='schema_version'")
+    with pytest.raises(StoreError, match=r"older filter-templates .* sweep --reindex") as caught:
+        Store(db)
+    assert "\n" not in str(caught.value)

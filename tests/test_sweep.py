@@ -159,7 +159,7 @@ def test_budget_points_are_fitted_within_their_budget():
     assert len(grid.configs) == 24 and len(grid.unreachable) == 12
     by_seed = {}  # the seeds of one point share one fit
     for p in grid.budget_points:
-        by_seed.setdefault((p.family, p.template, p.budget), []).append(p.config and p.config.arch)
+        by_seed.setdefault((p.family, p.method, p.budget), []).append(p.config and p.config.arch)
     assert all(len(set(v)) == 1 for v in by_seed.values())
 
 

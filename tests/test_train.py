@@ -374,7 +374,7 @@ def test_cli_train_on_digits_fresh_machine_command(tmp_path, monkeypatch, capsys
                  "--epochs", "3"]) == 0
     out = capsys.readouterr().out
     assert "epoch   3/3" in out and "done: final test accuracy" in out
-    run = tmp_path / "runs" / "vgg19-uniform-w0.1-digits-s0"
+    run = tmp_path / "runs" / "digits-vgg19-uniform-w0.1-s0"
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "done" and summary["epochs"] == 3
     assert summary["final_acc"] > 0.15  # learns something in 3 epochs (chance: 0.1; 0.25 seen)

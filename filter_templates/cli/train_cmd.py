@@ -223,7 +223,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"training {a.family} {a.template} w={a.width:g} ({' '.join(map(str, a.filters))}) on {config.dataset} "
               f"for {config.epochs} epochs -> {out}" + (f" (resuming after epoch {done})" if done else ""), flush=True)
     summary = run_config(config, out, resume=state is not None, on_epoch=on_epoch, threads_source=threads_source,
-                    checkpoint=state)
+                         checkpoint=state)
     if args.json and world.main:
         print(json.dumps(summary))
     if summary["status"] == PAUSED:

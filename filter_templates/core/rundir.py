@@ -23,7 +23,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
-from typing import IO, Any, Callable, Mapping, Sequence
+from typing import IO, Any, Callable, Literal, Mapping, Sequence
 
 import torch
 
@@ -193,7 +193,7 @@ class writing:
     def __enter__(self) -> "writing":
         return self
 
-    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, exc_type: Any, exc: Any, tb: Any) -> Literal[False]:
         if exc_type is not None and issubclass(exc_type, OSError):
             why = exc.strerror or str(exc)
             where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(self.path) else ""

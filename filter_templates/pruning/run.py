@@ -46,9 +46,16 @@ PRUNED = "pruned.pt"
 PRUNED_JSON = "pruned.json"
 
 
+def _spec(config: TrainConfig) -> dict[str, Any]:
+    """The config's pruning setting (a config without one is no pruning run)."""
+    if config.prune is None:
+        raise UsageError("not a pruning baseline: the training config's 'prune' is null")
+    return config.prune
+
+
 def _epochs(config: TrainConfig) -> tuple[int, int]:
     """(epochs before pruning, after): at least one each."""
-    first = min(max(1, round(config.prune["at"] * config.epochs)), config.epochs - 1)
+    first = min(max(1, round(_spec(config)["at"] * config.epochs)), config.epochs - 1)
     return first, config.epochs - first
 
 
@@ -57,13 +64,12 @@ def _stage_config(config: TrainConfig, epochs: int, choice: Mapping[str, Any] | 
     """An ordinary training config of the base model for one stage (``choice``: the precision and
     memory format an earlier stage used, kept so the stages run alike; ``stop_at``: the stage's own
     epoch to pause after, None: its end)."""
-    arch = dataclasses.replace(config.arch, template="base")
     kw = {k: choice[k] for k in ("precision", "memory_format")} if choice else {}
     stop = stop_at if stop_at is not None and stop_at < epochs else None
-    return dataclasses.replace(config, arch=arch, epochs=epochs, prune=None, stop_at=stop, **kw)
+    return dataclasses.replace(config, epochs=epochs, prune=None, stop_at=stop, **kw)
 
 
-def _stage_stop(config: "TrainConfig", offset: int) -> int | None:
+def _stage_stop(config: TrainConfig, offset: int) -> int | None:
     """The run's ``stop_at`` as the epoch of a stage that starts after ``offset`` of the run's
     planned epochs (a stage wholly after it is never started: the run pauses before)."""
     return None if config.stop_at is None else config.stop_at - offset
@@ -82,8 +88,7 @@ def search_key(config: TrainConfig) -> str:
     """What ``prune-l1-global`` and ``prune-scratch`` share: the base model, budget, data, recipe
     and seed (every result field but the method). The global run records it with its structure."""
     d = {k: v for k, v in config.to_dict().items() if k not in EXECUTION_KEYS}
-    d["arch"] = {**d["arch"], "template": None}
-    d["prune"] = {**d["prune"], "method": None}
+    d["prune"] = {**_spec(config), "method": None}
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()
 
 
@@ -152,8 +157,9 @@ def _prune(config: TrainConfig, out: Path, trained: Path, choice: Mapping[str, A
         return rundir.load_checkpoint(path)
     base = config.arch.build()
     base.load_state_dict(rundir.load_checkpoint(trained / rundir.MODEL))
-    found = adapter.search_ratio(base, config.arch, config.prune, config.batch_size)
-    record = {"method": config.prune["method"], "budget": config.prune["budget"], **found.record(),
+    spec = _spec(config)
+    found = adapter.search_ratio(base, config.arch, spec, config.batch_size)
+    record = {"method": spec["method"], "budget": spec["budget"], **found.record(),
               "layers": adapter.layer_counts(found.model), "structure": adapter.structure(base, found.model),
               "search_key": search_key(config), "source": str(out), "trained": str(trained),
               "precision": choice.get("precision"), "memory_format": choice.get("memory_format")}
@@ -163,7 +169,7 @@ def _prune(config: TrainConfig, out: Path, trained: Path, choice: Mapping[str, A
     return {**record, "weights": weights}
 
 
-def _scratch_structure(config: TrainConfig, relay: _Relay) -> tuple[dict, dict | None]:
+def _scratch_structure(config: TrainConfig, relay: _Relay) -> tuple[dict, Summary | None]:
     """(the global run's pruned record, the first stage's summary when the search ran here)."""
     sibling = _sibling(config, relay.out)
     if sibling is not None:
@@ -172,7 +178,7 @@ def _scratch_structure(config: TrainConfig, relay: _Relay) -> tuple[dict, dict |
     s1 = _run_stage("train", _stage_config(config, first), relay)
     if s1["status"] != DONE:
         return {}, s1
-    searching = dataclasses.replace(config, prune={**config.prune, "method": PRUNE_GLOBAL})
+    searching = dataclasses.replace(config, prune={**_spec(config), "method": PRUNE_GLOBAL})
     return _prune(searching, relay.out, relay.folder, s1["config"]), s1
 
 
@@ -188,7 +194,8 @@ def train_pruned(config: TrainConfig, out_dir: str | Path, state: dict | None,
     rundir.start_run(out, cfg)
     relay = _Relay(cfg, out, on_epoch)
     first, rest = _epochs(config)
-    if config.prune["method"] == PRUNE_SCRATCH:
+    s1: Summary | None
+    if _spec(config)["method"] == PRUNE_SCRATCH:
         rec, s1 = _scratch_structure(config, relay)
         stage, epochs, weights = "scratch", config.epochs, None
     else:

@@ -41,12 +41,12 @@ def _measure_width1(batch_size: int, latency_mode: str, threads: int | None) -> 
 
     def measure(cell: Any) -> dict[str, Any] | None:
         size = int(cell.setting.get("image_size") or IMAGE_SIZE)  # counted at the size the cell's runs trained at
-        key = (cell.family, cell.template, cell.classes, cell.divisor, cell.floor, size)
+        key = (cell.family, cell.method, cell.classes, cell.divisor, cell.floor, size)
         if key in cache:
             return cache[key]
         try:
             family, published = tables.split_reading(cell.family)
-            arch = make_arch(family, cell.template, 1.0, cell.classes, divisor=cell.divisor, floor=cell.floor,
+            arch = make_arch(family, cell.method, 1.0, cell.classes, divisor=cell.divisor, floor=cell.floor,
                              as_published=published, image_size=size)
         except UsageError:  # a custom template this process cannot load
             cache[key] = None
@@ -180,7 +180,7 @@ class _Writer:
             except UsageError:  # a user's model not loaded in this process: no per-layer figure
                 continue
             per_layer: dict[str, list[int]] = {}
-            for t in tables.template_order({c.template for c in self.cells.values() if c.family == fam}):
+            for t in tables.template_order({c.method for c in self.cells.values() if c.family == fam}):
                 try:  # the template layers of the family, in the reading the runs used
                     per_layer[t] = list(make_arch(name, t, 1.0, as_published=published).filters)
                 except UsageError:

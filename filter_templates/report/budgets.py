@@ -47,7 +47,7 @@ class BudgetCell:
     family: str
     budget_key: str
     budget_value: float
-    template: str
+    method: str  # the template, or a pruning baseline's method: what a column compares
     points: list[dict[str, Any]] = field(default_factory=list)  # Store.budget_rows() entries, one per seed
     setting: dict[str, Any] = field(default_factory=dict)  # what its seeds share besides the axes
 
@@ -128,7 +128,7 @@ def collect_budgets(budget_rows: Sequence[dict[str, Any]]) -> dict[tuple, Budget
         ident = p.get("ident") or {}
         family = reading_label(p["family"], bool((ident.get("arch") or {}).get("as_published")))
         s = S.setting(ident)
-        k = (p["dataset"], family, p["budget_key"], float(p["budget_value"]), p["template"], S.setting_key(s))
+        k = (p["dataset"], family, p["budget_key"], float(p["budget_value"]), p["method"], S.setting_key(s))
         cells.setdefault(k, BudgetCell(*k[:5], setting=s)).points.append(p)
     return cells
 
@@ -146,7 +146,7 @@ def budget_accuracy_table(cells: dict[tuple, BudgetCell], dataset: str, metric: 
     """Rows family x budget x setting, one column per template, the best template of each row
     emphasised; mean ± std over seeds when a cell has more than one."""
     mine = [c for c in cells.values() if c.dataset == dataset]
-    templates = template_order(c.template for c in mine)
+    templates = template_order(c.method for c in mine)
     labels = Labels.of(c.setting for c in mine)
     header = ["family", "budget", *labels.header(), *templates, "best"]
     rows, raw, bold = [], [], set()
@@ -189,7 +189,7 @@ def budget_resource_table(cells: dict[tuple, BudgetCell], dataset: str) -> Table
               "train memory (MiB)", "of budget", "status"]
     rows, raw, reasons = [], [], []
     for fam, key, value, skey in _budget_rows(mine, labels):
-        row_templates = [c.template for c in mine if (c.family, c.budget_key, c.budget_value, c.skey) == (fam, key, value, skey)]
+        row_templates = [c.method for c in mine if (c.family, c.budget_key, c.budget_value, c.skey) == (fam, key, value, skey)]
         for t in template_order(row_templates):
             c = cells[(dataset, fam, key, value, t, skey)]
             params, flops, mem = c.resource("params"), c.resource("flops"), c.resource("train_memory_bytes")
@@ -226,7 +226,7 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
     done = [c for c in mine if c.acc(metric) is not None and c.resource(column)]
     if not done:
         return None
-    templates = template_order(c.template for c in done)
+    templates = template_order(c.method for c in done)
     where = figures.panels(done)
     rows, cols = figures._grid(len(where))
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
@@ -237,7 +237,7 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
             ax.axvline(value * scale, color="0.35", linestyle="--", linewidth=1)
             xs_all.append(value * scale)
         for t in templates:
-            pts = sorted((c for c in panel if c.template == t), key=lambda c: c.budget_value)
+            pts = sorted((c for c in panel if c.method == t), key=lambda c: c.budget_value)
             if not pts:
                 continue
             xs = [c.resource(column) * scale for c in pts]

@@ -103,7 +103,7 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
             and c.acc(metric) is not None]
     if not mine:
         return None
-    templates = template_order(c.template for c in mine)
+    templates = template_order(c.method for c in mine)
     where = panels(mine)
     rows, cols = _grid(len(where))
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
@@ -116,7 +116,7 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
         xs_all: list[float] = []
         panel = [c for c in mine if c.skey == skey]
         for t in templates:
-            pts = sorted((c for c in panel if c.family == fam and c.template == t), key=lambda c: c.width)
+            pts = sorted((c for c in panel if c.family == fam and c.method == t), key=lambda c: c.width)
             xy = [(c.resource(column), c.acc(metric), c.width) for c in pts]
             xy = [(x * scale, 100 * y, w) for x, y, w in xy if x is not None and y is not None and x > 0]
             if not xy:
@@ -188,7 +188,7 @@ def _log_x(ax: Any, xs: Sequence[float]) -> None:
 
 def _reference(cells: list[Cell], family: str) -> Cell | None:
     """The base model at width 1, else the widest base run of the family."""
-    base = [c for c in cells if c.family == family and c.template == "base" and c.done]
+    base = [c for c in cells if c.family == family and c.method == "base" and c.done]
     if not base:
         return None
     exact = [c for c in base if c.width == 1.0]

@@ -35,7 +35,7 @@ class Cell:
 
     dataset: str
     family: str
-    template: str
+    method: str  # the template, or a pruning baseline's method: what a column compares
     width: float
     classes: int
     divisor: int = 1
@@ -113,7 +113,7 @@ def collect(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, float, 
         arch = config.get("arch", {})
         family = reading_label(r["family"], bool(arch.get("as_published")))
         s = S.setting(config)
-        k = (r["dataset"], family, r["template"], float(r["width"]), S.setting_key(s))
+        k = (r["dataset"], family, r["method"], float(r["width"]), S.setting_key(s))
         c = cells.get(k)
         if c is None:
             c = cells[k] = Cell(*k[:4], classes=int(r["classes"]), divisor=int(arch.get("divisor", 1)),
@@ -231,7 +231,7 @@ def accuracy_table(cells: dict, dataset: str, metric: str = "final") -> Table:
     """Rows family x width (widest first) x setting, one column per template; the best template of
     each row is emphasised. The paper's table is the ``width = 1`` rows."""
     mine = [c for c in cells.values() if c.dataset == dataset]
-    templates = template_order(c.template for c in mine)
+    templates = template_order(c.method for c in mine)
     labels = Labels.of(c.setting for c in mine)
     header = ["family", "width", *labels.header(), *templates, "best"]
     rows, raw, bold = [], [], set()
@@ -263,7 +263,7 @@ def accuracy_table(cells: dict, dataset: str, metric: str = "final") -> Table:
 @dataclass
 class ResourceRow:
     family: str
-    template: str
+    method: str  # the template, or a pruning baseline's method: what a column compares
     classes: int
     params: int | None = None
     flops: int | None = None
@@ -285,10 +285,10 @@ def resource_rows(cells: dict, dataset: str, measure: Callable[[Cell], dict[str,
     out = []
     order = list(Labels.of(c.setting for c in mine).settings)
     for fam in family_order(c.family for c in mine):
-        for t in template_order(c.template for c in mine if c.family == fam):
-            for skey in (k for k in order if any((c.family, c.template, c.skey) == (fam, t, k) for c in mine)):
+        for t in template_order(c.method for c in mine if c.family == fam):
+            for skey in (k for k in order if any((c.family, c.method, c.skey) == (fam, t, k) for c in mine)):
                 c1 = cells.get((dataset, fam, t, 1.0, skey))
-                any_cell = next(c for c in mine if (c.family, c.template, c.skey) == (fam, t, skey))
+                any_cell = next(c for c in mine if (c.family, c.method, c.skey) == (fam, t, skey))
                 row = ResourceRow(fam, t, any_cell.classes, setting=any_cell.setting)
                 if c1 is not None and c1.done:
                     for name in ("params", "flops", "train_memory_bytes", "batch_size", "threads"):
@@ -334,11 +334,11 @@ def resource_table(rows: list[ResourceRow], dataset: str) -> Table:
             mark = "†"
         skey = S.setting_key(r.setting)
         where = f"{r.device}, {r.threads} thread{'s' if r.threads != 1 else ''}" if r.device else MISSING
-        out.append([r.family, r.template, *labels.cells(skey), MISSING if r.params is None else f"{r.params / 1e6:,.3f}",
+        out.append([r.family, r.method, *labels.cells(skey), MISSING if r.params is None else f"{r.params / 1e6:,.3f}",
                     MISSING if r.flops is None else f"{r.flops / 1e9:,.4f}", fmt_bytes(r.train_memory_bytes) + mark,
                     _ms(r.latency_batch_s) + (mark if r.latency_batch_s is not None else ""),
                     _ms(r.latency_b1_s) + (mark if r.latency_b1_s is not None else ""), where])
-        raw.append([r.family, r.template, *labels.csv_cells(skey), r.params, r.flops, r.train_memory_bytes,
+        raw.append([r.family, r.method, *labels.csv_cells(skey), r.params, r.flops, r.train_memory_bytes,
                     r.batch_size, r.latency_batch_s, r.latency_b1_s, r.device, r.threads, r.source])
     notes = [labels.caption(),
              "width multiplier 1, " + f"{rows[0].classes if rows else '?'} classes. Latency: median forward pass "

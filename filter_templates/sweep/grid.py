@@ -212,12 +212,13 @@ def _list(spec: SweepSpec, name: str, kind: type) -> list:
 
 @dataclass
 class BudgetPoint:
-    """One (family, template, budget, dataset, seed) of a budget sweep: the configuration that
-    trains its fitted model, or ``config=None`` and the ``reason`` when the budget is unreachable."""
+    """One (family, method, budget, dataset, seed) of a budget sweep: the configuration that
+    trains its fitted model, or ``config=None`` and the ``reason`` when the budget is unreachable.
+    ``method``: the template, or the pruning baseline's method (its config prunes the base model)."""
 
     budget: "Budget"
     family: str
-    template: str
+    method: str
     dataset: str
     seed: int
     ident: dict[str, Any]  # what identifies the point in the store (budget + settings, no width)
@@ -230,13 +231,13 @@ class BudgetPoint:
         return budget_point_key(self.ident)[0]
 
     def label(self) -> str:
-        return f"{self.dataset} {self.family} {self.template} {self.budget} s{self.seed}"
+        return f"{self.dataset} {self.family} {self.method} {self.budget} s{self.seed}"
 
     def record(self) -> dict[str, Any]:
         """The store's row (``Store.add_budget_points``)."""
         cfg = self.config
         return {"ident": self.ident, "budget_key": self.budget.key, "budget_value": self.budget.value,
-                "family": self.family, "template": self.template, "dataset": self.dataset, "seed": self.seed,
+                "family": self.family, "method": self.method, "dataset": self.dataset, "seed": self.seed,
                 "status": UNREACHABLE if cfg is None else FITTED, "reason": self.reason,
                 "width": None if cfg is None else cfg.arch.width,
                 "filters": None if cfg is None else list(cfg.arch.filters), "fit": self.fit,
@@ -300,8 +301,7 @@ def plan_grid(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -
             for t in [*lead, *templates, *trail]:
                 if t in base.names:
                     for b in budgets or ():
-                        _add(out, _baseline_points(at_size, dataclasses.replace(pruned[0], template=t), b, ds, seeds,
-                                                   base, pruned[1]))
+                        _add(out, _baseline_points(at_size, pruned[0], t, b, ds, seeds, base, pruned[1]))
                     continue
                 if budgets is None:
                     for w in widths:
@@ -354,11 +354,11 @@ def _pruned_base(spec: SweepSpec, family: str, classes: int, base: prune.Baselin
     return arch, why
 
 
-def _baseline_points(spec: SweepSpec, arch: Any, budget: "Budget", dataset: str, seeds: list[int],
+def _baseline_points(spec: SweepSpec, arch: Any, method: str, budget: "Budget", dataset: str, seeds: list[int],
                      base: prune.Baselines, why: str | None) -> list[BudgetPoint]:
-    """The points of one pruning baseline (``arch.template``) at one budget: the base model
-    ``arch`` trains, is pruned to the budget and fine-tuned (or, for prune-scratch, retrained)."""
-    setting = {"method": arch.template, "budget": budget.to_dict(), "at": base.at}
+    """The points of one pruning baseline (``method``) at one budget: the base model ``arch``
+    trains, is pruned to the budget and fine-tuned (or, for prune-scratch, retrained)."""
+    setting = {"method": method, "budget": budget.to_dict(), "at": base.at}
     points = []
     for s in seeds:
         cfg = TrainConfig(arch=arch, dataset=dataset, seed=s, prune=setting, **spec.train)
@@ -367,7 +367,7 @@ def _baseline_points(spec: SweepSpec, arch: Any, budget: "Budget", dataset: str,
         ident = experiment(d)
         ident["arch"] = {k: v for k, v in a.items() if k not in ("filters", "widths")}
         ident["budget"] = budget.to_dict()
-        points.append(BudgetPoint(budget, arch.family, arch.template, dataset, s, ident,
+        points.append(BudgetPoint(budget, arch.family, method, dataset, s, ident,
                                   None if why else cfg, None, why))
     return points
 

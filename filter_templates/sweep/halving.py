@@ -25,6 +25,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
+from filter_templates.core.status import FAILED
 from filter_templates.pruning.run import schedule_rows
 from filter_templates.sweep.grid import Grid
 from filter_templates.sweep.plan import SweepResult
@@ -113,11 +114,11 @@ def rung_scores(budget_rows: Sequence[Mapping[str, Any]], epochs: int, selection
             continue
         rows = schedule_rows(run["config"], run["epoch_metrics"])
         reached = len(rows) >= epochs and rows[epochs - 1].get(metric) is not None
-        vals.setdefault(p["template"], [])
+        vals.setdefault(p["method"], [])
         if reached:
-            vals[p["template"]].append(float(rows[epochs - 1][metric]))
-        ended = reached or run["status"] == "failed"
-        over[p["template"]] = over.get(p["template"], True) and ended
+            vals[p["method"]].append(float(rows[epochs - 1][metric]))
+        ended = reached or run["status"] == FAILED
+        over[p["method"]] = over.get(p["method"], True) and ended
     return {t: (sum(v) / len(v) if v else None, over[t]) for t, v in vals.items()}
 
 
@@ -156,7 +157,7 @@ def run_rungs(plan: Halving, epochs: int, db: Path, d: Driver) -> tuple[list[Run
     by_template: dict[str, list] = {}
     for bp in d.grid.budget_points:
         if bp.config is not None:
-            by_template.setdefault(bp.template, []).append(bp.config)
+            by_template.setdefault(bp.method, []).append(bp.config)
     alive = [t for t in d.order if t in by_template]
     rungs, sweeps = [], []
     stops = rung_epochs(epochs, plan.rate, plan.rungs)
@@ -166,7 +167,7 @@ def run_rungs(plan: Halving, epochs: int, db: Path, d: Driver) -> tuple[list[Run
         sweeps.append(d.run(Grid(configs=configs, budget_points=d.grid.budget_points if i == 0 else [])))
         rows = d.read()
         rung = Rung(stop, list(alive))
-        scores = rung_scores([r for r in rows if r["template"] in alive], stop, d.selection)
+        scores = rung_scores([r for r in rows if r["method"] in alive], stop, d.selection)
         pending = [t for t in alive if not scores.get(t, (None, True))[1]]
         if pending and not last:
             raise UsageError(f"rung at {stop} epochs: {', '.join(pending)} still training in another process (or "

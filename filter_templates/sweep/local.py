@@ -58,9 +58,9 @@ def train_point(store: Store, point: Point, token: str, *, progress: bool | None
     resume = (point.run_dir / CHECKPOINT).exists()
     with Heartbeats(store.path, {point.key: token}, heartbeat_every):
         try:
-            summary = run_config(point.config, point.run_dir, resume=resume, progress=progress, on_epoch=on_epoch,
-                            threads_source=threads_source)
-            summary = complete_resources(point.config, summary, point.run_dir)
+            outcome = run_config(point.config, point.run_dir, resume=resume, progress=progress, on_epoch=on_epoch,
+                                 threads_source=threads_source)
+            summary = complete_resources(point.config, outcome, point.run_dir)
         except (KeyboardInterrupt, _ClaimLost):
             raise
         except Exception as exc:  # a broken run is a result (failed, with why), not the end of the sweep

@@ -6,7 +6,7 @@ import os
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -123,7 +123,7 @@ def prepare(store: Store, configs: Sequence["TrainConfig"], runs_dir: str | os.P
     return points, result
 
 
-def complete_resources(config: "TrainConfig", summary: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+def complete_resources(config: "TrainConfig", summary: Mapping[str, Any], run_dir: Path) -> dict[str, Any]:
     """Measure what a done run's summary lacks of the resources (training memory, latency at the
     run's batch size and at 1) on the device it trained on, and keep it beside the summary (which
     stays train's own: :func:`rundir.write_resources`). Returns the summary with them merged."""

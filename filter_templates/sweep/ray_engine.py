@@ -88,9 +88,9 @@ def _trial(params: dict[str, Any]) -> None:
     def on_epoch(row: dict) -> None:
         tune.report({**row, "final": False}, checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
 
-    summary = run_config(config, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False,
-                    on_epoch=on_epoch, threads_source=threads_source)
-    summary = complete_resources(config, summary, run_dir)  # measured here, on the trial's device
+    outcome = run_config(config, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False,
+                         on_epoch=on_epoch, threads_source=threads_source)
+    summary = complete_resources(config, outcome, run_dir)  # measured here, on the trial's device
     tune.report({"final": True, "status": summary["status"], "summary": json.dumps(summary, default=str)},
                 checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
 

@@ -1,6 +1,6 @@
 """What a results-store row holds and who owns it: the keys of grid and budget points, the columns
-lifted out of a configuration, JSON-safe values, and the ``pid@host`` owners of claims. Shared by
-the store (:mod:`.store`), its claims (:mod:`.claims`) and its budget points (:mod:`.budget_points`).
+lifted out of a configuration, JSON-safe values, and the ``pid@host`` owners of claims: what the
+store (:mod:`.store`) computes from its inputs, apart from the SQL.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any, Mapping
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.errors import UsageError
 from filter_templates.core.status import BUDGET_STATUSES, ROW_STATUSES
-from filter_templates.training.config import EXECUTION_KEYS, experiment, kind_of
+from filter_templates.training.config import EXECUTION_KEYS, experiment, kind_of, method_of
 
 __all__ = ["StoreError", "STATUSES", "BUDGET_STATUSES", "EXECUTION_FIELDS", "SCHEMA_VERSION", "DEFAULT_FILE",
            "DEFAULT_STALE_AFTER", "HEARTBEAT_EVERY", "canonical_json", "point_key", "budget_point_key", "owner_id",
@@ -26,7 +26,7 @@ __all__ = ["StoreError", "STATUSES", "BUDGET_STATUSES", "EXECUTION_FIELDS", "SCH
 STATUSES = ROW_STATUSES
 #: TrainConfig fields that do not change what is trained, only where/how: not part of a row's key.
 EXECUTION_FIELDS = EXECUTION_KEYS
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: kind and method columns of their own; older stores are rebuilt with sweep --reindex
 DEFAULT_FILE = "results.sqlite"  # a store given no name: sweep and report, and reduce inside its --out
 DEFAULT_STALE_AFTER = 600.0  # seconds without a heartbeat before another host may take a row over
 HEARTBEAT_EVERY = 30.0  # seconds between heartbeats of a claimed row
@@ -103,6 +103,7 @@ def fields(config: Mapping[str, Any]) -> dict[str, Any]:
             "seed": int(config.get("seed", 0)),
             "epochs": int(config["epochs"]),
             "kind": kind_of(config),
+            "method": method_of(config),
             "image_size": int(config.get("image_size", arch.get("image_size", IMAGE_SIZE))),
         }
     except (KeyError, TypeError, ValueError) as exc:

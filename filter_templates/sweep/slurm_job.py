@@ -57,9 +57,9 @@ class TrainJob:
 
         try:
             config = TrainConfig.from_dict(payload["config"])
-            summary = run_config(config, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False,
-                            on_epoch=on_epoch, threads_source="--cpus-per-task")
-            summary = complete_resources(config, summary, run_dir)  # measured here, on the node
+            outcome = run_config(config, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False,
+                                 on_epoch=on_epoch, threads_source="--cpus-per-task")
+            summary = complete_resources(config, outcome, run_dir)  # measured here, on the node
         except Exception as exc:  # a broken run is a result (failed, with why); SystemExit (requeue) passes
             return {"status": FAILED, "reason": failure_reason(exc), "slurm_job_id": _job_id()}
         slurm = {"job_id": _job_id(), "node": socket.gethostname(), "restarts": _restarts(),

@@ -13,16 +13,23 @@ into a new one, and without a field added later at the value older points had.
 A row in state ``running`` belongs to ``claimed_by`` (``pid@host``) while that process lives and
 keeps its ``heartbeat`` fresh; when the owner is gone (its pid no longer exists on this host, or
 its heartbeat is older than ``stale_after``) any sweep may claim the row again and resume the run
-from its checkpoint (:class:`Heartbeats` keeps a process's claims fresh). Each run's own summary
-stays the source of truth:
-:meth:`Store.reindex_run` rebuilds a row from its run directory.
+from its checkpoint (:class:`Heartbeats` keeps a process's claims fresh). Every change is one
+``BEGIN IMMEDIATE`` transaction and, for a row in ``running``, takes effect only for the claim
+(``token``) it was given: a process that lost its claim cannot overwrite the new owner's work. Each
+run's own summary stays the source of truth: :meth:`Store.reindex_run` rebuilds a row from its
+run directory.
 
 Budget sweeps add a second table, ``budget_points``: one row per (budget, family, template,
 dataset, seed, training settings), holding the budget, the fitted width and filters, the fitted
 model's resources and the key of the ``runs`` row that trains it -- or, for a budget the template
-cannot reach, no run and the reason. Two budgets that fit the same model share one run. The
-table is created on opening (stores from before it simply gain it); a re-run of the same budget
-sweep writes the same rows again, so a lost store is rebuilt by ``sweep --reindex`` plus a re-run.
+cannot reach, no run and the reason. Two budgets that fit the same model share one run. A re-run
+of the same budget sweep writes the same rows again, so a lost store is rebuilt by ``sweep
+--reindex`` plus a re-run -- which is also how a store written by an older version (an older
+``SCHEMA_VERSION``) is brought up to date: it is refused with one line that says so.
+
+A row says what it compares in columns of its own: ``kind`` (``template``, or ``pruning`` for a
+pruning baseline), ``method`` (the template, or the pruning method) and ``template`` (its model's
+template: ``base`` for a pruning baseline, which prunes the base model).
 """
 
 from __future__ import annotations
@@ -30,16 +37,16 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
+import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 from filter_templates.core import rundir
 from filter_templates.core.errors import UsageError
 from filter_templates.core.rundir import read_metrics
-from filter_templates.core.status import RUNNING, RUN_STATUSES
-from filter_templates.sweep.budget_points import BudgetPoints
-from filter_templates.sweep.claims import Claims, Heartbeats
+from filter_templates.core.status import FAILED, PAUSED, PENDING, RUN_STATUSES, RUNNING
 from filter_templates.sweep.records import (
     BUDGET_STATUSES,
     DEFAULT_FILE,
@@ -53,6 +60,7 @@ from filter_templates.sweep.records import (
     canonical_json,
     clean,
     fields,
+    num,
     owner_alive,
     owner_id,
     point_key,
@@ -71,8 +79,9 @@ CREATE TABLE IF NOT EXISTS runs (
     config_json TEXT NOT NULL,             -- full TrainConfig.to_dict() of the last run of this point
     family TEXT NOT NULL, template TEXT NOT NULL, width REAL NOT NULL, dataset TEXT NOT NULL,
     seed INTEGER NOT NULL, epochs INTEGER NOT NULL, classes INTEGER NOT NULL, filters TEXT NOT NULL,
-    kind TEXT NOT NULL DEFAULT 'template',  -- template, or pruning: a pruning baseline (template: its method)
-    image_size INTEGER NOT NULL DEFAULT 32,  -- side of the images trained on: part of a cell, like the dataset
+    kind TEXT NOT NULL,                    -- template, or pruning: a pruning baseline (of the base model)
+    method TEXT NOT NULL,                  -- what it compares: the template, or the pruning method
+    image_size INTEGER NOT NULL,           -- side of the images trained on: part of a cell, like the dataset
     status TEXT NOT NULL DEFAULT 'pending' CHECK (status IN ('pending', 'running', 'done', 'failed')),
     run_dir TEXT,
     claimed_by TEXT, claim_token TEXT, claimed_at REAL, heartbeat REAL,
@@ -99,7 +108,7 @@ CREATE TABLE IF NOT EXISTS budget_points (
     key TEXT PRIMARY KEY,                  -- sha256 of ident_json
     ident_json TEXT NOT NULL,              -- canonical JSON: budget, family, template, classes, settings, seed
     budget_key TEXT NOT NULL, budget_value REAL NOT NULL,
-    family TEXT NOT NULL, template TEXT NOT NULL, dataset TEXT NOT NULL, seed INTEGER NOT NULL,
+    family TEXT NOT NULL, method TEXT NOT NULL, dataset TEXT NOT NULL, seed INTEGER NOT NULL,
     status TEXT NOT NULL CHECK (status IN ('fitted', 'unreachable')),
     reason TEXT,                           -- why unreachable
     width REAL, filters TEXT,              -- the fitted model
@@ -110,10 +119,21 @@ CREATE TABLE IF NOT EXISTS budget_points (
 CREATE INDEX IF NOT EXISTS budget_points_run ON budget_points (run_key);
 """
 
+_BEAT = "UPDATE runs SET heartbeat=? WHERE key=? AND claim_token=? AND status='running'"
 
-#: Columns added to ``runs`` after stores were written (name, SQL type): opening an older store adds them.
-_ADDED_COLUMNS = (("val_acc", "REAL"), ("kind", "TEXT NOT NULL DEFAULT 'template'"),
-                  ("image_size", "INTEGER NOT NULL DEFAULT 32"), ("paused_at", "INTEGER"))
+
+def _at_stop(row: Mapping[str, Any] | sqlite3.Row, config_json: str) -> bool:
+    """A paused row that a run of ``config_json`` would leave where it is: its ``stop_at`` is the
+    epoch the row paused after, or an earlier one."""
+    paused = row["paused_at"]
+    if paused is None:
+        return False
+    stop = json.loads(config_json).get("stop_at") if config_json else None
+    return stop is not None and int(paused) >= int(stop)
+
+#: The columns a new ``runs`` row is inserted with: ``_insert_run`` is the one INSERT of a grid point.
+_RUN_COLUMNS = ("key", "key_json", "config_json", "family", "template", "method", "width", "dataset", "seed", "epochs",
+                "classes", "filters", "kind", "image_size", "status", "run_dir", "created_at", "updated_at")
 
 
 # --------------------------------------------------------------------------------------------
@@ -121,7 +141,7 @@ _ADDED_COLUMNS = (("val_acc", "REAL"), ("kind", "TEXT NOT NULL DEFAULT 'template
 # --------------------------------------------------------------------------------------------
 
 
-class Store(Claims, BudgetPoints):
+class Store:
     """One connection to a results file. Not shared between threads: open one per thread.
 
     Every method that changes state is one ``BEGIN IMMEDIATE`` transaction and, for a row in
@@ -176,10 +196,6 @@ class Store(Claims, BudgetPoints):
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     self.db.execute(stmt)
-            have = {r[1] for r in self.db.execute("PRAGMA table_info(runs)")}
-            for column, kind in _ADDED_COLUMNS:  # a store written before the column gains it, empty
-                if column not in have:
-                    self.db.execute(f"ALTER TABLE runs ADD COLUMN {column} {kind}")
             row = self.db.execute("SELECT value FROM meta WHERE name='schema_version'").fetchone()
             if row is None:
                 self.db.execute("INSERT INTO meta (name, value) VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
@@ -187,6 +203,11 @@ class Store(Claims, BudgetPoints):
                 raise StoreError(
                     f"results store {str(self.path)!r} has schema version {row[0]}; this filter-templates "
                     f"reads up to {SCHEMA_VERSION}: upgrade filter-templates")
+            elif int(row[0]) < SCHEMA_VERSION:
+                raise StoreError(
+                    f"results store {str(self.path)!r} was written by an older filter-templates (schema version "
+                    f"{row[0]}, now {SCHEMA_VERSION}); move it aside and rebuild it from its run folders with "
+                    "'filter-templates sweep --reindex --db FILE --runs-dir RUNS'")
 
     def close(self) -> None:
         self.db.close()
@@ -232,20 +253,24 @@ class Store(Claims, BudgetPoints):
         new = 0
         with self._tx() as db:
             for config, run_dir in points:
-                key, key_json = point_key(config)
-                f = fields(config)
-                cur = db.execute(
-                    "INSERT OR IGNORE INTO runs (key, key_json, config_json, family, template, width, dataset, seed, "
-                    "epochs, classes, filters, kind, image_size, status, run_dir, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                    (key, key_json, canonical_json(config), f["family"], f["template"], f["width"], f["dataset"],
-                     f["seed"], f["epochs"], f["classes"], f["filters"], f["kind"], f["image_size"], str(run_dir), now,
-                     now),
-                )
-                if cur.rowcount:
+                key, _ = point_key(config)
+                if self._insert_run(config, run_dir, now, ignore=True):
                     new += 1
                     self._event(key, "add", None)
         return new
+
+    def _insert_run(self, config: Mapping[str, Any], run_dir: str | os.PathLike[str], now: float, *,
+                    ignore: bool = False) -> bool:
+        """Insert a grid point as ``pending`` (inside a transaction); ``ignore``: leave a row that
+        exists. True when a row was inserted."""
+        key, key_json = point_key(config)
+        f = fields(config)
+        values = {"key": key, "key_json": key_json, "config_json": canonical_json(config), **f,
+                  "status": PENDING, "run_dir": str(run_dir), "created_at": now, "updated_at": now}
+        cur = self.db.execute(
+            f"INSERT {'OR IGNORE ' if ignore else ''}INTO runs ({', '.join(_RUN_COLUMNS)}) "
+            f"VALUES ({', '.join('?' * len(_RUN_COLUMNS))})", tuple(values[c] for c in _RUN_COLUMNS))
+        return bool(cur.rowcount)
 
     def reset_failed(self, keys: Sequence[str]) -> int:
         """Put failed rows among ``keys`` back to ``pending`` (``--retry-failed``)."""
@@ -275,8 +300,8 @@ class Store(Claims, BudgetPoints):
         if config is None:
             return None
         try:
-            key, key_json = point_key(config)
-            f = fields(config)
+            key, _ = point_key(config)
+            fields(config)
         except (ValueError, UsageError):
             return None
         summary = rundir.read_summary(run_dir)  # with what the sweep measured (resources.json) merged in
@@ -289,14 +314,7 @@ class Store(Claims, BudgetPoints):
             if row is not None and row["status"] == RUNNING and not self.claimable(row):
                 return key
             if row is None:
-                db.execute(
-                    "INSERT INTO runs (key, key_json, config_json, family, template, width, dataset, seed, epochs, "
-                    "classes, filters, kind, image_size, status, run_dir, created_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, ?)",
-                    (key, key_json, canonical_json(config), f["family"], f["template"], f["width"], f["dataset"],
-                     f["seed"], f["epochs"], f["classes"], f["filters"], f["kind"], f["image_size"], str(run_dir), now,
-                     now),
-                )
+                self._insert_run(config, run_dir, now)
             else:
                 db.execute("UPDATE runs SET status='pending', run_dir=?, claimed_by=NULL, claim_token=NULL, "
                            "heartbeat=NULL, updated_at=? WHERE key=?", (str(run_dir), now, key))
@@ -306,6 +324,243 @@ class Store(Claims, BudgetPoints):
         if summary is not None:
             self.finish(key, None, summary, epochs=epochs, run_dir=str(run_dir))
         return key
+
+    # -- claims: who trains which point -----------------------------------------------------
+
+
+    def claimable(self, row: Mapping[str, Any] | sqlite3.Row, *, stale_after: float = DEFAULT_STALE_AFTER,
+                  now: float | None = None, config_json: str | None = None) -> bool:
+        """A pending row, or a running row whose owner is gone (dead pid here, or stale heartbeat);
+        not a paused row whose run would stop where it is (``config_json``: the configuration it
+        would run with, by default its stored one)."""
+        if row["status"] == PENDING:
+            return not _at_stop(row, config_json or row["config_json"])
+        if row["status"] != RUNNING:
+            return False
+        alive = owner_alive(row["claimed_by"])
+        if alive is False:
+            return True
+        now = time.time() if now is None else now
+        return (now - float(row["heartbeat"] or 0.0)) > stale_after
+
+    def claim(
+        self,
+        keys: Sequence[str],
+        *,
+        owner: str | None = None,
+        stale_after: float = DEFAULT_STALE_AFTER,
+        config_json: Mapping[str, str] | None = None,
+    ) -> dict[str, Any] | None:
+        """Atomically take the first claimable row of ``keys`` (in that order) and mark it running.
+
+        Returns the row (with ``claim_token`` and ``reclaimed``: whether a dead owner had it), or
+        None when no row of ``keys`` can be claimed. ``config_json`` maps a key to the full
+        configuration this process will run it with (it replaces the stored one).
+        """
+        got = self._claim(keys, 1, owner, stale_after, config_json)
+        return got[0] if got else None
+
+    def claim_many(self, keys: Sequence[str], *, owner: str | None = None,
+                   stale_after: float = DEFAULT_STALE_AFTER,
+                   config_json: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+        """Claim every claimable row of ``keys`` in one transaction (the Ray driver hands them all
+        to Tune at once)."""
+        return self._claim(keys, len(keys), owner, stale_after, config_json)
+
+    def _claim(self, keys: Sequence[str], limit: int, owner: str | None, stale_after: float,
+               config_json: Mapping[str, str] | None) -> list[dict[str, Any]]:
+        owner = owner or owner_id()
+        wanted = list(dict.fromkeys(keys))
+        out: list[dict[str, Any]] = []
+        with self._tx() as db:
+            rows = self._rows_for(wanted, "status IN ('pending', 'running')")
+            now = time.time()
+            for key in wanted:
+                if len(out) >= limit:
+                    break
+                row = rows.get(key)
+                cfg = (config_json or {}).get(key, row["config_json"] if row is not None else "")
+                if row is None or not self.claimable(row, stale_after=stale_after, now=now, config_json=cfg):
+                    continue
+                token = uuid.uuid4().hex
+                reclaimed = row["status"] == RUNNING
+                db.execute(
+                    "UPDATE runs SET status='running', claimed_by=?, claim_token=?, claimed_at=?, heartbeat=?, "
+                    "attempts=attempts+1, started_at=COALESCE(started_at, ?), reason=NULL, config_json=?, "
+                    "paused_at=NULL, "
+                    "updated_at=? WHERE key=?",
+                    (owner, token, now, now, now, cfg, now, key),
+                )
+                self._event(key, "reclaim" if reclaimed else "claim", owner,
+                            {"from": row["claimed_by"]} if reclaimed else None)
+                d = row_dict(row)
+                d.update(status=RUNNING, claimed_by=owner, claim_token=token, claimed_at=now, heartbeat=now,
+                         attempts=row["attempts"] + 1, reclaimed=reclaimed, config=json.loads(cfg),
+                         previous_owner=row["claimed_by"] if reclaimed else None)
+                out.append(d)
+        return out
+
+    def heartbeat(self, claims: Mapping[str, str]) -> int:
+        """Refresh ``{key: token}`` claims; returns how many are still ours."""
+        if not claims:
+            return 0
+        n = 0
+        now = time.time()
+        with self._tx() as db:
+            for key, token in claims.items():
+                n += db.execute(_BEAT, (now, key, token)).rowcount
+        return n
+
+    def record_epoch(self, key: str, token: str, metrics: Mapping[str, Any]) -> bool:
+        """Add (or replace) one epoch's metrics of a running row; False if the claim was lost."""
+        epoch = int(metrics["epoch"])
+        with self._tx() as db:
+            row = db.execute("SELECT epoch_metrics FROM runs WHERE key=? AND claim_token=? AND status='running'",
+                             (key, token)).fetchone()
+            if row is None:
+                return False
+            history = [m for m in json.loads(row[0]) if int(m.get("epoch", -1)) < epoch]
+            history.append(clean(dict(metrics)))
+            now = time.time()
+            db.execute("UPDATE runs SET epoch_metrics=?, epochs_done=?, heartbeat=?, updated_at=? WHERE key=?",
+                       (canonical_json(history), epoch, now, now, key))
+        return True
+
+    def finish(self, key: str, token: str | None, summary: Mapping[str, Any],
+               epochs: Sequence[Mapping[str, Any]] | None = None, run_dir: str | None = None) -> bool:
+        """Record a run's ``summary.json`` (status done or failed) on a row we hold.
+
+        ``token=None`` records regardless of claim (reindexing). ``epochs`` (the run's
+        ``metrics.jsonl``) replaces the per-epoch history when given. False if the claim was lost.
+        """
+        status = summary.get("status")
+        if status == PAUSED:
+            return self._pause(key, token, summary, epochs, run_dir)
+        if status not in RUN_STATUSES:
+            raise StoreError(f"a run's summary status must be one of {', '.join(RUN_STATUSES)}, got {status!r}")
+        res = summary.get("resources") or {}
+        lat = res.get("latency_s") or {}
+        batch = res.get("batch_size")
+        now = time.time()
+        with self._tx() as db:
+            where = "key=? AND claim_token=? AND status='running'" if token is not None else "key=?"
+            args: tuple[Any, ...] = (key, token) if token is not None else (key,)
+            row = db.execute(f"SELECT epoch_metrics FROM runs WHERE {where}", args).fetchone()
+            if row is None:
+                return False
+            history = [clean(dict(e)) for e in epochs] if epochs is not None else json.loads(row[0])
+            db.execute(
+                "UPDATE runs SET status=?, reason=?, final_acc=?, best_acc=?, best_epoch=?, val_acc=?, params=?, "
+                "flops=?, train_memory_bytes=?, batch_size=?, latency_batch_s=?, latency_b1_s=?, resource_device=?, threads=?, "
+                "resources_json=?, wall_s=?, device=?, epoch_metrics=?, epochs_done=?, finished_at=?, "
+                "updated_at=?, claimed_by=NULL, claim_token=NULL, heartbeat=NULL, paused_at=NULL, "
+                f"run_dir=COALESCE(?, run_dir) WHERE {where}",
+                (status, summary.get("reason") if status == FAILED else None,
+                 num(summary.get("final_acc")), num(summary.get("best_acc")), num(summary.get("best_epoch")),
+                 num(summary.get("val_acc")),
+                 num(res.get("params")), num(res.get("flops")), num(res.get("train_memory_bytes")),
+                 num(batch), num(lat.get(f"batch{batch}")), num(lat.get("batch1")), res.get("device"), num(res.get("threads")),
+                 canonical_json(clean(res)) if res else None, num(summary.get("wall_s")), summary.get("device"),
+                 canonical_json(history), max([int(e.get("epoch", 0)) for e in history] or [0]), now, now,
+                 run_dir, *args),
+            )
+            self._event(key, status, None if token is None else owner_id(),
+                        {"reason": summary.get("reason")} if status == FAILED else None)
+        return True
+
+    def _pause(self, key: str, token: str | None, summary: Mapping[str, Any],
+               epochs: Sequence[Mapping[str, Any]] | None, run_dir: str | None) -> bool:
+        """A run paused at its ``stop_at``: pending again (never done), with its epochs so far and
+        the epoch it stopped after, so no sweep claims it to stop there again."""
+        where = "key=? AND claim_token=? AND status='running'" if token is not None else "key=?"
+        args: tuple[Any, ...] = (key, token) if token is not None else (key,)
+        now = time.time()
+        with self._tx() as db:
+            row = db.execute(f"SELECT epoch_metrics FROM runs WHERE {where}", args).fetchone()
+            if row is None:
+                return False
+            history = [clean(dict(e)) for e in epochs] if epochs is not None else json.loads(row[0])
+            db.execute("UPDATE runs SET status='pending', paused_at=?, epoch_metrics=?, epochs_done=?, reason=NULL, "
+                       "claimed_by=NULL, claim_token=NULL, heartbeat=NULL, updated_at=?, "
+                       f"run_dir=COALESCE(?, run_dir) WHERE {where}",
+                       (int(summary["stopped_at"]), canonical_json(history),
+                        max([int(e.get("epoch", 0)) for e in history] or [0]), now, run_dir, *args))
+            self._event(key, PAUSED, None if token is None else owner_id(), {"epoch": summary["stopped_at"]})
+        return True
+
+    def fail(self, key: str, token: str | None, reason: str) -> bool:
+        """Mark a row failed with a reason (an exception outside train's own summary)."""
+        return self.finish(key, token, {"status": FAILED, "reason": reason})
+
+    def release(self, key: str, token: str, reason: str = "interrupted") -> bool:
+        """Give a claim back (Ctrl-C): the row is pending again and will resume from its checkpoint."""
+        with self._tx() as db:
+            cur = db.execute(
+                "UPDATE runs SET status='pending', claimed_by=NULL, claim_token=NULL, heartbeat=NULL, "
+                "updated_at=? WHERE key=? AND claim_token=? AND status='running'",
+                (time.time(), key, token),
+            )
+            if cur.rowcount:
+                self._event(key, "release", owner_id(), {"reason": reason})
+            return bool(cur.rowcount)
+
+    # -- budget points ---------------------------------------------------------------------
+
+
+    def add_budget_points(self, points: Iterable[Mapping[str, Any]]) -> int:
+        """Insert or refresh budget points (``BudgetPoint.record()`` dicts: ``ident``, ``budget_key``,
+        ``budget_value``, ``family``, ``method``, ``dataset``, ``seed``, ``status``, ``reason``,
+        ``width``, ``filters``, ``fit``, ``run_key``). A point already stored takes the new fit
+        (the same one, unless the fitter changed). Returns how many were new."""
+        now = time.time()
+        new = 0
+        with self._tx() as db:
+            for p in points:
+                if p["status"] not in BUDGET_STATUSES:
+                    raise ValueError(f"budget point status must be one of {BUDGET_STATUSES}, got {p['status']!r}")
+                key, ident_json = budget_point_key(p["ident"])
+                exists = db.execute("SELECT 1 FROM budget_points WHERE key=?", (key,)).fetchone()
+                filters = None if p.get("filters") is None else canonical_json([int(f) for f in p["filters"]])
+                fit = None if p.get("fit") is None else canonical_json(clean(p["fit"]))
+                db.execute(
+                    "INSERT INTO budget_points (key, ident_json, budget_key, budget_value, family, method, dataset, "
+                    "seed, status, reason, width, filters, fit_json, run_key, created_at, updated_at) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?) "
+                    "ON CONFLICT(key) DO UPDATE SET status=excluded.status, reason=excluded.reason, "
+                    "width=excluded.width, filters=excluded.filters, fit_json=excluded.fit_json, "
+                    "run_key=excluded.run_key, updated_at=excluded.updated_at",
+                    (key, ident_json, str(p["budget_key"]), float(p["budget_value"]), str(p["family"]),
+                     str(p["method"]), str(p["dataset"]), int(p["seed"]), p["status"], p.get("reason"),
+                     num(p.get("width")), filters, fit, p.get("run_key"), now, now),
+                )
+                if exists is None:
+                    new += 1
+        return new
+
+    def budget_rows(self, keys: Sequence[str] | None = None) -> list[dict[str, Any]]:
+        """Budget points as dicts (``fit`` and ``filters`` decoded), each with ``run``: its runs row
+        (as :meth:`rows` gives it) or None. In the order of ``keys``, else insertion order."""
+        if keys is not None:
+            found: dict[str, sqlite3.Row] = {}
+            wanted = list(keys)
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i:i + 500]
+                q = f"SELECT * FROM budget_points WHERE key IN ({','.join('?' * len(chunk))})"
+                found.update({r["key"]: r for r in self.db.execute(q, chunk)})
+            raw = [found[k] for k in wanted if k in found]
+        else:
+            raw = list(self.db.execute("SELECT * FROM budget_points ORDER BY rowid"))
+        runs = {r["key"]: r for r in self.rows([r["run_key"] for r in raw if r["run_key"]])}
+        out = []
+        for r in raw:
+            d = dict(r)
+            d["ident"] = json.loads(d.pop("ident_json"))
+            fit = d.pop("fit_json")
+            d["fit"] = json.loads(fit) if fit else None
+            d["filters"] = json.loads(d["filters"]) if d["filters"] else None
+            d["run"] = runs.get(d["run_key"]) if d["run_key"] else None
+            out.append(d)
+        return out
 
     # -- reading ---------------------------------------------------------------------------
 
@@ -364,3 +619,46 @@ class Store(Claims, BudgetPoints):
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         return iter(self.rows())
+
+
+class Heartbeats:
+    """Keep the claims ``{key: token}`` a process holds fresh, from a thread with its own
+    connection (SQLite connections are not shared between threads), while the runs train; a
+    heartbeat failure never stops a run (its claim then goes stale, the fallback)."""
+
+    def __init__(self, db: str | os.PathLike[str], claims: Mapping[str, str], every: float = HEARTBEAT_EVERY) -> None:
+        self.db, self.claims, self.every = Path(db), dict(claims), every
+        self.lock = threading.Lock()
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="sweep-heartbeats", daemon=True)
+
+    def drop(self, key: str) -> None:
+        """Stop refreshing ``key`` (its run ended)."""
+        with self.lock:
+            self.claims.pop(key, None)
+
+    def _loop(self) -> None:
+        try:  # its own connection: SQLite connections are not shared between threads
+            db = sqlite3.connect(str(self.db), timeout=120.0, isolation_level=None)
+            try:
+                db.execute("PRAGMA busy_timeout=120000")
+                while not self.stop.wait(self.every):
+                    with self.lock:
+                        claims = dict(self.claims)
+                    now = time.time()
+                    db.execute("BEGIN IMMEDIATE")
+                    for key, token in claims.items():
+                        db.execute(_BEAT, (now, key, token))
+                    db.execute("COMMIT")
+            finally:
+                db.close()
+        except Exception:  # noqa: BLE001 - staleness is the fallback; the run goes on
+            pass
+
+    def __enter__(self) -> "Heartbeats":
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop.set()
+        self.thread.join(timeout=5)

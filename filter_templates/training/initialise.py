@@ -60,7 +60,7 @@ def input_convolution(model: nn.Module, example: torch.Tensor) -> nn.Conv2d | No
     found: list[nn.Conv2d] = []
 
     def hook(module: nn.Module, args: tuple) -> None:
-        if not found and args and args[0] is example:
+        if not found and args and args[0] is example and isinstance(module, nn.Conv2d):
             found.append(module)
 
     handles = [m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, nn.Conv2d)]

@@ -312,7 +312,8 @@ class _Parts:
             _initialise(model, config, ds)
         if config.sync_bn and world.size > 1:
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        model = model.to(device=device, memory_format=autotune.torch_memory_format(config.memory_format))
+        # Module.to takes memory_format at run time; torch's stubs leave it out
+        model = model.to(device=device, memory_format=autotune.torch_memory_format(config.memory_format))  # type: ignore[call-overload]
         optimizer = make_optimizer(model, config)
         batches = LoaderOptions(device=device, seed=config.seed, channels_last=config.memory_format == "channels_last",
                                 pad=scale_pixels(config.crop_pad, ds.image_size), flip=ds.hflip,
@@ -320,7 +321,7 @@ class _Parts:
         norm = dict(mean=ds.mean, std=ds.std)
         train = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, options=batches, **norm)
         test = Loader(ds.test_x, ds.test_y, max(config.batch_size, 256), train=False, options=batches, **norm)
-        val = None if ds.val_x is None else Loader(ds.val_x, ds.val_y, max(config.batch_size, 256), train=False,
+        val = None if ds.val_x is None or ds.val_y is None else Loader(ds.val_x, ds.val_y, max(config.batch_size, 256), train=False,
                                                    options=batches, **norm)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lr_multiplier(config.schedule, config.warmup, config.epochs, len(train)))
@@ -364,7 +365,7 @@ def check_val_split(config: TrainConfig) -> int:
 def _validation_split(ds: Dataset, config: TrainConfig) -> Dataset:
     """``ds`` as the run uses it: ``config.val_split`` held out of its training split
     (:func:`split.holdout`), or the dataset's own validation set, said once, when it brings one."""
-    if config.val_split and ds.val_x is not None:
+    if config.val_split and ds.val_y is not None:
         note(f"dataset {config.dataset!r} brings its own validation set ({len(ds.val_y):,} images): it is used "
              f"instead of holding out val_split={config.val_split!r} of the training images")
     return split.holdout(ds, config.val_split)

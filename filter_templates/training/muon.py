@@ -50,7 +50,7 @@ def muon_parameters(model: nn.Module) -> list[nn.Parameter]:
     except Exception as exc:  # fx raises many kinds on code it cannot trace
         raise UsageError(f"optimizer 'muon' needs a model torch.fx can trace, to find the convolutions "
                          f"that feed a BatchNorm ({type(exc).__name__}: {exc}); use optimizer 'sgd'") from None
-    found: dict[int, nn.Parameter] = {}
+    found: dict[int, torch.Tensor] = {}
     for node in graph.nodes:
         if node.op != "call_module":
             continue
@@ -74,7 +74,7 @@ class Muon(torch.optim.Optimizer):
                                       muon=False))
 
     @torch.no_grad()
-    def step(self, closure: Any = None) -> None:
+    def step(self, closure: Any = None) -> None:  # type: ignore[override]  # no closure: torch's overloads promise one
         if closure is not None:
             raise ValueError("Muon takes no closure")
         for group in self.param_groups:
@@ -84,12 +84,13 @@ class Muon(torch.optim.Optimizer):
                     step(p, group)
 
     def _muon_step(self, p: torch.Tensor, group: dict[str, Any]) -> None:
+        grad = _grad(p)
         m = group["momentum"]
         buf = self.state[p].get("momentum_buffer")
         if buf is None:
             buf = self.state[p]["momentum_buffer"] = torch.zeros_like(p)
-        buf.mul_(m).add_(p.grad)
-        u = p.grad.add(buf, alpha=m) if group["nesterov"] else buf
+        buf.mul_(m).add_(grad)
+        u = grad.add(buf, alpha=m) if group["nesterov"] else buf
         p.mul_(p.size(0) ** 0.5 / p.norm())
         x = orthogonalize(u.reshape(len(u), -1))
         x *= max(1.0, x.size(0) / x.size(1)) ** 0.5
@@ -97,7 +98,8 @@ class Muon(torch.optim.Optimizer):
 
     def _sgd_step(self, p: torch.Tensor, group: dict[str, Any]) -> None:
         m, wd = group["momentum"], group["weight_decay"]
-        d = p.grad.add(p, alpha=wd) if wd else p.grad
+        grad = _grad(p)
+        d = grad.add(p, alpha=wd) if wd else grad
         if m:
             buf = self.state[p].get("momentum_buffer")
             if buf is None:
@@ -106,3 +108,9 @@ class Muon(torch.optim.Optimizer):
                 buf.mul_(m).add_(d)
             d = d.add(buf, alpha=m) if group["nesterov"] else buf
         p.add_(d, alpha=-group["lr"])
+
+
+def _grad(p: torch.Tensor) -> torch.Tensor:
+    """The gradient of a parameter the step loop found with one."""
+    assert p.grad is not None  # step() passes only parameters with a gradient
+    return p.grad

@@ -23,6 +23,7 @@ from typing import Any, Callable
 import torch
 
 from filter_templates.training import muon
+from filter_templates.training.config import TrainConfig
 
 __all__ = ["lr_multiplier", "make_optimizer", "OptimizerSettings", "EMA"]
 
@@ -63,7 +64,7 @@ class OptimizerSettings:
     muon_lr: float = 0.01
 
 
-def make_optimizer(model: torch.nn.Module, settings: OptimizerSettings) -> torch.optim.Optimizer:
+def make_optimizer(model: torch.nn.Module, settings: OptimizerSettings | TrainConfig) -> torch.optim.Optimizer:
     """SGD; with ``norm_bias_decay=False`` the one-dimensional parameters (BatchNorm scales and
     shifts, biases) get no weight decay: shrinking them fights the normalisation, not overfitting.
     ``optimizer="muon"``: the convolutions that feed a BatchNorm take Muon steps at ``muon_lr`` (the
@@ -75,6 +76,7 @@ def make_optimizer(model: torch.nn.Module, settings: OptimizerSettings) -> torch
     orthogonal = muon.muon_parameters(model) if optimizer == "muon" else []
     taken = {id(p) for p in orthogonal}
     params = [p for p in params if id(p) not in taken]
+    groups: list[dict[str, Any]]
     if s.norm_bias_decay or weight_decay == 0:
         groups = [{"params": params}]
     else:
