@@ -18,7 +18,8 @@ from filter_templates.cli.args import (
 from filter_templates.core import rundir
 from filter_templates.core.device import resolve_device
 from filter_templates.core.messages import note
-from filter_templates.method.arch import IMAGE_SIZE, make_arch
+from filter_templates.core.images import IMAGE_SIZE
+from filter_templates.method.arch import make_arch
 from filter_templates.models import family_names
 from filter_templates.training import profile as machine_profile
 from filter_templates.training.config import PROFILE_AUTO, RECIPES
