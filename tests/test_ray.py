@@ -175,6 +175,7 @@ def test_budget_sweep_on_a_local_ray(tmp_path, capsys, monkeypatch, local_ray):
     assert json.loads(capsys.readouterr().out)["skipped_done"] == 2
 
 
+@pytest.mark.slow  # three rungs, three Tune runs: ~1-9 min on a shared 2-core machine
 def test_halving_on_a_local_ray_keeps_the_local_engines_survivors(tmp_path, capsys, local_ray):
     """The same reduce with --halving 2 on the local engine and on Ray (each rung one submission,
     the driver ranking between rungs from the store): the same candidates at every rung."""

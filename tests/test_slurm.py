@@ -228,3 +228,21 @@ def test_a_job_writes_its_run_folder_with_its_slurm_id_and_a_broken_one_is_a_fai
     broken = {**config.to_dict(), "epochs": 0}
     failed = TrainJob()({"key": "k", "run_dir": str(tmp_path / "bad"), "config": broken, "threads": 1})
     assert failed["status"] == "failed" and "epochs" in failed["reason"] and failed["slurm_job_id"] == "41_3"
+
+
+@pytest.mark.slow  # three rungs, each one job array on the cluster
+def test_halving_on_slurm_keeps_the_local_engines_survivors(slurm, tmp_path, capsys):
+    """reduce --halving 2 with --engine slurm (each rung one submission, the driver ranking between
+    rungs from the store) keeps the candidates the local engine keeps on the same data."""
+    from test_halving import HALVING, survivors
+    from test_reduce import reduce_args
+
+    assert main(reduce_args(tmp_path / "local", *HALVING)) == 0
+    local = json.loads(capsys.readouterr().out)
+    argv = reduce_args(tmp_path / "slurm", *HALVING, "--engine", "slurm", "--cpus-per-task", "1")
+    i = argv.index("--threads")
+    assert main(argv[:i] + argv[i + 2:]) == 0  # --threads is the local engine's; a job gets its task's CPUs
+    on_slurm = json.loads(capsys.readouterr().out)
+    assert survivors(on_slurm) == survivors(local) and len(survivors(local)) == 3
+    assert on_slurm["halving"]["epochs_trained"] == local["halving"]["epochs_trained"] == 9
+    assert on_slurm["winner"]["template"] == local["winner"]["template"]
