@@ -27,7 +27,7 @@ from torch.nn.parallel import DistributedDataParallel
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
 
-__all__ = ["World", "from_env", "session", "device_for", "wrap", "total", "all_finite", "broadcast_buffers",
+__all__ = ["World", "from_env", "joined", "device_for", "wrap", "total", "all_finite", "broadcast_buffers",
            "launch", "check_sync_bn", "ENV_KEYS"]
 
 #: The environment a process of a several-process run reads (torchrun's names).
@@ -81,7 +81,7 @@ def device_for(device: torch.device, world: World) -> torch.device:
 
 
 @contextlib.contextmanager
-def session(world: World, device: torch.device) -> Iterator[None]:
+def joined(world: World, device: torch.device) -> Iterator[None]:
     """The process group of ``world`` for the block (NCCL on CUDA, else gloo), left as found: one
     the caller opened is the caller's to close. A process torchrun started dies with its launcher
     (a launcher killed with SIGKILL cannot stop its workers itself)."""

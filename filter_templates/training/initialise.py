@@ -75,6 +75,17 @@ def input_convolution(model: nn.Module, example: torch.Tensor) -> nn.Conv2d | No
     return found[0] if found else None
 
 
+_PATCH_BYTES = 2**27  # float64 patch rows whitening holds at once
+
+
+def _patch_count(size: torch.Size, conv: nn.Conv2d) -> int:
+    """Patches per image that ``F.unfold`` makes for ``conv`` (no padding, stride 1)."""
+    h, w = size
+    kh, kw = conv.kernel_size
+    dh, dw = conv.dilation
+    return max(0, h - dh * (kh - 1)) * max(0, w - dw * (kw - 1))
+
+
 @torch.no_grad()
 def whiten(conv: nn.Conv2d, batches: Iterable[torch.Tensor], eps: float = WHITEN_EPS,
            floor: float = WHITEN_FLOOR) -> torch.Tensor:
@@ -87,11 +98,15 @@ def whiten(conv: nn.Conv2d, batches: Iterable[torch.Tensor], eps: float = WHITEN
     d = conv.in_channels * conv.kernel_size[0] * conv.kernel_size[1]
     cov = torch.zeros(d, d, dtype=torch.float64)
     count = 0
-    for x in batches:
-        p = F.unfold(x.float(), conv.kernel_size, dilation=conv.dilation)  # [B, d, L], rows in weight order
-        p = p.transpose(1, 2).reshape(-1, d).double()
-        cov += p.T @ p
-        count += len(p)
+    for batch in batches:
+        # a bounded piece of the batch at a time: the patches of 500 large images would take gigabytes
+        # (pieces of whole batches up to ~64 px, so smaller images sum exactly as they always have)
+        per_image = d * _patch_count(batch.shape[2:], conv) * 8
+        for x in batch.split(max(1, _PATCH_BYTES // max(1, per_image))):
+            p = F.unfold(x.float(), conv.kernel_size, dilation=conv.dilation)  # [B, d, L], rows in weight order
+            p = p.transpose(1, 2).reshape(-1, d).double()
+            cov += p.T @ p
+            count += len(p)
     if count == 0:
         raise ValueError("whitening needs at least one image")
     eigenvalues, eigenvectors = torch.linalg.eigh(cov / count)

@@ -162,7 +162,7 @@ def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, pro
     ds = _validation_split(full, config)
     config, choice = _decide_execution(config, state, device, threads_source)
     config = _with_data_memory(config, device, world)
-    with distributed.session(world, device):
+    with distributed.joined(world, device):
         return _run(config, out, state, _Setting(device, world, full, ds, choice, start), progress, on_epoch)
 
 
