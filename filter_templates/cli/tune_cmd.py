@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps({"machine": entry.key, "recommended": result.recommended.name,
                           "execution": asdict(entry.execution),
                           "rule": result.rule.name, "variants": [t.row() for t in result.timings],
-                          "reasons": result.reasons, "bf16_check": result.bf16_check, "seconds": round(result.seconds, 1),
+                          "reasons": result.reasons, "bf16_check": result.bf16_check, "seconds": round(result.seconds, 1), "phases": result.phases,
                           "profile": None if written is None else str(written)}))
         return 0
     _print_table(result)
@@ -105,4 +105,5 @@ def _print_table(result: TuneResult) -> None:
         print(f"{row['variant']:<36} {row['min']:9.1f} {row['median']:9.1f} {row['max']:9.1f}{extra}{mark}")
     for line in result.reasons:
         print(f"- {line}")
-    print(f"profile: {result.recommended.name} ({result.seconds:.0f} s of measuring)")
+    parts = ", ".join(f"{name} {s:.0f} s" for name, s in result.phases.items())
+    print(f"profile: {result.recommended.name} ({result.seconds:.0f} s of measuring: {parts})")

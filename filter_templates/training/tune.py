@@ -105,6 +105,7 @@ class TuneResult:
     reasons: list[str]
     bf16_check: dict[str, Any] | None
     seconds: float
+    phases: dict[str, float] = field(default_factory=dict)  # seconds of each part: what --seconds does not bound
 
     def entry(self, arch: Arch, batch_size: int, device: torch.device) -> machine_profile.Entry:
         """The profile table for this machine."""
@@ -222,18 +223,24 @@ def tune(request: TuneRequest) -> TuneResult:
         benches = {v: models[v.precision, v.memory_format] for v in variants}
         timings = {v: Timing(v) for v in variants}
         _alternate(request, benches, request.seconds, timings)
+        phases = {"eager steps": time.perf_counter() - t0}
         ranked = sorted(variants, key=lambda v: -timings[v].median)
         winner, reasons, check = ranked[0], [f"fastest eager step: {ranked[0].name}"], None
         if winner.precision == "bf16":
+            mark = time.perf_counter()
             check = _check_bf16(request, winner)
+            phases["bf16 check"] = time.perf_counter() - mark
             reasons.append(f"bf16 check {check['verdict']}")
             if not check["passed"]:
                 winner = next(v for v in ranked if v.precision == "fp32")
                 reasons.append(f"bf16 does not train as well here: the fastest fp32 variant, {winner.name}")
         if request.compile:
+            mark = time.perf_counter()
             winner = _try_compile(request, winner, benches[winner], timings, reasons)
+            phases["compile"] = time.perf_counter() - mark
         rule = _rule_variant(request.device)
-        return TuneResult(list(timings.values()), winner, rule, reasons, check, time.perf_counter() - t0)
+        return TuneResult(list(timings.values()), winner, rule, reasons, check, time.perf_counter() - t0,
+                          {k: round(v, 1) for k, v in phases.items()})
     finally:
         torch.set_num_threads(before)
 
