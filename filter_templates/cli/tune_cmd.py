@@ -55,8 +55,8 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
                    help="batch size of the timed steps (default: the fast recipe's, %(default)s)")
     p.add_argument("--device", default="auto", metavar="DEV", help="auto (default), cpu, cuda or cuda:N")
     p.add_argument("--seconds", type=positive_float, default=60.0, metavar="S",
-                   help="about how long the timed eager steps take in all (default: 60; compile and the bf16 check "
-                        "come on top, together about as long again on a 2-core CPU)")
+                   help="about how long the timed eager steps take in all (default: 60; the bf16 check and compile "
+                        "come on top, and the output says how long each part took)")
     p.add_argument("--rounds", type=positive_int, default=3, metavar="R",
                    help="alternating rounds over the variants (default: 3); the median round counts")
     p.add_argument("--compile", action=argparse.BooleanOptionalAction, default=True,
