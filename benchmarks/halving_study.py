@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import sys
-import time
 from pathlib import Path
 
-from filter_templates.sweep.halving import Halving
+from filter_templates.sweep.halving import Halving, rung_epochs
 from filter_templates.reduce import ReduceRequest, ReduceResult, reduce
 from results_file import add_write_argument, write
 
@@ -37,7 +36,6 @@ def run_way(args, model: str, budget: str, seed: int, way: str) -> dict:
     """One reduce of the case, its numbers as the table shows them."""
     rate = WAYS[way]
     folder = Path(args.out) / f"{model}-{budget.replace('=', '')}-s{seed}" / way
-    t0 = time.perf_counter()
     r: ReduceResult = reduce(ReduceRequest(
         model, budget, "cifar10", seeds=[seed], out=folder, report=False, export=False,
         halving=None if rate is None else Halving(rate),
@@ -49,8 +47,7 @@ def run_way(args, model: str, budget: str, seed: int, way: str) -> dict:
     return {"way": way, "winner": None if w is None else w.template, "val_acc": None if w is None else w.val_acc,
             "test_acc": None if w is None else w.final_acc, "epochs_trained": trained,
             "epochs_plain": r.halving["epochs_plain"] if r.halving else planned,
-            "rungs": None if r.halving is None else r.halving["rungs"],
-            "wall_s": round(time.perf_counter() - t0, 1)}  # this call's: a resumed way's is short
+            "rungs": None if r.halving is None else r.halving["rungs"]}
 
 
 def summarise(cases: list[dict]) -> dict:
@@ -116,8 +113,9 @@ def _write(args, cases: list[dict]) -> None:
           views=f"CIFAR-10: a seeded sample of {args.limit_train} training images, 10% of them held out for "
                 f"validation (what ranks); {args.limit_test} test images (final accuracy)",
           note=f"{words}. Regret: the plain winner's accuracy less the halving winner's, in points (negative: "
-               "halving's winner tests better). Few epochs on a subset: a rung's ranking at 2 or 3 epochs is "
-               "noisier than at the paper's scale, so these numbers bound the risk only at this scale.",
+               "halving's winner tests better). Few epochs on a subset: the first rung ranks after "
+               f"{', '.join(f'{rung_epochs(args.epochs, r, 3)[0]} (R={r})' for r in (2, 3))} of {args.epochs} epochs, "
+               "where a candidate's rank is still far from its final one; these numbers hold at this scale only.",
           table={"columns": ["model", "budget", "seed", "way", "winner", "val %", "test %", "test regret (points)",
                              "epochs trained"], "rows": rows})
 
