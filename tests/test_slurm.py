@@ -170,6 +170,20 @@ def test_a_cancelled_job_fails_with_its_reason_and_a_preempted_one_resumes(slurm
         assert [r["status"] for r in s.rows()] == ["done", "done"]
 
 
+@pytest.mark.slow  # two 2-process jobs on the cluster
+def test_each_point_one_run_of_two_tasks(slurm, tmp_path, capsys):
+    """--tasks-per-node 2: every grid point is one job of two tasks training one run (gloo)."""
+    argv = _argv(tmp_path, more=("--gpus-per-task", "0", "--cpus-per-task", "1", "--tasks-per-node", "2"))
+    assert main(argv) == 0
+    runs = sorted((tmp_path / "runs").glob("*/config.json"))
+    assert len(runs) == 2 and all(json.loads(p.read_text())["world_size"] == 2 for p in runs)
+    assert all(s["status"] == "done" for s in _summaries(tmp_path).values())
+    with Store(tmp_path / "r.sqlite") as store:
+        assert sorted(r["status"] for r in store.rows()) == ["done", "done"]
+    logs = sorted(p.name for p in (tmp_path / "r.slurm").glob("*/*_log.out"))
+    assert len(logs) == 4  # two tasks per job
+
+
 def test_bad_slurm_options_are_one_error_line(slurm, tmp_path, capsys):
     for more, words in ((["--partition", "no-such-partition"], "no such partition"),
                         (["--slurm-option", "account"], "KEY=VALUE"),

@@ -93,8 +93,8 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
 
 _RAY_ONLY = ("address", "cpus_per_trial", "gpus_per_trial", "max_failures", "storage")
 _LOCAL_ONLY = ("threads", "jobs")
-_SLURM_ONLY = ("partition", "time", "cpus_per_task", "gpus_per_task", "mem", "array_parallelism", "slurm_option",
-               "slurm_dir")
+_SLURM_ONLY = ("partition", "time", "cpus_per_task", "gpus_per_task", "tasks_per_node", "nodes", "mem",
+               "array_parallelism", "slurm_option", "slurm_dir")
 _ENGINE_FLAGS = {"local": _LOCAL_ONLY, "ray": _RAY_ONLY, "slurm": _SLURM_ONLY}
 
 
@@ -145,7 +145,14 @@ def add_slurm_args(group: "argparse._ArgumentGroup") -> None:
                             "itself and resumes where it stopped")
     group.add_argument("--cpus-per-task", type=positive_int, metavar="N",
                        help="slurm: CPUs per job, also its torch threads (default: 1)")
-    group.add_argument("--gpus-per-task", type=nonnegative_int, metavar="N", help="slurm: GPUs per job (default: 0)")
+    group.add_argument("--gpus-per-task", type=nonnegative_int, metavar="N",
+                       help="slurm: GPUs per point (default: 0); N > 1 without --tasks-per-node trains the point as "
+                            "one run of N processes, one GPU each")
+    group.add_argument("--tasks-per-node", type=positive_int, metavar="N",
+                       help="slurm: train each point as one run of N processes per node (DistributedDataParallel; "
+                            "--cpus-per-task CPUs and --gpus-per-task GPUs each; default: 1)")
+    group.add_argument("--nodes", type=positive_int, metavar="N",
+                       help="slurm: nodes of each point's run (default: 1)")
     group.add_argument("--mem", metavar="SIZE", help="slurm: memory per job as sbatch takes it, e.g. 8G "
                                                      "(default: the partition's)")
     group.add_argument("--array-parallelism", type=positive_int, metavar="N",
@@ -177,7 +184,8 @@ def engine_options(args: argparse.Namespace, jobs: int | None = None,
     (a flag overrides them; Ray ignores them, as its trials' CPU share decides)."""
     d = SlurmOptions()
     slurm = SlurmOptions(partition=args.partition, time=args.time or d.time, cpus_per_task=args.cpus_per_task or
-                         d.cpus_per_task, gpus_per_task=args.gpus_per_task or d.gpus_per_task, mem=args.mem,
+                         d.cpus_per_task, gpus_per_task=args.gpus_per_task or d.gpus_per_task,
+                         tasks_per_node=args.tasks_per_node, nodes=args.nodes or d.nodes, mem=args.mem,
                          array_parallelism=args.array_parallelism, extra=SlurmOptions.parse_extra(args.slurm_option),
                          folder=args.slurm_dir)
     return EngineOptions(

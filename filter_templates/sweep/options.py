@@ -31,11 +31,20 @@ class SlurmOptions:
     time: int = 60
     cpus_per_task: int = 1
     gpus_per_task: int = 0
+    # one run's processes: tasks on each of ``nodes`` nodes (None: one per GPU of --gpus-per-task)
+    tasks_per_node: int | None = None
+    nodes: int = 1
     mem: str | None = None
     array_parallelism: int | None = None
     extra: dict[str, str] = field(default_factory=dict)
     folder: str | None = None
     poll_s: float = 5.0
+
+    @property
+    def tasks(self) -> int:
+        """Tasks per node, each one process of a point's run (``--gpus-per-task N`` > 1 alone: N
+        processes, one GPU each)."""
+        return self.tasks_per_node or (self.gpus_per_task if self.gpus_per_task > 1 else 1)
 
     def validate(self) -> "SlurmOptions":
         """Refuse what sbatch would refuse later (or silently misread), naming the flag."""
@@ -45,6 +54,9 @@ class SlurmOptions:
                              f"limit), got {self.time}")
         validate.integer(self.cpus_per_task, "--cpus-per-task")
         validate.integer(self.gpus_per_task, "--gpus-per-task", minimum=0)
+        if self.tasks_per_node is not None:
+            validate.integer(self.tasks_per_node, "--tasks-per-node")
+        validate.integer(self.nodes, "--nodes")
         if self.array_parallelism is not None:
             validate.integer(self.array_parallelism, "--array-parallelism")
         validate.number(self.poll_s, "the Slurm poll interval")

@@ -221,8 +221,10 @@ def _executor(submitit: Any, sw: _Sweep, cluster: Cluster, name: str) -> Any:
     o = sw.options
     params: dict[str, Any] = {"partition": cluster.partition, "time": o.time, "cpus_per_task": o.cpus_per_task,
                               "job_name": name}
-    if o.gpus_per_task:
-        params["gpus_per_task"] = o.gpus_per_task
+    if o.gpus_per_task:  # several GPUs for one run: one process, so one task, per GPU
+        params["gpus_per_task"] = 1 if o.tasks_per_node is None and o.gpus_per_task > 1 else o.gpus_per_task
+    if o.tasks > 1 or o.nodes > 1:  # each point one run of nodes x tasks processes (slurm_job.TrainJob)
+        params["ntasks_per_node"], params["nodes"] = o.tasks, o.nodes
     if o.mem:
         params["mem"] = o.mem
     if o.array_parallelism:

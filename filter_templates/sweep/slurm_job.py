@@ -55,6 +55,7 @@ class TrainJob:
             first.setdefault("at", time.time())
             first.setdefault("seconds", float(row.get("seconds") or 0.0))
 
+        main = _join_tasks()
         try:
             config = TrainConfig.from_dict(payload["config"])
             outcome = run_config(config, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False,
@@ -66,7 +67,7 @@ class TrainJob:
                  "submitted_at": payload.get("submitted_at"), "started_at": started,
                  "first_epoch": first.get("epoch"), "first_epoch_at": first.get("at"),
                  "first_epoch_s": first.get("seconds")}
-        own = read_json(run_dir / SUMMARY)  # train's file, without what the sweep measured beside it
+        own = read_json(run_dir / SUMMARY) if main else None  # train's file, without what the sweep measured
         if own is not None:
             atomic_write_json(run_dir / SUMMARY, {**own, "slurm_job_id": slurm["job_id"], "slurm": slurm})
         return {**summary, "slurm_job_id": slurm["job_id"], "slurm": slurm}
@@ -75,6 +76,20 @@ class TrainJob:
         """Called by submitit on the time-limit or preemption signal: requeue this same call (the
         run folder holds the checkpoint ``train`` resumes from)."""
         return import_submitit().helpers.DelayedSubmission(self, payload)
+
+
+def _join_tasks() -> bool:
+    """Make this task one process of its point's run when the job has several (``--tasks-per-node``,
+    ``--nodes``): torchrun's variables from submitit's view of the job, the first node as the
+    rendezvous, a port from the job id. Whether this task is the run's rank 0 (which writes)."""
+    if not os.environ.get("SLURM_NTASKS", "1").isdigit() or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return True  # one task (or not under Slurm at all: a job called in process)
+    env = import_submitit().JobEnvironment()
+    digits = "".join(c for c in str(env.job_id) if c.isdigit()) or "0"
+    os.environ.update({"RANK": str(env.global_rank), "WORLD_SIZE": str(env.num_tasks),
+                       "LOCAL_RANK": str(env.local_rank), "LOCAL_WORLD_SIZE": str(env.num_tasks // env.num_nodes),
+                       "MASTER_ADDR": env.hostnames[0], "MASTER_PORT": str(20000 + int(digits) % 20000)})
+    return env.global_rank == 0
 
 
 def _job_id() -> str:
