@@ -19,11 +19,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from filter_templates.pruning.adapter import METHODS, Baselines
+from filter_templates.method.templates import BUILTIN_TEMPLATES
+from filter_templates.pruning.adapter import Baselines
 from filter_templates.reduce import Candidate, ReduceRequest, rank, reduce
 from filter_templates.report.budgets import collect_budgets
 from filter_templates.sweep.options import EngineOptions
-from filter_templates.sweep.grid import ALL_TEMPLATES
+from filter_templates.training.config import PRUNE_METHODS
 from filter_templates.sweep.store import Store
 from results_file import add_write_argument, write
 
@@ -41,7 +42,7 @@ def collect(folder: Path) -> tuple[list[Candidate], dict[str, list[dict]]]:
         cells = list(collect_budgets(store.budget_rows()).values())
     runs = {c.template: sorted(({"seed": r["seed"], "val_acc": r.get("val_acc"), "final_acc": r.get("final_acc")}
                                 for r in c.done), key=lambda r: r["seed"]) for c in cells}
-    ranked = rank([Candidate.from_cell(c, "val_acc") for c in cells], [*ALL_TEMPLATES, *METHODS], "val_acc")
+    ranked = rank([Candidate.from_cell(c, "val_acc") for c in cells], [*BUILTIN_TEMPLATES, *PRUNE_METHODS], "val_acc")
     return ranked, runs
 
 
@@ -76,7 +77,7 @@ def main(argv=None) -> int:
     for model in args.models:
         folder = Path(args.out) / model
         if not args.collect:
-            base = Baselines(METHODS, args.prune_at, start.get(model, 1.0))
+            base = Baselines(PRUNE_METHODS, args.prune_at, start.get(model, 1.0))
             reduce(ReduceRequest(model, args.budget, "cifar10", seeds=args.seeds, out=folder, baselines=base,
                                  report=False, export=False, engine=EngineOptions(retry_failed=args.retry_failed),
                                  train={"epochs": args.epochs, "limit_train": args.limit_train,

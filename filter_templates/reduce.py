@@ -45,7 +45,8 @@ from filter_templates.report import make_report
 from filter_templates.report.budgets import BudgetCell, collect_budgets
 from filter_templates.report.settings import views_of
 from filter_templates.sweep.engines import EngineOptions, run_grid
-from filter_templates.sweep.grid import ALL_TEMPLATES, Grid, SweepSpec, plan_grid
+from filter_templates.method.templates import BUILTIN_TEMPLATES
+from filter_templates.sweep.grid import Grid, SweepSpec, plan_grid
 from filter_templates.sweep.plan import SweepResult
 from filter_templates.sweep.store import DEFAULT_FILE, Store
 from filter_templates.training import profile as machine_profile
@@ -250,7 +251,7 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
     r = request
     model, dataset = r.model, r.dataset
     budget = parse_budget(r.budget) if isinstance(r.budget, str) else r.budget
-    names = list(dict.fromkeys(["base", *(r.templates or ALL_TEMPLATES)]))
+    names = list(dict.fromkeys(["base", *(r.templates or BUILTIN_TEMPLATES)]))
     base = r.baselines or prune.Baselines()
     out = _check_out(Path(r.out))  # before the data are read for the default validation split
     spec = SweepSpec(models=[model], templates=names, widths=[], datasets=[dataset], seeds=list(r.seeds),

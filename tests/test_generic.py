@@ -17,7 +17,7 @@ from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
 from filter_templates.method.measure import arch_params, count_params
 from filter_templates.models import get_family, resolve_model
-from filter_templates.method.templates import BUILTIN
+from filter_templates.method.templates import BUILTIN_TEMPLATES
 
 import models_zoo as zoo  # tests/ is on sys.path (as for fixtures_data); the CLI imports it as tests.models_zoo
 
@@ -35,7 +35,7 @@ def shapes(model: nn.Module) -> dict[str, tuple[int, ...]]:
 def test_vgg19_oracle_generic_path_gives_the_family_models(width):
     name = resolve_model(f"{ZOO}:vgg19")
     assert get_family(name).base_filters == get_family("vgg19").base_filters
-    for t in BUILTIN:
+    for t in BUILTIN_TEMPLATES:
         mine, ref = make_arch(name, t, width), make_arch("vgg19", t, width)
         assert mine.filters == ref.filters, t
         assert arch_params(mine) == arch_params(ref), t
@@ -62,7 +62,7 @@ def test_mobilenet_with_last_block_fixed_has_the_studys_13_layers():
                     reason="the built-in mobilenet family still has the 13-blocks reading (issue 8 not merged)")
 def test_mobilenet_oracle_matches_the_family():
     name = resolve_model(f"{ZOO}:mobilenet", fixed=["layers.12"])
-    for t in BUILTIN:
+    for t in BUILTIN_TEMPLATES:
         mine, ref = make_arch(name, t, 1.0), make_arch("mobilenet", t, 1.0)
         assert mine.filters == ref.filters, t
         assert arch_params(mine) == arch_params(ref), t
@@ -310,7 +310,7 @@ def test_a_record_never_imports_code(monkeypatch):
 def test_templates_json_lists_layers(capsys):
     assert main(["templates", "--model", f"{ZOO}:resnet18", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
-    assert [t["name"] for t in doc["templates"]] == list(BUILTIN)
+    assert [t["name"] for t in doc["templates"]] == list(BUILTIN_TEMPLATES)
     assert all(len(t["filters"]) == 12 for t in doc["templates"])
     assert len(doc["layers"]) == 12 and doc["layers"][3] == {"base": 128, "modules": ["layer2.0.conv1", "layer2.0.bn1"]}
     assert main(["templates", "--model", f"{ZOO}:resnet18", "--template", "uniform"]) == 0

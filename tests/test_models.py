@@ -25,7 +25,7 @@ from filter_templates.models import family_names, get_family
 from filter_templates.models import googlenet as G
 from filter_templates.models import mobilenet as M
 from filter_templates.models import resnet as R
-from filter_templates.method.templates import BUILTIN, scale_count
+from filter_templates.method.templates import BUILTIN_TEMPLATES, scale_count
 
 STUDY = ["vgg19", "resnet50", "googlenet", "mobilenet"]
 VARIANT = {"resnet50": "resnet50-blocks", "googlenet": "googlenet-proportional", "mobilenet": "mobilenet-blocks"}
@@ -116,7 +116,7 @@ def test_wrong_filter_counts_are_refused(family):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("template", BUILTIN)
+@pytest.mark.parametrize("template", BUILTIN_TEMPLATES)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_width_builds_and_maps_a_batch(family, template):
     """All 8 widths. Widths up to 0.5 are built and run for real on the CPU (cheap); the wider
@@ -150,7 +150,7 @@ def test_meta_forward_does_check_channels():
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_real_forward_covers_every_template_and_width(family):
-    assert {t for _, t in REAL_SUBSET} == set(BUILTIN) and {w for w, _ in REAL_SUBSET} == set(WIDTHS)
+    assert {t for _, t in REAL_SUBSET} == set(BUILTIN_TEMPLATES) and {w for w, _ in REAL_SUBSET} == set(WIDTHS)
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         for i, (width, template) in enumerate(REAL_SUBSET):
@@ -160,7 +160,7 @@ def test_real_forward_covers_every_template_and_width(family):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("template", BUILTIN)
+@pytest.mark.parametrize("template", BUILTIN_TEMPLATES)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_width_real_forward(family, template):
     x = torch.randn(2, 3, 32, 32)

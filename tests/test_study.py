@@ -21,7 +21,7 @@ from filter_templates.method.measure import arch_params, count_params
 from filter_templates.models import googlenet as G
 from filter_templates.models import mobilenet as M
 from filter_templates.models import resnet as R
-from filter_templates.method.templates import BUILTIN
+from filter_templates.method.templates import BUILTIN_TEMPLATES
 
 VGG = {
     "base": [64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512],
@@ -157,7 +157,7 @@ def test_resnet50_stem_takes_the_first_stage(template, stem):
 
 
 def test_mobilenet_last_block_is_fixed():
-    for template in BUILTIN:
+    for template in BUILTIN_TEMPLATES:
         for w in (1.0, 0.5, 0.1):
             arch = make_arch("mobilenet", template, w)
             assert len(arch.filters) == 13 and arch.widths[-1] == round(1024 * w)

@@ -11,8 +11,8 @@ from filter_templates.core.errors import UsageError
 from filter_templates.models import resolve_model
 from filter_templates.core.rundir import check_writable
 from filter_templates.sweep.engines import ENGINES, EngineOptions, SlurmOptions, run_grid
+from filter_templates.method.templates import BUILTIN_TEMPLATES
 from filter_templates.sweep.grid import (
-    ALL_TEMPLATES,
     PRESETS,
     TRAIN_FIELDS,
     SweepSpec,
@@ -229,7 +229,7 @@ def spec_from_args(args: argparse.Namespace):
                if overrides[k] is None and not (k == "widths" and overrides["budgets"] is not None)]
     if missing:
         raise UsageError(f"the grid needs {', '.join(missing)} (or use --preset quick|paper or --config FILE.toml)")
-    return SweepSpec(models=[], templates=list(ALL_TEMPLATES), widths=[], datasets=[]).merged(overrides)
+    return SweepSpec(models=[], templates=list(BUILTIN_TEMPLATES), widths=[], datasets=[]).merged(overrides)
 
 
 def run(args: argparse.Namespace) -> int:

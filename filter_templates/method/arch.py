@@ -11,8 +11,8 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch.nn as nn
 
-from filter_templates.method import published as P
-from filter_templates.method import templates as T
+from filter_templates.method import published
+from filter_templates.method import templates
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
@@ -172,22 +172,22 @@ def make_arch(
     validate.integer(classes, "number of classes")
     if not isinstance(as_published, bool):
         raise UsageError(f"as_published must be True or False, got {as_published!r}")
-    if as_published and fam.name not in P.study_families():
-        raise UsageError(f"--as-published applies to the study's families ({', '.join(P.study_families())}), "
+    if as_published and fam.name not in published.study_families():
+        raise UsageError(f"--as-published applies to the study's families ({', '.join(published.study_families())}), "
                          f"not {fam.name}")
-    name = T.template_label(template)
-    T.scale_count(1, width, floor=floor, divisor=divisor)  # one check of width, floor and divisor
+    name = templates.template_label(template)
+    templates.scale_count(1, width, floor=floor, divisor=divisor)  # one check of width, floor and divisor
 
     def scale(count: float) -> int:
-        return T.scale_count(count, width, floor=floor, divisor=divisor, truncate=as_published)
+        return templates.scale_count(count, width, floor=floor, divisor=divisor, truncate=as_published)
 
-    study = P.study_config(fam.name, name) if as_published else None
+    study = published.study_config(fam.name, name) if as_published else None
     if study is not None:
         real = fam.layers_of(study) if fam.layers_of else list(study)
         widths = tuple(scale(w) for w in study) if fam.expand else ()
     else:
-        real = T.real_counts(template, fam.base_filters)
-        builtin = name if name in T.BUILTIN else None
+        real = templates.real_counts(template, fam.base_filters)
+        builtin = name if name in templates.BUILTIN_TEMPLATES else None
         widths = fam.expand(builtin, real, scale) if fam.expand else ()
     filters = [scale(f) for f in real]
     return Arch(family=fam.name, template=name, width=float(width), classes=classes,

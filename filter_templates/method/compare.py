@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from filter_templates.method import published as P
+from filter_templates.method import published
 from filter_templates.method.arch import make_arch
 from filter_templates.method.measure import arch_params
-from filter_templates.method.templates import BUILTIN
+from filter_templates.method.templates import BUILTIN_TEMPLATES
 
 __all__ = ["TOLERANCE", "compare_published", "markdown_table"]
 
@@ -18,11 +18,11 @@ TOLERANCE = 0.1e6  # the paper prints millions to one decimal
 def compare_published(families: Sequence[str] | None = None, classes: int = 10) -> list[dict[str, Any]]:
     """One row per (study family, built-in template): our count, the as-published count, the paper's."""
     rows = []
-    for family in families or P.study_families():
-        for template in BUILTIN:
+    for family in families or published.study_families():
+        for template in BUILTIN_TEMPLATES:
             ours = make_arch(family, template, 1.0, classes)
             pub = make_arch(family, template, 1.0, classes, as_published=True)
-            paper = P.PUBLISHED_PARAMS[family][template] * 1e6
+            paper = published.PUBLISHED_PARAMS[family][template] * 1e6
             rows.append({
                 "model": family, "template": template,
                 "params": arch_params(ours), "filters": list(ours.filters),
@@ -30,7 +30,7 @@ def compare_published(families: Sequence[str] | None = None, classes: int = 10) 
                 "paper_params": paper,
                 "match": abs(arch_params(ours) - paper) <= TOLERANCE,
                 "match_as_published": abs(arch_params(pub) - paper) <= TOLERANCE,
-                "unreproduced": (family, template) in P.UNREPRODUCED,
+                "unreproduced": (family, template) in published.UNREPRODUCED,
             })
     return rows
 

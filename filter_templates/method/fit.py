@@ -42,7 +42,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 
 from filter_templates.core.images import IMAGE_SIZE
-from filter_templates.method import measure as M
+from filter_templates.method import measure
 from filter_templates.core import validate
 from filter_templates.method.arch import Arch, make_arch
 from filter_templates.core.device import resolve_device
@@ -227,11 +227,11 @@ class _Objective:
                 if params > self.max_real_params:
                     raise _TooBig
                 try:
-                    return float(M.train_memory_bytes(M.meta_model(arch), self.request.batch_size,
-                                                      M.input_shape_of(arch), device=self.device))
+                    return float(measure.train_memory_bytes(measure.meta_model(arch), self.request.batch_size,
+                                                      measure.input_shape_of(arch), device=self.device))
                 except torch.cuda.OutOfMemoryError:
                     return math.inf  # does not fit the device: certainly over any budget it could meet
-            return float(M.train_memory_bytes(M.meta_model(arch), self.request.batch_size, M.input_shape_of(arch),
+            return float(measure.train_memory_bytes(measure.meta_model(arch), self.request.batch_size, measure.input_shape_of(arch),
                                               device="cpu"))
         if params > self.max_real_params:
             raise _TooBig
@@ -239,8 +239,8 @@ class _Objective:
             model = arch.build()
         best = math.inf
         for _ in range(LATENCY_REPEATS):  # interference only ever adds time: keep the fastest median
-            r = M.latency(model, self.request.batch_size, self.device, min_run_time=self.min_run_time,
-                          threads=self.request.threads, input_shape=M.input_shape_of(arch))
+            r = measure.latency(model, self.request.batch_size, self.device, min_run_time=self.min_run_time,
+                          threads=self.request.threads, input_shape=measure.input_shape_of(arch))
             best = min(best, r["median_s"])
             if best <= self.limit:
                 break
@@ -261,7 +261,7 @@ def fit(request: FitRequest) -> list[FitResult]:
         validate.integer(r.threads, "thread count")
     validate.number(r.latency_tolerance, "latency tolerance", 0.0, strict=False, maximum=1.0)
     dev = resolve_device(r.device)
-    run_time = M.LATENCY_MIN_RUN_TIME if r.min_run_time is None else float(r.min_run_time)
+    run_time = measure.LATENCY_MIN_RUN_TIME if r.min_run_time is None else float(r.min_run_time)
     names = list(r.templates) if r.templates else template_names()
     measured = budget.key == "latency" or (budget.key == "memory" and dev.type == "cuda")
     limit = budget.value * (1 - r.latency_tolerance) if budget.key == "latency" else budget.value
@@ -281,12 +281,12 @@ def fit(request: FitRequest) -> list[FitResult]:
         arch = obj.arch(width)
         want_memory = r.measure or budget.key == "memory"
         want_latency = r.measure or budget.key == "latency"
-        res = M.resources(arch, r.batch_size, dev, memory=want_memory, latency=want_latency, min_run_time=run_time,
+        res = measure.resources(arch, r.batch_size, dev, memory=want_memory, latency=want_latency, min_run_time=run_time,
                           threads=r.threads)
         if not (want_memory or want_latency):
             res = {"params": res["params"], "flops": res["flops"]}
         if budget.key == "latency":  # the probe's timing is as valid as the fresh one: keep the faster
-            probe = cache.get(M.arch_shape(arch).signature)
+            probe = cache.get(measure.arch_shape(arch).signature)
             at = f"batch{r.batch_size}"
             if probe is not None and probe < res["latency_s"][at]:
                 res["latency_s"][at] = probe

@@ -141,7 +141,7 @@ _REGISTRY: dict[str, Union[TemplateFn, tuple[float, ...]]] = {
     "quadratic": quadratic,
     "negative-quadratic": negative_quadratic,
 }
-BUILTIN = tuple(_REGISTRY)
+BUILTIN_TEMPLATES = tuple(_REGISTRY)
 
 
 def register_template(
@@ -155,7 +155,7 @@ def register_template(
     """
     if not isinstance(name, str) or not name or "," in name or name != name.strip():
         raise TemplateError(f"invalid template name {name!r}: use a non-empty name without commas or spaces")
-    if name in BUILTIN:
+    if name in BUILTIN_TEMPLATES:
         raise TemplateError(f"template {name!r} is built in and cannot be replaced")
     if name in _REGISTRY and not overwrite:
         raise TemplateError(f"template {name!r} is already registered (pass overwrite=True to replace it)")
@@ -166,7 +166,7 @@ def register_template(
 
 
 def unregister_template(name: str) -> None:
-    if name in BUILTIN:
+    if name in BUILTIN_TEMPLATES:
         raise TemplateError(f"template {name!r} is built in and cannot be removed")
     _REGISTRY.pop(name, None)
 

@@ -26,7 +26,7 @@ from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import atomic_write_text, check_writable, writing
 from filter_templates.core.status import FAILED, UNREACHABLE
 from filter_templates.sweep.store import Store
-from filter_templates.report import budgets as B
+from filter_templates.report import budgets
 from filter_templates.report import figures, tables
 
 __all__ = ["make_report", "LATENCY_MODES"]
@@ -98,8 +98,8 @@ def _write_report(db: str | os.PathLike[str], rows: list[dict[str, Any]], budget
             raise UsageError(f"--out {out}: {out / sub} is a file, not a folder")
         (out / sub).mkdir(parents=True, exist_ok=True)
     cells = tables.collect(rows)
-    by_budget = B.collect_budgets(budget_rows)
-    width_cells = tables.collect([r for r in rows if r["key"] not in B.run_keys(budget_rows)])
+    by_budget = budgets.collect_budgets(budget_rows)
+    width_cells = tables.collect([r for r in rows if r["key"] not in budgets.run_keys(budget_rows)])
     datasets = sorted({c.dataset for c in cells.values()} | {c.dataset for c in by_budget.values()})
     batch = next((r["batch_size"] for r in rows if r.get("batch_size")), None) or \
         next((int(r["config"].get("batch_size", 64)) for r in rows), 64)
@@ -138,8 +138,8 @@ class _Writer:
         sec = [f"## {ds}", ""]
         made = []
         if any(c.dataset == ds for c in self.by_budget.values()):
-            made += [(f"accuracy_by_budget_{ds}", B.budget_accuracy_table(self.by_budget, ds, self.metric)),
-                     (f"fits_by_budget_{ds}", B.budget_resource_table(self.by_budget, ds))]
+            made += [(f"accuracy_by_budget_{ds}", budgets.budget_accuracy_table(self.by_budget, ds, self.metric)),
+                     (f"fits_by_budget_{ds}", budgets.budget_resource_table(self.by_budget, ds))]
         if any(c.dataset == ds for c in self.width_cells.values()):  # budget runs: the fits table has resources
             made += [(f"accuracy_{ds}", tables.accuracy_table(self.width_cells, ds, self.metric)),
                      (f"resources_{ds}", tables.resource_table(tables.resource_rows(self.cells, ds, self.measure),
@@ -155,7 +155,7 @@ class _Writer:
                     f"Files: [Markdown](tables/{stem}.md) · [CSV](tables/{stem}.csv) · [LaTeX](tables/{stem}.tex)", ""]
             self.bar.update()
         for key in sorted({c.budget_key for c in self.by_budget.values() if c.dataset == ds}):
-            fig = B.budget_figure(self.by_budget, ds, key, self.metric)
+            fig = budgets.budget_figure(self.by_budget, ds, key, self.metric)
             if fig is None:
                 sec += [f"(No done run of the {key} budgets of {ds} yet: no accuracy-versus-budget figure.)", ""]
                 continue

@@ -19,7 +19,7 @@ from filter_templates.core.status import DONE, FAILED, PENDING, UNREACHABLE
 from filter_templates.method.fit import format_value
 from filter_templates.method.measure import MIB
 from filter_templates.report import figures
-from filter_templates.report import settings as S
+from filter_templates.report import settings
 from filter_templates.report.tables import (
     MISSING,
     Labels,
@@ -53,7 +53,7 @@ class BudgetCell:
 
     @property
     def skey(self) -> str:
-        return S.setting_key(self.setting)
+        return settings.setting_key(self.setting)
 
     @property
     def budget(self) -> str:
@@ -127,8 +127,8 @@ def collect_budgets(budget_rows: Sequence[dict[str, Any]]) -> dict[tuple, Budget
     for p in budget_rows:
         ident = p.get("ident") or {}
         family = reading_label(p["family"], bool((ident.get("arch") or {}).get("as_published")))
-        s = S.setting(ident)
-        k = (p["dataset"], family, p["budget_key"], float(p["budget_value"]), p["method"], S.setting_key(s))
+        s = settings.setting(ident)
+        k = (p["dataset"], family, p["budget_key"], float(p["budget_value"]), p["method"], settings.setting_key(s))
         cells.setdefault(k, BudgetCell(*k[:5], setting=s)).points.append(p)
     return cells
 

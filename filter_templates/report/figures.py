@@ -23,9 +23,9 @@ from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: 
 
 from filter_templates.core.rundir import atomic_write
 from filter_templates.method.measure import MIB
-from filter_templates.report import settings as S
+from filter_templates.method.templates import BUILTIN_TEMPLATES
+from filter_templates.report import settings
 from filter_templates.report.tables import (
-    BUILTIN_ORDER,
     Cell,
     Labels,
     family_order,
@@ -49,11 +49,11 @@ _MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "h", "<"]
 
 def template_style(name: str, others: Sequence[str] = ()) -> dict[str, Any]:
     """The same colour and marker for a template in every figure."""
-    if name in BUILTIN_ORDER:
-        i = BUILTIN_ORDER.index(name)
+    if name in BUILTIN_TEMPLATES:
+        i = BUILTIN_TEMPLATES.index(name)
     else:
-        custom = sorted(set(others) - set(BUILTIN_ORDER))
-        i = len(BUILTIN_ORDER) + (custom.index(name) if name in custom else 0)
+        custom = sorted(set(others) - set(BUILTIN_TEMPLATES))
+        i = len(BUILTIN_TEMPLATES) + (custom.index(name) if name in custom else 0)
     return {"color": _COLORS[i % len(_COLORS)], "marker": _MARKERS[i % len(_MARKERS)]}
 
 
@@ -74,7 +74,7 @@ def panels(cells: Sequence[Any]) -> list[tuple[str, str, str]]:
     different settings are never drawn as one curve; the title names the setting's differing fields."""
     labels = Labels.of(c.setting for c in cells)
     present = {(c.family, c.skey) for c in cells}
-    return [(fam, k, fam + (f"\n{S.row_label(labels.settings[k], labels.shown)}" if labels.shown else ""))
+    return [(fam, k, fam + (f"\n{settings.row_label(labels.settings[k], labels.shown)}" if labels.shown else ""))
             for fam in family_order(c.family for c in cells) for k in labels.settings if (fam, k) in present]
 
 

@@ -19,14 +19,13 @@ from typing import Any, Callable, Iterable, Sequence
 from filter_templates.core.status import DONE, FAILED, PENDING
 from filter_templates.models import family_names
 from filter_templates.method.measure import mib
-from filter_templates.method.templates import BUILTIN as BUILTIN_TEMPLATES
-from filter_templates.report import settings as S
+from filter_templates.method.templates import BUILTIN_TEMPLATES
+from filter_templates.report import settings
 
 __all__ = ["Cell", "ResourceRow", "collect", "accuracy_table", "resource_rows", "render", "MISSING",
            "template_order", "family_order", "fmt_bytes", "pct", "metric_words", "setting_order", "Labels"]
 
 MISSING = "—"
-BUILTIN_ORDER = BUILTIN_TEMPLATES  # the paper's order, as the templates registry lists them
 
 
 @dataclass
@@ -69,12 +68,12 @@ class Cell:
 
     @property
     def skey(self) -> str:
-        return S.setting_key(self.setting)
+        return settings.setting_key(self.setting)
 
 
 def template_order(names: Iterable[str]) -> list[str]:
     """The paper's order first, then any custom templates alphabetically."""
-    return _order(names, BUILTIN_ORDER)
+    return _order(names, BUILTIN_TEMPLATES)  # the paper's order, as the registry lists them
 
 
 def family_order(names: Iterable[str]) -> list[str]:
@@ -112,8 +111,8 @@ def collect(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, float, 
         config = r.get("config") or {}
         arch = config.get("arch", {})
         family = reading_label(r["family"], bool(arch.get("as_published")))
-        s = S.setting(config)
-        k = (r["dataset"], family, r["method"], float(r["width"]), S.setting_key(s))
+        s = settings.setting(config)
+        k = (r["dataset"], family, r["method"], float(r["width"]), settings.setting_key(s))
         c = cells.get(k)
         if c is None:
             c = cells[k] = Cell(*k[:4], classes=int(r["classes"]), divisor=int(arch.get("divisor", 1)),
@@ -160,12 +159,12 @@ def metric_words(metric: str) -> str:
 
 def setting_order(s: dict[str, Any]) -> tuple:
     """Rows of one family and width: by recipe (as ``recipe.RECIPES`` lists them), then settings."""
-    names = list(S.RECIPES)
-    return (names.index(s["recipe"]) if s.get("recipe") in names else len(names), S.setting_key(s))
+    names = list(settings.RECIPES)
+    return (names.index(s["recipe"]) if s.get("recipe") in names else len(names), settings.setting_key(s))
 
 
 def _csv_value(v: Any) -> Any:
-    return "" if v is None else v if isinstance(v, (str, int, float)) else S.fmt_value(v)
+    return "" if v is None else v if isinstance(v, (str, int, float)) else settings.fmt_value(v)
 
 
 @dataclass
@@ -180,13 +179,13 @@ class Labels:
     views: bool
 
     @classmethod
-    def of(cls, settings: Iterable[dict[str, Any]]) -> "Labels":
+    def of(cls, given: Iterable[dict[str, Any]]) -> "Labels":
         by: dict[str, dict[str, Any]] = {}
-        for s in settings:
-            by.setdefault(S.setting_key(s), s)
+        for s in given:
+            by.setdefault(settings.setting_key(s), s)
         ordered = dict(sorted(by.items(), key=lambda kv: setting_order(kv[1])))
         vals = list(ordered.values())
-        return cls(ordered, S.label_fields(vals), S.differing(vals), len({S.views_of(s) for s in vals}) > 1)
+        return cls(ordered, settings.label_fields(vals), settings.differing(vals), len({settings.views_of(s) for s in vals}) > 1)
 
     def header(self) -> list[str]:
         return [*self.shown, *(["test views"] if self.views else [])]
@@ -196,14 +195,14 @@ class Labels:
 
     def cells(self, skey: str) -> list[str]:
         s = self.settings[skey]
-        return [S.fmt_value(s.get(k)) for k in self.shown] + ([str(S.views_of(s))] if self.views else [])
+        return [settings.fmt_value(s.get(k)) for k in self.shown] + ([str(settings.views_of(s))] if self.views else [])
 
     def csv_cells(self, skey: str) -> list[Any]:
         s = self.settings[skey]
-        return [_csv_value(s.get(k)) for k in self.every] + ([S.views_of(s)] if self.views else [])
+        return [_csv_value(s.get(k)) for k in self.every] + ([settings.views_of(s)] if self.views else [])
 
     def caption(self) -> str:
-        return S.caption(list(self.settings.values()))
+        return settings.caption(list(self.settings.values()))
 
 
 def _acc_row(cells: dict, key: tuple, templates: list[str], metric: str) -> tuple[list[str], list[Any], int | None]:
@@ -332,7 +331,7 @@ def resource_table(rows: list[ResourceRow], dataset: str) -> Table:
         if r.source == "computed":
             computed = True
             mark = "†"
-        skey = S.setting_key(r.setting)
+        skey = settings.setting_key(r.setting)
         where = f"{r.device}, {r.threads} thread{'s' if r.threads != 1 else ''}" if r.device else MISSING
         out.append([r.family, r.method, *labels.cells(skey), MISSING if r.params is None else f"{r.params / 1e6:,.3f}",
                     MISSING if r.flops is None else f"{r.flops / 1e9:,.4f}", fmt_bytes(r.train_memory_bytes) + mark,

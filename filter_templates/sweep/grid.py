@@ -36,7 +36,7 @@ from filter_templates.method.measure import resources
 from filter_templates.core.messages import note
 from filter_templates.core.status import FITTED, UNREACHABLE
 from filter_templates.models import get_family
-from filter_templates.method.templates import BUILTIN, resolve_template
+from filter_templates.method.templates import BUILTIN_TEMPLATES, resolve_template
 from filter_templates.training.config import FIELDS as CONFIG_FIELDS
 from filter_templates.training.config import PRUNE_BUDGET_KEYS, TrainConfig, experiment
 from filter_templates.sweep.store import budget_point_key, point_key
@@ -45,7 +45,6 @@ __all__ = ["SweepSpec", "PRESETS", "PAPER_WIDTHS", "preset", "load_config", "exp
            "BudgetPoint", "run_dir_name", "known_classes", "TRAIN_FIELDS", "GRID_FIELDS", "RUN_FIELDS"]
 
 PAPER_WIDTHS = (1.6, 1.3, 1.0, 0.8, 0.5, 0.25, 0.1, 0.05)
-ALL_TEMPLATES = BUILTIN  # every sweep runs the five built-in templates unless told otherwise
 
 #: Settings shared by every point, passed through to TrainConfig unchanged (all its fields but the grid's).
 TRAIN_FIELDS = tuple(k for k in CONFIG_FIELDS if k not in ("arch", "dataset", "seed", "prune"))
@@ -119,7 +118,7 @@ class SweepSpec:
 PRESETS: dict[str, dict[str, Any]] = {
     "quick": {
         "models": ["vgg19", "mobilenet"],
-        "templates": list(ALL_TEMPLATES),
+        "templates": list(BUILTIN_TEMPLATES),
         "widths": [0.05],
         "floor": 8,
         "datasets": ["digits"],
@@ -135,7 +134,7 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The published grid: 4 x 5 x 8 x 2 = 320 runs of 160 epochs at batch 64.
     "paper": {
         "models": ["vgg19", "resnet50", "googlenet", "mobilenet"],
-        "templates": list(ALL_TEMPLATES),
+        "templates": list(BUILTIN_TEMPLATES),
         "widths": list(PAPER_WIDTHS),
         "datasets": ["cifar10", "cifar100"],
         "seeds": [0],
@@ -153,7 +152,7 @@ def _from_mapping(d: Mapping[str, Any], where: str) -> SweepSpec:
                if k not in grid and not (k == "widths" and "budgets" in grid)]
     if missing:
         raise UsageError(f"{where}: missing {', '.join(missing)} (and no preset to take them from)")
-    grid.setdefault("templates", list(ALL_TEMPLATES))
+    grid.setdefault("templates", list(BUILTIN_TEMPLATES))
     spec = SweepSpec(models=[], templates=[], widths=[], datasets=[])
     return spec.merged({**grid, **{k: d[k] for k in TRAIN_FIELDS if k in d}})
 
