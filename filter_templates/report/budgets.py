@@ -149,7 +149,9 @@ def budget_accuracy_table(cells: dict[tuple, BudgetCell], dataset: str, metric: 
     templates = template_order(c.method for c in mine)
     labels = Labels.of(c.setting for c in mine)
     header = ["family", "budget", *labels.header(), *templates, "best"]
-    rows, raw, bold = [], [], set()
+    rows: list[list[str]] = []
+    raw: list[list[Any]] = []
+    bold: set[tuple[int, int]] = set()
     for fam, key, value, skey in _budget_rows(mine, labels):
         row_cells = {t: cells.get((dataset, fam, key, value, t, skey)) for t in templates}
         vals = {t: c.acc(metric) for t, c in row_cells.items() if c is not None and c.acc(metric) is not None}

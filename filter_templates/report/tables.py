@@ -233,7 +233,9 @@ def accuracy_table(cells: dict, dataset: str, metric: str = "final") -> Table:
     templates = template_order(c.method for c in mine)
     labels = Labels.of(c.setting for c in mine)
     header = ["family", "width", *labels.header(), *templates, "best"]
-    rows, raw, bold = [], [], set()
+    rows: list[list[str]] = []
+    raw: list[list[Any]] = []
+    bold: set[tuple[int, int]] = set()
     seeds = max((len(c.done) for c in mine), default=0)
     present = {(c.family, c.width, c.skey) for c in mine}
     for fam in family_order(c.family for c in mine):
