@@ -77,7 +77,8 @@ def test_halving_keeps_the_plain_runs_weights_for_fewer_epochs_and_survives_a_ki
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if _poll(db, "SELECT COUNT(*) FROM runs WHERE status='pending' AND paused_at=1") == 3 and \
+        # rung 1 over (its five pauses recorded), a survivor claimed for rung 2 and not paused again
+        if _poll(db, "SELECT COUNT(*) FROM events WHERE event='paused'") in (5, 6) and \
                 _poll(db, "SELECT COUNT(*) FROM runs WHERE status='running'"):
             break
         time.sleep(0.02)
@@ -85,6 +86,7 @@ def test_halving_keeps_the_plain_runs_weights_for_fewer_epochs_and_survives_a_ki
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     before = _metrics(halved)
+    assert sorted(len(rows) for rows in before.values())[:3] == [1, 1, 1]  # killed in rung 2, not before
     assert main(argv) == 0  # the same command again
     h = json.loads(capsys.readouterr().out)
     after = _metrics(halved)
