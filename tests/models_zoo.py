@@ -7,6 +7,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from filter_templates.arch import make_arch
+
 
 # -- ResNet-18 style: basic blocks, projection shortcuts ------------------------------------------
 class BasicBlock(nn.Module):
@@ -185,3 +187,16 @@ class Rolled(nn.Module):
 
 def rolled(num_classes: int = 10) -> nn.Module:
     return Rolled(num_classes)
+
+
+# -- the study's own families, read as user networks ------------------------------------------------
+def resnet50_study(num_classes: int = 10) -> nn.Module:
+    return make_arch("resnet50", "base", classes=num_classes).build()
+
+
+def googlenet_study(num_classes: int = 10) -> nn.Module:
+    return make_arch("googlenet-proportional", "base", classes=num_classes).build()
+
+
+def mobilenet_study(num_classes: int = 10) -> nn.Module:
+    return make_arch("mobilenet", "base", classes=num_classes).build()
