@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from filter_templates.arch import make_arch
+from filter_templates.method.arch import make_arch
 
 
 # -- ResNet-18 style: basic blocks, projection shortcuts ------------------------------------------

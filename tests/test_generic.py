@@ -84,12 +84,12 @@ def test_base_at_width_one_is_the_original_model(model):
 
 
 def test_discovered_groups():
-    fam = get_family(resolve_model(f"{ZOO}:resnet18"))
+    fam = get_family(resolve_model(f"{ZOO}:resnet18", reading="groups"))
     assert fam.base_filters == (64, 64, 64, 128, 128, 128, 256, 256, 256, 512, 512, 512)
     # the stem and every block output of stage 1 are tied by the residual additions
     assert fam.layer_modules[0] == ("conv1", "bn1", "layer1.0.conv2", "layer1.0.bn2", "layer1.1.conv2", "layer1.1.bn2")
     assert "layer2.0.shortcut.0" in fam.layer_modules[4]  # the projection shares its block's output width
-    inc = get_family(resolve_model(f"{ZOO}:inception"))
+    inc = get_family(resolve_model(f"{ZOO}:inception", reading="groups"))
     assert inc.base_filters == (32, 16, 16, 32, 16, 32, 32, 48, 16)  # each concatenated branch its own layer
     assert all("mix" in inc.layer_modules[i] for i in (5, 7, 8))  # the norm over the concat sees every part
     dw = get_family(resolve_model(f"{ZOO}:depthwise"))
@@ -278,7 +278,6 @@ class Branchy(Grouped):
 
 @pytest.mark.parametrize("make, message", [
     (zoo.rolled, "op 'torch.roll'"),
-    (Grouped, "module 'g' .*grouped convolution"),
     (Sliced, "indexes or slices"),
     (TrainOnly, "self.training"),
     (TwoOutputs, "one logits tensor"),
@@ -308,13 +307,15 @@ def test_a_record_never_imports_code(monkeypatch):
 
 
 def test_templates_json_lists_layers(capsys):
-    assert main(["templates", "--model", f"{ZOO}:resnet18", "--json"]) == 0
+    assert main(["templates", "--model", f"{ZOO}:resnet18", "--reading", "groups", "--json"]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert [t["name"] for t in doc["templates"]] == list(BUILTIN_TEMPLATES)
     assert all(len(t["filters"]) == 12 for t in doc["templates"])
-    assert len(doc["layers"]) == 12 and doc["layers"][3] == {"base": 128, "modules": ["layer2.0.conv1", "layer2.0.bn1"]}
+    assert len(doc["layers"]) == 12 and doc["layers"][3] == {"name": "layer2.0.conv1", "base": 128,
+                                                     "modules": ["layer2.0.conv1", "layer2.0.bn1"]}
     assert main(["templates", "--model", f"{ZOO}:resnet18", "--template", "uniform"]) == 0
-    assert "layer2.0.conv1 layer2.0.bn1" in capsys.readouterr().out
+    out = capsys.readouterr().out  # the modules reading: one template layer per stage, its inner convs inside
+    assert "layer2.0-1" in out and "layer2.0.conv1 layer2.0.bn1" in out
 
 
 def test_small_model_gets_the_templates_that_apply(tmp_path, monkeypatch, capsys):

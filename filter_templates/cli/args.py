@@ -11,6 +11,7 @@ from filter_templates.data import split
 from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
 from filter_templates.core.errors import UsageError
 from filter_templates.models import family_names, resolve_model
+from filter_templates.models.readings import READINGS
 from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE_OFF, RECIPES
 
 
@@ -103,12 +104,22 @@ def add_fix_arg(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
                    help="with --model package.module:function: the channel group made by this module (or by the "
                         "layers inside it) keeps its width times --width instead of being a template layer "
                         "(repeatable)")
+    add_reading_arg(p)
+
+
+def add_reading_arg(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
+    """--reading modules|groups: which channel groups of a user's model share one template layer."""
+    p.add_argument("--reading", choices=READINGS, default=None,
+                   help="with --model package.module:function: modules (default) reads each residual stage and each "
+                        "multi-branch module as one template layer, its inner layers scaling in proportion (the "
+                        "paper's blocks as single layers); groups makes every free channel group a template layer")
 
 
 def model_from_args(args: argparse.Namespace) -> str:
     """The family name ``--model`` (and ``--fix``) give: the one place a command imports a model's code."""
     return resolve_model(args.model, fixed=getattr(args, "fix", None) or (),
-                         image_size=getattr(args, "image_size", None) or IMAGE_SIZE)
+                         image_size=getattr(args, "image_size", None) or IMAGE_SIZE,
+                         reading=getattr(args, "reading", None))
 
 
 def add_image_size_arg(p: "argparse.ArgumentParser | argparse._ArgumentGroup", help_text: str) -> None:

@@ -28,6 +28,7 @@ from filter_templates.training import profile as machine_profile
 from filter_templates.training.loop import check_val_split
 from filter_templates.cli.args import (
     add_as_published,
+    add_reading_arg,
     add_run_args,
     nonnegative_float,
     nonnegative_int,
@@ -60,6 +61,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     src.add_argument("--config", metavar="FILE.toml", help="a TOML sweep file (see configs/)")
     g = p.add_argument_group("grid (override the preset/config)")
     g.add_argument("--models", nargs="+", metavar="M", help="model families")
+    add_reading_arg(g)
     g.add_argument("--templates", nargs="+", metavar="T", help="templates (default: all five)")
     size = g.add_mutually_exclusive_group()
     size.add_argument("--widths", nargs="+", type=positive_float, metavar="W", help="width multipliers")
@@ -204,16 +206,20 @@ def train_settings(args: argparse.Namespace) -> dict:
     return out
 
 
-def _models(names: list[str] | None, image_size: int | None = None) -> list[str] | None:
+def _models(names: list[str] | None, image_size: int | None = None, reading: str | None = None) -> list[str] | None:
     """--models: family names or package.module:function (imported here: only a flag may name code;
-    a user's network is discovered at --image-size when given)."""
-    return None if names is None else [resolve_model(m, image_size=image_size or IMAGE_SIZE) for m in names]
+    a user's network is discovered at --image-size when given, read by --reading)."""
+    if names is None:
+        if reading is not None:
+            raise UsageError("--reading needs --models package.module:function")
+        return None
+    return [resolve_model(m, image_size=image_size or IMAGE_SIZE, reading=reading if ":" in m else None) for m in names]
 
 
 def spec_from_args(args: argparse.Namespace):
     """The SweepSpec the flags describe, or None when they name no grid."""
     overrides = {
-        "models": _models(args.models, args.image_size), "templates": args.templates, "widths": args.widths, "budgets": args.budgets,
+        "models": _models(args.models, args.image_size, args.reading), "templates": args.templates, "widths": args.widths, "budgets": args.budgets,
         "datasets": args.datasets, "seeds": args.seeds, "divisor": args.divisor, "floor": args.floor,
         "threads": args.threads, "jobs": args.jobs, "as_published": args.as_published, "baselines": args.baselines,
         "prune_at": args.prune_at, "prune_from": args.prune_from, **train_settings(args),

@@ -134,9 +134,9 @@ def run(args: argparse.Namespace) -> int:
               f"forward passes on {where['device']} ({where['device_name']}), {where['threads']} threads")
     layers = _layers(args.model, size)
     if layers is not None:
-        print("template layers (the modules whose output channels share one width):")
+        print("template layers (name, base count, the modules it holds: their widths follow its count):")
         for i, layer in enumerate(layers, start=1):
-            print(f"  {i:>3}  {layer['base']:>6}  {' '.join(layer['modules'])}")
+            print(f"  {i:>3}  {layer['name']}  {layer['base']:>6}  {' '.join(layer['modules'])}")
     return 0
 
 
@@ -146,4 +146,4 @@ def _layers(model: str, image_size: int) -> list[dict] | None:
     modules = getattr(fam, "layer_modules", ())
     if not modules:
         return None
-    return [{"base": b, "modules": list(m)} for b, m in zip(fam.base_filters, modules)]
+    return [{"name": n, "base": b, "modules": list(m)} for n, b, m in zip(fam.layer_names, fam.base_filters, modules)]

@@ -159,9 +159,10 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
     model_flags = {k: getattr(args, k) for k in ("model", "template", "width", "divisor", "floor", "as_published")
                    if getattr(args, k) is not None}
     if "model" in model_flags:
-        model_flags["model"] = resolve_model(model_flags["model"], fixed=args.fix or (), image_size=size)
-    elif args.fix:
-        raise UsageError("--fix needs --model package.module:function")
+        model_flags["model"] = resolve_model(model_flags["model"], fixed=args.fix or (), image_size=size,
+                                             reading=args.reading)
+    elif args.fix or args.reading:
+        raise UsageError(f"--{'fix' if args.fix else 'reading'} needs --model package.module:function")
     if base is None:
         if "model" not in model_flags:
             raise UsageError("--model is required (or --config FILE with an 'arch' record)")

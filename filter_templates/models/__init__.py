@@ -46,17 +46,21 @@ def get_family(name: str, image_size: int = DISCOVERY_SIZE) -> Family:
 
 
 def resolve_model(model: "str | nn.Module | Callable[..., nn.Module]", *, fixed: Sequence[str] = (),
-                  name: str | None = None, image_size: int = DISCOVERY_SIZE) -> str:
+                  name: str | None = None, image_size: int = DISCOVERY_SIZE, reading: str | None = None) -> str:
     """What ``--model`` (or the Python API) names, as a family name: the one place a model's code is
     imported. ``model``: a family name, ``package.module:function``, or in Python a callable
     returning an ``nn.Module`` or a module. ``fixed``: module names whose channel groups keep their
     width times the multiplier instead of being template layers (user models only). ``name``: the
     family name of a callable or module (default: its ``module:qualname``). ``image_size``: the
-    side of the inputs a user's model is discovered on."""
+    side of the inputs a user's model is discovered on. ``reading``: which groups of a user's model
+    share one template layer, ``modules`` (default) or ``groups`` (:mod:`.readings`)."""
     if isinstance(model, str) and registered(model) is not None:
         if fixed:
             raise UsageError(f"--fix applies to models given as package.module:function, not to {model!r}")
+        if reading is not None:
+            raise UsageError(f"--reading applies to models given as package.module:function, not to {model!r} "
+                             "(a built-in family has its study's template layers)")
         return model
     if isinstance(model, str) and ":" not in model:
         get_family(model)  # the unknown-model error
-    return load_model(model, fixed=fixed, name=name, image_size=image_size)
+    return load_model(model, fixed=fixed, name=name, image_size=image_size, reading=reading)

@@ -42,6 +42,7 @@ from torch.fx.passes.shape_prop import ShapeProp
 
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.errors import UsageError
+from filter_templates.models.readings import DEFAULT_READING, Layer, read
 
 __all__ = ["Group", "Plan", "discover", "trace", "INPUT_SHAPE"]
 
@@ -72,6 +73,7 @@ _PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp
 _BINARY_FNS = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
                operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div}
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "expand_as"}
+_SUMS = {operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub, "add", "add_", "sub", "sub_"}
 _REDUCE_FNS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax"}
 _REDUCE_METHODS = {"mean", "sum", "amax"}
 _NONTENSOR_METHODS = {"size", "dim"}
@@ -107,7 +109,7 @@ class Group:
 class _Rec:
     """How to re-create one module: its kind and the layouts of its input and output channels."""
 
-    kind: str  # conv, dwconv, linear, norm
+    kind: str  # conv, dwconv, gconv (grouped), linear, norm
     ins: Layout
     outs: Layout
 
@@ -125,19 +127,30 @@ class Plan:
     name: str = "Model"
     _extra: dict[str, nn.Module] = field(default_factory=dict)  # dropout modules replacing F.dropout
     derived: dict[int, Layout] = field(default_factory=dict)  # group index -> layout whose sum is its width
+    layers: list[Layer] = field(default_factory=list)  # the template layers (the reading's)
+    multiples: dict[int, int] = field(default_factory=dict)  # group index -> the grouped convs' group count
+    reading: str = DEFAULT_READING
 
     @property
     def template_groups(self) -> list[int]:
         return [i for i, g in enumerate(self.groups) if g.role == "free"]
 
-    def widths(self, filters: Sequence[int], num_classes: int, fixed: Callable[[int], int]) -> list[int]:
-        """One width per group: ``filters`` for the template layers (in order), ``fixed(base)`` for
-        fixed groups, the class count for the output, the base width for the input."""
-        free = iter(filters)
+    def widths(self, filters: Sequence[int], num_classes: int, fixed: Callable[[int], int],
+               scale: Callable[[float], int] = round) -> list[int]:
+        """One width per group: a template layer's count for its output group, ``scale(base * count /
+        layer base)`` for the groups inside it, ``fixed(base)`` for fixed groups, the class count for
+        the output, the base width for the input; a grouped conv's groups to a multiple of its groups."""
+        count: dict[int, int] = {}
+        for layer, f in zip(self.layers, filters):
+            for i in layer.members:
+                b = self.groups[i].base
+                count[i] = int(f) if b == layer.base else scale(b * f / layer.base)
         out: list[int] = []
-        for g in self.groups:
-            out.append(next(free) if g.role == "free" else fixed(g.base) if g.role == "fixed"
-                       else num_classes if g.role == "output" else g.base)
+        for i, g in enumerate(self.groups):
+            w = (count[i] if g.role == "free" else fixed(g.base) if g.role == "fixed"
+                 else num_classes if g.role == "output" else g.base)
+            m = self.multiples.get(i, 1) if g.role in ("free", "fixed") else 1
+            out.append(max(m, round(w / m) * m))
 
         def resolve(i: int, seen: tuple[int, ...] = ()) -> int:
             if i not in self.derived:
@@ -172,8 +185,9 @@ def _put(root: nn.Module, name: str, module: nn.Module) -> None:
 
 def _rebuild(orig: nn.Module, rec: _Rec, c_in: int, c_out: int) -> nn.Module:
     if rec.kind in ("conv", "dwconv"):
+        groups = c_in if rec.kind == "dwconv" else orig.groups if rec.kind == "gconv" else 1
         return nn.Conv2d(c_in, c_out, orig.kernel_size, stride=orig.stride, padding=orig.padding,
-                         dilation=orig.dilation, groups=c_in if rec.kind == "dwconv" else 1,
+                         dilation=orig.dilation, groups=groups,
                          bias=orig.bias is not None, padding_mode=orig.padding_mode)
     if rec.kind == "linear":
         return nn.Linear(c_in, c_out, bias=orig.bias is not None)
@@ -206,6 +220,7 @@ class _Groups:
         self.first: list[int] = []
         self.producer: list[str | None] = []
         self.alias: dict[int, Layout] = {}  # root -> the layout whose sum its width is
+        self.multiple: dict[int, int] = {}  # raw group -> a grouped conv's group count its width must divide by
         self.step = 0
 
     def new(self, base: int, producer: str | None) -> int:
@@ -278,9 +293,21 @@ class _Walker(_Groups):
         self.output_raws: set[int] = set()
         self.layout: dict[fx.Node, Layout] = {}
         self.records: dict[str, _Rec] = {}
+        self.sums: list[tuple[str, Layout]] = []  # (scope, the terms an addition ties): residual streams
+        self.cats: list[tuple[str, Layout]] = []  # (scope, the parts of a channel concatenation)
         self.rewrites: dict[fx.Node, str] = {}  # node -> "flatten" | "identity" | "dropout"
 
     # -- helpers ---------------------------------------------------------------------------------
+    def scope(self, node: fx.Node) -> str:
+        """The module whose forward made ``node`` ('' for the network's own forward)."""
+        if node.op == "call_module":
+            return str(node.target).rpartition(".")[0]
+        stack = node.meta.get("nn_module_stack") or {}
+        if not stack:
+            return ""
+        path = list(stack.values())[-1]
+        return path[0] if isinstance(path, tuple) else str(path)
+
     def where(self, node: fx.Node) -> str:
         if node.op == "call_module":
             return f"module '{node.target}' ({type(self.modules[node.target]).__name__})"
@@ -309,7 +336,7 @@ class _Walker(_Groups):
 
     def refuse(self, node: fx.Node, why: str = "is not supported") -> None:
         raise UsageError(f"cannot find the channel groups: {self.where(node)} {why}. Supported: Conv2d "
-                         "(groups=1 or depthwise), Linear, BatchNorm/GroupNorm/LayerNorm, activations, pools, "
+                         "(any groups), Linear, BatchNorm/GroupNorm/LayerNorm, activations, pools, "
                          "dropout, + - * /, cat, flatten/view to [N, features], spatial mean")
 
     def first_input(self, node: fx.Node) -> fx.Node:
@@ -400,9 +427,10 @@ class _Walker(_Groups):
             self.record(node, name, "conv", ins, None, mod.in_channels, mod.out_channels)
         elif mod.groups == mod.in_channels == mod.out_channels:
             self.record(node, name, "dwconv", ins, ins, mod.in_channels, mod.out_channels)
-        else:
-            self.refuse(node, f"is a grouped convolution (groups={mod.groups}, {mod.in_channels}->"
-                              f"{mod.out_channels}); only groups=1 and depthwise (groups=in=out) are supported")
+        else:  # grouped: the group count stays, every width it touches stays a multiple of it
+            self.record(node, name, "gconv", ins, None, mod.in_channels, mod.out_channels)
+            for r, _ in ins + self.layout[node]:
+                self.multiple[r] = math.lcm(self.multiple.get(r, 1), mod.groups)
 
     def record(self, node: fx.Node, name: str, kind: str, ins: Layout, outs: Layout | None, c_in: int,
                c_out: int) -> None:
@@ -494,6 +522,8 @@ class _Walker(_Groups):
             self.refuse(node, "has no feature-map operand")
         for x in full[1:]:
             self.tie(self.layout[full[0]], self.layout[x], self.where(node))
+        if len(full) > 1 and node.target in _SUMS:
+            self.sums.append((self.scope(node), tuple(t for x in full for t in self.layout[x])))
         self.layout[node] = self.layout[full[0]]
 
     def cat(self, node: fx.Node) -> None:
@@ -504,6 +534,7 @@ class _Walker(_Groups):
         ndim = len(self.shape(node))
         if dim % ndim == 1:
             self.layout[node] = tuple(t for p in parts for t in self.layout[p])
+            self.cats.append((self.scope(node), self.layout[node]))
         else:
             for p in parts[1:]:
                 self.tie(self.layout[parts[0]], self.layout[p], self.where(node))
@@ -567,9 +598,10 @@ def trace(model: nn.Module) -> fx.GraphModule:
 
 
 def discover(model: nn.Module, fixed: Sequence[str] = (), *, name: str = "Model",
-             input_shape: tuple[int, ...] = INPUT_SHAPE) -> Plan:
+             input_shape: tuple[int, ...] = INPUT_SHAPE, reading: str = DEFAULT_READING) -> Plan:
     """The channel groups of ``model`` on inputs of ``input_shape``; ``fixed`` names modules (or
-    parents of modules) whose output groups are fixed rather than template layers."""
+    parents of modules) whose output groups are fixed rather than template layers; ``reading``
+    (:mod:`.readings`) says which groups share one template layer."""
     with torch.device("cpu"):
         was_training = model.training
         try:
@@ -591,7 +623,7 @@ def discover(model: nn.Module, fixed: Sequence[str] = (), *, name: str = "Model"
                              f"({type(exc).__name__}: {msg})") from None
     walker = _Walker(gm)
     walker.run()
-    return _plan(walker, gm, tuple(fixed), name)
+    return _plan(walker, gm, tuple(fixed), name, reading)
 
 
 def _normalise_dropout(gm: fx.GraphModule) -> None:
@@ -603,7 +635,7 @@ def _normalise_dropout(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str) -> Plan:
+def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, reading: str) -> Plan:
     members: dict[int, list[int]] = {}
     for x in range(len(wk.parent)):  # raw ids are created in execution order: first member = first use
         members.setdefault(wk.find(x), []).append(x)
@@ -647,13 +679,23 @@ def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str) ->
     originals = {str(n.target): wk.modules[str(n.target)] for n in graph.nodes if n.op == "call_module"
                  and str(n.target) not in extra}
     records = {k: v for k, v in wk.records.items()}
-    fp = hashlib.sha256(json.dumps({
+    multiples: dict[int, int] = {}
+    for r, m in wk.multiple.items():
+        multiples[root_of[r]] = math.lcm(multiples.get(root_of[r], 1), m)
+    sums = [(scope, tuple(root_of[r] for r, _ in terms)) for scope, terms in wk.sums]
+    cats = [(scope, tuple((root_of[r], m) for r, m in terms)) for scope, terms in wk.cats]
+    layers = read(groups, sums, cats, reading)
+    identity: dict[str, Any] = {
         "code": graph.python_code("self").src,
         "modules": [[k, repr(m)] for k, m in originals.items()],
         "groups": [[g.base, g.role, list(g.modules)] for g in groups],
-    }).encode()).hexdigest()[:16]
+    }
+    if reading != "groups":  # the groups reading's plans keep the identity they always had
+        identity["layers"] = [[layer.base, list(layer.members)] for layer in layers]
+    fp = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
     derived = {index[r]: layout for r, layout in wk.alias.items()}
-    return Plan(graph, originals, records, root_of, groups, fp, name=name, _extra=extra, derived=derived)
+    return Plan(graph, originals, records, root_of, groups, fp, name=name, _extra=extra, derived=derived,
+                layers=layers, multiples=multiples, reading=reading)
 
 
 def _rewrite(gm: fx.GraphModule, rewrites: dict[fx.Node, str]) -> tuple[fx.Graph, dict[str, nn.Module]]:

@@ -1,0 +1,145 @@
+"""Which channel groups of a discovered network share one template count: its *reading*.
+
+``groups``: every free channel group is a template layer of its own (each inner convolution, each
+residual stream, each SE squeeze).
+
+``modules`` (the paper's "blocks as single layers"): a residual stream (a group tied by additions)
+together with every group made inside the units that add into it is one template layer, a stage;
+a module whose output concatenates branches made inside it is one template layer with its inner
+groups; any other free group is its own. A layer's count is its output width (the stream's, or the
+module's concatenated output); every group inside it scales in proportion, so expansions,
+bottlenecks, SE reductions and branch ratios keep their ratios.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from filter_templates.core.errors import UsageError
+
+__all__ = ["READINGS", "DEFAULT_READING", "Layer", "read", "check_reading"]
+
+READINGS = ("modules", "groups")
+DEFAULT_READING = "modules"
+
+Sums = Sequence[tuple[str, tuple[int, ...]]]  # (scope of an addition, the groups it ties)
+Cats = Sequence[tuple[str, tuple[tuple[int, int], ...]]]  # (scope of a concatenation, its (group, multiplier) parts)
+
+
+@dataclass(frozen=True)
+class Layer:
+    """One template layer: its base count, a label, and the groups (indices) that scale with it."""
+
+    base: int
+    name: str
+    members: tuple[int, ...]
+
+
+def check_reading(reading: str) -> str:
+    """``reading`` if it is one; a UsageError naming the choices otherwise."""
+    if reading not in READINGS:
+        raise UsageError(f"unknown reading {reading!r}; choose from: {', '.join(READINGS)}")
+    return reading
+
+
+def read(groups: Sequence, sums: Sums, cats: Cats, reading: str) -> list[Layer]:
+    """The template layers of ``groups`` (the :class:`~.discover.Group` list) under ``reading``."""
+    free = [i for i, g in enumerate(groups) if g.role == "free"]
+    if check_reading(reading) == "groups":
+        return [Layer(groups[i].base, _label(groups[i]), (i,)) for i in free]
+    parent = {i: i for i in free}
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            i = parent[i]
+        return i
+
+    def union(a: int, b: int) -> None:
+        ra, rb = find(a), find(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+
+    anchors: list[tuple[int, int, str, int]] = []  # (priority, group or width, label, member): first wins
+    for stream, scopes in _streams(sums).items():
+        if stream not in parent:
+            continue
+        scopes = _writers(groups[stream], scopes)
+        for g in free:
+            if any(_inside(groups[g], u) for u in scopes):
+                union(stream, g)
+        anchors.append((0, stream, _common(scopes) or _label(groups[stream]), stream))
+    for scope, parts in cats:
+        inner = [g for g in free if _inside(groups[g], scope)]
+        if not scope or len(parts) < 2 or not inner or not all(_inside(groups[g], scope) for g, _ in parts):
+            continue
+        for g in inner:
+            union(inner[0], g)
+        anchors.append((1, -sum(m * groups[g].base for g, m in parts), scope, inner[0]))
+    chosen: dict[int, tuple[int, str]] = {}
+    for prio, key, label, member in sorted(anchors, key=lambda a: (a[0], a[1])):
+        root = find(member)
+        if root not in chosen:
+            chosen[root] = (groups[key].base if prio == 0 else -key, label)
+    layers: dict[int, list[int]] = {}
+    for i in free:
+        layers.setdefault(find(i), []).append(i)
+    out = []
+    for root, members in layers.items():
+        base, label = chosen.get(root, (groups[root].base, _label(groups[root])))
+        out.append(Layer(base, label, tuple(members)))
+    return out
+
+
+def _streams(sums: Sums) -> dict[int, list[str]]:
+    """Each group tied by an addition, with the scopes (modules) the additions happen in, in order."""
+    out: dict[int, list[str]] = {}
+    for scope, tied in sums:
+        for g in dict.fromkeys(tied):
+            scopes = out.setdefault(g, [])
+            if scope and scope not in scopes:
+                scopes.append(scope)
+    return dict(sorted(out.items()))
+
+
+def _writers(stream, scopes: list[str]) -> list[str]:
+    """The units that write to a stream: those that add into it, and their siblings whose layers make
+    it (a stage's first unit, which changes the width and adds nothing)."""
+    known = {(s.rpartition(".")[0], s.count(".")) for s in scopes if s}
+    out = list(scopes)
+    for p in stream.producers:
+        for parent, depth in known:
+            unit = ".".join(p.split(".")[:depth + 1])
+            if unit.rpartition(".")[0] == parent and unit != p and unit not in out:
+                out.append(unit)
+    return sorted(out, key=_natural)
+
+
+def _natural(name: str) -> list:
+    return [(0, int(t), "") if t.isdigit() else (1, 0, t) for t in re.split(r"(\d+)", name)]
+
+
+def _inside(group, scope: str) -> bool:
+    """Whether a layer inside module ``scope`` (never the whole network) makes ``group``."""
+    return bool(scope) and any(p.startswith(scope + ".") for p in group.producers)
+
+
+def _common(scopes: Sequence[str]) -> str:
+    """The deepest module holding every scope (``features.stage1`` of its units; ``layers.0-2`` for
+    numbered units of one list), else the first."""
+    parents = {s.rpartition(".")[0] for s in scopes}
+    ends = [s.rpartition(".")[2] for s in scopes]
+    if len(scopes) > 1 and len(parents) == 1 and all(e.isdigit() for e in ends):
+        return f"{parents.pop()}.{ends[0]}-{ends[-1]}".lstrip(".")
+    parts = [s.split(".") for s in scopes]
+    common: list[str] = []
+    for level in zip(*parts):
+        if len(set(level)) != 1:
+            break
+        common.append(level[0])
+    return ".".join(common) if len(scopes) > 1 and common else scopes[0] if scopes else ""
+
+
+def _label(group) -> str:
+    return group.producers[0] if group.producers else group.modules[0] if group.modules else "?"
