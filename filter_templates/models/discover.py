@@ -26,8 +26,10 @@ gate's conv) takes the sum of its parts' widths. Anything else is a
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import hashlib
+import io
 import json
 import math
 import operator
@@ -43,6 +45,8 @@ from torch.fx.passes.shape_prop import ShapeProp
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.errors import UsageError
 from filter_templates.models.readings import DEFAULT_READING, Layer, read
+from filter_templates.models.channel_moves import ChannelMoves
+from filter_templates.models.rebuild import into_copy, put, rebuild
 
 __all__ = ["Group", "Plan", "discover", "trace", "INPUT_SHAPE"]
 
@@ -65,7 +69,7 @@ _DROPOUT_FNS = {F.dropout: nn.Dropout, F.dropout2d: nn.Dropout2d, F.alpha_dropou
 _PASS_FNS = {
     F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
     F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh,
-    torch.clamp, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
+    torch.clamp, torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
     F.interpolate, F.pad, torch.nn.functional.relu_,
 }
 _PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "contiguous",
@@ -129,7 +133,9 @@ class Plan:
     derived: dict[int, Layout] = field(default_factory=dict)  # group index -> layout whose sum is its width
     layers: list[Layer] = field(default_factory=list)  # the template layers (the reading's)
     multiples: dict[int, int] = field(default_factory=dict)  # group index -> the grouped convs' group count
+    pads: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)  # F.pad node -> its channel groups
     reading: str = DEFAULT_READING
+    source: nn.Module | None = None  # the user's module, when a model is its copy with new layers
 
     @property
     def template_groups(self) -> list[int]:
@@ -160,48 +166,29 @@ class Plan:
         return [resolve(i) for i in range(len(out))]
 
     def build(self, widths: Sequence[int]) -> nn.Module:
-        """A fresh, default-initialised ``GraphModule`` with every group at its width in ``widths``."""
+        """A fresh, default-initialised model with every group at its width in ``widths``: the traced
+        graph (``GraphModule``) with new layers, or, for a forward that branches on ``self.training``,
+        a copy of the user's own module with new layers put in."""
 
         def w(layout: Layout) -> int:
             return sum(m * widths[self.root_of[r]] for r, m in layout)
 
+        if self.source is not None:
+            return into_copy(self.source, {name: rebuild(self.originals[name], rec.kind, w(rec.ins), w(rec.outs))
+                                           for name, rec in self.records.items()})
         root = nn.Module()  # holds the new layers under their original names, in execution order
         for name, orig in self.originals.items():
             rec = self.records.get(name)
-            _put(root, name, copy.deepcopy(orig) if rec is None else _rebuild(orig, rec, w(rec.ins), w(rec.outs)))
+            put(root, name, copy.deepcopy(orig) if rec is None else rebuild(orig, rec.kind, w(rec.ins), w(rec.outs)))
         for name, mod in self._extra.items():
-            _put(root, name, copy.deepcopy(mod))
-        return fx.GraphModule(root, copy.deepcopy(self.graph), class_name=self.name)
-
-
-def _put(root: nn.Module, name: str, module: nn.Module) -> None:
-    *parents, leaf = name.split(".")
-    for p in parents:
-        if not hasattr(root, p):
-            root.add_module(p, nn.Module())
-        root = getattr(root, p)
-    root.add_module(leaf, module)
-
-
-def _rebuild(orig: nn.Module, rec: _Rec, c_in: int, c_out: int) -> nn.Module:
-    if rec.kind in ("conv", "dwconv"):
-        groups = c_in if rec.kind == "dwconv" else orig.groups if rec.kind == "gconv" else 1
-        return nn.Conv2d(c_in, c_out, orig.kernel_size, stride=orig.stride, padding=orig.padding,
-                         dilation=orig.dilation, groups=groups,
-                         bias=orig.bias is not None, padding_mode=orig.padding_mode)
-    if rec.kind == "linear":
-        return nn.Linear(c_in, c_out, bias=orig.bias is not None)
-    if isinstance(orig, (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d)):
-        return type(orig)(c_out, eps=orig.eps, momentum=orig.momentum, affine=orig.affine,
-                          track_running_stats=orig.track_running_stats)
-    if isinstance(orig, nn.GroupNorm):  # keep the group count where it divides the new width
-        return nn.GroupNorm(math.gcd(orig.num_groups, c_out), c_out, eps=orig.eps, affine=orig.affine)
-    if isinstance(orig, nn.LayerNorm):
-        return nn.LayerNorm((c_out,), eps=orig.eps, elementwise_affine=orig.elementwise_affine,
-                            bias=getattr(orig, "bias", None) is not None)
-    if isinstance(orig, nn.PReLU):
-        return nn.PReLU(c_out if orig.num_parameters > 1 else 1)
-    raise AssertionError(f"no rebuild rule for {type(orig).__name__}")  # pragma: no cover
+            put(root, name, copy.deepcopy(mod))
+        graph = copy.deepcopy(self.graph)
+        for node in graph.nodes:  # a channel padding pads by its groups' new widths
+            if node.name in self.pads:
+                pad = list(_arg(node, 1, "pad", ()))[:4] + [0 if g is None else widths[g] for g in self.pads[node.name]]
+                node.args, node.kwargs = (node.args[0], tuple(pad)) + tuple(node.args[2:]), \
+                    {k: v for k, v in node.kwargs.items() if k != "pad"}
+        return fx.GraphModule(root, graph, class_name=self.name)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -281,7 +268,7 @@ class _Groups:
         return sum(m * self.base[r] for r, m in layout)
 
 
-class _Walker(_Groups):
+class _Walker(_Groups, ChannelMoves):
     """The walk over a traced graph: each node's channel layout from its inputs, by the kind of
     op, recording every layer that makes channels and the rewrites a rebuilt model needs."""
 
@@ -293,6 +280,7 @@ class _Walker(_Groups):
         self.output_raws: set[int] = set()
         self.layout: dict[fx.Node, Layout] = {}
         self.records: dict[str, _Rec] = {}
+        self.init_moves()
         self.sums: list[tuple[str, Layout]] = []  # (scope, the terms an addition ties): residual streams
         self.cats: list[tuple[str, Layout]] = []  # (scope, the parts of a channel concatenation)
         self.rewrites: dict[fx.Node, str] = {}  # node -> "flatten" | "identity" | "dropout"
@@ -395,9 +383,9 @@ class _Walker(_Groups):
             self.flatten(node, mod.start_dim, mod.end_dim)
         elif isinstance(mod, _PASS_MODULES):
             self.passthrough(node)
-        elif isinstance(mod, nn.Conv2d) and type(mod) is nn.Conv2d:
+        elif isinstance(mod, nn.Conv2d):
             self.conv(node, name, mod)
-        elif isinstance(mod, nn.Linear) and type(mod) is nn.Linear:
+        elif isinstance(mod, nn.Linear):
             x = self.first_input(node)
             if len(self.shape(x)) != 2:
                 self.refuse(node, f"is applied to a tensor of shape {list(self.shape(x))}; only [N, features] "
@@ -454,7 +442,15 @@ class _Walker(_Groups):
         t = node.target
         if self.sizes_only(node) and t is not getattr:
             return
-        if t in _DROPOUT_FNS:
+        if t is F.pad:
+            self.pad(node, _arg(node, 1, "pad", None))
+        elif t is torch.chunk:
+            self.chunk(node, _arg(node, 1, "chunks", None), _arg(node, 2, "dim", 0))
+        elif t is operator.getitem and node.args and node.args[0] in self.chunks:
+            self.take(node)
+        elif t is torch.transpose and self.shuffle_transpose(node, tuple(node.args[1:3])):
+            return
+        elif t in _DROPOUT_FNS:
             self.passthrough(node)
             self.rewrites[node] = "dropout"
         elif t in _PASS_FNS:
@@ -487,8 +483,14 @@ class _Walker(_Groups):
         t = str(node.target)
         if t in _NONTENSOR_METHODS or self.sizes_only(node):
             return
+        if t in _PASS_METHODS and self.shuffle_pass(node):
+            return
         if t in _PASS_METHODS:
             self.passthrough(node)
+        elif t == "chunk":
+            self.chunk(node, _arg(node, 1, "chunks", None), _arg(node, 2, "dim", 0))
+        elif t == "transpose" and self.shuffle_transpose(node, tuple(node.args[1:3])):
+            return
         elif t in _BINARY_METHODS:
             self.binary(node)
         elif t == "flatten":
@@ -549,8 +551,11 @@ class _Walker(_Groups):
         self.layout[node] = tuple((r, m * hw) for r, m in self.layout[x])
 
     def reshape(self, node: fx.Node) -> None:
-        x = self.first_input(node)
+        x = node.args[0] if node.args else None
         sx, so = self.shape(x), self.shape(node)
+        if sx is not None and so is not None and self.shuffle_view(node, x, sx, so):
+            return
+        x = self.first_input(node)
         if so == sx:
             self.layout[node] = self.layout[x]
             self.rewrites[node] = "identity"
@@ -587,10 +592,19 @@ def _arg(node: fx.Node, pos: int, name: str, default: Any) -> Any:
     return node.kwargs.get(name, default)
 
 
+class _Tracer(fx.Tracer):
+    """fx's tracer, with every convolution and linear layer a leaf, subclasses too (a masked or
+    binarised convolution is one layer, its own forward kept)."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, (nn.Conv2d, nn.Linear)) or super().is_leaf_module(m, module_qualified_name)
+
+
 def trace(model: nn.Module) -> fx.GraphModule:
     """The model's torch.fx graph module; UsageError in one line when fx cannot trace it."""
     try:
-        return fx.symbolic_trace(model)
+        graph = _Tracer().trace(model)
+        return fx.GraphModule(model, graph, class_name=type(model).__name__)
     except Exception as exc:  # control flow on tensors, unsupported Python: say so in one line
         msg = " ".join(str(exc).split())[:300]
         raise UsageError(f"cannot trace the model with torch.fx ({type(exc).__name__}: {msg}); its forward must "
@@ -601,29 +615,62 @@ def discover(model: nn.Module, fixed: Sequence[str] = (), *, name: str = "Model"
              input_shape: tuple[int, ...] = INPUT_SHAPE, reading: str = DEFAULT_READING) -> Plan:
     """The channel groups of ``model`` on inputs of ``input_shape``; ``fixed`` names modules (or
     parents of modules) whose output groups are fixed rather than template layers; ``reading``
-    (:mod:`.readings`) says which groups share one template layer."""
+    (:mod:`.readings`) says which groups share one template layer. Read in eval mode; a forward that
+    traces differently in train mode (stochastic depth, shake-shake) is rebuilt as a copy of the
+    user's module, checked by running it at other widths."""
     with torch.device("cpu"):
         was_training = model.training
         try:
             gm_eval = trace(model.eval())
-            gm = trace(model.train())
+            try:
+                gm: fx.GraphModule | None = trace(model.train())
+            except UsageError:  # e.g. float() of a tensor in a training-only branch
+                gm = None
         finally:
             model.train(was_training)
-        _normalise_dropout(gm_eval), _normalise_dropout(gm)
-        if gm.code != gm_eval.code:
-            raise UsageError("the model's forward depends on self.training beyond dropout (it traces differently in "
-                             "train and eval mode); this is not supported")
+        _normalise_dropout(gm_eval)
+        if gm is not None:
+            _normalise_dropout(gm)
+        own = gm is None or gm.code != gm_eval.code
+        gm = gm_eval if own else gm
         gm.eval()
-        try:
-            with torch.no_grad():
-                ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
-        except Exception as exc:
-            msg = " ".join(str(exc).split())[:300]
-            raise UsageError(f"the model does not run on a [2, {', '.join(map(str, input_shape))}] input "
-                             f"({type(exc).__name__}: {msg})") from None
+        _shapes(gm, input_shape)
     walker = _Walker(gm)
     walker.run()
-    return _plan(walker, gm, tuple(fixed), name, reading)
+    plan = _plan(walker, gm, tuple(fixed), name, reading, copy.deepcopy(model).eval() if own else None)
+    if own:
+        _check_own(plan, input_shape)
+    return plan
+
+
+def _shapes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
+    """Every node's shape on a batch of two zero images (fx's own traceback print silenced)."""
+    try:
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:300]
+        raise UsageError(f"the model does not run on a [2, {', '.join(map(str, input_shape))}] input "
+                         f"({type(exc).__name__}: {msg})") from None
+
+
+def _check_own(plan: Plan, input_shape: tuple[int, ...]) -> None:
+    """A copy of the user's module with new layers must run, in both modes, at widths other than its
+    own: a forward with sizes written into it would not, and is refused here rather than in training."""
+    filters = [layer.base + max(1, layer.base // 4) for layer in plan.layers]
+    widths = plan.widths(filters, 10, lambda b: b, round)
+    model = plan.build(widths)
+    try:
+        with torch.no_grad():
+            for mode in (True, False):
+                out = model.train(mode)(torch.zeros(2, *input_shape))
+                if tuple(out.shape) != (2, 10):
+                    raise RuntimeError(f"it returns shape {list(out.shape)}")
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:200]
+        raise UsageError("the model's forward depends on self.training and does not run with its layers at other "
+                         f"widths ({type(exc).__name__}: {msg}); sizes written into its forward are not "
+                         "supported there") from None
 
 
 def _normalise_dropout(gm: fx.GraphModule) -> None:
@@ -635,7 +682,8 @@ def _normalise_dropout(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, reading: str) -> Plan:
+def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, reading: str,
+          source: nn.Module | None) -> Plan:
     members: dict[int, list[int]] = {}
     for x in range(len(wk.parent)):  # raw ids are created in execution order: first member = first use
         members.setdefault(wk.find(x), []).append(x)
@@ -684,7 +732,9 @@ def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, re
         multiples[root_of[r]] = math.lcm(multiples.get(root_of[r], 1), m)
     sums = [(scope, tuple(root_of[r] for r, _ in terms)) for scope, terms in wk.sums]
     cats = [(scope, tuple((root_of[r], m) for r, m in terms)) for scope, terms in wk.cats]
-    layers = read(groups, sums, cats, reading)
+    derived = {index[r]: layout for r, layout in wk.alias.items()}
+    pads = {n: tuple(None if r is None else root_of[r] for r in rs) for n, rs in wk.pads.items()}
+    layers = read(groups, sums, cats, reading, {i: tuple((root_of[r], m) for r, m in lay) for i, lay in derived.items()})
     identity: dict[str, Any] = {
         "code": graph.python_code("self").src,
         "modules": [[k, repr(m)] for k, m in originals.items()],
@@ -692,10 +742,11 @@ def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, re
     }
     if reading != "groups":  # the groups reading's plans keep the identity they always had
         identity["layers"] = [[layer.base, list(layer.members)] for layer in layers]
+    if source is not None:
+        identity["own forward"] = True
     fp = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
-    derived = {index[r]: layout for r, layout in wk.alias.items()}
     return Plan(graph, originals, records, root_of, groups, fp, name=name, _extra=extra, derived=derived,
-                layers=layers, multiples=multiples, reading=reading)
+                layers=layers, multiples=multiples, reading=reading, source=source, pads=pads)
 
 
 def _rewrite(gm: fx.GraphModule, rewrites: dict[fx.Node, str]) -> tuple[fx.Graph, dict[str, nn.Module]]:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from filter_templates.core.errors import UsageError
 
@@ -44,8 +44,10 @@ def check_reading(reading: str) -> str:
     return reading
 
 
-def read(groups: Sequence, sums: Sums, cats: Cats, reading: str) -> list[Layer]:
-    """The template layers of ``groups`` (the :class:`~.discover.Group` list) under ``reading``."""
+def read(groups: Sequence, sums: Sums, cats: Cats, reading: str,
+         derived: Mapping[int, Sequence[tuple[int, int]]] = {}) -> list[Layer]:
+    """The template layers of ``groups`` (the :class:`~.discover.Group` list) under ``reading``;
+    ``derived``: groups whose width is the sum of others' (a stream made by a concatenation)."""
     free = [i for i, g in enumerate(groups) if g.role == "free"]
     if check_reading(reading) == "groups":
         return [Layer(groups[i].base, _label(groups[i]), (i,)) for i in free]
@@ -61,27 +63,29 @@ def read(groups: Sequence, sums: Sums, cats: Cats, reading: str) -> list[Layer]:
         if ra != rb:
             parent[max(ra, rb)] = min(ra, rb)
 
-    anchors: list[tuple[int, int, str, int]] = []  # (priority, group or width, label, member): first wins
+    anchors: list[tuple[int, int, int, str, int]] = []  # (priority, -width, order, label, member): first wins
     for stream, scopes in _streams(sums).items():
-        if stream not in parent:
+        parts = [g for g, _ in derived.get(stream, ()) if g in parent]  # a stream made by a concatenation
+        if stream not in parent and not parts:
             continue
+        head = stream if stream in parent else parts[0]
         scopes = _writers(groups[stream], scopes)
         for g in free:
-            if any(_inside(groups[g], u) for u in scopes):
-                union(stream, g)
-        anchors.append((0, stream, _common(scopes) or _label(groups[stream]), stream))
+            if g in parts or any(_inside(groups[g], u) for u in scopes):
+                union(head, g)
+        anchors.append((0, -groups[stream].base, stream, _common(scopes) or _label(groups[stream]), head))
     for scope, parts in cats:
         inner = [g for g in free if _inside(groups[g], scope)]
         if not scope or len(parts) < 2 or not inner or not all(_inside(groups[g], scope) for g, _ in parts):
             continue
         for g in inner:
             union(inner[0], g)
-        anchors.append((1, -sum(m * groups[g].base for g, m in parts), scope, inner[0]))
+        anchors.append((1, -sum(m * groups[g].base for g, m in parts), inner[0], scope, inner[0]))
     chosen: dict[int, tuple[int, str]] = {}
-    for prio, key, label, member in sorted(anchors, key=lambda a: (a[0], a[1])):
+    for _, width, _, label, member in sorted(anchors, key=lambda a: a[:3]):  # a stage's widest stream
         root = find(member)
         if root not in chosen:
-            chosen[root] = (groups[key].base if prio == 0 else -key, label)
+            chosen[root] = (-width, label)
     layers: dict[int, list[int]] = {}
     for i in free:
         layers.setdefault(find(i), []).append(i)

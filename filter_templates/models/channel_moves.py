@@ -1,0 +1,136 @@
+"""Ops that move channels without making new ones, for the channel-group walker: chunks of the
+channel dimension, channel shuffles (``view`` to ``[N, g, C/g, H, W]``, ``transpose``, ``view``
+back) and zero-padding of the channel dimension (``F.pad`` with six values).
+
+A mixin of :class:`~.discover._Walker`: it uses the walker's layouts (tuples of ``(group,
+multiplier)`` terms), shapes and group rules (``new``, ``tie``, ``alias_to``) and records what a
+rebuilt model must rewrite (a padding's widths).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch.fx as fx
+
+__all__ = ["ChannelMoves", "MAX_COPIES"]
+
+MAX_COPIES = 64  # a layout term repeated more often than this is a flattened map, never chunked
+
+Layout = tuple[tuple[int, int], ...]
+
+
+class ChannelMoves:
+    """Chunks, shuffles and channel paddings: how the channels they give are made of the groups."""
+
+    layout: dict
+    base: list[int]
+
+    def init_moves(self) -> None:
+        self.shuffled: dict[fx.Node, tuple[Layout, int, bool]] = {}  # 5-D view -> (layout, g, transposed)
+        self.chunks: dict[fx.Node, list[Layout]] = {}
+        self.pads: dict[str, tuple[int | None, int | None]] = {}  # graph node -> raw groups of its front/back pad
+
+    def cut(self, layout: Layout, n: int, node: fx.Node) -> list[Layout]:
+        """``layout`` cut into ``n`` parts of equal width, tied part by part (a chunk of the channels:
+        rebuilt, the parts stay equal); a group cut in the middle becomes the sum of its pieces."""
+        total = self.width(layout)
+        if total % n or any(m > MAX_COPIES for _, m in layout):
+            self.refuse(node, f"cuts {self._fmt(layout)} channels into {n} equal parts")
+        size = total // n
+        parts: list[list[int]] = [[]]
+        room = size
+        for r, m in layout:
+            for _ in range(m):
+                piece = r
+                while self.base[piece] > room:  # the cut falls inside this group: split it in two
+                    head, tail = self.new(room, None), self.new(self.base[piece] - room, None)
+                    self.alias_to(piece, ((head, 1), (tail, 1)), self.where(node))
+                    parts[-1].append(head)
+                    parts.append([])
+                    piece, room = tail, size
+                parts[-1].append(piece)
+                room -= self.base[piece]
+                if room == 0:
+                    parts.append([])
+                    room = size
+        parts = [p for p in parts if p]
+        out = [_runs(p) for p in parts]
+        for p in out[1:]:
+            self.tie(out[0], p, self.where(node))
+        return [tuple((self.find(r), m) for r, m in p) for p in out]
+
+    def chunk(self, node: fx.Node, n: Any, dim: Any) -> None:
+        x = self.first_input(node)
+        if not isinstance(n, int) or not isinstance(dim, int) or dim % len(self.shape(x)) != 1:
+            self.refuse(node, "splits a tensor other than into a constant number of equal chunks of its channels")
+        self.chunks[node] = self.cut(self.layout[x], n, node)
+
+    def take(self, node: fx.Node) -> None:
+        """``parts[i]`` of a chunk."""
+        src, i = node.args
+        parts = self.chunks[src]
+        if not isinstance(i, int) or not -len(parts) <= i < len(parts):
+            self.refuse(node, "indexes a chunk by a value that is not a constant")
+        self.layout[node] = parts[i]
+
+    def shuffle_view(self, node: fx.Node, x: fx.Node, sx: tuple, so: tuple) -> bool:
+        """A view to or from ``[N, g, C/g, H, W]``; False when ``node`` is neither."""
+        if x in self.shuffled and len(so) == 4:
+            layout, g, flipped = self.shuffled[x]
+            if not flipped:
+                self.layout[node] = layout
+            else:  # channels interleaved: each of the g parts is tied to the first, part by part
+                first = self.cut(layout, g, node)[0]
+                self.layout[node] = tuple((r, m * g) for r, m in first)
+            return True
+        if x in self.layout and len(sx) == 4 and len(so) == 5 and so[0] == sx[0] and so[1] * so[2] == sx[1] \
+                and tuple(so[3:]) == tuple(sx[2:]):
+            self.shuffled[node] = (self.layout[x], so[1], False)
+            return True
+        return False
+
+    def shuffle_transpose(self, node: fx.Node, dims: tuple) -> bool:
+        x = node.args[0]
+        if x not in self.shuffled or sorted(d % 5 for d in dims) != [1, 2]:
+            return False
+        layout, g, flipped = self.shuffled[x]
+        self.shuffled[node] = (layout, g, not flipped)
+        return True
+
+    def shuffle_pass(self, node: fx.Node) -> bool:
+        """``contiguous()`` and the like on a shuffled view."""
+        x = node.args[0] if node.args else None
+        if x not in self.shuffled:
+            return False
+        self.shuffled[node] = self.shuffled[x]
+        return True
+
+    def pad(self, node: fx.Node, pad: Any) -> None:
+        """``F.pad`` of a feature map: the channels it adds (front, back) are groups of their own."""
+        x = self.first_input(node)
+        sx, so = self.shape(x), self.shape(node)
+        if so[0] != sx[0] or so[1] == sx[1]:
+            if so[:2] != sx[:2]:
+                self.refuse(node, f"pads the batch dimension ({list(sx)} -> {list(so)})")
+            self.layout[node] = self.layout[x]
+            return
+        if not isinstance(pad, (list, tuple)) or len(pad) != 6 or len(sx) != 4 or \
+                not all(isinstance(p, int) and p >= 0 for p in pad[4:]):
+            self.refuse(node, "pads the channel dimension by other than two constant, non-negative amounts")
+        label = f"{self.scope(node)}.{node.name}".lstrip(".")
+        front, back = (self.new(p, label) if p else None for p in pad[4:])
+        self.layout[node] = (((front, 1),) if front is not None else ()) + self.layout[x] + \
+            (((back, 1),) if back is not None else ())
+        self.pads[node.name] = (front, back)
+
+
+def _runs(raws: list[int]) -> Layout:
+    """Consecutive equal groups as one term with a multiplier."""
+    out: list[list[int]] = []
+    for r in raws:
+        if out and out[-1][0] == r:
+            out[-1][1] += 1
+        else:
+            out.append([r, 1])
+    return tuple((r, m) for r, m in out)
