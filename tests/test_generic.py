@@ -279,15 +279,20 @@ class Branchy(Grouped):
 @pytest.mark.parametrize("make, message", [
     (zoo.rolled, "op 'torch.roll'"),
     (Sliced, "indexes or slices"),
-    (TrainOnly, "self.training"),
     (TwoOutputs, "one logits tensor"),
     (OwnWeight, "own tensor 'scale'"),
     (Branchy, "cannot trace"),
-    (Shuffle, r"reshapes \[2, 8, 30, 30\] to \[2, 2, 4, 30, 30\]"),
 ])
 def test_unsupported_models_are_refused_by_name(make, message):
     with pytest.raises(UsageError, match=message):
         resolve_model(make, name=f"tests.test_generic:{make.__name__}")
+
+
+@pytest.mark.parametrize("make", [TrainOnly, Shuffle, Grouped])
+def test_what_zoos_do_is_read(make):
+    fam = get_family(resolve_model(make, name=f"tests.test_generic:{make.__name__}"))
+    model = make_arch(fam.name, "uniform", 0.5).build()
+    assert model.train()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_unsupported_op_is_one_error_line_on_the_cli(capsys):

@@ -65,11 +65,12 @@ def read(groups: Sequence, sums: Sums, cats: Cats, reading: str,
 
     anchors: list[tuple[int, int, int, str, int]] = []  # (priority, -width, order, label, member): first wins
     for stream, scopes in _streams(sums).items():
-        parts = [g for g, _ in derived.get(stream, ()) if g in parent]  # a stream made by a concatenation
+        scopes = _writers(groups[stream], scopes)
+        parts = [g for g, _ in derived.get(stream, ())  # a stream its units make by a concatenation
+                 if g in parent and groups[g].modules and any(_inside(groups[g], u) for u in scopes)]
         if stream not in parent and not parts:
             continue
         head = stream if stream in parent else parts[0]
-        scopes = _writers(groups[stream], scopes)
         for g in free:
             if g in parts or any(_inside(groups[g], u) for u in scopes):
                 union(head, g)
