@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
 import torch.nn.functional as F
+from torch import nn
 
 from filter_templates.core.errors import UsageError
 from filter_templates.method.arch import make_arch
@@ -91,8 +91,10 @@ def test_channel_padding_is_a_part_of_the_sum():
     name = resolve_model(Padded, name=_name(Padded), reading="groups")
     assert get_family(name).base_filters == (8, 4)  # the stream and its padding; the body is their sum
     for model in _every_template_runs(name):
-        assert model.body.out_channels == model.stem.out_channels + model.graph.find_nodes(
-            op="call_function", target=F.pad)[0].args[1][5]
+        assert (
+            model.body.out_channels
+            == model.stem.out_channels + model.graph.find_nodes(op="call_function", target=F.pad)[0].args[1][5]
+        )
 
 
 class _Twice(torch.autograd.Function):

@@ -5,21 +5,57 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torch.nn as nn
+from torch import nn
 
-from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
-from filter_templates.models import generic, get_family, resolve_model
+from filter_templates.method.arch import make_arch
 from filter_templates.method.templates import BUILTIN
+from filter_templates.models import generic, get_family, resolve_model
 
 # The groups reading's base counts, pinned: every free channel group is one template layer.
 GROUPS_PINNED = {
     "tests.models_zoo:resnet18": (64, 64, 64, 128, 128, 128, 256, 256, 256, 512, 512, 512),
     "tests.models_zoo:inception": (32, 16, 16, 32, 16, 32, 32, 48, 16),
     "tests.models_zoo:mobilenet_study": (32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024),
-    "tests.models_zoo:resnet50_study": (64, 64, 64, 256, 64, 64, 64, 64, 128, 128, 512, 128, 128, 128, 128, 128,
-                                        128, 256, 256, 1024, 256, 256, 256, 256, 256, 256, 256, 256, 256, 256, 512,
-                                        512, 2048, 512, 512, 512, 512),
+    "tests.models_zoo:resnet50_study": (
+        64,
+        64,
+        64,
+        256,
+        64,
+        64,
+        64,
+        64,
+        128,
+        128,
+        512,
+        128,
+        128,
+        128,
+        128,
+        128,
+        128,
+        256,
+        256,
+        1024,
+        256,
+        256,
+        256,
+        256,
+        256,
+        256,
+        256,
+        256,
+        256,
+        256,
+        512,
+        512,
+        2048,
+        512,
+        512,
+        512,
+        512,
+    ),
 }
 
 
@@ -57,8 +93,10 @@ def test_modules_reading_of_the_study_googlenet_is_its_nine_modules():
         mine, ref = make_arch(name, t, 1.0), make_arch("googlenet-proportional", t, 1.0)
         with torch.device("meta"):
             model = mine.build()
-        outs = [sum(model.get_submodule(f"features.{i}.{b}").out_channels for b in ("b1.0", "b2.3", "b3.3", "b4.1"))
-                for i in (0, 1, 3, 4, 5, 6, 7, 9, 10)]
+        outs = [
+            sum(model.get_submodule(f"features.{i}.{b}").out_channels for b in ("b1.0", "b2.3", "b3.3", "b4.1"))
+            for i in (0, 1, 3, 4, 5, 6, 7, 9, 10)
+        ]
         assert all(abs(o - f) <= 2 for o, f in zip(outs, ref.filters)), (t, outs, ref.filters)
 
 
@@ -83,12 +121,15 @@ def test_se_squeeze_keeps_its_reduction_under_the_modules_reading():
             assert abs(squeeze - f / 16) <= 1, (t, stage, f, squeeze)
 
 
-@pytest.mark.parametrize("argv", [
-    ["templates", "--model", "tests.models_zoo:resnet18", "--reading", "blocks"],
-    ["templates", "--model", "tests.models_zoo:resnet18", "--fix", "nowhere"],
-    ["templates", "--model", "tests.models_zoo:rolled"],
-    ["templates", "--model", "resnet50", "--reading", "groups"],
-])
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["templates", "--model", "tests.models_zoo:resnet18", "--reading", "blocks"],
+        ["templates", "--model", "tests.models_zoo:resnet18", "--fix", "nowhere"],
+        ["templates", "--model", "tests.models_zoo:rolled"],
+        ["templates", "--model", "resnet50", "--reading", "groups"],
+    ],
+)
 def test_bad_reading_input_is_one_line_and_exit_2(argv, capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert main(argv) == 2

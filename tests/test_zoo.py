@@ -16,27 +16,57 @@ from filter_templates.method.templates import BUILTIN
 from filter_templates.models import get_family, resolve_model
 
 CIFAR = {  # model -> pytorchcv module; each as its _cifar10 variant, at 32 px
-    "resnet20": "resnet_cifar", "resnet164bn": "resnet_cifar", "preresnet20": "preresnet_cifar",
-    "seresnet20": "seresnet_cifar", "sepreresnet20": "sepreresnet_cifar", "densenet40_k12": "densenet_cifar",
-    "xdensenet40_2_k24_bc": "xdensenet_cifar", "wrn16_10": "wrn_cifar", "resnext29_32x4d": "resnext_cifar",
-    "pyramidnet110_a48": "pyramidnet_cifar", "nin": "nin_cifar", "ror3_56": "ror_cifar", "rir": "rir_cifar",
-    "diaresnet20": "diaresnet_cifar", "shakeshakeresnet20_2x16d": "shakeshakeresnet_cifar",
-    "shakedropresnet20": "shakedropresnet_cifar", "resdropresnet20": "resdropresnet_cifar",
-    "fractalnet": "fractalnet_cifar", "wrn20_10_1bit": "wrn1bit_cifar",
+    "resnet20": "resnet_cifar",
+    "resnet164bn": "resnet_cifar",
+    "preresnet20": "preresnet_cifar",
+    "seresnet20": "seresnet_cifar",
+    "sepreresnet20": "sepreresnet_cifar",
+    "densenet40_k12": "densenet_cifar",
+    "xdensenet40_2_k24_bc": "xdensenet_cifar",
+    "wrn16_10": "wrn_cifar",
+    "resnext29_32x4d": "resnext_cifar",
+    "pyramidnet110_a48": "pyramidnet_cifar",
+    "nin": "nin_cifar",
+    "ror3_56": "ror_cifar",
+    "rir": "rir_cifar",
+    "diaresnet20": "diaresnet_cifar",
+    "shakeshakeresnet20_2x16d": "shakeshakeresnet_cifar",
+    "shakedropresnet20": "shakedropresnet_cifar",
+    "resdropresnet20": "resdropresnet_cifar",
+    "fractalnet": "fractalnet_cifar",
+    "wrn20_10_1bit": "wrn1bit_cifar",
 }
 IMAGENET = {  # model -> (pytorchcv module, the smallest input its own pooling takes)
-    "mobilenetv2_w1": ("mobilenetv2", 224), "mobilenetv3_large_w1": ("mobilenetv3", 224),
-    "efficientnet_b0": ("efficientnet", 64), "shufflenetv2_w1": ("shufflenetv2", 224), "mnasnet_b1": ("mnasnet", 224),
-    "ghostnet": ("ghostnet", 224), "regnetx002": ("regnet", 64), "densenet121": ("densenet", 224),
-    "squeezenet_v1_1": ("squeezenet", 224), "resnet18": ("resnet", 224), "mobilenet_w1": ("mobilenet", 224),
-    "darknet53": ("darknet53", 224), "vgg11": ("vgg", 224),
+    "mobilenetv2_w1": ("mobilenetv2", 224),
+    "mobilenetv3_large_w1": ("mobilenetv3", 224),
+    "efficientnet_b0": ("efficientnet", 64),
+    "shufflenetv2_w1": ("shufflenetv2", 224),
+    "mnasnet_b1": ("mnasnet", 224),
+    "ghostnet": ("ghostnet", 224),
+    "regnetx002": ("regnet", 64),
+    "densenet121": ("densenet", 224),
+    "squeezenet_v1_1": ("squeezenet", 224),
+    "resnet18": ("resnet", 224),
+    "mobilenet_w1": ("mobilenet", 224),
+    "darknet53": ("darknet53", 224),
+    "vgg11": ("vgg", 224),
 }
 REFUSED = {"fractalnet"}  # its forward takes int() of a traced size: fx cannot trace it
-FAST = {"resnet20", "preresnet20", "seresnet20", "sepreresnet20", "resnext29_32x4d", "diaresnet20",
-        "shakeshakeresnet20_2x16d", "shakedropresnet20", "resdropresnet20"}  # the default suite's share
+FAST = {
+    "resnet20",
+    "preresnet20",
+    "seresnet20",
+    "sepreresnet20",
+    "resnext29_32x4d",
+    "diaresnet20",
+    "shakeshakeresnet20_2x16d",
+    "shakedropresnet20",
+    "resdropresnet20",
+}  # the default suite's share
 
-MODELS = [(f"pytorchcv.models.{m}:{n}_cifar10", 32, n) for n, m in CIFAR.items()] + \
-         [(f"pytorchcv.models.{m}:{n}", size, n) for n, (m, size) in IMAGENET.items()]
+MODELS = [(f"pytorchcv.models.{m}:{n}_cifar10", 32, n) for n, m in CIFAR.items()] + [
+    (f"pytorchcv.models.{m}:{n}", size, n) for n, (m, size) in IMAGENET.items()
+]
 
 
 def _param(path: str, size: int, short: str):
@@ -74,7 +104,27 @@ def test_what_stays_refused_says_why_in_one_line(path, size, capsys):
 def test_zoo_model_trains_one_epoch_on_digits_above_chance(short, tmp_path):
     pytest.importorskip("pytorchcv")
     path = f"pytorchcv.models.{CIFAR[short]}:{short}_cifar10"
-    assert main(["train", "--model", path, "--template", "uniform", "--width", "0.5", "--dataset", "digits",
-                 "--epochs", "1", "--seed", "0", "--out", str(tmp_path / short)]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                path,
+                "--template",
+                "uniform",
+                "--width",
+                "0.5",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "1",
+                "--seed",
+                "0",
+                "--out",
+                str(tmp_path / short),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / short / "summary.json").read_text())
     assert summary["final_acc"] > 0.2  # ten classes: chance is 0.1

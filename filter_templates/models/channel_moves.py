@@ -9,11 +9,12 @@ rebuilt model must rewrite (a padding's widths).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-import torch.fx as fx
+from torch import fx
 
-__all__ = ["ChannelMoves", "MAX_COPIES"]
+__all__ = ["MAX_COPIES", "ChannelMoves"]
 
 MAX_COPIES = 64  # a layout term repeated more often than this is a flattened map, never chunked
 
@@ -23,8 +24,20 @@ Layout = tuple[tuple[int, int], ...]
 class ChannelMoves:
     """Chunks, shuffles and channel paddings: how the channels they give are made of the groups."""
 
+    # what the walker provides (see discover._Groups and discover._Walker)
     layout: dict
     base: list[int]
+    width: Callable[[Layout], int]
+    new: Callable[[int, str | None], int]
+    find: Callable[[int], int]
+    tie: Callable[[Layout, Layout, str], None]
+    alias_to: Callable[[int, Layout, str], None]
+    refuse: Callable[..., Any]
+    where: Callable[[fx.Node], str]
+    scope: Callable[[fx.Node], str]
+    shape: Callable[[Any], Any]
+    first_input: Callable[[fx.Node], fx.Node]
+    _fmt: Callable[[Layout], str]
 
     def init_moves(self) -> None:
         self.shuffled: dict[fx.Node, tuple[Layout, int, bool]] = {}  # 5-D view -> (layout, g, transposed)
@@ -84,8 +97,14 @@ class ChannelMoves:
                 first = self.cut(layout, g, node)[0]
                 self.layout[node] = tuple((r, m * g) for r, m in first)
             return True
-        if x in self.layout and len(sx) == 4 and len(so) == 5 and so[0] == sx[0] and so[1] * so[2] == sx[1] \
-                and tuple(so[3:]) == tuple(sx[2:]):
+        if (
+            x in self.layout
+            and len(sx) == 4
+            and len(so) == 5
+            and so[0] == sx[0]
+            and so[1] * so[2] == sx[1]
+            and tuple(so[3:]) == tuple(sx[2:])
+        ):
             self.shuffled[node] = (self.layout[x], so[1], False)
             return True
         return False
@@ -115,13 +134,18 @@ class ChannelMoves:
                 self.refuse(node, f"pads the batch dimension ({list(sx)} -> {list(so)})")
             self.layout[node] = self.layout[x]
             return
-        if not isinstance(pad, (list, tuple)) or len(pad) != 6 or len(sx) != 4 or \
-                not all(isinstance(p, int) and p >= 0 for p in pad[4:]):
+        if (
+            not isinstance(pad, (list, tuple))
+            or len(pad) != 6
+            or len(sx) != 4
+            or not all(isinstance(p, int) and p >= 0 for p in pad[4:])
+        ):
             self.refuse(node, "pads the channel dimension by other than two constant, non-negative amounts")
         label = f"{self.scope(node)}.{node.name}".lstrip(".")
         front, back = (self.new(p, label) if p else None for p in pad[4:])
-        self.layout[node] = (((front, 1),) if front is not None else ()) + self.layout[x] + \
-            (((back, 1),) if back is not None else ())
+        self.layout[node] = (
+            (((front, 1),) if front is not None else ()) + self.layout[x] + (((back, 1),) if back is not None else ())
+        )
         self.pads[node.name] = (front, back)
 
 

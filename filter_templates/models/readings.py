@@ -14,12 +14,12 @@ bottlenecks, SE reductions and branch ratios keep their ratios.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Mapping, Sequence
 
 from filter_templates.core.errors import UsageError
 
-__all__ = ["READINGS", "DEFAULT_READING", "Layer", "read", "check_reading"]
+__all__ = ["DEFAULT_READING", "READINGS", "Layer", "check_reading", "read"]
 
 READINGS = ("modules", "groups")
 DEFAULT_READING = "modules"
@@ -44,8 +44,9 @@ def check_reading(reading: str) -> str:
     return reading
 
 
-def read(groups: Sequence, sums: Sums, cats: Cats, reading: str,
-         derived: Mapping[int, Sequence[tuple[int, int]]] = {}) -> list[Layer]:
+def read(
+    groups: Sequence, sums: Sums, cats: Cats, reading: str, derived: Mapping[int, Sequence[tuple[int, int]]] = {}
+) -> list[Layer]:
     """The template layers of ``groups`` (the :class:`~.discover.Group` list) under ``reading``;
     ``derived``: groups whose width is the sum of others' (a stream made by a concatenation)."""
     free = [i for i, g in enumerate(groups) if g.role == "free"]
@@ -66,8 +67,11 @@ def read(groups: Sequence, sums: Sums, cats: Cats, reading: str,
     anchors: list[tuple[int, int, int, str, int]] = []  # (priority, -width, order, label, member): first wins
     for stream, scopes in _streams(sums).items():
         scopes = _writers(groups[stream], scopes)
-        parts = [g for g, _ in derived.get(stream, ())  # a stream its units make by a concatenation
-                 if g in parent and groups[g].modules and any(_inside(groups[g], u) for u in scopes)]
+        parts = [
+            g
+            for g, _ in derived.get(stream, ())  # a stream its units make by a concatenation
+            if g in parent and groups[g].modules and any(_inside(groups[g], u) for u in scopes)
+        ]
         if stream not in parent and not parts:
             continue
         head = stream if stream in parent else parts[0]
@@ -75,13 +79,13 @@ def read(groups: Sequence, sums: Sums, cats: Cats, reading: str,
             if g in parts or any(_inside(groups[g], u) for u in scopes):
                 union(head, g)
         anchors.append((0, -groups[stream].base, stream, _common(scopes) or _label(groups[stream]), head))
-    for scope, parts in cats:
+    for scope, joined in cats:
         inner = [g for g in free if _inside(groups[g], scope)]
-        if not scope or len(parts) < 2 or not inner or not all(_inside(groups[g], scope) for g, _ in parts):
+        if not scope or len(joined) < 2 or not inner or not all(_inside(groups[g], scope) for g, _ in joined):
             continue
         for g in inner:
             union(inner[0], g)
-        anchors.append((1, -sum(m * groups[g].base for g, m in parts), inner[0], scope, inner[0]))
+        anchors.append((1, -sum(m * groups[g].base for g, m in joined), inner[0], scope, inner[0]))
     chosen: dict[int, tuple[int, str]] = {}
     for _, width, _, label, member in sorted(anchors, key=lambda a: a[:3]):  # a stage's widest stream
         root = find(member)
@@ -115,7 +119,7 @@ def _writers(stream, scopes: list[str]) -> list[str]:
     out = list(scopes)
     for p in stream.producers:
         for parent, depth in known:
-            unit = ".".join(p.split(".")[:depth + 1])
+            unit = ".".join(p.split(".")[: depth + 1])
             if unit.rpartition(".")[0] == parent and unit != p and unit not in out:
                 out.append(unit)
     return sorted(out, key=_natural)

@@ -12,11 +12,11 @@ import copy
 import inspect
 import math
 
-import torch.nn as nn
+from torch import nn
 
 from filter_templates.core.errors import UsageError
 
-__all__ = ["rebuild", "put", "into_copy"]
+__all__ = ["into_copy", "put", "rebuild"]
 
 _CONV_SETTINGS = ("kernel_size", "stride", "padding", "dilation", "padding_mode")
 
@@ -47,21 +47,38 @@ def rebuild(orig: nn.Module, kind: str, c_in: int, c_out: int) -> nn.Module:
         groups = c_in if kind == "dwconv" else orig.groups if kind == "gconv" else 1
         if type(orig) is not nn.Conv2d:
             return _own_class(orig, {"in_channels": c_in, "out_channels": c_out, "groups": groups})
-        return nn.Conv2d(c_in, c_out, orig.kernel_size, stride=orig.stride, padding=orig.padding,
-                         dilation=orig.dilation, groups=groups, bias=orig.bias is not None,
-                         padding_mode=orig.padding_mode)
+        return nn.Conv2d(
+            c_in,
+            c_out,
+            orig.kernel_size,
+            stride=orig.stride,
+            padding=orig.padding,
+            dilation=orig.dilation,
+            groups=groups,
+            bias=orig.bias is not None,
+            padding_mode=orig.padding_mode,
+        )
     if kind == "linear":
         if type(orig) is not nn.Linear:
             return _own_class(orig, {"in_features": c_in, "out_features": c_out})
         return nn.Linear(c_in, c_out, bias=orig.bias is not None)
     if isinstance(orig, (nn.BatchNorm1d, nn.BatchNorm2d, nn.InstanceNorm2d)):
-        return type(orig)(c_out, eps=orig.eps, momentum=orig.momentum, affine=orig.affine,
-                          track_running_stats=orig.track_running_stats)
+        return type(orig)(
+            c_out,
+            eps=orig.eps,
+            momentum=orig.momentum,
+            affine=orig.affine,
+            track_running_stats=orig.track_running_stats,
+        )
     if isinstance(orig, nn.GroupNorm):  # keep the group count where it divides the new width
         return nn.GroupNorm(math.gcd(orig.num_groups, c_out), c_out, eps=orig.eps, affine=orig.affine)
     if isinstance(orig, nn.LayerNorm):
-        return nn.LayerNorm((c_out,), eps=orig.eps, elementwise_affine=orig.elementwise_affine,
-                            bias=getattr(orig, "bias", None) is not None)
+        return nn.LayerNorm(
+            (c_out,),
+            eps=orig.eps,
+            elementwise_affine=orig.elementwise_affine,
+            bias=getattr(orig, "bias", None) is not None,
+        )
     if isinstance(orig, nn.PReLU):
         return nn.PReLU(c_out if orig.num_parameters > 1 else 1)
     raise AssertionError(f"no rebuild rule for {type(orig).__name__}")  # pragma: no cover
@@ -83,14 +100,17 @@ def _own_class(orig: nn.Module, sizes: dict[str, int]) -> nn.Module:
         elif hasattr(orig, pname):
             kwargs[pname] = getattr(orig, pname)
         elif p.default is p.empty:
-            raise UsageError(f"cannot re-create {cls.__name__} at a new width: its constructor takes {pname!r}, "
-                             "which it does not keep as an attribute")
+            raise UsageError(
+                f"cannot re-create {cls.__name__} at a new width: its constructor takes {pname!r}, "
+                "which it does not keep as an attribute"
+            )
     if open_kwargs and isinstance(orig, nn.Conv2d):  # the settings it passes on to Conv2d
         for key in _CONV_SETTINGS + ("bias", "groups"):
             kwargs.setdefault(key, values.get(key, getattr(orig, key)))
     try:
         new = cls(**kwargs)
     except Exception as exc:
-        raise UsageError(f"cannot re-create {cls.__name__} at a new width ({type(exc).__name__}: "
-                         f"{' '.join(str(exc).split())[:200]})") from None
+        raise UsageError(
+            f"cannot re-create {cls.__name__} at a new width ({type(exc).__name__}: {' '.join(str(exc).split())[:200]})"
+        ) from None
     return new
