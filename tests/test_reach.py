@@ -11,7 +11,7 @@ from torch import nn
 
 from filter_templates.core.errors import UsageError
 from filter_templates.method.arch import make_arch
-from filter_templates.method.templates import BUILTIN
+from filter_templates.method.templates import BUILTIN_TEMPLATES
 from filter_templates.models import get_family, resolve_model
 
 
@@ -22,7 +22,7 @@ def _name(cls: type) -> str:
 def _every_template_runs(name: str, width: float = 0.6) -> list[nn.Module]:
     fam = get_family(name)
     models = []
-    for t in [t for t in BUILTIN if fam.depth >= 3 or "quadratic" not in t]:
+    for t in [t for t in BUILTIN_TEMPLATES if fam.depth >= 3 or "quadratic" not in t]:
         model = make_arch(name, t, width).build().train()
         model(torch.randn(2, 3, 32, 32)).sum().backward()
         models.append(model)

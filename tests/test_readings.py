@@ -9,7 +9,7 @@ from torch import nn
 
 from filter_templates.cli import main
 from filter_templates.method.arch import make_arch
-from filter_templates.method.templates import BUILTIN
+from filter_templates.method.templates import BUILTIN_TEMPLATES
 from filter_templates.models import generic, get_family, resolve_model
 
 # The groups reading's base counts, pinned: every free channel group is one template layer.
@@ -73,7 +73,7 @@ def test_modules_reading_of_the_study_resnet50_is_its_four_stages():
     name = resolve_model("tests.models_zoo:resnet50_study", fixed=["conv1"])
     fam = get_family(name)
     assert fam.base_filters == (256, 512, 1024, 2048) and fam.depth == get_family("resnet50").depth
-    for t in BUILTIN:
+    for t in BUILTIN_TEMPLATES:
         mine, ref = make_arch(name, t, 0.5), make_arch("resnet50", t, 0.5)
         assert all(abs(f / 4 - p) <= 1 for f, p in zip(mine.filters, ref.filters)), t
         with torch.device("meta"):
@@ -89,7 +89,7 @@ def test_modules_reading_of_the_study_googlenet_is_its_nine_modules():
     name = resolve_model("tests.models_zoo:googlenet_study", fixed=["pre_layers"])
     fam = get_family(name)
     assert fam.base_filters == get_family("googlenet-proportional").base_filters
-    for t in BUILTIN:
+    for t in BUILTIN_TEMPLATES:
         mine, ref = make_arch(name, t, 1.0), make_arch("googlenet-proportional", t, 1.0)
         with torch.device("meta"):
             model = mine.build()
@@ -112,7 +112,7 @@ def test_se_squeeze_keeps_its_reduction_under_the_modules_reading():
     name = resolve_model("pytorchcv.models.seresnet_cifar:seresnet20_cifar10")
     fam = get_family(name)
     assert fam.depth == 3 and fam.base_filters == (16, 32, 64)
-    for t in BUILTIN:
+    for t in BUILTIN_TEMPLATES:
         arch = make_arch(name, t, 1.0)
         with torch.device("meta"):
             convs = _convs(arch.build())

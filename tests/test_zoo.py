@@ -12,7 +12,7 @@ import torch
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
 from filter_templates.method.arch import make_arch
-from filter_templates.method.templates import BUILTIN
+from filter_templates.method.templates import BUILTIN_TEMPLATES
 from filter_templates.models import get_family, resolve_model
 
 CIFAR = {  # model -> pytorchcv module; each as its _cifar10 variant, at 32 px
@@ -80,7 +80,7 @@ def test_zoo_model_is_templated_and_every_template_runs(path, size):
     fam = get_family(name, size)
     uniform = make_arch(name, "uniform", 1.0, image_size=size)
     assert abs(sum(uniform.filters) - sum(fam.base_filters)) <= fam.depth  # the reading's total, up to rounding
-    for t in [t for t in BUILTIN if fam.depth >= 3 or "quadratic" not in t]:
+    for t in [t for t in BUILTIN_TEMPLATES if fam.depth >= 3 or "quadratic" not in t]:
         torch.manual_seed(0)
         model = make_arch(name, t, 0.25, image_size=size).build().train()
         out = model(torch.randn(2, 3, size, size))
