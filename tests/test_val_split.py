@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import sqlite3
 
 import numpy as np
 import pytest
@@ -15,7 +14,7 @@ from filter_templates.cli import main
 from filter_templates.data import load_data, split
 from filter_templates.core.errors import UsageError
 from filter_templates.sweep.grid import known_classes, load_config, plan_grid
-from filter_templates.sweep.store import Store, point_key
+from filter_templates.sweep.store import point_key
 from filter_templates.training.config import TrainConfig
 from filter_templates.training.loop import check_val_split, train
 
@@ -116,15 +115,6 @@ def test_a_record_from_before_the_field_loads_with_its_old_identity():
     assert point_key(old) == point_key(cfg.to_dict())  # the store's key of an older run is unchanged
     split_cfg = dataclasses.replace(cfg, val_split=0.1)
     assert point_key(split_cfg.to_dict()) != point_key(cfg.to_dict())  # a split is another experiment
-
-
-def test_a_store_from_before_the_column_gains_it(tmp_path):
-    db = tmp_path / "r.sqlite"
-    Store(db).close()
-    with sqlite3.connect(db) as con:
-        con.execute("ALTER TABLE runs DROP COLUMN val_acc")
-    with Store(db) as s:
-        assert "val_acc" in {r[1] for r in s.db.execute("PRAGMA table_info(runs)")}
 
 
 def test_check_val_split_reads_the_data():

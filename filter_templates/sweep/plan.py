@@ -131,7 +131,7 @@ def complete_resources(config: "TrainConfig", summary: Mapping[str, Any], run_di
     need_memory = "train_memory_bytes" not in res
     need_latency = "latency_s" not in res
     if summary.get("status") != DONE or not (need_memory or need_latency):
-        return dict(summary)
+        return summary  # type: ignore[return-value]  # the caller's own summary, unchanged
     device = str(summary.get("device") or "cpu")
     extra = resources(config.arch, config.batch_size, device, memory=need_memory, latency=False)
     extra = {k: v for k, v in extra.items() if k not in res}
