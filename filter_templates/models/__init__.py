@@ -17,7 +17,9 @@ import torch.nn as nn
 
 from filter_templates.core.errors import UsageError
 # Families register themselves on import; the order here is the order users see.
-from filter_templates.models import vgg, resnet, googlenet, mobilenet
+# isort: off
+from filter_templates.models import vgg, resnet, googlenet, mobilenet  # noqa: F401  (they register on import)
+# isort: on
 from filter_templates.models.generic import DISCOVERY_SIZE, generic_family, load_model
 from filter_templates.models.registry import (
     MAX_FILTERS,

@@ -29,7 +29,6 @@ from filter_templates.report.tables import (
     Cell,
     Labels,
     family_order,
-    metric_words,
     template_order,
 )
 

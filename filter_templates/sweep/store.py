@@ -251,7 +251,7 @@ class Store:
         """
         now = time.time()
         new = 0
-        with self._tx() as db:
+        with self._tx():
             for config, run_dir in points:
                 key, _ = point_key(config)
                 if self._insert_run(config, run_dir, now, ignore=True):
