@@ -10,7 +10,7 @@ rebuilt model must rewrite (a padding's widths).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn, cast
 
 from torch import fx
 
@@ -32,7 +32,7 @@ class ChannelMoves:
     find: Callable[[int], int]
     tie: Callable[[Layout, Layout, str], None]
     alias_to: Callable[[int, Layout, str], None]
-    refuse: Callable[..., Any]
+    refuse: Callable[..., NoReturn]
     where: Callable[[fx.Node], str]
     scope: Callable[[fx.Node], str]
     shape: Callable[[Any], Any]
@@ -82,7 +82,7 @@ class ChannelMoves:
     def take(self, node: fx.Node) -> None:
         """``parts[i]`` of a chunk."""
         src, i = node.args
-        parts = self.chunks[src]
+        parts = self.chunks[cast(fx.Node, src)]  # the walker calls take only on a getitem of a chunk
         if not isinstance(i, int) or not -len(parts) <= i < len(parts):
             self.refuse(node, "indexes a chunk by a value that is not a constant")
         self.layout[node] = parts[i]
@@ -111,7 +111,7 @@ class ChannelMoves:
 
     def shuffle_transpose(self, node: fx.Node, dims: tuple) -> bool:
         x = node.args[0]
-        if x not in self.shuffled or sorted(d % 5 for d in dims) != [1, 2]:
+        if not isinstance(x, fx.Node) or x not in self.shuffled or sorted(d % 5 for d in dims) != [1, 2]:
             return False
         layout, g, flipped = self.shuffled[x]
         self.shuffled[node] = (layout, g, not flipped)
@@ -120,7 +120,7 @@ class ChannelMoves:
     def shuffle_pass(self, node: fx.Node) -> bool:
         """``contiguous()`` and the like on a shuffled view."""
         x = node.args[0] if node.args else None
-        if x not in self.shuffled:
+        if not isinstance(x, fx.Node) or x not in self.shuffled:
             return False
         self.shuffled[node] = self.shuffled[x]
         return True

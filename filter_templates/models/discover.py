@@ -34,7 +34,7 @@ import json
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, NoReturn, Sequence
 
 import torch
 import torch.fx as fx
@@ -65,7 +65,8 @@ _PASS_MODULES: tuple[type, ...] = (
     nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
     nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
 )
-_DROPOUT_FNS = {F.dropout: nn.Dropout, F.dropout2d: nn.Dropout2d, F.alpha_dropout: nn.AlphaDropout}
+_DROPOUT_FNS: dict[object, Callable[[float], nn.Module]] = {
+    F.dropout: nn.Dropout, F.dropout2d: nn.Dropout2d, F.alpha_dropout: nn.AlphaDropout}
 _PASS_FNS = {
     F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
     F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh,
@@ -322,10 +323,17 @@ class _Walker(_Groups, ChannelMoves):
                     out.append(x)
         return out
 
-    def refuse(self, node: fx.Node, why: str = "is not supported") -> None:
+    def refuse(self, node: fx.Node, why: str = "is not supported") -> NoReturn:
         raise UsageError(f"cannot find the channel groups: {self.where(node)} {why}. Supported: Conv2d "
                          "(any groups), Linear, BatchNorm/GroupNorm/LayerNorm, activations, pools, "
                          "dropout, + - * /, cat, flatten/view to [N, features], spatial mean")
+
+    def tshape(self, node: fx.Node) -> tuple[int, ...]:
+        """The shape of a node that is a tensor (ShapeProp gave every one its shape)."""
+        s = self.shape(node)
+        if s is None:
+            self.refuse(node, "gives a value of unknown shape where a tensor is expected")
+        return s
 
     def first_input(self, node: fx.Node) -> fx.Node:
         x = node.args[0] if node.args else None
@@ -335,7 +343,7 @@ class _Walker(_Groups, ChannelMoves):
 
     def passthrough(self, node: fx.Node) -> None:
         x = self.first_input(node)
-        sx, so = self.shape(x), self.shape(node)
+        sx, so = self.tshape(x), self.shape(node)
         if so is None or len(so) != len(sx) or so[:2] != sx[:2]:
             self.refuse(node, f"changes the batch or channel dimension ({list(sx)} -> {list(so or ())})")
         self.layout[node] = self.layout[x]
@@ -371,7 +379,7 @@ class _Walker(_Groups, ChannelMoves):
         if not isinstance(out, fx.Node) or out not in self.layout:
             raise UsageError("the model's forward must return one logits tensor [N, classes]; it returns "
                              f"{type(out).__name__ if not isinstance(out, fx.Node) else 'a value of unknown channels'}")
-        layout, s = self.layout[out], self.shape(out)
+        layout, s = self.layout[out], self.tshape(out)
         if len(s) != 2 or len(layout) != 1 or layout[0][1] != 1:
             raise UsageError(f"the model's forward must return logits [N, classes] from one layer; it returns a "
                              f"tensor of shape {list(s)} made of {self._fmt(layout)} channels")
@@ -387,13 +395,13 @@ class _Walker(_Groups, ChannelMoves):
             self.conv(node, name, mod)
         elif isinstance(mod, nn.Linear):
             x = self.first_input(node)
-            if len(self.shape(x)) != 2:
-                self.refuse(node, f"is applied to a tensor of shape {list(self.shape(x))}; only [N, features] "
+            if len(self.tshape(x)) != 2:
+                self.refuse(node, f"is applied to a tensor of shape {list(self.tshape(x))}; only [N, features] "
                                   "(flatten or pool first) is supported")
             self.record(node, name, "linear", self.layout[x], None, mod.in_features, mod.out_features)
         elif isinstance(mod, _NORMS) and type(mod) in _NORMS:
             x = self.first_input(node)
-            if isinstance(mod, nn.LayerNorm) and (len(self.shape(x)) != 2 or len(mod.normalized_shape) != 1):
+            if isinstance(mod, nn.LayerNorm) and (len(self.tshape(x)) != 2 or len(mod.normalized_shape) != 1):
                 self.refuse(node, "normalises more than the features of an [N, features] tensor")
             if isinstance(mod, nn.PReLU) and mod.num_parameters == 1:
                 self.passthrough(node)
@@ -408,8 +416,8 @@ class _Walker(_Groups, ChannelMoves):
 
     def conv(self, node: fx.Node, name: str, mod: nn.Conv2d) -> None:
         x = self.first_input(node)
-        if len(self.shape(x)) != 4:
-            self.refuse(node, f"is applied to a tensor of shape {list(self.shape(x))}")
+        if len(self.tshape(x)) != 4:
+            self.refuse(node, f"is applied to a tensor of shape {list(self.tshape(x))}")
         ins = self.layout[x]
         if mod.groups == 1:
             self.record(node, name, "conv", ins, None, mod.in_channels, mod.out_channels)
@@ -510,7 +518,7 @@ class _Walker(_Groups, ChannelMoves):
             return  # arithmetic on sizes
         full: list[fx.Node] = []
         for x in self.tensor_args(node):
-            sx = self.shape(x)
+            sx = self.tshape(x)  # tensor_args keeps nodes of known shape
             if len(sx) == 0 or math.prod(sx) == 1:
                 continue
             if len(sx) != len(so):
@@ -529,11 +537,11 @@ class _Walker(_Groups, ChannelMoves):
         self.layout[node] = self.layout[full[0]]
 
     def cat(self, node: fx.Node) -> None:
-        parts = node.args[0] if node.args else node.kwargs.get("tensors")
+        parts = _nodes(node.args[0] if node.args else node.kwargs.get("tensors"))
         dim = _arg(node, 1, "dim", 0)
-        if not isinstance(parts, (list, tuple)) or not all(p in self.layout for p in parts):
+        if parts is None or not all(p in self.layout for p in parts):
             self.refuse(node, "joins tensors of unknown channels")
-        ndim = len(self.shape(node))
+        ndim = len(self.tshape(node))
         if dim % ndim == 1:
             self.layout[node] = tuple(t for p in parts for t in self.layout[p])
             self.cats.append((self.scope(node), self.layout[node]))
@@ -544,18 +552,19 @@ class _Walker(_Groups, ChannelMoves):
 
     def flatten(self, node: fx.Node, start: int, end: int) -> None:
         x = self.first_input(node)
-        sx = self.shape(x)
+        sx = self.tshape(x)
         if start % len(sx) != 1 or end % len(sx) != len(sx) - 1:
             self.refuse(node, f"flattens dims {start}..{end} of {list(sx)}; only flatten(x, 1) is supported")
         hw = math.prod(sx[2:])
         self.layout[node] = tuple((r, m * hw) for r, m in self.layout[x])
 
     def reshape(self, node: fx.Node) -> None:
-        x = node.args[0] if node.args else None
-        sx, so = self.shape(x), self.shape(node)
-        if sx is not None and so is not None and self.shuffle_view(node, x, sx, so):
+        x0 = node.args[0] if node.args else None
+        sx0, so0 = self.shape(x0), self.shape(node)
+        if isinstance(x0, fx.Node) and sx0 is not None and so0 is not None and self.shuffle_view(node, x0, sx0, so0):
             return
         x = self.first_input(node)
+        sx, so = self.tshape(x), self.tshape(node)
         if so == sx:
             self.layout[node] = self.layout[x]
             self.rewrites[node] = "identity"
@@ -571,7 +580,7 @@ class _Walker(_Groups, ChannelMoves):
     def same_channels(self, node: fx.Node) -> None:
         """Ops that only add or drop size-1 spatial dims (or crop them): channels pass through."""
         x = self.first_input(node)
-        sx, so = self.shape(x), self.shape(node)
+        sx, so = self.tshape(x), self.shape(node)
         if so is None or len(so) < 2 or so[:2] != sx[:2] or (len(so) != len(sx) and (
                 math.prod(so[2:]) != 1 or math.prod(sx[2:]) != 1)):
             self.refuse(node, f"changes the batch or channel dimension ({list(sx)} -> {list(so or ())})")
@@ -579,11 +588,25 @@ class _Walker(_Groups, ChannelMoves):
 
     def reduce(self, node: fx.Node, dims: Any, keepdim: bool) -> None:
         x = self.first_input(node)
-        sx = self.shape(x)
+        sx = self.tshape(x)
         d = self._dims(dims, len(sx))
         if d is None or 0 in d or 1 in d:
             self.refuse(node, "reduces over the batch or channel dimension")
         self.layout[node] = self.layout[x]
+
+
+def _node(arg: fx.node.Argument) -> fx.Node:
+    """``arg`` as a graph node: the walker rewrites only nodes whose first argument is a tensor node."""
+    if not isinstance(arg, fx.Node):
+        raise TypeError(f"expected a graph node, got {type(arg).__name__}")
+    return arg
+
+
+def _nodes(arg: fx.node.Argument) -> list[fx.Node] | None:
+    """``arg`` as a list of graph nodes when it is a list or tuple of them, else None."""
+    if isinstance(arg, (list, tuple)) and all(isinstance(a, fx.Node) for a in arg):
+        return [a for a in arg if isinstance(a, fx.Node)]
+    return None
 
 
 def _arg(node: fx.Node, pos: int, name: str, default: Any) -> Any:
@@ -632,12 +655,12 @@ def discover(model: nn.Module, fixed: Sequence[str] = (), *, name: str = "Model"
         if gm is not None:
             _normalise_dropout(gm)
         own = gm is None or gm.code != gm_eval.code
-        gm = gm_eval if own else gm
-        gm.eval()
-        _shapes(gm, input_shape)
-    walker = _Walker(gm)
+        chosen = gm_eval if own or gm is None else gm
+        chosen.eval()
+        _shapes(chosen, input_shape)
+    walker = _Walker(chosen)
     walker.run()
-    plan = _plan(walker, gm, tuple(fixed), name, reading, copy.deepcopy(model).eval() if own else None)
+    plan = _plan(walker, chosen, tuple(fixed), name, reading, copy.deepcopy(model).eval() if own else None)
     if own:
         _check_own(plan, input_shape)
     return plan
@@ -688,7 +711,7 @@ def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, re
     for x in range(len(wk.parent)):  # raw ids are created in execution order: first member = first use
         members.setdefault(wk.find(x), []).append(x)
     roots = sorted(members, key=lambda r: wk.first[members[r][0]])
-    touched = {r: [] for r in roots}
+    touched: dict[int, list[str]] = {r: [] for r in roots}
     for mod_name, rec in wk.records.items():
         for r, _ in rec.outs:
             if mod_name not in touched[wk.find(r)]:
@@ -696,7 +719,7 @@ def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, re
     used_fixed: set[str] = set()
     groups: list[Group] = []
     for r in roots:
-        producers = tuple(wk.producer[x] for x in members[r] if wk.producer[x] is not None)
+        producers = tuple(p for p in (wk.producer[x] for x in members[r]) if p is not None)
         is_in = any(x in wk.input_raws for x in members[r])
         is_out = any(x in wk.output_raws for x in members[r])
         hits = {f for f in fixed for p in producers if p == f or p.startswith(f + ".")}
@@ -733,7 +756,7 @@ def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, re
     sums = [(scope, tuple(root_of[r] for r, _ in terms)) for scope, terms in wk.sums]
     cats = [(scope, tuple((root_of[r], m) for r, m in terms)) for scope, terms in wk.cats]
     derived = {index[r]: layout for r, layout in wk.alias.items()}
-    pads = {n: tuple(None if r is None else root_of[r] for r in rs) for n, rs in wk.pads.items()}
+    pads = {n: (None if a is None else root_of[a], None if b is None else root_of[b]) for n, (a, b) in wk.pads.items()}
     layers = read(groups, sums, cats, reading, {i: tuple((root_of[r], m) for r, m in lay) for i, lay in derived.items()})
     identity: dict[str, Any] = {
         "code": graph.python_code("self").src,
@@ -755,7 +778,7 @@ def _rewrite(gm: fx.GraphModule, rewrites: dict[fx.Node, str]) -> tuple[fx.Graph
     graph = gm.graph
     extra: dict[str, nn.Module] = {}
     for node, what in rewrites.items():
-        x = node.args[0]
+        x = _node(node.args[0])
         if what == "identity":
             node.replace_all_uses_with(x)
             graph.erase_node(node)

@@ -23,7 +23,7 @@ import os
 import re
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch.nn as nn
 
@@ -94,6 +94,7 @@ def _factory(fn: Callable[..., Any], label: str) -> Callable[[], nn.Module]:
         return lambda: fn
     if not callable(fn):
         raise UsageError(f"model {label!r} is not callable (a function or class returning an nn.Module)")
+    params: Mapping[str, inspect.Parameter]
     try:
         params = inspect.signature(fn).parameters
     except (TypeError, ValueError):
@@ -170,7 +171,7 @@ def load_model(model: ModelSource, *, fixed: Sequence[str] = (), name: str | Non
 def _default_label(model: Any) -> str:
     obj = type(model) if isinstance(model, nn.Module) else model
     mod = getattr(obj, "__module__", None) or "model"
-    qual = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "model")
+    qual = getattr(obj, "__qualname__", "") or getattr(obj, "__name__", "model")
     return f"{mod}:{qual.replace('<locals>.', '').replace('<', '').replace('>', '')}"
 
 

@@ -44,16 +44,18 @@ def rebuild(orig: nn.Module, kind: str, c_in: int, c_out: int) -> nn.Module:
     """A default-initialised module like ``orig`` (of record ``kind``: conv, dwconv, gconv, linear,
     norm) taking ``c_in`` and giving ``c_out`` channels."""
     if kind in ("conv", "dwconv", "gconv"):
+        if not isinstance(orig, nn.Conv2d):  # the walker records these kinds for Conv2d modules only
+            raise TypeError(f"a {kind} record for a {type(orig).__name__}, not a Conv2d")
         groups = c_in if kind == "dwconv" else orig.groups if kind == "gconv" else 1
         if type(orig) is not nn.Conv2d:
             return _own_class(orig, {"in_channels": c_in, "out_channels": c_out, "groups": groups})
         return nn.Conv2d(
             c_in,
             c_out,
-            orig.kernel_size,
-            stride=orig.stride,
-            padding=orig.padding,
-            dilation=orig.dilation,
+            _pair(orig.kernel_size),
+            stride=_pair(orig.stride),
+            padding=orig.padding if isinstance(orig.padding, str) else _pair(orig.padding),
+            dilation=_pair(orig.dilation),
             groups=groups,
             bias=orig.bias is not None,
             padding_mode=orig.padding_mode,
@@ -66,7 +68,8 @@ def rebuild(orig: nn.Module, kind: str, c_in: int, c_out: int) -> nn.Module:
         return type(orig)(
             c_out,
             eps=orig.eps,
-            momentum=orig.momentum,
+            # InstanceNorm2d's stub says float, but it accepts None (a cumulative average) like BatchNorm
+            momentum=orig.momentum,  # type: ignore[arg-type]
             affine=orig.affine,
             track_running_stats=orig.track_running_stats,
         )
@@ -82,6 +85,12 @@ def rebuild(orig: nn.Module, kind: str, c_in: int, c_out: int) -> nn.Module:
     if isinstance(orig, nn.PReLU):
         return nn.PReLU(c_out if orig.num_parameters > 1 else 1)
     raise AssertionError(f"no rebuild rule for {type(orig).__name__}")  # pragma: no cover
+
+
+def _pair(size: tuple[int, ...]) -> tuple[int, int]:
+    """A Conv2d's size, stored as a 2-tuple (``_ConvNd`` types it as any length)."""
+    a, b = size
+    return a, b
 
 
 def _own_class(orig: nn.Module, sizes: dict[str, int]) -> nn.Module:
