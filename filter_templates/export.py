@@ -10,7 +10,7 @@ import contextlib
 import io
 import logging
 import warnings
-from typing import Any
+from typing import IO, Any
 from pathlib import Path
 
 import torch
@@ -108,7 +108,7 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     return path
 
 
-def _torchscript(model: nn.Module, example: torch.Tensor, f: io.BufferedIOBase) -> None:
+def _torchscript(model: nn.Module, example: torch.Tensor, f: IO[bytes]) -> None:
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export; it still works
         traced = torch.jit.trace(model, example)
@@ -131,7 +131,7 @@ def onnx_available() -> bool:
     return _import_onnx() is not None
 
 
-def _onnx(model: nn.Module, example: torch.Tensor, f: io.BufferedIOBase) -> None:
+def _onnx(model: nn.Module, example: torch.Tensor, f: IO[bytes]) -> None:
     onnx = _import_onnx()
     if onnx is None:
         raise UsageError("ONNX export needs the onnx extra: pip install 'filter-templates[onnx]' "
@@ -150,4 +150,5 @@ def _onnx(model: nn.Module, example: torch.Tensor, f: io.BufferedIOBase) -> None
                                         output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
     finally:
         log.setLevel(level)
+    assert program is not None  # torch.onnx.export returns None only for the legacy (dynamo=False) exporter
     onnx.save(program.model_proto, f)

@@ -19,7 +19,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import IO, Any, Callable, Iterator
 
 import numpy as np
 
@@ -143,10 +143,11 @@ class Builder:
     def finish(self, ds: Dataset) -> Dataset:
         """``ds`` (whose arrays came from :meth:`array`) published and memory-mapped from the cache;
         ``ds`` itself when nothing could be written."""
-        if self.tmp is None or self.root is None or not all(isinstance(a, np.memmap) for a in self.arrays.values()):
+        maps = [a for a in self.arrays.values() if isinstance(a, np.memmap)]
+        if self.tmp is None or self.root is None or len(maps) != len(self.arrays):
             return ds
         try:
-            for a in self.arrays.values():
+            for a in maps:
                 a.flush()
             _write_meta(self.tmp, ds)
             return _publish(self.tmp, self.root / self.final_name) or ds
@@ -198,6 +199,13 @@ def _publish(tmp: Path, entry: Path) -> Dataset | None:
     return _open(entry)
 
 
+def _npy_writer(arr: np.ndarray) -> Callable[[IO[bytes]], None]:
+    """A writer for :func:`atomic_write` that saves ``arr`` as ``.npy`` (no pickles)."""
+    def write(f: IO[bytes]) -> None:
+        np.save(f, arr, allow_pickle=False)
+    return write
+
+
 def store(ds: Dataset, key: str, data_dir: Path) -> Dataset:
     """Write ``ds`` to the first writable root and return it memory-mapped from there.
 
@@ -216,7 +224,7 @@ def store(ds: Dataset, key: str, data_dir: Path) -> Dataset:
             kinds = {**_ARRAYS, **(_VAL_ARRAYS if ds.val_y is not None else {})}
             for k, dt in kinds.items():
                 arr = np.ascontiguousarray(getattr(ds, k), dtype=dt)
-                atomic_write(tmp / f"{k}.npy", lambda f, a=arr: np.save(f, a, allow_pickle=False))
+                atomic_write(tmp / f"{k}.npy", _npy_writer(arr))
             _write_meta(tmp, ds)
             cached = _publish(tmp, root / final_name)
             if cached is not None:

@@ -115,7 +115,10 @@ def safe_extract(archive: Path, target: Path) -> list[Path]:
                 for m in members:
                     _check_member(m, root, archive)
                 for m in members:
-                    tf.extract(m, root, set_attrs=False, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+                    if hasattr(tarfile, "data_filter"):  # Python >= 3.12 and the security backports
+                        tf.extract(m, root, set_attrs=False, filter="data")
+                    else:
+                        tf.extract(m, root, set_attrs=False)
         except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
             raise UsageError(f"{archive}: cannot extract: truncated or corrupt archive ({exc})") from None
         created = []

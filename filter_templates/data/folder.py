@@ -294,7 +294,10 @@ def _build(listing: Listing, size: int, key: str, cache_dir: Path) -> Dataset:
             _decode_split(listing, split, x, size)
         mean, std = channel_stats(arrays["train_x"])
         ds = Dataset(name=NAME, classes=listing.classes, mean=mean, std=std,  # type: ignore[arg-type]
-                     source=str(listing.origin.resolve()), **arrays)
+                     source=str(listing.origin.resolve()),
+                     train_x=arrays["train_x"], train_y=arrays["train_y"],
+                     test_x=arrays["test_x"], test_y=arrays["test_y"],
+                     val_x=arrays.get("val_x"), val_y=arrays.get("val_y"))
         return b.finish(ds)
 
 

@@ -75,7 +75,8 @@ def _square(im: Image.Image, side: int) -> Image.Image:
 
 def _decode_one(data: bytes, size: tuple[int, int], resize: bool) -> tuple[np.ndarray | None, str | None]:
     h, w = size
-    with Image.open(io.BytesIO(data)) as im:
+    with Image.open(io.BytesIO(data)) as opened:
+        im: Image.Image = opened
         if resize:
             im = _square(im, h)
         elif im.size != (w, h):
@@ -95,6 +96,7 @@ def _decode_chunk(items: Sequence[Item], size: tuple[int, int], resize: bool = F
             arr, err = _decode_one(data, size, resize)
             if err:
                 return out, f"{name}: {err}"
+            assert arr is not None  # _decode_one returns an array whenever it returns no error
             out[i] = arr
         except (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
             return out, f"{name}: cannot decode image ({' '.join(str(exc).split())})"

@@ -92,9 +92,9 @@ class Stream:
         """One batch: ``block``'s rows ``take``, zero-padded, on the device."""
         b, (h, w, c), p = len(take), block.shape[1:], self.pad
         if side is None:
-            padded = np.zeros((b, h + 2 * p, w + 2 * p, c), dtype=np.uint8)
-            padded[:, p:p + h, p:p + w] = block[take]
-            return torch.from_numpy(padded), None
+            on_host = np.zeros((b, h + 2 * p, w + 2 * p, c), dtype=np.uint8)
+            on_host[:, p:p + h, p:p + w] = block[take]
+            return torch.from_numpy(on_host), None
         host = torch.empty((b, h, w, c), dtype=torch.uint8, pin_memory=True)
         np.take(block, take, axis=0, out=host.numpy())
         with torch.cuda.stream(side):

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import pickle
-from typing import Any, BinaryIO
+from typing import IO, Any
 
 import numpy as np
 
@@ -52,7 +52,7 @@ class _Restricted(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not allowed")
 
 
-def load(fileobj: BinaryIO | bytes, label: str) -> Any:
+def load(fileobj: IO[bytes] | bytes, label: str) -> Any:
     """Unpickle one CIFAR batch/meta file. ``label`` names the file in every error message.
 
     ``encoding="bytes"`` keeps Python 2 ``str`` objects as ``bytes`` (keys like ``b"data"``), which

@@ -104,11 +104,12 @@ class Arch:
         width = validate.number(d["width"], "width")
         stem = validate.number(d.get("stem_width", width), "stem_width")
         plan = d.get("plan", "")
-        if plan != getattr(fam, "fingerprint", ""):
-            if not getattr(fam, "fingerprint", ""):
+        fingerprint = getattr(fam, "fingerprint", "")  # only a discovered family (models.generic) has one
+        if plan != fingerprint:
+            if not fingerprint:
                 raise UsageError(f"architecture config has a channel-group plan but {fam.name} is a built-in family")
             raise UsageError(f"model {fam.name} has changed since this record was written: its channel groups or "
-                             f"layers differ (plan {plan or 'none'} recorded, {fam.fingerprint} now); use the code "
+                             f"layers differ (plan {plan or 'none'} recorded, {fingerprint} now); use the code "
                              "it was made with, or start a new run")
         layer_modules = d.get("layer_modules", [])
         if not isinstance(layer_modules, list) or not all(
@@ -146,7 +147,7 @@ def _check_size(family: str, image_size: int) -> None:
 
 def make_arch(
     family: Union[str, nn.Module, Callable[..., nn.Module]],
-    template: Union[str, Sequence[float], Callable[[list[int]], Sequence[float]]] = "base",
+    template: Union[str, Sequence[float], templates.TemplateFn] = "base",
     width: float = 1.0,
     classes: int = 10,
     *,

@@ -203,7 +203,7 @@ class _Objective:
     def arch(self, w: float) -> Arch:
         return self.request.arch(self.family, self.template, w)
 
-    def signature(self, w: float) -> tuple:
+    def signature(self, w: float) -> bytes:
         return arch_shape(self.arch(w)).signature
 
     def __call__(self, w: float) -> float:

@@ -122,10 +122,10 @@ def count_flops(model: nn.Module, input_shape: tuple[int, ...] = INPUT_SHAPE) ->
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
+    for param in model.parameters():
+        return param.device
+    for buf in model.buffers():
+        return buf.device
     return torch.device("cpu")
 
 
@@ -355,8 +355,9 @@ def _cuda_peak(model: nn.Module, batch_size: int, input_shape: tuple[int, ...], 
         work = copy.deepcopy(model).to_empty(device=dev)
         with torch.no_grad():
             for m in work.modules():
-                if hasattr(m, "reset_parameters"):
-                    m.reset_parameters()
+                reset = getattr(m, "reset_parameters", None)  # a method; nn.Module's stubs type attributes as Tensor | Module
+                if reset is not None:
+                    reset()
     else:
         work = copy.deepcopy(model).to(dev)
     work.train()

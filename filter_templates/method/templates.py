@@ -36,7 +36,7 @@ __all__ = [
     "distribute",
 ]
 
-TemplateFn = Callable[[Sequence[int]], Sequence[float]]
+TemplateFn = Callable[[Sequence[float]], Sequence[float]]
 
 
 class TemplateError(UsageError, ValueError):
@@ -61,17 +61,17 @@ def _check_base(counts: Sequence[float]) -> list[float]:
     return out
 
 
-def base(counts: Sequence[int]) -> list[float]:
+def base(counts: Sequence[float]) -> list[float]:
     """The original distribution: the reference of every comparison."""
     return [float(c) for c in _check_base(counts)]
 
 
-def reverse(counts: Sequence[int]) -> list[float]:
+def reverse(counts: Sequence[float]) -> list[float]:
     """Paper name "Reverse-Base": the last layer's count goes first, ``f'_l = f_{D-l+1}``."""
     return [float(c) for c in reversed(_check_base(counts))]
 
 
-def uniform(counts: Sequence[int]) -> list[float]:
+def uniform(counts: Sequence[float]) -> list[float]:
     """Every layer gets the mean count ``F / D``."""
     f = _check_base(counts)
     return [sum(f) / len(f)] * len(f)
@@ -99,14 +99,14 @@ def _sum_row(d: int) -> list[Fraction]:
     return [D**3 / 3 + D**2 / 2 + D / 6, D**2 / 2 + D / 2, D]
 
 
-def _parabola(counts: Sequence[int], name: str) -> tuple[list[int], int]:
+def _parabola(counts: Sequence[float], name: str) -> tuple[list[float], int]:
     f = _check_base(counts)
     if len(f) < 3:
         raise TemplateError(f"the {name} template needs at least 3 template layers, got {len(f)}")
     return f, len(f)
 
 
-def quadratic(counts: Sequence[int]) -> list[float]:
+def quadratic(counts: Sequence[float]) -> list[float]:
     """Many filters at both ends, fewest (``f_min``) in the middle; the total ``F`` is kept.
 
     Solves ``f'(l) = a l^2 + b l + c`` from: the total is ``F``; ``f'(D/2) = f_min``; ``f'_1 = f'_D``.
@@ -121,7 +121,7 @@ def quadratic(counts: Sequence[int]) -> list[float]:
     return [float(a * l * l + b * l + c) for l in range(1, d + 1)]
 
 
-def negative_quadratic(counts: Sequence[int]) -> list[float]:
+def negative_quadratic(counts: Sequence[float]) -> list[float]:
     """Fewest filters (``f_min``) at both ends, most in the middle; the total ``F`` is kept."""
     f, d = _parabola(counts, "negative-quadratic")
     D = Fraction(d)
@@ -260,7 +260,7 @@ def template_label(template: Union[str, TemplateFn, Sequence[float]]) -> str:
                             f"got {template!r}") from None
 
 
-def real_counts(template: Union[str, TemplateFn, Sequence[float]], base_counts: Sequence[int]) -> list[float]:
+def real_counts(template: Union[str, TemplateFn, Sequence[float]], base_counts: Sequence[float]) -> list[float]:
     """Apply a template (name, function or explicit list) to base counts: real-valued, unrounded."""
     base_counts = _check_base(base_counts)
     name = template_label(template)
@@ -318,7 +318,7 @@ def scale_counts(counts: Sequence[float], width: float = 1.0, *, floor: int = 1,
 
 def distribute(
     template: Union[str, TemplateFn, Sequence[float]],
-    base_counts: Sequence[int],
+    base_counts: Sequence[float],
     width: float = 1.0,
     *,
     floor: int = 1,

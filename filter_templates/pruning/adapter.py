@@ -99,8 +99,8 @@ def ignored_layers(model: nn.Module, classes: int, fixed: Sequence[str] = ()) ->
     """What no method prunes: the classifier (the linear layers with ``classes`` outputs, else the
     last convolution or linear layer: its outputs are the answer) and the modules named in
     ``fixed`` (a user model's ``--fix``) with everything inside them."""
-    layers = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
-    out = [m for m in layers if isinstance(m, nn.Linear) and m.out_features == classes] or layers[-1:]
+    layers: list[nn.Module] = [m for m in model.modules() if isinstance(m, (nn.Linear, nn.modules.conv._ConvNd))]
+    out: list[nn.Module] = [m for m in layers if isinstance(m, nn.Linear) and m.out_features == classes] or layers[-1:]
     for name, m in model.named_modules():
         if any(name == f or name.startswith(f + ".") for f in fixed):
             out.append(m)

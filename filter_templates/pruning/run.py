@@ -212,10 +212,12 @@ def train_pruned(config: TrainConfig, out_dir: str | Path, state: dict | None,
     offset = first if stage == "finetune" else 0
     stop = _stage_stop(config, offset)
     if stop is not None and stop <= 0:  # paused just after pruning (kept in RUN/pruned.pt): its stage not begun
+        assert s1 is not None  # stop_at >= 1, so only a finetune stage (offset first > 0) can start past it
         return _finish(config, relay, {**s1, "status": PAUSED, "stopped_at": first}, None)
     s2 = _run_stage(stage, _stage_config(config, epochs, choice or None, stop), relay, start)
-    if s2.get("stopped_at") is not None:  # paused in its stage: the run's own epoch
-        s2 = {**s2, "stopped_at": offset + int(s2["stopped_at"])}
+    stopped = s2.get("stopped_at")
+    if stopped is not None:  # paused in its stage: the run's own epoch
+        s2 = {**s2, "stopped_at": offset + int(stopped)}
     return _finish(config, relay, s2, rec)
 
 
