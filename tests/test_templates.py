@@ -81,8 +81,8 @@ def test_quadratics_symmetric_with_extreme_in_middle(base):
     for name, extreme in (("quadratic", min), ("negative-quadratic", max)):
         real = T.real_counts(name, base)
         d = len(real)
-        for l in range(d):
-            assert real[l] == pytest.approx(real[d - 1 - l], rel=1e-9, abs=1e-6)
+        for i in range(d):
+            assert real[i] == pytest.approx(real[d - 1 - i], rel=1e-9, abs=1e-6)
         middle = real[(d - 1) // 2 : d // 2 + 1]
         assert extreme(real) == pytest.approx(extreme(middle), rel=1e-9, abs=1e-6)
         assert sum(real) == pytest.approx(sum(base), rel=1e-9)

@@ -364,23 +364,23 @@ def _cuda_peak(model: nn.Module, batch_size: int, input_shape: tuple[int, ...], 
     opt = torch.optim.SGD(work.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
     x = torch.randn(batch_size, *input_shape, device=dev)
     y = torch.zeros(batch_size, dtype=torch.long, device=dev)
-
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        F.cross_entropy(work(x), y).backward()
-        opt.step()
-
     try:
-        step()  # warm-up: momentum buffers exist from now on, kernels are chosen
+        _sgd_step(work, opt, x, y)  # warm-up: momentum buffers exist from now on, kernels are chosen
         opt.zero_grad(set_to_none=True)
         torch.cuda.synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
-        step()
+        _sgd_step(work, opt, x, y)
         torch.cuda.synchronize(dev)
         return int(torch.cuda.max_memory_allocated(dev) - before)
     finally:
-        del opt, work, x, y
+        del opt, work, x, y  # the step's tensors go before the cache is emptied
         torch.cuda.empty_cache()
+
+
+def _sgd_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
+    opt.zero_grad(set_to_none=True)
+    F.cross_entropy(model(x), y).backward()
+    opt.step()
 
 
 def train_memory_bytes(

@@ -118,7 +118,7 @@ def quadratic(counts: Sequence[float]) -> list[float]:
     D = Fraction(d)
     rows = [_sum_row(d), [(D / 2) ** 2, D / 2, Fraction(1)], [D**2 - 1, D - 1, Fraction(0)]]
     a, b, c = _solve3(rows, [Fraction(sum(f)), Fraction(min(f)), Fraction(0)])
-    return [float(a * l * l + b * l + c) for l in range(1, d + 1)]
+    return [float(a * i * i + b * i + c) for i in range(1, d + 1)]
 
 
 def negative_quadratic(counts: Sequence[float]) -> list[float]:
@@ -127,7 +127,7 @@ def negative_quadratic(counts: Sequence[float]) -> list[float]:
     D = Fraction(d)
     rows = [_sum_row(d), [Fraction(1), Fraction(1), Fraction(1)], [D**2, D, Fraction(1)]]
     a, b, c = _solve3(rows, [Fraction(sum(f)), Fraction(min(f)), Fraction(min(f))])
-    return [float(a * l * l + b * l + c) for l in range(1, d + 1)]
+    return [float(a * i * i + b * i + c) for i in range(1, d + 1)]
 
 
 # --------------------------------------------------------------------------------------------
