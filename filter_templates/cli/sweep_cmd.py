@@ -201,8 +201,9 @@ def train_settings(args: argparse.Namespace) -> dict:
     """The training settings the shared flags (``add_run_args``) set, by TrainConfig field name:
     one place, so a field added to TrainConfig and its flag reaches sweep and reduce alike."""
     out = {k: getattr(args, k, None) for k in TRAIN_FIELDS}
-    if out.get("data_dir"):
-        out["data_dir"] = os.path.abspath(out["data_dir"])
+    data_dir = out.get("data_dir")
+    if data_dir:
+        out["data_dir"] = os.path.abspath(data_dir)
     return out
 
 

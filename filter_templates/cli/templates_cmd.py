@@ -63,6 +63,7 @@ def rows(args: argparse.Namespace) -> list[dict]:
     for name, arch in zip(names, Progress(archs, desc="measure", enabled=None if measure else False)):
         row = {"name": name, "filters": list(arch.filters), "params": arch_params(arch), "flops": arch_flops(arch)}
         if measure:
+            assert device is not None  # resolved above when measuring
             run_time = args.min_run_time if args.min_run_time is not None else LATENCY_MIN_RUN_TIME
             res = resources(arch, args.batch_size, device, min_run_time=run_time, threads=args.threads)
             for key in ("train_memory_bytes", "train_memory_method", "latency_s", "latency_iqr_s"):

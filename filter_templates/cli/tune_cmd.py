@@ -17,6 +17,7 @@ from filter_templates.cli.args import (
 )
 from filter_templates.core import rundir
 from filter_templates.core.device import resolve_device
+from filter_templates.core.errors import UsageError
 from filter_templates.core.messages import note
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.method.arch import make_arch
@@ -72,6 +73,9 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     path = machine_profile.resolve_path(args.profile or PROFILE_AUTO)
     if not args.print_only:  # refuse a path that cannot be written, or a corrupt file, before minutes of work
+        if path is None:
+            raise UsageError("tune writes its profile to --profile FILE; '--profile off' names none "
+                             "(use --print to measure without writing)")
         rundir.check_writable(path, "--profile", folder=False)
         machine_profile.read(path)
     size = args.image_size or IMAGE_SIZE
@@ -82,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
     result = tune(TuneRequest(arch, device, args.batch_size, args.seconds, args.rounds, args.compile,
                               say=lambda line: note(f"tune: {line}")))
     entry = result.entry(arch, args.batch_size, device)
-    written = None if args.print_only else machine_profile.write(path, entry)
+    written = None if args.print_only or path is None else machine_profile.write(path, entry)
     if args.json:
         print(json.dumps({"machine": entry.key, "recommended": result.recommended.name,
                           "execution": asdict(entry.execution),

@@ -115,6 +115,12 @@ class BudgetCell:
         return fit.get(name)
 
 
+def _known(value: float | None) -> float:
+    """``value``, which the caller's selection guarantees is there."""
+    assert value is not None
+    return value
+
+
 def run_keys(budget_rows: Sequence[dict[str, Any]]) -> set[str]:
     """The runs rows that belong to budget points (the rest are width runs)."""
     return {p["run_key"] for p in budget_rows if p.get("run_key")}
@@ -154,17 +160,18 @@ def budget_accuracy_table(cells: dict[tuple, BudgetCell], dataset: str, metric: 
     bold: set[tuple[int, int]] = set()
     for fam, key, value, skey in _budget_rows(mine, labels):
         row_cells = {t: cells.get((dataset, fam, key, value, t, skey)) for t in templates}
-        vals = {t: c.acc(metric) for t, c in row_cells.items() if c is not None and c.acc(metric) is not None}
+        present = {t: c for t, c in row_cells.items() if c is not None}
+        vals = {t: a for t, a in ((t, c.acc(metric)) for t, c in present.items()) if a is not None}
         # ties: the smaller model wins, as in reduce's ranking
-        best = min(vals, key=lambda t: (-vals[t], row_cells[t].resource("params") or 0)) if vals else None
+        best = min(vals, key=lambda t: (-vals[t], present[t].resource("params") or 0)) if vals else None
         row = [fam, f"{key} ≤ {format_value(key, value)}", *labels.cells(skey)]
         rr = [fam, key, value, *labels.csv_cells(skey)]
         for j, t in enumerate(templates):
             c = row_cells[t]
             status = c.status if c is not None else PENDING
-            if status == DONE:
+            if c is not None and status == DONE:
                 row.append(pct(c.acc(metric), c.acc_std(metric)))
-                rr.append(round(100 * c.acc(metric), 4))
+                rr.append(round(100 * _known(c.acc(metric)), 4))  # a done run records final_acc and best_acc
                 if t == best and len(vals) > 1:
                     bold.add((len(rows), len(header) - len(templates) - 1 + j))
             else:
@@ -242,8 +249,8 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
             pts = sorted((c for c in panel if c.method == t), key=lambda c: c.budget_value)
             if not pts:
                 continue
-            xs = [c.resource(column) * scale for c in pts]
-            ys = [100 * c.acc(metric) for c in pts]
+            xs = [_known(c.resource(column)) * scale for c in pts]  # `done` holds cells with both
+            ys = [100 * _known(c.acc(metric)) for c in pts]
             errs = [100 * (c.acc_std(metric) or 0.0) for c in pts]
             style = figures.template_style(t, templates)
             ax.errorbar(xs, ys, yerr=errs if any(errs) else None, linestyle="-", linewidth=1.6, markersize=6,

@@ -208,8 +208,9 @@ class Labels:
 def _acc_row(cells: dict, key: tuple, templates: list[str], metric: str) -> tuple[list[str], list[Any], int | None]:
     """One row's accuracy cells (Markdown, CSV) and the column of its best template (None: no best)."""
     found = {t: cells.get((*key[:2], t, *key[2:])) for t in templates}
-    vals = {t: c.acc(metric) for t, c in found.items() if c is not None and c.acc(metric) is not None}
-    best = max(vals, key=vals.get) if vals else None
+    accs = {t: c.acc(metric) for t, c in found.items() if c is not None}
+    vals = {t: a for t, a in accs.items() if a is not None}
+    best = max(vals, key=vals.__getitem__) if vals else None
     row: list[str] = []
     raw: list[Any] = []
     for t in templates:

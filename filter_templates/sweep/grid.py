@@ -403,6 +403,7 @@ def _budget_points(spec: SweepSpec, family: str, template: str, budget: "Budget"
                                        as_published=spec.as_published, image_size=size),
                         dataset=dataset, **spec.train)
     device = resolve_device(probe.device)  # a device that does not exist is an error, not an unreachable budget
+    reason: str | None
     try:
         (r,) = fit(FitRequest(family, budget, [template], classes=classes, divisor=spec.divisor, floor=spec.floor,
                               as_published=spec.as_published, image_size=size, batch_size=probe.batch_size,

@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import shutil
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 
@@ -156,4 +156,5 @@ def compiled(model: torch.nn.Module, on: bool | None) -> torch.nn.Module:
     """``model`` as the training step calls it: itself, or with ``on`` ``torch.compile``'s wrapper
     (the same parameters; its forward and backward run as generated kernels, compiled on the
     first step, which is why :func:`check_compile` comes first)."""
-    return torch.compile(model) if on else model
+    # torch.compile's stubs say a callable; given a Module it returns an OptimizedModule, a Module
+    return cast(torch.nn.Module, torch.compile(model)) if on else model

@@ -327,6 +327,7 @@ class _Parts:
             optimizer, lr_multiplier(config.schedule, config.warmup, config.epochs, len(train)))
         ema = EMA(model, config.ema) if config.ema > 0 else None
         if train.stream is not None and world.main:
+            assert config.data_memory is not None  # a loader streams only over a data_memory budget
             note(f"the training split ({padded_bytes(ds.train_x.shape, train.pad) / 2**20:,.0f} MiB padded) is over "
                  f"data_memory ({config.data_memory / 2**20:,.0f} MiB): its batches are read from where it lies")
         return cls(model, optimizer, scheduler, ema, train, test, val,

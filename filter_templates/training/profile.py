@@ -78,7 +78,7 @@ def _entry(table: Any, where: str) -> Entry:
     for name, kind in (("device", str), ("cores", int), ("torch", str), ("precision", str),
                        ("memory_format", str), ("threads", int), ("compile", bool)):
         value = table.get(name)
-        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or value < 1)):
+        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or (isinstance(value, int) and value < 1))):
             raise UsageError(f"{where}: '{name}' must be {'a positive integer' if kind is int else kind.__name__}, "
                              f"got {value!r}; {_REMEDY}")
     for name, allowed in (("precision", PRECISIONS), ("memory_format", MEMORY_FORMATS)):

@@ -134,7 +134,8 @@ class _Bench:
         torch.manual_seed(0)
         fmt = autotune.torch_memory_format(memory_format)
         arch, device = request.arch, request.device
-        model = arch.build().to(device=device, memory_format=fmt).train()
+        # Module.to takes memory_format at run time; torch's stubs leave it out
+        model = arch.build().to(device=device, memory_format=fmt).train()  # type: ignore[call-overload]
         config = TrainConfig(arch=arch, image_size=arch.image_size, epochs=1, batch_size=request.batch_size)
         self.optimizer = make_optimizer(model, config)
         self.model = autotune.compiled(model, compile)
@@ -218,8 +219,8 @@ def tune(request: TuneRequest) -> TuneResult:
     try:
         variants = _eager_variants(request)
         # threads only change how a step runs: one model per (precision, layout)
-        models = {(v.precision, v.memory_format): None for v in variants}
-        models = {k: _Bench(request, *k, False) for k in models}
+        layouts = dict.fromkeys((v.precision, v.memory_format) for v in variants)
+        models = {k: _Bench(request, *k, False) for k in layouts}
         benches = {v: models[v.precision, v.memory_format] for v in variants}
         timings = {v: Timing(v) for v in variants}
         _alternate(request, benches, request.seconds, timings)
