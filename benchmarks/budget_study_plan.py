@@ -62,13 +62,23 @@ def _timer(config) -> tuple:
     from filter_templates.training.loop import sgd_step
 
     # what a run of this config will train with: the same measured (and cached) choice train() makes
-    choice = autotune.choose(config.arch, torch.device("cpu"), config.batch_size, precision=config.precision,
-                             memory_format=config.memory_format)
+    choice = autotune.choose(
+        config.arch,
+        torch.device("cpu"),
+        config.batch_size,
+        precision=config.precision,
+        memory_format=config.memory_format,
+    )
     fmt = autotune.torch_memory_format(choice.memory_format)
     torch.manual_seed(0)
     model = config.arch.build().to(memory_format=fmt)
-    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=config.momentum, weight_decay=config.weight_decay,
-                          nesterov=config.nesterov)
+    opt = torch.optim.SGD(
+        model.parameters(),
+        lr=0.01,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
+    )
     amp = choice.precision == "bf16"
     x = torch.randn(config.batch_size, 3, 32, 32).contiguous(memory_format=fmt)
     y = torch.randint(0, config.arch.classes, (config.batch_size,))
@@ -101,14 +111,25 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads while timing (default: 1)")
     p.add_argument("--steps", type=int, default=5, help="timed training steps per model and round (default: 5)")
     p.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all models (default: 3)")
-    p.add_argument("--overhead", type=float, default=15.0,
-                   help="seconds per run outside the epochs: start, data, checkpoints, latency (default: 15)")
-    p.add_argument("--clock", choices=["cpu", "wall"], default="cpu",
-                   help="estimate from the CPU time of each step (default; right on a busy machine) or its wall time")
+    p.add_argument(
+        "--overhead",
+        type=float,
+        default=15.0,
+        help="seconds per run outside the epochs: start, data, checkpoints, latency (default: 15)",
+    )
+    p.add_argument(
+        "--clock",
+        choices=["cpu", "wall"],
+        default="cpu",
+        help="estimate from the CPU time of each step (default; right on a busy machine) or its wall time",
+    )
     p.add_argument("--json", action="store_true")
     p.add_argument("--record", metavar="FILE", help="write the planned runs' configurations to FILE and time nothing")
-    p.add_argument("--accuracy", metavar="CSV",
-                   help="with --record: a report's accuracy_by_budget CSV whose final accuracies the record names")
+    p.add_argument(
+        "--accuracy",
+        metavar="CSV",
+        help="with --record: a report's accuracy_by_budget CSV whose final accuracies the record names",
+    )
     args = p.parse_args(argv)
 
     from filter_templates.sweep.grid import known_classes, load_config, plan_grid
@@ -150,31 +171,59 @@ def main(argv=None) -> int:
         i = free.index(min(free))  # the engine: the next free worker claims the next point
         free[i] += run_s
         shape = arch_shape(c.arch)
-        runs.append({"run": f"{c.dataset}-{c.arch.family}-{c.arch.template}-w{c.arch.width:g}-s{c.seed}",
-                     "key": point_key(c.to_dict())[0][:10], "params": shape.params, "flops": shape.flops,
-                     "step_s": step_s, "step_wall_s": statistics.median(walls[c.arch]),
-                     "step_spread": max(steps[c.arch]) / min(steps[c.arch]) - 1,
-                     "train_img_s": c.batch_size / step_s, "epoch_s": epoch_s, "epochs": c.epochs, "run_s": run_s})
+        runs.append(
+            {
+                "run": f"{c.dataset}-{c.arch.family}-{c.arch.template}-w{c.arch.width:g}-s{c.seed}",
+                "key": point_key(c.to_dict())[0][:10],
+                "params": shape.params,
+                "flops": shape.flops,
+                "step_s": step_s,
+                "step_wall_s": statistics.median(walls[c.arch]),
+                "step_spread": max(steps[c.arch]) / min(steps[c.arch]) - 1,
+                "train_img_s": c.batch_size / step_s,
+                "epoch_s": epoch_s,
+                "epochs": c.epochs,
+                "run_s": run_s,
+            }
+        )
     total = sum(r["run_s"] for r in runs)
-    out = {"config": args.config, "runs": runs, "unreachable": [p.label() for p in grid.unreachable],
-           "jobs": jobs, "threads": args.threads, "clock": args.clock, "sum_run_s": total, "wall_s": max(free),
-           "cpu": _cpu(), "torch": torch.__version__, "load_avg": os.getloadavg()}
+    out = {
+        "config": args.config,
+        "runs": runs,
+        "unreachable": [p.label() for p in grid.unreachable],
+        "jobs": jobs,
+        "threads": args.threads,
+        "clock": args.clock,
+        "sum_run_s": total,
+        "wall_s": max(free),
+        "cpu": _cpu(),
+        "torch": torch.__version__,
+        "load_avg": os.getloadavg(),
+    }
     if args.json:
         print(json.dumps(out))
         return 0
-    print(f"{args.config}: {len(runs)} runs, timed at {args.threads} thread(s), batch as configured, "
-          f"{args.clock} clock; {out['cpu']}, torch {torch.__version__}, load average {out['load_avg'][0]:.1f}")
+    print(
+        f"{args.config}: {len(runs)} runs, timed at {args.threads} thread(s), batch as configured, "
+        f"{args.clock} clock; {out['cpu']}, torch {torch.__version__}, load average {out['load_avg'][0]:.1f}"
+    )
     w = max(len(r["run"]) for r in runs)
-    print(f"{'run':<{w}}  {'params':>9}  {'MFLOPs':>8}  {'step ms':>8}  {'wall ms':>8}  {'noise':>6}  {'img/s':>6}  "
-          f"{'epoch s':>8}  {'epochs':>6}  {'run min':>7}")
+    print(
+        f"{'run':<{w}}  {'params':>9}  {'MFLOPs':>8}  {'step ms':>8}  {'wall ms':>8}  {'noise':>6}  {'img/s':>6}  "
+        f"{'epoch s':>8}  {'epochs':>6}  {'run min':>7}"
+    )
     for r in runs:
-        print(f"{r['run']:<{w}}  {r['params']:>9,}  {r['flops'] / 1e6:>8.1f}  {1e3 * r['step_s']:>8.1f}  "
-              f"{1e3 * r['step_wall_s']:>8.1f}  {r['step_spread']:>6.0%}  {r['train_img_s']:>6.0f}  "
-              f"{r['epoch_s']:>8.1f}  {r['epochs']:>6}  {r['run_s'] / 60:>7.1f}")
+        print(
+            f"{r['run']:<{w}}  {r['params']:>9,}  {r['flops'] / 1e6:>8.1f}  {1e3 * r['step_s']:>8.1f}  "
+            f"{1e3 * r['step_wall_s']:>8.1f}  {r['step_spread']:>6.0%}  {r['train_img_s']:>6.0f}  "
+            f"{r['epoch_s']:>8.1f}  {r['epochs']:>6}  {r['run_s'] / 60:>7.1f}"
+        )
     for label in out["unreachable"]:
         print(f"unreachable: {label}")
-    print(f"sum of runs {total / 60:.1f} min; with {jobs} job(s): about {max(free) / 60:.1f} min wall clock "
-          f"(if each job runs as fast as when timed here)")
+    print(
+        f"sum of runs {total / 60:.1f} min; with {jobs} job(s): about {max(free) / 60:.1f} min wall clock "
+        f"(if each job runs as fast as when timed here)"
+    )
     return 0
 
 
@@ -193,16 +242,24 @@ def record(config: str, grid, accuracy_csv: str | None = None) -> str:
                         table[(row["family"], row["budget_key"], float(row["budget_value"]), t)] = float(row[t])
     runs = []
     for p in grid.budget_points:
-        run = {"budget": f"{p.budget.key}={p.budget.value:g}", "fit": p.fit, "reason": p.reason,
-               "config": None if p.config is None else p.config.to_dict(),
-               "key": None if p.config is None else point_key(p.config.to_dict())[0]}
+        run = {
+            "budget": f"{p.budget.key}={p.budget.value:g}",
+            "fit": p.fit,
+            "reason": p.reason,
+            "config": None if p.config is None else p.config.to_dict(),
+            "key": None if p.config is None else point_key(p.config.to_dict())[0],
+        }
         acc = table.get((p.family, p.budget.key, float(p.budget.value), p.template))
         if acc is not None:
             run["table_final_acc_percent"] = acc
         runs.append(canonical_json(run))
-    head = {"config": config, "planned_by": f"python benchmarks/budget_study_plan.py {config} --record FILE",
-            "accuracy_from": accuracy_csv, "runs": len(runs)}
-    return "{\"about\": " + canonical_json(head) + ",\n\"runs\": [\n" + ",\n".join(runs) + "\n]}\n"
+    head = {
+        "config": config,
+        "planned_by": f"python benchmarks/budget_study_plan.py {config} --record FILE",
+        "accuracy_from": accuracy_csv,
+        "runs": len(runs),
+    }
+    return '{"about": ' + canonical_json(head) + ',\n"runs": [\n' + ",\n".join(runs) + "\n]}\n"
 
 
 def _cpu() -> str:

@@ -59,13 +59,22 @@ def main(argv=None) -> int:
     top_wall, top_cpu = rows[0][1], rows[0][3]
     print(f"filter-templates --help: {top_wall:.3f} s wall, {top_cpu:.3f} s CPU (goal < {GOAL_S} s)")
     if args.write:
-        write(args.write, "cli_startup", title="Command-line start-up: seconds to print --help",
-              numbers={"top_level_help_wall_s": top_wall, "top_level_help_cpu_s": top_cpu, "goal_s": GOAL_S,
-                       "repeat": args.repeat},
-              seeds=[], views="no data",
-              note=f"Each command in a fresh process, median of {args.repeat} (one untimed call first). "
-                   "CPU s is the process's user + system time, which the load of other jobs does not inflate.",
-              table={"columns": ["command", "wall median s", "wall min s", "CPU median s"], "rows": rows})
+        write(
+            args.write,
+            "cli_startup",
+            title="Command-line start-up: seconds to print --help",
+            numbers={
+                "top_level_help_wall_s": top_wall,
+                "top_level_help_cpu_s": top_cpu,
+                "goal_s": GOAL_S,
+                "repeat": args.repeat,
+            },
+            seeds=[],
+            views="no data",
+            note=f"Each command in a fresh process, median of {args.repeat} (one untimed call first). "
+            "CPU s is the process's user + system time, which the load of other jobs does not inflate.",
+            table={"columns": ["command", "wall median s", "wall min s", "CPU median s"], "rows": rows},
+        )
     return 0
 
 

@@ -18,12 +18,12 @@ import statistics
 import time
 
 import torch
+from results_file import add_write_argument, write
 
 from filter_templates.method import measure as M
 from filter_templates.method.arch import make_arch
 from filter_templates.method.fit import FitRequest, fit, parse_budget
 from filter_templates.models import family_names
-from results_file import add_write_argument, write
 
 FLOPS_BUDGET = {"vgg19": "flops=100M", "resnet50": "flops=300M", "googlenet": "flops=300M", "mobilenet": "flops=20M"}
 
@@ -61,18 +61,37 @@ def main() -> None:
             ratios = " ".join(f"{r.resources[key] / value:.3f}" for r in results)
             probes = sum(r.probes for r in results)
             worst = max(worst, max(times))
-            print(f"{family:<10} {budget:<12} {statistics.median(times):>9.2f} {max(times):>7.2f} {probes:>7}  {ratios}")
-            rows.append([family, budget, round(statistics.median(times), 2), round(max(times), 2),
-                         round(statistics.median(cpu), 2), probes])
+            print(
+                f"{family:<10} {budget:<12} {statistics.median(times):>9.2f} {max(times):>7.2f} {probes:>7}  {ratios}"
+            )
+            rows.append(
+                [
+                    family,
+                    budget,
+                    round(statistics.median(times), 2),
+                    round(max(times), 2),
+                    round(statistics.median(cpu), 2),
+                    probes,
+                ]
+            )
     print(f"slowest single fit: {worst:.2f} s (goal: < 5 s)")
     if args.write:
-        write(args.write, "fit_speed", title="Fitting a budget: seconds per family and budget, all five templates",
-              numbers={"process_warmup_s": round(warmup, 2), "slowest_fit_s": round(worst, 2), "repeat": args.repeat,
-                       "goal_s": 5.0},
-              seeds=[], views="no data: fitting builds models on the meta device and counts exactly",
-              note=f"Median of {args.repeat} fits from empty caches; the first meta forward of the process "
-                   f"({warmup:.2f} s) is counted apart.",
-              table={"columns": ["family", "budget", "median s", "max s", "median CPU s", "probes"], "rows": rows})
+        write(
+            args.write,
+            "fit_speed",
+            title="Fitting a budget: seconds per family and budget, all five templates",
+            numbers={
+                "process_warmup_s": round(warmup, 2),
+                "slowest_fit_s": round(worst, 2),
+                "repeat": args.repeat,
+                "goal_s": 5.0,
+            },
+            seeds=[],
+            views="no data: fitting builds models on the meta device and counts exactly",
+            note=f"Median of {args.repeat} fits from empty caches; the first meta forward of the process "
+            f"({warmup:.2f} s) is counted apart.",
+            table={"columns": ["family", "budget", "median s", "max s", "median CPU s", "probes"], "rows": rows},
+        )
 
 
 if __name__ == "__main__":

@@ -28,12 +28,12 @@ from pathlib import Path
 
 import torch
 from PIL import Image
+from results_file import add_write_argument, write
 
-from filter_templates.method.arch import make_arch
 from filter_templates.data import load_dataset
+from filter_templates.method.arch import make_arch
 from filter_templates.training.config import TrainConfig
 from filter_templates.training.loop import train
-from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -64,7 +64,8 @@ def make_folder(out: Path, archive: Path = SHARED_CIFAR) -> Path:
                 side = SIZES[i % len(SIZES)]
                 with Image.open(io.BytesIO(wanted[name])) as im:
                     im.convert("RGB").resize((side, side), Image.Resampling.BICUBIC).save(
-                        tmp / split / cls / (Path(name).stem + ".png"))
+                        tmp / split / cls / (Path(name).stem + ".png")
+                    )
     os.replace(tmp, out)
     return out
 
@@ -98,15 +99,31 @@ def main() -> None:
 
     cifar_dir = str(SHARED_CIFAR.parent)
     load_dataset("cifar10", cifar_dir)  # decoded once into the cache before any timing
-    common = dict(epochs=2, seed=0, limit_test=300, device="cpu", threads=args.threads, precision="fp32",
-                  memory_format="channels_last")
+    common = dict(
+        epochs=2,
+        seed=0,
+        limit_test=300,
+        device="cpu",
+        threads=args.threads,
+        precision="fp32",
+        memory_format="channels_last",
+    )
     configs = {
-        "cifar10_32": TrainConfig(arch=make_arch(args.model, "uniform", args.width, 10), dataset="cifar10",
-                                  data_dir=cifar_dir, limit_train=args.images, **common),
-        f"folder_{args.size}": TrainConfig(arch=make_arch(args.model, "uniform", args.width, len(CLASSES),
-                                                          image_size=args.size),
-                                           dataset="folder", data_dir=str(folder), image_size=args.size,
-                                           limit_train=args.images, **common),
+        "cifar10_32": TrainConfig(
+            arch=make_arch(args.model, "uniform", args.width, 10),
+            dataset="cifar10",
+            data_dir=cifar_dir,
+            limit_train=args.images,
+            **common,
+        ),
+        f"folder_{args.size}": TrainConfig(
+            arch=make_arch(args.model, "uniform", args.width, len(CLASSES), image_size=args.size),
+            dataset="folder",
+            data_dir=str(folder),
+            image_size=args.size,
+            limit_train=args.images,
+            **common,
+        ),
     }
     rounds: dict[str, list[float]] = {k: [] for k in configs}
     for _ in range(args.rounds):
@@ -115,14 +132,19 @@ def main() -> None:
     side = {"cifar10_32": 32, f"folder_{args.size}": args.size}
     best = {k: max(v) for k, v in rounds.items()}
     numbers = {
-        "model": f"{args.model} uniform w{args.width:g}", "images": args.images, "threads": args.threads,
+        "model": f"{args.model} uniform w{args.width:g}",
+        "images": args.images,
+        "threads": args.threads,
         "rounds": rounds,
         "images_per_s": best,
         "pixels_per_s": {k: round(best[k] * side[k] ** 2) for k in best},
         "images_per_s_ratio": round(best[f"folder_{args.size}"] / best["cifar10_32"], 3),
-        "pixels_per_s_ratio": round(best[f"folder_{args.size}"] * args.size ** 2 / (best["cifar10_32"] * 32 ** 2), 3),
-        "folder_decode": {"images": n_decoded, "seconds": round(decode_s, 2),
-                          "images_per_s": round(n_decoded / decode_s, 1)},
+        "pixels_per_s_ratio": round(best[f"folder_{args.size}"] * args.size**2 / (best["cifar10_32"] * 32**2), 3),
+        "folder_decode": {
+            "images": n_decoded,
+            "seconds": round(decode_s, 2),
+            "images_per_s": round(n_decoded / decode_s, 1),
+        },
     }
     print(json.dumps(numbers) if args.json else "\n".join(f"{k}: {v}" for k, v in numbers.items()))
     if args.write:
@@ -131,17 +153,24 @@ def main() -> None:
 
 def _write(args: argparse.Namespace, numbers: dict, side: dict) -> None:
     best = numbers["images_per_s"]
-    write(args.write, "folder_throughput",
-          title=f"Training throughput: a {args.size} px folder against CIFAR-10 at 32 px",
-          numbers=numbers, seeds=[0],
-          views=f"{args.images} training images each (CIFAR-10: a seeded sample; folder: 3 CIFAR-10 classes "
-                f"upscaled to 48/64 px PNGs, resized to {args.size}); epoch 2 of train(), best of "
-                f"{args.rounds} rounds",
-          table={"columns": ["dataset", "px", "img/s", "pixels/s"],
-                 "rows": [[k, side[k], best[k], numbers["pixels_per_s"][k]] for k in best]},
-          note=f"{args.model} uniform w{args.width:g}, fp32, channels_last, {args.threads} thread(s), nice'd "
-               f"on a shared machine; the folder was decoded into the cache once in "
-               f"{numbers['folder_decode']['seconds']} s.")
+    write(
+        args.write,
+        "folder_throughput",
+        title=f"Training throughput: a {args.size} px folder against CIFAR-10 at 32 px",
+        numbers=numbers,
+        seeds=[0],
+        views=f"{args.images} training images each (CIFAR-10: a seeded sample; folder: 3 CIFAR-10 classes "
+        f"upscaled to 48/64 px PNGs, resized to {args.size}); epoch 2 of train(), best of "
+        f"{args.rounds} rounds",
+        table={
+            "columns": ["dataset", "px", "img/s", "pixels/s"],
+            "rows": [[k, side[k], best[k], numbers["pixels_per_s"][k]] for k in best],
+        },
+        note=f"{args.model} uniform w{args.width:g}, fp32, channels_last, {args.threads} thread(s), nice'd "
+        f"on a shared machine; the folder was decoded into the cache once in "
+        f"{numbers['folder_decode']['seconds']} s.",
+    )
+
 
 if __name__ == "__main__":
     main()

@@ -29,13 +29,13 @@ import time
 from pathlib import Path
 
 import torch
+from results_file import add_write_argument, write
 
 from filter_templates.method import measure
 from filter_templates.method.arch import make_arch
 from filter_templates.models import family_names
 from filter_templates.training.config import TrainConfig
 from filter_templates.training.loop import train
-from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -61,8 +61,19 @@ def part_tests(args, lines: list[str]) -> None:
 
 
 def part_throughput(args, device: str, lines: list[str]) -> None:
-    cmd = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--device", device, "--json",
-           "--images", str(args.images), "--rounds", str(args.rounds), "--bare-steps", str(args.bare_steps)]
+    cmd = [
+        sys.executable,
+        str(REPO / "benchmarks" / "throughput.py"),
+        "--device",
+        device,
+        "--json",
+        "--images",
+        str(args.images),
+        "--rounds",
+        str(args.rounds),
+        "--bare-steps",
+        str(args.bare_steps),
+    ]
     if args.dry_run:
         cmd += ["--synthetic", "--width", "0.05", "--warmup", "1", "--threads", "1"]
     r = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=args.throughput_timeout)
@@ -72,8 +83,10 @@ def part_throughput(args, device: str, lines: list[str]) -> None:
     doc = json.loads(r.stdout)
     ips = doc["images_per_s"]
     lines.append(f"throughput on {doc['device_name']} ({doc['model']}, batch {doc['batch_size']}, {doc['data']}):")
-    lines.append(f"  ours {ips['ours']:.0f} img/s ({doc['ours_precision']}, {doc['ours_memory_format']}), "
-                 f"whole epoch {ips['ours_epoch']:.0f}, plain loop {ips['plain']:.0f}")
+    lines.append(
+        f"  ours {ips['ours']:.0f} img/s ({doc['ours_precision']}, {doc['ours_memory_format']}), "
+        f"whole epoch {ips['ours_epoch']:.0f}, plain loop {ips['plain']:.0f}"
+    )
     lines.append("  bare: " + ", ".join(f"{k[5:]} {v:.0f}" for k, v in ips.items() if k.startswith("bare")))
     bf16_cl, fp32 = ips.get("bare bf16 channels_last"), ips.get("bare fp32 contiguous")
     if bf16_cl and fp32:
@@ -88,8 +101,10 @@ def part_memory(args, device: str, lines: list[str]) -> None:
         arch = make_arch(family, "base", width, 10)
         account = measure.train_memory_bytes(measure.meta_model(arch), 64, device="cpu")
         peak = measure.train_memory_bytes(measure.meta_model(arch), 64, device=device)
-        lines.append(f"  {family:<10} account {account / 2**20:8.1f} MiB  {device} {peak / 2**20:8.1f} MiB  "
-                     f"ratio {peak / account:.3f}")
+        lines.append(
+            f"  {family:<10} account {account / 2**20:8.1f} MiB  {device} {peak / 2**20:8.1f} MiB  "
+            f"ratio {peak / account:.3f}"
+        )
 
 
 def part_accuracy(args, device: str, lines: list[str]) -> None:
@@ -106,16 +121,22 @@ def part_accuracy(args, device: str, lines: list[str]) -> None:
     for template in ("base", "uniform"):
         t0 = time.perf_counter()
         config = TrainConfig(arch=make_arch("vgg19", template, width, 10), recipe="fast", device=device, **kw)
+
         def on_epoch(row: dict, template: str = template) -> None:
             if row["epoch"] % 5 == 0:
-                print(f"  ... vgg19 {template} epoch {row['epoch']}: test {row['test_acc']:.2%}, "
-                      f"{row['images_per_s']:.0f} img/s", flush=True)
+                print(
+                    f"  ... vgg19 {template} epoch {row['epoch']}: test {row['test_acc']:.2%}, "
+                    f"{row['images_per_s']:.0f} img/s",
+                    flush=True,
+                )
 
         with tempfile.TemporaryDirectory() as tmp:
             s = train(config, Path(tmp) / "run", progress=False, on_epoch=on_epoch)
-        lines.append(f"vgg19 {template:<8} w={width:g} {config.epochs} epochs fast on {config.dataset}: final "
-                     f"{s['final_acc']:.2%}, best {s['best_acc']:.2%} ({s['precision']}, {s['memory_format']}, "
-                     f"{time.perf_counter() - t0:.0f} s)")
+        lines.append(
+            f"vgg19 {template:<8} w={width:g} {config.epochs} epochs fast on {config.dataset}: final "
+            f"{s['final_acc']:.2%}, best {s['best_acc']:.2%} ({s['precision']}, {s['memory_format']}, "
+            f"{time.perf_counter() - t0:.0f} s)"
+        )
 
 
 def main(argv=None) -> int:
@@ -141,12 +162,16 @@ def main(argv=None) -> int:
         device = "cuda"
     t0 = time.perf_counter()
     lines = _Report()
-    lines.append(f"gpu_check on {torch.cuda.get_device_name(0) if device == 'cuda' else 'CPU (dry run)'}, "
-             f"torch {torch.__version__}")
-    for name, part in (("tests", lambda: part_tests(args, lines)),
-                       ("throughput", lambda: part_throughput(args, device, lines)),
-                       ("memory", lambda: part_memory(args, device, lines)),
-                       ("accuracy", lambda: part_accuracy(args, device, lines))):
+    lines.append(
+        f"gpu_check on {torch.cuda.get_device_name(0) if device == 'cuda' else 'CPU (dry run)'}, "
+        f"torch {torch.__version__}"
+    )
+    for name, part in (
+        ("tests", lambda: part_tests(args, lines)),
+        ("throughput", lambda: part_throughput(args, device, lines)),
+        ("memory", lambda: part_memory(args, device, lines)),
+        ("accuracy", lambda: part_accuracy(args, device, lines)),
+    ):
         started = time.perf_counter()
         try:
             part()
@@ -156,13 +181,18 @@ def main(argv=None) -> int:
     lines.append(f"total {time.perf_counter() - t0:.0f} s")
     if args.write and not args.dry_run:
         data = "CIFAR-10" if "cifar10" in " ".join(lines) else "synthetic"
-        write(args.write, "gpu_check", title="One GPU check: CUDA tests, throughput, memory, accuracy",
-              numbers={"report": list(lines), "width": args.width, "epochs": args.epochs},
-              seeds=[0], views=f"{data} test split, the fast recipe's views; throughput on training images",
-              note="The report as printed, one line a row: CUDA-only tests, throughput against the plain loop "
-                   "and the bare steps, CUDA peak against the CPU account of training memory, VGG-19 base and "
-                   "uniform trained with the fast recipe.",
-              table={"columns": ["report"], "rows": [[line] for line in lines]})
+        write(
+            args.write,
+            "gpu_check",
+            title="One GPU check: CUDA tests, throughput, memory, accuracy",
+            numbers={"report": list(lines), "width": args.width, "epochs": args.epochs},
+            seeds=[0],
+            views=f"{data} test split, the fast recipe's views; throughput on training images",
+            note="The report as printed, one line a row: CUDA-only tests, throughput against the plain loop "
+            "and the bare steps, CUDA peak against the CPU account of training memory, VGG-19 base and "
+            "uniform trained with the fast recipe.",
+            table={"columns": ["report"], "rows": [[line] for line in lines]},
+        )
     return 0
 
 

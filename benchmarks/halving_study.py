@@ -19,9 +19,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from filter_templates.sweep.halving import Halving, rung_epochs
-from filter_templates.reduce import ReduceRequest, ReduceResult, reduce
 from results_file import add_write_argument, write
+
+from filter_templates.reduce import ReduceRequest, ReduceResult, reduce
+from filter_templates.sweep.halving import Halving, rung_epochs
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -36,18 +37,37 @@ def run_way(args, model: str, budget: str, seed: int, way: str) -> dict:
     """One reduce of the case, its numbers as the table shows them."""
     rate = WAYS[way]
     folder = Path(args.out) / f"{model}-{budget.replace('=', '')}-s{seed}" / way
-    r: ReduceResult = reduce(ReduceRequest(
-        model, budget, "cifar10", seeds=[seed], out=folder, report=False, export=False,
-        halving=None if rate is None else Halving(rate),
-        train={"epochs": args.epochs, "limit_train": args.limit_train, "limit_test": args.limit_test,
-               "data_dir": args.data}), progress=False)
+    r: ReduceResult = reduce(
+        ReduceRequest(
+            model,
+            budget,
+            "cifar10",
+            seeds=[seed],
+            out=folder,
+            report=False,
+            export=False,
+            halving=None if rate is None else Halving(rate),
+            train={
+                "epochs": args.epochs,
+                "limit_train": args.limit_train,
+                "limit_test": args.limit_test,
+                "data_dir": args.data,
+            },
+        ),
+        progress=False,
+    )
     w = r.winner
     planned = len([c for c in r.candidates if c.status in ("done", "stopped")]) * args.epochs
     trained = r.halving["epochs_trained"] if r.halving else planned
-    return {"way": way, "winner": None if w is None else w.template, "val_acc": None if w is None else w.val_acc,
-            "test_acc": None if w is None else w.final_acc, "epochs_trained": trained,
-            "epochs_plain": r.halving["epochs_plain"] if r.halving else planned,
-            "rungs": None if r.halving is None else r.halving["rungs"]}
+    return {
+        "way": way,
+        "winner": None if w is None else w.template,
+        "val_acc": None if w is None else w.val_acc,
+        "test_acc": None if w is None else w.final_acc,
+        "epochs_trained": trained,
+        "epochs_plain": r.halving["epochs_plain"] if r.halving else planned,
+        "rungs": None if r.halving is None else r.halving["rungs"],
+    }
 
 
 def summarise(cases: list[dict]) -> dict:
@@ -57,12 +77,18 @@ def summarise(cases: list[dict]) -> dict:
         done = [c for c in cases if way in c["ways"] and c["ways"][way]["test_acc"] is not None]
         if not done:
             continue
-        out[way] = {"cases": len(done),
-                    "mean_test_regret_points": round(statistics.fmean(c["ways"][way]["test_regret"] for c in done), 2),
-                    "mean_val_regret_points": round(statistics.fmean(c["ways"][way]["val_regret"] for c in done), 2),
-                    "same_winner": sum(c["ways"][way]["winner"] == c["ways"]["plain"]["winner"] for c in done),
-                    "mean_epochs_saved": round(statistics.fmean(
-                        1 - c["ways"][way]["epochs_trained"] / c["ways"]["plain"]["epochs_trained"] for c in done), 3)}
+        out[way] = {
+            "cases": len(done),
+            "mean_test_regret_points": round(statistics.fmean(c["ways"][way]["test_regret"] for c in done), 2),
+            "mean_val_regret_points": round(statistics.fmean(c["ways"][way]["val_regret"] for c in done), 2),
+            "same_winner": sum(c["ways"][way]["winner"] == c["ways"]["plain"]["winner"] for c in done),
+            "mean_epochs_saved": round(
+                statistics.fmean(
+                    1 - c["ways"][way]["epochs_trained"] / c["ways"]["plain"]["epochs_trained"] for c in done
+                ),
+                3,
+            ),
+        }
     return out
 
 
@@ -89,8 +115,13 @@ def main(argv=None) -> int:
                         a, b = plain[f"{k}_acc"], w[f"{k}_acc"]
                         w[f"{k}_regret"] = None if a is None or b is None else round(100 * (a - b), 2)
                 cases.append({"model": model, "budget": budget, "seed": seed, "ways": ways})
-                print(model, budget, seed, {k: (v["winner"], _pct(v["test_acc"]), v["epochs_trained"])
-                                            for k, v in ways.items()}, flush=True)
+                print(
+                    model,
+                    budget,
+                    seed,
+                    {k: (v["winner"], _pct(v["test_acc"]), v["epochs_trained"]) for k, v in ways.items()},
+                    flush=True,
+                )
                 if args.write:
                     _write(args, cases)
     print(summarise(cases))
@@ -98,26 +129,63 @@ def main(argv=None) -> int:
 
 
 def _write(args, cases: list[dict]) -> None:
-    rows = [[c["model"], c["budget"], c["seed"], way, w["winner"], _pct(w["val_acc"]), _pct(w["test_acc"]),
-             w["test_regret"], w["epochs_trained"]] for c in cases for way, w in c["ways"].items()]
+    rows = [
+        [
+            c["model"],
+            c["budget"],
+            c["seed"],
+            way,
+            w["winner"],
+            _pct(w["val_acc"]),
+            _pct(w["test_acc"]),
+            w["test_regret"],
+            w["epochs_trained"],
+        ]
+        for c in cases
+        for way, w in c["ways"].items()
+    ]
     s = summarise(cases)
-    words = "; ".join(f"R={w[-1]}: mean regret {v['mean_test_regret_points']:+.2f} test points "
-                      f"({v['mean_val_regret_points']:+.2f} val), same winner in {v['same_winner']} of {v['cases']}, "
-                      f"{100 * v['mean_epochs_saved']:.0f}% of the epochs saved" for w, v in s.items())
-    write(args.write, "halving_study",
-          title=f"Successive halving against plain reduce on CIFAR-10 ({len(cases)} cases, {args.epochs} epochs, "
-                f"{args.limit_train} training images)",
-          numbers={"epochs": args.epochs, "limit_train": args.limit_train, "limit_test": args.limit_test,
-                   "rungs": 3, "cases": cases, "summary": s},
-          seeds=args.seeds,
-          views=f"CIFAR-10: a seeded sample of {args.limit_train} training images, 10% of them held out for "
-                f"validation (what ranks); {args.limit_test} test images (final accuracy)",
-          note=f"{words}. Regret: the plain winner's accuracy less the halving winner's, in points (negative: "
-               "halving's winner tests better). Few epochs on a subset: the first rung ranks after "
-               f"{', '.join(f'{rung_epochs(args.epochs, r, 3)[0]} (R={r})' for r in (2, 3))} of {args.epochs} epochs, "
-               "where a candidate's rank is still far from its final one; these numbers hold at this scale only.",
-          table={"columns": ["model", "budget", "seed", "way", "winner", "val %", "test %", "test regret (points)",
-                             "epochs trained"], "rows": rows})
+    words = "; ".join(
+        f"R={w[-1]}: mean regret {v['mean_test_regret_points']:+.2f} test points "
+        f"({v['mean_val_regret_points']:+.2f} val), same winner in {v['same_winner']} of {v['cases']}, "
+        f"{100 * v['mean_epochs_saved']:.0f}% of the epochs saved"
+        for w, v in s.items()
+    )
+    write(
+        args.write,
+        "halving_study",
+        title=f"Successive halving against plain reduce on CIFAR-10 ({len(cases)} cases, {args.epochs} epochs, "
+        f"{args.limit_train} training images)",
+        numbers={
+            "epochs": args.epochs,
+            "limit_train": args.limit_train,
+            "limit_test": args.limit_test,
+            "rungs": 3,
+            "cases": cases,
+            "summary": s,
+        },
+        seeds=args.seeds,
+        views=f"CIFAR-10: a seeded sample of {args.limit_train} training images, 10% of them held out for "
+        f"validation (what ranks); {args.limit_test} test images (final accuracy)",
+        note=f"{words}. Regret: the plain winner's accuracy less the halving winner's, in points (negative: "
+        "halving's winner tests better). Few epochs on a subset: the first rung ranks after "
+        f"{', '.join(f'{rung_epochs(args.epochs, r, 3)[0]} (R={r})' for r in (2, 3))} of {args.epochs} epochs, "
+        "where a candidate's rank is still far from its final one; these numbers hold at this scale only.",
+        table={
+            "columns": [
+                "model",
+                "budget",
+                "seed",
+                "way",
+                "winner",
+                "val %",
+                "test %",
+                "test regret (points)",
+                "epochs trained",
+            ],
+            "rows": rows,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -19,14 +19,15 @@ import argparse
 import sys
 from pathlib import Path
 
+from results_file import add_write_argument, write
+
 from filter_templates.method.templates import BUILTIN_TEMPLATES
 from filter_templates.pruning.adapter import Baselines
 from filter_templates.reduce import Candidate, ReduceRequest, rank, reduce
 from filter_templates.report.budgets import collect_budgets
 from filter_templates.sweep.options import EngineOptions
-from filter_templates.training.config import PRUNE_METHODS
 from filter_templates.sweep.store import Store
-from results_file import add_write_argument, write
+from filter_templates.training.config import PRUNE_METHODS
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -40,8 +41,13 @@ def collect(folder: Path) -> tuple[list[Candidate], dict[str, list[dict]]]:
         return [], {}
     with Store(db) as store:
         cells = list(collect_budgets(store.budget_rows()).values())
-    runs = {c.template: sorted(({"seed": r["seed"], "val_acc": r.get("val_acc"), "final_acc": r.get("final_acc")}
-                                for r in c.done), key=lambda r: r["seed"]) for c in cells}
+    runs = {
+        c.template: sorted(
+            ({"seed": r["seed"], "val_acc": r.get("val_acc"), "final_acc": r.get("final_acc")} for r in c.done),
+            key=lambda r: r["seed"],
+        )
+        for c in cells
+    }
     ranked = rank([Candidate.from_cell(c, "val_acc") for c in cells], [*BUILTIN_TEMPLATES, *PRUNE_METHODS], "val_acc")
     return ranked, runs
 
@@ -51,9 +57,20 @@ def _pct(x):
 
 
 def rows(model: str, candidates: list[Candidate], runs: dict[str, list[dict]]) -> list[list]:
-    return [[model, c.template, c.kind, c.params, None if c.flops is None else round(c.flops / 1e6, 2),
-             _pct(c.val_acc), _pct(c.final_acc), " / ".join(f"{_pct(r['final_acc'])}" for r in runs.get(c.template, [])),
-             c.status] for c in candidates]
+    return [
+        [
+            model,
+            c.template,
+            c.kind,
+            c.params,
+            None if c.flops is None else round(c.flops / 1e6, 2),
+            _pct(c.val_acc),
+            _pct(c.final_acc),
+            " / ".join(f"{_pct(r['final_acc'])}" for r in runs.get(c.template, [])),
+            c.status,
+        ]
+        for c in candidates
+    ]
 
 
 def main(argv=None) -> int:
@@ -78,14 +95,32 @@ def main(argv=None) -> int:
         folder = Path(args.out) / model
         if not args.collect:
             base = Baselines(PRUNE_METHODS, args.prune_at, start.get(model, 1.0))
-            reduce(ReduceRequest(model, args.budget, "cifar10", seeds=args.seeds, out=folder, baselines=base,
-                                 report=False, export=False, engine=EngineOptions(retry_failed=args.retry_failed),
-                                 train={"epochs": args.epochs, "limit_train": args.limit_train,
-                                        "limit_test": args.limit_test, "data_dir": args.data}), progress=False)
+            reduce(
+                ReduceRequest(
+                    model,
+                    args.budget,
+                    "cifar10",
+                    seeds=args.seeds,
+                    out=folder,
+                    baselines=base,
+                    report=False,
+                    export=False,
+                    engine=EngineOptions(retry_failed=args.retry_failed),
+                    train={
+                        "epochs": args.epochs,
+                        "limit_train": args.limit_train,
+                        "limit_test": args.limit_test,
+                        "data_dir": args.data,
+                    },
+                ),
+                progress=False,
+            )
         found, runs = collect(folder)
         table += rows(model, found, runs)
-        numbers[model] = {"prune_from": start.get(model, 1.0),
-                          "candidates": [{**c.to_dict(), "runs": runs.get(c.template, [])} for c in found]}
+        numbers[model] = {
+            "prune_from": start.get(model, 1.0),
+            "candidates": [{**c.to_dict(), "runs": runs.get(c.template, [])} for c in found],
+        }
         print("\n".join(" ".join(str(x) for x in r) for r in rows(model, found, runs)), flush=True)
         if args.write:
             _write(args, table, numbers)
@@ -94,20 +129,40 @@ def main(argv=None) -> int:
 
 def _write(args, table: list[list], numbers: dict) -> None:
     pending = [r for r in table if r[-1] != "done"]
-    write(args.write, "pruning_study",
-          title=f"Templates against pruning at {args.budget} on CIFAR-10 ({args.epochs} epochs, "
-                f"{args.limit_train} training images, seeds {', '.join(map(str, args.seeds))})",
-          numbers={"budget": args.budget, "epochs": args.epochs, "prune_at": args.prune_at,
-                   "limit_train": args.limit_train, "limit_test": args.limit_test, "models": numbers},
-          seeds=args.seeds,
-          views=f"CIFAR-10: a seeded sample of {args.limit_train} training images, 10% of them held out for "
-                f"validation (what ranks); {args.limit_test} test images (final accuracy)",
-          note=f"{len(args.seeds)} seed(s), few epochs, a subset: differences of a few points are within what "
-               "another seed or a larger test sample would change; val % and test % are means over the seeds, "
-               "test by seed lists each." + (f" {len(pending)} candidates not finished." if pending else ""),
-          table={"columns": ["model", "candidate", "kind", "params", "MFLOPs", "val %", "test %", "test % by seed",
-                             "status"],
-                 "rows": table})
+    write(
+        args.write,
+        "pruning_study",
+        title=f"Templates against pruning at {args.budget} on CIFAR-10 ({args.epochs} epochs, "
+        f"{args.limit_train} training images, seeds {', '.join(map(str, args.seeds))})",
+        numbers={
+            "budget": args.budget,
+            "epochs": args.epochs,
+            "prune_at": args.prune_at,
+            "limit_train": args.limit_train,
+            "limit_test": args.limit_test,
+            "models": numbers,
+        },
+        seeds=args.seeds,
+        views=f"CIFAR-10: a seeded sample of {args.limit_train} training images, 10% of them held out for "
+        f"validation (what ranks); {args.limit_test} test images (final accuracy)",
+        note=f"{len(args.seeds)} seed(s), few epochs, a subset: differences of a few points are within what "
+        "another seed or a larger test sample would change; val % and test % are means over the seeds, "
+        "test by seed lists each." + (f" {len(pending)} candidates not finished." if pending else ""),
+        table={
+            "columns": [
+                "model",
+                "candidate",
+                "kind",
+                "params",
+                "MFLOPs",
+                "val %",
+                "test %",
+                "test % by seed",
+                "status",
+            ],
+            "rows": table,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -18,9 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from results_file import add_write_argument, write
+
 from filter_templates.sweep.grid import preset
 from filter_templates.sweep.store import Store
-from results_file import add_write_argument, write
 
 
 def program() -> list[str]:
@@ -53,13 +54,22 @@ def main(argv=None) -> int:
         print(" ".join(str(c) for c in row))
     print(f"sweep --preset quick: {wall:.0f} s, {len(done)} runs done, {failed} failed")
     if args.write:
-        write(args.write, "quick_grid", title="The quick grid (the README's first command)",
-              numbers={"sweep_wall_s": round(wall, 1), "runs_done": len(done), "runs_failed": failed,
-                       "final_acc": {f"{f} {t}": v for (f, t), v in acc.items()}},
-              seeds=list(spec.seeds), views="digits test split, 360 images, 1 view (digits are never flipped)",
-              note="Final top-1 test accuracy (%) after 6 epochs, width 0.05, floor 8; chance is 10%. "
-                   "The wall time is the sweep alone (two runs at once, one thread each), without the installs.",
-              table={"columns": ["family", *templates], "rows": rows})
+        write(
+            args.write,
+            "quick_grid",
+            title="The quick grid (the README's first command)",
+            numbers={
+                "sweep_wall_s": round(wall, 1),
+                "runs_done": len(done),
+                "runs_failed": failed,
+                "final_acc": {f"{f} {t}": v for (f, t), v in acc.items()},
+            },
+            seeds=list(spec.seeds),
+            views="digits test split, 360 images, 1 view (digits are never flipped)",
+            note="Final top-1 test accuracy (%) after 6 epochs, width 0.05, floor 8; chance is 10%. "
+            "The wall time is the sweep alone (two runs at once, one thread each), without the installs.",
+            table={"columns": ["family", *templates], "rows": rows},
+        )
     return 0
 
 

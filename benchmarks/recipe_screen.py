@@ -58,15 +58,32 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-           "OMP_NUM_THREADS": "1"}
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+        "OMP_NUM_THREADS": "1",
+    }
     procs = {}
     t0 = time.perf_counter()
     for text in args.variants:
         name, fields = parse_variant(text)
-        cmd = [sys.executable, str(REPO / "benchmarks" / "real_cifar10.py"), "--data", args.data, "--device",
-               args.device, "--epochs", str(args.epochs), "--width", str(args.width), "--out", str(out / name),
-               "--fresh", "--expect", "0"]
+        cmd = [
+            sys.executable,
+            str(REPO / "benchmarks" / "real_cifar10.py"),
+            "--data",
+            args.data,
+            "--device",
+            args.device,
+            "--epochs",
+            str(args.epochs),
+            "--width",
+            str(args.width),
+            "--out",
+            str(out / name),
+            "--fresh",
+            "--expect",
+            "0",
+        ]
         if args.limit_train:
             cmd += ["--limit-train", str(args.limit_train)]
         if "lr" in fields:
@@ -81,8 +98,10 @@ def main(argv=None) -> int:
             row = last_row(out / name)
             if row and row["epoch"] > shown[name]:
                 shown[name] = row["epoch"]
-                print(f"  {time.perf_counter() - t0:5.0f} s  {name} epoch {row['epoch']}: test {row['test_acc']:.2%}",
-                      flush=True)
+                print(
+                    f"  {time.perf_counter() - t0:5.0f} s  {name} epoch {row['epoch']}: test {row['test_acc']:.2%}",
+                    flush=True,
+                )
         if time.perf_counter() - t0 > args.deadline_s:
             for _, proc, _ in procs.values():
                 if proc.poll() is None:
@@ -106,22 +125,42 @@ def main(argv=None) -> int:
             print(f"| {text} | 0 | - | - | - |  exit {proc.returncode}: {tail}")
             table.append([text, 0, None, None, None, None])
             continue
-        print(f"| {text} | {row['epoch']} | {row['test_acc']:.2%} ({row['test_views']}) | {row['train_acc']:.2%} | "
-              f"{row['seconds']:.1f} |")
-        table.append([text, row["epoch"], round(100 * row["test_acc"], 2), row["test_views"],
-                      round(100 * row["train_acc"], 2), round(row["seconds"], 1)])
+        print(
+            f"| {text} | {row['epoch']} | {row['test_acc']:.2%} ({row['test_views']}) | {row['train_acc']:.2%} | "
+            f"{row['seconds']:.1f} |"
+        )
+        table.append(
+            [
+                text,
+                row["epoch"],
+                round(100 * row["test_acc"], 2),
+                row["test_views"],
+                round(100 * row["train_acc"], 2),
+                round(row["seconds"], 1),
+            ]
+        )
     if args.write:
         seeds = sorted({parse_variant(text)[1].get("seed", 0) for text in args.variants})
-        write(args.write, "recipe_screen", title=f"Recipe variants side by side: VGG-19 base w{args.width:g}, "
-                                                 f"{args.epochs} epochs on CIFAR-10",
-              numbers={"epochs": args.epochs, "width": args.width, "variants": args.variants,
-                       "limit_train": args.limit_train},
-              seeds=seeds, views="CIFAR-10 test split, 10,000 images; views per row",
-              note="Final test accuracy (%) of each variant, one seed each unless the variant sets it; a run "
-                   "stopped at the deadline shows its last epoch. The runs shared one device, so s/epoch is "
-                   "not a speed of the recipe.",
-              table={"columns": ["variant", "epochs done", "final test acc. %", "views", "train acc. %", "s/epoch"],
-                     "rows": table})
+        write(
+            args.write,
+            "recipe_screen",
+            title=f"Recipe variants side by side: VGG-19 base w{args.width:g}, {args.epochs} epochs on CIFAR-10",
+            numbers={
+                "epochs": args.epochs,
+                "width": args.width,
+                "variants": args.variants,
+                "limit_train": args.limit_train,
+            },
+            seeds=seeds,
+            views="CIFAR-10 test split, 10,000 images; views per row",
+            note="Final test accuracy (%) of each variant, one seed each unless the variant sets it; a run "
+            "stopped at the deadline shows its last epoch. The runs shared one device, so s/epoch is "
+            "not a speed of the recipe.",
+            table={
+                "columns": ["variant", "epochs done", "final test acc. %", "views", "train acc. %", "s/epoch"],
+                "rows": table,
+            },
+        )
     return 0
 
 

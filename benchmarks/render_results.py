@@ -76,8 +76,10 @@ def machine_words(data: dict[str, Any]) -> str:
     gpu = f"GPU {m['gpu']}" if m["gpu"] else "no GPU"
     load = m.get("load_average_1min")
     loaded = f", load average {load:g}" if load is not None else ""
-    return (f"{m['cpu']} ({m['cpus']} CPUs, AMX {'yes' if m['amx'] else 'no'}), {gpu}, {m['threads']} threads, "
-            f"torch {m['torch']}, Python {m['python']}{loaded}")
+    return (
+        f"{m['cpu']} ({m['cpus']} CPUs, AMX {'yes' if m['amx'] else 'no'}), {gpu}, {m['threads']} threads, "
+        f"torch {m['torch']}, Python {m['python']}{loaded}"
+    )
 
 
 def seeds_words(data: dict[str, Any]) -> str:
@@ -93,10 +95,12 @@ def section(data: dict[str, Any]) -> str:
         parts.append(data["note"] + "\n")
     if data.get("table"):
         parts.append(table(data))
-    parts.append(f"- Machine: {machine_words(data)}; written {data['date']}.\n"
-                 f"- Seeds: {seeds_words(data)}. Views: {data['views']}.\n"
-                 f"- Command: `{data['command']}`\n"
-                 f"- File: [`docs/results/{data['name']}.json`](results/{data['name']}.json)\n")
+    parts.append(
+        f"- Machine: {machine_words(data)}; written {data['date']}.\n"
+        f"- Seeds: {seeds_words(data)}. Views: {data['views']}.\n"
+        f"- Command: `{data['command']}`\n"
+        f"- File: [`docs/results/{data['name']}.json`](results/{data['name']}.json)\n"
+    )
     return "\n".join(parts)
 
 
@@ -109,9 +113,11 @@ def block(data: dict[str, Any], top_level: bool) -> str:
     base = "docs/" if top_level else ""
     m = data["machine"]
     where = f"{m['cpu']}, {'GPU ' + m['gpu'] if m['gpu'] else 'no GPU'}, torch {m['torch']}"
-    return (table(data) + f"\n{seeds_words(data).capitalize()}; {where}; {data['date'][:10]}. "
-            f"Source: [`docs/results/{data['name']}.json`]({base}results/{data['name']}.json), "
-            f"details on [measurements.md]({base}measurements.md).\n")
+    return (
+        table(data) + f"\n{seeds_words(data).capitalize()}; {where}; {data['date'][:10]}. "
+        f"Source: [`docs/results/{data['name']}.json`]({base}results/{data['name']}.json), "
+        f"details on [measurements.md]({base}measurements.md).\n"
+    )
 
 
 def render_page(text: str, where: str, by_name: dict[str, dict[str, Any]], top_level: bool) -> str:
@@ -141,8 +147,7 @@ def rendered(repo: Path = REPO) -> dict[Path, str]:
 
 def stale(repo: Path = REPO) -> list[Path]:
     """The pages of ``repo`` whose text differs from what its results files give."""
-    return [p for p, text in rendered(repo).items()
-            if not p.exists() or p.read_text(encoding="utf-8") != text]
+    return [p for p, text in rendered(repo).items() if not p.exists() or p.read_text(encoding="utf-8") != text]
 
 
 def main(argv=None) -> int:

@@ -44,8 +44,12 @@ MACHINE_KEYS = ("cpu", "amx", "gpu", "cpus", "threads", "torch", "python", "syst
 
 def add_write_argument(parser: argparse.ArgumentParser) -> None:
     """The one ``--write DIR`` flag every benchmark takes (the JSON lands in ``DIR/<name>.json``)."""
-    parser.add_argument("--write", metavar="DIR", default=None,
-                        help="also write the result as DIR/<name>.json (docs/results/ for the published figures)")
+    parser.add_argument(
+        "--write",
+        metavar="DIR",
+        default=None,
+        help="also write the result as DIR/<name>.json (docs/results/ for the published figures)",
+    )
 
 
 def _cpuinfo() -> tuple[str, set[str]]:
@@ -111,9 +115,17 @@ def _check_table(table: Optional[Mapping[str, Any]]) -> Optional[dict[str, Any]]
     return {"columns": columns, "rows": rows}
 
 
-def record(name: str, *, title: str, numbers: Mapping[str, Any], seeds: Iterable[int], views: str,
-           table: Optional[Mapping[str, Any]] = None, note: str = "",
-           command: Optional[str] = None) -> dict[str, Any]:
+def record(
+    name: str,
+    *,
+    title: str,
+    numbers: Mapping[str, Any],
+    seeds: Iterable[int],
+    views: str,
+    table: Optional[Mapping[str, Any]] = None,
+    note: str = "",
+    command: Optional[str] = None,
+) -> dict[str, Any]:
     """The results record (not yet written). ``numbers`` is everything measured, ``table`` the
     few columns a reader needs (rendered as-is), ``note`` one or two sentences on what the
     figure means; ``seeds`` and ``views`` say what each number stands on."""

@@ -42,9 +42,27 @@ def slurm_start(job_id: str) -> float | None:
 def sweep_command(work: Path, templates: list[str]) -> list[str]:
     exe = shutil.which("filter-templates")
     prog = [exe] if exe else [sys.executable, "-m", "filter_templates"]
-    return [*prog, "sweep", "--engine", "slurm", "--models", "mobilenet", "--templates", *templates, "--widths",
-            "0.05", "--datasets", "digits", "--epochs", "1", "--db", str(work / "S"), "--runs-dir", str(work / "R"),
-            "--json"]
+    return [
+        *prog,
+        "sweep",
+        "--engine",
+        "slurm",
+        "--models",
+        "mobilenet",
+        "--templates",
+        *templates,
+        "--widths",
+        "0.05",
+        "--datasets",
+        "digits",
+        "--epochs",
+        "1",
+        "--db",
+        str(work / "S"),
+        "--runs-dir",
+        str(work / "R"),
+        "--json",
+    ]
 
 
 def point_times(summary: dict) -> dict:
@@ -83,29 +101,42 @@ def main(argv=None) -> int:
             summaries.append({**json.loads(path.read_text()), "run_dir": str(path.parent)})
         rows = [point_times(s) for s in summaries]
     for r in rows:
-        print(f"{r['run']:<48} submission->start {r['submission_to_start_s']:6.2f} s "
-              f"(scheduler {r['scheduling_s']} s, python {r['python_start_s']} s), "
-              f"start->first epoch {r['start_to_first_epoch_s']:6.2f} s, first epoch {r['first_epoch_s']:.2f} s")
+        print(
+            f"{r['run']:<48} submission->start {r['submission_to_start_s']:6.2f} s "
+            f"(scheduler {r['scheduling_s']} s, python {r['python_start_s']} s), "
+            f"start->first epoch {r['start_to_first_epoch_s']:6.2f} s, first epoch {r['first_epoch_s']:.2f} s"
+        )
     numbers = {
-        "points": rows, "sweep_wall_s": round(wall, 2),
+        "points": rows,
+        "sweep_wall_s": round(wall, 2),
         "median_submission_to_start_s": round(statistics.median(r["submission_to_start_s"] for r in rows), 2),
         "median_start_to_first_epoch_s": round(statistics.median(r["start_to_first_epoch_s"] for r in rows), 2),
-        "sweep_command": " ".join(["filter-templates", *cmd[cmd.index("sweep"):]]),
+        "sweep_command": " ".join(["filter-templates", *cmd[cmd.index("sweep") :]]),
         "slurm": subprocess.run(["sinfo", "-V"], capture_output=True, text=True).stdout.strip(),
         "slurm_start_resolution_s": 1.0,  # squeue's start time is in whole seconds: the split is +-1 s
     }
     if args.write:
-        write(args.write, "slurm_overhead", title="Slurm engine: overhead per grid point", numbers=numbers, seeds=[0],
-              views="digits (sklearn's 8x8 digits), full training split, 1 epoch",
-              table={"columns": ["run", "submission -> start (s)", "start -> first epoch (s)", "first epoch (s)"],
-                     "rows": [[r["run"], r["submission_to_start_s"], r["start_to_first_epoch_s"], r["first_epoch_s"]]
-                              for r in rows]},
-              note="On a one-node Slurm (this machine, started by tests/slurm/up.sh), one CPU per job, both jobs "
-                   "at once. submission -> start: from "
-                   "sbatch to the job's Python entering the run (Slurm's scheduling, then the interpreter and torch "
-                   "starting); start -> first epoch: data, model and the execution choice (precision and memory "
-                   "format, measured) before the first epoch trains. The machine's load average is recorded: "
-                   "other jobs running beside it make every part slower.")
+        write(
+            args.write,
+            "slurm_overhead",
+            title="Slurm engine: overhead per grid point",
+            numbers=numbers,
+            seeds=[0],
+            views="digits (sklearn's 8x8 digits), full training split, 1 epoch",
+            table={
+                "columns": ["run", "submission -> start (s)", "start -> first epoch (s)", "first epoch (s)"],
+                "rows": [
+                    [r["run"], r["submission_to_start_s"], r["start_to_first_epoch_s"], r["first_epoch_s"]]
+                    for r in rows
+                ],
+            },
+            note="On a one-node Slurm (this machine, started by tests/slurm/up.sh), one CPU per job, both jobs "
+            "at once. submission -> start: from "
+            "sbatch to the job's Python entering the run (Slurm's scheduling, then the interpreter and torch "
+            "starting); start -> first epoch: data, model and the execution choice (precision and memory "
+            "format, measured) before the first epoch trains. The machine's load average is recorded: "
+            "other jobs running beside it make every part slower.",
+        )
     return 0
 
 

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
+from results_file import add_write_argument, command_line, write
 
 from filter_templates.core.validate import byte_size
 from filter_templates.data import load_dataset
@@ -40,7 +41,6 @@ from filter_templates.data.stream import padded_bytes
 from filter_templates.method.arch import make_arch
 from filter_templates.training.config import TrainConfig
 from filter_templates.training.loop import sgd_step, train
-from results_file import add_write_argument, command_line, write
 
 CLASSES = 10
 TEST_IMAGES = 500
@@ -106,15 +106,30 @@ def _arch(args: argparse.Namespace):
 
 def whole_epoch(args: argparse.Namespace, folder: Path) -> dict:
     """One epoch of every image with ``data_memory``: peak RssAnon and images/s."""
-    config = TrainConfig(arch=_arch(args), dataset="folder", data_dir=str(folder), image_size=args.size, epochs=1,
-                         batch_size=args.batch_size, data_memory=args.data_memory, precision="fp32",
-                         threads=args.threads, tta=False)
+    config = TrainConfig(
+        arch=_arch(args),
+        dataset="folder",
+        data_dir=str(folder),
+        image_size=args.size,
+        epochs=1,
+        batch_size=args.batch_size,
+        data_memory=args.data_memory,
+        precision="fp32",
+        threads=args.threads,
+        tta=False,
+    )
     before = rss_anon()
     with PeakSampler() as sampler:
         summary = train(config, args.workdir / "run")
     row = summary["metrics"][0]
-    return {"images": summary["data"]["train"], "rss_anon_before_bytes": before, "rss_anon_peak_bytes": sampler.peak,
-            "images_per_s": row["images_per_s"], "epoch_seconds": row["seconds"], "status": summary["status"]}
+    return {
+        "images": summary["data"]["train"],
+        "rss_anon_before_bytes": before,
+        "rss_anon_peak_bytes": sampler.peak,
+        "images_per_s": row["images_per_s"],
+        "epoch_seconds": row["seconds"],
+        "status": summary["status"],
+    }
 
 
 def _steps(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: Loader, steps: int) -> float:
@@ -131,7 +146,7 @@ def _steps(model: torch.nn.Module, opt: torch.optim.Optimizer, loader: Loader, s
 def compare(args: argparse.Namespace, folder: Path) -> dict:
     """Resident against streamed on the first ``--subset`` images, alternating."""
     ds = load_dataset("folder", data_dir=str(folder), image_size=args.size)
-    x, y = ds.train_x[:args.subset], ds.train_y[:args.subset]
+    x, y = ds.train_x[: args.subset], ds.train_y[: args.subset]
     torch.manual_seed(0)
     model = _arch(args).build().to(memory_format=torch.channels_last)
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
@@ -139,14 +154,26 @@ def compare(args: argparse.Namespace, folder: Path) -> dict:
     rates: dict[str, list[float]] = {"resident": [], "streamed": []}
     for _ in range(args.rounds):
         for path, memory in (("resident", None), ("streamed", args.data_memory)):
-            loader = Loader(x, y, args.batch_size, train=True, mean=ds.mean, std=ds.std,
-                            options=LoaderOptions(pad=args.size // 8, memory=memory))
+            loader = Loader(
+                x,
+                y,
+                args.batch_size,
+                train=True,
+                mean=ds.mean,
+                std=ds.std,
+                options=LoaderOptions(pad=args.size // 8, memory=memory),
+            )
             assert (loader.stream is not None) == (path == "streamed")
             rates[path].append(round(_steps(model, opt, loader, args.steps), 1))
             del loader
     med = {k: statistics.median(v) for k, v in rates.items()}
-    return {"images": int(args.subset), "padded_bytes": padded_bytes(x.shape, args.size // 8),
-            "images_per_s": rates, "median": med, "ratio": round(med["streamed"] / med["resident"], 3)}
+    return {
+        "images": int(args.subset),
+        "padded_bytes": padded_bytes(x.shape, args.size // 8),
+        "images_per_s": rates,
+        "median": med,
+        "ratio": round(med["streamed"] / med["resident"], 3),
+    }
 
 
 def main() -> None:
@@ -174,31 +201,49 @@ def main() -> None:
         generated = time.perf_counter() - t0
         t0 = time.perf_counter()
         ds = load_dataset("folder", data_dir=str(folder), image_size=args.size)  # decoded into the cache once
-        cached = {"bytes": int(ds.train_x.nbytes + ds.test_x.nbytes), "seconds": round(time.perf_counter() - t0, 1),
-                  "generate_seconds": round(generated, 1), "memory_mapped": isinstance(ds.train_x, np.memmap)}
+        cached = {
+            "bytes": int(ds.train_x.nbytes + ds.test_x.nbytes),
+            "seconds": round(time.perf_counter() - t0, 1),
+            "generate_seconds": round(generated, 1),
+            "memory_mapped": isinstance(ds.train_x, np.memmap),
+        }
         del ds
-        numbers = {"cache": cached, "data_memory_bytes": args.data_memory, "epoch": whole_epoch(args, folder),
-                   "subset": compare(args, folder)}
+        numbers = {
+            "cache": cached,
+            "data_memory_bytes": args.data_memory,
+            "epoch": whole_epoch(args, folder),
+            "subset": compare(args, folder),
+        }
     finally:
         if not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
     print(numbers)
     if args.write:
         e, s = numbers["epoch"], numbers["subset"]
-        write(args.write, "streaming", title="Streaming a training split larger than its memory budget",
-              numbers=numbers, seeds=[0], command=command_line(),
-              views=f"{args.images:,} generated {args.size} px JPEGs in {CLASSES} classes ({cached['bytes'] / 1e9:.2f} GB "
-                    f"cached), one epoch; comparison on the first {args.subset:,}, {args.rounds} alternating rounds "
-                    f"of {args.steps} steps",
-              table={"columns": ["measure", "value"],
-                     "rows": [["peak RssAnon, one epoch streamed (GB)", round(e["rss_anon_peak_bytes"] / 1e9, 3)],
-                              ["images/s, one epoch streamed", e["images_per_s"]],
-                              ["images/s resident, subset (median)", s["median"]["resident"]],
-                              ["images/s streamed, subset (median)", s["median"]["streamed"]],
-                              ["streamed / resident", s["ratio"]]]},
-              note=f"vgg19 uniform w{args.width:g} at {args.size} px, batch {args.batch_size}, fp32, "
-                   f"{args.threads} thread(s), data_memory {args.data_memory / 2**20:.0f} MiB, on a machine shared "
-                   "with other jobs (the comparison alternates so both paths see the same load).")
+        write(
+            args.write,
+            "streaming",
+            title="Streaming a training split larger than its memory budget",
+            numbers=numbers,
+            seeds=[0],
+            command=command_line(),
+            views=f"{args.images:,} generated {args.size} px JPEGs in {CLASSES} classes ({cached['bytes'] / 1e9:.2f} GB "
+            f"cached), one epoch; comparison on the first {args.subset:,}, {args.rounds} alternating rounds "
+            f"of {args.steps} steps",
+            table={
+                "columns": ["measure", "value"],
+                "rows": [
+                    ["peak RssAnon, one epoch streamed (GB)", round(e["rss_anon_peak_bytes"] / 1e9, 3)],
+                    ["images/s, one epoch streamed", e["images_per_s"]],
+                    ["images/s resident, subset (median)", s["median"]["resident"]],
+                    ["images/s streamed, subset (median)", s["median"]["streamed"]],
+                    ["streamed / resident", s["ratio"]],
+                ],
+            },
+            note=f"vgg19 uniform w{args.width:g} at {args.size} px, batch {args.batch_size}, fp32, "
+            f"{args.threads} thread(s), data_memory {args.data_memory / 2**20:.0f} MiB, on a machine shared "
+            "with other jobs (the comparison alternates so both paths see the same load).",
+        )
 
 
 if __name__ == "__main__":

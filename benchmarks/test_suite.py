@@ -32,8 +32,9 @@ def _counts(text: str) -> dict[str, int]:
     lines = [ln for ln in text.splitlines() if re.search(r"\d+ (passed|failed)", ln)]
     if not lines:
         return {}
-    return {kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|deselected|errors?|xfailed)",
-                                                 lines[-1])}
+    return {
+        kind: int(n) for n, kind in re.findall(r"(\d+) (passed|failed|skipped|deselected|errors?|xfailed)", lines[-1])
+    }
 
 
 def _coverage(text: str) -> dict[str, float] | None:
@@ -56,10 +57,16 @@ def measure(repo: Path, cov: bool, extra: list[str], log: Path | None = None) ->
         log.write_text(done.stdout + done.stderr)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"pytest_args": cmd[3:],
-            "returncode": done.returncode, "wall_s": round(wall, 1), "cpu_s": round(cpu, 1),
-            "load_average_1min_at_start": round(load, 2), "tests": _counts(done.stdout),
-            "coverage": _coverage(done.stdout), "tail": done.stdout.splitlines()[-3:]}
+    return {
+        "pytest_args": cmd[3:],
+        "returncode": done.returncode,
+        "wall_s": round(wall, 1),
+        "cpu_s": round(cpu, 1),
+        "load_average_1min_at_start": round(load, 2),
+        "tests": _counts(done.stdout),
+        "coverage": _coverage(done.stdout),
+        "tail": done.stdout.splitlines()[-3:],
+    }
 
 
 def main() -> int:
@@ -75,13 +82,27 @@ def main() -> int:
     print(numbers)
     if args.write:
         t = numbers["tests"]
-        write(args.write, args.name, title="The default test suite (python -m pytest)", numbers=numbers, seeds=[],
-              views="the default suite (pyproject.toml's addopts: slow tests left out, two workers)",
-              table={"columns": ["tests run", "wall s", "CPU s", "line coverage %"],
-                     "rows": [[sum(v for k, v in t.items() if k != "deselected"), numbers["wall_s"],
-                               numbers["cpu_s"], (numbers["coverage"] or {}).get("percent")]]},
-              note="wall seconds on a shared machine move with its load; CPU seconds count pytest and the "
-                   "processes it waited for (not Ray's or Slurm's daemons)")
+        write(
+            args.write,
+            args.name,
+            title="The default test suite (python -m pytest)",
+            numbers=numbers,
+            seeds=[],
+            views="the default suite (pyproject.toml's addopts: slow tests left out, two workers)",
+            table={
+                "columns": ["tests run", "wall s", "CPU s", "line coverage %"],
+                "rows": [
+                    [
+                        sum(v for k, v in t.items() if k != "deselected"),
+                        numbers["wall_s"],
+                        numbers["cpu_s"],
+                        (numbers["coverage"] or {}).get("percent"),
+                    ]
+                ],
+            },
+            note="wall seconds on a shared machine move with its load; CPU seconds count pytest and the "
+            "processes it waited for (not Ray's or Slurm's daemons)",
+        )
     return 0 if numbers["returncode"] in (0, 1) else numbers["returncode"]
 
 

@@ -51,16 +51,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from results_file import add_write_argument, write
 
-from filter_templates.training import autotune
-from filter_templates.training import profile as machine_profile
-from filter_templates.method.arch import make_arch
+from filter_templates.core.device import device_name, resolve_device
 from filter_templates.data import load_dataset
 from filter_templates.data.augment import Loader, LoaderOptions
-from filter_templates.core.device import device_name, resolve_device
+from filter_templates.method.arch import make_arch
+from filter_templates.training import autotune
+from filter_templates.training import profile as machine_profile
 from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE_AUTO, PROFILE_OFF, TrainConfig
 from filter_templates.training.loop import sgd_step, train
-from results_file import add_write_argument, write
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
@@ -83,7 +83,7 @@ class PlainCifar(torch.utils.data.Dataset):
         img = torch.from_numpy(np.array(self.x[i])).permute(2, 0, 1).float().div_(255)  # ToTensor
         img = torch.nn.functional.pad(img, (4, 4, 4, 4))  # RandomCrop(32, padding=4)
         top, left = np.random.randint(0, 9, size=2)
-        img = img[:, top:top + 32, left:left + 32]
+        img = img[:, top : top + 32, left : left + 32]
         if np.random.rand() < 0.5:  # RandomHorizontalFlip
             img = img.flip(2)
         img = (img - self.mean) / self.std  # Normalize
@@ -104,20 +104,31 @@ def sync(device) -> None:
         torch.cuda.synchronize()
 
 
-def run_ours(arch, ds, args, device, dataset, data_dir, profile: str = PROFILE_OFF,
-             summaries: list | None = None) -> tuple[float, float]:
+def run_ours(
+    arch, ds, args, device, dataset, data_dir, profile: str = PROFILE_OFF, summaries: list | None = None
+) -> tuple[float, float]:
     """(training images/s of train()'s second epoch, images/s of that whole epoch incl. eval + checkpoint).
     ``profile``: the machine profile train() reads (default none: the rule); ``summaries`` gets each run's."""
-    config = TrainConfig(arch=arch, dataset=dataset, data_dir=data_dir, epochs=2, batch_size=args.batch_size,
-                         device=str(device), limit_train=args.images, limit_test=max(1, args.images // 5),
-                         profile=profile)
+    config = TrainConfig(
+        arch=arch,
+        dataset=dataset,
+        data_dir=data_dir,
+        epochs=2,
+        batch_size=args.batch_size,
+        device=str(device),
+        limit_train=args.images,
+        limit_test=max(1, args.images // 5),
+        profile=profile,
+    )
     marks: list[float] = []
     rows: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
+
         def on_epoch(row):
             sync(device)
             marks.append(time.perf_counter())
             rows.append(row)
+
         summary = train(config, Path(tmp) / "run", on_epoch=on_epoch, progress=False)
     if summaries is not None:
         summaries.append(summary)
@@ -130,9 +141,14 @@ def run_plain(arch, ds, args, device) -> float:
     torch.manual_seed(0)
     model = arch.build().to(device).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4)
-    loader = torch.utils.data.DataLoader(PlainCifar(ds.train_x, ds.train_y, ds.mean, ds.std), batch_size=args.batch_size,
-                                         shuffle=True, num_workers=args.workers, drop_last=True,
-                                         pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        PlainCifar(ds.train_x, ds.train_y, ds.mean, ds.std),
+        batch_size=args.batch_size,
+        shuffle=True,
+        num_workers=args.workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+    )
     crit = torch.nn.CrossEntropyLoss()
     sync(device)
     t0 = time.perf_counter()
@@ -155,9 +171,15 @@ def run_bare(arch, ds, args, device, precision: str, memory_format: str) -> floa
     fmt = autotune.torch_memory_format(memory_format)
     model = arch.build().to(device=device, memory_format=fmt).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=5e-4, nesterov=True)
-    loader = Loader(ds.train_x[: args.batch_size], ds.train_y[: args.batch_size], args.batch_size, train=True,
-                    mean=ds.mean, std=ds.std,
-                    options=LoaderOptions(device=device, channels_last=memory_format == "channels_last"))
+    loader = Loader(
+        ds.train_x[: args.batch_size],
+        ds.train_y[: args.batch_size],
+        args.batch_size,
+        train=True,
+        mean=ds.mean,
+        std=ds.std,
+        options=LoaderOptions(device=device, channels_last=memory_format == "channels_last"),
+    )
     x, y = next(iter(loader))
     amp = precision == "bf16"
     for _ in range(args.warmup):
@@ -190,26 +212,47 @@ def rule_vs_measured(arch, ds, args, device) -> dict:
     torch.set_num_threads(threads)  # what a run gets, and what the results file records
     best = {k: max(v) for k, v in rounds.items()}
     fastest = max(best, key=best.get)
-    return {"rule": {"variant": rule_key, "reason": reason, "threads_source": threads_source,
-                     "images_per_s": round(best[rule_key], 1)},
-            "measured_fastest": {"variant": fastest, "images_per_s": round(best[fastest], 1)},
-            "rule_over_fastest": round(best[rule_key] / best[fastest], 3),
-            "images_per_s": {k: round(v, 1) for k, v in best.items()},
-            "all_rounds": {k: [round(x, 1) for x in v] for k, v in rounds.items()}}
+    return {
+        "rule": {
+            "variant": rule_key,
+            "reason": reason,
+            "threads_source": threads_source,
+            "images_per_s": round(best[rule_key], 1),
+        },
+        "measured_fastest": {"variant": fastest, "images_per_s": round(best[fastest], 1)},
+        "rule_over_fastest": round(best[rule_key] / best[fastest], 3),
+        "images_per_s": {k: round(v, 1) for k, v in best.items()},
+        "all_rounds": {k: [round(x, 1) for x in v] for k, v in rounds.items()},
+    }
 
 
 def main_rule(args, arch, ds, source, device) -> int:
     """``--mode rule``: print (and with ``--write``, keep) :func:`rule_vs_measured`."""
-    report = {"model": f"{args.model} {args.template} w={args.width:g}", "filters": list(arch.filters),
-              "data": source, "device": str(device), "device_name": device_name(device),
-              "usable_cores": autotune.usable_cores(), "batch_size": args.batch_size, "warmup": args.warmup,
-              "bare_steps": args.bare_steps, "rounds": args.rounds, **rule_vs_measured(arch, ds, args, device)}
+    report = {
+        "model": f"{args.model} {args.template} w={args.width:g}",
+        "filters": list(arch.filters),
+        "data": source,
+        "device": str(device),
+        "device_name": device_name(device),
+        "usable_cores": autotune.usable_cores(),
+        "batch_size": args.batch_size,
+        "warmup": args.warmup,
+        "bare_steps": args.bare_steps,
+        "rounds": args.rounds,
+        **rule_vs_measured(arch, ds, args, device),
+    }
     if args.write:
         rows = [[k, v, "rule" if k == report["rule"]["variant"] else ""] for k, v in report["images_per_s"].items()]
-        write(args.write, "execution_rule", title="Execution rule against the fastest measured variant",
-              numbers=report, seeds=[0], views=f"{source}; one fixed batch of {args.batch_size}, bare training steps",
-              table={"columns": ["precision/layout/threads", "img/s (best round)", ""], "rows": rows},
-              note="Bare SGD steps of each variant, alternating; the rule's pick never depends on a timing.")
+        write(
+            args.write,
+            "execution_rule",
+            title="Execution rule against the fastest measured variant",
+            numbers=report,
+            seeds=[0],
+            views=f"{source}; one fixed batch of {args.batch_size}, bare training steps",
+            table={"columns": ["precision/layout/threads", "img/s (best round)", ""], "rows": rows},
+            note="Bare SGD steps of each variant, alternating; the rule's pick never depends on a timing.",
+        )
     if args.json:
         print(json.dumps(report))
         return 0
@@ -217,8 +260,10 @@ def main_rule(args, arch, ds, source, device) -> int:
     print(f"{report['model']} on {device_name(device)}, batch {args.batch_size}, {args.rounds} rounds (best)")
     for k, v in report["images_per_s"].items():
         print(f"  {k:<26} {v:8.1f} img/s" + ("   <- rule" if k == r["variant"] else ""))
-    print(f"rule {r['variant']} ({r['reason']}): {r['images_per_s']:.1f} img/s; fastest measured {f['variant']}: "
-          f"{f['images_per_s']:.1f} img/s; rule/fastest = {report['rule_over_fastest']:.3f}")
+    print(
+        f"rule {r['variant']} ({r['reason']}): {r['images_per_s']:.1f} img/s; fastest measured {f['variant']}: "
+        f"{f['images_per_s']:.1f} img/s; rule/fastest = {report['rule_over_fastest']:.3f}"
+    )
     return 0
 
 
@@ -226,76 +271,134 @@ def main_profile(args, arch, ds, dataset, data_dir, source, device) -> int:
     """``--mode profile``: the profile's execution against the rule's and the plain loop, whole epochs."""
     found = machine_profile.find(device, args.profile or PROFILE_AUTO)
     if found is None:
-        sys.exit(f"throughput.py: no profile for this machine at {args.profile or machine_profile.default_path()}; "
-                 "run `filter-templates tune` first")
+        sys.exit(
+            f"throughput.py: no profile for this machine at {args.profile or machine_profile.default_path()}; "
+            "run `filter-templates tune` first"
+        )
     threads = args.threads or autotune.threads_for(device)[0]
     summaries: dict[str, list] = {"profile": [], "rule": []}
-    variants = {"profile": lambda: run_ours(arch, ds, args, device, dataset, data_dir, found[1], summaries["profile"]),
-                "rule": lambda: run_ours(arch, ds, args, device, dataset, data_dir, summaries=summaries["rule"]),
-                "plain": lambda: (run_plain(arch, ds, args, device),) * 2}
+    variants = {
+        "profile": lambda: run_ours(arch, ds, args, device, dataset, data_dir, found[1], summaries["profile"]),
+        "rule": lambda: run_ours(arch, ds, args, device, dataset, data_dir, summaries=summaries["rule"]),
+        "plain": lambda: (run_plain(arch, ds, args, device),) * 2,
+    }
     results: dict[str, list[tuple[float, float]]] = {k: [] for k in variants}
     for r in range(args.rounds):
         for name in variants if r % 2 == 0 else list(variants)[::-1]:
             torch.set_num_threads(threads)  # the rule's count; a profile sets its own inside train()
             results[name].append(variants[name]())
-            print(f"  round {r + 1} {name:<8} pass {results[name][-1][0]:8.1f}  whole epoch {results[name][-1][1]:8.1f} "
-                  "img/s", file=sys.stderr, flush=True)
+            print(
+                f"  round {r + 1} {name:<8} pass {results[name][-1][0]:8.1f}  whole epoch {results[name][-1][1]:8.1f} "
+                "img/s",
+                file=sys.stderr,
+                flush=True,
+            )
     torch.set_num_threads(threads)
     best = {k: (max(v[0] for v in vs), max(v[1] for v in vs)) for k, vs in results.items()}
-    used = {k: {f: summaries[k][0][f] for f in ("precision", "memory_format", "threads")}
-            | {"compile": summaries[k][0]["execution"]["compile"], "source": summaries[k][0]["execution"]["source"]}
-            for k in summaries}
-    report = {"model": f"{args.model} {args.template} w={args.width:g}", "filters": list(arch.filters), "data": source,
-              "device": str(device), "device_name": device_name(device), "batch_size": args.batch_size,
-              "images": len(ds.train_y), "rounds": args.rounds, "profile": found[1], "execution": used,
-              "plain": f"{args.workers} DataLoader workers, fp32, NCHW, {threads} threads",
-              "train_pass_images_per_s": {k: round(v[0], 1) for k, v in best.items()},
-              "whole_epoch_images_per_s": {k: round(v[1], 1) for k, v in best.items()},
-              "all_rounds": {k: [[round(a, 1), round(b, 1)] for a, b in vs] for k, vs in results.items()},
-              "profile_over_plain": round(best["profile"][1] / best["plain"][1], 3),
-              "rule_over_plain": round(best["rule"][1] / best["plain"][1], 3),
-              "profile_over_rule": round(best["profile"][1] / best["rule"][1], 3)}
+    used = {
+        k: {f: summaries[k][0][f] for f in ("precision", "memory_format", "threads")}
+        | {"compile": summaries[k][0]["execution"]["compile"], "source": summaries[k][0]["execution"]["source"]}
+        for k in summaries
+    }
+    report = {
+        "model": f"{args.model} {args.template} w={args.width:g}",
+        "filters": list(arch.filters),
+        "data": source,
+        "device": str(device),
+        "device_name": device_name(device),
+        "batch_size": args.batch_size,
+        "images": len(ds.train_y),
+        "rounds": args.rounds,
+        "profile": found[1],
+        "execution": used,
+        "plain": f"{args.workers} DataLoader workers, fp32, NCHW, {threads} threads",
+        "train_pass_images_per_s": {k: round(v[0], 1) for k, v in best.items()},
+        "whole_epoch_images_per_s": {k: round(v[1], 1) for k, v in best.items()},
+        "all_rounds": {k: [[round(a, 1), round(b, 1)] for a, b in vs] for k, vs in results.items()},
+        "profile_over_plain": round(best["profile"][1] / best["plain"][1], 3),
+        "rule_over_plain": round(best["rule"][1] / best["plain"][1], 3),
+        "profile_over_rule": round(best["profile"][1] / best["rule"][1], 3),
+    }
     if args.write:
+
         def words(k):
             u = used[k]
-            return f"{u['precision']}, {u['memory_format']}, {u['threads']} threads" + (", compiled" if u["compile"] else "")
-        rows = [["train(), profile", words("profile"), best["profile"][0], best["profile"][1], report["profile_over_plain"]],
-                ["train(), rule", words("rule"), best["rule"][0], best["rule"][1], report["rule_over_plain"]],
-                ["plain DataLoader loop", report["plain"], best["plain"][0], best["plain"][1], 1.0]]
-        write(args.write, "execution_profile", title="Profiled execution against the rule's and the plain loop",
-              numbers=report, seeds=[0], views=f"{source}; {args.rounds} alternating rounds, best round each",
-              table={"columns": ["variant", "execution", "training pass img/s", "whole epoch img/s", "x plain"],
-                     "rows": rows},
-              note="Whole-epoch images/s: train()'s second epoch with its evaluation and checkpoint; the plain "
-                   "loop's one pass. The profile was written by `filter-templates tune` on this machine.")
-    print(json.dumps(report) if args.json else
-          f"{report['model']} on {source}, {device_name(device)}: whole-epoch img/s "
-          + ", ".join(f"{k} {v[1]:.0f}" for k, v in best.items())
-          + f"; profile/plain {report['profile_over_plain']:.2f}, rule/plain {report['rule_over_plain']:.2f}, "
-            f"profile/rule {report['profile_over_rule']:.2f}")
+            return f"{u['precision']}, {u['memory_format']}, {u['threads']} threads" + (
+                ", compiled" if u["compile"] else ""
+            )
+
+        rows = [
+            [
+                "train(), profile",
+                words("profile"),
+                best["profile"][0],
+                best["profile"][1],
+                report["profile_over_plain"],
+            ],
+            ["train(), rule", words("rule"), best["rule"][0], best["rule"][1], report["rule_over_plain"]],
+            ["plain DataLoader loop", report["plain"], best["plain"][0], best["plain"][1], 1.0],
+        ]
+        write(
+            args.write,
+            "execution_profile",
+            title="Profiled execution against the rule's and the plain loop",
+            numbers=report,
+            seeds=[0],
+            views=f"{source}; {args.rounds} alternating rounds, best round each",
+            table={
+                "columns": ["variant", "execution", "training pass img/s", "whole epoch img/s", "x plain"],
+                "rows": rows,
+            },
+            note="Whole-epoch images/s: train()'s second epoch with its evaluation and checkpoint; the plain "
+            "loop's one pass. The profile was written by `filter-templates tune` on this machine.",
+        )
+    print(
+        json.dumps(report)
+        if args.json
+        else f"{report['model']} on {source}, {device_name(device)}: whole-epoch img/s "
+        + ", ".join(f"{k} {v[1]:.0f}" for k, v in best.items())
+        + f"; profile/plain {report['profile_over_plain']:.2f}, rule/plain {report['rule_over_plain']:.2f}, "
+        f"profile/rule {report['profile_over_rule']:.2f}"
+    )
     return 0
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--mode", choices=["all", "rule", "profile"], default="all",
-                   help="all: ours vs plain vs bare; rule: the execution rule vs the fastest measured variant; "
-                        "profile: train() with the machine profile vs with the rule vs the plain loop, whole epochs")
-    p.add_argument("--profile", default=None, metavar="FILE",
-                   help="--mode profile: the machine profile (default: the user's, as train() reads it)")
+    p.add_argument(
+        "--mode",
+        choices=["all", "rule", "profile"],
+        default="all",
+        help="all: ours vs plain vs bare; rule: the execution rule vs the fastest measured variant; "
+        "profile: train() with the machine profile vs with the rule vs the plain loop, whole epochs",
+    )
+    p.add_argument(
+        "--profile",
+        default=None,
+        metavar="FILE",
+        help="--mode profile: the machine profile (default: the user's, as train() reads it)",
+    )
     p.add_argument("--model", default="vgg19")
     p.add_argument("--template", default="base")
     p.add_argument("--width", type=float, default=0.25)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--images", type=int, default=10_000, help="training images per epoch of every variant "
-                                                                "(50000: full CIFAR-10 epochs)")
+    p.add_argument(
+        "--images",
+        type=int,
+        default=10_000,
+        help="training images per epoch of every variant (50000: full CIFAR-10 epochs)",
+    )
     p.add_argument("--bare-steps", type=int, default=50, help="timed steps of each bare variant and round")
     p.add_argument("--warmup", type=int, default=5, help="untimed steps before each bare variant")
     p.add_argument("--rounds", type=int, default=2, help="interleaved repetitions; the best round counts")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers of the plain loop")
     p.add_argument("--device", default="auto")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch threads of every variant (default: the CLI's rule, autotune.threads_for)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads of every variant (default: the CLI's rule, autotune.threads_for)",
+    )
     p.add_argument("--synthetic", action="store_true", help="synthetic data even when the shared CIFAR-10 exists")
     p.add_argument("--json", action="store_true")
     add_write_argument(p)
@@ -322,7 +425,10 @@ def main(argv=None) -> int:
         torch.set_num_threads(threads)
     choice = autotune.choose(device)  # what train() will use
 
-    variants = {"ours": lambda: run_ours(arch, ds, args, device, dataset, data_dir), "plain": lambda: run_plain(arch, ds, args, device)}
+    variants = {
+        "ours": lambda: run_ours(arch, ds, args, device, dataset, data_dir),
+        "plain": lambda: run_plain(arch, ds, args, device),
+    }
     for prec, fmt in BARE:
         if prec == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
             continue
@@ -342,12 +448,24 @@ def main(argv=None) -> int:
     bare = {k: v for k, v in best.items() if k.startswith("bare")}
     best_bare = max(bare, key=bare.get)
     report = {
-        "model": f"{args.model} {args.template} w={args.width:g}", "filters": list(arch.filters), "data": source,
-        "data_load_s": round(load_s, 2), "device": str(device), "device_name": device_name(device),
-        "cpus": os.cpu_count(), "threads": torch.get_num_threads(), "threads_source": threads_source,
-        "torch": torch.__version__, "python": platform.python_version(),
-        "ours_precision": choice.precision, "ours_memory_format": choice.memory_format, "choice_source": choice.source,
-        "batch_size": args.batch_size, "images": len(ds.train_y), "bare_steps": args.bare_steps, "rounds": args.rounds,
+        "model": f"{args.model} {args.template} w={args.width:g}",
+        "filters": list(arch.filters),
+        "data": source,
+        "data_load_s": round(load_s, 2),
+        "device": str(device),
+        "device_name": device_name(device),
+        "cpus": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "threads_source": threads_source,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "ours_precision": choice.precision,
+        "ours_memory_format": choice.memory_format,
+        "choice_source": choice.source,
+        "batch_size": args.batch_size,
+        "images": len(ds.train_y),
+        "bare_steps": args.bare_steps,
+        "rounds": args.rounds,
         "images_per_s": {k: round(v, 1) for k, v in best.items()},
         "all_rounds": {k: [round(x, 1) for x in v] for k, v in results.items()},
         "best_bare": best_bare,
@@ -358,17 +476,23 @@ def main(argv=None) -> int:
     if args.json:
         print(json.dumps(report))
         return 0
-    print(f"{report['model']} on {source}; {report['device_name']} ({device}), {report['threads']} threads "
-          f"({threads_source}), torch {torch.__version__}, batch {args.batch_size}, {args.rounds} rounds (best round)")
-    print(f"ours: train(), training pass   {best['ours']:8.0f} img/s  ({choice.precision}, {choice.memory_format}, "
-          f"{choice.source})")
+    print(
+        f"{report['model']} on {source}; {report['device_name']} ({device}), {report['threads']} threads "
+        f"({threads_source}), torch {torch.__version__}, batch {args.batch_size}, {args.rounds} rounds (best round)"
+    )
+    print(
+        f"ours: train(), training pass   {best['ours']:8.0f} img/s  ({choice.precision}, {choice.memory_format}, "
+        f"{choice.source})"
+    )
     print(f"ours: whole epoch (+eval, ckpt) {best['ours_epoch']:8.0f} img/s")
     print(f"plain Dataset+DataLoader       {best['plain']:8.0f} img/s  ({args.workers} workers, fp32, NCHW)")
     for k in bare:
         print(f"{k:<30} {best[k]:8.0f} img/s")
-    print(f"ours/plain = {report['ours_over_plain']:.2f} (goal >= 1.2)   ours/best-bare = "
-          f"{report['ours_over_best_bare']:.3f} (goal >= 0.95; best bare: {best_bare[5:]})   "
-          f"whole epoch/plain = {report['ours_epoch_over_plain']:.2f}")
+    print(
+        f"ours/plain = {report['ours_over_plain']:.2f} (goal >= 1.2)   ours/best-bare = "
+        f"{report['ours_over_best_bare']:.3f} (goal >= 0.95; best bare: {best_bare[5:]})   "
+        f"whole epoch/plain = {report['ours_epoch_over_plain']:.2f}"
+    )
     return 0
 
 

@@ -10,16 +10,16 @@ import contextlib
 import io
 import logging
 import warnings
-from typing import IO, Any
 from pathlib import Path
+from typing import IO, Any
 
 import torch
 import torch.nn as nn
 
-from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core import rundir
-from filter_templates.method.arch import Arch
 from filter_templates.core.errors import UsageError
+from filter_templates.core.images import IMAGE_SIZE
+from filter_templates.method.arch import Arch
 from filter_templates.pruning.adapter import apply_structure
 from filter_templates.pruning.run import run_structure
 
@@ -50,8 +50,10 @@ def _run_arch(run: Path) -> Arch:
         state = rundir.load_checkpoint(run / rundir.CHECKPOINT)
         if isinstance(state, dict) and "arch" in state:
             return Arch.from_dict(state["arch"])
-    raise UsageError(f"{run}: no architecture record ({rundir.CONFIG} or {rundir.CHECKPOINT} with 'arch'); "
-                     f"is this a run directory written by `filter-templates train`?")
+    raise UsageError(
+        f"{run}: no architecture record ({rundir.CONFIG} or {rundir.CHECKPOINT} with 'arch'); "
+        f"is this a run directory written by `filter-templates train`?"
+    )
 
 
 def load_run_model(run_dir: str | Path) -> tuple[nn.Module, Arch]:
@@ -99,8 +101,9 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
     if path.exists() and path.resolve().parent == Path(run_dir).resolve() and path.name in rundir.RUN_FILES:
         raise UsageError(f"--out {path} would overwrite the run's own {path.name}; choose another file")
     if path.exists() and not path.name.endswith(_SUFFIX[fmt]):  # only an earlier export is replaced
-        raise UsageError(f"--out {path} exists and is not a {_SUFFIX[fmt]} file; choose another file "
-                         f"(nothing was overwritten)")
+        raise UsageError(
+            f"--out {path} exists and is not a {_SUFFIX[fmt]} file; choose another file (nothing was overwritten)"
+        )
     example = torch.zeros(2, 3, arch.image_size, arch.image_size)
     save = _torchscript if fmt == "torchscript" else _onnx
     with rundir.writing("--out", path):
@@ -134,8 +137,9 @@ def onnx_available() -> bool:
 def _onnx(model: nn.Module, example: torch.Tensor, f: IO[bytes]) -> None:
     onnx = _import_onnx()
     if onnx is None:
-        raise UsageError("ONNX export needs the onnx extra: pip install 'filter-templates[onnx]' "
-                         "(onnx, onnxscript, onnxruntime)")
+        raise UsageError(
+            "ONNX export needs the onnx extra: pip install 'filter-templates[onnx]' (onnx, onnxscript, onnxruntime)"
+        )
 
     batch = torch.export.Dim("batch", min=1)
     # The dynamo exporter (the only one torch >= 2.9 keeps) chats on stdout and logs missing torchvision
@@ -146,8 +150,15 @@ def _onnx(model: nn.Module, example: torch.Tensor, f: IO[bytes]) -> None:
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            program = torch.onnx.export(model, (example,), dynamo=True, input_names=["input"],
-                                        output_names=["logits"], dynamic_shapes=({0: batch},), verbose=False)
+            program = torch.onnx.export(
+                model,
+                (example,),
+                dynamo=True,
+                input_names=["input"],
+                output_names=["logits"],
+                dynamic_shapes=({0: batch},),
+                verbose=False,
+            )
     finally:
         log.setLevel(level)
     assert program is not None  # torch.onnx.export returns None only for the legacy (dynamo=False) exporter

@@ -30,29 +30,39 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence, Union
 
-from filter_templates.pruning import adapter as prune
 from filter_templates.core import rundir
-from filter_templates.data import load_data_for, split
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
-from filter_templates.sweep.halving import Driver, Halving, Rung, check_store, run_rungs
-from filter_templates.export import default_export_path, export_run, onnx_available
-from filter_templates.method.fit import Budget, parse_budget
 from filter_templates.core.messages import note
 from filter_templates.core.status import DONE, STOPPED
-from filter_templates.training.config import PRUNE_METHODS, PRUNING, RECIPE_FIELDS, TEMPLATE
+from filter_templates.data import load_data_for, split
+from filter_templates.export import default_export_path, export_run, onnx_available
+from filter_templates.method.fit import Budget, parse_budget
+from filter_templates.method.templates import BUILTIN_TEMPLATES
+from filter_templates.pruning import adapter as prune
 from filter_templates.report import make_report
 from filter_templates.report.budgets import BudgetCell, collect_budgets
 from filter_templates.report.settings import views_of
 from filter_templates.sweep.engines import EngineOptions, run_grid
-from filter_templates.method.templates import BUILTIN_TEMPLATES
 from filter_templates.sweep.grid import Grid, SweepSpec, plan_grid
+from filter_templates.sweep.halving import Driver, Halving, Rung, check_store, run_rungs
 from filter_templates.sweep.plan import SweepResult
 from filter_templates.sweep.store import DEFAULT_FILE, Store
 from filter_templates.training import profile as machine_profile
+from filter_templates.training.config import PRUNE_METHODS, PRUNING, RECIPE_FIELDS, TEMPLATE
 from filter_templates.training.loop import check_val_split
 
-__all__ = ["reduce", "ReduceRequest", "rank", "Candidate", "ReduceResult", "DB_FILE", "RUNS_DIR", "REPORT_DIR", "SELECTIONS"]
+__all__ = [
+    "reduce",
+    "ReduceRequest",
+    "rank",
+    "Candidate",
+    "ReduceResult",
+    "DB_FILE",
+    "RUNS_DIR",
+    "REPORT_DIR",
+    "SELECTIONS",
+]
 
 DB_FILE = DEFAULT_FILE
 RUNS_DIR = "runs"
@@ -93,20 +103,43 @@ class Candidate:
             v = cell.resource(name)
             return None if v is None else int(v)
 
-        return cls(template=cell.method, width=cell.width, filters=cell.filters, params=integer("params"),
-                   flops=integer("flops"), train_memory_bytes=integer("train_memory_bytes"),
-                   final_acc=cell.acc("final"), best_acc=cell.acc("best"), status=cell.status,
-                   reason=None if cell.status == DONE else cell.reason, seeds_done=len(runs),
-                   run_dir=runs[0]["run_dir"] if runs else None, val_acc=cell.acc("val"),
-                   kind=PRUNING if cell.method in PRUNE_METHODS else TEMPLATE,
-                   pruned=_pruned(runs[0]["run_dir"]) if runs and cell.method in PRUNE_METHODS else None)
+        return cls(
+            template=cell.method,
+            width=cell.width,
+            filters=cell.filters,
+            params=integer("params"),
+            flops=integer("flops"),
+            train_memory_bytes=integer("train_memory_bytes"),
+            final_acc=cell.acc("final"),
+            best_acc=cell.acc("best"),
+            status=cell.status,
+            reason=None if cell.status == DONE else cell.reason,
+            seeds_done=len(runs),
+            run_dir=runs[0]["run_dir"] if runs else None,
+            val_acc=cell.acc("val"),
+            kind=PRUNING if cell.method in PRUNE_METHODS else TEMPLATE,
+            pruned=_pruned(runs[0]["run_dir"]) if runs and cell.method in PRUNE_METHODS else None,
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "template": self.template, "width": self.width, "filters": self.filters, "params": self.params,
-                "flops": self.flops, "train_memory_bytes": self.train_memory_bytes, "val_acc": self.val_acc,
-                "final_acc": self.final_acc, "best_acc": self.best_acc, "seeds_done": self.seeds_done,
-                "status": self.status, "reason": self.reason, "run_dir": self.run_dir, "stopped_at": self.stopped_at,
-                **({"pruned": self.pruned} if self.kind == "pruning" else {})}
+        return {
+            "kind": self.kind,
+            "template": self.template,
+            "width": self.width,
+            "filters": self.filters,
+            "params": self.params,
+            "flops": self.flops,
+            "train_memory_bytes": self.train_memory_bytes,
+            "val_acc": self.val_acc,
+            "final_acc": self.final_acc,
+            "best_acc": self.best_acc,
+            "seeds_done": self.seeds_done,
+            "status": self.status,
+            "reason": self.reason,
+            "run_dir": self.run_dir,
+            "stopped_at": self.stopped_at,
+            **({"pruned": self.pruned} if self.kind == "pruning" else {}),
+        }
 
 
 def _pruned(run_dir: str | None) -> dict[str, Any] | None:
@@ -168,14 +201,29 @@ class ReduceResult:
     def to_dict(self) -> dict[str, Any]:
         w = self.winner
         return {
-            "selection": self.selection, "model": self.model, "budget": self.budget.to_dict(),
-            "dataset": self.dataset, "val_split": self.val_split, "val_images": self.val_images,
-            "recipe": self.recipe, "test_views": self.test_views,
+            "selection": self.selection,
+            "model": self.model,
+            "budget": self.budget.to_dict(),
+            "dataset": self.dataset,
+            "val_split": self.val_split,
+            "val_images": self.val_images,
+            "recipe": self.recipe,
+            "test_views": self.test_views,
             "candidates": [c.to_dict() for c in self.candidates],
-            "winner": None if w is None else {"template": w.template, "width": w.width, "run_dir": w.run_dir,
-                                              "val_acc": w.val_acc, "final_acc": w.final_acc,
-                                              "exported": self.exported},
-            "epochs": self.epochs, "seeds": self.seeds, "db": str(self.out / DB_FILE), "report": self.report,
+            "winner": None
+            if w is None
+            else {
+                "template": w.template,
+                "width": w.width,
+                "run_dir": w.run_dir,
+                "val_acc": w.val_acc,
+                "final_acc": w.final_acc,
+                "exported": self.exported,
+            },
+            "epochs": self.epochs,
+            "seeds": self.seeds,
+            "db": str(self.out / DB_FILE),
+            "report": self.report,
             "halving": self.halving,
             "wall_s": round(self.wall_s, 3),
         }
@@ -254,10 +302,20 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
     names = list(dict.fromkeys(["base", *(r.templates or BUILTIN_TEMPLATES)]))
     base = r.baselines or prune.Baselines()
     out = _check_out(Path(r.out))  # before the data are read for the default validation split
-    spec = SweepSpec(models=[model], templates=names, widths=[], datasets=[dataset], seeds=list(r.seeds),
-                     budgets=[f"{budget.key}={budget.value!r}"], divisor=r.divisor, floor=r.floor,
-                     baselines=list(base.names), prune_at=base.at, prune_from=base.from_width,
-                     train=_with_val_split(dataset, {k: v for k, v in (r.train or {}).items() if v is not None}))
+    spec = SweepSpec(
+        models=[model],
+        templates=names,
+        widths=[],
+        datasets=[dataset],
+        seeds=list(r.seeds),
+        budgets=[f"{budget.key}={budget.value!r}"],
+        divisor=r.divisor,
+        floor=r.floor,
+        baselines=list(base.names),
+        prune_at=base.at,
+        prune_from=base.from_width,
+        train=_with_val_split(dataset, {k: v for k, v in (r.train or {}).items() if v is not None}),
+    )
     grid = plan_grid(spec)  # validates everything, reads the data, fits every template
     if not grid.configs:  # every template's smallest model is over the budget: nothing to compare
         raise UsageError(str(grid.unreachable[0].reason))
@@ -266,8 +324,10 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
     machine_profile.check(first_config.profile)  # a corrupt machine profile would fail every run
     selection = "val_acc" if val_images else "final_acc"
     if selection == "final_acc":
-        note("val_split 0: no validation split, so the candidates are ranked on their final test accuracy and the "
-             "winner's test accuracy is optimistic (it was selected on the test set)")
+        note(
+            "val_split 0: no validation split, so the candidates are ranked on their final test accuracy and the "
+            "winner's test accuracy is optimistic (it was selected on the test set)"
+        )
     db, runs = out / DB_FILE, out / RUNS_DIR
     epochs, first = first_config.epochs, first_config
     check_store(db, grid, r.halving, epochs)  # before anything is written
@@ -289,10 +349,21 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
     rows = read()
     cells = list(collect_budgets(rows).values())
     candidates = rank(_stopped([Candidate.from_cell(c, selection) for c in cells], rungs), order, selection)
-    result = ReduceResult(model=model, budget=budget, dataset=dataset, epochs=int(epochs), seeds=list(spec.seeds),
-                          out=out.resolve(), candidates=candidates, sweep=sweep, selection=selection,
-                          val_split=first.val_split, val_images=val_images, test_views=_test_views(cells),
-                          recipe={"name": first.recipe, **{k: getattr(first, k) for k in RECIPE_FIELDS}})
+    result = ReduceResult(
+        model=model,
+        budget=budget,
+        dataset=dataset,
+        epochs=int(epochs),
+        seeds=list(spec.seeds),
+        out=out.resolve(),
+        candidates=candidates,
+        sweep=sweep,
+        selection=selection,
+        val_split=first.val_split,
+        val_images=val_images,
+        test_views=_test_views(cells),
+        recipe={"name": first.recipe, **{k: getattr(first, k) for k in RECIPE_FIELDS}},
+    )
     if r.halving is not None:
         result.halving = {"rate": r.halving.rate, "rungs": [g.to_dict() for g in rungs], **_epochs_trained(rows)}
     if r.report:
@@ -317,8 +388,17 @@ def _stopped(candidates: list[Candidate], rungs: Sequence[Rung]) -> list[Candida
     for c in candidates:
         g = stopped.get(c.template)
         if g is not None:
-            c = dataclasses.replace(c, status=STOPPED, stopped_at=g.epochs, val_acc=g.scores.get(c.template),
-                                    final_acc=None, best_acc=None, reason=None, seeds_done=0, run_dir=None)
+            c = dataclasses.replace(
+                c,
+                status=STOPPED,
+                stopped_at=g.epochs,
+                val_acc=g.scores.get(c.template),
+                final_acc=None,
+                best_acc=None,
+                reason=None,
+                seeds_done=0,
+                run_dir=None,
+            )
         out.append(c)
     return out
 
@@ -338,8 +418,10 @@ def _epochs_trained(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
     """Epochs trained over every run (all seeds, every stage), and what training each to the end
     of its schedule would be: a plain reduce's."""
     runs = {p["run"]["key"]: p["run"] for p in rows if p.get("run")}.values()
-    return {"epochs_trained": sum(len(r["epoch_metrics"]) for r in runs),
-            "epochs_plain": sum(int(r["epochs"]) for r in runs)}
+    return {
+        "epochs_trained": sum(len(r["epoch_metrics"]) for r in runs),
+        "epochs_plain": sum(int(r["epochs"]) for r in runs),
+    }
 
 
 def _with_val_split(dataset: str, settings: dict[str, Any]) -> dict[str, Any]:

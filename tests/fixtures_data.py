@@ -75,20 +75,40 @@ def _dump(path: Path, obj: Any, py2: bool) -> None:
     path.write_bytes(py2_pickle_dumps(obj) if py2 else pickle.dumps(obj, protocol=4))
 
 
-def write_cifar10_batches(folder: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-                          *, py2: bool = True) -> Path:
+def write_cifar10_batches(
+    folder: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *, py2: bool = True
+) -> Path:
     """cifar-10-batches-py/: data_batch_1..5 (train split in 5 parts), test_batch, batches.meta."""
     folder.mkdir(parents=True, exist_ok=True)
     k = (lambda s: s.encode()) if py2 else (lambda s: s)
     x, y = train
     parts = np.array_split(np.arange(len(y)), 5)
     for i, idx in enumerate(parts, 1):
-        _dump(folder / f"data_batch_{i}", {k("batch_label"): k(f"training batch {i} of 5"), k("labels"): [int(v) for v in y[idx]],
-                                          k("data"): _rows(x[idx]), k("filenames"): [k(f"img_{j}.png") for j in idx]}, py2)
-    _dump(folder / "test_batch", {k("batch_label"): k("testing batch 1 of 1"), k("labels"): [int(v) for v in test[1]],
-                                  k("data"): _rows(test[0]), k("filenames"): [k(f"t_{j}.png") for j in range(len(test[1]))]}, py2)
-    _dump(folder / "batches.meta", {k("label_names"): [k(c) for c in CIFAR10_CLASSES], k("num_cases_per_batch"): 10000,
-                                    k("num_vis"): 3072}, py2)
+        _dump(
+            folder / f"data_batch_{i}",
+            {
+                k("batch_label"): k(f"training batch {i} of 5"),
+                k("labels"): [int(v) for v in y[idx]],
+                k("data"): _rows(x[idx]),
+                k("filenames"): [k(f"img_{j}.png") for j in idx],
+            },
+            py2,
+        )
+    _dump(
+        folder / "test_batch",
+        {
+            k("batch_label"): k("testing batch 1 of 1"),
+            k("labels"): [int(v) for v in test[1]],
+            k("data"): _rows(test[0]),
+            k("filenames"): [k(f"t_{j}.png") for j in range(len(test[1]))],
+        },
+        py2,
+    )
+    _dump(
+        folder / "batches.meta",
+        {k("label_names"): [k(c) for c in CIFAR10_CLASSES], k("num_cases_per_batch"): 10000, k("num_vis"): 3072},
+        py2,
+    )
     return folder
 
 
@@ -96,15 +116,31 @@ def cifar100_classes() -> tuple[str, ...]:
     return tuple(f"class_{i:03d}" for i in range(100))
 
 
-def write_cifar100_files(folder: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]) -> Path:
+def write_cifar100_files(
+    folder: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray]
+) -> Path:
     """cifar-100-python/: train, test, meta with fine and coarse labels."""
     folder.mkdir(parents=True, exist_ok=True)
     for name, (x, y) in (("train", train), ("test", test)):
-        _dump(folder / name, {b"filenames": [b"x.png"] * len(y), b"batch_label": name.encode(),
-                              b"fine_labels": [int(v) for v in y], b"coarse_labels": [int(v) // 5 for v in y],
-                              b"data": _rows(x)}, True)
-    _dump(folder / "meta", {b"fine_label_names": [c.encode() for c in cifar100_classes()],
-                            b"coarse_label_names": [f"super_{i}".encode() for i in range(20)]}, True)
+        _dump(
+            folder / name,
+            {
+                b"filenames": [b"x.png"] * len(y),
+                b"batch_label": name.encode(),
+                b"fine_labels": [int(v) for v in y],
+                b"coarse_labels": [int(v) // 5 for v in y],
+                b"data": _rows(x),
+            },
+            True,
+        )
+    _dump(
+        folder / "meta",
+        {
+            b"fine_label_names": [c.encode() for c in cifar100_classes()],
+            b"coarse_label_names": [f"super_{i}".encode() for i in range(20)],
+        },
+        True,
+    )
     return folder
 
 
@@ -120,8 +156,13 @@ def tar_folder(src: Path, dest: Path, arcname: str | None = None) -> Path:
     return dest
 
 
-def write_tree(root: Path, train: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray],
-               classes: tuple[str, ...] = CIFAR10_CLASSES, fmt: str = "png") -> Path:
+def write_tree(
+    root: Path,
+    train: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    classes: tuple[str, ...] = CIFAR10_CLASSES,
+    fmt: str = "png",
+) -> Path:
     """root/train/<class>/NNNN.png and root/test/<class>/NNNN.png, numbered in array order."""
     for split, (x, y) in (("train", train), ("test", test)):
         for i, (img, label) in enumerate(zip(x, y)):

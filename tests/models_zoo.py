@@ -62,8 +62,14 @@ class Inception(nn.Module):
     def __init__(self, c_in: int, b1: int, b3r: int, b3: int, bp: int) -> None:
         super().__init__()
         self.b1 = nn.Sequential(nn.Conv2d(c_in, b1, 1), nn.BatchNorm2d(b1), nn.ReLU(True))
-        self.b3 = nn.Sequential(nn.Conv2d(c_in, b3r, 1), nn.BatchNorm2d(b3r), nn.ReLU(True),
-                                nn.Conv2d(b3r, b3, 3, padding=1), nn.BatchNorm2d(b3), nn.ReLU(True))
+        self.b3 = nn.Sequential(
+            nn.Conv2d(c_in, b3r, 1),
+            nn.BatchNorm2d(b3r),
+            nn.ReLU(True),
+            nn.Conv2d(b3r, b3, 3, padding=1),
+            nn.BatchNorm2d(b3),
+            nn.ReLU(True),
+        )
         self.bp = nn.Sequential(nn.MaxPool2d(3, 1, 1), nn.Conv2d(c_in, bp, 1), nn.BatchNorm2d(bp), nn.ReLU(True))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -74,10 +80,10 @@ class InceptionNet(nn.Module):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.stem = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1, bias=False), nn.BatchNorm2d(32), nn.ReLU(True))
-        self.a = Inception(32, 16, 16, 32, 16)   # 64 out
+        self.a = Inception(32, 16, 16, 32, 16)  # 64 out
         self.pool = nn.MaxPool2d(2)
-        self.b = Inception(64, 32, 32, 48, 16)   # 96 out
-        self.mix = nn.BatchNorm2d(96)            # a norm over the concatenation: sees the sum
+        self.b = Inception(64, 32, 32, 48, 16)  # 96 out
+        self.mix = nn.BatchNorm2d(96)  # a norm over the concatenation: sees the sum
         self.fc = nn.Linear(96, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -93,13 +99,28 @@ def inception(num_classes: int = 10) -> nn.Module:
 # -- depthwise-separable --------------------------------------------------------------------------
 def depthwise(num_classes: int = 10) -> nn.Module:
     def block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False), nn.BatchNorm2d(c_in),
-                             nn.ReLU6(inplace=True), nn.Conv2d(c_in, c_out, 1, bias=False), nn.BatchNorm2d(c_out),
-                             nn.ReLU6(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False),
+            nn.BatchNorm2d(c_in),
+            nn.ReLU6(inplace=True),
+            nn.Conv2d(c_in, c_out, 1, bias=False),
+            nn.BatchNorm2d(c_out),
+            nn.ReLU6(inplace=True),
+        )
 
-    return nn.Sequential(nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU6(inplace=True),
-                         block(16, 32, 2), block(32, 64, 2), block(64, 64, 1), block(64, 128, 2),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(128, num_classes))
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, 1, 1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU6(inplace=True),
+        block(16, 32, 2),
+        block(32, 64, 2),
+        block(64, 64, 1),
+        block(64, 128, 2),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.2),
+        nn.Linear(128, num_classes),
+    )
 
 
 # -- classifier after flatten of a 2x2 map ----------------------------------------------------------

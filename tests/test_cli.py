@@ -38,16 +38,18 @@ def test_templates_json_vgg19(capsys):
 
 
 def test_templates_table_and_selection(capsys):
-    code, out, err = run(capsys, "templates", "--model", "vgg19", "--template", "uniform", "--width", "0.5",
-                         "--divisor", "8")
+    code, out, err = run(
+        capsys, "templates", "--model", "vgg19", "--template", "uniform", "--width", "0.5", "--divisor", "8"
+    )
     assert code == 0 and err == ""
     assert "uniform" in out and "base" not in out.split("\n", 2)[2]
     assert " 176 176 " in out
 
 
 def test_templates_explicit_counts_and_classes(capsys):
-    code, out, _ = run(capsys, "templates", "--model", "vgg19", "--template", ",".join(["32"] * 16),
-                       "--classes", "100", "--json")
+    code, out, _ = run(
+        capsys, "templates", "--model", "vgg19", "--template", ",".join(["32"] * 16), "--classes", "100", "--json"
+    )
     assert code == 0
     (row,) = json.loads(out)["templates"]
     assert row["filters"] == [32] * 16
@@ -81,8 +83,9 @@ def test_bad_input_is_one_line_exit_2(capsys, argv, needle):
 
 
 def test_console_script_no_traceback():
-    proc = subprocess.run([sys.executable, "-m", "filter_templates", "templates", "--model", "nope"],
-                          capture_output=True, text=True)
+    proc = subprocess.run(
+        [sys.executable, "-m", "filter_templates", "templates", "--model", "nope"], capture_output=True, text=True
+    )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
     assert proc.stderr.count("\n") == 1

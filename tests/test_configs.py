@@ -22,8 +22,12 @@ PINNED = ("recipe", "epochs", "val_split", "image_size", *RECIPE_FIELDS)
 
 
 def test_there_are_configs():
-    assert {p.name for p in CONFIGS} >= {"cifar10-budget-cpu.toml", "paper.toml", "quick-cifar10.toml",
-                                         "seeds-digits.toml"}
+    assert {p.name for p in CONFIGS} >= {
+        "cifar10-budget-cpu.toml",
+        "paper.toml",
+        "quick-cifar10.toml",
+        "seeds-digits.toml",
+    }
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
@@ -72,12 +76,39 @@ def test_the_recorded_runs_are_the_measured_table(study):
         value = float(run["budget"].split("=")[1])
         row = fits[(arch["family"], value, arch["template"])]
         assert float(row["width"]) == arch["width"]
-        assert (int(row["params"]), int(row["flops"]), int(row["train_memory_bytes"])) == \
-            (run["fit"]["params"], run["fit"]["flops"], run["fit"]["train_memory_bytes"])
+        assert (int(row["params"]), int(row["flops"]), int(row["train_memory_bytes"])) == (
+            run["fit"]["params"],
+            run["fit"]["flops"],
+            run["fit"]["train_memory_bytes"],
+        )
         assert run["table_final_acc_percent"] == float(table[(arch["family"], value)][arch["template"]])
-        assert {k: cfg[k] for k in ("recipe", "epochs", "lr", "weight_decay", "label_smoothing", "crop_pad", "tta",
-                                    "tta_shift", "whiten_init", "identity_init", "precision")} == \
-            {"recipe": "fast", "epochs": 2, "lr": 0.1, "weight_decay": 5e-4, "label_smoothing": 0.1, "crop_pad": 4,
-             "tta": True, "tta_shift": 0, "whiten_init": False, "identity_init": False, "precision": "fp32"}
+        assert {
+            k: cfg[k]
+            for k in (
+                "recipe",
+                "epochs",
+                "lr",
+                "weight_decay",
+                "label_smoothing",
+                "crop_pad",
+                "tta",
+                "tta_shift",
+                "whiten_init",
+                "identity_init",
+                "precision",
+            )
+        } == {
+            "recipe": "fast",
+            "epochs": 2,
+            "lr": 0.1,
+            "weight_decay": 5e-4,
+            "label_smoothing": 0.1,
+            "crop_pad": 4,
+            "tta": True,
+            "tta_shift": 0,
+            "whiten_init": False,
+            "identity_init": False,
+            "precision": "fp32",
+        }
         seen.add((arch["family"], value, arch["template"]))
     assert seen == set(fits)

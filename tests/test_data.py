@@ -16,15 +16,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from fixtures_data import (
+    CIFAR10_CLASSES,
+    cifar100_classes,
+    make_split,
+    py2_pickle_dumps,
+    tar_folder,
+    write_cifar10_batches,
+    write_cifar100_files,
+    write_tree,
+)
 
-from filter_templates.data import DATASETS, Dataset, load_dataset
-from filter_templates.data.augment import Loader, LoaderOptions
-from filter_templates.data import cache as data_cache
-from filter_templates.data import cifar, download, unpickle
-from filter_templates.data.images import decode_images
 from filter_templates.core.errors import UsageError
-from fixtures_data import (CIFAR10_CLASSES, cifar100_classes, make_split, py2_pickle_dumps, tar_folder,
-                           write_cifar10_batches, write_cifar100_files, write_tree)
+from filter_templates.data import DATASETS, Dataset, cifar, download, load_dataset, unpickle
+from filter_templates.data import cache as data_cache
+from filter_templates.data.augment import Loader, LoaderOptions
+from filter_templates.data.images import decode_images
 
 SHARED_CIFAR10 = Path(__file__).resolve().parents[2] / "shared/datasets/cifar10-jpeg.tar.gz"
 
@@ -61,8 +68,22 @@ def _official_archive(tmp: Path, train, test, name: str = "cifar-10-python.tar.g
 
 # ------------------------------------------------------------------------------------- every form
 
-@pytest.mark.parametrize("form", ["batches", "batches-dir-itself", "batches-py3", "archive", "tree", "tree-subfolder",
-                                  "tree-tar-gz", "tree-tar-top-folder", "tree-tar-no-top", "data-dir-is-file"])
+
+@pytest.mark.parametrize(
+    "form",
+    [
+        "batches",
+        "batches-dir-itself",
+        "batches-py3",
+        "archive",
+        "tree",
+        "tree-subfolder",
+        "tree-tar-gz",
+        "tree-tar-top-folder",
+        "tree-tar-no-top",
+        "data-dir-is-file",
+    ],
+)
 def test_every_cifar10_form_loads_to_the_same_arrays(tmp_path, c10, form):
     train, test = c10
     d = tmp_path / "data"
@@ -126,12 +147,19 @@ def test_cifar100_tree_needs_100_classes(tmp_path, c10):
 
 # -------------------------------------------------------------------------------------------- cache
 
+
 def test_cache_is_written_once_then_memory_mapped(tmp_path, c10, monkeypatch):
     write_cifar10_batches(tmp_path / "cifar-10-batches-py", *c10)
     first = load_dataset("cifar10", tmp_path)
     entries = list((tmp_path / data_cache.CACHE_DIRNAME).iterdir())
     assert len(entries) == 1 and entries[0].name.startswith("cifar10-")
-    assert {p.name for p in entries[0].iterdir()} == {"train_x.npy", "train_y.npy", "test_x.npy", "test_y.npy", "meta.json"}
+    assert {p.name for p in entries[0].iterdir()} == {
+        "train_x.npy",
+        "train_y.npy",
+        "test_x.npy",
+        "test_y.npy",
+        "meta.json",
+    }
 
     monkeypatch.setattr(cifar, "_decode", lambda *a: pytest.fail("decoded again despite a valid cache"))
     second = load_dataset("cifar10", tmp_path)
@@ -171,6 +199,7 @@ def test_read_only_data_dir_falls_back_to_the_user_cache(tmp_path, c10):
 
 # ------------------------------------------------------------------------------------- bad input
 
+
 def _one_line(exc: pytest.ExceptionInfo) -> str:
     msg = str(exc.value)
     assert "\n" not in msg
@@ -178,7 +207,9 @@ def _one_line(exc: pytest.ExceptionInfo) -> str:
 
 
 def test_unknown_name_missing_dir_empty_dir(tmp_path):
-    with pytest.raises(UsageError, match="unknown dataset 'imagenet'; choose from cifar10, cifar100, digits, synthetic"):
+    with pytest.raises(
+        UsageError, match="unknown dataset 'imagenet'; choose from cifar10, cifar100, digits, synthetic"
+    ):
         load_dataset("imagenet")
     with pytest.raises(UsageError) as e:
         load_dataset("cifar10", tmp_path / "nope")
@@ -226,6 +257,7 @@ def test_wrong_image_size_is_refused(tmp_path, c10):
         load_dataset("cifar10", tmp_path / "a")
     tree = write_tree(tmp_path / "b", (train_x, train_y), test)
     from PIL import Image
+
     Image.fromarray(np.zeros((28, 28, 3), np.uint8)).save(tree / "train" / "cat" / "0007.png")
     with pytest.raises(UsageError) as e:
         load_dataset("cifar10", tree)
@@ -262,13 +294,16 @@ def test_crafted_pickle_is_refused_without_running(tmp_path, c10, where):
     assert not marker.exists()
 
 
-@pytest.mark.parametrize("payload", [
-    b"cbuiltins\neval\n(S'1+1'\ntR.",
-    b"csubprocess\nPopen\n(S'true'\ntR.",
-    b"cnumpy\nload\n(S'x'\ntR.",
-    b"\x80\x02cposix\nsystem\nq\x00.",
-    pickle.dumps(print, protocol=4),
-])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"cbuiltins\neval\n(S'1+1'\ntR.",
+        b"csubprocess\nPopen\n(S'true'\ntR.",
+        b"cnumpy\nload\n(S'x'\ntR.",
+        b"\x80\x02cposix\nsystem\nq\x00.",
+        pickle.dumps(print, protocol=4),
+    ],
+)
 def test_unpickler_admits_no_other_globals(payload):
     with pytest.raises(UsageError, match="refusing to unpickle"):
         unpickle.load(payload, "crafted")
@@ -284,6 +319,7 @@ def test_unpickler_reads_python2_and_python3_arrays():
 
 
 # ----------------------------------------------------------------------------------------- download
+
 
 @pytest.fixture
 def http_dir(tmp_path):
@@ -365,6 +401,7 @@ def test_safe_extract_rejects_path_traversal_and_links(tmp_path):
 
 # ---------------------------------------------------------------------------------- digits, synthetic
 
+
 def test_digits_shape_split_and_determinism():
     a, b = load_dataset("digits"), load_dataset("digits")
     assert a.train_x.shape == (1437, 32, 32, 3) and a.test_x.shape == (360, 32, 32, 3)
@@ -419,6 +456,7 @@ def test_decode_images_in_worker_processes_matches_serial(tmp_path, monkeypatch)
 
 # ------------------------------------------------------------------------------------------- Loader
 
+
 def _identifiable(n: int = 40, seed: int = 0):
     """Images with label = index, so every output sample says which image it came from."""
     x = np.random.default_rng(seed).integers(1, 256, size=(n, 32, 32, 3), dtype=np.uint8)
@@ -455,12 +493,19 @@ def test_train_loader_shapes_dtype_channels_last_and_len():
 def test_train_crops_are_windows_of_the_zero_padded_image_maybe_flipped(pad):
     x, y = _identifiable(40)
     padded = np.zeros((40, 32 + 2 * pad, 32 + 2 * pad, 3), np.uint8)
-    padded[:, pad:32 + pad, pad:32 + pad] = x
+    padded[:, pad : 32 + pad, pad : 32 + pad] = x
     offsets, flips = set(), set()
     for xb, yb in Loader(x, y, 20, train=True, mean=MEAN, std=STD, options=LoaderOptions(seed=3, pad=pad)):
         for img, i in zip(_unnormalise(xb), yb.tolist()):
-            found = [(oy, ox, f) for oy in range(2 * pad + 1) for ox in range(2 * pad + 1) for f in (0, 1)
-                     if np.array_equal(img, padded[i, oy:oy + 32, ox:ox + 32][:, ::-1] if f else padded[i, oy:oy + 32, ox:ox + 32])]
+            found = [
+                (oy, ox, f)
+                for oy in range(2 * pad + 1)
+                for ox in range(2 * pad + 1)
+                for f in (0, 1)
+                if np.array_equal(
+                    img, padded[i, oy : oy + 32, ox : ox + 32][:, ::-1] if f else padded[i, oy : oy + 32, ox : ox + 32]
+                )
+            ]
             assert found, f"sample {i} is not a crop of its padded image"
             offsets.add(found[0][:2])
             flips.add(found[0][2])
@@ -475,8 +520,12 @@ def test_flip_off_crops_but_never_mirrors_and_digits_say_so():
     offsets = set()
     for xb, yb in plain:
         for img, i in zip(_unnormalise(xb), yb.tolist()):
-            found = [(oy, ox) for oy in range(9) for ox in range(9)
-                     if np.array_equal(img, padded[i, oy:oy + 32, ox:ox + 32])]
+            found = [
+                (oy, ox)
+                for oy in range(9)
+                for ox in range(9)
+                if np.array_equal(img, padded[i, oy : oy + 32, ox : ox + 32])
+            ]
             assert found, f"sample {i} is mirrored or not a crop"
             offsets.add(found[0])
     assert len(offsets) > 10
@@ -513,7 +562,9 @@ def test_test_loader_normalises_only_in_order_and_covers_everything():
     xs = torch.cat([xb for xb, _ in batches])
     np.testing.assert_array_equal(torch.cat([yb for _, yb in batches]).numpy(), y)
     np.testing.assert_array_equal(_unnormalise(xs), x)
-    expected = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    expected = (
+        torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255 - torch.tensor(MEAN).view(1, 3, 1, 1)
+    ) / torch.tensor(STD).view(1, 3, 1, 1)
     assert torch.allclose(xs, expected, rtol=1e-5, atol=1e-5)
     again = torch.cat([xb for xb, _ in loader])
     assert torch.equal(xs, again)
@@ -541,6 +592,7 @@ def test_loader_reads_a_memmapped_dataset(tmp_path, c10):
 
 # ------------------------------------------------------------------------------------ shared CIFAR-10
 
+
 @pytest.mark.skipif(not SHARED_CIFAR10.is_file(), reason=f"{SHARED_CIFAR10} not present")
 def test_shared_cifar10_copy_loads():
     """Decodes the 60,000 JPEGs into a fresh (tmp) cache: ~7 s on 2 quiet cores, ~15 s on a busy machine."""
@@ -560,12 +612,15 @@ def test_the_shipped_digits_are_scikit_learns_bytes_and_split():
     from filter_templates.data import digits
 
     bunch = datasets.load_digits()
-    train, test = selection.train_test_split(np.arange(len(bunch.target)), test_size=digits.TEST_SIZE,
-                                             stratify=bunch.target, random_state=0)
+    train, test = selection.train_test_split(
+        np.arange(len(bunch.target)), test_size=digits.TEST_SIZE, stratify=bunch.target, random_state=0
+    )
     gray = bunch.images * (255.0 / 16.0)
     big = np.clip(np.rint(digits.bilinear_resize(gray, (32, 32))), 0, 255).astype(np.uint8)
     x = np.repeat(big[..., None], 3, axis=3)
     ds = digits.load()
     assert np.array_equal(ds.train_x, x[np.sort(train)]) and np.array_equal(ds.test_x, x[np.sort(test)])
-    assert np.array_equal(ds.train_y, bunch.target[np.sort(train)]) and np.array_equal(ds.test_y, bunch.target[np.sort(test)])
+    assert np.array_equal(ds.train_y, bunch.target[np.sort(train)]) and np.array_equal(
+        ds.test_y, bunch.target[np.sort(test)]
+    )
     assert ds.train_y.dtype == np.int64 and ds.train_x.dtype == np.uint8

@@ -11,11 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from filter_templates.core import rundir
 from filter_templates.cli import main
+from filter_templates.core import rundir
+from filter_templates.core.errors import UsageError
 from filter_templates.data import cache as data_cache
 from filter_templates.data.dataset import Dataset
-from filter_templates.core.errors import UsageError
 
 
 def one_error_line(capsys) -> str:
@@ -78,14 +78,17 @@ def _finished_run_on_disk(runs: Path):
     from filter_templates.sweep.store import point_key
     from filter_templates.training.config import TrainConfig
 
-    cfg = TrainConfig(arch=make_arch("mobilenet", "base", 0.05, 10), dataset="synthetic", epochs=1,
-                      batch_size=16, device="cpu")
+    cfg = TrainConfig(
+        arch=make_arch("mobilenet", "base", 0.05, 10), dataset="synthetic", epochs=1, batch_size=16, device="cpu"
+    )
     d = cfg.to_dict()
     run = runs.resolve() / run_dir_name(d, point_key(d)[0])
     run.mkdir(parents=True)
     rundir.atomic_write_json(run / rundir.CONFIG, d)
-    rundir.atomic_write_json(run / rundir.SUMMARY, {"status": "done", "device": "cpu", "config": d, "final_acc": 0.5,
-                                                    "resources": {"params": 1, "flops": 2}})
+    rundir.atomic_write_json(
+        run / rundir.SUMMARY,
+        {"status": "done", "device": "cpu", "config": d, "final_acc": 0.5, "resources": {"params": 1, "flops": 2}},
+    )
     return cfg
 
 
@@ -134,16 +137,43 @@ def test_a_config_divisor_that_is_not_a_positive_integer_is_one_error_line(tmp_p
     arch = make_arch("vgg19", "base", 0.05, 10).to_dict()
     arch["divisor"] = divisor  # "x" was a traceback (int("x")); 2.7 silently became 2
     (tmp_path / "c.json").write_text(json.dumps({"arch": arch}))
-    argv = ["train", "--config", str(tmp_path / "c.json"), "--out", str(tmp_path / "run"), "--dataset", "synthetic",
-            "--epochs", "1", "--limit-train", "8", "--limit-test", "8", "--quiet"]  # short, were it accepted
+    argv = [
+        "train",
+        "--config",
+        str(tmp_path / "c.json"),
+        "--out",
+        str(tmp_path / "run"),
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "8",
+        "--limit-test",
+        "8",
+        "--quiet",
+    ]  # short, were it accepted
     assert main(argv) == 2
     assert "divisor" in one_error_line(capsys)
     assert not (tmp_path / "run").exists()
 
 
 def test_fit_takes_several_templates_after_one_flag(capsys):
-    code = main(["fit", "--model", "vgg19", "--budget", "params=1M", "--template", "base", "uniform",
-                 "--template", "reverse", "--json"])  # was: "unrecognized arguments: uniform"
+    code = main(
+        [
+            "fit",
+            "--model",
+            "vgg19",
+            "--budget",
+            "params=1M",
+            "--template",
+            "base",
+            "uniform",
+            "--template",
+            "reverse",
+            "--json",
+        ]
+    )  # was: "unrecognized arguments: uniform"
     assert code == 0
     assert [f["template"] for f in json.loads(capsys.readouterr().out)["fits"]] == ["base", "uniform", "reverse"]
 
@@ -191,8 +221,26 @@ def test_the_cpu_has_one_name_everywhere():
 
 
 def test_train_resume_reads_the_checkpoint_once(tmp_path, capsys, monkeypatch):
-    argv = ["train", "--model", "vgg19", "--width", "0.05", "--dataset", "synthetic", "--epochs", "1",
-            "--limit-train", "8", "--limit-test", "8", "--batch-size", "8", "--quiet", "--out", str(tmp_path / "run")]
+    argv = [
+        "train",
+        "--model",
+        "vgg19",
+        "--width",
+        "0.05",
+        "--dataset",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "8",
+        "--limit-test",
+        "8",
+        "--batch-size",
+        "8",
+        "--quiet",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert main(argv) == 0
     loads = []
     real = rundir.load_checkpoint

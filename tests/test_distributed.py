@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from test_train import assert_same_weights, one_error_line, weights
 
 from filter_templates.cli import main
 from filter_templates.core import rundir
@@ -23,10 +24,24 @@ from filter_templates.training import distributed
 from filter_templates.training.config import TrainConfig
 from filter_templates.training.loop import with_world
 
-from test_train import assert_same_weights, one_error_line, weights
-
-TINY = ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", "digits",
-        "--limit-train", "256", "--limit-test", "128", "--batch-size", "32", "--quiet"]
+TINY = [
+    "train",
+    "--model",
+    "vgg19",
+    "--template",
+    "uniform",
+    "--width",
+    "0.05",
+    "--dataset",
+    "digits",
+    "--limit-train",
+    "256",
+    "--limit-test",
+    "128",
+    "--batch-size",
+    "32",
+    "--quiet",
+]
 
 
 def _env() -> dict:
@@ -76,8 +91,10 @@ def test_two_processes_then_resume_with_one_is_refused(tmp_path, capsys):
 
 
 def test_sync_bn_on_cpu_is_one_line(tmp_path, capsys):
-    assert main([*TINY, "--epochs", "1", "--nproc", "2", "--sync-bn", "--device", "cpu",
-                 "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main([*TINY, "--epochs", "1", "--nproc", "2", "--sync-bn", "--device", "cpu", "--out", str(tmp_path / "r")])
+        == 2
+    )
     assert "SyncBatchNorm runs on GPUs only" in one_error_line(capsys)
     assert not (tmp_path / "r").exists()
 
@@ -85,9 +102,26 @@ def test_sync_bn_on_cpu_is_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_torchrun_gives_the_weights_of_nproc(tmp_path):
     assert main([*TINY, "--epochs", "2", "--nproc", "2", "--out", str(tmp_path / "nproc")]) == 0
-    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m",
-                    "filter_templates", *TINY, "--epochs", "2", "--out", str(tmp_path / "torchrun")],
-                   env=_env(), check=True, capture_output=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc-per-node",
+            "2",
+            "-m",
+            "filter_templates",
+            *TINY,
+            "--epochs",
+            "2",
+            "--out",
+            str(tmp_path / "torchrun"),
+        ],
+        env=_env(),
+        check=True,
+        capture_output=True,
+    )
     assert_same_weights(weights(tmp_path / "nproc" / "model.pt"), weights(tmp_path / "torchrun" / "model.pt"))
 
 
@@ -102,8 +136,12 @@ def _start_and_kill(run: Path, epochs: int, victim: str) -> None:
     """Start ``--nproc 2`` and SIGKILL ``victim`` (a "rank" or the "launcher") after the first
     checkpoint; return once every process of the run is gone."""
     args = [*TINY, "--limit-train", "1024", "--epochs", str(epochs), "--nproc", "2", "--out", str(run)]
-    launcher = subprocess.Popen([sys.executable, "-m", "filter_templates", *args], env=_env(),
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "filter_templates", *args],
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.time() + 120
         while not (run / rundir.CHECKPOINT).exists() and time.time() < deadline and launcher.poll() is None:

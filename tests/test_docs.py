@@ -97,15 +97,30 @@ def test_a_changed_figure_makes_the_pages_stale(tmp_path):
 
 
 def test_results_file_round_trip_and_refusals(tmp_path):
-    path = results_file.write(tmp_path, "demo", title="Demo", numbers={"x": 1.5}, seeds=[0, 1], views="none",
-                              table={"columns": ["a", "b"], "rows": [["r", 2]]}, command="python demo.py")
+    path = results_file.write(
+        tmp_path,
+        "demo",
+        title="Demo",
+        numbers={"x": 1.5},
+        seeds=[0, 1],
+        views="none",
+        table={"columns": ["a", "b"], "rows": [["r", 2]]},
+        command="python demo.py",
+    )
     data = results_file.read(path)
     assert data["command"] == "python demo.py" and data["seeds"] == [0, 1]
     assert {"cpu", "amx", "gpu", "threads", "torch"} <= set(data["machine"])
     assert "| r | 2 |" in render_results.table(data)
     with pytest.raises(ValueError):
-        results_file.write(tmp_path, "bad", title="Bad", numbers={}, seeds=[], views="none",
-                           table={"columns": ["a", "b"], "rows": [["only one"]]})
+        results_file.write(
+            tmp_path,
+            "bad",
+            title="Bad",
+            numbers={},
+            seeds=[],
+            views="none",
+            table={"columns": ["a", "b"], "rows": [["only one"]]},
+        )
     del data["command"]
     (tmp_path / "broken.json").write_text(json.dumps(data))
     with pytest.raises(ValueError, match="command"):

@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from filter_templates.core import rundir
-from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
+from filter_templates.core import rundir
 from filter_templates.core.errors import UsageError
 from filter_templates.export import export_run, load_run_model
+from filter_templates.method.arch import make_arch
 
 
 def fake_run(run: Path, *, final: bool = True, family: str = "vgg19", width: float = 0.05) -> torch.nn.Module:
@@ -72,14 +72,17 @@ def test_onnx_matches_pytorch_in_onnxruntime(tmp_path, capsys):
             torch.testing.assert_close(torch.from_numpy(got), ref(x), rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("setup, argv_tail, word", [
-    ("none", ["--format", "onnx"], "no such directory"),
-    ("empty", ["--format", "torchscript"], "no architecture record"),
-    ("noweights", ["--format", "torchscript"], "no weights"),
-    ("ok", ["--format", "tflite"], "invalid choice"),
-    ("ok", ["--format", "torchscript", "--out", "/nonexistent/dir/m.pt"], "does not exist"),
-    ("mismatch", ["--format", "torchscript"], "do not match"),
-])
+@pytest.mark.parametrize(
+    "setup, argv_tail, word",
+    [
+        ("none", ["--format", "onnx"], "no such directory"),
+        ("empty", ["--format", "torchscript"], "no architecture record"),
+        ("noweights", ["--format", "torchscript"], "no weights"),
+        ("ok", ["--format", "tflite"], "invalid choice"),
+        ("ok", ["--format", "torchscript", "--out", "/nonexistent/dir/m.pt"], "does not exist"),
+        ("mismatch", ["--format", "torchscript"], "do not match"),
+    ],
+)
 def test_bad_run_or_format_is_one_error_line(tmp_path, capsys, setup, argv_tail, word):
     run = tmp_path / "run"
     if setup == "empty":

@@ -10,11 +10,11 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
+from filter_templates.cli import main
+from filter_templates.core.errors import UsageError
 from filter_templates.method import fit as FIT
 from filter_templates.method import measure as M
 from filter_templates.method.arch import Arch, make_arch
-from filter_templates.cli import main
-from filter_templates.core.errors import UsageError
 from filter_templates.method.fit import Budget, FitRequest, fit, parse_budget
 from filter_templates.method.templates import template_names
 
@@ -30,48 +30,56 @@ def run(capsys, *argv):
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("text, key, value", [
-    ("params=5e6", "params", 5e6),
-    ("params=1M", "params", 1e6),
-    ("PARAMS = 1.5k", "params", 1500),
-    ("flops=100M", "flops", 1e8),
-    ("flops=2G", "flops", 2e9),
-    ("memory=512M", "memory", 512e6),
-    ("memory=512MB", "memory", 512e6),
-    ("memory=2GiB", "memory", 2 * 1024**3),
-    ("memory=64Ki", "memory", 64 * 1024),
-    ("memory=1000000", "memory", 1e6),
-    ("latency=20ms", "latency", 0.02),
-    ("latency=0.5", "latency", 0.5),
-    ("latency=2s", "latency", 2.0),
-    ("latency=250us", "latency", 250e-6),
-])
+@pytest.mark.parametrize(
+    "text, key, value",
+    [
+        ("params=5e6", "params", 5e6),
+        ("params=1M", "params", 1e6),
+        ("PARAMS = 1.5k", "params", 1500),
+        ("flops=100M", "flops", 1e8),
+        ("flops=2G", "flops", 2e9),
+        ("memory=512M", "memory", 512e6),
+        ("memory=512MB", "memory", 512e6),
+        ("memory=2GiB", "memory", 2 * 1024**3),
+        ("memory=64Ki", "memory", 64 * 1024),
+        ("memory=1000000", "memory", 1e6),
+        ("latency=20ms", "latency", 0.02),
+        ("latency=0.5", "latency", 0.5),
+        ("latency=2s", "latency", 2.0),
+        ("latency=250us", "latency", 250e-6),
+    ],
+)
 def test_parse_budget(text, key, value):
     b = parse_budget(text)
     assert b.key == key and b.value == pytest.approx(value, rel=1e-12)
 
 
-@pytest.mark.parametrize("text, needle", [
-    ("params", "KEY=VALUE"),
-    ("params=1=2", "KEY=VALUE"),
-    ("size=5M", "unknown budget key 'size'"),
-    ("params=abc", "malformed budget value"),
-    ("params=5MiB", "malformed budget value"),  # binary suffixes are for bytes only
-    ("params=5ms", "malformed budget value"),
-    ("latency=20M", "malformed budget value"),
-    ("memory=3x", "malformed budget value"),
-    ("params=", "malformed budget value"),
-    ("params=-5", "positive"),
-    ("params=0", "positive"),
-    ("latency=inf", "malformed"),
-    ("flops=1e400", "positive finite"),
-])
+@pytest.mark.parametrize(
+    "text, needle",
+    [
+        ("params", "KEY=VALUE"),
+        ("params=1=2", "KEY=VALUE"),
+        ("size=5M", "unknown budget key 'size'"),
+        ("params=abc", "malformed budget value"),
+        ("params=5MiB", "malformed budget value"),  # binary suffixes are for bytes only
+        ("params=5ms", "malformed budget value"),
+        ("latency=20M", "malformed budget value"),
+        ("memory=3x", "malformed budget value"),
+        ("params=", "malformed budget value"),
+        ("params=-5", "positive"),
+        ("params=0", "positive"),
+        ("latency=inf", "malformed"),
+        ("flops=1e400", "positive finite"),
+    ],
+)
 def test_parse_budget_rejects(text, needle):
     with pytest.raises(UsageError, match=needle):
         parse_budget(text)
 
 
-@given(st.floats(min_value=1e-3, max_value=1e6, allow_nan=False), st.sampled_from(["", "K", "M", "G", "Ki", "Mi", "Gi"]))
+@given(
+    st.floats(min_value=1e-3, max_value=1e6, allow_nan=False), st.sampled_from(["", "K", "M", "G", "Ki", "Mi", "Gi"])
+)
 def test_parse_memory_suffixes(number, suffix):
     scale = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "Ki": 1024, "Mi": 1024**2, "Gi": 1024**3}[suffix]
     assert parse_budget(f"memory={number!r}{suffix}B").value == pytest.approx(number * scale, rel=1e-12)
@@ -89,10 +97,19 @@ def test_budget_to_dict_and_str():
 # --------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("family, budget", [
-    ("vgg19", "params=1M"), ("mobilenet", "params=1M"), ("resnet50", "params=1M"), ("googlenet", "params=1M"),
-    ("vgg19", "flops=100M"), ("mobilenet", "flops=20M"), ("resnet50", "flops=300M"), ("googlenet", "flops=300M"),
-])
+@pytest.mark.parametrize(
+    "family, budget",
+    [
+        ("vgg19", "params=1M"),
+        ("mobilenet", "params=1M"),
+        ("resnet50", "params=1M"),
+        ("googlenet", "params=1M"),
+        ("vgg19", "flops=100M"),
+        ("mobilenet", "flops=20M"),
+        ("resnet50", "flops=300M"),
+        ("googlenet", "flops=300M"),
+    ],
+)
 def test_fit_cli_hits_97_to_100_percent(capsys, family, budget):
     code, out, err = run(capsys, "fit", "--model", family, "--budget", budget, "--json")
     assert code == 0 and err == ""
@@ -133,7 +150,9 @@ def test_non_monotone_resnet_finds_the_width_above_the_dip():
     assert r.width > 0.0269
     assert r.resources["params"] <= budget
     widths = r.width * np.linspace(1 + 1e-4, 1.1, 60)
-    fitting = [w for w in widths if M.arch_params(make_arch("resnet50-blocks", "negative-quadratic", float(w))) <= budget]
+    fitting = [
+        w for w in widths if M.arch_params(make_arch("resnet50-blocks", "negative-quadratic", float(w))) <= budget
+    ]
     assert fitting == []
 
 
@@ -190,8 +209,9 @@ def test_search_on_a_synthetic_step_function():
 
 
 def test_fit_table_output(capsys):
-    code, out, err = run(capsys, "fit", "--model", "vgg19", "--budget", "params=1M", "--template", "base",
-                         "--template", "uniform")
+    code, out, err = run(
+        capsys, "fit", "--model", "vgg19", "--budget", "params=1M", "--template", "base", "--template", "uniform"
+    )
     assert code == 0 and err == ""
     lines = out.splitlines()
     assert "params <= 1,000,000" in lines[0]
@@ -200,9 +220,21 @@ def test_fit_table_output(capsys):
 
 
 def test_fit_save_writes_train_configs(capsys, tmp_path):
-    code, out, err = run(capsys, "fit", "--model", "mobilenet", "--budget", "params=500K", "--template", "base",
-                         "--template", "8,16,16,32,32,64,64,64,64,64,64,128,128", "--save", str(tmp_path / "cfg"),
-                         "--json")
+    code, out, err = run(
+        capsys,
+        "fit",
+        "--model",
+        "mobilenet",
+        "--budget",
+        "params=500K",
+        "--template",
+        "base",
+        "--template",
+        "8,16,16,32,32,64,64,64,64,64,64,128,128",
+        "--save",
+        str(tmp_path / "cfg"),
+        "--json",
+    )
     assert code == 0
     doc = json.loads(out)
     files = sorted((tmp_path / "cfg").iterdir())
@@ -219,28 +251,32 @@ def test_fit_save_writes_train_configs(capsys, tmp_path):
 
 
 def test_fit_budget_beyond_max_width_warns(capsys):
-    code, out, err = run(capsys, "fit", "--model", "vgg19", "--budget", "params=1e15", "--template", "base",
-                         "--max-width", "4", "--json")
+    code, out, err = run(
+        capsys, "fit", "--model", "vgg19", "--budget", "params=1e15", "--template", "base", "--max-width", "4", "--json"
+    )
     assert code == 0
     (f,) = json.loads(out)["fits"]
     assert f["width"] == 4 and f["capped"]
     assert err.count("\n") == 1 and "warning" in err and "width 4" in err
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--budget", "params=100"], "smallest reachable vgg19 model"),
-    (["--budget", "size=1M"], "unknown budget key"),
-    (["--budget", "params=lots"], "malformed budget value"),
-    (["--budget", "latency=5parsecs"], "malformed budget value"),
-    (["--budget", "params"], "KEY=VALUE"),
-    (["--budget", "params=1M", "--template", "cubic"], "unknown template 'cubic'"),
-    (["--budget", "params=1M", "--device", "tpu"], "unknown device"),
-    (["--budget", "params=1M", "--latency-tolerance", "1.5"], "fraction"),
-    (["--budget", "params=1M", "--batch-size", "0"], "positive integer"),
-    (["--budget", "params=1M", "--max-width", "-1"], "positive"),
-    (["--budget", "params=1M", "--threads", "0"], "positive integer"),
-    ([], "--budget"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--budget", "params=100"], "smallest reachable vgg19 model"),
+        (["--budget", "size=1M"], "unknown budget key"),
+        (["--budget", "params=lots"], "malformed budget value"),
+        (["--budget", "latency=5parsecs"], "malformed budget value"),
+        (["--budget", "params"], "KEY=VALUE"),
+        (["--budget", "params=1M", "--template", "cubic"], "unknown template 'cubic'"),
+        (["--budget", "params=1M", "--device", "tpu"], "unknown device"),
+        (["--budget", "params=1M", "--latency-tolerance", "1.5"], "fraction"),
+        (["--budget", "params=1M", "--batch-size", "0"], "positive integer"),
+        (["--budget", "params=1M", "--max-width", "-1"], "positive"),
+        (["--budget", "params=1M", "--threads", "0"], "positive integer"),
+        ([], "--budget"),
+    ],
+)
 def test_fit_bad_input_is_one_line_exit_2(capsys, argv, needle):
     code, out, err = run(capsys, "fit", "--model", "vgg19", *argv)
     assert code == 2 and out == ""

@@ -11,10 +11,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from filter_templates.data import cache as data_cache
-from filter_templates.data import data_shape, load_dataset
-from filter_templates.data import folder
 from filter_templates.core.errors import UsageError
+from filter_templates.data import cache as data_cache
+from filter_templates.data import data_shape, folder, load_dataset
 
 CLASSES = ("cat", "dog", "emu")
 
@@ -29,8 +28,13 @@ def _image(rng: np.random.Generator, label: int, size: tuple[int, int], grey: bo
     return im.convert("L") if grey else im
 
 
-def make_folder(root: Path, per_class: dict[str, int] | None = None, sizes: tuple[tuple[int, int], ...] = ((40, 40),),
-                val: bool = False, seed: int = 0) -> Path:
+def make_folder(
+    root: Path,
+    per_class: dict[str, int] | None = None,
+    sizes: tuple[tuple[int, int], ...] = ((40, 40),),
+    val: bool = False,
+    seed: int = 0,
+) -> Path:
     """train/ test/ (val/) of CLASSES with PNG and JPEG files, cycling through ``sizes``; every
     fifth image greyscale."""
     rng = np.random.default_rng(seed)
@@ -185,12 +189,17 @@ def test_decoding_in_chunks_with_workers_matches_one_process(cache_home, monkeyp
 
 # ------------------------------------------------------------------------- models follow the size
 
+
 def test_study_families_keep_their_parameters_and_scale_their_flops():
     from filter_templates.method.arch import make_arch
     from filter_templates.method.measure import arch_flops, arch_params
 
-    for family, params in (("vgg19", 20_040_522), ("resnet50", 23_520_842), ("googlenet", 6_166_250),
-                           ("mobilenet", 3_217_226)):
+    for family, params in (
+        ("vgg19", 20_040_522),
+        ("resnet50", 23_520_842),
+        ("googlenet", 6_166_250),
+        ("mobilenet", 3_217_226),
+    ):
         a32, a64 = make_arch(family), make_arch(family, image_size=64)
         assert arch_params(a32) == arch_params(a64) == params
         assert 3.99 < arch_flops(a64) / arch_flops(a32) <= 4.0
@@ -253,8 +262,9 @@ def test_train_config_size_is_a_result_field_left_out_at_32():
         TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 3, image_size=48), dataset="folder", image_size=32)
     at32 = TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), dataset="digits").to_dict()
     assert "image_size" not in experiment(at32) and "image_size" not in at32["arch"]
-    at48 = TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 3, image_size=48), dataset="folder",
-                       image_size=48).to_dict()
+    at48 = TrainConfig(
+        arch=make_arch("vgg19", "uniform", 0.05, 3, image_size=48), dataset="folder", image_size=48
+    ).to_dict()
     assert experiment(at48)["image_size"] == 48 and at48["arch"]["image_size"] == 48
     assert TrainConfig.from_dict(at48).arch.image_size == 48
 
@@ -264,8 +274,10 @@ def test_store_rows_carry_the_size(tmp_path):
     from filter_templates.sweep.store import Store
     from filter_templates.training.config import TrainConfig
 
-    cfgs = [TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 3, image_size=s), dataset="folder", image_size=s)
-            for s in (32, 48)]
+    cfgs = [
+        TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 3, image_size=s), dataset="folder", image_size=s)
+        for s in (32, 48)
+    ]
     with Store(tmp_path / "r.sqlite") as st:
         assert st.add_points([(c.to_dict(), str(tmp_path / f"run{i}")) for i, c in enumerate(cfgs)]) == 2
         assert sorted(r["image_size"] for r in st.rows()) == [32, 48]
@@ -279,9 +291,33 @@ def test_train_on_a_folder_records_its_size_and_exports_for_it(cache_home, capsy
 
     data = make_folder(cache_home / "d", per_class={"train": 12, "test": 4}, sizes=((36, 36),))
     run = cache_home / "run"
-    assert main(["train", "--model", "vgg19", "--template", "uniform", "--width", "0.03", "--dataset", "folder",
-                 "--data-dir", str(data), "--epochs", "1", "--batch-size", "16", "--threads", "1", "--out", str(run),
-                 "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "vgg19",
+                "--template",
+                "uniform",
+                "--width",
+                "0.03",
+                "--dataset",
+                "folder",
+                "--data-dir",
+                str(data),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--threads",
+                "1",
+                "--out",
+                str(run),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     config = json.loads((run / "config.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
     assert config["image_size"] == 36 and config["arch"]["image_size"] == 36 and config["arch"]["classes"] == 3
@@ -290,8 +326,24 @@ def test_train_on_a_folder_records_its_size_and_exports_for_it(cache_home, capsy
     assert main(["export", "--run", str(run), "--format", "torchscript", "--json"]) == 0
     traced = torch.jit.load(json.loads(capsys.readouterr().out)["path"])
     assert traced(torch.zeros(2, 3, 36, 36)).shape == (2, 3)
-    assert main(["train", "--model", "vgg19", "--dataset", "folder", "--data-dir", str(data), "--image-size", "4",
-                 "--out", str(cache_home / "r2")]) == 2
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "vgg19",
+                "--dataset",
+                "folder",
+                "--data-dir",
+                str(data),
+                "--image-size",
+                "4",
+                "--out",
+                str(cache_home / "r2"),
+            ]
+        )
+        == 2
+    )
     assert "--image-size" in capsys.readouterr().err
 
 
@@ -300,11 +352,50 @@ def test_a_fitted_record_brings_its_size_to_train(cache_home):
     from filter_templates.cli import main
 
     data = make_folder(cache_home / "d", per_class={"train": 12, "test": 4}, sizes=((36, 36),))
-    assert main(["fit", "--model", "vgg19", "--template", "uniform", "--budget", "params=2K", "--classes", "3",
-                 "--image-size", "40", "--save", str(cache_home / "fits")]) == 0
+    assert (
+        main(
+            [
+                "fit",
+                "--model",
+                "vgg19",
+                "--template",
+                "uniform",
+                "--budget",
+                "params=2K",
+                "--classes",
+                "3",
+                "--image-size",
+                "40",
+                "--save",
+                str(cache_home / "fits"),
+            ]
+        )
+        == 0
+    )
     saved = next((cache_home / "fits").iterdir())
-    assert main(["train", "--config", str(saved), "--dataset", "folder", "--data-dir", str(data), "--epochs", "1",
-                 "--batch-size", "16", "--threads", "1", "--out", str(cache_home / "r3"), "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(saved),
+                "--dataset",
+                "folder",
+                "--data-dir",
+                str(data),
+                "--epochs",
+                "1",
+                "--batch-size",
+                "16",
+                "--threads",
+                "1",
+                "--out",
+                str(cache_home / "r3"),
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert json.loads((cache_home / "r3" / "config.json").read_text())["image_size"] == 40
 
 
@@ -316,8 +407,8 @@ def test_onnx_export_takes_the_run_size(tmp_path):
     import torch
 
     from filter_templates.core import rundir
-    from filter_templates.method.arch import make_arch
     from filter_templates.export import export_run
+    from filter_templates.method.arch import make_arch
 
     arch = make_arch("vgg19", "uniform", 0.03, 3, image_size=48)
     torch.manual_seed(0)
@@ -336,11 +427,17 @@ def test_onnx_export_takes_the_run_size(tmp_path):
 
 # ---- what the data are: a folder's content digest in its runs' identity ----------------------------
 
+
 def _grid_config(data: Path):
     from filter_templates.sweep.grid import SweepSpec, plan_grid
 
-    spec = SweepSpec(models=["vgg19"], templates=["uniform"], widths=[0.03], datasets=["folder"],
-                     train={"data_dir": str(data), "epochs": 1, "batch_size": 16, "threads": 1})
+    spec = SweepSpec(
+        models=["vgg19"],
+        templates=["uniform"],
+        widths=[0.03],
+        datasets=["folder"],
+        train={"data_dir": str(data), "epochs": 1, "batch_size": 16, "threads": 1},
+    )
     (config,) = plan_grid(spec).configs
     return config
 
@@ -386,8 +483,8 @@ def test_archive_digest_follows_its_content(cache_home):
 
 
 def test_built_in_datasets_and_older_records_keep_their_identity():
-    from filter_templates.method.arch import make_arch
     from filter_templates.data import data_digest_for
+    from filter_templates.method.arch import make_arch
     from filter_templates.training.config import TrainConfig, experiment
 
     config = TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), dataset="digits")
@@ -407,8 +504,26 @@ def test_train_records_the_digest_resumes_a_moved_folder_and_refuses_other_image
     a = make_folder(cache_home / "a", per_class={"train": 12, "test": 4}, sizes=((36, 36),), seed=1)
     b = make_folder(cache_home / "b", per_class={"train": 12, "test": 4}, sizes=((36, 36),), seed=2)
     run = cache_home / "run"
-    argv = ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.03", "--dataset", "folder",
-            "--epochs", "1", "--batch-size", "16", "--threads", "1", "--out", str(run), "--quiet"]
+    argv = [
+        "train",
+        "--model",
+        "vgg19",
+        "--template",
+        "uniform",
+        "--width",
+        "0.03",
+        "--dataset",
+        "folder",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--out",
+        str(run),
+        "--quiet",
+    ]
     assert main([*argv, "--data-dir", str(a)]) == 0
     config = json.loads((run / "config.json").read_text())
     summary = json.loads((run / "summary.json").read_text())
@@ -431,7 +546,10 @@ def test_one_home_for_the_data_arguments():
     import filter_templates
 
     package = Path(filter_templates.__file__).parent
-    callers = sorted(str(p.relative_to(package)) for p in package.rglob("*.py")
-                     if p.name != "__init__.py" or p.parent.name != "data"
-                     if "load_data(" in p.read_text(encoding="utf-8"))
+    callers = sorted(
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
+        if p.name != "__init__.py" or p.parent.name != "data"
+        if "load_data(" in p.read_text(encoding="utf-8")
+    )
     assert callers == []

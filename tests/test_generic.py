@@ -7,19 +7,18 @@ import json
 import sys
 import textwrap
 
+import models_zoo as zoo  # tests/ is on sys.path (as for fixtures_data); the CLI imports it as tests.models_zoo
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from filter_templates.method.arch import Arch, make_arch
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
+from filter_templates.method.arch import Arch, make_arch
 from filter_templates.method.measure import arch_params, count_params
-from filter_templates.models import get_family, resolve_model
 from filter_templates.method.templates import BUILTIN_TEMPLATES
-
-import models_zoo as zoo  # tests/ is on sys.path (as for fixtures_data); the CLI imports it as tests.models_zoo
+from filter_templates.models import get_family, resolve_model
 
 ZOO = "tests.models_zoo"
 
@@ -58,8 +57,10 @@ def test_mobilenet_with_last_block_fixed_has_the_studys_13_layers():
     assert m.get_submodule("layers.0.conv1").in_channels == 512  # reverse: the stem takes 1024 * 0.5
 
 
-@pytest.mark.skipif(get_family("mobilenet").base_filters != MOBILENET_13,
-                    reason="the built-in mobilenet family still has the 13-blocks reading (issue 8 not merged)")
+@pytest.mark.skipif(
+    get_family("mobilenet").base_filters != MOBILENET_13,
+    reason="the built-in mobilenet family still has the 13-blocks reading (issue 8 not merged)",
+)
 def test_mobilenet_oracle_matches_the_family():
     name = resolve_model(f"{ZOO}:mobilenet", fixed=["layers.12"])
     for t in BUILTIN_TEMPLATES:
@@ -143,9 +144,18 @@ def test_python_api_takes_a_module_or_a_callable():
 
 
 def seq_net(num_classes: int = 10) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 24, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2),
-                         nn.Conv2d(24, 48, 3, padding=1), nn.BatchNorm2d(48), nn.ReLU(inplace=True),
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.3), nn.Linear(48, num_classes))
+    return nn.Sequential(
+        nn.Conv2d(3, 24, 3, padding=1),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(2),
+        nn.Conv2d(24, 48, 3, padding=1),
+        nn.BatchNorm2d(48),
+        nn.ReLU(inplace=True),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Dropout(0.3),
+        nn.Linear(48, num_classes),
+    )
 
 
 class Functional(nn.Module):
@@ -276,13 +286,16 @@ class Branchy(Grouped):
         return self.fc(y.mean((2, 3)))
 
 
-@pytest.mark.parametrize("make, message", [
-    (zoo.rolled, "op 'torch.roll'"),
-    (Sliced, "indexes or slices"),
-    (TwoOutputs, "one logits tensor"),
-    (OwnWeight, "own tensor 'scale'"),
-    (Branchy, "cannot trace"),
-])
+@pytest.mark.parametrize(
+    "make, message",
+    [
+        (zoo.rolled, "op 'torch.roll'"),
+        (Sliced, "indexes or slices"),
+        (TwoOutputs, "one logits tensor"),
+        (OwnWeight, "own tensor 'scale'"),
+        (Branchy, "cannot trace"),
+    ],
+)
 def test_unsupported_models_are_refused_by_name(make, message):
     with pytest.raises(UsageError, match=message):
         resolve_model(make, name=f"tests.test_generic:{make.__name__}")
@@ -316,17 +329,22 @@ def test_templates_json_lists_layers(capsys):
     doc = json.loads(capsys.readouterr().out)
     assert [t["name"] for t in doc["templates"]] == list(BUILTIN_TEMPLATES)
     assert all(len(t["filters"]) == 12 for t in doc["templates"])
-    assert len(doc["layers"]) == 12 and doc["layers"][3] == {"name": "layer2.0.conv1", "base": 128,
-                                                     "modules": ["layer2.0.conv1", "layer2.0.bn1"]}
+    assert len(doc["layers"]) == 12 and doc["layers"][3] == {
+        "name": "layer2.0.conv1",
+        "base": 128,
+        "modules": ["layer2.0.conv1", "layer2.0.bn1"],
+    }
     assert main(["templates", "--model", f"{ZOO}:resnet18", "--template", "uniform"]) == 0
     out = capsys.readouterr().out  # the modules reading: one template layer per stage, its inner convs inside
     assert "layer2.0-1" in out and "layer2.0.conv1 layer2.0.bn1" in out
 
 
 def test_small_model_gets_the_templates_that_apply(tmp_path, monkeypatch, capsys):
-    (tmp_path / "tinynets.py").write_text("import torch.nn as nn\ndef tiny():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), "
-                                          "nn.ReLU(), nn.Conv2d(8, 16, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), "
-                                          "nn.Linear(16, 10))\n")
+    (tmp_path / "tinynets.py").write_text(
+        "import torch.nn as nn\ndef tiny():\n    return nn.Sequential(nn.Conv2d(3, 8, 3), "
+        "nn.ReLU(), nn.Conv2d(8, 16, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), "
+        "nn.Linear(16, 10))\n"
+    )
     monkeypatch.syspath_prepend(str(tmp_path))
     assert main(["templates", "--model", "tinynets:tiny", "--json", "--classes", "4"]) == 0
     out = capsys.readouterr()
@@ -347,15 +365,43 @@ def test_train_export_resume_and_changed_code(tmp_path, monkeypatch, capsys):
     (tmp_path / "mynets.py").write_text(textwrap.dedent(MODULE_V1.format(w=6)))
     monkeypatch.syspath_prepend(str(tmp_path))
     run = tmp_path / "run"
-    common = ["--dataset", "synthetic", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32",
-              "--out", str(run), "--quiet"]
-    assert main(["train", "--model", "mynets:net", "--template", "uniform", "--width", "2", "--epochs", "1",
-                 *common]) == 0
+    common = [
+        "--dataset",
+        "synthetic",
+        "--limit-train",
+        "64",
+        "--limit-test",
+        "32",
+        "--batch-size",
+        "32",
+        "--out",
+        str(run),
+        "--quiet",
+    ]
+    assert (
+        main(["train", "--model", "mynets:net", "--template", "uniform", "--width", "2", "--epochs", "1", *common]) == 0
+    )
     cfg = json.loads((run / "config.json").read_text())["arch"]
     assert cfg["family"] == "mynets:net" and cfg["plan"] and cfg["filters"] == [14, 14]
     # resuming reads the checkpoint's record back (the same settings: here the run is already complete)
-    assert main(["train", "--model", "mynets:net", "--template", "uniform", "--width", "2", "--epochs", "1",
-                 "--resume", *common]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "mynets:net",
+                "--template",
+                "uniform",
+                "--width",
+                "2",
+                "--epochs",
+                "1",
+                "--resume",
+                *common,
+            ]
+        )
+        == 0
+    )
     capsys.readouterr()
     assert main(["export", "--run", str(run), "--format", "torchscript", "--model", "mynets:net", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["path"].endswith("model.torchscript.pt")
@@ -364,8 +410,22 @@ def test_train_export_resume_and_changed_code(tmp_path, monkeypatch, capsys):
     (tmp_path / "mynets.py").write_text(textwrap.dedent(MODULE_V1.format(w=7)))
     sys.modules.pop("mynets", None)
     importlib.invalidate_caches()
-    assert main(["export", "--run", str(run), "--format", "torchscript", "--out", str(tmp_path / "x.pt"),
-                 "--model", "mynets:net"]) == 2
+    assert (
+        main(
+            [
+                "export",
+                "--run",
+                str(run),
+                "--format",
+                "torchscript",
+                "--out",
+                str(tmp_path / "x.pt"),
+                "--model",
+                "mynets:net",
+            ]
+        )
+        == 2
+    )
     assert "mynets:net has changed since" in capsys.readouterr().err
 
 
@@ -398,7 +458,21 @@ def test_reduce_takes_a_user_model(tmp_path, capsys):
     which is decided after discovery and fitting, before any training)."""
     from filter_templates.cli import main
 
-    assert main(["reduce", "--model", "tests.models_zoo:resnet18", "--budget", "params=10", "--dataset", "synthetic",
-                 "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            [
+                "reduce",
+                "--model",
+                "tests.models_zoo:resnet18",
+                "--budget",
+                "params=10",
+                "--dataset",
+                "synthetic",
+                "--out",
+                str(tmp_path / "r"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "tests.models_zoo:resnet18" in err[0] and "smallest reachable" in err[0]

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_reduce import reduce_args
+from test_sweep import _poll, err_line
 
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
 from filter_templates.sweep.halving import Halving, rung_epochs, rung_scores
 from filter_templates.sweep.store import Store
-from test_reduce import reduce_args
-from test_sweep import _poll, err_line
 
 HALVING = ["--epochs", "4", "--halving", "2", "--no-export", "--json"]  # rungs at 1, 2 and 4 epochs
 
@@ -35,12 +35,15 @@ def test_rungs_are_rounded_down_and_the_first_is_at_least_one_epoch():
     assert Halving(2).record(8) == {"rate": 2, "rungs": 3, "epochs": [2, 4, 8]}
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--halving", "1"], "--halving (the rate R: a rung keeps the best 1/R) must be"),
-    (["--halving", "2", "--rungs", "0"], "--rungs must be"),
-    (["--rungs", "2"], "--rungs needs --halving"),
-    (["--halving", "2", "--epochs", "3"], "the first rung would be 3/2^2 = 0.75 epochs, under one"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--halving", "1"], "--halving (the rate R: a rung keeps the best 1/R) must be"),
+        (["--halving", "2", "--rungs", "0"], "--rungs must be"),
+        (["--rungs", "2"], "--rungs needs --halving"),
+        (["--halving", "2", "--epochs", "3"], "the first rung would be 3/2^2 = 0.75 epochs, under one"),
+    ],
+)
 def test_bad_halving_is_one_line_exit_2_and_nothing_written(tmp_path, capsys, argv, match):
     assert main(reduce_args(tmp_path / "R", *argv)) == 2
     assert match in err_line(capsys)
@@ -53,13 +56,19 @@ def survivors(doc: dict) -> list[list[str]]:
 
 
 def _finalist_weights(doc: dict) -> dict[str, dict]:
-    return {c["template"]: torch.load(Path(c["run_dir"]) / "model.pt", weights_only=True)
-            for c in doc["candidates"] if c["status"] == "done"}
+    return {
+        c["template"]: torch.load(Path(c["run_dir"]) / "model.pt", weights_only=True)
+        for c in doc["candidates"]
+        if c["status"] == "done"
+    }
 
 
 def _metrics(out: Path) -> dict[str, list[str]]:
-    return {d.name: (d / "metrics.jsonl").read_text().splitlines() for d in sorted((out / "runs").iterdir())
-            if (d / "metrics.jsonl").is_file()}
+    return {
+        d.name: (d / "metrics.jsonl").read_text().splitlines()
+        for d in sorted((out / "runs").iterdir())
+        if (d / "metrics.jsonl").is_file()
+    }
 
 
 def test_halving_keeps_the_plain_runs_weights_for_fewer_epochs_and_survives_a_kill(tmp_path, capsys):
@@ -72,14 +81,20 @@ def test_halving_keeps_the_plain_runs_weights_for_fewer_epochs_and_survives_a_ki
     argv = reduce_args(halved, *HALVING)
     db = halved / "results.sqlite"
     log = tmp_path / "killed.log"
-    proc = subprocess.Popen([sys.executable, "-m", "filter_templates", *argv], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "filter_templates", *argv],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         # rung 1 over (its five pauses recorded), a survivor claimed for rung 2 and not paused again
-        if _poll(db, "SELECT COUNT(*) FROM events WHERE event='paused'") in (5, 6) and \
-                _poll(db, "SELECT COUNT(*) FROM runs WHERE status='running'"):
+        if _poll(db, "SELECT COUNT(*) FROM events WHERE event='paused'") in (5, 6) and _poll(
+            db, "SELECT COUNT(*) FROM runs WHERE status='running'"
+        ):
             break
         time.sleep(0.02)
     assert proc.poll() is None, "reduce ended before it could be killed:\n" + log.read_text()
@@ -91,7 +106,7 @@ def test_halving_keeps_the_plain_runs_weights_for_fewer_epochs_and_survives_a_ki
     h = json.loads(capsys.readouterr().out)
     after = _metrics(halved)
     for name, rows in before.items():  # every epoch finished before the kill kept as it was (its timing too)
-        assert after[name][:len(rows)] == rows
+        assert after[name][: len(rows)] == rows
     # the decisions: rung by rung, the best half by validation accuracy at the rung
     rungs = h["halving"]["rungs"]
     assert h["halving"]["rate"] == 2 and [g["epochs"] for g in rungs] == [1, 2, 4]
@@ -101,7 +116,7 @@ def test_halving_keeps_the_plain_runs_weights_for_fewer_epochs_and_survives_a_ki
     for g in rungs[:-1]:
         scores = {t: v for t, (v, _) in rung_scores(rows, g["epochs"], "val_acc").items()}
         assert g["scores"] == {t: scores[t] for t in g["candidates"]}
-        assert set(g["survivors"]) == set(sorted(g["candidates"], key=lambda t: -scores[t])[:len(g["survivors"])])
+        assert set(g["survivors"]) == set(sorted(g["candidates"], key=lambda t: -scores[t])[: len(g["survivors"])])
     # the finalist is bit-identical to the same candidate of the plain reduce; the rest stopped
     finalists = _finalist_weights(h)
     assert list(finalists) == rungs[-1]["candidates"] == [h["winner"]["template"]]

@@ -9,10 +9,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from filter_templates.training import initialise
-from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.data import load_data
+from filter_templates.method.arch import make_arch
+from filter_templates.training import initialise
 from filter_templates.training.config import TrainConfig, experiment
 from filter_templates.training.loop import _initialise, train
 
@@ -85,9 +85,14 @@ def test_a_model_without_an_input_convolution_is_left_as_built_with_a_note(capsy
 
 
 def test_identity_start_adds_the_input_to_what_a_convolution_made_where_it_can():
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 8, 3, padding=1),
-                          nn.Conv2d(8, 16, 1), nn.Conv2d(16, 8, 3, padding=1),  # fewer outputs: left
-                          nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 8, 2))  # depthwise, even: left
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.Conv2d(8, 8, 3, padding=1),
+        nn.Conv2d(8, 16, 1),
+        nn.Conv2d(16, 8, 3, padding=1),  # fewer outputs: left
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.Conv2d(8, 8, 2),
+    )  # depthwise, even: left
     before = [m.weight.detach().clone() for m in model]
     assert initialise.identity(model, skip=model[0]) == 2
     assert torch.equal(model[0].weight, before[0])
@@ -104,8 +109,19 @@ def _digits_sample(n: int = 256) -> tuple[torch.Tensor, torch.Tensor]:
     from filter_templates.data.augment import Loader, LoaderOptions
 
     ds = load_data("digits", limit_train=n)
-    return next(iter(Loader(ds.train_x, ds.train_y, n, train=False, mean=ds.mean, std=ds.std,
-                            options=LoaderOptions(channels_last=False))))
+    return next(
+        iter(
+            Loader(
+                ds.train_x,
+                ds.train_y,
+                n,
+                train=False,
+                mean=ds.mean,
+                std=ds.std,
+                options=LoaderOptions(channels_last=False),
+            )
+        )
+    )
 
 
 def test_whitening_gives_no_filter_to_directions_grey_images_lack():
@@ -144,8 +160,16 @@ def test_the_fast_starts_keep_the_gradient_of_a_deep_plain_net_in_scale_on_digit
 
 def _digits_config(**kw) -> TrainConfig:
     kw = {"epochs": 1, **kw}
-    return TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), dataset="digits", limit_train=128,
-                       limit_test=64, batch_size=32, precision="fp32", memory_format="contiguous", **kw)
+    return TrainConfig(
+        arch=make_arch("vgg19", "uniform", 0.05, 10),
+        dataset="digits",
+        limit_train=128,
+        limit_test=64,
+        batch_size=32,
+        precision="fp32",
+        memory_format="contiguous",
+        **kw,
+    )
 
 
 def test_the_initialisation_draws_no_random_numbers_and_changes_only_convolutions():
@@ -157,11 +181,14 @@ def test_the_initialisation_draws_no_random_numbers_and_changes_only_convolution
     rng = torch.get_rng_state()
     _initialise(model, _digits_config(whiten_init=True, identity_init=True), ds)
     assert torch.equal(torch.get_rng_state(), rng)  # the data order and later draws do not depend on it
-    changed = {name for (name, a), (_, b) in zip(model.named_parameters(), plain.named_parameters())
-               if not torch.equal(a, b)}
+    changed = {
+        name for (name, a), (_, b) in zip(model.named_parameters(), plain.named_parameters()) if not torch.equal(a, b)
+    }
     assert "features.0.weight" in changed and "features.3.weight" in changed
-    assert all(name.startswith("features.") and isinstance(model.get_submodule(name.rsplit(".", 1)[0]), nn.Conv2d)
-               for name in changed)
+    assert all(
+        name.startswith("features.") and isinstance(model.get_submodule(name.rsplit(".", 1)[0]), nn.Conv2d)
+        for name in changed
+    )
     torch.manual_seed(0)
     untouched = _digits_config().arch.build()
     _initialise(untouched, _digits_config(whiten_init=False, identity_init=False), ds)
@@ -172,14 +199,17 @@ def test_the_fields_reach_config_json_and_the_experiment_identity(tmp_path, caps
     calls = []
     for name in ("whiten", "identity"):
         real = getattr(initialise, name)
-        monkeypatch.setattr(initialise, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k))
+        monkeypatch.setattr(
+            initialise, name, lambda *a, _real=real, _name=name, **k: calls.append(_name) or _real(*a, **k)
+        )
     from filter_templates.training.config import RECIPES
 
     paper = _digits_config(recipe="paper")
     assert (paper.whiten_init, paper.identity_init) == (False, False)  # the study's start
     fast = _digits_config(whiten_init=True, identity_init=True)
-    assert [getattr(_digits_config(), k) for k in ("whiten_init", "identity_init")] == \
-        [RECIPES["fast"][k] for k in ("whiten_init", "identity_init")]
+    assert [getattr(_digits_config(), k) for k in ("whiten_init", "identity_init")] == [
+        RECIPES["fast"][k] for k in ("whiten_init", "identity_init")
+    ]
     off = _digits_config(whiten_init=False, identity_init=False).to_dict()
     older = {k: v for k, v in off.items() if k not in ("whiten_init", "identity_init")}
     assert experiment(off) == experiment(older)  # runs from before the fields keep their sweep key and checkpoint
@@ -187,8 +217,26 @@ def test_the_fields_reach_config_json_and_the_experiment_identity(tmp_path, caps
     assert TrainConfig.from_dict(older).whiten_init is False  # a whole older record: the start it had
     with pytest.raises(Exception, match="whiten_init"):
         _digits_config(whiten_init="yes")
-    common = ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--epochs", "1",
-              "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--threads", "1", "--json"]
+    common = [
+        "train",
+        "--model",
+        "vgg19",
+        "--template",
+        "uniform",
+        "--width",
+        "0.05",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "64",
+        "--limit-test",
+        "32",
+        "--batch-size",
+        "32",
+        "--threads",
+        "1",
+        "--json",
+    ]
     assert main([*common, "--no-whiten-init", "--identity-init", "--out", str(tmp_path / "a")]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert (doc["config"]["whiten_init"], doc["config"]["identity_init"]) == (False, True)

@@ -19,8 +19,16 @@ PORTABLE = re.compile(r"[A-Za-z0-9._-]+")
 
 
 def test_a_user_networks_run_folder_is_portable_and_its_config_keeps_the_path():
-    config = {"arch": {"family": "pkg.sub.mod:make_net", "template": "mypkg.templates:wedge", "width": 0.5,
-                       "as_published": False}, "dataset": "digits", "seed": 3}
+    config = {
+        "arch": {
+            "family": "pkg.sub.mod:make_net",
+            "template": "mypkg.templates:wedge",
+            "width": 0.5,
+            "as_published": False,
+        },
+        "dataset": "digits",
+        "seed": 3,
+    }
     for key in (None, "0123456789abcdef"):
         name = run_name(config, key)
         assert PORTABLE.fullmatch(name), name
@@ -35,8 +43,14 @@ def test_test_views_follow_what_the_dataset_allows(dataset, views):
 
 
 def test_the_report_counts_the_test_views_a_run_recorded(tmp_path):
-    config = TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), epochs=1, dataset="digits", limit_train=64,
-                         limit_test=32, batch_size=32)
+    config = TrainConfig(
+        arch=make_arch("vgg19", "uniform", 0.05, 10),
+        epochs=1,
+        dataset="digits",
+        limit_train=64,
+        limit_test=32,
+        batch_size=32,
+    )
     summary = train(config, tmp_path / "run")
     assert summary["metrics"][-1]["test_views"] == views_of(setting(summary["config"])) == 1
 

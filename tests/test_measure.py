@@ -9,12 +9,12 @@ import pytest
 import torch
 import torch.nn as nn
 
-from filter_templates.method import measure as M
-from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
-from filter_templates.models import family_names
+from filter_templates.method import measure as M
+from filter_templates.method.arch import make_arch
 from filter_templates.method.templates import template_names
+from filter_templates.models import family_names
 
 F32, I64 = 4, 8
 
@@ -88,8 +88,13 @@ def test_shape_counting_falls_back_when_it_cannot_reproduce_the_counter(monkeypa
 def test_account_hand_count_conv_bn_relu_linear():
     torch.manual_seed(0)
     n, c = 2, 4
-    model = nn.Sequential(nn.Conv2d(3, c, 3, padding=1), nn.BatchNorm2d(c), nn.ReLU(inplace=True),
-                          nn.Flatten(), nn.Linear(c * 32 * 32, 10))
+    model = nn.Sequential(
+        nn.Conv2d(3, c, 3, padding=1),
+        nn.BatchNorm2d(c),
+        nn.ReLU(inplace=True),
+        nn.Flatten(),
+        nn.Linear(c * 32 * 32, 10),
+    )
     acc = M.train_memory_account(model, batch_size=n)
     params = (c * 3 * 9 + c) + (c + c) + (c * 32 * 32 * 10 + 10)  # conv w+b, bn w+b, linear w+b
     assert acc["parameters"] == params * F32
@@ -143,7 +148,8 @@ def test_account_hand_count_residual_block():
         + act  # relu result after the shortcut sum (in place on the sum), also the pool's input
         + 2 * 2 * c * F32  # each batch norm's batch mean and inverse std
         + n * c * F32  # the pooled features the linear layer saves (flatten is a view)
-        + n * 10 * F32 + F32  # log_softmax output, nll_loss total weight
+        + n * 10 * F32
+        + F32  # log_softmax output, nll_loss total weight
     )
     assert acc["saved"] == saved
 
@@ -240,8 +246,23 @@ def test_resolve_device():
 
 
 def test_templates_measure_json(capsys):
-    code = main(["templates", "--model", "vgg19", "--width", "0.05", "--template", "base", "--template", "uniform",
-                 "--measure", "--min-run-time", "0.005", "--json"])
+    code = main(
+        [
+            "templates",
+            "--model",
+            "vgg19",
+            "--width",
+            "0.05",
+            "--template",
+            "base",
+            "--template",
+            "uniform",
+            "--measure",
+            "--min-run-time",
+            "0.005",
+            "--json",
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 0
     doc = json.loads(out)
@@ -255,8 +276,22 @@ def test_templates_measure_json(capsys):
 
 
 def test_templates_measure_table(capsys):
-    code = main(["templates", "--model", "mobilenet", "--width", "0.1", "--template", "base", "--measure",
-                 "--batch-size", "4", "--min-run-time", "0.005"])
+    code = main(
+        [
+            "templates",
+            "--model",
+            "mobilenet",
+            "--width",
+            "0.1",
+            "--template",
+            "base",
+            "--measure",
+            "--batch-size",
+            "4",
+            "--min-run-time",
+            "0.005",
+        ]
+    )
     out, _ = capsys.readouterr()
     assert code == 0
     assert "train MiB" in out and "ms@4" in out and "ms@1" in out and "threads" in out
@@ -269,10 +304,13 @@ def test_templates_without_measure_keeps_its_keys(capsys):
     assert set(doc["templates"][0]) == {"name", "filters", "params", "flops"}
 
 
-@pytest.mark.parametrize("argv, needle", [
-    (["--device", "tpu"], "unknown device"),
-    (["--batch-size", "0"], "positive integer"),
-])
+@pytest.mark.parametrize(
+    "argv, needle",
+    [
+        (["--device", "tpu"], "unknown device"),
+        (["--batch-size", "0"], "positive integer"),
+    ],
+)
 def test_templates_measure_bad_input(capsys, argv, needle):
     code = main(["templates", "--model", "vgg19", "--measure", *argv])
     out, err = capsys.readouterr()

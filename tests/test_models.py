@@ -18,19 +18,26 @@ import torch.nn as nn
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from filter_templates.method.arch import make_arch
 from filter_templates.core.errors import UsageError
+from filter_templates.method.arch import make_arch
 from filter_templates.method.measure import count_flops, count_params
+from filter_templates.method.templates import BUILTIN_TEMPLATES, scale_count
 from filter_templates.models import family_names, get_family
 from filter_templates.models import googlenet as G
 from filter_templates.models import mobilenet as M
 from filter_templates.models import resnet as R
-from filter_templates.method.templates import BUILTIN_TEMPLATES, scale_count
 
 STUDY = ["vgg19", "resnet50", "googlenet", "mobilenet"]
 VARIANT = {"resnet50": "resnet50-blocks", "googlenet": "googlenet-proportional", "mobilenet": "mobilenet-blocks"}
-FAMILIES = ["vgg19", "resnet50", "resnet50-blocks", "googlenet", "googlenet-proportional", "mobilenet",
-            "mobilenet-blocks"]
+FAMILIES = [
+    "vgg19",
+    "resnet50",
+    "resnet50-blocks",
+    "googlenet",
+    "googlenet-proportional",
+    "mobilenet",
+    "mobilenet-blocks",
+]
 WIDTHS = (0.05, 0.1, 0.25, 0.5, 0.8, 1.0, 1.3, 1.6)
 
 
@@ -55,11 +62,12 @@ BASE_FILTERS = {
 
 # Real CPU forwards: per family, every width once and every template at least once; the costly
 # templates (reverse, quadratic) get the middle widths so the subset stays a few seconds.
-REAL_SUBSET = list(zip(
-    (1.6, 1.3, 1.0, 0.8, 0.5, 0.25, 0.1, 0.05),
-    ("base", "negative-quadratic", "uniform", "reverse", "quadratic", "base", "negative-quadratic", "uniform"),
-))
-
+REAL_SUBSET = list(
+    zip(
+        (1.6, 1.3, 1.0, 0.8, 0.5, 0.25, 0.1, 0.05),
+        ("base", "negative-quadratic", "uniform", "reverse", "quadratic", "base", "negative-quadratic", "uniform"),
+    )
+)
 
 
 def meta_build(family: str, filters, classes: int = 10, **kw) -> nn.Module:
@@ -194,7 +202,11 @@ def test_smallest_model_runs_for_real(family):
 
 @pytest.mark.parametrize(
     "family, stem, attr",
-    [("resnet50-blocks", 64, "conv1"), ("googlenet-proportional", 192, "pre_layers.0"), ("mobilenet-blocks", 32, "conv1")],
+    [
+        ("resnet50-blocks", 64, "conv1"),
+        ("googlenet-proportional", 192, "pre_layers.0"),
+        ("mobilenet-blocks", 32, "conv1"),
+    ],
 )
 @pytest.mark.parametrize("width, divisor", [(1.0, 1), (0.5, 1), (0.05, 1), (1.3, 1), (0.05, 8), (0.3, 8)])
 def test_stem_scaled_like_template_layers(family, stem, attr, width, divisor):
@@ -216,8 +228,12 @@ def inception_modules(model: nn.Module) -> list[G.Inception]:
 def conv_widths(m: G.Inception) -> G.Widths:
     """Read the widths back from the conv weights, not from the module's own record."""
     return G.Widths(
-        m.b1[0].out_channels, m.b2[0].out_channels, m.b2[3].out_channels,
-        m.b3[0].out_channels, m.b3[3].out_channels, m.b4[1].out_channels,
+        m.b1[0].out_channels,
+        m.b2[0].out_channels,
+        m.b2[3].out_channels,
+        m.b3[0].out_channels,
+        m.b3[3].out_channels,
+        m.b4[1].out_channels,
     )
 
 

@@ -9,11 +9,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from filter_templates.training import muon
-from filter_templates.method.arch import make_arch
 from filter_templates.core.errors import UsageError
-from filter_templates.training.recipe import OptimizerSettings, make_optimizer
+from filter_templates.method.arch import make_arch
+from filter_templates.training import muon
 from filter_templates.training.config import TrainConfig
+from filter_templates.training.recipe import OptimizerSettings, make_optimizer
 
 
 @pytest.mark.parametrize("shape", [(16, 27), (64, 16), (128, 1152)])
@@ -26,10 +26,18 @@ def test_orthogonalize_gives_singular_values_near_one(shape):
 
 
 def _conv_bn_relu() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                         nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.BatchNorm2d(8),  # depthwise: SGD
-                         nn.Conv2d(8, 4, 1), nn.ReLU(),  # no BatchNorm after it: its scale matters, SGD
-                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1),
+        nn.BatchNorm2d(8),
+        nn.ReLU(),
+        nn.Conv2d(8, 8, 3, padding=1, groups=8),
+        nn.BatchNorm2d(8),  # depthwise: SGD
+        nn.Conv2d(8, 4, 1),
+        nn.ReLU(),  # no BatchNorm after it: its scale matters, SGD
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
 
 
 def test_only_ordinary_convolutions_that_feed_a_batchnorm_take_muon():
@@ -88,9 +96,9 @@ def test_muon_step_sets_the_weight_scale_and_moves_it_by_about_lr():
     F.cross_entropy(model(torch.randn(4, 3, 8, 8)), torch.tensor([0, 1, 0, 1])).backward()
     before = w.detach().clone()
     opt.step()
-    normalised = before * (16 ** 0.5 / before.norm())
+    normalised = before * (16**0.5 / before.norm())
     step = (w.detach() - normalised).flatten(1)  # (16, 27): a semi-orthogonal matrix times lr
-    assert step.norm() == pytest.approx(lr * 16 ** 0.5, rel=0.35)
+    assert step.norm() == pytest.approx(lr * 16**0.5, rel=0.35)
     assert torch.linalg.svdvals(step / lr).max() < 1.3
 
 
@@ -105,10 +113,19 @@ def test_optimizer_fields_are_validated():
 
 # ---- records written before the optimizer fields existed ---------------------------------------
 
+
 def _config(**kw) -> TrainConfig:
     kw.setdefault("optimizer", "sgd")  # whatever the recipe's default is
-    return TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), dataset="digits", limit_train=128,
-                       limit_test=64, batch_size=32, epochs=2, precision="fp32", **kw)
+    return TrainConfig(
+        arch=make_arch("vgg19", "uniform", 0.05, 10),
+        dataset="digits",
+        limit_train=128,
+        limit_test=64,
+        batch_size=32,
+        epochs=2,
+        precision="fp32",
+        **kw,
+    )
 
 
 def _older(d: dict) -> dict:

@@ -22,9 +22,31 @@ OTHER = autotune.Execution("fp32" if autotune.rule(CPU)[0] == "bf16" else "bf16"
 
 
 def _train_args(out: Path, *extra: str) -> list[str]:
-    return ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", "digits",
-            "--limit-train", "96", "--limit-test", "32", "--batch-size", "32", "--epochs", "1", "--seed", "1",
-            "--out", str(out), "--quiet", *extra]
+    return [
+        "train",
+        "--model",
+        "vgg19",
+        "--template",
+        "uniform",
+        "--width",
+        "0.05",
+        "--dataset",
+        "digits",
+        "--limit-train",
+        "96",
+        "--limit-test",
+        "32",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--seed",
+        "1",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def _write(path: Path, execution: autotune.Execution = OTHER, **key) -> Path:
@@ -58,15 +80,24 @@ def test_write_replaces_this_machines_table_and_keeps_the_others(tmp_path):
     assert machine_profile.find(CPU, str(path)) == (entries[1].execution, str(path))
 
 
-@pytest.mark.parametrize("text, word", [
-    ("[[machine]\n", "not valid TOML"),
-    ("precision = 'bf16'\n", "only \\[\\[machine"),
-    ("[[machine]]\ndevice = 'x'\n", "'cores'"),
-    ("[[machine]]\ndevice = 'x'\ncores = 2\ntorch = '2'\nprecision = 'fp16'\nmemory_format = 'contiguous'\n"
-     "threads = 1\ncompile = false\n", "precision"),
-    ("[[machine]]\ndevice = 'x'\ncores = 2\ntorch = '2'\nprecision = 'fp32'\nmemory_format = 'contiguous'\n"
-     "threads = 0\ncompile = false\n", "threads"),
-])
+@pytest.mark.parametrize(
+    "text, word",
+    [
+        ("[[machine]\n", "not valid TOML"),
+        ("precision = 'bf16'\n", "only \\[\\[machine"),
+        ("[[machine]]\ndevice = 'x'\n", "'cores'"),
+        (
+            "[[machine]]\ndevice = 'x'\ncores = 2\ntorch = '2'\nprecision = 'fp16'\nmemory_format = 'contiguous'\n"
+            "threads = 1\ncompile = false\n",
+            "precision",
+        ),
+        (
+            "[[machine]]\ndevice = 'x'\ncores = 2\ntorch = '2'\nprecision = 'fp32'\nmemory_format = 'contiguous'\n"
+            "threads = 0\ncompile = false\n",
+            "threads",
+        ),
+    ],
+)
 def test_a_corrupt_profile_is_refused_naming_the_file(tmp_path, text, word):
     path = tmp_path / "p.toml"
     path.write_text(text)
@@ -81,16 +112,28 @@ def test_a_corrupt_profile_is_refused_naming_the_file(tmp_path, text, word):
 def test_choose_takes_the_profile_for_what_is_not_given():
     found = (OTHER, "/p.toml")
     full = autotune.choose(CPU, profile=found)
-    assert (full.precision, full.memory_format, full.source, full.compile, full.profile) == \
-        (OTHER.precision, OTHER.memory_format, "profile", False, "/p.toml")
+    assert (full.precision, full.memory_format, full.source, full.compile, full.profile) == (
+        OTHER.precision,
+        OTHER.memory_format,
+        "profile",
+        False,
+        "/p.toml",
+    )
     half = autotune.choose(CPU, precision="fp32", compile=True, profile=found)
-    assert (half.precision, half.memory_format, half.source, half.compile, half.compile_source) == \
-        ("fp32", "contiguous", "given+profile", True, "given")
+    assert (half.precision, half.memory_format, half.source, half.compile, half.compile_source) == (
+        "fp32",
+        "contiguous",
+        "given+profile",
+        True,
+        "given",
+    )
     assert autotune.choose(CPU).compile is False and autotune.choose(CPU).profile is None
 
 
 def test_thread_counts_and_the_compile_payback():
-    assert tuning.thread_counts(1) == [1] and tuning.thread_counts(2) == [1, 2] and tuning.thread_counts(16) == [1, 8, 16]
+    assert (
+        tuning.thread_counts(1) == [1] and tuning.thread_counts(2) == [1, 2] and tuning.thread_counts(16) == [1, 8, 16]
+    )
     steps = tuning.PAYBACK_EPOCHS * tuning.PAYBACK_IMAGES / 64  # 7,812.5 steps of 64 images
     assert tuning.compile_pays(30.0, 0.010, 0.010 - 31.0 / steps, 64)
     assert not tuning.compile_pays(30.0, 0.010, 0.010 - 29.0 / steps, 64)
@@ -106,17 +149,27 @@ def test_a_matching_profile_decides_the_same_weights_twice_and_says_so(tmp_path,
     execution = _summary(tmp_path / "a")["execution"]
     assert (execution["source"], execution["profile"], execution["threads_source"]) == ("profile", str(path), "profile")
     cfg = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert (cfg["precision"], cfg["memory_format"], cfg["threads"], cfg["compile"]) == \
-        (OTHER.precision, OTHER.memory_format, 1, False)
+    assert (cfg["precision"], cfg["memory_format"], cfg["threads"], cfg["compile"]) == (
+        OTHER.precision,
+        OTHER.memory_format,
+        1,
+        False,
+    )
     # flags win over it, one by one; --no-profile ignores it
     assert main(_train_args(tmp_path / "c", "--memory-format", "channels_last")) == 0
     c = _summary(tmp_path / "c")
-    assert (c["memory_format"], c["precision"], c["execution"]["source"]) == \
-        ("channels_last", OTHER.precision, "given+profile")
+    assert (c["memory_format"], c["precision"], c["execution"]["source"]) == (
+        "channels_last",
+        OTHER.precision,
+        "given+profile",
+    )
     assert main(_train_args(tmp_path / "d", "--no-profile")) == 0
     d = _summary(tmp_path / "d")
-    assert (d["precision"], d["execution"]["source"], d["execution"]["profile"]) == \
-        (autotune.rule(CPU)[0], "rule", None)
+    assert (d["precision"], d["execution"]["source"], d["execution"]["profile"]) == (
+        autotune.rule(CPU)[0],
+        "rule",
+        None,
+    )
     assert capsys.readouterr().err == ""
 
 
@@ -127,8 +180,11 @@ def test_a_resumed_run_keeps_what_it_used_whatever_the_profile_says_now(tmp_path
     path.write_text("corrupt [")  # not read on resume: the checkpoint says how the run executes
     assert main([*_train_args(run), "--resume"]) == 0
     s = _summary(run)
-    assert (s["precision"], s["memory_format"], s["execution"]["source"]) == \
-        (OTHER.precision, OTHER.memory_format, "checkpoint")
+    assert (s["precision"], s["memory_format"], s["execution"]["source"]) == (
+        OTHER.precision,
+        OTHER.memory_format,
+        "checkpoint",
+    )
 
 
 def test_another_machines_profile_is_one_line_and_the_rule(tmp_path, capsys):
@@ -161,7 +217,11 @@ def test_compile_is_recorded_and_gives_the_same_weights_twice(tmp_path):
     assert main(_train_args(tmp_path / "b", "--compile", "--no-profile")) == 0
     assert (tmp_path / "a" / "model.pt").read_bytes() == (tmp_path / "b" / "model.pt").read_bytes()
     s = _summary(tmp_path / "a")
-    assert (s["config"]["compile"], s["execution"]["compile"], s["execution"]["compile_source"]) == (True, True, "given")
+    assert (s["config"]["compile"], s["execution"]["compile"], s["execution"]["compile_source"]) == (
+        True,
+        True,
+        "given",
+    )
 
 
 def test_compile_without_a_compiler_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
@@ -184,8 +244,9 @@ def test_tune_times_every_variant_and_writes_a_profile_that_train_then_uses(tmp_
     fastest = max(eager, key=lambda v: v["median"])["variant"]
     entry = machine_profile.read(path)[0]
     assert entry.key == machine_profile.machine_key(CPU)
-    assert doc["recommended"] == "/".join(map(str, (entry.execution.precision, entry.execution.memory_format,
-                                                    entry.execution.threads)))
+    assert doc["recommended"] == "/".join(
+        map(str, (entry.execution.precision, entry.execution.memory_format, entry.execution.threads))
+    )
     check = doc["bf16_check"]
     if fastest.startswith("bf16"):  # bf16 wins only with its check passed, else the fastest fp32 variant
         assert check is not None and check["passed"] == (check["fp32"] - check["bf16"] <= tuning.BF16_TOLERANCE)
@@ -194,8 +255,11 @@ def test_tune_times_every_variant_and_writes_a_profile_that_train_then_uses(tmp_
         assert check is None and doc["recommended"] == fastest
     assert main(_train_args(tmp_path / "run", "--profile", str(path), "--threads", "1")) == 0
     s = _summary(tmp_path / "run")
-    assert (s["precision"], s["memory_format"], s["execution"]["source"]) == \
-        (entry.execution.precision, entry.execution.memory_format, "profile")
+    assert (s["precision"], s["memory_format"], s["execution"]["source"]) == (
+        entry.execution.precision,
+        entry.execution.memory_format,
+        "profile",
+    )
 
 
 @pytest.mark.slow
@@ -217,9 +281,31 @@ def test_tune_refuses_a_corrupt_profile_or_an_unwritable_path_before_measuring(t
 def test_a_sweep_refuses_a_corrupt_profile_before_any_run(tmp_path, capsys):
     bad = tmp_path / "p.toml"
     bad.write_text("[[machine]]\n")
-    args = ["sweep", "--models", "vgg19", "--templates", "base", "--widths", "0.05", "--datasets", "synthetic",
-            "--epochs", "1", "--limit-train", "8", "--limit-test", "8", "--batch-size", "8",
-            "--db", str(tmp_path / "r.sqlite"), "--runs-dir", str(tmp_path / "runs"), "--profile", str(bad)]
+    args = [
+        "sweep",
+        "--models",
+        "vgg19",
+        "--templates",
+        "base",
+        "--widths",
+        "0.05",
+        "--datasets",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "8",
+        "--limit-test",
+        "8",
+        "--batch-size",
+        "8",
+        "--db",
+        str(tmp_path / "r.sqlite"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--profile",
+        str(bad),
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and not (tmp_path / "runs").exists()

@@ -11,15 +11,15 @@ import sys
 import pytest
 import torch
 
-from filter_templates.pruning import adapter as prune
-from filter_templates.core import rundir
-from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
+from filter_templates.core import rundir
 from filter_templates.core.errors import UsageError
+from filter_templates.method.arch import make_arch
 from filter_templates.method.measure import count_params
+from filter_templates.pruning import adapter as prune
+from filter_templates.run import run_config
 from filter_templates.sweep.grid import SweepSpec, plan_grid
 from filter_templates.training.config import TrainConfig
-from filter_templates.run import run_config
 
 pytest.importorskip("torch_pruning")
 
@@ -64,9 +64,19 @@ def test_pruned_structure_rebuilds_from_plain_numbers(base_model):
 
 
 def _config(**kw) -> TrainConfig:
-    base = dict(arch=_arch(), dataset="digits", epochs=4, limit_train=160, limit_test=64, batch_size=32,
-                device="cpu", precision="fp32", memory_format="contiguous", val_split=0,
-                prune={"method": "prune-l1", "budget": BUDGET, "at": 0.5})
+    base = dict(
+        arch=_arch(),
+        dataset="digits",
+        epochs=4,
+        limit_train=160,
+        limit_test=64,
+        batch_size=32,
+        device="cpu",
+        precision="fp32",
+        memory_format="contiguous",
+        val_split=0,
+        prune={"method": "prune-l1", "budget": BUDGET, "at": 0.5},
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -111,17 +121,16 @@ def test_pruning_run_pauses_inside_and_between_its_stages_and_ends_bit_exact(tmp
     a = rundir.load_checkpoint(tmp_path / "whole" / rundir.MODEL)
     b = rundir.load_checkpoint(part / rundir.MODEL)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert [r["val_acc" if "val_acc" in r else "test_acc"] for r in done["metrics"]] == \
-        [r["val_acc" if "val_acc" in r else "test_acc"] for r in whole["metrics"]]
+    assert [r["val_acc" if "val_acc" in r else "test_acc"] for r in done["metrics"]] == [
+        r["val_acc" if "val_acc" in r else "test_acc"] for r in whole["metrics"]
+    ]
 
 
 def test_prune_scratch_takes_the_global_runs_architecture(tmp_path):
     runs = tmp_path / "runs"
-    glob = _config(arch=_arch(), epochs=2,
-                   prune={"method": "prune-l1-global", "budget": BUDGET, "at": 0.5})
+    glob = _config(arch=_arch(), epochs=2, prune={"method": "prune-l1-global", "budget": BUDGET, "at": 0.5})
     g = run_config(glob, runs / "global")
-    scratch = dataclasses.replace(glob,
-                                  prune={**glob.prune, "method": "prune-scratch"})
+    scratch = dataclasses.replace(glob, prune={**glob.prune, "method": "prune-scratch"})
     s = run_config(scratch, runs / "scratch")
     assert s["pruned"]["structure"] == g["pruned"]["structure"]
     assert s["pruned"]["source"] == str(runs / "global")
@@ -129,9 +138,16 @@ def test_prune_scratch_takes_the_global_runs_architecture(tmp_path):
 
 
 def _spec(models=("vgg19",), baselines=("prune-l1",)) -> SweepSpec:
-    return SweepSpec(models=list(models), templates=["base"], widths=[], datasets=["digits"],
-                     budgets=["params=20K"], baselines=list(baselines), prune_from=0.0625,
-                     train={"epochs": 2, "device": "cpu"})
+    return SweepSpec(
+        models=list(models),
+        templates=["base"],
+        widths=[],
+        datasets=["digits"],
+        budgets=["params=20K"],
+        baselines=list(baselines),
+        prune_from=0.0625,
+        train={"epochs": 2, "device": "cpu"},
+    )
 
 
 def test_budget_sweep_plans_baselines_beside_the_templates():
@@ -176,8 +192,23 @@ def test_a_model_torch_pruning_cannot_prune_is_one_line_and_the_templates_still_
 
 def test_without_torch_pruning_baselines_say_how_to_get_it(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "torch_pruning", None)  # import fails as when it is not installed
-    code = main(["reduce", "--model", "vgg19", "--budget", "params=20K", "--dataset", "digits", "--epochs", "1",
-                 "--baselines", "prune-l1", "--out", str(tmp_path / "R")])
+    code = main(
+        [
+            "reduce",
+            "--model",
+            "vgg19",
+            "--budget",
+            "params=20K",
+            "--dataset",
+            "digits",
+            "--epochs",
+            "1",
+            "--baselines",
+            "prune-l1",
+            "--out",
+            str(tmp_path / "R"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code != 0 and len(err) == 1
     assert "pip install -e '.[prune]'" in err[0]

@@ -28,9 +28,27 @@ def test_a_trial_that_cannot_fit_a_local_ray_is_refused(tmp_path, capsys):
     import os as _os
 
     too_many = str((_os.cpu_count() or 1) + 1)
-    argv = ["sweep", "--engine", "ray", "--cpus-per-trial", too_many, "--models", "vgg19", "--templates", "base",
-            "--widths", "0.05", "--datasets", "synthetic", "--epochs", "1", "--db", str(tmp_path / "r.sqlite"),
-            "--runs-dir", str(tmp_path / "runs")]
+    argv = [
+        "sweep",
+        "--engine",
+        "ray",
+        "--cpus-per-trial",
+        too_many,
+        "--models",
+        "vgg19",
+        "--templates",
+        "base",
+        "--widths",
+        "0.05",
+        "--datasets",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--db",
+        str(tmp_path / "r.sqlite"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--cpus-per-trial" in err[0] and "more than this machine" in err[0]
@@ -41,9 +59,25 @@ def test_a_trial_that_cannot_fit_a_local_ray_is_refused(tmp_path, capsys):
 
 def test_missing_ray_is_a_clear_usage_error(monkeypatch, capsys, tmp_path):
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
-    argv = ["sweep", "--engine", "ray", "--models", "vgg19", "--templates", "base", "--widths", "0.05",
-            "--datasets", "synthetic", "--epochs", "1", "--db", str(tmp_path / "r.sqlite"),
-            "--runs-dir", str(tmp_path / "runs")]
+    argv = [
+        "sweep",
+        "--engine",
+        "ray",
+        "--models",
+        "vgg19",
+        "--templates",
+        "base",
+        "--widths",
+        "0.05",
+        "--datasets",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--db",
+        str(tmp_path / "r.sqlite"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+    ]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "pip install 'filter-templates[ray]'" in err[0]
@@ -70,19 +104,64 @@ def test_joining_a_ray_start_head_cluster_needs_nothing_exported(tmp_path):
     temp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
     ray_cli = Path(sys.executable).with_name("ray")
     head = subprocess.Popen(
-        [str(ray_cli), "start", "--head", "--node-ip-address=127.0.0.1", f"--port={port}", f"--temp-dir={temp}",
-         "--num-cpus=2", "--include-dashboard=false", f"--dashboard-port={_free_port()}",
-         f"--dashboard-agent-listen-port={_free_port()}", "--disable-usage-stats"],
-        env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        [
+            str(ray_cli),
+            "start",
+            "--head",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            f"--temp-dir={temp}",
+            "--num-cpus=2",
+            "--include-dashboard=false",
+            f"--dashboard-port={_free_port()}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         started = head.communicate(timeout=180)[0]
         assert head.returncode == 0, started[-2000:]
-        argv = ["sweep", "--engine", "ray", "--address", f"127.0.0.1:{port}", "--models", "mobilenet", "--templates",
-                "base", "uniform", "--widths", "0.05", "--datasets", "digits", "--epochs", "1", "--limit-train", "128",
-                "--limit-test", "64", "--precision", "fp32", "--memory-format", "contiguous", "--device", "cpu",
-                "--db", str(tmp_path / "r.sqlite"), "--runs-dir", str(tmp_path / "runs"), "--json"]
-        sweep = subprocess.run([sys.executable, "-m", "filter_templates", *argv], env=env, capture_output=True,
-                               text=True, timeout=400)
+        argv = [
+            "sweep",
+            "--engine",
+            "ray",
+            "--address",
+            f"127.0.0.1:{port}",
+            "--models",
+            "mobilenet",
+            "--templates",
+            "base",
+            "uniform",
+            "--widths",
+            "0.05",
+            "--datasets",
+            "digits",
+            "--epochs",
+            "1",
+            "--limit-train",
+            "128",
+            "--limit-test",
+            "64",
+            "--precision",
+            "fp32",
+            "--memory-format",
+            "contiguous",
+            "--device",
+            "cpu",
+            "--db",
+            str(tmp_path / "r.sqlite"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+            "--json",
+        ]
+        sweep = subprocess.run(
+            [sys.executable, "-m", "filter_templates", *argv], env=env, capture_output=True, text=True, timeout=400
+        )
         assert sweep.returncode == 0, sweep.stderr[-2000:]
         out = json.loads(sweep.stdout)
         assert (out["engine"], out["points"], out["done"], out["failed"]) == ("ray", 2, 2, 0)
@@ -122,10 +201,37 @@ def local_ray():
 def test_two_point_grid_on_a_local_ray(tmp_path, capsys, monkeypatch, local_ray):
     ray = local_ray
     monkeypatch.chdir(tmp_path)  # relative --db/--runs-dir resolve here, as for a user
-    argv = ["sweep", "--engine", "ray", "--cpus-per-trial", "1", "--models", "vgg19", "--templates", "base",
-            "uniform", "--widths", "0.05", "--datasets", "synthetic", "--epochs", "2", "--limit-train", "64",
-            "--limit-test", "32", "--batch-size", "32", "--device", "cpu", "--db", "r.sqlite", "--runs-dir", "runs",
-            "--json"]
+    argv = [
+        "sweep",
+        "--engine",
+        "ray",
+        "--cpus-per-trial",
+        "1",
+        "--models",
+        "vgg19",
+        "--templates",
+        "base",
+        "uniform",
+        "--widths",
+        "0.05",
+        "--datasets",
+        "synthetic",
+        "--epochs",
+        "2",
+        "--limit-train",
+        "64",
+        "--limit-test",
+        "32",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--db",
+        "r.sqlite",
+        "--runs-dir",
+        "runs",
+        "--json",
+    ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)  # stdout is exactly one JSON document despite Ray's chatter
     assert (out["engine"], out["points"], out["done"], out["failed"]) == ("ray", 2, 2, 0)
@@ -157,10 +263,36 @@ def test_budget_sweep_on_a_local_ray(tmp_path, capsys, monkeypatch, local_ray):
     """Budget points are fitted by the driver, trained as trials, recorded with their fit; an
     unreachable budget is recorded as skipped and the sweep goes on."""
     monkeypatch.chdir(tmp_path)
-    argv = ["sweep", "--engine", "ray", "--models", "mobilenet", "--templates", "base", "uniform", "--budgets",
-            "params=20K", "params=100", "--datasets", "synthetic", "--epochs", "1", "--limit-train", "64",
-            "--limit-test", "32", "--batch-size", "32", "--device", "cpu", "--db", "r.sqlite", "--runs-dir", "runs",
-            "--json"]
+    argv = [
+        "sweep",
+        "--engine",
+        "ray",
+        "--models",
+        "mobilenet",
+        "--templates",
+        "base",
+        "uniform",
+        "--budgets",
+        "params=20K",
+        "params=100",
+        "--datasets",
+        "synthetic",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "64",
+        "--limit-test",
+        "32",
+        "--batch-size",
+        "32",
+        "--device",
+        "cpu",
+        "--db",
+        "r.sqlite",
+        "--runs-dir",
+        "runs",
+        "--json",
+    ]
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["engine"], out["points"], out["done"], out["failed"], len(out["unreachable"])) == ("ray", 2, 2, 0, 2)
@@ -186,7 +318,7 @@ def test_halving_on_a_local_ray_keeps_the_local_engines_survivors(tmp_path, caps
     local = json.loads(capsys.readouterr().out)
     argv = reduce_args(tmp_path / "ray", *HALVING, "--engine", "ray", "--cpus-per-trial", "1")
     i = argv.index("--threads")
-    assert main(argv[:i] + argv[i + 2:]) == 0  # --threads is the local engine's; a trial gets its CPU's
+    assert main(argv[:i] + argv[i + 2 :]) == 0  # --threads is the local engine's; a trial gets its CPU's
     ray = json.loads(capsys.readouterr().out)
     assert survivors(ray) == survivors(local) and len(survivors(local)) == 3
     assert ray["halving"]["epochs_trained"] == local["halving"]["epochs_trained"] == 9

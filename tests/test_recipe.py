@@ -7,13 +7,13 @@ import json
 import pytest
 import torch
 
-from filter_templates.training import autotune
-from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
-from filter_templates.training.recipe import OptimizerSettings, lr_multiplier, make_optimizer
+from filter_templates.method.arch import make_arch
+from filter_templates.training import autotune
 from filter_templates.training.config import EXECUTION_KEYS, FIELDS, RECIPES, RESULT_KEYS, TrainConfig
 from filter_templates.training.loop import train
+from filter_templates.training.recipe import OptimizerSettings, lr_multiplier, make_optimizer
 
 SMALL = dict(dataset="digits", limit_train=128, limit_test=64, batch_size=32)
 ARCH = make_arch("vgg19", "uniform", 0.05, 10)
@@ -24,11 +24,15 @@ def no_resources(monkeypatch):
     from filter_templates.method import measure
 
     real = measure.resources
-    monkeypatch.setattr(measure, "resources", lambda arch, batch_size=64, device="cpu", **kw:
-                        real(arch, batch_size, device, memory=False, latency=False))
+    monkeypatch.setattr(
+        measure,
+        "resources",
+        lambda arch, batch_size=64, device="cpu", **kw: real(arch, batch_size, device, memory=False, latency=False),
+    )
 
 
 # ---- config fields ------------------------------------------------------------------------------
+
 
 def test_field_lists_come_from_train_config():
     from filter_templates.cli.train_cmd import _TRAIN_KEYS
@@ -61,14 +65,26 @@ def test_recipe_fills_unset_fields_and_keeps_given_ones():
     assert TrainConfig.from_dict(json.loads(json.dumps(paper.to_dict()))) == paper
 
 
-@pytest.mark.parametrize("change, word", [
-    ({"recipe": "slow"}, "recipe"), ({"warmup": 1.5}, "warmup"), ({"ema": 1.0}, "ema"),
-    ({"label_smoothing": -0.1}, "label_smoothing"), ({"schedule": "cosine"}, "schedule"),
-    ({"nesterov": True, "momentum": 0.0}, "nesterov"), ({"tta": "yes"}, "tta"),
-    ({"tta_shift": -1}, "tta_shift"), ({"tta_shift": 5}, "tta_shift"), ({"tta_shift": True}, "tta_shift"),
-    ({"crop_pad": -1}, "crop_pad"), ({"crop_pad": 2.5}, "crop_pad"), ({"crop_pad": 17}, "crop_pad"),
-    ({"precision": "fp16"}, "precision"), ({"memory_format": "nhwc"}, "memory_format"),
-])
+@pytest.mark.parametrize(
+    "change, word",
+    [
+        ({"recipe": "slow"}, "recipe"),
+        ({"warmup": 1.5}, "warmup"),
+        ({"ema": 1.0}, "ema"),
+        ({"label_smoothing": -0.1}, "label_smoothing"),
+        ({"schedule": "cosine"}, "schedule"),
+        ({"nesterov": True, "momentum": 0.0}, "nesterov"),
+        ({"tta": "yes"}, "tta"),
+        ({"tta_shift": -1}, "tta_shift"),
+        ({"tta_shift": 5}, "tta_shift"),
+        ({"tta_shift": True}, "tta_shift"),
+        ({"crop_pad": -1}, "crop_pad"),
+        ({"crop_pad": 2.5}, "crop_pad"),
+        ({"crop_pad": 17}, "crop_pad"),
+        ({"precision": "fp16"}, "precision"),
+        ({"memory_format": "nhwc"}, "memory_format"),
+    ],
+)
 def test_bad_recipe_values_are_refused(change, word):
     with pytest.raises(UsageError, match=word):
         TrainConfig(arch=ARCH, **change)
@@ -126,8 +142,10 @@ def test_evaluate_sums_the_logits_of_the_four_views():
 
 
 def test_only_the_final_evaluation_adds_the_shifted_views(tmp_path):
-    summary = train(TrainConfig(arch=ARCH, epochs=2, dataset="synthetic", limit_train=64, limit_test=32,
-                                batch_size=32), tmp_path / "run")
+    summary = train(
+        TrainConfig(arch=ARCH, epochs=2, dataset="synthetic", limit_train=64, limit_test=32, batch_size=32),
+        tmp_path / "run",
+    )
     assert summary["status"] == "done"
     assert [m["test_views"] for m in summary["metrics"]] == [2, 4]  # fast: flip, then flip + shifts
     paper = train(TrainConfig(arch=ARCH, epochs=1, recipe="paper", **SMALL), tmp_path / "paper")
@@ -135,6 +153,7 @@ def test_only_the_final_evaluation_adds_the_shifted_views(tmp_path):
 
 
 # ---- schedule and optimiser ---------------------------------------------------------------------
+
 
 def test_linear_schedule_warms_up_then_decays_to_zero():
     f = lr_multiplier("linear", 0.25, epochs=4, steps_per_epoch=10)  # 40 steps, 10 of warmup
@@ -160,8 +179,9 @@ def test_no_weight_decay_on_norm_and_bias():
 
 
 def test_fast_run_records_every_setting(tmp_path):
-    summary = train(TrainConfig(arch=ARCH, epochs=3, precision="fp32", memory_format="channels_last", **SMALL),
-                    tmp_path / "run")
+    summary = train(
+        TrainConfig(arch=ARCH, epochs=3, precision="fp32", memory_format="channels_last", **SMALL), tmp_path / "run"
+    )
     assert summary["status"] == "done" and summary["recipe"] == "fast"
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     for k, v in RECIPES["fast"].items():
@@ -173,18 +193,43 @@ def test_fast_run_records_every_setting(tmp_path):
 
 # ---- precision and memory format ----------------------------------------------------------------
 
+
 def test_overrides_are_recorded(tmp_path):
-    summary = train(TrainConfig(arch=ARCH, epochs=1, precision="bf16", memory_format="contiguous", **SMALL),
-                    tmp_path / "run")
+    summary = train(
+        TrainConfig(arch=ARCH, epochs=1, precision="bf16", memory_format="contiguous", **SMALL), tmp_path / "run"
+    )
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert (cfg["precision"], cfg["memory_format"]) == ("bf16", "contiguous")
-    assert (summary["precision"], summary["memory_format"], summary["execution"]["source"]) == ("bf16", "contiguous", "given")
+    assert (summary["precision"], summary["memory_format"], summary["execution"]["source"]) == (
+        "bf16",
+        "contiguous",
+        "given",
+    )
 
 
 def _small_train_cmd(dataset: str) -> list[str]:
     """`train` of a tiny model for one epoch on 64 images: what the CLI tests below vary."""
-    return ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", dataset,
-            "--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--epochs", "1", "--threads", "1"]
+    return [
+        "train",
+        "--model",
+        "vgg19",
+        "--template",
+        "uniform",
+        "--width",
+        "0.05",
+        "--dataset",
+        dataset,
+        "--limit-train",
+        "64",
+        "--limit-test",
+        "32",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--threads",
+        "1",
+    ]
 
 
 def test_cli_precision_flags_and_aliases(tmp_path, capsys):
@@ -203,8 +248,25 @@ def test_cli_precision_flags_and_aliases(tmp_path, capsys):
 
 def test_cli_recipe_flags_reach_config_json(tmp_path, capsys):
     common = _small_train_cmd("synthetic")
-    assert main([*common, "--crop-pad", "3", "--label-smoothing", "0.2", "--optimizer", "muon", "--muon-lr", "0.02",
-                 "--json", "--out", str(tmp_path / "a")]) == 0
+    assert (
+        main(
+            [
+                *common,
+                "--crop-pad",
+                "3",
+                "--label-smoothing",
+                "0.2",
+                "--optimizer",
+                "muon",
+                "--muon-lr",
+                "0.02",
+                "--json",
+                "--out",
+                str(tmp_path / "a"),
+            ]
+        )
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert (doc["config"]["crop_pad"], doc["config"]["label_smoothing"]) == (3, 0.2)
     assert (doc["config"]["optimizer"], doc["config"]["muon_lr"]) == ("muon", 0.02)
@@ -221,8 +283,11 @@ def test_cuda_run_takes_the_rule_and_keeps_it_on_resume(tmp_path):
     assert (summary["precision"], summary["memory_format"]) == autotune.rule(torch.device("cuda"))[:2]
     stop = tmp_path / "part"
     with pytest.raises(KeyboardInterrupt):
-        train(TrainConfig(arch=ARCH, epochs=2, device="cuda", **SMALL), stop,
-              on_epoch=lambda row: (_ for _ in ()).throw(KeyboardInterrupt))
+        train(
+            TrainConfig(arch=ARCH, epochs=2, device="cuda", **SMALL),
+            stop,
+            on_epoch=lambda row: (_ for _ in ()).throw(KeyboardInterrupt),
+        )
     resumed = train(TrainConfig(arch=ARCH, epochs=2, device="cuda", **SMALL), stop, resume=True)
     assert (resumed["precision"], resumed["memory_format"]) == (summary["precision"], summary["memory_format"])
 
@@ -234,9 +299,14 @@ def test_gpu_check_dry_run():
     from pathlib import Path
 
     repo = Path(__file__).resolve().parents[1]
-    r = subprocess.run([sys.executable, str(repo / "benchmarks" / "gpu_check.py"), "--dry-run"], cwd=repo,
-                       capture_output=True, text=True, timeout=600,
-                       env={**__import__("os").environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [sys.executable, str(repo / "benchmarks" / "gpu_check.py"), "--dry-run"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**__import__("os").environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr
     for word in ("CUDA-only tests", "ours/plain", "ratio", "vgg19 base", "vgg19 uniform"):
         assert word in r.stdout, word

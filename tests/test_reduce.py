@@ -8,18 +8,41 @@ import time
 from pathlib import Path
 
 import pytest
+from test_sweep import _poll, _spawn, err_line
 
 from filter_templates.cli import main
 from filter_templates.reduce import Candidate, rank
 from filter_templates.report.budgets import BudgetCell
 from filter_templates.sweep.store import Store
-from test_sweep import _poll, _spawn, err_line
 
 # Tiny and fast: a few optimiser steps per candidate on a slice of the embedded digits.
-TINY = ["--dataset", "digits", "--limit-train", "128", "--limit-test", "64", "--batch-size", "32", "--device", "cpu",
-        "--threads", "1"]
-KEYS = {"template", "width", "filters", "params", "flops", "train_memory_bytes", "val_acc", "final_acc", "best_acc",
-        "seeds_done", "status"}
+TINY = [
+    "--dataset",
+    "digits",
+    "--limit-train",
+    "128",
+    "--limit-test",
+    "64",
+    "--batch-size",
+    "32",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+]
+KEYS = {
+    "template",
+    "width",
+    "filters",
+    "params",
+    "flops",
+    "train_memory_bytes",
+    "val_acc",
+    "final_acc",
+    "best_acc",
+    "seeds_done",
+    "status",
+}
 
 
 def reduce_args(out: Path, *extra: str) -> list[str]:
@@ -35,8 +58,9 @@ def test_reduce_end_to_end(tmp_path, capsys):
     assert (doc["selection"], doc["val_split"], doc["val_images"]) == ("val_acc", 0.1, 13)
     assert doc["recipe"]["name"] == "fast" and doc["recipe"]["batch_size"] == 32 and doc["test_views"] == 1
     cands = doc["candidates"]
-    assert sorted(c["template"] for c in cands) == sorted(["base", "reverse", "uniform", "quadratic",
-                                                           "negative-quadratic"])
+    assert sorted(c["template"] for c in cands) == sorted(
+        ["base", "reverse", "uniform", "quadratic", "negative-quadratic"]
+    )
     for c in cands:
         assert KEYS <= set(c) and c["status"] == "done" and c["seeds_done"] == 1
         assert 0 <= c["val_acc"] <= 1 and 0 <= c["final_acc"] <= 1
@@ -60,18 +84,27 @@ def test_reduce_end_to_end(tmp_path, capsys):
     text = capsys.readouterr()
     assert "0 done, 0 failed, 5 skipped (5 already done)" in text.err
     assert f"winner: {win['template']}" in text.out and "exported:" in text.out
-    assert "ranked by final validation accuracy on 13 images" in text.out and "best test accuracy over epochs (optimistic)" in text.out
+    assert (
+        "ranked by final validation accuracy on 13 images" in text.out
+        and "best test accuracy over epochs (optimistic)" in text.out
+    )
     with Store(out / "results.sqlite") as s:
         assert [e["event"] for r in s.rows() for e in s.events(r["key"])] == ["add", "claim", "done"] * 5
 
 
 def test_rank_ties_go_to_fewer_parameters_and_unfinished_rank_last():
     def c(t, acc, params, status="done"):
-        return Candidate(t, 0.1, [1], params, 1, 1, final_acc=0.9 - (acc or 0), best_acc=1.0, status=status,
-                         val_acc=acc)
+        return Candidate(
+            t, 0.1, [1], params, 1, 1, final_acc=0.9 - (acc or 0), best_acc=1.0, status=status, val_acc=acc
+        )
 
-    cands = [c("base", 0.5, 900), c("reverse", None, None, "unreachable"), c("uniform", 0.7, 1000),
-             c("quadratic", 0.7, 800), c("negative-quadratic", None, 700, "failed")]
+    cands = [
+        c("base", 0.5, 900),
+        c("reverse", None, None, "unreachable"),
+        c("uniform", 0.7, 1000),
+        c("quadratic", 0.7, 800),
+        c("negative-quadratic", None, 700, "failed"),
+    ]
     order = ["base", "reverse", "uniform", "quadratic", "negative-quadratic"]
     assert [x.template for x in rank(cands, order)] == ["quadratic", "uniform", "base", "reverse", "negative-quadratic"]
     # on the test accuracy (no validation split) the order of the finished ones turns round
@@ -82,12 +115,27 @@ def test_rank_ties_go_to_fewer_parameters_and_unfinished_rank_last():
 
 def test_the_exported_seed_is_the_one_with_the_best_val_acc():
     def run(seed, val, test):
-        return {"status": "done", "seed": seed, "val_acc": val, "final_acc": test, "best_acc": 0.99,
-                "run_dir": f"s{seed}", "params": 100, "flops": 10, "train_memory_bytes": 1}
+        return {
+            "status": "done",
+            "seed": seed,
+            "val_acc": val,
+            "final_acc": test,
+            "best_acc": 0.99,
+            "run_dir": f"s{seed}",
+            "params": 100,
+            "flops": 10,
+            "train_memory_bytes": 1,
+        }
 
     runs = [run(0, 0.50, 0.90), run(1, 0.70, 0.60), run(2, 0.60, 0.80)]
-    cell = BudgetCell("digits", "mobilenet", "params", 100.0, "uniform",
-                      points=[{"run": r, "status": "fitted", "width": 0.1, "filters": [1], "fit": None} for r in runs])
+    cell = BudgetCell(
+        "digits",
+        "mobilenet",
+        "params",
+        100.0,
+        "uniform",
+        points=[{"run": r, "status": "fitted", "width": 0.1, "filters": [1], "fit": None} for r in runs],
+    )
     c = Candidate.from_cell(cell)
     assert (c.run_dir, c.seeds_done) == ("s1", 3)
     assert c.val_acc == pytest.approx(0.6) and c.final_acc == pytest.approx(0.7667, abs=1e-4)
@@ -95,8 +143,24 @@ def test_the_exported_seed_is_the_one_with_the_best_val_acc():
 
 
 def test_val_split_0_ranks_on_test_accuracy_and_says_so(tmp_path, capsys):
-    assert main(reduce_args(tmp_path / "R", "--templates", "uniform", "--epochs", "1", "--limit-train", "32",
-                            "--no-export", "--val-split", "0", "--json")) == 0
+    assert (
+        main(
+            reduce_args(
+                tmp_path / "R",
+                "--templates",
+                "uniform",
+                "--epochs",
+                "1",
+                "--limit-train",
+                "32",
+                "--no-export",
+                "--val-split",
+                "0",
+                "--json",
+            )
+        )
+        == 0
+    )
     out = capsys.readouterr()
     doc = json.loads(out.out)
     assert doc["selection"] == "final_acc" and doc["val_images"] == 0
@@ -105,8 +169,22 @@ def test_val_split_0_ranks_on_test_accuracy_and_says_so(tmp_path, capsys):
 
 
 def test_base_is_always_a_candidate(tmp_path, capsys):
-    assert main(reduce_args(tmp_path / "R", "--templates", "uniform", "--epochs", "1", "--limit-train", "40",
-                            "--no-export", "--json")) == 0
+    assert (
+        main(
+            reduce_args(
+                tmp_path / "R",
+                "--templates",
+                "uniform",
+                "--epochs",
+                "1",
+                "--limit-train",
+                "40",
+                "--no-export",
+                "--json",
+            )
+        )
+        == 0
+    )
     doc = json.loads(capsys.readouterr().out)
     assert sorted(c["template"] for c in doc["candidates"]) == ["base", "uniform"]
     assert doc["winner"]["exported"] is None
@@ -120,7 +198,8 @@ def test_killed_reduce_resumes_without_repeating_finished_runs(tmp_path, capsys)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:  # one run done, the next between two epochs
         if _poll(db, "SELECT COUNT(*) FROM runs WHERE status='done'") >= 1 and _poll(
-                db, f"SELECT COUNT(*) FROM runs WHERE status='running' AND epochs_done BETWEEN 1 AND {epochs - 1}"):
+            db, f"SELECT COUNT(*) FROM runs WHERE status='running' AND epochs_done BETWEEN 1 AND {epochs - 1}"
+        ):
             break
         time.sleep(0.02)
     assert proc.poll() is None, "reduce ended before it could be killed:\n" + (tmp_path / "killed.log").read_text()
@@ -144,22 +223,25 @@ def test_killed_reduce_resumes_without_repeating_finished_runs(tmp_path, capsys)
         assert [json.loads(x)["epoch"] for x in lines] == [1, 2, 3]  # resumed: each epoch once
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["--budget", "params=1K=2"], "malformed budget"),
-    (["--budget", "weight=1M"], "unknown budget key 'weight'"),
-    (["--budget", "params=lots"], "malformed budget value"),
-    (["--budget", "params=100"], "below the smallest reachable mobilenet model"),
-    (["--templates", "cubic"], "unknown template 'cubic'"),
-    (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
-    (["--model", "vgg20"], "unknown model 'vgg20'"),
-    (["--address", "auto"], "only apply to --engine ray"),
-    (["--engine", "ray", "--jobs", "2"], "apply to --engine local"),
-    (["--epochs", "0"], "not a positive integer"),
-    (["--val-split", "-5"], "'-5' is not a count of images"),
-    (["--val-split", "1.0"], "'1.0' is not a count of images"),
-    (["--val-split", "128"], "holds out 128 of the 128 training images, leaving none to train on"),
-    (["--val-split", "100"], "leaving 28, fewer than one batch of 32"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["--budget", "params=1K=2"], "malformed budget"),
+        (["--budget", "weight=1M"], "unknown budget key 'weight'"),
+        (["--budget", "params=lots"], "malformed budget value"),
+        (["--budget", "params=100"], "below the smallest reachable mobilenet model"),
+        (["--templates", "cubic"], "unknown template 'cubic'"),
+        (["--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+        (["--model", "vgg20"], "unknown model 'vgg20'"),
+        (["--address", "auto"], "only apply to --engine ray"),
+        (["--engine", "ray", "--jobs", "2"], "apply to --engine local"),
+        (["--epochs", "0"], "not a positive integer"),
+        (["--val-split", "-5"], "'-5' is not a count of images"),
+        (["--val-split", "1.0"], "'1.0' is not a count of images"),
+        (["--val-split", "128"], "holds out 128 of the 128 training images, leaving none to train on"),
+        (["--val-split", "100"], "leaving 28, fewer than one batch of 32"),
+    ],
+)
 def test_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, match):
     assert main(reduce_args(tmp_path / "R", *argv)) == 2
     assert match in err_line(capsys)

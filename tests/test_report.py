@@ -10,9 +10,9 @@ from pathlib import Path
 import matplotlib.image as mpimg
 import pytest
 
-from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
+from filter_templates.method.arch import make_arch
 from filter_templates.report import make_report, tables
 from filter_templates.sweep.store import Store
 from filter_templates.training.config import TrainConfig
@@ -22,17 +22,31 @@ TEMPLATES = ["base", "reverse", "uniform", "quadratic", "negative-quadratic"]
 
 def config(family: str, template: str, width: float, dataset: str = "cifar10", seed: int = 0, **settings) -> dict:
     classes = 100 if dataset == "cifar100" else 10
-    return TrainConfig(arch=make_arch(family, template, width, classes), dataset=dataset,
-                       **{"epochs": 3, "seed": seed, **settings}).to_dict()
+    return TrainConfig(
+        arch=make_arch(family, template, width, classes), dataset=dataset, **{"epochs": 3, "seed": seed, **settings}
+    ).to_dict()
 
 
 def summary(acc: float, params: int, width: float, status: str = "done", reason: str | None = None) -> dict:
     """What train + the sweep record for a run (numbers shaped like real ones)."""
-    return {"status": status, "reason": reason, "final_acc": acc if status == "done" else None,
-            "best_acc": acc + 0.01 if status == "done" else None, "best_epoch": 3, "wall_s": 12.5, "device": "cpu",
-            "resources": {"params": params, "flops": int(params * 40 * width), "train_memory_bytes": int(4e6 + params * 16),
-                          "batch_size": 64, "latency_s": {"batch64": 0.002 + params * 1e-9, "batch1": 0.0005},
-                          "device": "cpu", "threads": 2}}
+    return {
+        "status": status,
+        "reason": reason,
+        "final_acc": acc if status == "done" else None,
+        "best_acc": acc + 0.01 if status == "done" else None,
+        "best_epoch": 3,
+        "wall_s": 12.5,
+        "device": "cpu",
+        "resources": {
+            "params": params,
+            "flops": int(params * 40 * width),
+            "train_memory_bytes": int(4e6 + params * 16),
+            "batch_size": 64,
+            "latency_s": {"batch64": 0.002 + params * 1e-9, "batch1": 0.0005},
+            "device": "cpu",
+            "threads": 2,
+        },
+    }
 
 
 def fill(db: Path, points: list[tuple[dict, dict]]) -> None:
@@ -133,8 +147,13 @@ def test_resource_table_uses_runs_at_width_1_and_computes_the_rest(report):
 def test_figures_are_written_as_png_and_svg_and_index_links_everything(report):
     out, written = report
     names = {Path(p).name for p in written["figures"]}
-    for stem in ("accuracy_vs_params_cifar10", "accuracy_vs_memory_cifar10", "accuracy_vs_latency_cifar10",
-                 "filters_vgg19", "filters_mobilenet"):
+    for stem in (
+        "accuracy_vs_params_cifar10",
+        "accuracy_vs_memory_cifar10",
+        "accuracy_vs_latency_cifar10",
+        "filters_vgg19",
+        "filters_mobilenet",
+    ):
         assert {f"{stem}.png", f"{stem}.svg"} <= names
         img = mpimg.imread(out / "figures" / f"{stem}.png")
         assert img.shape[0] > 300 and img.shape[1] > 600 and img[..., :3].std() > 0.05  # a real picture
@@ -164,19 +183,37 @@ def test_seeds_are_averaged(tmp_path):
 
 
 def test_report_cli(partial_store, tmp_path, capsys):
-    assert main(["report", "--db", str(partial_store), "--out", str(tmp_path / "r"), "--latency", "none",
-                 "--metric", "best", "--json"]) == 0
+    assert (
+        main(
+            [
+                "report",
+                "--db",
+                str(partial_store),
+                "--out",
+                str(tmp_path / "r"),
+                "--latency",
+                "none",
+                "--metric",
+                "best",
+                "--json",
+            ]
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert Path(out["index"]).exists() and len(out["figures"]) == 2 * 5 + 2 * 3  # cifar100: 3 figures
     md = (tmp_path / "r" / "tables" / "accuracy_cifar10.md").read_text()
     assert "Best top-1 test accuracy over the epochs (%; optimistic" in md  # never passed off as a result
 
 
-@pytest.mark.parametrize("make, match", [
-    (lambda p: None, "does not exist"),
-    (lambda p: p.write_text("not sqlite" * 50), "not a usable results store"),
-    (lambda p: Store(p).close(), "holds no runs yet"),
-])
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda p: None, "does not exist"),
+        (lambda p: p.write_text("not sqlite" * 50), "not a usable results store"),
+        (lambda p: Store(p).close(), "holds no runs yet"),
+    ],
+)
 def test_report_errors_are_one_line(tmp_path, capsys, make, match):
     db = tmp_path / "x.sqlite"
     make(db)
@@ -188,9 +225,40 @@ def test_report_errors_are_one_line(tmp_path, capsys, make, match):
 def test_report_of_a_real_sweep(tmp_path, capsys):
     """End to end: a tiny sweep, then its report (the README's first command, in miniature)."""
     db, runs, out = tmp_path / "r.sqlite", tmp_path / "runs", tmp_path / "rep"
-    assert main(["sweep", "--models", "mobilenet", "--templates", "base", "uniform", "--widths", "0.05", "0.1",
-                 "--datasets", "synthetic", "--epochs", "1", "--limit-train", "64", "--limit-test", "32",
-                 "--batch-size", "32", "--device", "cpu", "--threads", "1", "--db", str(db), "--runs-dir", str(runs)]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                "--models",
+                "mobilenet",
+                "--templates",
+                "base",
+                "uniform",
+                "--widths",
+                "0.05",
+                "0.1",
+                "--datasets",
+                "synthetic",
+                "--epochs",
+                "1",
+                "--limit-train",
+                "64",
+                "--limit-test",
+                "32",
+                "--batch-size",
+                "32",
+                "--device",
+                "cpu",
+                "--threads",
+                "1",
+                "--db",
+                str(db),
+                "--runs-dir",
+                str(runs),
+            ]
+        )
+        == 0
+    )
     assert main(["report", "--db", str(db), "--out", str(out), "--latency", "none"]) == 0
     rows = md_rows((out / "tables" / "accuracy_synthetic.md").read_text())
     assert [r[:2] for r in rows[1:]] == [["mobilenet", "0.1"], ["mobilenet", "0.05"]]
@@ -210,8 +278,15 @@ def test_budget_report_puts_budgets_in_rows_and_templates_in_columns(tmp_path):
     """Two seeds per point (mean ± std), two budgets, an unreachable one and a pending run."""
     from filter_templates.sweep.grid import SweepSpec, plan_grid
 
-    spec = SweepSpec(models=["mobilenet"], templates=["base", "uniform", "quadratic"], widths=[], datasets=["cifar10"],
-                     budgets=["params=50K", "params=200K", "params=100"], seeds=[0, 1], train={"epochs": 3})
+    spec = SweepSpec(
+        models=["mobilenet"],
+        templates=["base", "uniform", "quadratic"],
+        widths=[],
+        datasets=["cifar10"],
+        budgets=["params=50K", "params=200K", "params=100"],
+        seeds=[0, 1],
+        train={"epochs": 3},
+    )
     grid = plan_grid(spec, classes_of=lambda ds: 10)
     accs = {"base": 0.60, "uniform": 0.70, "quadratic": 0.65}
     db = tmp_path / "r.sqlite"
@@ -255,13 +330,20 @@ def test_runs_that_differ_in_a_result_field_are_never_pooled(tmp_path):
     db = tmp_path / "r.sqlite"
     arch = make_arch("vgg19", "base", 0.5, 10)
     params = _params(arch)
-    points = [(config("vgg19", t, 0.5, seed=s), summary(acc + s / 100, params, 0.5))
-              for t, acc in (("base", 0.80), ("uniform", 0.82)) for s in (0, 1)]  # fast, 2 seeds: pooled
-    points += [(config("vgg19", t, 0.5, recipe="paper"), summary(acc, params, 0.5))
-               for t, acc in (("base", 0.40), ("uniform", 0.45))]
-    points += [(config("vgg19", "base", 0.5, lr=0.2), summary(0.60, params, 0.5)),
-               (config("vgg19", "base", 0.5, epochs=5), summary(0.90, params, 0.5)),
-               (config("vgg19", "base", 0.5, val_split=0.1), summary(0.70, params, 0.5))]
+    points = [
+        (config("vgg19", t, 0.5, seed=s), summary(acc + s / 100, params, 0.5))
+        for t, acc in (("base", 0.80), ("uniform", 0.82))
+        for s in (0, 1)
+    ]  # fast, 2 seeds: pooled
+    points += [
+        (config("vgg19", t, 0.5, recipe="paper"), summary(acc, params, 0.5))
+        for t, acc in (("base", 0.40), ("uniform", 0.45))
+    ]
+    points += [
+        (config("vgg19", "base", 0.5, lr=0.2), summary(0.60, params, 0.5)),
+        (config("vgg19", "base", 0.5, epochs=5), summary(0.90, params, 0.5)),
+        (config("vgg19", "base", 0.5, val_split=0.1), summary(0.70, params, 0.5)),
+    ]
     fill(db, points)
     with Store(db) as s:
         files = tables.render(tables.accuracy_table(tables.collect(s.rows()), "cifar10"))
@@ -304,22 +386,33 @@ def test_budget_tables_and_figures_split_settings(tmp_path):
 
     db = tmp_path / "r.sqlite"
     for recipe, acc in (("fast", 0.70), ("paper", 0.50)):
-        spec = SweepSpec(models=["mobilenet"], templates=["base", "uniform"], widths=[], datasets=["cifar10"],
-                         budgets=["params=50K"], train={"epochs": 3, "recipe": recipe})
+        spec = SweepSpec(
+            models=["mobilenet"],
+            templates=["base", "uniform"],
+            widths=[],
+            datasets=["cifar10"],
+            budgets=["params=50K"],
+            train={"epochs": 3, "recipe": recipe},
+        )
         grid = plan_grid(spec, classes_of=lambda ds: 10)
         with Store(db) as s:
             s.add_points((c.to_dict(), f"/runs/{recipe}{i}") for i, c in enumerate(grid.configs))
             s.add_budget_points(p.record() for p in grid.budget_points)
             for p in grid.budget_points:
                 c = s.claim([point_key(p.config.to_dict())[0]])
-                s.finish(c["key"], c["claim_token"], summary(acc + (p.method == "uniform") / 10, p.fit["params"],
-                                                             p.config.arch.width))
+                s.finish(
+                    c["key"],
+                    c["claim_token"],
+                    summary(acc + (p.method == "uniform") / 10, p.fit["params"], p.config.arch.width),
+                )
     with Store(db) as s:
         cells = B.collect_budgets(s.budget_rows())
     table = B.budget_accuracy_table(cells, "cifar10")
     assert table.header == ["family", "budget", "recipe", "test views", "base", "uniform", "best"]
-    assert [r[2:] for r in table.rows] == [["paper", "1", "50.00", "60.00", "uniform"],
-                                           ["fast", "4", "70.00", "80.00", "uniform"]]
+    assert [r[2:] for r in table.rows] == [
+        ["paper", "1", "50.00", "60.00", "uniform"],
+        ["fast", "4", "70.00", "80.00", "uniform"],
+    ]
     assert table.bold == {(0, 5), (1, 5)}  # each row's best: uniform
     assert table.notes[0].startswith("Runs: recipes paper, fast (per row); 3 epochs; 1/4 test views")
     fits = B.budget_resource_table(cells, "cifar10")
@@ -332,9 +425,31 @@ def test_one_grid_point_swept_with_two_recipes_is_two_rows(tmp_path):
     """The same grid point swept with --recipe fast and with --recipe paper into one store: the
     report keeps them apart, with a recipe column in the CSV."""
     db, runs, out = str(tmp_path / "r.sqlite"), str(tmp_path / "runs"), tmp_path / "rep"
-    point = ["sweep", "--models", "mobilenet", "--templates", "base", "--widths", "0.05", "--datasets", "digits",
-             "--epochs", "1", "--limit-train", "128", "--limit-test", "64", "--device", "cpu", "--threads", "1",
-             "--db", db, "--runs-dir", runs]
+    point = [
+        "sweep",
+        "--models",
+        "mobilenet",
+        "--templates",
+        "base",
+        "--widths",
+        "0.05",
+        "--datasets",
+        "digits",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "128",
+        "--limit-test",
+        "64",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--db",
+        db,
+        "--runs-dir",
+        runs,
+    ]
     assert main([*point, "--recipe", "fast"]) == 0
     assert main([*point, "--recipe", "paper"]) == 0
     assert main(["report", "--db", db, "--out", str(out), "--latency", "none"]) == 0

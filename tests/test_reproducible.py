@@ -11,16 +11,38 @@ from pathlib import Path
 import pytest
 import torch
 
-from filter_templates.training import autotune
 from filter_templates.cli import main
+from filter_templates.training import autotune
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def _train_args(out: Path, *extra: str) -> list[str]:
-    return ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", "digits",
-            "--limit-train", "128", "--limit-test", "64", "--batch-size", "32", "--epochs", "1", "--seed", "3",
-            "--out", str(out), "--quiet", *extra]
+    return [
+        "train",
+        "--model",
+        "vgg19",
+        "--template",
+        "uniform",
+        "--width",
+        "0.05",
+        "--dataset",
+        "digits",
+        "--limit-train",
+        "128",
+        "--limit-test",
+        "64",
+        "--batch-size",
+        "32",
+        "--epochs",
+        "1",
+        "--seed",
+        "3",
+        "--out",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def _weights(run: Path) -> dict[str, torch.Tensor]:
@@ -84,20 +106,45 @@ def test_given_threads_are_recorded_and_a_resume_keeps_them_or_refuses_others(tm
     assert "threads (checkpoint 2, now 1)" in capsys.readouterr().err
     assert main([*_train_args(run), "--resume"]) == 0  # no flags: what the run used
     summary = json.loads((run / "summary.json").read_text())
-    assert (summary["execution"]["threads_source"], summary["threads"], summary["precision"]) == ("checkpoint", 2, "bf16")
+    assert (summary["execution"]["threads_source"], summary["threads"], summary["precision"]) == (
+        "checkpoint",
+        2,
+        "bf16",
+    )
 
 
 @pytest.mark.slow
 def test_acceptance_command_reproduces_and_bf16_trains_as_well_as_fp32(tmp_path):
     """The command from the issue on the full digits: twice with empty caches, the second beside two
     busy loops (identical weights, >= 95%); bf16 within 2 points of fp32, both >= 95%. Minutes."""
-    cmd = [sys.executable, "-m", "filter_templates", "train", "--model", "vgg19", "--template", "uniform",
-           "--width", "0.25", "--dataset", "digits", "--epochs", "2", "--seed", "3", "--quiet"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "filter_templates",
+        "train",
+        "--model",
+        "vgg19",
+        "--template",
+        "uniform",
+        "--width",
+        "0.25",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "2",
+        "--seed",
+        "3",
+        "--quiet",
+    ]
     env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_NUM_THREADS"}
 
     def run(name: str, *extra: str) -> dict:
-        subprocess.run([*cmd, "--out", str(tmp_path / name), *extra], check=True, cwd=REPO,
-                       env={**env, "FILTER_TEMPLATES_CACHE": str(tmp_path / f"cache-{name}")})
+        subprocess.run(
+            [*cmd, "--out", str(tmp_path / name), *extra],
+            check=True,
+            cwd=REPO,
+            env={**env, "FILTER_TEMPLATES_CACHE": str(tmp_path / f"cache-{name}")},
+        )
         return json.loads((tmp_path / name / "summary.json").read_text())
 
     first = run("a")

@@ -20,18 +20,63 @@ from pathlib import Path
 import pytest
 import torch
 
+from filter_templates.cli import main
 from filter_templates.core import rundir
 from filter_templates.method.arch import make_arch
-from filter_templates.cli import main
 from filter_templates.sweep.store import Store
 from filter_templates.training.config import TrainConfig
 
-TINY_TRAIN = ["--model", "vgg19", "--width", "0.05", "--dataset", "synthetic", "--epochs", "1",
-              "--limit-train", "8", "--limit-test", "8", "--batch-size", "8", "--quiet"]
-TINY_SWEEP = ["--models", "vgg19", "--templates", "base", "--widths", "0.05", "--datasets", "synthetic",
-              "--epochs", "1", "--limit-train", "8", "--limit-test", "8", "--batch-size", "8"]
-TINY_REDUCE = ["--model", "vgg19", "--budget", "params=20K", "--templates", "base", "--epochs", "1",
-               "--limit-train", "8", "--limit-test", "8", "--batch-size", "8"]
+TINY_TRAIN = [
+    "--model",
+    "vgg19",
+    "--width",
+    "0.05",
+    "--dataset",
+    "synthetic",
+    "--epochs",
+    "1",
+    "--limit-train",
+    "8",
+    "--limit-test",
+    "8",
+    "--batch-size",
+    "8",
+    "--quiet",
+]
+TINY_SWEEP = [
+    "--models",
+    "vgg19",
+    "--templates",
+    "base",
+    "--widths",
+    "0.05",
+    "--datasets",
+    "synthetic",
+    "--epochs",
+    "1",
+    "--limit-train",
+    "8",
+    "--limit-test",
+    "8",
+    "--batch-size",
+    "8",
+]
+TINY_REDUCE = [
+    "--model",
+    "vgg19",
+    "--budget",
+    "params=20K",
+    "--templates",
+    "base",
+    "--epochs",
+    "1",
+    "--limit-train",
+    "8",
+    "--limit-test",
+    "8",
+    "--batch-size",
+    "8",
+]
 
 
 @pytest.fixture
@@ -50,8 +95,11 @@ def place(tmp_path: Path) -> Path:
     rundir.atomic_write_json(run / rundir.SUMMARY, {"status": "done", "config": cfg})
     with Store(tmp_path / "r.sqlite") as store:
         store.add_points([(cfg, str(run))])
-        store.finish(store.rows()[0]["key"], None, {"status": "done", "final_acc": 0.5, "best_acc": 0.5,
-                                                    "resources": {"params": 1, "flops": 1}})
+        store.finish(
+            store.rows()[0]["key"],
+            None,
+            {"status": "done", "final_acc": 0.5, "best_acc": 0.5, "resources": {"params": 1, "flops": 1}},
+        )
     (tmp_path / "not-reduce").mkdir()  # a folder whose results store is someone else's file
     (tmp_path / "not-reduce" / "results.sqlite").write_text("precious\n")
     (tmp_path / "store-is-folder" / "results.sqlite").mkdir(parents=True)
@@ -67,19 +115,39 @@ CASES = {
     # a file where a folder is expected
     "fit --save FILE": (["fit", "--model", "vgg19", "--budget", "params=1M", "--save", "{t}/file.txt"], "file.txt"),
     "train --out FILE": (["train", *TINY_TRAIN, "--out", "{t}/file.txt"], "file.txt"),
-    "train --data-dir FILE": (["train", "--model", "vgg19", "--dataset", "cifar10", "--data-dir", "{t}/file.txt",
-                               "--out", "{t}/new"], "file.txt"),
-    "sweep --runs-dir FILE": (["sweep", *TINY_SWEEP, "--db", "{t}/new.sqlite", "--runs-dir", "{t}/file.txt"],
-                              "file.txt"),
-    "sweep --data-dir FILE": (["sweep", "--models", "vgg19", "--widths", "0.05", "--datasets", "cifar10",
-                               "--data-dir", "{t}/file.txt", "--db", "{t}/new.sqlite", "--runs-dir", "{t}/runs"],
-                              "file.txt"),
-    "report --out FILE": (["report", "--db", "{t}/r.sqlite", "--out", "{t}/file.txt", "--latency", "none"],
-                          "file.txt"),
+    "train --data-dir FILE": (
+        ["train", "--model", "vgg19", "--dataset", "cifar10", "--data-dir", "{t}/file.txt", "--out", "{t}/new"],
+        "file.txt",
+    ),
+    "sweep --runs-dir FILE": (
+        ["sweep", *TINY_SWEEP, "--db", "{t}/new.sqlite", "--runs-dir", "{t}/file.txt"],
+        "file.txt",
+    ),
+    "sweep --data-dir FILE": (
+        [
+            "sweep",
+            "--models",
+            "vgg19",
+            "--widths",
+            "0.05",
+            "--datasets",
+            "cifar10",
+            "--data-dir",
+            "{t}/file.txt",
+            "--db",
+            "{t}/new.sqlite",
+            "--runs-dir",
+            "{t}/runs",
+        ],
+        "file.txt",
+    ),
+    "report --out FILE": (["report", "--db", "{t}/r.sqlite", "--out", "{t}/file.txt", "--latency", "none"], "file.txt"),
     "export --run FILE": (["export", "--run", "{t}/file.txt", "--format", "torchscript"], "file.txt"),
     "reduce --out FILE": (["reduce", *TINY_REDUCE, "--dataset", "synthetic", "--out", "{t}/file.txt"], "file.txt"),
-    "reduce --data-dir FILE": (["reduce", *TINY_REDUCE, "--dataset", "cifar10", "--data-dir", "{t}/file.txt",
-                                "--out", "{t}/new"], "file.txt"),
+    "reduce --data-dir FILE": (
+        ["reduce", *TINY_REDUCE, "--dataset", "cifar10", "--data-dir", "{t}/file.txt", "--out", "{t}/new"],
+        "file.txt",
+    ),
     # a folder where a file is expected
     "train --config DIR": (["train", "--config", "{t}/folder", "--out", "{t}/new"], "folder"),
     "sweep --config DIR": (["sweep", "--config", "{t}/folder", "--db", "{t}/new.sqlite"], "folder"),
@@ -92,38 +160,66 @@ CASES = {
     "sweep --db /proc": (["sweep", *TINY_SWEEP, "--db", "/proc/ft-x.sqlite", "--runs-dir", "{t}/runs"], "/proc"),
     "sweep --runs-dir /proc": (["sweep", *TINY_SWEEP, "--db", "{t}/new.sqlite", "--runs-dir", "/proc/ft-x"], "/proc"),
     "report --out /proc": (["report", "--db", "{t}/r.sqlite", "--out", "/proc/ft-x", "--latency", "none"], "/proc"),
-    "export --out /proc": (["export", "--run", "{t}/run", "--format", "torchscript", "--out", "/proc/ft-m.pt"],
-                           "/proc"),
+    "export --out /proc": (
+        ["export", "--run", "{t}/run", "--format", "torchscript", "--out", "/proc/ft-m.pt"],
+        "/proc",
+    ),
     "reduce --out /proc": (["reduce", *TINY_REDUCE, "--dataset", "synthetic", "--out", "/proc/ft-x"], "/proc"),
     # a missing parent (of what a command reads, and of export's output file)
     "train --config MISSING/": (["train", "--config", "{t}/missing/c.json", "--out", "{t}/new"], "missing"),
-    "train --data-dir MISSING/": (["train", "--model", "vgg19", "--dataset", "cifar10", "--data-dir",
-                                   "{t}/missing/data", "--out", "{t}/new"], "missing"),
+    "train --data-dir MISSING/": (
+        ["train", "--model", "vgg19", "--dataset", "cifar10", "--data-dir", "{t}/missing/data", "--out", "{t}/new"],
+        "missing",
+    ),
     "sweep --config MISSING/": (["sweep", "--config", "{t}/missing/s.toml", "--db", "{t}/new.sqlite"], "missing"),
     "report --db MISSING/": (["report", "--db", "{t}/missing/r.sqlite", "--out", "{t}/report"], "missing"),
     "export --run MISSING/": (["export", "--run", "{t}/missing/run", "--format", "torchscript"], "missing"),
-    "export --out MISSING/": (["export", "--run", "{t}/run", "--format", "torchscript", "--out",
-                               "{t}/missing/m.pt"], "missing"),
-    "reduce --data-dir MISSING/": (["reduce", *TINY_REDUCE, "--dataset", "cifar10", "--data-dir", "{t}/missing/data",
-                                    "--out", "{t}/new"], "missing"),
+    "export --out MISSING/": (
+        ["export", "--run", "{t}/run", "--format", "torchscript", "--out", "{t}/missing/m.pt"],
+        "missing",
+    ),
+    "reduce --data-dir MISSING/": (
+        ["reduce", *TINY_REDUCE, "--dataset", "cifar10", "--data-dir", "{t}/missing/data", "--out", "{t}/new"],
+        "missing",
+    ),
     # an existing output that is not the command's to replace
     "train --out FINISHED-RUN": (["train", *TINY_TRAIN, "--out", "{t}/run"], "run"),
-    "export --out RUN-FILE": (["export", "--run", "{t}/run", "--format", "torchscript", "--out",
-                               "{t}/run/config.json"], "config.json"),
-    "export --out OTHER-FILE": (["export", "--run", "{t}/run", "--format", "torchscript", "--out",
-                                 "{t}/file.txt"], "file.txt"),
+    "export --out RUN-FILE": (
+        ["export", "--run", "{t}/run", "--format", "torchscript", "--out", "{t}/run/config.json"],
+        "config.json",
+    ),
+    "export --out OTHER-FILE": (
+        ["export", "--run", "{t}/run", "--format", "torchscript", "--out", "{t}/file.txt"],
+        "file.txt",
+    ),
     "sweep --db NOT-A-STORE": (["sweep", *TINY_SWEEP, "--db", "{t}/file.txt", "--runs-dir", "{t}/runs"], "file.txt"),
     "report --db NOT-A-STORE": (["report", "--db", "{t}/file.txt", "--out", "{t}/report"], "file.txt"),
-    "reduce --out NOT-A-STORE": (["reduce", *TINY_REDUCE, "--dataset", "synthetic", "--out", "{t}/not-reduce"],
-                                 "results.sqlite"),
-    "reduce --out STORE-IS-FOLDER": (["reduce", *TINY_REDUCE, "--dataset", "synthetic", "--out",
-                                      "{t}/store-is-folder"], "results.sqlite"),
+    "reduce --out NOT-A-STORE": (
+        ["reduce", *TINY_REDUCE, "--dataset", "synthetic", "--out", "{t}/not-reduce"],
+        "results.sqlite",
+    ),
+    "reduce --out STORE-IS-FOLDER": (
+        ["reduce", *TINY_REDUCE, "--dataset", "synthetic", "--out", "{t}/store-is-folder"],
+        "results.sqlite",
+    ),
     # reduce refuses its --out before it reads the data or fits anything (here the data would fail later)
-    "reduce --out /proc, before the data": (["reduce", *TINY_REDUCE, "--dataset", "cifar10", "--data-dir",
-                                             "{t}/missing/data", "--out", "/proc/ft-x"], "/proc"),
-    "reduce --out STORE-IS-FOLDER, before the data": (["reduce", *TINY_REDUCE, "--dataset", "cifar10", "--data-dir",
-                                                       "{t}/missing/data", "--out", "{t}/store-is-folder"],
-                                                      "results.sqlite"),
+    "reduce --out /proc, before the data": (
+        ["reduce", *TINY_REDUCE, "--dataset", "cifar10", "--data-dir", "{t}/missing/data", "--out", "/proc/ft-x"],
+        "/proc",
+    ),
+    "reduce --out STORE-IS-FOLDER, before the data": (
+        [
+            "reduce",
+            *TINY_REDUCE,
+            "--dataset",
+            "cifar10",
+            "--data-dir",
+            "{t}/missing/data",
+            "--out",
+            "{t}/store-is-folder",
+        ],
+        "results.sqlite",
+    ),
 }
 
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
 from filter_templates.core.rundir import read_json
+from filter_templates.method.arch import make_arch
 from filter_templates.sweep.slurm_engine import check_shared
 from filter_templates.sweep.slurm_job import TrainJob
 from filter_templates.sweep.slurm_queue import Cluster
@@ -56,16 +56,48 @@ def slurm() -> None:
 
 
 def _argv(tmp: Path, *, templates=("base", "uniform"), epochs: int = 1, more=()) -> list[str]:
-    return ["sweep", "--engine", "slurm", "--models", "mobilenet", "--templates", *templates, "--widths", "0.05",
-            "--datasets", "digits", "--epochs", str(epochs), "--limit-train", "256", "--limit-test", "128",
-            "--precision", "fp32", "--memory-format", "contiguous", "--device", "cpu", "--db", str(tmp / "r.sqlite"),
-            "--runs-dir", str(tmp / "runs"), "--json", *more]
+    return [
+        "sweep",
+        "--engine",
+        "slurm",
+        "--models",
+        "mobilenet",
+        "--templates",
+        *templates,
+        "--widths",
+        "0.05",
+        "--datasets",
+        "digits",
+        "--epochs",
+        str(epochs),
+        "--limit-train",
+        "256",
+        "--limit-test",
+        "128",
+        "--precision",
+        "fp32",
+        "--memory-format",
+        "contiguous",
+        "--device",
+        "cpu",
+        "--db",
+        str(tmp / "r.sqlite"),
+        "--runs-dir",
+        str(tmp / "runs"),
+        "--json",
+        *more,
+    ]
 
 
 def _driver(argv: list[str], tmp: Path) -> subprocess.Popen:
     """The sweep as its own process (its own session: killing it touches nothing else)."""
-    return subprocess.Popen([sys.executable, "-m", "filter_templates", *argv], cwd=ROOT, start_new_session=True,
-                            stdout=open(tmp / "driver.out", "w"), stderr=open(tmp / "driver.err", "w"))
+    return subprocess.Popen(
+        [sys.executable, "-m", "filter_templates", *argv],
+        cwd=ROOT,
+        start_new_session=True,
+        stdout=open(tmp / "driver.out", "w"),
+        stderr=open(tmp / "driver.err", "w"),
+    )
 
 
 def _jobs(tmp: Path) -> dict:
@@ -107,10 +139,12 @@ def test_a_driver_killed_mid_sweep_reattaches_to_its_jobs(slurm, tmp_path, capsy
     argv = _argv(tmp_path, epochs=2)
     driver = _driver(argv, tmp_path)
     try:
+
         def running():
             """a job of the sweep running"""
             jobs = _jobs(tmp_path)
             return len(jobs) == 2 and any(_state(j["job_id"]) == "RUNNING" for j in jobs.values()) and jobs
+
         submitted = _wait(running)
     finally:
         driver.kill()  # SIGKILL: no handler runs, the claims stay as they were
@@ -185,11 +219,13 @@ def test_each_point_one_run_of_two_tasks(slurm, tmp_path, capsys):
 
 
 def test_bad_slurm_options_are_one_error_line(slurm, tmp_path, capsys):
-    for more, words in ((["--partition", "no-such-partition"], "no such partition"),
-                        (["--slurm-option", "account"], "KEY=VALUE"),
-                        (["--slurm-option", "time=5"], "use --time"),
-                        (["--mem", "lots"], "--mem"),
-                        (["--time", "1"], "at least 3 minutes")):
+    for more, words in (
+        (["--partition", "no-such-partition"], "no such partition"),
+        (["--slurm-option", "account"], "KEY=VALUE"),
+        (["--slurm-option", "time=5"], "use --time"),
+        (["--mem", "lots"], "--mem"),
+        (["--time", "1"], "at least 3 minutes"),
+    ):
         assert main(_argv(tmp_path, more=more)) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and words in err[0], err
@@ -197,8 +233,24 @@ def test_bad_slurm_options_are_one_error_line(slurm, tmp_path, capsys):
 
 
 def test_slurm_flags_need_the_slurm_engine(tmp_path, capsys):
-    assert main(["sweep", "--models", "mobilenet", "--widths", "0.05", "--datasets", "digits", "--partition", "gpu",
-                 "--db", str(tmp_path / "r.sqlite")]) == 2
+    assert (
+        main(
+            [
+                "sweep",
+                "--models",
+                "mobilenet",
+                "--widths",
+                "0.05",
+                "--datasets",
+                "digits",
+                "--partition",
+                "gpu",
+                "--db",
+                str(tmp_path / "r.sqlite"),
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--partition only apply to --engine slurm" in err[0]
 
@@ -228,12 +280,19 @@ def test_a_job_writes_its_run_folder_with_its_slurm_id_and_a_broken_one_is_a_fai
     monkeypatch.setenv("SLURM_ARRAY_TASK_ID", "3")
     monkeypatch.setenv("SLURM_RESTART_COUNT", "not a number")  # read as no restart
     monkeypatch.delenv("SLURM_CPUS_PER_TASK", raising=False)
-    config = TrainConfig(arch=make_arch("mobilenet", "base", 0.05, 10), dataset="digits", epochs=1,
-                         limit_train=128, limit_test=64, batch_size=32, precision="fp32",
-                         memory_format="contiguous", device="cpu")
+    config = TrainConfig(
+        arch=make_arch("mobilenet", "base", 0.05, 10),
+        dataset="digits",
+        epochs=1,
+        limit_train=128,
+        limit_test=64,
+        batch_size=32,
+        precision="fp32",
+        memory_format="contiguous",
+        device="cpu",
+    )
     run = tmp_path / "run"
-    out = TrainJob()({"key": "k", "run_dir": str(run), "config": config.to_dict(), "threads": 1,
-                      "submitted_at": 1.0})
+    out = TrainJob()({"key": "k", "run_dir": str(run), "config": config.to_dict(), "threads": 1, "submitted_at": 1.0})
     assert out["status"] == "done" and out["slurm_job_id"] == "41_3"
     assert out["slurm"]["restarts"] == 0 and out["slurm"]["first_epoch"] == 1
     on_disk = read_json(run / "summary.json")
@@ -255,7 +314,7 @@ def test_halving_on_slurm_keeps_the_local_engines_survivors(slurm, tmp_path, cap
     local = json.loads(capsys.readouterr().out)
     argv = reduce_args(tmp_path / "slurm", *HALVING, "--engine", "slurm", "--cpus-per-task", "1")
     i = argv.index("--threads")
-    assert main(argv[:i] + argv[i + 2:]) == 0  # --threads is the local engine's; a job gets its task's CPUs
+    assert main(argv[:i] + argv[i + 2 :]) == 0  # --threads is the local engine's; a job gets its task's CPUs
     on_slurm = json.loads(capsys.readouterr().out)
     assert survivors(on_slurm) == survivors(local) and len(survivors(local)) == 3
     assert on_slurm["halving"]["epochs_trained"] == local["halving"]["epochs_trained"] == 9

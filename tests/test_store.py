@@ -21,11 +21,30 @@ from filter_templates.sweep.store import Heartbeats, Store, StoreError, canonica
 def cfg(width: float = 0.1, template: str = "base", dataset: str = "digits", seed: int = 0, **extra) -> dict:
     """A TrainConfig.to_dict()-shaped dict (the store never needs torch)."""
     d = {
-        "arch": {"family": "vgg19", "template": template, "width": width, "classes": 10,
-                 "filters": [3, 3, 6], "divisor": 1, "floor": 1, "stem_width": width},
-        "dataset": dataset, "data_dir": None, "download": False, "epochs": 2, "batch_size": 64, "lr": 0.1,
-        "momentum": 0.9, "weight_decay": 5e-4, "seed": seed, "device": "auto", "channels_last": True,
-        "bf16": True, "limit_train": None, "limit_test": None,
+        "arch": {
+            "family": "vgg19",
+            "template": template,
+            "width": width,
+            "classes": 10,
+            "filters": [3, 3, 6],
+            "divisor": 1,
+            "floor": 1,
+            "stem_width": width,
+        },
+        "dataset": dataset,
+        "data_dir": None,
+        "download": False,
+        "epochs": 2,
+        "batch_size": 64,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "seed": seed,
+        "device": "auto",
+        "channels_last": True,
+        "bf16": True,
+        "limit_train": None,
+        "limit_test": None,
     }
     d.update(extra)
     return d
@@ -41,11 +60,25 @@ def fill(store: Store, configs: list[dict], root: Path) -> list[str]:
 
 
 def summary(acc: float = 0.5, status: str = "done", reason: str | None = None) -> dict:
-    return {"status": status, "reason": reason, "final_acc": acc, "best_acc": acc + 0.1, "best_epoch": 2,
-            "epochs": 2, "wall_s": 3.5, "device": "cpu",
-            "resources": {"params": 1234, "flops": 5678, "train_memory_bytes": 999,
-                          "latency_s": {"batch64": 0.01, "batch1": 0.001}, "batch_size": 64, "device": "cpu",
-                          "threads": 2}}
+    return {
+        "status": status,
+        "reason": reason,
+        "final_acc": acc,
+        "best_acc": acc + 0.1,
+        "best_epoch": 2,
+        "epochs": 2,
+        "wall_s": 3.5,
+        "device": "cpu",
+        "resources": {
+            "params": 1234,
+            "flops": 5678,
+            "train_memory_bytes": 999,
+            "latency_s": {"batch64": 0.01, "batch1": 0.001},
+            "batch_size": 64,
+            "device": "cpu",
+            "threads": 2,
+        },
+    }
 
 
 def test_key_ignores_where_and_how_but_not_what():
@@ -188,8 +221,10 @@ def test_concurrent_processes_never_claim_the_same_row(tmp_path):
     keys = [point_key(c)[0] for c in configs]
     with Store(db) as s:
         fill(s, configs, tmp_path)
-    procs = [subprocess.Popen([sys.executable, "-c", _CLAIMER, str(db), json.dumps(keys)], stdout=subprocess.PIPE,
-                              text=True) for _ in range(4)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _CLAIMER, str(db), json.dumps(keys)], stdout=subprocess.PIPE, text=True)
+        for _ in range(4)
+    ]
     claimed = [json.loads(p.communicate(timeout=120)[0]) for p in procs]
     assert all(p.returncode == 0 for p in procs)
     flat = [k for got in claimed for k in got]
@@ -205,8 +240,9 @@ def test_reindex_rebuilds_rows_from_run_folders(tmp_path):
     for d, c in ((done_dir, cfg(width=0.1)), (partial_dir, cfg(width=0.2))):
         d.mkdir(parents=True)
         (d / "config.json").write_text(json.dumps(c))
-        (d / "metrics.jsonl").write_text("".join(json.dumps({"epoch": e, "test_acc": 0.1 * e}) + "\n"
-                                                 for e in (1, 2)) + '{"epoch": 3, "test_')  # torn last line
+        (d / "metrics.jsonl").write_text(
+            "".join(json.dumps({"epoch": e, "test_acc": 0.1 * e}) + "\n" for e in (1, 2)) + '{"epoch": 3, "test_'
+        )  # torn last line
     s1 = summary(0.8) | {"config": cfg(width=0.1)}
     (done_dir / "summary.json").write_text(json.dumps(s1))
     with Store(tmp_path / "new.sqlite") as s:
@@ -245,31 +281,55 @@ def test_non_finite_numbers_are_stored_as_null(tmp_path):
         assert canonical_json(row["epoch_metrics"])  # still valid JSON
 
 
-def budget_point(value: float, run_key: str | None, template: str = "base", seed: int = 0,
-                 reason: str | None = None) -> dict:
+def budget_point(
+    value: float, run_key: str | None, template: str = "base", seed: int = 0, reason: str | None = None
+) -> dict:
     """A BudgetPoint.record()-shaped dict."""
-    ident = {"budget": {"key": "params", "value": value}, "arch": {"family": "vgg19", "template": template},
-             "dataset": "digits", "seed": seed, "epochs": 2}
+    ident = {
+        "budget": {"key": "params", "value": value},
+        "arch": {"family": "vgg19", "template": template},
+        "dataset": "digits",
+        "seed": seed,
+        "epochs": 2,
+    }
     fitted = run_key is not None
-    return {"ident": ident, "budget_key": "params", "budget_value": value, "family": "vgg19", "method": template,
-            "dataset": "digits", "seed": seed, "status": "fitted" if fitted else "unreachable", "reason": reason,
-            "width": 0.1 if fitted else None, "filters": [3, 3, 6] if fitted else None,
-            "fit": {"params": 999, "capped": False} if fitted else None, "run_key": run_key}
+    return {
+        "ident": ident,
+        "budget_key": "params",
+        "budget_value": value,
+        "family": "vgg19",
+        "method": template,
+        "dataset": "digits",
+        "seed": seed,
+        "status": "fitted" if fitted else "unreachable",
+        "reason": reason,
+        "width": 0.1 if fitted else None,
+        "filters": [3, 3, 6] if fitted else None,
+        "fit": {"params": 999, "capped": False} if fitted else None,
+        "run_key": run_key,
+    }
 
 
 def test_budget_points_record_the_fit_and_join_their_run(tmp_path):
     with Store(tmp_path / "r.sqlite") as s:
         keys = fill(s, grid(1), tmp_path)
         # two budgets that fit the same model share its run; an unreachable budget has none
-        points = [budget_point(1e6, keys[0]), budget_point(2e6, keys[0]),
-                  budget_point(10, None, reason="budget params=10 is below the smallest reachable vgg19 model")]
+        points = [
+            budget_point(1e6, keys[0]),
+            budget_point(2e6, keys[0]),
+            budget_point(10, None, reason="budget params=10 is below the smallest reachable vgg19 model"),
+        ]
         assert s.add_budget_points(points) == 3
         assert s.add_budget_points(points[:1]) == 0  # the same point again: refreshed, not added
         assert s.counts() == {"pending": 1, "running": 0, "done": 0, "failed": 0}  # nothing to train was added
         c = s.claim(keys)
         s.finish(c["key"], c["claim_token"], summary(0.7))
         rows = s.budget_rows()
-        assert [(r["budget_value"], r["status"]) for r in rows] == [(1e6, "fitted"), (2e6, "fitted"), (10, "unreachable")]
+        assert [(r["budget_value"], r["status"]) for r in rows] == [
+            (1e6, "fitted"),
+            (2e6, "fitted"),
+            (10, "unreachable"),
+        ]
         assert rows[0]["run"]["key"] == rows[1]["run"]["key"] == keys[0] and rows[0]["run"]["final_acc"] == 0.7
         assert rows[0]["fit"] == {"params": 999, "capped": False} and rows[0]["filters"] == [3, 3, 6]
         assert rows[0]["width"] == 0.1 and rows[0]["ident"]["budget"] == {"key": "params", "value": 1e6}

@@ -8,6 +8,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from test_train import assert_same_weights, one_error_line, weights
 
 from filter_templates.cli import main
 from filter_templates.core import validate
@@ -18,18 +19,24 @@ from filter_templates.method.arch import make_arch
 from filter_templates.training.config import EXECUTION_KEYS, TrainConfig, experiment
 from filter_templates.training.loop import train
 
-from test_train import assert_same_weights, one_error_line, weights
-
 
 def _images(n: int = 37, size: int = 8) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(0)
     return rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8), rng.integers(0, 10, n)
 
 
-def _loader(x: np.ndarray, y: np.ndarray, memory: int | None, share: tuple[int, int] = (0, 1),
-            batch: int = 6) -> Loader:
-    return Loader(x, y, batch, train=True, mean=(0.5,) * 3, std=(0.25,) * 3,
-                  options=LoaderOptions(seed=3, pad=2, memory=memory, share=share))
+def _loader(
+    x: np.ndarray, y: np.ndarray, memory: int | None, share: tuple[int, int] = (0, 1), batch: int = 6
+) -> Loader:
+    return Loader(
+        x,
+        y,
+        batch,
+        train=True,
+        mean=(0.5,) * 3,
+        std=(0.25,) * 3,
+        options=LoaderOptions(seed=3, pad=2, memory=memory, share=share),
+    )
 
 
 @pytest.mark.parametrize("memory", [1, 700, 5_000])  # windows of one batch, of a few, of several
@@ -72,16 +79,23 @@ def test_an_abandoned_epoch_stops_its_reader():
 
 
 def test_byte_sizes():
-    assert [validate.byte_size(t) for t in ("1MiB", "256MiB", "1.5GB", "2g", "100")] == \
-        [2**20, 256 * 2**20, 1_500_000_000, 2_000_000_000, 100]
+    assert [validate.byte_size(t) for t in ("1MiB", "256MiB", "1.5GB", "2g", "100")] == [
+        2**20,
+        256 * 2**20,
+        1_500_000_000,
+        2_000_000_000,
+        100,
+    ]
     for bad in ("x", "-1", "1XB", "0.1", ""):
         with pytest.raises(UsageError):
             validate.byte_size(bad)
 
 
 def _config(**kw) -> TrainConfig:
-    return TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), **{**dict(
-        epochs=2, dataset="digits", limit_train=192, limit_test=96, batch_size=32), **kw})
+    return TrainConfig(
+        arch=make_arch("vgg19", "uniform", 0.05, 10),
+        **{**dict(epochs=2, dataset="digits", limit_train=192, limit_test=96, batch_size=32), **kw},
+    )
 
 
 def test_streamed_run_is_bit_identical_and_keeps_its_identity(tmp_path, capsys):
@@ -96,6 +110,7 @@ def test_streamed_run_is_bit_identical_and_keeps_its_identity(tmp_path, capsys):
 
 def test_resume_with_another_budget(tmp_path):
     """The budget may change on resume: it changes how batches are read, not which."""
+
     class Stop(Exception):
         pass
 
@@ -110,8 +125,12 @@ def test_resume_with_another_budget(tmp_path):
 
 
 def test_bad_data_memory_is_one_line(tmp_path, capsys):
-    assert main(["train", "--model", "vgg19", "--dataset", "digits", "--data-memory", "lots",
-                 "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(
+            ["train", "--model", "vgg19", "--dataset", "digits", "--data-memory", "lots", "--out", str(tmp_path / "r")]
+        )
+        == 2
+    )
     assert "memory size" in one_error_line(capsys)
     assert not (tmp_path / "r").exists()
 
@@ -119,8 +138,20 @@ def test_bad_data_memory_is_one_line(tmp_path, capsys):
 @pytest.mark.slow
 def test_digits_command_streamed_is_bit_identical(tmp_path):
     """The documented command, with a 1 MiB budget against the resident run."""
-    args = ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.25", "--dataset", "digits",
-            "--epochs", "1", "--quiet"]
+    args = [
+        "train",
+        "--model",
+        "vgg19",
+        "--template",
+        "uniform",
+        "--width",
+        "0.25",
+        "--dataset",
+        "digits",
+        "--epochs",
+        "1",
+        "--quiet",
+    ]
     assert main([*args, "--out", str(tmp_path / "resident")]) == 0
     assert main([*args, "--data-memory", "1MiB", "--out", str(tmp_path / "streamed")]) == 0
     assert_same_weights(weights(tmp_path / "resident" / "model.pt"), weights(tmp_path / "streamed" / "model.pt"))

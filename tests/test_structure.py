@@ -97,8 +97,11 @@ def _top_level_imports(module: str, tree: ast.Module, typing: bool = True) -> se
                 for field in ("body", "orelse", "finalbody", "handlers"):
                     inner = getattr(node, field, None)
                     if isinstance(inner, list):
-                        visit([n for n in inner if isinstance(n, ast.stmt)] +
-                              [s for h in inner if isinstance(h, ast.ExceptHandler) for s in h.body])
+                        visit(
+                            [n for n in inner if isinstance(n, ast.stmt)]
+                            + [s for h in inner if isinstance(h, ast.ExceptHandler) for s in h.body]
+                        )
+
     visit(tree.body)
     found.discard(module)
     return found
@@ -148,8 +151,9 @@ def _functions(tree: ast.Module):
                 yield prefix + name, node, public and own_public and not in_function
                 yield from walk(node.body, prefix + name + ".", False, True)
             elif isinstance(node, ast.ClassDef):
-                yield from walk(node.body, prefix + node.name + ".", public and not node.name.startswith("_"),
-                                in_function)
+                yield from walk(
+                    node.body, prefix + node.name + ".", public and not node.name.startswith("_"), in_function
+                )
             else:
                 for field in ("body", "orelse", "finalbody"):
                     inner = getattr(node, field, None)
@@ -212,8 +216,12 @@ def _imported_closure(module: str) -> set[str]:
 
 
 #: What reads runs without training them; the run schema (training.config) is all of training it may see.
-READERS = ("filter_templates.sweep.store", "filter_templates.sweep.grid", "filter_templates.sweep.plan",
-           "filter_templates.report")
+READERS = (
+    "filter_templates.sweep.store",
+    "filter_templates.sweep.grid",
+    "filter_templates.sweep.plan",
+    "filter_templates.report",
+)
 SCHEMA = {"filter_templates.training", "filter_templates.training.config"}
 
 
@@ -239,7 +247,7 @@ def test_checker_sees_each_kind():
     global MODULES
     source = {
         "filter_templates.a": "from . import b\n\ndef f(p1, p2, p3, p4, p5, p6, p7, p8, p9):\n"
-                              "    from .b import x\n" + "    y = 1\n" * 80,
+        "    from .b import x\n" + "    y = 1\n" * 80,
         "filter_templates.b": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n",
     }
     saved = MODULES
@@ -255,11 +263,13 @@ def test_checker_sees_each_kind():
 def test_help_and_version_import_no_torch():
     """``filter-templates --help`` lists the commands from the dispatch table without importing any
     command module, so it answers without loading torch (about a second)."""
-    code = ("import sys\nfrom filter_templates.cli import main\n"
-            "for argv in (['--help'], ['--version'], []):\n"
-            "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
-            "assert 'torch' not in sys.modules, 'torch imported'\n"
-            "assert not [m for m in sys.modules if m.endswith('_cmd')], 'a command module imported'\n")
+    code = (
+        "import sys\nfrom filter_templates.cli import main\n"
+        "for argv in (['--help'], ['--version'], []):\n"
+        "    try:\n        main(argv)\n    except SystemExit:\n        pass\n"
+        "assert 'torch' not in sys.modules, 'torch imported'\n"
+        "assert not [m for m in sys.modules if m.endswith('_cmd')], 'a command module imported'\n"
+    )
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT.parent, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     for name, line in COMMANDS.items():

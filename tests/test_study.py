@@ -14,14 +14,14 @@ import pytest
 import torch
 import torch.nn as nn
 
-from filter_templates.method.arch import Arch, make_arch
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
+from filter_templates.method.arch import Arch, make_arch
 from filter_templates.method.measure import arch_params, count_params
+from filter_templates.method.templates import BUILTIN_TEMPLATES
 from filter_templates.models import googlenet as G
 from filter_templates.models import mobilenet as M
 from filter_templates.models import resnet as R
-from filter_templates.method.templates import BUILTIN_TEMPLATES
 
 VGG = {
     "base": [64, 64, 128, 128, 256, 256, 256, 256, 512, 512, 512, 512, 512, 512, 512, 512],
@@ -31,8 +31,11 @@ VGG = {
     "negative-quadratic": [64, 176, 272, 352, 416, 464, 496, 512, 512, 496, 464, 416, 352, 272, 176, 64],
 }
 RESNET = {  # planes per stage; the stem is cfg[0]
-    "base": [64, 128, 256, 512], "uniform": [200, 200, 200, 200], "reverse": [512, 256, 128, 64],
-    "quadratic": [416, 64, 64, 416], "negative-quadratic": [64, 416, 416, 64],
+    "base": [64, 128, 256, 512],
+    "uniform": [200, 200, 200, 200],
+    "reverse": [512, 256, 128, 64],
+    "quadratic": [416, 64, 64, 416],
+    "negative-quadratic": [64, 416, 416, 64],
 }
 MOBILENET = {  # stem + 13 blocks' pointwise outputs
     "base": [32, 64, 128, 128, 256, 256, 512, 512, 512, 512, 512, 512, 1024, 1024],
@@ -46,9 +49,17 @@ MOBILENET_FILE = {
     "uniform": [381] * 13 + [1024],
     "negative-quadratic": [32, 207, 350, 461, 540, 588, 604, 588, 540, 461, 350, 207, 32, 1024],
 }
-_G = [[64, 96, 128, 16, 32, 32], [128, 128, 192, 32, 96, 64], [192, 96, 208, 16, 48, 64],
-      [160, 112, 224, 24, 64, 64], [128, 128, 256, 24, 64, 64], [112, 144, 288, 32, 64, 64],
-      [256, 160, 320, 32, 128, 128], [256, 160, 320, 32, 128, 128], [384, 192, 384, 48, 128, 128]]
+_G = [
+    [64, 96, 128, 16, 32, 32],
+    [128, 128, 192, 32, 96, 64],
+    [192, 96, 208, 16, 48, 64],
+    [160, 112, 224, 24, 64, 64],
+    [128, 128, 256, 24, 64, 64],
+    [112, 144, 288, 32, 64, 64],
+    [256, 160, 320, 32, 128, 128],
+    [256, 160, 320, 32, 128, 128],
+    [384, 192, 384, 48, 128, 128],
+]
 GOOGLENET = {  # (stem, the nine modules' six branch widths)
     "base": (192, _G),
     "reverse": (832, _G[::-1]),
@@ -57,12 +68,18 @@ GOOGLENET = {  # (stem, the nine modules' six branch widths)
     "negative-quadratic": (61, [[v] * 6 for v in (61, 112, 148, 170, 177, 170, 148, 112, 61)]),
 }
 # SPEC 2.9: the cells whose study configuration does not follow the equations.
-EXCEPTIONS = {("vgg19", "quadratic"), ("resnet50", "uniform"), ("mobilenet", "uniform"),
-              ("mobilenet", "negative-quadratic")}
+EXCEPTIONS = {
+    ("vgg19", "quadratic"),
+    ("resnet50", "uniform"),
+    ("mobilenet", "uniform"),
+    ("mobilenet", "negative-quadratic"),
+}
 # The paper's Table 2 (millions of parameters, CIFAR-10).
 PAPER = {
-    "vgg19": [20.0, 20.0, 16.0, 15.8, 20.0], "resnet50": [23.5, 23.1, 12.9, 19.0, 33.0],
-    "googlenet": [6.2, 6.7, 6.9, 7.2, 3.2], "mobilenet": [3.2, 2.2, 2.9, 3.2, 3.6],
+    "vgg19": [20.0, 20.0, 16.0, 15.8, 20.0],
+    "resnet50": [23.5, 23.1, 12.9, 19.0, 33.0],
+    "googlenet": [6.2, 6.7, 6.9, 7.2, 3.2],
+    "mobilenet": [3.2, 2.2, 2.9, 3.2, 3.6],
 }
 ORDER = ["base", "reverse", "uniform", "quadratic", "negative-quadratic"]
 
@@ -84,8 +101,17 @@ def realised(family: str, model: nn.Module):
     if family == "mobilenet":
         return [model.conv1.out_channels] + [b.conv2.out_channels for b in model.modules() if isinstance(b, M.Block)]
     mods = [m for m in model.modules() if isinstance(m, G.Inception)]
-    rows = [[m.b1[0].out_channels, m.b2[0].out_channels, m.b2[3].out_channels, m.b3[0].out_channels,
-             m.b3[3].out_channels, m.b4[1].out_channels] for m in mods]
+    rows = [
+        [
+            m.b1[0].out_channels,
+            m.b2[0].out_channels,
+            m.b2[3].out_channels,
+            m.b3[0].out_channels,
+            m.b3[3].out_channels,
+            m.b4[1].out_channels,
+        ]
+        for m in mods
+    ]
     return model.pre_layers[0].out_channels, rows
 
 
@@ -140,8 +166,12 @@ def test_table2_cells_reproduced():
 
 
 def test_base_models_keep_their_exact_counts():
-    for family, n in {"vgg19": 20_040_522, "resnet50": 23_520_842, "googlenet": 6_166_250,
-                      "mobilenet": 3_217_226}.items():
+    for family, n in {
+        "vgg19": 20_040_522,
+        "resnet50": 23_520_842,
+        "googlenet": 6_166_250,
+        "mobilenet": 3_217_226,
+    }.items():
         assert arch_params(make_arch(family)) == n
         assert arch_params(make_arch(family, as_published=True)) == n
 
@@ -177,7 +207,9 @@ def test_as_published_truncates():
     assert make_arch("vgg19", "quadratic", 0.25).filters[2] == 116  # equations: round(0.25 * 464)
     assert make_arch("vgg19", "base", 0.001, as_published=True).filters == (1,) * 16  # max(1, int(w*f))
     # A template the study has no list for keeps the equations, with the study's rounding.
-    assert make_arch("vgg19", "64,64,64,64,64,64,64,64,64,64,64,64,64,64,64,65", 0.5, as_published=True).filters[-1] == 32
+    assert (
+        make_arch("vgg19", "64,64,64,64,64,64,64,64,64,64,64,64,64,64,64,65", 0.5, as_published=True).filters[-1] == 32
+    )
 
 
 def test_as_published_refused_for_other_families():
@@ -199,15 +231,21 @@ def test_arch_records_the_reading():
 # Today's (before the study's template layers) parameter counts of the three finer readings, at
 # widths 1, 0.5, 0.1 for base / reverse / uniform / quadratic / negative-quadratic.
 VARIANTS = {
-    "resnet50-blocks": {1.0: [23520842, 24696906, 17739626, 36056614, 31856430],
-                        0.5: [5899050, 6189098, 4450954, 9031530, 7990454],
-                        0.1: [243563, 254137, 189256, 368432, 324548]},
-    "googlenet-proportional": {1.0: [6166250, 7513403, 6206264, 7614523, 6995340],
-                               0.5: [1551354, 1884829, 1557392, 1913512, 1756437],
-                               0.1: [65055, 78270, 64782, 79670, 72823]},
-    "mobilenet-blocks": {1.0: [3217226, 3248906, 2610058, 3061559, 3351678],
-                         0.5: [823722, 831882, 672078, 784462, 856544],
-                         0.1: [38966, 39350, 33388, 37582, 40663]},
+    "resnet50-blocks": {
+        1.0: [23520842, 24696906, 17739626, 36056614, 31856430],
+        0.5: [5899050, 6189098, 4450954, 9031530, 7990454],
+        0.1: [243563, 254137, 189256, 368432, 324548],
+    },
+    "googlenet-proportional": {
+        1.0: [6166250, 7513403, 6206264, 7614523, 6995340],
+        0.5: [1551354, 1884829, 1557392, 1913512, 1756437],
+        0.1: [65055, 78270, 64782, 79670, 72823],
+    },
+    "mobilenet-blocks": {
+        1.0: [3217226, 3248906, 2610058, 3061559, 3351678],
+        0.5: [823722, 831882, 672078, 784462, 856544],
+        0.1: [38966, 39350, 33388, 37582, 40663],
+    },
 }
 
 
@@ -228,9 +266,13 @@ def test_templates_json_resnet50(capsys):
 def test_compare_published_command(capsys):
     assert main(["templates", "--compare-published", "--json"]) == 0
     cells = json.loads(capsys.readouterr().out)["cells"]
-    assert len(cells) == 20 and sum(c["match"] for c in cells) >= 14 and sum(c["match_as_published"] for c in cells) == 18
-    assert {(c["model"], c["template"]) for c in cells if c["unreproduced"]} == {("googlenet", "uniform"),
-                                                                                ("googlenet", "negative-quadratic")}
+    assert (
+        len(cells) == 20 and sum(c["match"] for c in cells) >= 14 and sum(c["match_as_published"] for c in cells) == 18
+    )
+    assert {(c["model"], c["template"]) for c in cells if c["unreproduced"]} == {
+        ("googlenet", "uniform"),
+        ("googlenet", "negative-quadratic"),
+    }
     assert main(["templates", "--compare-published"]) == 0
     out = capsys.readouterr().out
     assert "no configuration in the study's code" in out and "ours 14/20, as published 18/20" in out
@@ -246,18 +288,28 @@ def test_readme_table_is_generated():
     start, end = "<!-- table2:start -->", "<!-- table2:end -->"
     assert start in readme and end in readme
     block = readme.split(start)[1].split(end)[0].strip()
-    assert block == markdown_table(compare_published()), "regenerate: filter-templates templates --compare-published --markdown"
+    assert block == markdown_table(compare_published()), (
+        "regenerate: filter-templates templates --compare-published --markdown"
+    )
 
 
 def test_cli_as_published_flag(capsys):
-    assert main(["templates", "--model", "vgg19", "--template", "quadratic", "--width", "0.25", "--as-published",
-                 "--json"]) == 0
+    assert (
+        main(
+            ["templates", "--model", "vgg19", "--template", "quadratic", "--width", "0.25", "--as-published", "--json"]
+        )
+        == 0
+    )
     assert json.loads(capsys.readouterr().out)["templates"][0]["filters"][2] == 96
 
 
 def test_fit_as_published(capsys):
-    assert main(["fit", "--model", "vgg19", "--budget", "params=1M", "--template", "quadratic", "--as-published",
-                 "--json"]) == 0
+    assert (
+        main(
+            ["fit", "--model", "vgg19", "--budget", "params=1M", "--template", "quadratic", "--as-published", "--json"]
+        )
+        == 0
+    )
     (f,) = json.loads(capsys.readouterr().out)["fits"]
     arch = make_arch("vgg19", "quadratic", f["width"], as_published=True)
     assert f["filters"] == list(arch.filters) and f["params"] <= 1_000_000
@@ -267,13 +319,47 @@ def test_fit_as_published(capsys):
 def test_train_and_sweep_record_the_reading(tmp_path, capsys):
     tiny = ["--limit-train", "64", "--limit-test", "32", "--batch-size", "32", "--device", "cpu", "--epochs", "1"]
     out = tmp_path / "run"
-    assert main(["train", "--model", "mobilenet", "--template", "uniform", "--width", "0.05", "--dataset", "synthetic",
-                 "--as-published", "--out", str(out), "--quiet", *tiny]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "mobilenet",
+                "--template",
+                "uniform",
+                "--width",
+                "0.05",
+                "--dataset",
+                "synthetic",
+                "--as-published",
+                "--out",
+                str(out),
+                "--quiet",
+                *tiny,
+            ]
+        )
+        == 0
+    )
     arch = json.loads((out / "config.json").read_text())["arch"]
     assert arch["as_published"] is True and arch["widths"] == [23] * 14  # int(467 * 0.05)
     capsys.readouterr()
-    argv = ["sweep", "--db", str(tmp_path / "r.sqlite"), "--runs-dir", str(tmp_path / "runs"), "--models", "vgg19",
-            "--templates", "quadratic", "--widths", "0.05", "--datasets", "synthetic", "--dry-run", "--json"]
+    argv = [
+        "sweep",
+        "--db",
+        str(tmp_path / "r.sqlite"),
+        "--runs-dir",
+        str(tmp_path / "runs"),
+        "--models",
+        "vgg19",
+        "--templates",
+        "quadratic",
+        "--widths",
+        "0.05",
+        "--datasets",
+        "synthetic",
+        "--dry-run",
+        "--json",
+    ]
     assert main(argv) == 0 and main(argv + ["--as-published"]) == 0
     docs = [json.loads(x) for x in capsys.readouterr().out.strip().splitlines()]
     assert len(docs) == 2
@@ -281,8 +367,9 @@ def test_train_and_sweep_record_the_reading(tmp_path, capsys):
 
 
 def test_paper_preset_is_as_published():
-    from filter_templates.sweep.grid import expand, load_config, preset
     from pathlib import Path
+
+    from filter_templates.sweep.grid import expand, load_config, preset
 
     configs = expand(preset("paper"), classes_of=lambda d: 10)
     assert configs and all(c.arch.as_published for c in configs)
@@ -295,9 +382,34 @@ def test_report_keeps_the_readings_apart(tmp_path, capsys):
     from filter_templates.report import make_report
 
     db, runs = str(tmp_path / "r.sqlite"), str(tmp_path / "runs")
-    common = ["sweep", "--db", db, "--runs-dir", runs, "--models", "resnet50", "--templates", "base", "uniform",
-              "--widths", "0.05", "--datasets", "synthetic", "--limit-train", "32", "--limit-test", "16",
-              "--batch-size", "16", "--epochs", "1", "--device", "cpu", "--threads", "1"]
+    common = [
+        "sweep",
+        "--db",
+        db,
+        "--runs-dir",
+        runs,
+        "--models",
+        "resnet50",
+        "--templates",
+        "base",
+        "uniform",
+        "--widths",
+        "0.05",
+        "--datasets",
+        "synthetic",
+        "--limit-train",
+        "32",
+        "--limit-test",
+        "16",
+        "--batch-size",
+        "16",
+        "--epochs",
+        "1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+    ]
     assert main(common) == 0 and main(common + ["--as-published"]) == 0
     capsys.readouterr()
     out = tmp_path / "report"

@@ -23,8 +23,20 @@ REPO = Path(__file__).resolve().parents[1]
 CLASSES = {"cifar10": 10, "cifar100": 100, "digits": 10, "synthetic": 10}.__getitem__
 
 # A tiny grid: each run is a few optimiser steps of a ~50k-parameter model on generated data.
-TINY = ["--datasets", "synthetic", "--limit-train", "64", "--limit-test", "32", "--batch-size", "32",
-        "--device", "cpu", "--threads", "1"]  # 1 thread: fast on a CPU shared with other jobs
+TINY = [
+    "--datasets",
+    "synthetic",
+    "--limit-train",
+    "64",
+    "--limit-test",
+    "32",
+    "--batch-size",
+    "32",
+    "--device",
+    "cpu",
+    "--threads",
+    "1",
+]  # 1 thread: fast on a CPU shared with other jobs
 
 
 def sweep_args(tmp: Path, *extra: str) -> list[str]:
@@ -63,8 +75,10 @@ def test_quick_preset_is_small():
 
 def test_toml_config_and_overrides(tmp_path):
     f = tmp_path / "s.toml"
-    f.write_text('models = ["vgg19"]\nwidths = [0.5, 0.25, 0.5]\ndatasets = ["cifar10"]\nseeds = [0, 1]\n'
-                 'epochs = 3\nlr = 0.05\ndivisor = 8\n')
+    f.write_text(
+        'models = ["vgg19"]\nwidths = [0.5, 0.25, 0.5]\ndatasets = ["cifar10"]\nseeds = [0, 1]\n'
+        "epochs = 3\nlr = 0.05\ndivisor = 8\n"
+    )
     spec = load_config(f)
     configs = expand(spec, classes_of=CLASSES)
     assert len(configs) == 1 * 5 * 2 * 2  # the repeated width counts once
@@ -82,13 +96,19 @@ def test_example_configs_in_the_repo_load():
         assert expand(load_config(f), classes_of=CLASSES)
 
 
-@pytest.mark.parametrize("text, match", [
-    ("models = [", "not valid TOML"),
-    ('models = ["vgg19"]\nwidths = [1.0]\ndatasets = ["digits"]\nepoch = 3\n', "unknown keys epoch"),
-    ('models = ["vgg19"]\n', r"missing widths \(or budgets\), datasets"),
-    ('models = ["vgg19"]\nwidths = [1.0]\nbudgets = ["params=1M"]\ndatasets = ["digits"]\n', "widths or budgets, not both"),
-    ('preset = "huge"\n', "unknown preset"),
-])
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("models = [", "not valid TOML"),
+        ('models = ["vgg19"]\nwidths = [1.0]\ndatasets = ["digits"]\nepoch = 3\n', "unknown keys epoch"),
+        ('models = ["vgg19"]\n', r"missing widths \(or budgets\), datasets"),
+        (
+            'models = ["vgg19"]\nwidths = [1.0]\nbudgets = ["params=1M"]\ndatasets = ["digits"]\n',
+            "widths or budgets, not both",
+        ),
+        ('preset = "huge"\n', "unknown preset"),
+    ],
+)
 def test_bad_toml_configs(tmp_path, text, match):
     f = tmp_path / "bad.toml"
     f.write_text(text)
@@ -96,38 +116,55 @@ def test_bad_toml_configs(tmp_path, text, match):
         load_config(f)
 
 
-@pytest.mark.parametrize("spec, match", [
-    (dict(models=["vgg20"]), "unknown model 'vgg20'"),
-    (dict(templates=["cubic"]), "unknown template 'cubic'"),
-    (dict(datasets=["imagenet"]), "unknown dataset 'imagenet'"),
-    (dict(widths=[-1.0]), "must hold positive numbers"),
-    (dict(widths=[]), "non-empty list"),
-    (dict(seeds=[-1]), "integers >= 0"),
-])
+@pytest.mark.parametrize(
+    "spec, match",
+    [
+        (dict(models=["vgg20"]), "unknown model 'vgg20'"),
+        (dict(templates=["cubic"]), "unknown template 'cubic'"),
+        (dict(datasets=["imagenet"]), "unknown dataset 'imagenet'"),
+        (dict(widths=[-1.0]), "must hold positive numbers"),
+        (dict(widths=[]), "non-empty list"),
+        (dict(seeds=[-1]), "integers >= 0"),
+    ],
+)
 def test_expand_validates_everything_up_front(spec, match):
     base = dict(models=["vgg19"], templates=["base"], widths=[0.1], datasets=["synthetic"])
     with pytest.raises(UsageError, match=match):
         expand(SweepSpec(**{**base, **spec}))
 
 
-@pytest.mark.parametrize("argv, match", [
-    (["sweep"], "name a grid"),
-    (["sweep", "--models", "vgg19"], "needs --widths (or --budgets), --datasets"),
-    (["sweep", "--preset", "quick", "--config", "x.toml"], "not allowed with argument"),
-    (["sweep", "--preset", "huge"], "invalid choice"),
-    (["sweep", "--preset", "quick", "--widths", "0"], "not a positive finite number"),
-    (["sweep", "--preset", "quick", "--address", "auto"], "only apply to --engine ray"),
-    (["sweep", "--models", "nope", "--widths", "1", "--datasets", "digits"], "unknown model 'nope'"),
-    (["sweep", "--config", "/nonexistent/s.toml"], "does not exist"),
-    (["sweep", "--reindex", "--runs-dir", "/nonexistent/runs"], "does not exist"),
-    (["sweep", "--models", "vgg19", "--budgets", "params=1M", "--widths", "1", "--datasets", "digits"],
-     "not allowed with argument"),
-    (["sweep", "--models", "vgg19", "--budgets", "params=lots", "--datasets", "synthetic"], "malformed budget value"),
-    (["sweep", "--models", "vgg19", "--budgets", "params", "--datasets", "synthetic"], "malformed budget"),
-    (["sweep", "--models", "vgg19", "--budgets", "size=1M", "--datasets", "synthetic"], "unknown budget key 'size'"),
-    (["sweep", "--models", "vgg19", "--budgets", "params=-5", "--datasets", "synthetic"], "must be a positive finite number"),
-    (["sweep", "--models", "vgg19", "--budgets", "params=1M"], "needs --datasets"),
-])
+@pytest.mark.parametrize(
+    "argv, match",
+    [
+        (["sweep"], "name a grid"),
+        (["sweep", "--models", "vgg19"], "needs --widths (or --budgets), --datasets"),
+        (["sweep", "--preset", "quick", "--config", "x.toml"], "not allowed with argument"),
+        (["sweep", "--preset", "huge"], "invalid choice"),
+        (["sweep", "--preset", "quick", "--widths", "0"], "not a positive finite number"),
+        (["sweep", "--preset", "quick", "--address", "auto"], "only apply to --engine ray"),
+        (["sweep", "--models", "nope", "--widths", "1", "--datasets", "digits"], "unknown model 'nope'"),
+        (["sweep", "--config", "/nonexistent/s.toml"], "does not exist"),
+        (["sweep", "--reindex", "--runs-dir", "/nonexistent/runs"], "does not exist"),
+        (
+            ["sweep", "--models", "vgg19", "--budgets", "params=1M", "--widths", "1", "--datasets", "digits"],
+            "not allowed with argument",
+        ),
+        (
+            ["sweep", "--models", "vgg19", "--budgets", "params=lots", "--datasets", "synthetic"],
+            "malformed budget value",
+        ),
+        (["sweep", "--models", "vgg19", "--budgets", "params", "--datasets", "synthetic"], "malformed budget"),
+        (
+            ["sweep", "--models", "vgg19", "--budgets", "size=1M", "--datasets", "synthetic"],
+            "unknown budget key 'size'",
+        ),
+        (
+            ["sweep", "--models", "vgg19", "--budgets", "params=-5", "--datasets", "synthetic"],
+            "must be a positive finite number",
+        ),
+        (["sweep", "--models", "vgg19", "--budgets", "params=1M"], "needs --datasets"),
+    ],
+)
 def test_cli_errors_are_one_line(capsys, argv, match):
     assert main(argv) == 2
     assert match in err_line(capsys)
@@ -141,9 +178,15 @@ def test_cli_errors_are_one_line(capsys, argv, match):
 def test_budget_points_are_fitted_within_their_budget():
     from filter_templates.method.measure import arch_flops, arch_params
 
-    spec = SweepSpec(models=["vgg19", "mobilenet"], templates=["base", "reverse", "quadratic"], widths=[],
-                     budgets=["params=50K", "flops=2M", "params=100"], datasets=["synthetic"], seeds=[0, 1],
-                     train={"epochs": 1})
+    spec = SweepSpec(
+        models=["vgg19", "mobilenet"],
+        templates=["base", "reverse", "quadratic"],
+        widths=[],
+        budgets=["params=50K", "flops=2M", "params=100"],
+        datasets=["synthetic"],
+        seeds=[0, 1],
+        train={"epochs": 1},
+    )
     grid = plan_grid(spec, classes_of=CLASSES)
     assert len(grid.budget_points) == 2 * 3 * 3 * 2 and len({p.key for p in grid.budget_points}) == 36
     for p in grid.budget_points:
@@ -181,8 +224,20 @@ def test_sweep_help_documents_budgets(capsys):
 
 
 def test_budget_sweep_records_fits_skips_unreachable_and_retries(tmp_path, capsys):
-    argv = sweep_args(tmp_path, "--models", "mobilenet", "--templates", "base", "uniform",
-                      "--budgets", "params=20K", "params=100", "--epochs", "1", "--json")
+    argv = sweep_args(
+        tmp_path,
+        "--models",
+        "mobilenet",
+        "--templates",
+        "base",
+        "uniform",
+        "--budgets",
+        "params=20K",
+        "params=100",
+        "--epochs",
+        "1",
+        "--json",
+    )
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["points"], out["done"], out["failed"]) == (2, 2, 0)
@@ -201,8 +256,20 @@ def test_budget_sweep_records_fits_skips_unreachable_and_retries(tmp_path, capsy
     again = json.loads(capsys.readouterr().out)
     assert (again["done"], again["skipped_done"], len(again["unreachable"])) == (0, 2, 2)
     # a budget point whose run fails is skipped on a re-run and retried with --retry-failed
-    bad = sweep_args(tmp_path, "--models", "mobilenet", "--templates", "base", "--budgets", "params=20K",
-                     "--epochs", "1", "--lr", "1e30", "--json")
+    bad = sweep_args(
+        tmp_path,
+        "--models",
+        "mobilenet",
+        "--templates",
+        "base",
+        "--budgets",
+        "params=20K",
+        "--epochs",
+        "1",
+        "--lr",
+        "1e30",
+        "--json",
+    )
     assert main(bad) == 1
     assert json.loads(capsys.readouterr().out)["failed"] == 1
     assert main(bad) == 0
@@ -215,8 +282,14 @@ def test_budget_sweep_records_fits_skips_unreachable_and_retries(tmp_path, capsy
 
 
 def test_budget_dry_run_lists_fits_and_unreachable_points(tmp_path, capsys):
-    assert main(sweep_args(tmp_path, "--models", "vgg19", "--templates", "base", "--budgets", "flops=5M",
-                           "flops=1", "--dry-run")) == 0
+    assert (
+        main(
+            sweep_args(
+                tmp_path, "--models", "vgg19", "--templates", "base", "--budgets", "flops=5M", "flops=1", "--dry-run"
+            )
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "synthetic-vgg19-base-w" in out and "unreachable: synthetic vgg19 base flops=1 s0: budget" in out
     assert "1 points, 1 unreachable; nothing run" in out
@@ -228,14 +301,44 @@ def test_dry_run_of_the_paper_grid_needs_no_data(tmp_path, capsys, monkeypatch):
     assert main(["sweep", "--preset", "paper", "--dry-run", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["points"] == 320 and out["grid"]["epochs"] == 160
-    assert main(["sweep", "--preset", "paper", "--datasets", "cifar10", "--models", "vgg19",
-                 "--data-dir", str(tmp_path / "no-data")]) == 2
+    assert (
+        main(
+            [
+                "sweep",
+                "--preset",
+                "paper",
+                "--datasets",
+                "cifar10",
+                "--models",
+                "vgg19",
+                "--data-dir",
+                str(tmp_path / "no-data"),
+            ]
+        )
+        == 2
+    )
     assert "does not exist" in err_line(capsys)  # a real run checks the data before training anything
 
 
 def test_dry_run_lists_the_grid(tmp_path, capsys):
-    assert main(sweep_args(tmp_path, "--models", "vgg19", "mobilenet", "--templates", "base", "uniform",
-                           "--widths", "0.05", "--dry-run", "--json")) == 0
+    assert (
+        main(
+            sweep_args(
+                tmp_path,
+                "--models",
+                "vgg19",
+                "mobilenet",
+                "--templates",
+                "base",
+                "uniform",
+                "--widths",
+                "0.05",
+                "--dry-run",
+                "--json",
+            )
+        )
+        == 0
+    )
     out = json.loads(capsys.readouterr().out)
     assert out["points"] == 4 and len(set(out["runs"])) == 4
     assert not (tmp_path / "runs").exists()
@@ -265,8 +368,9 @@ def _check_runs(db: Path, runs: Path, epochs: int, points: int) -> list[dict]:
 
 
 def test_sweep_runs_records_and_skips_done_points(tmp_path, capsys):
-    argv = sweep_args(tmp_path, "--models", "vgg19", "mobilenet", "--templates", "base", "--widths", "0.05",
-                      "--epochs", "1", "--json")
+    argv = sweep_args(
+        tmp_path, "--models", "vgg19", "mobilenet", "--templates", "base", "--widths", "0.05", "--epochs", "1", "--json"
+    )
     assert main(argv) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["points"], out["done"], out["failed"], out["skipped"]) == (2, 2, 0, 0)
@@ -279,7 +383,6 @@ def test_sweep_runs_records_and_skips_done_points(tmp_path, capsys):
     assert main(argv[:-1]) == 0
     line = capsys.readouterr().out.strip()
     assert "0 done, 0 failed, 2 skipped (2 already done)" in line and "r.sqlite" in line
-
 
 
 def test_failed_runs_are_recorded_and_the_sweep_goes_on(tmp_path, capsys, one_thread):
@@ -331,8 +434,9 @@ def test_resources_a_summary_lacks_are_measured_and_kept_beside_it(tmp_path, one
 
 
 def test_reindex_rebuilds_a_lost_store(tmp_path, capsys):
-    argv = sweep_args(tmp_path, "--models", "vgg19", "--templates", "base", "uniform", "--widths", "0.05",
-                      "--epochs", "1")
+    argv = sweep_args(
+        tmp_path, "--models", "vgg19", "--templates", "base", "uniform", "--widths", "0.05", "--epochs", "1"
+    )
     assert main(argv) == 0
     with Store(tmp_path / "r.sqlite") as s:
         before = {r["key"]: (r["final_acc"], r["params"], r["run_dir"]) for r in s.rows()}
@@ -355,8 +459,13 @@ def test_reindex_rebuilds_a_lost_store(tmp_path, capsys):
 
 def _spawn(argv: list[str], log: Path) -> subprocess.Popen:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "filter_templates", *argv], stdout=log.open("w"),
-                            stderr=subprocess.STDOUT, env=env, cwd=log.parent)
+    return subprocess.Popen(
+        [sys.executable, "-m", "filter_templates", *argv],
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        env=env,
+        cwd=log.parent,
+    )
 
 
 def _wait(proc: subprocess.Popen, log: Path, timeout: float = 240) -> None:
@@ -383,14 +492,28 @@ def _poll(db: Path, sql: str) -> int:
 def test_sigkilled_sweep_resumes_without_losing_or_duplicating(tmp_path):
     db, runs = tmp_path / "r.sqlite", tmp_path / "runs"
     epochs = 3
-    argv = sweep_args(tmp_path, "--models", "vgg19", "--templates", "base", "uniform", "reverse",
-                      "--widths", "0.05", "--epochs", str(epochs), "--limit-train", "128")
+    argv = sweep_args(
+        tmp_path,
+        "--models",
+        "vgg19",
+        "--templates",
+        "base",
+        "uniform",
+        "reverse",
+        "--widths",
+        "0.05",
+        "--epochs",
+        str(epochs),
+        "--limit-train",
+        "128",
+    )
     proc = _spawn(argv, tmp_path / "killed.log")
     deadline = time.time() + 240
     # kill once a run has finished and the next one is between its first and last epoch
     while time.time() < deadline and proc.poll() is None:
         if _poll(db, "SELECT COUNT(*) FROM runs WHERE status='done'") >= 1 and _poll(
-                db, f"SELECT COUNT(*) FROM runs WHERE status='running' AND epochs_done BETWEEN 1 AND {epochs - 1}"):
+            db, f"SELECT COUNT(*) FROM runs WHERE status='running' AND epochs_done BETWEEN 1 AND {epochs - 1}"
+        ):
             break
         time.sleep(0.02)
     assert proc.poll() is None, "the sweep ended before it could be killed:\n" + (tmp_path / "killed.log").read_text()
@@ -411,13 +534,27 @@ def test_sigkilled_sweep_resumes_without_losing_or_duplicating(tmp_path):
         assert [e["event"] for e in s.events(k)] == ["add", "claim", "reclaim", "done"]
     # resumed, not restarted: the epochs trained before the kill kept their numbers
     kept = killed[0]["epoch_metrics"]
-    assert [m["test_acc"] for m in read_metrics(by_key[k]["run_dir"])[:len(kept)]] == [m["test_acc"] for m in kept]
+    assert [m["test_acc"] for m in read_metrics(by_key[k]["run_dir"])[: len(kept)]] == [m["test_acc"] for m in kept]
 
 
 def test_concurrent_budget_sweeps_on_one_file_run_each_point_once(tmp_path):
     db = tmp_path / "r.sqlite"
-    argv = sweep_args(tmp_path, "--models", "mobilenet", "--templates", "base", "uniform", "quadratic",
-                      "--budgets", "params=20K", "params=100", "--epochs", "1", "--limit-train", "32")
+    argv = sweep_args(
+        tmp_path,
+        "--models",
+        "mobilenet",
+        "--templates",
+        "base",
+        "uniform",
+        "quadratic",
+        "--budgets",
+        "params=20K",
+        "params=100",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "32",
+    )
     procs = [(_spawn(argv, tmp_path / f"w{i}.log"), tmp_path / f"w{i}.log") for i in range(2)]
     for p, log in procs:
         _wait(p, log)
@@ -435,8 +572,21 @@ def test_three_concurrent_sweeps_on_one_file_run_each_point_once(tmp_path):
     grids = [["vgg19"], ["vgg19", "mobilenet"], ["mobilenet"]]  # overlapping: every point in 2 of 3 grids
     procs = []
     for i, models in enumerate(grids):
-        argv = sweep_args(tmp_path, "--models", *models, "--templates", "base", "uniform", "--widths", "0.05",
-                          "--epochs", "1", "--limit-train", "32", *(["--jobs", "2"] if i == 1 else []))
+        argv = sweep_args(
+            tmp_path,
+            "--models",
+            *models,
+            "--templates",
+            "base",
+            "uniform",
+            "--widths",
+            "0.05",
+            "--epochs",
+            "1",
+            "--limit-train",
+            "32",
+            *(["--jobs", "2"] if i == 1 else []),
+        )
         procs.append((_spawn(argv, tmp_path / f"w{i}.log"), tmp_path / f"w{i}.log"))
     for p, log in procs:
         _wait(p, log)
@@ -470,7 +620,16 @@ def test_two_jobs_share_the_grid_and_the_worker_reports_back(tmp_path, one_threa
     assert not list(runs.glob(".sweep-*"))  # the job and result files are cleaned up
 
     job, out = tmp_path / "job.json", tmp_path / "out.json"
-    job.write_text(json.dumps({"db": str(db), "runs_dir": str(runs), "threads": 1, "threads_source": "--threads",
-                               "configs": [c.to_dict() for c in configs]}))
+    job.write_text(
+        json.dumps(
+            {
+                "db": str(db),
+                "runs_dir": str(runs),
+                "threads": 1,
+                "threads_source": "--threads",
+                "configs": [c.to_dict() for c in configs],
+            }
+        )
+    )
     assert _worker_main([str(job), str(out)]) == 0
     assert json.loads(out.read_text())["skipped_done"] == 3

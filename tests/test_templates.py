@@ -57,7 +57,9 @@ def test_total_kept_at_width_one(base, name):
 
 
 @settings(max_examples=150, deadline=None)
-@given(bases, st.sampled_from(T.BUILTIN_TEMPLATES), st.floats(0.001, 4.0), st.integers(1, 16), st.sampled_from([1, 2, 8]))
+@given(
+    bases, st.sampled_from(T.BUILTIN_TEMPLATES), st.floats(0.001, 4.0), st.integers(1, 16), st.sampled_from([1, 2, 8])
+)
 def test_every_count_at_least_floor_and_multiple_of_divisor(base, name, width, floor, divisor):
     out = T.distribute(name, base, width, floor=floor, divisor=divisor)
     assert all(c >= floor for c in out)

@@ -15,17 +15,16 @@ from pathlib import Path
 import pytest
 import torch
 
+from filter_templates.cli import main
 from filter_templates.core import checkpoint as ckpt
 from filter_templates.core import rundir
-from filter_templates.method.arch import make_arch
-from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
+from filter_templates.method.arch import make_arch
 from filter_templates.training.config import RECIPES, TrainConfig
 from filter_templates.training.loop import train
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(dataset="digits", limit_train=192, limit_test=96, batch_size=32)
-
 
 
 @pytest.fixture(autouse=True)
@@ -37,8 +36,11 @@ def quick_resources(request, monkeypatch):
     from filter_templates.method import measure
 
     real = measure.resources
-    monkeypatch.setattr(measure, "resources", lambda arch, batch_size=64, device="cpu", **kw:
-                        real(arch, batch_size, device, memory=False, latency=False))
+    monkeypatch.setattr(
+        measure,
+        "resources",
+        lambda arch, batch_size=64, device="cpu", **kw: real(arch, batch_size, device, memory=False, latency=False),
+    )
 
 
 def small_config(epochs: int = 2, **kw) -> TrainConfig:
@@ -64,17 +66,27 @@ def one_error_line(capsys) -> str:
 
 # ---- config -----------------------------------------------------------------------------------
 
+
 def test_config_round_trips_through_json():
     c = small_config(lr=0.05, seed=3, device="cpu")
     d = json.loads(json.dumps(c.to_dict()))
     assert TrainConfig.from_dict(d) == c
 
 
-@pytest.mark.parametrize("change, word", [
-    ({"epochs": 0}, "epochs"), ({"lr": float("nan")}, "lr"), ({"lr": -1.0}, "lr"),
-    ({"batch_size": 2.5}, "batch_size"), ({"device": "tpu"}, "device"), ({"bogus": 1}, "bogus"),
-    ({"weight_decay": "a"}, "weight_decay"), ({"limit_train": 0}, "limit_train"), ({"arch": {"family": "vgg19"}}, "arch"),
-])
+@pytest.mark.parametrize(
+    "change, word",
+    [
+        ({"epochs": 0}, "epochs"),
+        ({"lr": float("nan")}, "lr"),
+        ({"lr": -1.0}, "lr"),
+        ({"batch_size": 2.5}, "batch_size"),
+        ({"device": "tpu"}, "device"),
+        ({"bogus": 1}, "bogus"),
+        ({"weight_decay": "a"}, "weight_decay"),
+        ({"limit_train": 0}, "limit_train"),
+        ({"arch": {"family": "vgg19"}}, "arch"),
+    ],
+)
 def test_config_rejects_bad_values(change, word):
     d = {**small_config().to_dict(), **change}
     with pytest.raises(UsageError, match=word):
@@ -83,15 +95,30 @@ def test_config_rejects_bad_values(change, word):
 
 # ---- a run and its directory -------------------------------------------------------------------
 
+
 def test_run_writes_the_run_directory(tmp_path):
     seen = []
     summary = train(small_config(epochs=4, recipe="paper"), tmp_path / "run", on_epoch=seen.append)
     run = tmp_path / "run"
-    assert {p.name for p in run.iterdir()} == {"config.json", "metrics.jsonl", "checkpoint.pt", "model.pt", "summary.json"}
+    assert {p.name for p in run.iterdir()} == {
+        "config.json",
+        "metrics.jsonl",
+        "checkpoint.pt",
+        "model.pt",
+        "summary.json",
+    }
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows == seen and [r["epoch"] for r in rows] == [1, 2, 3, 4]
-    assert set(rows[0]) == {"epoch", "lr", "train_loss", "train_acc", "test_acc", "test_views", "seconds",
-                            "images_per_s"}
+    assert set(rows[0]) == {
+        "epoch",
+        "lr",
+        "train_loss",
+        "train_acc",
+        "test_acc",
+        "test_views",
+        "seconds",
+        "images_per_s",
+    }
     # lr / 10 at int(0.5 E) and int(0.75 E) epochs
     assert [r["lr"] for r in rows] == pytest.approx([0.1, 0.1, 0.01, 0.001])
     assert all(0 <= r["test_acc"] <= 1 and math.isfinite(r["train_loss"]) for r in rows)
@@ -111,11 +138,22 @@ def test_run_writes_the_run_directory(tmp_path):
     # the execution the run used is recorded: the rule's precision and layout, the thread count it ran
     # with, the memory its training split could take, one process, per-process BatchNorm
     assert saved.data_memory >= 1 and (saved.world_size, saved.sync_bn) == (1, False)
-    assert saved == small_config(epochs=4, recipe="paper", precision=saved.precision, memory_format=saved.memory_format,
-                                 threads=summary["threads"], data_memory=saved.data_memory, world_size=1, sync_bn=False,
-                                 compile=False)
-    assert (summary["recipe"], summary["precision"], summary["memory_format"]) == ("paper", saved.precision,
-                                                                                   saved.memory_format)
+    assert saved == small_config(
+        epochs=4,
+        recipe="paper",
+        precision=saved.precision,
+        memory_format=saved.memory_format,
+        threads=summary["threads"],
+        data_memory=saved.data_memory,
+        world_size=1,
+        sync_bn=False,
+        compile=False,
+    )
+    assert (summary["recipe"], summary["precision"], summary["memory_format"]) == (
+        "paper",
+        saved.precision,
+        saved.memory_format,
+    )
     state = rundir.load_checkpoint(run / "checkpoint.pt")
     assert state["epoch"] == 4 and state["arch"] == small_config().arch.to_dict()
     assert_same_weights(weights(run / "model.pt"), state["model"])
@@ -136,10 +174,30 @@ def test_same_seed_same_weights_different_seed_differs(tmp_path):
 
 
 def _cli_train_args(out: Path, epochs: int) -> list[str]:
-    return ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.05", "--dataset", "digits",
-            "--limit-train", str(SMALL["limit_train"]), "--limit-test", str(SMALL["limit_test"]),
-            "--batch-size", str(SMALL["batch_size"]), "--epochs", str(epochs), "--device", "cpu",
-            "--out", str(out), "--quiet"]  # nothing pinned: the rule decides, and a resume keeps it
+    return [
+        "train",
+        "--model",
+        "vgg19",
+        "--template",
+        "uniform",
+        "--width",
+        "0.05",
+        "--dataset",
+        "digits",
+        "--limit-train",
+        str(SMALL["limit_train"]),
+        "--limit-test",
+        str(SMALL["limit_test"]),
+        "--batch-size",
+        str(SMALL["batch_size"]),
+        "--epochs",
+        str(epochs),
+        "--device",
+        "cpu",
+        "--out",
+        str(out),
+        "--quiet",
+    ]  # nothing pinned: the rule decides, and a resume keeps it
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path, capsys):
@@ -149,8 +207,13 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, capsys):
 
     killed = tmp_path / "killed"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO)}
-    proc = subprocess.Popen([sys.executable, "-m", "filter_templates", *_cli_train_args(killed, epochs)],
-                            cwd=tmp_path, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "filter_templates", *_cli_train_args(killed, epochs)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         deadline = time.monotonic() + 120
         while not (killed / "checkpoint.pt").exists():
@@ -167,10 +230,14 @@ def test_resume_after_sigkill_is_bit_identical(tmp_path, capsys):
 
     assert main([*_cli_train_args(killed, epochs), "--resume"]) == 0
     assert_same_weights(weights(ref / "model.pt"), weights(killed / "model.pt"))
-    ref_state, new_state = rundir.load_checkpoint(ref / "checkpoint.pt"), rundir.load_checkpoint(killed / "checkpoint.pt")
+    ref_state, new_state = (
+        rundir.load_checkpoint(ref / "checkpoint.pt"),
+        rundir.load_checkpoint(killed / "checkpoint.pt"),
+    )
     for k in ref_state["optimizer"]["state"]:
-        assert torch.equal(ref_state["optimizer"]["state"][k]["momentum_buffer"],
-                           new_state["optimizer"]["state"][k]["momentum_buffer"])
+        assert torch.equal(
+            ref_state["optimizer"]["state"][k]["momentum_buffer"], new_state["optimizer"]["state"][k]["momentum_buffer"]
+        )
     rows = [json.loads(line) for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == list(range(1, epochs + 1))
     ref_rows = [json.loads(line) for line in (ref / "metrics.jsonl").read_text().splitlines()]
@@ -186,12 +253,19 @@ def _stop_after(epoch: int):
     def on_epoch(row: dict) -> None:
         if row["epoch"] == epoch:
             raise Stop  # like a kill right after this epoch's checkpoint
+
     return on_epoch
 
 
-@pytest.mark.parametrize("kw", [dict(recipe="paper", precision="fp32"), dict(recipe="fast", precision="fp32"),
-                                dict(recipe="fast", ema=0.9, precision="bf16", memory_format="contiguous"),
-                                dict(recipe="fast", optimizer="muon", precision="fp32")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(recipe="paper", precision="fp32"),
+        dict(recipe="fast", precision="fp32"),
+        dict(recipe="fast", ema=0.9, precision="bf16", memory_format="contiguous"),
+        dict(recipe="fast", optimizer="muon", precision="fp32"),
+    ],
+)
 def test_resume_after_an_epoch_in_process(tmp_path, kw):
     """Two epochs: stopped after the first (mid-schedule), the resumed run's last epoch (the fast
     recipe's final shifted test views, the EMA's last update) matches the uninterrupted run's."""
@@ -208,8 +282,10 @@ def test_resume_after_an_epoch_in_process(tmp_path, kw):
     assert resumed["precision"] == kw["precision"] and resumed["execution"]["source"] == "checkpoint"
     assert_same_weights(weights(full / "model.pt"), weights(part / "model.pt"))
     if kw.get("ema"):
-        assert_same_weights(rundir.load_checkpoint(full / "checkpoint.pt")["ema"]["model"],
-                            rundir.load_checkpoint(part / "checkpoint.pt")["ema"]["model"])
+        assert_same_weights(
+            rundir.load_checkpoint(full / "checkpoint.pt")["ema"]["model"],
+            rundir.load_checkpoint(part / "checkpoint.pt")["ema"]["model"],
+        )
 
 
 def test_existing_checkpoint_is_not_overwritten_without_resume(tmp_path, capsys):
@@ -280,6 +356,7 @@ def test_resume_of_finished_run_rewrites_final_files(tmp_path):
 
 # ---- NaN --------------------------------------------------------------------------------------
 
+
 def _poison_loss_after(monkeypatch, calls: int) -> None:
     real = torch.nn.functional.cross_entropy
     count = {"n": 0}
@@ -311,6 +388,7 @@ def test_exploding_lr_fails_instead_of_training_on(tmp_path):
 
 
 # ---- checkpoint files -------------------------------------------------------------------------
+
 
 class Evil:
     def __reduce__(self):
@@ -367,11 +445,28 @@ def test_rng_state_survives_weights_only(tmp_path):
 
 # ---- CLI --------------------------------------------------------------------------------------
 
+
 def test_cli_train_on_digits_fresh_machine_command(tmp_path, monkeypatch, capsys):
     """The acceptance command, on the embedded dataset (no data, no network)."""
     monkeypatch.chdir(tmp_path)
-    assert main(["train", "--model", "vgg19", "--template", "uniform", "--width", "0.1", "--dataset", "digits",
-                 "--epochs", "3"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--model",
+                "vgg19",
+                "--template",
+                "uniform",
+                "--width",
+                "0.1",
+                "--dataset",
+                "digits",
+                "--epochs",
+                "3",
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     assert "epoch   3/3" in out and "done: final test accuracy" in out
     run = tmp_path / "runs" / "digits-vgg19-uniform-w0.1-s0"
@@ -401,13 +496,16 @@ def test_cli_config_file_from_fit(tmp_path, capsys):
     assert b["filters"] == list(make_arch("vgg19", "reverse", 0.1, 10).filters) and b["width"] == 0.1
 
 
-@pytest.mark.parametrize("argv, word", [
-    (["train", "--dataset", "digits"], "--model"),
-    (["train", "--model", "vgg19", "--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "cuda"),
-    (["train", "--model", "nope"], "unknown model"),
-    (["train", "--model", "vgg19", "--epochs", "0"], "epochs"),
-    (["train", "--config", "/nonexistent/fit.json"], "fit.json"),
-])
+@pytest.mark.parametrize(
+    "argv, word",
+    [
+        (["train", "--dataset", "digits"], "--model"),
+        (["train", "--model", "vgg19", "--device", "cuda:7" if torch.cuda.is_available() else "cuda"], "cuda"),
+        (["train", "--model", "nope"], "unknown model"),
+        (["train", "--model", "vgg19", "--epochs", "0"], "epochs"),
+        (["train", "--config", "/nonexistent/fit.json"], "fit.json"),
+    ],
+)
 def test_cli_usage_errors_are_one_line(argv, word, capsys, tmp_path):
     assert main([*argv, "--out", str(tmp_path / "r")]) == 2
     assert word in one_error_line(capsys)
@@ -428,15 +526,26 @@ SHARED_CIFAR = REPO.parent / "shared" / "datasets" / "cifar10-jpeg.tar.gz"
 
 def _script(name: str, *args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], env=env,
-                          capture_output=True, text=True, timeout=1800)
+    return subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / name), *args], env=env, capture_output=True, text=True, timeout=1800
+    )
 
 
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="shared CIFAR-10 not present")
 def test_real_cifar10_script_one_short_epoch(tmp_path):
-    r = _script("real_cifar10.py", "--epochs", "1", "--limit-train", "5000", "--threads", "1",
-                "--out", str(tmp_path / "run"), "--json")
+    r = _script(
+        "real_cifar10.py",
+        "--epochs",
+        "1",
+        "--limit-train",
+        "5000",
+        "--threads",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
     assert doc["status"] == "done" and doc["epochs"] == 1
@@ -446,9 +555,26 @@ def test_real_cifar10_script_one_short_epoch(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED_CIFAR.exists(), reason="shared CIFAR-10 not present")
 def test_recipe_screen_runs_variants_side_by_side(tmp_path):
-    r = _script("recipe_screen.py", "--data", str(SHARED_CIFAR), "--out", str(tmp_path), "--device", "cpu",
-                "--epochs", "1", "--width", "0.05", "--limit-train", "256", "--deadline-s", "300",
-                "plain", "seeded:seed=1,lr=0.02", "broken:no_such_field=1")
+    r = _script(
+        "recipe_screen.py",
+        "--data",
+        str(SHARED_CIFAR),
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--epochs",
+        "1",
+        "--width",
+        "0.05",
+        "--limit-train",
+        "256",
+        "--deadline-s",
+        "300",
+        "plain",
+        "seeded:seed=1,lr=0.02",
+        "broken:no_such_field=1",
+    )
     assert r.returncode == 0, r.stderr
     rows = {line.split("|")[1].strip(): line for line in r.stdout.splitlines() if line.startswith("| ")}
     assert "| 1 |" in rows["plain"] and "| 1 |" in rows["seeded:seed=1,lr=0.02"]
@@ -459,11 +585,28 @@ def test_recipe_screen_runs_variants_side_by_side(tmp_path):
 
 @pytest.mark.slow
 def test_throughput_script_reports_ratios():
-    r = _script("throughput.py", "--synthetic", "--width", "0.05", "--images", "256", "--bare-steps", "2",
-                "--warmup", "1", "--rounds", "1", "--threads", "1", "--json")
+    r = _script(
+        "throughput.py",
+        "--synthetic",
+        "--width",
+        "0.05",
+        "--images",
+        "256",
+        "--bare-steps",
+        "2",
+        "--warmup",
+        "1",
+        "--rounds",
+        "1",
+        "--threads",
+        "1",
+        "--json",
+    )
     assert r.returncode == 0, r.stderr
     doc = json.loads(r.stdout)
-    assert {"ours", "ours_epoch", "plain", "bare fp32 channels_last", "bare bf16 contiguous"} <= set(doc["images_per_s"])
+    assert {"ours", "ours_epoch", "plain", "bare fp32 channels_last", "bare bf16 contiguous"} <= set(
+        doc["images_per_s"]
+    )
     assert doc["ours_over_plain"] > 0 and doc["ours_over_best_bare"] > 0
 
 
@@ -474,8 +617,10 @@ def test_cli_config_file_never_imports_a_template_function(tmp_path, capsys, mon
     arch["template"] = "os:getcwd"
     cfg = tmp_path / "evil.json"
     cfg.write_text(json.dumps({"arch": arch}))
-    assert main(["train", "--config", str(cfg), "--width", "0.1", "--dataset", "digits",
-                 "--out", str(tmp_path / "r")]) == 2
+    assert (
+        main(["train", "--config", str(cfg), "--width", "0.1", "--dataset", "digits", "--out", str(tmp_path / "r")])
+        == 2
+    )
     assert "names a Python function" in one_error_line(capsys)
     assert called == [] and not (tmp_path / "r").exists()
 
@@ -502,14 +647,31 @@ def test_paused_and_continued_twice_is_bit_identical(tmp_path, capsys):
     first = train(small_config(epochs=4, stop_at=1, **kw), part)
     assert first["status"] == "paused" and first["stopped_at"] == 1 and first["epochs"] == 1
     assert not (part / "model.pt").exists()
-    assert first["metrics"][0] == {**full["metrics"][0], "seconds": first["metrics"][0]["seconds"],
-                                   "images_per_s": first["metrics"][0]["images_per_s"]}
+    assert first["metrics"][0] == {
+        **full["metrics"][0],
+        "seconds": first["metrics"][0]["seconds"],
+        "images_per_s": first["metrics"][0]["images_per_s"],
+    }
     again = train(small_config(epochs=4, stop_at=1, **kw), part, resume=True)  # at its stop: nothing trained
     assert again["status"] == "paused" and again["epochs"] == 1
     second = train(small_config(epochs=4, stop_at=2, **kw), part, resume=True)
     assert second["status"] == "paused" and second["stopped_at"] == 2
-    assert main(["train", "--config", str(part / "config.json"), "--stop-at", "3", "--out", str(part),
-                 "--resume", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--config",
+                str(part / "config.json"),
+                "--stop-at",
+                "3",
+                "--out",
+                str(part),
+                "--resume",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "paused after epoch 3 of 4" in capsys.readouterr().err
     done = train(small_config(epochs=4, **kw), part, resume=True)
     assert done["status"] == "done" and done["stopped_at"] is None and done["epochs"] == 4

@@ -9,17 +9,24 @@ import json
 import numpy as np
 import pytest
 
-from filter_templates.method.arch import make_arch
 from filter_templates.cli import main
-from filter_templates.data import load_data, split
 from filter_templates.core.errors import UsageError
+from filter_templates.data import load_data, split
+from filter_templates.method.arch import make_arch
 from filter_templates.sweep.grid import known_classes, load_config, plan_grid
 from filter_templates.sweep.store import point_key
 from filter_templates.training.config import TrainConfig
 from filter_templates.training.loop import check_val_split, train
 
-TINY = dict(dataset="digits", limit_train=160, limit_test=64, batch_size=32, epochs=1, precision="fp32",
-            memory_format="contiguous")
+TINY = dict(
+    dataset="digits",
+    limit_train=160,
+    limit_test=64,
+    batch_size=32,
+    epochs=1,
+    precision="fp32",
+    memory_format="contiguous",
+)
 
 
 @pytest.fixture
@@ -28,8 +35,11 @@ def quick_resources(monkeypatch):
     from filter_templates.method import measure
 
     real = measure.resources
-    monkeypatch.setattr(measure, "resources", lambda arch, batch_size=64, device="cpu", **kw:
-                        real(arch, batch_size, device, memory=False, latency=False))
+    monkeypatch.setattr(
+        measure,
+        "resources",
+        lambda arch, batch_size=64, device="cpu", **kw: real(arch, batch_size, device, memory=False, latency=False),
+    )
 
 
 def digits():
@@ -71,11 +81,20 @@ def test_count_fraction_and_default_sizes():
     assert split.parse("0.25") == 0.25 and split.parse("0") == 0
 
 
-@pytest.mark.parametrize("value, words", [
-    (-1, "must be a count of images"), (1.0, "must be a count of images"), (1.5, "must be a count of images"),
-    (True, "must be a count of images"), ("10", "must be a count of images"), (float("nan"), "must be a count"),
-    (1437, "leaving none to train on"), (5000, "leaving none to train on"), (0.0001, "holds out no image"),
-])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        (-1, "must be a count of images"),
+        (1.0, "must be a count of images"),
+        (1.5, "must be a count of images"),
+        (True, "must be a count of images"),
+        ("10", "must be a count of images"),
+        (float("nan"), "must be a count"),
+        (1437, "leaving none to train on"),
+        (5000, "leaving none to train on"),
+        (0.0001, "holds out no image"),
+    ],
+)
 def test_bad_values_are_usage_errors(value, words):
     with pytest.raises(UsageError, match=words):
         split.size(value, len(digits().train_y))
@@ -128,15 +147,43 @@ def test_check_val_split_reads_the_data():
 
 
 @pytest.mark.parametrize("command", ["train", "sweep", "reduce"])
-@pytest.mark.parametrize("value, words", [("-1", "is not a count of images"), ("1.0", "is not a count of images"),
-                                          ("half", "is not a count of images"),
-                                          ("1437", "leaving none to train on")])
+@pytest.mark.parametrize(
+    "value, words",
+    [
+        ("-1", "is not a count of images"),
+        ("1.0", "is not a count of images"),
+        ("half", "is not a count of images"),
+        ("1437", "leaving none to train on"),
+    ],
+)
 def test_cli_bad_val_split_is_one_line(tmp_path, capsys, command, value, words):
-    argv = {"train": ["train", "--model", "vgg19", "--width", "0.05", "--out", str(tmp_path / "run")],
-            "sweep": ["sweep", "--models", "vgg19", "--widths", "0.05", "--datasets", "digits",
-                      "--db", str(tmp_path / "r.sqlite"), "--runs-dir", str(tmp_path / "runs")],
-            "reduce": ["reduce", "--model", "mobilenet", "--budget", "params=20K", "--dataset", "digits",
-                       "--out", str(tmp_path / "R")]}[command]
+    argv = {
+        "train": ["train", "--model", "vgg19", "--width", "0.05", "--out", str(tmp_path / "run")],
+        "sweep": [
+            "sweep",
+            "--models",
+            "vgg19",
+            "--widths",
+            "0.05",
+            "--datasets",
+            "digits",
+            "--db",
+            str(tmp_path / "r.sqlite"),
+            "--runs-dir",
+            str(tmp_path / "runs"),
+        ],
+        "reduce": [
+            "reduce",
+            "--model",
+            "mobilenet",
+            "--budget",
+            "params=20K",
+            "--dataset",
+            "digits",
+            "--out",
+            str(tmp_path / "R"),
+        ],
+    }[command]
     assert main([*argv, "--epochs", "1", "--val-split", value]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("filter-templates: error: ") and words in err[0], err

@@ -22,8 +22,9 @@ def main() -> None:
     images = bunch.images.astype(np.uint8)
     assert np.array_equal(images, bunch.images), "the digits are integers 0-16"
     target = bunch.target.astype(np.uint8)
-    train, test = train_test_split(np.arange(len(target)), test_size=TEST_SIZE, stratify=bunch.target,
-                                   random_state=SPLIT_SEED)
+    train, test = train_test_split(
+        np.arange(len(target)), test_size=TEST_SIZE, stratify=bunch.target, random_state=SPLIT_SEED
+    )
     np.savez_compressed(OUT, images=images, target=target, test=np.sort(test).astype(np.int16))
     print(f"{OUT}: {OUT.stat().st_size:,} bytes; {len(target)} images, {len(test)} for testing")
 

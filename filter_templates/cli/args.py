@@ -7,9 +7,9 @@ import argparse
 from typing import Any, Callable
 
 from filter_templates.core import validate
-from filter_templates.data import split
-from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
 from filter_templates.core.errors import UsageError
+from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
+from filter_templates.data import split
 from filter_templates.models import family_names, resolve_model
 from filter_templates.models.readings import READINGS
 from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE_OFF, RECIPES
@@ -17,11 +17,13 @@ from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE
 
 def _flag_type(kind: type, minimum: float, strict: bool = False, maximum: float | None = None) -> Callable[[str], Any]:
     """An argparse ``type`` checked by the package's validators; argparse prefixes the flag's name."""
+
     def convert(text: str) -> Any:
         try:
             return validate.parse(text, kind, minimum, strict=strict, maximum=maximum)
         except UsageError as exc:
             raise argparse.ArgumentTypeError(str(exc)) from None
+
     return convert
 
 
@@ -48,78 +50,143 @@ def val_split(text: str) -> int | float:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-VAL_SPLIT_HELP = ("hold out N training images (an integer) or a fraction F in (0, 1) of them, stratified by class, "
-                  "as a validation set to select on: every run of a dataset holds out the same images (a fixed split "
-                  "seed, not --seed); runs record val_acc each epoch and at the end, and train on the rest; "
-                  "0: none (default: {})")
+VAL_SPLIT_HELP = (
+    "hold out N training images (an integer) or a fraction F in (0, 1) of them, stratified by class, "
+    "as a validation set to select on: every run of a dataset holds out the same images (a fixed split "
+    "seed, not --seed); runs record val_acc each epoch and at the end, and train on the rest; "
+    "0: none (default: {})"
+)
 
 
 def add_run_args(group: "argparse._ArgumentGroup", val_default: str = "0") -> None:
     """The training and data settings that `train`, `sweep` and `reduce` share. Defaults are None so
     that a value given here overrides a config file or preset, and an absent one does not;
     ``val_default`` says in the help what an absent ``--val-split`` means."""
-    group.add_argument("--recipe", choices=list(RECIPES), help="fast (default): warmup + linear decay to 0, "
-                       "Nesterov, label smoothing, milder crops, flip (and final shifted) test-time augmentation; paper: the study's SGD with lr / 10 "
-                       "at 50%% and 75%% of the epochs. Every setting is written to the run's config.json")
+    group.add_argument(
+        "--recipe",
+        choices=list(RECIPES),
+        help="fast (default): warmup + linear decay to 0, "
+        "Nesterov, label smoothing, milder crops, flip (and final shifted) test-time augmentation; paper: the study's SGD with lr / 10 "
+        "at 50%% and 75%% of the epochs. Every setting is written to the run's config.json",
+    )
     group.add_argument("--epochs", type=positive_int, metavar="N", help="epochs (default: 160)")
     group.add_argument("--batch-size", type=positive_int, metavar="N", help="batch size (default: the recipe's, 64)")
-    group.add_argument("--lr", type=positive_float, metavar="LR", help="initial (paper) or peak (fast) learning rate "
-                       f"(default: the recipe's: fast {RECIPES['fast']['lr']:g}, paper {RECIPES['paper']['lr']:g})")
-    group.add_argument("--limit-train", type=positive_int, metavar="N", help="use only N training images (a fixed seeded random sample)")
-    group.add_argument("--limit-test", type=positive_int, metavar="N", help="use only N test images (a fixed seeded sample)")
+    group.add_argument(
+        "--lr",
+        type=positive_float,
+        metavar="LR",
+        help="initial (paper) or peak (fast) learning rate "
+        f"(default: the recipe's: fast {RECIPES['fast']['lr']:g}, paper {RECIPES['paper']['lr']:g})",
+    )
+    group.add_argument(
+        "--limit-train",
+        type=positive_int,
+        metavar="N",
+        help="use only N training images (a fixed seeded random sample)",
+    )
+    group.add_argument(
+        "--limit-test", type=positive_int, metavar="N", help="use only N test images (a fixed seeded sample)"
+    )
     group.add_argument("--val-split", type=val_split, metavar="N|F", help=VAL_SPLIT_HELP.format(val_default))
-    group.add_argument("--data-dir", metavar="DIR", help="where cifar10/cifar100 are (or go, with --download); for "
-                       "--dataset folder: your images, train/<class>/ + test/<class>/ (+ val/<class>/) or a tar of them")
-    add_image_size_arg(group, "for --dataset folder: resize every image once to N x N (shorter side to N, centre "
-                              "crop; default: the training images' own size when they all share one)")
-    group.add_argument("--download", action="store_true", default=None,
-                       help="fetch the official CIFAR archive if missing (MD5-checked)")
-    group.add_argument("--data-memory", type=memory_size, metavar="SIZE",
-                       help="memory the padded training split may take on the training device, e.g. 4GiB; a larger "
-                            "split is read batch by batch from its memory-mapped cache instead, giving the same "
-                            "batches (default: half of the device's free memory, shared by the run's processes)")
+    group.add_argument(
+        "--data-dir",
+        metavar="DIR",
+        help="where cifar10/cifar100 are (or go, with --download); for "
+        "--dataset folder: your images, train/<class>/ + test/<class>/ (+ val/<class>/) or a tar of them",
+    )
+    add_image_size_arg(
+        group,
+        "for --dataset folder: resize every image once to N x N (shorter side to N, centre "
+        "crop; default: the training images' own size when they all share one)",
+    )
+    group.add_argument(
+        "--download",
+        action="store_true",
+        default=None,
+        help="fetch the official CIFAR archive if missing (MD5-checked)",
+    )
+    group.add_argument(
+        "--data-memory",
+        type=memory_size,
+        metavar="SIZE",
+        help="memory the padded training split may take on the training device, e.g. 4GiB; a larger "
+        "split is read batch by batch from its memory-mapped cache instead, giving the same "
+        "batches (default: half of the device's free memory, shared by the run's processes)",
+    )
     group.add_argument("--device", metavar="DEV", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
-    group.add_argument("--precision", choices=["auto", *PRECISIONS],
-                       help="fp32 or bf16 autocast (default auto: the machine profile's, else bf16 on CUDA with bf16 "
-                            "and on a CPU with AMX, else fp32; never picked by a timing during the run, as it changes "
-                            "the numbers)")
-    group.add_argument("--memory-format", choices=["auto", *MEMORY_FORMATS],
-                       help="tensor layout (default auto: the machine profile's, else channels_last)")
-    group.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
-                       help="torch.compile the training step (default: the machine profile's, else off; on a CPU "
-                            "it needs a C++ compiler). Written to config.json: it changes the numbers")
-    group.add_argument("--profile", metavar="FILE", help="the machine profile to read (default: "
-                       "$XDG_CONFIG_HOME/filter-templates/profile.toml, written by `filter-templates tune`)")
-    group.add_argument("--no-profile", dest="profile", action="store_const", const=PROFILE_OFF,
-                       help="ignore any machine profile: settings not given follow the rule")
+    group.add_argument(
+        "--precision",
+        choices=["auto", *PRECISIONS],
+        help="fp32 or bf16 autocast (default auto: the machine profile's, else bf16 on CUDA with bf16 "
+        "and on a CPU with AMX, else fp32; never picked by a timing during the run, as it changes "
+        "the numbers)",
+    )
+    group.add_argument(
+        "--memory-format",
+        choices=["auto", *MEMORY_FORMATS],
+        help="tensor layout (default auto: the machine profile's, else channels_last)",
+    )
+    group.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="torch.compile the training step (default: the machine profile's, else off; on a CPU "
+        "it needs a C++ compiler). Written to config.json: it changes the numbers",
+    )
+    group.add_argument(
+        "--profile",
+        metavar="FILE",
+        help="the machine profile to read (default: "
+        "$XDG_CONFIG_HOME/filter-templates/profile.toml, written by `filter-templates tune`)",
+    )
+    group.add_argument(
+        "--no-profile",
+        dest="profile",
+        action="store_const",
+        const=PROFILE_OFF,
+        help="ignore any machine profile: settings not given follow the rule",
+    )
 
 
-MODEL_HELP = ("model family ({}) or your own network as package.module:function (a callable returning an "
-              "nn.Module; gets num_classes= when it takes it; imported from the current directory too)")
+MODEL_HELP = (
+    "model family ({}) or your own network as package.module:function (a callable returning an "
+    "nn.Module; gets num_classes= when it takes it; imported from the current directory too)"
+)
 
 
 def add_fix_arg(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
     """--fix MODULE: a user model's channel group that keeps its width instead of being a template layer."""
-    p.add_argument("--fix", action="append", metavar="MODULE",
-                   help="with --model package.module:function: the channel group made by this module (or by the "
-                        "layers inside it) keeps its width times --width instead of being a template layer "
-                        "(repeatable)")
+    p.add_argument(
+        "--fix",
+        action="append",
+        metavar="MODULE",
+        help="with --model package.module:function: the channel group made by this module (or by the "
+        "layers inside it) keeps its width times --width instead of being a template layer "
+        "(repeatable)",
+    )
     add_reading_arg(p)
 
 
 def add_reading_arg(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
     """--reading modules|groups: which channel groups of a user's model share one template layer."""
-    p.add_argument("--reading", choices=READINGS, default=None,
-                   help="with --model package.module:function: modules (default) reads each residual stage and each "
-                        "multi-branch module as one template layer, its inner layers scaling in proportion (the "
-                        "paper's blocks as single layers); groups makes every free channel group a template layer")
+    p.add_argument(
+        "--reading",
+        choices=READINGS,
+        default=None,
+        help="with --model package.module:function: modules (default) reads each residual stage and each "
+        "multi-branch module as one template layer, its inner layers scaling in proportion (the "
+        "paper's blocks as single layers); groups makes every free channel group a template layer",
+    )
 
 
 def model_from_args(args: argparse.Namespace) -> str:
     """The family name ``--model`` (and ``--fix``) give: the one place a command imports a model's code."""
-    return resolve_model(args.model, fixed=getattr(args, "fix", None) or (),
-                         image_size=getattr(args, "image_size", None) or IMAGE_SIZE,
-                         reading=getattr(args, "reading", None))
+    return resolve_model(
+        args.model,
+        fixed=getattr(args, "fix", None) or (),
+        image_size=getattr(args, "image_size", None) or IMAGE_SIZE,
+        reading=getattr(args, "reading", None),
+    )
 
 
 def add_image_size_arg(p: "argparse.ArgumentParser | argparse._ArgumentGroup", help_text: str) -> None:
@@ -129,42 +196,84 @@ def add_image_size_arg(p: "argparse.ArgumentParser | argparse._ArgumentGroup", h
 
 def add_measure_args(p: argparse.ArgumentParser) -> None:
     """--batch-size, --device, --min-run-time, --threads: where and how memory and latency are measured."""
-    p.add_argument("--batch-size", type=positive_int, default=64, metavar="N",
-                   help="batch size of the memory and latency measurements (default: 64)")
-    p.add_argument("--device", default="cpu", metavar="D",
-                   help="cpu, cuda, cuda:N or auto (CUDA when available), for memory and latency (default: cpu)")
-    p.add_argument("--min-run-time", type=positive_float, default=None, metavar="S",
-                   help="seconds of timed forward passes per latency measurement, at most 10x this (default: 0.1)")
-    p.add_argument("--threads", type=positive_int, default=None, metavar="N",
-                   help="CPU threads for latency measurements (default: PyTorch's, i.e. OMP_NUM_THREADS or the "
-                        "core count); reported with every latency")
+    p.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=64,
+        metavar="N",
+        help="batch size of the memory and latency measurements (default: 64)",
+    )
+    p.add_argument(
+        "--device",
+        default="cpu",
+        metavar="D",
+        help="cpu, cuda, cuda:N or auto (CUDA when available), for memory and latency (default: cpu)",
+    )
+    p.add_argument(
+        "--min-run-time",
+        type=positive_float,
+        default=None,
+        metavar="S",
+        help="seconds of timed forward passes per latency measurement, at most 10x this (default: 0.1)",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=None,
+        metavar="N",
+        help="CPU threads for latency measurements (default: PyTorch's, i.e. OMP_NUM_THREADS or the "
+        "core count); reported with every latency",
+    )
 
 
 def add_model_args(p: argparse.ArgumentParser, *, template_many: bool, model_required: bool = True) -> None:
     """--model, --template, --width, --classes, --divisor, --floor, --as-published: how every command
     names a model."""
-    p.add_argument("--model", required=model_required, metavar="M", help=MODEL_HELP.format(', '.join(family_names())))
+    p.add_argument("--model", required=model_required, metavar="M", help=MODEL_HELP.format(", ".join(family_names())))
     add_fix_arg(p)
     if template_many:
-        p.add_argument("--template", action="extend", nargs="+", metavar="T", dest="templates",
-                       help="template names (--template A B, or repeated; default: all), explicit counts "
-                            "'c1,c2,...', or a function 'module:function'")
+        p.add_argument(
+            "--template",
+            action="extend",
+            nargs="+",
+            metavar="T",
+            dest="templates",
+            help="template names (--template A B, or repeated; default: all), explicit counts "
+            "'c1,c2,...', or a function 'module:function'",
+        )
     else:
-        p.add_argument("--template", default="base", metavar="T",
-                       help="template name, explicit counts 'c1,c2,...', or a function 'module:function' (default: base)")
+        p.add_argument(
+            "--template",
+            default="base",
+            metavar="T",
+            help="template name, explicit counts 'c1,c2,...', or a function 'module:function' (default: base)",
+        )
     p.add_argument("--classes", type=positive_int, default=10, metavar="N", help="number of classes (default: 10)")
-    p.add_argument("--divisor", type=positive_int, default=1, metavar="K",
-                   help="round every layer to a multiple of K, e.g. 8 for tensor cores (default: 1)")
-    p.add_argument("--floor", type=positive_int, default=1, metavar="N",
-                   help="smallest filter count of any layer (default: 1)")
+    p.add_argument(
+        "--divisor",
+        type=positive_int,
+        default=1,
+        metavar="K",
+        help="round every layer to a multiple of K, e.g. 8 for tensor cores (default: 1)",
+    )
+    p.add_argument(
+        "--floor", type=positive_int, default=1, metavar="N", help="smallest filter count of any layer (default: 1)"
+    )
     add_as_published(p)
-    add_image_size_arg(p, f"side of the square input images (default: {IMAGE_SIZE}, the built-in datasets'): FLOPs, "
-                          "memory and latency are counted at it and a package.module:function model is discovered "
-                          "on it")
+    add_image_size_arg(
+        p,
+        f"side of the square input images (default: {IMAGE_SIZE}, the built-in datasets'): FLOPs, "
+        "memory and latency are counted at it and a package.module:function model is discovered "
+        "on it",
+    )
 
 
 def add_as_published(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> None:
     """--as-published, the same flag on every command that builds a model."""
-    p.add_argument("--as-published", action="store_true", default=None,
-                   help="build the study's own configurations and its rounding max(1, int(w*f)) instead of the "
-                        "equations (families vgg19, resnet50, googlenet, mobilenet)")
+    p.add_argument(
+        "--as-published",
+        action="store_true",
+        default=None,
+        help="build the study's own configurations and its rounding max(1, int(w*f)) instead of the "
+        "equations (families vgg19, resnet50, googlenet, mobilenet)",
+    )

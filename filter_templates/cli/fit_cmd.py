@@ -6,13 +6,6 @@ import argparse
 import json
 from pathlib import Path
 
-from filter_templates.core.images import IMAGE_SIZE
-from filter_templates.core.rundir import portable
-from filter_templates.method.fit import LATENCY_TOLERANCE, FitRequest, fit, format_value, parse_budget
-from filter_templates.method.measure import mib
-from filter_templates.core.messages import warn
-from filter_templates.models import MAX_WIDTH, get_family
-from filter_templates.core.rundir import atomic_write_json, check_writable, writing
 from filter_templates.cli.args import (
     add_measure_args,
     add_model_args,
@@ -20,6 +13,12 @@ from filter_templates.cli.args import (
     model_from_args,
     positive_float,
 )
+from filter_templates.core.images import IMAGE_SIZE
+from filter_templates.core.messages import warn
+from filter_templates.core.rundir import atomic_write_json, check_writable, portable, writing
+from filter_templates.method.fit import LATENCY_TOLERANCE, FitRequest, fit, format_value, parse_budget
+from filter_templates.method.measure import mib
+from filter_templates.models import MAX_WIDTH, get_family
 
 BUDGET_HELP = (
     "the budget, KEY=VALUE. KEY: params or flops (forward FLOPs per image at --image-size, default 32x32), "
@@ -32,26 +31,42 @@ BUDGET_HELP = (
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
-        "fit", help=help,
+        "fit",
+        help=help,
         description="For every template (or those named), find by bisection on the real rounded model the "
-                    "largest width multiplier whose model stays within the budget. Parameters and FLOPs are "
-                    "exact (to 1e-4 relative in width); memory is the exact CPU account or the CUDA peak; "
-                    "latency is measured at every probe, with a noise tolerance (see --latency-tolerance).")
+        "largest width multiplier whose model stays within the budget. Parameters and FLOPs are "
+        "exact (to 1e-4 relative in width); memory is the exact CPU account or the CUDA peak; "
+        "latency is measured at every probe, with a noise tolerance (see --latency-tolerance).",
+    )
     add_model_args(p, template_many=True)
     p.add_argument("--budget", required=True, metavar="KEY=VALUE", help=BUDGET_HELP)
     add_measure_args(p)
-    p.add_argument("--latency-tolerance", type=fraction, default=LATENCY_TOLERANCE, metavar="FRAC",
-                   help=f"latency probes fit only when their median is at most budget*(1-FRAC), a margin for "
-                        f"timing noise (default: {LATENCY_TOLERANCE:g}, i.e. {LATENCY_TOLERANCE * 100:g}%%); a probe "
-                        "that does not fit is timed up to 3 times and its fastest median kept")
-    p.add_argument("--max-width", type=positive_float, default=MAX_WIDTH, metavar="W",
-                   help=f"largest width multiplier considered (default: {MAX_WIDTH:g}); a budget that even this "
-                        "width meets is reported at this width with a warning")
-    p.add_argument("--measure", action="store_true",
-                   help="also measure training memory and latency of every fitted model")
-    p.add_argument("--save", metavar="DIR",
-                   help="write one JSON config per fitted model, DIR/<model>-<template>-w<width>.json "
-                        "({\"arch\": ..., \"fit\": ...}; 'train --config' reads its arch)")
+    p.add_argument(
+        "--latency-tolerance",
+        type=fraction,
+        default=LATENCY_TOLERANCE,
+        metavar="FRAC",
+        help=f"latency probes fit only when their median is at most budget*(1-FRAC), a margin for "
+        f"timing noise (default: {LATENCY_TOLERANCE:g}, i.e. {LATENCY_TOLERANCE * 100:g}%%); a probe "
+        "that does not fit is timed up to 3 times and its fastest median kept",
+    )
+    p.add_argument(
+        "--max-width",
+        type=positive_float,
+        default=MAX_WIDTH,
+        metavar="W",
+        help=f"largest width multiplier considered (default: {MAX_WIDTH:g}); a budget that even this "
+        "width meets is reported at this width with a warning",
+    )
+    p.add_argument(
+        "--measure", action="store_true", help="also measure training memory and latency of every fitted model"
+    )
+    p.add_argument(
+        "--save",
+        metavar="DIR",
+        help="write one JSON config per fitted model, DIR/<model>-<template>-w<width>.json "
+        '({"arch": ..., "fit": ...}; \'train --config\' reads its arch)',
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(run=run)
 
@@ -67,11 +82,25 @@ def run(args: argparse.Namespace) -> int:
     budget = parse_budget(args.budget)
     if args.save:
         check_writable(args.save, "--save", folder=True)  # before the fit, which may take a while
-    results = fit(FitRequest(args.model, budget, args.templates, classes=args.classes, divisor=args.divisor,
-                             floor=args.floor, as_published=bool(args.as_published), image_size=size,
-                             batch_size=args.batch_size, device=args.device, min_run_time=args.min_run_time,
-                             threads=args.threads, latency_tolerance=args.latency_tolerance,
-                             max_width=args.max_width, measure=args.measure))
+    results = fit(
+        FitRequest(
+            args.model,
+            budget,
+            args.templates,
+            classes=args.classes,
+            divisor=args.divisor,
+            floor=args.floor,
+            as_published=bool(args.as_published),
+            image_size=size,
+            batch_size=args.batch_size,
+            device=args.device,
+            min_run_time=args.min_run_time,
+            threads=args.threads,
+            latency_tolerance=args.latency_tolerance,
+            max_width=args.max_width,
+            measure=args.measure,
+        )
+    )
     for r in results:
         if r.note:
             warn(f"{r.template}: {r.note}")
@@ -92,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
 
     fam = get_family(args.model, size)
-    print(f"{fam.description}; {args.classes} classes; {size}x{size} px input; budget {budget.key} <= {format_value(budget.key, budget.value)}")
+    print(
+        f"{fam.description}; {args.classes} classes; {size}x{size} px input; budget {budget.key} <= {format_value(budget.key, budget.value)}"
+    )
     w = max(8, *(len(r.template) for r in results))
     measured = any("train_memory_bytes" in d for d in fits)
     timed = any("latency_s" in d for d in fits)
@@ -108,15 +139,20 @@ def run(args: argparse.Namespace) -> int:
             line += f"  {mib(d['train_memory_bytes']):>9.1f}" if "train_memory_bytes" in d else f"  {'':>9}"
         if timed:
             lat = d.get("latency_s", {})
-            line += (f"  {lat[f'batch{args.batch_size}'] * 1e3:>8.2f}  {lat['batch1'] * 1e3:>7.2f}"
-                     if lat else f"  {'':>8}  {'':>7}")
+            line += (
+                f"  {lat[f'batch{args.batch_size}'] * 1e3:>8.2f}  {lat['batch1'] * 1e3:>7.2f}"
+                if lat
+                else f"  {'':>8}  {'':>7}"
+            )
         used = _used(budget.key, d)
         line += f"  {used / budget.value:>6.1%}" if used is not None else f"  {'':>7}"
         print(line + f"  {' '.join(map(str, d['filters']))}{'  (capped)' if r.capped else ''}")
     if timed or budget.key == "memory":
         d0 = fits[0]
-        print(f"measured on {d0.get('device')} ({d0.get('device_name')}), {d0.get('threads')} threads, "
-              f"batch {args.batch_size}")
+        print(
+            f"measured on {d0.get('device')} ({d0.get('device_name')}), {d0.get('threads')} threads, "
+            f"batch {args.batch_size}"
+        )
     for d in fits:
         if "config" in d:
             print(f"saved {d['config']}")

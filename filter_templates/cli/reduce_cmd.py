@@ -5,16 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 
-from filter_templates.core.errors import UsageError
-from filter_templates.data.split import DEFAULT_MAX
-from filter_templates.sweep.halving import DEFAULT_RUNGS, Halving
-from filter_templates.method.fit import format_value
-from filter_templates.method.measure import mib
-from filter_templates.core.messages import note
-from filter_templates.core.status import DONE
-from filter_templates.models import family_names
-from filter_templates.pruning.adapter import Baselines
-from filter_templates.reduce import ReduceRequest, ReduceResult, reduce
 from filter_templates.cli.args import (
     MODEL_HELP,
     add_fix_arg,
@@ -31,6 +21,16 @@ from filter_templates.cli.sweep_cmd import (
     engine_options,
     train_settings,
 )
+from filter_templates.core.errors import UsageError
+from filter_templates.core.messages import note
+from filter_templates.core.status import DONE
+from filter_templates.data.split import DEFAULT_MAX
+from filter_templates.method.fit import format_value
+from filter_templates.method.measure import mib
+from filter_templates.models import family_names
+from filter_templates.pruning.adapter import Baselines
+from filter_templates.reduce import ReduceRequest, ReduceResult, reduce
+from filter_templates.sweep.halving import DEFAULT_RUNGS, Halving
 
 #: What ``best_acc`` is, in every place reduce shows it: never a basis for selection.
 BEST_ACC_WORDS = "best test accuracy over epochs (optimistic)"
@@ -51,41 +51,72 @@ with the reason. Exit status 0 when a candidate finished, 1 when none did."""
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("reduce", help=help, description=DESCRIPTION)
-    p.add_argument("--model", required=True, metavar="M", help=MODEL_HELP.format(', '.join(family_names())))
+    p.add_argument("--model", required=True, metavar="M", help=MODEL_HELP.format(", ".join(family_names())))
     add_fix_arg(p)
     p.add_argument("--budget", required=True, metavar="KEY=VALUE", help=BUDGET_HELP)
-    p.add_argument("--dataset", required=True, metavar="D", help="digits, cifar10, cifar100, synthetic, or folder (your "
-                   "images in --data-dir)")
-    p.add_argument("--templates", nargs="+", metavar="T",
-                   help="templates to try (default: all five); base is always added")
-    p.add_argument("--seeds", nargs="+", type=nonnegative_int, metavar="S", default=[0],
-                   help="seeds: each candidate trains once per seed and ranks by the mean (default: 0)")
-    p.add_argument("--divisor", type=positive_int, default=1, metavar="K",
-                   help="round every layer to a multiple of K (default: 1)")
-    p.add_argument("--floor", type=positive_int, default=1, metavar="N",
-                   help="smallest filter count of any layer (default: 1)")
-    p.add_argument("--out", default="reduce", metavar="DIR",
-                   help="folder of the store, runs and report (default: reduce/); reuse it to resume")
+    p.add_argument(
+        "--dataset",
+        required=True,
+        metavar="D",
+        help="digits, cifar10, cifar100, synthetic, or folder (your images in --data-dir)",
+    )
+    p.add_argument(
+        "--templates", nargs="+", metavar="T", help="templates to try (default: all five); base is always added"
+    )
+    p.add_argument(
+        "--seeds",
+        nargs="+",
+        type=nonnegative_int,
+        metavar="S",
+        default=[0],
+        help="seeds: each candidate trains once per seed and ranks by the mean (default: 0)",
+    )
+    p.add_argument(
+        "--divisor", type=positive_int, default=1, metavar="K", help="round every layer to a multiple of K (default: 1)"
+    )
+    p.add_argument(
+        "--floor", type=positive_int, default=1, metavar="N", help="smallest filter count of any layer (default: 1)"
+    )
+    p.add_argument(
+        "--out",
+        default="reduce",
+        metavar="DIR",
+        help="folder of the store, runs and report (default: reduce/); reuse it to resume",
+    )
     p.add_argument("--no-export", action="store_true", help="do not export the winner")
-    p.add_argument("--json", action="store_true",
-                   help="print one JSON document on stdout: 'selection' (val_acc, or final_acc with --val-split 0), "
-                        "the recipe, the test views, and per candidate val_acc, final_acc (test), best_acc (the "
-                        f"{BEST_ACC_WORDS}) and seeds_done")
+    p.add_argument(
+        "--json",
+        action="store_true",
+        help="print one JSON document on stdout: 'selection' (val_acc, or final_acc with --val-split 0), "
+        "the recipe, the test views, and per candidate val_acc, final_acc (test), best_acc (the "
+        f"{BEST_ACC_WORDS}) and seeds_done",
+    )
     t = p.add_argument_group("training (as for train and sweep)")
     add_run_args(t, val_default=f"10%% of the training set, at most {DEFAULT_MAX:,} images")
     add_baseline_args(p.add_argument_group("pruning baselines (ranked with the templates)"))
     h = p.add_argument_group("successive halving (docs/training.md says when it pays)")
-    h.add_argument("--halving", type=int, metavar="R",
-                   help="train every candidate to the first rung, keep the best 1/R (at least one) by mean "
-                        "validation accuracy there, and so on; the last rung is the full schedule (R >= 2; "
-                        "default: off, every candidate trains to the end)")
-    h.add_argument("--rungs", type=int, metavar="K",
-                   help=f"rungs at E//R^(K-1), ..., E//R, E epochs, each rounded down; the first must be at least one "
-                        f"epoch (default: {DEFAULT_RUNGS})")
+    h.add_argument(
+        "--halving",
+        type=int,
+        metavar="R",
+        help="train every candidate to the first rung, keep the best 1/R (at least one) by mean "
+        "validation accuracy there, and so on; the last rung is the full schedule (R >= 2; "
+        "default: off, every candidate trains to the end)",
+    )
+    h.add_argument(
+        "--rungs",
+        type=int,
+        metavar="K",
+        help=f"rungs at E//R^(K-1), ..., E//R, E epochs, each rounded down; the first must be at least one "
+        f"epoch (default: {DEFAULT_RUNGS})",
+    )
     e = p.add_argument_group("engine")
     e.add_argument("--retry-failed", action="store_true", help="train candidates that failed before again")
-    add_engine_args(e, jobs_default="on a CPU, the core count (at most one per run), else 1",
-                    threads_default="1 on a CPU without --jobs, else torch's choice")
+    add_engine_args(
+        e,
+        jobs_default="on a CPU, the core count (at most one per run), else 1",
+        threads_default="1 on a CPU without --jobs, else torch's choice",
+    )
     p.set_defaults(run=run)
 
 
@@ -102,11 +133,23 @@ def run(args: argparse.Namespace) -> int:
     check_engine_args(args)
     halving = halving_plan(args)
     args.model = model_from_args(args)
-    result = reduce(ReduceRequest(args.model, args.budget, args.dataset, templates=args.templates, seeds=args.seeds,
-                                  train=train_settings(args), divisor=args.divisor, floor=args.floor, out=args.out,
-                                  engine=engine_options(args), export=not args.no_export,
-                                  baselines=Baselines.from_flags(args.baselines, args.prune_at, args.prune_from),
-                                  halving=halving))
+    result = reduce(
+        ReduceRequest(
+            args.model,
+            args.budget,
+            args.dataset,
+            templates=args.templates,
+            seeds=args.seeds,
+            train=train_settings(args),
+            divisor=args.divisor,
+            floor=args.floor,
+            out=args.out,
+            engine=engine_options(args),
+            export=not args.no_export,
+            baselines=Baselines.from_flags(args.baselines, args.prune_at, args.prune_from),
+            halving=halving,
+        )
+    )
     if args.json:
         print(json.dumps(result.to_dict()))
     else:
@@ -121,14 +164,19 @@ def render(result: ReduceResult) -> str:
     b = result.budget
     seeds = ", ".join(map(str, result.seeds))
     views = result.test_views if result.test_views is not None else "-"
-    lines = [f"reduce {result.model} to {b.key} <= {format_value(b.key, b.value)} on {result.dataset}: "
-             f"{len(result.candidates)} candidates, recipe {result.recipe.get('name', '-')}, {result.epochs} epochs, "
-             f"seed{'s' if len(result.seeds) > 1 else ''} {seeds}, {views} test view(s)",
-             f"ranked by {_selection_words(result)}"]
+    lines = [
+        f"reduce {result.model} to {b.key} <= {format_value(b.key, b.value)} on {result.dataset}: "
+        f"{len(result.candidates)} candidates, recipe {result.recipe.get('name', '-')}, {result.epochs} epochs, "
+        f"seed{'s' if len(result.seeds) > 1 else ''} {seeds}, {views} test view(s)",
+        f"ranked by {_selection_words(result)}",
+    ]
     w = max(8, *(len(c.template) for c in result.candidates))
-    lines.append(f"{'rank':>4}  {'template':<{w}}  {'width':>9}  {'params':>11}  {'MFLOPs':>8}  {'train MiB':>9}  "
-                 f"{'val %':>7}  {'test %':>7}  {'best test* %':>12}  status")
+    lines.append(
+        f"{'rank':>4}  {'template':<{w}}  {'width':>9}  {'params':>11}  {'MFLOPs':>8}  {'train MiB':>9}  "
+        f"{'val %':>7}  {'test %':>7}  {'best test* %':>12}  status"
+    )
     for i, c in enumerate(result.candidates, 1):
+
         def num(v, fmt):
             return "-" if v is None else format(v, fmt)
 
@@ -138,17 +186,23 @@ def render(result: ReduceResult) -> str:
         status = c.status if c.status == DONE else f"{c.status}: {c.reason}" if c.reason else c.status
         if c.stopped_at is not None:
             status = f"stopped after {c.stopped_at} epochs (val % at that rung)"
-        lines.append(f"{i:>4}  {c.template:<{w}}  {num(c.width, '>9.6g')}  {num(c.params, '>11,')}  "
-                     f"{num(None if c.flops is None else c.flops / 1e6, '>8.2f')}  "
-                     f"{num(None if c.train_memory_bytes is None else mib(c.train_memory_bytes), '>9.1f')}  "
-                     f"{pct(c.val_acc)}  {pct(c.final_acc)}  {pct(c.best_acc, 12)}  {status}")
-    lines.append(f"val: final validation accuracy; test: final test accuracy; *: the {BEST_ACC_WORDS}, "
-                 "never used to select; means over the finished seeds")
+        lines.append(
+            f"{i:>4}  {c.template:<{w}}  {num(c.width, '>9.6g')}  {num(c.params, '>11,')}  "
+            f"{num(None if c.flops is None else c.flops / 1e6, '>8.2f')}  "
+            f"{num(None if c.train_memory_bytes is None else mib(c.train_memory_bytes), '>9.1f')}  "
+            f"{pct(c.val_acc)}  {pct(c.final_acc)}  {pct(c.best_acc, 12)}  {status}"
+        )
+    lines.append(
+        f"val: final validation accuracy; test: final test accuracy; *: the {BEST_ACC_WORDS}, "
+        "never used to select; means over the finished seeds"
+    )
     if result.halving is not None:
         h = result.halving
-        lines.append(f"successive halving, rate {h['rate']}: rungs at {', '.join(str(g['epochs']) for g in h['rungs'])} "
-                     f"epochs; {h['epochs_trained']} of the {h['epochs_plain']} epochs of training every candidate "
-                     f"to the end trained ({h['epochs_trained'] / max(1, h['epochs_plain']):.0%})")
+        lines.append(
+            f"successive halving, rate {h['rate']}: rungs at {', '.join(str(g['epochs']) for g in h['rungs'])} "
+            f"epochs; {h['epochs_trained']} of the {h['epochs_plain']} epochs of training every candidate "
+            f"to the end trained ({h['epochs_trained'] / max(1, h['epochs_plain']):.0%})"
+        )
     win = result.winner
     if win is None:
         lines.append("no winner: no candidate finished training")
@@ -164,6 +218,8 @@ def render(result: ReduceResult) -> str:
 
 def _selection_words(result: "ReduceResult") -> str:
     if result.selection == "val_acc":
-        return (f"final validation accuracy on {result.val_images:,} images (--val-split {result.val_split:g}), "
-                "the same for every candidate and seed; the winner's export is its seed with the best one")
+        return (
+            f"final validation accuracy on {result.val_images:,} images (--val-split {result.val_split:g}), "
+            "the same for every candidate and seed; the winner's export is its seed with the best one"
+        )
     return "final test accuracy (--val-split 0: no validation split; the winner's test accuracy is optimistic)"

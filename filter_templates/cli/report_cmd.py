@@ -5,28 +5,43 @@ from __future__ import annotations
 import argparse
 import json
 
+from filter_templates.cli.args import positive_int
 from filter_templates.report import LATENCY_MODES, METRICS, make_report
 from filter_templates.sweep.store import DEFAULT_FILE
-from filter_templates.cli.args import positive_int
 
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
-        "report", help=help,
+        "report",
+        help=help,
         description="Write the accuracy and resource tables and the accuracy-versus-cost and filters-per-layer "
-                    "figures of a results store into a folder, with an index.md that shows them. Works on "
-                    "partial grids (missing cells are shown as missing).")
+        "figures of a results store into a folder, with an index.md that shows them. Works on "
+        "partial grids (missing cells are shown as missing).",
+    )
     p.add_argument("--db", default=DEFAULT_FILE, metavar="FILE", help=f"results store (default: {DEFAULT_FILE})")
     p.add_argument("--out", default="report", metavar="DIR", help="output folder (default: report/)")
-    p.add_argument("--metric", choices=METRICS, default="final",
-                   help="which test accuracy to report: after the last epoch (default), or the best test "
-                        "accuracy seen over the epochs (optimistic: the epoch is picked on the test set)")
-    p.add_argument("--latency", choices=LATENCY_MODES, default="batch1",
-                   help="when width 1 was not trained, the resource table measures latency here: at batch 1 "
-                        "(default), also at the run batch size (full; slow for big models on CPU), or not at all")
-    p.add_argument("--threads", type=positive_int, default=1, metavar="N",
-                   help="CPU threads for those latency measurements (default: 1, like the quick preset's runs; "
-                        "the table says which)")
+    p.add_argument(
+        "--metric",
+        choices=METRICS,
+        default="final",
+        help="which test accuracy to report: after the last epoch (default), or the best test "
+        "accuracy seen over the epochs (optimistic: the epoch is picked on the test set)",
+    )
+    p.add_argument(
+        "--latency",
+        choices=LATENCY_MODES,
+        default="batch1",
+        help="when width 1 was not trained, the resource table measures latency here: at batch 1 "
+        "(default), also at the run batch size (full; slow for big models on CPU), or not at all",
+    )
+    p.add_argument(
+        "--threads",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="CPU threads for those latency measurements (default: 1, like the quick preset's runs; "
+        "the table says which)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document (the files written) on stdout")
     p.set_defaults(run=run)
 

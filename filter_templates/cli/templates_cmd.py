@@ -6,41 +6,50 @@ from __future__ import annotations
 import argparse
 import json
 
+from filter_templates.cli.args import add_measure_args, add_model_args, model_from_args, positive_float
+from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
+from filter_templates.core.messages import note
+from filter_templates.core.progress import Progress
 from filter_templates.method.arch import make_arch
 from filter_templates.method.compare import TOLERANCE, compare_published, markdown_table
-from filter_templates.core.errors import UsageError
 from filter_templates.method.measure import (
-    mib,
     LATENCY_MIN_RUN_TIME,
     arch_flops,
     arch_params,
+    mib,
     resolve_device,
     resources,
 )
-from filter_templates.core.messages import note
-from filter_templates.models import get_family
-from filter_templates.core.progress import Progress
 from filter_templates.method.published import study_families
 from filter_templates.method.templates import template_names
-from filter_templates.cli.args import add_measure_args, add_model_args, model_from_args, positive_float
+from filter_templates.models import get_family
 
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
-    p = sub.add_parser("templates", help=help,
-                       description="Show, for every template (or those named), the per-layer filter counts, "
-                                   "parameters and forward FLOPs per image of the model at a width multiplier; "
-                                   "with --measure also training memory per batch and inference latency.")
+    p = sub.add_parser(
+        "templates",
+        help=help,
+        description="Show, for every template (or those named), the per-layer filter counts, "
+        "parameters and forward FLOPs per image of the model at a width multiplier; "
+        "with --measure also training memory per batch and inference latency.",
+    )
     add_model_args(p, template_many=True, model_required=False)
     p.add_argument("--width", type=positive_float, default=1.0, metavar="W", help="width multiplier (default: 1.0)")
-    p.add_argument("--measure", action="store_true",
-                   help="also measure training memory of one SGD step at --batch-size (CPU: exact account of "
-                        "parameters, gradients, momentum, buffers, input and tensors saved for backward; CUDA: "
-                        "allocator peak) and eval latency at --batch-size and at batch 1 (slow for big models)")
+    p.add_argument(
+        "--measure",
+        action="store_true",
+        help="also measure training memory of one SGD step at --batch-size (CPU: exact account of "
+        "parameters, gradients, momentum, buffers, input and tensors saved for backward; CUDA: "
+        "allocator peak) and eval latency at --batch-size and at batch 1 (slow for big models)",
+    )
     add_measure_args(p)
-    p.add_argument("--compare-published", action="store_true",
-                   help="compare parameter counts with the study's Table 2: ours (equations), as published "
-                        "(--as-published) and the paper's, for --model or all four study families")
+    p.add_argument(
+        "--compare-published",
+        action="store_true",
+        help="compare parameter counts with the study's Table 2: ours (equations), as published "
+        "(--as-published) and the paper's, for --model or all four study families",
+    )
     p.add_argument("--markdown", action="store_true", help="with --compare-published: print a Markdown table")
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(run=run)
@@ -54,11 +63,23 @@ def rows(args: argparse.Namespace) -> list[dict]:
     names = args.templates or template_names()
     if not args.templates and get_family(args.model, size).depth < 3:  # a small user model: the parabolas need 3 layers
         names = [n for n in names if n not in ("quadratic", "negative-quadratic")]
-        note(f"note: quadratic and negative-quadratic need at least 3 template layers; "
-             f"{args.model} has {get_family(args.model, size).depth}")
-    archs = [make_arch(args.model, name, args.width, args.classes, divisor=args.divisor, floor=args.floor,
-                       as_published=bool(getattr(args, "as_published", False)), image_size=size)
-             for name in names]  # every name checked before any slow measurement
+        note(
+            f"note: quadratic and negative-quadratic need at least 3 template layers; "
+            f"{args.model} has {get_family(args.model, size).depth}"
+        )
+    archs = [
+        make_arch(
+            args.model,
+            name,
+            args.width,
+            args.classes,
+            divisor=args.divisor,
+            floor=args.floor,
+            as_published=bool(getattr(args, "as_published", False)),
+            image_size=size,
+        )
+        for name in names
+    ]  # every name checked before any slow measurement
     out = []
     for name, arch in zip(names, Progress(archs, desc="measure", enabled=None if measure else False)):
         row = {"name": name, "filters": list(arch.filters), "params": arch_params(arch), "flops": arch_flops(arch)}
@@ -75,23 +96,31 @@ def rows(args: argparse.Namespace) -> list[dict]:
 
 def compare(args: argparse.Namespace) -> int:
     if args.model is not None and args.model not in study_families():
-        raise UsageError(f"--compare-published takes a study family ({', '.join(study_families())}), not {args.model!r}")
+        raise UsageError(
+            f"--compare-published takes a study family ({', '.join(study_families())}), not {args.model!r}"
+        )
     table = compare_published([args.model] if args.model else None, args.classes)
     if args.json:
         print(json.dumps({"classes": args.classes, "tolerance": TOLERANCE, "cells": table}))
     elif args.markdown:
         print(markdown_table(table))
     else:
-        print(f"parameters (millions, {args.classes} classes): ours = the equations, as published = --as-published, "
-              f"paper = the study's Table 2; x: more than {TOLERANCE / 1e6:g}M from the paper")
+        print(
+            f"parameters (millions, {args.classes} classes): ours = the equations, as published = --as-published, "
+            f"paper = the study's Table 2; x: more than {TOLERANCE / 1e6:g}M from the paper"
+        )
         print(f"{'model':<10}  {'template':<18}  {'ours':>7}    {'as pub.':>7}    {'paper':>5}")
         for r in table:
             mark = "   no configuration in the study's code gives this count" if r["unreproduced"] else ""
-            print(f"{r['model']:<10}  {r['template']:<18}  {r['params'] / 1e6:>7.2f} {' ' if r['match'] else 'x'}  "
-                  f"{r['params_as_published'] / 1e6:>7.2f} {' ' if r['match_as_published'] else 'x'}  "
-                  f"{r['paper_params'] / 1e6:>5.1f}{mark}")
-        print(f"cells within {TOLERANCE / 1e6:g}M of the paper: ours {sum(r['match'] for r in table)}/{len(table)}, "
-              f"as published {sum(r['match_as_published'] for r in table)}/{len(table)}")
+            print(
+                f"{r['model']:<10}  {r['template']:<18}  {r['params'] / 1e6:>7.2f} {' ' if r['match'] else 'x'}  "
+                f"{r['params_as_published'] / 1e6:>7.2f} {' ' if r['match_as_published'] else 'x'}  "
+                f"{r['paper_params'] / 1e6:>5.1f}{mark}"
+            )
+        print(
+            f"cells within {TOLERANCE / 1e6:g}M of the paper: ours {sum(r['match'] for r in table)}/{len(table)}, "
+            f"as published {sum(r['match_as_published'] for r in table)}/{len(table)}"
+        )
     return 0
 
 
@@ -105,8 +134,12 @@ def run(args: argparse.Namespace) -> int:
     for r in table[1:]:
         r.pop("_where", None)
     if args.json:
-        doc = {"model": args.model, "width": args.width, "classes": args.classes,
-               "image_size": args.image_size or IMAGE_SIZE}
+        doc = {
+            "model": args.model,
+            "width": args.width,
+            "classes": args.classes,
+            "image_size": args.image_size or IMAGE_SIZE,
+        }
         if where:
             doc.update(batch_size=args.batch_size, **where)
         doc["templates"] = table
@@ -118,8 +151,10 @@ def run(args: argparse.Namespace) -> int:
 
     size = args.image_size or IMAGE_SIZE
     fam = get_family(args.model, size)
-    print(f"{fam.description}; width {args.width:g}, {args.classes} classes, {size}x{size} px input; "
-          f"one count per {fam.unit}")
+    print(
+        f"{fam.description}; width {args.width:g}, {args.classes} classes, {size}x{size} px input; "
+        f"one count per {fam.unit}"
+    )
     w = max(len(r["name"]) for r in table)
     b = args.batch_size
     extra = f"  {'train MiB':>9}  {f'ms@{b}':>8}  {'ms@1':>7}" if where else ""
@@ -128,11 +163,17 @@ def run(args: argparse.Namespace) -> int:
         extra = ""
         if where:
             lat = r["latency_s"]
-            extra = f"  {mib(r['train_memory_bytes']):>9.1f}  {lat[f'batch{b}'] * 1e3:>8.2f}  {lat['batch1'] * 1e3:>7.2f}"
-        print(f"{r['name']:<{w}}  {r['params']:>12,}  {r['flops'] / 1e9:>8.3f}{extra}  {' '.join(map(str, r['filters']))}")
+            extra = (
+                f"  {mib(r['train_memory_bytes']):>9.1f}  {lat[f'batch{b}'] * 1e3:>8.2f}  {lat['batch1'] * 1e3:>7.2f}"
+            )
+        print(
+            f"{r['name']:<{w}}  {r['params']:>12,}  {r['flops'] / 1e9:>8.3f}{extra}  {' '.join(map(str, r['filters']))}"
+        )
     if where:
-        print(f"memory: {table[0]['train_memory_method']} of one SGD step at batch {b}; latency: median of eval "
-              f"forward passes on {where['device']} ({where['device_name']}), {where['threads']} threads")
+        print(
+            f"memory: {table[0]['train_memory_method']} of one SGD step at batch {b}; latency: median of eval "
+            f"forward passes on {where['device']} ({where['device_name']}), {where['threads']} threads"
+        )
     layers = _layers(args.model, size)
     if layers is not None:
         print("template layers (name, base count, the modules it holds: their widths follow its count):")

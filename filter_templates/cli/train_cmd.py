@@ -10,21 +10,6 @@ from typing import Any
 
 import torch
 
-from filter_templates.core.images import IMAGE_SIZE
-from filter_templates.method.arch import Arch, make_arch
-from filter_templates.training.autotune import threads_for
-from filter_templates.data import data_digest_for, data_shape
-from filter_templates.core.device import resolve_device
-from filter_templates.core.errors import UsageError
-from filter_templates.training.initialise import WHITEN_SAMPLE
-from filter_templates.core.messages import error, note
-from filter_templates.models import family_names, resolve_model
-from filter_templates.training.config import FIELDS, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
-from filter_templates.core.rundir import SUMMARY, run_name
-from filter_templates.core.status import DONE, PAUSED
-from filter_templates.training import distributed
-from filter_templates.training.loop import open_checkpoint, with_world
-from filter_templates.run import run_config
 from filter_templates.cli.args import (
     MODEL_HELP,
     add_as_published,
@@ -36,6 +21,21 @@ from filter_templates.cli.args import (
     positive_float,
     positive_int,
 )
+from filter_templates.core.device import resolve_device
+from filter_templates.core.errors import UsageError
+from filter_templates.core.images import IMAGE_SIZE
+from filter_templates.core.messages import error, note
+from filter_templates.core.rundir import SUMMARY, run_name
+from filter_templates.core.status import DONE, PAUSED
+from filter_templates.data import data_digest_for, data_shape
+from filter_templates.method.arch import Arch, make_arch
+from filter_templates.models import family_names, resolve_model
+from filter_templates.run import run_config
+from filter_templates.training import distributed
+from filter_templates.training.autotune import threads_for
+from filter_templates.training.config import FIELDS, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
+from filter_templates.training.initialise import WHITEN_SAMPLE
+from filter_templates.training.loop import open_checkpoint, with_world
 
 # TrainConfig fields a --config file may carry (a run's own config.json does; `fit --save` files
 # carry only "arch" among them, and their other keys ("fit", ...) are ignored). A flag's dest is
@@ -46,80 +46,162 @@ _DEFAULTS: dict[str, Any] = {"template": "base", "width": 1.0, "divisor": 1, "fl
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser(
-        "train", help=help,
+        "train",
+        help=help,
         description="Train a templated model (--recipe fast by default; --recipe paper: SGD momentum 0.9, weight "
-                    "decay 5e-4, lr divided by 10 at 50%% and 75%% of the epochs). The run directory gets config.json, "
-                    "metrics.jsonl, checkpoint.pt (every epoch), model.pt and summary.json. The number of "
-                    "classes is the dataset's.")
+        "decay 5e-4, lr divided by 10 at 50%% and 75%% of the epochs). The run directory gets config.json, "
+        "metrics.jsonl, checkpoint.pt (every epoch), model.pt and summary.json. The number of "
+        "classes is the dataset's.",
+    )
     m = p.add_argument_group("model (or --config FILE from `fit --save`; flags given here override it)")
-    m.add_argument("--model", metavar="M", help=MODEL_HELP.format(', '.join(family_names())))
+    m.add_argument("--model", metavar="M", help=MODEL_HELP.format(", ".join(family_names())))
     add_fix_arg(m)
-    m.add_argument("--template", metavar="T", help="template name, explicit counts 'c1,c2,...', "
-                                                   "or a function 'module:function' (default: base)")
+    m.add_argument(
+        "--template",
+        metavar="T",
+        help="template name, explicit counts 'c1,c2,...', or a function 'module:function' (default: base)",
+    )
     m.add_argument("--width", type=positive_float, metavar="W", help="width multiplier (default: 1.0)")
-    m.add_argument("--divisor", type=positive_int, metavar="K", help="round every layer to a multiple of K (default: 1)")
+    m.add_argument(
+        "--divisor", type=positive_int, metavar="K", help="round every layer to a multiple of K (default: 1)"
+    )
     m.add_argument("--floor", type=positive_int, metavar="N", help="smallest filter count of any layer (default: 1)")
     add_as_published(m)
-    m.add_argument("--config", metavar="FILE", help="JSON file with an 'arch' record (written by `fit --save`, "
-                                                    "or a run's config.json)")
+    m.add_argument(
+        "--config",
+        metavar="FILE",
+        help="JSON file with an 'arch' record (written by `fit --save`, or a run's config.json)",
+    )
     t = p.add_argument_group("data and training")
-    t.add_argument("--dataset", metavar="D", help="cifar10, cifar100, digits (embedded, default), synthetic, or "
-                                                  "folder (your own images in --data-dir, at --image-size)")
+    t.add_argument(
+        "--dataset",
+        metavar="D",
+        help="cifar10, cifar100, digits (embedded, default), synthetic, or "
+        "folder (your own images in --data-dir, at --image-size)",
+    )
     add_run_args(t)
     t.add_argument("--momentum", type=nonnegative_float, metavar="M", help="SGD momentum (default: 0.9)")
-    t.add_argument("--weight-decay", type=nonnegative_float, metavar="WD", help="weight decay (default: the recipe's, "
-                   + ", ".join(f"{r['weight_decay']:g} {name}" for name, r in RECIPES.items()) + ")")
+    t.add_argument(
+        "--weight-decay",
+        type=nonnegative_float,
+        metavar="WD",
+        help="weight decay (default: the recipe's, "
+        + ", ".join(f"{r['weight_decay']:g} {name}" for name, r in RECIPES.items())
+        + ")",
+    )
     t.add_argument("--seed", type=nonnegative_int, metavar="S", help="seed of init and data order (default: 0)")
     r = p.add_argument_group("recipe settings (default: the --recipe's; all are written to config.json)")
-    r.add_argument("--schedule", choices=list(SCHEDULES),
-                   help="step: lr / 10 at 50%% and 75%% of the epochs; linear: warmup, then linear decay to 0")
+    r.add_argument(
+        "--schedule",
+        choices=list(SCHEDULES),
+        help="step: lr / 10 at 50%% and 75%% of the epochs; linear: warmup, then linear decay to 0",
+    )
     r.add_argument("--warmup", type=fraction, metavar="F", help="fraction of all steps spent warming up (linear)")
     r.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None, help="Nesterov momentum")
     r.add_argument("--label-smoothing", type=fraction, metavar="E", help="label smoothing of the cross-entropy")
-    r.add_argument("--norm-bias-decay", action=argparse.BooleanOptionalAction, default=None,
-                   help="weight decay on BatchNorm and bias parameters too")
-    r.add_argument("--ema", type=fraction, metavar="D", help="per-step decay of an EMA of the weights, evaluated "
-                                                              "and saved instead of them (0: off)")
-    r.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
-                   help="evaluate on each test image and its mirror image (only where the dataset allows flips)")
-    r.add_argument("--tta-shift", type=nonnegative_int, metavar="S",
-                   help="with --tta, the final evaluation also averages the mirror image shifted S pixels right and "
-                        "down and the image shifted S pixels left and up (0: off)")
-    r.add_argument("--crop-pad", type=nonnegative_int, metavar="P",
-                   help="pixels of zero padding around each training image before the random crop back to its size "
-                        "(shifts of up to P pixels; 0: no crop)")
-    r.add_argument("--optimizer", choices=list(OPTIMIZERS),
-                   help="sgd; or muon: Muon steps for the convolutions that feed a BatchNorm, SGD for the rest")
-    r.add_argument("--muon-lr", type=positive_float, metavar="LR",
-                   help="peak lr of the Muon steps (with --optimizer muon; the schedule scales it as --lr)")
-    r.add_argument("--whiten-init", action=argparse.BooleanOptionalAction, default=None,
-                   help="start the convolution that reads the image as a whitening filter bank of its input "
-                        f"patches, measured on {WHITEN_SAMPLE:,} training images")
-    r.add_argument("--identity-init", action=argparse.BooleanOptionalAction, default=None,
-                   help="in a network without residual sums, start every other convolution that can (one group, "
-                        "odd kernel, no fewer outputs than inputs) as the identity on its first in_channels filters")
+    r.add_argument(
+        "--norm-bias-decay",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="weight decay on BatchNorm and bias parameters too",
+    )
+    r.add_argument(
+        "--ema",
+        type=fraction,
+        metavar="D",
+        help="per-step decay of an EMA of the weights, evaluated and saved instead of them (0: off)",
+    )
+    r.add_argument(
+        "--tta",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="evaluate on each test image and its mirror image (only where the dataset allows flips)",
+    )
+    r.add_argument(
+        "--tta-shift",
+        type=nonnegative_int,
+        metavar="S",
+        help="with --tta, the final evaluation also averages the mirror image shifted S pixels right and "
+        "down and the image shifted S pixels left and up (0: off)",
+    )
+    r.add_argument(
+        "--crop-pad",
+        type=nonnegative_int,
+        metavar="P",
+        help="pixels of zero padding around each training image before the random crop back to its size "
+        "(shifts of up to P pixels; 0: no crop)",
+    )
+    r.add_argument(
+        "--optimizer",
+        choices=list(OPTIMIZERS),
+        help="sgd; or muon: Muon steps for the convolutions that feed a BatchNorm, SGD for the rest",
+    )
+    r.add_argument(
+        "--muon-lr",
+        type=positive_float,
+        metavar="LR",
+        help="peak lr of the Muon steps (with --optimizer muon; the schedule scales it as --lr)",
+    )
+    r.add_argument(
+        "--whiten-init",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="start the convolution that reads the image as a whitening filter bank of its input "
+        f"patches, measured on {WHITEN_SAMPLE:,} training images",
+    )
+    r.add_argument(
+        "--identity-init",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="in a network without residual sums, start every other convolution that can (one group, "
+        "odd kernel, no fewer outputs than inputs) as the identity on its first in_channels filters",
+    )
     x = p.add_argument_group("execution")
-    x.add_argument("--threads", type=positive_int, metavar="N",
-                   help="CPU threads of torch (default: $OMP_NUM_THREADS, else the machine profile's, else every core "
-                        "this process may use; a resumed run keeps its own). Written to config.json: it changes the "
-                        "numbers")
-    x.add_argument("--nproc", type=positive_int, metavar="N",
-                   help="train this one run on N processes on this machine (DistributedDataParallel: gloo on CPU, "
-                        "one GPU each over NCCL), as torchrun --nproc-per-node N -m filter_templates train ... "
-                        "does; the batch size stays the whole batch, each process takes a share. It changes the "
-                        "numbers: a checkpoint resumes only with the same N")
-    x.add_argument("--sync-bn", action="store_true", default=None,
-                   help="with several processes, BatchNorm statistics over the whole batch instead of each "
-                        "process's share (kept on resume)")
-    x.add_argument("--stop-at", type=positive_int, metavar="K",
-                   help="pause after epoch K of the planned --epochs, with the full run's schedule (status paused); "
-                        "--resume later continues it to exactly the weights of a run never paused")
-    x.add_argument("--no-bf16", dest="precision", action="store_const", const="fp32",
-                   help="the same as --precision fp32")
-    x.add_argument("--no-channels-last", dest="memory_format", action="store_const", const="contiguous",
-                   help="the same as --memory-format contiguous")
+    x.add_argument(
+        "--threads",
+        type=positive_int,
+        metavar="N",
+        help="CPU threads of torch (default: $OMP_NUM_THREADS, else the machine profile's, else every core "
+        "this process may use; a resumed run keeps its own). Written to config.json: it changes the "
+        "numbers",
+    )
+    x.add_argument(
+        "--nproc",
+        type=positive_int,
+        metavar="N",
+        help="train this one run on N processes on this machine (DistributedDataParallel: gloo on CPU, "
+        "one GPU each over NCCL), as torchrun --nproc-per-node N -m filter_templates train ... "
+        "does; the batch size stays the whole batch, each process takes a share. It changes the "
+        "numbers: a checkpoint resumes only with the same N",
+    )
+    x.add_argument(
+        "--sync-bn",
+        action="store_true",
+        default=None,
+        help="with several processes, BatchNorm statistics over the whole batch instead of each "
+        "process's share (kept on resume)",
+    )
+    x.add_argument(
+        "--stop-at",
+        type=positive_int,
+        metavar="K",
+        help="pause after epoch K of the planned --epochs, with the full run's schedule (status paused); "
+        "--resume later continues it to exactly the weights of a run never paused",
+    )
+    x.add_argument(
+        "--no-bf16", dest="precision", action="store_const", const="fp32", help="the same as --precision fp32"
+    )
+    x.add_argument(
+        "--no-channels-last",
+        dest="memory_format",
+        action="store_const",
+        const="contiguous",
+        help="the same as --memory-format contiguous",
+    )
     o = p.add_argument_group("output")
-    o.add_argument("--out", metavar="DIR", help="run directory (default: runs/<model>-<template>-w<width>-<dataset>-s<seed>)")
+    o.add_argument(
+        "--out", metavar="DIR", help="run directory (default: runs/<model>-<template>-w<width>-<dataset>-s<seed>)"
+    )
     o.add_argument("--resume", action="store_true", help="continue the checkpoint in --out (fresh start if none)")
     o.add_argument("--json", action="store_true", help="print the summary as one JSON document on stdout")
     o.add_argument("--quiet", action="store_true", help="no per-epoch lines on stdout")
@@ -156,28 +238,57 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
     classes, size = data_shape(train_kw["dataset"], train_kw.get("data_dir"), train_kw.get("image_size"))
     train_kw["image_size"] = size
     train_kw["data_digest"] = data_digest_for(train_kw)  # the images read now, not those a --config file names
-    model_flags = {k: getattr(args, k) for k in ("model", "template", "width", "divisor", "floor", "as_published")
-                   if getattr(args, k) is not None}
+    model_flags = {
+        k: getattr(args, k)
+        for k in ("model", "template", "width", "divisor", "floor", "as_published")
+        if getattr(args, k) is not None
+    }
     if "model" in model_flags:
-        model_flags["model"] = resolve_model(model_flags["model"], fixed=args.fix or (), image_size=size,
-                                             reading=args.reading)
+        model_flags["model"] = resolve_model(
+            model_flags["model"], fixed=args.fix or (), image_size=size, reading=args.reading
+        )
     elif args.fix or args.reading:
         raise UsageError(f"--{'fix' if args.fix else 'reading'} needs --model package.module:function")
     if base is None:
         if "model" not in model_flags:
             raise UsageError("--model is required (or --config FILE with an 'arch' record)")
         v = {**_DEFAULTS, **model_flags}
-        arch = make_arch(v["model"], v["template"], v["width"], classes, divisor=v["divisor"], floor=v["floor"],
-                         as_published=bool(v.get("as_published")), image_size=size)
+        arch = make_arch(
+            v["model"],
+            v["template"],
+            v["width"],
+            classes,
+            divisor=v["divisor"],
+            floor=v["floor"],
+            as_published=bool(v.get("as_published")),
+            image_size=size,
+        )
     elif model_flags:  # re-derive the counts from the file's settings with the flags on top
         if "template" not in model_flags and ":" in base.template:
             # a data file never imports code: only a flag typed by the user may name a function
-            raise UsageError(f"the config's template {base.template!r} names a Python function; "
-                             "pass it with --template to re-derive the counts")
-        v = {"model": base.family, "template": base.template, "width": base.width, "divisor": base.divisor,
-             "floor": base.floor, "as_published": base.as_published, **model_flags}
-        arch = make_arch(v["model"], v["template"], v["width"], classes, divisor=v["divisor"], floor=v["floor"],
-                         as_published=bool(v.get("as_published")), image_size=size)
+            raise UsageError(
+                f"the config's template {base.template!r} names a Python function; "
+                "pass it with --template to re-derive the counts"
+            )
+        v = {
+            "model": base.family,
+            "template": base.template,
+            "width": base.width,
+            "divisor": base.divisor,
+            "floor": base.floor,
+            "as_published": base.as_published,
+            **model_flags,
+        }
+        arch = make_arch(
+            v["model"],
+            v["template"],
+            v["width"],
+            classes,
+            divisor=v["divisor"],
+            floor=v["floor"],
+            as_published=bool(v.get("as_published")),
+            image_size=size,
+        )
     else:  # the file's exact counts; only the class count follows the dataset
         arch = replace(base, classes=classes, image_size=size)
     return TrainConfig(arch=arch, **train_kw)
@@ -208,10 +319,14 @@ def run(args: argparse.Namespace) -> int:
 
     def on_epoch(row: dict) -> None:
         if not quiet:
-            print(f"epoch {row['epoch']:>3}/{config.epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
-                  f"train {row['train_acc']:.2%}  " + (f"val {row['val_acc']:.2%}  " if "val_acc" in row else "")
-                  + f"test {row['test_acc']:.2%}  {row['seconds']:.1f}s  "
-                  f"{row['images_per_s']:.0f} img/s", flush=True)
+            print(
+                f"epoch {row['epoch']:>3}/{config.epochs}  lr {row['lr']:.4g}  loss {row['train_loss']:.4f}  "
+                f"train {row['train_acc']:.2%}  "
+                + (f"val {row['val_acc']:.2%}  " if "val_acc" in row else "")
+                + f"test {row['test_acc']:.2%}  {row['seconds']:.1f}s  "
+                f"{row['images_per_s']:.0f} img/s",
+                flush=True,
+            )
 
     state = open_checkpoint(config, out, args.resume)  # refuse before printing anything; read once
     done = int(state["epoch"]) if state is not None else 0
@@ -221,10 +336,14 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(threads)
     if not quiet:
         a = config.arch
-        print(f"training {a.family} {a.template} w={a.width:g} ({' '.join(map(str, a.filters))}) on {config.dataset} "
-              f"for {config.epochs} epochs -> {out}" + (f" (resuming after epoch {done})" if done else ""), flush=True)
-    summary = run_config(config, out, resume=state is not None, on_epoch=on_epoch, threads_source=threads_source,
-                         checkpoint=state)
+        print(
+            f"training {a.family} {a.template} w={a.width:g} ({' '.join(map(str, a.filters))}) on {config.dataset} "
+            f"for {config.epochs} epochs -> {out}" + (f" (resuming after epoch {done})" if done else ""),
+            flush=True,
+        )
+    summary = run_config(
+        config, out, resume=state is not None, on_epoch=on_epoch, threads_source=threads_source, checkpoint=state
+    )
     if args.json and world.main:
         print(json.dumps(summary))
     if summary["status"] == PAUSED:
@@ -237,7 +356,9 @@ def run(args: argparse.Namespace) -> int:
         return 1
     if not quiet:
         val = f"final validation accuracy {summary['val_acc']:.2%}, " if summary.get("val_acc") is not None else ""
-        print(f"done: {val}final test accuracy {summary['final_acc']:.2%} (best test accuracy over epochs, "
-              f"optimistic: {summary['best_acc']:.2%} at epoch {summary['best_epoch']}), {summary['wall_s']:.0f}s on "
-              f"{summary['device']}; run dir {out}")
+        print(
+            f"done: {val}final test accuracy {summary['final_acc']:.2%} (best test accuracy over epochs, "
+            f"optimistic: {summary['best_acc']:.2%} at epoch {summary['best_epoch']}), {summary['wall_s']:.0f}s on "
+            f"{summary['device']}; run dir {out}"
+        )
     return 0

@@ -17,12 +17,19 @@ class Progress(tqdm):
     ``enabled``: None (the default) shows the bar only when stderr is a terminal.
     """
 
-    def __init__(self, iterable: Iterable[Any] | None = None, total: int | None = None, desc: str = "",
-                 enabled: bool | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        iterable: Iterable[Any] | None = None,
+        total: int | None = None,
+        desc: str = "",
+        enabled: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
         on = sys.stderr.isatty() if enabled is None else enabled
         kwargs.setdefault("mininterval", 0.2)
-        super().__init__(iterable, total=total, desc=desc, file=sys.stderr, disable=not on, dynamic_ncols=True,
-                         **kwargs)
+        super().__init__(
+            iterable, total=total, desc=desc, file=sys.stderr, disable=not on, dynamic_ncols=True, **kwargs
+        )
 
     @property
     def enabled(self) -> bool:

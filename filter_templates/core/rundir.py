@@ -32,12 +32,38 @@ from filter_templates.core.messages import note
 from filter_templates.core.status import FAILED
 
 __all__ = [
-    "CONFIG", "METRICS", "CHECKPOINT", "MODEL", "SUMMARY", "RESOURCES", "TRAIN_FILES", "RUN_FILES",
-    "atomic_write", "atomic_write_bytes", "atomic_write_text", "atomic_write_json", "atomic_save",
-    "atomic_copy", "append_line", "remove_stale_temp_files", "check_writable", "writing",
-    "load_checkpoint", "open_checkpoint", "start_run", "read_json", "read_config", "read_summary",
-    "merge_resources", "write_resources", "read_metrics", "write_metrics", "append_metrics", "copy_run_files",
-    "portable", "run_name",
+    "CONFIG",
+    "METRICS",
+    "CHECKPOINT",
+    "MODEL",
+    "SUMMARY",
+    "RESOURCES",
+    "TRAIN_FILES",
+    "RUN_FILES",
+    "atomic_write",
+    "atomic_write_bytes",
+    "atomic_write_text",
+    "atomic_write_json",
+    "atomic_save",
+    "atomic_copy",
+    "append_line",
+    "remove_stale_temp_files",
+    "check_writable",
+    "writing",
+    "load_checkpoint",
+    "open_checkpoint",
+    "start_run",
+    "read_json",
+    "read_config",
+    "read_summary",
+    "merge_resources",
+    "write_resources",
+    "read_metrics",
+    "write_metrics",
+    "append_metrics",
+    "copy_run_files",
+    "portable",
+    "run_name",
 ]
 
 CONFIG = "config.json"
@@ -75,8 +101,10 @@ def run_name(config: Mapping[str, Any], key: str | None = None) -> str:
     template names stay in the run's ``config.json``."""
     arch = config["arch"]
     reading = "-pub" if arch.get("as_published") else ""
-    name = (f"{portable(config['dataset']) or 'data'}-{portable(arch['family']) or 'model'}-"
-            f"{portable(arch['template']) or 'custom'}{reading}-w{float(arch['width']):g}-s{config['seed']}")
+    name = (
+        f"{portable(config['dataset']) or 'data'}-{portable(arch['family']) or 'model'}-"
+        f"{portable(arch['template']) or 'custom'}{reading}-w{float(arch['width']):g}-s{config['seed']}"
+    )
     return name if key is None else f"{name}-{key[:10]}"
 
 
@@ -223,8 +251,13 @@ def load_checkpoint(path: str | os.PathLike[str], map_location: str | torch.devi
         raise UsageError(f"{path}: cannot be read as a checkpoint ({first[:300]})") from None
 
 
-def open_checkpoint(out_dir: str | os.PathLike[str], resume: bool, config: Mapping[str, Any],
-                    keys: Sequence[str], view: Callable[[Mapping[str, Any]], Mapping[str, Any]] = dict) -> dict | None:
+def open_checkpoint(
+    out_dir: str | os.PathLike[str],
+    resume: bool,
+    config: Mapping[str, Any],
+    keys: Sequence[str],
+    view: Callable[[Mapping[str, Any]], Mapping[str, Any]] = dict,
+) -> dict | None:
     """The checkpoint in ``out_dir`` that a run of ``config`` (a TrainConfig dict) would continue,
     or None: start fresh.
 
@@ -242,8 +275,10 @@ def open_checkpoint(out_dir: str | os.PathLike[str], resume: bool, config: Mappi
             note(f"no checkpoint in {out}; starting fresh")
         return None
     if not resume:
-        raise UsageError(f"{out} already holds a checkpoint; pass --resume to continue it "
-                         f"or choose another --out (nothing was overwritten)")
+        raise UsageError(
+            f"{out} already holds a checkpoint; pass --resume to continue it "
+            f"or choose another --out (nothing was overwritten)"
+        )
     state = load_checkpoint(path)
     if not isinstance(state, dict) or not CHECKPOINT_KEYS <= set(state):
         raise UsageError(f"{path}: not a filter-templates checkpoint")
@@ -251,8 +286,10 @@ def open_checkpoint(out_dir: str | os.PathLike[str], resume: bool, config: Mappi
     differing = [k for k in keys if saved.get(k) != config.get(k)]
     if differing:
         parts = [f"{k} (checkpoint {_show(k, saved.get(k))}, now {_show(k, config.get(k))})" for k in differing]
-        raise UsageError(f"{path} is from a different configuration: {'; '.join(parts)}; "
-                         f"resume with the same settings or use another --out")
+        raise UsageError(
+            f"{path} is from a different configuration: {'; '.join(parts)}; "
+            f"resume with the same settings or use another --out"
+        )
     return state
 
 
@@ -261,17 +298,22 @@ def _refuse_finished_without_checkpoint(out: Path) -> None:
     checkpoint deleted to save space) or someone else's files: starting fresh would overwrite them.
     A failed run's folder (summary status "failed", no weights) may be started again."""
     if (out / MODEL).exists():
-        raise UsageError(f"{out} holds {MODEL} but no {CHECKPOINT} to resume; choose another --out "
-                         f"(nothing was overwritten)")
+        raise UsageError(
+            f"{out} holds {MODEL} but no {CHECKPOINT} to resume; choose another --out (nothing was overwritten)"
+        )
     if (out / SUMMARY).exists() and (read_json(out / SUMMARY) or {}).get("status") != FAILED:
-        raise UsageError(f"{out / SUMMARY} belongs to a run that is not a failed one and there is no "
-                         f"{CHECKPOINT} to resume; choose another --out (nothing was overwritten)")
+        raise UsageError(
+            f"{out / SUMMARY} belongs to a run that is not a failed one and there is no "
+            f"{CHECKPOINT} to resume; choose another --out (nothing was overwritten)"
+        )
 
 
 def _show(key: str, value: Any) -> str:
     if key == "arch" and isinstance(value, Mapping):
-        return (f"{value.get('family')} {value.get('template')} w={value.get('width')} "
-                f"classes={value.get('classes')} filters={value.get('filters')}")
+        return (
+            f"{value.get('family')} {value.get('template')} w={value.get('width')} "
+            f"classes={value.get('classes')} filters={value.get('filters')}"
+        )
     return repr(value)
 
 

@@ -9,8 +9,19 @@ engine claims it, ``RUNNING`` while claimed, then its run's status. A budget poi
 
 from __future__ import annotations
 
-__all__ = ["PENDING", "RUNNING", "DONE", "FAILED", "PAUSED", "STOPPED", "RUN_STATUSES", "ROW_STATUSES", "FITTED", "UNREACHABLE",
-           "BUDGET_STATUSES"]
+__all__ = [
+    "PENDING",
+    "RUNNING",
+    "DONE",
+    "FAILED",
+    "PAUSED",
+    "STOPPED",
+    "RUN_STATUSES",
+    "ROW_STATUSES",
+    "FITTED",
+    "UNREACHABLE",
+    "BUDGET_STATUSES",
+]
 
 PENDING = "pending"
 RUNNING = "running"

@@ -16,8 +16,18 @@ from typing import Any, Sequence, Type
 
 from filter_templates.core.errors import UsageError
 
-__all__ = ["integer", "number", "up_to", "layer_counts", "positive_integers", "parse", "byte_size", "expected",
-           "is_integer", "is_number"]
+__all__ = [
+    "integer",
+    "number",
+    "up_to",
+    "layer_counts",
+    "positive_integers",
+    "parse",
+    "byte_size",
+    "expected",
+    "is_integer",
+    "is_number",
+]
 
 
 def is_integer(v: Any) -> bool:
@@ -44,8 +54,9 @@ def expected(kind: type, minimum: float, strict: bool, maximum: float | None = N
     return f"{'an integer' if kind is int else 'a finite number'} {'>' if strict else '>='} {minimum:g}"
 
 
-def integer(v: Any, what: str, minimum: int = 1, *, maximum: int | None = None,
-            error: Type[Exception] = UsageError) -> int:
+def integer(
+    v: Any, what: str, minimum: int = 1, *, maximum: int | None = None, error: Type[Exception] = UsageError
+) -> int:
     """``v`` as an int when it is an integer ``>= minimum`` (and ``<= maximum``); else ``error``
     naming ``what``."""
     if not is_integer(v) or v < minimum or (maximum is not None and v > maximum):
@@ -53,8 +64,15 @@ def integer(v: Any, what: str, minimum: int = 1, *, maximum: int | None = None,
     return int(v)
 
 
-def number(v: Any, what: str, minimum: float = 0.0, *, strict: bool = True, maximum: float | None = None,
-           error: Type[Exception] = UsageError) -> float:
+def number(
+    v: Any,
+    what: str,
+    minimum: float = 0.0,
+    *,
+    strict: bool = True,
+    maximum: float | None = None,
+    error: Type[Exception] = UsageError,
+) -> float:
     """``v`` as a float when it is finite and ``> minimum`` (``>=`` unless ``strict``) and, given a
     ``maximum``, ``< maximum``; else ``error`` naming ``what``."""
     if not (is_number(v) and (v > minimum if strict else v >= minimum) and (maximum is None or v < maximum)):
@@ -77,8 +95,9 @@ def layer_counts(values: Sequence[Any], what: str, maximum: int, *, owner: str) 
     if any(v < 1 for v in out):
         raise UsageError(f"{owner}: every {what} must be >= 1, got {out}")
     if out and max(out) > maximum:
-        raise UsageError(f"{owner}: a layer of {max(out):,} filters is over the limit of {maximum:,}; "
-                         "use a smaller width or counts")
+        raise UsageError(
+            f"{owner}: a layer of {max(out):,} filters is over the limit of {maximum:,}; use a smaller width or counts"
+        )
     return out
 
 
@@ -105,8 +124,22 @@ def parse(text: str, kind: type, minimum: float, *, strict: bool = False, maximu
         raise UsageError(f"{text!r} is not {want}") from None
 
 
-_UNITS = {"": 1, "b": 1, "k": 1000, "kb": 1000, "m": 1000**2, "mb": 1000**2, "g": 1000**3, "gb": 1000**3,
-          "t": 1000**4, "tb": 1000**4, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "tib": 1024**4}
+_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1000,
+    "kb": 1000,
+    "m": 1000**2,
+    "mb": 1000**2,
+    "g": 1000**3,
+    "gb": 1000**3,
+    "t": 1000**4,
+    "tb": 1000**4,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+    "tib": 1024**4,
+}
 
 
 def byte_size(text: str) -> int:
@@ -114,8 +147,10 @@ def byte_size(text: str) -> int:
     ``G``/``T``, binary ``KiB``/``MiB``/``GiB``/``TiB``) or a plain byte count; at least one byte."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+(?:e[0-9]+)?)\s*([a-z]*)\s*", str(text).lower())
     if m is None or m.group(2) not in _UNITS:
-        raise UsageError(f"{text!r} is not a memory size; expected a number of bytes with an optional unit "
-                         "such as 512MiB, 2GiB or 1.5GB")
+        raise UsageError(
+            f"{text!r} is not a memory size; expected a number of bytes with an optional unit "
+            "such as 512MiB, 2GiB or 1.5GB"
+        )
     value = float(m.group(1)) * _UNITS[m.group(2)]
     if not math.isfinite(value) or value < 1:
         raise UsageError(f"{text!r} is not a memory size of at least one byte")

@@ -24,8 +24,18 @@ from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.data import digits, synthetic
 from filter_templates.data.dataset import Dataset
 
-__all__ = ["DATASETS", "Dataset", "DataShape", "load_dataset", "load_data", "load_data_for",
-           "data_digest_for", "num_classes", "data_shape", "mirrors"]
+__all__ = [
+    "DATASETS",
+    "Dataset",
+    "DataShape",
+    "load_dataset",
+    "load_data",
+    "load_data_for",
+    "data_digest_for",
+    "num_classes",
+    "data_shape",
+    "mirrors",
+]
 
 DATASETS = ("cifar10", "cifar100", "digits", "synthetic", "folder")
 _LIMIT_SEED = 0x5EED
@@ -66,9 +76,15 @@ def _check_size(key: str, image_size: int | None) -> None:
         raise UsageError(f"--image-size applies to --dataset folder; {key} images are {IMAGE_SIZE}x{IMAGE_SIZE}")
 
 
-def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, download: bool = False,
-                 limit_train: int | None = None, limit_test: int | None = None,
-                 image_size: int | None = None) -> Dataset:
+def load_dataset(
+    name: str,
+    data_dir: str | os.PathLike[str] | None = None,
+    *,
+    download: bool = False,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    image_size: int | None = None,
+) -> Dataset:
     """Load a dataset by name.
 
     ``data_dir``: for CIFAR (default ``$FILTER_TEMPLATES_DATA`` or ``./data``) the data in any
@@ -99,11 +115,18 @@ def load_dataset(name: str, data_dir: str | os.PathLike[str] | None = None, *, d
 
 
 @functools.lru_cache(maxsize=1)
-def load_data(name: str, data_dir: str | None = None, download: bool = False,
-              limit_train: int | None = None, limit_test: int | None = None, image_size: int | None = None) -> Dataset:
+def load_data(
+    name: str,
+    data_dir: str | None = None,
+    download: bool = False,
+    limit_train: int | None = None,
+    limit_test: int | None = None,
+    image_size: int | None = None,
+) -> Dataset:
     """:func:`load_dataset`, remembering the last one: a sweep trains many models on one dataset."""
-    return load_dataset(name, data_dir, download=download, limit_train=limit_train, limit_test=limit_test,
-                        image_size=image_size)
+    return load_dataset(
+        name, data_dir, download=download, limit_train=limit_train, limit_test=limit_test, image_size=image_size
+    )
 
 
 def mirrors(name: str) -> bool:
@@ -122,9 +145,14 @@ def load_data_for(settings: Any) -> Dataset:
     """The data a run of ``settings`` reads: a ``TrainConfig``, or a mapping of its fields (a
     sweep's shared training settings with ``dataset``). The one place that turns a configuration
     into :func:`load_data`'s arguments, so a new data setting is added here and nowhere else."""
-    return load_data(_setting(settings, "dataset"), _setting(settings, "data_dir"),
-                     bool(_setting(settings, "download", False)), _setting(settings, "limit_train"),
-                     _setting(settings, "limit_test"), _setting(settings, "image_size"))
+    return load_data(
+        _setting(settings, "dataset"),
+        _setting(settings, "data_dir"),
+        bool(_setting(settings, "download", False)),
+        _setting(settings, "limit_train"),
+        _setting(settings, "limit_test"),
+        _setting(settings, "image_size"),
+    )
 
 
 def data_digest_for(settings: Any) -> str | None:
@@ -161,4 +189,3 @@ def data_shape(name: str, data_dir: str | None = None, image_size: int | None = 
         return DataShape(num_classes(key), IMAGE_SIZE)
     ds = load_data(key, data_dir, image_size=image_size)
     return DataShape(ds.num_classes, ds.image_size)
-

@@ -21,9 +21,9 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.data.stream import Stream, padded_bytes
 
 __all__ = ["Loader", "LoaderOptions", "epoch_seed", "scale_pixels", "REFERENCE_SIZE"]
@@ -35,7 +35,9 @@ _COPY_CHUNK = 8192  # samples copied to the device per step at construction (bou
 
 def epoch_seed(seed: int, epoch: int) -> int:
     """A well-mixed 63-bit seed for (seed, epoch), independent of Python's hash randomisation."""
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch)]).generate_state(2, np.uint64)[0] >> 1)
+    return int(
+        np.random.SeedSequence([int(seed) & 0xFFFFFFFFFFFFFFFF, int(epoch)]).generate_state(2, np.uint64)[0] >> 1
+    )
 
 
 def scale_pixels(pixels: int, image_size: int) -> int:
@@ -76,8 +78,17 @@ class Loader:
     when resuming): batches of epoch e are a pure function of (seed, e).
     """
 
-    def __init__(self, x_uint8_nhwc: np.ndarray, y: np.ndarray, batch_size: int, *, train: bool,
-                 mean: Sequence[float], std: Sequence[float], options: LoaderOptions = LoaderOptions()) -> None:
+    def __init__(
+        self,
+        x_uint8_nhwc: np.ndarray,
+        y: np.ndarray,
+        batch_size: int,
+        *,
+        train: bool,
+        mean: Sequence[float],
+        std: Sequence[float],
+        options: LoaderOptions = LoaderOptions(),
+    ) -> None:
         if not isinstance(x_uint8_nhwc, np.ndarray) or x_uint8_nhwc.dtype != np.uint8 or x_uint8_nhwc.ndim != 4:
             raise ValueError("x must be a uint8 numpy array [N, H, W, C]")
         n, h, w, c = x_uint8_nhwc.shape
@@ -89,16 +100,23 @@ class Loader:
             validate.number(s, "a channel's standard deviation")
         validate.integer(batch_size, "batch size")
         validate.integer(options.pad, "crop padding", minimum=0)
-        device, seed, channels_last, dtype, pad, flip = (options.device, options.seed, options.channels_last,
-                                                         options.dtype, options.pad, options.flip)
+        device, seed, channels_last, dtype, pad, flip = (
+            options.device,
+            options.seed,
+            options.channels_last,
+            options.dtype,
+            options.pad,
+            options.flip,
+        )
         rank, world = options.share
         validate.integer(world, "processes")
         validate.integer(rank, "rank", minimum=0, maximum=world - 1)
         if train and n < batch_size:
             raise UsageError(f"the training split has {n} samples, fewer than one batch of {batch_size}")
         if train and batch_size < world:
-            raise UsageError(f"a batch of {batch_size} cannot be shared by {world} processes; give a batch size "
-                             f"of at least {world}")
+            raise UsageError(
+                f"a batch of {batch_size} cannot be shared by {world} processes; give a batch size of at least {world}"
+            )
         if not train and world > 1:  # evaluation: this process's shard of the split
             lo, hi = _part(n, rank, world)
             x_uint8_nhwc, y, n = x_uint8_nhwc[lo:hi], y[lo:hi], hi - lo
@@ -124,13 +142,16 @@ class Loader:
         p = self.pad
         need = padded_bytes((n, h, w, c), p)
         #: reads batches from ``x`` as they are needed instead of holding the split (None: resident)
-        self.stream = (Stream(x_uint8_nhwc, p, self.device, window_bytes=options.memory // 2)
-                       if train and options.memory is not None and need > options.memory else None)
+        self.stream = (
+            Stream(x_uint8_nhwc, p, self.device, window_bytes=options.memory // 2)
+            if train and options.memory is not None and need > options.memory
+            else None
+        )
         if self.stream is None:
             self._images = torch.zeros((n, h + 2 * p, w + 2 * p, c), dtype=torch.uint8, device=self.device)
             for s in range(0, n, _COPY_CHUNK):  # memmap -> device in chunks, padding in place
-                block = torch.from_numpy(np.array(x_uint8_nhwc[s:s + _COPY_CHUNK], copy=True))
-                self._images[s:s + len(block), p:p + h, p:p + w] = block.to(self.device)
+                block = torch.from_numpy(np.array(x_uint8_nhwc[s : s + _COPY_CHUNK], copy=True))
+                self._images[s : s + len(block), p : p + h, p : p + w] = block.to(self.device)
         if self.train:
             hp, wp = h + 2 * p, w + 2 * p
             self._row_offsets = (torch.arange(h, device=self.device) * wp).view(1, h, 1)
@@ -190,8 +211,8 @@ class Loader:
             start = (order * self._image_stride + crop).to(self.device)
             sources: Iterator[torch.Tensor] = (self._images for _ in range(batches))
         else:  # crop origins in each streamed batch of b padded images
-            start = (torch.arange(b).repeat(batches) * self._image_stride + crop[:batches * b]).to(self.device)
-            sources = self.stream.batches(order[:batches * b].view(batches, b))
+            start = (torch.arange(b).repeat(batches) * self._image_stride + crop[: batches * b]).to(self.device)
+            sources = self.stream.batches(order[: batches * b].view(batches, b))
         for i, images in enumerate(sources):
             sl = slice(i * b, (i + 1) * b)
             yield self._normalise(self._crop(images, start[sl], flips[sl])), labels[sl]
@@ -207,7 +228,7 @@ class Loader:
     def _test_batches(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         b = self.batch_size
         for s in range(0, self.num_samples, b):
-            yield self._normalise(self._images[s:s + b]), self._y[s:s + b]
+            yield self._normalise(self._images[s : s + b]), self._y[s : s + b]
 
 
 def _part(n: int, rank: int, world: int) -> tuple[int, int]:

@@ -88,9 +88,15 @@ def _open(entry: Path) -> Dataset | None:
         ok = ok and all(_split_ok(arrays, s, meta[s], size) for s in ("train", "test", "val") if s in meta)
         if not ok:
             return None
-        return Dataset(name=meta["name"], classes=tuple(meta["classes"]), mean=tuple(meta["mean"]),  # type: ignore[arg-type]
-                       std=tuple(meta["std"]), source=meta["source"], hflip=bool(meta.get("hflip", True)),
-                       **arrays)  # type: ignore[arg-type]
+        return Dataset(
+            name=meta["name"],
+            classes=tuple(meta["classes"]),
+            mean=tuple(meta["mean"]),  # type: ignore[arg-type]
+            std=tuple(meta["std"]),
+            source=meta["source"],
+            hflip=bool(meta.get("hflip", True)),
+            **arrays,
+        )  # type: ignore[arg-type]
     except (OSError, ValueError, TypeError):
         return None
 
@@ -172,9 +178,18 @@ def building(name: str, key: str, data_dir: Path) -> Iterator[Builder]:
 
 
 def _meta(ds: Dataset) -> dict[str, Any]:
-    meta = {"version": CACHE_VERSION, "name": ds.name, "classes": list(ds.classes), "mean": list(ds.mean),
-            "std": list(ds.std), "source": ds.source, "hflip": ds.hflip, "train": int(len(ds.train_y)),
-            "test": int(len(ds.test_y)), "image_size": int(ds.train_x.shape[1])}
+    meta = {
+        "version": CACHE_VERSION,
+        "name": ds.name,
+        "classes": list(ds.classes),
+        "mean": list(ds.mean),
+        "std": list(ds.std),
+        "source": ds.source,
+        "hflip": ds.hflip,
+        "train": int(len(ds.train_y)),
+        "test": int(len(ds.test_y)),
+        "image_size": int(ds.train_x.shape[1]),
+    }
     if ds.val_y is not None:
         meta["val"] = int(len(ds.val_y))
     return meta
@@ -201,8 +216,10 @@ def _publish(tmp: Path, entry: Path) -> Dataset | None:
 
 def _npy_writer(arr: np.ndarray) -> Callable[[IO[bytes]], None]:
     """A writer for :func:`atomic_write` that saves ``arr`` as ``.npy`` (no pickles)."""
+
     def write(f: IO[bytes]) -> None:
         np.save(f, arr, allow_pickle=False)
+
     return write
 
 

@@ -50,8 +50,14 @@ class _Layout:
 
 
 LAYOUTS = {
-    "cifar10": _Layout("cifar-10-batches-py", tuple(f"data_batch_{i}" for i in range(1, 6)), "test_batch",
-                       "batches.meta", "label_names", "labels"),
+    "cifar10": _Layout(
+        "cifar-10-batches-py",
+        tuple(f"data_batch_{i}" for i in range(1, 6)),
+        "test_batch",
+        "batches.meta",
+        "label_names",
+        "labels",
+    ),
     "cifar100": _Layout("cifar-100-python", ("train",), "test", "meta", "fine_label_names", "fine_labels"),
 }
 _TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz", ".tar.bz2", ".tar.xz")
@@ -72,6 +78,7 @@ def default_data_dir() -> Path:
 
 
 # ----------------------------------------------------------------------------------------- locating
+
 
 def _norm(text: str) -> str:
     return re.sub(r"[^a-z0-9]", "", text.lower())
@@ -123,18 +130,23 @@ def _not_found(name: str, data_dir: Path) -> UsageError:
     lay = LAYOUTS[name]
     return UsageError(
         f"no {PRETTY[name]} data in {data_dir}: expected {download.ARCHIVES[name]}, {lay.folder}/, "
-        f"train/<class>/ + test/<class>/ image folders, or a tar/tar.gz of them (or pass --download)")
+        f"train/<class>/ + test/<class>/ image folders, or a tar/tar.gz of them (or pass --download)"
+    )
 
 
 # ------------------------------------------------------------------------------------- fingerprint
+
 
 def _tree_files(root: Path) -> Iterator[tuple[str, str, Path]]:
     """(split, class, path) of every image under root/{train,test}/<class>/, sorted."""
     for split in ("train", "test"):
         base = root / split
         for cls in sorted(e.name for e in os.scandir(base) if e.is_dir() and not e.name.startswith(".")):
-            files = sorted(e.name for e in os.scandir(base / cls)
-                           if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_SUFFIXES))
+            files = sorted(
+                e.name
+                for e in os.scandir(base / cls)
+                if e.is_file() and not e.name.startswith(".") and e.name.lower().endswith(IMAGE_SUFFIXES)
+            )
             for f in files:
                 yield split, cls, base / cls / f
 
@@ -158,6 +170,7 @@ def fingerprint(src: Source) -> str:
 
 
 # ----------------------------------------------------------------------------------- official pickles
+
 
 def _get(d: Any, key: str, label: str) -> Any:
     if not isinstance(d, Mapping):
@@ -199,13 +212,22 @@ def _from_pickles(name: str, files: Mapping[str, Any], origin: str) -> Dataset:
     lay = LAYOUTS[name]
     for f in (*lay.train, lay.test, lay.meta):
         if f not in files:
-            raise UsageError(f"{origin}: {lay.folder}/{f} is missing; the official {PRETTY[name]} set has "
-                             f"{', '.join((*lay.train, lay.test, lay.meta))}")
+            raise UsageError(
+                f"{origin}: {lay.folder}/{f} is missing; the official {PRETTY[name]} set has "
+                f"{', '.join((*lay.train, lay.test, lay.meta))}"
+            )
     classes = _class_names(files[lay.meta], lay, name, f"{origin}/{lay.meta}")
     train = [_batch(files[f], lay, len(classes), f"{origin}/{f}") for f in lay.train]
     test_x, test_y = _batch(files[lay.test], lay, len(classes), f"{origin}/{lay.test}")
-    return _finish(name, classes, np.concatenate([b[0] for b in train]), np.concatenate([b[1] for b in train]),
-                   test_x, test_y, origin)
+    return _finish(
+        name,
+        classes,
+        np.concatenate([b[0] for b in train]),
+        np.concatenate([b[1] for b in train]),
+        test_x,
+        test_y,
+        origin,
+    )
 
 
 def _read_batches(name: str, folder: Path) -> Dataset:
@@ -220,6 +242,7 @@ def _read_batches(name: str, folder: Path) -> Dataset:
 
 
 # ------------------------------------------------------------------------------------------- trees
+
 
 def _tree_dataset(name: str, items: list[tuple[str, str, str, Any]], origin: str) -> Dataset:
     """items: (split, class, display name, bytes or path). Classes are the sorted train folders."""
@@ -285,21 +308,42 @@ def _read_tar(name: str, path: Path) -> Dataset:
     if pickles:
         return _from_pickles(name, pickles, f"{path}:{lay.folder}")
     if not images:
-        raise UsageError(f"{path}: no {PRETTY[name]} data in this archive: expected {lay.folder}/ "
-                         f"or [folder/]train/<class>/ + test/<class>/ images")
+        raise UsageError(
+            f"{path}: no {PRETTY[name]} data in this archive: expected {lay.folder}/ "
+            f"or [folder/]train/<class>/ + test/<class>/ images"
+        )
     if len(prefixes) > 1:
-        raise UsageError(f"{path}: images lie under several top folders ({', '.join(sorted(prefixes)[:3])}); "
-                         f"expected one train/ + test/ tree")
+        raise UsageError(
+            f"{path}: images lie under several top folders ({', '.join(sorted(prefixes)[:3])}); "
+            f"expected one train/ + test/ tree"
+        )
     return _tree_dataset(name, images, str(path))
 
 
 # ---------------------------------------------------------------------------------------- assembly
 
-def _finish(name: str, classes: tuple[str, ...], train_x: np.ndarray, train_y: np.ndarray,
-            test_x: np.ndarray, test_y: np.ndarray, origin: str) -> Dataset:
+
+def _finish(
+    name: str,
+    classes: tuple[str, ...],
+    train_x: np.ndarray,
+    train_y: np.ndarray,
+    test_x: np.ndarray,
+    test_y: np.ndarray,
+    origin: str,
+) -> Dataset:
     mean, std = channel_stats(train_x)
-    return Dataset(name=name, classes=classes, train_x=train_x, train_y=train_y, test_x=test_x, test_y=test_y,
-                   mean=mean, std=std, source=origin)  # type: ignore[arg-type]
+    return Dataset(
+        name=name,
+        classes=classes,
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
+        mean=mean,
+        std=std,
+        source=origin,
+    )
 
 
 def _decode(name: str, src: Source) -> Dataset:
@@ -334,4 +378,3 @@ def load(name: str, data_dir: str | os.PathLike[str] | None = None, *, download_
     if cached is not None:
         return cached
     return cache.store(_decode(name, src), key, cache_dir)
-

@@ -29,8 +29,8 @@ class Dataset:
     train_y: np.ndarray  # int64 [N]
     test_x: np.ndarray
     test_y: np.ndarray
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
+    mean: tuple[float, ...]  # one per channel
+    std: tuple[float, ...]
     source: str = ""
     hflip: bool = True
     val_x: np.ndarray | None = None
@@ -48,13 +48,23 @@ class Dataset:
 
     def record(self) -> dict:
         """What a run records about its data: classes, image size and the normalisation used."""
-        return {"name": self.name, "classes": list(self.classes), "image_size": self.image_size,
-                "mean": [round(float(m), 6) for m in self.mean], "std": [round(float(s), 6) for s in self.std],
-                "train": int(len(self.train_y)), "test": int(len(self.test_y)),
-                "val": None if self.val_y is None else int(len(self.val_y)), "source": self.source,
-                **({"digest": self.digest} if self.digest is not None else {})}
+        return {
+            "name": self.name,
+            "classes": list(self.classes),
+            "image_size": self.image_size,
+            "mean": [round(float(m), 6) for m in self.mean],
+            "std": [round(float(s), 6) for s in self.std],
+            "train": int(len(self.train_y)),
+            "test": int(len(self.test_y)),
+            "val": None if self.val_y is None else int(len(self.val_y)),
+            "source": self.source,
+            **({"digest": self.digest} if self.digest is not None else {}),
+        }
 
     def __repr__(self) -> str:
-        return (f"Dataset({self.name!r}, classes={self.num_classes}, train={len(self.train_y)}, "
-                f"test={len(self.test_y)}, "
-                + (f"val={len(self.val_y)}, " if self.val_y is not None else "") + f"source={self.source!r})")
+        return (
+            f"Dataset({self.name!r}, classes={self.num_classes}, train={len(self.train_y)}, "
+            f"test={len(self.test_y)}, "
+            + (f"val={len(self.val_y)}, " if self.val_y is not None else "")
+            + f"source={self.source!r})"
+        )

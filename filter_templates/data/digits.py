@@ -51,6 +51,15 @@ def load() -> Dataset:
     y = target.astype(np.int64)
     train = np.setdiff1d(np.arange(len(y)), test)  # sorted, as the test indices are
     mean, std = channel_stats(x[train])
-    return Dataset(name="digits", hflip=MIRRORS, classes=tuple(str(d) for d in range(NUM_CLASSES)), train_x=x[train],
-                   train_y=y[train], test_x=x[test], test_y=y[test], mean=mean, std=std,  # type: ignore[arg-type]
-                   source="UCI Optical Recognition of Handwritten Digits, as bundled by scikit-learn (digits.npz)")
+    return Dataset(
+        name="digits",
+        hflip=MIRRORS,
+        classes=tuple(str(d) for d in range(NUM_CLASSES)),
+        train_x=x[train],
+        train_y=y[train],
+        test_x=x[test],
+        test_y=y[test],
+        mean=mean,
+        std=std,
+        source="UCI Optical Recognition of Handwritten Digits, as bundled by scikit-learn (digits.npz)",
+    )

@@ -56,8 +56,10 @@ def fetch(name: str, data_dir: Path, *, timeout: float = 60.0) -> Path:
     if dest.exists():
         got = md5_file(dest)
         if got != expected:
-            raise UsageError(f"{dest}: MD5 {got} does not match the published {expected}; "
-                             f"the file is damaged or not the official archive (delete it to download again)")
+            raise UsageError(
+                f"{dest}: MD5 {got} does not match the published {expected}; "
+                f"the file is damaged or not the official archive (delete it to download again)"
+            )
         return dest
     url = archive_url(name)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=data_dir)
@@ -82,8 +84,10 @@ def fetch(name: str, data_dir: Path, *, timeout: float = 60.0) -> Path:
             raise UsageError(f"cannot download {url}: {reason}") from None
         got = h.hexdigest()
         if got != expected:
-            raise UsageError(f"downloaded {url} has MD5 {got}, not the published {expected}; "
-                             f"refusing to use it (nothing was kept in {data_dir})")
+            raise UsageError(
+                f"downloaded {url} has MD5 {got}, not the published {expected}; "
+                f"refusing to use it (nothing was kept in {data_dir})"
+            )
         os.replace(tmp, dest)
     finally:
         tmp.unlink(missing_ok=True)

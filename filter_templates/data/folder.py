@@ -24,9 +24,9 @@ from typing import Iterator, Union
 
 import numpy as np
 
-from filter_templates.core.images import MIN_IMAGE_SIZE
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
+from filter_templates.core.images import MIN_IMAGE_SIZE
 from filter_templates.data import cache
 from filter_templates.data.dataset import Dataset
 from filter_templates.data.images import decode_images, image_size_of
@@ -61,8 +61,10 @@ def _is_tar(p: Path) -> bool:
 
 
 def _layout_error(path: Path) -> UsageError:
-    return UsageError(f"{path}: expected train/<class>/ and test/<class>/ image folders (optionally val/<class>/), "
-                      "or a tar/tar.gz of them")
+    return UsageError(
+        f"{path}: expected train/<class>/ and test/<class>/ image folders (optionally val/<class>/), "
+        "or a tar/tar.gz of them"
+    )
 
 
 def _root(data_dir: Path) -> Path:
@@ -86,6 +88,7 @@ def _visible(name: str) -> bool:
 
 
 # ----------------------------------------------------------------------------------------- listing
+
 
 def _scan_tree(root: Path) -> dict[str, dict[str, list[Path]]]:
     """split -> class -> sorted image paths, for the splits present."""
@@ -135,8 +138,10 @@ def _scan_tar(path: Path) -> dict[str, dict[str, list[str]]]:
     except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
         raise UsageError(f"{path}: cannot read the archive: truncated or corrupt ({exc})") from None
     if len(prefixes) > 1:
-        raise UsageError(f"{path}: the images lie under several top folders ({', '.join(sorted(prefixes)[:3])}); "
-                         "expected one train/ + test/ tree")
+        raise UsageError(
+            f"{path}: the images lie under several top folders ({', '.join(sorted(prefixes)[:3])}); "
+            "expected one train/ + test/ tree"
+        )
     return {s: {c: sorted(v) for c, v in sorted(classes.items())} for s, classes in found.items()}
 
 
@@ -147,8 +152,11 @@ def list_images(data_dir: str | os.PathLike[str]) -> Listing:
     root = _root(Path(data_dir).expanduser())
     is_tar = root.is_file()
     found: dict = _scan_tar(root) if is_tar else _scan_tree(root)
-    where = (lambda split, cls="": f"{root}:{split}/{cls}".rstrip("/")) if is_tar else \
-        (lambda split, cls="": str(root / split / cls).rstrip("/"))
+    where = (
+        (lambda split, cls="": f"{root}:{split}/{cls}".rstrip("/"))
+        if is_tar
+        else (lambda split, cls="": str(root / split / cls).rstrip("/"))
+    )
     for split in ("train", "test"):
         if split not in found:
             raise UsageError(f"{root}: no {split}/ folder; expected train/<class>/ and test/<class>/ image folders")
@@ -162,13 +170,16 @@ def list_images(data_dir: str | os.PathLike[str]) -> Listing:
     for split in ("val", "test"):
         extra = sorted(set(found.get(split, {})) - set(classes))
         if extra:
-            raise UsageError(f"{where(split, extra[0])}: class {extra[0]!r} is not among the training classes "
-                             f"(train/ has {', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})")
+            raise UsageError(
+                f"{where(split, extra[0])}: class {extra[0]!r} is not among the training classes "
+                f"(train/ has {', '.join(classes[:8])}{', ...' if len(classes) > 8 else ''})"
+            )
     index = {c: i for i, c in enumerate(classes)}
     listing = Listing(origin=root, is_tar=is_tar, classes=classes)
     for split, by_class in found.items():
-        listing.files[split] = [(index[c], f"{root}:{f}" if is_tar else str(f), f)
-                                for c, files in by_class.items() for f in files]
+        listing.files[split] = [
+            (index[c], f"{root}:{f}" if is_tar else str(f), f) for c, files in by_class.items() for f in files
+        ]
     listing.key = _fingerprint(listing)
     return listing
 
@@ -201,6 +212,7 @@ def digest(data_dir: str | os.PathLike[str] | None) -> str:
 
 # --------------------------------------------------------------------------------------- image size
 
+
 def _sizes(listing: Listing) -> Iterator[tuple[str, tuple[int, int]]]:
     """(name, (width, height)) of every training image, read from headers only."""
     train = listing.files["train"]
@@ -221,20 +233,27 @@ def common_size(listing: Listing) -> int:
         if first is None:
             first = (name, size)
         elif size != first[1]:
-            raise UsageError(f"{listing.origin}: the training images have different sizes ({first[1][0]}x{first[1][1]} "
-                             f"{first[0]}, {size[0]}x{size[1]} {name}); pass --image-size N to resize them to N x N")
+            raise UsageError(
+                f"{listing.origin}: the training images have different sizes ({first[1][0]}x{first[1][1]} "
+                f"{first[0]}, {size[0]}x{size[1]} {name}); pass --image-size N to resize them to N x N"
+            )
     assert first is not None  # list_images refuses an empty train/
     w, h = first[1]
     if w != h:
-        raise UsageError(f"{listing.origin}: the training images are {w}x{h}, not square; pass --image-size N to "
-                         "resize them (shorter side to N, centre crop)")
+        raise UsageError(
+            f"{listing.origin}: the training images are {w}x{h}, not square; pass --image-size N to "
+            "resize them (shorter side to N, centre crop)"
+        )
     if w < MIN_IMAGE_SIZE:
-        raise UsageError(f"{listing.origin}: the training images are {w}x{h}, below {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}; "
-                         "pass --image-size N to enlarge them")
+        raise UsageError(
+            f"{listing.origin}: the training images are {w}x{h}, below {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE}; "
+            "pass --image-size N to enlarge them"
+        )
     return w
 
 
 # ------------------------------------------------------------------------------------------ decoding
+
 
 def _tar_stream(path: Path, wanted: dict) -> Iterator[tuple[str, bytes]]:
     """(member name, bytes) of the wanted members, in archive order."""
@@ -259,8 +278,9 @@ def _decode_tar(listing: Listing, split: str, out: np.ndarray, size: int) -> Non
     def flush() -> None:
         nonlocal held
         if batch:
-            arr = decode_images([(name, data) for _, name, data in batch], (size, size), resize=True,
-                                progress_desc=f"decoding {split}")
+            arr = decode_images(
+                [(name, data) for _, name, data in batch], (size, size), resize=True, progress_desc=f"decoding {split}"
+            )
             out[np.array([i for i, _, _ in batch])] = arr
             batch.clear()
             held = 0
@@ -277,8 +297,13 @@ def _decode_split(listing: Listing, split: str, out: np.ndarray, size: int) -> N
     if listing.is_tar:
         _decode_tar(listing, split, out, size)
     else:
-        decode_images([(name, src) for _, name, src in listing.files[split]], (size, size), resize=True, out=out,
-                      progress_desc=f"decoding {split}")
+        decode_images(
+            [(name, src) for _, name, src in listing.files[split]],
+            (size, size),
+            resize=True,
+            out=out,
+            progress_desc=f"decoding {split}",
+        )
 
 
 def _build(listing: Listing, size: int, key: str, cache_dir: Path) -> Dataset:
@@ -293,11 +318,19 @@ def _build(listing: Listing, size: int, key: str, cache_dir: Path) -> Dataset:
             y[:] = [label for label, _, _ in files]
             _decode_split(listing, split, x, size)
         mean, std = channel_stats(arrays["train_x"])
-        ds = Dataset(name=NAME, classes=listing.classes, mean=mean, std=std,  # type: ignore[arg-type]
-                     source=str(listing.origin.resolve()),
-                     train_x=arrays["train_x"], train_y=arrays["train_y"],
-                     test_x=arrays["test_x"], test_y=arrays["test_y"],
-                     val_x=arrays.get("val_x"), val_y=arrays.get("val_y"))
+        ds = Dataset(
+            name=NAME,
+            classes=listing.classes,
+            mean=mean,
+            std=std,
+            source=str(listing.origin.resolve()),
+            train_x=arrays["train_x"],
+            train_y=arrays["train_y"],
+            test_x=arrays["test_x"],
+            test_y=arrays["test_y"],
+            val_x=arrays.get("val_x"),
+            val_y=arrays.get("val_y"),
+        )
         return b.finish(ds)
 
 
@@ -318,6 +351,8 @@ def load(data_dir: str | os.PathLike[str] | None, image_size: int | None = None)
 
 def _required(data_dir: str | os.PathLike[str] | None) -> str | os.PathLike[str]:
     if data_dir is None:
-        raise UsageError("--dataset folder needs --data-dir PATH (a folder with train/<class>/ and test/<class>/ "
-                         "images, or a tar/tar.gz of one)")
+        raise UsageError(
+            "--dataset folder needs --data-dir PATH (a folder with train/<class>/ and test/<class>/ "
+            "images, or a tar/tar.gz of one)"
+        )
     return data_dir

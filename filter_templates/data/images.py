@@ -28,8 +28,8 @@ from typing import Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.errors import UsageError
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.progress import Progress
 
 __all__ = ["IMAGE_SUFFIXES", "decode_images", "image_size_of"]
@@ -134,8 +134,9 @@ class _Worker:
         env = dict(os.environ)
         root = str(Path(__file__).resolve().parents[2])  # so a source checkout works uninstalled
         env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        self.proc = subprocess.Popen([sys.executable, "-m", __name__], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, env=env)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", __name__], stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=env
+        )
 
     def decode(self, items: Sequence[Item], size: tuple[int, int], resize: bool) -> tuple[np.ndarray, str | None]:
         assert self.proc.stdin is not None and self.proc.stdout is not None
@@ -202,8 +203,14 @@ def _parallel(chunks: list[tuple[int, Sequence[Item]]], size: tuple[int, int], r
             t.join()
 
 
-def decode_images(items: Sequence[Item], size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE), *, resize: bool = False,
-                  out: np.ndarray | None = None, progress_desc: str = "") -> np.ndarray:
+def decode_images(
+    items: Sequence[Item],
+    size: tuple[int, int] = (IMAGE_SIZE, IMAGE_SIZE),
+    *,
+    resize: bool = False,
+    out: np.ndarray | None = None,
+    progress_desc: str = "",
+) -> np.ndarray:
     """All ``items`` decoded in order into a uint8 [N, H, W, 3] array (greyscale/RGBA become RGB).
 
     Without ``resize`` an image whose size is not ``size`` (H, W) is refused; with it (square
@@ -216,7 +223,7 @@ def decode_images(items: Sequence[Item], size: tuple[int, int] = (IMAGE_SIZE, IM
     if out is None:
         out = np.empty((n, *size, 3), dtype=np.uint8)
     step = max(16, min(_CHUNK, _CHUNK_BYTES // (size[0] * size[1] * 3)))
-    chunks = [(s, items[s:s + step]) for s in range(0, n, step)]
+    chunks = [(s, items[s : s + step]) for s in range(0, n, step)]
     workers = _workers(n)
     bar = Progress(total=n, desc=progress_desc or "decoding images")
     try:
@@ -228,7 +235,7 @@ def decode_images(items: Sequence[Item], size: tuple[int, int] = (IMAGE_SIZE, IM
         for s, (arr, err) in results:
             if err:
                 errors.append((s, err))
-            out[s:s + len(arr)] = arr
+            out[s : s + len(arr)] = arr
             bar.update(len(arr))
         if errors:
             raise UsageError(min(errors)[1])  # the first bad file in order, whatever finished first

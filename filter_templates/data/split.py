@@ -27,8 +27,18 @@ from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
 from filter_templates.data.dataset import Dataset
 
-__all__ = ["SPLIT_SEED", "DEFAULT_FRACTION", "DEFAULT_MAX", "check", "parse", "size", "indices", "default",
-           "holdout", "describe"]
+__all__ = [
+    "SPLIT_SEED",
+    "DEFAULT_FRACTION",
+    "DEFAULT_MAX",
+    "check",
+    "parse",
+    "size",
+    "indices",
+    "default",
+    "holdout",
+    "describe",
+]
 
 #: The seed of every split; a constant, so every run of a dataset holds out the same images.
 SPLIT_SEED = 0x7A1
@@ -73,11 +83,14 @@ def size(value: int | float, n_train: int, what: str = "val_split") -> int:
         return 0
     k = v if isinstance(v, int) else int(round(v * n_train))
     if k < 1:
-        raise UsageError(f"{what} {value!r} holds out no image of the {n_train} training images; "
-                         "give a larger fraction or a count")
+        raise UsageError(
+            f"{what} {value!r} holds out no image of the {n_train} training images; give a larger fraction or a count"
+        )
     if k >= n_train:
-        raise UsageError(f"{what} {value!r} holds out {k} of the {n_train} training images, leaving none to "
-                         "train on; give a smaller count or a fraction")
+        raise UsageError(
+            f"{what} {value!r} holds out {k} of the {n_train} training images, leaving none to "
+            "train on; give a smaller count or a fraction"
+        )
     return k
 
 
@@ -117,8 +130,13 @@ def holdout(ds: Dataset, value: int | float, seed: int = SPLIT_SEED) -> Dataset:
         return ds
     k = size(v, len(ds.train_y))
     train, val = indices(ds.train_y, k, ds.name, seed)
-    return dataclasses.replace(ds, train_x=np.ascontiguousarray(ds.train_x[train]), train_y=ds.train_y[train],
-                               val_x=np.ascontiguousarray(ds.train_x[val]), val_y=ds.train_y[val])
+    return dataclasses.replace(
+        ds,
+        train_x=np.ascontiguousarray(ds.train_x[train]),
+        train_y=ds.train_y[train],
+        val_x=np.ascontiguousarray(ds.train_x[val]),
+        val_y=ds.train_y[val],
+    )
 
 
 def describe(original: Dataset, used: Dataset, value: int | float, seed: int = SPLIT_SEED) -> dict[str, Any] | None:
@@ -130,6 +148,10 @@ def describe(original: Dataset, used: Dataset, value: int | float, seed: int = S
     digest = hashlib.sha256(np.ascontiguousarray(used.val_y).tobytes())
     digest.update(np.ascontiguousarray(used.val_x).tobytes())
     own = original.val_x is not None
-    return {"images": int(len(used.val_y)), "val_split": value,
-            "source": "the dataset's own" if own else "held out of the training split",
-            "split_seed": None if own else seed, "digest": digest.hexdigest()[:16]}
+    return {
+        "images": int(len(used.val_y)),
+        "val_split": value,
+        "source": "the dataset's own" if own else "held out of the training split",
+        "split_seed": None if own else seed,
+        "digest": digest.hexdigest()[:16],
+    }

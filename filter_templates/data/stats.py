@@ -23,7 +23,7 @@ def channel_stats(x: np.ndarray, chunk: int | None = None) -> tuple[tuple[float,
         chunk = max(1, _CHUNK_BYTES // max(1, x[0].size))
     hist = np.zeros((c, 256), dtype=np.int64)
     for s in range(0, len(x), chunk):
-        block = np.asarray(x[s:s + chunk]).reshape(-1, c)
+        block = np.asarray(x[s : s + chunk]).reshape(-1, c)
         for k in range(c):
             hist[k] += np.bincount(block[:, k], minlength=256)
     v = np.arange(256, dtype=np.float64) / 255.0

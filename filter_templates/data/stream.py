@@ -74,32 +74,33 @@ class Stream:
             per_window = max(1, self.window_bytes // max(1, order.shape[1] * self._image_bytes))
             side = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
             for w0 in range(0, order.shape[0], per_window):
-                window = order[w0:w0 + per_window]
+                window = order[w0 : w0 + per_window]
                 where = np.argsort(window.reshape(-1), kind="stable")
                 block = self._x[window.reshape(-1)[where]]  # increasing offsets: one sweep of the file
                 back = np.empty_like(where)
                 back[where] = np.arange(len(where))  # permutation position -> row of block
                 for j in range(window.shape[0]):
-                    item = self._batch(block, back[j * window.shape[1]:(j + 1) * window.shape[1]], side)
+                    item = self._batch(block, back[j * window.shape[1] : (j + 1) * window.shape[1]], side)
                     if not _put(out, item, stop):
                         return
                 del block
         except BaseException as exc:  # handed to the training thread, which raises it
             _put(out, exc, stop)
 
-    def _batch(self, block: np.ndarray, take: np.ndarray,
-               side: "torch.cuda.Stream | None") -> tuple[torch.Tensor, "torch.cuda.Event | None"]:
+    def _batch(
+        self, block: np.ndarray, take: np.ndarray, side: "torch.cuda.Stream | None"
+    ) -> tuple[torch.Tensor, "torch.cuda.Event | None"]:
         """One batch: ``block``'s rows ``take``, zero-padded, on the device."""
         b, (h, w, c), p = len(take), block.shape[1:], self.pad
         if side is None:
             on_host = np.zeros((b, h + 2 * p, w + 2 * p, c), dtype=np.uint8)
-            on_host[:, p:p + h, p:p + w] = block[take]
+            on_host[:, p : p + h, p : p + w] = block[take]
             return torch.from_numpy(on_host), None
         host = torch.empty((b, h, w, c), dtype=torch.uint8, pin_memory=True)
         np.take(block, take, axis=0, out=host.numpy())
         with torch.cuda.stream(side):
             padded = torch.zeros((b, h + 2 * p, w + 2 * p, c), dtype=torch.uint8, device=self.device)
-            padded[:, p:p + h, p:p + w] = host.to(self.device, non_blocking=True)
+            padded[:, p : p + h, p : p + w] = host.to(self.device, non_blocking=True)
             ready = torch.cuda.Event()
             ready.record(side)
         return padded, ready

@@ -54,6 +54,14 @@ def load(n_train: int = DEFAULT_TRAIN, n_test: int = DEFAULT_TEST) -> Dataset:
     train_x, train_y = _split(n_train, 1, protos)
     test_x, test_y = _split(n_test, 2, protos)
     mean, std = channel_stats(train_x)
-    return Dataset(name="synthetic", classes=tuple(f"class{c}" for c in range(NUM_CLASSES)), train_x=train_x,
-                   train_y=train_y, test_x=test_x, test_y=test_y, mean=mean, std=std,  # type: ignore[arg-type]
-                   source=f"generated (seed {_SEED})")
+    return Dataset(
+        name="synthetic",
+        classes=tuple(f"class{c}" for c in range(NUM_CLASSES)),
+        train_x=train_x,
+        train_y=train_y,
+        test_x=test_x,
+        test_y=test_y,
+        mean=mean,
+        std=std,
+        source=f"generated (seed {_SEED})",
+    )

@@ -63,7 +63,9 @@ def load(fileobj: IO[bytes] | bytes, label: str) -> Any:
     try:
         return _Restricted(fileobj, encoding="bytes").load()
     except RefusedGlobal as exc:
-        raise UsageError(f"{label}: refusing to unpickle it: it references {exc}, which a CIFAR file "
-                         f"never contains (only numpy arrays, lists, dicts, strings and numbers are admitted)") from None
+        raise UsageError(
+            f"{label}: refusing to unpickle it: it references {exc}, which a CIFAR file "
+            f"never contains (only numpy arrays, lists, dicts, strings and numbers are admitted)"
+        ) from None
     except Exception as exc:  # untrusted input: any failure to parse means a bad file, not a bug here
         raise UsageError(f"{label}: not a readable CIFAR pickle (truncated or corrupt?): {exc}") from None

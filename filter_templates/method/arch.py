@@ -11,11 +11,10 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch.nn as nn
 
-from filter_templates.method import published
-from filter_templates.method import templates
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
+from filter_templates.method import published, templates
 from filter_templates.models import MAX_WIDTH, get_family, resolve_model
 
 __all__ = ["Arch", "make_arch", "STUDY_MIN_IMAGE_SIZE"]
@@ -56,8 +55,12 @@ class Arch:
     def build(self) -> nn.Module:
         """A freshly initialised model (seed torch first for a repeatable init)."""
         return get_family(self.family, self.image_size).build(
-            self.filters, num_classes=self.classes, stem_width=self.stem_width, divisor=self.divisor,
-            floor=self.floor, widths=self.widths,
+            self.filters,
+            num_classes=self.classes,
+            stem_width=self.stem_width,
+            divisor=self.divisor,
+            floor=self.floor,
+            widths=self.widths,
         )
 
     @property
@@ -100,7 +103,9 @@ class Arch:
         _check_size(fam.name, size)
         filters = validate.positive_integers(d["filters"], "architecture config 'filters'")
         if len(filters) != fam.depth:
-            raise UsageError(f"architecture config has {len(filters)} filter counts; {fam.name} has {fam.depth} template layers")
+            raise UsageError(
+                f"architecture config has {len(filters)} filter counts; {fam.name} has {fam.depth} template layers"
+            )
         width = validate.number(d["width"], "width")
         stem = validate.number(d.get("stem_width", width), "stem_width")
         plan = d.get("plan", "")
@@ -108,12 +113,15 @@ class Arch:
         if plan != fingerprint:
             if not fingerprint:
                 raise UsageError(f"architecture config has a channel-group plan but {fam.name} is a built-in family")
-            raise UsageError(f"model {fam.name} has changed since this record was written: its channel groups or "
-                             f"layers differ (plan {plan or 'none'} recorded, {fingerprint} now); use the code "
-                             "it was made with, or start a new run")
+            raise UsageError(
+                f"model {fam.name} has changed since this record was written: its channel groups or "
+                f"layers differ (plan {plan or 'none'} recorded, {fingerprint} now); use the code "
+                "it was made with, or start a new run"
+            )
         layer_modules = d.get("layer_modules", [])
         if not isinstance(layer_modules, list) or not all(
-                isinstance(g, list) and all(isinstance(m, str) for m in g) for g in layer_modules):
+            isinstance(g, list) and all(isinstance(m, str) for m in g) for g in layer_modules
+        ):
             raise UsageError("architecture config 'layer_modules' must be a list of lists of module names")
         as_published = d.get("as_published", False)
         if not isinstance(as_published, bool):
@@ -141,8 +149,10 @@ class Arch:
 def _check_size(family: str, image_size: int) -> None:
     """The built-in families need at least ``STUDY_MIN_IMAGE_SIZE`` px (a smaller map pools to nothing)."""
     if ":" not in family and image_size < STUDY_MIN_IMAGE_SIZE:
-        raise UsageError(f"{family} takes images of at least {STUDY_MIN_IMAGE_SIZE}x{STUDY_MIN_IMAGE_SIZE} px, "
-                         f"not {image_size}x{image_size}; use a larger --image-size")
+        raise UsageError(
+            f"{family} takes images of at least {STUDY_MIN_IMAGE_SIZE}x{STUDY_MIN_IMAGE_SIZE} px, "
+            f"not {image_size}x{image_size}; use a larger --image-size"
+        )
 
 
 def make_arch(
@@ -174,8 +184,9 @@ def make_arch(
     if not isinstance(as_published, bool):
         raise UsageError(f"as_published must be True or False, got {as_published!r}")
     if as_published and fam.name not in published.study_families():
-        raise UsageError(f"--as-published applies to the study's families ({', '.join(published.study_families())}), "
-                         f"not {fam.name}")
+        raise UsageError(
+            f"--as-published applies to the study's families ({', '.join(published.study_families())}), not {fam.name}"
+        )
     name = templates.template_label(template)
     templates.scale_count(1, width, floor=floor, divisor=divisor)  # one check of width, floor and divisor
 
@@ -191,7 +202,17 @@ def make_arch(
         builtin = name if name in templates.BUILTIN_TEMPLATES else None
         widths = fam.expand(builtin, real, scale) if fam.expand else ()
     filters = [scale(f) for f in real]
-    return Arch(family=fam.name, template=name, width=float(width), classes=classes,
-                filters=tuple(filters), divisor=divisor, floor=floor, as_published=as_published, widths=widths,
-                plan=getattr(fam, "fingerprint", ""), layer_modules=getattr(fam, "layer_modules", ()),
-                image_size=image_size)
+    return Arch(
+        family=fam.name,
+        template=name,
+        width=float(width),
+        classes=classes,
+        filters=tuple(filters),
+        divisor=divisor,
+        floor=floor,
+        as_published=as_published,
+        widths=widths,
+        plan=getattr(fam, "fingerprint", ""),
+        layer_modules=getattr(fam, "layer_modules", ()),
+        image_size=image_size,
+    )

@@ -23,15 +23,20 @@ def compare_published(families: Sequence[str] | None = None, classes: int = 10) 
             ours = make_arch(family, template, 1.0, classes)
             pub = make_arch(family, template, 1.0, classes, as_published=True)
             paper = published.PUBLISHED_PARAMS[family][template] * 1e6
-            rows.append({
-                "model": family, "template": template,
-                "params": arch_params(ours), "filters": list(ours.filters),
-                "params_as_published": arch_params(pub), "filters_as_published": list(pub.filters),
-                "paper_params": paper,
-                "match": abs(arch_params(ours) - paper) <= TOLERANCE,
-                "match_as_published": abs(arch_params(pub) - paper) <= TOLERANCE,
-                "unreproduced": (family, template) in published.UNREPRODUCED,
-            })
+            rows.append(
+                {
+                    "model": family,
+                    "template": template,
+                    "params": arch_params(ours),
+                    "filters": list(ours.filters),
+                    "params_as_published": arch_params(pub),
+                    "filters_as_published": list(pub.filters),
+                    "paper_params": paper,
+                    "match": abs(arch_params(ours) - paper) <= TOLERANCE,
+                    "match_as_published": abs(arch_params(pub) - paper) <= TOLERANCE,
+                    "unreproduced": (family, template) in published.UNREPRODUCED,
+                }
+            )
     return rows
 
 
@@ -48,13 +53,18 @@ def markdown_table(rows: list[dict[str, Any]]) -> str:
         for family in families:
             r = next(x for x in rows if x["model"] == family and x["template"] == template)
             mark = " †" if r["unreproduced"] else ""
-            cells.append(f"{_cell(r['params'], r['match'])} / {_cell(r['params_as_published'], r['match_as_published'])}"
-                         f" / {r['paper_params'] / 1e6:.1f}{mark}")
+            cells.append(
+                f"{_cell(r['params'], r['match'])} / {_cell(r['params_as_published'], r['match_as_published'])}"
+                f" / {r['paper_params'] / 1e6:.1f}{mark}"
+            )
         lines.append(f"| {template} | " + " | ".join(cells) + " |")
     ours = sum(r["match"] for r in rows)
     pub = sum(r["match_as_published"] for r in rows)
-    lines += ["", f"Millions of parameters, 10 classes: ours (equations) / as published (`--as-published`) / the "
-                  f"paper's Table 2. ✗: more than 0.1M from the paper. Equations: {ours}/{len(rows)} cells match; "
-                  f"as published: {pub}/{len(rows)}. †: no configuration in the study's code gives the published "
-                  f"count."]
+    lines += [
+        "",
+        f"Millions of parameters, 10 classes: ours (equations) / as published (`--as-published`) / the "
+        f"paper's Table 2. ✗: more than 0.1M from the paper. Equations: {ours}/{len(rows)} cells match; "
+        f"as published: {pub}/{len(rows)}. †: no configuration in the study's code gives the published "
+        f"count.",
+    ]
     return "\n".join(lines)

@@ -41,16 +41,16 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from filter_templates.core.images import IMAGE_SIZE
-from filter_templates.method import measure
 from filter_templates.core import validate
-from filter_templates.method.arch import Arch, make_arch
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
-from filter_templates.method.measure import arch_shape
-from filter_templates.models import MAX_FILTERS, MAX_WIDTH, get_family
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.progress import Progress
+from filter_templates.method import measure
+from filter_templates.method.arch import Arch, make_arch
+from filter_templates.method.measure import arch_shape
 from filter_templates.method.templates import template_names
+from filter_templates.models import MAX_FILTERS, MAX_WIDTH, get_family
 
 __all__ = ["Budget", "parse_budget", "FitRequest", "FitResult", "fit", "KEYS", "LATENCY_TOLERANCE", "format_value"]
 
@@ -72,7 +72,7 @@ _HELP = {
     "params": "a count with an optional K/M/G/T suffix (1000-based), e.g. params=5e6 or params=1.5M",
     "flops": "a count with an optional K/M/G/T suffix (1000-based), e.g. flops=100M",
     "memory": "bytes with an optional K/M/G/T suffix (1000-based) or Ki/Mi/Gi/Ti (1024-based), "
-              "optionally followed by B, e.g. memory=512M or memory=2GiB",
+    "optionally followed by B, e.g. memory=512M or memory=2GiB",
     "latency": "seconds with an optional s/ms/us suffix, e.g. latency=20ms or latency=0.02",
 }
 
@@ -180,8 +180,16 @@ class FitRequest:
     progress: Optional[bool] = None
 
     def arch(self, family: str, template: str, width: float) -> Arch:
-        return make_arch(family, template, width, self.classes, divisor=self.divisor, floor=self.floor,
-                         as_published=self.as_published, image_size=self.image_size)
+        return make_arch(
+            family,
+            template,
+            width,
+            self.classes,
+            divisor=self.divisor,
+            floor=self.floor,
+            as_published=self.as_published,
+            image_size=self.image_size,
+        )
 
 
 @dataclass
@@ -227,20 +235,35 @@ class _Objective:
                 if params > self.max_real_params:
                     raise _TooBig
                 try:
-                    return float(measure.train_memory_bytes(measure.meta_model(arch), self.request.batch_size,
-                                                      measure.input_shape_of(arch), device=self.device))
+                    return float(
+                        measure.train_memory_bytes(
+                            measure.meta_model(arch),
+                            self.request.batch_size,
+                            measure.input_shape_of(arch),
+                            device=self.device,
+                        )
+                    )
                 except torch.cuda.OutOfMemoryError:
                     return math.inf  # does not fit the device: certainly over any budget it could meet
-            return float(measure.train_memory_bytes(measure.meta_model(arch), self.request.batch_size, measure.input_shape_of(arch),
-                                              device="cpu"))
+            return float(
+                measure.train_memory_bytes(
+                    measure.meta_model(arch), self.request.batch_size, measure.input_shape_of(arch), device="cpu"
+                )
+            )
         if params > self.max_real_params:
             raise _TooBig
         with torch.device(self.device):
             model = arch.build()
         best = math.inf
         for _ in range(LATENCY_REPEATS):  # interference only ever adds time: keep the fastest median
-            r = measure.latency(model, self.request.batch_size, self.device, min_run_time=self.min_run_time,
-                          threads=self.request.threads, input_shape=measure.input_shape_of(arch))
+            r = measure.latency(
+                model,
+                self.request.batch_size,
+                self.device,
+                min_run_time=self.min_run_time,
+                threads=self.request.threads,
+                input_shape=measure.input_shape_of(arch),
+            )
             best = min(best, r["median_s"])
             if best <= self.limit:
                 break
@@ -281,8 +304,9 @@ def fit(request: FitRequest) -> list[FitResult]:
         arch = obj.arch(width)
         want_memory = r.measure or budget.key == "memory"
         want_latency = r.measure or budget.key == "latency"
-        res = measure.resources(arch, r.batch_size, dev, memory=want_memory, latency=want_latency, min_run_time=run_time,
-                          threads=r.threads)
+        res = measure.resources(
+            arch, r.batch_size, dev, memory=want_memory, latency=want_latency, min_run_time=run_time, threads=r.threads
+        )
         if not (want_memory or want_latency):
             res = {"params": res["params"], "flops": res["flops"]}
         if budget.key == "latency":  # the probe's timing is as valid as the fresh one: keep the faster
@@ -304,15 +328,19 @@ def _width_cap(unit: Arch, fam: Any, max_width: float, divisor: int) -> float:
 def _unreachable(family: str, floor: int, budget: Budget, smallest: float, limit: float) -> str:
     what = f"the smallest reachable {family} model (every layer at the floor {floor}, width -> 0)"
     if budget.key == "latency":
-        margin = f", above the budget less the noise tolerance ({format_value('latency', limit)})" \
-            if limit != budget.value else ""
+        margin = (
+            f", above the budget less the noise tolerance ({format_value('latency', limit)})"
+            if limit != budget.value
+            else ""
+        )
         return f"budget {budget} cannot be met: {what} takes {format_value('latency', smallest)}{margin}"
     unit = {"params": " parameters", "flops": " FLOPs per image", "memory": " of training memory"}[budget.key]
     return f"budget {budget} is below {what}: {format_value(budget.key, smallest)}{unit}"
 
 
-def _search(obj: Callable[[float], float], limit: float, max_width: float, rel_tol: float,
-            measured: bool) -> tuple[float, bool, Optional[str]]:
+def _search(
+    obj: Callable[[float], float], limit: float, max_width: float, rel_tol: float, measured: bool
+) -> tuple[float, bool, Optional[str]]:
     """Largest ``w`` in ``(0, max_width]`` with ``obj(w) <= limit``; ``obj(W_TINY) <= limit`` holds."""
 
     def fits(w: float) -> bool:
@@ -350,8 +378,14 @@ def _search(obj: Callable[[float], float], limit: float, max_width: float, rel_t
                 hi = w
                 factor = 1 + 2 * (factor - 1)
     except _TooBig:
-        return lo, True, (f"latency/memory probes stop at models over {MAX_REAL_PARAMS:,} parameters; "
-                          f"width {lo:.6g} is the largest probed that fits")
+        return (
+            lo,
+            True,
+            (
+                f"latency/memory probes stop at models over {MAX_REAL_PARAMS:,} parameters; "
+                f"width {lo:.6g} is the largest probed that fits"
+            ),
+        )
 
     # --- bisection, plus a scan above the boundary where the structure changes -------------------
     assert hi is not None
@@ -402,8 +436,10 @@ def _scan_up(fits: Callable[[float], bool], start: float, max_width: float) -> O
 
 
 def _capped_note(max_width: float) -> str:
-    return (f"even width {max_width:g} (the largest allowed, see --max-width) stays within the budget; "
-            f"reporting width {max_width:g}")
+    return (
+        f"even width {max_width:g} (the largest allowed, see --max-width) stays within the budget; "
+        f"reporting width {max_width:g}"
+    )
 
 
 def _short_width(obj: Any, lo: float, hi: float) -> float:

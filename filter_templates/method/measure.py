@@ -93,8 +93,11 @@ def input_shape_of(arch: Any) -> tuple[int, int, int]:
     """The (C, H, W) of one input image of ``arch``'s model: RGB at its image size."""
     size = int(getattr(arch, "image_size", INPUT_SHAPE[1]))
     return (3, size, size)
-LATENCY_MIN_RUN_TIME = 0.1  # seconds of timed calls per batch size; at most 10 x this (latency must not dominate a sweep)
 
+
+LATENCY_MIN_RUN_TIME = (
+    0.1  # seconds of timed calls per batch size; at most 10 x this (latency must not dominate a sweep)
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,6 +185,7 @@ def _record_flop_table(model: nn.Module, input_shape: tuple[int, ...]) -> tuple[
             else:  # conv: FlopCounterMode uses the output's spatial size (the input's if transposed)
                 n = output.shape[0] * math.prod((inputs[0] if transposed else output).shape[2:])
             positions[name] = positions.get(name, 0) + int(n)
+
         return fn
 
     for name, m in model.named_modules():
@@ -224,20 +228,37 @@ def arch_shape(arch: Any) -> ArchShape:
     Cached on what the build depends on (family, filters, classes, stem width, divisor, floor, input
     size), so the same model reached from two templates or widths is counted once.
     """
-    return _shape(arch.family, tuple(arch.filters), arch.classes, float(arch.stem_width), arch.divisor, arch.floor,
-                  tuple(getattr(arch, "widths", ())), input_shape_of(arch)[1])
+    return _shape(
+        arch.family,
+        tuple(arch.filters),
+        arch.classes,
+        float(arch.stem_width),
+        arch.divisor,
+        arch.floor,
+        tuple(getattr(arch, "widths", ())),
+        input_shape_of(arch)[1],
+    )
 
 
 @functools.lru_cache(maxsize=4096)
-def _shape(family: str, filters: tuple[int, ...], classes: int, stem_width: float, divisor: int,
-           floor: int = 1, widths: tuple[int, ...] = (), image_size: int = INPUT_SHAPE[1]) -> ArchShape:
+def _shape(
+    family: str,
+    filters: tuple[int, ...],
+    classes: int,
+    stem_width: float,
+    divisor: int,
+    floor: int = 1,
+    widths: tuple[int, ...] = (),
+    image_size: int = INPUT_SHAPE[1],
+) -> ArchShape:
     fam = get_family(family, image_size)
 
     class _Spec:  # the parts of an Arch that meta_model needs
         @staticmethod
         def build() -> nn.Module:
-            return fam.build(filters, num_classes=classes, stem_width=stem_width, divisor=divisor, floor=floor,
-                             widths=widths)
+            return fam.build(
+                filters, num_classes=classes, stem_width=stem_width, divisor=divisor, floor=floor, widths=widths
+            )
 
     model = meta_model(_Spec)
     structure = _structure(model)
@@ -355,7 +376,9 @@ def _cuda_peak(model: nn.Module, batch_size: int, input_shape: tuple[int, ...], 
         work = copy.deepcopy(model).to_empty(device=dev)
         with torch.no_grad():
             for m in work.modules():
-                reset = getattr(m, "reset_parameters", None)  # a method; nn.Module's stubs type attributes as Tensor | Module
+                reset = getattr(
+                    m, "reset_parameters", None
+                )  # a method; nn.Module's stubs type attributes as Tensor | Module
                 if reset is not None:
                     reset()
     else:

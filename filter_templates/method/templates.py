@@ -144,9 +144,7 @@ _REGISTRY: dict[str, Union[TemplateFn, tuple[float, ...]]] = {
 BUILTIN_TEMPLATES = tuple(_REGISTRY)
 
 
-def register_template(
-    name: str, template: Union[TemplateFn, Sequence[float]], *, overwrite: bool = False
-) -> None:
+def register_template(name: str, template: Union[TemplateFn, Sequence[float]], *, overwrite: bool = False) -> None:
     """Make ``name`` usable wherever a template name is accepted (Python API and CLI).
 
     ``template`` is either a function ``base_counts -> counts`` or an explicit list of counts
@@ -221,9 +219,7 @@ def _is_number(s: str) -> bool:
         return False
 
 
-def _validate(
-    values: Sequence[float], depth: int | None, name: str, *, allow_nonpositive: bool = False
-) -> list[float]:
+def _validate(values: Sequence[float], depth: int | None, name: str, *, allow_nonpositive: bool = False) -> list[float]:
     if depth is not None and len(values) != depth:
         raise TemplateError(f"template {name!r} gives {len(values)} counts but the model has {depth} template layers")
     out = []
@@ -256,8 +252,9 @@ def template_label(template: Union[str, TemplateFn, Sequence[float]]) -> str:
     try:
         return ",".join(f"{float(x):g}" for x in template)
     except (TypeError, ValueError):
-        raise TemplateError(f"a template is a name, a function base_counts -> counts or a list of counts; "
-                            f"got {template!r}") from None
+        raise TemplateError(
+            f"a template is a name, a function base_counts -> counts or a list of counts; got {template!r}"
+        ) from None
 
 
 def real_counts(template: Union[str, TemplateFn, Sequence[float]], base_counts: Sequence[float]) -> list[float]:
@@ -291,8 +288,7 @@ def _check_scaling(width: float, floor: int, divisor: int) -> None:
     validate.integer(divisor, "divisor", error=TemplateError)
 
 
-def scale_count(count: float, width: float = 1.0, *, floor: int = 1, divisor: int = 1,
-                truncate: bool = False) -> int:
+def scale_count(count: float, width: float = 1.0, *, floor: int = 1, divisor: int = 1, truncate: bool = False) -> int:
     """``max(floor, round(width * count))``, rounded to the nearest multiple of ``divisor``.
 
     Python's ``round`` rounds half to even (``round(2.5) == 2``). With a divisor the floor is
@@ -309,8 +305,9 @@ def scale_count(count: float, width: float = 1.0, *, floor: int = 1, divisor: in
     return max(lowest, divisor * steps)
 
 
-def scale_counts(counts: Sequence[float], width: float = 1.0, *, floor: int = 1, divisor: int = 1,
-                 truncate: bool = False) -> list[int]:
+def scale_counts(
+    counts: Sequence[float], width: float = 1.0, *, floor: int = 1, divisor: int = 1, truncate: bool = False
+) -> list[int]:
     """Round a whole distribution the same way as :func:`scale_count`."""
     _check_scaling(width, floor, divisor)
     return [scale_count(c, width, floor=floor, divisor=divisor, truncate=truncate) for c in counts]

@@ -16,9 +16,11 @@ from typing import Callable, Sequence
 import torch.nn as nn
 
 from filter_templates.core.errors import UsageError
+
 # Families register themselves on import; the order here is the order users see.
 # isort: off
 from filter_templates.models import vgg, resnet, googlenet, mobilenet  # noqa: F401  (they register on import)
+
 # isort: on
 from filter_templates.models.generic import DISCOVERY_SIZE, generic_family, load_model
 from filter_templates.models.registry import (
@@ -31,8 +33,16 @@ from filter_templates.models.registry import (
     registered,
 )
 
-__all__ = ["Family", "family", "register_family", "get_family", "family_names", "resolve_model", "MAX_FILTERS",
-           "MAX_WIDTH"]
+__all__ = [
+    "Family",
+    "family",
+    "register_family",
+    "get_family",
+    "family_names",
+    "resolve_model",
+    "MAX_FILTERS",
+    "MAX_WIDTH",
+]
 
 
 def get_family(name: str, image_size: int = DISCOVERY_SIZE) -> Family:
@@ -43,12 +53,20 @@ def get_family(name: str, image_size: int = DISCOVERY_SIZE) -> Family:
         return found
     if isinstance(name, str) and ":" in name:
         return generic_family(name, image_size)
-    raise UsageError(f"unknown model {name!r}; choose from: {', '.join(family_names())} "
-                     "(or a function 'package.module:function' returning an nn.Module)") from None
+    raise UsageError(
+        f"unknown model {name!r}; choose from: {', '.join(family_names())} "
+        "(or a function 'package.module:function' returning an nn.Module)"
+    ) from None
 
 
-def resolve_model(model: "str | nn.Module | Callable[..., nn.Module]", *, fixed: Sequence[str] = (),
-                  name: str | None = None, image_size: int = DISCOVERY_SIZE, reading: str | None = None) -> str:
+def resolve_model(
+    model: "str | nn.Module | Callable[..., nn.Module]",
+    *,
+    fixed: Sequence[str] = (),
+    name: str | None = None,
+    image_size: int = DISCOVERY_SIZE,
+    reading: str | None = None,
+) -> str:
     """What ``--model`` (or the Python API) names, as a family name: the one place a model's code is
     imported. ``model``: a family name, ``package.module:function``, or in Python a callable
     returning an ``nn.Module`` or a module. ``fixed``: module names whose channel groups keep their
@@ -60,8 +78,10 @@ def resolve_model(model: "str | nn.Module | Callable[..., nn.Module]", *, fixed:
         if fixed:
             raise UsageError(f"--fix applies to models given as package.module:function, not to {model!r}")
         if reading is not None:
-            raise UsageError(f"--reading applies to models given as package.module:function, not to {model!r} "
-                             "(a built-in family has its study's template layers)")
+            raise UsageError(
+                f"--reading applies to models given as package.module:function, not to {model!r} "
+                "(a built-in family has its study's template layers)"
+            )
         return model
     if isinstance(model, str) and ":" not in model:
         get_family(model)  # the unknown-model error

@@ -42,10 +42,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.fx.passes.shape_prop import ShapeProp
 
-from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.errors import UsageError
-from filter_templates.models.readings import DEFAULT_READING, Layer, read
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.models.channel_moves import ChannelMoves
+from filter_templates.models.readings import DEFAULT_READING, Layer, read
 from filter_templates.models.rebuild import into_copy, put, rebuild
 
 __all__ = ["Group", "Plan", "discover", "trace", "INPUT_SHAPE"]
@@ -59,24 +59,101 @@ Layout = tuple[tuple[int, int], ...]  # ((raw group id, multiplier), ...)
 # ------------------------------------------------------------------------------------------------
 
 _PASS_MODULES: tuple[type, ...] = (
-    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GELU, nn.SiLU, nn.Mish, nn.Hardswish,
-    nn.Hardsigmoid, nn.Hardtanh, nn.Sigmoid, nn.Tanh, nn.Softplus, nn.Identity,
-    nn.Dropout, nn.Dropout2d, nn.AlphaDropout,
-    nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d, nn.Upsample,
-    nn.ZeroPad2d, nn.ReflectionPad2d, nn.ReplicationPad2d,
+    nn.ReLU,
+    nn.ReLU6,
+    nn.LeakyReLU,
+    nn.ELU,
+    nn.SELU,
+    nn.CELU,
+    nn.GELU,
+    nn.SiLU,
+    nn.Mish,
+    nn.Hardswish,
+    nn.Hardsigmoid,
+    nn.Hardtanh,
+    nn.Sigmoid,
+    nn.Tanh,
+    nn.Softplus,
+    nn.Identity,
+    nn.Dropout,
+    nn.Dropout2d,
+    nn.AlphaDropout,
+    nn.MaxPool2d,
+    nn.AvgPool2d,
+    nn.AdaptiveAvgPool2d,
+    nn.AdaptiveMaxPool2d,
+    nn.Upsample,
+    nn.ZeroPad2d,
+    nn.ReflectionPad2d,
+    nn.ReplicationPad2d,
 )
 _DROPOUT_FNS: dict[object, Callable[[float], nn.Module]] = {
-    F.dropout: nn.Dropout, F.dropout2d: nn.Dropout2d, F.alpha_dropout: nn.AlphaDropout}
-_PASS_FNS = {
-    F.relu, F.relu6, F.leaky_relu, F.elu, F.selu, F.celu, F.gelu, F.silu, F.mish, F.hardswish,
-    F.hardsigmoid, F.hardtanh, F.softplus, F.sigmoid, F.tanh, torch.relu, torch.sigmoid, torch.tanh,
-    torch.clamp, torch.zeros_like, torch.ones_like, torch.empty_like, torch.full_like, F.max_pool2d, F.avg_pool2d, F.adaptive_avg_pool2d, F.adaptive_max_pool2d,
-    F.interpolate, F.pad, torch.nn.functional.relu_,
+    F.dropout: nn.Dropout,
+    F.dropout2d: nn.Dropout2d,
+    F.alpha_dropout: nn.AlphaDropout,
 }
-_PASS_METHODS = {"relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "contiguous",
-                 "clone", "float", "to", "detach", "type_as"}
-_BINARY_FNS = {operator.add, operator.sub, operator.mul, operator.truediv, operator.iadd, operator.isub,
-               operator.imul, operator.itruediv, torch.add, torch.sub, torch.mul, torch.div}
+_PASS_FNS = {
+    F.relu,
+    F.relu6,
+    F.leaky_relu,
+    F.elu,
+    F.selu,
+    F.celu,
+    F.gelu,
+    F.silu,
+    F.mish,
+    F.hardswish,
+    F.hardsigmoid,
+    F.hardtanh,
+    F.softplus,
+    F.sigmoid,
+    F.tanh,
+    torch.relu,
+    torch.sigmoid,
+    torch.tanh,
+    torch.clamp,
+    torch.zeros_like,
+    torch.ones_like,
+    torch.empty_like,
+    torch.full_like,
+    F.max_pool2d,
+    F.avg_pool2d,
+    F.adaptive_avg_pool2d,
+    F.adaptive_max_pool2d,
+    F.interpolate,
+    F.pad,
+    torch.nn.functional.relu_,
+}
+_PASS_METHODS = {
+    "relu",
+    "relu_",
+    "sigmoid",
+    "sigmoid_",
+    "tanh",
+    "tanh_",
+    "clamp",
+    "clamp_",
+    "contiguous",
+    "clone",
+    "float",
+    "to",
+    "detach",
+    "type_as",
+}
+_BINARY_FNS = {
+    operator.add,
+    operator.sub,
+    operator.mul,
+    operator.truediv,
+    operator.iadd,
+    operator.isub,
+    operator.imul,
+    operator.itruediv,
+    torch.add,
+    torch.sub,
+    torch.mul,
+    torch.div,
+}
 _BINARY_METHODS = {"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_", "expand_as"}
 _SUMS = {operator.add, operator.sub, operator.iadd, operator.isub, torch.add, torch.sub, "add", "add_", "sub", "sub_"}
 _REDUCE_FNS = {torch.mean: "mean", torch.sum: "sum", torch.amax: "amax"}
@@ -142,8 +219,13 @@ class Plan:
     def template_groups(self) -> list[int]:
         return [i for i, g in enumerate(self.groups) if g.role == "free"]
 
-    def widths(self, filters: Sequence[int], num_classes: int, fixed: Callable[[int], int],
-               scale: Callable[[float], int] = round) -> list[int]:
+    def widths(
+        self,
+        filters: Sequence[int],
+        num_classes: int,
+        fixed: Callable[[int], int],
+        scale: Callable[[float], int] = round,
+    ) -> list[int]:
         """One width per group: a template layer's count for its output group, ``scale(base * count /
         layer base)`` for the groups inside it, ``fixed(base)`` for fixed groups, the class count for
         the output, the base width for the input; a grouped conv's groups to a multiple of its groups."""
@@ -154,8 +236,15 @@ class Plan:
                 count[i] = int(f) if b == layer.base else scale(b * f / layer.base)
         out: list[int] = []
         for i, g in enumerate(self.groups):
-            w = (count[i] if g.role == "free" else fixed(g.base) if g.role == "fixed"
-                 else num_classes if g.role == "output" else g.base)
+            w = (
+                count[i]
+                if g.role == "free"
+                else fixed(g.base)
+                if g.role == "fixed"
+                else num_classes
+                if g.role == "output"
+                else g.base
+            )
             m = self.multiples.get(i, 1) if g.role in ("free", "fixed") else 1
             out.append(max(m, round(w / m) * m))
 
@@ -175,8 +264,13 @@ class Plan:
             return sum(m * widths[self.root_of[r]] for r, m in layout)
 
         if self.source is not None:
-            return into_copy(self.source, {name: rebuild(self.originals[name], rec.kind, w(rec.ins), w(rec.outs))
-                                           for name, rec in self.records.items()})
+            return into_copy(
+                self.source,
+                {
+                    name: rebuild(self.originals[name], rec.kind, w(rec.ins), w(rec.outs))
+                    for name, rec in self.records.items()
+                },
+            )
         root = nn.Module()  # holds the new layers under their original names, in execution order
         for name, orig in self.originals.items():
             rec = self.records.get(name)
@@ -187,8 +281,10 @@ class Plan:
         for node in graph.nodes:  # a channel padding pads by its groups' new widths
             if node.name in self.pads:
                 pad = list(_arg(node, 1, "pad", ()))[:4] + [0 if g is None else widths[g] for g in self.pads[node.name]]
-                node.args, node.kwargs = (node.args[0], tuple(pad)) + tuple(node.args[2:]), \
-                    {k: v for k, v in node.kwargs.items() if k != "pad"}
+                node.args, node.kwargs = (
+                    (node.args[0], tuple(pad)) + tuple(node.args[2:]),
+                    {k: v for k, v in node.kwargs.items() if k != "pad"},
+                )
         return fx.GraphModule(root, graph, class_name=self.name)
 
 
@@ -248,8 +344,10 @@ class _Groups:
         elif len(a) == 1 and a[0][1] == 1 and len(b) > 1:
             self.alias_to(a[0][0], b, where)
         else:
-            raise UsageError(f"{where} combines tensors whose channels are made differently "
-                             f"({self._fmt(a)} vs {self._fmt(b)}); this is not supported")
+            raise UsageError(
+                f"{where} combines tensors whose channels are made differently "
+                f"({self._fmt(a)} vs {self._fmt(b)}); this is not supported"
+            )
 
     def alias_to(self, r: int, layout: Layout, where: str) -> None:
         """Group ``r``'s width is the sum of ``layout`` (e.g. an SE gate's conv on a concatenation):
@@ -318,15 +416,17 @@ class _Walker(_Groups, ChannelMoves):
     def tensor_args(self, node: fx.Node) -> list[fx.Node]:
         out: list[fx.Node] = []
         for a in list(node.args) + list(node.kwargs.values()):
-            for x in (a if isinstance(a, (list, tuple)) else [a]):
+            for x in a if isinstance(a, (list, tuple)) else [a]:
                 if isinstance(x, fx.Node) and self.shape(x) is not None and x not in out:
                     out.append(x)
         return out
 
     def refuse(self, node: fx.Node, why: str = "is not supported") -> NoReturn:
-        raise UsageError(f"cannot find the channel groups: {self.where(node)} {why}. Supported: Conv2d "
-                         "(any groups), Linear, BatchNorm/GroupNorm/LayerNorm, activations, pools, "
-                         "dropout, + - * /, cat, flatten/view to [N, features], spatial mean")
+        raise UsageError(
+            f"cannot find the channel groups: {self.where(node)} {why}. Supported: Conv2d "
+            "(any groups), Linear, BatchNorm/GroupNorm/LayerNorm, activations, pools, "
+            "dropout, + - * /, cat, flatten/view to [N, features], spatial mean"
+        )
 
     def tshape(self, node: fx.Node) -> tuple[int, ...]:
         """The shape of a node that is a tensor (ShapeProp gave every one its shape)."""
@@ -371,18 +471,24 @@ class _Walker(_Groups, ChannelMoves):
         self.layout[node] = ((r, 1),)
 
     def op_get_attr(self, node: fx.Node) -> None:
-        raise UsageError(f"cannot find the channel groups: the model uses its own tensor '{node.target}' outside a "
-                         "supported layer (a parameter or buffer used directly in forward); this is not supported")
+        raise UsageError(
+            f"cannot find the channel groups: the model uses its own tensor '{node.target}' outside a "
+            "supported layer (a parameter or buffer used directly in forward); this is not supported"
+        )
 
     def op_output(self, node: fx.Node) -> None:
         out = node.args[0]
         if not isinstance(out, fx.Node) or out not in self.layout:
-            raise UsageError("the model's forward must return one logits tensor [N, classes]; it returns "
-                             f"{type(out).__name__ if not isinstance(out, fx.Node) else 'a value of unknown channels'}")
+            raise UsageError(
+                "the model's forward must return one logits tensor [N, classes]; it returns "
+                f"{type(out).__name__ if not isinstance(out, fx.Node) else 'a value of unknown channels'}"
+            )
         layout, s = self.layout[out], self.tshape(out)
         if len(s) != 2 or len(layout) != 1 or layout[0][1] != 1:
-            raise UsageError(f"the model's forward must return logits [N, classes] from one layer; it returns a "
-                             f"tensor of shape {list(s)} made of {self._fmt(layout)} channels")
+            raise UsageError(
+                f"the model's forward must return logits [N, classes] from one layer; it returns a "
+                f"tensor of shape {list(s)} made of {self._fmt(layout)} channels"
+            )
         self.output_raws.add(layout[0][0])
 
     def op_call_module(self, node: fx.Node) -> None:
@@ -396,8 +502,11 @@ class _Walker(_Groups, ChannelMoves):
         elif isinstance(mod, nn.Linear):
             x = self.first_input(node)
             if len(self.tshape(x)) != 2:
-                self.refuse(node, f"is applied to a tensor of shape {list(self.tshape(x))}; only [N, features] "
-                                  "(flatten or pool first) is supported")
+                self.refuse(
+                    node,
+                    f"is applied to a tensor of shape {list(self.tshape(x))}; only [N, features] "
+                    "(flatten or pool first) is supported",
+                )
             self.record(node, name, "linear", self.layout[x], None, mod.in_features, mod.out_features)
         elif isinstance(mod, _NORMS) and type(mod) in _NORMS:
             x = self.first_input(node)
@@ -428,8 +537,9 @@ class _Walker(_Groups, ChannelMoves):
             for r, _ in ins + self.layout[node]:
                 self.multiple[r] = math.lcm(self.multiple.get(r, 1), mod.groups)
 
-    def record(self, node: fx.Node, name: str, kind: str, ins: Layout, outs: Layout | None, c_in: int,
-               c_out: int) -> None:
+    def record(
+        self, node: fx.Node, name: str, kind: str, ins: Layout, outs: Layout | None, c_in: int, c_out: int
+    ) -> None:
         if self.width(ins) != c_in:
             self.refuse(node, f"expects {c_in} input channels but gets {self.width(ins)}")
         prev = self.records.get(name)
@@ -581,8 +691,12 @@ class _Walker(_Groups, ChannelMoves):
         """Ops that only add or drop size-1 spatial dims (or crop them): channels pass through."""
         x = self.first_input(node)
         sx, so = self.tshape(x), self.shape(node)
-        if so is None or len(so) < 2 or so[:2] != sx[:2] or (len(so) != len(sx) and (
-                math.prod(so[2:]) != 1 or math.prod(sx[2:]) != 1)):
+        if (
+            so is None
+            or len(so) < 2
+            or so[:2] != sx[:2]
+            or (len(so) != len(sx) and (math.prod(so[2:]) != 1 or math.prod(sx[2:]) != 1))
+        ):
             self.refuse(node, f"changes the batch or channel dimension ({list(sx)} -> {list(so or ())})")
         self.layout[node] = self.layout[x]
 
@@ -630,12 +744,20 @@ def trace(model: nn.Module) -> fx.GraphModule:
         return fx.GraphModule(model, graph, class_name=type(model).__name__)
     except Exception as exc:  # control flow on tensors, unsupported Python: say so in one line
         msg = " ".join(str(exc).split())[:300]
-        raise UsageError(f"cannot trace the model with torch.fx ({type(exc).__name__}: {msg}); its forward must "
-                         "not branch on tensor values") from None
+        raise UsageError(
+            f"cannot trace the model with torch.fx ({type(exc).__name__}: {msg}); its forward must "
+            "not branch on tensor values"
+        ) from None
 
 
-def discover(model: nn.Module, fixed: Sequence[str] = (), *, name: str = "Model",
-             input_shape: tuple[int, ...] = INPUT_SHAPE, reading: str = DEFAULT_READING) -> Plan:
+def discover(
+    model: nn.Module,
+    fixed: Sequence[str] = (),
+    *,
+    name: str = "Model",
+    input_shape: tuple[int, ...] = INPUT_SHAPE,
+    reading: str = DEFAULT_READING,
+) -> Plan:
     """The channel groups of ``model`` on inputs of ``input_shape``; ``fixed`` names modules (or
     parents of modules) whose output groups are fixed rather than template layers; ``reading``
     (:mod:`.readings`) says which groups share one template layer. Read in eval mode; a forward that
@@ -673,8 +795,9 @@ def _shapes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
             ShapeProp(gm).propagate(torch.zeros(2, *input_shape))
     except Exception as exc:
         msg = " ".join(str(exc).split())[:300]
-        raise UsageError(f"the model does not run on a [2, {', '.join(map(str, input_shape))}] input "
-                         f"({type(exc).__name__}: {msg})") from None
+        raise UsageError(
+            f"the model does not run on a [2, {', '.join(map(str, input_shape))}] input ({type(exc).__name__}: {msg})"
+        ) from None
 
 
 def _check_own(plan: Plan, input_shape: tuple[int, ...]) -> None:
@@ -691,9 +814,11 @@ def _check_own(plan: Plan, input_shape: tuple[int, ...]) -> None:
                     raise RuntimeError(f"it returns shape {list(out.shape)}")
     except Exception as exc:
         msg = " ".join(str(exc).split())[:200]
-        raise UsageError("the model's forward depends on self.training and does not run with its layers at other "
-                         f"widths ({type(exc).__name__}: {msg}); sizes written into its forward are not "
-                         "supported there") from None
+        raise UsageError(
+            "the model's forward depends on self.training and does not run with its layers at other "
+            f"widths ({type(exc).__name__}: {msg}); sizes written into its forward are not "
+            "supported there"
+        ) from None
 
 
 def _normalise_dropout(gm: fx.GraphModule) -> None:
@@ -705,8 +830,9 @@ def _normalise_dropout(gm: fx.GraphModule) -> None:
     gm.recompile()
 
 
-def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, reading: str,
-          source: nn.Module | None) -> Plan:
+def _plan(
+    wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, reading: str, source: nn.Module | None
+) -> Plan:
     members: dict[int, list[int]] = {}
     for x in range(len(wk.parent)):  # raw ids are created in execution order: first member = first use
         members.setdefault(wk.find(x), []).append(x)
@@ -726,20 +852,24 @@ def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, re
         if is_in and is_out:
             raise UsageError("the model's output channels are tied to its input channels; nothing to template")
         if hits and (is_in or is_out):
-            raise UsageError(f"--fix {sorted(hits)[0]}: that group is the {'input' if is_in else 'classifier output'}, "
-                             "which is never a template layer anyway")
+            raise UsageError(
+                f"--fix {sorted(hits)[0]}: that group is the {'input' if is_in else 'classifier output'}, "
+                "which is never a template layer anyway"
+            )
         used_fixed |= hits
         if r in wk.alias and (is_in or is_out or hits):
-            raise UsageError(f"channels of {', '.join(producers) or 'the input'} are the sum of a concatenation's "
-                             "parts and also the model's input/output or fixed; this is not supported")
-        role = ("input" if is_in else "output" if is_out else "derived" if r in wk.alias
-                else "fixed" if hits else "free")
+            raise UsageError(
+                f"channels of {', '.join(producers) or 'the input'} are the sum of a concatenation's "
+                "parts and also the model's input/output or fixed; this is not supported"
+            )
+        role = "input" if is_in else "output" if is_out else "derived" if r in wk.alias else "fixed" if hits else "free"
         groups.append(Group(wk.base[r], role, tuple(touched[r]), producers))
     unused = [f for f in fixed if f not in used_fixed]
     if unused:
         names = ", ".join(p for g in groups if g.role in ("free", "fixed") for p in g.producers)
-        raise UsageError(f"--fix {unused[0]}: no convolution or linear layer of that name (or inside it); "
-                         f"layers: {names}")
+        raise UsageError(
+            f"--fix {unused[0]}: no convolution or linear layer of that name (or inside it); layers: {names}"
+        )
     if not any(g.role == "output" for g in groups):
         raise UsageError("the model's output does not come from a layer (conv or linear)")
     if not any(g.role == "free" for g in groups):
@@ -747,8 +877,11 @@ def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, re
     index = {r: i for i, r in enumerate(roots)}
     root_of = {x: index[wk.find(x)] for x in range(len(wk.parent))}
     graph, extra = _rewrite(gm, wk.rewrites)
-    originals = {str(n.target): wk.modules[str(n.target)] for n in graph.nodes if n.op == "call_module"
-                 and str(n.target) not in extra}
+    originals = {
+        str(n.target): wk.modules[str(n.target)]
+        for n in graph.nodes
+        if n.op == "call_module" and str(n.target) not in extra
+    }
     records = {k: v for k, v in wk.records.items()}
     multiples: dict[int, int] = {}
     for r, m in wk.multiple.items():
@@ -757,7 +890,9 @@ def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, re
     cats = [(scope, tuple((root_of[r], m) for r, m in terms)) for scope, terms in wk.cats]
     derived = {index[r]: layout for r, layout in wk.alias.items()}
     pads = {n: (None if a is None else root_of[a], None if b is None else root_of[b]) for n, (a, b) in wk.pads.items()}
-    layers = read(groups, sums, cats, reading, {i: tuple((root_of[r], m) for r, m in lay) for i, lay in derived.items()})
+    layers = read(
+        groups, sums, cats, reading, {i: tuple((root_of[r], m) for r, m in lay) for i, lay in derived.items()}
+    )
     identity: dict[str, Any] = {
         "code": graph.python_code("self").src,
         "modules": [[k, repr(m)] for k, m in originals.items()],
@@ -768,8 +903,22 @@ def _plan(wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, re
     if source is not None:
         identity["own forward"] = True
     fp = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
-    return Plan(graph, originals, records, root_of, groups, fp, name=name, _extra=extra, derived=derived,
-                layers=layers, multiples=multiples, reading=reading, source=source, pads=pads)
+    return Plan(
+        graph,
+        originals,
+        records,
+        root_of,
+        groups,
+        fp,
+        name=name,
+        _extra=extra,
+        derived=derived,
+        layers=layers,
+        multiples=multiples,
+        reading=reading,
+        source=source,
+        pads=pads,
+    )
 
 
 def _rewrite(gm: fx.GraphModule, rewrites: dict[fx.Node, str]) -> tuple[fx.Graph, dict[str, nn.Module]]:
@@ -785,8 +934,11 @@ def _rewrite(gm: fx.GraphModule, rewrites: dict[fx.Node, str]) -> tuple[fx.Graph
         elif what in ("flatten", "expand2", "expand1", "expand3"):
             full = slice(None, None, None)
             with graph.inserting_after(node):
-                new = (graph.call_function(torch.flatten, (x, 1)) if what == "flatten" else
-                       graph.call_function(operator.getitem, (x, (full, full) + (None,) * int(what[-1]))))
+                new = (
+                    graph.call_function(torch.flatten, (x, 1))
+                    if what == "flatten"
+                    else graph.call_function(operator.getitem, (x, (full, full) + (None,) * int(what[-1])))
+                )
             node.replace_all_uses_with(new)
             graph.erase_node(node)
         else:

@@ -27,12 +27,12 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch.nn as nn
 
-from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.errors import UsageError
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.method.templates import scale_count
-from filter_templates.models.registry import Family
 from filter_templates.models.discover import Plan, discover
 from filter_templates.models.readings import DEFAULT_READING, check_reading
+from filter_templates.models.registry import Family
 
 __all__ = ["GenericFamily", "load_model", "generic_family", "family_name", "split_name"]
 
@@ -63,7 +63,9 @@ class GenericFamily(Family):
 
 def family_name(path: str, fixed: Sequence[str] = (), reading: str = DEFAULT_READING) -> str:
     fixed = sorted(dict.fromkeys(f.strip() for f in fixed if f.strip()))
-    opts = ([f"fix={','.join(fixed)}"] if fixed else []) + ([f"reading={reading}"] if reading != DEFAULT_READING else [])
+    opts = ([f"fix={','.join(fixed)}"] if fixed else []) + (
+        [f"reading={reading}"] if reading != DEFAULT_READING else []
+    )
     return f"{path}[{';'.join(opts)}]" if opts else path
 
 
@@ -107,8 +109,9 @@ def _factory(fn: Callable[..., Any], label: str) -> Callable[[], nn.Module]:
         except UsageError:
             raise
         except Exception as exc:
-            raise UsageError(f"calling model {label!r} failed: {type(exc).__name__}: "
-                             f"{' '.join(str(exc).split())[:300]}") from None
+            raise UsageError(
+                f"calling model {label!r} failed: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
+            ) from None
         if not isinstance(model, nn.Module):
             raise UsageError(f"model {label!r} returned {type(model).__name__}, not an nn.Module")
         return model
@@ -131,8 +134,14 @@ def _import(path: str) -> Callable[..., Any]:
     return obj
 
 
-def load_model(model: ModelSource, *, fixed: Sequence[str] = (), name: str | None = None,
-               image_size: int = DISCOVERY_SIZE, reading: str | None = None) -> str:
+def load_model(
+    model: ModelSource,
+    *,
+    fixed: Sequence[str] = (),
+    name: str | None = None,
+    image_size: int = DISCOVERY_SIZE,
+    reading: str | None = None,
+) -> str:
     """Load a user's model so that it can be used (and rebuilt from records) in this process; returns
     its family name. ``model``: a ``package.module:function`` path (what ``--model`` gives), or in
     Python a callable returning an ``nn.Module``, or a module (its architecture, not its weights, is
@@ -186,10 +195,13 @@ def generic_family(name: str, image_size: int = DISCOVERY_SIZE) -> GenericFamily
         _SOURCES[path] = _import(path)  # a worker of a command that named it
         _LOADED[path] = _factory(_SOURCES[path], path)
     if path not in _LOADED:
-        raise UsageError(f"model {path!r} is Python code; only a command-line flag may name code to import: "
-                         f"pass --model {path} (for sweep: --models {path})")
-    plan = discover(_LOADED[path](), fixed, name=_class_name(path), input_shape=(3, image_size, image_size),
-                    reading=reading)
+        raise UsageError(
+            f"model {path!r} is Python code; only a command-line flag may name code to import: "
+            f"pass --model {path} (for sweep: --models {path})"
+        )
+    plan = discover(
+        _LOADED[path](), fixed, name=_class_name(path), input_shape=(3, image_size, image_size), reading=reading
+    )
     fam = _family(name, path, plan)
     _FAMILIES[name, image_size] = fam
     return fam
@@ -202,17 +214,23 @@ def _class_name(path: str) -> str:
 def _family(name: str, path: str, plan: Plan) -> GenericFamily:
     n_fixed = sum(g.role == "fixed" for g in plan.groups)
 
-    def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
-              floor: int = 1) -> nn.Module:
-        widths = plan.widths(filters, num_classes,
-                             lambda base: scale_count(base, stem_width, floor=floor, divisor=divisor),
-                             lambda count: scale_count(count, 1.0, floor=floor, divisor=divisor))
+    def build(
+        filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1, floor: int = 1
+    ) -> nn.Module:
+        widths = plan.widths(
+            filters,
+            num_classes,
+            lambda base: scale_count(base, stem_width, floor=floor, divisor=divisor),
+            lambda count: scale_count(count, 1.0, floor=floor, divisor=divisor),
+        )
         return plan.build(widths)
 
-    modules = [tuple(dict.fromkeys(m for i in layer.members for m in plan.groups[i].modules))
-               for layer in plan.layers]
-    unit = ("stage or multi-branch module's output width (its inner layers scale in proportion)"
-            if plan.reading == "modules" else "channel group's width")
+    modules = [tuple(dict.fromkeys(m for i in layer.members for m in plan.groups[i].modules)) for layer in plan.layers]
+    unit = (
+        "stage or multi-branch module's output width (its inner layers scale in proportion)"
+        if plan.reading == "modules"
+        else "channel group's width"
+    )
     return GenericFamily(
         name=name,
         base_filters=tuple(layer.base for layer in plan.layers),
@@ -220,7 +238,7 @@ def _family(name: str, path: str, plan: Plan) -> GenericFamily:
         builder=build,
         unit=unit + " (the layers each template layer holds are listed per template layer)",
         description=f"{path}: {len(plan.layers)} template layers ({plan.reading} reading) discovered with torch.fx"
-                    + (f", {n_fixed} fixed" if n_fixed else ""),
+        + (f", {n_fixed} fixed" if n_fixed else ""),
         fingerprint=plan.fingerprint,
         layer_modules=tuple(modules),
         plan=plan,

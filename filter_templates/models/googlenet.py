@@ -128,28 +128,44 @@ def expand(template: Optional[str], real: Sequence[float], scale: Callable[[floa
 
 def layers_of(widths: Sequence[int]) -> list[float]:
     """One value per module: the mean of its six branch widths."""
-    return [sum(widths[1 + 6 * i: 7 + 6 * i]) / 6 for i in range(len(MODULES))]
+    return [sum(widths[1 + 6 * i : 7 + 6 * i]) / 6 for i in range(len(MODULES))]
 
 
-@family("googlenet", base_filters=MEANS, layer_names=NAMES,
-        unit="Inception module's mean branch width (a template sets all six branch convs to it)",
-        description="GoogLeNet (CIFAR): conv3x3 stem, 9 Inception modules, linear classifier; one template "
-                    "layer per module, its mean branch width (the study's reading)",
-        expand=expand, layers_of=layers_of)
-def build_study(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
-                floor: int = 1, widths: Sequence[int] = ()) -> nn.Module:
+@family(
+    "googlenet",
+    base_filters=MEANS,
+    layer_names=NAMES,
+    unit="Inception module's mean branch width (a template sets all six branch convs to it)",
+    description="GoogLeNet (CIFAR): conv3x3 stem, 9 Inception modules, linear classifier; one template "
+    "layer per module, its mean branch width (the study's reading)",
+    expand=expand,
+    layers_of=layers_of,
+)
+def build_study(
+    filters: Sequence[int],
+    num_classes: int = 10,
+    stem_width: float = 1.0,
+    divisor: int = 1,
+    floor: int = 1,
+    widths: Sequence[int] = (),
+) -> nn.Module:
     widths = tuple(widths) or expand(None, filters, int)
     if len(widths) != 1 + 6 * len(MODULES):
         raise UsageError(f"googlenet takes {1 + 6 * len(MODULES)} widths (stem + 9 x 6), got {len(widths)}")
-    modules = [Widths(*widths[1 + 6 * i: 7 + 6 * i]) for i in range(len(MODULES))]
+    modules = [Widths(*widths[1 + 6 * i : 7 + 6 * i]) for i in range(len(MODULES))]
     return GoogLeNet(modules, num_classes, stem=widths[0])
 
 
-@family("googlenet-proportional", base_filters=BASE, layer_names=NAMES,
-        unit="Inception module's output channels (inner widths scaled in proportion)",
-        description="GoogLeNet (CIFAR): conv3x3 stem, 9 Inception modules, linear classifier; one template "
-                    "layer per module, its output channels")
-def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
-          floor: int = 1) -> nn.Module:
+@family(
+    "googlenet-proportional",
+    base_filters=BASE,
+    layer_names=NAMES,
+    unit="Inception module's output channels (inner widths scaled in proportion)",
+    description="GoogLeNet (CIFAR): conv3x3 stem, 9 Inception modules, linear classifier; one template "
+    "layer per module, its output channels",
+)
+def build(
+    filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1, floor: int = 1
+) -> nn.Module:
     modules = [scaled_widths(base, count, divisor, floor) for base, count in zip(MODULES, filters)]
     return GoogLeNet(modules, num_classes, stem=scale_count(STEM, stem_width, floor=floor, divisor=divisor))

@@ -65,23 +65,39 @@ def expand(template: Optional[str], real: Sequence[float], scale: Callable[[floa
     return (*(scale(f) for f in real), scale(LAST))
 
 
-@family("mobilenet", base_filters=(STEM, *BASE[:-1]), layer_names=("stem", *(f"block{i}" for i in range(1, 13))),
-        unit="stem's or depthwise-separable block's pointwise output channels (block 13 stays 1024 x w)",
-        description="MobileNet v1 (CIFAR): conv3x3 stem, 13 depthwise-separable blocks, linear classifier; "
-                    "template layers: the stem and the first 12 blocks (the study's reading)",
-        expand=expand, layers_of=lambda widths: [float(w) for w in widths[:-1]])
-def build_study(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
-                floor: int = 1, widths: Sequence[int] = ()) -> nn.Module:
+@family(
+    "mobilenet",
+    base_filters=(STEM, *BASE[:-1]),
+    layer_names=("stem", *(f"block{i}" for i in range(1, 13))),
+    unit="stem's or depthwise-separable block's pointwise output channels (block 13 stays 1024 x w)",
+    description="MobileNet v1 (CIFAR): conv3x3 stem, 13 depthwise-separable blocks, linear classifier; "
+    "template layers: the stem and the first 12 blocks (the study's reading)",
+    expand=expand,
+    layers_of=lambda widths: [float(w) for w in widths[:-1]],
+)
+def build_study(
+    filters: Sequence[int],
+    num_classes: int = 10,
+    stem_width: float = 1.0,
+    divisor: int = 1,
+    floor: int = 1,
+    widths: Sequence[int] = (),
+) -> nn.Module:
     widths = tuple(widths) or (*filters, scale_count(LAST, stem_width, floor=floor, divisor=divisor))
     if len(widths) != len(BASE) + 1:
         raise UsageError(f"mobilenet takes {len(BASE) + 1} widths (stem + 13 blocks), got {len(widths)}")
     return MobileNet(widths[1:], num_classes, stem=widths[0])
 
 
-@family("mobilenet-blocks", base_filters=BASE, layer_names=tuple(f"block{i}" for i in range(1, 14)),
-        unit="depthwise-separable block's pointwise output channels",
-        description="MobileNet v1 (CIFAR): conv3x3 stem, 13 depthwise-separable blocks, linear classifier; "
-                    "one template layer per block")
-def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
-          floor: int = 1) -> nn.Module:
+@family(
+    "mobilenet-blocks",
+    base_filters=BASE,
+    layer_names=tuple(f"block{i}" for i in range(1, 14)),
+    unit="depthwise-separable block's pointwise output channels",
+    description="MobileNet v1 (CIFAR): conv3x3 stem, 13 depthwise-separable blocks, linear classifier; "
+    "one template layer per block",
+)
+def build(
+    filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1, floor: int = 1
+) -> nn.Module:
     return MobileNet(filters, num_classes, stem=scale_count(STEM, stem_width, floor=floor, divisor=divisor))

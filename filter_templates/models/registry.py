@@ -59,8 +59,13 @@ class Family:
         return len(self.base_filters)
 
     def build(
-        self, filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
-        floor: int = 1, widths: Sequence[int] = (),
+        self,
+        filters: Sequence[int],
+        num_classes: int = 10,
+        stem_width: float = 1.0,
+        divisor: int = 1,
+        floor: int = 1,
+        widths: Sequence[int] = (),
     ) -> "nn.Module":
         """The one way a model is built (every caller, ``Arch.build`` included, comes here): the
         counts are checked once, then the family's builder runs."""
@@ -73,8 +78,9 @@ class Family:
         validate.up_to(stem_width, f"{self.name}: stem width", MAX_WIDTH)
         validate.integer(num_classes, "number of classes")
         extra: dict[str, Any] = {"widths": tuple(widths)} if self.expand is not None else {}
-        return self.builder(filters, num_classes=num_classes, stem_width=stem_width, divisor=divisor, floor=floor,
-                            **extra)
+        return self.builder(
+            filters, num_classes=num_classes, stem_width=stem_width, divisor=divisor, floor=floor, **extra
+        )
 
 
 _FAMILIES: dict[str, Family] = {}
@@ -89,14 +95,21 @@ def register_family(family: Family) -> Family:
     return family
 
 
-def family(name: str, base_filters: Sequence[float], layer_names: Sequence[str], unit: str, description: str,
-           expand: Optional[Expand] = None,
-           layers_of: Optional[Callable[[Sequence[int]], list[float]]] = None) -> Callable[[Builder], Builder]:
+def family(
+    name: str,
+    base_filters: Sequence[float],
+    layer_names: Sequence[str],
+    unit: str,
+    description: str,
+    expand: Optional[Expand] = None,
+    layers_of: Optional[Callable[[Sequence[int]], list[float]]] = None,
+) -> Callable[[Builder], Builder]:
     """Register the decorated builder as the family ``name`` (where it is defined, as timm does)."""
 
     def wrap(builder: Builder) -> Builder:
-        register_family(Family(name, tuple(base_filters), tuple(layer_names), builder, unit, description, expand,
-                               layers_of))
+        register_family(
+            Family(name, tuple(base_filters), tuple(layer_names), builder, unit, description, expand, layers_of)
+        )
         return builder
 
     return wrap

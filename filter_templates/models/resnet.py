@@ -67,21 +67,30 @@ class ResNet(StemNet):
         super().__init__(stem, blocks, num_classes)
 
 
-@family("resnet50", base_filters=tuple(planes for planes, _ in STAGES), layer_names=("stage1", "stage2", "stage3", "stage4"),
-        unit="stage's planes (every block of the stage; output 4x planes; the stem takes stage 1's value)",
-        description="ResNet-50 (CIFAR): conv3x3 stem, bottleneck stages 3-4-6-3, linear classifier; "
-                    "one template layer per stage (the study's reading)")
-def build_stages(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
-                 floor: int = 1) -> nn.Module:
+@family(
+    "resnet50",
+    base_filters=tuple(planes for planes, _ in STAGES),
+    layer_names=("stage1", "stage2", "stage3", "stage4"),
+    unit="stage's planes (every block of the stage; output 4x planes; the stem takes stage 1's value)",
+    description="ResNet-50 (CIFAR): conv3x3 stem, bottleneck stages 3-4-6-3, linear classifier; "
+    "one template layer per stage (the study's reading)",
+)
+def build_stages(
+    filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1, floor: int = 1
+) -> nn.Module:
     blocks = [planes for planes, (_, n) in zip(filters, STAGES) for _ in range(n)]
     return ResNet(blocks, num_classes, stem=filters[0])
 
 
-@family("resnet50-blocks", base_filters=BASE,
-        layer_names=tuple(f"s{s}b{b}" for s, (_, n) in enumerate(STAGES, start=1) for b in range(1, n + 1)),
-        unit="bottleneck block's planes (its output is 4x planes)",
-        description="ResNet-50 (CIFAR): conv3x3 stem, 16 bottleneck blocks in stages 3-4-6-3, linear classifier; "
-                    "one template layer per block")
-def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
-          floor: int = 1) -> nn.Module:
+@family(
+    "resnet50-blocks",
+    base_filters=BASE,
+    layer_names=tuple(f"s{s}b{b}" for s, (_, n) in enumerate(STAGES, start=1) for b in range(1, n + 1)),
+    unit="bottleneck block's planes (its output is 4x planes)",
+    description="ResNet-50 (CIFAR): conv3x3 stem, 16 bottleneck blocks in stages 3-4-6-3, linear classifier; "
+    "one template layer per block",
+)
+def build(
+    filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1, floor: int = 1
+) -> nn.Module:
     return ResNet(filters, num_classes, stem=scale_count(STEM, stem_width, floor=floor, divisor=divisor))

@@ -34,9 +34,14 @@ class VGG(nn.Module):
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
 
 
-@family("vgg19", base_filters=BASE, layer_names=tuple(f"conv{i}" for i in range(1, 17)),
-        unit="one 3x3 convolution's output channels",
-        description="VGG-19 (CIFAR): 16 conv3x3+BN+ReLU, 5 max-pools, linear classifier")
-def build(filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1,
-          floor: int = 1) -> nn.Module:
+@family(
+    "vgg19",
+    base_filters=BASE,
+    layer_names=tuple(f"conv{i}" for i in range(1, 17)),
+    unit="one 3x3 convolution's output channels",
+    description="VGG-19 (CIFAR): 16 conv3x3+BN+ReLU, 5 max-pools, linear classifier",
+)
+def build(
+    filters: Sequence[int], num_classes: int = 10, stem_width: float = 1.0, divisor: int = 1, floor: int = 1
+) -> nn.Module:
     return VGG(filters, num_classes)  # no stem: stem_width, divisor and floor have nothing to scale

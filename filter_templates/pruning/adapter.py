@@ -29,19 +29,33 @@ from typing import Any, Mapping, Sequence
 import torch
 import torch.nn as nn
 
-from filter_templates.method import measure
 from filter_templates.core import validate
 from filter_templates.core.device import device_name
 from filter_templates.core.errors import UsageError
+from filter_templates.method import measure
 from filter_templates.models.generic import split_name
 from filter_templates.training.config import PRUNE_GLOBAL, PRUNE_L1, PRUNE_METHODS
 
-__all__ = ["INSTALL_HINT", "Baselines", "torch_pruning", "ignored_layers", "prune_once", "budget_value", "search_ratio", "Search",
-           "structure", "apply_structure", "layer_counts", "cannot_prune", "model_resources", "RATIO_STEP"]
+__all__ = [
+    "INSTALL_HINT",
+    "Baselines",
+    "torch_pruning",
+    "ignored_layers",
+    "prune_once",
+    "budget_value",
+    "search_ratio",
+    "Search",
+    "structure",
+    "apply_structure",
+    "layer_counts",
+    "cannot_prune",
+    "model_resources",
+    "RATIO_STEP",
+]
 
 INSTALL_HINT = "pip install -e '.[prune]'"
 #: The ratio search stops when its bracket is this narrow: finer than one channel of a 2048-wide layer.
-RATIO_STEP = 2.0 ** -12
+RATIO_STEP = 2.0**-12
 MAX_HALVINGS = 10  # the largest ratio tried: 1 - 2**-10
 
 
@@ -120,10 +134,14 @@ def prune_once(model: nn.Module, ratio: float, global_ranking: bool, arch: Any) 
     if ratio <= 0:
         return work
     pruner = tp.pruner.MetaPruner(
-        work, torch.zeros(1, *measure.input_shape_of(arch)), importance=tp.importance.MagnitudeImportance(p=1),
-        pruning_ratio=ratio, global_pruning=global_ranking,
+        work,
+        torch.zeros(1, *measure.input_shape_of(arch)),
+        importance=tp.importance.MagnitudeImportance(p=1),
+        pruning_ratio=ratio,
+        global_pruning=global_ranking,
         ignored_layers=ignored_layers(work, arch.classes, _fixed(arch.family)),
-        round_to=arch.divisor if arch.divisor > 1 else None)
+        round_to=arch.divisor if arch.divisor > 1 else None,
+    )
     pruner.step()
     return work
 
@@ -150,8 +168,13 @@ class Search:
     probes: int
 
     def record(self) -> dict[str, Any]:
-        return {"ratio": self.ratio, "value": self.value, "over_at_ratio_minus_step": self.over,
-                "step": self.step, "probes": self.probes}
+        return {
+            "ratio": self.ratio,
+            "value": self.value,
+            "over_at_ratio_minus_step": self.over,
+            "step": self.step,
+            "probes": self.probes,
+        }
 
 
 def search_ratio(model: nn.Module, arch: Any, spec: Mapping[str, Any], batch_size: int) -> Search:
@@ -175,15 +198,17 @@ def search_ratio(model: nn.Module, arch: Any, spec: Mapping[str, Any], batch_siz
     # Bracket first, from below: near 1 a layer would lose every channel, Torch-Pruning leaves such a
     # layer whole, and the resource grows again; the bisection stays below the first ratio that fits.
     for k in range(1, MAX_HALVINGS + 1):
-        hi = 1.0 - 2.0 ** -k
+        hi = 1.0 - 2.0**-k
         m, v = at(hi)
         if v <= limit:
             best, value = m, v
             break
         lo, over = hi, v
     else:
-        raise UsageError(f"{spec['method']}: no pruning ratio up to {hi:.2%} brings {key} within the budget of "
-                         f"{limit:,.0f} (the smallest pruned model has {min(over, value):,.0f})")
+        raise UsageError(
+            f"{spec['method']}: no pruning ratio up to {hi:.2%} brings {key} within the budget of "
+            f"{limit:,.0f} (the smallest pruned model has {min(over, value):,.0f})"
+        )
     while hi - lo > RATIO_STEP:
         mid = (lo + hi) / 2
         m, v = at(mid)
@@ -198,15 +223,17 @@ def search_ratio(model: nn.Module, arch: Any, spec: Mapping[str, Any], batch_siz
 # The pruned structure as plain numbers
 # --------------------------------------------------------------------------------------------
 
-_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features",
-          "normalized_shape")
+_ATTRS = ("in_channels", "out_channels", "groups", "num_features", "in_features", "out_features", "normalized_shape")
 
 
 def _shape_of(m: nn.Module) -> dict[str, Any]:
     attrs = {a: getattr(m, a) for a in _ATTRS if isinstance(getattr(m, a, None), (int, tuple))}
     attrs = {a: list(v) if isinstance(v, tuple) else int(v) for a, v in attrs.items()}
-    tensors = {n: list(t.shape) for n, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
-               if t is not None}
+    tensors = {
+        n: list(t.shape)
+        for n, t in [*m.named_parameters(recurse=False), *m.named_buffers(recurse=False)]
+        if t is not None
+    }
     return {"attrs": attrs, "tensors": tensors}
 
 
@@ -249,8 +276,11 @@ def apply_structure(model: nn.Module, record: Mapping[str, Mapping[str, Any]], *
 
 def layer_counts(model: nn.Module) -> dict[str, int]:
     """Output channels of every convolution and linear layer, by module name: the pruned per-layer counts."""
-    return {n: int(getattr(m, "out_channels", getattr(m, "out_features", 0))) for n, m in model.named_modules()
-            if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))}
+    return {
+        n: int(getattr(m, "out_channels", getattr(m, "out_features", 0)))
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))
+    }
 
 
 @functools.lru_cache(maxsize=64)
@@ -278,15 +308,19 @@ def model_resources(model: nn.Module, arch: Any, batch_size: int, device: torch.
     """The resources ``measure.resources`` gives ``arch``, for the built (pruned) ``model`` on ``device``."""
     shape = measure.input_shape_of(arch)
     meta = copy.deepcopy(model).to("meta")
-    out: dict[str, Any] = {"params": measure.count_params(model), "flops": measure.count_flops(model, shape),
-                           "batch_size": batch_size,
-                           "train_memory_bytes": measure.train_memory_bytes(meta if device.type != "cuda" else model,
-                                                                            batch_size, shape, device=device),
-                           "train_memory_method": "cuda-peak" if device.type == "cuda" else "cpu-account"}
+    out: dict[str, Any] = {
+        "params": measure.count_params(model),
+        "flops": measure.count_flops(model, shape),
+        "batch_size": batch_size,
+        "train_memory_bytes": measure.train_memory_bytes(
+            meta if device.type != "cuda" else model, batch_size, shape, device=device
+        ),
+        "train_memory_method": "cuda-peak" if device.type == "cuda" else "cpu-account",
+    }
     lat = {b: measure.latency(model, b, device, input_shape=shape) for b in dict.fromkeys((batch_size, 1))}
     out["latency_s"] = {f"batch{b}": r["median_s"] for b, r in lat.items()}
     out["latency_iqr_s"] = {f"batch{b}": r["iqr_s"] for b, r in lat.items()}
-    out.update(device=str(device), device_name=device_name(device), threads=torch.get_num_threads(),
-               image_size=shape[1])
+    out.update(
+        device=str(device), device_name=device_name(device), threads=torch.get_num_threads(), image_size=shape[1]
+    )
     return out
-

@@ -59,8 +59,9 @@ def _epochs(config: TrainConfig) -> tuple[int, int]:
     return first, config.epochs - first
 
 
-def _stage_config(config: TrainConfig, epochs: int, choice: Mapping[str, Any] | None = None,
-                  stop_at: int | None = None) -> TrainConfig:
+def _stage_config(
+    config: TrainConfig, epochs: int, choice: Mapping[str, Any] | None = None, stop_at: int | None = None
+) -> TrainConfig:
     """An ordinary training config of the base model for one stage (``choice``: the precision and
     memory format an earlier stage used, kept so the stages run alike; ``stop_at``: the stage's own
     epoch to pause after, None: its end)."""
@@ -118,7 +119,9 @@ class _Relay:
         return self.folder
 
     def rows(self) -> list[dict]:
-        now = [{**r, "epoch": self.offset + int(r["epoch"]), "stage": self.stage} for r in rundir.read_metrics(self.folder)]
+        now = [
+            {**r, "epoch": self.offset + int(r["epoch"]), "stage": self.stage} for r in rundir.read_metrics(self.folder)
+        ]
         return self.done + now
 
     def end(self) -> None:
@@ -127,15 +130,27 @@ class _Relay:
     def __call__(self, row: dict) -> None:
         rows = self.rows()
         rundir.write_metrics(self.out, rows)
-        rundir.atomic_save({"config": self.config, "epoch": len(rows), "metrics": rows, "stage": self.stage,
-                            "model": {}, "optimizer": {}, "scheduler": {}, "rng": {},
-                            "threads": torch.get_num_threads()}, self.out / rundir.CHECKPOINT)
+        rundir.atomic_save(
+            {
+                "config": self.config,
+                "epoch": len(rows),
+                "metrics": rows,
+                "stage": self.stage,
+                "model": {},
+                "optimizer": {},
+                "scheduler": {},
+                "rng": {},
+                "threads": torch.get_num_threads(),
+            },
+            self.out / rundir.CHECKPOINT,
+        )
         if self.on_epoch is not None:
             self.on_epoch(rows[-1])
 
 
-def _run_stage(name: str, config: TrainConfig, relay: _Relay, start: Start | None = None,
-               shared: Path | None = None) -> Summary:
+def _run_stage(
+    name: str, config: TrainConfig, relay: _Relay, start: Start | None = None, shared: Path | None = None
+) -> Summary:
     """One stage: skipped when its folder (or ``shared``: the same stage finished in another run's
     folder) holds a finished run of it, else trained or resumed."""
     finished = shared is not None and (rundir.read_summary(shared) or {}).get("status") == DONE
@@ -144,8 +159,9 @@ def _run_stage(name: str, config: TrainConfig, relay: _Relay, start: Start | Non
     if done is not None and done.get("status") == DONE and (folder / rundir.MODEL).is_file():
         relay.end()
         return done  # type: ignore[return-value]  # a summary file this package wrote
-    summary = train(config, folder, resume=(folder / rundir.CHECKPOINT).exists(), progress=False,
-                            on_epoch=relay, start=start)
+    summary = train(
+        config, folder, resume=(folder / rundir.CHECKPOINT).exists(), progress=False, on_epoch=relay, start=start
+    )
     relay.end()
     return summary
 
@@ -159,10 +175,18 @@ def _prune(config: TrainConfig, out: Path, trained: Path, choice: Mapping[str, A
     base.load_state_dict(rundir.load_checkpoint(trained / rundir.MODEL))
     spec = _spec(config)
     found = adapter.search_ratio(base, config.arch, spec, config.batch_size)
-    record = {"method": spec["method"], "budget": spec["budget"], **found.record(),
-              "layers": adapter.layer_counts(found.model), "structure": adapter.structure(base, found.model),
-              "search_key": search_key(config), "source": str(out), "trained": str(trained),
-              "precision": choice.get("precision"), "memory_format": choice.get("memory_format")}
+    record = {
+        "method": spec["method"],
+        "budget": spec["budget"],
+        **found.record(),
+        "layers": adapter.layer_counts(found.model),
+        "structure": adapter.structure(base, found.model),
+        "search_key": search_key(config),
+        "source": str(out),
+        "trained": str(trained),
+        "precision": choice.get("precision"),
+        "memory_format": choice.get("memory_format"),
+    }
     weights = {k: v.detach().clone() for k, v in found.model.state_dict().items()}
     rundir.atomic_save({**record, "weights": weights}, path)
     rundir.atomic_write_json(out / PRUNED_JSON, record)
@@ -182,8 +206,9 @@ def _scratch_structure(config: TrainConfig, relay: _Relay) -> tuple[dict, Summar
     return _prune(searching, relay.out, relay.folder, s1["config"]), s1
 
 
-def train_pruned(config: TrainConfig, out_dir: str | Path, state: dict | None,
-                 on_epoch: Callable[[dict], None] | None) -> Summary:
+def train_pruned(
+    config: TrainConfig, out_dir: str | Path, state: dict | None, on_epoch: Callable[[dict], None] | None
+) -> Summary:
     """Train the pruning baseline ``config`` (its ``prune`` set) into ``out_dir``; returns the
     summary written to ``summary.json``. ``state``: the run's checkpoint as the caller opened it
     (None: a fresh start)."""
@@ -231,8 +256,16 @@ def _finish(config: TrainConfig, relay: _Relay, last: Summary, rec: dict | None)
         resources = adapter.model_resources(model, config.arch, config.batch_size, resolve_device(config.device))
         pruned = {k: v for k, v in rec.items() if k != "weights"}
         rundir.atomic_copy(relay.folder / rundir.MODEL, out / rundir.MODEL)
-    summary = summarise(relay.config, rows, failure, resources, Context.of(last), stage=relay.stage, pruned=pruned,
-                        stopped_at=last.get("stopped_at"))
+    summary = summarise(
+        relay.config,
+        rows,
+        failure,
+        resources,
+        Context.of(last),
+        stage=relay.stage,
+        pruned=pruned,
+        stopped_at=last.get("stopped_at"),
+    )
     rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
 

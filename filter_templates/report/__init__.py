@@ -16,18 +16,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from filter_templates.core.images import IMAGE_SIZE
-from filter_templates.method.arch import make_arch
 from filter_templates.core.errors import UsageError
-from filter_templates.method.measure import latency as measure_latency
-from filter_templates.method.measure import resources
-from filter_templates.models import get_family
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import atomic_write_text, check_writable, writing
 from filter_templates.core.status import FAILED, UNREACHABLE
+from filter_templates.method.arch import make_arch
+from filter_templates.method.measure import latency as measure_latency
+from filter_templates.method.measure import resources
+from filter_templates.models import get_family
+from filter_templates.report import budgets, figures, tables
 from filter_templates.sweep.store import Store
-from filter_templates.report import budgets
-from filter_templates.report import figures, tables
 
 __all__ = ["make_report", "LATENCY_MODES"]
 
@@ -46,14 +45,28 @@ def _measure_width1(batch_size: int, latency_mode: str, threads: int | None) -> 
             return cache[key]
         try:
             family, published = tables.split_reading(cell.family)
-            arch = make_arch(family, cell.method, 1.0, cell.classes, divisor=cell.divisor, floor=cell.floor,
-                             as_published=published, image_size=size)
+            arch = make_arch(
+                family,
+                cell.method,
+                1.0,
+                cell.classes,
+                divisor=cell.divisor,
+                floor=cell.floor,
+                as_published=published,
+                image_size=size,
+            )
         except UsageError:  # a custom template this process cannot load
             cache[key] = None
             return None
         r = resources(arch, batch_size, "cpu", memory=True, latency=False)
-        out = {"params": r["params"], "flops": r["flops"], "train_memory_bytes": r.get("train_memory_bytes"),
-               "batch_size": batch_size, "device": r["device"], "threads": r["threads"]}
+        out = {
+            "params": r["params"],
+            "flops": r["flops"],
+            "train_memory_bytes": r.get("train_memory_bytes"),
+            "batch_size": batch_size,
+            "device": r["device"],
+            "threads": r["threads"],
+        }
         if latency_mode != "none":  # a short budget: the report should take seconds; marked as measured here
             model = arch.build()
             for b in (1, batch_size) if latency_mode == "full" else (1,):
@@ -65,8 +78,15 @@ def _measure_width1(batch_size: int, latency_mode: str, threads: int | None) -> 
     return measure
 
 
-def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metric: str = "final",
-                latency: str = "batch1", threads: int | None = None, progress: bool | None = None) -> dict[str, Any]:
+def make_report(
+    db: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    metric: str = "final",
+    latency: str = "batch1",
+    threads: int | None = None,
+    progress: bool | None = None,
+) -> dict[str, Any]:
     """Write the report of results store ``db`` into folder ``out``; returns what was written.
 
     ``metric``: ``final`` test accuracy, or ``best``: the best test accuracy over the epochs
@@ -90,9 +110,17 @@ def make_report(db: str | os.PathLike[str], out: str | os.PathLike[str], *, metr
         return _write_report(db, rows, budget_rows, counts, out, metric, latency, threads, progress)
 
 
-def _write_report(db: str | os.PathLike[str], rows: list[dict[str, Any]], budget_rows: list[dict[str, Any]],
-                  counts: dict[str, int], out: Path, metric: str, latency: str, threads: int | None,
-                  progress: bool | None) -> dict[str, Any]:
+def _write_report(
+    db: str | os.PathLike[str],
+    rows: list[dict[str, Any]],
+    budget_rows: list[dict[str, Any]],
+    counts: dict[str, int],
+    out: Path,
+    metric: str,
+    latency: str,
+    threads: int | None,
+    progress: bool | None,
+) -> dict[str, Any]:
     for sub in ("tables", "figures"):
         if (out / sub).exists() and not (out / sub).is_dir():
             raise UsageError(f"--out {out}: {out / sub} is a file, not a folder")
@@ -101,8 +129,9 @@ def _write_report(db: str | os.PathLike[str], rows: list[dict[str, Any]], budget
     by_budget = budgets.collect_budgets(budget_rows)
     width_cells = tables.collect([r for r in rows if r["key"] not in budgets.run_keys(budget_rows)])
     datasets = sorted({c.dataset for c in cells.values()} | {c.dataset for c in by_budget.values()})
-    batch = next((r["batch_size"] for r in rows if r.get("batch_size")), None) or \
-        next((int(r["config"].get("batch_size", 64)) for r in rows), 64)
+    batch = next((r["batch_size"] for r in rows if r.get("batch_size")), None) or next(
+        (int(r["config"].get("batch_size", 64)) for r in rows), 64
+    )
     families = tables.family_order(c.family for c in cells.values())
     bar = Progress(total=len(datasets) * 5 + len(families), desc="report", enabled=progress)
     w = _Writer(out, metric, cells, by_budget, width_cells, _measure_width1(batch, latency, threads), bar)
@@ -110,8 +139,9 @@ def _write_report(db: str | os.PathLike[str], rows: list[dict[str, Any]], budget
     fam_sec = w.family_section(families)
     bar.close()
     index = out / "index.md"
-    atomic_write_text(index, "\n".join(_head(db, counts, budget_rows, metric) + sections + fam_sec + _tail(rows))
-                      + "\n")
+    atomic_write_text(
+        index, "\n".join(_head(db, counts, budget_rows, metric) + sections + fam_sec + _tail(rows)) + "\n"
+    )
     return {**w.written, "index": str(index), "counts": counts}
 
 
@@ -138,12 +168,15 @@ class _Writer:
         sec = [f"## {ds}", ""]
         made = []
         if any(c.dataset == ds for c in self.by_budget.values()):
-            made += [(f"accuracy_by_budget_{ds}", budgets.budget_accuracy_table(self.by_budget, ds, self.metric)),
-                     (f"fits_by_budget_{ds}", budgets.budget_resource_table(self.by_budget, ds))]
+            made += [
+                (f"accuracy_by_budget_{ds}", budgets.budget_accuracy_table(self.by_budget, ds, self.metric)),
+                (f"fits_by_budget_{ds}", budgets.budget_resource_table(self.by_budget, ds)),
+            ]
         if any(c.dataset == ds for c in self.width_cells.values()):  # budget runs: the fits table has resources
-            made += [(f"accuracy_{ds}", tables.accuracy_table(self.width_cells, ds, self.metric)),
-                     (f"resources_{ds}", tables.resource_table(tables.resource_rows(self.cells, ds, self.measure),
-                                                               ds))]
+            made += [
+                (f"accuracy_{ds}", tables.accuracy_table(self.width_cells, ds, self.metric)),
+                (f"resources_{ds}", tables.resource_table(tables.resource_rows(self.cells, ds, self.measure), ds)),
+            ]
         self.bar.update()
         for stem, table in made:
             files = tables.render(table)
@@ -151,8 +184,11 @@ class _Writer:
                 p = self.out / "tables" / f"{stem}.{ext}"
                 atomic_write_text(p, text)
                 self.written["tables"].append(str(p))
-            sec += [files["md"],
-                    f"Files: [Markdown](tables/{stem}.md) · [CSV](tables/{stem}.csv) · [LaTeX](tables/{stem}.tex)", ""]
+            sec += [
+                files["md"],
+                f"Files: [Markdown](tables/{stem}.md) · [CSV](tables/{stem}.csv) · [LaTeX](tables/{stem}.tex)",
+                "",
+            ]
             self.bar.update()
         for key in sorted({c.budget_key for c in self.by_budget.values() if c.dataset == ds}):
             fig = budgets.budget_figure(self.by_budget, ds, key, self.metric)
@@ -164,8 +200,11 @@ class _Writer:
             fig = figures.tradeoff_figure(self.cells, ds, axis, self.metric)
             self.bar.update()
             if fig is None:
-                sec += [f"(No done run of {ds} recorded its {figures.AXES[axis][1].split(' (')[0]}: "
-                        f"no accuracy-versus-{axis} figure.)", ""]
+                sec += [
+                    f"(No done run of {ds} recorded its {figures.AXES[axis][1].split(' (')[0]}: "
+                    f"no accuracy-versus-{axis} figure.)",
+                    "",
+                ]
                 continue
             sec += self.figure(fig, f"accuracy_vs_{axis}_{ds}", f"{ds}: accuracy versus {axis}")
         return "\n".join(sec)
@@ -195,19 +234,23 @@ class _Writer:
         return sec
 
 
-def _head(db: str | os.PathLike[str], counts: dict[str, int], budget_rows: list[dict[str, Any]],
-          metric: str) -> list[str]:
+def _head(
+    db: str | os.PathLike[str], counts: dict[str, int], budget_rows: list[dict[str, Any]], metric: str
+) -> list[str]:
     unreachable = [p for p in budget_rows if p["status"] == UNREACHABLE]
     return [
-        "# filter-templates report", "",
-        f"Results store: `{Path(db).resolve()}` — generated {_dt.datetime.now().isoformat(timespec='seconds')}.", "",
+        "# filter-templates report",
+        "",
+        f"Results store: `{Path(db).resolve()}` — generated {_dt.datetime.now().isoformat(timespec='seconds')}.",
+        "",
         f"Runs: {counts['done']} done, {counts['failed']} failed, {counts['running']} running, "
         f"{counts['pending']} pending"
         + (f"; {len(unreachable)} budget point{'s' * (len(unreachable) != 1)} unreachable" if unreachable else "")
         + f". Accuracy: {tables.metric_words(metric).lower()}. Runs are pooled (mean over seeds) only when every "
         "other result field of their configuration is the same; runs that differ in any (recipe, epochs, "
         "test views, learning rate, ...) are separate rows, and each table's first note says which runs it "
-        f"shows. Partial grids are fine: cells not run (yet) show {tables.MISSING}.", "",
+        f"shows. Partial grids are fine: cells not run (yet) show {tables.MISSING}.",
+        "",
     ]
 
 
@@ -215,6 +258,11 @@ def _tail(rows: list[dict[str, Any]]) -> list[str]:
     failed = [r for r in rows if r["status"] == FAILED]
     if not failed:
         return []
-    return (["## Failed runs", "", "| run | reason |", "|---|---|"]
-            + [f"| {Path(r['run_dir'] or '').name or r['key'][:10]} | {(r['reason'] or '').replace('|', '/')} |"
-               for r in failed] + [""])
+    return (
+        ["## Failed runs", "", "| run | reason |", "|---|---|"]
+        + [
+            f"| {Path(r['run_dir'] or '').name or r['key'][:10]} | {(r['reason'] or '').replace('|', '/')} |"
+            for r in failed
+        ]
+        + [""]
+    )

@@ -18,27 +18,37 @@ from matplotlib.lines import Line2D
 from filter_templates.core.status import DONE, FAILED, PENDING, UNREACHABLE
 from filter_templates.method.fit import format_value
 from filter_templates.method.measure import MIB
-from filter_templates.report import figures
-from filter_templates.report import settings
+from filter_templates.report import figures, settings
 from filter_templates.report.tables import (
     MISSING,
     Labels,
     Table,
-    pct,
     family_order,
     fmt_bytes,
     metric_words,
+    pct,
     reading_label,
     template_order,
 )
 
-__all__ = ["BudgetCell", "RESOURCE_OF", "collect_budgets", "budget_accuracy_table", "budget_resource_table",
-           "budget_figure", "run_keys"]
+__all__ = [
+    "BudgetCell",
+    "RESOURCE_OF",
+    "collect_budgets",
+    "budget_accuracy_table",
+    "budget_resource_table",
+    "budget_figure",
+    "run_keys",
+]
 
 #: The runs/fit column that measures each budget key's resource.
 RESOURCE_OF = {"params": "params", "flops": "flops", "memory": "train_memory_bytes", "latency": "latency_batch_s"}
-_AXIS = {"params": ("parameters", 1.0), "flops": ("forward FLOPs per image", 1.0),
-         "memory": ("training memory per batch (MiB)", 1 / MIB), "latency": ("inference latency per batch (ms)", 1e3)}
+_AXIS = {
+    "params": ("parameters", 1.0),
+    "flops": ("forward FLOPs per image", 1.0),
+    "memory": ("training memory per batch (MiB)", 1 / MIB),
+    "latency": ("inference latency per batch (ms)", 1e3),
+}
 
 
 @dataclass
@@ -180,25 +190,46 @@ def budget_accuracy_table(cells: dict[tuple, BudgetCell], dataset: str, metric: 
         rows.append(row + [best or MISSING])
         raw.append(rr + [best or ""])
     seeds = max((len(c.done) for c in mine), default=0)
-    notes = [labels.caption(),
-             f"{metric_words(metric)} of the widest model of each template within the budget"
-             + (", mean ± std over seeds" if seeds > 1 else "")
-             + f"; emphasised: the best template of each row (ties: fewer parameters); {MISSING}: not run (yet); "
-             "unreachable: even the template's smallest model is over the budget; failed: every run failed."]
-    return Table(title=f"Accuracy by budget on {dataset}", header=header, rows=rows, bold=bold, notes=notes,
-                 align="ll" + "l" * len(labels.header()) + "r" * len(templates) + "l", csv_rows=raw,
-                 csv_header=["family", "budget_key", "budget_value", *labels.csv_header(), *templates, "best"])
+    notes = [
+        labels.caption(),
+        f"{metric_words(metric)} of the widest model of each template within the budget"
+        + (", mean ± std over seeds" if seeds > 1 else "")
+        + f"; emphasised: the best template of each row (ties: fewer parameters); {MISSING}: not run (yet); "
+        "unreachable: even the template's smallest model is over the budget; failed: every run failed.",
+    ]
+    return Table(
+        title=f"Accuracy by budget on {dataset}",
+        header=header,
+        rows=rows,
+        bold=bold,
+        notes=notes,
+        align="ll" + "l" * len(labels.header()) + "r" * len(templates) + "l",
+        csv_rows=raw,
+        csv_header=["family", "budget_key", "budget_value", *labels.csv_header(), *templates, "best"],
+    )
 
 
 def budget_resource_table(cells: dict[tuple, BudgetCell], dataset: str) -> Table:
     """One row per family x budget x setting x template: the fitted width and what the model costs."""
     mine = [c for c in cells.values() if c.dataset == dataset]
     labels = Labels.of(c.setting for c in mine)
-    header = ["family", "budget", *labels.header(), "template", "width", "params", "GFLOPs / image",
-              "train memory (MiB)", "of budget", "status"]
+    header = [
+        "family",
+        "budget",
+        *labels.header(),
+        "template",
+        "width",
+        "params",
+        "GFLOPs / image",
+        "train memory (MiB)",
+        "of budget",
+        "status",
+    ]
     rows, raw, reasons = [], [], []
     for fam, key, value, skey in _budget_rows(mine, labels):
-        row_templates = [c.method for c in mine if (c.family, c.budget_key, c.budget_value, c.skey) == (fam, key, value, skey)]
+        row_templates = [
+            c.method for c in mine if (c.family, c.budget_key, c.budget_value, c.skey) == (fam, key, value, skey)
+        ]
         for t in template_order(row_templates):
             c = cells[(dataset, fam, key, value, t, skey)]
             params, flops, mem = c.resource("params"), c.resource("flops"), c.resource("train_memory_bytes")
@@ -206,22 +237,51 @@ def budget_resource_table(cells: dict[tuple, BudgetCell], dataset: str) -> Table
             status = c.status
             if status in (UNREACHABLE, FAILED) and c.reason:
                 reasons.append(f"{fam} {t} {key} ≤ {format_value(key, value)}: {c.reason}")
-            rows.append([fam, f"{key} ≤ {format_value(key, value)}", *labels.cells(skey), t,
-                         MISSING if c.width is None else f"{c.width:g}",
-                         MISSING if params is None else f"{int(params):,}",
-                         MISSING if flops is None else f"{flops / 1e9:,.4f}", fmt_bytes(mem),
-                         MISSING if used is None else f"{used / value:.1%}", status])
-            raw.append([fam, key, value, *labels.csv_cells(skey), t, c.width, params, flops, mem, used, status,
-                        c.reason or ""])
-    notes = [labels.caption(),
-             "The model each template gets within the budget (the largest width multiplier that fits, "
-             "as 'fit' finds it); resources of the trained run, or as fitted when it has not finished."]
+            rows.append(
+                [
+                    fam,
+                    f"{key} ≤ {format_value(key, value)}",
+                    *labels.cells(skey),
+                    t,
+                    MISSING if c.width is None else f"{c.width:g}",
+                    MISSING if params is None else f"{int(params):,}",
+                    MISSING if flops is None else f"{flops / 1e9:,.4f}",
+                    fmt_bytes(mem),
+                    MISSING if used is None else f"{used / value:.1%}",
+                    status,
+                ]
+            )
+            raw.append(
+                [fam, key, value, *labels.csv_cells(skey), t, c.width, params, flops, mem, used, status, c.reason or ""]
+            )
+    notes = [
+        labels.caption(),
+        "The model each template gets within the budget (the largest width multiplier that fits, "
+        "as 'fit' finds it); resources of the trained run, or as fitted when it has not finished.",
+    ]
     notes += [f"- {r}" for r in reasons]
-    return Table(title=f"Fitted models by budget ({dataset})", header=header, rows=rows, notes=notes,
-                 align="ll" + "l" * len(labels.header()) + "l" + "r" * 5 + "l",
-                 csv_header=["family", "budget_key", "budget_value", *labels.csv_header(), "template", "width",
-                             "params", "flops", "train_memory_bytes", "budgeted_resource", "status", "reason"],
-                 csv_rows=raw)
+    return Table(
+        title=f"Fitted models by budget ({dataset})",
+        header=header,
+        rows=rows,
+        notes=notes,
+        align="ll" + "l" * len(labels.header()) + "l" + "r" * 5 + "l",
+        csv_header=[
+            "family",
+            "budget_key",
+            "budget_value",
+            *labels.csv_header(),
+            "template",
+            "width",
+            "params",
+            "flops",
+            "train_memory_bytes",
+            "budgeted_resource",
+            "status",
+            "reason",
+        ],
+        csv_rows=raw,
+    )
 
 
 def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric: str = "final") -> Any | None:
@@ -253,22 +313,42 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
             ys = [100 * _known(c.acc(metric)) for c in pts]
             errs = [100 * (c.acc_std(metric) or 0.0) for c in pts]
             style = figures.template_style(t, templates)
-            ax.errorbar(xs, ys, yerr=errs if any(errs) else None, linestyle="-", linewidth=1.6, markersize=6,
-                        capsize=3, label=t, **style)
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=errs if any(errs) else None,
+                linestyle="-",
+                linewidth=1.6,
+                markersize=6,
+                capsize=3,
+                label=t,
+                **style,
+            )
             xs_all += xs
         ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel(f"{label}, log scale")
         ax.set_ylabel(figures.accuracy_label(metric))
         ax.grid(True, which="both", alpha=0.25)
         figures._log_x(ax, xs_all)
-    for ax in list(axes.flat)[len(where):]:
+    for ax in list(axes.flat)[len(where) :]:
         ax.set_visible(False)
-    handles = [Line2D([], [], linestyle="-", linewidth=1.6, markersize=6, label=t,
-                      **figures.template_style(t, templates)) for t in templates]
+    handles = [
+        Line2D([], [], linestyle="-", linewidth=1.6, markersize=6, label=t, **figures.template_style(t, templates))
+        for t in templates
+    ]
     handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=1, label="budget"))
-    fig.suptitle(f"{dataset}: accuracy versus {label.split(' (')[0]} at each {key} budget, one line per template\n"
-                 + figures.runs_line(done), fontsize=11)
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
-               bbox_to_anchor=(0.5, -0.02), fontsize=9)
+    fig.suptitle(
+        f"{dataset}: accuracy versus {label.split(' (')[0]} at each {key} budget, one line per template\n"
+        + figures.runs_line(done),
+        fontsize=11,
+    )
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(len(handles), 6),
+        frameon=False,
+        bbox_to_anchor=(0.5, -0.02),
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig

@@ -32,7 +32,16 @@ from filter_templates.report.tables import (
     template_order,
 )
 
-__all__ = ["AXES", "tradeoff_figure", "filters_figure", "save", "template_style", "panels", "accuracy_label", "runs_line"]
+__all__ = [
+    "AXES",
+    "tradeoff_figure",
+    "filters_figure",
+    "save",
+    "template_style",
+    "panels",
+    "accuracy_label",
+    "runs_line",
+]
 
 # x-axis: (cell resource column, axis label, scale to display units)
 AXES: dict[str, tuple[str, str, float]] = {
@@ -41,8 +50,7 @@ AXES: dict[str, tuple[str, str, float]] = {
     "latency": ("latency_batch_s", "inference latency per batch (ms, log scale)", 1e3),
 }
 
-_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22",
-           "#17becf"]
+_COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
 _MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "h", "<"]
 
 
@@ -62,7 +70,9 @@ def save(fig: Any, path_stem: Path) -> list[Path]:
     for ext in ("png", "svg"):
         p = path_stem.with_suffix(f".{ext}")
         with matplotlib.rc_context({"svg.fonttype": "none"}):  # SVG text stays text: searchable, editable
-            atomic_write(p, lambda f: fig.savefig(f, format=ext, dpi=150 if ext == "png" else None, bbox_inches="tight"))
+            atomic_write(
+                p, lambda f: fig.savefig(f, format=ext, dpi=150 if ext == "png" else None, bbox_inches="tight")
+            )
         out.append(p)
     plt.close(fig)
     return out
@@ -73,8 +83,12 @@ def panels(cells: Sequence[Any]) -> list[tuple[str, str, str]]:
     different settings are never drawn as one curve; the title names the setting's differing fields."""
     labels = Labels.of(c.setting for c in cells)
     present = {(c.family, c.skey) for c in cells}
-    return [(fam, k, fam + (f"\n{settings.row_label(labels.settings[k], labels.shown)}" if labels.shown else ""))
-            for fam in family_order(c.family for c in cells) for k in labels.settings if (fam, k) in present]
+    return [
+        (fam, k, fam + (f"\n{settings.row_label(labels.settings[k], labels.shown)}" if labels.shown else ""))
+        for fam in family_order(c.family for c in cells)
+        for k in labels.settings
+        if (fam, k) in present
+    ]
 
 
 def accuracy_label(metric: str) -> str:
@@ -98,8 +112,11 @@ def _grid(n: int) -> tuple[int, int]:
 def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: str = "final") -> Any | None:
     """Accuracy versus one resource for ``dataset``; None when no done run recorded that resource."""
     column, xlabel, scale = AXES[axis]
-    mine = [c for c in cells.values() if c.dataset == dataset and c.done and c.resource(column) is not None
-            and c.acc(metric) is not None]
+    mine = [
+        c
+        for c in cells.values()
+        if c.dataset == dataset and c.done and c.resource(column) is not None and c.acc(metric) is not None
+    ]
     if not mine:
         return None
     templates = template_order(c.method for c in mine)
@@ -107,8 +124,13 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
     rows, cols = _grid(len(where))
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
     batch = next((c.first("batch_size") for c in mine if c.first("batch_size")), 64)
-    devices = sorted({f"{c.first('resource_device')}, {c.first('threads')} thread{'s' if c.first('threads') != 1 else ''}"
-                      for c in mine if c.first("resource_device")})
+    devices = sorted(
+        {
+            f"{c.first('resource_device')}, {c.first('threads')} thread{'s' if c.first('threads') != 1 else ''}"
+            for c in mine
+            if c.first("resource_device")
+        }
+    )
     ref_widths: dict[str, float] = {}
     for ax, (fam, skey, panel_title) in zip(axes.flat, where):
         plotted = False
@@ -139,10 +161,12 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
         ax.grid(True, which="both", alpha=0.25)
         if plotted:
             _log_x(ax, xs_all)
-    for ax in list(axes.flat)[len(where):]:
+    for ax in list(axes.flat)[len(where) :]:
         ax.set_visible(False)
-    handles = [Line2D([], [], linestyle="-", linewidth=1.6, markersize=6, label=t, **template_style(t, templates))
-               for t in templates]
+    handles = [
+        Line2D([], [], linestyle="-", linewidth=1.6, markersize=6, label=t, **template_style(t, templates))
+        for t in templates
+    ]
     if ref_widths:
         others = [f"{fam} {w:g}" for fam, w in ref_widths.items() if w != 1.0]
         ref_label = "base model at width 1"
@@ -155,8 +179,14 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
         title += f"\nmeasured on {'; '.join(devices)}"
     title += "\n" + runs_line(mine)
     fig.suptitle(title, fontsize=11)
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
-               bbox_to_anchor=(0.5, -0.02), fontsize=9)
+    fig.legend(
+        handles=handles,
+        loc="lower center",
+        ncol=min(len(handles), 6),
+        frameon=False,
+        bbox_to_anchor=(0.5, -0.02),
+        fontsize=9,
+    )
     fig.tight_layout(rect=(0, 0.06, 1, 1))
     return fig
 
@@ -194,8 +224,14 @@ def _reference(cells: list[Cell], family: str) -> Cell | None:
     return exact[0] if exact else max(base, key=lambda c: c.width)
 
 
-def filters_figure(family: str, counts: dict[str, list[int]], layer_names: Sequence[str], unit: str,
-                   width: float = 1.0, reading: str = "the templates' equations") -> Any:
+def filters_figure(
+    family: str,
+    counts: dict[str, list[int]],
+    layer_names: Sequence[str],
+    unit: str,
+    width: float = 1.0,
+    reading: str = "the templates' equations",
+) -> Any:
     """Per-layer filter counts of every template of one family, one point per template layer
     (4 for resnet50: its stages), and which reading built them."""
     fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * len(layer_names) + 2), 4.4))
@@ -204,15 +240,19 @@ def filters_figure(family: str, counts: dict[str, list[int]], layer_names: Seque
     for t, ys in counts.items():
         ax.plot(xs, ys, linewidth=1.6, markersize=5, label=t, **template_style(t, names))
     ax.set_xticks(xs)
-    ax.set_xticklabels(layer_names, rotation=45 if len(layer_names) > 8 else 0, ha="right" if len(layer_names) > 8
-                       else "center", fontsize=8)
+    ax.set_xticklabels(
+        layer_names,
+        rotation=45 if len(layer_names) > 8 else 0,
+        ha="right" if len(layer_names) > 8 else "center",
+        fontsize=8,
+    )
     ax.set_xlabel("template layer (input side on the left)")
     ax.set_ylabel("filters (output channels)")
-    ax.set_title(f"{family}: filters per template layer at width {width:g}, from {reading}\n(one count per {unit})",
-                 fontsize=10)
+    ax.set_title(
+        f"{family}: filters per template layer at width {width:g}, from {reading}\n(one count per {unit})", fontsize=10
+    )
     ax.grid(True, alpha=0.25)
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=9)
     fig.tight_layout()
     return fig
-

@@ -56,8 +56,12 @@ def differing(settings: Iterable[Mapping[str, Any]]) -> list[str]:
 
 def _implied(field: str, settings: Sequence[Mapping[str, Any]]) -> bool:
     """True when every setting has its recipe's value for ``field``: the recipe column says it."""
-    return all(s.get("recipe") in RECIPES and field in RECIPES[s["recipe"]]
-               and repr(s.get(field)) == repr(RECIPES[s["recipe"]][field]) for s in settings)
+    return all(
+        s.get("recipe") in RECIPES
+        and field in RECIPES[s["recipe"]]
+        and repr(s.get(field)) == repr(RECIPES[s["recipe"]][field])
+        for s in settings
+    )
 
 
 def label_fields(settings: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -111,9 +115,18 @@ def caption(settings: Sequence[Mapping[str, Any]]) -> str:
     views = sorted({views_of(s) for s in settings})
     sizes = sorted({int(s.get("image_size") or IMAGE_SIZE) for s in settings})  # 32: the built-in datasets'
     per_row = " (per row)"
-    return (f"Runs: recipe{'s' * (len(recipes) > 1)} " + ", ".join(parts) + (per_row if len(recipes) > 1 else "")
-            + f"; {'/'.join(map(str, epochs)) or '?'} epoch{'s' * (epochs != [1])}" + (per_row if len(epochs) > 1 else "")
-            + f"; {'/'.join(map(str, views))} test view{'s' * (views != [1])} per image in the final accuracy"
-            + (per_row if len(views) > 1 else "")
-            + (f"; {'/'.join(map(str, sizes))} px images" + (per_row if len(sizes) > 1 else "") if sizes != [IMAGE_SIZE] else "")
-            + ".")
+    return (
+        f"Runs: recipe{'s' * (len(recipes) > 1)} "
+        + ", ".join(parts)
+        + (per_row if len(recipes) > 1 else "")
+        + f"; {'/'.join(map(str, epochs)) or '?'} epoch{'s' * (epochs != [1])}"
+        + (per_row if len(epochs) > 1 else "")
+        + f"; {'/'.join(map(str, views))} test view{'s' * (views != [1])} per image in the final accuracy"
+        + (per_row if len(views) > 1 else "")
+        + (
+            f"; {'/'.join(map(str, sizes))} px images" + (per_row if len(sizes) > 1 else "")
+            if sizes != [IMAGE_SIZE]
+            else ""
+        )
+        + "."
+    )

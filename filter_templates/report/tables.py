@@ -17,13 +17,27 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 from filter_templates.core.status import DONE, FAILED, PENDING
-from filter_templates.models import family_names
 from filter_templates.method.measure import mib
 from filter_templates.method.templates import BUILTIN_TEMPLATES
+from filter_templates.models import family_names
 from filter_templates.report import settings
 
-__all__ = ["Cell", "ResourceRow", "collect", "accuracy_table", "resource_rows", "render", "MISSING",
-           "template_order", "family_order", "fmt_bytes", "pct", "metric_words", "setting_order", "Labels"]
+__all__ = [
+    "Cell",
+    "ResourceRow",
+    "collect",
+    "accuracy_table",
+    "resource_rows",
+    "render",
+    "MISSING",
+    "template_order",
+    "family_order",
+    "fmt_bytes",
+    "pct",
+    "metric_words",
+    "setting_order",
+    "Labels",
+]
 
 MISSING = "—"
 
@@ -115,8 +129,13 @@ def collect(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str, float, 
         k = (r["dataset"], family, r["method"], float(r["width"]), settings.setting_key(s))
         c = cells.get(k)
         if c is None:
-            c = cells[k] = Cell(*k[:4], classes=int(r["classes"]), divisor=int(arch.get("divisor", 1)),
-                                floor=int(arch.get("floor", 1)), setting=s)
+            c = cells[k] = Cell(
+                *k[:4],
+                classes=int(r["classes"]),
+                divisor=int(arch.get("divisor", 1)),
+                floor=int(arch.get("floor", 1)),
+                setting=s,
+            )
         if r["status"] == DONE:
             c.done.append(r)
         elif r["status"] == FAILED:
@@ -185,7 +204,12 @@ class Labels:
             by.setdefault(settings.setting_key(s), s)
         ordered = dict(sorted(by.items(), key=lambda kv: setting_order(kv[1])))
         vals = list(ordered.values())
-        return cls(ordered, settings.label_fields(vals), settings.differing(vals), len({settings.views_of(s) for s in vals}) > 1)
+        return cls(
+            ordered,
+            settings.label_fields(vals),
+            settings.differing(vals),
+            len({settings.views_of(s) for s in vals}) > 1,
+        )
 
     def header(self) -> list[str]:
         return [*self.shown, *(["test views"] if self.views else [])]
@@ -248,13 +272,23 @@ def accuracy_table(cells: dict, dataset: str, metric: str = "final") -> Table:
                     bold.add((len(rows), lead + best))
                 rows.append([fam, f"{w:g}", *labels.cells(skey), *row])
                 raw.append([fam, w, *labels.csv_cells(skey), *rr])
-    notes = [labels.caption(),
-             metric_words(metric) + (", mean ± std over seeds" if seeds > 1 else "")
-             + "; emphasised: the best template of each row; "
-             + f"{MISSING}: not run (yet); failed: every run of the cell failed (reasons in the report's index.md)."]
-    return Table(title=f"Accuracy on {dataset}", header=header, rows=rows, bold=bold, notes=notes,
-                 align="ll" + "l" * len(labels.header()) + "r" * len(templates) + "l", csv_rows=raw,
-                 csv_header=["family", "width", *labels.csv_header(), *templates, "best"])
+    notes = [
+        labels.caption(),
+        metric_words(metric)
+        + (", mean ± std over seeds" if seeds > 1 else "")
+        + "; emphasised: the best template of each row; "
+        + f"{MISSING}: not run (yet); failed: every run of the cell failed (reasons in the report's index.md).",
+    ]
+    return Table(
+        title=f"Accuracy on {dataset}",
+        header=header,
+        rows=rows,
+        bold=bold,
+        notes=notes,
+        align="ll" + "l" * len(labels.header()) + "r" * len(templates) + "l",
+        csv_rows=raw,
+        csv_header=["family", "width", *labels.csv_header(), *templates, "best"],
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -279,8 +313,9 @@ class ResourceRow:
     setting: dict[str, Any] = field(default_factory=dict)  # of the runs it stands for
 
 
-def resource_rows(cells: dict, dataset: str, measure: Callable[[Cell], dict[str, Any] | None] | None = None
-                  ) -> list[ResourceRow]:
+def resource_rows(
+    cells: dict, dataset: str, measure: Callable[[Cell], dict[str, Any] | None] | None = None
+) -> list[ResourceRow]:
     """One row per (family, template, setting) present for ``dataset``, at width 1: from a run when
     width 1 was trained, else from ``measure(cell)`` (the architecture measured without training)."""
     mine = [c for c in cells.values() if c.dataset == dataset]
@@ -324,9 +359,17 @@ def _ms(s: float | None) -> str:
 def resource_table(rows: list[ResourceRow], dataset: str) -> Table:
     batch = next((r.batch_size for r in rows if r.batch_size), 64)
     labels = Labels.of(r.setting for r in rows)
-    header = ["family", "template", *labels.header(), "params (M)", "GFLOPs / image",
-              f"train memory (MiB, batch {batch})", f"latency batch {batch} (ms)", "latency batch 1 (ms)",
-              "measured on"]
+    header = [
+        "family",
+        "template",
+        *labels.header(),
+        "params (M)",
+        "GFLOPs / image",
+        f"train memory (MiB, batch {batch})",
+        f"latency batch {batch} (ms)",
+        "latency batch 1 (ms)",
+        "measured on",
+    ]
     out, raw = [], []
     computed = False
     for r in rows:
@@ -336,24 +379,68 @@ def resource_table(rows: list[ResourceRow], dataset: str) -> Table:
             mark = "†"
         skey = settings.setting_key(r.setting)
         where = f"{r.device}, {r.threads} thread{'s' if r.threads != 1 else ''}" if r.device else MISSING
-        out.append([r.family, r.method, *labels.cells(skey), MISSING if r.params is None else f"{r.params / 1e6:,.3f}",
-                    MISSING if r.flops is None else f"{r.flops / 1e9:,.4f}", fmt_bytes(r.train_memory_bytes) + mark,
-                    _ms(r.latency_batch_s) + (mark if r.latency_batch_s is not None else ""),
-                    _ms(r.latency_b1_s) + (mark if r.latency_b1_s is not None else ""), where])
-        raw.append([r.family, r.method, *labels.csv_cells(skey), r.params, r.flops, r.train_memory_bytes,
-                    r.batch_size, r.latency_batch_s, r.latency_b1_s, r.device, r.threads, r.source])
-    notes = [labels.caption(),
-             "width multiplier 1, " + f"{rows[0].classes if rows else '?'} classes. Latency: median forward pass "
-             "in eval mode; only comparable between rows measured on the same device and thread count."]
+        out.append(
+            [
+                r.family,
+                r.method,
+                *labels.cells(skey),
+                MISSING if r.params is None else f"{r.params / 1e6:,.3f}",
+                MISSING if r.flops is None else f"{r.flops / 1e9:,.4f}",
+                fmt_bytes(r.train_memory_bytes) + mark,
+                _ms(r.latency_batch_s) + (mark if r.latency_batch_s is not None else ""),
+                _ms(r.latency_b1_s) + (mark if r.latency_b1_s is not None else ""),
+                where,
+            ]
+        )
+        raw.append(
+            [
+                r.family,
+                r.method,
+                *labels.csv_cells(skey),
+                r.params,
+                r.flops,
+                r.train_memory_bytes,
+                r.batch_size,
+                r.latency_batch_s,
+                r.latency_b1_s,
+                r.device,
+                r.threads,
+                r.source,
+            ]
+        )
+    notes = [
+        labels.caption(),
+        "width multiplier 1, " + f"{rows[0].classes if rows else '?'} classes. Latency: median forward pass "
+        "in eval mode; only comparable between rows measured on the same device and thread count.",
+    ]
     if computed:
-        notes.append("†: width 1 was not trained; parameters, FLOPs and training memory are computed from the "
-                     "architecture, latency is measured by the report on this machine (memory on CPU is the "
-                     "exact account of the training step's tensors, on CUDA runs the allocator peak).")
-    return Table(title=f"Resources at width 1 ({dataset})", header=header, rows=out, notes=notes,
-                 align="ll" + "l" * len(labels.header()) + "r" * 5 + "l",
-                 csv_header=["family", "template", *labels.csv_header(), "params", "flops", "train_memory_bytes",
-                             "batch_size", "latency_batch_s", "latency_batch1_s", "device", "threads", "source"],
-                 csv_rows=raw)
+        notes.append(
+            "†: width 1 was not trained; parameters, FLOPs and training memory are computed from the "
+            "architecture, latency is measured by the report on this machine (memory on CPU is the "
+            "exact account of the training step's tensors, on CUDA runs the allocator peak)."
+        )
+    return Table(
+        title=f"Resources at width 1 ({dataset})",
+        header=header,
+        rows=out,
+        notes=notes,
+        align="ll" + "l" * len(labels.header()) + "r" * 5 + "l",
+        csv_header=[
+            "family",
+            "template",
+            *labels.csv_header(),
+            "params",
+            "flops",
+            "train_memory_bytes",
+            "batch_size",
+            "latency_batch_s",
+            "latency_batch1_s",
+            "device",
+            "threads",
+            "source",
+        ],
+        csv_rows=raw,
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -377,14 +464,26 @@ def _csv(t: Table) -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(t.csv_header or t.header)
-    for row in (t.csv_rows if t.csv_rows is not None else t.rows):
+    for row in t.csv_rows if t.csv_rows is not None else t.rows:
         w.writerow(["" if v is None else v for v in row])
     return buf.getvalue()
 
 
-_TEX_ESCAPE = {"&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{", "}": r"\}",
-               "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "\\": r"\textbackslash{}",
-               "—": "---", "±": r"$\pm$", "†": r"$^\dagger$"}
+_TEX_ESCAPE = {
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "\\": r"\textbackslash{}",
+    "—": "---",
+    "±": r"$\pm$",
+    "†": r"$^\dagger$",
+}
 
 
 def _tex_escape(s: str) -> str:
@@ -394,9 +493,16 @@ def _tex_escape(s: str) -> str:
 def _tex(t: Table) -> str:
     """A booktabs table (needs ``\\usepackage{booktabs}``)."""
     align = t.align or "l" * len(t.header)
-    lines = ["% " + _tex_escape(t.title), r"\begin{table}[ht]", r"\centering", r"\small",
-             rf"\begin{{tabular}}{{{align}}}", r"\toprule",
-             " & ".join(_tex_escape(h) for h in t.header) + r" \\", r"\midrule"]
+    lines = [
+        "% " + _tex_escape(t.title),
+        r"\begin{table}[ht]",
+        r"\centering",
+        r"\small",
+        rf"\begin{{tabular}}{{{align}}}",
+        r"\toprule",
+        " & ".join(_tex_escape(h) for h in t.header) + r" \\",
+        r"\midrule",
+    ]
     prev_family = None
     for i, row in enumerate(t.rows):
         cells = []
@@ -410,13 +516,15 @@ def _tex(t: Table) -> str:
                 prev_family = v
             cells.append(rf"\textbf{{{s}}}" if (i, j) in t.bold else s)
         lines.append(" & ".join(cells) + r" \\")
-    lines += [r"\bottomrule", r"\end{tabular}",
-              rf"\caption{{{_tex_escape(t.title)}. {' '.join(_tex_escape(n) for n in t.notes)}}}",
-              r"\end{table}"]
+    lines += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        rf"\caption{{{_tex_escape(t.title)}. {' '.join(_tex_escape(n) for n in t.notes)}}}",
+        r"\end{table}",
+    ]
     return "\n".join(lines) + "\n"
 
 
 def render(t: Table) -> dict[str, str]:
     """``{"md": ..., "csv": ..., "tex": ...}``."""
     return {"md": _md(t), "csv": _csv(t), "tex": _tex(t)}
-

@@ -22,8 +22,14 @@ if TYPE_CHECKING:
 __all__ = ["ENGINES", "EngineOptions", "SlurmOptions", "run_grid"]
 
 
-def run_grid(grid: "Grid", db: str | os.PathLike[str], runs_dir: str | os.PathLike[str], options: EngineOptions,
-             *, progress: bool | None = None) -> "SweepResult":
+def run_grid(
+    grid: "Grid",
+    db: str | os.PathLike[str],
+    runs_dir: str | os.PathLike[str],
+    options: EngineOptions,
+    *,
+    progress: bool | None = None,
+) -> "SweepResult":
     """Train every point of ``grid`` that is not done yet into store ``db`` and folder ``runs_dir``;
     unreachable budget points are recorded (with their reason, also said on stderr) and skipped."""
     if options.engine not in ENGINES:
@@ -37,5 +43,11 @@ def run_grid(grid: "Grid", db: str | os.PathLike[str], runs_dir: str | os.PathLi
     for device in {c.device for c in grid.configs}:
         resolve_device(device)  # asking for CUDA where there is none fails now, not per run
     jobs = max(1, min(options.jobs or 1, os.cpu_count() or 1))
-    return run_local(grid.configs, db, runs_dir, dataclasses.replace(options, jobs=jobs),
-                     budget_points=grid.budget_points, progress=progress)
+    return run_local(
+        grid.configs,
+        db,
+        runs_dir,
+        dataclasses.replace(options, jobs=jobs),
+        budget_points=grid.budget_points,
+        progress=progress,
+    )

@@ -24,33 +24,59 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport, if installed
     except ModuleNotFoundError:
         tomllib = None  # type: ignore[assignment]
 
-from filter_templates.core.images import IMAGE_SIZE
-from filter_templates.pruning import adapter as prune
 from filter_templates.core import rundir, validate
-from filter_templates.method.arch import make_arch
-from filter_templates.data import data_digest_for, data_shape, load_data_for, num_classes
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
-from filter_templates.method.fit import Budget, FitRequest, fit, parse_budget
-from filter_templates.method.measure import resources
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.messages import note
 from filter_templates.core.status import FITTED, UNREACHABLE
-from filter_templates.models import get_family
+from filter_templates.data import data_digest_for, data_shape, load_data_for, num_classes
+from filter_templates.method.arch import make_arch
+from filter_templates.method.fit import Budget, FitRequest, fit, parse_budget
+from filter_templates.method.measure import resources
 from filter_templates.method.templates import BUILTIN_TEMPLATES, resolve_template
+from filter_templates.models import get_family
+from filter_templates.pruning import adapter as prune
+from filter_templates.sweep.store import budget_point_key, point_key
 from filter_templates.training.config import FIELDS as CONFIG_FIELDS
 from filter_templates.training.config import PRUNE_BUDGET_KEYS, TrainConfig, experiment
-from filter_templates.sweep.store import budget_point_key, point_key
 
-__all__ = ["SweepSpec", "PRESETS", "PAPER_WIDTHS", "preset", "load_config", "expand", "plan_grid", "Grid",
-           "BudgetPoint", "run_dir_name", "known_classes", "TRAIN_FIELDS", "GRID_FIELDS", "RUN_FIELDS"]
+__all__ = [
+    "SweepSpec",
+    "PRESETS",
+    "PAPER_WIDTHS",
+    "preset",
+    "load_config",
+    "expand",
+    "plan_grid",
+    "Grid",
+    "BudgetPoint",
+    "run_dir_name",
+    "known_classes",
+    "TRAIN_FIELDS",
+    "GRID_FIELDS",
+    "RUN_FIELDS",
+]
 
 PAPER_WIDTHS = (1.6, 1.3, 1.0, 0.8, 0.5, 0.25, 0.1, 0.05)
 
 #: Settings shared by every point, passed through to TrainConfig unchanged (all its fields but the grid's).
 TRAIN_FIELDS = tuple(k for k in CONFIG_FIELDS if k not in ("arch", "dataset", "seed", "prune"))
 #: The axes of the grid and the architecture options.
-GRID_FIELDS = ("models", "templates", "widths", "budgets", "datasets", "seeds", "divisor", "floor", "as_published",
-               "baselines", "prune_at", "prune_from")
+GRID_FIELDS = (
+    "models",
+    "templates",
+    "widths",
+    "budgets",
+    "datasets",
+    "seeds",
+    "divisor",
+    "floor",
+    "as_published",
+    "baselines",
+    "prune_at",
+    "prune_from",
+)
 #: The two ways to size the models of a grid: a sweep gives exactly one of them.
 SIZE_FIELDS = ("widths", "budgets")
 #: How the local engine runs (not part of any run's configuration).
@@ -148,8 +174,11 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def _from_mapping(d: Mapping[str, Any], where: str) -> SweepSpec:
     grid = {k: d[k] for k in GRID_FIELDS + RUN_FIELDS if k in d}
-    missing = [k if k != "widths" else "widths (or budgets)" for k in ("models", "widths", "datasets")
-               if k not in grid and not (k == "widths" and "budgets" in grid)]
+    missing = [
+        k if k != "widths" else "widths (or budgets)"
+        for k in ("models", "widths", "datasets")
+        if k not in grid and not (k == "widths" and "budgets" in grid)
+    ]
     if missing:
         raise UsageError(f"{where}: missing {', '.join(missing)} (and no preset to take them from)")
     grid.setdefault("templates", list(BUILTIN_TEMPLATES))
@@ -183,8 +212,9 @@ def load_config(path: str | Path) -> SweepSpec:
     allowed = {"preset", *GRID_FIELDS, *RUN_FIELDS, *TRAIN_FIELDS}
     unknown = sorted(set(d) - allowed)
     if unknown:
-        raise UsageError(f"sweep config {str(path)!r} has unknown keys {', '.join(unknown)}; "
-                         f"accepted: {', '.join(sorted(allowed))}")
+        raise UsageError(
+            f"sweep config {str(path)!r} has unknown keys {', '.join(unknown)}; accepted: {', '.join(sorted(allowed))}"
+        )
     if "preset" in d:
         if not isinstance(d["preset"], str):
             raise UsageError(f"sweep config {str(path)!r}: 'preset' must be a preset name")
@@ -235,12 +265,21 @@ class BudgetPoint:
     def record(self) -> dict[str, Any]:
         """The store's row (``Store.add_budget_points``)."""
         cfg = self.config
-        return {"ident": self.ident, "budget_key": self.budget.key, "budget_value": self.budget.value,
-                "family": self.family, "method": self.method, "dataset": self.dataset, "seed": self.seed,
-                "status": UNREACHABLE if cfg is None else FITTED, "reason": self.reason,
-                "width": None if cfg is None else cfg.arch.width,
-                "filters": None if cfg is None else list(cfg.arch.filters), "fit": self.fit,
-                "run_key": None if cfg is None else point_key(cfg.to_dict())[0]}
+        return {
+            "ident": self.ident,
+            "budget_key": self.budget.key,
+            "budget_value": self.budget.value,
+            "family": self.family,
+            "method": self.method,
+            "dataset": self.dataset,
+            "seed": self.seed,
+            "status": UNREACHABLE if cfg is None else FITTED,
+            "reason": self.reason,
+            "width": None if cfg is None else cfg.arch.width,
+            "filters": None if cfg is None else list(cfg.arch.filters),
+            "fit": self.fit,
+            "run_key": None if cfg is None else point_key(cfg.to_dict())[0],
+        }
 
 
 @dataclass
@@ -304,8 +343,16 @@ def plan_grid(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -
                     continue
                 if budgets is None:
                     for w in widths:
-                        arch = make_arch(m, t, w, classes, divisor=spec.divisor, floor=spec.floor,
-                                         as_published=spec.as_published, image_size=at_size.train["image_size"])
+                        arch = make_arch(
+                            m,
+                            t,
+                            w,
+                            classes,
+                            divisor=spec.divisor,
+                            floor=spec.floor,
+                            as_published=spec.as_published,
+                            image_size=at_size.train["image_size"],
+                        )
                         for s in seeds:
                             out.configs.append(TrainConfig(arch=arch, dataset=ds, seed=s, **at_size.train))
                     continue
@@ -334,8 +381,9 @@ def _baselines(spec: SweepSpec, budgets: list["Budget"] | None) -> prune.Baselin
         raise UsageError("the pruning baselines meet a budget: give budgets (--budgets or --budget), not widths")
     for b in budgets:
         if b.key not in PRUNE_BUDGET_KEYS:
-            raise UsageError(f"the pruning baselines search their ratio for a {', '.join(PRUNE_BUDGET_KEYS)} "
-                             f"budget, not {b.key}")
+            raise UsageError(
+                f"the pruning baselines search their ratio for a {', '.join(PRUNE_BUDGET_KEYS)} budget, not {b.key}"
+            )
     return base
 
 
@@ -344,8 +392,16 @@ def _pruned_base(spec: SweepSpec, family: str, classes: int, base: prune.Baselin
     said once per model: its baselines are then unreachable, the templates still run."""
     if not base.names:
         return None, None
-    arch = make_arch(family, "base", base.from_width, classes, divisor=spec.divisor, floor=spec.floor,
-                     as_published=spec.as_published, image_size=spec.train.get("image_size", IMAGE_SIZE))
+    arch = make_arch(
+        family,
+        "base",
+        base.from_width,
+        classes,
+        divisor=spec.divisor,
+        floor=spec.floor,
+        as_published=spec.as_published,
+        image_size=spec.train.get("image_size", IMAGE_SIZE),
+    )
     why = prune.cannot_prune(arch)
     if why is not None:
         why = f"Torch-Pruning cannot prune {family} ({why}); its pruning baselines are left out"
@@ -353,8 +409,16 @@ def _pruned_base(spec: SweepSpec, family: str, classes: int, base: prune.Baselin
     return arch, why
 
 
-def _baseline_points(spec: SweepSpec, arch: Any, method: str, budget: "Budget", dataset: str, seeds: list[int],
-                     base: prune.Baselines, why: str | None) -> list[BudgetPoint]:
+def _baseline_points(
+    spec: SweepSpec,
+    arch: Any,
+    method: str,
+    budget: "Budget",
+    dataset: str,
+    seeds: list[int],
+    base: prune.Baselines,
+    why: str | None,
+) -> list[BudgetPoint]:
     """The points of one pruning baseline (``method``) at one budget: the base model ``arch``
     trains, is pruned to the budget and fine-tuned (or, for prune-scratch, retrained)."""
     setting = {"method": method, "budget": budget.to_dict(), "at": base.at}
@@ -366,8 +430,7 @@ def _baseline_points(spec: SweepSpec, arch: Any, method: str, budget: "Budget", 
         ident = experiment(d)
         ident["arch"] = {k: v for k, v in a.items() if k not in ("filters", "widths")}
         ident["budget"] = budget.to_dict()
-        points.append(BudgetPoint(budget, arch.family, method, dataset, s, ident,
-                                  None if why else cfg, None, why))
+        points.append(BudgetPoint(budget, arch.family, method, dataset, s, ident, None if why else cfg, None, why))
     return points
 
 
@@ -394,20 +457,44 @@ def _budgets(spec: SweepSpec) -> list["Budget"]:
     return list(dict.fromkeys(parse_budget(x) for x in v))
 
 
-def _budget_points(spec: SweepSpec, family: str, template: str, budget: "Budget", dataset: str, classes: int,
-                   seeds: list[int]) -> list[BudgetPoint]:
+def _budget_points(
+    spec: SweepSpec, family: str, template: str, budget: "Budget", dataset: str, classes: int, seeds: list[int]
+) -> list[BudgetPoint]:
     """Fit one (family, template, budget, dataset) and make its point for every seed."""
     # the settings every seed shares, from a provisional config (so defaults are TrainConfig's own)
     size = spec.train.get("image_size", IMAGE_SIZE)
-    probe = TrainConfig(arch=make_arch(family, template, 1.0, classes, divisor=spec.divisor, floor=spec.floor,
-                                       as_published=spec.as_published, image_size=size),
-                        dataset=dataset, **spec.train)
+    probe = TrainConfig(
+        arch=make_arch(
+            family,
+            template,
+            1.0,
+            classes,
+            divisor=spec.divisor,
+            floor=spec.floor,
+            as_published=spec.as_published,
+            image_size=size,
+        ),
+        dataset=dataset,
+        **spec.train,
+    )
     device = resolve_device(probe.device)  # a device that does not exist is an error, not an unreachable budget
     reason: str | None
     try:
-        (r,) = fit(FitRequest(family, budget, [template], classes=classes, divisor=spec.divisor, floor=spec.floor,
-                              as_published=spec.as_published, image_size=size, batch_size=probe.batch_size,
-                              device=str(device), progress=False))
+        (r,) = fit(
+            FitRequest(
+                family,
+                budget,
+                [template],
+                classes=classes,
+                divisor=spec.divisor,
+                floor=spec.floor,
+                as_published=spec.as_published,
+                image_size=size,
+                batch_size=probe.batch_size,
+                device=str(device),
+                progress=False,
+            )
+        )
     except UsageError as exc:  # below the smallest model this template can build
         arch, fitted, reason = None, None, " ".join(str(exc).split())
     else:

@@ -56,10 +56,12 @@ def rung_epochs(epochs: int, rate: int, rungs: int) -> list[int]:
     increasing, the last the full schedule); a UsageError when the first is under one epoch."""
     first = epochs // rate ** (rungs - 1)
     if first < 1:
-        raise UsageError(f"--halving {rate} --rungs {rungs} with {epochs} epochs: the first rung would be "
-                         f"{epochs}/{rate}^{rungs - 1} = {epochs / rate ** (rungs - 1):.3g} epochs, under one; "
-                         f"give fewer rungs or more epochs (at least {rate ** (rungs - 1)})")
-    return [epochs // rate ** j for j in range(rungs - 1, -1, -1)]
+        raise UsageError(
+            f"--halving {rate} --rungs {rungs} with {epochs} epochs: the first rung would be "
+            f"{epochs}/{rate}^{rungs - 1} = {epochs / rate ** (rungs - 1):.3g} epochs, under one; "
+            f"give fewer rungs or more epochs (at least {rate ** (rungs - 1)})"
+        )
+    return [epochs // rate**j for j in range(rungs - 1, -1, -1)]
 
 
 @dataclass
@@ -73,8 +75,12 @@ class Rung:
     survivors: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"epochs": self.epochs, "candidates": self.candidates, "scores": self.scores,
-                "survivors": self.survivors}
+        return {
+            "epochs": self.epochs,
+            "candidates": self.candidates,
+            "scores": self.scores,
+            "survivors": self.survivors,
+        }
 
 
 def _meta_name(grid: Grid) -> str:
@@ -95,13 +101,16 @@ def check_store(db: Path, grid: Grid, plan: Halving | None, epochs: int) -> None
         paused = store.paused([point_key(c.to_dict())[0] for c in grid.configs])
         before = store.meta(_meta_name(grid))
     if paused and before is not None and before != plan.record(epochs):
-        raise UsageError(f"{db}: {len(paused)} run(s) paused by --halving {before['rate']} --rungs {before['rungs']} "
-                         f"(rungs at {', '.join(map(str, before['epochs']))} epochs); run it again with those, "
-                         "or without --halving to train every candidate to the end")
+        raise UsageError(
+            f"{db}: {len(paused)} run(s) paused by --halving {before['rate']} --rungs {before['rungs']} "
+            f"(rungs at {', '.join(map(str, before['epochs']))} epochs); run it again with those, "
+            "or without --halving to train every candidate to the end"
+        )
 
 
-def rung_scores(budget_rows: Sequence[Mapping[str, Any]], epochs: int, selection: str
-                ) -> dict[str, tuple[float | None, bool]]:
+def rung_scores(
+    budget_rows: Sequence[Mapping[str, Any]], epochs: int, selection: str
+) -> dict[str, tuple[float | None, bool]]:
     """Per template: (the mean over its seeds of ``selection`` -- ``val_acc``, or ``final_acc``
     read as the test accuracy -- at epoch ``epochs`` of the planned schedule, or None when no seed
     reached it; whether every seed has reached it or failed, i.e. the rung is over for it)."""
@@ -132,7 +141,7 @@ def _survivors(rung: Rung, params: Mapping[str, float | None], order: Sequence[s
         return (score is None, -(score or 0.0), p if p is not None else float("inf"), pos.get(t, len(pos)))
 
     ranked = sorted(rung.candidates, key=key)
-    return [t for t in ranked[:max(1, len(ranked) // rate)] if rung.scores.get(t) is not None]
+    return [t for t in ranked[: max(1, len(ranked) // rate)] if rung.scores.get(t) is not None]
 
 
 @dataclass
@@ -170,8 +179,10 @@ def run_rungs(plan: Halving, epochs: int, db: Path, d: Driver) -> tuple[list[Run
         scores = rung_scores([r for r in rows if r["method"] in alive], stop, d.selection)
         pending = [t for t in alive if not scores.get(t, (None, True))[1]]
         if pending and not last:
-            raise UsageError(f"rung at {stop} epochs: {', '.join(pending)} still training in another process (or "
-                             "interrupted); run the same command again once they end, to continue from there")
+            raise UsageError(
+                f"rung at {stop} epochs: {', '.join(pending)} still training in another process (or "
+                "interrupted); run the same command again once they end, to continue from there"
+            )
         rung.scores = {t: scores.get(t, (None, True))[0] for t in alive}
         rung.survivors = list(alive) if last else _survivors(rung, d.params(rows), d.order, plan.rate)
         rungs.append(rung)

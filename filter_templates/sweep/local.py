@@ -20,29 +20,44 @@ from typing import TYPE_CHECKING, Sequence
 
 import torch
 
-from filter_templates.training.autotune import threads_for
 from filter_templates.core.device import resolve_device
 from filter_templates.core.messages import note as _log
 from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import CHECKPOINT, read_metrics
 from filter_templates.core.status import DONE, FAILED, PAUSED, PENDING, RUNNING
 from filter_templates.run import run_config
-from filter_templates.training.config import TrainConfig
 from filter_templates.sweep.options import EngineOptions
-from filter_templates.sweep.plan import Point, SweepResult, complete_resources, failure_reason, finished_on_disk, prepare
+from filter_templates.sweep.plan import (
+    Point,
+    SweepResult,
+    complete_resources,
+    failure_reason,
+    finished_on_disk,
+    prepare,
+)
 from filter_templates.sweep.store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
+from filter_templates.training.autotune import threads_for
+from filter_templates.training.config import TrainConfig
 
 if TYPE_CHECKING:
     from filter_templates.sweep.grid import BudgetPoint
 
 __all__ = ["run_local", "HEARTBEAT_EVERY"]
 
+
 class _ClaimLost(Exception):
     """Another sweep took this point over (our heartbeat went stale): stop, leave it to them."""
 
 
-def train_point(store: Store, point: Point, token: str, *, progress: bool | None = None,
-                heartbeat_every: float = HEARTBEAT_EVERY, threads_source: str | None = None) -> dict:
+def train_point(
+    store: Store,
+    point: Point,
+    token: str,
+    *,
+    progress: bool | None = None,
+    heartbeat_every: float = HEARTBEAT_EVERY,
+    threads_source: str | None = None,
+) -> dict:
     """Train (or resume, or just record) one claimed point; returns the summary it recorded.
     ``threads_source``: how the engine set torch's thread count (recorded in the summary)."""
     on_disk = finished_on_disk(point)
@@ -58,8 +73,14 @@ def train_point(store: Store, point: Point, token: str, *, progress: bool | None
     resume = (point.run_dir / CHECKPOINT).exists()
     with Heartbeats(store.path, {point.key: token}, heartbeat_every):
         try:
-            outcome = run_config(point.config, point.run_dir, resume=resume, progress=progress, on_epoch=on_epoch,
-                                 threads_source=threads_source)
+            outcome = run_config(
+                point.config,
+                point.run_dir,
+                resume=resume,
+                progress=progress,
+                on_epoch=on_epoch,
+                threads_source=threads_source,
+            )
             summary = complete_resources(point.config, outcome, point.run_dir)
         except (KeyboardInterrupt, _ClaimLost):
             raise
@@ -69,9 +90,15 @@ def train_point(store: Store, point: Point, token: str, *, progress: bool | None
     return summary
 
 
-def run_local(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs_dir: str | os.PathLike[str],
-              options: EngineOptions = EngineOptions(), *, budget_points: Sequence["BudgetPoint"] = (),
-              progress: bool | None = None) -> SweepResult:
+def run_local(
+    configs: Sequence["TrainConfig"],
+    db: str | os.PathLike[str],
+    runs_dir: str | os.PathLike[str],
+    options: EngineOptions = EngineOptions(),
+    *,
+    budget_points: Sequence["BudgetPoint"] = (),
+    progress: bool | None = None,
+) -> SweepResult:
     """Run every point of ``configs`` that is not done yet on this machine.
 
     ``options.jobs``: how many runs train at once, each in its own process (this one and ``jobs - 1``
@@ -85,16 +112,20 @@ def run_local(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs
     threads, threads_source = _threads(configs, jobs, options.threads, options.threads_source)
     workers: list[tuple[subprocess.Popen, Path]] = []
     with Store(db) as store:
-        points, result = prepare(store, configs, runs_dir, retry_failed=options.retry_failed,
-                                 budget_points=budget_points)
+        points, result = prepare(
+            store, configs, runs_dir, retry_failed=options.retry_failed, budget_points=budget_points
+        )
         result.engine = "local"
         by_key = {p.key: p for p in points}
         keys = list(by_key)
         config_json = {p.key: p.config_json for p in points}
         bar = Progress(total=len(points), desc="sweep", enabled=progress)
         bar.n = result.skipped
-        todo = sum(1 for r in store.rows(keys)
-                   if store.claimable(r, stale_after=DEFAULT_STALE_AFTER, config_json=config_json[r["key"]]))
+        todo = sum(
+            1
+            for r in store.rows(keys)
+            if store.claimable(r, stale_after=DEFAULT_STALE_AFTER, config_json=config_json[r["key"]])
+        )
         try:
             if jobs > 1 and todo > 1:
                 workers = _spawn_workers(min(jobs, todo) - 1, points, store.path, runs_dir, (threads, threads_source))
@@ -105,12 +136,15 @@ def run_local(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs
                 point = by_key[claim["key"]]
                 bar.set(run=point.name)
                 if claim["reclaimed"]:
-                    _log(f"{point.name}: taking over from {claim['previous_owner']}, which stopped; "
-                         "resuming from its checkpoint")
+                    _log(
+                        f"{point.name}: taking over from {claim['previous_owner']}, which stopped; "
+                        "resuming from its checkpoint"
+                    )
                 torch.set_num_threads(threads)  # a resumed run before this one kept its own
                 try:
-                    summary = train_point(store, point, claim["claim_token"], progress=progress,
-                                          threads_source=threads_source)
+                    summary = train_point(
+                        store, point, claim["claim_token"], progress=progress, threads_source=threads_source
+                    )
                 except _ClaimLost:
                     _log(f"{point.name}: another sweep took this point over; leaving it to that sweep")
                     continue
@@ -149,8 +183,7 @@ def run_local(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs
     return result
 
 
-def _threads(configs: Sequence["TrainConfig"], jobs: int, threads: int | None,
-             source: str | None) -> tuple[int, str]:
+def _threads(configs: Sequence["TrainConfig"], jobs: int, threads: int | None, source: str | None) -> tuple[int, str]:
     """The thread count of every run of this engine and what chose it: the caller's, else
     :func:`autotune.threads_for`'s share of the cores among ``jobs`` runs (not among the runs
     left to do: a resumed sweep must give its runs the counts the first one did)."""
@@ -172,27 +205,38 @@ def _count(result: SweepResult, point: Point, summary: dict) -> None:
         _log(f"FAILED {point.name}: {summary.get('reason')}")
 
 
-def _spawn_workers(n: int, points: Sequence[Point], db: Path, runs_dir: str | os.PathLike[str],
-                   threads: tuple[int, str]) -> list[tuple[subprocess.Popen, Path]]:
+def _spawn_workers(
+    n: int, points: Sequence[Point], db: Path, runs_dir: str | os.PathLike[str], threads: tuple[int, str]
+) -> list[tuple[subprocess.Popen, Path]]:
     """``n`` more sweep processes on the same store and grid (``python -m filter_templates.sweep.local``).
     The grid travels as a JSON file; each worker writes its SweepResult to a JSON file."""
     out = []
     tag = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     job_file = Path(runs_dir).resolve() / f".sweep-{tag}.json"
     job_file.parent.mkdir(parents=True, exist_ok=True)
-    job_file.write_text(json.dumps({"db": str(Path(db).resolve()), "runs_dir": str(Path(runs_dir).resolve()),
-                                    "threads": threads[0], "threads_source": threads[1],
-                                    "configs": [p.config.to_dict() for p in points]}))
+    job_file.write_text(
+        json.dumps(
+            {
+                "db": str(Path(db).resolve()),
+                "runs_dir": str(Path(runs_dir).resolve()),
+                "threads": threads[0],
+                "threads_source": threads[1],
+                "configs": [p.config.to_dict() for p in points],
+            }
+        )
+    )
     try:
         for i in range(n):
             result_file = job_file.with_name(f".sweep-{tag}-result{i}.json")
-            proc = subprocess.Popen([sys.executable, "-m", __name__, str(job_file), str(result_file)],
-                                    stdin=subprocess.DEVNULL)
+            proc = subprocess.Popen(
+                [sys.executable, "-m", __name__, str(job_file), str(result_file)], stdin=subprocess.DEVNULL
+            )
             out.append((proc, result_file))
         # give the workers a moment to read the job before it goes
         deadline = time.time() + 120
-        while time.time() < deadline and any(p.poll() is None and not r.with_suffix(".started").exists()
-                                              for p, r in out):
+        while time.time() < deadline and any(
+            p.poll() is None and not r.with_suffix(".started").exists() for p, r in out
+        ):
             time.sleep(0.05)
     finally:
         job_file.unlink(missing_ok=True)

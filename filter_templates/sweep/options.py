@@ -14,10 +14,26 @@ __all__ = ["ENGINES", "EngineOptions", "SlurmOptions"]
 ENGINES = ("local", "ray", "slurm")
 
 #: sbatch options that --slurm-option may not set: our own flags set them, or the engine needs its own value.
-_SLURM_OWN = {"partition": "--partition", "p": "--partition", "time": "--time", "t": "--time",
-              "cpus-per-task": "--cpus-per-task", "c": "--cpus-per-task", "gpus-per-task": "--gpus-per-task",
-              "mem": "--mem", "array": "--array-parallelism", "job-name": None, "J": None, "output": None,
-              "o": None, "error": None, "e": None, "open-mode": None, "signal": None, "wrap": None}
+_SLURM_OWN = {
+    "partition": "--partition",
+    "p": "--partition",
+    "time": "--time",
+    "t": "--time",
+    "cpus-per-task": "--cpus-per-task",
+    "c": "--cpus-per-task",
+    "gpus-per-task": "--gpus-per-task",
+    "mem": "--mem",
+    "array": "--array-parallelism",
+    "job-name": None,
+    "J": None,
+    "output": None,
+    "o": None,
+    "error": None,
+    "e": None,
+    "open-mode": None,
+    "signal": None,
+    "wrap": None,
+}
 
 
 @dataclass
@@ -50,8 +66,10 @@ class SlurmOptions:
         """Refuse what sbatch would refuse later (or silently misread), naming the flag."""
         validate.integer(self.time, "--time (minutes)")
         if self.time < 3:  # submitit signals 90 s before the limit: a shorter job would requeue before it trains
-            raise UsageError(f"--time must be at least 3 minutes (a job is told to checkpoint 90 s before its "
-                             f"limit), got {self.time}")
+            raise UsageError(
+                f"--time must be at least 3 minutes (a job is told to checkpoint 90 s before its "
+                f"limit), got {self.time}"
+            )
         validate.integer(self.cpus_per_task, "--cpus-per-task")
         validate.integer(self.gpus_per_task, "--gpus-per-task", minimum=0)
         if self.tasks_per_node is not None:
@@ -67,8 +85,10 @@ class SlurmOptions:
         for key in self.extra:
             if key in _SLURM_OWN:
                 instead = _SLURM_OWN[key]
-                raise UsageError(f"--slurm-option {key}=...: " + (f"use {instead}" if instead else
-                                                                  "the Slurm engine sets this itself"))
+                raise UsageError(
+                    f"--slurm-option {key}=...: "
+                    + (f"use {instead}" if instead else "the Slurm engine sets this itself")
+                )
         return self
 
     @staticmethod
@@ -79,8 +99,10 @@ class SlurmOptions:
             key, sep, value = item.partition("=")
             key = key.strip().lstrip("-")
             if not sep or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_-]*", key) or not value.strip():
-                raise UsageError(f"--slurm-option takes KEY=VALUE, an sbatch option without its dashes "
-                                 f"(e.g. account=myproject, qos=normal, constraint=a100), got {item!r}")
+                raise UsageError(
+                    f"--slurm-option takes KEY=VALUE, an sbatch option without its dashes "
+                    f"(e.g. account=myproject, qos=normal, constraint=a100), got {item!r}"
+                )
             out[key] = value.strip()
         return out
 

@@ -10,20 +10,27 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
-from filter_templates.method.measure import input_shape_of, latency, resources
 from filter_templates.core.rundir import CONFIG, read_metrics, read_summary, write_resources
 from filter_templates.core.status import DONE, FAILED, PAUSED
+from filter_templates.method.measure import input_shape_of, latency, resources
 from filter_templates.sweep.grid import run_dir_name
 from filter_templates.sweep.store import Store, canonical_json, point_key
-
 from filter_templates.training.config import TrainConfig
 
 if TYPE_CHECKING:
     from filter_templates.sweep.grid import BudgetPoint
 
-__all__ = ["Point", "SweepResult", "prepare", "finished_on_disk", "reindex", "complete_resources", "failure_reason",
-           "read_summary",
-           "read_metrics"]
+__all__ = [
+    "Point",
+    "SweepResult",
+    "prepare",
+    "finished_on_disk",
+    "reindex",
+    "complete_resources",
+    "failure_reason",
+    "read_summary",
+    "read_metrics",
+]
 
 
 @dataclass
@@ -67,8 +74,12 @@ class SweepResult:
         return self.skipped_done + self.skipped_failed
 
     def line(self) -> str:
-        parts = [f"{self.done} done", *([f"{self.paused} paused"] if self.paused else []), f"{self.failed} failed",
-                 f"{self.skipped} skipped"]
+        parts = [
+            f"{self.done} done",
+            *([f"{self.paused} paused"] if self.paused else []),
+            f"{self.failed} failed",
+            f"{self.skipped} skipped",
+        ]
         why = []
         if self.skipped_done:
             why.append(f"{self.skipped_done} already done")
@@ -79,23 +90,44 @@ class SweepResult:
         if self.elsewhere:
             parts.append(f"{self.elsewhere} running in another sweep")
         if self.unreachable:
-            parts.append(f"{len(self.unreachable)} budget point{'' if len(self.unreachable) == 1 else 's'} "
-                         "unreachable (not trained; reasons above and in the store)")
+            parts.append(
+                f"{len(self.unreachable)} budget point{'' if len(self.unreachable) == 1 else 's'} "
+                "unreachable (not trained; reasons above and in the store)"
+            )
         head = "sweep interrupted" if self.interrupted else "sweep finished"
-        return (f"{head}: {self.points} point{'' if self.points == 1 else 's'}, {', '.join(parts)} in {self.wall_s:.0f} s; "
-                f"results in {self.db}, runs in {self.runs_dir}")
+        return (
+            f"{head}: {self.points} point{'' if self.points == 1 else 's'}, {', '.join(parts)} in {self.wall_s:.0f} s; "
+            f"results in {self.db}, runs in {self.runs_dir}"
+        )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"db": self.db, "runs_dir": self.runs_dir, "engine": self.engine, "points": self.points,
-                "done": self.done, "paused": self.paused, "failed": self.failed, "skipped": self.skipped,
-                "skipped_done": self.skipped_done, "skipped_failed": self.skipped_failed,
-                "running_elsewhere": self.elsewhere, "interrupted": self.interrupted,
-                "failures": self.failures, "unreachable": self.unreachable, "wall_s": round(self.wall_s, 3)}
+        return {
+            "db": self.db,
+            "runs_dir": self.runs_dir,
+            "engine": self.engine,
+            "points": self.points,
+            "done": self.done,
+            "paused": self.paused,
+            "failed": self.failed,
+            "skipped": self.skipped,
+            "skipped_done": self.skipped_done,
+            "skipped_failed": self.skipped_failed,
+            "running_elsewhere": self.elsewhere,
+            "interrupted": self.interrupted,
+            "failures": self.failures,
+            "unreachable": self.unreachable,
+            "wall_s": round(self.wall_s, 3),
+        }
 
 
-def prepare(store: Store, configs: Sequence["TrainConfig"], runs_dir: str | os.PathLike[str],
-            *, retry_failed: bool = False, budget_points: Sequence["BudgetPoint"] = ()
-            ) -> tuple[list[Point], SweepResult]:
+def prepare(
+    store: Store,
+    configs: Sequence["TrainConfig"],
+    runs_dir: str | os.PathLike[str],
+    *,
+    retry_failed: bool = False,
+    budget_points: Sequence["BudgetPoint"] = (),
+) -> tuple[list[Point], SweepResult]:
     """Key every configuration, add the new ones to the store as pending and (``retry_failed``)
     put failed ones back to pending; record the ``budget_points`` of a budget sweep (unreachable
     ones with their reason). Returns the points in grid order and a result whose ``skipped_*``
@@ -116,10 +148,15 @@ def prepare(store: Store, configs: Sequence["TrainConfig"], runs_dir: str | os.P
     if retry_failed:
         store.reset_failed(keys)
     counts = store.counts(keys)
-    result = SweepResult(db=str(store.path.resolve()), runs_dir=str(runs), engine="", points=len(points),
-                         skipped_done=counts[DONE], skipped_failed=counts[FAILED],
-                         unreachable=[{"point": bp.label(), "reason": str(bp.reason)}
-                                      for bp in budget_points if bp.config is None])
+    result = SweepResult(
+        db=str(store.path.resolve()),
+        runs_dir=str(runs),
+        engine="",
+        points=len(points),
+        skipped_done=counts[DONE],
+        skipped_failed=counts[FAILED],
+        unreachable=[{"point": bp.label(), "reason": str(bp.reason)} for bp in budget_points if bp.config is None],
+    )
     return points, result
 
 
@@ -138,8 +175,10 @@ def complete_resources(config: "TrainConfig", summary: Mapping[str, Any], run_di
     if need_latency:
         with torch.device(device):
             model = config.arch.build()
-        lat = {f"batch{b}": latency(model, b, device, input_shape=input_shape_of(config.arch))
-               for b in dict.fromkeys((config.batch_size, 1))}
+        lat = {
+            f"batch{b}": latency(model, b, device, input_shape=input_shape_of(config.arch))
+            for b in dict.fromkeys((config.batch_size, 1))
+        }
         extra["latency_s"] = {k: v["median_s"] for k, v in lat.items()}
         extra["latency_iqr_s"] = {k: v["iqr_s"] for k, v in lat.items()}
         extra["batch_size"] = config.batch_size

@@ -35,10 +35,17 @@ def error_line(text: Any) -> str:
 class StoreCallback(tune.Callback):
     """Records each trial's epochs as they are reported and its summary when it ends."""
 
-    def __init__(self, store: Store, by_key: dict[str, Point], tokens: dict[str, str], beats: Any,
-                 result: SweepResult, bar: Any) -> None:
+    def __init__(
+        self, store: Store, by_key: dict[str, Point], tokens: dict[str, str], beats: Any, result: SweepResult, bar: Any
+    ) -> None:
         self.store, self.by_key, self.tokens, self.beats, self.result, self.bar = (
-            store, by_key, tokens, beats, result, bar)
+            store,
+            by_key,
+            tokens,
+            beats,
+            result,
+            bar,
+        )
         self.finished: set[str] = set()
 
     def __getstate__(self) -> dict[str, Any]:
@@ -56,8 +63,9 @@ class StoreCallback(tune.Callback):
         if key in self.finished or self.store is None:
             return
         self.finished.add(key)
-        self.store.finish(key, self.tokens[key], summary, epochs=read_metrics(run_dir) or summary.get("metrics"),
-                          run_dir=str(run_dir))
+        self.store.finish(
+            key, self.tokens[key], summary, epochs=read_metrics(run_dir) or summary.get("metrics"), run_dir=str(run_dir)
+        )
         self.beats.drop(key)
         name = self.by_key[key].name
         if summary.get("status") == PAUSED:
@@ -76,8 +84,21 @@ class StoreCallback(tune.Callback):
         if self.store is None or result.get("final"):
             return  # the final report is recorded from summary.json in on_trial_complete
         key = self._key(trial)
-        row = {k: result[k] for k in ("epoch", "lr", "train_loss", "train_acc", "val_acc", "test_acc", "test_views", "seconds",
-                                      "images_per_s") if k in result}
+        row = {
+            k: result[k]
+            for k in (
+                "epoch",
+                "lr",
+                "train_loss",
+                "train_acc",
+                "val_acc",
+                "test_acc",
+                "test_views",
+                "seconds",
+                "images_per_s",
+            )
+            if k in result
+        }
         if "epoch" in row:
             self.store.record_epoch(key, self.tokens[key], row)
 
@@ -91,8 +112,11 @@ class StoreCallback(tune.Callback):
             summary = read_summary(point.run_dir)
         if summary is None:
             last = trial.last_result or {}
-            summary = json.loads(last["summary"]) if "summary" in last else {
-                "status": FAILED, "reason": "the trial ended without a summary"}
+            summary = (
+                json.loads(last["summary"])
+                if "summary" in last
+                else {"status": FAILED, "reason": "the trial ended without a summary"}
+            )
         self._record(key, summary, point.run_dir)
         self._drop_tune_copy(trial, point.run_dir)
 
@@ -111,5 +135,8 @@ class StoreCallback(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         key = self._key(trial)
         reason = error_line(trial.get_error())
-        self._record(key, {"status": FAILED, "reason": f"{reason} (after {trial.num_failures} attempt(s) on Ray)"},
-                     self.by_key[key].run_dir)
+        self._record(
+            key,
+            {"status": FAILED, "reason": f"{reason} (after {trial.num_failures} attempt(s) on Ray)"},
+            self.by_key[key].run_dir,
+        )

@@ -27,16 +27,16 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import torch
 
-from filter_templates.training.autotune import threads_for
 from filter_templates.core.errors import UsageError
 from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import CHECKPOINT, copy_run_files, read_metrics
 from filter_templates.core.status import PENDING, RUNNING
 from filter_templates.run import run_config
-from filter_templates.training.config import TrainConfig
 from filter_templates.sweep.options import EngineOptions
 from filter_templates.sweep.plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
 from filter_templates.sweep.store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
+from filter_templates.training.autotune import threads_for
+from filter_templates.training.config import TrainConfig
 
 if TYPE_CHECKING:
     from filter_templates.sweep.grid import BudgetPoint
@@ -60,8 +60,10 @@ def import_ray(address: str | None = None) -> tuple[Any, Any]:
         import ray
         from ray import tune
     except ImportError as exc:
-        raise UsageError(f"--engine ray needs Ray Tune, which is not installed ({exc}); "
-                         "install it with: pip install 'filter-templates[ray]'") from None
+        raise UsageError(
+            f"--engine ray needs Ray Tune, which is not installed ({exc}); "
+            "install it with: pip install 'filter-templates[ray]'"
+        ) from None
     return ray, tune
 
 
@@ -88,11 +90,19 @@ def _trial(params: dict[str, Any]) -> None:
     def on_epoch(row: dict) -> None:
         tune.report({**row, "final": False}, checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
 
-    outcome = run_config(config, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False,
-                         on_epoch=on_epoch, threads_source=threads_source)
+    outcome = run_config(
+        config,
+        run_dir,
+        resume=(run_dir / CHECKPOINT).exists(),
+        progress=False,
+        on_epoch=on_epoch,
+        threads_source=threads_source,
+    )
     summary = complete_resources(config, outcome, run_dir)  # measured here, on the trial's device
-    tune.report({"final": True, "status": summary["status"], "summary": json.dumps(summary, default=str)},
-                checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
+    tune.report(
+        {"final": True, "status": summary["status"], "summary": json.dumps(summary, default=str)},
+        checkpoint=tune.Checkpoint.from_directory(str(run_dir)),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -100,9 +110,15 @@ def _trial(params: dict[str, Any]) -> None:
 # --------------------------------------------------------------------------------------------
 
 
-def run_ray(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs_dir: str | os.PathLike[str],
-            options: EngineOptions = EngineOptions(engine="ray"), *, budget_points: Sequence["BudgetPoint"] = (),
-            progress: bool | None = None) -> SweepResult:
+def run_ray(
+    configs: Sequence["TrainConfig"],
+    db: str | os.PathLike[str],
+    runs_dir: str | os.PathLike[str],
+    options: EngineOptions = EngineOptions(engine="ray"),
+    *,
+    budget_points: Sequence["BudgetPoint"] = (),
+    progress: bool | None = None,
+) -> SweepResult:
     """Run every claimable point of ``configs`` as a Ray Tune trial; return what happened.
 
     ``options.address``: join that Ray cluster (``auto``, ``ray://host:10001``, ...); None starts a
@@ -118,12 +134,15 @@ def run_ray(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs_d
     runs = Path(runs_dir).resolve()
     storage = options.storage or str(runs / "_ray")
     with Store(db) as store:
-        points, result = prepare(store, configs, runs, retry_failed=options.retry_failed,
-                                 budget_points=budget_points)
+        points, result = prepare(store, configs, runs, retry_failed=options.retry_failed, budget_points=budget_points)
         result.engine = "ray"
         by_key = {p.key: p for p in points}
-        claims = store.claim_many(list(by_key), owner=owner_id(), stale_after=DEFAULT_STALE_AFTER,
-                                  config_json={p.key: p.config_json for p in points})
+        claims = store.claim_many(
+            list(by_key),
+            owner=owner_id(),
+            stale_after=DEFAULT_STALE_AFTER,
+            config_json={p.key: p.config_json for p in points},
+        )
         tokens = {c["key"]: c["claim_token"] for c in claims}
         bar = Progress(total=len(points), desc="sweep", enabled=progress)
         bar.n = result.skipped
@@ -141,8 +160,10 @@ def run_ray(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs_d
         started_ray = False
         try:
             if todo:
-                with Heartbeats(store.path, {p.key: tokens[p.key] for p in todo}, HEARTBEAT_EVERY) as beats, \
-                        contextlib.redirect_stdout(sys.stderr):  # keep stdout for the summary / --json
+                with (
+                    Heartbeats(store.path, {p.key: tokens[p.key] for p in todo}, HEARTBEAT_EVERY) as beats,
+                    contextlib.redirect_stdout(sys.stderr),
+                ):  # keep stdout for the summary / --json
                     if not ray.is_initialized():
                         _init_ray(ray, address)
                         started_ray = True
@@ -169,8 +190,10 @@ def run_ray(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs_d
 def _check_fits(have: dict[str, float], cpus: float, gpus: float) -> None:
     for what, need, flag in (("CPU", cpus, "--cpus-per-trial"), ("GPU", gpus, "--gpus-per-trial")):
         if need > have.get(what, 0.0):
-            raise UsageError(f"{flag} {need:g} asks for more than this machine's {have.get(what, 0.0):g} {what}s; "
-                             f"lower it (or join a cluster with --address)")
+            raise UsageError(
+                f"{flag} {need:g} asks for more than this machine's {have.get(what, 0.0):g} {what}s; "
+                f"lower it (or join a cluster with --address)"
+            )
 
 
 def _init_ray(ray: Any, address: str | None) -> None:
@@ -184,10 +207,13 @@ def _init_ray(ray: Any, address: str | None) -> None:
         where = f"Ray cluster at {address!r}" if address else "a local Ray"
         hint = ""
         if address and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
-            hint = ("; a cluster started with `ray start --head` by Ray >= 2.59 uses token authentication: "
-                    "set RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN")
-        raise UsageError(f"cannot start or join {where}: {type(exc).__name__}: {' '.join(str(exc).split())}"
-                         f"{hint}") from None
+            hint = (
+                "; a cluster started with `ray start --head` by Ray >= 2.59 uses token authentication: "
+                "set RAY_AUTH_MODE=token, with the cluster's token in ~/.ray/auth_token or RAY_AUTH_TOKEN"
+            )
+        raise UsageError(
+            f"cannot start or join {where}: {type(exc).__name__}: {' '.join(str(exc).split())}{hint}"
+        ) from None
 
 
 def use_token_auth(address: str | None) -> bool:
@@ -198,8 +224,9 @@ def use_token_auth(address: str | None) -> bool:
     this process, as Ray's own ``ray.init()`` does for a cluster it starts. Ray reads the mode when
     it is imported, so this runs before the import (and refreshes Ray's settings if another part of
     the process imported it first). Returns whether token mode was switched on here."""
-    have_token = bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")) \
-        or RAY_TOKEN_FILE.is_file()
+    have_token = (
+        bool(os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH")) or RAY_TOKEN_FILE.is_file()
+    )
     if not address or "RAY_AUTH_MODE" in os.environ or not have_token:
         return False
     os.environ["RAY_AUTH_MODE"] = "token"
@@ -221,20 +248,24 @@ def _store_callback() -> Any:
 
 def _fit(tune: Any, todo: list[Point], storage: str, options: EngineOptions, callback: Any) -> None:
     cpus, gpus = options.cpus_per_trial, options.gpus_per_trial
+
     def absolute(cfg: dict[str, Any]) -> dict[str, Any]:
         cfg = dict(cfg)  # trials run with the trial folder as cwd: relative data paths would break
         if cfg.get("data_dir"):
             cfg["data_dir"] = str(Path(cfg["data_dir"]).resolve())
         return cfg
 
-    space = [{"key": p.key, "name": p.name, "run_dir": str(p.run_dir), "config": absolute(p.config.to_dict()),
-              "cpus": cpus} for p in todo]
+    space = [
+        {"key": p.key, "name": p.name, "run_dir": str(p.run_dir), "config": absolute(p.config.to_dict()), "cpus": cpus}
+        for p in todo
+    ]
     trainable = tune.with_resources(_trial, {"cpu": cpus, "gpu": gpus})
     tuner = tune.Tuner(
         trainable,
         param_space={"point": tune.grid_search(space)},
-        tune_config=tune.TuneConfig(num_samples=1, reuse_actors=False, trial_name_creator=_trial_name,
-                                    trial_dirname_creator=_trial_name),
+        tune_config=tune.TuneConfig(
+            num_samples=1, reuse_actors=False, trial_name_creator=_trial_name, trial_dirname_creator=_trial_name
+        ),
         run_config=tune.RunConfig(
             name=f"sweep-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}",
             storage_path=storage,
@@ -245,4 +276,3 @@ def _fit(tune: Any, todo: list[Point], storage: str, options: EngineOptions, cal
         ),
     )
     tuner.fit()
-

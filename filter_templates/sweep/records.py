@@ -14,14 +14,30 @@ import sqlite3
 from pathlib import Path
 from typing import Any, Mapping
 
-from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.errors import UsageError
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.status import BUDGET_STATUSES, ROW_STATUSES
 from filter_templates.training.config import EXECUTION_KEYS, experiment, kind_of, method_of
 
-__all__ = ["StoreError", "STATUSES", "BUDGET_STATUSES", "EXECUTION_FIELDS", "SCHEMA_VERSION", "DEFAULT_FILE",
-           "DEFAULT_STALE_AFTER", "HEARTBEAT_EVERY", "canonical_json", "point_key", "budget_point_key", "owner_id",
-           "owner_alive", "fields", "num", "clean", "row_dict"]
+__all__ = [
+    "StoreError",
+    "STATUSES",
+    "BUDGET_STATUSES",
+    "EXECUTION_FIELDS",
+    "SCHEMA_VERSION",
+    "DEFAULT_FILE",
+    "DEFAULT_STALE_AFTER",
+    "HEARTBEAT_EVERY",
+    "canonical_json",
+    "point_key",
+    "budget_point_key",
+    "owner_id",
+    "owner_alive",
+    "fields",
+    "num",
+    "clean",
+    "row_dict",
+]
 
 STATUSES = ROW_STATUSES
 #: TrainConfig fields that do not change what is trained, only where/how: not part of a row's key.
@@ -107,7 +123,9 @@ def fields(config: Mapping[str, Any]) -> dict[str, Any]:
             "image_size": int(config.get("image_size", arch.get("image_size", IMAGE_SIZE))),
         }
     except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"not a training configuration (missing or bad {exc}): {canonical_json(config)[:200]}") from None
+        raise UsageError(
+            f"not a training configuration (missing or bad {exc}): {canonical_json(config)[:200]}"
+        ) from None
 
 
 def num(x: Any) -> Any:

@@ -35,7 +35,7 @@ from filter_templates.core.errors import UsageError
 from filter_templates.core.messages import note, warn
 from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import check_writable, read_metrics, read_summary
-from filter_templates.core.status import DONE, FAILED, PAUSED, PENDING, RUNNING, RUN_STATUSES
+from filter_templates.core.status import DONE, FAILED, PAUSED, PENDING, RUN_STATUSES, RUNNING
 from filter_templates.sweep.options import EngineOptions, SlurmOptions
 from filter_templates.sweep.plan import Point, SweepResult, finished_on_disk, prepare
 from filter_templates.sweep.slurm_job import TrainJob, import_submitit
@@ -48,7 +48,6 @@ from filter_templates.sweep.slurm_queue import (
     jobs_named,
 )
 from filter_templates.sweep.store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
-
 from filter_templates.training.config import TrainConfig
 
 if TYPE_CHECKING:
@@ -63,13 +62,31 @@ _MAY_RETURN = {None, "COMPLETED", "PREEMPTED", "NODE_FAIL"}
 #: Questions in a row Slurm may leave unanswered before the driver stops (its jobs go on).
 _PATIENCE = 12
 #: Pending reasons that will not resolve by waiting: said once, on stderr.
-_STUCK = {"PartitionTimeLimit", "PartitionNodeLimit", "PartitionDown", "ReqNodeNotAvail", "BadConstraints",
-          "InvalidAccount", "InvalidQOS", "QOSMaxWallDurationPerJobLimit", "AssocMaxWallDurationPerJobLimit",
-          "JobHeldAdmin", "JobHeldUser", "Dependency", "DependencyNeverSatisfied"}
-_ENDED = {"CANCELLED": "cancelled: scancel, or an administrator", "TIMEOUT": "its --time ran out",
-          "OUT_OF_MEMORY": "out of memory: raise --mem", "NODE_FAIL": "its node failed",
-          "PREEMPTED": "preempted", "FAILED": "the job's command failed", "BOOT_FAIL": "its node did not boot",
-          "DEADLINE": "its deadline passed"}
+_STUCK = {
+    "PartitionTimeLimit",
+    "PartitionNodeLimit",
+    "PartitionDown",
+    "ReqNodeNotAvail",
+    "BadConstraints",
+    "InvalidAccount",
+    "InvalidQOS",
+    "QOSMaxWallDurationPerJobLimit",
+    "AssocMaxWallDurationPerJobLimit",
+    "JobHeldAdmin",
+    "JobHeldUser",
+    "Dependency",
+    "DependencyNeverSatisfied",
+}
+_ENDED = {
+    "CANCELLED": "cancelled: scancel, or an administrator",
+    "TIMEOUT": "its --time ran out",
+    "OUT_OF_MEMORY": "out of memory: raise --mem",
+    "NODE_FAIL": "its node failed",
+    "PREEMPTED": "preempted",
+    "FAILED": "the job's command failed",
+    "BOOT_FAIL": "its node did not boot",
+    "DEADLINE": "its deadline passed",
+}
 
 
 @dataclass
@@ -112,9 +129,11 @@ def check_shared(cluster: Cluster, paths: dict[str, Path]) -> None:
         real = Path(os.path.realpath(path))
         for root in _temporary_roots():
             if real == root or root in real.parents:
-                raise UsageError(f"{flag} {path} is under {root}, a temporary folder of this machine that the nodes "
-                                 f"of partition {cluster.partition} do not share; put it on a file system they "
-                                 "all mount (a home or project folder)")
+                raise UsageError(
+                    f"{flag} {path} is under {root}, a temporary folder of this machine that the nodes "
+                    f"of partition {cluster.partition} do not share; put it on a file system they "
+                    "all mount (a home or project folder)"
+                )
 
 
 def _shared_paths(runs: Path, folder: Path, configs: Sequence["TrainConfig"]) -> dict[str, Path]:
@@ -125,9 +144,15 @@ def _shared_paths(runs: Path, folder: Path, configs: Sequence["TrainConfig"]) ->
     return paths
 
 
-def run_slurm(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs_dir: str | os.PathLike[str],
-              engine: EngineOptions, *, budget_points: Sequence["BudgetPoint"] = (),
-              progress: bool | None = None) -> SweepResult:
+def run_slurm(
+    configs: Sequence["TrainConfig"],
+    db: str | os.PathLike[str],
+    runs_dir: str | os.PathLike[str],
+    engine: EngineOptions,
+    *,
+    budget_points: Sequence["BudgetPoint"] = (),
+    progress: bool | None = None,
+) -> SweepResult:
     """Run every claimable point of ``configs`` as a Slurm job and follow the jobs to their end
     (``engine.slurm``: what to ask of the cluster; ``engine.retry_failed``: run failed points again)."""
     options = engine.slurm.validate()
@@ -139,16 +164,20 @@ def run_slurm(configs: Sequence["TrainConfig"], db: str | os.PathLike[str], runs
     check_shared(cluster, _shared_paths(runs, folder, configs))
     check_writable(folder, "--slurm-dir", folder=True)
     with Store(db) as store:
-        points, result = prepare(store, configs, runs, retry_failed=engine.retry_failed,
-                                 budget_points=budget_points)
+        points, result = prepare(store, configs, runs, retry_failed=engine.retry_failed, budget_points=budget_points)
         result.engine = "slurm"
         by_key = {p.key: p for p in points}
-        claims = store.claim_many(list(by_key), owner=owner_id(), stale_after=DEFAULT_STALE_AFTER,
-                                  config_json={p.key: p.config_json for p in points})
+        claims = store.claim_many(
+            list(by_key),
+            owner=owner_id(),
+            stale_after=DEFAULT_STALE_AFTER,
+            config_json={p.key: p.config_json for p in points},
+        )
         bar = Progress(total=len(points), desc="sweep", enabled=progress)
         bar.n = result.skipped
-        sw = _Sweep(store, JobBook(folder), folder, by_key, {c["key"]: c["claim_token"] for c in claims}, result,
-                    bar, options)
+        sw = _Sweep(
+            store, JobBook(folder), folder, by_key, {c["key"]: c["claim_token"] for c in claims}, result, bar, options
+        )
         todo = [k for k in sw.tokens if not _recorded_from_disk(sw, k)]
         try:
             if todo:
@@ -183,8 +212,14 @@ def _recorded_from_disk(sw: _Sweep, key: str) -> bool:
 
 def _entry(submitit: Any, folder: Path, job_id: str, run_dir: Path, submitted_at: float) -> dict[str, Any]:
     paths = submitit.core.utils.JobPaths(folder / "%j", job_id=job_id, task_id=0)
-    return {"job_id": job_id, "run_dir": str(run_dir), "submitted_at": submitted_at, "stdout": str(paths.stdout),
-            "stderr": str(paths.stderr), "result": str(paths.result_pickle)}
+    return {
+        "job_id": job_id,
+        "run_dir": str(run_dir),
+        "submitted_at": submitted_at,
+        "stdout": str(paths.stdout),
+        "stderr": str(paths.stderr),
+        "result": str(paths.result_pickle),
+    }
 
 
 def _attach(sw: _Sweep, submitit: Any, todo: list[str]) -> None:
@@ -209,8 +244,10 @@ def _attach(sw: _Sweep, submitit: Any, todo: list[str]) -> None:
     states = job_states(live)
     live = [j for j in live if states.get(j, ("",))[0] in LIVE_STATES]
     if live:
-        note(f"re-attached to {len(live)} Slurm job{'s' if len(live) > 1 else ''} still queued or running "
-             f"({_ids(live)}); nothing submitted twice")
+        note(
+            f"re-attached to {len(live)} Slurm job{'s' if len(live) > 1 else ''} still queued or running "
+            f"({_ids(live)}); nothing submitted twice"
+        )
 
 
 def _ids(job_ids: Sequence[str]) -> str:
@@ -219,8 +256,12 @@ def _ids(job_ids: Sequence[str]) -> str:
 
 def _executor(submitit: Any, sw: _Sweep, cluster: Cluster, name: str) -> Any:
     o = sw.options
-    params: dict[str, Any] = {"partition": cluster.partition, "time": o.time, "cpus_per_task": o.cpus_per_task,
-                              "job_name": name}
+    params: dict[str, Any] = {
+        "partition": cluster.partition,
+        "time": o.time,
+        "cpus_per_task": o.cpus_per_task,
+        "job_name": name,
+    }
     if o.gpus_per_task:  # several GPUs for one run: one process, so one task, per GPU
         params["gpus_per_task"] = 1 if o.tasks_per_node is None and o.gpus_per_task > 1 else o.gpus_per_task
     if o.tasks > 1 or o.nodes > 1:  # each point one run of nodes x tasks processes (slurm_job.TrainJob)
@@ -241,8 +282,16 @@ def _submit(sw: _Sweep, submitit: Any, cluster: Cluster, points: list[Point]) ->
     name = f"filter-templates-{uuid.uuid4().hex[:8]}"
     executor = _executor(submitit, sw, cluster, name)
     now = time.time()
-    payloads = [{"key": p.key, "run_dir": str(p.run_dir), "config": _absolute(p.config.to_dict()),
-                 "threads": sw.options.cpus_per_task, "submitted_at": now} for p in points]
+    payloads = [
+        {
+            "key": p.key,
+            "run_dir": str(p.run_dir),
+            "config": _absolute(p.config.to_dict()),
+            "threads": sw.options.cpus_per_task,
+            "submitted_at": now,
+        }
+        for p in points
+    ]
     sw.book.intend(name, [p.key for p in points], [str(p.run_dir) for p in points])
     quiet = io.StringIO()
     try:
@@ -255,8 +304,10 @@ def _submit(sw: _Sweep, submitit: Any, cluster: Cluster, points: list[Point]) ->
     entries = {p.key: _entry(submitit, sw.folder, j.job_id, p.run_dir, now) for p, j in zip(points, jobs)}
     sw.book.record(name, entries)
     sw.active.update(entries)
-    note(f"submitted {len(jobs)} run{'s' if len(jobs) > 1 else ''} to Slurm partition {cluster.partition} "
-         f"(job{'s' if len(jobs) > 1 else ''} {_ids([j.job_id for j in jobs])}); logs in {sw.folder}")
+    note(
+        f"submitted {len(jobs)} run{'s' if len(jobs) > 1 else ''} to Slurm partition {cluster.partition} "
+        f"(job{'s' if len(jobs) > 1 else ''} {_ids([j.job_id for j in jobs])}); logs in {sw.folder}"
+    )
 
 
 def _absolute(cfg: dict[str, Any]) -> dict[str, Any]:
@@ -319,8 +370,10 @@ def _follow(sw: _Sweep, key: str, job: dict[str, Any], state: tuple[str, str]) -
     reason = state[1]
     if state[0] == "PENDING" and reason.split(",")[0] in _STUCK and reason not in sw.said:
         sw.said.add(reason)
-        warn(f"Slurm job {job['job_id']} is pending because of {reason}: it may never start "
-             f"(`squeue -j {job['job_id']}` says more; scancel it and change the options)")
+        warn(
+            f"Slurm job {job['job_id']} is pending because of {reason}: it may never start "
+            f"(`squeue -j {job['job_id']}` says more; scancel it and change the options)"
+        )
 
 
 def _result_pickle(job: dict[str, Any]) -> tuple[str, Any] | None:
@@ -344,20 +397,34 @@ def _outcome(sw: _Sweep, key: str, job: dict[str, Any], state: tuple[str, str] |
     if own and own.get("status") == FAILED and own.get("slurm_job_id") == job["job_id"]:
         return own
     left = _result_pickle(job)
-    if left is not None and left[0] == "success" and isinstance(left[1], dict) and \
-            left[1].get("status") in RUN_STATUSES:
+    if (
+        left is not None
+        and left[0] == "success"
+        and isinstance(left[1], dict)
+        and left[1].get("status") in RUN_STATUSES
+    ):
         return left[1]
     if left is not None and left[0] == "error":
-        return {"status": FAILED, "reason": f"{_last_line(left[1])} (Slurm job {job['job_id']}; "
-                                              f"log: {job.get('stderr')})"}
+        return {
+            "status": FAILED,
+            "reason": f"{_last_line(left[1])} (Slurm job {job['job_id']}; log: {job.get('stderr')})",
+        }
     name = state[0] if state else None
     if name in _MAY_RETURN and time.time() < sw.grace.setdefault(key, time.time() + GRACE_S):
         return None
-    what = f"ended {name} ({_ENDED[name]})" if name in _ENDED else \
-        f"ended {name}" if name else "is no longer known to Slurm"
-    return {"status": FAILED, "reason": f"Slurm job {job['job_id']} {what} before the run finished; "
-                                          f"--retry-failed resumes it from its last checkpoint "
-                                          f"(log: {job.get('stderr')})"}
+    what = (
+        f"ended {name} ({_ENDED[name]})"
+        if name in _ENDED
+        else f"ended {name}"
+        if name
+        else "is no longer known to Slurm"
+    )
+    return {
+        "status": FAILED,
+        "reason": f"Slurm job {job['job_id']} {what} before the run finished; "
+        f"--retry-failed resumes it from its last checkpoint "
+        f"(log: {job.get('stderr')})",
+    }
 
 
 def _last_line(text: Any) -> str:
@@ -375,8 +442,9 @@ def _record(sw: _Sweep, key: str, summary: dict[str, Any]) -> None:
     sw.active.pop(key, None)
     sw.grace.pop(key, None)
     sw.book.drop(key)
-    recorded = sw.store.finish(key, sw.tokens[key], summary, epochs=read_metrics(point.run_dir) or None,
-                               run_dir=str(point.run_dir))
+    recorded = sw.store.finish(
+        key, sw.tokens[key], summary, epochs=read_metrics(point.run_dir) or None, run_dir=str(point.run_dir)
+    )
     if sw.beats is not None:
         sw.beats.drop(key)
     if not recorded:
@@ -384,7 +452,9 @@ def _record(sw: _Sweep, key: str, summary: dict[str, Any]) -> None:
         return
     if summary.get("status") == PAUSED:
         sw.result.paused += 1
-        note(f"paused {point.name} after epoch {summary.get('stopped_at')} (Slurm job {summary.get('slurm_job_id', '-')})")
+        note(
+            f"paused {point.name} after epoch {summary.get('stopped_at')} (Slurm job {summary.get('slurm_job_id', '-')})"
+        )
     elif summary.get("status") == DONE:
         sw.result.done += 1
         note(f"done   {point.name} (Slurm job {summary.get('slurm_job_id', '-')})")
@@ -404,5 +474,7 @@ def _release(sw: _Sweep, todo: list[str]) -> None:
             sw.store.release(key, sw.tokens[key], "the Slurm driver stopped before this run ended")
     if sw.active:
         ids = [j["job_id"] for j in sw.active.values()]
-        note(f"{len(ids)} Slurm job{'s' if len(ids) > 1 else ''} keep running ({_ids(ids)}): run the same command "
-             "again to follow and record them (scancel stops them)")
+        note(
+            f"{len(ids)} Slurm job{'s' if len(ids) > 1 else ''} keep running ({_ids(ids)}): run the same command "
+            "again to follow and record them (scancel stops them)"
+        )

@@ -24,8 +24,8 @@ from filter_templates.core.errors import UsageError
 from filter_templates.core.rundir import CHECKPOINT, SUMMARY, atomic_write_json, read_json
 from filter_templates.core.status import FAILED
 from filter_templates.run import run_config
-from filter_templates.training.config import TrainConfig
 from filter_templates.sweep.plan import complete_resources, failure_reason
+from filter_templates.training.config import TrainConfig
 
 __all__ = ["TrainJob", "import_submitit"]
 
@@ -35,8 +35,10 @@ def import_submitit() -> Any:
     try:
         import submitit
     except ImportError as exc:
-        raise UsageError(f"--engine slurm needs submitit, which is not installed ({exc}); "
-                         "install it with: pip install 'filter-templates[slurm]'") from None
+        raise UsageError(
+            f"--engine slurm needs submitit, which is not installed ({exc}); "
+            "install it with: pip install 'filter-templates[slurm]'"
+        ) from None
     return submitit
 
 
@@ -58,15 +60,27 @@ class TrainJob:
         main = _join_tasks()
         try:
             config = TrainConfig.from_dict(payload["config"])
-            outcome = run_config(config, run_dir, resume=(run_dir / CHECKPOINT).exists(), progress=False,
-                                 on_epoch=on_epoch, threads_source="--cpus-per-task")
+            outcome = run_config(
+                config,
+                run_dir,
+                resume=(run_dir / CHECKPOINT).exists(),
+                progress=False,
+                on_epoch=on_epoch,
+                threads_source="--cpus-per-task",
+            )
             summary = complete_resources(config, outcome, run_dir)  # measured here, on the node
         except Exception as exc:  # a broken run is a result (failed, with why); SystemExit (requeue) passes
             return {"status": FAILED, "reason": failure_reason(exc), "slurm_job_id": _job_id()}
-        slurm = {"job_id": _job_id(), "node": socket.gethostname(), "restarts": _restarts(),
-                 "submitted_at": payload.get("submitted_at"), "started_at": started,
-                 "first_epoch": first.get("epoch"), "first_epoch_at": first.get("at"),
-                 "first_epoch_s": first.get("seconds")}
+        slurm = {
+            "job_id": _job_id(),
+            "node": socket.gethostname(),
+            "restarts": _restarts(),
+            "submitted_at": payload.get("submitted_at"),
+            "started_at": started,
+            "first_epoch": first.get("epoch"),
+            "first_epoch_at": first.get("at"),
+            "first_epoch_s": first.get("seconds"),
+        }
         own = read_json(run_dir / SUMMARY) if main else None  # train's file, without what the sweep measured
         if own is not None:
             atomic_write_json(run_dir / SUMMARY, {**own, "slurm_job_id": slurm["job_id"], "slurm": slurm})
@@ -86,9 +100,16 @@ def _join_tasks() -> bool:
         return True  # one task (or not under Slurm at all: a job called in process)
     env = import_submitit().JobEnvironment()
     digits = "".join(c for c in str(env.job_id) if c.isdigit()) or "0"
-    os.environ.update({"RANK": str(env.global_rank), "WORLD_SIZE": str(env.num_tasks),
-                       "LOCAL_RANK": str(env.local_rank), "LOCAL_WORLD_SIZE": str(env.num_tasks // env.num_nodes),
-                       "MASTER_ADDR": env.hostnames[0], "MASTER_PORT": str(20000 + int(digits) % 20000)})
+    os.environ.update(
+        {
+            "RANK": str(env.global_rank),
+            "WORLD_SIZE": str(env.num_tasks),
+            "LOCAL_RANK": str(env.local_rank),
+            "LOCAL_WORLD_SIZE": str(env.num_tasks // env.num_nodes),
+            "MASTER_ADDR": env.hostnames[0],
+            "MASTER_PORT": str(20000 + int(digits) % 20000),
+        }
+    )
     return env.global_rank == 0
 
 

@@ -26,22 +26,41 @@ from filter_templates.core.rundir import atomic_write_json, read_json
 __all__ = ["Cluster", "JobBook", "LIVE_STATES", "inspect_cluster", "job_states", "jobs_named"]
 
 #: Job states after which a job may still run (or run again): the driver keeps waiting.
-LIVE_STATES = frozenset({"PENDING", "RUNNING", "REQUEUED", "REQUEUE_HOLD", "REQUEUE_FED", "CONFIGURING",
-                         "COMPLETING", "SUSPENDED", "RESIZING", "SIGNALING", "STAGE_OUT", "STOPPED",
-                         "RESV_DEL_HOLD", "POWER_UP_NODE", "UPDATE_DB"})
+LIVE_STATES = frozenset(
+    {
+        "PENDING",
+        "RUNNING",
+        "REQUEUED",
+        "REQUEUE_HOLD",
+        "REQUEUE_FED",
+        "CONFIGURING",
+        "COMPLETING",
+        "SUSPENDED",
+        "RESIZING",
+        "SIGNALING",
+        "STAGE_OUT",
+        "STOPPED",
+        "RESV_DEL_HOLD",
+        "POWER_UP_NODE",
+        "UPDATE_DB",
+    }
+)
 _TIMEOUT_S = 60  # one Slurm command; a busy controller answers slowly, a dead one not at all
 
 
 def _slurm(args: Sequence[str]) -> subprocess.CompletedProcess:
     """Run a Slurm client command; its absence or a controller that does not answer is the user's to fix."""
     if shutil.which(args[0]) is None:
-        raise UsageError(f"--engine slurm needs Slurm's commands ({args[0]} is not on PATH): run the sweep on a "
-                         "machine that can submit jobs to the cluster (a login node)")
+        raise UsageError(
+            f"--engine slurm needs Slurm's commands ({args[0]} is not on PATH): run the sweep on a "
+            "machine that can submit jobs to the cluster (a login node)"
+        )
     try:
         return subprocess.run(list(args), capture_output=True, text=True, timeout=_TIMEOUT_S)
     except subprocess.TimeoutExpired:
-        raise UsageError(f"Slurm did not answer `{' '.join(args[:2])}` within {_TIMEOUT_S} s; "
-                         "is slurmctld running?") from None
+        raise UsageError(
+            f"Slurm did not answer `{' '.join(args[:2])}` within {_TIMEOUT_S} s; is slurmctld running?"
+        ) from None
 
 
 def _first_line(text: str) -> str:
@@ -74,11 +93,14 @@ def inspect_cluster(partition: str | None) -> Cluster:
     known = [p.rstrip("*") for p in names]
     name = partition or default
     if name is None:
-        raise UsageError("this Slurm cluster has no default partition; name one with --partition "
-                         f"({', '.join(known) or 'none found'})")
+        raise UsageError(
+            "this Slurm cluster has no default partition; name one with --partition "
+            f"({', '.join(known) or 'none found'})"
+        )
     if name not in known:
-        raise UsageError(f"--partition {name}: no such partition on this Slurm cluster "
-                         f"(it has: {', '.join(known) or 'none'})")
+        raise UsageError(
+            f"--partition {name}: no such partition on this Slurm cluster (it has: {', '.join(known) or 'none'})"
+        )
     nodes = _slurm(["sinfo", "-h", "-N", "-p", name, "-o", "%N"]).stdout.split()
     return Cluster(name, sorted(set(nodes)))
 
@@ -92,7 +114,7 @@ def job_states(job_ids: Sequence[str]) -> dict[str, tuple[str, str]]:
         return {}
     out: dict[str, tuple[str, str]] = {}
     for i in range(0, len(ids), 200):
-        chunk = ids[i:i + 200]
+        chunk = ids[i : i + 200]
         res = _slurm(["squeue", "-h", "-r", "--states=all", "-j", ",".join(chunk), "-o", "%i|%T|%r"])
         if res.returncode != 0 and "Invalid job id" not in res.stderr:
             raise UsageError(f"cannot ask Slurm about its jobs: squeue: {_first_line(res.stderr)}")

@@ -68,9 +68,23 @@ from filter_templates.sweep.records import (
 )
 
 # The store's names, wherever they are defined: what the engines, the CLI and the reports import.
-__all__ = ["Store", "StoreError", "STATUSES", "EXECUTION_FIELDS", "DEFAULT_FILE", "DEFAULT_STALE_AFTER",
-           "canonical_json", "point_key", "budget_point_key", "owner_id", "owner_alive", "read_metrics",
-           "BUDGET_STATUSES", "Heartbeats", "HEARTBEAT_EVERY"]
+__all__ = [
+    "Store",
+    "StoreError",
+    "STATUSES",
+    "EXECUTION_FIELDS",
+    "DEFAULT_FILE",
+    "DEFAULT_STALE_AFTER",
+    "canonical_json",
+    "point_key",
+    "budget_point_key",
+    "owner_id",
+    "owner_alive",
+    "read_metrics",
+    "BUDGET_STATUSES",
+    "Heartbeats",
+    "HEARTBEAT_EVERY",
+]
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -131,9 +145,28 @@ def _at_stop(row: Mapping[str, Any] | sqlite3.Row, config_json: str) -> bool:
     stop = json.loads(config_json).get("stop_at") if config_json else None
     return stop is not None and int(paused) >= int(stop)
 
+
 #: The columns a new ``runs`` row is inserted with: ``_insert_run`` is the one INSERT of a grid point.
-_RUN_COLUMNS = ("key", "key_json", "config_json", "family", "template", "method", "width", "dataset", "seed", "epochs",
-                "classes", "filters", "kind", "image_size", "status", "run_dir", "created_at", "updated_at")
+_RUN_COLUMNS = (
+    "key",
+    "key_json",
+    "config_json",
+    "family",
+    "template",
+    "method",
+    "width",
+    "dataset",
+    "seed",
+    "epochs",
+    "classes",
+    "filters",
+    "kind",
+    "image_size",
+    "status",
+    "run_dir",
+    "created_at",
+    "updated_at",
+)
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,12 +235,14 @@ class Store:
             elif int(row[0]) > SCHEMA_VERSION:
                 raise StoreError(
                     f"results store {str(self.path)!r} has schema version {row[0]}; this filter-templates "
-                    f"reads up to {SCHEMA_VERSION}: upgrade filter-templates")
+                    f"reads up to {SCHEMA_VERSION}: upgrade filter-templates"
+                )
             elif int(row[0]) < SCHEMA_VERSION:
                 raise StoreError(
                     f"results store {str(self.path)!r} was written by an older filter-templates (schema version "
                     f"{row[0]}, now {SCHEMA_VERSION}); move it aside and rebuild it from its run folders with "
-                    "'filter-templates sweep --reindex --db FILE --runs-dir RUNS'")
+                    "'filter-templates sweep --reindex --db FILE --runs-dir RUNS'"
+                )
 
     def close(self) -> None:
         self.db.close()
@@ -259,17 +294,28 @@ class Store:
                     self._event(key, "add", None)
         return new
 
-    def _insert_run(self, config: Mapping[str, Any], run_dir: str | os.PathLike[str], now: float, *,
-                    ignore: bool = False) -> bool:
+    def _insert_run(
+        self, config: Mapping[str, Any], run_dir: str | os.PathLike[str], now: float, *, ignore: bool = False
+    ) -> bool:
         """Insert a grid point as ``pending`` (inside a transaction); ``ignore``: leave a row that
         exists. True when a row was inserted."""
         key, key_json = point_key(config)
         f = fields(config)
-        values = {"key": key, "key_json": key_json, "config_json": canonical_json(config), **f,
-                  "status": PENDING, "run_dir": str(run_dir), "created_at": now, "updated_at": now}
+        values = {
+            "key": key,
+            "key_json": key_json,
+            "config_json": canonical_json(config),
+            **f,
+            "status": PENDING,
+            "run_dir": str(run_dir),
+            "created_at": now,
+            "updated_at": now,
+        }
         cur = self.db.execute(
             f"INSERT {'OR IGNORE ' if ignore else ''}INTO runs ({', '.join(_RUN_COLUMNS)}) "
-            f"VALUES ({', '.join('?' * len(_RUN_COLUMNS))})", tuple(values[c] for c in _RUN_COLUMNS))
+            f"VALUES ({', '.join('?' * len(_RUN_COLUMNS))})",
+            tuple(values[c] for c in _RUN_COLUMNS),
+        )
         return bool(cur.rowcount)
 
     def reset_failed(self, keys: Sequence[str]) -> int:
@@ -316,10 +362,15 @@ class Store:
             if row is None:
                 self._insert_run(config, run_dir, now)
             else:
-                db.execute("UPDATE runs SET status='pending', run_dir=?, claimed_by=NULL, claim_token=NULL, "
-                           "heartbeat=NULL, updated_at=? WHERE key=?", (str(run_dir), now, key))
-            db.execute("UPDATE runs SET epoch_metrics=?, epochs_done=? WHERE key=?",
-                       (canonical_json(clean(epochs)), max([int(e["epoch"]) for e in epochs] or [0]), key))
+                db.execute(
+                    "UPDATE runs SET status='pending', run_dir=?, claimed_by=NULL, claim_token=NULL, "
+                    "heartbeat=NULL, updated_at=? WHERE key=?",
+                    (str(run_dir), now, key),
+                )
+            db.execute(
+                "UPDATE runs SET epoch_metrics=?, epochs_done=? WHERE key=?",
+                (canonical_json(clean(epochs)), max([int(e["epoch"]) for e in epochs] or [0]), key),
+            )
             self._event(key, "reindex", None)
         if summary is not None:
             self.finish(key, None, summary, epochs=epochs, run_dir=str(run_dir))
@@ -327,9 +378,14 @@ class Store:
 
     # -- claims: who trains which point -----------------------------------------------------
 
-
-    def claimable(self, row: Mapping[str, Any] | sqlite3.Row, *, stale_after: float = DEFAULT_STALE_AFTER,
-                  now: float | None = None, config_json: str | None = None) -> bool:
+    def claimable(
+        self,
+        row: Mapping[str, Any] | sqlite3.Row,
+        *,
+        stale_after: float = DEFAULT_STALE_AFTER,
+        now: float | None = None,
+        config_json: str | None = None,
+    ) -> bool:
         """A pending row, or a running row whose owner is gone (dead pid here, or stale heartbeat);
         not a paused row whose run would stop where it is (``config_json``: the configuration it
         would run with, by default its stored one)."""
@@ -360,15 +416,26 @@ class Store:
         got = self._claim(keys, 1, owner, stale_after, config_json)
         return got[0] if got else None
 
-    def claim_many(self, keys: Sequence[str], *, owner: str | None = None,
-                   stale_after: float = DEFAULT_STALE_AFTER,
-                   config_json: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
+    def claim_many(
+        self,
+        keys: Sequence[str],
+        *,
+        owner: str | None = None,
+        stale_after: float = DEFAULT_STALE_AFTER,
+        config_json: Mapping[str, str] | None = None,
+    ) -> list[dict[str, Any]]:
         """Claim every claimable row of ``keys`` in one transaction (the Ray driver hands them all
         to Tune at once)."""
         return self._claim(keys, len(keys), owner, stale_after, config_json)
 
-    def _claim(self, keys: Sequence[str], limit: int, owner: str | None, stale_after: float,
-               config_json: Mapping[str, str] | None) -> list[dict[str, Any]]:
+    def _claim(
+        self,
+        keys: Sequence[str],
+        limit: int,
+        owner: str | None,
+        stale_after: float,
+        config_json: Mapping[str, str] | None,
+    ) -> list[dict[str, Any]]:
         owner = owner or owner_id()
         wanted = list(dict.fromkeys(keys))
         out: list[dict[str, Any]] = []
@@ -391,12 +458,21 @@ class Store:
                     "updated_at=? WHERE key=?",
                     (owner, token, now, now, now, cfg, now, key),
                 )
-                self._event(key, "reclaim" if reclaimed else "claim", owner,
-                            {"from": row["claimed_by"]} if reclaimed else None)
+                self._event(
+                    key, "reclaim" if reclaimed else "claim", owner, {"from": row["claimed_by"]} if reclaimed else None
+                )
                 d = row_dict(row)
-                d.update(status=RUNNING, claimed_by=owner, claim_token=token, claimed_at=now, heartbeat=now,
-                         attempts=row["attempts"] + 1, reclaimed=reclaimed, config=json.loads(cfg),
-                         previous_owner=row["claimed_by"] if reclaimed else None)
+                d.update(
+                    status=RUNNING,
+                    claimed_by=owner,
+                    claim_token=token,
+                    claimed_at=now,
+                    heartbeat=now,
+                    attempts=row["attempts"] + 1,
+                    reclaimed=reclaimed,
+                    config=json.loads(cfg),
+                    previous_owner=row["claimed_by"] if reclaimed else None,
+                )
                 out.append(d)
         return out
 
@@ -415,19 +491,28 @@ class Store:
         """Add (or replace) one epoch's metrics of a running row; False if the claim was lost."""
         epoch = int(metrics["epoch"])
         with self._tx() as db:
-            row = db.execute("SELECT epoch_metrics FROM runs WHERE key=? AND claim_token=? AND status='running'",
-                             (key, token)).fetchone()
+            row = db.execute(
+                "SELECT epoch_metrics FROM runs WHERE key=? AND claim_token=? AND status='running'", (key, token)
+            ).fetchone()
             if row is None:
                 return False
             history = [m for m in json.loads(row[0]) if int(m.get("epoch", -1)) < epoch]
             history.append(clean(dict(metrics)))
             now = time.time()
-            db.execute("UPDATE runs SET epoch_metrics=?, epochs_done=?, heartbeat=?, updated_at=? WHERE key=?",
-                       (canonical_json(history), epoch, now, now, key))
+            db.execute(
+                "UPDATE runs SET epoch_metrics=?, epochs_done=?, heartbeat=?, updated_at=? WHERE key=?",
+                (canonical_json(history), epoch, now, now, key),
+            )
         return True
 
-    def finish(self, key: str, token: str | None, summary: Mapping[str, Any],
-               epochs: Sequence[Mapping[str, Any]] | None = None, run_dir: str | None = None) -> bool:
+    def finish(
+        self,
+        key: str,
+        token: str | None,
+        summary: Mapping[str, Any],
+        epochs: Sequence[Mapping[str, Any]] | None = None,
+        run_dir: str | None = None,
+    ) -> bool:
         """Record a run's ``summary.json`` (status done or failed) on a row we hold.
 
         ``token=None`` records regardless of claim (reindexing). ``epochs`` (the run's
@@ -455,21 +540,48 @@ class Store:
                 "resources_json=?, wall_s=?, device=?, epoch_metrics=?, epochs_done=?, finished_at=?, "
                 "updated_at=?, claimed_by=NULL, claim_token=NULL, heartbeat=NULL, paused_at=NULL, "
                 f"run_dir=COALESCE(?, run_dir) WHERE {where}",
-                (status, summary.get("reason") if status == FAILED else None,
-                 num(summary.get("final_acc")), num(summary.get("best_acc")), num(summary.get("best_epoch")),
-                 num(summary.get("val_acc")),
-                 num(res.get("params")), num(res.get("flops")), num(res.get("train_memory_bytes")),
-                 num(batch), num(lat.get(f"batch{batch}")), num(lat.get("batch1")), res.get("device"), num(res.get("threads")),
-                 canonical_json(clean(res)) if res else None, num(summary.get("wall_s")), summary.get("device"),
-                 canonical_json(history), max([int(e.get("epoch", 0)) for e in history] or [0]), now, now,
-                 run_dir, *args),
+                (
+                    status,
+                    summary.get("reason") if status == FAILED else None,
+                    num(summary.get("final_acc")),
+                    num(summary.get("best_acc")),
+                    num(summary.get("best_epoch")),
+                    num(summary.get("val_acc")),
+                    num(res.get("params")),
+                    num(res.get("flops")),
+                    num(res.get("train_memory_bytes")),
+                    num(batch),
+                    num(lat.get(f"batch{batch}")),
+                    num(lat.get("batch1")),
+                    res.get("device"),
+                    num(res.get("threads")),
+                    canonical_json(clean(res)) if res else None,
+                    num(summary.get("wall_s")),
+                    summary.get("device"),
+                    canonical_json(history),
+                    max([int(e.get("epoch", 0)) for e in history] or [0]),
+                    now,
+                    now,
+                    run_dir,
+                    *args,
+                ),
             )
-            self._event(key, status, None if token is None else owner_id(),
-                        {"reason": summary.get("reason")} if status == FAILED else None)
+            self._event(
+                key,
+                status,
+                None if token is None else owner_id(),
+                {"reason": summary.get("reason")} if status == FAILED else None,
+            )
         return True
 
-    def _pause(self, key: str, token: str | None, summary: Mapping[str, Any],
-               epochs: Sequence[Mapping[str, Any]] | None, run_dir: str | None) -> bool:
+    def _pause(
+        self,
+        key: str,
+        token: str | None,
+        summary: Mapping[str, Any],
+        epochs: Sequence[Mapping[str, Any]] | None,
+        run_dir: str | None,
+    ) -> bool:
         """A run paused at its ``stop_at``: pending again (never done), with its epochs so far and
         the epoch it stopped after, so no sweep claims it to stop there again."""
         where = "key=? AND claim_token=? AND status='running'" if token is not None else "key=?"
@@ -480,11 +592,19 @@ class Store:
             if row is None:
                 return False
             history = [clean(dict(e)) for e in epochs] if epochs is not None else json.loads(row[0])
-            db.execute("UPDATE runs SET status='pending', paused_at=?, epoch_metrics=?, epochs_done=?, reason=NULL, "
-                       "claimed_by=NULL, claim_token=NULL, heartbeat=NULL, updated_at=?, "
-                       f"run_dir=COALESCE(?, run_dir) WHERE {where}",
-                       (int(summary["stopped_at"]), canonical_json(history),
-                        max([int(e.get("epoch", 0)) for e in history] or [0]), now, run_dir, *args))
+            db.execute(
+                "UPDATE runs SET status='pending', paused_at=?, epoch_metrics=?, epochs_done=?, reason=NULL, "
+                "claimed_by=NULL, claim_token=NULL, heartbeat=NULL, updated_at=?, "
+                f"run_dir=COALESCE(?, run_dir) WHERE {where}",
+                (
+                    int(summary["stopped_at"]),
+                    canonical_json(history),
+                    max([int(e.get("epoch", 0)) for e in history] or [0]),
+                    now,
+                    run_dir,
+                    *args,
+                ),
+            )
             self._event(key, PAUSED, None if token is None else owner_id(), {"epoch": summary["stopped_at"]})
         return True
 
@@ -505,7 +625,6 @@ class Store:
             return bool(cur.rowcount)
 
     # -- budget points ---------------------------------------------------------------------
-
 
     def add_budget_points(self, points: Iterable[Mapping[str, Any]]) -> int:
         """Insert or refresh budget points (``BudgetPoint.record()`` dicts: ``ident``, ``budget_key``,
@@ -529,9 +648,24 @@ class Store:
                     "ON CONFLICT(key) DO UPDATE SET status=excluded.status, reason=excluded.reason, "
                     "width=excluded.width, filters=excluded.filters, fit_json=excluded.fit_json, "
                     "run_key=excluded.run_key, updated_at=excluded.updated_at",
-                    (key, ident_json, str(p["budget_key"]), float(p["budget_value"]), str(p["family"]),
-                     str(p["method"]), str(p["dataset"]), int(p["seed"]), p["status"], p.get("reason"),
-                     num(p.get("width")), filters, fit, p.get("run_key"), now, now),
+                    (
+                        key,
+                        ident_json,
+                        str(p["budget_key"]),
+                        float(p["budget_value"]),
+                        str(p["family"]),
+                        str(p["method"]),
+                        str(p["dataset"]),
+                        int(p["seed"]),
+                        p["status"],
+                        p.get("reason"),
+                        num(p.get("width")),
+                        filters,
+                        fit,
+                        p.get("run_key"),
+                        now,
+                        now,
+                    ),
                 )
                 if exists is None:
                     new += 1
@@ -544,7 +678,7 @@ class Store:
             found: dict[str, sqlite3.Row] = {}
             wanted = list(keys)
             for i in range(0, len(wanted), 500):
-                chunk = wanted[i:i + 500]
+                chunk = wanted[i : i + 500]
                 q = f"SELECT * FROM budget_points WHERE key IN ({','.join('?' * len(chunk))})"
                 found.update({r["key"]: r for r in self.db.execute(q, chunk)})
             raw = [found[k] for k in wanted if k in found]
@@ -567,7 +701,7 @@ class Store:
     def _rows_for(self, keys: Sequence[str], where: str = "1") -> dict[str, sqlite3.Row]:
         out: dict[str, sqlite3.Row] = {}
         for i in range(0, len(keys), 500):
-            chunk = keys[i:i + 500]
+            chunk = keys[i : i + 500]
             q = f"SELECT * FROM runs WHERE {where} AND key IN ({','.join('?' * len(chunk))})"
             out.update({r["key"]: r for r in self.db.execute(q, chunk)})
         return out
@@ -589,15 +723,19 @@ class Store:
     def counts(self, keys: Sequence[str] | None = None) -> dict[str, int]:
         """How many rows (of ``keys``, or all) are in each status."""
         out = dict.fromkeys(STATUSES, 0)
-        for r in (self._rows_for(list(keys)).values() if keys is not None
-                  else self.db.execute("SELECT status FROM runs")):
+        for r in (
+            self._rows_for(list(keys)).values() if keys is not None else self.db.execute("SELECT status FROM runs")
+        ):
             out[r["status"]] += 1
         return out
 
     def paused(self, keys: Sequence[str]) -> dict[str, int]:
         """The runs among ``keys`` that are paused: ``{key: the epoch they paused after}``."""
-        return {k: int(r["paused_at"]) for k, r in self._rows_for(list(keys), "status='pending'").items()
-                if r["paused_at"] is not None}
+        return {
+            k: int(r["paused_at"])
+            for k, r in self._rows_for(list(keys), "status='pending'").items()
+            if r["paused_at"] is not None
+        }
 
     def meta(self, name: str) -> Any:
         """A JSON value the store keeps under ``name`` (None: none), such as the plan of the
@@ -607,8 +745,10 @@ class Store:
 
     def set_meta(self, name: str, value: Any) -> None:
         with self._tx() as db:
-            db.execute("INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET "
-                       "value=excluded.value", (name, canonical_json(value)))
+            db.execute(
+                "INSERT INTO meta (name, value) VALUES (?, ?) ON CONFLICT(name) DO UPDATE SET value=excluded.value",
+                (name, canonical_json(value)),
+            )
 
     def events(self, key: str | None = None) -> list[dict[str, Any]]:
         q = "SELECT * FROM events" + (" WHERE key=?" if key else "") + " ORDER BY id"

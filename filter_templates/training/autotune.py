@@ -36,9 +36,18 @@ import torch
 from filter_templates.core.device import cpu_has_amx
 from filter_templates.core.errors import UsageError
 
-__all__ = ["Execution", "Choice", "rule", "choose", "usable_cores", "threads_for",
-           "torch_memory_format", "make_deterministic", "check_compile", "compiled"]
-
+__all__ = [
+    "Execution",
+    "Choice",
+    "rule",
+    "choose",
+    "usable_cores",
+    "threads_for",
+    "torch_memory_format",
+    "make_deterministic",
+    "check_compile",
+    "compiled",
+]
 
 
 @dataclass(frozen=True)
@@ -89,8 +98,13 @@ def rule(device: torch.device) -> tuple[str, str, str]:
     return "fp32", "channels_last", f"{device.type.upper()} without AMX"
 
 
-def choose(device: torch.device, precision: str = "auto", memory_format: str = "auto",
-           compile: bool | None = None, profile: tuple[Execution, str] | None = None) -> Choice:
+def choose(
+    device: torch.device,
+    precision: str = "auto",
+    memory_format: str = "auto",
+    compile: bool | None = None,
+    profile: tuple[Execution, str] | None = None,
+) -> Choice:
     """The caller's precision, memory format and compile where given (not ``"auto"`` / None), else
     the ``profile``'s (its settings and the file they were read from), else :func:`rule`'s (and no
     compile). Threads are :func:`threads_for`'s business: the caller sets them."""
@@ -103,10 +117,15 @@ def choose(device: torch.device, precision: str = "auto", memory_format: str = "
         source, reason = "given", ""
     else:
         source = default if precision == "auto" and memory_format == "auto" else f"given+{default}"
-    return Choice(p if precision == "auto" else precision, m if memory_format == "auto" else memory_format,
-                  source, reason, compile=c if compile is None else bool(compile),
-                  compile_source=("profile" if profile is not None else "default") if compile is None else "given",
-                  profile=path)
+    return Choice(
+        p if precision == "auto" else precision,
+        m if memory_format == "auto" else memory_format,
+        source,
+        reason,
+        compile=c if compile is None else bool(compile),
+        compile_source=("profile" if profile is not None else "default") if compile is None else "given",
+        profile=path,
+    )
 
 
 def usable_cores() -> int:
@@ -148,8 +167,9 @@ def check_compile(device: torch.device) -> None:
     """Refuse ``--compile`` where it cannot work, before a run writes anything: on a CPU torch's
     inductor builds C++ and needs a compiler on PATH."""
     if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX") or "g++", "c++", "clang++")):
-        raise UsageError("--compile on a CPU needs a C++ compiler (g++ or clang++) on PATH; install one or "
-                         "drop --compile")
+        raise UsageError(
+            "--compile on a CPU needs a C++ compiler (g++ or clang++) on PATH; install one or drop --compile"
+        )
 
 
 def compiled(model: torch.nn.Module, on: bool | None) -> torch.nn.Module:

@@ -19,13 +19,40 @@ from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
 from filter_templates.data import split
 from filter_templates.method.arch import Arch
 
-__all__ = ["TrainConfig", "FIELDS", "RESULT_KEYS", "EXECUTION_KEYS", "CHOSEN_KEYS", "DATA_MEMORY_SHARE", "ADDED_FIELDS",
-           "experiment",
-           "DEVICES", "PRECISIONS", "MEMORY_FORMATS", "PROFILE_AUTO", "PROFILE_OFF", "RECIPES", "RECIPE_FIELDS",
-           "SCHEDULES", "OPTIMIZERS",
-           "MAX_CROP_PAD", "MAX_TTA_SHIFT", "TEMPLATE", "PRUNING", "KINDS", "PRUNE_METHODS", "PRUNE_L1",
-           "PRUNE_GLOBAL", "PRUNE_SCRATCH", "PRUNE_BUDGET_KEYS", "check_prune", "kind_of", "method_of",
-           "test_views", "Summary"]
+__all__ = [
+    "TrainConfig",
+    "FIELDS",
+    "RESULT_KEYS",
+    "EXECUTION_KEYS",
+    "CHOSEN_KEYS",
+    "DATA_MEMORY_SHARE",
+    "ADDED_FIELDS",
+    "experiment",
+    "DEVICES",
+    "PRECISIONS",
+    "MEMORY_FORMATS",
+    "PROFILE_AUTO",
+    "PROFILE_OFF",
+    "RECIPES",
+    "RECIPE_FIELDS",
+    "SCHEDULES",
+    "OPTIMIZERS",
+    "MAX_CROP_PAD",
+    "MAX_TTA_SHIFT",
+    "TEMPLATE",
+    "PRUNING",
+    "KINDS",
+    "PRUNE_METHODS",
+    "PRUNE_L1",
+    "PRUNE_GLOBAL",
+    "PRUNE_SCRATCH",
+    "PRUNE_BUDGET_KEYS",
+    "check_prune",
+    "kind_of",
+    "method_of",
+    "test_views",
+    "Summary",
+]
 
 DEVICES = ("auto", "cpu", "cuda")
 #: How a run may execute (``autotune`` picks among them when a field says ``auto``).
@@ -40,14 +67,44 @@ OPTIMIZERS = ("sgd", "muon")
 #: The settings each recipe gives the TrainConfig fields left unset (``training.recipe`` says what
 #: each does).
 RECIPES: dict[str, dict[str, Any]] = {
-    "paper": {"batch_size": 64, "lr": 0.1, "momentum": 0.9, "weight_decay": 5e-4, "schedule": "step",
-              "warmup": 0.0, "nesterov": False, "label_smoothing": 0.0, "norm_bias_decay": True, "ema": 0.0,
-              "tta": False, "tta_shift": 0, "crop_pad": 4, "optimizer": "sgd", "muon_lr": 0.01,
-              "whiten_init": False, "identity_init": False},
-    "fast": {"batch_size": 64, "lr": 0.05, "momentum": 0.9, "weight_decay": 2.5e-4, "schedule": "linear",
-             "warmup": 0.25, "nesterov": True, "label_smoothing": 0.3, "norm_bias_decay": False, "ema": 0.0,
-             "tta": True, "tta_shift": 1, "crop_pad": 1, "optimizer": "sgd", "muon_lr": 0.01,
-             "whiten_init": True, "identity_init": True},
+    "paper": {
+        "batch_size": 64,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "weight_decay": 5e-4,
+        "schedule": "step",
+        "warmup": 0.0,
+        "nesterov": False,
+        "label_smoothing": 0.0,
+        "norm_bias_decay": True,
+        "ema": 0.0,
+        "tta": False,
+        "tta_shift": 0,
+        "crop_pad": 4,
+        "optimizer": "sgd",
+        "muon_lr": 0.01,
+        "whiten_init": False,
+        "identity_init": False,
+    },
+    "fast": {
+        "batch_size": 64,
+        "lr": 0.05,
+        "momentum": 0.9,
+        "weight_decay": 2.5e-4,
+        "schedule": "linear",
+        "warmup": 0.25,
+        "nesterov": True,
+        "label_smoothing": 0.3,
+        "norm_bias_decay": False,
+        "ema": 0.0,
+        "tta": True,
+        "tta_shift": 1,
+        "crop_pad": 1,
+        "optimizer": "sgd",
+        "muon_lr": 0.01,
+        "whiten_init": True,
+        "identity_init": True,
+    },
 }
 RECIPE_FIELDS = tuple(RECIPES["paper"])
 MAX_CROP_PAD = 16  # pixels: more would crop mostly padding out of a 32-pixel image
@@ -139,7 +196,9 @@ class TrainConfig:
     # pause after this epoch of the planned ``epochs`` (None: run to the end); the schedule stays
     # the full run's, so continuing later ends exactly where a run never paused would
     stop_at: int | None = _execution()
-    image_size: int = _result(IMAGE_SIZE)  # side of the square images (a folder's are resized to it); arch.image_size too
+    image_size: int = _result(
+        IMAGE_SIZE
+    )  # side of the square images (a folder's are resized to it); arch.image_size too
 
     def __post_init__(self) -> None:
         if self.recipe in RECIPES:
@@ -177,8 +236,10 @@ class TrainConfig:
         _check_float("weight_decay", self.weight_decay, positive=False)
         _check_int("image_size", self.image_size, minimum=MIN_IMAGE_SIZE)
         if self.arch.image_size != self.image_size:
-            raise UsageError(f"the model is built for {self.arch.image_size} px images but the training config's "
-                             f"image_size is {self.image_size}; build the architecture with image_size={self.image_size}")
+            raise UsageError(
+                f"the model is built for {self.arch.image_size} px images but the training config's "
+                f"image_size is {self.image_size}; build the architecture with image_size={self.image_size}"
+            )
         for name in _BOOLS:
             if not isinstance(getattr(self, name), bool):
                 raise UsageError(f"training config '{name}' must be true or false, got {getattr(self, name)!r}")
@@ -193,12 +254,14 @@ class TrainConfig:
             if getattr(self, name) is not None and not isinstance(getattr(self, name), bool):
                 raise UsageError(f"training config '{name}' must be true, false or null, got {getattr(self, name)!r}")
         if not isinstance(self.profile, str) or not self.profile:
-            raise UsageError(f"training config 'profile' must be {PROFILE_AUTO}, {PROFILE_OFF} or a file, "
-                             f"got {self.profile!r}")
+            raise UsageError(
+                f"training config 'profile' must be {PROFILE_AUTO}, {PROFILE_OFF} or a file, got {self.profile!r}"
+            )
         for name, allowed in (("precision", PRECISIONS), ("memory_format", MEMORY_FORMATS)):
             if getattr(self, name) not in ("auto", *allowed):
-                raise UsageError(f"training config '{name}' must be one of auto, {', '.join(allowed)}, "
-                                 f"got {getattr(self, name)!r}")
+                raise UsageError(
+                    f"training config '{name}' must be one of auto, {', '.join(allowed)}, got {getattr(self, name)!r}"
+                )
 
     @property
     def kind(self) -> str:
@@ -255,9 +318,16 @@ DATA_MEMORY_SHARE = 0.5
 #: Result fields added after runs were already stored, each with the value those runs had (None: it
 #: had no effect on them). A complete stored config without them reads as having these values, and a
 #: config at them keeps the identity (sweep key, checkpoint check) it had before the field existed.
-ADDED_FIELDS: dict[str, Any] = {"optimizer": "sgd", "muon_lr": None, "whiten_init": False, "identity_init": False,
-                                "prune": None,
-                                "val_split": 0, "image_size": IMAGE_SIZE, "data_digest": None}
+ADDED_FIELDS: dict[str, Any] = {
+    "optimizer": "sgd",
+    "muon_lr": None,
+    "whiten_init": False,
+    "identity_init": False,
+    "prune": None,
+    "val_split": 0,
+    "image_size": IMAGE_SIZE,
+    "data_digest": None,
+}
 
 
 def experiment(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -265,8 +335,11 @@ def experiment(config: Mapping[str, Any]) -> dict[str, Any]:
     ``to_dict()``, less ``muon_lr`` where no Muon step is taken and less an added field at the value
     every older run had (so records written before the field existed still match)."""
     muon = config.get("optimizer") == "muon"
-    return {k: v for k, v in config.items() if k in RESULT_KEYS and not (k == "muon_lr" and not muon)
-            and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])}
+    return {
+        k: v
+        for k, v in config.items()
+        if k in RESULT_KEYS and not (k == "muon_lr" and not muon) and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
+    }
 
 
 def test_views(tta: bool, shift: int) -> int:
@@ -280,14 +353,18 @@ def check_prune(spec: Any) -> None:
     if spec is None:
         return
     if not isinstance(spec, Mapping) or set(spec) != _PRUNE_KEYS:
-        raise UsageError(f"training config 'prune' must be null or an object with keys {', '.join(sorted(_PRUNE_KEYS))}")
+        raise UsageError(
+            f"training config 'prune' must be null or an object with keys {', '.join(sorted(_PRUNE_KEYS))}"
+        )
     if spec["method"] not in PRUNE_METHODS:
-        raise UsageError(f"training config 'prune': unknown method {spec['method']!r}; "
-                         f"choose from: {', '.join(PRUNE_METHODS)}")
+        raise UsageError(
+            f"training config 'prune': unknown method {spec['method']!r}; choose from: {', '.join(PRUNE_METHODS)}"
+        )
     b = spec["budget"]
     if not isinstance(b, Mapping) or set(b) != {"key", "value"} or b["key"] not in PRUNE_BUDGET_KEYS:
-        raise UsageError("training config 'prune': budget must be {key, value} with key one of "
-                         f"{', '.join(PRUNE_BUDGET_KEYS)}")
+        raise UsageError(
+            f"training config 'prune': budget must be {{key, value}} with key one of {', '.join(PRUNE_BUDGET_KEYS)}"
+        )
     validate.number(b["value"], "training config 'prune' budget value", strict=True)
     validate.number(spec["at"], "training config 'prune' at", strict=True)
     if not 0 < spec["at"] < 1:
@@ -321,12 +398,14 @@ def _check_recipe_values(get: Callable[[str], Any]) -> None:
     for name in ("warmup", "label_smoothing", "ema"):
         validate.number(get(name), f"training config '{name}'", 0.0, strict=False, maximum=1.0)
     for name, high, unit in (
-            ("crop_pad", MAX_CROP_PAD, "pixels of padding before the random crop"),
-            ("tta_shift", MAX_TTA_SHIFT, "pixels the two shifted test views of the final evaluation move")):
+        ("crop_pad", MAX_CROP_PAD, "pixels of padding before the random crop"),
+        ("tta_shift", MAX_TTA_SHIFT, "pixels the two shifted test views of the final evaluation move"),
+    ):
         validate.integer(get(name), f"training config '{name}' ({unit})", 0, maximum=high)
     if get("optimizer") not in OPTIMIZERS:
-        raise UsageError(f"training config 'optimizer' must be one of {', '.join(OPTIMIZERS)}, "
-                         f"got {get('optimizer')!r}")
+        raise UsageError(
+            f"training config 'optimizer' must be one of {', '.join(OPTIMIZERS)}, got {get('optimizer')!r}"
+        )
     if get("nesterov") is True and not get("momentum"):
         raise UsageError("training config 'nesterov' needs a momentum above 0")
 

@@ -27,8 +27,19 @@ from torch.nn.parallel import DistributedDataParallel
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
 
-__all__ = ["World", "from_env", "joined", "device_for", "wrap", "total", "all_finite", "broadcast_buffers",
-           "launch", "check_sync_bn", "ENV_KEYS"]
+__all__ = [
+    "World",
+    "from_env",
+    "joined",
+    "device_for",
+    "wrap",
+    "total",
+    "all_finite",
+    "broadcast_buffers",
+    "launch",
+    "check_sync_bn",
+    "ENV_KEYS",
+]
 
 #: The environment a process of a several-process run reads (torchrun's names).
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -73,8 +84,10 @@ def device_for(device: torch.device, world: World) -> torch.device:
     if world.size == 1 or device.type != "cuda":
         return device
     if device.index is not None and torch.cuda.device_count() > 1:
-        raise UsageError(f"device {device} names one GPU, but each of the {world.size} processes takes its own "
-                         "(cuda:LOCAL_RANK); give --device cuda or auto")
+        raise UsageError(
+            f"device {device} names one GPU, but each of the {world.size} processes takes its own "
+            "(cuda:LOCAL_RANK); give --device cuda or auto"
+        )
     local = torch.device("cuda", world.local_rank % max(1, torch.cuda.device_count()))
     torch.cuda.set_device(local)
     return local
@@ -90,8 +103,12 @@ def joined(world: World, device: torch.device) -> Iterator[None]:
         return
     if "TORCHELASTIC_RUN_ID" in os.environ:
         _die_with_parent()
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=world.rank, world_size=world.size,
-                            device_id=device if device.type == "cuda" else None)
+    dist.init_process_group(
+        "nccl" if device.type == "cuda" else "gloo",
+        rank=world.rank,
+        world_size=world.size,
+        device_id=device if device.type == "cuda" else None,
+    )
     try:
         yield
     finally:
@@ -101,8 +118,9 @@ def joined(world: World, device: torch.device) -> Iterator[None]:
 def check_sync_bn(sync_bn: bool | None, device: torch.device, size: int) -> None:
     """Refuse ``sync_bn`` where torch cannot do it: its SyncBatchNorm runs on GPUs only."""
     if sync_bn and size > 1 and device.type != "cuda":
-        raise UsageError(f"--sync-bn needs CUDA processes (torch's SyncBatchNorm runs on GPUs only); this run's "
-                         f"device is {device}")
+        raise UsageError(
+            f"--sync-bn needs CUDA processes (torch's SyncBatchNorm runs on GPUs only); this run's device is {device}"
+        )
 
 
 def _die_with_parent() -> None:

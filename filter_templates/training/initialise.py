@@ -49,7 +49,7 @@ WHITEN_EPS = 5e-4  # added to each eigenvalue: a direction with almost no varian
 #: Relative variance below which a patch direction is not whitened: a standard deviation under 2^-8
 #: of the leading direction's is below bf16's resolution (8 significant bits), so no bf16 kernel
 #: can tell it from the rounding of the leading component; fp32 and bf16 runs get the same start.
-WHITEN_FLOOR = 2.0 ** -16
+WHITEN_FLOOR = 2.0**-16
 
 
 @torch.no_grad()
@@ -87,8 +87,9 @@ def _patch_count(size: torch.Size, conv: nn.Conv2d) -> int:
 
 
 @torch.no_grad()
-def whiten(conv: nn.Conv2d, batches: Iterable[torch.Tensor], eps: float = WHITEN_EPS,
-           floor: float = WHITEN_FLOOR) -> torch.Tensor:
+def whiten(
+    conv: nn.Conv2d, batches: Iterable[torch.Tensor], eps: float = WHITEN_EPS, floor: float = WHITEN_FLOOR
+) -> torch.Tensor:
     """Set ``conv``'s leading filters to the whitening pairs of its input patches (read from the
     normalised NCHW ``batches``) and their biases to 0; return the eigenvalues used, largest first.
     Only directions with at least ``floor`` times the leading variance get a pair; filters beyond
@@ -114,10 +115,10 @@ def whiten(conv: nn.Conv2d, batches: Iterable[torch.Tensor], eps: float = WHITEN
     present = int((eigenvalues >= floor * eigenvalues[0]).sum())  # eigh's eigenvalues of a PSD matrix: [0] > 0
     pairs = min(-(-conv.out_channels // 2), present)
     v = eigenvectors[:pairs] / torch.sqrt(eigenvalues[:pairs, None] + eps)
-    filters = torch.cat([v, -v])[:conv.out_channels].reshape(-1, *conv.weight.shape[1:])
-    conv.weight[:len(filters)] = filters.to(conv.weight.dtype)
+    filters = torch.cat([v, -v])[: conv.out_channels].reshape(-1, *conv.weight.shape[1:])
+    conv.weight[: len(filters)] = filters.to(conv.weight.dtype)
     if conv.bias is not None:
-        conv.bias[:len(filters)] = 0
+        conv.bias[: len(filters)] = 0
     return eigenvalues[:pairs].float()
 
 
@@ -127,9 +128,14 @@ def identity(model: nn.Module, skip: nn.Module | None = None) -> int:
     ``skip``); return how many did."""
     done = 0
     for m in model.modules():
-        if (isinstance(m, nn.Conv2d) and m is not skip and m.groups == 1 and m.out_channels >= m.in_channels
-                and all(k % 2 for k in m.kernel_size)):
-            m.weight[:m.in_channels] += nn.init.dirac_(torch.zeros_like(m.weight[:m.in_channels]))
+        if (
+            isinstance(m, nn.Conv2d)
+            and m is not skip
+            and m.groups == 1
+            and m.out_channels >= m.in_channels
+            and all(k % 2 for k in m.kernel_size)
+        ):
+            m.weight[: m.in_channels] += nn.init.dirac_(torch.zeros_like(m.weight[: m.in_channels]))
             done += 1
     return done
 
@@ -145,7 +151,9 @@ def has_residual_sum(model: nn.Module) -> bool | None:
     except UsageError:
         return None
     for n in graph.nodes:
-        is_sum = (n.op == "call_function" and n.target in _SUMS) or (n.op == "call_method" and n.target in ("add", "add_"))
+        is_sum = (n.op == "call_function" and n.target in _SUMS) or (
+            n.op == "call_method" and n.target in ("add", "add_")
+        )
         if is_sum and sum(isinstance(a, fx.Node) for a in n.args[:2]) == 2:
             return True
     return False

@@ -30,19 +30,19 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn.functional as F
 
-from filter_templates.training import autotune, distributed, initialise
-from filter_templates.training import profile as machine_profile
-from filter_templates.method import measure
-from filter_templates.core import rundir
 from filter_templates.core import checkpoint as ckpt
-from filter_templates.data import Dataset, data_digest_for, load_data_for, split
-from filter_templates.data.augment import Loader, LoaderOptions, scale_pixels
-from filter_templates.data.stream import padded_bytes
+from filter_templates.core import rundir
 from filter_templates.core.device import device_name, free_memory, resolve_device
 from filter_templates.core.errors import UsageError
 from filter_templates.core.messages import note
 from filter_templates.core.progress import Progress
 from filter_templates.core.status import DONE, FAILED, PAUSED
+from filter_templates.data import Dataset, data_digest_for, load_data_for, split
+from filter_templates.data.augment import Loader, LoaderOptions, scale_pixels
+from filter_templates.data.stream import padded_bytes
+from filter_templates.method import measure
+from filter_templates.training import autotune, distributed, initialise
+from filter_templates.training import profile as machine_profile
 from filter_templates.training.config import (
     CHOSEN_KEYS,
     DATA_MEMORY_SHARE,
@@ -54,14 +54,28 @@ from filter_templates.training.config import (
 )
 from filter_templates.training.recipe import EMA, lr_multiplier, make_optimizer
 
-__all__ = ["train", "Start", "Context", "sgd_step", "evaluate", "open_checkpoint", "with_data_digest", "check_val_split",
-           "summarise", "with_world"]
+__all__ = [
+    "train",
+    "Start",
+    "Context",
+    "sgd_step",
+    "evaluate",
+    "open_checkpoint",
+    "with_data_digest",
+    "check_val_split",
+    "summarise",
+    "with_world",
+]
 
 
 def _resume_view(config: Mapping[str, Any]) -> dict[str, Any]:
     """A config as a checkpoint check compares it: its :func:`experiment`, its ``CHOSEN_KEYS`` and its
     process count (one for a checkpoint from before the count was recorded)."""
-    return {**experiment(config), **{k: config.get(k) for k in CHOSEN_KEYS}, "world_size": config.get("world_size") or 1}
+    return {
+        **experiment(config),
+        **{k: config.get(k) for k in CHOSEN_KEYS},
+        "world_size": config.get("world_size") or 1,
+    }
 
 
 @dataclass
@@ -84,8 +98,15 @@ def open_checkpoint(config: TrainConfig, out_dir: str | Path, resume: bool) -> d
     return rundir.open_checkpoint(out_dir, resume, cfg, keys, view=_resume_view)
 
 
-def sgd_step(model: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor,
-             amp: bool, label_smoothing: float = 0.0, weight: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def sgd_step(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    amp: bool,
+    label_smoothing: float = 0.0,
+    weight: float = 1.0,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """One training step (shared with ``benchmarks/throughput.py`` so it measures this very code);
     returns the detached loss and logits, still on the device. ``weight`` scales the loss that is
     differentiated (a process's share of a batch; 1: the whole batch, or an equal share)."""
@@ -128,12 +149,20 @@ def _shifted(x: torch.Tensor, s: int) -> torch.Tensor:
     padded = F.pad(x, (p, p, p, p), mode="reflect")
     top = p - s  # s > 0: the window starts above-left of the image, so the content moves down-right
     fmt = torch.channels_last if x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format
-    return padded[:, :, top:top + h, top:top + w].contiguous(memory_format=fmt)
+    return padded[:, :, top : top + h, top : top + w].contiguous(memory_format=fmt)
 
 
-def train(config: TrainConfig, out_dir: str | Path, *, resume: bool = False, progress: bool | None = None,
-          on_epoch: Callable[[dict], None] | None = None, threads_source: str | None = None,
-          checkpoint: dict | None = None, start: Start | None = None) -> Summary:
+def train(
+    config: TrainConfig,
+    out_dir: str | Path,
+    *,
+    resume: bool = False,
+    progress: bool | None = None,
+    on_epoch: Callable[[dict], None] | None = None,
+    threads_source: str | None = None,
+    checkpoint: dict | None = None,
+    start: Start | None = None,
+) -> Summary:
     """Train ``config`` into ``out_dir`` and return the summary written to ``summary.json``.
 
     ``resume``: continue from ``out_dir/checkpoint.pt`` (fresh start, with a note, if none); without
@@ -180,8 +209,14 @@ class _Setting:
     start: Start | None
 
 
-def _run(config: TrainConfig, out: Path, state: dict | None, where: _Setting, progress: bool | None,
-         on_epoch: Callable[[dict], None] | None) -> Summary:
+def _run(
+    config: TrainConfig,
+    out: Path,
+    state: dict | None,
+    where: _Setting,
+    progress: bool | None,
+    on_epoch: Callable[[dict], None] | None,
+) -> Summary:
     """The run once prepared: directory, parts, the epoch loop (train, evaluate, checkpoint), and
     the final weights and summary. Only rank 0 writes files or calls ``on_epoch``."""
     device, main, ds = where.device, where.world.main, where.ds
@@ -218,9 +253,18 @@ def _run(config: TrainConfig, out: Path, state: dict | None, where: _Setting, pr
         row["images_per_s"] = round(seen / train_s, 1)
         metrics.append(row)
         if main:
-            rundir.atomic_save({**parts.state(), "rng": ckpt.rng_state(device), "threads": torch.get_num_threads(),
-                                "epoch": epoch + 1, "metrics": metrics, "config": cfg,
-                                "arch": config.arch.to_dict()}, out / rundir.CHECKPOINT)
+            rundir.atomic_save(
+                {
+                    **parts.state(),
+                    "rng": ckpt.rng_state(device),
+                    "threads": torch.get_num_threads(),
+                    "epoch": epoch + 1,
+                    "metrics": metrics,
+                    "config": cfg,
+                    "arch": config.arch.to_dict(),
+                },
+                out / rundir.CHECKPOINT,
+            )
             rundir.append_metrics(out, row)
             if on_epoch is not None:
                 on_epoch(row)
@@ -231,9 +275,16 @@ def _run(config: TrainConfig, out: Path, state: dict | None, where: _Setting, pr
     # resources on the training device, measured after training (latency needs a quiet device); by
     # rank 0 only, which writes the summary
     resources = measure.resources(config.arch, batch_size=config.batch_size, device=str(device)) if main else None
-    context = Context(str(device), device_name(device), config.precision, config.memory_format,
-                      where.choice.to_dict(), torch.get_num_threads(), split.describe(where.full, ds, config.val_split),
-                      where.full.record())
+    context = Context(
+        str(device),
+        device_name(device),
+        config.precision,
+        config.memory_format,
+        where.choice.to_dict(),
+        torch.get_num_threads(),
+        split.describe(where.full, ds, config.val_split),
+        where.full.record(),
+    )
     paused = len(metrics) if failure is None and len(metrics) < E else None
     summary = summarise(cfg, metrics, failure, resources, context, stopped_at=paused)
     if main:
@@ -245,8 +296,10 @@ def with_world(config: TrainConfig, size: int) -> TrainConfig:
     """``config`` for a run on ``size`` processes: its ``world_size`` filled in, or refused when it
     names another count (the processes actually started decide it, and it changes the numbers)."""
     if config.world_size is not None and config.world_size != size:
-        raise UsageError(f"the run is configured for {config.world_size} processes (world_size) but {size} "
-                         f"{'was' if size == 1 else 'were'} started")
+        raise UsageError(
+            f"the run is configured for {config.world_size} processes (world_size) but {size} "
+            f"{'was' if size == 1 else 'were'} started"
+        )
     return dataclasses.replace(config, world_size=size)
 
 
@@ -273,12 +326,16 @@ def _planned_data(config: TrainConfig) -> Dataset:
     class count than its model."""
     ds = load_data_for(config)
     if ds.digest != config.data_digest:
-        raise UsageError(f"{config.data_dir or config.dataset}: not the images the run was planned for (content "
-                         f"digest {ds.digest}, planned {config.data_digest}): a file was changed, added or removed, "
-                         "or copied without its modification time; plan the run again")
+        raise UsageError(
+            f"{config.data_dir or config.dataset}: not the images the run was planned for (content "
+            f"digest {ds.digest}, planned {config.data_digest}): a file was changed, added or removed, "
+            "or copied without its modification time; plan the run again"
+        )
     if config.arch.classes != ds.num_classes:
-        raise UsageError(f"the model has {config.arch.classes} classes but dataset {config.dataset!r} has "
-                         f"{ds.num_classes}; build the architecture with classes={ds.num_classes}")
+        raise UsageError(
+            f"the model has {config.arch.classes} classes but dataset {config.dataset!r} has "
+            f"{ds.num_classes}; build the architecture with classes={ds.num_classes}"
+        )
     return ds
 
 
@@ -299,8 +356,7 @@ class _Parts:
     stepper: torch.nn.Module
 
     @classmethod
-    def make(cls, config: TrainConfig, ds: Dataset, device: torch.device, fresh: bool,
-             where: _Setting) -> "_Parts":
+    def make(cls, config: TrainConfig, ds: Dataset, device: torch.device, fresh: bool, where: _Setting) -> "_Parts":
         """Built in a fixed order from ``config.seed`` (the same weights for the same command); a
         ``fresh`` run initialises them (a resumed one loads its checkpoint over them)."""
         torch.manual_seed(config.seed)
@@ -315,28 +371,52 @@ class _Parts:
         # Module.to takes memory_format at run time; torch's stubs leave it out
         model = model.to(device=device, memory_format=autotune.torch_memory_format(config.memory_format))  # type: ignore[call-overload]
         optimizer = make_optimizer(model, config)
-        batches = LoaderOptions(device=device, seed=config.seed, channels_last=config.memory_format == "channels_last",
-                                pad=scale_pixels(config.crop_pad, ds.image_size), flip=ds.hflip,
-                                memory=config.data_memory, share=(world.rank, world.size))
+        batches = LoaderOptions(
+            device=device,
+            seed=config.seed,
+            channels_last=config.memory_format == "channels_last",
+            pad=scale_pixels(config.crop_pad, ds.image_size),
+            flip=ds.hflip,
+            memory=config.data_memory,
+            share=(world.rank, world.size),
+        )
         norm = dict(mean=ds.mean, std=ds.std)
         train = Loader(ds.train_x, ds.train_y, config.batch_size, train=True, options=batches, **norm)
         test = Loader(ds.test_x, ds.test_y, max(config.batch_size, 256), train=False, options=batches, **norm)
-        val = None if ds.val_x is None or ds.val_y is None else Loader(ds.val_x, ds.val_y, max(config.batch_size, 256), train=False,
-                                                   options=batches, **norm)
+        val = (
+            None
+            if ds.val_x is None or ds.val_y is None
+            else Loader(ds.val_x, ds.val_y, max(config.batch_size, 256), train=False, options=batches, **norm)
+        )
         scheduler = torch.optim.lr_scheduler.LambdaLR(
-            optimizer, lr_multiplier(config.schedule, config.warmup, config.epochs, len(train)))
+            optimizer, lr_multiplier(config.schedule, config.warmup, config.epochs, len(train))
+        )
         ema = EMA(model, config.ema) if config.ema > 0 else None
         if train.stream is not None and world.main:
             assert config.data_memory is not None  # a loader streams only over a data_memory budget
-            note(f"the training split ({padded_bytes(ds.train_x.shape, train.pad) / 2**20:,.0f} MiB padded) is over "
-                 f"data_memory ({config.data_memory / 2**20:,.0f} MiB): its batches are read from where it lies")
-        return cls(model, optimizer, scheduler, ema, train, test, val,
-                   autotune.compiled(distributed.wrap(model, device), config.compile))
+            note(
+                f"the training split ({padded_bytes(ds.train_x.shape, train.pad) / 2**20:,.0f} MiB padded) is over "
+                f"data_memory ({config.data_memory / 2**20:,.0f} MiB): its batches are read from where it lies"
+            )
+        return cls(
+            model,
+            optimizer,
+            scheduler,
+            ema,
+            train,
+            test,
+            val,
+            autotune.compiled(distributed.wrap(model, device), config.compile),
+        )
 
     def state(self) -> dict[str, Any]:
         """The training state a checkpoint keeps."""
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "ema": self.ema.state_dict() if self.ema is not None else None}
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "ema": self.ema.state_dict() if self.ema is not None else None,
+        }
 
     def resume(self, state: dict, device: torch.device) -> tuple[list[dict], int]:
         """Load a checkpoint's state and random generators; its metrics and epochs done."""
@@ -358,8 +438,10 @@ def check_val_split(config: TrainConfig) -> int:
         return len(ds.val_y)
     n, k = len(ds.train_y), split.size(config.val_split, len(ds.train_y))
     if k and n - k < config.batch_size:  # every run of it would fail on its first epoch
-        raise UsageError(f"val_split {config.val_split!r} holds out {k} of the {n} training images, leaving "
-                         f"{n - k}, fewer than one batch of {config.batch_size}; give a smaller split or batch size")
+        raise UsageError(
+            f"val_split {config.val_split!r} holds out {k} of the {n} training images, leaving "
+            f"{n - k}, fewer than one batch of {config.batch_size}; give a smaller split or batch size"
+        )
     return k
 
 
@@ -367,13 +449,16 @@ def _validation_split(ds: Dataset, config: TrainConfig) -> Dataset:
     """``ds`` as the run uses it: ``config.val_split`` held out of its training split
     (:func:`split.holdout`), or the dataset's own validation set, said once, when it brings one."""
     if config.val_split and ds.val_y is not None:
-        note(f"dataset {config.dataset!r} brings its own validation set ({len(ds.val_y):,} images): it is used "
-             f"instead of holding out val_split={config.val_split!r} of the training images")
+        note(
+            f"dataset {config.dataset!r} brings its own validation set ({len(ds.val_y):,} images): it is used "
+            f"instead of holding out val_split={config.val_split!r} of the training images"
+        )
     return split.holdout(ds, config.val_split)
 
 
-def _decide_execution(config: TrainConfig, state: dict | None, device: torch.device,
-                      threads_source: str | None) -> tuple[TrainConfig, autotune.Choice]:
+def _decide_execution(
+    config: TrainConfig, state: dict | None, device: torch.device, threads_source: str | None
+) -> tuple[TrainConfig, autotune.Choice]:
     """The precision, memory format, CPU threads and compile of this run, all of which change its
     numbers: a resumed run's own (its checkpoint's), else the config's where given, else the
     machine profile's (:func:`machine_profile.find`, when one matches this machine), else
@@ -384,8 +469,13 @@ def _decide_execution(config: TrainConfig, state: dict | None, device: torch.dev
     in, and how they were decided."""
     if state is not None:
         saved = state["config"]
-        choice = autotune.Choice(saved["precision"], saved["memory_format"], "checkpoint",
-                                 compile=bool(saved.get("compile")), compile_source="checkpoint")
+        choice = autotune.Choice(
+            saved["precision"],
+            saved["memory_format"],
+            "checkpoint",
+            compile=bool(saved.get("compile")),
+            compile_source="checkpoint",
+        )
         threads, threads_source = saved.get("threads") or state.get("threads"), "checkpoint"
         sync_bn = bool(saved.get("sync_bn"))
     else:
@@ -402,8 +492,14 @@ def _decide_execution(config: TrainConfig, state: dict | None, device: torch.dev
     if threads:
         torch.set_num_threads(int(threads))
     autotune.make_deterministic(device)
-    config = dataclasses.replace(config, precision=choice.precision, memory_format=choice.memory_format,
-                                 threads=torch.get_num_threads(), sync_bn=sync_bn, compile=choice.compile)
+    config = dataclasses.replace(
+        config,
+        precision=choice.precision,
+        memory_format=choice.memory_format,
+        threads=torch.get_num_threads(),
+        sync_bn=sync_bn,
+        compile=choice.compile,
+    )
     return config, dataclasses.replace(choice, threads=config.threads, threads_source=threads_source)
 
 
@@ -413,8 +509,15 @@ def _initialise(model: torch.nn.Module, config: TrainConfig, ds: Dataset) -> Non
     if not (config.whiten_init or config.identity_init):
         return
     step = max(1, len(ds.train_x) // initialise.WHITEN_SAMPLE)
-    sample = Loader(ds.train_x[::step][:initialise.WHITEN_SAMPLE], ds.train_y[::step][:initialise.WHITEN_SAMPLE],
-                    500, train=False, mean=ds.mean, std=ds.std, options=LoaderOptions(channels_last=False))
+    sample = Loader(
+        ds.train_x[::step][: initialise.WHITEN_SAMPLE],
+        ds.train_y[::step][: initialise.WHITEN_SAMPLE],
+        500,
+        train=False,
+        mean=ds.mean,
+        std=ds.std,
+        options=LoaderOptions(channels_last=False),
+    )
     first = initialise.input_convolution(model, next(iter(sample))[0][:2])
     if config.whiten_init:
         if first is None or first.groups != 1:
@@ -429,8 +532,9 @@ def _initialise(model: torch.nn.Module, config: TrainConfig, ds: Dataset) -> Non
             initialise.identity(model, skip=first)
 
 
-def _train_epoch(parts: _Parts, epoch: int, config: TrainConfig, amp: bool,
-                 progress: bool | None) -> tuple[dict, int, str | None]:
+def _train_epoch(
+    parts: _Parts, epoch: int, config: TrainConfig, amp: bool, progress: bool | None
+) -> tuple[dict, int, str | None]:
     """One pass over the training split: (metrics row without the test accuracy, images seen,
     failure or None). Every process checks the loss summed over all of them, so all stop on the
     same step, and the row counts every process's images."""
@@ -461,13 +565,19 @@ def _train_epoch(parts: _Parts, epoch: int, config: TrainConfig, amp: bool,
             failure = f"loss became {loss_sum.item()} in epoch {epoch + 1} (by step {step}) at lr {lr:g}"
             break
         if bar.enabled and (step % 10 == 0 or step == len(loader)):
-            bar.set(loss=loss_sum.item() / seen, acc=correct.item() / seen, img_s=round(seen / (time.perf_counter() - t0)))
+            bar.set(
+                loss=loss_sum.item() / seen, acc=correct.item() / seen, img_s=round(seen / (time.perf_counter() - t0))
+            )
     bar.close()
     loss_all, correct_all, seen_all = (v.item() for v in distributed.total(loss_sum, correct, torch.tensor(seen)))
     if failure is None and not math.isfinite(loss_all):
         failure = f"loss became {loss_all} in epoch {epoch + 1} at lr {lr:g}"
-    row = {"epoch": epoch + 1, "lr": lr, "train_loss": loss_all / max(seen_all, 1),
-           "train_acc": correct_all / max(seen_all, 1)}
+    row = {
+        "epoch": epoch + 1,
+        "lr": lr,
+        "train_loss": loss_all / max(seen_all, 1),
+        "train_acc": correct_all / max(seen_all, 1),
+    }
     return row, int(seen_all), failure
 
 
@@ -490,9 +600,17 @@ class Context:
         return cls(*(summary[f.name] for f in dataclasses.fields(cls)))
 
 
-def summarise(config: Mapping[str, Any], metrics: list[dict], failure: str | None, resources: dict | None,
-              context: Context, *, stage: str | None = None, pruned: dict | None = None,
-              stopped_at: int | None = None) -> Summary:
+def summarise(
+    config: Mapping[str, Any],
+    metrics: list[dict],
+    failure: str | None,
+    resources: dict | None,
+    context: Context,
+    *,
+    stage: str | None = None,
+    pruned: dict | None = None,
+    stopped_at: int | None = None,
+) -> Summary:
     """The one writer of a :class:`Summary`: a run's outcome from its metrics rows (``config``: its
     ``to_dict()``). ``stage``: score only the rows of that stage (a pruning run's last); ``pruned``:
     what a pruning run pruned; ``stopped_at``: the epoch of its planned schedule a run paused after

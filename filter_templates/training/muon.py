@@ -48,8 +48,10 @@ def muon_parameters(model: nn.Module) -> list[nn.Parameter]:
     try:
         graph = fx.symbolic_trace(model).graph
     except Exception as exc:  # fx raises many kinds on code it cannot trace
-        raise UsageError(f"optimizer 'muon' needs a model torch.fx can trace, to find the convolutions "
-                         f"that feed a BatchNorm ({type(exc).__name__}: {exc}); use optimizer 'sgd'") from None
+        raise UsageError(
+            f"optimizer 'muon' needs a model torch.fx can trace, to find the convolutions "
+            f"that feed a BatchNorm ({type(exc).__name__}: {exc}); use optimizer 'sgd'"
+        ) from None
     found: dict[int, torch.Tensor] = {}
     for node in graph.nodes:
         if node.op != "call_module":
@@ -58,8 +60,11 @@ def muon_parameters(model: nn.Module) -> list[nn.Parameter]:
         if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
             continue
         users = list(node.users)
-        if len(users) == 1 and users[0].op == "call_module" and \
-                isinstance(model.get_submodule(users[0].target), nn.BatchNorm2d):
+        if (
+            len(users) == 1
+            and users[0].op == "call_module"
+            and isinstance(model.get_submodule(users[0].target), nn.BatchNorm2d)
+        ):
             found[id(conv.weight)] = conv.weight
     return [p for p in model.parameters() if id(p) in found and p.requires_grad]
 
@@ -68,10 +73,12 @@ class Muon(torch.optim.Optimizer):
     """Param groups with ``muon=True`` take Muon steps (momentum, then orthogonalised); the others SGD
     with momentum, weight decay and optional Nesterov, as ``torch.optim.SGD`` (no dampening)."""
 
-    def __init__(self, params: Iterable[Any], lr: float, momentum: float, weight_decay: float = 0.0,
-                 nesterov: bool = False) -> None:
-        super().__init__(params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov,
-                                      muon=False))
+    def __init__(
+        self, params: Iterable[Any], lr: float, momentum: float, weight_decay: float = 0.0, nesterov: bool = False
+    ) -> None:
+        super().__init__(
+            params, dict(lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov, muon=False)
+        )
 
     @torch.no_grad()
     def step(self, closure: Any = None) -> None:  # type: ignore[override]  # no closure: torch's overloads promise one

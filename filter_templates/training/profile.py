@@ -19,11 +19,11 @@ from __future__ import annotations
 import json
 import os
 import re
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+import tomllib
 import torch
 
 from filter_templates.core import rundir
@@ -33,15 +33,27 @@ from filter_templates.core.messages import note
 from filter_templates.training.autotune import Execution, usable_cores
 from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE_AUTO, PROFILE_OFF
 
-__all__ = ["FILE_NAME", "Entry", "default_path", "machine_key", "resolve_path", "read", "check", "find",
-           "write", "render"]
+__all__ = [
+    "FILE_NAME",
+    "Entry",
+    "default_path",
+    "machine_key",
+    "resolve_path",
+    "read",
+    "check",
+    "find",
+    "write",
+    "render",
+]
 
 FILE_NAME = "profile.toml"
 KEY_FIELDS = ("device", "cores", "torch")
 _REMEDY = "fix or delete it (`filter-templates tune` then writes a new one), or pass --no-profile"
-_HEADER = ("# filter-templates machine profile, written by `filter-templates tune`.\n"
-           "# A run on a machine matching a [[machine]] key (device, cores, torch) uses its precision,\n"
-           "# memory_format, threads and compile for every setting the command does not give.\n")
+_HEADER = (
+    "# filter-templates machine profile, written by `filter-templates tune`.\n"
+    "# A run on a machine matching a [[machine]] key (device, cores, torch) uses its precision,\n"
+    "# memory_format, threads and compile for every setting the command does not give.\n"
+)
 
 
 @dataclass(frozen=True)
@@ -75,21 +87,34 @@ def machine_key(device: torch.device) -> dict[str, Any]:
 def _entry(table: Any, where: str) -> Entry:
     if not isinstance(table, Mapping):
         raise UsageError(f"{where}: expected a table; {_REMEDY}")
-    for name, kind in (("device", str), ("cores", int), ("torch", str), ("precision", str),
-                       ("memory_format", str), ("threads", int), ("compile", bool)):
+    for name, kind in (
+        ("device", str),
+        ("cores", int),
+        ("torch", str),
+        ("precision", str),
+        ("memory_format", str),
+        ("threads", int),
+        ("compile", bool),
+    ):
         value = table.get(name)
-        if not isinstance(value, kind) or (kind is int and (isinstance(value, bool) or (isinstance(value, int) and value < 1))):
-            raise UsageError(f"{where}: '{name}' must be {'a positive integer' if kind is int else kind.__name__}, "
-                             f"got {value!r}; {_REMEDY}")
+        if not isinstance(value, kind) or (
+            kind is int and (isinstance(value, bool) or (isinstance(value, int) and value < 1))
+        ):
+            raise UsageError(
+                f"{where}: '{name}' must be {'a positive integer' if kind is int else kind.__name__}, "
+                f"got {value!r}; {_REMEDY}"
+            )
     for name, allowed in (("precision", PRECISIONS), ("memory_format", MEMORY_FORMATS)):
         if table[name] not in allowed:
             raise UsageError(f"{where}: '{name}' must be one of {', '.join(allowed)}, got {table[name]!r}; {_REMEDY}")
     measured = table.get("measured", {})
     if not isinstance(measured, Mapping):
         raise UsageError(f"{where}: 'measured' must be a table; {_REMEDY}")
-    return Entry({k: table[k] for k in KEY_FIELDS},
-                 Execution(table["precision"], table["memory_format"], table["threads"], table["compile"]),
-                 dict(measured))
+    return Entry(
+        {k: table[k] for k in KEY_FIELDS},
+        Execution(table["precision"], table["memory_format"], table["threads"], table["compile"]),
+        dict(measured),
+    )
 
 
 def read(path: str | os.PathLike[str]) -> list[Entry]:
@@ -102,8 +127,9 @@ def read(path: str | os.PathLike[str]) -> list[Entry]:
     except FileNotFoundError:
         return []
     except (OSError, UnicodeDecodeError) as exc:
-        raise UsageError(f"profile {path}: cannot be read ({getattr(exc, 'strerror', None) or exc}); "
-                         f"{_REMEDY}") from None
+        raise UsageError(
+            f"profile {path}: cannot be read ({getattr(exc, 'strerror', None) or exc}); {_REMEDY}"
+        ) from None
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
@@ -141,8 +167,10 @@ def find(device: torch.device, profile: str = PROFILE_AUTO) -> tuple[Execution, 
         if entry.key == key:
             return entry.execution, str(path)
     theirs = "; ".join(_describe(e.key) for e in entries)
-    line = (f"profile {path} is for {theirs}, not this machine ({_describe(key)}): precision, memory format, "
-            "threads and compile follow the rule (run `filter-templates tune` here to measure them)")
+    line = (
+        f"profile {path} is for {theirs}, not this machine ({_describe(key)}): precision, memory format, "
+        "threads and compile follow the rule (run `filter-templates tune` here to measure them)"
+    )
     if (str(path), line) not in _SAID:
         _SAID.add((str(path), line))
         note(line)
@@ -167,8 +195,13 @@ def render(entries: list[Entry]) -> str:
     parts = [_HEADER]
     for e in entries:
         ex = e.execution
-        rows = {**e.key, "precision": ex.precision, "memory_format": ex.memory_format, "threads": ex.threads,
-                "compile": ex.compile}
+        rows = {
+            **e.key,
+            "precision": ex.precision,
+            "memory_format": ex.memory_format,
+            "threads": ex.threads,
+            "compile": ex.compile,
+        }
         parts.append("\n[[machine]]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in rows.items()))
         if e.measured:
             parts.append("[machine.measured]\n" + "".join(f"{_key(k)} = {_toml(v)}\n" for k, v in e.measured.items()))

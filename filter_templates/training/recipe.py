@@ -80,14 +80,17 @@ def make_optimizer(model: torch.nn.Module, settings: OptimizerSettings | TrainCo
     if s.norm_bias_decay or weight_decay == 0:
         groups = [{"params": params}]
     else:
-        groups = [{"params": [p for p in params if p.ndim > 1]},
-                  {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0}]
+        groups = [
+            {"params": [p for p in params if p.ndim > 1]},
+            {"params": [p for p in params if p.ndim <= 1], "weight_decay": 0.0},
+        ]
     if optimizer == "sgd":
         return torch.optim.SGD(groups, lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov)
     if orthogonal:  # last, so param_groups[0]["lr"] stays the SGD lr that progress lines show
         groups.append({"params": orthogonal, "muon": True, "lr": s.muon_lr, "weight_decay": 0.0})
-    return muon.Muon([g for g in groups if g["params"]], lr=lr, momentum=momentum, weight_decay=weight_decay,
-                     nesterov=nesterov)
+    return muon.Muon(
+        [g for g in groups if g["params"]], lr=lr, momentum=momentum, weight_decay=weight_decay, nesterov=nesterov
+    )
 
 
 class EMA:

@@ -37,8 +37,19 @@ from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE
 from filter_templates.training.loop import sgd_step, train
 from filter_templates.training.recipe import make_optimizer
 
-__all__ = ["TuneRequest", "Variant", "Timing", "TuneResult", "tune", "thread_counts", "BF16_TOLERANCE",
-           "PAYBACK_EPOCHS", "PAYBACK_IMAGES", "compile_pays", "describe_machine"]
+__all__ = [
+    "TuneRequest",
+    "Variant",
+    "Timing",
+    "TuneResult",
+    "tune",
+    "thread_counts",
+    "BF16_TOLERANCE",
+    "PAYBACK_EPOCHS",
+    "PAYBACK_IMAGES",
+    "compile_pays",
+    "describe_machine",
+]
 
 BF16_TOLERANCE = 0.02  # test accuracy, as a fraction: bf16 must end within 2 points of fp32
 PAYBACK_EPOCHS = 10  # compile must pay back on a run this long ...
@@ -91,8 +102,13 @@ class Timing:
         return statistics.median(self.rounds)
 
     def row(self) -> dict[str, Any]:
-        return {"variant": self.variant.name, "min": round(min(self.rounds), 1), "median": round(self.median, 1),
-                "max": round(max(self.rounds), 1), "compile_s": None if self.compile_s is None else round(self.compile_s, 1)}
+        return {
+            "variant": self.variant.name,
+            "min": round(min(self.rounds), 1),
+            "median": round(self.median, 1),
+            "max": round(max(self.rounds), 1),
+            "compile_s": None if self.compile_s is None else round(self.compile_s, 1),
+        }
 
 
 @dataclass
@@ -111,14 +127,21 @@ class TuneResult:
         """The profile table for this machine."""
         by_name = {t.variant.name: t for t in self.timings}
         best, rule = by_name[self.recommended.name], by_name.get(self.rule.name)
-        measured = {"model": f"{arch.family} {arch.template} w={arch.width:g} at {arch.image_size} px",
-                    "batch_size": batch_size, "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    "images_per_s": round(best.median, 1), "rule": self.rule.name,
-                    "rule_images_per_s": None if rule is None else round(rule.median, 1),
-                    "bf16_check": "" if self.bf16_check is None else self.bf16_check["verdict"],
-                    "tune_s": round(self.seconds, 1)}
-        return machine_profile.Entry(machine_profile.machine_key(device), self.recommended.execution(),
-                                     {k: v for k, v in measured.items() if v is not None})
+        measured = {
+            "model": f"{arch.family} {arch.template} w={arch.width:g} at {arch.image_size} px",
+            "batch_size": batch_size,
+            "date": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "images_per_s": round(best.median, 1),
+            "rule": self.rule.name,
+            "rule_images_per_s": None if rule is None else round(rule.median, 1),
+            "bf16_check": "" if self.bf16_check is None else self.bf16_check["verdict"],
+            "tune_s": round(self.seconds, 1),
+        }
+        return machine_profile.Entry(
+            machine_profile.machine_key(device),
+            self.recommended.execution(),
+            {k: v for k, v in measured.items() if v is not None},
+        )
 
 
 def thread_counts(cores: int) -> list[int]:
@@ -139,8 +162,9 @@ class _Bench:
         config = TrainConfig(arch=arch, image_size=arch.image_size, epochs=1, batch_size=request.batch_size)
         self.optimizer = make_optimizer(model, config)
         self.model = autotune.compiled(model, compile)
-        self.x = torch.randn(request.batch_size, 3, arch.image_size, arch.image_size,
-                             device=device).contiguous(memory_format=fmt)
+        self.x = torch.randn(request.batch_size, 3, arch.image_size, arch.image_size, device=device).contiguous(
+            memory_format=fmt
+        )
         self.y = torch.randint(0, arch.classes, (request.batch_size,), device=device)
         self.amp, self.device = precision == "bf16", device
 
@@ -159,7 +183,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _alternate(request: TuneRequest, benches: dict[Variant, _Bench], seconds: float, timings: dict[Variant, Timing]) -> None:
+def _alternate(
+    request: TuneRequest, benches: dict[Variant, _Bench], seconds: float, timings: dict[Variant, Timing]
+) -> None:
     """``request.rounds`` rounds over ``benches``, each variant timed for about its share of
     ``seconds`` a round (at least one step), the order reversed every other round."""
     order = list(benches)
@@ -195,14 +221,25 @@ def _check_bf16(request: TuneRequest, winner: Variant) -> dict[str, Any]:
     acc = {}
     with tempfile.TemporaryDirectory(prefix="filter-templates-tune-") as tmp:
         for precision in ("fp32", "bf16"):
-            config = TrainConfig(arch=arch, dataset=CHECK_DATASET, epochs=request.check_epochs, seed=0,
-                                 device=str(request.device), precision=precision, memory_format=winner.memory_format,
-                                 threads=winner.threads, compile=False, profile=PROFILE_OFF)
+            config = TrainConfig(
+                arch=arch,
+                dataset=CHECK_DATASET,
+                epochs=request.check_epochs,
+                seed=0,
+                device=str(request.device),
+                precision=precision,
+                memory_format=winner.memory_format,
+                threads=winner.threads,
+                compile=False,
+                profile=PROFILE_OFF,
+            )
             request.say(f"bf16 check: {request.check_epochs} epochs of the fast recipe on {CHECK_DATASET}, {precision}")
             acc[precision] = train(config, Path(tmp) / precision, progress=False)["final_acc"]
     passed = acc["fp32"] is not None and acc["bf16"] is not None and acc["fp32"] - acc["bf16"] <= BF16_TOLERANCE
-    verdict = (f"{'passed' if passed else 'failed'}: {CHECK_DATASET} {request.check_epochs} epochs, fp32 "
-               f"{acc['fp32']:.4f}, bf16 {acc['bf16']:.4f} (tolerance {BF16_TOLERANCE:g})")
+    verdict = (
+        f"{'passed' if passed else 'failed'}: {CHECK_DATASET} {request.check_epochs} epochs, fp32 "
+        f"{acc['fp32']:.4f}, bf16 {acc['bf16']:.4f} (tolerance {BF16_TOLERANCE:g})"
+    )
     return {"passed": passed, "fp32": acc["fp32"], "bf16": acc["bf16"], "verdict": verdict}
 
 
@@ -240,14 +277,22 @@ def tune(request: TuneRequest) -> TuneResult:
             winner = _try_compile(request, winner, benches[winner], timings, reasons)
             phases["compile"] = time.perf_counter() - mark
         rule = _rule_variant(request.device)
-        return TuneResult(list(timings.values()), winner, rule, reasons, check, time.perf_counter() - t0,
-                          {k: round(v, 1) for k, v in phases.items()})
+        return TuneResult(
+            list(timings.values()),
+            winner,
+            rule,
+            reasons,
+            check,
+            time.perf_counter() - t0,
+            {k: round(v, 1) for k, v in phases.items()},
+        )
     finally:
         torch.set_num_threads(before)
 
 
-def _try_compile(request: TuneRequest, winner: Variant, eager: _Bench, timings: dict[Variant, Timing],
-                 reasons: list[str]) -> Variant:
+def _try_compile(
+    request: TuneRequest, winner: Variant, eager: _Bench, timings: dict[Variant, Timing], reasons: list[str]
+) -> Variant:
     """Time the winner compiled against itself eager (a second, shorter alternation); the compiled
     variant when it pays back (:func:`compile_pays`), else the winner."""
     autotune.check_compile(request.device)
@@ -255,17 +300,20 @@ def _try_compile(request: TuneRequest, winner: Variant, eager: _Bench, timings: 
     request.say(f"compiling {winner.name} (torch.compile; the first step includes the compile)")
     pair = {winner: eager, compiled: _Bench(request, winner.precision, winner.memory_format, True)}
     again = {v: Timing(v) for v in pair}
-    _alternate(dataclasses.replace(request, rounds=max(2, request.rounds)), pair,
-               request.seconds / len(timings) * 2, again)
+    _alternate(
+        dataclasses.replace(request, rounds=max(2, request.rounds)), pair, request.seconds / len(timings) * 2, again
+    )
     timings[compiled] = again[compiled]
     eager_s = request.batch_size / again[winner].median
     compiled_s = request.batch_size / again[compiled].median
     compile_s = again[compiled].compile_s or 0.0
     pays = compile_pays(compile_s, eager_s, compiled_s, request.batch_size)
     saved = PAYBACK_EPOCHS * (PAYBACK_IMAGES / request.batch_size) * (eager_s - compiled_s)
-    reasons.append(f"compile: {compile_s:.1f} s to compile, step {compiled_s * 1000:.0f} ms vs {eager_s * 1000:.0f} ms "
-                   f"eager; a {PAYBACK_EPOCHS}-epoch run of {PAYBACK_IMAGES:,} images saves {saved:.0f} s: "
-                   + ("it pays" if pays else "it does not pay"))
+    reasons.append(
+        f"compile: {compile_s:.1f} s to compile, step {compiled_s * 1000:.0f} ms vs {eager_s * 1000:.0f} ms "
+        f"eager; a {PAYBACK_EPOCHS}-epoch run of {PAYBACK_IMAGES:,} images saves {saved:.0f} s: "
+        + ("it pays" if pays else "it does not pay")
+    )
     return compiled if pays else winner
 
 
