@@ -292,6 +292,24 @@ class ReduceRequest:
     halving: Halving | None = None  # successive halving of the candidates (None: every one trains to the end)
 
 
+def _sweep_spec(r: ReduceRequest, budget: Budget, names: list[str], base: prune.Baselines) -> SweepSpec:
+    """The one-budget grid the request asks for: every template and baseline, every seed."""
+    return SweepSpec(
+        models=[r.model],
+        templates=names,
+        widths=[],
+        datasets=[r.dataset],
+        seeds=list(r.seeds),
+        budgets=[f"{budget.key}={budget.value!r}"],
+        divisor=r.divisor,
+        floor=r.floor,
+        baselines=list(base.names),
+        prune_at=base.at,
+        prune_from=base.from_width,
+        train=_with_val_split(r.dataset, {k: v for k, v in (r.train or {}).items() if v is not None}),
+    )
+
+
 def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceResult:
     """Run ``request`` (:class:`ReduceRequest`). Bad input, and a budget no template can reach, is a
     UsageError before anything trains."""
@@ -302,20 +320,7 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
     names = list(dict.fromkeys(["base", *(r.templates or BUILTIN_TEMPLATES)]))
     base = r.baselines or prune.Baselines()
     out = _check_out(Path(r.out))  # before the data are read for the default validation split
-    spec = SweepSpec(
-        models=[model],
-        templates=names,
-        widths=[],
-        datasets=[dataset],
-        seeds=list(r.seeds),
-        budgets=[f"{budget.key}={budget.value!r}"],
-        divisor=r.divisor,
-        floor=r.floor,
-        baselines=list(base.names),
-        prune_at=base.at,
-        prune_from=base.from_width,
-        train=_with_val_split(dataset, {k: v for k, v in (r.train or {}).items() if v is not None}),
-    )
+    spec = _sweep_spec(r, budget, names, base)
     grid = plan_grid(spec)  # validates everything, reads the data, fits every template
     if not grid.configs:  # every template's smallest model is over the budget: nothing to compare
         raise UsageError(str(grid.unreachable[0].reason))

@@ -88,6 +88,12 @@ def add_run_args(group: "argparse._ArgumentGroup", val_default: str = "0") -> No
         "--limit-test", type=positive_int, metavar="N", help="use only N test images (a fixed seeded sample)"
     )
     group.add_argument("--val-split", type=val_split, metavar="N|F", help=VAL_SPLIT_HELP.format(val_default))
+    _add_data_source_args(group)
+    _add_execution_args(group)
+
+
+def _add_data_source_args(group: "argparse._ArgumentGroup") -> None:
+    """Where the images come from and how much of them may be held in memory."""
     group.add_argument(
         "--data-dir",
         metavar="DIR",
@@ -113,6 +119,10 @@ def add_run_args(group: "argparse._ArgumentGroup", val_default: str = "0") -> No
         "split is read batch by batch from its memory-mapped cache instead, giving the same "
         "batches (default: half of the device's free memory, shared by the run's processes)",
     )
+
+
+def _add_execution_args(group: "argparse._ArgumentGroup") -> None:
+    """How the run executes: device, precision, layout, compilation and the machine profile."""
     group.add_argument("--device", metavar="DEV", help="auto (default: CUDA when available), cpu, cuda or cuda:N")
     group.add_argument(
         "--precision",

@@ -16,7 +16,15 @@ from filter_templates.cli.args import (
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.messages import warn
 from filter_templates.core.rundir import atomic_write_json, check_writable, portable, writing
-from filter_templates.method.fit import LATENCY_TOLERANCE, FitRequest, fit, format_value, parse_budget
+from filter_templates.method.fit import (
+    LATENCY_TOLERANCE,
+    Budget,
+    FitRequest,
+    FitResult,
+    fit,
+    format_value,
+    parse_budget,
+)
 from filter_templates.method.measure import mib
 from filter_templates.models import MAX_WIDTH, get_family
 
@@ -119,7 +127,14 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"model": args.model, "budget": budget.to_dict(), "image_size": size, "fits": fits}))
         return 0
+    _print_fits(args, budget, results, fits, size)
+    return 0
 
+
+def _print_fits(
+    args: argparse.Namespace, budget: Budget, results: list[FitResult], fits: list[dict], size: int
+) -> None:
+    """The fitted widths as a table on stdout, with where latency and memory were measured."""
     fam = get_family(args.model, size)
     print(
         f"{fam.description}; {args.classes} classes; {size}x{size} px input; budget {budget.key} <= {format_value(budget.key, budget.value)}"
@@ -156,7 +171,6 @@ def run(args: argparse.Namespace) -> int:
     for d in fits:
         if "config" in d:
             print(f"saved {d['config']}")
-    return 0
 
 
 def _used(key: str, d: dict):

@@ -53,6 +53,16 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         "metrics.jsonl, checkpoint.pt (every epoch), model.pt and summary.json. The number of "
         "classes is the dataset's.",
     )
+    _add_model_flags(p)
+    _add_data_flags(p)
+    _add_recipe_flags(p)
+    _add_execution_flags(p)
+    _add_output_flags(p)
+    p.set_defaults(run=run)
+
+
+def _add_model_flags(p: argparse.ArgumentParser) -> None:
+    """The architecture: flags or a --config record."""
     m = p.add_argument_group("model (or --config FILE from `fit --save`; flags given here override it)")
     m.add_argument("--model", metavar="M", help=MODEL_HELP.format(", ".join(family_names())))
     add_fix_arg(m)
@@ -72,6 +82,10 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         metavar="FILE",
         help="JSON file with an 'arch' record (written by `fit --save`, or a run's config.json)",
     )
+
+
+def _add_data_flags(p: argparse.ArgumentParser) -> None:
+    """The data and the optimiser basics."""
     t = p.add_argument_group("data and training")
     t.add_argument(
         "--dataset",
@@ -90,6 +104,10 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         + ")",
     )
     t.add_argument("--seed", type=nonnegative_int, metavar="S", help="seed of init and data order (default: 0)")
+
+
+def _add_recipe_flags(p: argparse.ArgumentParser) -> None:
+    """The recipe's settings, each overriding the --recipe's value."""
     r = p.add_argument_group("recipe settings (default: the --recipe's; all are written to config.json)")
     r.add_argument(
         "--schedule",
@@ -156,6 +174,10 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         help="in a network without residual sums, start every other convolution that can (one group, "
         "odd kernel, no fewer outputs than inputs) as the identity on its first in_channels filters",
     )
+
+
+def _add_execution_flags(p: argparse.ArgumentParser) -> None:
+    """How the run executes; the ones that change the numbers say so."""
     x = p.add_argument_group("execution")
     x.add_argument(
         "--threads",
@@ -198,6 +220,10 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         const="contiguous",
         help="the same as --memory-format contiguous",
     )
+
+
+def _add_output_flags(p: argparse.ArgumentParser) -> None:
+    """Where the run goes and what it prints."""
     o = p.add_argument_group("output")
     o.add_argument(
         "--out", metavar="DIR", help="run directory (default: runs/<model>-<template>-w<width>-<dataset>-s<seed>)"
@@ -205,7 +231,6 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     o.add_argument("--resume", action="store_true", help="continue the checkpoint in --out (fresh start if none)")
     o.add_argument("--json", action="store_true", help="print the summary as one JSON document on stdout")
     o.add_argument("--quiet", action="store_true", help="no per-epoch lines on stdout")
-    p.set_defaults(run=run)
 
 
 def _read_config(path: str) -> dict:

@@ -209,6 +209,24 @@ class _Setting:
     start: Start | None
 
 
+def _checkpoint(
+    parts: _Parts, device: torch.device, epochs: int, metrics: list[dict], config: TrainConfig, out: Path
+) -> None:
+    """Everything a resumed run needs to continue bit for bit after ``epochs`` epochs."""
+    rundir.atomic_save(
+        {
+            **parts.state(),
+            "rng": ckpt.rng_state(device),
+            "threads": torch.get_num_threads(),
+            "epoch": epochs,
+            "metrics": metrics,
+            "config": config.to_dict(),
+            "arch": config.arch.to_dict(),
+        },
+        out / rundir.CHECKPOINT,
+    )
+
+
 def _run(
     config: TrainConfig,
     out: Path,
@@ -253,18 +271,7 @@ def _run(
         row["images_per_s"] = round(seen / train_s, 1)
         metrics.append(row)
         if main:
-            rundir.atomic_save(
-                {
-                    **parts.state(),
-                    "rng": ckpt.rng_state(device),
-                    "threads": torch.get_num_threads(),
-                    "epoch": epoch + 1,
-                    "metrics": metrics,
-                    "config": cfg,
-                    "arch": config.arch.to_dict(),
-                },
-                out / rundir.CHECKPOINT,
-            )
+            _checkpoint(parts, device, epoch + 1, metrics, config, out)
             rundir.append_metrics(out, row)
             if on_epoch is not None:
                 on_epoch(row)
