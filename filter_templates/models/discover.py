@@ -833,47 +833,9 @@ def _normalise_dropout(gm: fx.GraphModule) -> None:
 def _plan(
     wk: _Walker, gm: fx.GraphModule, fixed: tuple[str, ...], name: str, reading: str, source: nn.Module | None
 ) -> Plan:
-    members: dict[int, list[int]] = {}
-    for x in range(len(wk.parent)):  # raw ids are created in execution order: first member = first use
-        members.setdefault(wk.find(x), []).append(x)
+    members = _members(wk)
     roots = sorted(members, key=lambda r: wk.first[members[r][0]])
-    touched: dict[int, list[str]] = {r: [] for r in roots}
-    for mod_name, rec in wk.records.items():
-        for r, _ in rec.outs:
-            if mod_name not in touched[wk.find(r)]:
-                touched[wk.find(r)].append(mod_name)
-    used_fixed: set[str] = set()
-    groups: list[Group] = []
-    for r in roots:
-        producers = tuple(p for p in (wk.producer[x] for x in members[r]) if p is not None)
-        is_in = any(x in wk.input_raws for x in members[r])
-        is_out = any(x in wk.output_raws for x in members[r])
-        hits = {f for f in fixed for p in producers if p == f or p.startswith(f + ".")}
-        if is_in and is_out:
-            raise UsageError("the model's output channels are tied to its input channels; nothing to template")
-        if hits and (is_in or is_out):
-            raise UsageError(
-                f"--fix {sorted(hits)[0]}: that group is the {'input' if is_in else 'classifier output'}, "
-                "which is never a template layer anyway"
-            )
-        used_fixed |= hits
-        if r in wk.alias and (is_in or is_out or hits):
-            raise UsageError(
-                f"channels of {', '.join(producers) or 'the input'} are the sum of a concatenation's "
-                "parts and also the model's input/output or fixed; this is not supported"
-            )
-        role = "input" if is_in else "output" if is_out else "derived" if r in wk.alias else "fixed" if hits else "free"
-        groups.append(Group(wk.base[r], role, tuple(touched[r]), producers))
-    unused = [f for f in fixed if f not in used_fixed]
-    if unused:
-        names = ", ".join(p for g in groups if g.role in ("free", "fixed") for p in g.producers)
-        raise UsageError(
-            f"--fix {unused[0]}: no convolution or linear layer of that name (or inside it); layers: {names}"
-        )
-    if not any(g.role == "output" for g in groups):
-        raise UsageError("the model's output does not come from a layer (conv or linear)")
-    if not any(g.role == "free" for g in groups):
-        raise UsageError("the model has no layer a template can change (every group is input, output or fixed)")
+    groups = _groups(wk, roots, members, fixed)
     index = {r: i for i, r in enumerate(roots)}
     root_of = {x: index[wk.find(x)] for x in range(len(wk.parent))}
     graph, extra = _rewrite(gm, wk.rewrites)
@@ -893,16 +855,7 @@ def _plan(
     layers = read(
         groups, sums, cats, reading, {i: tuple((root_of[r], m) for r, m in lay) for i, lay in derived.items()}
     )
-    identity: dict[str, Any] = {
-        "code": graph.python_code("self").src,
-        "modules": [[k, repr(m)] for k, m in originals.items()],
-        "groups": [[g.base, g.role, list(g.modules)] for g in groups],
-    }
-    if reading != "groups":  # the groups reading's plans keep the identity they always had
-        identity["layers"] = [[layer.base, list(layer.members)] for layer in layers]
-    if source is not None:
-        identity["own forward"] = True
-    fp = hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
+    fp = _fingerprint(graph, originals, groups, layers, reading, source)
     return Plan(
         graph,
         originals,
@@ -919,6 +872,96 @@ def _plan(
         source=source,
         pads=pads,
     )
+
+
+def _members(wk: _Walker) -> dict[int, list[int]]:
+    """Each group's raw ids by root; raw ids are created in execution order, so the first member is the first use."""
+    members: dict[int, list[int]] = {}
+    for x in range(len(wk.parent)):
+        members.setdefault(wk.find(x), []).append(x)
+    return members
+
+
+def _touched(wk: _Walker, roots: list[int]) -> dict[int, list[str]]:
+    """The modules whose outputs land in each group, in record order, each once."""
+    touched: dict[int, list[str]] = {r: [] for r in roots}
+    for mod_name, rec in wk.records.items():
+        for r, _ in rec.outs:
+            if mod_name not in touched[wk.find(r)]:
+                touched[wk.find(r)].append(mod_name)
+    return touched
+
+
+def _groups(wk: _Walker, roots: list[int], members: dict[int, list[int]], fixed: tuple[str, ...]) -> list[Group]:
+    """The channel groups in ``roots``' order, each with its role; raises on a model nothing can be templated in."""
+    touched = _touched(wk, roots)
+    used_fixed: set[str] = set()
+    groups: list[Group] = []
+    for r in roots:
+        group, hits = _group(wk, r, members[r], touched[r], fixed)
+        used_fixed |= hits
+        groups.append(group)
+    _check_groups(groups, fixed, used_fixed)
+    return groups
+
+
+def _group(
+    wk: _Walker, r: int, members: list[int], touched: list[str], fixed: tuple[str, ...]
+) -> tuple[Group, set[str]]:
+    """Group ``r`` with its role, and the ``--fix`` names that hit it; raises on combinations not supported."""
+    producers = tuple(p for p in (wk.producer[x] for x in members) if p is not None)
+    is_in = any(x in wk.input_raws for x in members)
+    is_out = any(x in wk.output_raws for x in members)
+    hits = {f for f in fixed for p in producers if p == f or p.startswith(f + ".")}
+    if is_in and is_out:
+        raise UsageError("the model's output channels are tied to its input channels; nothing to template")
+    if hits and (is_in or is_out):
+        raise UsageError(
+            f"--fix {sorted(hits)[0]}: that group is the {'input' if is_in else 'classifier output'}, "
+            "which is never a template layer anyway"
+        )
+    if r in wk.alias and (is_in or is_out or hits):
+        raise UsageError(
+            f"channels of {', '.join(producers) or 'the input'} are the sum of a concatenation's "
+            "parts and also the model's input/output or fixed; this is not supported"
+        )
+    role = "input" if is_in else "output" if is_out else "derived" if r in wk.alias else "fixed" if hits else "free"
+    return Group(wk.base[r], role, tuple(touched), producers), hits
+
+
+def _check_groups(groups: list[Group], fixed: tuple[str, ...], used_fixed: set[str]) -> None:
+    """Every ``--fix`` name matched a layer, and the model has an output layer and a layer to template."""
+    unused = [f for f in fixed if f not in used_fixed]
+    if unused:
+        names = ", ".join(p for g in groups if g.role in ("free", "fixed") for p in g.producers)
+        raise UsageError(
+            f"--fix {unused[0]}: no convolution or linear layer of that name (or inside it); layers: {names}"
+        )
+    if not any(g.role == "output" for g in groups):
+        raise UsageError("the model's output does not come from a layer (conv or linear)")
+    if not any(g.role == "free" for g in groups):
+        raise UsageError("the model has no layer a template can change (every group is input, output or fixed)")
+
+
+def _fingerprint(
+    graph: fx.Graph,
+    originals: dict[str, nn.Module],
+    groups: list[Group],
+    layers: list[Layer],
+    reading: str,
+    source: nn.Module | None,
+) -> str:
+    """The plan's identity: a hash of its code, modules, groups (and layers, but not for the groups reading)."""
+    identity: dict[str, Any] = {
+        "code": graph.python_code("self").src,
+        "modules": [[k, repr(m)] for k, m in originals.items()],
+        "groups": [[g.base, g.role, list(g.modules)] for g in groups],
+    }
+    if reading != "groups":  # the groups reading's plans keep the identity they always had
+        identity["layers"] = [[layer.base, list(layer.members)] for layer in layers]
+    if source is not None:
+        identity["own forward"] = True
+    return hashlib.sha256(json.dumps(identity).encode()).hexdigest()[:16]
 
 
 def _rewrite(gm: fx.GraphModule, rewrites: dict[fx.Node, str]) -> tuple[fx.Graph, dict[str, nn.Module]]:

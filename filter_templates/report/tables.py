@@ -359,71 +359,14 @@ def _ms(s: float | None) -> str:
 def resource_table(rows: list[ResourceRow], dataset: str) -> Table:
     batch = next((r.batch_size for r in rows if r.batch_size), 64)
     labels = Labels.of(r.setting for r in rows)
-    header = [
-        "family",
-        "template",
-        *labels.header(),
-        "params (M)",
-        "GFLOPs / image",
-        f"train memory (MiB, batch {batch})",
-        f"latency batch {batch} (ms)",
-        "latency batch 1 (ms)",
-        "measured on",
-    ]
-    out, raw = [], []
-    computed = False
-    for r in rows:
-        mark = ""
-        if r.source == "computed":
-            computed = True
-            mark = "†"
-        skey = settings.setting_key(r.setting)
-        where = f"{r.device}, {r.threads} thread{'s' if r.threads != 1 else ''}" if r.device else MISSING
-        out.append(
-            [
-                r.family,
-                r.method,
-                *labels.cells(skey),
-                MISSING if r.params is None else f"{r.params / 1e6:,.3f}",
-                MISSING if r.flops is None else f"{r.flops / 1e9:,.4f}",
-                fmt_bytes(r.train_memory_bytes) + mark,
-                _ms(r.latency_batch_s) + (mark if r.latency_batch_s is not None else ""),
-                _ms(r.latency_b1_s) + (mark if r.latency_b1_s is not None else ""),
-                where,
-            ]
-        )
-        raw.append(
-            [
-                r.family,
-                r.method,
-                *labels.csv_cells(skey),
-                r.params,
-                r.flops,
-                r.train_memory_bytes,
-                r.batch_size,
-                r.latency_batch_s,
-                r.latency_b1_s,
-                r.device,
-                r.threads,
-                r.source,
-            ]
-        )
-    notes = [
-        labels.caption(),
-        "width multiplier 1, " + f"{rows[0].classes if rows else '?'} classes. Latency: median forward pass "
-        "in eval mode; only comparable between rows measured on the same device and thread count.",
-    ]
-    if computed:
-        notes.append(
-            "†: width 1 was not trained; parameters, FLOPs and training memory are computed from the "
-            "architecture, latency is measured by the report on this machine (memory on CPU is the "
-            "exact account of the training step's tensors, on CUDA runs the allocator peak)."
-        )
+    out = [_resource_cells(r, labels) for r in rows]
+    raw = [_resource_csv_cells(r, labels) for r in rows]
+    computed = any(r.source == "computed" for r in rows)
     return Table(
         title=f"Resources at width 1 ({dataset})",
-        header=header,
+        header=_resource_header(labels, batch),
         rows=out,
-        notes=notes,
+        notes=_resource_notes(rows, labels, computed),
         align="ll" + "l" * len(labels.header()) + "r" * 5 + "l",
         csv_header=[
             "family",
@@ -441,6 +384,71 @@ def resource_table(rows: list[ResourceRow], dataset: str) -> Table:
         ],
         csv_rows=raw,
     )
+
+
+def _resource_header(labels: Labels, batch: int) -> list[str]:
+    return [
+        "family",
+        "template",
+        *labels.header(),
+        "params (M)",
+        "GFLOPs / image",
+        f"train memory (MiB, batch {batch})",
+        f"latency batch {batch} (ms)",
+        "latency batch 1 (ms)",
+        "measured on",
+    ]
+
+
+def _resource_cells(r: ResourceRow, labels: Labels) -> list[str]:
+    """The displayed row; computed (not trained) figures are marked with †."""
+    mark = "†" if r.source == "computed" else ""
+    skey = settings.setting_key(r.setting)
+    where = f"{r.device}, {r.threads} thread{'s' if r.threads != 1 else ''}" if r.device else MISSING
+    return [
+        r.family,
+        r.method,
+        *labels.cells(skey),
+        MISSING if r.params is None else f"{r.params / 1e6:,.3f}",
+        MISSING if r.flops is None else f"{r.flops / 1e9:,.4f}",
+        fmt_bytes(r.train_memory_bytes) + mark,
+        _ms(r.latency_batch_s) + (mark if r.latency_batch_s is not None else ""),
+        _ms(r.latency_b1_s) + (mark if r.latency_b1_s is not None else ""),
+        where,
+    ]
+
+
+def _resource_csv_cells(r: ResourceRow, labels: Labels) -> list[Any]:
+    skey = settings.setting_key(r.setting)
+    return [
+        r.family,
+        r.method,
+        *labels.csv_cells(skey),
+        r.params,
+        r.flops,
+        r.train_memory_bytes,
+        r.batch_size,
+        r.latency_batch_s,
+        r.latency_b1_s,
+        r.device,
+        r.threads,
+        r.source,
+    ]
+
+
+def _resource_notes(rows: list[ResourceRow], labels: Labels, computed: bool) -> list[str]:
+    notes = [
+        labels.caption(),
+        "width multiplier 1, " + f"{rows[0].classes if rows else '?'} classes. Latency: median forward pass "
+        "in eval mode; only comparable between rows measured on the same device and thread count.",
+    ]
+    if computed:
+        notes.append(
+            "†: width 1 was not trained; parameters, FLOPs and training memory are computed from the "
+            "architecture, latency is measured by the report on this machine (memory on CPU is the "
+            "exact account of the training step's tensors, on CUDA runs the allocator peak)."
+        )
+    return notes
 
 
 # --------------------------------------------------------------------------------------------

@@ -121,11 +121,7 @@ def run_local(
         config_json = {p.key: p.config_json for p in points}
         bar = Progress(total=len(points), desc="sweep", enabled=progress)
         bar.n = result.skipped
-        todo = sum(
-            1
-            for r in store.rows(keys)
-            if store.claimable(r, stale_after=DEFAULT_STALE_AFTER, config_json=config_json[r["key"]])
-        )
+        todo = _claimable(store, keys, config_json)
         try:
             if jobs > 1 and todo > 1:
                 workers = _spawn_workers(min(jobs, todo) - 1, points, store.path, runs_dir, (threads, threads_source))
@@ -135,42 +131,22 @@ def run_local(
                     break
                 point = by_key[claim["key"]]
                 bar.set(run=point.name)
-                if claim["reclaimed"]:
-                    _log(
-                        f"{point.name}: taking over from {claim['previous_owner']}, which stopped; "
-                        "resuming from its checkpoint"
-                    )
-                torch.set_num_threads(threads)  # a resumed run before this one kept its own
-                try:
-                    summary = train_point(
-                        store, point, claim["claim_token"], progress=progress, threads_source=threads_source
-                    )
-                except _ClaimLost:
-                    _log(f"{point.name}: another sweep took this point over; leaving it to that sweep")
+                summary = _train_claimed(store, point, claim, result, threads, threads_source, progress)
+                if summary is None:
                     continue
-                except KeyboardInterrupt:
-                    store.release(point.key, claim["claim_token"], "interrupted")
-                    result.interrupted = True
-                    raise
                 _count(result, point, summary)
                 if workers:  # the others' runs count too
-                    c = store.counts(keys)
-                    bar.n = c[DONE] + c[FAILED] - 1
+                    _sync_bar(bar, store, keys)
                 bar.update()
             for proc, out in workers:  # wait for the workers' last runs
                 proc.wait()
                 _merge(result, out)
                 if workers:
-                    c = store.counts(keys)
-                    bar.n = c[DONE] + c[FAILED] - 1
+                    _sync_bar(bar, store, keys)
                     bar.update()
         except KeyboardInterrupt:
             result.interrupted = True
-            for proc, _ in workers:  # they got the same Ctrl-C and hand their runs back
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
+            _stop_workers(workers)
             raise
         finally:
             bar.close()
@@ -181,6 +157,54 @@ def run_local(
         counts = store.counts(keys)
         result.elsewhere = counts[RUNNING] + counts[PENDING]
     return result
+
+
+def _claimable(store: Store, keys: list[str], config_json: dict[str, str]) -> int:
+    """How many of ``keys`` a claim could take now (decides how many workers are worth starting)."""
+    return sum(
+        1
+        for r in store.rows(keys)
+        if store.claimable(r, stale_after=DEFAULT_STALE_AFTER, config_json=config_json[r["key"]])
+    )
+
+
+def _train_claimed(
+    store: Store,
+    point: Point,
+    claim: dict,
+    result: SweepResult,
+    threads: int,
+    threads_source: str,
+    progress: bool | None,
+) -> dict | None:
+    """Train the claimed ``point``; None if another sweep took it over. On Ctrl-C, hand the claim back."""
+    if claim["reclaimed"]:
+        _log(f"{point.name}: taking over from {claim['previous_owner']}, which stopped; resuming from its checkpoint")
+    torch.set_num_threads(threads)  # a resumed run before this one kept its own
+    try:
+        return train_point(store, point, claim["claim_token"], progress=progress, threads_source=threads_source)
+    except _ClaimLost:
+        _log(f"{point.name}: another sweep took this point over; leaving it to that sweep")
+        return None
+    except KeyboardInterrupt:
+        store.release(point.key, claim["claim_token"], "interrupted")
+        result.interrupted = True
+        raise
+
+
+def _sync_bar(bar: Progress, store: Store, keys: list[str]) -> None:
+    """Set the bar to the store's finished count, the workers' runs included (less one: the caller updates)."""
+    c = store.counts(keys)
+    bar.n = c[DONE] + c[FAILED] - 1
+
+
+def _stop_workers(workers: list[tuple[subprocess.Popen, Path]]) -> None:
+    """Wait for the workers, which got the same Ctrl-C and hand their runs back; kill any that hang."""
+    for proc, _ in workers:
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def _threads(configs: Sequence["TrainConfig"], jobs: int, threads: int | None, source: str | None) -> tuple[int, str]:
