@@ -259,6 +259,28 @@ def test_two_point_grid_on_a_local_ray(tmp_path, capsys, monkeypatch, local_ray)
     assert (again["done"], again["skipped_done"]) == (0, 2)
 
 
+def test_a_trial_on_two_processes(tmp_path, capsys, monkeypatch, local_ray):
+    """--procs-per-trial 2: each trial's run is one 2-process run (gloo) on the trial's node, its
+    two CPUs split between the processes; every epoch reaches the store as rank 0 records it."""
+    monkeypatch.chdir(tmp_path)
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(k, raising=False)
+    argv = ["sweep", "--engine", "ray", "--procs-per-trial", "2", "--models", "vgg19", "--templates", "uniform"]
+    argv += ["--widths", "0.05", "--datasets", "digits", "--epochs", "2", "--limit-train", "256"]
+    argv += ["--limit-test", "128", "--batch-size", "32", "--device", "cpu", "--db", "r.sqlite", "--runs-dir", "runs"]
+    assert main([*argv, "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["points"], out["done"], out["failed"]) == (1, 1, 0)
+    with Store(tmp_path / "r.sqlite") as s:
+        (row,) = s.rows()
+    assert row["status"] == "done" and [e["epoch"] for e in row["epoch_metrics"]] == [1, 2]
+    run_dir = tmp_path / "runs" / os.path.basename(row["run_dir"])
+    assert json.loads((run_dir / "config.json").read_text())["world_size"] == 2
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "done" and summary["final_acc"] == row["final_acc"]
+    assert summary["threads"] == 1 and "2 processes" in summary["execution"]["threads_source"]
+
+
 def test_budget_sweep_on_a_local_ray(tmp_path, capsys, monkeypatch, local_ray):
     """Budget points are fitted by the driver, trained as trials, recorded with their fit; an
     unreachable budget is recorded as skipped and the sweep goes on."""

@@ -110,7 +110,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p.set_defaults(run=run)
 
 
-_RAY_ONLY = ("address", "cpus_per_trial", "gpus_per_trial", "max_failures", "storage")
+_RAY_ONLY = ("address", "cpus_per_trial", "gpus_per_trial", "procs_per_trial", "max_failures", "storage")
 _LOCAL_ONLY = ("threads", "jobs")
 _SLURM_ONLY = (
     "partition",
@@ -183,12 +183,25 @@ def add_engine_args(
         metavar="ADDR",
         help="ray: join this cluster (e.g. auto, ray://head:10001); default: start a local Ray",
     )
-    group.add_argument("--cpus-per-trial", type=positive_float, metavar="C", help="ray: CPUs per trial (default: 1)")
+    group.add_argument(
+        "--cpus-per-trial",
+        type=positive_float,
+        metavar="C",
+        help="ray: CPUs per trial, shared by its processes (default: 1 per process)",
+    )
     group.add_argument(
         "--gpus-per-trial",
         type=nonnegative_float,
         metavar="G",
-        help="ray: GPUs per trial, fractions allowed (default: 0)",
+        help="ray: GPUs per trial, fractions allowed (default: 0); a whole G > 1 trains each trial's run as "
+        "G processes on its node, one GPU each (DistributedDataParallel over NCCL)",
+    )
+    group.add_argument(
+        "--procs-per-trial",
+        type=positive_int,
+        metavar="N",
+        help="ray: train each trial's run as N processes on its node (DistributedDataParallel; on CPU over "
+        "gloo, --cpus-per-trial split between them; default: one per GPU of --gpus-per-trial, else 1)",
     )
     group.add_argument(
         "--max-failures",
@@ -272,6 +285,8 @@ def check_engine_args(args: argparse.Namespace) -> None:
         raise UsageError(f"{', '.join(given)} only apply to --engine {engine}{hint if engine == 'local' else ''}")
     if args.engine == "slurm":  # refused now, before any data is read
         engine_options(args).slurm.validate()
+    if args.engine == "ray":
+        engine_options(args).validate_ray()
 
 
 def engine_options(args: argparse.Namespace, jobs: int | None = None, threads: int | None = None) -> "EngineOptions":
@@ -295,8 +310,9 @@ def engine_options(args: argparse.Namespace, jobs: int | None = None, threads: i
         jobs=args.jobs or jobs,
         threads=args.threads or threads,
         address=args.address,
-        cpus_per_trial=args.cpus_per_trial or 1.0,
+        cpus_per_trial=args.cpus_per_trial,
         gpus_per_trial=args.gpus_per_trial or 0.0,
+        procs_per_trial=args.procs_per_trial,
         max_failures=2 if args.max_failures is None else args.max_failures,
         storage=args.storage,
         retry_failed=bool(getattr(args, "retry_failed", False)),

@@ -111,7 +111,9 @@ class SlurmOptions:
 class EngineOptions:
     """How to run a grid. ``jobs``/``threads``: local only (None: 1 job, the thread rule's share
     of the cores); ``threads_source``: who chose ``threads``, recorded with each run (None with
-    ``threads`` given: ``--threads``); ``address`` to ``storage``: Ray only (see ``run_ray``);
+    ``threads`` given: ``--threads``); ``address`` to ``storage``: Ray only (see ``run_ray``;
+    ``cpus_per_trial`` None: one per process of the trial; ``procs_per_trial``: the processes of
+    each trial's run, None: one per GPU of a whole ``gpus_per_trial`` above 1, else one);
     ``retry_failed``: train failed points again; ``slurm``: Slurm only."""
 
     engine: str = "local"
@@ -119,9 +121,50 @@ class EngineOptions:
     threads: int | None = None
     threads_source: str | None = None
     address: str | None = None
-    cpus_per_trial: float = 1.0
+    cpus_per_trial: float | None = None
     gpus_per_trial: float = 0.0
+    procs_per_trial: int | None = None
     max_failures: int = 2
     storage: str | None = None
     retry_failed: bool = False
     slurm: SlurmOptions = field(default_factory=SlurmOptions)
+
+    @property
+    def procs(self) -> int:
+        """Processes of each Ray trial's run: ``procs_per_trial``, else one per GPU when a trial
+        has several whole GPUs, else one."""
+        if self.procs_per_trial is not None:
+            return self.procs_per_trial
+        return int(self.gpus_per_trial) if self.gpus_per_trial > 1 else 1
+
+    @property
+    def cpus(self) -> float:
+        """CPUs of each Ray trial, shared by its processes: ``cpus_per_trial``, else one each."""
+        return float(self.procs) if self.cpus_per_trial is None else self.cpus_per_trial
+
+    def validate_ray(self) -> "EngineOptions":
+        """Refuse trial shapes Ray would accept and the run could not use: a GPU shared by two
+        processes (NCCL refuses it), part of a GPU beside whole ones, a process without a CPU."""
+        if self.cpus_per_trial is not None:
+            validate.number(self.cpus_per_trial, "--cpus-per-trial")
+        validate.number(self.gpus_per_trial, "--gpus-per-trial", strict=False)
+        if self.procs_per_trial is not None:
+            validate.integer(self.procs_per_trial, "--procs-per-trial")
+        g = self.gpus_per_trial
+        if g > 1 and g != int(g):
+            raise UsageError(
+                f"--gpus-per-trial above 1 must be a whole number (each of the trial's processes takes "
+                f"one GPU), got {g:g}"
+            )
+        n = self.procs
+        if n > 1 and g and g != n:
+            raise UsageError(
+                f"--procs-per-trial {n} with --gpus-per-trial {g:g}: each process of a GPU run takes its own "
+                f"GPU; give --gpus-per-trial {n}"
+            )
+        if self.cpus < n:
+            raise UsageError(
+                f"--cpus-per-trial {self.cpus:g} is less than one CPU for each of the trial's {n} "
+                f"processes; give at least --cpus-per-trial {n}"
+            )
+        return self

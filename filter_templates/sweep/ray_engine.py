@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
@@ -34,6 +34,7 @@ from filter_templates.core.status import PENDING, RUNNING
 from filter_templates.run import run_config
 from filter_templates.sweep.options import EngineOptions
 from filter_templates.sweep.plan import Point, SweepResult, complete_resources, finished_on_disk, prepare
+from filter_templates.sweep.ray_ranks import train_on_processes
 from filter_templates.sweep.store import DEFAULT_STALE_AFTER, HEARTBEAT_EVERY, Heartbeats, Store, owner_id
 from filter_templates.training.autotune import threads_for
 from filter_templates.training.config import TrainConfig
@@ -78,26 +79,30 @@ def _trial(params: dict[str, Any]) -> None:
 
     point = params["point"]
     run_dir = Path(point["run_dir"])
-    threads, threads_source = threads_for(torch.device("cpu"), cores=max(1, int(point["cpus"])))
-    torch.set_num_threads(threads)
+    procs, cpus = int(point.get("procs", 1)), max(1, int(point["cpus"]))
     restored = tune.get_checkpoint()
     if restored is not None:  # a retry after a failure, maybe on another host
         with restored.as_directory() as d:
             if (Path(d) / CHECKPOINT).exists():
                 copy_run_files(Path(d), run_dir)
     config = TrainConfig.from_dict(point["config"])
+    resume = (run_dir / CHECKPOINT).exists()
 
     def on_epoch(row: dict) -> None:
         tune.report({**row, "final": False}, checkpoint=tune.Checkpoint.from_directory(str(run_dir)))
 
-    outcome = run_config(
-        config,
-        run_dir,
-        resume=(run_dir / CHECKPOINT).exists(),
-        progress=False,
-        on_epoch=on_epoch,
-        threads_source=threads_source,
-    )
+    if procs > 1:  # one run on several processes of this node, the trial's CPUs split between them
+        threads = max(1, cpus // procs)
+        source = f"--cpus-per-trial ({cpus} CPUs, {procs} processes)"
+        outcome: Mapping[str, Any] = train_on_processes(
+            config, run_dir, procs, threads, on_epoch, resume=resume, threads_source=source
+        )
+    else:
+        threads, threads_source = threads_for(torch.device("cpu"), cores=cpus)
+        torch.set_num_threads(threads)
+        outcome = run_config(
+            config, run_dir, resume=resume, progress=False, on_epoch=on_epoch, threads_source=threads_source
+        )
     summary = complete_resources(config, outcome, run_dir)  # measured here, on the trial's device
     tune.report(
         {"final": True, "status": summary["status"], "summary": json.dumps(summary, default=str)},
@@ -123,9 +128,11 @@ def run_ray(
 
     ``options.address``: join that Ray cluster (``auto``, ``ray://host:10001``, ...); None starts a
     local Ray. ``options.storage``: where Tune keeps trial checkpoints (a shared path or URI on a
-    cluster); default ``<runs_dir>/_ray``. ``cpus_per_trial``, ``gpus_per_trial``, ``max_failures``
+    cluster); default ``<runs_dir>/_ray``. ``cpus_per_trial``, ``gpus_per_trial``,
+    ``procs_per_trial`` (a trial's run on several processes: ``sweep.ray_ranks``), ``max_failures``
     and ``retry_failed`` as their flags say.
     """
+    options.validate_ray()
     address = options.address
     ray, tune = import_ray(address)
     for name, value in _QUIET.items():  # the sweep draws its own progress; Tune's tables would drown it
@@ -168,7 +175,7 @@ def run_ray(
                         _init_ray(ray, address)
                         started_ray = True
                     if not address:  # a local Ray cannot grow: a trial that can never fit would wait forever
-                        _check_fits(ray.cluster_resources(), options.cpus_per_trial, options.gpus_per_trial)
+                        _check_fits(ray.cluster_resources(), options)
                     callback = _store_callback()(store, by_key, tokens, beats, result, bar)
                     _fit(tune, todo, storage, options, callback)
         finally:
@@ -187,8 +194,11 @@ def run_ray(
     return result
 
 
-def _check_fits(have: dict[str, float], cpus: float, gpus: float) -> None:
-    for what, need, flag in (("CPU", cpus, "--cpus-per-trial"), ("GPU", gpus, "--gpus-per-trial")):
+def _check_fits(have: dict[str, float], options: EngineOptions) -> None:
+    for what, need, flag in (
+        ("CPU", options.cpus, "--cpus-per-trial"),
+        ("GPU", options.gpus_per_trial, "--gpus-per-trial"),
+    ):
         if need > have.get(what, 0.0):
             raise UsageError(
                 f"{flag} {need:g} asks for more than this machine's {have.get(what, 0.0):g} {what}s; "
@@ -247,7 +257,7 @@ def _store_callback() -> Any:
 
 
 def _fit(tune: Any, todo: list[Point], storage: str, options: EngineOptions, callback: Any) -> None:
-    cpus, gpus = options.cpus_per_trial, options.gpus_per_trial
+    cpus, gpus = options.cpus, options.gpus_per_trial
 
     def absolute(cfg: dict[str, Any]) -> dict[str, Any]:
         cfg = dict(cfg)  # trials run with the trial folder as cwd: relative data paths would break
@@ -256,7 +266,14 @@ def _fit(tune: Any, todo: list[Point], storage: str, options: EngineOptions, cal
         return cfg
 
     space = [
-        {"key": p.key, "name": p.name, "run_dir": str(p.run_dir), "config": absolute(p.config.to_dict()), "cpus": cpus}
+        {
+            "key": p.key,
+            "name": p.name,
+            "run_dir": str(p.run_dir),
+            "config": absolute(p.config.to_dict()),
+            "cpus": cpus,
+            "procs": options.procs,
+        }
         for p in todo
     ]
     trainable = tune.with_resources(_trial, {"cpu": cpus, "gpu": gpus})

@@ -37,6 +37,7 @@ __all__ = [
     "all_finite",
     "broadcast_buffers",
     "launch",
+    "die_with_parent",
     "check_sync_bn",
     "ENV_KEYS",
 ]
@@ -102,7 +103,7 @@ def joined(world: World, device: torch.device) -> Iterator[None]:
         yield
         return
     if "TORCHELASTIC_RUN_ID" in os.environ:
-        _die_with_parent()
+        die_with_parent()
     dist.init_process_group(
         "nccl" if device.type == "cuda" else "gloo",
         rank=world.rank,
@@ -123,7 +124,7 @@ def check_sync_bn(sync_bn: bool | None, device: torch.device, size: int) -> None
         )
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """Ask Linux to SIGKILL this process when its parent (the launcher) ends, however it ends."""
     try:
         libc = ctypes.CDLL(None, use_errno=True)
@@ -168,12 +169,13 @@ def broadcast_buffers(model: torch.nn.Module) -> None:
             dist.broadcast(b, 0)
 
 
-def launch(nproc: int, argv: Sequence[str]) -> int:
-    """Run ``python -m filter_templates <argv>`` as ``nproc`` processes on this node, exactly as
-    ``torchrun --standalone --nproc-per-node <nproc> -m filter_templates <argv>`` does (same
-    environment, so the same numbers); the exit status: 0, else the first failed process's (2
-    for a usage error, 1 otherwise)."""
-    args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(int(nproc)), "--module", "filter_templates"])
+def launch(nproc: int, argv: Sequence[str], module: str = "filter_templates") -> int:
+    """Run ``python -m <module> <argv>`` as ``nproc`` processes on this node, exactly as
+    ``torchrun --standalone --nproc-per-node <nproc> -m <module> <argv>`` does (same environment,
+    so the same numbers; a free port of this host, so runs side by side never meet); the exit
+    status: 0, else the first failed process's (2 for a usage error, 1 otherwise). Call it from
+    a process's main thread: torchrun installs signal handlers to stop its processes."""
+    args = torchrun.parse_args(["--standalone", "--nproc-per-node", str(int(nproc)), "--module", module])
     args.training_script_args = list(argv)  # as given: torchrun's own parser would take ``--nproc`` for its flag
     try:
         torchrun.run(args)
