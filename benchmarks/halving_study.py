@@ -9,7 +9,11 @@ same). The results file is rewritten after every case; re-running resumes every 
 
     python benchmarks/halving_study.py --write docs/results/ [--models vgg19 mobilenet]
         [--budgets params=50K params=100K] [--seeds 0 1] [--epochs 9] [--limit-train 2500]
-        [--limit-test 1000] [--out runs/halving-study]
+        [--limit-test 1000] [--out runs/halving-study] [--keep docs/results/halving_study.json]
+
+``--keep FILE`` carries the cases of an earlier results file of this study that this invocation
+does not run (another model, budget or seed) into the one it writes, with that file's command
+named in the note: the cases of one table need not all be trained in one sitting.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import statistics
 import sys
 from pathlib import Path
 
-from results_file import add_write_argument, write
+from results_file import add_write_argument, read, write
 
 from filter_templates.reduce import ReduceRequest, ReduceResult, reduce
 from filter_templates.sweep.halving import Halving, rung_epochs
@@ -102,9 +106,11 @@ def main(argv=None) -> int:
     p.add_argument("--limit-test", type=int, default=1000)
     p.add_argument("--data", default=str(SHARED_CIFAR))
     p.add_argument("--out", default=str(REPO / "runs" / "halving-study"))
+    p.add_argument("--keep", metavar="FILE", help="an earlier halving_study.json whose other cases are kept")
     add_write_argument(p)
     args = p.parse_args(argv)
-    cases = []
+    kept, args.kept_from = _kept(args)
+    cases = list(kept)
     for model in args.models:
         for budget in args.budgets:
             for seed in args.seeds:
@@ -126,6 +132,18 @@ def main(argv=None) -> int:
                     _write(args, cases)
     print(summarise(cases))
     return 0
+
+
+def _kept(args) -> tuple[list[dict], str | None]:
+    """The cases of ``--keep``'s file that this invocation does not run, and the command that ran them."""
+    if not args.keep:
+        return [], None
+    earlier = read(args.keep)
+    if earlier["numbers"]["epochs"] != args.epochs or earlier["numbers"]["limit_train"] != args.limit_train:
+        raise SystemExit(f"--keep {args.keep}: its cases ran another scale (epochs, limit_train); not mixed")
+    now = {(m, b, s) for m in args.models for b in args.budgets for s in args.seeds}
+    cases = [c for c in earlier["numbers"]["cases"] if (c["model"], c["budget"], c["seed"]) not in now]
+    return cases, earlier["command"]
 
 
 def _write(args, cases: list[dict]) -> None:
@@ -170,7 +188,13 @@ def _write(args, cases: list[dict]) -> None:
         note=f"{words}. Regret: the plain winner's accuracy less the halving winner's, in points (negative: "
         "halving's winner tests better). Few epochs on a subset: the first rung ranks after "
         f"{', '.join(f'{rung_epochs(args.epochs, r, 3)[0]} (R={r})' for r in (2, 3))} of {args.epochs} epochs, "
-        "where a candidate's rank is still far from its final one; these numbers hold at this scale only.",
+        "where a candidate's rank is still far from its final one; these numbers hold at this scale only."
+        + (
+            f" The {', '.join(sorted({c['model'] for c in cases if c['model'] not in args.models}))} cases were run "
+            f"by `{args.kept_from}` and kept from its file."
+            if args.kept_from
+            else ""
+        ),
         table={
             "columns": [
                 "model",
