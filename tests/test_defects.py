@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from tiny import TINY_TRAIN
 
 from filter_templates.cli import main
 from filter_templates.core import rundir
@@ -223,21 +224,7 @@ def test_the_cpu_has_one_name_everywhere():
 def test_train_resume_reads_the_checkpoint_once(tmp_path, capsys, monkeypatch):
     argv = [
         "train",
-        "--model",
-        "vgg19",
-        "--width",
-        "0.05",
-        "--dataset",
-        "synthetic",
-        "--epochs",
-        "1",
-        "--limit-train",
-        "8",
-        "--limit-test",
-        "8",
-        "--batch-size",
-        "8",
-        "--quiet",
+        *TINY_TRAIN,
         "--out",
         str(tmp_path / "run"),
     ]

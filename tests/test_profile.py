@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_SWEEP
 
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
@@ -283,22 +284,7 @@ def test_a_sweep_refuses_a_corrupt_profile_before_any_run(tmp_path, capsys):
     bad.write_text("[[machine]]\n")
     args = [
         "sweep",
-        "--models",
-        "vgg19",
-        "--templates",
-        "base",
-        "--widths",
-        "0.05",
-        "--datasets",
-        "synthetic",
-        "--epochs",
-        "1",
-        "--limit-train",
-        "8",
-        "--limit-test",
-        "8",
-        "--batch-size",
-        "8",
+        *TINY_SWEEP,
         "--db",
         str(tmp_path / "r.sqlite"),
         "--runs-dir",

@@ -17,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from tiny import TINY_SWEEP
 
 from filter_templates.cli import main
 from filter_templates.sweep.store import Store
@@ -34,16 +35,7 @@ def test_a_trial_that_cannot_fit_a_local_ray_is_refused(tmp_path, capsys):
         "ray",
         "--cpus-per-trial",
         too_many,
-        "--models",
-        "vgg19",
-        "--templates",
-        "base",
-        "--widths",
-        "0.05",
-        "--datasets",
-        "synthetic",
-        "--epochs",
-        "1",
+        *TINY_SWEEP,
         "--db",
         str(tmp_path / "r.sqlite"),
         "--runs-dir",
@@ -63,16 +55,7 @@ def test_missing_ray_is_a_clear_usage_error(monkeypatch, capsys, tmp_path):
         "sweep",
         "--engine",
         "ray",
-        "--models",
-        "vgg19",
-        "--templates",
-        "base",
-        "--widths",
-        "0.05",
-        "--datasets",
-        "synthetic",
-        "--epochs",
-        "1",
+        *TINY_SWEEP,
         "--db",
         str(tmp_path / "r.sqlite"),
         "--runs-dir",

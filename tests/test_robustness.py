@@ -19,64 +19,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import TINY_REDUCE, TINY_SWEEP, TINY_TRAIN
 
 from filter_templates.cli import main
 from filter_templates.core import rundir
 from filter_templates.method.arch import make_arch
 from filter_templates.sweep.store import Store
 from filter_templates.training.config import TrainConfig
-
-TINY_TRAIN = [
-    "--model",
-    "vgg19",
-    "--width",
-    "0.05",
-    "--dataset",
-    "synthetic",
-    "--epochs",
-    "1",
-    "--limit-train",
-    "8",
-    "--limit-test",
-    "8",
-    "--batch-size",
-    "8",
-    "--quiet",
-]
-TINY_SWEEP = [
-    "--models",
-    "vgg19",
-    "--templates",
-    "base",
-    "--widths",
-    "0.05",
-    "--datasets",
-    "synthetic",
-    "--epochs",
-    "1",
-    "--limit-train",
-    "8",
-    "--limit-test",
-    "8",
-    "--batch-size",
-    "8",
-]
-TINY_REDUCE = [
-    "--model",
-    "vgg19",
-    "--budget",
-    "params=20K",
-    "--templates",
-    "base",
-    "--epochs",
-    "1",
-    "--limit-train",
-    "8",
-    "--limit-test",
-    "8",
-    "--batch-size",
-    "8",
-]
 
 
 @pytest.fixture
