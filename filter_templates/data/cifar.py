@@ -30,7 +30,6 @@ from filter_templates.core.errors import UsageError
 from filter_templates.data import cache, download
 from filter_templates.data.dataset import Dataset
 from filter_templates.data.images import IMAGE_SUFFIXES, decode_images
-from filter_templates.data.stats import channel_stats
 from filter_templates.data.unpickle import load as restricted_load
 
 __all__ = ["Source", "default_data_dir", "locate", "load"]
@@ -332,18 +331,7 @@ def _finish(
     test_y: np.ndarray,
     origin: str,
 ) -> Dataset:
-    mean, std = channel_stats(train_x)
-    return Dataset(
-        name=name,
-        classes=classes,
-        train_x=train_x,
-        train_y=train_y,
-        test_x=test_x,
-        test_y=test_y,
-        mean=mean,
-        std=std,
-        source=origin,
-    )
+    return Dataset.normalised(name, classes, train_x, train_y, test_x=test_x, test_y=test_y, source=origin)
 
 
 def _decode(name: str, src: Source) -> Dataset:

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+
+from filter_templates.data.stats import channel_stats
 
 __all__ = ["Dataset"]
 
@@ -36,6 +39,15 @@ class Dataset:
     val_x: np.ndarray | None = None
     val_y: np.ndarray | None = None
     digest: str | None = None
+
+    @classmethod
+    def normalised(
+        cls, name: str, classes: tuple[str, ...], train_x: np.ndarray, train_y: np.ndarray, **rest: Any
+    ) -> "Dataset":
+        """The dataset with ``mean``/``std`` measured on ``train_x``, as every loader makes it
+        (``rest``: the other fields, ``test_x`` and ``test_y`` among them)."""
+        mean, std = channel_stats(train_x)
+        return cls(name=name, classes=classes, train_x=train_x, train_y=train_y, mean=mean, std=std, **rest)
 
     @property
     def num_classes(self) -> int:

@@ -11,7 +11,6 @@ import numpy as np
 
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.data.dataset import Dataset
-from filter_templates.data.stats import channel_stats
 
 NUM_CLASSES = 10  # the digits 0-9
 MIRRORS = False  # a mirrored digit is not a digit: no flips in training, no mirrored test view
@@ -50,16 +49,13 @@ def load() -> Dataset:
     x = np.ascontiguousarray(np.repeat(big[..., None], 3, axis=3))
     y = target.astype(np.int64)
     train = np.setdiff1d(np.arange(len(y)), test)  # sorted, as the test indices are
-    mean, std = channel_stats(x[train])
-    return Dataset(
-        name="digits",
+    return Dataset.normalised(
+        "digits",
+        tuple(str(d) for d in range(NUM_CLASSES)),
+        x[train],
+        y[train],
         hflip=MIRRORS,
-        classes=tuple(str(d) for d in range(NUM_CLASSES)),
-        train_x=x[train],
-        train_y=y[train],
         test_x=x[test],
         test_y=y[test],
-        mean=mean,
-        std=std,
         source="UCI Optical Recognition of Handwritten Digits, as bundled by scikit-learn (digits.npz)",
     )

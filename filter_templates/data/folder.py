@@ -30,7 +30,6 @@ from filter_templates.core.images import MIN_IMAGE_SIZE
 from filter_templates.data import cache
 from filter_templates.data.dataset import Dataset
 from filter_templates.data.images import decode_images, image_size_of
-from filter_templates.data.stats import channel_stats
 
 __all__ = ["NAME", "SPLITS", "Listing", "list_images", "digest", "load"]
 
@@ -317,15 +316,12 @@ def _build(listing: Listing, size: int, key: str, cache_dir: Path) -> Dataset:
             arrays[f"{split}_y"] = y = b.array(f"{split}_y", (len(files),))
             y[:] = [label for label, _, _ in files]
             _decode_split(listing, split, x, size)
-        mean, std = channel_stats(arrays["train_x"])
-        ds = Dataset(
-            name=NAME,
-            classes=listing.classes,
-            mean=mean,
-            std=std,
+        ds = Dataset.normalised(
+            NAME,
+            listing.classes,
+            arrays["train_x"],
+            arrays["train_y"],
             source=str(listing.origin.resolve()),
-            train_x=arrays["train_x"],
-            train_y=arrays["train_y"],
             test_x=arrays["test_x"],
             test_y=arrays["test_y"],
             val_x=arrays.get("val_x"),

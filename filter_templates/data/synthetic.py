@@ -13,7 +13,6 @@ import numpy as np
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.data.dataset import Dataset
 from filter_templates.data.digits import bilinear_resize
-from filter_templates.data.stats import channel_stats
 
 __all__ = ["load", "DEFAULT_TRAIN", "DEFAULT_TEST", "NUM_CLASSES"]
 
@@ -53,15 +52,12 @@ def load(n_train: int = DEFAULT_TRAIN, n_test: int = DEFAULT_TEST) -> Dataset:
     protos = _prototypes()
     train_x, train_y = _split(n_train, 1, protos)
     test_x, test_y = _split(n_test, 2, protos)
-    mean, std = channel_stats(train_x)
-    return Dataset(
-        name="synthetic",
-        classes=tuple(f"class{c}" for c in range(NUM_CLASSES)),
-        train_x=train_x,
-        train_y=train_y,
+    return Dataset.normalised(
+        "synthetic",
+        tuple(f"class{c}" for c in range(NUM_CLASSES)),
+        train_x,
+        train_y,
         test_x=test_x,
         test_y=test_y,
-        mean=mean,
-        std=std,
         source=f"generated (seed {_SEED})",
     )
