@@ -24,7 +24,7 @@ from filter_templates.core.errors import UsageError
 from filter_templates.core.rundir import read_json
 from filter_templates.method.arch import make_arch
 from filter_templates.sweep.slurm_engine import check_shared
-from filter_templates.sweep.slurm_job import TrainJob
+from filter_templates.sweep.slurm_job import TrainJob, rendezvous_port
 from filter_templates.sweep.slurm_queue import Cluster
 from filter_templates.sweep.store import Store
 from filter_templates.training.config import TrainConfig
@@ -319,3 +319,12 @@ def test_halving_on_slurm_keeps_the_local_engines_survivors(slurm, tmp_path, cap
     assert survivors(on_slurm) == survivors(local) and len(survivors(local)) == 3
     assert on_slurm["halving"]["epochs_trained"] == local["halving"]["epochs_trained"] == 9
     assert on_slurm["winner"]["template"] == local["winner"]["template"]
+
+
+def test_rendezvous_ports_of_jobs_side_by_side_differ():
+    """Every task of a job derives the same port; array tasks (each its own SLURM_JOB_ID) and
+    neighbouring jobs get different ones, all in the unprivileged range."""
+    ports = [rendezvous_port(str(j)) for j in range(123_400, 123_464)]
+    assert len(set(ports)) == len(ports) and all(20000 <= p < 40000 for p in ports)
+    assert rendezvous_port("123456") == rendezvous_port("123456")
+    assert rendezvous_port("") == 20000

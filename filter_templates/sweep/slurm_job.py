@@ -27,7 +27,7 @@ from filter_templates.run import run_config
 from filter_templates.sweep.plan import complete_resources, failure_reason
 from filter_templates.training.config import TrainConfig
 
-__all__ = ["TrainJob", "import_submitit"]
+__all__ = ["TrainJob", "import_submitit", "rendezvous_port"]
 
 
 def import_submitit() -> Any:
@@ -95,11 +95,11 @@ class TrainJob:
 def _join_tasks() -> bool:
     """Make this task one process of its point's run when the job has several (``--tasks-per-node``,
     ``--nodes``): torchrun's variables from submitit's view of the job, the first node as the
-    rendezvous, a port from the job id. Whether this task is the run's rank 0 (which writes)."""
+    rendezvous, a port from the job id (:func:`rendezvous_port`). Whether this task is the run's
+    rank 0 (which writes)."""
     if not os.environ.get("SLURM_NTASKS", "1").isdigit() or int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
         return True  # one task (or not under Slurm at all: a job called in process)
     env = import_submitit().JobEnvironment()
-    digits = "".join(c for c in str(env.job_id) if c.isdigit()) or "0"
     os.environ.update(
         {
             "RANK": str(env.global_rank),
@@ -107,10 +107,18 @@ def _join_tasks() -> bool:
             "LOCAL_RANK": str(env.local_rank),
             "LOCAL_WORLD_SIZE": str(env.num_tasks // env.num_nodes),
             "MASTER_ADDR": env.hostnames[0],
-            "MASTER_PORT": str(20000 + int(digits) % 20000),
+            "MASTER_PORT": str(rendezvous_port(os.environ.get("SLURM_JOB_ID") or str(env.job_id))),
         }
     )
     return env.global_rank == 0
+
+
+def rendezvous_port(job_id: str) -> int:
+    """The port of a several-task job's rendezvous on its first node, from ``SLURM_JOB_ID``: every
+    task of the job computes the same one without talking, and jobs side by side on one node (each
+    array task has its own job id) differ unless their ids differ by a multiple of 20,000."""
+    digits = "".join(c for c in job_id if c.isdigit()) or "0"
+    return 20000 + int(digits) % 20000
 
 
 def _job_id() -> str:
