@@ -8,12 +8,15 @@ import threading
 import numpy as np
 import pytest
 import torch
+from fixtures_data import make_split, write_tree
 from test_train import assert_same_weights, one_error_line, weights
 
 from filter_templates.cli import main
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
+from filter_templates.data import load_dataset, split
 from filter_templates.data.augment import Loader, LoaderOptions
+from filter_templates.data.rows import Rows, take
 from filter_templates.data.stream import padded_bytes
 from filter_templates.method.arch import make_arch
 from filter_templates.training.config import EXECUTION_KEYS, TrainConfig, experiment
@@ -155,3 +158,37 @@ def test_digits_command_streamed_is_bit_identical(tmp_path):
     assert main([*args, "--out", str(tmp_path / "resident")]) == 0
     assert main([*args, "--data-memory", "1MiB", "--out", str(tmp_path / "streamed")]) == 0
     assert_same_weights(weights(tmp_path / "resident" / "model.pt"), weights(tmp_path / "streamed" / "model.pt"))
+
+
+def test_rows_read_what_a_copy_holds(tmp_path):
+    x, _ = _images(40)
+    path = tmp_path / "x.npy"
+    np.save(path, x)
+    mapped = np.load(path, mmap_mode="r")
+    keep = np.array([1, 4, 5, 9, 20, 33, 39])
+    view = take(mapped, keep)
+    assert isinstance(view, Rows) and view.shape == (7, 8, 8, 3) and len(view) == 7 and view.dtype == np.uint8
+    np.testing.assert_array_equal(np.asarray(view), x[keep])
+    np.testing.assert_array_equal(view[np.array([0, 3, 6])], x[keep[[0, 3, 6]]])
+    np.testing.assert_array_equal(np.asarray(view[2:5]), x[keep[2:5]])
+    np.testing.assert_array_equal(np.asarray(view[::3][:2]), x[keep[::3][:2]])
+    inner = take(view, np.array([0, 2]))  # a view of a view reads the file, not a copy
+    assert isinstance(inner, Rows) and inner.base is mapped
+    np.testing.assert_array_equal(np.asarray(inner), x[keep[[0, 2]]])
+    copy = take(x, keep)  # an array in memory is copied, as before
+    assert isinstance(copy, np.ndarray) and copy.flags.c_contiguous
+
+
+def test_a_kept_part_of_a_mapped_split_streams_bit_identically(tmp_path, capsys):
+    """--limit-train and a validation split keep a view of the mapped cache (no copy of the
+    training images), and the run streamed from it has the resident run's weights."""
+    train_arrays, test_arrays = make_split(30, 10, 0), make_split(4, 10, 1)
+    tree = write_tree(tmp_path / "images", train_arrays, test_arrays)
+    ds = split.holdout(load_dataset("folder", str(tree), limit_train=250), 30)
+    assert isinstance(ds.train_x, Rows) and isinstance(ds.train_x.base, np.memmap) and len(ds.train_x) == 220
+    cfg = dict(dataset="folder", data_dir=str(tree), limit_train=250, val_split=30)
+    a = train(_config(data_memory=10**9, **cfg), tmp_path / "resident")
+    b = train(_config(data_memory=2**15, **cfg), tmp_path / "streamed")
+    assert "its batches are read from where it lies" in capsys.readouterr().err
+    assert_same_weights(weights(tmp_path / "resident" / "model.pt"), weights(tmp_path / "streamed" / "model.pt"))
+    assert a["val_acc"] == b["val_acc"] and a["val"]["digest"] == b["val"]["digest"]

@@ -23,6 +23,7 @@ from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.data import digits, synthetic
 from filter_templates.data.dataset import Dataset
+from filter_templates.data.rows import Rows, take
 
 __all__ = [
     "DATASETS",
@@ -62,13 +63,15 @@ def _check_limit(value: int | None, what: str) -> None:
         validate.integer(value, what)
 
 
-def _subset(x: np.ndarray, y: np.ndarray, limit: int | None, salt: int) -> tuple[np.ndarray, np.ndarray]:
+def _subset(
+    x: "np.ndarray | Rows", y: np.ndarray, limit: int | None, salt: int
+) -> tuple["np.ndarray | Rows", np.ndarray]:
     """The first ``limit`` samples after a fixed seeded shuffle (kept in their stored order, which
     reads a memmap sequentially); all samples when ``limit`` is None or not smaller."""
     if limit is None or limit >= len(y):
         return x, y
     keep = np.sort(np.random.default_rng([_LIMIT_SEED, salt]).permutation(len(y))[:limit])
-    return np.ascontiguousarray(x[keep]), np.ascontiguousarray(y[keep])
+    return take(x, keep), np.ascontiguousarray(y[keep])  # a mapped split stays mapped (data.rows)
 
 
 def _check_size(key: str, image_size: int | None) -> None:

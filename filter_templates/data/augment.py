@@ -24,6 +24,7 @@ import torch
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
+from filter_templates.data.rows import Rows
 from filter_templates.data.stream import Stream, padded_bytes
 
 __all__ = ["Loader", "LoaderOptions", "epoch_seed", "scale_pixels", "REFERENCE_SIZE"]
@@ -80,7 +81,7 @@ class Loader:
 
     def __init__(
         self,
-        x_uint8_nhwc: np.ndarray,
+        x_uint8_nhwc: "np.ndarray | Rows",
         y: np.ndarray,
         batch_size: int,
         *,
@@ -89,7 +90,7 @@ class Loader:
         std: Sequence[float],
         options: LoaderOptions = LoaderOptions(),
     ) -> None:
-        if not isinstance(x_uint8_nhwc, np.ndarray) or x_uint8_nhwc.dtype != np.uint8 or x_uint8_nhwc.ndim != 4:
+        if not isinstance(x_uint8_nhwc, (np.ndarray, Rows)) or x_uint8_nhwc.dtype != np.uint8 or x_uint8_nhwc.ndim != 4:
             raise ValueError("x must be a uint8 numpy array [N, H, W, C]")
         n, h, w, c = x_uint8_nhwc.shape
         if len(y) != n:

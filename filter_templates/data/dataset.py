@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from filter_templates.data.rows import Rows
 from filter_templates.data.stats import channel_stats
 
 __all__ = ["Dataset"]
@@ -28,9 +29,11 @@ class Dataset:
 
     name: str
     classes: tuple[str, ...]
-    train_x: np.ndarray  # uint8 [N, S, S, 3]: S = image_size (32 for the built-in datasets)
+    # uint8 [N, S, S, 3]: S = image_size (32 for the built-in datasets); a part of a mapped
+    # split kept by --limit-train or a validation split is a view of it (data.rows)
+    train_x: np.ndarray | Rows
     train_y: np.ndarray  # int64 [N]
-    test_x: np.ndarray
+    test_x: np.ndarray | Rows
     test_y: np.ndarray
     mean: tuple[float, ...]  # one per channel
     std: tuple[float, ...]

@@ -26,6 +26,7 @@ import numpy as np
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
 from filter_templates.data.dataset import Dataset
+from filter_templates.data.rows import take
 
 __all__ = [
     "SPLIT_SEED",
@@ -132,7 +133,7 @@ def holdout(ds: Dataset, value: int | float, seed: int = SPLIT_SEED) -> Dataset:
     train, val = indices(ds.train_y, k, ds.name, seed)
     return dataclasses.replace(
         ds,
-        train_x=np.ascontiguousarray(ds.train_x[train]),
+        train_x=take(ds.train_x, train),  # a view of a mapped split, so a large split can still stream
         train_y=ds.train_y[train],
         val_x=np.ascontiguousarray(ds.train_x[val]),
         val_y=ds.train_y[val],

@@ -19,6 +19,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
+from filter_templates.data.rows import Rows
+
 __all__ = ["Stream", "padded_bytes", "QUEUE_DEPTH"]
 
 QUEUE_DEPTH = 2  # batches read ahead of the one training: enough to hide a read, a bounded footprint
@@ -37,7 +39,7 @@ class Stream:
     (an ``np.memmap`` or any uint8 array) in a given order, with at most ``window_bytes`` of images
     read ahead at once (at least one batch) and :data:`QUEUE_DEPTH` finished batches waiting."""
 
-    def __init__(self, x: np.ndarray, pad: int, device: torch.device, window_bytes: int) -> None:
+    def __init__(self, x: "np.ndarray | Rows", pad: int, device: torch.device, window_bytes: int) -> None:
         self._x = x
         self.pad = int(pad)
         self.device = torch.device(device)
