@@ -100,6 +100,17 @@ def test_sync_bn_on_cpu_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.slow
+def test_two_processes_learn_what_one_does(tmp_path):
+    """The global batch is split, not multiplied: two processes train to the accuracy of one."""
+    args = ["train", "--model", "vgg19", "--template", "uniform", "--width", "0.25", "--dataset", "digits"]
+    args += ["--epochs", "3", "--quiet"]
+    assert main([*args, "--out", str(tmp_path / "one")]) == 0
+    assert main([*args, "--nproc", "2", "--out", str(tmp_path / "two")]) == 0
+    one, two = (json.loads((tmp_path / r / "summary.json").read_text())["final_acc"] for r in ("one", "two"))
+    assert one > 0.5 and abs(one - two) <= 0.02
+
+
+@pytest.mark.slow
 def test_torchrun_gives_the_weights_of_nproc(tmp_path):
     assert main([*TINY, "--epochs", "2", "--nproc", "2", "--out", str(tmp_path / "nproc")]) == 0
     subprocess.run(
