@@ -25,7 +25,7 @@ from pathlib import Path
 
 from results_file import add_write_argument, read, write
 
-from filter_templates.reduce import ReduceRequest, ReduceResult, reduce
+from filter_templates.reduction import ReduceRequest, ReduceResult, reduce
 from filter_templates.sweep.halving import Halving, rung_epochs
 
 REPO = Path(__file__).resolve().parents[1]

@@ -23,7 +23,7 @@ from results_file import add_write_argument, write
 
 from filter_templates.method.templates import BUILTIN_TEMPLATES
 from filter_templates.pruning.adapter import Baselines
-from filter_templates.reduce import Candidate, ReduceRequest, rank, reduce
+from filter_templates.reduction import Candidate, ReduceRequest, rank, reduce
 from filter_templates.report.budgets import collect_budgets
 from filter_templates.sweep.options import EngineOptions
 from filter_templates.sweep.store import Store

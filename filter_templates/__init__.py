@@ -14,12 +14,12 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "Arch": "arch",
-    "make_arch": "arch",
-    "UsageError": "errors",
-    "distribute": "templates",
-    "register_template": "templates",
-    "template_names": "templates",
+    "Arch": "method.arch",
+    "make_arch": "method.arch",
+    "UsageError": "core.errors",
+    "distribute": "method.templates",
+    "register_template": "method.templates",
+    "template_names": "method.templates",
 }
 __all__ = [*_EXPORTS, "__version__"]
 

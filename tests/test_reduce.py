@@ -11,7 +11,7 @@ import pytest
 from test_sweep import _poll, _spawn, err_line
 
 from filter_templates.cli import main
-from filter_templates.reduce import Candidate, rank
+from filter_templates.reduction import Candidate, rank
 from filter_templates.report.budgets import BudgetCell
 from filter_templates.sweep.store import Store
 

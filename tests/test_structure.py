@@ -234,7 +234,7 @@ def test_readers_of_runs_import_no_training_code(reader):
 
 
 #: The package's top level: its entry points and the few modules the layout names (docs/architecture.md).
-TOP_LEVEL = {"__init__", "__main__", "run", "reduce", "export"}
+TOP_LEVEL = {"__init__", "__main__", "run", "reduction", "export"}
 
 
 def test_top_level_holds_only_the_entry_points():

@@ -29,7 +29,7 @@ from filter_templates.method.fit import format_value
 from filter_templates.method.measure import mib
 from filter_templates.models import family_names
 from filter_templates.pruning.adapter import Baselines
-from filter_templates.reduce import ReduceRequest, ReduceResult, reduce
+from filter_templates.reduction import ReduceRequest, ReduceResult, reduce
 from filter_templates.sweep.halving import DEFAULT_RUNGS, Halving
 
 #: What ``best_acc`` is, in every place reduce shows it: never a basis for selection.
