@@ -28,17 +28,21 @@ import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Sequence, Union
+
+import torch.nn as nn
 
 from filter_templates.core import rundir
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
+from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.messages import note
 from filter_templates.core.status import DONE, STOPPED
 from filter_templates.data import load_data_for, split
 from filter_templates.export import default_export_path, export_run, onnx_available
 from filter_templates.method.fit import Budget, parse_budget
 from filter_templates.method.templates import BUILTIN_TEMPLATES
+from filter_templates.models import resolve_model
 from filter_templates.pruning import adapter as prune
 from filter_templates.report import make_report
 from filter_templates.report.budgets import BudgetCell, collect_budgets
@@ -240,12 +244,13 @@ def _export(run_dir: str) -> str:
     return str(export_run(run_dir, fmt))
 
 
-def _local_defaults(engine: EngineOptions, grid: Any) -> EngineOptions:
+def _local_defaults(engine: EngineOptions, grid: Any, here: bool = False) -> EngineOptions:
     """Without --jobs and --threads, a CPU trains the candidates side by side, one thread each, as
     many at once as there are cores: these models gain little from a second thread, and on a CPU
     shared with other work, OpenMP threads that wait on each other were measured up to 20x slower.
-    On CUDA: one run at a time with torch's threads."""
-    if engine.engine != "local" or engine.jobs is not None or engine.threads is not None or not grid.configs:
+    On CUDA, and for a model object (``here``: it lives in this process), one run at a time with
+    torch's threads."""
+    if here or engine.engine != "local" or engine.jobs is not None or engine.threads is not None or not grid.configs:
         return engine
     if any(resolve_device(c.device).type != "cpu" for c in grid.configs):
         return engine
@@ -274,9 +279,11 @@ class ReduceRequest:
     :func:`data.split.default`) with ``engine``; rank them on the validation split; write the
     report (``report``) and export the winner (``export``), everything under ``out``.
     ``baselines``: pruning baselines trained beside the templates at the same budget, epochs and
-    recipe, ranked with them."""
+    recipe, ranked with them. ``model``: a family name, ``package.module:function``, or in Python
+    an ``nn.Module`` or a callable returning one; an object lives in this process only, so its
+    candidates train here, one after another (the local engine without ``jobs``)."""
 
-    model: str
+    model: str | nn.Module | Callable[..., nn.Module]
     budget: Union[Budget, str]
     dataset: str
     templates: Sequence[str] | None = None
@@ -292,10 +299,23 @@ class ReduceRequest:
     halving: Halving | None = None  # successive halving of the candidates (None: every one trains to the end)
 
 
+def _model(r: ReduceRequest) -> str:
+    """The family name of the request's model, loaded in this process (a ``package.module:function``
+    named in Python is the caller's decision to import it, as a flag is); an object is refused with
+    an engine that trains in other processes, which cannot import it."""
+    engine = r.engine or EngineOptions()
+    if not isinstance(r.model, str) and (engine.engine != "local" or (engine.jobs or 1) > 1):
+        raise UsageError(
+            "a model given as a Python object trains in this process only: use the local engine without "
+            "jobs, or name it as 'package.module:function'"
+        )
+    return resolve_model(r.model, image_size=(r.train or {}).get("image_size") or IMAGE_SIZE)
+
+
 def _sweep_spec(r: ReduceRequest, budget: Budget, names: list[str], base: prune.Baselines) -> SweepSpec:
     """The one-budget grid the request asks for: every template and baseline, every seed."""
     return SweepSpec(
-        models=[r.model],
+        models=[_model(r)],
         templates=names,
         widths=[],
         datasets=[r.dataset],
@@ -315,12 +335,13 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
     UsageError before anything trains."""
     t0 = time.perf_counter()
     r = request
-    model, dataset = r.model, r.dataset
+    dataset = r.dataset
     budget = parse_budget(r.budget) if isinstance(r.budget, str) else r.budget
     names = list(dict.fromkeys(["base", *(r.templates or BUILTIN_TEMPLATES)]))
     base = r.baselines or prune.Baselines()
     out = _check_out(Path(r.out))  # before the data are read for the default validation split
     spec = _sweep_spec(r, budget, names, base)
+    model = spec.models[0]
     grid = plan_grid(spec)  # validates everything, reads the data, fits every template
     if not grid.configs:  # every template's smallest model is over the budget: nothing to compare
         raise UsageError(str(grid.unreachable[0].reason))
@@ -339,7 +360,8 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
     order = [*names, *base.names]
 
     def run(g: Grid) -> SweepResult:
-        return run_grid(g, db, runs, _local_defaults(r.engine or EngineOptions(), g), progress=progress)
+        engine = _local_defaults(r.engine or EngineOptions(), g, here=not isinstance(r.model, str))
+        return run_grid(g, db, runs, engine, progress=progress)
 
     def read() -> list[dict[str, Any]]:
         with Store(db) as store:

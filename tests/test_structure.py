@@ -1,4 +1,6 @@
-"""Static checks over ``filter_templates/`` that keep the code readable as it grows: no import cycle
+"""Static checks over ``filter_templates/`` that keep the code readable as it grows: every import
+runs down the layer order docs/architecture.md writes (modules loaded by name through
+``importlib.import_module`` included, and each such name a module that exists), no import cycle
 between its modules, no import of the package's own modules inside a function (every dependency is
 visible at the top of a module), no public function with more than 8 parameters (pass the config
 object instead), no function longer than 80 lines. Parsed with ``ast``; nothing is imported.
@@ -10,6 +12,8 @@ entry no longer occurs so the list only shrinks.
 from __future__ import annotations
 
 import ast
+import itertools
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -21,11 +25,26 @@ from filter_templates.core.errors import UsageError
 
 PACKAGE = "filter_templates"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
+ARCHITECTURE = ROOT.parent / "docs" / "architecture.md"
 MAX_PARAMS = 8
 MAX_LINES = 80
 
 # (check, "module:qualname" or "a -> b -> a" for a cycle): exceptions that still exist.
 ALLOWED: set[tuple[str, str]] = set()
+
+#: The functions that hand ``importlib`` a name known only at run time: the user's own code (a model
+#: or template given as ``package.module:function``), never one of the package's modules.
+USER_CODE = {"filter_templates.method.templates:resolve_template", "filter_templates.models.generic:_import"}
+
+
+def _layers() -> list[str]:
+    """The package's layers, lowest first: the ``layers:`` line of docs/architecture.md."""
+    found = re.search(r"^layers: (.+)$", ARCHITECTURE.read_text(encoding="utf-8"), re.M)
+    assert found, f"{ARCHITECTURE} has no 'layers: a -> b -> ...' line"
+    return [name.strip() for name in found[1].split("->")]
+
+
+LAYERS = _layers()
 
 
 def _module_name(path: Path) -> str:
@@ -107,6 +126,124 @@ def _top_level_imports(module: str, tree: ast.Module, typing: bool = True) -> se
     return found
 
 
+def _tables(tree: ast.Module) -> dict[str, ast.Dict]:
+    """The module-level dicts of the module, by name (tables of module names loaded later)."""
+    out = {}
+    for node in tree.body:
+        target = (
+            node.targets[0]
+            if isinstance(node, ast.Assign) and len(node.targets) == 1
+            else getattr(node, "target", None)
+        )
+        if isinstance(target, ast.Name) and isinstance(getattr(node, "value", None), ast.Dict):
+            out[target.id] = node.value
+    return out
+
+
+def _constants(nodes: list[ast.expr | None]) -> set[str] | None:
+    if not all(isinstance(n, ast.Constant) and isinstance(n.value, str) for n in nodes):
+        return None
+    return {n.value for n in nodes if isinstance(n, ast.Constant)}
+
+
+def _loop_names(tree: ast.Module, tables: dict[str, ast.Dict]) -> dict[str, set[str] | None]:
+    """The strings a loop variable takes when the loop runs over a table (``for k in T``,
+    ``for k, v in T.items()``, ``T.keys()``, ``T.values()``)."""
+    out: dict[str, set[str] | None] = {}
+    for node in ast.walk(tree):
+        if not isinstance(node, (ast.For, ast.comprehension)):
+            continue
+        it, how = node.iter, "keys"
+        if isinstance(it, ast.Call) and isinstance(it.func, ast.Attribute) and not it.args:
+            it, how = it.func.value, it.func.attr
+        if not (isinstance(it, ast.Name) and it.id in tables):
+            continue
+        keys, values = _constants(tables[it.id].keys), _constants(tables[it.id].values)
+        names = node.target.elts if isinstance(node.target, ast.Tuple) else [node.target]
+        parts = {"keys": [keys], "values": [values], "items": [keys, values]}.get(how, [])
+        for name, strings in zip(names, parts):
+            if isinstance(name, ast.Name):
+                out[name.id] = strings
+    return out
+
+
+def _strings(node: ast.expr, module: str, tables: dict[str, ast.Dict], loops: dict) -> set[str] | None:
+    """Every string ``node`` can be, read statically; None where it cannot be read."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return {node.value}
+    if isinstance(node, ast.Name):
+        if node.id == "__name__":
+            return {module}
+        if node.id == "__package__":
+            return {module if _is_package(module) else module.rpartition(".")[0]}
+        return loops.get(node.id)
+    if isinstance(node, ast.Subscript) and isinstance(node.value, ast.Name) and node.value.id in tables:
+        return _constants(tables[node.value.id].values)
+    if isinstance(node, ast.JoinedStr):
+        parts = []
+        for value in node.values:
+            part = _strings(value.value if isinstance(value, ast.FormattedValue) else value, module, tables, loops)
+            if part is None:
+                return None
+            parts.append(sorted(part))
+        return {"".join(p) for p in itertools.product(*parts)}
+    return None
+
+
+def _loaded_by_name(module: str, tree: ast.Module) -> tuple[set[str], set[str]]:
+    """The package's modules that ``module`` hands to ``importlib.import_module``, and where it hands
+    it a name that cannot be read statically (``module:function``)."""
+    tables = _tables(tree)
+    loops = _loop_names(tree, tables)
+    where = {id(inner): f"{module}:{q}" for q, node, _ in _functions(tree) for inner in ast.walk(node)}
+    names: set[str] = set()
+    unread: set[str] = set()
+    for call in ast.walk(tree):
+        if not isinstance(call, ast.Call) or not call.args:
+            continue
+        func = call.func
+        if not (getattr(func, "attr", None) == "import_module" or getattr(func, "id", None) == "import_module"):
+            continue
+        found = _strings(call.args[0], module, tables, loops)
+        package = _strings(call.args[1], module, tables, loops) if len(call.args) > 1 else {""}
+        if found is None or package is None:
+            unread.add(where.get(id(call), f"{module}:<module>"))
+            continue
+        for name, anchor in itertools.product(found, package):
+            full = anchor + name if name.startswith(".") else name
+            if full == PACKAGE or full.startswith(PACKAGE + "."):
+                names.add(full)
+    return names, unread
+
+
+def _layer(module: str) -> str | None:
+    """The layer a module belongs to: its subpackage or top-level module (None: the package itself)."""
+    parts = module.split(".")
+    return parts[1] if len(parts) > 1 else None
+
+
+def _layer_violations() -> set[tuple[str, str]]:
+    """Imports that run up the documented order, modules no layer holds, names loaded by
+    ``importlib`` that are no module, and names it is given that cannot be read."""
+    out: set[tuple[str, str]] = set()
+    rank = {name: i for i, name in enumerate(LAYERS)}
+    for module, (_, tree) in MODULES.items():
+        by_name, unread = _loaded_by_name(module, tree)
+        out |= {("by-name", where) for where in unread if where not in USER_CODE}
+        out |= {("missing-module", f"{module} -> {name}") for name in by_name if name not in MODULES}
+        layer = _layer(module)
+        if layer is None:
+            continue  # the package's own names: the public API, above every layer
+        if layer not in rank:
+            out.add(("layer", f"{layer} is in no layer of {ARCHITECTURE.name}"))
+            continue
+        for target in _top_level_imports(module, tree) | by_name:
+            other = _layer(target)
+            if other is not None and rank.get(other, -1) > rank[layer]:
+                out.add(("layer", f"{module} -> {target}"))
+    return out
+
+
 def _cycles() -> set[str]:
     graph = {m: _top_level_imports(m, tree) for m, (_, tree) in MODULES.items()}
     index: dict[str, int] = {}
@@ -172,7 +309,7 @@ def _parameters(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
 
 
 def _violations() -> set[tuple[str, str]]:
-    out: set[tuple[str, str]] = {("cycle", c) for c in _cycles()}
+    out: set[tuple[str, str]] = {("cycle", c) for c in _cycles()} | _layer_violations()
     for module, (_, tree) in MODULES.items():
         for qualname, node, public in _functions(tree):
             where = f"{module}:{qualname}"
@@ -189,7 +326,10 @@ def _violations() -> set[tuple[str, str]]:
 VIOLATIONS = _violations()
 
 
-@pytest.mark.parametrize("check", ["cycle", "local-import", "parameters", "length"])
+CHECKS = ["layer", "missing-module", "by-name", "cycle", "local-import", "parameters", "length"]
+
+
+@pytest.mark.parametrize("check", CHECKS)
 def test_no_new_violation(check):
     new = sorted(where for kind, where in VIOLATIONS - ALLOWED if kind == check)
     assert not new, f"{check}: {new}"
@@ -234,7 +374,7 @@ def test_readers_of_runs_import_no_training_code(reader):
 
 
 #: The package's top level: its entry points and the few modules the layout names (docs/architecture.md).
-TOP_LEVEL = {"__init__", "__main__", "run", "reduction", "export"}
+TOP_LEVEL = {"__init__", "__main__", "api", "run", "reduction", "export"}
 
 
 def test_top_level_holds_only_the_entry_points():
@@ -243,21 +383,44 @@ def test_top_level_holds_only_the_entry_points():
 
 
 def test_checker_sees_each_kind():
-    """The checker itself: each rule fires on a small example (the cycle hidden behind TYPE_CHECKING)."""
+    """The checker itself: each rule fires on a small example (the cycle hidden behind TYPE_CHECKING,
+    an import up the layer order, one by name through importlib, a name that is no module)."""
     global MODULES
     source = {
-        "filter_templates.a": "from . import b\n\ndef f(p1, p2, p3, p4, p5, p6, p7, p8, p9):\n"
+        "filter_templates.core.a": "from . import b\n\ndef f(p1, p2, p3, p4, p5, p6, p7, p8, p9):\n"
         "    from .b import x\n" + "    y = 1\n" * 80,
-        "filter_templates.b": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n",
+        "filter_templates.core.b": "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from .a import f\n",
+        "filter_templates.core.c": "from filter_templates.cli import main\n",
+        "filter_templates.core.d": "import importlib\n_BY_KEY = {'x': 'cli'}\n\ndef g(key):\n"
+        "    return importlib.import_module(f'filter_templates.{_BY_KEY[key]}')\n",
+        "filter_templates.core.e": "import importlib\n\ndef h(name):\n    importlib.import_module(name)\n"
+        "    importlib.import_module('.nowhere', __package__)\n",
+        "filter_templates.cli": "",
     }
     saved = MODULES
     try:
-        MODULES = {name: (ROOT / (name.split(".")[-1] + ".py"), ast.parse(text)) for name, text in source.items()}
+        MODULES = {
+            name: (ROOT / "core" / (name.split(".")[-1] + ".py"), ast.parse(text)) for name, text in source.items()
+        }
         MODULES[PACKAGE] = (ROOT / "__init__.py", ast.parse(""))
-        kinds = {kind for kind, _ in _violations()}
+        MODULES["filter_templates.core"] = (ROOT / "core" / "__init__.py", ast.parse(""))
+        found = _violations()
     finally:
         MODULES = saved
-    assert kinds == {"cycle", "local-import", "parameters", "length"}
+    assert {kind for kind, _ in found} == set(CHECKS)
+    assert {w for k, w in found if k == "layer"} == {
+        "filter_templates.core.c -> filter_templates.cli",
+        "filter_templates.core.d -> filter_templates.cli",
+    }
+    assert {w for k, w in found if k == "missing-module"} == {
+        "filter_templates.core.e -> filter_templates.core.nowhere"
+    }
+    assert {w for k, w in found if k == "by-name"} == {"filter_templates.core.e:h"}
+
+
+def test_the_documented_layers_name_every_part_of_the_package():
+    parts = {_layer(m) for m in MODULES} - {None}
+    assert parts == set(LAYERS), f"in the package, not the order: {parts - set(LAYERS)}; stale: {set(LAYERS) - parts}"
 
 
 def test_help_and_version_import_no_torch():

@@ -14,6 +14,7 @@ import torch.nn as nn
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
+from filter_templates.core.scaling import scale_count
 from filter_templates.method import published, templates
 from filter_templates.models import MAX_WIDTH, get_family, resolve_model
 
@@ -168,7 +169,7 @@ def make_arch(
 ) -> Arch:
     """The model of ``family`` with ``template`` at width multiplier ``width``.
 
-    Template layers get the template's real counts, scaled and rounded (``templates.scale_count``);
+    Template layers get the template's real counts, scaled and rounded (``core.scaling.scale_count``);
     non-template layers (stems, MobileNet's last block) are scaled by the same ``width`` with the
     same rounding. ``as_published=True`` builds the study's own configuration where it has one
     (``published.STUDY``) and uses its rounding ``max(1, int(w * f))`` everywhere. ``image_size``:
@@ -188,10 +189,10 @@ def make_arch(
             f"--as-published applies to the study's families ({', '.join(published.study_families())}), not {fam.name}"
         )
     name = templates.template_label(template)
-    templates.scale_count(1, width, floor=floor, divisor=divisor)  # one check of width, floor and divisor
+    scale_count(1, width, floor=floor, divisor=divisor)  # one check of width, floor and divisor
 
     def scale(count: float) -> int:
-        return templates.scale_count(count, width, floor=floor, divisor=divisor, truncate=as_published)
+        return scale_count(count, width, floor=floor, divisor=divisor, truncate=as_published)
 
     study = published.study_config(fam.name, name) if as_published else None
     if study is not None:

@@ -15,6 +15,7 @@ from typing import Callable, Sequence, Union
 
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
+from filter_templates.core.scaling import check_scaling, scale_count
 
 __all__ = [
     "TemplateError",
@@ -283,26 +284,7 @@ def real_counts(template: Union[str, TemplateFn, Sequence[float]], base_counts: 
 
 
 def _check_scaling(width: float, floor: int, divisor: int) -> None:
-    validate.number(width, "width multiplier", error=TemplateError)
-    validate.integer(floor, "floor", error=TemplateError)
-    validate.integer(divisor, "divisor", error=TemplateError)
-
-
-def scale_count(count: float, width: float = 1.0, *, floor: int = 1, divisor: int = 1, truncate: bool = False) -> int:
-    """``max(floor, round(width * count))``, rounded to the nearest multiple of ``divisor``.
-
-    Python's ``round`` rounds half to even (``round(2.5) == 2``). With a divisor the floor is
-    lifted to the next multiple of the divisor, so every count is a multiple of it.
-    ``truncate=True`` is the study's own rounding, ``max(1, int(width * count))``: the
-    product is computed in the same order as its code so that the results agree bit for bit.
-    """
-    _check_scaling(width, floor, divisor)
-    x = count * width
-    if not math.isfinite(x):
-        raise TemplateError(f"count {count!r} times width {width!r} is not finite")
-    lowest = -(-floor // divisor) * divisor
-    steps = int(x / divisor) if truncate else round(x / divisor)
-    return max(lowest, divisor * steps)
+    check_scaling(width, floor, divisor, TemplateError)
 
 
 def scale_counts(

@@ -29,7 +29,7 @@ import torch.nn as nn
 
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
-from filter_templates.method.templates import scale_count
+from filter_templates.core.scaling import scale_count
 from filter_templates.models.discover import Plan, discover
 from filter_templates.models.readings import DEFAULT_READING, check_reading
 from filter_templates.models.registry import Family

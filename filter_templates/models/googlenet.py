@@ -28,7 +28,7 @@ import torch
 import torch.nn as nn
 
 from filter_templates.core.errors import UsageError
-from filter_templates.method.templates import scale_count
+from filter_templates.core.scaling import scale_count
 from filter_templates.models.registry import family
 
 

@@ -22,7 +22,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from filter_templates.core.errors import UsageError
-from filter_templates.method.templates import scale_count
+from filter_templates.core.scaling import scale_count
 from filter_templates.models.registry import family
 from filter_templates.models.skeleton import StemNet
 

@@ -37,7 +37,7 @@ class Family:
     ``layer_names``: one short label per template layer (for tables and plots).
     ``builder(filters, num_classes=10, stem_width=1.0, divisor=1, floor=1)``: a freshly initialised model.
     ``stem_width`` scales the layers that are not template layers (the stem) with the same
-    rounding as the template layers (``templates.scale_count``).
+    rounding as the template layers (``core.scaling.scale_count``).
     ``unit``: what one template layer is (a conv, a bottleneck block's planes, ...), for docs.
     ``expand``: for families whose template-layer counts do not fix every width (a GoogLeNet module's
     six branch convolutions, MobileNet's fixed last block), the full width list the builder takes as
