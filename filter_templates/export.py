@@ -6,12 +6,9 @@ model is rebuilt from ``Arch`` (no pickled modules anywhere) and only then trace
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import warnings
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 import torch
 import torch.nn as nn
@@ -20,6 +17,7 @@ from filter_templates.core import rundir
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.method.arch import Arch
+from filter_templates.method.onnx_model import example_input, onnx_available, write_onnx
 from filter_templates.pruning.adapter import apply_structure
 from filter_templates.pruning.run import run_structure
 
@@ -104,8 +102,8 @@ def export_run(run_dir: str | Path, fmt: str, out: str | Path | None = None) -> 
         raise UsageError(
             f"--out {path} exists and is not a {_SUFFIX[fmt]} file; choose another file (nothing was overwritten)"
         )
-    example = torch.zeros(2, 3, arch.image_size, arch.image_size)
-    save = _torchscript if fmt == "torchscript" else _onnx
+    example = example_input(arch.image_size)
+    save = _torchscript if fmt == "torchscript" else write_onnx
     with rundir.writing("--out", path):
         rundir.atomic_write(path, lambda f: save(model, example, f))
     return path
@@ -116,50 +114,3 @@ def _torchscript(model: nn.Module, example: torch.Tensor, f: IO[bytes]) -> None:
         warnings.simplefilter("ignore")  # torch.jit is deprecated in favour of torch.export; it still works
         traced = torch.jit.trace(model, example)
     torch.jit.save(traced, f)
-
-
-def _import_onnx() -> Any | None:
-    """The ``onnx`` module, or None: the onnx extra (onnx and onnxscript, what torch's ONNX exporter
-    needs) is optional, so it is imported here, only when ONNX is asked for."""
-    try:
-        import onnx
-        import onnxscript  # noqa: F401
-    except ImportError:
-        return None
-    return onnx
-
-
-def onnx_available() -> bool:
-    """Whether the onnx extra (what torch's ONNX exporter needs) is installed."""
-    return _import_onnx() is not None
-
-
-def _onnx(model: nn.Module, example: torch.Tensor, f: IO[bytes]) -> None:
-    onnx = _import_onnx()
-    if onnx is None:
-        raise UsageError(
-            "ONNX export needs the onnx extra: pip install 'filter-templates[onnx]' (onnx, onnxscript, onnxruntime)"
-        )
-
-    batch = torch.export.Dim("batch", min=1)
-    # The dynamo exporter (the only one torch >= 2.9 keeps) chats on stdout and logs missing torchvision
-    # ops; keep stdout clean for callers that print JSON.
-    log = logging.getLogger("torch.onnx")
-    level = log.level
-    log.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            program = torch.onnx.export(
-                model,
-                (example,),
-                dynamo=True,
-                input_names=["input"],
-                output_names=["logits"],
-                dynamic_shapes=({0: batch},),
-                verbose=False,
-            )
-    finally:
-        log.setLevel(level)
-    assert program is not None  # torch.onnx.export returns None only for the legacy (dynamo=False) exporter
-    onnx.save(program.model_proto, f)

@@ -166,20 +166,18 @@ def test_memory_budget_uses_the_exact_account():
 
 
 def test_latency_budget_with_tolerance(monkeypatch):
-    # Deterministic stand-in for the clock: latency proportional to parameters x batch size.
-    def fake(model, batch_size, device="cpu", **kw):
-        return {"median_s": M.count_params(model) * batch_size * 1e-11, "iqr_s": 0.0, "device": "cpu", "threads": 1}
+    # Deterministic stand-in for the clock: latency proportional to parameters (see tests/test_runtimes.py).
+    from tests.test_runtimes import fake_clock
 
-    monkeypatch.setattr(M, "latency", fake)
-    monkeypatch.setattr(M, "_latency_fn", fake)
-    budget = Budget("latency", 0.0005)  # 0.5 ms = about 780K parameters at batch 64
+    fake_clock(monkeypatch)
+    budget = Budget("latency", 0.0005)  # 0.5 ms = 500K parameters on the fake clock
     results = fit(FitRequest("mobilenet", budget, ["base", "uniform"], latency_tolerance=0.05))
     for r in results:
-        lat = r.resources["latency_s"]["batch64"]
-        assert lat <= budget.value * 0.95
-        assert lat >= budget.value * 0.95 * 0.9  # bisection to 1% in width: close below the limit
-        assert set(r.resources["latency_s"]) == {"batch64", "batch1"}
-        assert r.resources["device"] == "cpu"
+        lat = r.resources["latency"]
+        assert lat["median_s"] <= budget.value * 0.95 < r.resources["next_step"]["median_s"]
+        assert lat["runtime"] == "torch" and lat["batch"] == 1 and lat["device"] == "cpu"
+        assert lat["margin"] == pytest.approx(1 - lat["median_s"] / budget.value)
+        assert r.probes <= 12  # predicted from FLOPs, not bisected
 
 
 def test_fit_result_to_dict_and_unreachable_message():

@@ -258,21 +258,22 @@ def test_templates_measure_json(capsys):
             "--template",
             "uniform",
             "--measure",
-            "--min-run-time",
-            "0.005",
+            "--latency-rounds",
+            "3",
             "--json",
         ]
     )
     out, err = capsys.readouterr()
     assert code == 0
     doc = json.loads(out)
-    assert doc["device"] == "cpu" and doc["threads"] == torch.get_num_threads() and doc["batch_size"] == 64
+    assert doc["batch_size"] == 64
     for row in doc["templates"]:
         arch = make_arch("vgg19", row["name"], 0.05)
         assert row["params"] == M.arch_params(arch) and row["flops"] == M.arch_flops(arch)
         assert row["train_memory_bytes"] == M.train_memory_bytes(M.meta_model(arch), 64)
-        assert set(row["latency_s"]) == {"batch64", "batch1"}
-        assert all(v > 0 for v in row["latency_s"].values())
+        lat = row["latency"]  # eager torch at batch 1 by default, with how it was measured
+        assert lat["runtime"] == "torch" and lat["batch"] == 1 and lat["threads"] == torch.get_num_threads()
+        assert lat["median_s"] > 0 and lat["spread_s"] >= 0 and lat["rounds"] == 3 and lat["device"] == "cpu"
 
 
 def test_templates_measure_table(capsys):
@@ -288,13 +289,15 @@ def test_templates_measure_table(capsys):
             "--measure",
             "--batch-size",
             "4",
-            "--min-run-time",
-            "0.005",
+            "--latency-batch",
+            "2",
+            "--latency-rounds",
+            "3",
         ]
     )
     out, _ = capsys.readouterr()
     assert code == 0
-    assert "train MiB" in out and "ms@4" in out and "ms@1" in out and "threads" in out
+    assert "train MiB" in out and "ms@2" in out and "± ms" in out and "batch 2, " in out and "torch " in out
 
 
 def test_templates_without_measure_keeps_its_keys(capsys):

@@ -10,6 +10,7 @@ from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
 from filter_templates.data import split
+from filter_templates.method.runtimes import DEFAULT_ROUNDS, RUNTIMES, LatencySetting
 from filter_templates.models import family_names, resolve_model
 from filter_templates.models.readings import READINGS
 from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE_OFF, RECIPES
@@ -205,26 +206,19 @@ def add_image_size_arg(p: "argparse.ArgumentParser | argparse._ArgumentGroup", h
 
 
 def add_measure_args(p: argparse.ArgumentParser) -> None:
-    """--batch-size, --device, --min-run-time, --threads: where and how memory and latency are measured."""
+    """--batch-size, --device, --threads: where and how memory and latency are measured."""
     p.add_argument(
         "--batch-size",
         type=positive_int,
         default=64,
         metavar="N",
-        help="batch size of the memory and latency measurements (default: 64)",
+        help="batch size of the training memory measurement (default: 64; latency: --latency-batch)",
     )
     p.add_argument(
         "--device",
         default="cpu",
         metavar="D",
         help="cpu, cuda, cuda:N or auto (CUDA when available), for memory and latency (default: cpu)",
-    )
-    p.add_argument(
-        "--min-run-time",
-        type=positive_float,
-        default=None,
-        metavar="S",
-        help="seconds of timed forward passes per latency measurement, at most 10x this (default: 0.1)",
     )
     p.add_argument(
         "--threads",
@@ -234,6 +228,52 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
         help="CPU threads for latency measurements (default: PyTorch's, i.e. OMP_NUM_THREADS or the "
         "core count); reported with every latency",
     )
+
+
+def add_latency_args(p: "argparse.ArgumentParser | argparse._ArgumentGroup", threads: bool = False) -> None:
+    """--runtime, --latency-batch, --latency-rounds (and --latency-threads where --threads means
+    something else): how latency is measured, in the runtime the model deploys to."""
+    p.add_argument(
+        "--runtime",
+        default="torch",
+        metavar="R",
+        help=f"where latency is measured: {', '.join(RUNTIMES)} (eager PyTorch, or the model exported as "
+        "`export` writes it, in onnxruntime or OpenVINO on the CPU; onnxruntime uses its CUDA provider on "
+        "--device cuda) (default: torch)",
+    )
+    p.add_argument(
+        "--latency-batch",
+        type=positive_int,
+        default=1,
+        metavar="N",
+        help="images per timed call (default: 1, what a deployed model serves one request at a time)",
+    )
+    p.add_argument(
+        "--latency-rounds",
+        type=positive_int,
+        default=DEFAULT_ROUNDS,
+        metavar="N",
+        help=f"rounds of alternating timing; latency is the median over rounds, the spread their "
+        f"inter-quartile range (default: {DEFAULT_ROUNDS})",
+    )
+    if threads:
+        p.add_argument(
+            "--latency-threads",
+            type=positive_int,
+            default=None,
+            metavar="N",
+            help="threads of the latency runtime (default: torch's thread count); recorded with every latency",
+        )
+
+
+def latency_from_args(args: argparse.Namespace) -> LatencySetting:
+    """The :class:`LatencySetting` the latency flags ask for (checked: an unknown or missing runtime is
+    one line)."""
+    threads = getattr(args, "latency_threads", None) if hasattr(args, "latency_threads") else args.threads
+    setting = LatencySetting(
+        args.runtime, args.latency_batch, threads, getattr(args, "device", None) or "cpu", args.latency_rounds
+    )
+    return setting.checked()
 
 
 def add_model_args(p: argparse.ArgumentParser, *, template_many: bool, model_required: bool = True) -> None:

@@ -7,9 +7,11 @@ import json
 from pathlib import Path
 
 from filter_templates.cli.args import (
+    add_latency_args,
     add_measure_args,
     add_model_args,
     fraction,
+    latency_from_args,
     model_from_args,
     positive_float,
 )
@@ -26,6 +28,7 @@ from filter_templates.method.fit import (
     parse_budget,
 )
 from filter_templates.method.measure import mib
+from filter_templates.method.runtimes import load_text
 from filter_templates.models import MAX_WIDTH, get_family
 
 BUDGET_HELP = (
@@ -33,7 +36,8 @@ BUDGET_HELP = (
     "counts with an optional K/M/G/T suffix, 1000-based (params=1M, flops=100M); memory, bytes of one SGD training "
     "step at --batch-size (CPU: exact account; CUDA: allocator peak), K/M/G/T = 1000-based, "
     "Ki/Mi/Gi/Ti = 1024-based, optional trailing B (memory=512M, memory=2GiB); latency, seconds of "
-    "one eval forward pass at --batch-size on --device, with suffix s, ms or us (latency=20ms)"
+    "one call of --latency-batch images (default 1) in --runtime at --threads, with suffix s, ms or us "
+    "(latency=1ms)"
 )
 
 
@@ -49,14 +53,14 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     add_model_args(p, template_many=True)
     p.add_argument("--budget", required=True, metavar="KEY=VALUE", help=BUDGET_HELP)
     add_measure_args(p)
+    add_latency_args(p)
     p.add_argument(
         "--latency-tolerance",
         type=fraction,
         default=LATENCY_TOLERANCE,
         metavar="FRAC",
         help=f"latency probes fit only when their median is at most budget*(1-FRAC), a margin for "
-        f"timing noise (default: {LATENCY_TOLERANCE:g}, i.e. {LATENCY_TOLERANCE * 100:g}%%); a probe "
-        "that does not fit is timed up to 3 times and its fastest median kept",
+        f"timing noise (default: {LATENCY_TOLERANCE:g}, i.e. {LATENCY_TOLERANCE * 100:g}%%)",
     )
     p.add_argument(
         "--max-width",
@@ -88,6 +92,7 @@ def run(args: argparse.Namespace) -> int:
     args.model = model_from_args(args)
     size = args.image_size or IMAGE_SIZE
     budget = parse_budget(args.budget)
+    latency = latency_from_args(args)
     if args.save:
         check_writable(args.save, "--save", folder=True)  # before the fit, which may take a while
     results = fit(
@@ -102,11 +107,11 @@ def run(args: argparse.Namespace) -> int:
             image_size=size,
             batch_size=args.batch_size,
             device=args.device,
-            min_run_time=args.min_run_time,
             threads=args.threads,
             latency_tolerance=args.latency_tolerance,
             max_width=args.max_width,
             measure=args.measure,
+            latency=latency,
         )
     )
     for r in results:
@@ -139,6 +144,9 @@ def _print_fits(
     print(
         f"{fam.description}; {args.classes} classes; {size}x{size} px input; budget {budget.key} <= {format_value(budget.key, budget.value)}"
     )
+    if budget.key == "latency":
+        _print_latency_fits(budget, results, fits)
+        return
     w = max(8, *(len(r.template) for r in results))
     measured = any("train_memory_bytes" in d for d in fits)
     timed = any("latency_s" in d for d in fits)
@@ -171,6 +179,36 @@ def _print_fits(
     for d in fits:
         if "config" in d:
             print(f"saved {d['config']}")
+
+
+def _print_latency_fits(budget: Budget, results: list[FitResult], fits: list[dict]) -> None:
+    """Latency fits: each chosen model's latency, spread and margin, and the next width step's."""
+    w = max(8, *(len(r.template) for r in results))
+    print(
+        f"{'template':<{w}}  {'width':>7}  {'params':>11}  {'GFLOPs':>7}  {'ms':>8}  {'± ms':>6}  {'margin':>6}  "
+        f"{'next w':>7}  {'next ms':>8}  filters"
+    )
+    for r, d in zip(results, fits):
+        lat, nxt = d["latency"], d.get("next_step")
+        after = f"  {nxt['width']:>7.4g}  {nxt['median_s'] * 1e3:>8.4g}" if nxt else f"  {'(capped)':>7}  {'':>8}"
+        print(
+            f"{r.template:<{w}}  {r.width:>7.4g}  {d['params']:>11,}  {d['flops'] / 1e9:>7.3f}  "
+            f"{lat['median_s'] * 1e3:>8.4g}  {lat['spread_s'] * 1e3:>6.2g}  {lat['margin']:>6.1%}{after}  "
+            f"{' '.join(map(str, d['filters']))}"
+        )
+    print(latency_caption(fits[0]["latency"]))
+    for d in fits:
+        if "config" in d:
+            print(f"saved {d['config']}")
+
+
+def latency_caption(rec: dict) -> str:
+    """One line saying how a latency record was measured."""
+    return (
+        f"latency: {rec['runtime']} {rec['version']} on {rec['device']} ({rec['device_name']}), batch {rec['batch']}, "
+        f"{rec['threads']} thread{'s' if rec['threads'] != 1 else ''}; median of {rec['rounds']} alternating rounds, "
+        f"± their inter-quartile range{load_text(rec)}"
+    )
 
 
 def _used(key: str, d: dict):

@@ -6,22 +6,23 @@ from __future__ import annotations
 import argparse
 import json
 
-from filter_templates.cli.args import add_measure_args, add_model_args, model_from_args, positive_float
+from filter_templates.cli.args import (
+    add_latency_args,
+    add_measure_args,
+    add_model_args,
+    latency_from_args,
+    model_from_args,
+    positive_float,
+)
+from filter_templates.cli.fit_cmd import latency_caption
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
-from filter_templates.core.messages import note
-from filter_templates.core.progress import Progress
+from filter_templates.core.messages import note, warn
 from filter_templates.method.arch import make_arch
 from filter_templates.method.compare import TOLERANCE, compare_published, markdown_table
-from filter_templates.method.measure import (
-    LATENCY_MIN_RUN_TIME,
-    arch_flops,
-    arch_params,
-    mib,
-    resolve_device,
-    resources,
-)
+from filter_templates.method.measure import arch_flops, arch_params, mib, resolve_device, resources
 from filter_templates.method.published import study_families
+from filter_templates.method.runtimes import open_runtime, ranking_noise, time_archs
 from filter_templates.method.templates import template_names
 from filter_templates.models import get_family
 
@@ -41,9 +42,11 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         action="store_true",
         help="also measure training memory of one SGD step at --batch-size (CPU: exact account of "
         "parameters, gradients, momentum, buffers, input and tensors saved for backward; CUDA: "
-        "allocator peak) and eval latency at --batch-size and at batch 1 (slow for big models)",
+        "allocator peak) and latency in --runtime at --latency-batch, every template timed "
+        "alternately in rounds",
     )
     add_measure_args(p)
+    add_latency_args(p)
     p.add_argument(
         "--compare-published",
         action="store_true",
@@ -81,16 +84,24 @@ def rows(args: argparse.Namespace) -> list[dict]:
         for name in names
     ]  # every name checked before any slow measurement
     out = []
-    for name, arch in zip(names, Progress(archs, desc="measure", enabled=None if measure else False)):
+    for name, arch in zip(names, archs):
         row = {"name": name, "filters": list(arch.filters), "params": arch_params(arch), "flops": arch_flops(arch)}
         if measure:
             assert device is not None  # resolved above when measuring
-            run_time = args.min_run_time if args.min_run_time is not None else LATENCY_MIN_RUN_TIME
-            res = resources(arch, args.batch_size, device, min_run_time=run_time, threads=args.threads)
-            for key in ("train_memory_bytes", "train_memory_method", "latency_s", "latency_iqr_s"):
-                row[key] = res[key]
-            row["_where"] = {k: res[k] for k in ("device", "device_name", "threads")}
+            res = resources(arch, args.batch_size, device, latency=False)
+            row["train_memory_bytes"], row["train_memory_method"] = (
+                res["train_memory_bytes"],
+                res["train_memory_method"],
+            )
         out.append(row)
+    if measure:
+        runtime = open_runtime(latency_from_args(args))
+        note(f"timing {len(archs)} models in {runtime.name}, {runtime.setting.rounds} alternating rounds")
+        for row, rec in zip(out, time_archs(runtime, archs)):
+            row["latency"] = rec
+        line = ranking_noise(names, [r["latency"] for r in out])
+        if line:
+            warn(line)
     return out
 
 
@@ -130,9 +141,7 @@ def run(args: argparse.Namespace) -> int:
     if args.model is None:
         raise UsageError("--model is required (or use --compare-published)")
     table = rows(args)
-    where = table[0].pop("_where", None) if table else None
-    for r in table[1:]:
-        r.pop("_where", None)
+    where = table[0].get("latency") if table else None
     if args.json:
         doc = {
             "model": args.model,
@@ -141,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
             "image_size": args.image_size or IMAGE_SIZE,
         }
         if where:
-            doc.update(batch_size=args.batch_size, **where)
+            doc["batch_size"] = args.batch_size
         doc["templates"] = table
         layers = _layers(args.model, args.image_size or IMAGE_SIZE)
         if layers is not None:
@@ -157,23 +166,20 @@ def run(args: argparse.Namespace) -> int:
     )
     w = max(len(r["name"]) for r in table)
     b = args.batch_size
-    extra = f"  {'train MiB':>9}  {f'ms@{b}':>8}  {'ms@1':>7}" if where else ""
+    extra = f"  {'train MiB':>9}  {'ms@' + str(where['batch']):>8}  {'± ms':>6}" if where else ""
     print(f"{'template':<{w}}  {'params':>12}  {'GFLOPs':>8}{extra}  filters")
     for r in table:
         extra = ""
         if where:
-            lat = r["latency_s"]
+            lat = r["latency"]
             extra = (
-                f"  {mib(r['train_memory_bytes']):>9.1f}  {lat[f'batch{b}'] * 1e3:>8.2f}  {lat['batch1'] * 1e3:>7.2f}"
+                f"  {mib(r['train_memory_bytes']):>9.1f}  {lat['median_s'] * 1e3:>8.4g}  {lat['spread_s'] * 1e3:>6.2g}"
             )
         print(
             f"{r['name']:<{w}}  {r['params']:>12,}  {r['flops'] / 1e9:>8.3f}{extra}  {' '.join(map(str, r['filters']))}"
         )
     if where:
-        print(
-            f"memory: {table[0]['train_memory_method']} of one SGD step at batch {b}; latency: median of eval "
-            f"forward passes on {where['device']} ({where['device_name']}), {where['threads']} threads"
-        )
+        print(f"memory: {table[0]['train_memory_method']} of one SGD step at batch {b}; {latency_caption(where)}")
     layers = _layers(args.model, size)
     if layers is not None:
         print("template layers (name, base count, the modules it holds: their widths follow its count):")

@@ -3,14 +3,14 @@ model stays within a budget on one resource, found without training anything.
 
 Every probe builds the real, rounded model of ``make_arch(family, template, w)`` (on the meta
 device for parameters, FLOPs and the CPU memory account, so a probe costs milliseconds; on the
-target device for latency and CUDA memory) and compares its resource with the budget:
+target device for CUDA memory) and compares its resource with the budget:
 
 * bracket: from a first guess, step up (or down) by a growing factor until one width fits and a
   larger one does not; widths are capped at ``max_width`` (default: ``models.MAX_WIDTH``, lowered
   per template so that no layer passes ``models.MAX_FILTERS``), and a budget that even the capped
   width meets is reported with ``capped=True`` and a note;
-* bisection on the real rounded model until the bracket is narrower than ``1e-4`` relative
-  (``1e-2`` for latency, whose probes are slow and noisy), so the answer is the largest width that
+* bisection on the real rounded model until the bracket is narrower than ``1e-4`` relative, so
+  the answer is the largest width that
   fits up to that precision; the reported width is the shortest decimal inside the final bracket
   that builds the *same* model as the bisection's answer;
 * resources only change when a rounded count changes, so identical models (same parameter
@@ -24,12 +24,10 @@ negative-quadratic at widths below about 0.05). When the probes within 25% of th
 more than one structure, the fitter also scans 10% above the boundary in 0.5% steps and goes on
 from any width that fits again.
 
-Latency probes are noisy: a probe fits only when its median latency is at most
-``budget * (1 - latency_tolerance)`` (default 3%), so the fitted model's latency stays within the
-budget under run-to-run noise of that size; a probe that does not fit is timed up to
-``LATENCY_REPEATS`` (3) times and its fastest median kept, since other processes on the machine
-only ever add time. Probes that run real models (latency, CUDA memory) stop at models over
-``MAX_REAL_PARAMS`` parameters: building and timing bigger ones is not practical.
+A latency budget is fitted in the runtime the model deploys to, on a grid of width steps, by
+``latency_fit`` (timing is slow and noisy: its search predicts from FLOPs instead of bisecting and
+refuses to answer from noise). CUDA memory probes stop at models over ``MAX_REAL_PARAMS``
+parameters: building bigger ones is not practical.
 """
 
 from __future__ import annotations
@@ -48,7 +46,9 @@ from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.progress import Progress
 from filter_templates.method import measure
 from filter_templates.method.arch import Arch, make_arch
+from filter_templates.method.latency_fit import LatencyFitter
 from filter_templates.method.measure import arch_shape
+from filter_templates.method.runtimes import LatencySetting, open_runtime, time_archs
 from filter_templates.method.templates import template_names
 from filter_templates.models import MAX_FILTERS, MAX_WIDTH, get_family
 
@@ -59,10 +59,8 @@ LATENCY_TOLERANCE = 0.03
 MAX_REAL_PARAMS = 200_000_000
 W_TINY = 1e-6  # every layer (and the stem) rounds to the floor here: the smallest reachable model
 EXACT_REL_TOL = 1e-4
-LATENCY_REL_TOL = 1e-2
 SCAN_STEP = 0.005
 SCAN_STEPS = 20
-LATENCY_REPEATS = 3
 
 _COUNT = {"": 1.0, "k": 1e3, "m": 1e6, "g": 1e9, "t": 1e12}
 _BYTES = {**_COUNT, "ki": 1024.0, "mi": 1024.0**2, "gi": 1024.0**3, "ti": 1024.0**4}
@@ -155,11 +153,13 @@ class FitRequest:
     How each model is built besides its width: ``classes``, ``divisor``, ``floor``,
     ``as_published`` (the study's configurations and truncating rounding) and ``image_size`` (the
     side of the images the models take; every resource is counted at it). Where and how the
-    measured resources are measured: ``batch_size``, ``device``, ``min_run_time`` (latency timing;
-    default ``measure.LATENCY_MIN_RUN_TIME``), ``threads`` (CPU threads for latency; default the
-    process's) and ``latency_tolerance`` (a latency budget is fitted this fraction below, against
+    measured resources are measured: ``batch_size`` and ``device`` (training memory), ``threads``
+    (CPU threads for latency; default the process's) and ``latency_tolerance`` (a latency budget is fitted this fraction below, against
     timing noise). ``max_width`` caps the search; ``measure=True`` adds training memory and latency
     of every fitted model to its resources (otherwise only params, FLOPs and the budgeted resource).
+    A latency budget is measured as ``latency`` says (a :class:`~filter_templates.method.runtimes.LatencySetting`:
+    runtime, images per call, threads, rounds; default eager torch at batch 1) and searched by
+    ``latency_fit``.
     """
 
     family: str
@@ -172,12 +172,19 @@ class FitRequest:
     image_size: int = IMAGE_SIZE
     batch_size: int = 64
     device: str = "cpu"
-    min_run_time: Optional[float] = None
     threads: Optional[int] = None
     latency_tolerance: float = LATENCY_TOLERANCE
     max_width: float = MAX_WIDTH
     measure: bool = False
     progress: Optional[bool] = None
+    latency: Optional[LatencySetting] = None
+
+    def latency_setting(self) -> LatencySetting:
+        """How a latency budget is measured: ``latency``, else eager torch at batch 1 on ``device``
+        with ``threads``."""
+        if self.latency is not None:
+            return self.latency
+        return LatencySetting("torch", 1, self.threads, self.device)
 
     def arch(self, family: str, template: str, width: float) -> Arch:
         return make_arch(
@@ -201,7 +208,6 @@ class _Objective:
     template: str
     key: str
     device: Any
-    min_run_time: float
     limit: float
     cache: dict  # model signature -> measured value, shared by the templates of one fit
     max_real_params: int = 0
@@ -250,24 +256,7 @@ class _Objective:
                     measure.meta_model(arch), self.request.batch_size, measure.input_shape_of(arch), device="cpu"
                 )
             )
-        if params > self.max_real_params:
-            raise _TooBig
-        with torch.device(self.device):
-            model = arch.build()
-        best = math.inf
-        for _ in range(LATENCY_REPEATS):  # interference only ever adds time: keep the fastest median
-            r = measure.latency(
-                model,
-                self.request.batch_size,
-                self.device,
-                min_run_time=self.min_run_time,
-                threads=self.request.threads,
-                input_shape=measure.input_shape_of(arch),
-            )
-            best = min(best, r["median_s"])
-            if best <= self.limit:
-                break
-        return float(best)
+        raise AssertionError(f"{self.key} is counted or fitted elsewhere")  # latency: latency_fit
 
 
 def fit(request: FitRequest) -> list[FitResult]:
@@ -284,37 +273,58 @@ def fit(request: FitRequest) -> list[FitResult]:
         validate.integer(r.threads, "thread count")
     validate.number(r.latency_tolerance, "latency tolerance", 0.0, strict=False, maximum=1.0)
     dev = resolve_device(r.device)
-    run_time = measure.LATENCY_MIN_RUN_TIME if r.min_run_time is None else float(r.min_run_time)
     names = list(r.templates) if r.templates else template_names()
-    measured = budget.key == "latency" or (budget.key == "memory" and dev.type == "cuda")
-    limit = budget.value * (1 - r.latency_tolerance) if budget.key == "latency" else budget.value
-    rel_tol = LATENCY_REL_TOL if budget.key == "latency" else EXACT_REL_TOL
+    measured = budget.key == "memory" and dev.type == "cuda"
+    limit = budget.value
     cache: dict = {}
     for name in names:  # refuse a bad template before spending time on the others
         r.arch(fam.name, name, 1.0)
+    if budget.key == "latency":
+        return _fit_latency(r, fam, budget, names)
 
     results = []
     for name in Progress(names, desc=f"fit {fam.name} {budget.key}", enabled=r.progress):
-        obj = _Objective(r, fam.name, name, budget.key, dev, run_time, limit, cache, MAX_REAL_PARAMS)
+        obj = _Objective(r, fam.name, name, budget.key, dev, limit, cache, MAX_REAL_PARAMS)
         smallest = obj(W_TINY)
         if smallest > limit:
             raise UsageError(_unreachable(fam.name, r.floor, budget, smallest, limit))
         cap = _width_cap(obj.arch(1.0), fam, float(r.max_width), r.divisor)
-        width, capped, note = _search(obj, limit, cap, rel_tol, measured)
+        width, capped, note = _search(obj, limit, cap, EXACT_REL_TOL, measured)
         arch = obj.arch(width)
         want_memory = r.measure or budget.key == "memory"
-        want_latency = r.measure or budget.key == "latency"
-        res = measure.resources(
-            arch, r.batch_size, dev, memory=want_memory, latency=want_latency, min_run_time=run_time, threads=r.threads
-        )
-        if not (want_memory or want_latency):
+        res = measure.resources(arch, r.batch_size, dev, memory=want_memory, latency=False)
+        if not want_memory:
             res = {"params": res["params"], "flops": res["flops"]}
-        if budget.key == "latency":  # the probe's timing is as valid as the fresh one: keep the faster
-            probe = cache.get(measure.arch_shape(arch).signature)
-            at = f"batch{r.batch_size}"
-            if probe is not None and probe < res["latency_s"][at]:
-                res["latency_s"][at] = probe
         results.append(FitResult(arch.template, width, arch, res, capped, note, obj.probes))
+    if r.measure:  # every fitted model timed together, alternately
+        records = time_archs(open_runtime(r.latency_setting()), [x.arch for x in results])
+        for x, rec in zip(results, records):
+            x.resources["latency"] = rec
+    return results
+
+
+def _fit_latency(r: FitRequest, fam: Any, budget: Budget, names: list[str]) -> list[FitResult]:
+    """Every template fitted to a latency budget in the request's runtime (``latency_fit``)."""
+    runtime = open_runtime(r.latency_setting())
+    limit = budget.value * (1 - r.latency_tolerance)
+    fitter = LatencyFitter(runtime, lambda t, w: r.arch(fam.name, t, w), budget.value, limit, W_TINY)
+    smallest = max(fitter.smallest(name).median_s for name in names)  # refused before any template is fitted
+    if smallest > limit:
+        raise UsageError(_unreachable(fam.name, r.floor, budget, smallest, limit))
+    results = []
+    for name in Progress(names, desc=f"fit {fam.name} latency in {runtime.name}", enabled=r.progress):
+        cap = _width_cap(r.arch(fam.name, name, 1.0), fam, float(r.max_width), r.divisor)
+        answer = fitter.fit(name, cap)
+        res = measure.resources(answer.arch, r.batch_size, r.device, memory=r.measure, latency=False)
+        if not r.measure:
+            res = {"params": res["params"], "flops": res["flops"]}
+        res["latency"] = answer.record
+        if answer.next_step is not None:
+            res["next_step"] = answer.next_step
+        note = _capped_note(cap) if answer.capped else None
+        results.append(
+            FitResult(answer.arch.template, answer.width, answer.arch, res, answer.capped, note, answer.probes)
+        )
     return results
 
 

@@ -1,0 +1,128 @@
+"""Latency in a runtime: settings refused in one line, alternating timing, records that say how they
+were taken, and the latency fit's search (on a fake clock, and for real in tiny models)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from filter_templates.cli import main
+from filter_templates.core.errors import UsageError
+from filter_templates.method import deploy_timing, latency_fit
+from filter_templates.method import runtimes as R
+from filter_templates.method.arch import make_arch
+from filter_templates.method.fit import Budget, FitRequest, fit
+from filter_templates.method.measure import count_params
+
+RECORD_KEYS = {"runtime", "version", "threads", "batch", "device", "median_s", "spread_s", "rounds", "load"}
+QUICK = dict(rounds=3, block_s=0.002)
+
+
+def fake_clock(monkeypatch, per_param: float = 1e-9, spread: float = 0.0) -> None:
+    """Replace opening and timing models with a clock proportional to parameters: fits become exact."""
+
+    def fake_open(self, model, image_size):
+        return lambda n=count_params(model): n
+
+    def fake_time(runtime, calls, rounds=None):
+        return [R.Timing(c() * per_param, spread, rounds or runtime.setting.rounds) for c in calls]
+
+    monkeypatch.setattr(R.TorchRuntime, "open", fake_open)
+    monkeypatch.setattr(latency_fit, "time_models", fake_time)
+
+
+def test_unknown_runtime_and_bad_numbers_are_one_line():
+    with pytest.raises(UsageError, match="unknown runtime 'tensorrt'; choose from torch, onnxruntime, openvino"):
+        R.LatencySetting("tensorrt").checked()
+    with pytest.raises(UsageError, match="latency batch"):
+        R.LatencySetting("torch", batch=0).checked()
+    assert R.LatencySetting().checked().threads == torch.get_num_threads()
+
+
+def test_a_runtime_not_installed_names_its_extra(monkeypatch):
+    def missing(name):
+        raise deploy_timing.MissingRuntime(name)
+
+    monkeypatch.setattr(deploy_timing, "runtime_version", missing)
+    with pytest.raises(
+        UsageError, match=r"--runtime openvino needs the openvino extra: pip install 'filter-templates\[openvino\]'"
+    ):
+        R.LatencySetting("openvino").checked()
+
+
+def test_cli_refuses_unknown_runtime(capsys, tmp_path):
+    code = main(
+        ["fit", "--model", "vgg19", "--budget", "latency=1ms", "--runtime", "tvm", "--save", str(tmp_path / "x")]
+    )
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "unknown runtime 'tvm'" in err
+    assert not (tmp_path / "x").exists()
+
+
+def test_alternating_timing_orders_a_slow_and_a_fast_call():
+    x = torch.randn(64, 64)
+    slow = lambda: [x @ x for _ in range(20)]  # noqa: E731
+    fast = lambda: x @ x  # noqa: E731
+    (s_med, s_spread), (f_med, f_spread) = deploy_timing.time_alternating([slow, fast], rounds=3, block_s=0.002)
+    assert s_med > 3 * f_med > 0 and s_spread >= 0 and f_spread >= 0
+
+
+def _tiny():
+    return make_arch("vgg19", "base", 0.03, 10).build().eval()
+
+
+@pytest.mark.parametrize("runtime", R.RUNTIMES)
+def test_each_runtime_times_a_model_and_records_how(runtime):
+    if runtime != "torch":
+        pytest.importorskip(runtime)
+        pytest.importorskip("onnxscript")
+    rt = R.open_runtime(R.LatencySetting(runtime, batch=2, threads=1, **QUICK))
+    (t,) = R.time_models(rt, [rt.open(_tiny(), 32)])
+    rec = rt.record(t)
+    assert RECORD_KEYS <= set(rec) and rec["runtime"] == runtime and rec["batch"] == 2 and rec["threads"] == 1
+    assert rec["version"] and 0 < rec["median_s"] < 1 and rec["rounds"] == 3
+
+
+def test_separable_and_noise_line():
+    a, b = R.Timing(1e-3, 1e-4, 5), R.Timing(1.05e-3, 1e-4, 5)
+    assert not R.separable(a, b) and R.separable(a, R.Timing(2e-3, 1e-4, 5))
+    line = R.noise_line("x", a, b, {"load": 3.0, "cores": 2})
+    assert "less than the timing spread 0.1 ms" in line and "load 3.0 on 2 cores" in line
+
+
+def test_latency_search_lands_on_the_boundary_step(monkeypatch):
+    fake_clock(monkeypatch)
+    budget = 2e-3  # 2M parameters
+    (r,) = fit(FitRequest("vgg19", Budget("latency", budget), ["reverse"], latency_tolerance=0.0))
+    chosen, nxt = r.resources["latency"]["median_s"], r.resources["next_step"]["median_s"]
+    assert chosen <= budget < nxt
+    assert r.resources["next_step"]["width"] == pytest.approx(r.width * latency_fit.WIDTH_STEP, rel=1e-4)
+    assert math.isclose(latency_fit.width_of(latency_fit.step_of(r.width)), r.width, rel_tol=1e-6)
+
+
+def test_fit_refuses_when_the_spread_hides_the_step(monkeypatch):
+    fake_clock(monkeypatch, spread=1.0)  # a spread far wider than any step
+    with pytest.raises(UsageError, match="cannot decide the width from noise.*less than the timing spread"):
+        fit(FitRequest("vgg19", Budget("latency", 2e-3), ["base"]))
+
+
+def test_budget_below_the_smallest_model_names_its_latency(monkeypatch):
+    fake_clock(monkeypatch)
+    smallest = count_params(make_arch("vgg19", "base", 1e-6).build()) * 1e-9
+    with pytest.raises(UsageError, match=f"cannot be met.*takes {smallest * 1e3:.4g} ms"):
+        fit(FitRequest("vgg19", Budget("latency", smallest / 2), ["base"]))
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", pytest.param("openvino", marks=pytest.mark.slow)])
+def test_fit_in_a_runtime_for_real(runtime, capsys):
+    pytest.importorskip(runtime)
+    pytest.importorskip("onnxscript")
+    args = ["fit", "--model", "vgg19", "--template", "base", "--budget", "latency=50ms", "--runtime", runtime]
+    args += ["--threads", "1", "--latency-rounds", "3", "--max-width", "0.03", "--json"]
+    assert main(args) == 0
+    (d,) = json.loads(capsys.readouterr().out)["fits"]
+    assert d["capped"] and d["width"] <= 0.03  # a tiny model is far under 50 ms: the cap answers
+    assert d["latency"]["runtime"] == runtime and d["latency"]["threads"] == 1 and d["latency"]["batch"] == 1
