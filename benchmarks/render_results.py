@@ -39,7 +39,8 @@ by hand (`tests/test_docs.py` fails when it is stale).
 Timings depend on the machine and on what else ran on it: the 1-minute load average at the moment
 the file was written is shown with each, so a reading taken beside other jobs can be told apart.
 Accuracies are as many seeds as listed; with one seed, differences within a few standard errors
-of the test set are not established.
+of the test set are not established. How latency is measured in each runtime, why at batch 1 and
+what noise does to it: [latency.md](latency.md).
 """
 
 

@@ -82,9 +82,9 @@ def open_model(
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if cuda else ["CPUExecutionProvider"]
-        session = ort.InferenceSession(model, options, providers=providers)
-        feed = {session.get_inputs()[0].name: x}
-        return lambda: session.run(None, feed)
+        inference = ort.InferenceSession(model, options, providers=providers)
+        feed = {inference.get_inputs()[0].name: x}
+        return lambda: inference.run(None, feed)
     ov = _import(runtime)
     core = ov.Core()
     read = core.read_model(model)
