@@ -51,7 +51,8 @@ from filter_templates.sweep.engines import EngineOptions, run_grid
 from filter_templates.sweep.grid import Grid, SweepSpec, plan_grid
 from filter_templates.sweep.halving import Driver, Halving, Rung, check_store, run_rungs
 from filter_templates.sweep.plan import SweepResult
-from filter_templates.sweep.store import DEFAULT_FILE, Store
+from filter_templates.sweep.store import DEFAULT_FILE, Store, store_group
+from filter_templates.tracking import settings as tracking
 from filter_templates.training import profile as machine_profile
 from filter_templates.training.config import PRUNE_METHODS, PRUNING, RECIPE_FIELDS, TEMPLATE
 from filter_templates.training.loop import check_val_split
@@ -326,8 +327,17 @@ def _sweep_spec(r: ReduceRequest, budget: Budget, names: list[str], base: prune.
         baselines=list(base.names),
         prune_at=base.at,
         prune_from=base.from_width,
-        train=_with_val_split(r.dataset, {k: v for k, v in (r.train or {}).items() if v is not None}),
+        train=_with_val_split(r.dataset, _logged(r, budget)),
     )
+
+
+def _logged(r: ReduceRequest, budget: Budget) -> dict[str, Any]:
+    """The request's training settings (None values dropped), its runs logged as one group (named
+    for the output folder), with the budget among each run's hyperparameters."""
+    settings = {k: v for k, v in (r.train or {}).items() if v is not None}
+    if settings.get("log") is not None:
+        settings["log"] = tracking.prepare(settings["log"], store_group(Path(r.out) / DB_FILE), str(budget))
+    return settings
 
 
 def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceResult:

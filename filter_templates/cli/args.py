@@ -13,6 +13,7 @@ from filter_templates.data import split
 from filter_templates.method.runtimes import DEFAULT_ROUNDS, RUNTIMES, LatencySetting
 from filter_templates.models import family_names, resolve_model
 from filter_templates.models.readings import READINGS
+from filter_templates.tracking import settings as tracking
 from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE_OFF, RECIPES
 
 
@@ -91,6 +92,7 @@ def add_run_args(group: "argparse._ArgumentGroup", val_default: str = "0") -> No
     group.add_argument("--val-split", type=val_split, metavar="N|F", help=VAL_SPLIT_HELP.format(val_default))
     _add_data_source_args(group)
     _add_execution_args(group)
+    _add_log_args(group)
 
 
 def _add_data_source_args(group: "argparse._ArgumentGroup") -> None:
@@ -157,6 +159,50 @@ def _add_execution_args(group: "argparse._ArgumentGroup") -> None:
         const=PROFILE_OFF,
         help="ignore any machine profile: settings not given follow the rule",
     )
+
+
+def _add_log_args(group: "argparse._ArgumentGroup") -> None:
+    """Where the runs are watched (docs/trackers.md): they never change a run's numbers or identity."""
+    group.add_argument(
+        "--log",
+        dest="log_to",
+        action="append",
+        choices=list(tracking.TRACKERS),
+        help="also log every run to this tracker (repeatable; each an extra: pip install "
+        "'filter-templates[tensorboard]', '[mlflow]' or '[wandb]'): per epoch the loss, accuracies, "
+        "learning rate and images/s, per run its identity, resources, final metrics and model",
+    )
+    group.add_argument(
+        "--log-dir",
+        metavar="DIR",
+        help="the trackers' local folder: TensorBoard's event files (default: tensorboard/) and W&B's "
+        "run folders (default: $WANDB_DIR, else wandb's)",
+    )
+    group.add_argument(
+        "--tracking-uri",
+        metavar="URI",
+        help="MLflow's tracking store, e.g. file:mlruns or http://host:5000 (default: $MLFLOW_TRACKING_URI, "
+        "else MLflow's)",
+    )
+    group.add_argument(
+        "--project",
+        metavar="NAME",
+        help="the W&B project (default: $WANDB_PROJECT, else filter-templates) and the MLflow experiment's prefix",
+    )
+
+
+def log_setting(args: argparse.Namespace) -> dict[str, Any] | None:
+    """The ``log`` training setting the --log flags describe (None: none given), prepared
+    (:func:`tracking.prepare`: trackers installed, folder absolute)."""
+    given = {
+        "to": getattr(args, "log_to", None),
+        "dir": getattr(args, "log_dir", None),
+        "uri": getattr(args, "tracking_uri", None),
+        "project": getattr(args, "project", None),
+    }
+    if not any(v is not None for v in given.values()):
+        return None
+    return tracking.prepare(given)
 
 
 MODEL_HELP = (

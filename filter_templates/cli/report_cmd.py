@@ -6,7 +6,9 @@ import argparse
 import json
 
 from filter_templates.cli.args import positive_int
+from filter_templates.core.errors import UsageError
 from filter_templates.report import LATENCY_MODES, METRICS, make_report
+from filter_templates.report.tensorboard import TRACKERS_TO, write_tensorboard
 from filter_templates.sweep.store import DEFAULT_FILE
 
 
@@ -42,11 +44,33 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         help="CPU threads for those latency measurements (default: 1, like the quick preset's runs; "
         "the table says which)",
     )
+    p.add_argument(
+        "--to",
+        nargs=2,
+        metavar=("TRACKER", "DIR"),
+        help="instead of tables and figures, write the store's runs for a tracker: 'tensorboard DIR' writes "
+        "each run with its epochs, identity (hparams) and final metrics under DIR/<store name>/ "
+        "(tensorboard --logdir DIR shows them; needs the tensorboard extra)",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document (the files written) on stdout")
     p.set_defaults(run=run)
 
 
+def _run_to(args: argparse.Namespace) -> int:
+    tracker, out = args.to
+    if tracker not in TRACKERS_TO:
+        raise UsageError(f"--to {tracker}: choose from {', '.join(TRACKERS_TO)}")
+    written = write_tensorboard(args.db, out)
+    if args.json:
+        print(json.dumps({"tensorboard": [str(p) for p in written]}))
+    else:
+        print(f"report: {len(written)} runs written for TensorBoard under {out}; tensorboard --logdir {out}")
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
+    if args.to:
+        return _run_to(args)
     written = make_report(args.db, args.out, metric=args.metric, latency=args.latency, threads=args.threads)
     if args.json:
         print(json.dumps(written))

@@ -10,6 +10,7 @@ from filter_templates.cli.args import (
     add_as_published,
     add_reading_arg,
     add_run_args,
+    log_setting,
     nonnegative_float,
     nonnegative_int,
     positive_float,
@@ -32,7 +33,8 @@ from filter_templates.sweep.grid import (
     run_dir_name,
 )
 from filter_templates.sweep.plan import reindex
-from filter_templates.sweep.store import DEFAULT_FILE, Store, point_key
+from filter_templates.sweep.store import DEFAULT_FILE, Store, point_key, store_group
+from filter_templates.tracking import settings as tracking
 from filter_templates.training import profile as machine_profile
 from filter_templates.training.loop import check_val_split
 
@@ -324,6 +326,7 @@ def train_settings(args: argparse.Namespace) -> dict:
     """The training settings the shared flags (``add_run_args``) set, by TrainConfig field name:
     one place, so a field added to TrainConfig and its flag reaches sweep and reduce alike."""
     out = {k: getattr(args, k, None) for k in TRAIN_FIELDS}
+    out["log"] = log_setting(args)
     data_dir = out.get("data_dir")
     if data_dir:
         out["data_dir"] = os.path.abspath(data_dir)
@@ -396,6 +399,8 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(out))
             return 0
 
+    if spec.train.get("log") is not None:  # a config file's trackers too; the runs of one store are one group
+        spec.train["log"] = tracking.prepare(spec.train["log"], group=store_group(args.db))
     grid = plan_grid(spec, classes_of=known_classes if args.dry_run else None)  # a real run reads the data now
     if not args.dry_run:
         data = {(c.dataset, c.data_dir, c.limit_train, c.val_split): c for c in grid.configs}

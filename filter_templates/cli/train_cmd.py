@@ -16,6 +16,7 @@ from filter_templates.cli.args import (
     add_fix_arg,
     add_run_args,
     fraction,
+    log_setting,
     nonnegative_float,
     nonnegative_int,
     positive_float,
@@ -256,6 +257,9 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
         if getattr(args, k, None) is not None:
             train_kw[k] = getattr(args, k)
     train_kw.setdefault("dataset", "digits")
+    log = log_setting(args)
+    if log is not None:
+        train_kw["log"] = log
 
     if base is not None and base.image_size != IMAGE_SIZE:  # a `fit --image-size N --save` record
         train_kw.setdefault("image_size", base.image_size)

@@ -38,6 +38,7 @@ __all__ = [
     "MODEL",
     "SUMMARY",
     "RESOURCES",
+    "TRACKING",
     "TRAIN_FILES",
     "RUN_FILES",
     "atomic_write",
@@ -72,10 +73,11 @@ CHECKPOINT = "checkpoint.pt"
 MODEL = "model.pt"
 SUMMARY = "summary.json"
 RESOURCES = "resources.json"  # what a sweep measured on top of train's summary
+TRACKING = "tracking.json"  # the tracker runs (TensorBoard, MLflow, W&B) a run logs to, and their last epoch
 #: What ``train`` writes; a run's ``export`` never replaces one of these.
 TRAIN_FILES = (CONFIG, METRICS, CHECKPOINT, MODEL, SUMMARY)
 #: Everything a run directory may hold: what a Ray trial's checkpoint carries between hosts.
-RUN_FILES = (*TRAIN_FILES, RESOURCES)
+RUN_FILES = (*TRAIN_FILES, RESOURCES, TRACKING)
 #: What a finished checkpoint holds (``train`` writes them all).
 CHECKPOINT_KEYS = frozenset({"config", "epoch", "model", "optimizer", "scheduler", "rng", "metrics"})
 

@@ -20,6 +20,7 @@ from filter_templates.core.status import BUDGET_STATUSES, ROW_STATUSES
 from filter_templates.training.config import EXECUTION_KEYS, experiment, kind_of, method_of
 
 __all__ = [
+    "store_group",
     "StoreError",
     "STATUSES",
     "BUDGET_STATUSES",
@@ -55,6 +56,13 @@ class StoreError(UsageError):
 # --------------------------------------------------------------------------------------------
 # Keys and owners
 # --------------------------------------------------------------------------------------------
+
+
+def store_group(db: str | os.PathLike[str]) -> str:
+    """The name a store's runs share in a tracker (a TensorBoard folder, an MLflow experiment, a W&B
+    group): the store file's stem, or for a store of the default name, its folder's (reduce's --out)."""
+    path = Path(os.path.abspath(db))
+    return path.parent.name if path.name == DEFAULT_FILE and path.parent.name else path.stem
 
 
 def canonical_json(obj: Any) -> str:

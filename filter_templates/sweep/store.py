@@ -65,6 +65,7 @@ from filter_templates.sweep.records import (
     owner_id,
     point_key,
     row_dict,
+    store_group,
 )
 
 # The store's names, wherever they are defined: what the engines, the CLI and the reports import.
@@ -78,6 +79,7 @@ __all__ = [
     "canonical_json",
     "point_key",
     "budget_point_key",
+    "store_group",
     "owner_id",
     "owner_alive",
     "read_metrics",
