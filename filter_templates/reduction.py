@@ -32,7 +32,7 @@ from typing import Any, Callable, Mapping, Sequence, Union
 
 import torch.nn as nn
 
-from filter_templates.core import rundir
+from filter_templates.core import rundir, trackers
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
@@ -52,7 +52,6 @@ from filter_templates.sweep.grid import Grid, SweepSpec, plan_grid
 from filter_templates.sweep.halving import Driver, Halving, Rung, check_store, run_rungs
 from filter_templates.sweep.plan import SweepResult
 from filter_templates.sweep.store import DEFAULT_FILE, Store, store_group
-from filter_templates.tracking import settings as tracking
 from filter_templates.training import profile as machine_profile
 from filter_templates.training.config import PRUNE_METHODS, PRUNING, RECIPE_FIELDS, TEMPLATE
 from filter_templates.training.loop import check_val_split
@@ -336,7 +335,7 @@ def _logged(r: ReduceRequest, budget: Budget) -> dict[str, Any]:
     for the output folder), with the budget among each run's hyperparameters."""
     settings = {k: v for k, v in (r.train or {}).items() if v is not None}
     if settings.get("log") is not None:
-        settings["log"] = tracking.prepare(settings["log"], store_group(Path(r.out) / DB_FILE), str(budget))
+        settings["log"] = trackers.prepare(settings["log"], store_group(Path(r.out) / DB_FILE), str(budget))
     return settings
 
 

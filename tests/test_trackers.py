@@ -14,8 +14,7 @@ import torch
 from test_sweep import _poll, _spawn
 
 from filter_templates.cli import main
-from filter_templates.core import rundir
-from filter_templates.tracking import settings as tracking
+from filter_templates.core import rundir, trackers
 
 # The acceptance command on a slice of the digits: three epochs in a few seconds.
 TRAIN = [
@@ -190,7 +189,7 @@ def test_an_unreachable_mlflow_server_costs_one_warning(tmp_path, monkeypatch, c
 
 
 def test_a_tracker_not_installed_is_one_line_naming_the_extra(tmp_path, monkeypatch, capsys):
-    monkeypatch.setitem(tracking.EXTRAS, "wandb", ("filter_templates_no_such_module", "wandb"))
+    monkeypatch.setitem(trackers.EXTRAS, "wandb", ("filter_templates_no_such_module", "wandb"))
     assert main([*TRAIN, "--out", str(tmp_path / "run"), "--log", "wandb"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [

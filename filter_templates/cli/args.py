@@ -6,14 +6,13 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
-from filter_templates.core import validate
+from filter_templates.core import trackers, validate
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
 from filter_templates.data import split
 from filter_templates.method.runtimes import DEFAULT_ROUNDS, RUNTIMES, LatencySetting
 from filter_templates.models import family_names, resolve_model
 from filter_templates.models.readings import READINGS
-from filter_templates.tracking import settings as tracking
 from filter_templates.training.config import MEMORY_FORMATS, PRECISIONS, PROFILE_OFF, RECIPES
 
 
@@ -167,7 +166,7 @@ def _add_log_args(group: "argparse._ArgumentGroup") -> None:
         "--log",
         dest="log_to",
         action="append",
-        choices=list(tracking.TRACKERS),
+        choices=list(trackers.TRACKERS),
         help="also log every run to this tracker (repeatable; each an extra: pip install "
         "'filter-templates[tensorboard]', '[mlflow]' or '[wandb]'): per epoch the loss, accuracies, "
         "learning rate and images/s, per run its identity, resources, final metrics and model",
@@ -193,7 +192,7 @@ def _add_log_args(group: "argparse._ArgumentGroup") -> None:
 
 def log_setting(args: argparse.Namespace) -> dict[str, Any] | None:
     """The ``log`` training setting the --log flags describe (None: none given), prepared
-    (:func:`tracking.prepare`: trackers installed, folder absolute)."""
+    (:func:`trackers.prepare`: trackers installed, folder absolute)."""
     given = {
         "to": getattr(args, "log_to", None),
         "dir": getattr(args, "log_dir", None),
@@ -202,7 +201,7 @@ def log_setting(args: argparse.Namespace) -> dict[str, Any] | None:
     }
     if not any(v is not None for v in given.values()):
         return None
-    return tracking.prepare(given)
+    return trackers.prepare(given)
 
 
 MODEL_HELP = (

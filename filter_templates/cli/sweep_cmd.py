@@ -16,6 +16,7 @@ from filter_templates.cli.args import (
     positive_float,
     positive_int,
 )
+from filter_templates.core import trackers
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.rundir import check_writable
@@ -34,7 +35,6 @@ from filter_templates.sweep.grid import (
 )
 from filter_templates.sweep.plan import reindex
 from filter_templates.sweep.store import DEFAULT_FILE, Store, point_key, store_group
-from filter_templates.tracking import settings as tracking
 from filter_templates.training import profile as machine_profile
 from filter_templates.training.loop import check_val_split
 
@@ -400,7 +400,7 @@ def run(args: argparse.Namespace) -> int:
             return 0
 
     if spec.train.get("log") is not None:  # a config file's trackers too; the runs of one store are one group
-        spec.train["log"] = tracking.prepare(spec.train["log"], group=store_group(args.db))
+        spec.train["log"] = trackers.prepare(spec.train["log"], group=store_group(args.db))
     grid = plan_grid(spec, classes_of=known_classes if args.dry_run else None)  # a real run reads the data now
     if not args.dry_run:
         data = {(c.dataset, c.data_dir, c.limit_train, c.val_split): c for c in grid.configs}

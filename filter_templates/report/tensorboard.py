@@ -15,12 +15,12 @@ import shutil
 from pathlib import Path
 from typing import Any, Mapping
 
+from filter_templates.core import trackers
 from filter_templates.core.errors import UsageError
 from filter_templates.core.rundir import check_writable
 from filter_templates.core.status import DONE, FAILED
 from filter_templates.method.fit import Budget
 from filter_templates.sweep.store import Store, store_group
-from filter_templates.tracking import settings as tracking
 from filter_templates.tracking.adapter import RunInfo
 from filter_templates.tracking.tensorboard_log import TensorBoardRun, write_hparams
 from filter_templates.tracking.tracker import FINAL_METRICS, epoch_scalars, final_scalars, hparams
@@ -68,7 +68,7 @@ def _write_run(folder: Path, run: RunInfo, row: Mapping[str, Any]) -> None:
 def write_tensorboard(db: str | os.PathLike[str], out: str | os.PathLike[str]) -> list[Path]:
     """Write every run of store ``db`` that recorded an epoch as a TensorBoard run under
     ``out/<store name>/`` (:func:`store_group`); return their folders."""
-    tracking.require({"to": ["tensorboard"]})
+    trackers.require({"to": ["tensorboard"]})
     if not Path(db).is_file():
         raise UsageError(f"--db {db}: no results store there")
     check_writable(out, "--to tensorboard", folder=True)

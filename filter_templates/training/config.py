@@ -13,12 +13,11 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, TypedDict
 
-from filter_templates.core import validate
+from filter_templates.core import trackers, validate
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
 from filter_templates.data import split
 from filter_templates.method.arch import Arch
-from filter_templates.tracking import settings as tracking
 
 __all__ = [
     "TrainConfig",
@@ -197,7 +196,7 @@ class TrainConfig:
     # pause after this epoch of the planned ``epochs`` (None: run to the end); the schedule stays
     # the full run's, so continuing later ends exactly where a run never paused would
     stop_at: int | None = _execution()
-    # the trackers that receive the run (TensorBoard, MLflow, W&B) and where: tracking.settings' normal form
+    # the trackers that receive the run (TensorBoard, MLflow, W&B) and where: core.trackers' normal form
     log: dict | None = _execution()
     image_size: int = _result(
         IMAGE_SIZE
@@ -208,7 +207,7 @@ class TrainConfig:
             for name, value in RECIPES[self.recipe].items():
                 if getattr(self, name) is None:
                     setattr(self, name, value)
-        self.log = tracking.normal(self.log)
+        self.log = trackers.normal(self.log)
         for name in _FLOATS:
             v = getattr(self, name)  # JSON writes 1.0 as 1 sometimes
             if isinstance(v, int) and not isinstance(v, bool):

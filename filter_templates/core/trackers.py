@@ -2,7 +2,7 @@
 watched, never what the run is, so it is an execution field of ``TrainConfig`` (no part of a run's
 identity or store key). Torch-free: the run schema validates it without importing a tracker.
 
-The normal form is ``{"to": [...], "dir", "uri", "project", "group"}``; a sweep's TOML may write the
+The normal form is ``{"to": [...], "dir", "uri", "project", "group", "budget"}``; a sweep's TOML may write the
 list of trackers alone (``log = ["tensorboard"]``). Each tracker honours its own environment
 variables where a setting is left out (``MLFLOW_TRACKING_URI``, ``WANDB_MODE``, ``WANDB_PROJECT``,
 ``WANDB_DIR``, ...).
