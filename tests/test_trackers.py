@@ -132,11 +132,12 @@ def _wandb_records(path: Path) -> list:
 
 
 def test_wandb_offline_run_reads_back(tmp_path, monkeypatch, capsys):
-    pytest.importorskip("wandb")
+    wandb = pytest.importorskip("wandb")
     monkeypatch.setenv("WANDB_MODE", "offline")
     run, logs = tmp_path / "run", tmp_path / "wb"
     assert main([*TRAIN, "--out", str(run), "--log", "wandb", "--log-dir", str(logs), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["status"] == "done"  # stdout: the one JSON document
+    wandb.teardown()  # what the command's exit does: W&B's service writes out what it holds
     [path] = (logs / "wandb").glob("offline-run-*/run-*.wandb")
     records = _wandb_records(path)
     [start] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
