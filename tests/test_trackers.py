@@ -11,36 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_reduce import TINY
 from test_sweep import _poll, _spawn
 
 from filter_templates.cli import main
 from filter_templates.core import rundir, trackers
 
-# The acceptance command on a slice of the digits: three epochs in a few seconds.
+# The acceptance command on a slice of the digits (test_reduce's): three epochs in a few seconds.
 TRAIN = [
     "train",
-    "--model",
-    "vgg19",
-    "--template",
-    "uniform",
-    "--width",
-    "0.1",
-    "--dataset",
-    "digits",
-    "--epochs",
-    "3",
-    "--limit-train",
-    "128",
-    "--limit-test",
-    "64",
+    *"--model vgg19 --template uniform --width 0.1 --epochs 3".split(),
+    *TINY,
     "--val-split",
     "32",
-    "--batch-size",
-    "32",
-    "--device",
-    "cpu",
-    "--threads",
-    "1",
     "--quiet",
 ]
 EPOCH_TAGS = ("train_loss", "val_acc", "test_acc", "lr", "images_per_s")
@@ -235,25 +218,8 @@ def test_log_settings_are_no_part_of_a_run_identity(tmp_path):
 def test_killed_reduce_continues_each_tracker_run_without_repeating_an_epoch(tmp_path):
     pytest.importorskip("tensorboard")
     out, logs, epochs = tmp_path / "R", tmp_path / "tb", 3
-    argv = [
-        "reduce",
-        "--model",
-        "mobilenet",
-        "--budget",
-        "params=20K",
-        "--out",
-        str(out),
-        *TRAIN[TRAIN.index("--dataset") : TRAIN.index("--quiet")],
-        "--templates",
-        "uniform",
-        "--no-export",
-        "--jobs",
-        "1",
-        "--log",
-        "tensorboard",
-        "--log-dir",
-        str(logs),
-    ]
+    argv = ["reduce", *"--model mobilenet --budget params=20K --templates uniform --no-export --jobs 1".split()]
+    argv += ["--out", str(out), *TINY, "--epochs", str(epochs), "--log", "tensorboard", "--log-dir", str(logs)]
     db = out / "results.sqlite"
     proc = _spawn(argv, tmp_path / "killed.log")
     deadline = time.time() + 300
@@ -291,3 +257,19 @@ def test_report_to_an_unknown_tracker_is_one_line(tmp_path, capsys):
     assert main(["report", "--db", str(tmp_path / "r.sqlite"), "--to", "comet", str(tmp_path / "tb")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err == ["filter-templates: error: --to comet: choose from tensorboard"]
+
+
+def test_a_sweep_config_names_the_trackers_and_flags_say_where(tmp_path, capsys):
+    pytest.importorskip("tensorboard")
+    config = tmp_path / "grid.toml"
+    config.write_text(
+        'models = ["vgg19"]\ntemplates = ["uniform"]\nwidths = [0.1]\ndatasets = ["digits"]\n'
+        'epochs = 1\nlimit_train = 64\nlimit_test = 32\nbatch_size = 32\nthreads = 1\nlog = ["tensorboard"]\n'
+    )
+    db, logs = tmp_path / "study.sqlite", tmp_path / "tb"
+    argv = ["sweep", "--config", str(config), "--db", str(db), "--runs-dir", str(tmp_path / "runs")]
+    assert main([*argv, "--log-dir", str(logs), "--device", "cpu"]) == 0
+    [run] = (tmp_path / "runs").iterdir()
+    assert [p.name for p in (logs / "study").iterdir()] == [run.name]  # the store's group, the run's name
+    assert [e.step for e in _events(logs / "study" / run.name).Scalars("test_acc")] == [1]
+    assert json.loads((run / rundir.CONFIG).read_text())["log"]["to"] == ["tensorboard"]

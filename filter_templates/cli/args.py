@@ -190,15 +190,13 @@ def _add_log_args(group: "argparse._ArgumentGroup") -> None:
     )
 
 
-def log_setting(args: argparse.Namespace) -> dict[str, Any] | None:
-    """The ``log`` training setting the --log flags describe (None: none given), prepared
-    (:func:`trackers.prepare`: trackers installed, folder absolute)."""
-    given = {
-        "to": getattr(args, "log_to", None),
-        "dir": getattr(args, "log_dir", None),
-        "uri": getattr(args, "tracking_uri", None),
-        "project": getattr(args, "project", None),
-    }
+def log_setting(args: argparse.Namespace, base: Any = None) -> dict[str, Any] | None:
+    """The ``log`` training setting: ``base`` (a config file's, any form :func:`trackers.normal`
+    reads) with the --log flags given over it, each replacing its key (None: neither names a
+    tracker setting), prepared (:func:`trackers.prepare`: trackers installed, folder absolute)."""
+    before = trackers.normal(base) or {}
+    flags = {"to": "log_to", "dir": "log_dir", "uri": "tracking_uri", "project": "project"}
+    given = {**before, **{k: getattr(args, a) for k, a in flags.items() if getattr(args, a, None) is not None}}
     if not any(v is not None for v in given.values()):
         return None
     return trackers.prepare(given)

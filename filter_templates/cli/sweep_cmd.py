@@ -326,7 +326,6 @@ def train_settings(args: argparse.Namespace) -> dict:
     """The training settings the shared flags (``add_run_args``) set, by TrainConfig field name:
     one place, so a field added to TrainConfig and its flag reaches sweep and reduce alike."""
     out = {k: getattr(args, k, None) for k in TRAIN_FIELDS}
-    out["log"] = log_setting(args)
     data_dir = out.get("data_dir")
     if data_dir:
         out["data_dir"] = os.path.abspath(data_dir)
@@ -399,8 +398,8 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(out))
             return 0
 
-    if spec.train.get("log") is not None:  # a config file's trackers too; the runs of one store are one group
-        spec.train["log"] = trackers.prepare(spec.train["log"], group=store_group(args.db))
+    # the trackers of the flags over a config file's; the runs of one store are one group
+    spec.train["log"] = trackers.prepare(log_setting(args, spec.train.get("log")), group=store_group(args.db))
     grid = plan_grid(spec, classes_of=known_classes if args.dry_run else None)  # a real run reads the data now
     if not args.dry_run:
         data = {(c.dataset, c.data_dir, c.limit_train, c.val_split): c for c in grid.configs}

@@ -257,10 +257,7 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
         if getattr(args, k, None) is not None:
             train_kw[k] = getattr(args, k)
     train_kw.setdefault("dataset", "digits")
-    log = log_setting(args)
-    if log is not None:
-        train_kw["log"] = log
-
+    train_kw["log"] = log_setting(args, train_kw.get("log"))  # the flags over a --config file's
     if base is not None and base.image_size != IMAGE_SIZE:  # a `fit --image-size N --save` record
         train_kw.setdefault("image_size", base.image_size)
     # the model follows the data: its class count and image size (a folder is read here, once)
