@@ -46,7 +46,7 @@ from filter_templates.models import resolve_model
 from filter_templates.pruning import adapter as prune
 from filter_templates.report import make_report
 from filter_templates.report.budgets import BudgetCell, collect_budgets
-from filter_templates.report.settings import views_of
+from filter_templates.report.settings import setting, views_of
 from filter_templates.sweep.engines import EngineOptions, run_grid
 from filter_templates.sweep.grid import Grid, SweepSpec, plan_grid
 from filter_templates.sweep.halving import Driver, Halving, Rung, check_store, run_rungs
@@ -398,17 +398,25 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
         val_split=first.val_split,
         val_images=val_images,
         test_views=_test_views(cells),
-        recipe={"name": first.recipe, **{k: getattr(first, k) for k in RECIPE_FIELDS}},
+        recipe=_recipe(first),
     )
     if r.halving is not None:
         result.halving = {"rate": r.halving.rate, "rungs": [g.to_dict() for g in rungs], **_epochs_trained(rows)}
     if r.report:
-        written = make_report(db, out / REPORT_DIR, latency="none", progress=progress)
+        written = make_report(db, out / REPORT_DIR, progress=progress)
         result.report = str(Path(written["index"]).resolve())
     if r.export and result.winner is not None and result.winner.run_dir:
         result.exported = _export(result.winner.run_dir)
     result.wall_s = time.perf_counter() - t0
     return result
+
+
+def _recipe(config: Any) -> dict[str, Any]:
+    """The recipe the candidates trained with, read as the report reads it (``report.settings``:
+    ``tta`` off where the dataset's mirror images are not of their class, as training turns it
+    off), so ``--json`` and the report never disagree on a setting."""
+    s = setting(config.to_dict())
+    return {"name": s.get("recipe"), **{k: s.get(k) for k in RECIPE_FIELDS}}
 
 
 def _params(rows: list[dict[str, Any]]) -> dict[str, float | None]:

@@ -89,7 +89,8 @@ def test_budget_to_dict_and_str():
     assert Budget("params", 1e6).to_dict() == {"key": "params", "value": 1000000}
     assert isinstance(Budget("params", 1e6).to_dict()["value"], int)
     assert Budget("latency", 0.02).to_dict() == {"key": "latency", "value": 0.02}
-    assert str(parse_budget("params=1M")) == "params=1,000,000"
+    assert str(parse_budget("params=1M")) == "params=1M"
+    assert str(parse_budget("memory=512MiB")) == "memory=512 MiB" and str(parse_budget("flops=20M")) == "flops=20M"
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,9 +213,23 @@ def test_fit_table_output(capsys):
     )
     assert code == 0 and err == ""
     lines = out.splitlines()
-    assert "params <= 1,000,000" in lines[0]
-    assert lines[1].split()[:4] == ["template", "width", "params", "GFLOPs"]
+    assert "params <= 1M" in lines[0]
+    assert lines[1].split()[:4] == ["template", "width", "params", "MFLOPs"]  # the smallest model's prefix
     assert lines[2].startswith("base") and lines[3].startswith("uniform") and "%" in lines[2]
+
+
+def test_fit_prints_flops_and_memory_in_the_budgets_units(capsys):
+    """flops=20M: MFLOPs near 20, not 0.020 GFLOPs; memory=512MiB: the budget in MiB over MiB columns."""
+    code, out, _ = run(capsys, "fit", "--model", "vgg19", "--budget", "flops=20M", "--template", "base")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].endswith("budget flops <= 20M")
+    head, row = lines[1].split(), lines[2].split()
+    assert head[3] == "MFLOPs" and 19.0 < float(row[3]) <= 20.0
+    code, out, _ = run(capsys, "fit", "--model", "vgg19", "--budget", "memory=512MiB", "--template", "base")
+    lines = out.splitlines()
+    assert code == 0 and lines[0].endswith("budget memory <= 512 MiB")
+    head, row = lines[1].split(), lines[2].split()
+    assert head[4:6] == ["train", "MiB"] and 490 < float(row[4]) <= 512  # the column in the budget's unit
 
 
 def test_fit_save_writes_train_configs(capsys, tmp_path):

@@ -77,7 +77,20 @@ def test_reduce_end_to_end(tmp_path, capsys):
     assert Path(win["run_dir"]).parent == (out / "runs").resolve()
     # the report: budgets in rows, templates in columns, and the accuracy-versus-budget figure
     table = (out / "report" / "tables" / "accuracy_by_budget_digits.md").read_text()
-    assert "| mobilenet | params ≤ 20,000 |" in table and table.count("**") == 2
+    assert (
+        "| mobilenet | params ≤ 20K | validation (ranks) |" in table and "| mobilenet | params ≤ 20K | test |" in table
+    )
+    # the winner is the one validation ranked first, emphasised on both rows: validation and test beside it
+    rows = [[c.strip() for c in ln.strip("|").split("|")] for ln in table.splitlines() if ln.startswith("| mob")]
+    head = [c.strip() for c in table.splitlines()[2].strip("|").split("|")]
+    col = head.index(win["template"])
+    assert [r[-1] for r in rows] == [win["template"]] * 2 and table.count("**") == 4
+    assert [r[col] for r in rows] == [
+        f"**{100 * win['val_acc']:.2f} ± " + rows[0][col].split(" ± ")[1],
+        f"**{100 * win['final_acc']:.2f} ± " + rows[1][col].split(" ± ")[1],
+    ]
+    # --json and the report agree on every setting: digits has no mirror images, so tta is off in both
+    assert doc["recipe"]["tta"] is False and "tta=off" in table
     assert (out / "report" / "figures" / "accuracy_vs_params_budget_digits.png").stat().st_size > 10_000
     # again: everything is done, nothing trains, the same answer
     assert main(reduce_args(out, "--epochs", "1")) == 0

@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import csv
+import html
 import json
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import matplotlib.image as mpimg
@@ -89,7 +92,7 @@ def partial_store(tmp_path_factory) -> Path:
 def report(partial_store, tmp_path_factory) -> tuple[Path, dict]:
     """One report of the partial store, shared by the tests that read it (rendering takes seconds)."""
     out = tmp_path_factory.mktemp("report") / "rep"
-    return out, make_report(partial_store, out, latency="batch1", threads=1)
+    return out, make_report(partial_store, out)
 
 
 def _params(arch) -> int:
@@ -128,20 +131,34 @@ def test_tables_show_partial_grids_and_mark_the_best(report):
     assert written["counts"] == {"pending": 1, "running": 0, "done": 13, "failed": 1}
 
 
-def test_resource_table_uses_runs_at_width_1_and_computes_the_rest(report):
+def test_resource_table_lists_the_trained_models_in_human_units(report):
     out, _ = report
     with open(out / "tables" / "resources_cifar10.csv") as f:
-        rows = {(r["family"], r["template"]): r for r in csv.DictReader(f)}
-    vgg = rows[("vgg19", "base")]
-    assert vgg["source"] == "run" and int(vgg["params"]) == 20_040_522
-    assert float(vgg["latency_batch_s"]) > 0
-    mob = rows[("mobilenet", "base")]  # width 1 never trained: computed from the architecture
-    assert mob["source"] == "computed" and int(mob["params"]) == 3_217_226
-    assert int(mob["train_memory_bytes"]) > int(mob["params"]) * 4 * 3  # weights, grads, momentum at least
-    assert float(mob["latency_batch1_s"]) > 0 and mob["latency_batch_s"] == ""  # batch1 mode: batch 1 only
-    assert rows[("mobilenet", "reverse")]["source"] == "computed"  # only pending, but part of the grid
-    md = (out / "tables" / "resources_cifar10.md").read_text()
-    assert "†" in md and "measured by the report on this machine" in md
+        rows = {(r["family"], r["template"], r["width"]): r for r in csv.DictReader(f)}
+    assert int(rows[("vgg19", "base", "1.0")]["params"]) == 20_040_522
+    assert float(rows[("vgg19", "base", "0.5")]["latency_batch_s"]) > 0
+    assert ("mobilenet", "base", "0.5") in rows
+    assert not any(k[0] == "mobilenet" and k[2] == "1.0" for k in rows)  # width 1 never trained: not listed
+    assert ("mobilenet", "reverse", "0.5") not in rows  # only pending
+    assert ("vgg19", "quadratic", "0.5") not in rows  # failed
+    md = md_rows((out / "tables" / "resources_cifar10.md").read_text())
+    header, body = md[0], md[1:]
+    assert header[:3] == ["family", "template", "width"] and "params" in header
+    assert "latency batch 64 (ms)" in header and "latency batch 1 (ms)" in header  # both measured: both shown
+    for r in body:  # every latency cell filled, in human units
+        assert r[header.index("latency batch 64 (ms)")] != "—" and r[header.index("latency batch 1 (ms)")] != "—"
+    base = next(r for r in body if r[:3] == ["vgg19", "base", "1"])
+    assert base[header.index("params")] == "20M"
+    assert "cpu, 2 threads, load not recorded" in base[-1]
+
+
+def test_a_column_nothing_measured_is_left_out():
+    from filter_templates.report.tables import ResourceRow, resource_table
+
+    rows = [ResourceRow("vgg19", "base", 0.5, 10, params=52_300, flops=3_790_000, train_memory_bytes=2**24)]
+    t = resource_table(rows, "digits")
+    assert t.header == ["family", "template", "width", "params", "MFLOPs / image", "train memory (MiB, batch 64)"]
+    assert t.rows[0][3:] == ["52.3K", "3.79", "16.0"]
 
 
 def test_figures_are_written_as_png_and_svg_and_index_links_everything(report):
@@ -160,7 +177,8 @@ def test_figures_are_written_as_png_and_svg_and_index_links_everything(report):
         svg = (out / "figures" / f"{stem}.svg").read_text()
         assert svg.lstrip().startswith("<?xml") and "</svg>" in svg
     svg = (out / "figures" / "accuracy_vs_params_cifar10.svg").read_text()
-    assert "parameters (millions" in svg and "base model at width 1" in svg
+    assert "parameters (millions" not in svg and "base, widest trained: vgg19 1, mobilenet 0.5" in svg
+    assert "one curve per template across widths 0.5, 1" in svg  # several widths: curves
     index = (out / "index.md").read_text()
     links = re.findall(r"\]\(([^)]+)\)", index)
     assert len(links) >= 20
@@ -176,9 +194,9 @@ def test_seeds_are_averaged(tmp_path):
     arch = make_arch("vgg19", "base", 0.5, 10)
     db = tmp_path / "r.sqlite"
     fill(db, [(config("vgg19", "base", 0.5, seed=s), summary(acc, 1000, 0.5)) for s, acc in ((0, 0.80), (1, 0.90))])
-    make_report(db, tmp_path / "rep", latency="none")
+    make_report(db, tmp_path / "rep")
     rows = md_rows((tmp_path / "rep" / "tables" / "accuracy_cifar10.md").read_text())
-    assert rows[1][2] == "85.00 ± 7.07"
+    assert rows[1][2] == "85.00 ± 63.53"  # t(0.975, 1) x 7.07 / sqrt(2): two seeds say little
     del arch
 
 
@@ -191,8 +209,6 @@ def test_report_cli(partial_store, tmp_path, capsys):
                 str(partial_store),
                 "--out",
                 str(tmp_path / "r"),
-                "--latency",
-                "none",
                 "--metric",
                 "best",
                 "--json",
@@ -259,10 +275,12 @@ def test_report_of_a_real_sweep(tmp_path, capsys):
         )
         == 0
     )
-    assert main(["report", "--db", str(db), "--out", str(out), "--latency", "none"]) == 0
+    assert main(["report", "--db", str(db), "--out", str(out)]) == 0
     rows = md_rows((out / "tables" / "accuracy_synthetic.md").read_text())
     assert [r[:2] for r in rows[1:]] == [["mobilenet", "0.1"], ["mobilenet", "0.05"]]
-    assert all(re.fullmatch(r"\*{0,2}\d+\.\d\d\*{0,2}", c) for r in rows[1:] for c in r[2:4])
+    # one seed on 32 test images: the accuracy with its Wilson interval
+    assert all(re.fullmatch(r"\*{0,2}\d+\.\d\d ± \d+\.\d\d\*{0,2}", c) for r in rows[1:] for c in r[2:4])
+    assert (out / "index.html").is_file()
     for axis in ("params", "memory", "latency"):
         assert (out / "figures" / f"accuracy_vs_{axis}_synthetic.png").exists()
 
@@ -270,12 +288,10 @@ def test_report_of_a_real_sweep(tmp_path, capsys):
 def test_bad_options():
     with pytest.raises(UsageError, match="metric"):
         make_report("x", "y", metric="median")
-    with pytest.raises(UsageError, match="latency"):
-        make_report("x", "y", latency="sometimes")
 
 
 def test_budget_report_puts_budgets_in_rows_and_templates_in_columns(tmp_path):
-    """Two seeds per point (mean ± std), two budgets, an unreachable one and a pending run."""
+    """Two seeds per point (mean ± the 95% interval over them), two budgets, an unreachable one and a pending run."""
     from filter_templates.sweep.grid import SweepSpec, plan_grid
 
     spec = SweepSpec(
@@ -302,12 +318,13 @@ def test_budget_report_puts_budgets_in_rows_and_templates_in_columns(tmp_path):
             acc = accs[p.method] + (0.02 if p.seed else 0.0) + (0.1 if p.budget.value == 200_000 else 0.0)
             s.finish(c["key"], c["claim_token"], summary(acc, p.fit["params"], p.config.arch.width))
     out = tmp_path / "rep"
-    written = make_report(db, out, latency="none")
+    written = make_report(db, out)
     rows = md_rows((out / "tables" / "accuracy_by_budget_cifar10.md").read_text())
     assert rows[0] == ["family", "budget", "base", "uniform", "quadratic", "best"]
-    assert [r[1] for r in rows[1:]] == ["params ≤ 200,000", "params ≤ 50,000", "params ≤ 100"]  # largest first
-    assert rows[1][2:] == ["71.00 ± 1.41", "**81.00 ± 1.41**", "75.00", "uniform"]  # one quadratic seed pending
-    assert rows[2][2:] == ["61.00 ± 1.41", "**71.00 ± 1.41**", "66.00 ± 1.41", "uniform"]
+    assert [r[1] for r in rows[1:]] == ["params ≤ 200K", "params ≤ 50K", "params ≤ 100"]  # largest first
+    # std 1.41 over two seeds: t(0.975, 1) = 12.706 times 1.41 / sqrt(2)
+    assert rows[1][2:] == ["71.00 ± 12.71", "**81.00 ± 12.71**", "75.00", "uniform"]  # one quadratic seed pending
+    assert rows[2][2:] == ["61.00 ± 12.71", "**71.00 ± 12.71**", "66.00 ± 12.71", "uniform"]
     assert rows[3][2:] == ["unreachable"] * 3 + ["—"]
     fits = (out / "tables" / "fits_by_budget_cifar10.md").read_text()
     assert "below the smallest reachable mobilenet model" in fits
@@ -452,7 +469,59 @@ def test_one_grid_point_swept_with_two_recipes_is_two_rows(tmp_path):
     ]
     assert main([*point, "--recipe", "fast"]) == 0
     assert main([*point, "--recipe", "paper"]) == 0
-    assert main(["report", "--db", db, "--out", str(out), "--latency", "none"]) == 0
+    assert main(["report", "--db", db, "--out", str(out)]) == 0
     table = csv_rows(out / "tables" / "accuracy_digits.csv")
     assert [(r["family"], r["recipe"]) for r in table] == [("mobilenet", "paper"), ("mobilenet", "fast")]
     assert all(r["base"] for r in table)
+
+
+def test_latency_is_labelled_with_the_load_it_was_measured_under():
+    from filter_templates.report.tables import measured_on
+
+    def run(load):
+        return {"resources": {"device": "cpu", "device_name": "AMD EPYC", "threads": 1, "load": load}}
+
+    idle = {"load_before": 0.1, "others_during": 0.0, "cores": 2, "busy": False}
+    busy = {"load_before": 1.9, "others_during": 1.2, "cores": 2, "busy": True}
+    assert measured_on([run(idle)]) == "AMD EPYC, 1 thread, idle"
+    assert measured_on([run(idle), run(busy)]).startswith("AMD EPYC, 1 thread, busy (load average 1.9 before")
+    assert measured_on([run(None)]) == "AMD EPYC, 1 thread, load not recorded"
+
+
+def _chromium() -> str | None:
+    return next((p for p in map(shutil.which, ("chromium", "chromium-browser", "google-chrome")) if p), None)
+
+
+def test_index_html_is_the_same_page_as_index_md(report):
+    out, written = report
+    md, page = (out / "index.md").read_text(), (out / "index.html").read_text()
+    assert written["html"] == str(out / "index.html") and page.startswith("<!DOCTYPE html>")
+    for title in re.findall(r"^### (.+)$", md, flags=re.M):  # every table, by its title
+        assert f"<h3>{html.escape(title)}</h3>" in page
+    assert re.findall(r"\(figures/([^)]+\.png)\)", md) == re.findall(r'src="figures/([^"]+\.png)"', page)
+    for row in md_rows((out / "tables" / "resources_cifar10.md").read_text())[1:]:  # and every number
+        assert all(f">{html.escape(cell)}<" in page for cell in row)
+    assert "Models: 32 x 32 px input images; every layer has at least 1 filters" in page
+
+
+@pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install chromium)")
+def test_index_html_renders_in_headless_chromium(report, tmp_path):
+    out, _ = report
+    shot = tmp_path / "index.png"
+    subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1280,1600",
+            f"--screenshot={shot}",
+            (out / "index.html").as_uri(),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    img = mpimg.imread(shot)
+    assert img.shape[:2] == (1600, 1280) and img[..., :3].std() > 0.1  # a page with tables and figures, not blank

@@ -90,7 +90,7 @@ CASES = {
         ],
         "file.txt",
     ),
-    "report --out FILE": (["report", "--db", "{t}/r.sqlite", "--out", "{t}/file.txt", "--latency", "none"], "file.txt"),
+    "report --out FILE": (["report", "--db", "{t}/r.sqlite", "--out", "{t}/file.txt"], "file.txt"),
     "export --run FILE": (["export", "--run", "{t}/file.txt", "--format", "torchscript"], "file.txt"),
     "reduce --out FILE": (["reduce", *TINY_REDUCE, "--dataset", "synthetic", "--out", "{t}/file.txt"], "file.txt"),
     "reduce --data-dir FILE": (
@@ -108,7 +108,7 @@ CASES = {
     "train --out /proc": (["train", *TINY_TRAIN, "--out", "/proc/ft-x"], "/proc"),
     "sweep --db /proc": (["sweep", *TINY_SWEEP, "--db", "/proc/ft-x.sqlite", "--runs-dir", "{t}/runs"], "/proc"),
     "sweep --runs-dir /proc": (["sweep", *TINY_SWEEP, "--db", "{t}/new.sqlite", "--runs-dir", "/proc/ft-x"], "/proc"),
-    "report --out /proc": (["report", "--db", "{t}/r.sqlite", "--out", "/proc/ft-x", "--latency", "none"], "/proc"),
+    "report --out /proc": (["report", "--db", "{t}/r.sqlite", "--out", "/proc/ft-x"], "/proc"),
     "export --out /proc": (
         ["export", "--run", "{t}/run", "--format", "torchscript", "--out", "/proc/ft-m.pt"],
         "/proc",

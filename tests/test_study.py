@@ -413,7 +413,7 @@ def test_report_keeps_the_readings_apart(tmp_path, capsys):
     assert main(common) == 0 and main(common + ["--as-published"]) == 0
     capsys.readouterr()
     out = tmp_path / "report"
-    make_report(db, out, latency="none")  # no width-1 ResNet-50 timed: this is about the rows
+    make_report(db, out)
     text = (out / "index.md").read_text()
     assert "resnet50 (as published)" in text
     figs = sorted(p.name for p in (out / "figures").glob("filters_*.png"))

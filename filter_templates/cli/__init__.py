@@ -62,9 +62,21 @@ def _command(argv: Sequence[str]) -> list[str]:
     return [first] if first in COMMANDS else []
 
 
+def interrupted_line(command: str | None) -> str:
+    """What Ctrl-C prints: how the command continues where it stopped, where it can (its module's
+    ``ON_INTERRUPT``)."""
+    if command in COMMANDS:
+        hint = getattr(importlib.import_module(f"{__name__}.{command}_cmd"), "ON_INTERRUPT", None)
+        if hint:
+            return f"interrupted; {hint}"
+    return "interrupted"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    command = None
     try:
         argv = sys.argv[1:] if argv is None else list(argv)
+        command = next(iter(_command(argv)), None)
         parser = build_parser(_command(argv))
         args = parser.parse_args(argv)
         if not getattr(args, "command", None):
@@ -76,7 +88,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         error(str(exc))
         return 2
     except KeyboardInterrupt:
-        error("interrupted")
+        error(interrupted_line(command))
         return 130
     except BrokenPipeError:
         return 1

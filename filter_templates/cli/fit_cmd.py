@@ -15,6 +15,7 @@ from filter_templates.cli.args import (
     model_from_args,
     positive_float,
 )
+from filter_templates.core import units
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.messages import warn
 from filter_templates.core.rundir import atomic_write_json, check_writable, portable, writing
@@ -150,14 +151,19 @@ def _print_fits(
     w = max(8, *(len(r.template) for r in results))
     measured = any("train_memory_bytes" in d for d in fits)
     timed = any("latency_s" in d for d in fits)
-    head = f"{'template':<{w}}  {'width':>9}  {'params':>12}  {'GFLOPs':>8}"
+    # FLOPs in the budget's own prefix (flops=20M: MFLOPs), else in that of the smallest model
+    prefix, scale = (
+        units.prefix_of(budget.value) if budget.key == "flops" else units.prefix_for(d["flops"] for d in fits)
+    )
+    flops_head = f"{prefix}FLOPs"
+    head = f"{'template':<{w}}  {'width':>9}  {'params':>12}  {flops_head:>8}"
     if measured:
         head += f"  {'train MiB':>9}"
     if timed:
         head += f"  {f'ms@{args.batch_size}':>8}  {'ms@1':>7}"
     print(head + f"  {'budget':>7}  filters")
     for r, d in zip(results, fits):
-        line = f"{r.template:<{w}}  {r.width:>9.6g}  {d['params']:>12,}  {d['flops'] / 1e9:>8.3f}"
+        line = f"{r.template:<{w}}  {r.width:>9.6g}  {d['params']:>12,}  {d['flops'] / scale:>8.2f}"
         if measured:
             line += f"  {mib(d['train_memory_bytes']):>9.1f}" if "train_memory_bytes" in d else f"  {'':>9}"
         if timed:

@@ -16,6 +16,7 @@ from filter_templates.cli.args import (
 )
 from filter_templates.cli.fit_cmd import BUDGET_HELP
 from filter_templates.cli.sweep_cmd import (
+    ON_INTERRUPT,  # noqa: F401  (cli.interrupted_line reads it: reduce's runs resume like a sweep's)
     add_baseline_args,
     add_engine_args,
     check_engine_args,

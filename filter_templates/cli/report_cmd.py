@@ -5,9 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
-from filter_templates.cli.args import positive_int
 from filter_templates.core.errors import UsageError
-from filter_templates.report import LATENCY_MODES, METRICS, make_report
+from filter_templates.report import METRICS, make_report
 from filter_templates.report.tensorboard import TRACKERS_TO, write_tensorboard
 from filter_templates.sweep.store import DEFAULT_FILE
 
@@ -28,21 +27,6 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         default="final",
         help="which test accuracy to report: after the last epoch (default), or the best test "
         "accuracy seen over the epochs (optimistic: the epoch is picked on the test set)",
-    )
-    p.add_argument(
-        "--latency",
-        choices=LATENCY_MODES,
-        default="batch1",
-        help="when width 1 was not trained, the resource table measures latency here: at batch 1 "
-        "(default), also at the run batch size (full; slow for big models on CPU), or not at all",
-    )
-    p.add_argument(
-        "--threads",
-        type=positive_int,
-        default=1,
-        metavar="N",
-        help="CPU threads for those latency measurements (default: 1, like the quick preset's runs; "
-        "the table says which)",
     )
     p.add_argument(
         "--to",
@@ -71,10 +55,10 @@ def _run_to(args: argparse.Namespace) -> int:
 def run(args: argparse.Namespace) -> int:
     if args.to:
         return _run_to(args)
-    written = make_report(args.db, args.out, metric=args.metric, latency=args.latency, threads=args.threads)
+    written = make_report(args.db, args.out, metric=args.metric)
     if args.json:
         print(json.dumps(written))
     else:
         n = len(written["tables"]) + len(written["figures"])
-        print(f"report: {n} files in {args.out}; open {written['index']}")
+        print(f"report: {n} files in {args.out}; open {written['index']} or {written['html']}")
     return 0

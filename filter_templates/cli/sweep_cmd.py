@@ -19,7 +19,9 @@ from filter_templates.cli.args import (
 from filter_templates.core import trackers
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
+from filter_templates.core.messages import warn
 from filter_templates.core.rundir import check_writable
+from filter_templates.method.arch import floor_warning
 from filter_templates.method.templates import BUILTIN_TEMPLATES
 from filter_templates.models import resolve_model
 from filter_templates.sweep.engines import ENGINES, EngineOptions, SlurmOptions, run_grid
@@ -48,6 +50,9 @@ is recorded as skipped with the reason, and the sweep goes on. Re-running skips 
 resumes partial ones from their checkpoints and retries failed ones only with --retry-failed.
 Several sweeps may share one --db: no point runs twice. Exit status 1 when a run of this sweep
 failed (it is recorded with its reason and the sweep goes on), 0 otherwise."""
+
+#: What Ctrl-C prints after 'interrupted;' (cli.interrupted_line).
+ON_INTERRUPT = "finished runs are kept: the same command again continues, each partial run from its checkpoint (as --resume does, bit-identically on a CPU)"
 
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
@@ -401,6 +406,8 @@ def run(args: argparse.Namespace) -> int:
     # the trackers of the flags over a config file's; the runs of one store are one group
     spec.train["log"] = trackers.prepare(log_setting(args, spec.train.get("log")), group=store_group(args.db))
     grid = plan_grid(spec, classes_of=known_classes if args.dry_run else None)  # a real run reads the data now
+    for line in dict.fromkeys(filter(None, (floor_warning(c.arch) for c in grid.configs))):  # once per model
+        warn(line)
     if not args.dry_run:
         data = {(c.dataset, c.data_dir, c.limit_train, c.val_split): c for c in grid.configs}
         for c in data.values():  # a split the data cannot give is refused before anything trains

@@ -25,11 +25,11 @@ from filter_templates.cli.args import (
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
-from filter_templates.core.messages import error, note
+from filter_templates.core.messages import error, note, warn
 from filter_templates.core.rundir import SUMMARY, run_name
 from filter_templates.core.status import DONE, PAUSED
 from filter_templates.data import data_digest_for, data_shape
-from filter_templates.method.arch import Arch, make_arch
+from filter_templates.method.arch import Arch, floor_warning, make_arch
 from filter_templates.models import family_names, resolve_model
 from filter_templates.run import run_config
 from filter_templates.training import distributed
@@ -43,6 +43,9 @@ from filter_templates.training.loop import open_checkpoint, with_world
 # its field's name.
 _TRAIN_KEYS = tuple(k for k in FIELDS if k != "arch")
 _DEFAULTS: dict[str, Any] = {"template": "base", "width": 1.0, "divisor": 1, "floor": 1}
+
+#: What Ctrl-C prints after 'interrupted;' (cli.interrupted_line).
+ON_INTERRUPT = "the checkpoint keeps every finished epoch: the same command with --resume continues it, to bit-identical weights on a CPU"
 
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
@@ -342,6 +345,9 @@ def run(args: argparse.Namespace) -> int:
         distributed.check_sync_bn(config.sync_bn, resolve_device(config.device), nproc)
         return distributed.launch(nproc, args.argv)
     quiet = args.quiet or args.json or not world.main
+    floored = floor_warning(config.arch)
+    if floored and world.main:
+        warn(floored)
 
     def on_epoch(row: dict) -> None:
         if not quiet:

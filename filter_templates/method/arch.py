@@ -18,7 +18,7 @@ from filter_templates.core.scaling import scale_count
 from filter_templates.method import published, templates
 from filter_templates.models import MAX_WIDTH, get_family, resolve_model
 
-__all__ = ["Arch", "make_arch", "STUDY_MIN_IMAGE_SIZE"]
+__all__ = ["Arch", "make_arch", "STUDY_MIN_IMAGE_SIZE", "floored_layers", "floor_warning"]
 
 STUDY_MIN_IMAGE_SIZE = 32  # VGG-19 pools five times: the built-in families need at least 32 px
 
@@ -216,4 +216,33 @@ def make_arch(
         plan=getattr(fam, "fingerprint", ""),
         layer_modules=getattr(fam, "layer_modules", ()),
         image_size=image_size,
+    )
+
+
+def floored_layers(arch: Arch) -> int:
+    """How many template layers of ``arch`` the floor holds up: their count at width 1 times the
+    width is below the floor (lifted to the divisor), so the floor, not the template, sets them."""
+    if arch.width >= 1.0:
+        return 0
+    try:  # the same template and reading at width 1, no floor: each layer's unrounded count
+        one = make_arch(
+            arch.family, arch.template, 1.0, arch.classes, as_published=arch.as_published, image_size=arch.image_size
+        )
+    except UsageError:  # a custom template this process cannot load: nothing to say
+        return 0
+    lowest = -(-arch.floor // arch.divisor) * arch.divisor
+    return sum(1 for f in one.filters if f * arch.width < lowest)
+
+
+def floor_warning(arch: Arch) -> str | None:
+    """A line for the user when the floor holds more than half of the template layers: the model is
+    the floor's shape, not the template's, and at a floor of one or two filters it may not learn."""
+    n = floored_layers(arch)
+    if 2 * n <= len(arch.filters):
+        return None
+    return (
+        f"{arch.family} {arch.template} at width {arch.width:g}: {n} of {len(arch.filters)} template layers "
+        f"are held at the floor of {arch.floor} filter{'s' * (arch.floor != 1)} (width x count is below it), so "
+        "the floor, not the template, shapes the model and it may train to chance; use a larger width "
+        "(or --floor)"
     )

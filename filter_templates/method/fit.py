@@ -39,7 +39,7 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch
 
-from filter_templates.core import validate
+from filter_templates.core import units, validate
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
@@ -93,14 +93,14 @@ class Budget:
 
 
 def format_value(key: str, value: float) -> str:
-    """A resource value the way a user reads it: 1,000,000 params, 512.0 MB, 20.0 ms."""
+    """A resource value the way a user reads it, in the units the tables use: 100K params, 20M
+    FLOPs, 512 MiB (memory is always MiB, like every memory column), 20 ms."""
     if key == "latency":
         return f"{value * 1e3:.4g} ms" if value < 1 else f"{value:.4g} s"
     if key == "memory":
-        return f"{value / 1e6:,.1f} MB"
-    if float(value).is_integer():
-        return f"{int(value):,}"
-    return f"{value:,.6g}"
+        m = measure.mib(value)
+        return f"{m:,.0f} MiB" if m >= 1000 or float(m).is_integer() else f"{m:.4g} MiB"
+    return units.human(value, 4)
 
 
 def parse_budget(text: str) -> Budget:

@@ -69,11 +69,12 @@ def expand(template: Optional[str], real: Sequence[float], scale: Callable[[floa
     "mobilenet",
     base_filters=(STEM, *BASE[:-1]),
     layer_names=("stem", *(f"block{i}" for i in range(1, 13))),
-    unit="stem's or depthwise-separable block's pointwise output channels (block 13 stays 1024 x w)",
+    unit="stem's or depthwise-separable block's pointwise output channels; block 13 stays 1024 x w",
     description="MobileNet v1 (CIFAR): conv3x3 stem, 13 depthwise-separable blocks, linear classifier; "
     "template layers: the stem and the first 12 blocks (the study's reading)",
     expand=expand,
     layers_of=lambda widths: [float(w) for w in widths[:-1]],
+    fixed_layers=("block13",),
 )
 def build_study(
     filters: Sequence[int],

@@ -42,7 +42,9 @@ class Family:
     ``expand``: for families whose template-layer counts do not fix every width (a GoogLeNet module's
     six branch convolutions, MobileNet's fixed last block), the full width list the builder takes as
     ``widths=``, in the study's cfg order; ``layers_of`` maps such a list back to one value per
-    template layer (for the study's literal configurations).
+    template layer (for the study's literal configurations). ``fixed_layers``: the names of the
+    layers ``expand`` appends after the template layers' widths, which no template sets (MobileNet's
+    last block), so a figure of the layers can draw them too.
     """
 
     name: str
@@ -53,6 +55,7 @@ class Family:
     description: str
     expand: Optional[Expand] = None
     layers_of: Optional[Callable[[Sequence[int]], list[float]]] = None
+    fixed_layers: tuple[str, ...] = ()
 
     @property
     def depth(self) -> int:
@@ -103,12 +106,23 @@ def family(
     description: str,
     expand: Optional[Expand] = None,
     layers_of: Optional[Callable[[Sequence[int]], list[float]]] = None,
+    fixed_layers: Sequence[str] = (),
 ) -> Callable[[Builder], Builder]:
     """Register the decorated builder as the family ``name`` (where it is defined, as timm does)."""
 
     def wrap(builder: Builder) -> Builder:
         register_family(
-            Family(name, tuple(base_filters), tuple(layer_names), builder, unit, description, expand, layers_of)
+            Family(
+                name,
+                tuple(base_filters),
+                tuple(layer_names),
+                builder,
+                unit,
+                description,
+                expand,
+                layers_of,
+                tuple(fixed_layers),
+            )
         )
         return builder
 

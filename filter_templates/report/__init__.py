@@ -2,7 +2,8 @@
 
 :func:`make_report` reads whatever the store holds (a finished paper grid, a sweep still running,
 a quick preset) and writes ``tables/`` (Markdown, CSV, LaTeX), ``figures/`` (PNG, SVG) and an
-``index.md`` that shows and links everything. Runs of a budget sweep get their own tables (budgets
+``index.md`` and ``index.html`` that show and link everything (one page, two renderings:
+:mod:`.page`). Runs of a budget sweep get their own tables (budgets
 in the rows, templates in the columns) and an accuracy-versus-budgeted-resource figure
 (``budgets``); the width tables only hold runs of width sweeps.
 """
@@ -14,7 +15,7 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
@@ -22,60 +23,13 @@ from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import atomic_write_text, check_writable, writing
 from filter_templates.core.status import FAILED, UNREACHABLE
 from filter_templates.method.arch import make_arch
-from filter_templates.method.measure import latency as measure_latency
-from filter_templates.method.measure import resources
 from filter_templates.models import get_family
-from filter_templates.report import budgets, figures, tables
+from filter_templates.report import budgets, figures, page, tables
 from filter_templates.sweep.store import Store
 
-__all__ = ["make_report", "LATENCY_MODES"]
+__all__ = ["make_report", "METRICS"]
 
-LATENCY_MODES = ("none", "batch1", "full")
 METRICS = ("final", "best")  # the test accuracy after the last epoch, or at the best epoch
-
-
-def _measure_width1(batch_size: int, latency_mode: str, threads: int | None) -> Callable:
-    """Resources of a cell's architecture at width 1, without training (for untrained width 1)."""
-    cache: dict[tuple, dict[str, Any] | None] = {}
-
-    def measure(cell: Any) -> dict[str, Any] | None:
-        size = int(cell.setting.get("image_size") or IMAGE_SIZE)  # counted at the size the cell's runs trained at
-        key = (cell.family, cell.method, cell.classes, cell.divisor, cell.floor, size)
-        if key in cache:
-            return cache[key]
-        try:
-            family, published = tables.split_reading(cell.family)
-            arch = make_arch(
-                family,
-                cell.method,
-                1.0,
-                cell.classes,
-                divisor=cell.divisor,
-                floor=cell.floor,
-                as_published=published,
-                image_size=size,
-            )
-        except UsageError:  # a custom template this process cannot load
-            cache[key] = None
-            return None
-        r = resources(arch, batch_size, "cpu", memory=True, latency=False)
-        out = {
-            "params": r["params"],
-            "flops": r["flops"],
-            "train_memory_bytes": r.get("train_memory_bytes"),
-            "batch_size": batch_size,
-            "device": r["device"],
-            "threads": r["threads"],
-        }
-        if latency_mode != "none":  # a short budget: the report should take seconds; marked as measured here
-            model = arch.build()
-            for b in (1, batch_size) if latency_mode == "full" else (1,):
-                m = measure_latency(model, b, "cpu", threads=threads, input_shape=(3, size, size))
-                out["latency_b1_s" if b == 1 else "latency_batch_s"], out["threads"] = m["median_s"], m["threads"]
-        cache[key] = out
-        return out
-
-    return measure
 
 
 def make_report(
@@ -83,22 +37,16 @@ def make_report(
     out: str | os.PathLike[str],
     *,
     metric: str = "final",
-    latency: str = "batch1",
-    threads: int | None = None,
     progress: bool | None = None,
 ) -> dict[str, Any]:
     """Write the report of results store ``db`` into folder ``out``; returns what was written.
 
     ``metric``: ``final`` test accuracy, or ``best``: the best test accuracy over the epochs
-    (optimistic, since the epoch is picked on the test set). ``latency``: for families/templates whose
-    width 1 was not trained, measure latency here at batch 1 (``batch1``, default: quick), also at
-    the run batch size (``full``: slow for big models on a CPU), or not at all (``none``), with
-    ``threads`` CPU threads (default: torch's choice).
+    (optimistic, since the epoch is picked on the test set). Every resource shown is what the
+    trained runs measured; the report measures nothing itself.
     """
     if metric not in METRICS:
         raise UsageError(f"metric must be one of {', '.join(METRICS)}, got {metric!r}")
-    if latency not in LATENCY_MODES:
-        raise UsageError(f"latency must be one of {', '.join(LATENCY_MODES)}, got {latency!r}")
     with Store(db, create=False) as store:
         rows = store.rows()
         counts = store.counts()
@@ -107,7 +55,7 @@ def make_report(
         raise UsageError(f"results store {str(db)!r} holds no runs yet; run 'filter-templates sweep' first")
     out = check_writable(out, "--out", folder=True)
     with writing("--out", out):
-        return _write_report(db, rows, budget_rows, counts, out, metric, latency, threads, progress)
+        return _write_report(db, rows, budget_rows, counts, out, metric, progress)
 
 
 def _write_report(
@@ -117,8 +65,6 @@ def _write_report(
     counts: dict[str, int],
     out: Path,
     metric: str,
-    latency: str,
-    threads: int | None,
     progress: bool | None,
 ) -> dict[str, Any]:
     for sub in ("tables", "figures"):
@@ -129,20 +75,18 @@ def _write_report(
     by_budget = budgets.collect_budgets(budget_rows)
     width_cells = tables.collect([r for r in rows if r["key"] not in budgets.run_keys(budget_rows)])
     datasets = sorted({c.dataset for c in cells.values()} | {c.dataset for c in by_budget.values()})
-    batch = next((r["batch_size"] for r in rows if r.get("batch_size")), None) or next(
-        (int(r["config"].get("batch_size", 64)) for r in rows), 64
-    )
     families = tables.family_order(c.family for c in cells.values())
     bar = Progress(total=len(datasets) * 5 + len(families), desc="report", enabled=progress)
-    w = _Writer(out, metric, cells, by_budget, width_cells, _measure_width1(batch, latency, threads), bar)
-    sections = [w.dataset_section(ds) for ds in datasets]
-    fam_sec = w.family_section(families)
+    w = _Writer(out, metric, cells, by_budget, width_cells, bar)
+    blocks = _head(db, counts, budget_rows, metric, [*cells.values(), *by_budget.values()])
+    for ds in datasets:
+        blocks += w.dataset_section(ds)
+    blocks += w.family_section(families) + _tail(rows, w)
     bar.close()
-    index = out / "index.md"
-    atomic_write_text(
-        index, "\n".join(_head(db, counts, budget_rows, metric) + sections + fam_sec + _tail(rows)) + "\n"
-    )
-    return {**w.written, "index": str(index), "counts": counts}
+    index, index_html = out / "index.md", out / "index.html"
+    atomic_write_text(index, page.markdown(blocks))
+    atomic_write_text(index_html, page.to_html(blocks, TITLE))
+    return {**w.written, "index": str(index), "html": str(index_html), "counts": counts}
 
 
 @dataclass
@@ -154,18 +98,25 @@ class _Writer:
     cells: dict
     by_budget: dict
     width_cells: dict
-    measure: Callable
     bar: Any
     written: dict[str, Any] = field(default_factory=lambda: {"tables": [], "figures": [], "index": None})
 
-    def figure(self, fig: Any, stem: str, alt: str) -> list[str]:
-        """Save ``fig`` as PNG and SVG under ``figures/``; the index lines that show it."""
+    def figure(self, fig: Any, stem: str, alt: str) -> list[page.Block]:
+        """Save ``fig`` as PNG and SVG under ``figures/``; the block that shows it."""
         self.written["figures"] += [str(p) for p in figures.save(fig, self.out / "figures" / stem)]
-        return [f"![{alt}](figures/{stem}.png)", "", f"[SVG](figures/{stem}.svg)", ""]
+        return [page.Figure(stem, alt)]
 
-    def dataset_section(self, ds: str) -> str:
-        """The tables and figures of one dataset, as the index shows them."""
-        sec = [f"## {ds}", ""]
+    def table(self, table: tables.Table, stem: str) -> list[page.Block]:
+        """Write ``table`` as Markdown, CSV and LaTeX under ``tables/``; the block that shows it."""
+        for ext, text in tables.render(table).items():
+            p = self.out / "tables" / f"{stem}.{ext}"
+            atomic_write_text(p, text)
+            self.written["tables"].append(str(p))
+        return [page.TableBlock(table, stem)]
+
+    def dataset_section(self, ds: str) -> list[page.Block]:
+        """The tables and figures of one dataset."""
+        sec: list[page.Block] = [page.Heading(ds)]
         made = []
         if any(c.dataset == ds for c in self.by_budget.values()):
             made += [
@@ -173,45 +124,39 @@ class _Writer:
                 (f"fits_by_budget_{ds}", budgets.budget_resource_table(self.by_budget, ds)),
             ]
         if any(c.dataset == ds for c in self.width_cells.values()):  # budget runs: the fits table has resources
-            made += [
-                (f"accuracy_{ds}", tables.accuracy_table(self.width_cells, ds, self.metric)),
-                (f"resources_{ds}", tables.resource_table(tables.resource_rows(self.cells, ds, self.measure), ds)),
-            ]
+            made.append((f"accuracy_{ds}", tables.accuracy_table(self.width_cells, ds, self.metric)))
+            trained = tables.resource_rows(self.width_cells, ds)
+            if trained:
+                made.append((f"resources_{ds}", tables.resource_table(trained, ds)))
         self.bar.update()
         for stem, table in made:
-            files = tables.render(table)
-            for ext, text in files.items():
-                p = self.out / "tables" / f"{stem}.{ext}"
-                atomic_write_text(p, text)
-                self.written["tables"].append(str(p))
-            sec += [
-                files["md"],
-                f"Files: [Markdown](tables/{stem}.md) · [CSV](tables/{stem}.csv) · [LaTeX](tables/{stem}.tex)",
-                "",
-            ]
+            sec += self.table(table, stem)
             self.bar.update()
         for key in sorted({c.budget_key for c in self.by_budget.values() if c.dataset == ds}):
             fig = budgets.budget_figure(self.by_budget, ds, key, self.metric)
             if fig is None:
-                sec += [f"(No done run of the {key} budgets of {ds} yet: no accuracy-versus-budget figure.)", ""]
+                sec.append(
+                    page.Text(f"(No done run of the {key} budgets of {ds} yet: no accuracy-versus-budget figure.)")
+                )
                 continue
             sec += self.figure(fig, f"accuracy_vs_{key}_budget_{ds}", f"{ds}: accuracy versus the {key} budgets")
         for axis in ("params", "memory", "latency") if any(c.dataset == ds for c in self.cells.values()) else ():
             fig = figures.tradeoff_figure(self.cells, ds, axis, self.metric)
             self.bar.update()
             if fig is None:
-                sec += [
-                    f"(No done run of {ds} recorded its {figures.AXES[axis][1].split(' (')[0]}: "
-                    f"no accuracy-versus-{axis} figure.)",
-                    "",
-                ]
+                sec.append(
+                    page.Text(
+                        f"(No done run of {ds} recorded its {figures.AXES[axis][1].split(' (')[0]}: "
+                        f"no accuracy-versus-{axis} figure.)"
+                    )
+                )
                 continue
             sec += self.figure(fig, f"accuracy_vs_{axis}_{ds}", f"{ds}: accuracy versus {axis}")
-        return "\n".join(sec)
+        return sec
 
-    def family_section(self, families: list[str]) -> list[str]:
+    def family_section(self, families: list[str]) -> list[page.Block]:
         """Per family, the filters per template layer of every template its runs used."""
-        sec = ["## Filters per layer", ""]
+        sec: list[page.Block] = [page.Heading("Filters per layer")]
         for fam in families:
             name, published = tables.split_reading(fam)
             try:
@@ -219,50 +164,83 @@ class _Writer:
             except UsageError:  # a user's model not loaded in this process: no per-layer figure
                 continue
             per_layer: dict[str, list[int]] = {}
+            fixed: dict[str, list[int]] = {}
             for t in tables.template_order({c.method for c in self.cells.values() if c.family == fam}):
                 try:  # the template layers of the family, in the reading the runs used
-                    per_layer[t] = list(make_arch(name, t, 1.0, as_published=published).filters)
+                    arch = make_arch(name, t, 1.0, as_published=published)
                 except UsageError:
                     continue
+                per_layer[t] = list(arch.filters)
+                n = len(family.fixed_layers)  # the layers no template sets, last in the builder's widths
+                fixed[t] = list(arch.widths[len(arch.widths) - n :]) if n else []
             self.bar.update()
             if not per_layer:
                 continue
             reading = "the study's published configurations" if published else "the templates' equations"
-            fig = figures.filters_figure(fam, per_layer, family.layer_names, family.unit, reading=reading)
+            fig = figures.filters_figure(
+                fam,
+                per_layer,
+                family.layer_names,
+                family.unit,
+                reading=reading,
+                fixed=fixed,
+                fixed_names=family.fixed_layers,
+            )
             stem = "filters_" + re.sub(r"[^A-Za-z0-9._-]+", "_", fam).strip("_")
             sec += self.figure(fig, stem, f"{fam}: filters per layer")
         return sec
 
 
+TITLE = "filter-templates report"
+
+
 def _head(
-    db: str | os.PathLike[str], counts: dict[str, int], budget_rows: list[dict[str, Any]], metric: str
-) -> list[str]:
+    db: str | os.PathLike[str],
+    counts: dict[str, int],
+    budget_rows: list[dict[str, Any]],
+    metric: str,
+    cells: list[Any],
+) -> list[page.Block]:
     unreachable = [p for p in budget_rows if p["status"] == UNREACHABLE]
     return [
-        "# filter-templates report",
-        "",
-        f"Results store: `{Path(db).resolve()}` — generated {_dt.datetime.now().isoformat(timespec='seconds')}.",
-        "",
-        f"Runs: {counts['done']} done, {counts['failed']} failed, {counts['running']} running, "
-        f"{counts['pending']} pending"
-        + (f"; {len(unreachable)} budget point{'s' * (len(unreachable) != 1)} unreachable" if unreachable else "")
-        + f". Accuracy: {tables.metric_words(metric).lower()}. Runs are pooled (mean over seeds) only when every "
-        "other result field of their configuration is the same; runs that differ in any (recipe, epochs, "
-        "test views, learning rate, ...) are separate rows, and each table's first note says which runs it "
-        f"shows. Partial grids are fine: cells not run (yet) show {tables.MISSING}.",
-        "",
+        page.Heading(TITLE, 1),
+        page.Text(
+            f"Results store: `{Path(db).resolve()}` — generated {_dt.datetime.now().isoformat(timespec='seconds')}."
+        ),
+        page.Text(
+            f"Runs: {counts['done']} done, {counts['failed']} failed, {counts['running']} running, "
+            f"{counts['pending']} pending"
+            + (f"; {len(unreachable)} budget point{'s' * (len(unreachable) != 1)} unreachable" if unreachable else "")
+            + f". Accuracy: {tables.metric_words(metric).lower()}. Runs are pooled (mean over seeds) only when every "
+            "other result field of their configuration is the same; runs that differ in any (recipe, epochs, "
+            "test views, learning rate, ...) are separate rows, and each table's first note says which runs it "
+            f"shows. Partial grids are fine: cells not run (yet) show {tables.MISSING}."
+        ),
+        page.Text(_models_line(cells)),
     ]
 
 
-def _tail(rows: list[dict[str, Any]]) -> list[str]:
+def _models_line(cells: list[Any]) -> str:
+    """The models' shared facts a reader needs to read any number: image size, floor and divisor."""
+
+    def values(name: str, default: int) -> str:
+        found = sorted({int(c.setting.get(name) or default) for c in cells})
+        return "/".join(map(str, found)) + (" (per row)" if len(found) > 1 else "") if found else str(default)
+
+    return (
+        f"Models: {values('image_size', IMAGE_SIZE)} x {values('image_size', IMAGE_SIZE)} px input images; "
+        f"every layer has at least {values('floor', 1)} filters (the floor) and its filter count rounded to a "
+        f"multiple of {values('divisor', 1)} (the divisor)."
+    )
+
+
+def _tail(rows: list[dict[str, Any]], w: _Writer) -> list[page.Block]:
     failed = [r for r in rows if r["status"] == FAILED]
     if not failed:
         return []
-    return (
-        ["## Failed runs", "", "| run | reason |", "|---|---|"]
-        + [
-            f"| {Path(r['run_dir'] or '').name or r['key'][:10]} | {(r['reason'] or '').replace('|', '/')} |"
-            for r in failed
-        ]
-        + [""]
+    table = tables.Table(
+        title="Failed runs",
+        header=["run", "reason"],
+        rows=[[Path(r["run_dir"] or "").name or r["key"][:10], (r["reason"] or "").replace("|", "/")] for r in failed],
     )
+    return [page.Heading("Failed runs"), *w.table(table, "failed_runs")]

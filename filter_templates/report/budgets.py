@@ -15,18 +15,22 @@ from typing import Any, Sequence
 
 from matplotlib.lines import Line2D
 
+from filter_templates.core import units
 from filter_templates.core.status import DONE, FAILED, PENDING, UNREACHABLE
 from filter_templates.method.fit import format_value
 from filter_templates.method.measure import MIB
 from filter_templates.report import figures, settings
+from filter_templates.report.intervals import Interval
 from filter_templates.report.tables import (
     MISSING,
     Labels,
     Table,
+    accuracy_interval,
     family_order,
     fmt_bytes,
+    interval_words,
     metric_words,
-    pct,
+    pm,
     reading_label,
     template_order,
 )
@@ -43,11 +47,12 @@ __all__ = [
 
 #: The runs/fit column that measures each budget key's resource.
 RESOURCE_OF = {"params": "params", "flops": "flops", "memory": "train_memory_bytes", "latency": "latency_batch_s"}
+#: Each budget key's axis: label, scale to display units, whether it reads with K/M prefixes.
 _AXIS = {
-    "params": ("parameters", 1.0),
-    "flops": ("forward FLOPs per image", 1.0),
-    "memory": ("training memory per batch (MiB)", 1 / MIB),
-    "latency": ("inference latency per batch (ms)", 1e3),
+    "params": ("parameters", 1.0, True),
+    "flops": ("forward FLOPs per image", 1.0, True),
+    "memory": ("training memory per batch (MiB)", 1 / MIB, False),
+    "latency": ("inference latency per batch (ms)", 1e3, False),
 }
 
 
@@ -83,6 +88,9 @@ class BudgetCell:
     def acc_std(self, metric: str = "final") -> float | None:
         vals = self.accs(metric)
         return statistics.stdev(vals) if len(vals) > 1 else None
+
+    def interval(self, metric: str = "final") -> Interval | None:
+        return accuracy_interval(self.done, metric)
 
     @property
     def status(self) -> str:
@@ -158,44 +166,74 @@ def _budget_rows(mine: list[BudgetCell], labels: Labels) -> list[tuple[str, str,
     return sorted(keys, key=lambda k: (rank[k[0]], k[1], -k[2], order[k[3]]))
 
 
+#: The accuracy that ranks a budget row's templates when its runs have one: the validation split's
+#: (as ``reduce`` ranks them), with the test accuracy shown beside it and never used to choose.
+RANKS = "val"
+
+
+def _winner(present: dict[str, BudgetCell], metric: str) -> str | None:
+    """The template the row's ranking picks: the best mean of ``metric`` (ties: fewer parameters)."""
+    vals = {t: a for t, a in ((t, c.acc(metric)) for t, c in present.items()) if a is not None}
+    return min(vals, key=lambda t: (-vals[t], present[t].resource("params") or 0)) if vals else None
+
+
 def budget_accuracy_table(cells: dict[tuple, BudgetCell], dataset: str, metric: str = "final") -> Table:
-    """Rows family x budget x setting, one column per template, the best template of each row
-    emphasised; mean ± std over seeds when a cell has more than one."""
+    """Rows family x budget x setting, one column per template. Where the runs hold a validation
+    split, each budget has a validation row (what ranks, its winner emphasised and named) and a test
+    row beside it (the winner's test accuracy emphasised too); otherwise one test row, its best
+    emphasised. Mean over seeds with the 95% interval."""
     mine = [c for c in cells.values() if c.dataset == dataset]
     templates = template_order(c.method for c in mine)
     labels = Labels.of(c.setting for c in mine)
-    header = ["family", "budget", *labels.header(), *templates, "best"]
+    ranked = any(c.accs(RANKS) for c in mine)
+    splits = [(RANKS, "validation (ranks)"), (metric, "test")] if ranked else [(metric, "test")]
+    split_col = ["accuracy"] if ranked else []  # which split a row holds: only where there are two
+    header = ["family", "budget", *labels.header(), *split_col, *templates, "winner" if ranked else "best"]
     rows: list[list[str]] = []
     raw: list[list[Any]] = []
     bold: set[tuple[int, int]] = set()
+    lead = len(header) - len(templates) - 1
     for fam, key, value, skey in _budget_rows(mine, labels):
         row_cells = {t: cells.get((dataset, fam, key, value, t, skey)) for t in templates}
         present = {t: c for t, c in row_cells.items() if c is not None}
-        vals = {t: a for t, a in ((t, c.acc(metric)) for t, c in present.items()) if a is not None}
-        # ties: the smaller model wins, as in reduce's ranking
-        best = min(vals, key=lambda t: (-vals[t], present[t].resource("params") or 0)) if vals else None
-        row = [fam, f"{key} ≤ {format_value(key, value)}", *labels.cells(skey)]
-        rr = [fam, key, value, *labels.csv_cells(skey)]
-        for j, t in enumerate(templates):
-            c = row_cells[t]
-            status = c.status if c is not None else PENDING
-            if c is not None and status == DONE:
-                row.append(pct(c.acc(metric), c.acc_std(metric)))
-                rr.append(round(100 * _known(c.acc(metric)), 4))  # a done run records final_acc and best_acc
-                if t == best and len(vals) > 1:
-                    bold.add((len(rows), len(header) - len(templates) - 1 + j))
-            else:
-                row.append(MISSING if status == PENDING else status)
-                rr.append("" if status == PENDING else status)
-        rows.append(row + [best or MISSING])
-        raw.append(rr + [best or ""])
+        best = _winner(present, splits[0][0])
+        for split, words in splits:
+            row = [fam, f"{key} ≤ {format_value(key, value)}", *labels.cells(skey), *([words] if ranked else [])]
+            rr = [fam, key, value, *labels.csv_cells(skey), *([split] if ranked else [])]
+            for j, t in enumerate(templates):
+                c = row_cells[t]
+                status = c.status if c is not None else PENDING
+                if c is not None and status == DONE and c.acc(split) is not None:
+                    row.append(pm(c.interval(split), c.acc(split)))
+                    rr.append(round(100 * _known(c.acc(split)), 4))
+                    if t == best and len(present) > 1:
+                        bold.add((len(rows), lead + j))
+                else:
+                    row.append(MISSING if status in (PENDING, DONE) else status)
+                    rr.append("" if status in (PENDING, DONE) else status)
+            rows.append(row + [best or MISSING])
+            raw.append(rr + [best or ""])
     seeds = max((len(c.done) for c in mine), default=0)
     notes = [
         labels.caption(),
-        f"{metric_words(metric)} of the widest model of each template within the budget"
-        + (", mean ± std over seeds" if seeds > 1 else "")
-        + f"; emphasised: the best template of each row (ties: fewer parameters); {MISSING}: not run (yet); "
-        "unreachable: even the template's smallest model is over the budget; failed: every run failed.",
+        (
+            "Final validation accuracy (%), which ranks, and beside it the "
+            + metric_words(metric)[0].lower()
+            + metric_words(metric)[1:]
+            if ranked
+            else metric_words(metric)
+        )
+        + " of the widest model of each template within the budget"
+        + (", mean over seeds" if seeds > 1 else "")
+        + f", {interval_words(len(c.done) for c in mine)}. "
+        + (
+            "Ranked on the validation split held out of the training set (ties: fewer parameters); the "
+            "winner is emphasised in both rows, its test accuracy is for the reader and never chose it. "
+            if ranked
+            else "Emphasised: the best template of each row on the test set (ties: fewer parameters). "
+        )
+        + f"{MISSING}: not run (yet); unreachable: even the template's smallest model is over the budget; "
+        "failed: every run failed.",
     ]
     return Table(
         title=f"Accuracy by budget on {dataset}",
@@ -203,9 +241,9 @@ def budget_accuracy_table(cells: dict[tuple, BudgetCell], dataset: str, metric: 
         rows=rows,
         bold=bold,
         notes=notes,
-        align="ll" + "l" * len(labels.header()) + "r" * len(templates) + "l",
+        align="ll" + "l" * len(labels.header()) + "l" * len(split_col) + "r" * len(templates) + "l",
         csv_rows=raw,
-        csv_header=["family", "budget_key", "budget_value", *labels.csv_header(), *templates, "best"],
+        csv_header=["family", "budget_key", "budget_value", *labels.csv_header(), *split_col, *templates, header[-1]],
     )
 
 
@@ -213,6 +251,7 @@ def budget_resource_table(cells: dict[tuple, BudgetCell], dataset: str) -> Table
     """One row per family x budget x setting x template: the fitted width and what the model costs."""
     mine = [c for c in cells.values() if c.dataset == dataset]
     labels = Labels.of(c.setting for c in mine)
+    flops_prefix, flops_scale = units.prefix_for(c.resource("flops") for c in mine)
     header = [
         "family",
         "budget",
@@ -220,7 +259,7 @@ def budget_resource_table(cells: dict[tuple, BudgetCell], dataset: str) -> Table
         "template",
         "width",
         "params",
-        "GFLOPs / image",
+        f"{flops_prefix}FLOPs / image",
         "train memory (MiB)",
         "of budget",
         "status",
@@ -244,8 +283,8 @@ def budget_resource_table(cells: dict[tuple, BudgetCell], dataset: str) -> Table
                     *labels.cells(skey),
                     t,
                     MISSING if c.width is None else f"{c.width:g}",
-                    MISSING if params is None else f"{int(params):,}",
-                    MISSING if flops is None else f"{flops / 1e9:,.4f}",
+                    units.human(params),
+                    MISSING if flops is None else f"{flops / flops_scale:,.3g}",
                     fmt_bytes(mem),
                     MISSING if used is None else f"{used / value:.1%}",
                     status,
@@ -286,11 +325,11 @@ def budget_resource_table(cells: dict[tuple, BudgetCell], dataset: str) -> Table
 
 def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric: str = "final") -> Any | None:
     """Accuracy versus the budgeted resource ``key``: one panel per family, one line per template
-    through its models at each budget (x: what the model uses), dashed lines at the budgets.
-    None when no cell of ``key`` is done."""
+    through its models at each budget (x: what the model uses; one budget: one point each), dashed
+    lines at the budgets, 95% intervals as error bars. None when no cell of ``key`` is done."""
     plt = figures.plt
     column = RESOURCE_OF[key]
-    label, scale = _AXIS[key]
+    label, scale, counts = _AXIS[key]
     mine = [c for c in cells.values() if c.dataset == dataset and c.budget_key == key]
     done = [c for c in mine if c.acc(metric) is not None and c.resource(column)]
     if not done:
@@ -300,7 +339,8 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
     rows, cols = figures._grid(len(where))
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
     for ax, (fam, skey, panel_title) in zip(axes.flat, where):
-        xs_all = []
+        xs_all: list[float] = []
+        ys_all: list[tuple[float, float]] = []
         panel = [c for c in done if c.family == fam and c.skey == skey]
         for value in sorted({c.budget_value for c in panel}):
             ax.axvline(value * scale, color="0.35", linestyle="--", linewidth=1)
@@ -311,44 +351,48 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
                 continue
             xs = [_known(c.resource(column)) * scale for c in pts]  # `done` holds cells with both
             ys = [100 * _known(c.acc(metric)) for c in pts]
-            errs = [100 * (c.acc_std(metric) or 0.0) for c in pts]
-            style = figures.template_style(t, templates)
+            lo, hi = figures._bars(pts, metric, ys)
             ax.errorbar(
                 xs,
                 ys,
-                yerr=errs if any(errs) else None,
-                linestyle="-",
+                yerr=[lo, hi],
+                linestyle="-" if len(pts) > 1 else "none",
                 linewidth=1.6,
                 markersize=6,
                 capsize=3,
                 label=t,
-                **style,
+                **figures.template_style(t, templates),
             )
             xs_all += xs
+            ys_all += [(y - down, y + up) for y, down, up in zip(ys, lo, hi)]
         ax.set_title(panel_title, fontsize=10)
-        ax.set_xlabel(f"{label}, log scale")
+        ax.set_xlabel(label)
         ax.set_ylabel(figures.accuracy_label(metric))
         ax.grid(True, which="both", alpha=0.25)
-        figures._log_x(ax, xs_all)
+        figures.axis_x(ax, xs_all, counts, from_zero=True)
+        figures.axis_y(ax, ys_all)
     for ax in list(axes.flat)[len(where) :]:
         ax.set_visible(False)
+    several = len({c.budget_value for c in done}) > 1
     handles = [
-        Line2D([], [], linestyle="-", linewidth=1.6, markersize=6, label=t, **figures.template_style(t, templates))
+        Line2D(
+            [],
+            [],
+            linestyle="-" if several else "none",
+            linewidth=1.6,
+            markersize=6,
+            label=t,
+            **figures.template_style(t, templates),
+        )
         for t in templates
     ]
     handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=1, label="budget"))
     fig.suptitle(
-        f"{dataset}: accuracy versus {label.split(' (')[0]} at each {key} budget, one line per template\n"
+        f"{dataset}: accuracy versus {label.split(' (')[0]} at "
+        + (f"each {key} budget, one line per template" if several else f"the {key} budget, one point per template")
+        + f"\nbars: {interval_words(len(c.done) for c in done)}\n"
         + figures.runs_line(done),
-        fontsize=11,
+        fontsize=10,
     )
-    fig.legend(
-        handles=handles,
-        loc="lower center",
-        ncol=min(len(handles), 6),
-        frameon=False,
-        bbox_to_anchor=(0.5, -0.02),
-        fontsize=9,
-    )
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
+    figures.legend_below(fig, handles)
     return fig

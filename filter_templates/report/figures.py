@@ -2,9 +2,11 @@
 
 Per dataset: accuracy versus parameters, versus training memory and versus latency, one panel per
 family (and per setting, when the runs differ in more than the seed: another recipe, other epochs;
-each panel's title says which) and one curve per template across the width multipliers, with dashed lines through the
-base model at width 1 (or, when width 1 was not trained, through the widest base run, as the
-legend says). Per family: the per-layer filter counts of every template.
+each panel's title says which); one point per template where the panel has one width, one curve
+across the widths where it has several, each with its 95% interval (:mod:`.intervals`), and dashed
+lines through the base model at width 1 (or the widest base trained, as the legend says). Axes read
+at a glance: K/M counts, log only over a decade or more, an accuracy axis of at least ten points.
+Per family: the per-layer filter counts of every template.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ import matplotlib
 matplotlib.use("Agg")  # before pyplot: files only, never a window
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator, NullFormatter  # noqa: E402
 
+from filter_templates.core import units
 from filter_templates.core.rundir import atomic_write
 from filter_templates.method.measure import MIB
 from filter_templates.method.templates import BUILTIN_TEMPLATES
@@ -29,6 +32,8 @@ from filter_templates.report.tables import (
     Cell,
     Labels,
     family_order,
+    interval_words,
+    measured_on,
     template_order,
 )
 
@@ -41,13 +46,17 @@ __all__ = [
     "panels",
     "accuracy_label",
     "runs_line",
+    "axis_x",
+    "axis_y",
+    "legend_below",
 ]
 
-# x-axis: (cell resource column, axis label, scale to display units)
-AXES: dict[str, tuple[str, str, float]] = {
-    "params": ("params", "parameters (millions, log scale)", 1e-6),
-    "memory": ("train_memory_bytes", "training memory per batch (MiB, log scale)", 1 / MIB),
-    "latency": ("latency_batch_s", "inference latency per batch (ms, log scale)", 1e3),
+# x-axis: (cell resource column, axis label, scale to display units, whether the values are counts
+# that read with K/M prefixes)
+AXES: dict[str, tuple[str, str, float, bool]] = {
+    "params": ("params", "parameters", 1.0, True),
+    "memory": ("train_memory_bytes", "training memory per batch (MiB)", 1 / MIB, False),
+    "latency": ("latency_batch_s", "inference latency per batch (ms)", 1e3, False),
 }
 
 _COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f", "#bcbd22", "#17becf"]
@@ -110,8 +119,10 @@ def _grid(n: int) -> tuple[int, int]:
 
 
 def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: str = "final") -> Any | None:
-    """Accuracy versus one resource for ``dataset``; None when no done run recorded that resource."""
-    column, xlabel, scale = AXES[axis]
+    """Accuracy versus one resource for ``dataset``, with 95% intervals as error bars: one point per
+    template where a panel has one width, one curve per template across the widths where it has
+    several; None when no done run recorded that resource."""
+    column, xlabel, scale, counts = AXES[axis]
     mine = [
         c
         for c in cells.values()
@@ -124,31 +135,37 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
     rows, cols = _grid(len(where))
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)
     batch = next((c.first("batch_size") for c in mine if c.first("batch_size")), 64)
-    devices = sorted(
-        {
-            f"{c.first('resource_device')}, {c.first('threads')} thread{'s' if c.first('threads') != 1 else ''}"
-            for c in mine
-            if c.first("resource_device")
-        }
-    )
-    ref_widths: dict[str, float] = {}
+    widths = sorted({c.width for c in mine})
+    curves = any(len({c.width for c in mine if (c.family, c.method, c.skey) == k}) > 1 for k in _series(mine))
+    refs: dict[str, float] = {}
     for ax, (fam, skey, panel_title) in zip(axes.flat, where):
-        plotted = False
         xs_all: list[float] = []
-        panel = [c for c in mine if c.skey == skey]
+        ys_all: list[tuple[float, float]] = []
+        panel = [c for c in mine if c.skey == skey and c.family == fam]
         for t in templates:
-            pts = sorted((c for c in panel if c.family == fam and c.method == t), key=lambda c: c.width)
-            xy = [(c.resource(column), c.acc(metric), c.width) for c in pts]
-            xy = [(x * scale, 100 * y, w) for x, y, w in xy if x is not None and y is not None and x > 0]
-            if not xy:
+            pts = sorted((c for c in panel if c.method == t), key=lambda c: c.width)
+            pts = [c for c in pts if (c.resource(column) or 0) > 0]
+            if not pts:
                 continue
-            xs, ys, ws = zip(*xy)
+            xs = [float(c.resource(column) or 0) * scale for c in pts]
+            ys = [100 * float(c.acc(metric) or 0) for c in pts]
+            lo, hi = _bars(pts, metric, ys)
+            ax.errorbar(
+                xs,
+                ys,
+                yerr=[lo, hi],
+                linestyle="-" if len(pts) > 1 else "none",
+                linewidth=1.6,
+                markersize=6,
+                capsize=3,
+                label=t,
+                **template_style(t, templates),
+            )
             xs_all += xs
-            ax.plot(xs, ys, linestyle="-", linewidth=1.6, markersize=6, label=t, **template_style(t, templates))
-            plotted = True
+            ys_all += [(y - down, y + up) for y, down, up in zip(ys, lo, hi)]
         ref = _reference(panel, fam)
         if ref is not None:
-            ref_widths[fam] = ref.width
+            refs[fam] = ref.width
             x, y = ref.resource(column), ref.acc(metric)
             if x is not None and x > 0:
                 ax.axvline(x * scale, color="0.35", linestyle="--", linewidth=1)
@@ -159,26 +176,61 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
         ax.set_xlabel(xlabel.replace("per batch", f"per batch of {batch}"))
         ax.set_ylabel(accuracy_label(metric))
         ax.grid(True, which="both", alpha=0.25)
-        if plotted:
-            _log_x(ax, xs_all)
+        axis_x(ax, xs_all, counts)
+        axis_y(ax, ys_all)
     for ax in list(axes.flat)[len(where) :]:
         ax.set_visible(False)
     handles = [
-        Line2D([], [], linestyle="-", linewidth=1.6, markersize=6, label=t, **template_style(t, templates))
+        Line2D(
+            [],
+            [],
+            linestyle="-" if curves else "none",
+            linewidth=1.6,
+            markersize=6,
+            label=t,
+            **template_style(t, templates),
+        )
         for t in templates
     ]
-    if ref_widths:
-        others = [f"{fam} {w:g}" for fam, w in ref_widths.items() if w != 1.0]
-        ref_label = "base model at width 1"
-        if others:
-            ref_label += f" (not trained for all: widest trained base instead, {', '.join(others)})"
-        handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=1, label=ref_label))
+    if refs:
+        same = len(set(refs.values())) == 1
+        label = (
+            f"base at width {next(iter(refs.values())):g}"
+            if same
+            else "base, widest trained: " + ", ".join(f"{fam} {w:g}" for fam, w in refs.items())
+        )
+        handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=1, label=label))
     what = {"params": "parameters", "memory": "training memory", "latency": "inference latency"}[axis]
-    title = f"{dataset}: accuracy versus {what}, one curve per template across width multipliers"
-    if axis in ("latency", "memory") and devices:
-        title += f"\nmeasured on {'; '.join(devices)}"
+    how = (
+        f"one curve per template across widths {', '.join(f'{w:g}' for w in widths)}"
+        if curves
+        else f"one point per template at width {'/'.join(f'{w:g}' for w in widths)}"
+    )
+    title = f"{dataset}: accuracy versus {what}, {how}\nbars: {interval_words(len(c.done) for c in mine)}"
+    if axis in ("latency", "memory"):
+        title += f"\nmeasured on {measured_on([r for c in mine for r in c.done])}"
     title += "\n" + runs_line(mine)
-    fig.suptitle(title, fontsize=11)
+    fig.suptitle(title, fontsize=10)
+    legend_below(fig, handles)
+    return fig
+
+
+def _series(cells: Sequence[Cell]) -> set[tuple[str, str, str]]:
+    return {(c.family, c.method, c.skey) for c in cells}
+
+
+def _bars(cells: Sequence[Any], metric: str, ys: Sequence[float]) -> tuple[list[float], list[float]]:
+    """Each point's distance to the ends of its 95% interval, in points (0: no interval known)."""
+    lo, hi = [], []
+    for c, y in zip(cells, ys):
+        iv = c.interval(metric)
+        lo.append(0.0 if iv is None else max(0.0, y - 100 * iv.low))
+        hi.append(0.0 if iv is None else max(0.0, 100 * iv.high - y))
+    return lo, hi
+
+
+def legend_below(fig: Any, handles: list[Any]) -> None:
+    """The shared legend under the panels, its entries short (what each mark is, no sentence)."""
     fig.legend(
         handles=handles,
         loc="lower center",
@@ -187,32 +239,52 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
         bbox_to_anchor=(0.5, -0.02),
         fontsize=9,
     )
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return fig
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
 
 
-def _fmt(v: float, _pos: Any = None) -> str:
+#: The smallest span of an accuracy axis, in points: a narrower one would blow differences within
+#: the noise of a small test set up into what looks like a ranking.
+MIN_Y_SPAN = 10.0
+
+
+def axis_y(ax: Any, spans: Sequence[tuple[float, float]]) -> None:
+    """An accuracy axis that holds every error bar and spans at least :data:`MIN_Y_SPAN` points."""
+    if not spans:
+        return
+    low, high = min(s[0] for s in spans), max(s[1] for s in spans)
+    pad = max(0.0, MIN_Y_SPAN - (high - low)) / 2 + 0.5
+    top = min(100.5, high + pad)  # a little over 100: a point at 100% stays visible
+    bottom = max(0.0, min(low - pad, top - MIN_Y_SPAN))
+    ax.set_ylim(bottom, top)
+
+
+def _count(v: float, _pos: Any = None) -> str:
+    return units.human(v, 3) if v else "0"
+
+
+def _plain(v: float, _pos: Any = None) -> str:
     return f"{v:g}"
 
 
-def _log_x(ax: Any, xs: Sequence[float]) -> None:
-    """Log x when the values span enough to need it, with plain-number tick labels either way."""
+def axis_x(ax: Any, xs: Sequence[float], counts: bool = False, from_zero: bool = False) -> None:
+    """A resource axis a reader can read: over a decade or more, log scale with ticks at 1, 2 and
+    5 of each decade; under a decade, linear (``from_zero``: from zero, so that models within 2% of
+    one budget stay within 2% of each other to the eye). Counts read with K/M prefixes."""
     xs = [float(x) for x in xs if x and x > 0]
     if not xs:
         return
-    span = max(xs) / min(xs)
-    if span < 3:  # less than half a decade: a linear axis reads better
-        ax.xaxis.set_major_formatter(FuncFormatter(_fmt))
-        ax.set_xlabel(ax.get_xlabel().replace(", log scale", ""))
-        return
-    ax.set_xscale("log")
-    ax.xaxis.set_major_formatter(FuncFormatter(_fmt))
-    if span < 100:  # under two decades: label some multiples too, else only powers of ten
-        subs = (2.0, 3.0, 4.0, 6.0, 8.0) if span < 10 else (2.0, 5.0)
-        ax.xaxis.set_minor_locator(LogLocator(base=10, subs=subs))
-        ax.xaxis.set_minor_formatter(FuncFormatter(_fmt))
-    else:
+    fmt = FuncFormatter(_count if counts else _plain)
+    if max(xs) / min(xs) >= 10:
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(1, 10))))
         ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel(ax.get_xlabel() + ", log scale")
+    else:
+        if from_zero:
+            ax.set_xlim(0, max(xs) * 1.08)
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=6))
+    ax.xaxis.set_major_formatter(fmt)
 
 
 def _reference(cells: list[Cell], family: str) -> Cell | None:
@@ -231,25 +303,53 @@ def filters_figure(
     unit: str,
     width: float = 1.0,
     reading: str = "the templates' equations",
+    fixed: dict[str, list[int]] | None = None,
+    fixed_names: Sequence[str] = (),
 ) -> Any:
     """Per-layer filter counts of every template of one family, one point per template layer
-    (4 for resnet50: its stages), and which reading built them."""
-    fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * len(layer_names) + 2), 4.4))
+    (4 for resnet50: its stages), then the layers no template sets (``fixed``: each template's
+    counts of ``fixed_names``, hollow, right of a dotted line), and which reading built them."""
+    names_all = [*layer_names, *fixed_names]
+    fig, ax = plt.subplots(figsize=(max(6.5, 0.45 * len(names_all) + 2), 4.4))
     xs = list(range(1, len(layer_names) + 1))
     names = list(counts)
     for t, ys in counts.items():
-        ax.plot(xs, ys, linewidth=1.6, markersize=5, label=t, **template_style(t, names))
-    ax.set_xticks(xs)
+        style = template_style(t, names)
+        ax.plot(xs, ys, linewidth=1.6, markersize=5, label=t, **style)
+        extra = (fixed or {}).get(t) or []
+        if extra:
+            fx = list(range(len(xs) + 1, len(xs) + 1 + len(extra)))
+            ax.plot(
+                [xs[-1], *fx],
+                [ys[-1], *extra],
+                linestyle=":",
+                linewidth=1.2,
+                markersize=5,
+                markerfacecolor="white",
+                markevery=list(range(1, len(fx) + 1)),
+                **style,
+            )
+    if fixed_names:
+        ax.axvline(len(layer_names) + 0.5, color="0.5", linestyle=":", linewidth=1)
+    ticks = list(range(1, len(names_all) + 1))
+    ax.set_xticks(ticks)
     ax.set_xticklabels(
-        layer_names,
-        rotation=45 if len(layer_names) > 8 else 0,
-        ha="right" if len(layer_names) > 8 else "center",
+        names_all,
+        rotation=45 if len(names_all) > 8 else 0,
+        ha="right" if len(names_all) > 8 else "center",
         fontsize=8,
     )
-    ax.set_xlabel("template layer (input side on the left)")
+    ax.set_xlabel(
+        "template layer (input side on the left)"
+        + (
+            f"; hollow, right of the dotted line: {', '.join(fixed_names)}, set by the width alone"
+            if fixed_names
+            else ""
+        )
+    )
     ax.set_ylabel("filters (output channels)")
     ax.set_title(
-        f"{family}: filters per template layer at width {width:g}, from {reading}\n(one count per {unit})", fontsize=10
+        f"{family}: filters per template layer at width {width:g}, from {reading}\none count per {unit}", fontsize=10
     )
     ax.grid(True, alpha=0.25)
     ax.set_ylim(bottom=0)

@@ -11,16 +11,21 @@ as "—", one whose every run failed as "failed".
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import statistics
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
+from filter_templates.core import units
+from filter_templates.core.load import Load
+from filter_templates.core.rundir import read_summary
 from filter_templates.core.status import DONE, FAILED, PENDING
 from filter_templates.method.measure import mib
 from filter_templates.method.templates import BUILTIN_TEMPLATES
 from filter_templates.models import family_names
-from filter_templates.report import settings
+from filter_templates.report import intervals, settings
+from filter_templates.report.intervals import Interval
 
 __all__ = [
     "Cell",
@@ -28,6 +33,9 @@ __all__ = [
     "collect",
     "accuracy_table",
     "resource_rows",
+    "resource_table",
+    "measured_on",
+    "load_of",
     "render",
     "MISSING",
     "template_order",
@@ -58,13 +66,19 @@ class Cell:
     failed: list[dict[str, Any]] = field(default_factory=list)
     other: int = 0  # pending or running
 
+    def accs(self, metric: str = "final") -> list[float]:
+        return [r[f"{metric}_acc"] for r in self.done if r.get(f"{metric}_acc") is not None]
+
     def acc(self, metric: str = "final") -> float | None:
-        vals = [r[f"{metric}_acc"] for r in self.done if r.get(f"{metric}_acc") is not None]
+        vals = self.accs(metric)
         return statistics.fmean(vals) if vals else None
 
     def acc_std(self, metric: str = "final") -> float | None:
-        vals = [r[f"{metric}_acc"] for r in self.done if r.get(f"{metric}_acc") is not None]
+        vals = self.accs(metric)
         return statistics.stdev(vals) if len(vals) > 1 else None
+
+    def interval(self, metric: str = "final") -> Interval | None:
+        return accuracy_interval(self.done, metric)
 
     def resource(self, name: str) -> float | None:
         """Median over done runs (latency varies from run to run; the rest is identical)."""
@@ -83,6 +97,52 @@ class Cell:
     @property
     def skey(self) -> str:
         return settings.setting_key(self.setting)
+
+
+def images(run: dict[str, Any], metric: str) -> int | None:
+    """How many images ``run``'s ``metric`` accuracy was measured on: its summary's validation
+    split or test set (None: the run folder is gone)."""
+    summary = _summary(str(run.get("run_dir") or ""))
+    if metric == "val":
+        n = (summary.get("val") or {}).get("images") if isinstance(summary.get("val"), dict) else None
+    else:
+        n = (summary.get("data") or {}).get("test") if isinstance(summary.get("data"), dict) else None
+    return int(n) if isinstance(n, int) and n > 0 else None
+
+
+@functools.lru_cache(maxsize=4096)
+def _summary(run_dir: str) -> dict[str, Any]:
+    s = read_summary(run_dir) if run_dir else None
+    return s if isinstance(s, dict) else {}
+
+
+def accuracy_interval(runs: Sequence[dict[str, Any]], metric: str = "final") -> Interval | None:
+    """The 95% interval of ``runs``' mean ``metric`` accuracy (:mod:`.intervals`): over the seeds,
+    or for one seed over the images it was measured on."""
+    vals = [r[f"{metric}_acc"] for r in runs if r.get(f"{metric}_acc") is not None]
+    one = next((r for r in runs if r.get(f"{metric}_acc") is not None), None)
+    return intervals.interval(vals, images(one, metric) if one is not None and len(vals) == 1 else None)
+
+
+def pm(iv: Interval | None, mean: float | None) -> str:
+    """A table's accuracy cell: the mean with the larger half of its 95% interval, in points."""
+    if mean is None:
+        return MISSING
+    return f"{100 * mean:.2f}" + (f" ± {100 * iv.half:.2f}" if iv is not None else "")
+
+
+def interval_words(seeds: Iterable[int]) -> str:
+    """What the ± of a table or the bars of a figure are, given each cell's number of seeds."""
+    counts = {n for n in seeds if n}
+    kinds = [
+        k
+        for k, on in (
+            ("t over the seeds", any(n > 1 for n in counts)),
+            ("one seed: Wilson over its images", 1 in counts),
+        )
+        if on
+    ]
+    return "± the 95% interval" + (f" ({'; '.join(kinds)})" if kinds else "")
 
 
 def template_order(names: Iterable[str]) -> list[str]:
@@ -246,7 +306,7 @@ def _acc_row(cells: dict, key: tuple, templates: list[str], metric: str) -> tupl
             row.append(FAILED)
             raw.append(FAILED)
         else:
-            row.append(pct(c.acc(metric), c.acc_std(metric)))
+            row.append(pm(c.interval(metric), c.acc(metric)))
             raw.append(round(100 * c.acc(metric), 4))
     return row + [best or MISSING], raw + [best or ""], (templates.index(best) if best and len(vals) > 1 else None)
 
@@ -275,8 +335,8 @@ def accuracy_table(cells: dict, dataset: str, metric: str = "final") -> Table:
     notes = [
         labels.caption(),
         metric_words(metric)
-        + (", mean ± std over seeds" if seeds > 1 else "")
-        + "; emphasised: the best template of each row; "
+        + (", mean over seeds" if seeds > 1 else "")
+        + f", {interval_words(len(c.done) for c in mine)}; emphasised: the best template of each row; "
         + f"{MISSING}: not run (yet); failed: every run of the cell failed (reasons in the report's index.md).",
     ]
     return Table(
@@ -292,14 +352,17 @@ def accuracy_table(cells: dict, dataset: str, metric: str = "final") -> Table:
 
 
 # --------------------------------------------------------------------------------------------
-# Resources at width 1
+# Resources of the trained models
 # --------------------------------------------------------------------------------------------
 
 
 @dataclass
 class ResourceRow:
+    """What one trained cell's model costs, as its runs measured it (latency: the median over seeds)."""
+
     family: str
     method: str  # the template, or a pruning baseline's method: what a column compares
+    width: float
     classes: int
     params: int | None = None
     flops: int | None = None
@@ -307,40 +370,63 @@ class ResourceRow:
     batch_size: int | None = None
     latency_batch_s: float | None = None
     latency_b1_s: float | None = None
-    device: str | None = None  # where latency/memory were measured
-    threads: int | None = None
-    source: str = "run"  # "run": from a trained run at width 1; "computed": by the report
+    measured_on: str = MISSING  # where latency and memory were measured: device, threads, load
     setting: dict[str, Any] = field(default_factory=dict)  # of the runs it stands for
 
 
-def resource_rows(
-    cells: dict, dataset: str, measure: Callable[[Cell], dict[str, Any] | None] | None = None
-) -> list[ResourceRow]:
-    """One row per (family, template, setting) present for ``dataset``, at width 1: from a run when
-    width 1 was trained, else from ``measure(cell)`` (the architecture measured without training)."""
-    mine = [c for c in cells.values() if c.dataset == dataset]
-    out = []
+def resource_rows(cells: dict, dataset: str) -> list[ResourceRow]:
+    """One row per trained cell of ``dataset`` (family, template, width widest first, setting)."""
+    mine = [c for c in cells.values() if c.dataset == dataset and c.done]
     order = list(Labels.of(c.setting for c in mine).settings)
+    out = []
     for fam in family_order(c.family for c in mine):
         for t in template_order(c.method for c in mine if c.family == fam):
-            for skey in (k for k in order if any((c.family, c.method, c.skey) == (fam, t, k) for c in mine)):
-                c1 = cells.get((dataset, fam, t, 1.0, skey))
-                any_cell = next(c for c in mine if (c.family, c.method, c.skey) == (fam, t, skey))
-                row = ResourceRow(fam, t, any_cell.classes, setting=any_cell.setting)
-                if c1 is not None and c1.done:
-                    for name in ("params", "flops", "train_memory_bytes", "batch_size", "threads"):
-                        setattr(row, name, c1.first(name))
-                    row.latency_batch_s = c1.resource("latency_batch_s")
-                    row.latency_b1_s = c1.resource("latency_b1_s")
-                    row.device = c1.first("resource_device")
-                elif measure is not None:
-                    m = measure(any_cell)
-                    if m:
-                        row.source = "computed"
-                        for k, v in m.items():
-                            setattr(row, k, v)
-                out.append(row)
+            here = [c for c in mine if (c.family, c.method) == (fam, t)]
+            for c in sorted(here, key=lambda c: (-c.width, order.index(c.skey))):
+                out.append(
+                    ResourceRow(
+                        fam,
+                        t,
+                        c.width,
+                        c.classes,
+                        params=c.first("params"),
+                        flops=c.first("flops"),
+                        train_memory_bytes=c.first("train_memory_bytes"),
+                        batch_size=c.first("batch_size"),
+                        latency_batch_s=c.resource("latency_batch_s"),
+                        latency_b1_s=c.resource("latency_b1_s"),
+                        measured_on=measured_on(c.done),
+                        setting=c.setting,
+                    )
+                )
     return out
+
+
+def measured_on(runs: Sequence[dict[str, Any]]) -> str:
+    """Where ``runs`` measured latency and memory, in one phrase: device, threads and whether the
+    machine was busy (the load recorded with the measurement; runs that recorded none say so)."""
+    res = [r.get("resources") or {} for r in runs]
+    devices = sorted({str(x.get("device_name") or x.get("device")) for x in res if x.get("device")})
+    if not devices:
+        return MISSING
+    threads = sorted({int(x["threads"]) for x in res if x.get("threads")})
+    loads = [load_of(x) for x in res]
+    busy = [x for x in loads if x is not None and x.busy]
+    if busy:
+        state = f"busy ({busy[0].words().split(': ')[0]})"
+    elif loads and all(x is not None for x in loads):
+        state = "idle"
+    else:
+        state = "load not recorded"
+    return f"{', '.join(devices)}, {'/'.join(map(str, threads))} thread{'s' * (threads != [1])}, {state}"
+
+
+def load_of(resources: dict[str, Any]) -> Load | None:
+    """The load a run's resources recorded beside their timing (None: not recorded)."""
+    x = resources.get("load")
+    if not isinstance(x, dict) or not x.get("cores"):
+        return None
+    return Load(x.get("load_before"), x.get("others_during"), int(x["cores"]))
 
 
 def fmt_bytes(n: float | None) -> str:
@@ -356,99 +442,69 @@ def _ms(s: float | None) -> str:
     return f"{ms:.3f}" if ms < 1 else f"{ms:.2f}" if ms < 10 else f"{ms:,.1f}"
 
 
-def resource_table(rows: list[ResourceRow], dataset: str) -> Table:
+def _resource_columns(rows: list[ResourceRow]) -> list[tuple[str, Callable[[ResourceRow], str], str]]:
+    """The resource table's columns after the labels: ``(header, display, ResourceRow field)``. A
+    column no row has a value for is left out, never shown as a column of dashes."""
     batch = next((r.batch_size for r in rows if r.batch_size), 64)
+    flops_prefix, flops_scale = units.prefix_for(r.flops for r in rows)
+    cols: list[tuple[str, Callable[[ResourceRow], str], str]] = [
+        ("params", lambda r: units.human(r.params), "params"),
+        (f"{flops_prefix}FLOPs / image", lambda r: _num(r.flops, flops_scale), "flops"),
+        (f"train memory (MiB, batch {batch})", lambda r: fmt_bytes(r.train_memory_bytes), "train_memory_bytes"),
+        (f"latency batch {batch} (ms)", lambda r: _ms(r.latency_batch_s), "latency_batch_s"),
+        ("latency batch 1 (ms)", lambda r: _ms(r.latency_b1_s), "latency_b1_s"),
+    ]
+    kept = [c for c in cols if any(getattr(r, c[2]) is not None for r in rows)]
+    if any(r.latency_batch_s is not None or r.latency_b1_s is not None for r in rows):
+        kept.append(("measured on", lambda r: r.measured_on, "measured_on"))
+    return kept
+
+
+def _num(v: float | None, scale: float) -> str:
+    return MISSING if v is None else f"{v / scale:,.3g}"
+
+
+def resource_table(rows: list[ResourceRow], dataset: str) -> Table:
+    """What every trained model of ``dataset`` costs: one row per family, template, width and setting."""
     labels = Labels.of(r.setting for r in rows)
-    out = [_resource_cells(r, labels) for r in rows]
-    raw = [_resource_csv_cells(r, labels) for r in rows]
-    computed = any(r.source == "computed" for r in rows)
+    cols = _resource_columns(rows)
+    lead = ["family", "template", "width", *labels.header()]
     return Table(
-        title=f"Resources at width 1 ({dataset})",
-        header=_resource_header(labels, batch),
-        rows=out,
-        notes=_resource_notes(rows, labels, computed),
-        align="ll" + "l" * len(labels.header()) + "r" * 5 + "l",
-        csv_header=[
-            "family",
-            "template",
-            *labels.csv_header(),
-            "params",
-            "flops",
-            "train_memory_bytes",
-            "batch_size",
-            "latency_batch_s",
-            "latency_batch1_s",
-            "device",
-            "threads",
-            "source",
+        title=f"Resources of the trained models ({dataset})",
+        header=[*lead, *(h for h, _, _ in cols)],
+        rows=[
+            [
+                r.family,
+                r.method,
+                f"{r.width:g}",
+                *labels.cells(settings.setting_key(r.setting)),
+                *(f(r) for _, f, _ in cols),
+            ]
+            for r in rows
         ],
-        csv_rows=raw,
+        notes=[
+            labels.caption(),
+            f"{rows[0].classes if rows else '?'} classes. Parameters and FLOPs are exact; training memory is "
+            "one SGD step at the run's batch size (on CPU the exact account of its tensors, on CUDA the "
+            "allocator peak); latency is the median eval forward pass over the seeds, comparable only between "
+            "rows measured on the same device and thread count, and not on a busy machine.",
+        ],
+        align="lll"
+        + "l" * len(labels.header())
+        + "r" * sum(name != "measured_on" for _, _, name in cols)
+        + "l" * any(name == "measured_on" for _, _, name in cols),
+        csv_header=["family", "template", "width", *labels.csv_header(), *(name for _, _, name in cols)],
+        csv_rows=[
+            [
+                r.family,
+                r.method,
+                r.width,
+                *labels.csv_cells(settings.setting_key(r.setting)),
+                *(getattr(r, name) for _, _, name in cols),
+            ]
+            for r in rows
+        ],
     )
-
-
-def _resource_header(labels: Labels, batch: int) -> list[str]:
-    return [
-        "family",
-        "template",
-        *labels.header(),
-        "params (M)",
-        "GFLOPs / image",
-        f"train memory (MiB, batch {batch})",
-        f"latency batch {batch} (ms)",
-        "latency batch 1 (ms)",
-        "measured on",
-    ]
-
-
-def _resource_cells(r: ResourceRow, labels: Labels) -> list[str]:
-    """The displayed row; computed (not trained) figures are marked with †."""
-    mark = "†" if r.source == "computed" else ""
-    skey = settings.setting_key(r.setting)
-    where = f"{r.device}, {r.threads} thread{'s' if r.threads != 1 else ''}" if r.device else MISSING
-    return [
-        r.family,
-        r.method,
-        *labels.cells(skey),
-        MISSING if r.params is None else f"{r.params / 1e6:,.3f}",
-        MISSING if r.flops is None else f"{r.flops / 1e9:,.4f}",
-        fmt_bytes(r.train_memory_bytes) + mark,
-        _ms(r.latency_batch_s) + (mark if r.latency_batch_s is not None else ""),
-        _ms(r.latency_b1_s) + (mark if r.latency_b1_s is not None else ""),
-        where,
-    ]
-
-
-def _resource_csv_cells(r: ResourceRow, labels: Labels) -> list[Any]:
-    skey = settings.setting_key(r.setting)
-    return [
-        r.family,
-        r.method,
-        *labels.csv_cells(skey),
-        r.params,
-        r.flops,
-        r.train_memory_bytes,
-        r.batch_size,
-        r.latency_batch_s,
-        r.latency_b1_s,
-        r.device,
-        r.threads,
-        r.source,
-    ]
-
-
-def _resource_notes(rows: list[ResourceRow], labels: Labels, computed: bool) -> list[str]:
-    notes = [
-        labels.caption(),
-        "width multiplier 1, " + f"{rows[0].classes if rows else '?'} classes. Latency: median forward pass "
-        "in eval mode; only comparable between rows measured on the same device and thread count.",
-    ]
-    if computed:
-        notes.append(
-            "†: width 1 was not trained; parameters, FLOPs and training memory are computed from the "
-            "architecture, latency is measured by the report on this machine (memory on CPU is the "
-            "exact account of the training step's tensors, on CUDA runs the allocator peak)."
-        )
-    return notes
 
 
 # --------------------------------------------------------------------------------------------

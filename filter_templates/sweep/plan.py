@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 
+from filter_templates.core.load import Load, OthersMeter, load_average, usable_cores
 from filter_templates.core.rundir import CONFIG, read_metrics, read_summary, write_resources
 from filter_templates.core.status import DONE, FAILED, PAUSED
 from filter_templates.method.measure import input_shape_of, latency, resources
@@ -175,10 +176,12 @@ def complete_resources(config: "TrainConfig", summary: Mapping[str, Any], run_di
     if need_latency:
         with torch.device(device):
             model = config.arch.build()
+        before, others = load_average(), OthersMeter()  # a latency is only as good as the machine was idle
         lat = {
             f"batch{b}": latency(model, b, device, input_shape=input_shape_of(config.arch))
             for b in dict.fromkeys((config.batch_size, 1))
         }
+        extra["load"] = Load(before, others.cores(), usable_cores()).to_dict()
         extra["latency_s"] = {k: v["median_s"] for k, v in lat.items()}
         extra["latency_iqr_s"] = {k: v["iqr_s"] for k, v in lat.items()}
         extra["batch_size"] = config.batch_size

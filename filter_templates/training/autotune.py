@@ -35,6 +35,7 @@ import torch
 
 from filter_templates.core.device import cpu_has_amx
 from filter_templates.core.errors import UsageError
+from filter_templates.core.load import usable_cores
 
 __all__ = [
     "Execution",
@@ -126,15 +127,6 @@ def choose(
         compile_source=("profile" if profile is not None else "default") if compile is None else "given",
         profile=path,
     )
-
-
-def usable_cores() -> int:
-    """The cores this process may run on: its CPU affinity (a container's or ``taskset``'s limit),
-    else every core the machine has."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
 
 
 def threads_for(device: torch.device, jobs: int = 1, cores: int | None = None) -> tuple[int, str]:
