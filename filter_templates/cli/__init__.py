@@ -65,10 +65,11 @@ def _command(argv: Sequence[str]) -> list[str]:
 def interrupted_line(command: str | None) -> str:
     """What Ctrl-C prints: how the command continues where it stopped, where it can (its module's
     ``ON_INTERRUPT``)."""
-    if command in COMMANDS:
-        hint = getattr(importlib.import_module(f"{__name__}.{command}_cmd"), "ON_INTERRUPT", None)
-        if hint:
-            return f"interrupted; {hint}"
+    for name in COMMANDS:  # by the table, so every module this imports can be read from the code
+        if name == command:
+            hint = getattr(importlib.import_module(f"{__name__}.{name}_cmd"), "ON_INTERRUPT", None)
+            if hint:
+                return f"interrupted; {hint}"
     return "interrupted"
 
 

@@ -350,21 +350,8 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
             if not pts:
                 continue
             xs = [_known(c.resource(column)) * scale for c in pts]  # `done` holds cells with both
-            ys = [100 * _known(c.acc(metric)) for c in pts]
-            lo, hi = figures._bars(pts, metric, ys)
-            ax.errorbar(
-                xs,
-                ys,
-                yerr=[lo, hi],
-                linestyle="-" if len(pts) > 1 else "none",
-                linewidth=1.6,
-                markersize=6,
-                capsize=3,
-                label=t,
-                **figures.template_style(t, templates),
-            )
+            ys_all += figures.draw_series(ax, pts, xs, metric, t, templates)
             xs_all += xs
-            ys_all += [(y - down, y + up) for y, down, up in zip(ys, lo, hi)]
         ax.set_title(panel_title, fontsize=10)
         ax.set_xlabel(label)
         ax.set_ylabel(figures.accuracy_label(metric))
@@ -374,18 +361,7 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
     for ax in list(axes.flat)[len(where) :]:
         ax.set_visible(False)
     several = len({c.budget_value for c in done}) > 1
-    handles = [
-        Line2D(
-            [],
-            [],
-            linestyle="-" if several else "none",
-            linewidth=1.6,
-            markersize=6,
-            label=t,
-            **figures.template_style(t, templates),
-        )
-        for t in templates
-    ]
+    handles = figures.template_handles(templates, several)
     handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=1, label="budget"))
     fig.suptitle(
         f"{dataset}: accuracy versus {label.split(' (')[0]} at "

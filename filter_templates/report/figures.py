@@ -49,6 +49,8 @@ __all__ = [
     "axis_x",
     "axis_y",
     "legend_below",
+    "draw_series",
+    "template_handles",
 ]
 
 # x-axis: (cell resource column, axis label, scale to display units, whether the values are counts
@@ -143,26 +145,10 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
         ys_all: list[tuple[float, float]] = []
         panel = [c for c in mine if c.skey == skey and c.family == fam]
         for t in templates:
-            pts = sorted((c for c in panel if c.method == t), key=lambda c: c.width)
-            pts = [c for c in pts if (c.resource(column) or 0) > 0]
-            if not pts:
-                continue
+            pts = [c for c in sorted(panel, key=lambda c: c.width) if c.method == t and (c.resource(column) or 0) > 0]
             xs = [float(c.resource(column) or 0) * scale for c in pts]
-            ys = [100 * float(c.acc(metric) or 0) for c in pts]
-            lo, hi = _bars(pts, metric, ys)
-            ax.errorbar(
-                xs,
-                ys,
-                yerr=[lo, hi],
-                linestyle="-" if len(pts) > 1 else "none",
-                linewidth=1.6,
-                markersize=6,
-                capsize=3,
-                label=t,
-                **template_style(t, templates),
-            )
+            ys_all += draw_series(ax, pts, xs, metric, t, templates)
             xs_all += xs
-            ys_all += [(y - down, y + up) for y, down, up in zip(ys, lo, hi)]
         ref = _reference(panel, fam)
         if ref is not None:
             refs[fam] = ref.width
@@ -180,7 +166,59 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
         axis_y(ax, ys_all)
     for ax in list(axes.flat)[len(where) :]:
         ax.set_visible(False)
-    handles = [
+    handles = template_handles(templates, curves)
+    if refs:
+        label = (
+            f"base at width {next(iter(refs.values())):g}"
+            if len(set(refs.values())) == 1
+            else "base, widest trained: " + ", ".join(f"{fam} {w:g}" for fam, w in refs.items())
+        )
+        handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=1, label=label))
+    fig.suptitle(_title(mine, dataset, axis, widths, curves), fontsize=10)
+    legend_below(fig, handles)
+    return fig
+
+
+def _title(mine: Sequence[Cell], dataset: str, axis: str, widths: Sequence[float], curves: bool) -> str:
+    """What the figure shows, what its bars are, where its costs were measured and which runs it holds."""
+    what = {"params": "parameters", "memory": "training memory", "latency": "inference latency"}[axis]
+    how = (
+        f"one curve per template across widths {', '.join(f'{w:g}' for w in widths)}"
+        if curves
+        else f"one point per template at width {'/'.join(f'{w:g}' for w in widths)}"
+    )
+    title = f"{dataset}: accuracy versus {what}, {how}\nbars: {interval_words(len(c.done) for c in mine)}"
+    if axis in ("latency", "memory"):
+        title += f"\nmeasured on {measured_on([r for c in mine for r in c.done])}"
+    return title + "\n" + runs_line(mine)
+
+
+def draw_series(
+    ax: Any, cells: Sequence[Any], xs: Sequence[float], metric: str, template: str, templates: Sequence[str]
+) -> list[tuple[float, float]]:
+    """One template's cells at ``xs`` with their 95% intervals as error bars, joined by a line only
+    where there are several; returns the bars' (low, high), for the accuracy axis."""
+    if not cells:
+        return []
+    ys = [100 * float(c.acc(metric) or 0) for c in cells]
+    lo, hi = _bars(cells, metric, ys)
+    ax.errorbar(
+        xs,
+        ys,
+        yerr=[lo, hi],
+        linestyle="-" if len(cells) > 1 else "none",
+        linewidth=1.6,
+        markersize=6,
+        capsize=3,
+        label=template,
+        **template_style(template, templates),
+    )
+    return [(y - down, y + up) for y, down, up in zip(ys, lo, hi)]
+
+
+def template_handles(templates: Sequence[str], curves: bool) -> list[Any]:
+    """The legend's entries of the templates: a marker, with a line where the figure draws curves."""
+    return [
         Line2D(
             [],
             [],
@@ -192,27 +230,6 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
         )
         for t in templates
     ]
-    if refs:
-        same = len(set(refs.values())) == 1
-        label = (
-            f"base at width {next(iter(refs.values())):g}"
-            if same
-            else "base, widest trained: " + ", ".join(f"{fam} {w:g}" for fam, w in refs.items())
-        )
-        handles.append(Line2D([], [], color="0.35", linestyle="--", linewidth=1, label=label))
-    what = {"params": "parameters", "memory": "training memory", "latency": "inference latency"}[axis]
-    how = (
-        f"one curve per template across widths {', '.join(f'{w:g}' for w in widths)}"
-        if curves
-        else f"one point per template at width {'/'.join(f'{w:g}' for w in widths)}"
-    )
-    title = f"{dataset}: accuracy versus {what}, {how}\nbars: {interval_words(len(c.done) for c in mine)}"
-    if axis in ("latency", "memory"):
-        title += f"\nmeasured on {measured_on([r for c in mine for r in c.done])}"
-    title += "\n" + runs_line(mine)
-    fig.suptitle(title, fontsize=10)
-    legend_below(fig, handles)
-    return fig
 
 
 def _series(cells: Sequence[Cell]) -> set[tuple[str, str, str]]:
