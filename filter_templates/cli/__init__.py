@@ -24,6 +24,7 @@ __all__ = ["main", "build_parser", "error_line", "COMMANDS", "PROG"]
 COMMANDS = {
     "templates": "show each template's per-layer filter counts and cost",
     "fit": "find, per template, the largest width multiplier that fits a resource budget",
+    "probe": "write a model's templates at a grid of widths as ONNX, with a script that times them on a target",
     "train": "train one templated model into a run directory",
     "sweep": "train a grid of models into a results store (local, Ray or Slurm)",
     "report": "tables (Markdown/CSV/LaTeX) and figures (PNG/SVG) from a results store",

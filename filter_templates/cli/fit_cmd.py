@@ -28,6 +28,7 @@ from filter_templates.method.fit import (
     format_value,
     parse_budget,
 )
+from filter_templates.method.latency_table import read_table
 from filter_templates.method.measure import mib
 from filter_templates.method.runtimes import load_text
 from filter_templates.models import MAX_WIDTH, get_family
@@ -55,6 +56,12 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p.add_argument("--budget", required=True, metavar="KEY=VALUE", help=BUDGET_HELP)
     add_measure_args(p)
     add_latency_args(p)
+    p.add_argument(
+        "--latency-table",
+        metavar="FILE",
+        help="fit a latency budget against this table (latency_table.json, written on the target device by "
+        "the script that `probe` writes) instead of timing here: monotone interpolation over the probed widths",
+    )
     p.add_argument(
         "--latency-tolerance",
         type=fraction,
@@ -94,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
     size = args.image_size or IMAGE_SIZE
     budget = parse_budget(args.budget)
     latency = latency_from_args(args)
+    table = read_table(args.latency_table) if args.latency_table else None
     if args.save:
         check_writable(args.save, "--save", folder=True)  # before the fit, which may take a while
     results = fit(
@@ -113,6 +121,7 @@ def run(args: argparse.Namespace) -> int:
             max_width=args.max_width,
             measure=args.measure,
             latency=latency,
+            latency_table=table,
         )
     )
     for r in results:

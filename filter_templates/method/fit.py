@@ -47,6 +47,7 @@ from filter_templates.core.progress import Progress
 from filter_templates.method import measure
 from filter_templates.method.arch import Arch, make_arch
 from filter_templates.method.latency_fit import LatencyFitter
+from filter_templates.method.latency_table import LatencyTable
 from filter_templates.method.measure import arch_shape
 from filter_templates.method.runtimes import LatencySetting, open_runtime, time_archs
 from filter_templates.method.templates import template_names
@@ -159,7 +160,7 @@ class FitRequest:
     of every fitted model to its resources (otherwise only params, FLOPs and the budgeted resource).
     A latency budget is measured as ``latency`` says (a :class:`~filter_templates.method.runtimes.LatencySetting`:
     runtime, images per call, threads, rounds; default eager torch at batch 1) and searched by
-    ``latency_fit``.
+    ``latency_fit``, or read from ``latency_table`` (measured on the target by ``probe``'s script).
     """
 
     family: str
@@ -178,6 +179,7 @@ class FitRequest:
     measure: bool = False
     progress: Optional[bool] = None
     latency: Optional[LatencySetting] = None
+    latency_table: Optional[LatencyTable] = None
 
     def latency_setting(self) -> LatencySetting:
         """How a latency budget is measured: ``latency``, else eager torch at batch 1 on ``device``
@@ -305,6 +307,8 @@ def fit(request: FitRequest) -> list[FitResult]:
 
 def _fit_latency(r: FitRequest, fam: Any, budget: Budget, names: list[str]) -> list[FitResult]:
     """Every template fitted to a latency budget in the request's runtime (``latency_fit``)."""
+    if r.latency_table is not None:
+        return _fit_table(r, fam, budget, names, r.latency_table)
     runtime = open_runtime(r.latency_setting())
     limit = budget.value * (1 - r.latency_tolerance)
     fitter = LatencyFitter(runtime, lambda t, w: r.arch(fam.name, t, w), budget.value, limit, W_TINY)
@@ -325,6 +329,31 @@ def _fit_latency(r: FitRequest, fam: Any, budget: Budget, names: list[str]) -> l
         results.append(
             FitResult(answer.arch.template, answer.width, answer.arch, res, answer.capped, note, answer.probes)
         )
+    return results
+
+
+def _fit_table(r: FitRequest, fam: Any, budget: Budget, names: list[str], table: LatencyTable) -> list[FitResult]:
+    """Every template fitted against a latency table (``latency_table``), interpolated over widths."""
+    table.check(lambda t, w: r.arch(fam.name, t, w), names)
+    limit = budget.value * (1 - r.latency_tolerance)
+    results = []
+    for name in names:
+        cap = _width_cap(r.arch(fam.name, name, 1.0), fam, float(r.max_width), r.divisor)
+        width, median, spread, capped = table.fit(name, limit, cap)
+        if median > limit:
+            raise UsageError(
+                f"budget {budget} cannot be met: the smallest {name} model in --latency-table {table.path} "
+                f"(width {width:g}) takes {format_value('latency', median)}; probe smaller widths"
+            )
+        arch = r.arch(fam.name, name, width)
+        res = measure.resources(arch, r.batch_size, r.device, memory=r.measure, latency=False)
+        if not r.measure:
+            res = {"params": res["params"], "flops": res["flops"]}
+        res["latency"] = table.record(median, spread, budget.value)
+        note = (
+            f"the table's widest {name} model (width {width:g}) is within the budget; probe wider" if capped else None
+        )
+        results.append(FitResult(arch.template, width, arch, res, capped, note, 0))
     return results
 
 
