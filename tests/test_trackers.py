@@ -273,3 +273,36 @@ def test_a_sweep_config_names_the_trackers_and_flags_say_where(tmp_path, capsys)
     assert [p.name for p in (logs / "study").iterdir()] == [run.name]  # the store's group, the run's name
     assert [e.step for e in _events(logs / "study" / run.name).Scalars("test_acc")] == [1]
     assert json.loads((run / rundir.CONFIG).read_text())["log"]["to"] == ["tensorboard"]
+
+
+def test_a_paused_run_continues_its_tracker_runs(tmp_path, monkeypatch):
+    pytest.importorskip("tensorboard")
+    mlflow = pytest.importorskip("mlflow")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    uri, run, logs = f"file:{tmp_path / 'mlruns'}", tmp_path / "run", tmp_path / "tb"
+    log = ["--log", "tensorboard", "--log", "mlflow", "--log-dir", str(logs), "--tracking-uri", uri]
+    assert main([*TRAIN, "--out", str(run), *log, "--stop-at", "2"]) == 0
+    first = rundir.read_json(run / rundir.TRACKING)
+    assert {k: v["epoch"] for k, v in first.items()} == {"tensorboard": 2, "mlflow": 2}
+    assert main([*TRAIN, "--out", str(run), *log, "--resume"]) == 0
+    assert {k: v["id"] for k, v in rundir.read_json(run / rundir.TRACKING).items()} == {
+        k: v["id"] for k, v in first.items()
+    }
+    acc = _events(logs / run.name)
+    assert [e.step for e in acc.Scalars("train_loss")] == [1, 2, 3]
+    assert len(acc.Scalars("final/test_acc")) == 1
+    client = mlflow.tracking.MlflowClient(uri)
+    [found] = client.search_runs([client.get_experiment_by_name("filter-templates").experiment_id])
+    assert [m.step for m in client.get_metric_history(found.info.run_id, "train_loss")] == [1, 2, 3]
+    assert found.info.status == "FINISHED"
+
+
+def test_only_the_writing_process_logs(tmp_path):
+    pytest.importorskip("tensorboard")
+    run, logs = tmp_path / "run", tmp_path / "tb"
+    argv = [*TRAIN, "--epochs", "2", "--nproc", "2", "--out", str(run), "--log", "tensorboard", "--log-dir", str(logs)]
+    assert main(argv) == 0
+    assert [p.name for p in logs.iterdir()] == [run.name]
+    acc = _events(logs / run.name)
+    assert [e.step for e in acc.Scalars("train_loss")] == [1, 2]  # rank 0's epochs, once
+    assert len(list((logs / run.name).glob("events.out.tfevents.*"))) == 1
