@@ -16,6 +16,7 @@ from test_sweep import _poll, _spawn
 
 from filter_templates.cli import main
 from filter_templates.core import rundir, trackers
+from filter_templates.method.fit import parse_budget
 
 # The acceptance command on a slice of the digits (test_reduce's): three epochs in a few seconds.
 TRAIN = [
@@ -239,7 +240,7 @@ def test_killed_reduce_continues_each_tracker_run_without_repeating_an_epoch(tmp
         for tag in EPOCH_TAGS:
             assert [e.step for e in acc.Scalars(tag)] == list(range(1, epochs + 1)), (name, tag)
         assert len(acc.Scalars("final/test_acc")) == 1
-        assert _hparams(acc)["budget"] == "params=20,000"
+        assert _hparams(acc)["budget"] == str(parse_budget("params=20K"))
 
     # the same store written afterwards (`report --to tensorboard`): the same runs, epochs and values
     exported = tmp_path / "exported"
@@ -297,6 +298,7 @@ def test_a_paused_run_continues_its_tracker_runs(tmp_path, monkeypatch):
     assert found.info.status == "FINISHED"
 
 
+@pytest.mark.slow  # two processes of torch: ~20 s on a loaded 2-core machine
 def test_only_the_writing_process_logs(tmp_path):
     pytest.importorskip("tensorboard")
     run, logs = tmp_path / "run", tmp_path / "tb"

@@ -118,7 +118,9 @@ class Tracker:
 
     def _open(self, adapter: Adapter) -> None:
         """Start or continue ``adapter``'s run, then send the epochs it has not logged yet."""
-        saved = self.state.get(adapter.name)
+        saved, rows = self.state.get(adapter.name), rundir.read_metrics(self.out)
+        if saved is not None and saved.get("epoch", 0) > (int(rows[-1]["epoch"]) if rows else 0):
+            saved = None  # the run started again from scratch (its checkpoint gone): a new tracker run
 
         def start() -> None:
             self.state[adapter.name] = {"id": adapter.open(self.run, saved), "epoch": (saved or {}).get("epoch", 0)}
@@ -126,7 +128,7 @@ class Tracker:
         if self._guard(adapter, start):
             self.opened[adapter.name] = adapter
             self._save()
-            for row in rundir.read_metrics(self.out):
+            for row in rows:
                 self._epoch(adapter, row)
 
     def _epoch(self, adapter: Adapter, row: Mapping[str, Any]) -> None:
