@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 from filter_templates.core.errors import UsageError
 
-__all__ = ["TRACKERS", "EXTRAS", "KEYS", "normal", "require", "prepare"]
+__all__ = ["TRACKERS", "EXTRAS", "KEYS", "TENSORBOARD_DIR", "normal", "require", "local_folder", "prepare"]
 
 #: Tracker name -> (the module that must import, the package extra that installs it).
 EXTRAS: dict[str, tuple[str, str]] = {
@@ -25,6 +25,8 @@ EXTRAS: dict[str, tuple[str, str]] = {
     "wandb": ("wandb", "wandb"),
 }
 TRACKERS = tuple(EXTRAS)
+#: TensorBoard's event files when no folder is given (in the working directory of the command).
+TENSORBOARD_DIR = "tensorboard"
 #: The keys of the normal form: the trackers, a local folder (TensorBoard's event files, W&B's
 #: run folders), MLflow's tracking URI, the project (W&B project, MLflow experiment prefix), the
 #: group a sweep's or reduce's runs share, and the budget its models were fitted to (a hyperparameter).
@@ -70,17 +72,29 @@ def require(settings: Mapping[str, Any] | None) -> None:
             raise UsageError(f"--log {name} needs the {module} package: pip install 'filter-templates[{extra}]'")
 
 
+def local_folder(settings: Mapping[str, Any]) -> str | None:
+    """The trackers' local folder as an absolute path, decided where the command is typed: the
+    one given; else, with TensorBoard, ``TENSORBOARD_DIR`` in the working directory; else, with
+    W&B, ``$WANDB_DIR`` or the working directory (W&B writes ``<it>/wandb/``); else none."""
+    if settings.get("dir") is not None:
+        return os.path.abspath(settings["dir"])
+    if "tensorboard" in settings["to"]:
+        return os.path.abspath(TENSORBOARD_DIR)
+    if "wandb" in settings["to"]:
+        return os.path.abspath(os.environ.get("WANDB_DIR") or os.curdir)
+    return None
+
+
 def prepare(value: Any, group: str | None = None, budget: str | None = None) -> dict[str, Any] | None:
     """``value`` as the runs of a command log it: in normal form, its trackers installed (else one
-    line naming the extra), its folder absolute (the config travels to processes started elsewhere:
-    a sweep's workers, Ray trials, Slurm jobs), and ``group`` (a sweep's or reduce's runs share one)
-    and ``budget`` filled in where not given."""
+    line naming the extra), its folder absolute (:func:`local_folder`: the config travels to
+    processes started elsewhere, Ray trials run in their trial folder), and ``group`` (a sweep's or
+    reduce's runs share one) and ``budget`` filled in where not given."""
     settings = normal(value)
     if settings is None:
         return None
     require(settings)
-    if settings["dir"] is not None:
-        settings["dir"] = os.path.abspath(settings["dir"])
+    settings["dir"] = local_folder(settings)
     settings["group"] = settings["group"] or group
     settings["budget"] = settings["budget"] or budget
     return settings

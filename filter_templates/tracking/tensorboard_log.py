@@ -7,17 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from filter_templates.core.trackers import TENSORBOARD_DIR
 from filter_templates.tracking.adapter import Adapter, RunInfo, Scalar
 
-__all__ = ["TensorBoardRun", "DEFAULT_DIR", "run_folder", "write_hparams", "end_run"]
-
-DEFAULT_DIR = "tensorboard"
+__all__ = ["TensorBoardRun", "run_folder", "write_hparams", "end_run"]
 
 
 def run_folder(settings: Mapping[str, Any], name: str, group: str | None) -> Path:
     """Where a run's event files go: the log folder, then the project and group where given."""
     parts = [p for p in (settings.get("project"), group) if p]
-    return Path(settings.get("dir") or DEFAULT_DIR, *parts, name)
+    return Path(settings.get("dir") or TENSORBOARD_DIR, *parts, name)
 
 
 def write_hparams(writer: Any, hparams: Mapping[str, Scalar], metrics: Sequence[str]) -> None:
