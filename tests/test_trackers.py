@@ -289,12 +289,14 @@ def test_a_paused_run_continues_its_tracker_runs(tmp_path, monkeypatch):
     assert {k: v["id"] for k, v in rundir.read_json(run / rundir.TRACKING).items()} == {
         k: v["id"] for k, v in first.items()
     }
+    assert main([*TRAIN, "--out", str(run), *log, "--resume"]) == 0  # done already: final files rewritten
     acc = _events(logs / run.name)
     assert [e.step for e in acc.Scalars("train_loss")] == [1, 2, 3]
     assert len(acc.Scalars("final/test_acc")) == 1
     client = mlflow.tracking.MlflowClient(uri)
     [found] = client.search_runs([client.get_experiment_by_name("filter-templates").experiment_id])
     assert [m.step for m in client.get_metric_history(found.info.run_id, "train_loss")] == [1, 2, 3]
+    assert len(client.get_metric_history(found.info.run_id, "final/test_acc")) == 1
     assert found.info.status == "FINISHED"
 
 

@@ -139,8 +139,10 @@ class Tracker:
             self.state[adapter.name]["epoch"] = epoch
 
     def _ensure_open(self) -> None:
+        """Open every tracker not open yet, but one whose run this run finished already (a finished
+        run's final files rewritten: it has nothing new to log)."""
         for adapter in list(self.adapters):
-            if adapter.name not in self.opened:
+            if adapter.name not in self.opened and not self.state.get(adapter.name, {}).get("finished"):
                 self._open(adapter)
 
     def __call__(self, row: Mapping[str, Any]) -> None:
@@ -151,15 +153,18 @@ class Tracker:
         self._save()
 
     def finish(self, summary: Summary) -> None:
-        """Log the run's outcome: final metrics, resources and files of a finished or failed run;
-        a paused run's tracker runs stay open for its continuation."""
+        """Log the run's outcome: final metrics, resources and files of a finished or failed run
+        (a finished one is marked so in ``tracking.json``, and never logged to again; a failed one
+        may still be continued); a paused run's tracker runs stay open for its continuation."""
         self._ensure_open()
         if summary["status"] in (DONE, FAILED):
             final, step = final_scalars(summary), max(int(summary["epochs"]), 1)
             files = [self.out / n for n in (rundir.MODEL, rundir.CONFIG, rundir.SUMMARY) if (self.out / n).is_file()]
             ok = summary["status"] == DONE
             for adapter in list(self.opened.values()):
-                self._guard(adapter, partial(adapter.finish, step, final, files, ok))
+                if self._guard(adapter, partial(adapter.finish, step, final, files, ok)) and ok:
+                    self.state[adapter.name]["finished"] = True
+            self._save()
         self.close()
 
     def close(self) -> None:
