@@ -2,8 +2,9 @@
 
 A run directory holds ``config.json`` (the training configuration), ``metrics.jsonl`` (a line per
 epoch), ``checkpoint.pt`` (after every epoch), ``model.pt`` (the final state_dict),
-``summary.json`` (status, accuracies, resources, device) and, written by a sweep,
-``resources.json`` (what it measured on top of the summary). Every module that reads or writes
+``summary.json`` (status, accuracies, resources, device), ``outcomes.npz`` (which validation and
+test images each epoch's model got right: what compares two runs on the same images) and, written
+by a sweep, ``resources.json`` (what it measured on top of the summary). Every module that reads or writes
 one of them goes through this one.
 
 A run can be killed at any instant (SIGKILL, power loss, a preempted cluster job). Every file is
@@ -22,9 +23,12 @@ import re
 import shutil
 import tempfile
 import warnings
+import zipfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Callable, Literal, Mapping, Sequence
 
+import numpy as np
 import torch
 
 from filter_templates.core.errors import UsageError
@@ -60,6 +64,10 @@ __all__ = [
     "merge_resources",
     "write_resources",
     "read_metrics",
+    "OUTCOMES",
+    "Outcomes",
+    "read_outcomes",
+    "write_outcomes",
     "write_metrics",
     "append_metrics",
     "copy_run_files",
@@ -74,8 +82,9 @@ MODEL = "model.pt"
 SUMMARY = "summary.json"
 RESOURCES = "resources.json"  # what a sweep measured on top of train's summary
 TRACKING = "tracking.json"  # the tracker runs (TensorBoard, MLflow, W&B) a run logs to, and their last epoch
+OUTCOMES = "outcomes.npz"  # per epoch, which validation and test images the model got right
 #: What ``train`` writes; a run's ``export`` never replaces one of these.
-TRAIN_FILES = (CONFIG, METRICS, CHECKPOINT, MODEL, SUMMARY)
+TRAIN_FILES = (CONFIG, METRICS, CHECKPOINT, MODEL, SUMMARY, OUTCOMES)
 #: Everything a run directory may hold: what a Ray trial's checkpoint carries between hosts.
 RUN_FILES = (*TRAIN_FILES, RESOURCES, TRACKING)
 #: What a finished checkpoint holds (``train`` writes them all).
@@ -402,3 +411,65 @@ def copy_run_files(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> 
     for name in RUN_FILES:
         if (src / name).exists():
             atomic_copy(src / name, dst / name)
+
+
+# --------------------------------------------------------------------------------------------
+# Per-image outcomes: which images each epoch's model classified correctly
+# --------------------------------------------------------------------------------------------
+
+#: The splits whose per-image outcomes a run keeps.
+OUTCOME_SPLITS = ("val", "test")
+
+
+@dataclass(frozen=True)
+class Outcomes:
+    """Per split (``val``, ``test``), one boolean row per epoch: image ``i`` of the split (in its
+    fixed order) classified correctly by that epoch's model. Two runs on the same split can then be
+    compared image by image (a paired test); a split the run did not have is absent."""
+
+    splits: Mapping[str, np.ndarray]  # name -> bool [epochs, images]
+
+    def at(self, split: str, epoch: int) -> np.ndarray | None:
+        """Split ``split``'s outcomes after ``epoch`` (1-based) epochs, or None when not recorded."""
+        rows = self.splits.get(split)
+        return None if rows is None or not 1 <= epoch <= len(rows) else rows[epoch - 1]
+
+    def first(self, epochs: int) -> "Outcomes":
+        """The outcomes of the first ``epochs`` epochs (a resumed run continues from its checkpoint's)."""
+        return Outcomes({k: v[:epochs] for k, v in self.splits.items()})
+
+    def add(self, epoch: Mapping[str, np.ndarray]) -> "Outcomes":
+        """These outcomes with one more epoch's (one bool vector per split)."""
+        out = dict(self.splits)
+        for k, v in epoch.items():
+            row = np.asarray(v, dtype=bool)[None]
+            out[k] = row if k not in out else np.concatenate([out[k], row])
+        return Outcomes(out)
+
+
+def write_outcomes(run_dir: str | os.PathLike[str], outcomes: Outcomes) -> Path:
+    """``outcomes.npz``: each split's rows packed eight images to a byte, with the image count."""
+
+    def save(f: IO[bytes]) -> None:
+        arrays: dict[str, np.ndarray] = {}
+        for k, rows in outcomes.splits.items():
+            arrays[k] = np.packbits(rows.astype(bool), axis=1)
+            arrays[f"{k}_images"] = np.asarray(rows.shape[1], dtype=np.int64)
+        np.savez(f, **arrays)
+
+    return atomic_write(Path(run_dir) / OUTCOMES, save)
+
+
+def read_outcomes(run_dir: str | os.PathLike[str]) -> Outcomes | None:
+    """A run's ``outcomes.npz`` (None when absent or unreadable). Read with ``allow_pickle=False``:
+    plain arrays only, so a file from elsewhere cannot run code."""
+    try:
+        with np.load(Path(run_dir) / OUTCOMES, allow_pickle=False) as z:
+            splits = {}
+            for k in OUTCOME_SPLITS:
+                if k in z.files and f"{k}_images" in z.files:
+                    n = int(z[f"{k}_images"])
+                    splits[k] = np.unpackbits(z[k], axis=1, count=n).astype(bool)
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        return None
+    return Outcomes(splits)

@@ -156,6 +156,19 @@ def total(*values: torch.Tensor) -> list[torch.Tensor]:
     return list(stacked.unbind())
 
 
+def concatenated(part: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """The 1-D ``part`` of every process joined in rank order (``sizes``: each process's length);
+    ``part`` itself in a single process."""
+    if not _active():
+        return part
+    longest = max(sizes)
+    padded = torch.zeros(longest, dtype=part.dtype, device=part.device)
+    padded[: len(part)] = part
+    gathered = [torch.empty_like(padded) for _ in sizes]
+    dist.all_gather(gathered, padded)
+    return torch.cat([g[:n] for g, n in zip(gathered, sizes)])
+
+
 def all_finite(value: torch.Tensor) -> bool:
     """Whether ``value`` is finite on every process: all of them stop on the same step or none."""
     return bool(torch.isfinite(total(value)[0]).item())

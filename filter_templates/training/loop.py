@@ -60,6 +60,7 @@ __all__ = [
     "Context",
     "sgd_step",
     "evaluate",
+    "evaluate_images",
     "open_checkpoint",
     "with_data_digest",
     "check_val_split",
@@ -120,25 +121,30 @@ def sgd_step(
 
 
 def evaluate(model: torch.nn.Module, loader: Loader, amp: bool, tta: bool, shift: int = 0) -> float:
-    """Top-1 accuracy of ``model`` over ``loader``. ``tta`` adds the logits of the mirrored images;
-    with it, ``shift`` > 0 adds two more views: the mirror image moved by ``shift`` pixels right and
+    """Top-1 accuracy of ``model`` over ``loader`` (the mean of :func:`evaluate_images`)."""
+    hits = evaluate_images(model, loader, amp, tta, shift)
+    return int(hits.sum().item()) / max(len(hits), 1)
+
+
+def evaluate_images(model: torch.nn.Module, loader: Loader, amp: bool, tta: bool, shift: int = 0) -> torch.Tensor:
+    """Per image of ``loader`` (every process's shard, joined in order): whether ``model``'s top-1
+    class is right, a bool vector on the CPU. ``tta`` adds the logits of the mirrored images; with
+    it, ``shift`` > 0 adds two more views: the mirror image moved by ``shift`` pixels right and
     down, the image moved by ``shift`` pixels left and up (reflect-padded). The views are fixed, so
-    the accuracy is a pure function of the weights."""
+    the outcomes are a pure function of the weights."""
     model.eval()
-    device = loader.device
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    seen = 0
-    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+    hits = []
+    with torch.inference_mode(), torch.autocast(loader.device.type, dtype=torch.bfloat16, enabled=amp):
         for x, y in loader:
             logits = model(x)
             if tta:
                 logits = logits.float() + model(x.flip(3)).float()
                 if shift:
                     logits += model(_shifted(x.flip(3), shift)).float() + model(_shifted(x, -shift)).float()
-            correct += (logits.argmax(1) == y).sum()
-            seen += y.shape[0]
-    correct_all, seen_all = distributed.total(correct, torch.tensor(seen))  # each process saw its shard
-    return correct_all.item() / max(seen_all.item(), 1)
+            hits.append(logits.argmax(1) == y)
+    mine = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool, device=loader.device)
+    # each process saw its shard: join them (as uint8: collectives of bool are not supported everywhere)
+    return distributed.concatenated(mine.to(torch.uint8), loader.shard_sizes).bool().cpu()
 
 
 def _shifted(x: torch.Tensor, s: int) -> torch.Tensor:
@@ -250,6 +256,7 @@ def _run(
     del state
     if main:  # metrics.jsonl always equals the checkpoint's history: no duplicate epochs after a resume
         rundir.write_metrics(out, metrics)
+    outcomes = _resumed_outcomes(out, start_epoch) if main else None
     eval_model = parts.ema.model if parts.ema is not None else parts.model
 
     # ---- the epoch loop: train, evaluate, checkpoint ----------------------------------------------
@@ -263,13 +270,18 @@ def _run(
         distributed.broadcast_buffers(eval_model)  # every process evaluates rank 0's model
         # the extra views only where they count: the final accuracy
         shift = scale_pixels(config.tta_shift, ds.image_size) if epoch == E - 1 else 0
+        hits = {"test": evaluate_images(eval_model, parts.test, amp, tta, shift)}
         if parts.val is not None:  # the same views as the test set, so the two are comparable
-            row["val_acc"] = evaluate(eval_model, parts.val, amp, tta, shift)
-        row["test_acc"] = evaluate(eval_model, parts.test, amp, tta, shift)
+            hits["val"] = evaluate_images(eval_model, parts.val, amp, tta, shift)
+            row["val_acc"] = _accuracy(hits["val"])
+        row["test_acc"] = _accuracy(hits["test"])
         row["test_views"] = test_views(tta, shift)
         row["seconds"] = round(time.perf_counter() - t0, 4)
         row["images_per_s"] = round(seen / train_s, 1)
         metrics.append(row)
+        if outcomes is not None:  # before the checkpoint: a resumed run drops any epoch past its checkpoint's
+            outcomes = outcomes.add({k: v.numpy() for k, v in hits.items()})
+            rundir.write_outcomes(out, outcomes)
         if main:
             _checkpoint(parts, device, epoch + 1, metrics, config, out)
             rundir.append_metrics(out, row)
@@ -297,6 +309,23 @@ def _run(
     if main:
         rundir.atomic_write_json(out / rundir.SUMMARY, summary)
     return summary
+
+
+def _accuracy(hits: torch.Tensor) -> float:
+    return int(hits.sum().item()) / max(len(hits), 1)
+
+
+def _resumed_outcomes(out: Path, epochs: int) -> rundir.Outcomes | None:
+    """The per-image outcomes of a run's first ``epochs`` epochs as its folder holds them (none yet
+    for a fresh run), or None when the folder lacks some of those epochs (a run begun by a version
+    that kept none): its later rows would not be the epochs they claim, so that run keeps none."""
+    if epochs == 0:
+        return rundir.Outcomes({})
+    kept = rundir.read_outcomes(out)
+    if kept is None or not kept.splits or any(len(v) < epochs for v in kept.splits.values()):
+        (out / rundir.OUTCOMES).unlink(missing_ok=True)
+        return None
+    return kept.first(epochs)
 
 
 def with_world(config: TrainConfig, size: int) -> TrainConfig:
