@@ -127,7 +127,9 @@ def read_case(args: argparse.Namespace, model: str, budget: str) -> list[Candida
         if set(seeds) != set(args.seeds):
             raise SystemExit(f"{model} {budget} {template}: seeds {sorted(seeds)} finished of {args.seeds}")
         runs = [seeds[s] for s in args.seeds]
-        cands.append(Candidate(template, float(runs[0][0]["resources"][key]), [r[1] for r in runs], [r[2] for r in runs]))
+        cands.append(
+            Candidate(template, float(runs[0][0]["resources"][key]), [r[1] for r in runs], [r[2] for r in runs])
+        )
     return cands
 
 
@@ -208,13 +210,20 @@ def analyse(cands: list[Candidate], epochs: int) -> dict[str, Any]:
             "regret_points": regret["difference_points"],
             "regret_interval": regret["interval_points"],
             "rungs": [
-                {"epochs": g["epochs"], "scores": {c.template: _pct(c.val(g["epochs"])) for c in g["candidates"]},
-                 "survivors": [c.template for c in g["survivors"]]}
+                {
+                    "epochs": g["epochs"],
+                    "scores": {c.template: _pct(c.val(g["epochs"])) for c in g["candidates"]},
+                    "survivors": [c.template for c in g["survivors"]],
+                }
                 for g in r["rungs"]
             ],
             "drops": drops,
-            "dropped_tied_with_final_winner": sum(bool(d["vs_final_winner"] and d["vs_final_winner"]["tied"]) for d in drops),
-            "dropped_tied_with_plain_winner": sum(bool(d["vs_plain_winner"] and d["vs_plain_winner"]["tied"]) for d in drops),
+            "dropped_tied_with_final_winner": sum(
+                bool(d["vs_final_winner"] and d["vs_final_winner"]["tied"]) for d in drops
+            ),
+            "dropped_tied_with_plain_winner": sum(
+                bool(d["vs_plain_winner"] and d["vs_plain_winner"]["tied"]) for d in drops
+            ),
         }
     return ways
 
@@ -243,7 +252,9 @@ def summarise(cases: list[dict]) -> dict[str, Any]:
             "dropped_tied_with_plain_winner": sum(c["ways"][way]["dropped_tied_with_plain_winner"] for c in done),
             "drops": sum(len(c["ways"][way]["drops"]) for c in done),
             "mean_epochs_saved": round(
-                statistics.fmean(1 - c["ways"][way]["epochs_trained"] / c["ways"]["plain"]["epochs_trained"] for c in done),
+                statistics.fmean(
+                    1 - c["ways"][way]["epochs_trained"] / c["ways"]["plain"]["epochs_trained"] for c in done
+                ),
                 3,
             ),
         }
@@ -280,7 +291,12 @@ def main(argv: list[str] | None = None) -> int:
             cands = read_case(args, model, budget)
             ways = analyse(cands, args.epochs)
             cases.append({"model": model, "budget": budget, "candidates": len(cands), "ways": ways})
-            print(model, budget, {k: (v["winner"], v["test_acc"], v["regret_points"]) for k, v in ways.items()}, flush=True)
+            print(
+                model,
+                budget,
+                {k: (v["winner"], v["test_acc"], v["regret_points"]) for k, v in ways.items()},
+                flush=True,
+            )
             if args.write:
                 _write(args, cases)
     print(summarise(cases))
@@ -327,7 +343,11 @@ def _write(args: argparse.Namespace, cases: list[dict]) -> None:
     s = summarise(cases)
     words = "; ".join(
         f"R={w[-1]}: mean regret {v['mean_test_regret_points']:+.2f} test points"
-        + (f" (95% interval over cases {v['mean_regret_interval'][0]:+.2f} to {v['mean_regret_interval'][1]:+.2f})" if v["mean_regret_interval"] else "")
+        + (
+            f" (95% interval over cases {v['mean_regret_interval'][0]:+.2f} to {v['mean_regret_interval'][1]:+.2f})"
+            if v["mean_regret_interval"]
+            else ""
+        )
         + f", separable from 0 in {v['regret_separable_cases']} of {v['cases']} cases, same winner in "
         f"{v['same_winner']} of {v['cases']}, {v['dropped_tied_with_final_winner']} of {v['drops']} drops were "
         f"tied with the final winner at their rung ({v['dropped_tied_with_plain_winner']} with the plain winner), "

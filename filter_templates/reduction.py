@@ -33,7 +33,6 @@ from typing import Any, Callable, Mapping, Sequence, Union
 import torch.nn as nn
 
 from filter_templates.core import rundir, trackers
-from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.messages import note
@@ -45,12 +44,13 @@ from filter_templates.method.templates import BUILTIN_TEMPLATES
 from filter_templates.models import resolve_model
 from filter_templates.pruning import adapter as prune
 from filter_templates.report import make_report
-from filter_templates.report.budgets import BudgetCell, collect_budgets
 from filter_templates.report.settings import setting, views_of
-from filter_templates.sweep.engines import EngineOptions, run_grid
+from filter_templates.sweep import selection as select
+from filter_templates.sweep.engines import EngineOptions
 from filter_templates.sweep.grid import Grid, SweepSpec, plan_grid
 from filter_templates.sweep.halving import Driver, Halving, Rung, check_store, run_rungs
 from filter_templates.sweep.plan import SweepResult
+from filter_templates.sweep.selection import SELECTIONS, BudgetCell, Choice
 from filter_templates.sweep.store import DEFAULT_FILE, Store, store_group
 from filter_templates.training import profile as machine_profile
 from filter_templates.training.config import PRUNE_METHODS, PRUNING, RECIPE_FIELDS, TEMPLATE
@@ -71,8 +71,6 @@ __all__ = [
 DB_FILE = DEFAULT_FILE
 RUNS_DIR = "runs"
 REPORT_DIR = "report"
-#: What candidates can be ranked on: the validation split's final accuracy, or (no split) the test set's.
-SELECTIONS = ("val_acc", "final_acc")
 
 
 @dataclass
@@ -98,6 +96,9 @@ class Candidate:
     kind: str = "template"  # or "pruning": a pruning baseline (prune.py), its method in ``template``
     pruned: dict[str, Any] | None = None  # a pruning baseline's ratio and per-layer counts (run_dir's seed)
     stopped_at: int | None = None  # successive halving stopped it after this rung's epochs (status stopped)
+    cost: float | None = None  # the budget's resource (what breaks a tie; None: its parameter count)
+    separation: dict[str, Any] | None = None  # against the winner: difference, interval, p, tied, images, seeds
+    tied: bool | None = None  # not separable from the most accurate candidate (None: not finished)
 
     @classmethod
     def from_cell(cls, cell: BudgetCell, selection: str = "val_acc") -> "Candidate":
@@ -123,6 +124,7 @@ class Candidate:
             val_acc=cell.acc("val"),
             kind=PRUNING if cell.method in PRUNE_METHODS else TEMPLATE,
             pruned=_pruned(runs[0]["run_dir"]) if runs and cell.method in PRUNE_METHODS else None,
+            cost=cell.cost,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -142,6 +144,8 @@ class Candidate:
             "reason": self.reason,
             "run_dir": self.run_dir,
             "stopped_at": self.stopped_at,
+            "tied": self.tied,
+            "separation": self.separation,
             **({"pruned": self.pruned} if self.kind == "pruning" else {}),
         }
 
@@ -154,23 +158,38 @@ def _pruned(run_dir: str | None) -> dict[str, Any] | None:
 
 
 def rank(candidates: Sequence[Candidate], order: Sequence[str] = (), selection: str = "val_acc") -> list[Candidate]:
-    """Finished candidates by the mean of ``selection`` (``val_acc`` or ``final_acc``), ties to
-    fewer parameters (then ``order``); then those successive halving stopped, the later rung first,
-    each rung as ranked there; the unfinished after them, in ``order``."""
+    """Finished candidates by :func:`sweep.selection.rank_key` (the mean of ``selection``, ``val_acc``
+    or ``final_acc``, higher first; ties to the cheaper in the budget's resource, then ``order``);
+    then those successive halving stopped, the later rung first, each rung as ranked there; the
+    unfinished after them, in ``order``."""
     if selection not in SELECTIONS:
         raise ValueError(f"selection must be one of {SELECTIONS}, got {selection!r}")
     pos = {t: i for i, t in enumerate(order)}
 
     def key(c: Candidate) -> tuple:
         score = getattr(c, selection)
-        params = c.params if c.params is not None else float("inf")
+        cost = c.cost if c.cost is not None else c.params
+        where = pos.get(c.template, len(pos))
         if c.status == DONE and score is not None:
-            return (0, 0, -score, params, pos.get(c.template, len(pos)))
+            return (0, 0, select.rank_key(score, cost, where))
         if c.status == STOPPED:
-            return (1, -(c.stopped_at or 0), -(c.val_acc or 0.0), params, pos.get(c.template, len(pos)))
-        return (2, 0, 0.0, 0, pos.get(c.template, len(pos)))
+            return (1, -(c.stopped_at or 0), select.rank_key(c.val_acc, cost, where))
+        return (2, 0, select.rank_key(None, None, where))
 
     return sorted(candidates, key=key)
+
+
+def with_choice(candidates: Sequence[Candidate], choice: Choice) -> list[Candidate]:
+    """``candidates`` with each finished one's tie flag and separation from the winner filled in."""
+    out = []
+    for c in candidates:
+        if c.template in choice.separations:
+            sep = choice.separations[c.template]
+            # the difference is the winner's; ``tied`` says whether the candidate could have won
+            against = None if sep is None else {k: v for k, v in sep.to_dict().items() if k != "tied"}
+            c = dataclasses.replace(c, tied=c.template in choice.tied, separation=against)
+        out.append(c)
+    return out
 
 
 @dataclass
@@ -193,14 +212,21 @@ class ReduceResult:
     exported: str | None = None
     report: str | None = None
     halving: dict[str, Any] | None = None  # rate, each rung's candidates, scores and survivors, epochs trained
+    choice: Choice | None = None  # the winner, the most accurate and those tied with it
+    more_seeds: dict[str, Any] | None = None  # what --seeds-until-separable trained, and whether the top separated
     wall_s: float = 0.0
     notes: list[str] = field(default_factory=list)
 
     @property
     def winner(self) -> Candidate | None:
-        first = self.candidates[0] if self.candidates else None
-        ok = first is not None and first.status == DONE and getattr(first, self.selection) is not None
-        return first if ok else None
+        """The cheapest candidate not separable from the most accurate (:func:`sweep.selection.choose`)."""
+        name = self.choice.winner if self.choice is not None else None
+        return next((c for c in self.candidates if c.template == name), None)
+
+    @property
+    def separable(self) -> bool | None:
+        """Whether the most accurate candidate is separable from every other (None: none finished)."""
+        return None if self.choice is None or self.choice.top is None else len(self.choice.tied) == 1
 
     def to_dict(self) -> dict[str, Any]:
         w = self.winner
@@ -224,6 +250,11 @@ class ReduceResult:
                 "final_acc": w.final_acc,
                 "exported": self.exported,
             },
+            "most_accurate": None if self.choice is None else self.choice.top,
+            "tied": [] if self.choice is None else self.choice.tied,
+            "tie_resource": None if self.choice is None else self.choice.resource,
+            "separable": self.separable,
+            "seeds_until_separable": self.more_seeds,
             "epochs": self.epochs,
             "seeds": self.seeds,
             "db": str(self.out / DB_FILE),
@@ -242,19 +273,6 @@ def _export(run_dir: str) -> str:
     if path.is_file() and weights.is_file() and path.stat().st_mtime >= weights.stat().st_mtime:
         return str(path)
     return str(export_run(run_dir, fmt))
-
-
-def _local_defaults(engine: EngineOptions, grid: Any, here: bool = False) -> EngineOptions:
-    """Without --jobs and --threads, a CPU trains the candidates side by side, one thread each, as
-    many at once as there are cores: these models gain little from a second thread, and on a CPU
-    shared with other work, OpenMP threads that wait on each other were measured up to 20x slower.
-    On CUDA, and for a model object (``here``: it lives in this process), one run at a time with
-    torch's threads."""
-    if here or engine.engine != "local" or engine.jobs is not None or engine.threads is not None or not grid.configs:
-        return engine
-    if any(resolve_device(c.device).type != "cpu" for c in grid.configs):
-        return engine
-    return dataclasses.replace(engine, jobs=min(os.cpu_count() or 1, len(grid.configs)), threads=1)
 
 
 def _check_out(out: Path) -> Path:
@@ -297,6 +315,7 @@ class ReduceRequest:
     export: bool = True
     baselines: prune.Baselines | None = None
     halving: Halving | None = None  # successive halving of the candidates (None: every one trains to the end)
+    seeds_until_separable: int | None = None  # train more seeds of the tied top candidates, up to this many each
 
 
 def _model(r: ReduceRequest) -> str:
@@ -367,24 +386,23 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
     epochs, first = first_config.epochs, first_config
     check_store(db, grid, r.halving, epochs)  # before anything is written
     order = [*names, *base.names]
-
-    def run(g: Grid) -> SweepResult:
-        engine = _local_defaults(r.engine or EngineOptions(), g, here=not isinstance(r.model, str))
-        return run_grid(g, db, runs, engine, progress=progress)
-
-    def read() -> list[dict[str, Any]]:
-        with Store(db) as store:
-            return store.budget_rows([p.key for p in grid.budget_points])
-
+    engine = r.engine or EngineOptions()
+    if not isinstance(r.model, str) and engine.engine == "local" and engine.jobs is None:
+        engine = dataclasses.replace(engine, jobs=1)  # a model object lives in this process: one run at a time
+    driver = Driver(grid, db, runs, engine, selection, order, progress)
     rungs: list[Rung] = []
     if r.halving is None:
-        sweep = run(grid)
+        sweep = driver.run(grid)
     else:
-        rungs, sweeps = run_rungs(r.halving, epochs, db, Driver(grid, run, read, selection, order, _params))
+        rungs, sweeps = run_rungs(r.halving, epochs, driver)
         sweep = _merged(sweeps)
-    rows = read()
-    cells = list(collect_budgets(rows).values())
-    candidates = rank(_stopped([Candidate.from_cell(c, selection) for c in cells], rungs), order, selection)
+    rows = driver.read()
+    choice = select.choose(select.pool(rows), selection, order)
+    more = None
+    if r.seeds_until_separable is not None:
+        rows, choice, more = _seeds_until_separable(r, spec, driver, rows, choice)
+    cells = select.pool(rows)
+    ranked = rank(_stopped([Candidate.from_cell(c, selection) for c in cells], rungs), order, selection)
     result = ReduceResult(
         model=model,
         budget=budget,
@@ -392,13 +410,15 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
         epochs=int(epochs),
         seeds=list(spec.seeds),
         out=out.resolve(),
-        candidates=candidates,
+        candidates=with_choice(ranked, choice),
         sweep=sweep,
         selection=selection,
         val_split=first.val_split,
         val_images=val_images,
         test_views=_test_views(cells),
         recipe=_recipe(first),
+        choice=choice,
+        more_seeds=more,
     )
     if r.halving is not None:
         result.halving = {"rate": r.halving.rate, "rungs": [g.to_dict() for g in rungs], **_epochs_trained(rows)}
@@ -419,9 +439,38 @@ def _recipe(config: Any) -> dict[str, Any]:
     return {"name": s.get("recipe"), **{k: s.get(k) for k in RECIPE_FIELDS}}
 
 
-def _params(rows: list[dict[str, Any]]) -> dict[str, float | None]:
-    """Each candidate's parameter count (what breaks a tie at a rung), as its cell reports it."""
-    return {c.method: c.resource("params") for c in collect_budgets(rows).values()}
+def _seeds_until_separable(
+    r: ReduceRequest, spec: SweepSpec, driver: Driver, rows: list[dict[str, Any]], choice: Choice
+) -> tuple[list[dict[str, Any]], Choice, dict[str, Any]]:
+    """Train one more seed of every candidate tied with the most accurate, round by round, until the
+    most accurate is separable from all others or each tied candidate has ``r.seeds_until_separable``
+    seeds; the rows and choice after it, and what it trained. Each round is an ordinary grid of the
+    same store (the seed numbers follow the request's), so the same command resumes it and a
+    finished round trains nothing again."""
+    limit = r.seeds_until_separable
+    assert limit is not None
+    seeds, added, grid = list(spec.seeds), [], driver.grid
+    points = list(grid.budget_points)
+    while len(choice.tied) > 1 and len(seeds) < limit:
+        seed = max(seeds) + 1
+        tied = set(choice.tied)
+        more = plan_grid(
+            dataclasses.replace(
+                spec,
+                templates=[t for t in spec.templates if t in tied],
+                baselines=[b for b in spec.baselines if b in tied],
+                seeds=[seed],
+            )
+        )
+        note(f"{', '.join(choice.tied)} tied on {len(seeds)} seed(s): training seed {seed} of each")
+        driver.run(more)
+        points += more.budget_points
+        seeds.append(seed)
+        added.append({"seed": seed, "candidates": [t for t in choice.tied]})
+        driver = dataclasses.replace(driver, grid=Grid(configs=grid.configs, budget_points=points))
+        rows = driver.read()
+        choice = select.choose(select.pool(rows), driver.selection, driver.order)
+    return rows, choice, {"limit": limit, "rounds": added, "separable": len(choice.tied) <= 1}
 
 
 def _stopped(candidates: list[Candidate], rungs: Sequence[Rung]) -> list[Candidate]:

@@ -19,7 +19,8 @@ from test_sweep import _poll, err_line
 
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
-from filter_templates.sweep.halving import Halving, rung_epochs, rung_scores
+from filter_templates.sweep.halving import Halving, rung_epochs
+from filter_templates.sweep.selection import rung_scores
 from filter_templates.sweep.store import Store
 
 HALVING = ["--epochs", "4", "--halving", "2", "--no-export", "--json"]  # rungs at 1, 2 and 4 epochs

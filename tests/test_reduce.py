@@ -12,7 +12,7 @@ from test_sweep import _poll, _spawn, err_line
 
 from filter_templates.cli import main
 from filter_templates.reduction import Candidate, rank
-from filter_templates.report.budgets import BudgetCell
+from filter_templates.sweep.selection import BudgetCell
 from filter_templates.sweep.store import Store
 
 # Tiny and fast: a few optimiser steps per candidate on a slice of the embedded digits.
@@ -68,9 +68,19 @@ def test_reduce_end_to_end(tmp_path, capsys):
         assert len(c["filters"]) == 13 and c["width"] > 0
     # ranked: validation accuracy down, ties to fewer parameters; the winner has the best one
     assert [(-c["val_acc"], c["params"]) for c in cands] == sorted((-c["val_acc"], c["params"]) for c in cands)
+    # the winner: the cheapest of those not separable from the most accurate (13 images separate little)
     win = doc["winner"]
-    assert (win["template"], win["width"]) == (cands[0]["template"], cands[0]["width"])
-    assert win["val_acc"] == max(c["val_acc"] for c in cands) and win["final_acc"] == cands[0]["final_acc"]
+    assert doc["most_accurate"] == cands[0]["template"] and doc["most_accurate"] in doc["tied"]
+    tied = [c for c in cands if c["tied"]]
+    assert [c["template"] for c in tied] == doc["tied"] and doc["separable"] == (len(tied) == 1)
+    assert win["template"] == min(tied, key=lambda c: c["params"])["template"]
+    for c in cands:  # every candidate against the winner, with its interval, on the same 13 images
+        if c["template"] == win["template"]:
+            assert c["separation"] is None
+        else:
+            sep = c["separation"]
+            assert sep["images"] == 13 and sep["interval"][0] <= sep["difference"] <= sep["interval"][1]
+            assert sep["difference"] == pytest.approx(c["val_acc"] - win["val_acc"]) and 0 < sep["p"] <= 1
     with Store(out / "results.sqlite") as s:  # the store holds both accuracies of every run
         assert all(r["val_acc"] is not None and r["final_acc"] is not None for r in s.rows())
     assert Path(win["exported"]).is_file() and Path(win["exported"]).parent == Path(win["run_dir"])

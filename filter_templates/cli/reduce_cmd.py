@@ -31,7 +31,7 @@ from filter_templates.method.fit import format_value
 from filter_templates.method.measure import mib
 from filter_templates.models import family_names
 from filter_templates.pruning.adapter import Baselines
-from filter_templates.reduction import ReduceRequest, ReduceResult, reduce
+from filter_templates.reduction import Candidate, ReduceRequest, ReduceResult, reduce
 from filter_templates.sweep.halving import DEFAULT_RUNGS, Halving
 
 #: What ``best_acc`` is, in every place reduce shows it: never a basis for selection.
@@ -91,7 +91,9 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         action="store_true",
         help="print one JSON document on stdout: 'selection' (val_acc, or final_acc with --val-split 0), "
         "the recipe, the test views, and per candidate val_acc, final_acc (test), best_acc (the "
-        f"{BEST_ACC_WORDS}) and seeds_done",
+        f"{BEST_ACC_WORDS}), seeds_done, tied (not separable from the most accurate: it could have won) and "
+        "separation (difference from the winner, its 95%% interval, p, images and seeds); 'separable' and "
+        "'tied' for the whole choice",
     )
     t = p.add_argument_group("training (as for train and sweep)")
     add_run_args(t, val_default=f"10%% of the training set, at most {DEFAULT_MAX:,} images")
@@ -111,6 +113,13 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         metavar="K",
         help=f"rungs at E//R^(K-1), ..., E//R, E epochs, each rounded down; the first must be at least one "
         f"epoch (default: {DEFAULT_RUNGS})",
+    )
+    p.add_argument(
+        "--seeds-until-separable",
+        type=positive_int,
+        metavar="N",
+        help="while the most accurate candidate is tied with others (not separable on the validation "
+        "images), train one more seed of each tied candidate, up to N seeds each; resumable like every run",
     )
     e = p.add_argument_group("engine")
     e.add_argument("--retry-failed", action="store_true", help="train candidates that failed before again")
@@ -150,6 +159,7 @@ def run(args: argparse.Namespace) -> int:
             export=not args.no_export,
             baselines=Baselines.from_flags(args.baselines, args.prune_at, args.prune_from),
             halving=halving,
+            seeds_until_separable=args.seeds_until_separable,
         )
     )
     if args.json:
@@ -175,7 +185,7 @@ def render(result: ReduceResult) -> str:
     w = max(8, *(len(c.template) for c in result.candidates))
     lines.append(
         f"{'rank':>4}  {'template':<{w}}  {'width':>9}  {'params':>11}  {'MFLOPs':>8}  {'train MiB':>9}  "
-        f"{'val %':>7}  {'test %':>7}  {'best test* %':>12}  status"
+        f"{'val %':>7}  {'vs winner, points [95%]':>24}  {'test %':>7}  {'best test* %':>12}  status"
     )
     for i, c in enumerate(result.candidates, 1):
 
@@ -192,11 +202,13 @@ def render(result: ReduceResult) -> str:
             f"{i:>4}  {c.template:<{w}}  {num(c.width, '>9.6g')}  {num(c.params, '>11,')}  "
             f"{num(None if c.flops is None else c.flops / 1e6, '>8.2f')}  "
             f"{num(None if c.train_memory_bytes is None else mib(c.train_memory_bytes), '>9.1f')}  "
-            f"{pct(c.val_acc)}  {pct(c.final_acc)}  {pct(c.best_acc, 12)}  {status}"
+            f"{pct(c.val_acc)}  {_versus(c, result):>24}  {pct(c.final_acc)}  {pct(c.best_acc, 12)}  {status}"
         )
     lines.append(
         f"val: final validation accuracy; test: final test accuracy; *: the {BEST_ACC_WORDS}, "
-        "never used to select; means over the finished seeds"
+        "never used to select; means over the finished seeds; vs winner: the selection accuracy's "
+        "difference from the winner's with its 95% paired-bootstrap interval over the same images "
+        "(and seeds), tied: not separable from the most accurate"
     )
     if result.halving is not None:
         h = result.halving
@@ -205,6 +217,7 @@ def render(result: ReduceResult) -> str:
             f"epochs; {h['epochs_trained']} of the {h['epochs_plain']} epochs of training every candidate "
             f"to the end trained ({h['epochs_trained'] / max(1, h['epochs_plain']):.0%})"
         )
+    lines += _tie_lines(result)
     win = result.winner
     if win is None:
         lines.append("no winner: no candidate finished training")
@@ -225,3 +238,39 @@ def _selection_words(result: "ReduceResult") -> str:
             "the same for every candidate and seed; the winner's export is its seed with the best one"
         )
     return "final test accuracy (--val-split 0: no validation split; the winner's test accuracy is optimistic)"
+
+
+def _versus(c: Candidate, result: ReduceResult) -> str:
+    """``+1.20 [-0.40, +2.80] tied``: a finished candidate against the winner (the winner: "winner")."""
+    w = result.winner
+    if w is not None and c.template == w.template:
+        return "winner"
+    sep = c.separation
+    if sep is None:
+        return "-"
+    lo, hi = sep["interval"]
+    return f"{100 * sep['difference']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]{' tied' if c.tied else ''}"
+
+
+def _tie_lines(result: ReduceResult) -> list[str]:
+    """What the tie rule did, and what --seeds-until-separable trained."""
+    ch, lines = result.choice, list[str]()
+    if ch is None or ch.top is None:
+        return lines
+    seeds = result.more_seeds
+    if seeds is not None:
+        for r in seeds["rounds"]:
+            lines.append(f"seeds until separable: seed {r['seed']} trained for {', '.join(r['candidates'])}")
+    others = [t for t in ch.tied if t != ch.top]
+    if not others:
+        lines.append(f"separable: {ch.top} is more accurate than every other candidate (95% interval excludes 0)")
+    else:
+        lines.append(
+            f"tied: {', '.join(others)} not separable from the most accurate, {ch.top}; the winner is the cheapest "
+            f"of them in {ch.resource}" + (f", {ch.winner}" if ch.by_cost else f" ({ch.winner} itself)")
+        )
+        if seeds is not None:
+            lines.append(
+                f"still tied after {seeds['limit']} seeds each: more seeds or more validation images may separate them"
+            )
+    return lines

@@ -455,7 +455,7 @@ def write_outcomes(run_dir: str | os.PathLike[str], outcomes: Outcomes) -> Path:
         for k, rows in outcomes.splits.items():
             arrays[k] = np.packbits(rows.astype(bool), axis=1)
             arrays[f"{k}_images"] = np.asarray(rows.shape[1], dtype=np.int64)
-        np.savez(f, **arrays)
+        np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub reads **kwds as its allow_pickle
 
     return atomic_write(Path(run_dir) / OUTCOMES, save)
 

@@ -9,8 +9,7 @@ in the notes of the report.
 
 from __future__ import annotations
 
-import statistics
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 from matplotlib.lines import Line2D
@@ -34,6 +33,8 @@ from filter_templates.report.tables import (
     reading_label,
     template_order,
 )
+from filter_templates.sweep import selection
+from filter_templates.sweep.selection import RESOURCE_OF, rank_key
 
 __all__ = [
     "BudgetCell",
@@ -45,8 +46,6 @@ __all__ = [
     "run_keys",
 ]
 
-#: The runs/fit column that measures each budget key's resource.
-RESOURCE_OF = {"params": "params", "flops": "flops", "memory": "train_memory_bytes", "latency": "latency_batch_s"}
 #: Each budget key's axis: label, scale to display units, whether it reads with K/M prefixes.
 _AXIS = {
     "params": ("parameters", 1.0, True),
@@ -57,80 +56,12 @@ _AXIS = {
 
 
 @dataclass
-class BudgetCell:
-    dataset: str
-    family: str
-    budget_key: str
-    budget_value: float
-    method: str  # the template, or a pruning baseline's method: what a column compares
-    points: list[dict[str, Any]] = field(default_factory=list)  # Store.budget_rows() entries, one per seed
-    setting: dict[str, Any] = field(default_factory=dict)  # what its seeds share besides the axes
-
-    @property
-    def skey(self) -> str:
-        return settings.setting_key(self.setting)
-
-    @property
-    def budget(self) -> str:
-        return f"{self.budget_key}={format_value(self.budget_key, self.budget_value)}"
-
-    @property
-    def done(self) -> list[dict[str, Any]]:
-        return [p["run"] for p in self.points if p["run"] is not None and p["run"]["status"] == DONE]
-
-    def accs(self, metric: str = "final") -> list[float]:
-        return [r[f"{metric}_acc"] for r in self.done if r.get(f"{metric}_acc") is not None]
-
-    def acc(self, metric: str = "final") -> float | None:
-        vals = self.accs(metric)
-        return statistics.fmean(vals) if vals else None
-
-    def acc_std(self, metric: str = "final") -> float | None:
-        vals = self.accs(metric)
-        return statistics.stdev(vals) if len(vals) > 1 else None
+class BudgetCell(selection.BudgetCell):
+    """A candidate (:class:`sweep.selection.BudgetCell`) as the report shows it, with the interval of
+    its accuracy over seeds."""
 
     def interval(self, metric: str = "final") -> Interval | None:
         return accuracy_interval(self.done, metric)
-
-    @property
-    def status(self) -> str:
-        """done (a seed finished), unreachable, failed (every run failed) or pending."""
-        if self.done:
-            return DONE
-        if all(p["status"] == UNREACHABLE for p in self.points):
-            return UNREACHABLE
-        runs = [p["run"] for p in self.points if p["run"] is not None]
-        if runs and all(r["status"] == FAILED for r in runs):
-            return FAILED
-        return PENDING
-
-    @property
-    def reason(self) -> str | None:
-        for p in self.points:
-            if p.get("reason"):
-                return str(p["reason"])
-            if p["run"] is not None and p["run"].get("reason"):
-                return str(p["run"]["reason"])
-        return None
-
-    @property
-    def width(self) -> float | None:
-        return next((p["width"] for p in self.points if p.get("width") is not None), None)
-
-    @property
-    def filters(self) -> list[int] | None:
-        return next((p["filters"] for p in self.points if p.get("filters")), None)
-
-    def resource(self, name: str) -> float | None:
-        """From the done runs (median: latency varies), else as fitted."""
-        vals = [r[name] for r in self.done if r.get(name) is not None]
-        if vals:
-            return statistics.median(vals)
-        fit = next((p["fit"] for p in self.points if p.get("fit")), None) or {}
-        if name == "latency_batch_s":
-            lat = fit.get("latency_s") or {}
-            return lat.get(f"batch{fit.get('batch_size')}")
-        return fit.get(name)
 
 
 def _known(value: float | None) -> float:
@@ -172,9 +103,14 @@ RANKS = "val"
 
 
 def _winner(present: dict[str, BudgetCell], metric: str) -> str | None:
-    """The template the row's ranking picks: the best mean of ``metric`` (ties: fewer parameters)."""
+    """The template the row's ranking picks, as ``reduce`` picks it (:func:`sweep.selection.choose`:
+    the cheapest of those not separable from the most accurate on ``metric``'s split); for the best
+    test accuracy over epochs, by the ranking key alone."""
+    if metric in ("val", "final"):
+        on = "val_acc" if metric == "val" else "final_acc"
+        return selection.choose(list(present.values()), on, template_order(present)).winner
     vals = {t: a for t, a in ((t, c.acc(metric)) for t, c in present.items()) if a is not None}
-    return min(vals, key=lambda t: (-vals[t], present[t].resource("params") or 0)) if vals else None
+    return min(vals, key=lambda t: rank_key(vals[t], present[t].cost, 0)) if vals else None
 
 
 def budget_accuracy_table(cells: dict[tuple, BudgetCell], dataset: str, metric: str = "final") -> Table:
@@ -227,10 +163,12 @@ def budget_accuracy_table(cells: dict[tuple, BudgetCell], dataset: str, metric: 
         + (", mean over seeds" if seeds > 1 else "")
         + f", {interval_words(len(c.done) for c in mine)}. "
         + (
-            "Ranked on the validation split held out of the training set (ties: fewer parameters); the "
+            "Ranked on the validation split held out of the training set (the winner: the cheapest in the "
+            "budget's resource of those not separable from the most accurate, as in the separation table); the "
             "winner is emphasised in both rows, its test accuracy is for the reader and never chose it. "
             if ranked
-            else "Emphasised: the best template of each row on the test set (ties: fewer parameters). "
+            else "Emphasised: the best template of each row on the test set (the cheapest in the budget's "
+            "resource of those not separable from the most accurate). "
         )
         + f"{MISSING}: not run (yet); unreachable: even the template's smallest model is over the budget; "
         "failed: every run failed.",

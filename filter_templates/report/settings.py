@@ -15,6 +15,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.data import mirrors
+from filter_templates.sweep.selection import setting_key
 from filter_templates.training.config import ADDED_FIELDS, RECIPES, RESULT_KEYS, experiment, test_views
 
 __all__ = ["setting", "setting_key", "differing", "label_fields", "fmt_value", "row_label", "views_of", "caption"]
@@ -40,11 +41,6 @@ def setting(record: Mapping[str, Any]) -> dict[str, Any]:
     arch = ident.get("arch") or {}
     out.update({k: v for k, v in arch.items() if k not in ARCH_AXES})
     return out
-
-
-def setting_key(s: Mapping[str, Any]) -> str:
-    """A hashable, order-free form of a setting (equal settings give equal keys)."""
-    return repr(sorted((k, repr(v)) for k, v in s.items()))
 
 
 def differing(settings: Iterable[Mapping[str, Any]]) -> list[str]:

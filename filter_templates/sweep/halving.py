@@ -5,8 +5,9 @@ With rate ``R`` and ``K`` rungs, a schedule of ``E`` epochs has rungs at ``E // 
 candidate (template or pruning baseline, all its seeds) trains to the first rung and pauses
 (``TrainConfig.stop_at``: the run keeps the full ``E``-epoch schedule, so a paused run continued
 later ends with exactly the weights of one never paused); the best ``max(1, n // R)`` of the ``n``
-that entered a rung, by the mean over seeds of the selection metric at the rung (ties: fewer
-parameters, then the template order), continue to the next. The last rung is the full schedule.
+that entered a rung, by the mean over seeds of the selection metric at the rung
+(:mod:`.selection`'s ranking key: ties to the cheaper in the budget's resource, then the template
+order), continue to the next. The last rung is the full schedule.
 
 Each rung is one submission to the engine (local, Ray or Slurm alike) and the decisions are read
 from the results store between rungs, so every engine keeps the same candidates, and the same
@@ -21,17 +22,18 @@ import dataclasses
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Sequence
 
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
-from filter_templates.core.status import FAILED
-from filter_templates.pruning.run import schedule_rows
+from filter_templates.sweep.engines import local_defaults, run_grid
 from filter_templates.sweep.grid import Grid
+from filter_templates.sweep.options import EngineOptions
 from filter_templates.sweep.plan import SweepResult
+from filter_templates.sweep.selection import pool, rung_scores, survivors
 from filter_templates.sweep.store import Store, point_key
 
-__all__ = ["Halving", "Rung", "Driver", "rung_epochs", "run_rungs", "check_store", "rung_scores", "DEFAULT_RUNGS"]
+__all__ = ["Halving", "Rung", "Driver", "rung_epochs", "run_rungs", "check_store", "DEFAULT_RUNGS"]
 
 DEFAULT_RUNGS = 3
 
@@ -108,60 +110,32 @@ def check_store(db: Path, grid: Grid, plan: Halving | None, epochs: int) -> None
         )
 
 
-def rung_scores(
-    budget_rows: Sequence[Mapping[str, Any]], epochs: int, selection: str
-) -> dict[str, tuple[float | None, bool]]:
-    """Per template: (the mean over its seeds of ``selection`` -- ``val_acc``, or ``final_acc``
-    read as the test accuracy -- at epoch ``epochs`` of the planned schedule, or None when no seed
-    reached it; whether every seed has reached it or failed, i.e. the rung is over for it)."""
-    metric = "val_acc" if selection == "val_acc" else "test_acc"
-    vals: dict[str, list[float]] = {}
-    over: dict[str, bool] = {}
-    for p in budget_rows:
-        run = p.get("run")
-        if run is None:
-            continue
-        rows = schedule_rows(run["config"], run["epoch_metrics"])
-        reached = len(rows) >= epochs and rows[epochs - 1].get(metric) is not None
-        vals.setdefault(p["method"], [])
-        if reached:
-            vals[p["method"]].append(float(rows[epochs - 1][metric]))
-        ended = reached or run["status"] == FAILED
-        over[p["method"]] = over.get(p["method"], True) and ended
-    return {t: (sum(v) / len(v) if v else None, over[t]) for t, v in vals.items()}
-
-
-def _survivors(rung: Rung, params: Mapping[str, float | None], order: Sequence[str], rate: int) -> list[str]:
-    """The best ``max(1, n // rate)`` of the rung's ``n`` candidates (ties: fewer parameters, then
-    ``order``); a candidate with no score there (every seed failed) never goes on."""
-    pos = {t: i for i, t in enumerate(order)}
-
-    def key(t: str) -> tuple:
-        score, p = rung.scores.get(t), params.get(t)
-        return (score is None, -(score or 0.0), p if p is not None else float("inf"), pos.get(t, len(pos)))
-
-    ranked = sorted(rung.candidates, key=key)
-    return [t for t in ranked[: max(1, len(ranked) // rate)] if rung.scores.get(t) is not None]
-
-
 @dataclass
 class Driver:
-    """What :func:`run_rungs` needs of reduce: the grid, a way to run a grid and to read the budget
-    rows back, what ranks, the template order and each template's parameter count."""
+    """What :func:`run_rungs` trains and how it ranks: the grid, its results store and run folders,
+    the engine, what ranks (``SELECTIONS``), the template order and whether to show progress."""
 
     grid: Grid
-    run: Callable[[Grid], SweepResult]
-    read: Callable[[], list[dict[str, Any]]]
+    db: Path
+    runs: Path
+    engine: EngineOptions
     selection: str
     order: Sequence[str]
-    params: Callable[[list[dict[str, Any]]], dict[str, float | None]]
+    progress: bool | None = None
+
+    def run(self, grid: Grid) -> SweepResult:
+        return run_grid(grid, self.db, self.runs, local_defaults(self.engine, grid), progress=self.progress)
+
+    def read(self) -> list[dict[str, Any]]:
+        with Store(self.db) as store:
+            return store.budget_rows([p.key for p in self.grid.budget_points])
 
 
-def run_rungs(plan: Halving, epochs: int, db: Path, d: Driver) -> tuple[list[Rung], list[SweepResult]]:
-    """Train ``d.grid`` rung by rung (``plan``, ``epochs`` planned), recording the plan in the
-    store ``db``; returns the rungs (the last one's candidates are the finalists) and each rung's
+def run_rungs(plan: Halving, epochs: int, d: Driver) -> tuple[list[Rung], list[SweepResult]]:
+    """Train ``d.grid`` rung by rung (``plan``, ``epochs`` planned), recording the plan in its
+    store; returns the rungs (the last one's candidates are the finalists) and each rung's
     sweep. A rung some run of which is still going elsewhere is not decided (a UsageError)."""
-    with Store(db) as store:
+    with Store(d.db) as store:
         store.set_meta(_meta_name(d.grid), plan.record(epochs))
     by_template: dict[str, list] = {}
     for bp in d.grid.budget_points:
@@ -184,7 +158,8 @@ def run_rungs(plan: Halving, epochs: int, db: Path, d: Driver) -> tuple[list[Run
                 "interrupted); run the same command again once they end, to continue from there"
             )
         rung.scores = {t: scores.get(t, (None, True))[0] for t in alive}
-        rung.survivors = list(alive) if last else _survivors(rung, d.params(rows), d.order, plan.rate)
+        costs = {c.method: c.cost for c in pool(rows)}
+        rung.survivors = list(alive) if last else survivors(alive, rung.scores, costs, d.order, plan.rate)
         rungs.append(rung)
         alive = rung.survivors
     return rungs, sweeps
