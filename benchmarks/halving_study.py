@@ -20,7 +20,7 @@ analysis can be rerun on finished folders (``--no-train``). The results file is 
 every case; re-running resumes every folder.
 
     python benchmarks/halving_study.py --write docs/results/ [--models vgg19 mobilenet]
-        [--budgets params=100K] [--seeds 0 1 2] [--epochs 9] [--limit-train 7500]
+        [--budgets params=100K] [--templates uniform reverse] [--seeds 0 1 2] [--epochs 9] [--limit-train 7500]
         [--val-split 2500] [--limit-test 2000] [--out runs/halving-study]
         [--keep docs/results/halving_study.json] [--no-train]
 
@@ -93,6 +93,7 @@ def train_case(args: argparse.Namespace, model: str, budget: str) -> None:
             model,
             budget,
             "cifar10",
+            templates=args.templates,
             seeds=args.seeds,
             out=case_dir(args, model, budget),
             report=False,
@@ -121,6 +122,8 @@ def read_case(args: argparse.Namespace, model: str, budget: str) -> list[Candida
         if outcomes is None:
             raise SystemExit(f"{run}: no {rundir.OUTCOMES}; train it again with this version")
         cfg = summary["config"]
+        if args.templates and cfg["arch"]["template"] not in {"base", *args.templates}:
+            continue
         by.setdefault(cfg["arch"]["template"], {})[cfg["seed"]] = (summary, rundir.read_metrics(run), outcomes)
     cands = []
     for template, seeds in by.items():
@@ -271,6 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--models", nargs="+", default=["vgg19", "mobilenet"])
     p.add_argument("--budgets", nargs="+", default=["params=100K"])
+    p.add_argument("--templates", nargs="+", help="the candidates besides base (default: every template)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=9, help="9: the least --halving 3's three rungs allow")
     p.add_argument("--limit-train", type=int, default=7500, help="training images sampled, validation included")

@@ -197,6 +197,10 @@ def test_reduce_json_gives_every_candidate_its_difference_interval_and_tie(tmp_p
     assert more["limit"] == 2 and isinstance(doc["separable"], bool) and more["separable"] == doc["separable"]
     extra = set(more["rounds"][0]["candidates"]) if more["rounds"] else set()
     assert {c["template"] for c in doc["candidates"] if c["seeds_done"] == 2} == extra
+    # the report too: every finished candidate against the winner, the winner emphasised
+    report = (out / "report" / "tables" / "separation_by_budget_digits.md").read_text()
+    assert f"**{win}**" in report or f"| {win} |" in report
+    assert report.count("| vgg19 |") == len(doc["candidates"]) and "winner" in report and "tied" in report
     # the table says it too
     assert main([*argv, "--no-export", "--seeds-until-separable", "2"]) == 0
     text = capsys.readouterr().out

@@ -118,8 +118,6 @@ class Loader:
             raise UsageError(
                 f"a batch of {batch_size} cannot be shared by {world} processes; give a batch size of at least {world}"
             )
-        #: evaluation: each process's shard of the split, in rank order (one process: all of it)
-        self.shard_sizes = [b - a for a, b in (_part(n, r, world) for r in range(world))] if not train else [n]
         if not train and world > 1:  # evaluation: this process's shard of the split
             lo, hi = _part(n, rank, world)
             x_uint8_nhwc, y, n = x_uint8_nhwc[lo:hi], y[lo:hi], hi - lo

@@ -16,7 +16,8 @@ run does), plus the pruning between them:
 The run folder itself looks like any run's to the rest of the package: ``config.json`` (the
 pruning config), ``metrics.jsonl`` (every stage's epochs, numbered on, each row naming its
 stage), ``checkpoint.pt`` (a small record of where the run is, so a sweep resumes it; the
-weights live in the stage folders), ``model.pt`` and ``summary.json`` (the final stage's
+weights live in the stage folders), ``model.pt``, ``outcomes.npz`` (the last stage's per-image
+outcomes) and ``summary.json`` (the final stage's
 accuracies; resources measured on the pruned model; ``pruned``: ratio, per-layer counts and
 structure). Everything is read back with ``torch.load(weights_only=True)``.
 """
@@ -27,7 +28,7 @@ import dataclasses
 import hashlib
 import json
 from pathlib import Path
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping
 
 import torch
 
@@ -39,7 +40,7 @@ from filter_templates.pruning import adapter
 from filter_templates.training.config import EXECUTION_KEYS, PRUNE_GLOBAL, PRUNE_SCRATCH, Summary, TrainConfig
 from filter_templates.training.loop import Context, Start, summarise, train
 
-__all__ = ["train_pruned", "schedule_rows", "load_pruned_model", "run_structure", "STAGES", "PRUNED", "PRUNED_JSON"]
+__all__ = ["train_pruned", "load_pruned_model", "run_structure", "STAGES", "PRUNED", "PRUNED_JSON"]
 
 STAGES = "stages"
 PRUNED = "pruned.pt"
@@ -74,15 +75,6 @@ def _stage_stop(config: TrainConfig, offset: int) -> int | None:
     """The run's ``stop_at`` as the epoch of a stage that starts after ``offset`` of the run's
     planned epochs (a stage wholly after it is never started: the run pauses before)."""
     return None if config.stop_at is None else config.stop_at - offset
-
-
-def schedule_rows(config: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
-    """A run's metrics rows of its planned epochs, in order, as a TrainConfig dict plans them: a
-    ``prune-scratch`` run's search (the base model trained to find a structure, when no sibling had
-    found it) is no part of them; every other run's rows all are."""
-    if (config.get("prune") or {}).get("method") == PRUNE_SCRATCH:
-        return [r for r in rows if r.get("stage") == "scratch"]
-    return list(rows)
 
 
 def search_key(config: TrainConfig) -> str:
@@ -256,6 +248,8 @@ def _finish(config: TrainConfig, relay: _Relay, last: Summary, rec: dict | None)
         resources = adapter.model_resources(model, config.arch, config.batch_size, resolve_device(config.device))
         pruned = {k: v for k, v in rec.items() if k != "weights"}
         rundir.atomic_copy(relay.folder / rundir.MODEL, out / rundir.MODEL)
+        if (relay.folder / rundir.OUTCOMES).is_file():  # its last stage's: the final model's is the last row
+            rundir.atomic_copy(relay.folder / rundir.OUTCOMES, out / rundir.OUTCOMES)
     summary = summarise(
         relay.config,
         rows,

@@ -76,7 +76,7 @@ def _write_report(
     width_cells = tables.collect([r for r in rows if r["key"] not in budgets.run_keys(budget_rows)])
     datasets = sorted({c.dataset for c in cells.values()} | {c.dataset for c in by_budget.values()})
     families = tables.family_order(c.family for c in cells.values())
-    bar = Progress(total=len(datasets) * 5 + len(families), desc="report", enabled=progress)
+    bar = Progress(total=len(datasets) * 6 + len(families), desc="report", enabled=progress)
     w = _Writer(out, metric, cells, by_budget, width_cells, bar)
     blocks = _head(db, counts, budget_rows, metric, [*cells.values(), *by_budget.values()])
     for ds in datasets:
@@ -122,6 +122,7 @@ class _Writer:
             made += [
                 (f"accuracy_by_budget_{ds}", budgets.budget_accuracy_table(self.by_budget, ds, self.metric)),
                 (f"fits_by_budget_{ds}", budgets.budget_resource_table(self.by_budget, ds)),
+                (f"separation_by_budget_{ds}", budgets.budget_separation_table(self.by_budget, ds)),
             ]
         if any(c.dataset == ds for c in self.width_cells.values()):  # budget runs: the fits table has resources
             made.append((f"accuracy_{ds}", tables.accuracy_table(self.width_cells, ds, self.metric)))

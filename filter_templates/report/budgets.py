@@ -34,7 +34,7 @@ from filter_templates.report.tables import (
     template_order,
 )
 from filter_templates.sweep import selection
-from filter_templates.sweep.selection import RESOURCE_OF, rank_key
+from filter_templates.sweep.selection import RESOURCE_OF, rank_key, ranked
 
 __all__ = [
     "BudgetCell",
@@ -310,3 +310,70 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
     )
     figures.legend_below(fig, handles)
     return fig
+
+
+def budget_separation_table(cells: dict[tuple, BudgetCell], dataset: str) -> Table:
+    """Per budget row, every finished candidate against the winner that ``reduce`` picks
+    (:func:`sweep.selection.choose`): its accuracy on the split that ranks, the difference from the
+    winner's with the 95% paired interval and p, and whether it is tied with the most accurate."""
+    mine = [c for c in cells.values() if c.dataset == dataset]
+    labels = Labels.of(c.setting for c in mine)
+    header = ["family", "budget", *labels.header(), "template", "ranks on %", "vs winner, points [95%]", "p", "tied"]
+    rows: list[list[str]] = []
+    raw: list[list[Any]] = []
+    bold: set[tuple[int, int]] = set()
+    for fam, key, value, skey in _budget_rows(mine, labels):
+        group = [c for c in mine if (c.family, c.budget_key, c.budget_value, c.skey) == (fam, key, value, skey)]
+        for c, on, sep, won, tied in _against_winner(group):
+            if won:
+                bold.add((len(rows), len(header) - 5))
+            interval = (
+                MISSING if sep is None else f"{100 * sep.difference:+.2f} [{100 * sep.low:+.2f}, {100 * sep.high:+.2f}]"
+            )
+            p = MISSING if sep is None else f"{sep.p:.3f}"
+            budget = f"{key} ≤ {format_value(key, value)}"
+            rows.append(
+                [
+                    fam,
+                    budget,
+                    *labels.cells(skey),
+                    c.method,
+                    pm(c.interval("val" if on == "val_acc" else "final"), c.score(on)),
+                    "winner" if won else interval,
+                    p,
+                    "yes" if tied else "no",
+                ]
+            )
+            numbers = [None] * 4 if sep is None else [sep.difference, sep.low, sep.high, sep.p]
+            raw.append([fam, key, value, *labels.csv_cells(skey), c.method, c.score(on), *numbers, tied])
+    notes = [
+        labels.caption(),
+        "How sure the pick is: each finished candidate's accuracy on the split that ranks (validation, "
+        "else test), mean over seeds; its difference from the winner in points with the 95% paired-bootstrap "
+        "interval over the same images (and seeds); tied: not separable from the most accurate. The winner "
+        "(emphasised) is the cheapest tied candidate in the budget's resource.",
+    ]
+    csv_header = [*labels.csv_header(), "template", "acc", "difference", "low", "high", "p", "tied"]
+    return Table(
+        title=f"Separation from the winner by budget ({dataset})",
+        header=header,
+        rows=rows,
+        bold=bold,
+        notes=notes,
+        align="ll" + "l" * len(labels.header()) + "lrrrl",
+        csv_rows=raw,
+        csv_header=["family", "budget_key", "budget_value", *csv_header],
+    )
+
+
+def _against_winner(group: list[BudgetCell]) -> list[tuple[BudgetCell, str, Any, bool, bool]]:
+    """The finished candidates of one budget row in ranking order, each with the metric that ranks,
+    its separation from the winner (None: the winner, or no outcomes), whether it won and is tied."""
+    on = "val_acc" if any(c.acc("val") is not None for c in group) else "final_acc"
+    order = template_order(c.method for c in group)
+    choice = selection.choose(group, on, order)
+    done = [c for c in group if c.score(on) is not None]
+    ranks = ranked(done, lambda c: c.score(on), lambda c: c.cost, lambda c: c.method, order)
+    return [
+        (c, on, choice.separations.get(c.method), c.method == choice.winner, c.method in choice.tied) for c in ranks
+    ]

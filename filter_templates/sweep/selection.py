@@ -26,8 +26,8 @@ import numpy as np
 from filter_templates.core import rundir
 from filter_templates.core.status import DONE, FAILED, PENDING, UNREACHABLE
 from filter_templates.method.fit import format_value
-from filter_templates.pruning.run import schedule_rows
 from filter_templates.sweep.separation import Separation, separate
+from filter_templates.training.config import schedule_rows
 
 __all__ = [
     "SELECTIONS",

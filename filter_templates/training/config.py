@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, TypedDict
+from typing import Any, Callable, Mapping, Sequence, TypedDict
 
 from filter_templates.core import trackers, validate
 from filter_templates.core.errors import UsageError
@@ -21,6 +21,7 @@ from filter_templates.method.arch import Arch
 
 __all__ = [
     "TrainConfig",
+    "schedule_rows",
     "FIELDS",
     "RESULT_KEYS",
     "EXECUTION_KEYS",
@@ -446,3 +447,12 @@ class Summary(_SummaryExtras):
     threads: int
     config: dict[str, Any]
     metrics: list[dict[str, Any]]
+
+
+def schedule_rows(config: Mapping[str, Any], rows: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    """A run's metrics rows of its planned epochs, in order, as a TrainConfig dict plans them: a
+    ``prune-scratch`` run's search (the base model trained to find a structure, when no sibling had
+    found it) is no part of them; every other run's rows all are."""
+    if (config.get("prune") or {}).get("method") == PRUNE_SCRATCH:
+        return [r for r in rows if r.get("stage") == "scratch"]
+    return list(rows)

@@ -156,17 +156,19 @@ def total(*values: torch.Tensor) -> list[torch.Tensor]:
     return list(stacked.unbind())
 
 
-def concatenated(part: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
-    """The 1-D ``part`` of every process joined in rank order (``sizes``: each process's length);
-    ``part`` itself in a single process."""
+def concatenated(part: torch.Tensor) -> torch.Tensor:
+    """The 1-D ``part`` of every process (its shard of an evaluation) joined in rank order; ``part``
+    itself in a single process."""
     if not _active():
         return part
-    longest = max(sizes)
-    padded = torch.zeros(longest, dtype=part.dtype, device=part.device)
+    sizes = [torch.zeros(1, dtype=torch.int64, device=part.device) for _ in range(dist.get_world_size())]
+    dist.all_gather(sizes, torch.tensor([len(part)], dtype=torch.int64, device=part.device))
+    lengths = [int(n.item()) for n in sizes]
+    padded = torch.zeros(max(lengths), dtype=part.dtype, device=part.device)
     padded[: len(part)] = part
-    gathered = [torch.empty_like(padded) for _ in sizes]
+    gathered = [torch.empty_like(padded) for _ in lengths]
     dist.all_gather(gathered, padded)
-    return torch.cat([g[:n] for g, n in zip(gathered, sizes)])
+    return torch.cat([g[:n] for g, n in zip(gathered, lengths)])
 
 
 def all_finite(value: torch.Tensor) -> bool:

@@ -144,7 +144,7 @@ def evaluate_images(model: torch.nn.Module, loader: Loader, amp: bool, tta: bool
             hits.append(logits.argmax(1) == y)
     mine = torch.cat(hits) if hits else torch.zeros(0, dtype=torch.bool, device=loader.device)
     # each process saw its shard: join them (as uint8: collectives of bool are not supported everywhere)
-    return distributed.concatenated(mine.to(torch.uint8), loader.shard_sizes).bool().cpu()
+    return distributed.concatenated(mine.to(torch.uint8)).bool().cpu()
 
 
 def _shifted(x: torch.Tensor, s: int) -> torch.Tensor:
