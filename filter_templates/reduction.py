@@ -13,8 +13,10 @@ export the winner. Everything lands in one folder, so running the same call agai
 Selection reads a validation split, never the test set: every candidate trains on the same
 training images less the same held-out ones (``--val-split``, by default 10% of the training set
 and at most 5,000 images: :func:`data.split.default`), candidates rank by their final validation
-accuracy (mean over the seeds that finished; ties go to fewer parameters) and the winner's export
-is its seed with the best validation accuracy. Test accuracy is reported beside it, for the
+accuracy (mean over the seeds that finished, then the budget's resource: :mod:`sweep.selection`);
+the winner is the cheapest of those not separable from the most accurate on the same validation
+images (a paired bootstrap: :mod:`sweep.separation`), and its export is its seed with the best
+validation accuracy. Test accuracy is reported beside it, for the
 reader. A dataset with its own validation set (a folder's ``val/``) is ranked on that. With
 ``val_split`` 0 and no such set there is nothing else to rank on: the ranking reads the final test
 accuracy and says so (a note, and ``selection`` ``final_acc``). Candidates that did not finish
