@@ -42,6 +42,8 @@ from filter_templates.core.status import DONE, STOPPED
 from filter_templates.data import load_data_for, split
 from filter_templates.export import default_export_path, export_run, onnx_available
 from filter_templates.method.fit import Budget, parse_budget
+from filter_templates.method.latency_table import LatencyTable
+from filter_templates.method.runtimes import LatencySetting
 from filter_templates.method.templates import BUILTIN_TEMPLATES
 from filter_templates.models import resolve_model
 from filter_templates.pruning import adapter as prune
@@ -101,6 +103,7 @@ class Candidate:
     cost: float | None = None  # the budget's resource (what breaks a tie; None: its parameter count)
     separation: dict[str, Any] | None = None  # against the winner: difference, interval, p, tied, images, seeds
     tied: bool | None = None  # not separable from the most accurate candidate (None: not finished)
+    latency: dict[str, Any] | None = None  # a latency budget's record of the fitted model (runtimes.Runtime.record)
 
     @classmethod
     def from_cell(cls, cell: BudgetCell, selection: str = "val_acc") -> "Candidate":
@@ -127,6 +130,7 @@ class Candidate:
             kind=PRUNING if cell.method in PRUNE_METHODS else TEMPLATE,
             pruned=_pruned(runs[0]["run_dir"]) if runs and cell.method in PRUNE_METHODS else None,
             cost=cell.cost,
+            latency=cell.latency_record(),
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -148,6 +152,7 @@ class Candidate:
             "stopped_at": self.stopped_at,
             "tied": self.tied,
             "separation": self.separation,
+            **({"latency": self.latency} if self.latency is not None else {}),
             **({"pruned": self.pruned} if self.kind == "pruning" else {}),
         }
 
@@ -318,6 +323,8 @@ class ReduceRequest:
     baselines: prune.Baselines | None = None
     halving: Halving | None = None  # successive halving of the candidates (None: every one trains to the end)
     seeds_until_separable: int | None = None  # train more seeds of the tied top candidates, up to this many each
+    latency: LatencySetting | None = None  # how a latency budget is measured (None: eager torch, batch 1)
+    latency_table: LatencyTable | None = None  # or the target's latency table it is fitted against
 
 
 def _model(r: ReduceRequest) -> str:
@@ -348,6 +355,8 @@ def _sweep_spec(r: ReduceRequest, budget: Budget, names: list[str], base: prune.
         prune_at=base.at,
         prune_from=base.from_width,
         train=_with_val_split(r.dataset, _logged(r, budget)),
+        latency=r.latency,
+        latency_table=r.latency_table,
     )
 
 

@@ -126,3 +126,39 @@ def test_fit_in_a_runtime_for_real(runtime, capsys):
     (d,) = json.loads(capsys.readouterr().out)["fits"]
     assert d["capped"] and d["width"] <= 0.03  # a tiny model is far under 50 ms: the cap answers
     assert d["latency"]["runtime"] == runtime and d["latency"]["threads"] == 1 and d["latency"]["batch"] == 1
+
+
+def test_templates_measure_shows_the_divisor_staircase(capsys):
+    args = [
+        "templates",
+        "--model",
+        "vgg19",
+        "--width",
+        "0.03",
+        "--template",
+        "base",
+        "--measure",
+        "--divisors",
+        "1",
+        "8",
+    ]
+    assert main([*args, "--latency-rounds", "2", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)["templates"]
+    assert [(r["name"], r["divisor"]) for r in rows] == [("base", 1), ("base", 8)]
+    assert all(f % 8 == 0 for f in rows[1]["filters"]) and all(r["latency"]["median_s"] > 0 for r in rows)
+    assert main(["templates", "--model", "vgg19", "--divisors", "1", "8"]) == 2
+    assert "add --measure" in capsys.readouterr().err
+
+
+def test_a_latency_budget_point_carries_its_runtime_record(monkeypatch):
+    from filter_templates.report.budgets import BudgetCell
+    from filter_templates.sweep.grid import SweepSpec, known_classes, plan_grid
+
+    fake_clock(monkeypatch)
+    spec = SweepSpec(["vgg19"], ["base"], [], ["digits"], budgets=["latency=2ms"], latency=R.LatencySetting(rounds=2))
+    (point,) = plan_grid(spec, classes_of=known_classes).budget_points
+    rec = point.fit["latency"]
+    assert rec["runtime"] == "torch" and rec["batch"] == 1 and rec["median_s"] <= 2e-3
+    assert point.ident["latency"] == {"runtime": "torch", "batch": 1, "threads": None}
+    cell = BudgetCell("digits", "vgg19", "latency", 2e-3, "base", points=[{"fit": point.fit, "run": None}])
+    assert cell.resource("latency_batch_s") == rec["median_s"]  # the runtime's, not the training device's

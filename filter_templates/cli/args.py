@@ -273,9 +273,12 @@ def add_measure_args(p: argparse.ArgumentParser) -> None:
     )
 
 
-def add_latency_args(p: "argparse.ArgumentParser | argparse._ArgumentGroup", threads: bool = False) -> None:
+def add_latency_args(
+    p: "argparse.ArgumentParser | argparse._ArgumentGroup", threads: bool = False, table: bool = False
+) -> None:
     """--runtime, --latency-batch, --latency-rounds (and --latency-threads where --threads means
-    something else): how latency is measured, in the runtime the model deploys to."""
+    something else, --latency-table where the command takes one): how latency is measured, in the
+    runtime the model deploys to."""
     p.add_argument(
         "--runtime",
         default="torch",
@@ -307,16 +310,21 @@ def add_latency_args(p: "argparse.ArgumentParser | argparse._ArgumentGroup", thr
             metavar="N",
             help="threads of the latency runtime (default: torch's thread count); recorded with every latency",
         )
+    if table:
+        p.add_argument(
+            "--latency-table",
+            metavar="FILE",
+            help="fit a latency budget against this table (latency_table.json, written on the target device "
+            "by the script `probe` writes) instead of timing here: monotone interpolation over the probed widths",
+        )
 
 
-def latency_from_args(args: argparse.Namespace) -> LatencySetting:
-    """The :class:`LatencySetting` the latency flags ask for (checked: an unknown or missing runtime is
-    one line)."""
-    threads = getattr(args, "latency_threads", None) if hasattr(args, "latency_threads") else args.threads
-    setting = LatencySetting(
-        args.runtime, args.latency_batch, threads, getattr(args, "device", None) or "cpu", args.latency_rounds
-    )
-    return setting.checked()
+def latency_from_args(args: argparse.Namespace, device: str | None = None) -> LatencySetting:
+    """The :class:`LatencySetting` the latency flags ask for, on ``device`` (default: ``--device``);
+    checked: an unknown or missing runtime is one line."""
+    threads = args.latency_threads if hasattr(args, "latency_threads") else args.threads
+    where = device or getattr(args, "device", None) or "cpu"
+    return LatencySetting(args.runtime, args.latency_batch, threads, where, args.latency_rounds).checked()
 
 
 def add_model_args(p: argparse.ArgumentParser, *, template_many: bool, model_required: bool = True) -> None:

@@ -55,13 +55,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     add_model_args(p, template_many=True)
     p.add_argument("--budget", required=True, metavar="KEY=VALUE", help=BUDGET_HELP)
     add_measure_args(p)
-    add_latency_args(p)
-    p.add_argument(
-        "--latency-table",
-        metavar="FILE",
-        help="fit a latency budget against this table (latency_table.json, written on the target device by "
-        "the script that `probe` writes) instead of timing here: monotone interpolation over the probed widths",
-    )
+    add_latency_args(p, table=True)
     p.add_argument(
         "--latency-tolerance",
         type=fraction,

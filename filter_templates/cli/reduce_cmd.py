@@ -8,13 +8,15 @@ import json
 from filter_templates.cli.args import (
     MODEL_HELP,
     add_fix_arg,
+    add_latency_args,
     add_run_args,
+    latency_from_args,
     log_setting,
     model_from_args,
     nonnegative_int,
     positive_int,
 )
-from filter_templates.cli.fit_cmd import BUDGET_HELP
+from filter_templates.cli.fit_cmd import BUDGET_HELP, latency_caption
 from filter_templates.cli.sweep_cmd import (
     ON_INTERRUPT,  # noqa: F401  (cli.interrupted_line reads it: reduce's runs resume like a sweep's)
     add_baseline_args,
@@ -28,6 +30,7 @@ from filter_templates.core.messages import note
 from filter_templates.core.status import DONE
 from filter_templates.data.split import DEFAULT_MAX
 from filter_templates.method.fit import format_value
+from filter_templates.method.latency_table import read_table
 from filter_templates.method.measure import mib
 from filter_templates.models import family_names
 from filter_templates.pruning.adapter import Baselines
@@ -95,6 +98,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         "separation (difference from the winner, its 95%% interval, p, images and seeds); 'separable' and "
         "'tied' for the whole choice",
     )
+    add_latency_args(p.add_argument_group("latency budgets (as for fit)"), threads=True, table=True)
     t = p.add_argument_group("training (as for train and sweep)")
     add_run_args(t, val_default=f"10%% of the training set, at most {DEFAULT_MAX:,} images")
     add_baseline_args(p.add_argument_group("pruning baselines (ranked with the templates)"))
@@ -160,6 +164,8 @@ def run(args: argparse.Namespace) -> int:
             baselines=Baselines.from_flags(args.baselines, args.prune_at, args.prune_from),
             halving=halving,
             seeds_until_separable=args.seeds_until_separable,
+            latency=latency_from_args(args, device="cpu"),
+            latency_table=read_table(args.latency_table) if args.latency_table else None,
         )
     )
     if args.json:
@@ -210,6 +216,11 @@ def render(result: ReduceResult) -> str:
         "difference from the winner's with its 95% paired-bootstrap interval over the same images "
         "(and seeds), tied: not separable from the most accurate"
     )
+    timed = [(c.template, c.latency) for c in result.candidates if c.latency]
+    if timed:  # a latency budget: each fitted model's latency in the runtime, and how it was measured
+        cells = ", ".join(f"{t} {r['median_s'] * 1e3:.4g} ± {r['spread_s'] * 1e3:.2g} ms" for t, r in timed)
+        lines.append(f"latency: {cells}")
+        lines.append(latency_caption(timed[0][1]))
     if result.halving is not None:
         h = result.halving
         lines.append(

@@ -8,8 +8,10 @@ import os
 
 from filter_templates.cli.args import (
     add_as_published,
+    add_latency_args,
     add_reading_arg,
     add_run_args,
+    latency_from_args,
     log_setting,
     nonnegative_float,
     nonnegative_int,
@@ -22,6 +24,7 @@ from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.messages import warn
 from filter_templates.core.rundir import check_writable
 from filter_templates.method.arch import floor_warning
+from filter_templates.method.latency_table import read_table
 from filter_templates.method.templates import BUILTIN_TEMPLATES
 from filter_templates.models import resolve_model
 from filter_templates.sweep.engines import ENGINES, EngineOptions, SlurmOptions, run_grid
@@ -94,6 +97,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     g.add_argument("--floor", type=positive_int, metavar="N", help="smallest filter count of any layer")
     add_as_published(g)
     add_baseline_args(g)
+    add_latency_args(p.add_argument_group("latency budgets (as for fit)"), threads=True, table=True)
     t = p.add_argument_group("training (override the preset/config)")
     add_run_args(t)
     s = p.add_argument_group("store and engine")
@@ -403,6 +407,8 @@ def run(args: argparse.Namespace) -> int:
                 print(json.dumps(out))
             return 0
 
+    spec.latency = latency_from_args(args, device="cpu")
+    spec.latency_table = read_table(args.latency_table) if args.latency_table else None
     # the trackers of the flags over a config file's; the runs of one store are one group
     spec.train["log"] = trackers.prepare(log_setting(args, spec.train.get("log")), group=store_group(args.db))
     grid = plan_grid(spec, classes_of=known_classes if args.dry_run else None)  # a real run reads the data now

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import Any
 
 from filter_templates.cli.args import (
     add_latency_args,
@@ -13,6 +14,7 @@ from filter_templates.cli.args import (
     latency_from_args,
     model_from_args,
     positive_float,
+    positive_int,
 )
 from filter_templates.cli.fit_cmd import latency_caption
 from filter_templates.core.errors import UsageError
@@ -48,6 +50,14 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     add_measure_args(p)
     add_latency_args(p)
     p.add_argument(
+        "--divisors",
+        type=positive_int,
+        nargs="+",
+        metavar="K",
+        help="with --measure: build every template with each of these divisors (e.g. 1 8 16) and time them all "
+        "together: the runtime's latency staircase, what rounding every layer to a multiple of K buys",
+    )
+    p.add_argument(
         "--compare-published",
         action="store_true",
         help="compare parameter counts with the study's Table 2: ours (equations), as published "
@@ -70,22 +80,34 @@ def rows(args: argparse.Namespace) -> list[dict]:
             f"note: quadratic and negative-quadratic need at least 3 template layers; "
             f"{args.model} has {get_family(args.model, size).depth}"
         )
+    divisors = getattr(args, "divisors", None) or [args.divisor]
+    if len(divisors) > 1 and not measure:
+        raise UsageError("--divisors shows each divisor's measured latency: add --measure")
     archs = [
         make_arch(
             args.model,
             name,
             args.width,
             args.classes,
-            divisor=args.divisor,
+            divisor=k,
             floor=args.floor,
             as_published=bool(getattr(args, "as_published", False)),
             image_size=size,
         )
         for name in names
+        for k in divisors
     ]  # every name checked before any slow measurement
+    runtime = open_runtime(latency_from_args(args)) if measure else None  # a missing runtime: one line, now
     out = []
-    for name, arch in zip(names, archs):
-        row = {"name": name, "filters": list(arch.filters), "params": arch_params(arch), "flops": arch_flops(arch)}
+    for name, arch in zip([n for n in names for _ in divisors], archs):
+        row: dict[str, Any] = {
+            "name": name,
+            "filters": list(arch.filters),
+            "params": arch_params(arch),
+            "flops": arch_flops(arch),
+        }
+        if len(divisors) > 1:
+            row["divisor"] = arch.divisor
         if measure:
             assert device is not None  # resolved above when measuring
             res = resources(arch, args.batch_size, device, latency=False)
@@ -94,12 +116,12 @@ def rows(args: argparse.Namespace) -> list[dict]:
                 res["train_memory_method"],
             )
         out.append(row)
-    if measure:
-        runtime = open_runtime(latency_from_args(args))
+    if runtime is not None:
         note(f"timing {len(archs)} models in {runtime.name}, {runtime.setting.rounds} alternating rounds")
         for row, rec in zip(out, time_archs(runtime, archs)):
             row["latency"] = rec
-        line = ranking_noise(names, [r["latency"] for r in out])
+        labels = [f"{r['name']}" + (f" /{r['divisor']}" if "divisor" in r else "") for r in out]
+        line = ranking_noise(labels, [r["latency"] for r in out])
         if line:
             warn(line)
     return out
@@ -166,8 +188,9 @@ def run(args: argparse.Namespace) -> int:
     )
     w = max(len(r["name"]) for r in table)
     b = args.batch_size
+    div = "divisor" in table[0]
     extra = f"  {'train MiB':>9}  {'ms@' + str(where['batch']):>8}  {'± ms':>6}" if where else ""
-    print(f"{'template':<{w}}  {'params':>12}  {'GFLOPs':>8}{extra}  filters")
+    print(f"{'template':<{w}}{'  div' if div else ''}  {'params':>12}  {'GFLOPs':>8}{extra}  filters")
     for r in table:
         extra = ""
         if where:
@@ -175,8 +198,9 @@ def run(args: argparse.Namespace) -> int:
             extra = (
                 f"  {mib(r['train_memory_bytes']):>9.1f}  {lat['median_s'] * 1e3:>8.4g}  {lat['spread_s'] * 1e3:>6.2g}"
             )
+        k = f"  {r['divisor']:>3}" if div else ""
         print(
-            f"{r['name']:<{w}}  {r['params']:>12,}  {r['flops'] / 1e9:>8.3f}{extra}  {' '.join(map(str, r['filters']))}"
+            f"{r['name']:<{w}}{k}  {r['params']:>12,}  {r['flops'] / 1e9:>8.3f}{extra}  {' '.join(map(str, r['filters']))}"
         )
     if where:
         print(f"memory: {table[0]['train_memory_method']} of one SGD step at batch {b}; {latency_caption(where)}")

@@ -14,7 +14,6 @@ spread, rounds and the machine's load when it was taken: a latency means nothing
 from __future__ import annotations
 
 import copy
-import json
 from dataclasses import asdict, dataclass, replace
 from typing import Any, Callable, ClassVar, Sequence
 
@@ -26,6 +25,7 @@ from filter_templates.core.device import device_name, resolve_device
 from filter_templates.core.errors import UsageError
 from filter_templates.method import deploy_timing
 from filter_templates.method.deploy_timing import BLOCK_S, DEFAULT_ROUNDS, MissingRuntime
+from filter_templates.method.measure import arch_shape
 from filter_templates.method.onnx_model import ONNX_EXTRA, onnx_available, onnx_bytes
 
 __all__ = [
@@ -223,13 +223,13 @@ def open_arch(runtime: Runtime, arch: Any) -> Callable[[], object]:
 def time_archs(runtime: Runtime, archs: Sequence[Any]) -> list[dict[str, Any]]:
     """The latency record of every architecture's model, timed together and alternately (a model
     two architectures share is opened once)."""
-    calls: dict[Any, Callable[[], object]] = {}
+    calls: dict[bytes, Callable[[], object]] = {}
     for arch in archs:
-        key = json.dumps(arch.to_dict(), sort_keys=True)
+        key = arch_shape(arch).signature
         if key not in calls:
             calls[key] = open_arch(runtime, arch)
     timed = dict(zip(calls, time_models(runtime, list(calls.values()))))
-    return [runtime.record(timed[json.dumps(a.to_dict(), sort_keys=True)]) for a in archs]
+    return [runtime.record(timed[arch_shape(a).signature]) for a in archs]
 
 
 def ranking_noise(names: Sequence[str], records: Sequence[dict[str, Any]]) -> str | None:

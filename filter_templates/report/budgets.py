@@ -261,6 +261,15 @@ def budget_resource_table(cells: dict[tuple, BudgetCell], dataset: str) -> Table
     )
 
 
+def record_words(record: dict[str, Any]) -> str:
+    """Where a latency record was measured, for an axis label: runtime, batch, threads, machine."""
+    threads = record.get("threads")
+    return (
+        f"{record['runtime']} {record.get('version', '')}, batch {record.get('batch')}, "
+        f"{threads} thread{'s' if threads != 1 else ''}, {record.get('device_name')}"
+    )
+
+
 def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric: str = "final") -> Any | None:
     """Accuracy versus the budgeted resource ``key``: one panel per family, one line per template
     through its models at each budget (x: what the model uses; one budget: one point each), dashed
@@ -273,6 +282,9 @@ def budget_figure(cells: dict[tuple, BudgetCell], dataset: str, key: str, metric
     if not done:
         return None
     templates = template_order(c.method for c in done)
+    record = next((r for r in (c.latency_record() for c in done) if r), None)
+    if key == "latency" and record is not None:  # the paper's Figure 5, in the deployment runtime
+        label = f"latency (ms): {record_words(record)}"
     where = figures.panels(done)
     rows, cols = figures._grid(len(where))
     fig, axes = plt.subplots(rows, cols, figsize=(6.2 * cols, 4.4 * rows), squeeze=False)

@@ -102,6 +102,10 @@ class SweepSpec:
     baselines: list[str] = field(default_factory=list)  # pruning baselines beside the templates (budgets only)
     prune_at: float = 0.5  # the share of the epochs the baselines train before pruning
     prune_from: float = 1.0  # the width of the base model the baselines train and prune
+    # How latency budgets are measured (runtimes.LatencySetting; None: eager torch at batch 1 on the
+    # training device) or the latency table they are fitted against (latency_table.LatencyTable).
+    latency: Any = None
+    latency_table: Any = None
 
     def size(self) -> int:
         sizes = len(self.budgets) if self.budgets else len(self.widths)
@@ -430,6 +434,8 @@ def _baseline_points(
         ident = experiment(d)
         ident["arch"] = {k: v for k, v in a.items() if k not in ("filters", "widths")}
         ident["budget"] = budget.to_dict()
+        if budget.key == "latency":  # a millisecond in one runtime is not one in another
+            ident["latency"] = _latency_identity(spec)
         points.append(BudgetPoint(budget, arch.family, method, dataset, s, ident, None if why else cfg, None, why))
     return points
 
@@ -493,6 +499,8 @@ def _budget_points(
                 batch_size=probe.batch_size,
                 device=str(device),
                 progress=False,
+                latency=spec.latency,
+                latency_table=spec.latency_table,
             )
         )
     except UsageError as exc:  # below the smallest model this template can build
@@ -512,9 +520,24 @@ def _budget_points(
         ident = experiment(d)
         ident["arch"] = {k: v for k, v in a.items() if k not in _SIZED_BY_WIDTH}
         ident["budget"] = budget.to_dict()
+        if budget.key == "latency":  # a millisecond in one runtime is not one in another
+            ident["latency"] = _latency_identity(spec)
         cfg = None if arch is None else TrainConfig(arch=arch, dataset=dataset, seed=s, **spec.train)
         points.append(BudgetPoint(budget, family, a["template"], dataset, s, ident, cfg, fitted, reason))
     return points
+
+
+def _latency_identity(spec: SweepSpec) -> dict[str, Any]:
+    """What decides a latency budget point's model besides the budget: where latency is measured."""
+    table = spec.latency_table
+    if table is not None:
+        return {"table": {k: table.doc.get(k) for k in ("runtime", "version", "threads", "batch", "machine")}}
+    s = spec.latency
+    return (
+        {"runtime": "torch", "batch": 1}
+        if s is None
+        else {"runtime": s.runtime, "batch": s.batch, "threads": s.threads}
+    )
 
 
 def known_classes(name: str) -> int:

@@ -130,8 +130,17 @@ class BudgetCell:
     def filters(self) -> list[int] | None:
         return next((p["filters"] for p in self.points if p.get("filters")), None)
 
+    def latency_record(self) -> dict[str, Any] | None:
+        """The fitted model's latency in the runtime a latency budget was fitted in
+        (``runtimes.Runtime.record``), or None."""
+        return next((p["fit"]["latency"] for p in self.points if (p.get("fit") or {}).get("latency")), None)
+
     def resource(self, name: str) -> float | None:
-        """From the done runs (median: latency varies), else as fitted."""
+        """From the done runs (median: latency varies), else as fitted; a latency budget's latency is
+        the fitted record's, in the runtime it was fitted in (the runs' own is eager torch)."""
+        record = self.latency_record() if name == RESOURCE_OF["latency"] else None
+        if record is not None:
+            return float(record["median_s"])
         vals = [r[name] for r in self.done if r.get(name) is not None]
         if vals:
             return statistics.median(vals)
