@@ -264,7 +264,7 @@ def test_a_sweep_config_names_the_trackers_and_flags_say_where(tmp_path, capsys)
     pytest.importorskip("tensorboard")
     config = tmp_path / "grid.toml"
     config.write_text(
-        'models = ["vgg19"]\ntemplates = ["uniform"]\nwidths = [0.1]\ndatasets = ["digits"]\n'
+        'models = ["mobilenet"]\ntemplates = ["uniform"]\nbudgets = ["params=20K"]\ndatasets = ["digits"]\n'
         'epochs = 1\nlimit_train = 64\nlimit_test = 32\nbatch_size = 32\nthreads = 1\nlog = ["tensorboard"]\n'
     )
     db, logs = tmp_path / "study.sqlite", tmp_path / "tb"
@@ -272,7 +272,9 @@ def test_a_sweep_config_names_the_trackers_and_flags_say_where(tmp_path, capsys)
     assert main([*argv, "--log-dir", str(logs), "--device", "cpu"]) == 0
     [run] = (tmp_path / "runs").iterdir()
     assert [p.name for p in (logs / "study").iterdir()] == [run.name]  # the store's group, the run's name
-    assert [e.step for e in _events(logs / "study" / run.name).Scalars("test_acc")] == [1]
+    acc = _events(logs / "study" / run.name)
+    assert [e.step for e in acc.Scalars("test_acc")] == [1]
+    assert _hparams(acc)["budget"] == str(parse_budget("params=20K"))  # each point's own budget
     assert json.loads((run / rundir.CONFIG).read_text())["log"]["to"] == ["tensorboard"]
 
 

@@ -16,7 +16,17 @@ from typing import Any, Mapping
 
 from filter_templates.core.errors import UsageError
 
-__all__ = ["TRACKERS", "EXTRAS", "KEYS", "TENSORBOARD_DIR", "normal", "require", "local_folder", "prepare"]
+__all__ = [
+    "TRACKERS",
+    "EXTRAS",
+    "KEYS",
+    "TENSORBOARD_DIR",
+    "normal",
+    "require",
+    "local_folder",
+    "with_budget",
+    "prepare",
+]
 
 #: Tracker name -> (the module that must import, the package extra that installs it).
 EXTRAS: dict[str, tuple[str, str]] = {
@@ -85,6 +95,11 @@ def local_folder(settings: Mapping[str, Any]) -> str | None:
     return None
 
 
+def with_budget(settings: Mapping[str, Any] | None, budget: str) -> dict[str, Any] | None:
+    """``settings`` with the budget a run's model was fitted to, where none was given."""
+    return None if settings is None else {**settings, "budget": settings.get("budget") or budget}
+
+
 def prepare(value: Any, group: str | None = None, budget: str | None = None) -> dict[str, Any] | None:
     """``value`` as the runs of a command log it: in normal form, its trackers installed (else one
     line naming the extra), its folder absolute (:func:`local_folder`: the config travels to
@@ -96,5 +111,4 @@ def prepare(value: Any, group: str | None = None, budget: str | None = None) -> 
     require(settings)
     settings["dir"] = local_folder(settings)
     settings["group"] = settings["group"] or group
-    settings["budget"] = settings["budget"] or budget
-    return settings
+    return with_budget(settings, budget) if budget else settings

@@ -24,7 +24,7 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport, if installed
     except ModuleNotFoundError:
         tomllib = None  # type: ignore[assignment]
 
-from filter_templates.core import rundir, validate
+from filter_templates.core import rundir, trackers, validate
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
@@ -522,7 +522,8 @@ def _budget_points(
         ident["budget"] = budget.to_dict()
         if budget.key == "latency":  # a millisecond in one runtime is not one in another
             ident["latency"] = _latency_identity(spec)
-        cfg = None if arch is None else TrainConfig(arch=arch, dataset=dataset, seed=s, **spec.train)
+        log = trackers.with_budget(spec.train.get("log"), str(budget))  # the budget among its tracker hparams
+        cfg = None if arch is None else TrainConfig(arch=arch, dataset=dataset, seed=s, **{**spec.train, "log": log})
         points.append(BudgetPoint(budget, family, a["template"], dataset, s, ident, cfg, fitted, reason))
     return points
 
