@@ -5,14 +5,17 @@ key, is ignored with one line; a corrupt file is one error line and exit 2."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
+import tomllib
 import torch
 from tiny import TINY_SWEEP
 
-from filter_templates.cli import main
+from filter_templates.cli import main, tune_cmd
 from filter_templates.core.errors import UsageError
+from filter_templates.method.arch import make_arch
 from filter_templates.training import autotune
 from filter_templates.training import profile as machine_profile
 from filter_templates.training import tune as tuning
@@ -234,13 +237,25 @@ def test_compile_without_a_compiler_is_refused_before_anything_is_written(tmp_pa
 TINY_TUNE = ["tune", "--width", "0.05", "--seconds", "0.3", "--rounds", "2", "--no-compile", "--json"]
 
 
-def test_tune_times_every_variant_and_writes_a_profile_that_train_then_uses(tmp_path, capsys):
+@pytest.fixture
+def idle(monkeypatch):
+    """The machine as tune reads it: idle before and during (the tests' own machine may be busy)."""
+    monkeypatch.setattr(tune_cmd, "load_average", lambda: 0.0)
+    monkeypatch.setattr(tuning, "load_average", lambda: 0.0)
+    monkeypatch.setattr(tuning.OthersMeter, "cores", lambda self: 0.0)
+
+
+def test_tune_times_every_variant_and_writes_a_profile_that_train_then_uses(tmp_path, capsys, idle):
     path = tmp_path / "cfg" / "profile.toml"
     assert main([*TINY_TUNE, "--profile", str(path)]) == 0
     doc = json.loads(capsys.readouterr().out)
     assert doc["profile"] == str(path)
     eager = [v for v in doc["variants"] if not v["variant"].endswith("compiled")]
-    assert len(eager) == len(doc["variants"]) == 2 * 2 * len(tuning.thread_counts(autotune.usable_cores()))
+    untimed = next((r for r in doc["reasons"] if r.startswith("not timed, --seconds ran out first: ")), "")
+    untimed_n = len(untimed.split(": ")[1].split(", ")) if untimed else 0  # a slow step can outlast 0.3 s
+    assert len(eager) == len(doc["variants"]) and eager[0]["variant"] == "fp32/channels_last/1"
+    assert len(eager) + untimed_n == 2 * 2 * len(tuning.thread_counts(autotune.usable_cores()))
+    assert doc["load"] == {"load_before": 0.0, "others_during": 0.0, "cores": autotune.usable_cores(), "busy": False}
     assert all(v["min"] <= v["median"] <= v["max"] for v in eager)
     fastest = max(eager, key=lambda v: v["median"])["variant"]
     entry = machine_profile.read(path)[0]
@@ -264,19 +279,63 @@ def test_tune_times_every_variant_and_writes_a_profile_that_train_then_uses(tmp_
 
 
 @pytest.mark.slow
-def test_tune_print_writes_nothing_and_a_corrupt_profile_is_refused_before_measuring(tmp_path, capsys):
+def test_tune_print_writes_nothing_and_a_corrupt_profile_is_refused_before_measuring(tmp_path, capsys, idle):
     path = tmp_path / "profile.toml"
     assert main([*TINY_TUNE, "--profile", str(path), "--print"]) == 0
     assert json.loads(capsys.readouterr().out)["profile"] is None and not path.exists()
 
 
-def test_tune_refuses_a_corrupt_profile_or_an_unwritable_path_before_measuring(tmp_path, capsys):
+def test_tune_refuses_a_corrupt_profile_or_an_unwritable_path_before_measuring(tmp_path, capsys, idle):
     bad = tmp_path / "profile.toml"
     bad.write_text("nonsense [")
     assert main([*TINY_TUNE, "--profile", str(bad)]) == 2
     assert main([*TINY_TUNE, "--profile", "/proc/ft-profile.toml"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 2 and "TOML" in err[0] and "/proc" in err[1] and bad.read_text() == "nonsense ["
+
+
+def test_tune_refuses_a_busy_machine_before_timing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(tune_cmd, "load_average", lambda: 4.0 * autotune.usable_cores())
+
+    def timed(request):
+        raise AssertionError("tune timed on a busy machine")
+
+    monkeypatch.setattr(tune_cmd, "tune", timed)
+    path = tmp_path / "profile.toml"
+    assert main([*TINY_TUNE, "--profile", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "busy" in err[0] and "--force" in err[0] and not path.exists()
+
+
+def test_tune_writes_no_profile_when_others_used_the_cores_while_it_timed(tmp_path, capsys, idle, monkeypatch):
+    monkeypatch.setattr(tuning.OthersMeter, "cores", lambda self: float(autotune.usable_cores()))
+    path = tmp_path / "profile.toml"
+    assert main([*TINY_TUNE, "--profile", str(path)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "busy" in err[-1] and "other processes used" in err[-1] and not path.exists()
+    assert main([*TINY_TUNE, "--profile", str(path), "--force"]) == 0  # asked for: written, and says so
+    measured = tomllib.loads(path.read_text())["machine"][0]["measured"]
+    assert measured["busy"] is True and measured["others_during"] == autotune.usable_cores()
+    assert measured["load_before"] == 0.0 and measured["cores"] == autotune.usable_cores()
+
+
+@pytest.mark.parametrize("compile", [False, True])
+def test_tune_keeps_to_its_seconds(idle, compile):
+    """Everything within --seconds, to 20%: the eager rounds fill their share, and a compile that
+    cannot finish in what is left (a child process that has not even imported torch) is stopped."""
+    if compile and not any(map(shutil.which, ("g++", "c++", "clang++"))):
+        pytest.skip("compile on a CPU needs a C++ compiler")
+    seconds = 4.0
+    arch = make_arch("vgg19", "uniform", 0.05)
+    request = tuning.TuneRequest(arch, CPU, batch_size=8, seconds=seconds, compile=compile)  # steps of ms
+    result = tuning.tune(request)
+    # a step is never cut short: the bound is 20%, or one step past the deadline where a loaded
+    # machine makes one step longer than that
+    step = max(request.batch_size / min(t.rounds) for t in result.timings if t.rounds)
+    assert result.seconds <= max(1.2 * seconds, seconds + step + 0.5), result.phases
+    assert result.seconds >= 0.8 * seconds, result.phases  # and the time is used, not left over
+    if compile:
+        assert any(r.startswith("compile: not timed") for r in result.reasons)
 
 
 def test_a_sweep_refuses_a_corrupt_profile_before_any_run(tmp_path, capsys):
@@ -295,3 +354,15 @@ def test_a_sweep_refuses_a_corrupt_profile_before_any_run(tmp_path, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(bad) in err[0] and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.slow
+def test_tune_times_a_compile_that_fits_in_its_child_process(idle):
+    if not any(map(shutil.which, ("g++", "c++", "clang++"))):
+        pytest.skip("compile on a CPU needs a C++ compiler")
+    request = tuning.TuneRequest(make_arch("vgg19", "uniform", 0.05), CPU, batch_size=8, seconds=400.0)
+    result = tuning.tune(request)
+    compiled = [t for t in result.timings if t.variant.compile]
+    assert len(compiled) == 1 and compiled[0].compile_s is not None and compiled[0].rounds
+    assert any(r.startswith("compile: ") and "to compile" in r for r in result.reasons)
+    assert result.seconds <= 1.2 * request.seconds

@@ -19,6 +19,7 @@ from filter_templates.core import rundir
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
+from filter_templates.core.load import BUSY_SHARE, Load, load_average, usable_cores
 from filter_templates.core.messages import note
 from filter_templates.method.arch import make_arch
 from filter_templates.models import family_names
@@ -68,8 +69,9 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         type=positive_float,
         default=60.0,
         metavar="S",
-        help="about how long the timed eager steps take in all (default: 60; the bf16 check and compile "
-        "come on top, and the output says how long each part took)",
+        help="how long tune takes in all, within about 20%%: the eager rounds, the bf16 check and the "
+        "compile (default: 60; a part that does not fit is left out and the output says so, with how "
+        "long each part took)",
     )
     p.add_argument(
         "--rounds",
@@ -91,6 +93,13 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         "$XDG_CONFIG_HOME/filter-templates/profile.toml, else ~/.config/filter-templates/profile.toml)",
     )
     p.add_argument("--print", dest="print_only", action="store_true", help="measure and print; write nothing")
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="write the profile even from a busy machine (other processes on more than "
+        f"{BUSY_SHARE * 100:.0f}%% of the cores, by the load average before or the CPU they used during); "
+        "without it, tune refuses: timings taken beside other work describe the contention, not the machine",
+    )
     p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
     p.set_defaults(run=run)
 
@@ -106,6 +115,9 @@ def run(args: argparse.Namespace) -> int:
             )
         rundir.check_writable(path, "--profile", folder=False)
         machine_profile.read(path)
+    before = Load(load_average(), None, usable_cores())
+    if before.busy and not (args.force or args.print_only):  # refuse before minutes of timing, not after
+        raise UsageError(_busy_line(before))
     size = args.image_size or IMAGE_SIZE
     arch = make_arch(
         model_from_args(args), args.template, args.width, 10, as_published=bool(args.as_published), image_size=size
@@ -126,6 +138,10 @@ def run(args: argparse.Namespace) -> int:
         )
     )
     entry = result.entry(arch, args.batch_size, device)
+    if result.load is not None:
+        note(f"tune: {result.load.words()}")
+        if result.load.busy and not (args.force or args.print_only):
+            raise UsageError(_busy_line(result.load))
     written = None if args.print_only or path is None else machine_profile.write(path, entry)
     if args.json:
         print(
@@ -141,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
                     "seconds": round(result.seconds, 1),
                     "phases": result.phases,
                     "profile": None if written is None else str(written),
+                    "load": None if result.load is None else result.load.to_dict(),
                 }
             )
         )
@@ -163,3 +180,11 @@ def _print_table(result: TuneResult) -> None:
         print(f"- {line}")
     parts = ", ".join(f"{name} {s:.0f} s" for name, s in result.phases.items())
     print(f"profile: {result.recommended.name} ({result.seconds:.0f} s of measuring: {parts})")
+
+
+def _busy_line(load: Load) -> str:
+    """The one-line refusal to keep timings taken beside other work."""
+    return (
+        f"tune: the machine is busy ({load.words().split(': ')[0]}); a profile timed now would describe the other "
+        "work, not this machine: run tune when it is idle, or pass --force to write it anyway (--print writes nothing)"
+    )

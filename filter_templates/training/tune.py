@@ -20,7 +20,10 @@ The result is what :mod:`.profile` writes; runs read the file, never a timing.
 from __future__ import annotations
 
 import dataclasses
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -29,7 +32,8 @@ from typing import Any, Callable
 
 import torch
 
-from filter_templates.data import data_shape
+from filter_templates.core.load import Load, OthersMeter, load_average, usable_cores
+from filter_templates.data import data_shape, load_dataset
 from filter_templates.method.arch import Arch
 from filter_templates.training import autotune
 from filter_templates.training import profile as machine_profile
@@ -49,6 +53,9 @@ __all__ = [
     "PAYBACK_IMAGES",
     "compile_pays",
     "describe_machine",
+    "alternate",
+    "bench",
+    "EAGER_SHARE",
 ]
 
 BF16_TOLERANCE = 0.02  # test accuracy, as a fraction: bf16 must end within 2 points of fp32
@@ -96,6 +103,7 @@ class Timing:
     variant: Variant
     rounds: list[float] = field(default_factory=list)
     compile_s: float | None = None
+    rounds_steps: int = 0  # steps taken, warm-up included
 
     @property
     def median(self) -> float:
@@ -121,7 +129,8 @@ class TuneResult:
     reasons: list[str]
     bf16_check: dict[str, Any] | None
     seconds: float
-    phases: dict[str, float] = field(default_factory=dict)  # seconds of each part: what --seconds does not bound
+    phases: dict[str, float] = field(default_factory=dict)  # seconds of each part, all within --seconds
+    load: Load | None = None  # what the machine was doing: a busy machine's timings are not the machine's
 
     def entry(self, arch: Arch, batch_size: int, device: torch.device) -> machine_profile.Entry:
         """The profile table for this machine."""
@@ -136,6 +145,7 @@ class TuneResult:
             "rule_images_per_s": None if rule is None else round(rule.median, 1),
             "bf16_check": "" if self.bf16_check is None else self.bf16_check["verdict"],
             "tune_s": round(self.seconds, 1),
+            **(self.load.to_dict() if self.load is not None else {}),
         }
         return machine_profile.Entry(
             machine_profile.machine_key(device),
@@ -178,38 +188,66 @@ class _Bench:
         return time.perf_counter() - t0
 
 
+def bench(request: TuneRequest, variant: Variant) -> _Bench:
+    """The model, optimiser and batch that time ``variant`` (its threads are set when it steps)."""
+    return _Bench(request, variant.precision, variant.memory_format, variant.compile)
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _alternate(
-    request: TuneRequest, benches: dict[Variant, _Bench], seconds: float, timings: dict[Variant, Timing]
-) -> None:
-    """``request.rounds`` rounds over ``benches``, each variant timed for about its share of
-    ``seconds`` a round (at least one step), the order reversed every other round."""
-    order = list(benches)
-    share = seconds / max(1, request.rounds * len(order))
-    step_s = {}
-    for v in order:  # warm-up step (a compiled variant's is its compile), then one to size the rounds
+def alternate(
+    request: TuneRequest, benches: dict[Variant, _Bench], until: float, timings: dict[Variant, Timing]
+) -> list[Variant]:
+    """Rounds over ``benches`` that end by ``until`` (``time.perf_counter``): each variant steps
+    for its share of the time left (at least one step), the order reversed every other round.
+
+    One warm-up step each first (a compiled variant's is its compile, then one more to size it); a
+    variant whose warm-up would start after ``until`` is not timed (returned: a busy machine or a
+    slow precision can make one step outlast the budget). Rounds that one step of each variant
+    could not fit in the time left are dropped; when none fits, each variant's warm-up step is its
+    one round."""
+    order, skipped = list(benches), []
+    step_s: dict[Variant, float] = {}
+    for v in list(order):
+        if step_s and time.perf_counter() >= until:
+            skipped.append(v)
+            order.remove(v)
+            continue
         torch.set_num_threads(v.threads)
-        first = benches[v].steps(1)
         step_s[v] = benches[v].steps(1)
+        timings[v].rounds_steps += 1
         if v.compile:
-            timings[v].compile_s = max(0.0, first - step_s[v])
-    for r in range(request.rounds):
+            first, step_s[v] = step_s[v], benches[v].steps(1)
+            timings[v].compile_s, timings[v].rounds_steps = max(0.0, first - step_s[v]), timings[v].rounds_steps + 1
+    rounds = min(request.rounds, int(max(0.0, until - time.perf_counter()) // max(sum(step_s.values()), 1e-9)))
+    if rounds == 0:
+        for v in order:
+            timings[v].rounds.append(request.batch_size / step_s[v])
+        request.say("one step of each variant was all --seconds held: the warm-up steps are the rounds")
+    for r in range(rounds):
+        share = max(0.0, until - time.perf_counter()) / ((rounds - r) * len(order))
         for v in order if r % 2 == 0 else order[::-1]:
             torch.set_num_threads(v.threads)
-            n = max(1, round(share / max(step_s[v], 1e-6)))
-            timings[v].rounds.append(n * request.batch_size / benches[v].steps(n))
-            request.say(f"round {r + 1}/{request.rounds}  {v.name:<32} {timings[v].rounds[-1]:9.1f} img/s")
+            n, spent = 0, 0.0
+            while n == 0 or spent + spent / n <= share:  # stop before a step would pass the share
+                spent += benches[v].steps(1)
+                n += 1
+            timings[v].rounds.append(n * request.batch_size / spent)
+            timings[v].rounds_steps += n
+            request.say(f"round {r + 1}/{rounds}  {v.name:<32} {timings[v].rounds[-1]:9.1f} img/s")
+    return skipped
 
 
 def _eager_variants(request: TuneRequest) -> list[Variant]:
     cpu = request.device.type == "cpu"
     precisions = [p for p in PRECISIONS if p != "bf16" or cpu or torch.cuda.is_bf16_supported()]
     counts = thread_counts(autotune.usable_cores()) if cpu else [torch.get_num_threads()]
-    return [Variant(p, m, n) for n in counts for p in precisions for m in MEMORY_FORMATS]
+    # fp32 first: where --seconds runs out during the warm-ups, the variants left untimed are bf16
+    # ones, whose steps can be many times slower (a CPU without bf16 units emulates it)
+    return [Variant(p, m, n) for p in precisions for n in counts for m in MEMORY_FORMATS]
 
 
 def _check_bf16(request: TuneRequest, winner: Variant) -> dict[str, Any]:
@@ -249,10 +287,19 @@ def compile_pays(compile_s: float, eager_step_s: float, compiled_step_s: float, 
     return compile_s < saved
 
 
+#: The share of ``--seconds`` the eager rounds end by when ``torch.compile`` is timed after them;
+#: the bf16 check (when bf16 wins) and the compile's child process share the rest.
+EAGER_SHARE = 0.5
+
+
 def tune(request: TuneRequest) -> TuneResult:
-    """Measure every variant and recommend one (module docstring). Leaves torch's thread count as
-    it found it."""
+    """Measure every variant and recommend one (module docstring), all within ``request.seconds``:
+    the eager rounds end by their share of it, the bf16 check runs only where its estimated time
+    fits what is left, and the compile is timed in a child process stopped at the deadline. Records
+    the machine's load before and during. Leaves torch's thread count as it found it."""
     t0, before = time.perf_counter(), torch.get_num_threads()
+    deadline = t0 + request.seconds
+    load_before, others = load_average(), OthersMeter()
     try:
         variants = _eager_variants(request)
         # threads only change how a step runs: one model per (precision, layout)
@@ -260,49 +307,116 @@ def tune(request: TuneRequest) -> TuneResult:
         models = {k: _Bench(request, *k, False) for k in layouts}
         benches = {v: models[v.precision, v.memory_format] for v in variants}
         timings = {v: Timing(v) for v in variants}
-        _alternate(request, benches, request.seconds, timings)
+        skipped = alternate(request, benches, t0 + request.seconds * (EAGER_SHARE if request.compile else 1.0), timings)
         phases = {"eager steps": time.perf_counter() - t0}
+        variants = [v for v in variants if v not in skipped]
+        for v in skipped:
+            del timings[v]
         ranked = sorted(variants, key=lambda v: -timings[v].median)
         winner, reasons, check = ranked[0], [f"fastest eager step: {ranked[0].name}"], None
+        if skipped:
+            reasons.insert(0, f"not timed, --seconds ran out first: {', '.join(v.name for v in skipped)}")
         if winner.precision == "bf16":
             mark = time.perf_counter()
-            check = _check_bf16(request, winner)
+            winner, check = _bf16(request, winner, ranked, timings, deadline, reasons)
             phases["bf16 check"] = time.perf_counter() - mark
-            reasons.append(f"bf16 check {check['verdict']}")
-            if not check["passed"]:
-                winner = next(v for v in ranked if v.precision == "fp32")
-                reasons.append(f"bf16 does not train as well here: the fastest fp32 variant, {winner.name}")
         if request.compile:
             mark = time.perf_counter()
-            winner = _try_compile(request, winner, benches[winner], timings, reasons)
+            winner = _try_compile(request, winner, timings, reasons, deadline)
             phases["compile"] = time.perf_counter() - mark
-        rule = _rule_variant(request.device)
         return TuneResult(
             list(timings.values()),
             winner,
-            rule,
+            _rule_variant(request.device),
             reasons,
             check,
             time.perf_counter() - t0,
             {k: round(v, 1) for k, v in phases.items()},
+            Load(load_before, others.cores(), usable_cores()),
         )
     finally:
         torch.set_num_threads(before)
 
 
+def _bf16(
+    request: TuneRequest,
+    winner: Variant,
+    ranked: list[Variant],
+    timings: dict[Variant, Timing],
+    deadline: float,
+    reasons: list[str],
+) -> tuple[Variant, dict[str, Any] | None]:
+    """bf16 wins only if its check passes, and the check runs only where it fits before the
+    deadline (its steps estimated from the winner's); otherwise the fastest fp32 variant wins."""
+    need = 2 * request.check_epochs * _check_images() / timings[winner].median  # both precisions
+    left = deadline - time.perf_counter()
+    if need > left:
+        fp32 = next((v for v in ranked if v.precision == "fp32"), winner)
+        reasons.append(
+            f"bf16 check not run: about {need:.0f} s of training, and --seconds leaves {max(0.0, left):.0f} s; "
+            f"bf16 is not recommended unchecked: the fastest fp32 variant, {fp32.name}"
+        )
+        return fp32, None
+    check = _check_bf16(request, winner)
+    reasons.append(f"bf16 check {check['verdict']}")
+    if not check["passed"]:
+        winner = next((v for v in ranked if v.precision == "fp32"), winner)
+        reasons.append(f"bf16 does not train as well here: the fastest fp32 variant, {winner.name}")
+    return winner, check
+
+
+def _check_images() -> int:
+    """Images one epoch of the bf16 check passes through the model: its dataset's training and test sets."""
+    ds = load_dataset(CHECK_DATASET)
+    return len(ds.train_y) + len(ds.test_y)
+
+
+def _compile_job(request: TuneRequest, winner: Variant, seconds: float) -> dict[str, Any]:
+    """What the child process times (:mod:`.tune_compile`): the model, the variant, its seconds."""
+    return {
+        "arch": request.arch.to_dict(),
+        "device": str(request.device),
+        "batch_size": request.batch_size,
+        "rounds": request.rounds,
+        "variant": dataclasses.asdict(winner),
+        "seconds": seconds,
+    }
+
+
 def _try_compile(
-    request: TuneRequest, winner: Variant, eager: _Bench, timings: dict[Variant, Timing], reasons: list[str]
+    request: TuneRequest, winner: Variant, timings: dict[Variant, Timing], reasons: list[str], deadline: float
 ) -> Variant:
-    """Time the winner compiled against itself eager (a second, shorter alternation); the compiled
-    variant when it pays back (:func:`compile_pays`), else the winner."""
+    """Time the winner compiled against itself eager, in a child process (``tune_compile``) that
+    must finish by the deadline; the compiled variant when it pays back (:func:`compile_pays`),
+    else the winner. A compile the time left cannot hold is not timed and not recommended."""
     autotune.check_compile(request.device)
     compiled = dataclasses.replace(winner, compile=True)
-    request.say(f"compiling {winner.name} (torch.compile; the first step includes the compile)")
-    pair = {winner: eager, compiled: _Bench(request, winner.precision, winner.memory_format, True)}
-    again = {v: Timing(v) for v in pair}
-    _alternate(
-        dataclasses.replace(request, rounds=max(2, request.rounds)), pair, request.seconds / len(timings) * 2, again
-    )
+    left = deadline - time.perf_counter()
+    request.say(f"compiling {winner.name} (torch.compile, in a child process; {max(0.0, left):.0f} s left)")
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "filter_templates.training.tune_compile"],
+            input=json.dumps(_compile_job(request, winner, max(0.0, left) * 0.9)),
+            capture_output=True,
+            text=True,
+            timeout=max(1.0, left),
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        reasons.append(
+            f"compile: not timed: compiling {winner.name} did not finish in the {max(0.0, left):.0f} s --seconds "
+            "left (a first compile fills inductor's cache, so a later tune compiles faster); not recommended"
+        )
+        return winner
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or ["no message"])[-1]
+        reasons.append(f"compile: not timed: the child process failed ({last}); not recommended")
+        return winner
+    got = json.loads(done.stdout)
+    again = {
+        v: Timing(v, list(got[k]["rounds"]), got[k]["compile_s"], int(got[k]["rounds_steps"]))
+        for k, v in (("eager", winner), ("compiled", compiled))
+    }
     timings[compiled] = again[compiled]
     eager_s = request.batch_size / again[winner].median
     compiled_s = request.batch_size / again[compiled].median
