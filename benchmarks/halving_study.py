@@ -45,7 +45,7 @@ from filter_templates.core import rundir
 from filter_templates.core.status import DONE
 from filter_templates.method.fit import parse_budget
 from filter_templates.reduction import ReduceRequest, reduce
-from filter_templates.report.budgets import RESOURCE_OF
+from filter_templates.sweep import selection
 from filter_templates.sweep.halving import rung_epochs
 from filter_templates.sweep.separation import separate
 
@@ -112,7 +112,7 @@ def train_case(args: argparse.Namespace, model: str, budget: str) -> None:
 
 def read_case(args: argparse.Namespace, model: str, budget: str) -> list[Candidate]:
     """The case's finished runs of the asked seeds, per template, in the order they were fitted."""
-    key = RESOURCE_OF[parse_budget(budget).key]
+    key = selection.RESOURCE_OF[parse_budget(budget).key]
     by: dict[str, dict[int, tuple[dict, list[dict], rundir.Outcomes]]] = {}
     for run in sorted((case_dir(args, model, budget) / "runs").iterdir()):
         summary = rundir.read_summary(run)
@@ -137,16 +137,13 @@ def read_case(args: argparse.Namespace, model: str, budget: str) -> list[Candida
 
 
 def rank(cands: list[Candidate], epoch: int) -> list[Candidate]:
-    """By mean validation accuracy after ``epoch`` epochs, ties to the cheaper, then the name."""
-    return sorted(cands, key=lambda c: (-c.val(epoch), c.cost, c.template))
+    """By ``reduce``'s ranking key (mean validation accuracy after ``epoch`` epochs, then the cost)."""
+    return selection.ranked(cands, lambda c: c.val(epoch), lambda c: c.cost, lambda c: c.template)
 
 
 def winner(cands: list[Candidate], epoch: int) -> Candidate:
-    """The cheapest of the candidates not separable from the most accurate (reduce's rule)."""
-    ranked = rank(cands, epoch)
-    top = ranked[0]
-    tied = [c for c in ranked if c is top or separate(c.hits("val", epoch), top.hits("val", epoch)).tied]
-    return min(tied, key=lambda c: (c.cost, ranked.index(c)))
+    """``reduce``'s winner: the cheapest of the candidates not separable from the most accurate."""
+    return selection.pick(rank(cands, epoch), lambda c: list(c.hits("val", epoch)), lambda c: c.cost)[0]
 
 
 def replay(cands: list[Candidate], epochs: int, rate: int) -> dict[str, Any]:
@@ -160,7 +157,14 @@ def replay(cands: list[Candidate], epochs: int, rate: int) -> dict[str, Any]:
         before = stop
         if i == len(stops) - 1:
             break
-        keep = rank(alive, stop)[: max(1, len(alive) // rate)]
+        names = selection.survivors(
+            [c.template for c in alive],
+            {c.template: c.val(stop) for c in alive},
+            {c.template: c.cost for c in alive},
+            (),
+            rate,
+        )
+        keep = [c for c in alive if c.template in names]
         rungs.append({"epochs": stop, "candidates": alive, "survivors": keep})
         alive = keep
     w = winner(alive, epochs)
@@ -373,7 +377,12 @@ def _write(args: argparse.Namespace, cases: list[dict]) -> None:
         "halving's winner tests better). A drop is tied when its validation accuracy at the rung is not separable "
         "from the final winner's there. Halving is replayed on the plain runs (a paused run continues bit for bit). "
         f"The first rung ranks after {', '.join(f'{rung_epochs(args.epochs, r, RUNGS)[0]} (R={r})' for r in RATES)} "
-        f"of {args.epochs} epochs; these numbers hold at this scale only.",
+        f"of {args.epochs} epochs; these numbers hold at this scale only."
+        + (
+            " Analysed from the run folders this script trained (the same command without --no-train)."
+            if args.no_train
+            else ""
+        ),
         table={
             "columns": [
                 "model",

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, TypeVar
 
 import numpy as np
 
@@ -40,10 +40,12 @@ __all__ = [
     "survivors",
     "Choice",
     "choose",
+    "pick",
     "split_of",
     "setting_key",
 ]
 
+T = TypeVar("T")
 #: What candidates can be ranked on: the validation split's final accuracy, or (no split) the test set's.
 SELECTIONS = ("val_acc", "final_acc")
 #: The runs/fit column that measures each budget key's resource (what breaks a tie).
@@ -256,27 +258,42 @@ class Choice:
 
 
 def choose(cells: Sequence[BudgetCell], selection: str, order: Sequence[str] = ()) -> Choice:
-    """Rank the finished candidates among ``cells`` and pick the winner: the cheapest of those not
-    separable from the most accurate, on the per-image outcomes of the split ``selection`` ranks
-    on (seeds pooled). Candidates without outcomes are compared by their score alone (never tied)."""
+    """Rank the finished candidates among ``cells`` and pick the winner (:func:`pick`) on the
+    per-image outcomes of the split ``selection`` ranks on, seeds pooled."""
     done = [c for c in cells if c.status == DONE and c.score(selection) is not None]
     key = RESOURCE_OF[cells[0].budget_key] if cells else "params"
     if not done:
         return Choice(None, None, [], {}, key)
     ranks = ranked(done, lambda c: c.score(selection), lambda c: c.cost, lambda c: c.method, order)
-    top = ranks[0]
     hits = {c.method: c.outcomes(selection) for c in ranks}
-    tied = [c for c in ranks if c is top or _separation(hits, c.method, top.method, tied_only=True)]
-    winner = min(tied, key=lambda c: (c.cost if c.cost is not None else float("inf"), ranks.index(c)))
-    seps = {c.method: None if c is winner else _separation(hits, c.method, winner.method) for c in ranks}
-    return Choice(winner.method, top.method, [c.method for c in tied], seps, key)
+    winner, tied = pick(ranks, lambda c: hits[c.method], lambda c: c.cost)
+    seps = {c.method: None if c is winner else _separation(hits[c.method], hits[winner.method]) for c in ranks}
+    return Choice(winner.method, ranks[0].method, [c.method for c in tied], seps, key)
 
 
-def _separation(hits: Mapping[str, list[np.ndarray] | None], a: str, b: str, tied_only: bool = False) -> Any:
-    """``a`` against ``b`` on their outcomes (None: either kept none, or they saw different images);
-    with ``tied_only``, whether the two are tied."""
-    x, y = hits.get(a), hits.get(b)
-    if x is None or y is None or len(x[0]) != len(y[0]):
-        return False if tied_only else None
-    s = separate(x, y)
-    return s.tied if tied_only else s
+def pick(
+    ranks: Sequence[T], hits: Callable[[T], Sequence[np.ndarray] | None], cost: Callable[[T], float | None]
+) -> tuple[T, list[T]]:
+    """(the winner, the tied) of candidates already in :func:`rank_key` order: the tied are those not
+    separable from the first on their per-image outcomes (``hits``: one vector per seed; None: none
+    kept, so never tied), the winner the cheapest of them (then the earlier in the ranking)."""
+    top = ranks[0]
+    tied = [c for c in ranks if c is top or _tied(hits(c), hits(top))]
+    best = min(tied, key=lambda c: (_known_or_inf(cost(c)), ranks.index(c)))
+    return best, tied
+
+
+def _known_or_inf(v: float | None) -> float:
+    return v if v is not None else float("inf")
+
+
+def _separation(a: Sequence[np.ndarray] | None, b: Sequence[np.ndarray] | None) -> Separation | None:
+    """``a`` against ``b`` (None: either kept no outcomes, or they saw different images)."""
+    if a is None or b is None or len(a[0]) != len(b[0]):
+        return None
+    return separate(a, b)
+
+
+def _tied(a: Sequence[np.ndarray] | None, b: Sequence[np.ndarray] | None) -> bool:
+    s = _separation(a, b)
+    return s is not None and s.tied
