@@ -36,6 +36,7 @@ from filter_templates.models import family_names
 from filter_templates.pruning.adapter import Baselines
 from filter_templates.reduction import Candidate, ReduceRequest, ReduceResult, reduce
 from filter_templates.sweep.halving import DEFAULT_RUNGS, Halving
+from filter_templates.sweep.separation import points
 
 #: What ``best_acc`` is, in every place reduce shows it: never a basis for selection.
 BEST_ACC_WORDS = "best test accuracy over epochs (optimistic)"
@@ -259,8 +260,7 @@ def _versus(c: Candidate, result: ReduceResult) -> str:
     sep = c.separation
     if sep is None:
         return "-"
-    lo, hi = sep["interval"]
-    return f"{100 * sep['difference']:+.2f} [{100 * lo:+.2f}, {100 * hi:+.2f}]{' tied' if c.tied else ''}"
+    return points(sep["difference"], *sep["interval"]) + (" tied" if c.tied else "")
 
 
 def _tie_lines(result: ReduceResult) -> list[str]:

@@ -339,9 +339,7 @@ def budget_separation_table(cells: dict[tuple, BudgetCell], dataset: str) -> Tab
         for c, on, sep, won, tied in _against_winner(group):
             if won:
                 bold.add((len(rows), len(header) - 5))
-            interval = (
-                MISSING if sep is None else f"{100 * sep.difference:+.2f} [{100 * sep.low:+.2f}, {100 * sep.high:+.2f}]"
-            )
+            interval = MISSING if sep is None else sep.points()
             p = MISSING if sep is None else f"{sep.p:.3f}"
             budget = f"{key} ≤ {format_value(key, value)}"
             rows.append(

@@ -21,7 +21,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-__all__ = ["Separation", "separate", "DRAWS", "LEVEL"]
+__all__ = ["Separation", "separate", "points", "DRAWS", "LEVEL"]
 
 #: Bootstrap draws per comparison: the interval's ends move by well under a tenth of a point
 #: between generator seeds at this count on a few thousand images.
@@ -43,6 +43,9 @@ class Separation:
     p: float
     images: int
     seeds: tuple[int, int]
+
+    def points(self) -> str:
+        return points(self.difference, self.low, self.high)
 
     @property
     def tied(self) -> bool:
@@ -78,6 +81,12 @@ def separate(a: Sequence[np.ndarray] | np.ndarray, b: Sequence[np.ndarray] | np.
     below, above = int((draws <= 0).sum()), int((draws >= 0).sum())
     p = min(1.0, 2 * min(below + 1, above + 1) / (DRAWS + 1))
     return Separation(d, float(lo), float(hi), p, n, (x.shape[0], y.shape[0]))
+
+
+def points(difference: float, low: float, high: float) -> str:
+    """``+1.20 [-0.40, +2.80]``: a difference and its interval (fractions) in points, as tables show them."""
+    d, lo, hi = (round(100 * v, 2) + 0.0 for v in (difference, low, high))  # + 0.0: no "-0.00"
+    return f"{d:+.2f} [{lo:+.2f}, {hi:+.2f}]"
 
 
 def _matrix(v: Sequence[np.ndarray] | np.ndarray) -> np.ndarray:
