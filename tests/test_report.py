@@ -501,7 +501,7 @@ def test_index_html_is_the_same_page_as_index_md(report):
     assert re.findall(r"\(figures/([^)]+\.png)\)", md) == re.findall(r'src="figures/([^"]+\.png)"', page)
     for row in md_rows((out / "tables" / "resources_cifar10.md").read_text())[1:]:  # and every number
         assert all(f">{html.escape(cell)}<" in page for cell in row)
-    assert "Models: 32 x 32 px input images; every layer has at least 1 filters" in page
+    assert "Models: 32 x 32 px input images; every layer has at least 1 filter (the floor)" in page
 
 
 @pytest.mark.skipif(_chromium() is None, reason="chromium is not installed (apt-get install chromium)")

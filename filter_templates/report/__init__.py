@@ -230,7 +230,8 @@ def _models_line(cells: list[Any]) -> str:
 
     return (
         f"Models: {values('image_size', IMAGE_SIZE)} x {values('image_size', IMAGE_SIZE)} px input images; "
-        f"every layer has at least {values('floor', 1)} filters (the floor) and its filter count rounded to a "
+        f"every layer has at least {values('floor', 1)} filter{'' if values('floor', 1) == '1' else 's'} (the floor) "
+        "and its filter count rounded to a "
         f"multiple of {values('divisor', 1)} (the divisor)."
     )
 

@@ -182,11 +182,14 @@ def tradeoff_figure(cells: dict[tuple, Cell], dataset: str, axis: str, metric: s
 def _title(mine: Sequence[Cell], dataset: str, axis: str, widths: Sequence[float], curves: bool) -> str:
     """What the figure shows, what its bars are, where its costs were measured and which runs it holds."""
     what = {"params": "parameters", "memory": "training memory", "latency": "inference latency"}[axis]
-    how = (
-        f"one curve per template across widths {', '.join(f'{w:g}' for w in widths)}"
-        if curves
-        else f"one point per template at width {'/'.join(f'{w:g}' for w in widths)}"
+    some = (
+        f"{widths[0]:g}"
+        if len(widths) == 1
+        else ", ".join(f"{w:g}" for w in widths)
+        if len(widths) <= 4
+        else f"{widths[0]:g} to {widths[-1]:g}"
     )
+    how = f"one curve per template across widths {some}" if curves else f"one point per template, width {some}"
     title = f"{dataset}: accuracy versus {what}, {how}\nbars: {interval_words(len(c.done) for c in mine)}"
     if axis in ("latency", "memory"):
         title += f"\nmeasured on {measured_on([r for c in mine for r in c.done])}"

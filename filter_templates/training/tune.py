@@ -199,20 +199,25 @@ def _sync(device: torch.device) -> None:
 
 
 def alternate(
-    request: TuneRequest, benches: dict[Variant, _Bench], until: float, timings: dict[Variant, Timing]
+    request: TuneRequest,
+    benches: dict[Variant, _Bench],
+    until: float,
+    timings: dict[Variant, Timing],
+    every: bool = False,
 ) -> list[Variant]:
     """Rounds over ``benches`` that end by ``until`` (``time.perf_counter``): each variant steps
     for its share of the time left (at least one step), the order reversed every other round.
 
     One warm-up step each first (a compiled variant's is its compile, then one more to size it); a
     variant whose warm-up would start after ``until`` is not timed (returned: a busy machine or a
-    slow precision can make one step outlast the budget). Rounds that one step of each variant
+    slow precision can make one step outlast the budget), unless ``every`` (a pair that is only
+    worth timing together: the compile's). Rounds that one step of each variant
     could not fit in the time left are dropped; when none fits, each variant's warm-up step is its
     one round."""
     order, skipped = list(benches), []
     step_s: dict[Variant, float] = {}
     for v in list(order):
-        if step_s and time.perf_counter() >= until:
+        if step_s and not every and time.perf_counter() >= until:
             skipped.append(v)
             order.remove(v)
             continue
@@ -413,6 +418,9 @@ def _try_compile(
         reasons.append(f"compile: not timed: the child process failed ({last}); not recommended")
         return winner
     got = json.loads(done.stdout)
+    if not got["compiled"]["rounds"] or not got["eager"]["rounds"]:
+        reasons.append(f"compile: not timed: the child process timed no steps of {winner.name}; not recommended")
+        return winner
     again = {
         v: Timing(v, list(got[k]["rounds"]), got[k]["compile_s"], int(got[k]["rounds_steps"]))
         for k, v in (("eager", winner), ("compiled", compiled))

@@ -32,7 +32,7 @@ def main() -> int:
     compiled = dataclasses.replace(eager, compile=True)
     pair = {v: bench(request, v) for v in (eager, compiled)}
     timings = {v: Timing(v) for v in pair}
-    alternate(dataclasses.replace(request, rounds=max(2, request.rounds)), pair, until, timings)
+    alternate(dataclasses.replace(request, rounds=max(2, request.rounds)), pair, until, timings, every=True)
     json.dump(
         {"eager": dataclasses.asdict(timings[eager]), "compiled": dataclasses.asdict(timings[compiled])}, sys.stdout
     )
