@@ -102,7 +102,8 @@ def fit_budget(
     ``budget`` (``"params=1M"``, ``"flops=100M"``, ``"memory=512MiB"``, ``"latency=5ms"``), found
     without training: one dict per template with its ``template``, ``width``, ``filters`` and
     resources, the same as ``filter-templates fit --json`` prints. The other arguments are
-    :func:`apply_template`'s; memory and latency are measured on the CPU at batch 64."""
+    :func:`apply_template`'s; memory is measured on the CPU at batch 64, latency in eager PyTorch at
+    batch 1 (``filter-templates fit --runtime`` for onnxruntime or OpenVINO)."""
     family = family_of(model, image_size, reading)
     request = FitRequest(
         family,
