@@ -24,6 +24,7 @@ _EXPORTS = {
     "ReduceResult": "filter_templates.reduction",
     "Arch": "filter_templates.method.arch",
     "make_arch": "filter_templates.method.arch",
+    "ArchOptions": "filter_templates.method.arch",
     "Budget": "filter_templates.method.fit",
     "parse_budget": "filter_templates.method.fit",
     "UsageError": "filter_templates.core.errors",

@@ -15,33 +15,15 @@ from typing import Any, Callable, Optional, Sequence, Union
 
 import torch.nn as nn
 
-from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
-from filter_templates.method.arch import make_arch
+from filter_templates.method.arch import ArchOptions, ModelLike
 from filter_templates.method.fit import Budget, FitRequest, fit
-from filter_templates.models import get_family, resolve_model
+from filter_templates.models import get_family
 from filter_templates.models.readings import DEFAULT_READING
-from filter_templates.models.registry import registered
 
-__all__ = ["ModelLike", "family_of", "apply_template", "fit_budget"]
-
-#: What the Python API takes as a model.
-ModelLike = Union[str, nn.Module, Callable[..., nn.Module]]
+__all__ = ["apply_template", "fit_budget"]
 
 DEFAULT_CLASSES = 10  # a built-in family's class count unless one is given (the built-in datasets')
-
-
-def family_of(model: ModelLike, image_size: int = IMAGE_SIZE, reading: str = DEFAULT_READING) -> str:
-    """The family name ``model`` goes by: a built-in family's own, or a user network's, discovered
-    with torch.fx on ``image_size`` px inputs and read with ``reading`` (``modules`` or ``groups``)."""
-    if isinstance(model, str) and registered(model) is not None:
-        if reading != DEFAULT_READING:
-            raise UsageError(
-                f"reading={reading!r} applies to your own networks, not to the built-in family {model!r} "
-                "(it has its study's template layers)"
-            )
-        return model
-    return resolve_model(model, image_size=image_size, reading=reading)
 
 
 def _classes(family: str, classes: Optional[int], image_size: int) -> int:
@@ -74,17 +56,9 @@ def apply_template(
     your own network share one template layer (``modules``: each residual stage and multi-branch
     module; ``groups``: every free channel group). Bad input raises :class:`UsageError`.
     """
-    family = family_of(model, image_size, reading)
-    arch = make_arch(
-        family,
-        template,
-        width,
-        _classes(family, classes, image_size),
-        divisor=divisor,
-        floor=floor,
-        image_size=image_size,
-    )
-    return arch.build()
+    options = ArchOptions(divisor=divisor, floor=floor, image_size=image_size, reading=reading)
+    family = options.family(model)
+    return options.arch(family, template, width, _classes(family, classes, image_size)).build()
 
 
 def fit_budget(
@@ -104,14 +78,7 @@ def fit_budget(
     resources, the same as ``filter-templates fit --json`` prints. The other arguments are
     :func:`apply_template`'s; memory is measured on the CPU at batch 64, latency in eager PyTorch at
     batch 1 (``filter-templates fit --runtime`` for onnxruntime or OpenVINO)."""
-    family = family_of(model, image_size, reading)
-    request = FitRequest(
-        family,
-        budget,
-        templates,
-        classes=_classes(family, classes, image_size),
-        divisor=divisor,
-        floor=floor,
-        image_size=image_size,
-    )
+    options = ArchOptions(divisor=divisor, floor=floor, image_size=image_size, reading=reading)
+    family = options.family(model)
+    request = FitRequest(family, budget, templates, classes=_classes(family, classes, image_size), options=options)
     return [result.to_dict() for result in fit(request)]

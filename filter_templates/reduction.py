@@ -36,16 +36,15 @@ import torch.nn as nn
 
 from filter_templates.core import rundir, trackers
 from filter_templates.core.errors import UsageError
-from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.messages import note
 from filter_templates.core.status import DONE, STOPPED
-from filter_templates.data import load_data_for, split
+from filter_templates.data import data_facts
 from filter_templates.export import default_export_path, export_run, onnx_available
+from filter_templates.method.arch import ArchOptions
 from filter_templates.method.fit import Budget, parse_budget
 from filter_templates.method.latency_table import LatencyTable
 from filter_templates.method.runtimes import LatencySetting
 from filter_templates.method.templates import BUILTIN_TEMPLATES
-from filter_templates.models import resolve_model
 from filter_templates.pruning import adapter as prune
 from filter_templates.report import make_report
 from filter_templates.report.settings import setting, views_of
@@ -58,7 +57,6 @@ from filter_templates.sweep.selection import SELECTIONS, BudgetCell, Choice
 from filter_templates.sweep.store import DEFAULT_FILE, Store, store_group
 from filter_templates.training import profile as machine_profile
 from filter_templates.training.config import PRUNE_METHODS, PRUNING, RECIPE_FIELDS, TEMPLATE
-from filter_templates.training.loop import check_val_split
 
 __all__ = [
     "reduce",
@@ -298,7 +296,8 @@ def _check_out(out: Path) -> Path:
 @dataclass
 class ReduceRequest:
     """What :func:`reduce` does: fit every template of ``templates`` (default: all five; base is
-    always added) of ``model`` to ``budget``, built with ``divisor`` and ``floor``; train them on
+    always added) of ``model`` to ``budget``, built with ``options`` (divisor, floor, as-published,
+    a user network's reading; the image size is the dataset's); train them on
     ``dataset`` for each of ``seeds`` (``train``: TrainConfig settings such as epochs, lr,
     limit_train, val_split; None values are ignored; an absent val_split is
     :func:`data.split.default`) with ``engine``; rank them on the validation split; write the
@@ -314,8 +313,7 @@ class ReduceRequest:
     templates: Sequence[str] | None = None
     seeds: Sequence[int] = (0,)
     train: Mapping[str, Any] | None = None
-    divisor: int = 1
-    floor: int = 1
+    options: ArchOptions = ArchOptions()
     out: str | os.PathLike[str] = "reduce"
     engine: EngineOptions | None = None
     report: bool = True
@@ -337,7 +335,7 @@ def _model(r: ReduceRequest) -> str:
             "a model given as a Python object trains in this process only: use the local engine without "
             "jobs, or name it as 'package.module:function'"
         )
-    return resolve_model(r.model, image_size=(r.train or {}).get("image_size") or IMAGE_SIZE)
+    return r.options.replace(image_size=(r.train or {}).get("image_size")).family(r.model)
 
 
 def _sweep_spec(r: ReduceRequest, budget: Budget, names: list[str], base: prune.Baselines) -> SweepSpec:
@@ -349,8 +347,7 @@ def _sweep_spec(r: ReduceRequest, budget: Budget, names: list[str], base: prune.
         datasets=[r.dataset],
         seeds=list(r.seeds),
         budgets=[f"{budget.key}={budget.value!r}"],
-        divisor=r.divisor,
-        floor=r.floor,
+        options=r.options,
         baselines=list(base.names),
         prune_at=base.at,
         prune_from=base.from_width,
@@ -385,7 +382,8 @@ def reduce(request: ReduceRequest, *, progress: bool | None = None) -> ReduceRes
     if not grid.configs:  # every template's smallest model is over the budget: nothing to compare
         raise UsageError(str(grid.unreachable[0].reason))
     first_config = grid.configs[0]
-    val_images = check_val_split(first_config)  # one dataset and one set of settings: the same for all
+    # one dataset and one set of settings: the same for every candidate
+    val_images = data_facts(first_config).val_images(first_config.val_split, first_config.batch_size)
     machine_profile.check(first_config.profile)  # a corrupt machine profile would fail every run
     selection = "val_acc" if val_images else "final_acc"
     if selection == "final_acc":
@@ -529,12 +527,10 @@ def _epochs_trained(rows: Sequence[dict[str, Any]]) -> dict[str, int]:
 
 
 def _with_val_split(dataset: str, settings: dict[str, Any]) -> dict[str, Any]:
-    """``settings`` with reduce's default validation split when it names none (the data are read
-    once: the grid reads them from the same cache)."""
+    """``settings`` with reduce's default validation split when it names none."""
     if "val_split" in settings:
         return settings
-    ds = load_data_for({**settings, "dataset": dataset})
-    return {**settings, "val_split": split.default(len(ds.train_y))}
+    return {**settings, "val_split": data_facts({**settings, "dataset": dataset}).default_val_split()}
 
 
 def _test_views(cells: Sequence[BudgetCell]) -> int | list[int] | None:

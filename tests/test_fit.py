@@ -14,7 +14,7 @@ from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
 from filter_templates.method import fit as FIT
 from filter_templates.method import measure as M
-from filter_templates.method.arch import Arch, make_arch
+from filter_templates.method.arch import Arch, ArchOptions, make_arch
 from filter_templates.method.fit import Budget, FitRequest, fit, parse_budget
 from filter_templates.method.templates import template_names
 
@@ -137,7 +137,8 @@ def test_fit_is_the_largest_width_up_to_1e4(key):
 
 
 def test_fit_options_pass_through():
-    (r,) = fit(FitRequest("mobilenet", "params=300K", ["uniform"], classes=100, divisor=8, floor=16))
+    options = ArchOptions(divisor=8, floor=16)
+    (r,) = fit(FitRequest("mobilenet", "params=300K", ["uniform"], classes=100, options=options))
     assert r.arch.classes == 100 and r.arch.divisor == 8 and r.arch.floor == 16
     assert all(f % 8 == 0 and f >= 16 for f in r.arch.filters)
     assert r.resources["params"] == M.count_params(r.arch.build()) <= 300_000

@@ -13,7 +13,7 @@ from PIL import Image
 
 from filter_templates.core.errors import UsageError
 from filter_templates.data import cache as data_cache
-from filter_templates.data import data_shape, folder, load_dataset
+from filter_templates.data import data_facts, folder, load_dataset
 
 CLASSES = ("cat", "dog", "emu")
 
@@ -77,7 +77,8 @@ def test_mixed_sizes_grey_and_rgb_load_at_the_size_asked(cache_home):
 def test_common_size_is_the_default_and_mixed_sizes_ask_for_one(cache_home):
     same = make_folder(cache_home / "same", sizes=((36, 36),))
     assert load_dataset("folder", same).image_size == 36
-    assert data_shape("folder", str(same)) == (3, 36)
+    facts = data_facts({"dataset": "folder", "data_dir": str(same)})
+    assert (facts.classes, facts.image_size, facts.own_val_images) == (3, 36, 0) and facts.digest
     mixed = make_folder(cache_home / "mixed", sizes=((36, 36), (40, 40)))
     with pytest.raises(UsageError, match=r"different sizes .*--image-size"):
         load_dataset("folder", mixed)

@@ -418,6 +418,20 @@ def test_checker_sees_each_kind():
     assert {w for k, w in found if k == "by-name"} == {"filter_templates.core.e:h"}
 
 
+def test_commands_import_model_code_through_one_function():
+    """A command names a model only through ``cli.args.model_from_args``: the one place a flag
+    imports a network's code (with --fix, --reading and the image size it is discovered at)."""
+    loaders = {"resolve_model", "load_model"}
+    users = {
+        f"{module}:{qualname}"
+        for module, (_, tree) in MODULES.items()
+        if module.startswith(f"{PACKAGE}.cli")
+        for qualname, node, _ in _functions(tree)
+        if any(isinstance(n, ast.Name) and n.id in loaders for n in ast.walk(node))
+    }
+    assert users == {f"{PACKAGE}.cli.args:model_from_args"}
+
+
 def test_the_documented_layers_name_every_part_of_the_package():
     parts = {_layer(m) for m in MODULES} - {None}
     assert parts == set(LAYERS), f"in the package, not the order: {parts - set(LAYERS)}; stale: {set(LAYERS) - parts}"

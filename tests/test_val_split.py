@@ -11,12 +11,12 @@ import pytest
 
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
-from filter_templates.data import load_data, split
+from filter_templates.data import data_facts, load_data, load_data_for, split
 from filter_templates.method.arch import make_arch
 from filter_templates.sweep.grid import known_classes, load_config, plan_grid
 from filter_templates.sweep.store import point_key
 from filter_templates.training.config import TrainConfig
-from filter_templates.training.loop import check_val_split, train
+from filter_templates.training.loop import train
 
 TINY = dict(
     dataset="digits",
@@ -136,11 +136,24 @@ def test_a_record_from_before_the_field_loads_with_its_old_identity():
     assert point_key(split_cfg.to_dict()) != point_key(cfg.to_dict())  # a split is another experiment
 
 
-def test_check_val_split_reads_the_data():
+def test_the_data_facts_size_the_validation_split():
     cfg = TrainConfig(arch=make_arch("vgg19", "uniform", 0.05, 10), val_split=0.1, **TINY)
-    assert check_val_split(cfg) == 16
+    assert data_facts(cfg).val_images(cfg.val_split, cfg.batch_size) == 16
     with pytest.raises(UsageError, match="leaving none to train on"):
-        check_val_split(dataclasses.replace(cfg, val_split=160))
+        data_facts(cfg).val_images(160)
+    with pytest.raises(UsageError, match="fewer than one batch of 150"):
+        data_facts(cfg).val_images(16, batch_size=150)
+
+
+@pytest.mark.parametrize(
+    "settings", [{"dataset": "digits"}, {"dataset": "synthetic"}, {"dataset": "synthetic", "limit_train": 300}, TINY]
+)
+def test_the_data_facts_of_a_built_in_dataset_are_its_data(settings):
+    """Digits and synthetic answer from their metadata, without reading an image: the same facts
+    that loading them gives."""
+    facts, ds = data_facts(settings), load_data_for(settings)
+    assert (facts.classes, facts.image_size, facts.train_images) == (ds.num_classes, ds.image_size, len(ds.train_y))
+    assert facts.digest is None and facts.own_val_images == 0
 
 
 # ---- the command line --------------------------------------------------------------------------------

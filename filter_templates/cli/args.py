@@ -10,6 +10,7 @@ from filter_templates.core import trackers, validate
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
 from filter_templates.data import split
+from filter_templates.method.arch import ArchOptions
 from filter_templates.method.runtimes import DEFAULT_ROUNDS, RUNTIMES, LatencySetting
 from filter_templates.models import family_names, resolve_model
 from filter_templates.models.readings import READINGS
@@ -202,6 +203,7 @@ def log_setting(args: argparse.Namespace, base: Any = None) -> dict[str, Any] | 
     return trackers.prepare(given)
 
 
+TEMPLATE_HELP = "template name, explicit counts 'c1,c2,...', or a function 'module:function'"
 MODEL_HELP = (
     "model family ({}) or your own network as package.module:function (a callable returning an "
     "nn.Module; gets num_classes= when it takes it; imported from the current directory too)"
@@ -233,12 +235,29 @@ def add_reading_arg(p: "argparse.ArgumentParser | argparse._ArgumentGroup") -> N
     )
 
 
-def model_from_args(args: argparse.Namespace) -> str:
-    """The family name ``--model`` (and ``--fix``) give: the one place a command imports a model's code."""
+def model_from_args(args: argparse.Namespace, name: str | None = None, *, image_size: int | None = None) -> str:
+    """The family name a model flag gives (``--model``, or ``name``: one entry of ``--models``), with
+    ``--fix`` and ``--reading``: the one place a command imports a model's code. ``image_size``: the
+    side a user's network is discovered on (default: ``--image-size``, else 32). ``--reading`` is
+    refused with a built-in ``--model``; among ``--models`` it applies to the user's networks."""
+    model = args.model if name is None else name
+    reading = getattr(args, "reading", None)
     return resolve_model(
-        args.model,
+        model,
         fixed=getattr(args, "fix", None) or (),
-        image_size=getattr(args, "image_size", None) or IMAGE_SIZE,
+        image_size=image_size or getattr(args, "image_size", None) or IMAGE_SIZE,
+        reading=reading if name is None or ":" in model else None,
+    )
+
+
+def arch_options(args: argparse.Namespace, *, image_size: int | None = None) -> ArchOptions:
+    """The architecture options the flags give (--divisor, --floor, --as-published, --image-size or
+    ``image_size``, --reading); those a command lacks or a user left out keep their defaults."""
+    return ArchOptions().replace(
+        divisor=getattr(args, "divisor", None),
+        floor=getattr(args, "floor", None),
+        as_published=getattr(args, "as_published", None),
+        image_size=image_size or getattr(args, "image_size", None),
         reading=getattr(args, "reading", None),
     )
 
@@ -327,11 +346,46 @@ def latency_from_args(args: argparse.Namespace, device: str | None = None) -> La
     return LatencySetting(args.runtime, args.latency_batch, threads, where, args.latency_rounds).checked()
 
 
-def add_model_args(p: argparse.ArgumentParser, *, template_many: bool, model_required: bool = True) -> None:
-    """--model, --template, --width, --classes, --divisor, --floor, --as-published: how every command
-    names a model."""
-    p.add_argument("--model", required=model_required, metavar="M", help=MODEL_HELP.format(", ".join(family_names())))
+def add_model_arg(
+    p: "argparse.ArgumentParser | argparse._ArgumentGroup", *, required: bool = False, default: str | None = None
+) -> None:
+    """--model (with --fix and --reading): the network a command builds."""
+    more = f" (default: {default})" if default else ""
+    p.add_argument(
+        "--model",
+        required=required,
+        default=default,
+        metavar="M",
+        help=MODEL_HELP.format(", ".join(family_names())) + more,
+    )
     add_fix_arg(p)
+
+
+def add_rounding_args(p: "argparse.ArgumentParser | argparse._ArgumentGroup", *, defaults: bool = True) -> None:
+    """--divisor, --floor, --as-published: how a model's counts are rounded. ``defaults=False``: absent
+    flags are None, so that a config file's or a preset's values stand (``train --config``, ``sweep``)."""
+    given = "" if defaults else "the config's or preset's, else "
+    p.add_argument(
+        "--divisor",
+        type=positive_int,
+        default=1 if defaults else None,
+        metavar="K",
+        help=f"round every layer to a multiple of K, e.g. 8 for tensor cores (default: {given}1)",
+    )
+    p.add_argument(
+        "--floor",
+        type=positive_int,
+        default=1 if defaults else None,
+        metavar="N",
+        help=f"smallest filter count of any layer (default: {given}1)",
+    )
+    add_as_published(p)
+
+
+def add_model_args(p: argparse.ArgumentParser, *, template_many: bool, model_required: bool = True) -> None:
+    """--model, --template, --classes, --divisor, --floor, --as-published, --image-size: how every
+    command that measures models names them."""
+    add_model_arg(p, required=model_required)
     if template_many:
         p.add_argument(
             "--template",
@@ -343,24 +397,9 @@ def add_model_args(p: argparse.ArgumentParser, *, template_many: bool, model_req
             "'c1,c2,...', or a function 'module:function'",
         )
     else:
-        p.add_argument(
-            "--template",
-            default="base",
-            metavar="T",
-            help="template name, explicit counts 'c1,c2,...', or a function 'module:function' (default: base)",
-        )
+        p.add_argument("--template", default="base", metavar="T", help=TEMPLATE_HELP + " (default: base)")
     p.add_argument("--classes", type=positive_int, default=10, metavar="N", help="number of classes (default: 10)")
-    p.add_argument(
-        "--divisor",
-        type=positive_int,
-        default=1,
-        metavar="K",
-        help="round every layer to a multiple of K, e.g. 8 for tensor cores (default: 1)",
-    )
-    p.add_argument(
-        "--floor", type=positive_int, default=1, metavar="N", help="smallest filter count of any layer (default: 1)"
-    )
-    add_as_published(p)
+    add_rounding_args(p)
     add_image_size_arg(
         p,
         f"side of the square input images (default: {IMAGE_SIZE}, the built-in datasets'): FLOPs, "

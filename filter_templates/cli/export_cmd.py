@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from filter_templates.cli.args import model_from_args
 from filter_templates.export import FORMATS, export_run, run_image_size
-from filter_templates.models import resolve_model
 
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
@@ -35,7 +35,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
 
 def run(args: argparse.Namespace) -> int:
     if args.model:
-        resolve_model(args.model, image_size=run_image_size(args.run_dir))
+        model_from_args(args, image_size=run_image_size(args.run_dir))
     path = export_run(args.run_dir, args.format, args.out)
     if args.json:
         print(

@@ -10,13 +10,13 @@ from filter_templates.cli.args import (
     add_latency_args,
     add_measure_args,
     add_model_args,
+    arch_options,
     fraction,
     latency_from_args,
     model_from_args,
     positive_float,
 )
 from filter_templates.core import units
-from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.messages import warn
 from filter_templates.core.rundir import atomic_write_json, check_writable, portable, writing
 from filter_templates.method.fit import (
@@ -92,7 +92,8 @@ def config_name(model: str, template: str, width: float) -> str:
 
 def run(args: argparse.Namespace) -> int:
     args.model = model_from_args(args)
-    size = args.image_size or IMAGE_SIZE
+    options = arch_options(args)
+    size = options.image_size
     budget = parse_budget(args.budget)
     latency = latency_from_args(args)
     table = read_table(args.latency_table) if args.latency_table else None
@@ -104,10 +105,7 @@ def run(args: argparse.Namespace) -> int:
             budget,
             args.templates,
             classes=args.classes,
-            divisor=args.divisor,
-            floor=args.floor,
-            as_published=bool(args.as_published),
-            image_size=size,
+            options=options,
             batch_size=args.batch_size,
             device=args.device,
             threads=args.threads,

@@ -8,12 +8,11 @@ import argparse
 import json
 from pathlib import Path
 
-from filter_templates.cli.args import add_model_args, model_from_args, positive_float
+from filter_templates.cli.args import add_model_args, arch_options, model_from_args, positive_float
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import check_writable, writing
-from filter_templates.method.arch import make_arch
 from filter_templates.method.deploy_timing import MANIFEST, TABLE
 from filter_templates.method.latency_table import DEFAULT_WIDTHS, SCRIPT, write_probe
 from filter_templates.method.onnx_model import ONNX_EXTRA, onnx_available
@@ -56,19 +55,9 @@ def run(args: argparse.Namespace) -> int:
     size = args.image_size or IMAGE_SIZE
     names = args.templates or template_names()
     widths = sorted(set(args.widths))
+    options = arch_options(args, image_size=size)
     archs = [
-        make_arch(
-            args.model,
-            name,
-            w,
-            args.classes,
-            divisor=args.divisor,
-            floor=args.floor,
-            as_published=bool(args.as_published),
-            image_size=size,
-        )
-        for name in names
-        for w in widths
+        options.arch(args.model, name, w, args.classes) for name in names for w in widths
     ]  # every name and width checked before any export
     with writing("--out", out):
         manifest = write_probe(out, archs, lambda a: Progress(a, desc="probe: export"))

@@ -6,10 +6,11 @@ import argparse
 import json
 
 from filter_templates.cli.args import (
-    MODEL_HELP,
-    add_fix_arg,
     add_latency_args,
+    add_model_arg,
+    add_rounding_args,
     add_run_args,
+    arch_options,
     latency_from_args,
     log_setting,
     model_from_args,
@@ -32,7 +33,6 @@ from filter_templates.data.split import DEFAULT_MAX
 from filter_templates.method.fit import format_value
 from filter_templates.method.latency_table import read_table
 from filter_templates.method.measure import mib
-from filter_templates.models import family_names
 from filter_templates.pruning.adapter import Baselines
 from filter_templates.reduction import Candidate, ReduceRequest, ReduceResult, reduce
 from filter_templates.sweep.halving import DEFAULT_RUNGS, Halving
@@ -57,8 +57,7 @@ with the reason. Exit status 0 when a candidate finished, 1 when none did."""
 
 def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
     p = sub.add_parser("reduce", help=help, description=DESCRIPTION)
-    p.add_argument("--model", required=True, metavar="M", help=MODEL_HELP.format(", ".join(family_names())))
-    add_fix_arg(p)
+    add_model_arg(p, required=True)
     p.add_argument("--budget", required=True, metavar="KEY=VALUE", help=BUDGET_HELP)
     p.add_argument(
         "--dataset",
@@ -77,12 +76,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         default=[0],
         help="seeds: each candidate trains once per seed and ranks by the mean (default: 0)",
     )
-    p.add_argument(
-        "--divisor", type=positive_int, default=1, metavar="K", help="round every layer to a multiple of K (default: 1)"
-    )
-    p.add_argument(
-        "--floor", type=positive_int, default=1, metavar="N", help="smallest filter count of any layer (default: 1)"
-    )
+    add_rounding_args(p)
     p.add_argument(
         "--out",
         default="reduce",
@@ -157,8 +151,7 @@ def run(args: argparse.Namespace) -> int:
             templates=args.templates,
             seeds=args.seeds,
             train={**train_settings(args), "log": log_setting(args)},
-            divisor=args.divisor,
-            floor=args.floor,
+            options=arch_options(args),
             out=args.out,
             engine=engine_options(args),
             export=not args.no_export,

@@ -7,12 +7,13 @@ import json
 import os
 
 from filter_templates.cli.args import (
-    add_as_published,
     add_latency_args,
     add_reading_arg,
+    add_rounding_args,
     add_run_args,
     latency_from_args,
     log_setting,
+    model_from_args,
     nonnegative_float,
     nonnegative_int,
     positive_float,
@@ -20,13 +21,12 @@ from filter_templates.cli.args import (
 )
 from filter_templates.core import trackers
 from filter_templates.core.errors import UsageError
-from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.messages import warn
 from filter_templates.core.rundir import check_writable
+from filter_templates.data import data_facts
 from filter_templates.method.arch import floor_warning
 from filter_templates.method.latency_table import read_table
 from filter_templates.method.templates import BUILTIN_TEMPLATES
-from filter_templates.models import resolve_model
 from filter_templates.sweep.engines import ENGINES, EngineOptions, SlurmOptions, run_grid
 from filter_templates.sweep.grid import (
     PRESETS,
@@ -41,7 +41,6 @@ from filter_templates.sweep.grid import (
 from filter_templates.sweep.plan import reindex
 from filter_templates.sweep.store import DEFAULT_FILE, Store, point_key, store_group
 from filter_templates.training import profile as machine_profile
-from filter_templates.training.loop import check_val_split
 
 DESCRIPTION = """\
 Train every point of a grid (families x templates x widths x datasets x seeds) and record each
@@ -93,9 +92,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         help="datasets: digits, cifar10, cifar100, synthetic, folder (your images in --data-dir)",
     )
     g.add_argument("--seeds", nargs="+", type=nonnegative_int, metavar="S", help="seeds (default: 0)")
-    g.add_argument("--divisor", type=positive_int, metavar="K", help="round every layer to a multiple of K")
-    g.add_argument("--floor", type=positive_int, metavar="N", help="smallest filter count of any layer")
-    add_as_published(g)
+    add_rounding_args(g, defaults=False)
     add_baseline_args(g)
     add_latency_args(p.add_argument_group("latency budgets (as for fit)"), threads=True, table=True)
     t = p.add_argument_group("training (override the preset/config)")
@@ -341,20 +338,20 @@ def train_settings(args: argparse.Namespace) -> dict:
     return out
 
 
-def _models(names: list[str] | None, image_size: int | None = None, reading: str | None = None) -> list[str] | None:
+def _models(args: argparse.Namespace) -> list[str] | None:
     """--models: family names or package.module:function (imported here: only a flag may name code;
     a user's network is discovered at --image-size when given, read by --reading)."""
-    if names is None:
-        if reading is not None:
+    if args.models is None:
+        if args.reading is not None:
             raise UsageError("--reading needs --models package.module:function")
         return None
-    return [resolve_model(m, image_size=image_size or IMAGE_SIZE, reading=reading if ":" in m else None) for m in names]
+    return [model_from_args(args, m) for m in args.models]
 
 
 def spec_from_args(args: argparse.Namespace):
     """The SweepSpec the flags describe, or None when they name no grid."""
     overrides = {
-        "models": _models(args.models, args.image_size, args.reading),
+        "models": _models(args),
         "templates": args.templates,
         "widths": args.widths,
         "budgets": args.budgets,
@@ -417,7 +414,7 @@ def run(args: argparse.Namespace) -> int:
     if not args.dry_run:
         data = {(c.dataset, c.data_dir, c.limit_train, c.val_split): c for c in grid.configs}
         for c in data.values():  # a split the data cannot give is refused before anything trains
-            check_val_split(c)
+            data_facts(c).val_images(c.val_split, c.batch_size)
         for profile in {c.profile for c in grid.configs}:  # so is a corrupt machine profile
             machine_profile.check(profile)
     if args.dry_run:

@@ -11,6 +11,7 @@ from filter_templates.cli.args import (
     add_latency_args,
     add_measure_args,
     add_model_args,
+    arch_options,
     latency_from_args,
     model_from_args,
     positive_float,
@@ -20,7 +21,6 @@ from filter_templates.cli.fit_cmd import latency_caption
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.messages import note, warn
-from filter_templates.method.arch import make_arch
 from filter_templates.method.compare import TOLERANCE, compare_published, markdown_table
 from filter_templates.method.measure import arch_flops, arch_params, mib, resolve_device, resources
 from filter_templates.method.published import study_families
@@ -83,19 +83,9 @@ def rows(args: argparse.Namespace) -> list[dict]:
     divisors = getattr(args, "divisors", None) or [args.divisor]
     if len(divisors) > 1 and not measure:
         raise UsageError("--divisors shows each divisor's measured latency: add --measure")
+    options = arch_options(args, image_size=size)
     archs = [
-        make_arch(
-            args.model,
-            name,
-            args.width,
-            args.classes,
-            divisor=k,
-            floor=args.floor,
-            as_published=bool(getattr(args, "as_published", False)),
-            image_size=size,
-        )
-        for name in names
-        for k in divisors
+        options.replace(divisor=k).arch(args.model, name, args.width, args.classes) for name in names for k in divisors
     ]  # every name checked before any slow measurement
     runtime = open_runtime(latency_from_args(args)) if measure else None  # a missing runtime: one line, now
     out = []

@@ -11,12 +11,13 @@ from typing import Any
 import torch
 
 from filter_templates.cli.args import (
-    MODEL_HELP,
-    add_as_published,
-    add_fix_arg,
+    TEMPLATE_HELP,
+    add_model_arg,
+    add_rounding_args,
     add_run_args,
     fraction,
     log_setting,
+    model_from_args,
     nonnegative_float,
     nonnegative_int,
     positive_float,
@@ -28,9 +29,8 @@ from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.messages import error, note, warn
 from filter_templates.core.rundir import SUMMARY, run_name
 from filter_templates.core.status import DONE, PAUSED
-from filter_templates.data import data_digest_for, data_shape
-from filter_templates.method.arch import Arch, floor_warning, make_arch
-from filter_templates.models import family_names, resolve_model
+from filter_templates.data import data_facts
+from filter_templates.method.arch import Arch, ArchOptions, floor_warning
 from filter_templates.run import run_config
 from filter_templates.training import distributed
 from filter_templates.training.autotune import threads_for
@@ -42,7 +42,10 @@ from filter_templates.training.loop import open_checkpoint, with_world
 # carry only "arch" among them, and their other keys ("fit", ...) are ignored). A flag's dest is
 # its field's name.
 _TRAIN_KEYS = tuple(k for k in FIELDS if k != "arch")
-_DEFAULTS: dict[str, Any] = {"template": "base", "width": 1.0, "divisor": 1, "floor": 1}
+#: The model flags (their dests), and the defaults of those an absent --config leaves unset.
+_MODEL_KEYS = ("model", "template", "width", "divisor", "floor", "as_published")
+_DEFAULTS: dict[str, Any] = {"template": "base", "width": 1.0, "divisor": 1, "floor": 1, "as_published": False}
+_ARCH_FIELD = {"model": "family"}  # a flag's Arch field where the names differ
 
 #: What Ctrl-C prints after 'interrupted;' (cli.interrupted_line).
 ON_INTERRUPT = "the checkpoint keeps every finished epoch: the same command with --resume continues it, to bit-identical weights on a CPU"
@@ -68,19 +71,10 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
 def _add_model_flags(p: argparse.ArgumentParser) -> None:
     """The architecture: flags or a --config record."""
     m = p.add_argument_group("model (or --config FILE from `fit --save`; flags given here override it)")
-    m.add_argument("--model", metavar="M", help=MODEL_HELP.format(", ".join(family_names())))
-    add_fix_arg(m)
-    m.add_argument(
-        "--template",
-        metavar="T",
-        help="template name, explicit counts 'c1,c2,...', or a function 'module:function' (default: base)",
-    )
+    add_model_arg(m)
+    m.add_argument("--template", metavar="T", help=TEMPLATE_HELP + " (default: base)")
     m.add_argument("--width", type=positive_float, metavar="W", help="width multiplier (default: 1.0)")
-    m.add_argument(
-        "--divisor", type=positive_int, metavar="K", help="round every layer to a multiple of K (default: 1)"
-    )
-    m.add_argument("--floor", type=positive_int, metavar="N", help="smallest filter count of any layer (default: 1)")
-    add_as_published(m)
+    add_rounding_args(m, defaults=False)
     m.add_argument(
         "--config",
         metavar="FILE",
@@ -264,62 +258,32 @@ def build_config(args: argparse.Namespace):  # -> TrainConfig
     if base is not None and base.image_size != IMAGE_SIZE:  # a `fit --image-size N --save` record
         train_kw.setdefault("image_size", base.image_size)
     # the model follows the data: its class count and image size (a folder is read here, once)
-    classes, size = data_shape(train_kw["dataset"], train_kw.get("data_dir"), train_kw.get("image_size"))
+    facts = data_facts(train_kw)
+    classes, size = facts.classes, facts.image_size
     train_kw["image_size"] = size
-    train_kw["data_digest"] = data_digest_for(train_kw)  # the images read now, not those a --config file names
-    model_flags = {
-        k: getattr(args, k)
-        for k in ("model", "template", "width", "divisor", "floor", "as_published")
-        if getattr(args, k) is not None
-    }
+    train_kw["data_digest"] = facts.digest  # the images read now, not those a --config file names
+    model_flags = {k: getattr(args, k) for k in _MODEL_KEYS if getattr(args, k) is not None}
     if "model" in model_flags:
-        model_flags["model"] = resolve_model(
-            model_flags["model"], fixed=args.fix or (), image_size=size, reading=args.reading
-        )
+        model_flags["model"] = model_from_args(args, image_size=size)
     elif args.fix or args.reading:
         raise UsageError(f"--{'fix' if args.fix else 'reading'} needs --model package.module:function")
-    if base is None:
-        if "model" not in model_flags:
+    if base is not None and not model_flags:  # the file's exact counts; only the class count follows the dataset
+        arch = replace(base, classes=classes, image_size=size)
+    else:  # the defaults, or the file's settings, with the flags on top
+        v = _DEFAULTS if base is None else {k: getattr(base, _ARCH_FIELD.get(k, k)) for k in _MODEL_KEYS}
+        v = {**v, **model_flags}
+        if "model" not in v:
             raise UsageError("--model is required (or --config FILE with an 'arch' record)")
-        v = {**_DEFAULTS, **model_flags}
-        arch = make_arch(
-            v["model"],
-            v["template"],
-            v["width"],
-            classes,
-            divisor=v["divisor"],
-            floor=v["floor"],
-            as_published=bool(v.get("as_published")),
-            image_size=size,
-        )
-    elif model_flags:  # re-derive the counts from the file's settings with the flags on top
-        if "template" not in model_flags and ":" in base.template:
+        if base is not None and "template" not in model_flags and ":" in base.template:
             # a data file never imports code: only a flag typed by the user may name a function
             raise UsageError(
                 f"the config's template {base.template!r} names a Python function; "
                 "pass it with --template to re-derive the counts"
             )
-        v = {
-            "model": base.family,
-            "template": base.template,
-            "width": base.width,
-            "divisor": base.divisor,
-            "floor": base.floor,
-            "as_published": base.as_published,
-            **model_flags,
-        }
-        arch = make_arch(
-            v["model"],
-            v["template"],
-            v["width"],
-            classes,
-            divisor=v["divisor"],
-            floor=v["floor"],
-            as_published=bool(v.get("as_published")),
-            image_size=size,
+        options = ArchOptions(
+            divisor=v["divisor"], floor=v["floor"], as_published=bool(v["as_published"]), image_size=size
         )
-    else:  # the file's exact counts; only the class count follows the dataset
-        arch = replace(base, classes=classes, image_size=size)
+        arch = options.arch(v["model"], v["template"], v["width"], classes)
     return TrainConfig(arch=arch, **train_kw)
 
 

@@ -7,10 +7,10 @@ import json
 from dataclasses import asdict
 
 from filter_templates.cli.args import (
-    MODEL_HELP,
     add_as_published,
-    add_fix_arg,
     add_image_size_arg,
+    add_model_arg,
+    arch_options,
     model_from_args,
     positive_float,
     positive_int,
@@ -21,8 +21,6 @@ from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.load import BUSY_SHARE, Load, load_average, usable_cores
 from filter_templates.core.messages import note
-from filter_templates.method.arch import make_arch
-from filter_templates.models import family_names
 from filter_templates.training import profile as machine_profile
 from filter_templates.training.config import PROFILE_AUTO, RECIPES
 from filter_templates.training.tune import (
@@ -48,10 +46,7 @@ def add_parser(sub: argparse._SubParsersAction, help: str) -> None:
         "machine profile, which later runs on this machine (same device, cores and torch) use for "
         "every execution setting they are not given.",
     )
-    p.add_argument(
-        "--model", default="vgg19", metavar="M", help=MODEL_HELP.format(", ".join(family_names())) + " (default: vgg19)"
-    )
-    add_fix_arg(p)
+    add_model_arg(p, default="vgg19")
     p.add_argument("--template", default="uniform", metavar="T", help="template (default: uniform)")
     p.add_argument("--width", type=positive_float, default=0.25, metavar="W", help="width multiplier (default: 0.25)")
     add_image_size_arg(p, f"side of the square images timed (default: {IMAGE_SIZE})")
@@ -119,9 +114,7 @@ def run(args: argparse.Namespace) -> int:
     if before.busy and not (args.force or args.print_only):  # refuse before minutes of timing, not after
         raise UsageError(_busy_line(before))
     size = args.image_size or IMAGE_SIZE
-    arch = make_arch(
-        model_from_args(args), args.template, args.width, 10, as_published=bool(args.as_published), image_size=size
-    )
+    arch = arch_options(args, image_size=size).arch(model_from_args(args), args.template, args.width, 10)
     note(
         f"tune: {describe_machine(device)}; {arch.family} {arch.template} w={arch.width:g} at {size} px, "
         f"batch {args.batch_size}"

@@ -14,27 +14,27 @@ import functools
 import importlib
 import os
 import re
-from typing import Any, Mapping, NamedTuple
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
 from filter_templates.core import validate
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
-from filter_templates.data import digits, synthetic
+from filter_templates.data import digits, split, synthetic
 from filter_templates.data.dataset import Dataset
 from filter_templates.data.rows import Rows, take
 
 __all__ = [
     "DATASETS",
     "Dataset",
-    "DataShape",
     "load_dataset",
     "load_data",
     "load_data_for",
     "data_digest_for",
     "num_classes",
-    "data_shape",
+    "DataFacts",
+    "data_facts",
     "mirrors",
 ]
 
@@ -175,20 +175,72 @@ def num_classes(name: str) -> int:
     return counts[key]
 
 
-class DataShape(NamedTuple):
-    """What a model for a dataset must fit: its class count and its (square) image side."""
+@dataclasses.dataclass(frozen=True)
+class DataFacts:
+    """What planning runs on a dataset needs to know of it before anything trains: what a model for
+    it must fit (``classes``, the square ``image_size``), which images they are (``digest``: a
+    folder's content digest, None for a built-in dataset), the training split's size
+    (``train_images``, ``limit_train`` applied, before any validation split) and the validation set
+    the dataset brings itself (``own_val_images``, a folder's ``val/``; 0: none). The two sizes are
+    counted when first asked (``count``): CIFAR's are in its data, read only then."""
 
     classes: int
     image_size: int
+    digest: str | None
+    count: Callable[[], tuple[int, int]] = dataclasses.field(repr=False, compare=False)
+
+    @functools.cached_property
+    def _sizes(self) -> tuple[int, int]:
+        return self.count()
+
+    @property
+    def train_images(self) -> int:
+        return self._sizes[0]
+
+    @property
+    def own_val_images(self) -> int:
+        return self._sizes[1]
+
+    def default_val_split(self) -> int | float:
+        """``reduce``'s validation split for this dataset (:func:`split.default`)."""
+        return split.default(self.train_images)
+
+    def val_images(self, val_split: int | float, batch_size: int = 1) -> int:
+        """The size of the validation set a run of ``val_split`` selects on (0: none): the
+        dataset's own when it brings one, else ``val_split`` held out of the training split; a
+        UsageError when that holds out none, or leaves less than one batch of ``batch_size``."""
+        if self.own_val_images:
+            return self.own_val_images
+        n, k = self.train_images, split.size(val_split, self.train_images)
+        if k and n - k < batch_size:  # every run of it would fail on its first epoch
+            raise UsageError(
+                f"val_split {val_split!r} holds out {k} of the {n} training images, leaving "
+                f"{n - k}, fewer than one batch of {batch_size}; give a smaller split or batch size"
+            )
+        return k
 
 
-def data_shape(name: str, data_dir: str | None = None, image_size: int | None = None) -> DataShape:
-    """Class count and image size of a dataset. Built-in ones answer from their metadata (32 px);
-    a folder is read (decoded into its cache once, which also proves it readable before anything
-    trains), its classes being its folder names and its size ``image_size`` or the images' own."""
-    key = _canonical(name)
-    _check_size(key, image_size)
-    if key != "folder":
-        return DataShape(num_classes(key), IMAGE_SIZE)
-    ds = load_data(key, data_dir, image_size=image_size)
-    return DataShape(ds.num_classes, ds.image_size)
+def data_facts(settings: Any) -> DataFacts:
+    """The :class:`DataFacts` of the dataset ``settings`` name (a ``TrainConfig``, or a mapping of
+    its fields). The built-in datasets answer from their metadata; CIFAR is read only for its split
+    sizes, and a folder at once (decoded once into its cache, which also proves it readable before
+    anything trains), as its classes and image size are in its files."""
+    key = _canonical(_setting(settings, "dataset"))
+    _check_size(key, _setting(settings, "image_size"))
+    limit = _setting(settings, "limit_train")
+    _check_limit(limit, "limit_train")
+
+    def read() -> tuple[int, int]:
+        ds = load_data_for(settings)
+        return len(ds.train_y), 0 if ds.val_y is None else len(ds.val_y)
+
+    if key == "folder":
+        ds = load_data_for(settings)
+        return DataFacts(ds.num_classes, ds.image_size, data_digest_for(settings), read)
+    if key == "digits":
+        n = min(digits.TRAIN_SIZE, limit or digits.TRAIN_SIZE)
+        return DataFacts(num_classes(key), IMAGE_SIZE, None, lambda: (n, 0))
+    if key == "synthetic":
+        n = limit or synthetic.DEFAULT_TRAIN
+        return DataFacts(num_classes(key), IMAGE_SIZE, None, lambda: (n, 0))
+    return DataFacts(num_classes(key), IMAGE_SIZE, None, read)

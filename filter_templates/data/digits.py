@@ -15,9 +15,10 @@ from filter_templates.data.dataset import Dataset
 NUM_CLASSES = 10  # the digits 0-9
 MIRRORS = False  # a mirrored digit is not a digit: no flips in training, no mirrored test view
 
-__all__ = ["load", "bilinear_resize", "TEST_SIZE", "NUM_CLASSES", "MIRRORS"]
+__all__ = ["load", "bilinear_resize", "TEST_SIZE", "TRAIN_SIZE", "NUM_CLASSES", "MIRRORS"]
 
 TEST_SIZE = 360  # of 1797: a 1437 / 360 split, stratified by class (its indices are in the file)
+TRAIN_SIZE = 1797 - TEST_SIZE
 FILE = Path(__file__).with_name("digits.npz")
 
 

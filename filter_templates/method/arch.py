@@ -6,8 +6,9 @@ model can always be rebuilt from its run directory without pickling modules.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence, Union
+from typing import Any, Callable, Mapping, Optional, Sequence, Union
 
 import torch.nn as nn
 
@@ -17,8 +18,14 @@ from filter_templates.core.images import IMAGE_SIZE, MIN_IMAGE_SIZE
 from filter_templates.core.scaling import scale_count
 from filter_templates.method import published, templates
 from filter_templates.models import MAX_WIDTH, get_family, resolve_model
+from filter_templates.models.readings import DEFAULT_READING, check_reading
+from filter_templates.models.registry import registered
 
-__all__ = ["Arch", "make_arch", "STUDY_MIN_IMAGE_SIZE", "floored_layers", "floor_warning"]
+__all__ = ["Arch", "ArchOptions", "ModelLike", "make_arch", "STUDY_MIN_IMAGE_SIZE", "floored_layers", "floor_warning"]
+
+#: What names a model in Python: a family name, ``package.module:function``, an ``nn.Module`` or a
+#: callable returning one.
+ModelLike = Union[str, nn.Module, Callable[..., nn.Module]]
 
 STUDY_MIN_IMAGE_SIZE = 32  # VGG-19 pools five times: the built-in families need at least 32 px
 
@@ -246,3 +253,65 @@ def floor_warning(arch: Arch) -> str | None:
         "the floor, not the template, shapes the model and it may train to chance; use a larger width "
         "(or --floor)"
     )
+
+
+@dataclass(frozen=True)
+class ArchOptions:
+    """How every model of a command, fit, sweep or reduce is built besides its family, template and
+    width: ``divisor`` and ``floor`` (every count a multiple of the one, at least the other),
+    ``as_published`` (the study's configurations and rounding), ``image_size`` (the side of the
+    square images the models take) and ``reading`` (which channel groups of a user's network share
+    one template layer: ``modules`` or ``groups``). One object, so that a new option is added once."""
+
+    divisor: int = 1
+    floor: int = 1
+    as_published: bool = False
+    image_size: int = IMAGE_SIZE
+    reading: str = DEFAULT_READING
+
+    def __post_init__(self) -> None:
+        validate.integer(self.divisor, "divisor")
+        validate.integer(self.floor, "floor")
+        validate.integer(self.image_size, "image size", MIN_IMAGE_SIZE)
+        if not isinstance(self.as_published, bool):
+            raise UsageError(f"as_published must be true or false, got {self.as_published!r}")
+        check_reading(self.reading)
+
+    def family(self, model: ModelLike, fixed: Sequence[str] = ()) -> str:
+        """The family name ``model`` goes by: a built-in family's own, or a user network's, loaded
+        in this process and discovered on ``image_size`` px inputs with this reading."""
+        if isinstance(model, str) and registered(model) is not None:
+            if self.reading != DEFAULT_READING:
+                raise UsageError(
+                    f"reading {self.reading!r} applies to your own networks, not to the built-in family "
+                    f"{model!r} (it has its study's template layers)"
+                )
+            return model
+        return resolve_model(model, fixed=fixed, image_size=self.image_size, reading=self.reading)
+
+    def arch(
+        self,
+        family: ModelLike,
+        template: Union[str, Sequence[float], templates.TemplateFn],
+        width: float,
+        classes: int,
+    ) -> Arch:
+        """:func:`make_arch` with these options (a model object is named by :meth:`family` first)."""
+        return make_arch(
+            family if isinstance(family, str) else self.family(family),
+            template,
+            width,
+            classes,
+            divisor=self.divisor,
+            floor=self.floor,
+            as_published=self.as_published,
+            image_size=self.image_size,
+        )
+
+    def replace(self, **changes: Optional[Any]) -> "ArchOptions":
+        """These options with the given ones that are not None (flags a user left out are None)."""
+        given = {k: v for k, v in changes.items() if v is not None}
+        unknown = set(given) - set(self.__dataclass_fields__)
+        if unknown:
+            raise UsageError(f"unknown architecture options: {', '.join(sorted(unknown))}")
+        return dataclasses.replace(self, **given)

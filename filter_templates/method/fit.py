@@ -42,10 +42,9 @@ import torch
 from filter_templates.core import units, validate
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
-from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.progress import Progress
 from filter_templates.method import measure
-from filter_templates.method.arch import Arch, make_arch
+from filter_templates.method.arch import Arch, ArchOptions
 from filter_templates.method.latency_fit import LatencyFitter
 from filter_templates.method.latency_table import LatencyTable
 from filter_templates.method.measure import arch_shape
@@ -151,12 +150,11 @@ class _TooBig(Exception):
 class FitRequest:
     """What :func:`fit` fits: ``family`` to ``budget`` for ``templates`` (default: all registered).
 
-    How each model is built besides its width: ``classes``, ``divisor``, ``floor``,
-    ``as_published`` (the study's configurations and truncating rounding) and ``image_size`` (the
-    side of the images the models take; every resource is counted at it). Where and how the
-    measured resources are measured: ``batch_size`` and ``device`` (training memory), ``threads``
-    (CPU threads for latency; default the process's) and ``latency_tolerance`` (a latency budget is fitted this fraction below, against
-    timing noise). ``max_width`` caps the search; ``measure=True`` adds training memory and latency
+    How each model is built besides its width: ``classes`` and ``options`` (divisor, floor,
+    as-published, and the image size every resource is counted at). Where and how the measured
+    resources are measured: ``batch_size`` and ``device`` (training memory), ``threads`` (CPU
+    threads for latency; default the process's) and ``latency_tolerance`` (a latency budget is
+    fitted this fraction below, against timing noise). ``max_width`` caps the search; ``measure=True`` adds training memory and latency
     of every fitted model to its resources (otherwise only params, FLOPs and the budgeted resource).
     A latency budget is measured as ``latency`` says (a :class:`~filter_templates.method.runtimes.LatencySetting`:
     runtime, images per call, threads, rounds; default eager torch at batch 1) and searched by
@@ -167,10 +165,7 @@ class FitRequest:
     budget: Union[Budget, str]
     templates: Optional[Sequence[str]] = None
     classes: int = 10
-    divisor: int = 1
-    floor: int = 1
-    as_published: bool = False
-    image_size: int = IMAGE_SIZE
+    options: ArchOptions = ArchOptions()
     batch_size: int = 64
     device: str = "cpu"
     threads: Optional[int] = None
@@ -189,16 +184,7 @@ class FitRequest:
         return LatencySetting("torch", 1, self.threads, self.device)
 
     def arch(self, family: str, template: str, width: float) -> Arch:
-        return make_arch(
-            family,
-            template,
-            width,
-            self.classes,
-            divisor=self.divisor,
-            floor=self.floor,
-            as_published=self.as_published,
-            image_size=self.image_size,
-        )
+        return self.options.arch(family, template, width, self.classes)
 
 
 @dataclass
@@ -265,7 +251,7 @@ def fit(request: FitRequest) -> list[FitResult]:
     """For each template of ``request``, the largest width that fits its budget. Raises
     :class:`UsageError` for a budget below the smallest reachable model, naming that model's value."""
     r = request
-    fam = get_family(r.family, r.image_size)
+    fam = get_family(r.family, r.options.image_size)
     budget = parse_budget(r.budget) if isinstance(r.budget, str) else r.budget
     if budget.key not in KEYS:
         raise UsageError(f"unknown budget key {budget.key!r}; choose from {', '.join(KEYS)}")
@@ -289,8 +275,8 @@ def fit(request: FitRequest) -> list[FitResult]:
         obj = _Objective(r, fam.name, name, budget.key, dev, limit, cache, MAX_REAL_PARAMS)
         smallest = obj(W_TINY)
         if smallest > limit:
-            raise UsageError(_unreachable(fam.name, r.floor, budget, smallest, limit))
-        cap = _width_cap(obj.arch(1.0), fam, float(r.max_width), r.divisor)
+            raise UsageError(_unreachable(fam.name, r.options.floor, budget, smallest, limit))
+        cap = _width_cap(obj.arch(1.0), fam, float(r.max_width), r.options.divisor)
         width, capped, note = _search(obj, limit, cap, EXACT_REL_TOL, measured)
         arch = obj.arch(width)
         want_memory = r.measure or budget.key == "memory"
@@ -314,10 +300,10 @@ def _fit_latency(r: FitRequest, fam: Any, budget: Budget, names: list[str]) -> l
     fitter = LatencyFitter(runtime, lambda t, w: r.arch(fam.name, t, w), budget.value, limit, W_TINY)
     smallest = max(fitter.smallest(name).median_s for name in names)  # refused before any template is fitted
     if smallest > limit:
-        raise UsageError(_unreachable(fam.name, r.floor, budget, smallest, limit))
+        raise UsageError(_unreachable(fam.name, r.options.floor, budget, smallest, limit))
     results = []
     for name in Progress(names, desc=f"fit {fam.name} latency in {runtime.name}", enabled=r.progress):
-        cap = _width_cap(r.arch(fam.name, name, 1.0), fam, float(r.max_width), r.divisor)
+        cap = _width_cap(r.arch(fam.name, name, 1.0), fam, float(r.max_width), r.options.divisor)
         answer = fitter.fit(name, cap)
         res = measure.resources(answer.arch, r.batch_size, r.device, memory=r.measure, latency=False)
         if not r.measure:
@@ -338,7 +324,7 @@ def _fit_table(r: FitRequest, fam: Any, budget: Budget, names: list[str], table:
     limit = budget.value * (1 - r.latency_tolerance)
     results = []
     for name in names:
-        cap = _width_cap(r.arch(fam.name, name, 1.0), fam, float(r.max_width), r.divisor)
+        cap = _width_cap(r.arch(fam.name, name, 1.0), fam, float(r.max_width), r.options.divisor)
         width, median, spread, capped = table.fit(name, limit, cap)
         if median > limit:
             raise UsageError(

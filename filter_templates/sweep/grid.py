@@ -27,11 +27,10 @@ except ModuleNotFoundError:  # Python 3.10: the tomli backport, if installed
 from filter_templates.core import rundir, trackers, validate
 from filter_templates.core.device import resolve_device
 from filter_templates.core.errors import UsageError
-from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.messages import note
 from filter_templates.core.status import FITTED, UNREACHABLE
-from filter_templates.data import data_digest_for, data_shape, load_data_for, num_classes
-from filter_templates.method.arch import make_arch
+from filter_templates.data import data_facts, num_classes
+from filter_templates.method.arch import ArchOptions
 from filter_templates.method.fit import Budget, FitRequest, fit, parse_budget
 from filter_templates.method.measure import resources
 from filter_templates.method.templates import BUILTIN_TEMPLATES, resolve_template
@@ -55,6 +54,7 @@ __all__ = [
     "known_classes",
     "TRAIN_FIELDS",
     "GRID_FIELDS",
+    "ARCH_FIELDS",
     "RUN_FIELDS",
 ]
 
@@ -62,21 +62,11 @@ PAPER_WIDTHS = (1.6, 1.3, 1.0, 0.8, 0.5, 0.25, 0.1, 0.05)
 
 #: Settings shared by every point, passed through to TrainConfig unchanged (all its fields but the grid's).
 TRAIN_FIELDS = tuple(k for k in CONFIG_FIELDS if k not in ("arch", "dataset", "seed", "prune"))
-#: The axes of the grid and the architecture options.
-GRID_FIELDS = (
-    "models",
-    "templates",
-    "widths",
-    "budgets",
-    "datasets",
-    "seeds",
-    "divisor",
-    "floor",
-    "as_published",
-    "baselines",
-    "prune_at",
-    "prune_from",
-)
+#: The axes of the grid and the pruning baselines' settings.
+GRID_FIELDS = ("models", "templates", "widths", "budgets", "datasets", "seeds", "baselines", "prune_at", "prune_from")
+#: The architecture options a sweep file, preset or flag sets (``SweepSpec.options``); the image size
+#: is the dataset's (or the ``image_size`` training setting) and the reading is part of each model's name.
+ARCH_FIELDS = ("divisor", "floor", "as_published")
 #: The two ways to size the models of a grid: a sweep gives exactly one of them.
 SIZE_FIELDS = ("widths", "budgets")
 #: How the local engine runs (not part of any run's configuration).
@@ -93,9 +83,7 @@ class SweepSpec:
     datasets: list[str]
     seeds: list[int] = field(default_factory=lambda: [0])
     budgets: list[str] = field(default_factory=list)  # "KEY=VALUE" as typed; instead of widths
-    divisor: int = 1
-    floor: int = 1
-    as_published: bool = False  # the study's configurations and rounding, recorded in every arch
+    options: ArchOptions = ArchOptions()  # divisor, floor, as-published; the image size is set per dataset
     train: dict[str, Any] = field(default_factory=dict)  # TRAIN_FIELDS overrides (epochs, lr, ...)
     threads: int | None = None  # torch CPU threads of each local run (None: torch's choice)
     jobs: int = 1  # local runs at once, one process each
@@ -127,6 +115,8 @@ class SweepSpec:
                 continue
             if k in GRID_FIELDS or k in RUN_FIELDS:
                 setattr(spec, k, list(v) if isinstance(v, (list, tuple)) else v)
+            elif k in ARCH_FIELDS:
+                spec.options = spec.options.replace(**{k: v})
             elif k in TRAIN_FIELDS:
                 spec.train[k] = v
             else:
@@ -134,7 +124,8 @@ class SweepSpec:
         return spec
 
     def to_dict(self) -> dict[str, Any]:
-        return {**{k: getattr(self, k) for k in GRID_FIELDS + RUN_FIELDS}, **self.train}
+        grid = {k: getattr(self, k) for k in GRID_FIELDS + RUN_FIELDS}
+        return {**grid, **{k: getattr(self.options, k) for k in ARCH_FIELDS}, **self.train}
 
 
 # Quick: two families, all five templates, one small width on the embedded digits: the README's
@@ -177,7 +168,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _from_mapping(d: Mapping[str, Any], where: str) -> SweepSpec:
-    grid = {k: d[k] for k in GRID_FIELDS + RUN_FIELDS if k in d}
+    grid = {k: d[k] for k in GRID_FIELDS + ARCH_FIELDS + RUN_FIELDS if k in d}
     missing = [
         k if k != "widths" else "widths (or budgets)"
         for k in ("models", "widths", "datasets")
@@ -213,7 +204,7 @@ def load_config(path: str | Path) -> SweepSpec:
         raise UsageError(f"cannot read sweep config {str(path)!r}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise UsageError(f"sweep config {str(path)!r} is not valid TOML: {exc}") from None
-    allowed = {"preset", *GRID_FIELDS, *RUN_FIELDS, *TRAIN_FIELDS}
+    allowed = {"preset", *GRID_FIELDS, *ARCH_FIELDS, *RUN_FIELDS, *TRAIN_FIELDS}
     unknown = sorted(set(d) - allowed)
     if unknown:
         raise UsageError(
@@ -319,8 +310,6 @@ def plan_grid(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -
     widths = _list(spec, "widths", float) if budgets is None else []
     datasets = _list(spec, "datasets", str)
     seeds = _list(spec, "seeds", int)
-    if not isinstance(spec.as_published, bool):
-        raise UsageError(f"sweep 'as_published' must be true or false, got {spec.as_published!r}")
     for m in models:
         get_family(m)
     for t in templates:
@@ -347,16 +336,7 @@ def plan_grid(spec: SweepSpec, classes_of: Callable[[str], int] | None = None) -
                     continue
                 if budgets is None:
                     for w in widths:
-                        arch = make_arch(
-                            m,
-                            t,
-                            w,
-                            classes,
-                            divisor=spec.divisor,
-                            floor=spec.floor,
-                            as_published=spec.as_published,
-                            image_size=at_size.train["image_size"],
-                        )
+                        arch = at_size.options.arch(m, t, w, classes)
                         for s in seeds:
                             out.configs.append(TrainConfig(arch=arch, dataset=ds, seed=s, **at_size.train))
                     continue
@@ -396,16 +376,7 @@ def _pruned_base(spec: SweepSpec, family: str, classes: int, base: prune.Baselin
     said once per model: its baselines are then unreachable, the templates still run."""
     if not base.names:
         return None, None
-    arch = make_arch(
-        family,
-        "base",
-        base.from_width,
-        classes,
-        divisor=spec.divisor,
-        floor=spec.floor,
-        as_published=spec.as_published,
-        image_size=spec.train.get("image_size", IMAGE_SIZE),
-    )
+    arch = spec.options.arch(family, "base", base.from_width, classes)
     why = prune.cannot_prune(arch)
     if why is not None:
         why = f"Torch-Pruning cannot prune {family} ({why}); its pruning baselines are left out"
@@ -446,14 +417,13 @@ _SIZED_BY_WIDTH = ("width", "filters", "stem_width", "widths")
 
 
 def _for_dataset(spec: SweepSpec, dataset: str) -> SweepSpec:
-    """``spec`` with ``image_size`` set in its training settings: the one given, else the dataset's
+    """``spec`` with ``image_size`` set in its options and training settings: the one given, else the dataset's
     own (a folder's common image size; 32 for the built-in ones). Models are built, counted and
     fitted at it, so every point of a dataset has one size. ``data_digest`` too: a folder's
     points are those of its images, whatever a settings file says."""
-    t = spec.train
-    size = data_shape(dataset, t.get("data_dir"), t.get("image_size")).image_size
-    digest = data_digest_for({**t, "dataset": dataset})
-    return dataclasses.replace(spec, train={**t, "image_size": size, "data_digest": digest})
+    facts = data_facts({**spec.train, "dataset": dataset})
+    train = {**spec.train, "image_size": facts.image_size, "data_digest": facts.digest}
+    return dataclasses.replace(spec, options=spec.options.replace(image_size=facts.image_size), train=train)
 
 
 def _budgets(spec: SweepSpec) -> list["Budget"]:
@@ -468,21 +438,7 @@ def _budget_points(
 ) -> list[BudgetPoint]:
     """Fit one (family, template, budget, dataset) and make its point for every seed."""
     # the settings every seed shares, from a provisional config (so defaults are TrainConfig's own)
-    size = spec.train.get("image_size", IMAGE_SIZE)
-    probe = TrainConfig(
-        arch=make_arch(
-            family,
-            template,
-            1.0,
-            classes,
-            divisor=spec.divisor,
-            floor=spec.floor,
-            as_published=spec.as_published,
-            image_size=size,
-        ),
-        dataset=dataset,
-        **spec.train,
-    )
+    probe = TrainConfig(arch=spec.options.arch(family, template, 1.0, classes), dataset=dataset, **spec.train)
     device = resolve_device(probe.device)  # a device that does not exist is an error, not an unreachable budget
     reason: str | None
     try:
@@ -492,10 +448,7 @@ def _budget_points(
                 budget,
                 [template],
                 classes=classes,
-                divisor=spec.divisor,
-                floor=spec.floor,
-                as_published=spec.as_published,
-                image_size=size,
+                options=spec.options,
                 batch_size=probe.batch_size,
                 device=str(device),
                 progress=False,
@@ -548,7 +501,7 @@ def known_classes(name: str) -> int:
 
 def _dataset_classes(spec: SweepSpec) -> Callable[[str], int]:
     def classes_of(name: str) -> int:
-        return int(load_data_for({**spec.train, "dataset": name}).num_classes)
+        return data_facts({**spec.train, "dataset": name}).classes
 
     return classes_of
 

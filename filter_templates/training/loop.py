@@ -63,7 +63,6 @@ __all__ = [
     "evaluate_images",
     "open_checkpoint",
     "with_data_digest",
-    "check_val_split",
     "summarise",
     "with_world",
 ]
@@ -463,22 +462,6 @@ class _Parts:
             self.ema.load_state_dict(state["ema"])
         ckpt.set_rng_state(state["rng"], device)
         return list(state["metrics"]), int(state["epoch"])
-
-
-def check_val_split(config: TrainConfig) -> int:
-    """The size of ``config``'s validation set (0: none), read from its data; a UsageError when its
-    ``val_split`` holds out none of the training images, or leaves less than one batch. Sweeps and reduce call it before
-    anything trains."""
-    ds = load_data_for(config)
-    if ds.val_y is not None:  # the dataset's own
-        return len(ds.val_y)
-    n, k = len(ds.train_y), split.size(config.val_split, len(ds.train_y))
-    if k and n - k < config.batch_size:  # every run of it would fail on its first epoch
-        raise UsageError(
-            f"val_split {config.val_split!r} holds out {k} of the {n} training images, leaving "
-            f"{n - k}, fewer than one batch of {config.batch_size}; give a smaller split or batch size"
-        )
-    return k
 
 
 def _validation_split(ds: Dataset, config: TrainConfig) -> Dataset:

@@ -33,7 +33,7 @@ from typing import Any, Callable
 import torch
 
 from filter_templates.core.load import Load, OthersMeter, load_average, usable_cores
-from filter_templates.data import data_shape, load_dataset
+from filter_templates.data import data_facts, load_dataset
 from filter_templates.method.arch import Arch
 from filter_templates.training import autotune
 from filter_templates.training import profile as machine_profile
@@ -259,7 +259,8 @@ def _check_bf16(request: TuneRequest, winner: Variant) -> dict[str, Any]:
     """Train the fast recipe on digits in fp32 and in bf16 (winner's layout and threads, seed 0,
     no profile) and compare the final test accuracies."""
     # the same counts, for the digits' classes and 32 px images (a model's filters do not depend on either)
-    classes, size = data_shape(CHECK_DATASET, None, None)
+    facts = data_facts({"dataset": CHECK_DATASET})
+    classes, size = facts.classes, facts.image_size
     arch = dataclasses.replace(request.arch, classes=classes, image_size=size)
     acc = {}
     with tempfile.TemporaryDirectory(prefix="filter-templates-tune-") as tmp:
