@@ -26,6 +26,7 @@ from filter_templates.method.templates import BUILTIN_TEMPLATES
 from filter_templates.models import family_names
 from filter_templates.report import intervals, settings
 from filter_templates.report.intervals import Interval
+from filter_templates.sweep.selection import Pooled
 
 __all__ = [
     "Cell",
@@ -51,7 +52,7 @@ MISSING = "—"
 
 
 @dataclass
-class Cell:
+class Cell(Pooled):
     """All runs of one grid cell (seeds pooled: they share every other result field, ``setting``)."""
 
     dataset: str
@@ -65,17 +66,6 @@ class Cell:
     done: list[dict[str, Any]] = field(default_factory=list)
     failed: list[dict[str, Any]] = field(default_factory=list)
     other: int = 0  # pending or running
-
-    def accs(self, metric: str = "final") -> list[float]:
-        return [r[f"{metric}_acc"] for r in self.done if r.get(f"{metric}_acc") is not None]
-
-    def acc(self, metric: str = "final") -> float | None:
-        vals = self.accs(metric)
-        return statistics.fmean(vals) if vals else None
-
-    def acc_std(self, metric: str = "final") -> float | None:
-        vals = self.accs(metric)
-        return statistics.stdev(vals) if len(vals) > 1 else None
 
     def interval(self, metric: str = "final") -> Interval | None:
         return accuracy_interval(self.done, metric)

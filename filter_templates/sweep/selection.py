@@ -33,6 +33,7 @@ __all__ = [
     "SELECTIONS",
     "RESOURCE_OF",
     "BudgetCell",
+    "Pooled",
     "pool",
     "rank_key",
     "ranked",
@@ -62,8 +63,26 @@ def split_of(selection: str) -> str:
     return "val" if selection == "val_acc" else "test"
 
 
+class Pooled:
+    """The accuracies of runs pooled over seeds (``done``: the finished runs' store rows): a budget
+    candidate's here, a width cell's in the report."""
+
+    done: Any
+
+    def accs(self, metric: str = "final") -> list[float]:
+        return [r[f"{metric}_acc"] for r in self.done if r.get(f"{metric}_acc") is not None]
+
+    def acc(self, metric: str = "final") -> float | None:
+        vals = self.accs(metric)
+        return statistics.fmean(vals) if vals else None
+
+    def acc_std(self, metric: str = "final") -> float | None:
+        vals = self.accs(metric)
+        return statistics.stdev(vals) if len(vals) > 1 else None
+
+
 @dataclass
-class BudgetCell:
+class BudgetCell(Pooled):
     """One candidate: a template (or pruning baseline, ``method``) at one budget of one dataset and
     family, its seeds pooled (``points``: the store's budget rows, one per seed) -- runs of the same
     ``setting`` only (recipe, epochs, ...: what the report splits rows by)."""
@@ -87,17 +106,6 @@ class BudgetCell:
     @property
     def done(self) -> list[dict[str, Any]]:
         return [p["run"] for p in self.points if p["run"] is not None and p["run"]["status"] == DONE]
-
-    def accs(self, metric: str = "final") -> list[float]:
-        return [r[f"{metric}_acc"] for r in self.done if r.get(f"{metric}_acc") is not None]
-
-    def acc(self, metric: str = "final") -> float | None:
-        vals = self.accs(metric)
-        return statistics.fmean(vals) if vals else None
-
-    def acc_std(self, metric: str = "final") -> float | None:
-        vals = self.accs(metric)
-        return statistics.stdev(vals) if len(vals) > 1 else None
 
     def score(self, selection: str) -> float | None:
         """The mean over finished seeds of ``selection`` (``val_acc`` or ``final_acc``): what ranks."""
