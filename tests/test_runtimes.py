@@ -162,3 +162,19 @@ def test_a_latency_budget_point_carries_its_runtime_record(monkeypatch):
     assert point.ident["latency"] == {"runtime": "torch", "batch": 1, "threads": None}
     cell = BudgetCell("digits", "vgg19", "latency", 2e-3, "base", points=[{"fit": point.fit, "run": None}])
     assert cell.resource("latency_batch_s") == rec["median_s"]  # the runtime's, not the training device's
+
+
+def test_a_slow_smallest_model_does_not_end_the_search(monkeypatch):
+    # OpenVINO runs one-filter layers slower than a few filters: latency is not monotone at the bottom
+    fake_clock(monkeypatch)
+    fake_time = latency_fit.time_models
+
+    def slow_floor(runtime, calls, rounds=None):
+        return [
+            R.Timing(t.median_s + (1.0 if t.median_s < 2e-5 else 0.0), 0.0, t.rounds)
+            for t in fake_time(runtime, calls, rounds)
+        ]
+
+    monkeypatch.setattr(latency_fit, "time_models", slow_floor)
+    (r,) = fit(FitRequest("vgg19", Budget("latency", 2e-3), ["base"], latency_tolerance=0.0))
+    assert r.resources["latency"]["median_s"] <= 2e-3 < r.resources["next_step"]["median_s"]

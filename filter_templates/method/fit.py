@@ -45,7 +45,7 @@ from filter_templates.core.errors import UsageError
 from filter_templates.core.progress import Progress
 from filter_templates.method import measure
 from filter_templates.method.arch import Arch, ArchOptions
-from filter_templates.method.latency_fit import LatencyFitter
+from filter_templates.method.latency_fit import LatencyFitter, Unreachable
 from filter_templates.method.latency_table import LatencyTable
 from filter_templates.method.measure import arch_shape
 from filter_templates.method.runtimes import LatencySetting, open_runtime, time_archs
@@ -298,13 +298,21 @@ def _fit_latency(r: FitRequest, fam: Any, budget: Budget, names: list[str]) -> l
     runtime = open_runtime(r.latency_setting())
     limit = budget.value * (1 - r.latency_tolerance)
     fitter = LatencyFitter(runtime, lambda t, w: r.arch(fam.name, t, w), budget.value, limit, W_TINY)
-    smallest = max(fitter.smallest(name).median_s for name in names)  # refused before any template is fitted
-    if smallest > limit:
-        raise UsageError(_unreachable(fam.name, r.options.floor, budget, smallest, limit))
     results = []
     for name in Progress(names, desc=f"fit {fam.name} latency in {runtime.name}", enabled=r.progress):
         cap = _width_cap(r.arch(fam.name, name, 1.0), fam, float(r.max_width), r.options.divisor)
-        answer = fitter.fit(name, cap)
+        try:
+            answer = fitter.fit(name, cap)
+        except Unreachable as exc:
+            raise UsageError(
+                f"budget {budget} cannot be met in {runtime.name}: the fastest {fam.name} {name} model measured "
+                f"(width {exc.width:.3g}) takes {format_value('latency', exc.fastest)}"
+                + (
+                    f", above the budget less the noise tolerance ({format_value('latency', limit)})"
+                    if limit != budget.value
+                    else ""
+                )
+            ) from None
         res = measure.resources(answer.arch, r.batch_size, r.device, memory=r.measure, latency=False)
         if not r.measure:
             res = {"params": res["params"], "flops": res["flops"]}

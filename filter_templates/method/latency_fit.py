@@ -30,7 +30,7 @@ from filter_templates.method.arch import Arch
 from filter_templates.method.measure import arch_shape
 from filter_templates.method.runtimes import Runtime, Timing, load_text, noise_line, open_arch, separable, time_models
 
-__all__ = ["WIDTH_STEP", "width_of", "step_of", "LatencyAnswer", "LatencyFitter"]
+__all__ = ["WIDTH_STEP", "width_of", "step_of", "LatencyAnswer", "LatencyFitter", "Unreachable"]
 
 WIDTH_STEP = 1.05
 
@@ -43,6 +43,14 @@ def width_of(k: int) -> float:
 def step_of(width: float) -> int:
     """The grid step at or below ``width``."""
     return math.floor(math.log(width) / math.log(WIDTH_STEP) + 1e-9)
+
+
+class Unreachable(Exception):
+    """No probed model meets the limit: ``fastest`` seconds (at ``width``) is the best measured."""
+
+    def __init__(self, fastest: float, width: float) -> None:
+        super().__init__(fastest, width)
+        self.fastest, self.width = fastest, width
 
 
 @dataclass
@@ -137,20 +145,31 @@ class LatencyFitter:
         return rec
 
     def _search(self, template: str, k_min: int, k_max: int) -> tuple[int, Optional[int]]:
-        """(largest step that fits, the step above it or None at ``k_max``); ``k_min - 1`` fits."""
+        """(largest step that fits, the step above it or None at ``k_max``).
+
+        Latency need not grow with the width at the smallest widths (OpenVINO runs a model of
+        one-filter layers slower than one of a few filters), so while no probe fits, the search
+        walks down in growing strides instead of trusting the smallest model."""
         measured: dict[int, float] = {k_min - 1: self.smallest(template).median_s}
-        lo, hi = k_min - 1, None
+        lo: Optional[int] = k_min - 1 if measured[k_min - 1] <= self.limit else None
+        hi: Optional[int] = None
         sides: list[bool] = []
-        k = self._first_guess(template, k_min, k_max)
+        k, stride = self._first_guess(template, k_min, k_max), 8
         while True:
             latency = self.timing(self.arch_at(template, width_of(k))).median_s
             measured[k] = latency
             fits = latency <= self.limit
             sides.append(fits)
             if fits:
-                lo = max(lo, k)
+                lo = k if lo is None else max(lo, k)
             else:
                 hi = k if hi is None else min(hi, k)
+            if lo is None:
+                assert hi is not None
+                if hi <= k_min:
+                    raise Unreachable(min(measured.values()), width_of(min(measured, key=measured.__getitem__)))
+                k, stride = max(hi - stride, k_min), stride * 2
+                continue
             if lo >= k_max:
                 return k_max, None
             if hi is not None and hi - lo <= 1:
