@@ -363,6 +363,6 @@ def test_tune_times_a_compile_that_fits_in_its_child_process(idle):
     request = tuning.TuneRequest(make_arch("vgg19", "uniform", 0.05), CPU, batch_size=8, seconds=400.0)
     result = tuning.tune(request)
     compiled = [t for t in result.timings if t.variant.compile]
-    assert len(compiled) == 1 and compiled[0].compile_s is not None and compiled[0].rounds
+    assert len(compiled) == 1 and compiled[0].compile_s is not None and compiled[0].rounds, result.reasons
     assert any(r.startswith("compile: ") and "to compile" in r for r in result.reasons)
     assert result.seconds <= 1.2 * request.seconds
