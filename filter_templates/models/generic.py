@@ -17,7 +17,6 @@ and records key on it; the default reading, ``modules``, is left out).
 
 from __future__ import annotations
 
-import importlib
 import inspect
 import os
 import re
@@ -33,6 +32,7 @@ from filter_templates.core.scaling import scale_count
 from filter_templates.models.discover import Plan, discover
 from filter_templates.models.readings import DEFAULT_READING, check_reading
 from filter_templates.models.registry import Family
+from filter_templates.models.torchvision_ops import import_module
 
 __all__ = ["GenericFamily", "load_model", "generic_family", "family_name", "split_name"]
 
@@ -124,7 +124,7 @@ def _import(path: str) -> Callable[..., Any]:
     if os.getcwd() not in sys.path and "" not in sys.path:
         sys.path.append(os.getcwd())  # as `python -m` would: the console script can load ./mypkg/models.py
     try:
-        obj: Any = importlib.import_module(module)
+        obj: Any = import_module(module)
         for part in attr.split("."):
             obj = getattr(obj, part)
     except ImportError as exc:
