@@ -37,18 +37,34 @@ def reach(path: str, timeout: float) -> dict:
     try:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
-        return {"model": path, "templated": False, "reason": f"over {timeout:.0f} s", "layers": None,
-                "seconds": round(time.perf_counter() - t, 1)}
+        return {
+            "model": path,
+            "templated": False,
+            "reason": f"over {timeout:.0f} s",
+            "layers": None,
+            "seconds": round(time.perf_counter() - t, 1),
+        }
     seconds = round(time.perf_counter() - t, 1)
     if done.returncode == 0:
-        return {"model": path, "templated": True, "reason": "", "layers": len(json.loads(done.stdout)["layers"]),
-                "seconds": seconds}
+        return {
+            "model": path,
+            "templated": True,
+            "reason": "",
+            "layers": len(json.loads(done.stdout)["layers"]),
+            "seconds": seconds,
+        }
     lines = [ln for ln in done.stderr.splitlines() if ln.strip()]
     reason = (lines[-1] if lines else f"exit {done.returncode}")[:400]
     if "Traceback" in done.stderr:
         reason = "TRACEBACK: " + reason
-    return {"model": path, "templated": False, "reason": reason, "exit": done.returncode, "layers": None,
-            "seconds": seconds}
+    return {
+        "model": path,
+        "templated": False,
+        "reason": reason,
+        "exit": done.returncode,
+        "layers": None,
+        "seconds": seconds,
+    }
 
 
 def main(argv=None) -> int:
@@ -63,8 +79,10 @@ def main(argv=None) -> int:
         r = rows[-1]
         shown = f"{r['layers']} layers" if r["templated"] else r["reason"]
         print(f"{path:<48} {'yes' if r['templated'] else 'no ':<4} {r['seconds']:>6.1f} s  {shown}", flush=True)
-    totals = {z: f"{sum(r['templated'] for r in rows if zoo(r['model']) == z)}/{sum(zoo(r['model']) == z for r in rows)}"
-              for z in ("timm", "torchvision")}
+    totals = {
+        z: f"{sum(r['templated'] for r in rows if zoo(r['model']) == z)}/{sum(zoo(r['model']) == z for r in rows)}"
+        for z in ("timm", "torchvision")
+    }
     print("templated:", totals, "Torch-Pruning:", TORCH_PRUNING)
     if args.write:
         write(
@@ -77,8 +95,10 @@ def main(argv=None) -> int:
             note="A model is templated when `templates --model PATH --json` exits 0; otherwise the reason is its "
             "last stderr line. Torch-Pruning's column is its count on the same models (ratio 0.5, classifier "
             "kept, forward checked) per zoo.",
-            table={"columns": ["model", "templated", "template layers", "reason"],
-                   "rows": [[r["model"], r["templated"], r["layers"], r["reason"]] for r in rows]},
+            table={
+                "columns": ["model", "templated", "template layers", "reason"],
+                "rows": [[r["model"], r["templated"], r["layers"], r["reason"]] for r in rows],
+            },
         )
     return 0
 

@@ -247,6 +247,12 @@ class Sliced(Grouped):
         return self.fc(torch.cat([self.c(x)[:, :4], self.c(x)[:, 4:]], 1).mean((2, 3)))
 
 
+class IndexedByTensor(Grouped):
+    def forward(self, x):
+        y = self.c(x)
+        return self.fc(y[:, torch.arange(8).flip(0)].mean((2, 3)))
+
+
 class TrainOnly(Grouped):
     def forward(self, x):
         y = self.c(x)
@@ -264,10 +270,31 @@ class TwoOutputs(Grouped):
 class OwnWeight(Grouped):
     def __init__(self) -> None:
         super().__init__()
-        self.scale = nn.Parameter(torch.ones(1, 8, 1, 1))
+        self.scale = nn.Parameter(torch.ones(8, 8, 1, 1))
 
     def forward(self, x):
-        return self.fc((self.c(x) * self.scale).mean((2, 3)))
+        return self.fc(F.conv2d(self.c(x), self.scale).mean((2, 3)))
+
+
+class LayerScale(Grouped):
+    """A per-channel tensor used directly in forward: resized with its channels."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.gamma = nn.Parameter(torch.full((8,), 1e-6))
+
+    def forward(self, x):
+        return self.fc((self.c(x) * self.gamma.reshape(1, -1, 1, 1)).mean((2, 3)))
+
+
+class ShapeBranch(Grouped):
+    """A branch on the input's size: read as it runs on the example input."""
+
+    def forward(self, x):
+        y = self.c(x)
+        if y.shape[-1] < 100:
+            y = F.relu(y)
+        return self.fc(y.mean((2, 3)))
 
 
 class Shuffle(Grouped):
@@ -290,7 +317,7 @@ class Branchy(Grouped):
     "make, message",
     [
         (zoo.rolled, "op 'torch.roll'"),
-        (Sliced, "indexes or slices"),
+        (IndexedByTensor, "op .getitem."),
         (TwoOutputs, "one logits tensor"),
         (OwnWeight, "own tensor 'scale'"),
         (Branchy, "cannot trace"),
@@ -301,7 +328,7 @@ def test_unsupported_models_are_refused_by_name(make, message):
         resolve_model(make, name=f"tests.test_generic:{make.__name__}")
 
 
-@pytest.mark.parametrize("make", [TrainOnly, Shuffle, Grouped])
+@pytest.mark.parametrize("make", [TrainOnly, Shuffle, Grouped, Sliced, LayerScale, ShapeBranch])
 def test_what_zoos_do_is_read(make):
     fam = get_family(resolve_model(make, name=f"tests.test_generic:{make.__name__}"))
     model = make_arch(fam.name, "uniform", 0.5).build()

@@ -264,7 +264,12 @@ def _shape(
     structure = _structure(model)
     structure = _STRUCTURES.setdefault(structure, structure)  # thousands of cached shapes, few structures
     params = count_params(model)
-    flops = _fast_flops(model, family, (3, image_size, image_size))
+    try:
+        flops = _fast_flops(model, family, (3, image_size, image_size))
+    except RuntimeError:  # a forward that makes a CPU tensor of its own cannot run on meta: count a real one
+        if _model_device(model).type != "meta":
+            raise
+        flops = count_flops(_Spec.build(), (3, image_size, image_size))
     shapes = [(n, tuple(p.shape)) for n, p in model.named_parameters()]
     signature = hashlib.blake2b(repr((family, structure, shapes)).encode(), digest_size=16).digest()
     return ArchShape(params, flops, structure, signature)

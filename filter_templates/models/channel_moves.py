@@ -27,6 +27,7 @@ class ChannelMoves:
     # what the walker provides (see discover._Groups and discover._Walker)
     layout: dict
     base: list[int]
+    producer: list[str | None]
     width: Callable[[Layout], int]
     new: Callable[[int, str | None], int]
     find: Callable[[int], int]
@@ -43,35 +44,77 @@ class ChannelMoves:
         self.shuffled: dict[fx.Node, tuple[Layout, int, bool]] = {}  # 5-D view -> (layout, g, transposed)
         self.chunks: dict[fx.Node, list[Layout]] = {}
         self.pads: dict[str, tuple[int | None, int | None]] = {}  # graph node -> raw groups of its front/back pad
+        self.resized: dict[str, tuple[str, list[Layout]]] = {}  # graph node -> its channel sizes' layouts
 
-    def cut(self, layout: Layout, n: int, node: fx.Node) -> list[Layout]:
-        """``layout`` cut into ``n`` parts of equal width, tied part by part (a chunk of the channels:
-        rebuilt, the parts stay equal); a group cut in the middle becomes the sum of its pieces."""
-        total = self.width(layout)
-        if total % n or any(m > MAX_COPIES for _, m in layout):
-            self.refuse(node, f"cuts {self._fmt(layout)} channels into {n} equal parts")
-        size = total // n
+    def cut_at(self, layout: Layout, sizes: list[int], node: fx.Node) -> list[Layout]:
+        """``layout`` cut into consecutive parts of ``sizes`` channels; a group cut in the middle
+        becomes the sum of its pieces (each piece made by the group's own layer, so it scales
+        with it)."""
+        if sum(sizes) != self.width(layout) or any(m > MAX_COPIES for _, m in layout) or min(sizes) < 1:
+            self.refuse(node, f"cuts {self._fmt(layout)} channels into parts of {sizes}")
         parts: list[list[int]] = [[]]
-        room = size
+        left = list(sizes)
+        room = left.pop(0)
         for r, m in layout:
             for _ in range(m):
-                piece = r
+                piece = self.find(r)
                 while self.base[piece] > room:  # the cut falls inside this group: split it in two
-                    head, tail = self.new(room, None), self.new(self.base[piece] - room, None)
+                    owner = self.producer[piece]
+                    head, tail = self.new(room, owner), self.new(self.base[piece] - room, owner)
                     self.alias_to(piece, ((head, 1), (tail, 1)), self.where(node))
                     parts[-1].append(head)
                     parts.append([])
-                    piece, room = tail, size
+                    piece, room = tail, left.pop(0)
                 parts[-1].append(piece)
                 room -= self.base[piece]
-                if room == 0:
+                if room == 0 and left:
                     parts.append([])
-                    room = size
-        parts = [p for p in parts if p]
-        out = [_runs(p) for p in parts]
+                    room = left.pop(0)
+        return [_runs(p) for p in parts if p]
+
+    def cut(self, layout: Layout, n: int, node: fx.Node) -> list[Layout]:
+        """``layout`` cut into ``n`` parts of equal width, tied part by part (a chunk of the channels:
+        rebuilt, the parts stay equal)."""
+        total = self.width(layout)
+        if total % n:
+            self.refuse(node, f"cuts {self._fmt(layout)} channels into {n} equal parts")
+        out = self.cut_at(layout, [total // n] * n, node)
         for p in out[1:]:
             self.tie(out[0], p, self.where(node))
         return [tuple((self.find(r), m) for r, m in p) for p in out]
+
+    def split(self, node: fx.Node, sizes: Any, dim: Any) -> None:
+        """``torch.split`` of the channels: by a size (equal parts, tied) or by a list of sizes (parts
+        in proportion); the sizes are rewritten from the parts' widths in a rebuilt graph."""
+        x = self.first_input(node)
+        if not isinstance(dim, int) or dim % len(self.shape(x)) != 1:
+            self.refuse(node, "splits a tensor along other than its channels")
+        layout = self.layout[x]
+        total = self.width(layout)
+        if isinstance(sizes, int) and sizes > 0 and total % sizes == 0:
+            self.chunks[node] = self.cut(layout, total // sizes, node)
+            self.resized[node.name] = ("split_size", [self.chunks[node][0]])
+        elif isinstance(sizes, (list, tuple)) and all(isinstance(k, int) for k in sizes):
+            self.chunks[node] = self.cut_at(layout, list(sizes), node)
+            self.resized[node.name] = ("split_sizes", self.chunks[node])
+        else:
+            self.refuse(node, "splits the channels by sizes that are not constants or do not divide them")
+
+    def channel_slice(self, node: fx.Node, x: fx.Node, sl: slice) -> None:
+        """``x[:, a:b]`` with constant bounds: the part's groups (a group cut is the sum of its pieces)."""
+        layout, total = self.layout[x], self.width(self.layout[x])
+        if sl.step not in (None, 1) or not all(v is None or isinstance(v, int) for v in (sl.start, sl.stop)):
+            self.refuse(node, "slices the channels with bounds that are not constants or a step")
+        a, b, _ = sl.indices(total)
+        if (a, b) == (0, total):  # all of them here; rebuilt, all of the new width
+            self.layout[node] = layout
+            self.resized[node.name] = ("slice", [(), layout])
+            return
+        sizes = [k for k in (a, b - a, total - b) if k > 0]
+        parts = self.cut_at(layout, sizes, node)
+        keep = parts[1] if a > 0 else parts[0]
+        self.layout[node] = keep
+        self.resized[node.name] = ("slice", [parts[0] if a > 0 else (), keep])
 
     def chunk(self, node: fx.Node, n: Any, dim: Any) -> None:
         x = self.first_input(node)

@@ -34,7 +34,7 @@ import json
 import math
 import operator
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, NoReturn, Sequence, cast
 
 import torch
 import torch.fx as fx
@@ -45,8 +45,9 @@ from torch.fx.passes.shape_prop import ShapeProp
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.models.channel_moves import ChannelMoves
+from filter_templates.models.channelwise import channel_count, resized_tensor, vector_dim
 from filter_templates.models.readings import DEFAULT_READING, Layer, read
-from filter_templates.models.rebuild import into_copy, put, rebuild
+from filter_templates.models.rebuild import into_copy, put, put_tensor, rebuild
 
 __all__ = ["Group", "Plan", "discover", "trace", "INPUT_SHAPE"]
 
@@ -214,6 +215,8 @@ class Plan:
     pads: dict[str, tuple[int | None, int | None]] = field(default_factory=dict)  # F.pad node -> its channel groups
     reading: str = DEFAULT_READING
     source: nn.Module | None = None  # the user's module, when a model is its copy with new layers
+    direct: dict[str, Layout] = field(default_factory=dict)  # a tensor used in forward -> its channels
+    resized: dict[str, tuple[str, list[Layout]]] = field(default_factory=dict)  # graph node -> its sizes' parts
 
     @property
     def template_groups(self) -> list[int]:
@@ -263,20 +266,23 @@ class Plan:
         def w(layout: Layout) -> int:
             return sum(m * widths[self.root_of[r]] for r, m in layout)
 
+        origin = self.source if self.source is not None else self.graph.owning_module
+        tensors: dict[str, torch.Tensor] = {}
+        for target, layout in self.direct.items():
+            t = _tensor(origin, target)
+            tensors[target] = nn.Parameter(resized_tensor(t, vector_dim(t.shape) or 0, w(layout)), t.requires_grad)
+        layers = {
+            name: rebuild(self.originals[name], rec.kind, w(rec.ins), w(rec.outs)) for name, rec in self.records.items()
+        }
         if self.source is not None:
-            return into_copy(
-                self.source,
-                {
-                    name: rebuild(self.originals[name], rec.kind, w(rec.ins), w(rec.outs))
-                    for name, rec in self.records.items()
-                },
-            )
+            return into_copy(self.source, layers, tensors)
         root = nn.Module()  # holds the new layers under their original names, in execution order
         for name, orig in self.originals.items():
-            rec = self.records.get(name)
-            put(root, name, copy.deepcopy(orig) if rec is None else rebuild(orig, rec.kind, w(rec.ins), w(rec.outs)))
+            put(root, name, layers.get(name) or copy.deepcopy(orig))
         for name, mod in self._extra.items():
             put(root, name, copy.deepcopy(mod))
+        for target, tensor in tensors.items():
+            put_tensor(root, target, tensor)
         graph = copy.deepcopy(self.graph)
         for node in graph.nodes:  # a channel padding pads by its groups' new widths
             if node.name in self.pads:
@@ -285,6 +291,8 @@ class Plan:
                     (node.args[0], tuple(pad)) + tuple(node.args[2:]),
                     {k: v for k, v in node.kwargs.items() if k != "pad"},
                 )
+            if node.name in self.resized:
+                _resize_args(node, *self.resized[node.name], w)
         return fx.GraphModule(root, graph, class_name=self.name)
 
 
@@ -383,6 +391,10 @@ class _Walker(_Groups, ChannelMoves):
         self.sums: list[tuple[str, Layout]] = []  # (scope, the terms an addition ties): residual streams
         self.cats: list[tuple[str, Layout]] = []  # (scope, the parts of a channel concatenation)
         self.rewrites: dict[fx.Node, str] = {}  # node -> "flatten" | "identity" | "dropout"
+        self.cdim: dict[fx.Node, int] = {}  # node -> its channel dimension where it is not 1 (channels-last)
+        self.params: dict[fx.Node, str] = {}  # node -> the model's own tensor (parameter, buffer) it is
+        self.direct: dict[str, Layout] = {}  # a tensor the forward uses directly -> its channels' layout
+        self.containers: dict[fx.Node, list[fx.Node]] = {}  # a named tuple built in forward -> its tensors
 
     # -- helpers ---------------------------------------------------------------------------------
     def scope(self, node: fx.Node) -> str:
@@ -402,8 +414,10 @@ class _Walker(_Groups, ChannelMoves):
         inside = f" in the forward of {type(self.gm).__name__.removesuffix('GraphModule') or 'the model'}"
         if stack:
             path = list(stack.values())[-1]
+            cls = path[1] if isinstance(path, tuple) and len(path) > 1 else None
+            cls_name = getattr(cls, "__name__", None) or str(cls or "").rpartition(".")[2].rstrip("'>")
             path = path[0] if isinstance(path, tuple) else str(path)
-            inside = f" in module '{path}'"
+            inside = f" in module '{path}'" + (f" ({cls_name})" if cls_name else "")
         return f"op '{_fn_name(node.target)}'{inside} (graph node '{node.name}')"
 
     @staticmethod
@@ -441,12 +455,65 @@ class _Walker(_Groups, ChannelMoves):
             self.refuse(node, "has no tensor input with known channels")
         return x
 
+    def cd(self, node: fx.Node) -> int:
+        """The channel dimension of a feature map (1, or the last after a permute to channels-last)."""
+        return self.cdim.get(node, 1)
+
+    def channels_first(self, node: fx.Node, x: fx.Node) -> None:
+        if self.cd(x) != 1:
+            self.refuse(node, f"is applied to a channels-last tensor (channels in dimension {self.cd(x)})")
+
     def passthrough(self, node: fx.Node) -> None:
         x = self.first_input(node)
         sx, so = self.tshape(x), self.shape(node)
-        if so is None or len(so) != len(sx) or so[:2] != sx[:2]:
+        c = self.cd(x)
+        if so is None or len(so) != len(sx) or so[0] != sx[0] or so[c] != sx[c]:
             self.refuse(node, f"changes the batch or channel dimension ({list(sx)} -> {list(so or ())})")
         self.layout[node] = self.layout[x]
+        if c != 1:
+            self.cdim[node] = c
+
+    def arg_nodes(self, node: fx.Node) -> list[fx.Node]:
+        out: list[fx.Node] = []
+        fx.node.map_arg((node.args, node.kwargs), out.append)
+        return out
+
+    def no_channels(self, node: fx.Node) -> bool:
+        """A tensor made of no feature map: a constant, random noise (stochastic depth's), or the
+        model's own tensor (recorded in ``params`` while it is that tensor reshaped or scaled)."""
+        if self.shape(node) is None:
+            return False
+        args = self.arg_nodes(node)
+        if any(a in self.layout or a in self.chunks or a in self.shuffled for a in args):
+            return False
+        own = {self.params[a] for a in args if a in self.params}
+        if len(own) == 1 and math.prod(self.tshape(node)) == math.prod(
+            self.tshape(next(a for a in args if a in self.params))
+        ):
+            self.params[node] = own.pop()
+        elif own:
+            self.refuse(node, f"combines the model's own tensors {sorted(own)}")
+        return True
+
+    def own_tensor(self, node: fx.Node, p: fx.Node, so: tuple[int, ...], feature: fx.Node) -> None:
+        """The model's own tensor ``p`` scales or shifts the channels of ``feature`` (a layer scale):
+        it is one of their group's layers, resized with it."""
+        sp = self.tshape(p)
+        if math.prod(sp) == 1:
+            return
+        d = vector_dim(sp)
+        c = self.cd(feature)
+        if d is None or len(so) - len(sp) + d != c or sp[d] != self.width(self.layout[feature]):
+            self.refuse(
+                node,
+                f"uses the model's own tensor '{self.params[p]}' of shape {list(sp)} on a feature map of "
+                f"shape {list(so)} other than as one value per channel",
+            )
+        target = self.params[p]
+        if target in self.direct:
+            self.tie(self.direct[target], self.layout[feature], self.where(node))
+        else:
+            self.direct[target] = self.layout[feature]
 
     @staticmethod
     def _dims(dims: Any, ndim: int) -> set[int] | None:
@@ -471,13 +538,21 @@ class _Walker(_Groups, ChannelMoves):
         self.layout[node] = ((r, 1),)
 
     def op_get_attr(self, node: fx.Node) -> None:
-        raise UsageError(
-            f"cannot find the channel groups: the model uses its own tensor '{node.target}' outside a "
-            "supported layer (a parameter or buffer used directly in forward); this is not supported"
-        )
+        """The model's own tensor, used in its forward: a per-channel scale or shift (a layer scale)
+        is resized with its channels; used otherwise, it is refused where it meets a feature map."""
+        if self.shape(node) is not None:
+            self.params[node] = str(node.target)
 
     def op_output(self, node: fx.Node) -> None:
-        out = node.args[0]
+        outs = [x for o in self.arg_nodes(node) for x in self.containers.get(o, [o])]
+        shapes = {self.shape(o) for o in outs}
+        if len(outs) > 1 and len(shapes) == 1 and all(o in self.layout for o in outs):  # auxiliary heads' logits
+            for o in outs:
+                self.logits(o)
+            return
+        self.logits(outs[0] if len(outs) == 1 else node.args[0])
+
+    def logits(self, out: Any) -> None:
         if not isinstance(out, fx.Node) or out not in self.layout:
             raise UsageError(
                 "the model's forward must return one logits tensor [N, classes]; it returns "
@@ -501,17 +576,23 @@ class _Walker(_Groups, ChannelMoves):
             self.conv(node, name, mod)
         elif isinstance(mod, nn.Linear):
             x = self.first_input(node)
-            if len(self.tshape(x)) != 2:
+            sx = self.tshape(x)
+            if len(sx) != 2 and self.cd(x) != len(sx) - 1:
                 self.refuse(
                     node,
-                    f"is applied to a tensor of shape {list(self.tshape(x))}; only [N, features] "
-                    "(flatten or pool first) is supported",
+                    f"is applied to a tensor of shape {list(sx)}; only [N, features] (flatten or pool "
+                    "first) or the channels of a channels-last feature map are supported",
                 )
             self.record(node, name, "linear", self.layout[x], None, mod.in_features, mod.out_features)
+            if len(sx) != 2:
+                self.cdim[node] = len(sx) - 1
+        elif isinstance(mod, nn.Conv1d):
+            self.conv1d(node, mod)
         elif isinstance(mod, _NORMS) and type(mod) in _NORMS:
             x = self.first_input(node)
-            if isinstance(mod, nn.LayerNorm) and (len(self.tshape(x)) != 2 or len(mod.normalized_shape) != 1):
-                self.refuse(node, "normalises more than the features of an [N, features] tensor")
+            sx = self.tshape(x)
+            if isinstance(mod, nn.LayerNorm) and (self.cd(x) != len(sx) - 1 or len(mod.normalized_shape) != 1):
+                self.refuse(node, "normalises more than the channels of a tensor whose last dimension they are")
             if isinstance(mod, nn.PReLU) and mod.num_parameters == 1:
                 self.passthrough(node)
                 return
@@ -520,8 +601,33 @@ class _Walker(_Groups, ChannelMoves):
             size = getattr(mod, next((v for k, v in n.items() if isinstance(mod, k)), "num_features"))
             size = size[0] if isinstance(size, tuple) else size
             self.record(node, name, "norm", self.layout[x], self.layout[x], size, size)
+        elif channel_count(mod) is not None:
+            self.channelwise(node, name, mod)
         else:
             self.refuse(node)
+
+    def channelwise(self, node: fx.Node, name: str, mod: nn.Module) -> None:
+        """A norm of any class, or a module whose tensors are all one vector per channel: the norm
+        of its input's channel group (its own forward, activation and all, is kept)."""
+        x = self.first_input(node)
+        sx, so, size = self.tshape(x), self.shape(node), channel_count(mod)
+        if so != sx or sx[self.cd(x)] != size:
+            self.refuse(
+                node,
+                f"holds one value per channel for {size} channels but maps a {list(sx)} tensor "
+                f"(channels in dimension {self.cd(x)}) to {list(so or ())}",
+            )
+        self.passthrough(node)
+        self.record(node, name, "channelwise", self.layout[x], self.layout[x], size or 0, size or 0)
+
+    def conv1d(self, node: fx.Node, mod: nn.Conv1d) -> None:
+        """A one-channel Conv1d sliding along the channels of a pooled vector (ECA attention): its
+        weights do not depend on the channel count, the channels pass through."""
+        x = self.first_input(node)
+        sx, so = self.tshape(x), self.shape(node)
+        if mod.in_channels != 1 or mod.out_channels != 1 or so != sx or self.cd(x) != 2:
+            self.refuse(node, "is a Conv1d other than one channel sliding along a feature map's channels")
+        self.passthrough(node)
 
     def conv(self, node: fx.Node, name: str, mod: nn.Conv2d) -> None:
         x = self.first_input(node)
@@ -560,7 +666,22 @@ class _Walker(_Groups, ChannelMoves):
         t = node.target
         if self.sizes_only(node) and t is not getattr:
             return
-        if t is F.pad:
+        if self.no_channels(node):
+            return
+        if isinstance(t, type) and issubclass(t, tuple):  # a named tuple of outputs (logits, aux logits)
+            self.containers[node] = self.arg_nodes(node)
+            return
+        if t in _BINARY_FNS:
+            self.binary(node)
+            return
+        self.no_own_tensor(node)
+        if t is torch.permute:
+            self.permute(node, _arg(node, 1, "dims", None))
+        elif t is torch.split:
+            self.split(node, _arg(node, 1, "split_size_or_sections", None), _arg(node, 2, "dim", 0))
+        elif t is operator.getitem and node.args and isinstance(node.args[1], int) and node.args[0] in self.chunks:
+            self.take(node)
+        elif t is F.pad:
             self.pad(node, _arg(node, 1, "pad", None))
         elif t is torch.chunk:
             self.chunk(node, _arg(node, 1, "chunks", None), _arg(node, 2, "dim", 0))
@@ -568,13 +689,13 @@ class _Walker(_Groups, ChannelMoves):
             self.take(node)
         elif t is torch.transpose and self.shuffle_transpose(node, tuple(node.args[1:3])):
             return
+        elif t is torch.transpose:
+            self.transpose(node, tuple(node.args[1:3]))
         elif t in _DROPOUT_FNS:
             self.passthrough(node)
             self.rewrites[node] = "dropout"
         elif t in _PASS_FNS:
             self.passthrough(node)
-        elif t in _BINARY_FNS:
-            self.binary(node)
         elif t in (torch.cat, torch.concat):
             self.cat(node)
         elif t is torch.flatten:
@@ -586,31 +707,98 @@ class _Walker(_Groups, ChannelMoves):
         elif t in (torch.unsqueeze, torch.squeeze):
             self.same_channels(node)
         elif t is operator.getitem and node.args and node.args[0] in self.layout:
-            idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
-            full = slice(None, None, None)
-            if len(idx) < 2 or idx[0] != full or idx[1] != full or any(isinstance(i, fx.Node) for i in idx):
-                self.refuse(node, "indexes or slices the batch or channel dimension of a feature map")
-            self.same_channels(node)  # x[:, :, None, None], x[:, :, 1:, 1:]
+            self.index(node)
         elif t is getattr or t is operator.getitem:
             if self.shape(node) is not None:
                 self.refuse(node, "indexes a tensor")
         else:
+            self.same_shape(node)
+
+    def index(self, node: fx.Node) -> None:
+        """``x[:, :, None, None]``, ``x[:, :, 1:, 1:]`` (channels pass) and ``x[:, a:b]`` (a constant
+        slice of the channels)."""
+        x = cast(fx.Node, node.args[0])
+        self.channels_first(node, x)
+        idx = node.args[1] if isinstance(node.args[1], tuple) else (node.args[1],)
+        full = slice(None, None, None)
+        if any(isinstance(i, fx.Node) for i in idx) or not idx or idx[0] != full:
+            self.refuse(node, "indexes or slices the batch dimension of a feature map, or by a tensor")
+        if len(idx) >= 2 and isinstance(idx[1], slice) and idx[1] != full and all(i == full for i in idx[2:]):
+            self.channel_slice(node, x, idx[1])
+            return
+        if len(idx) < 2 or idx[1] != full:
+            self.refuse(node, "indexes the channels of a feature map other than by a constant slice")
+        self.same_channels(node)
+
+    def no_own_tensor(self, node: fx.Node) -> None:
+        """The model's own tensors meet feature maps only in ``+ - * /`` (a per-channel scale or shift)."""
+        own = [a for a in self.arg_nodes(node) if a in self.params and math.prod(self.tshape(a)) > 1]
+        if own:
+            self.refuse(
+                node,
+                f"uses the model's own tensor '{self.params[own[0]]}' of shape {list(self.tshape(own[0]))} "
+                "(a parameter or buffer used directly in forward) other than as a per-channel scale or shift",
+            )
+
+    def same_shape(self, node: fx.Node) -> None:
+        """A call the walker does not know. A library's own function that fx keeps whole (registered
+        with ``torch.fx.wrap``: torchvision's ``stochastic_depth``) and that maps one feature map to a
+        tensor of its shape passes its channels; any other, a torch op included (``torch.roll`` may
+        move channels between the parts of a concatenation), is refused by name."""
+        t = node.target
+        maps = [a for a in self.tensor_args(node) if a in self.layout]
+        so = self.shape(node)
+        root = (getattr(t, "__module__", None) or "torch").partition(".")[0]
+        library = callable(t) and root not in ("torch", "_operator", "builtins", "math")
+        if not library or len(maps) != 1 or so is None or so != self.tshape(maps[0]) or maps[0] is not node.args[0]:
             self.refuse(node)
+        self.passthrough(node)
+
+    def permute(self, node: fx.Node, dims: Any) -> None:
+        x = self.first_input(node)
+        n = len(self.tshape(x))
+        dims = (
+            list(dims[0])
+            if isinstance(dims, (list, tuple)) and len(dims) == 1 and isinstance(dims[0], (list, tuple))
+            else dims
+        )
+        if not isinstance(dims, (list, tuple)) or sorted(d % n for d in dims if isinstance(d, int)) != list(range(n)):
+            self.refuse(node, "permutes by dimensions that are not constants")
+        self.layout[node] = self.layout[x]
+        self.cdim[node] = [d % n for d in dims].index(self.cd(x))
+
+    def transpose(self, node: fx.Node, dims: tuple) -> None:
+        x = self.first_input(node)
+        n = len(self.tshape(x))
+        if len(dims) != 2 or not all(isinstance(d, int) for d in dims):
+            self.refuse(node, "transposes dimensions that are not constants")
+        order = list(range(n))
+        a, b = dims[0] % n, dims[1] % n
+        order[a], order[b] = order[b], order[a]
+        self.permute(node, order)
 
     def op_call_method(self, node: fx.Node) -> None:
         t = str(node.target)
-        if t in _NONTENSOR_METHODS or self.sizes_only(node):
+        if t in _NONTENSOR_METHODS or self.sizes_only(node) or self.no_channels(node):
             return
+        if t in _BINARY_METHODS:
+            self.binary(node)
+            return
+        self.no_own_tensor(node)
         if t in _PASS_METHODS and self.shuffle_pass(node):
             return
         if t in _PASS_METHODS:
             self.passthrough(node)
         elif t == "chunk":
             self.chunk(node, _arg(node, 1, "chunks", None), _arg(node, 2, "dim", 0))
+        elif t == "split":
+            self.split(node, _arg(node, 1, "split_size", None), _arg(node, 2, "dim", 0))
+        elif t == "permute":
+            self.permute(node, node.args[1:] if len(node.args) > 2 else _arg(node, 1, "dims", None))
         elif t == "transpose" and self.shuffle_transpose(node, tuple(node.args[1:3])):
             return
-        elif t in _BINARY_METHODS:
-            self.binary(node)
+        elif t == "transpose":
+            self.transpose(node, tuple(node.args[1:3]))
         elif t == "flatten":
             self.flatten(node, _arg(node, 1, "start_dim", 0), _arg(node, 2, "end_dim", -1))
         elif t in ("view", "reshape"):
@@ -620,37 +808,58 @@ class _Walker(_Groups, ChannelMoves):
         elif t in _REDUCE_METHODS:
             self.reduce(node, _arg(node, 1, "dim", None), _arg(node, 2, "keepdim", False))
         else:
-            self.refuse(node)
+            self.same_shape(node)
 
     def binary(self, node: fx.Node) -> None:
         so = self.shape(node)
         if so is None:
             return  # arithmetic on sizes
         full: list[fx.Node] = []
+        own: list[fx.Node] = []
+        other: list[fx.Node] = []
         for x in self.tensor_args(node):
             sx = self.tshape(x)  # tensor_args keeps nodes of known shape
+            if x in self.params:
+                own.append(x)
+                continue
             if len(sx) == 0 or math.prod(sx) == 1:
+                continue
+            if x not in self.layout:
+                other.append(x)
                 continue
             if len(sx) != len(so):
                 self.refuse(node, f"broadcasts a tensor of shape {list(sx)} against {list(so)}")
-            if sx[1] == 1 and so[1] != 1:
+            c = self.cd(x)
+            if sx[c] == 1 and so[c] != 1:
                 continue
-            if x not in self.layout:
-                self.refuse(node, "uses a tensor of unknown channels")
             full.append(x)
         if not full:
             self.refuse(node, "has no feature-map operand")
+        c = self.cd(full[0])
+        for x in other:  # noise or a constant: broadcast over the channels, never one value per channel
+            sx = self.tshape(x)
+            k = c - len(so) + len(sx)  # its dimension that meets the channels
+            if len(sx) > len(so) or (k >= 0 and sx[k] != 1):
+                self.refuse(node, f"combines the channels with a tensor of shape {list(sx)} that is no feature map")
         for x in full[1:]:
+            if self.cd(x) != c:
+                self.refuse(node, "combines a channels-last feature map with a channels-first one")
             self.tie(self.layout[full[0]], self.layout[x], self.where(node))
+        for p in own:
+            self.own_tensor(node, p, so, full[0])
         if len(full) > 1 and node.target in _SUMS:
             self.sums.append((self.scope(node), tuple(t for x in full for t in self.layout[x])))
         self.layout[node] = self.layout[full[0]]
+        if c != 1:
+            self.cdim[node] = c
 
     def cat(self, node: fx.Node) -> None:
         parts = _nodes(node.args[0] if node.args else node.kwargs.get("tensors"))
         dim = _arg(node, 1, "dim", 0)
         if parts is None or not all(p in self.layout for p in parts):
             self.refuse(node, "joins tensors of unknown channels")
+        for p in parts:
+            self.channels_first(node, p)
         ndim = len(self.tshape(node))
         if dim % ndim == 1:
             self.layout[node] = tuple(t for p in parts for t in self.layout[p])
@@ -662,6 +871,7 @@ class _Walker(_Groups, ChannelMoves):
 
     def flatten(self, node: fx.Node, start: int, end: int) -> None:
         x = self.first_input(node)
+        self.channels_first(node, x)
         sx = self.tshape(x)
         if start % len(sx) != 1 or end % len(sx) != len(sx) - 1:
             self.refuse(node, f"flattens dims {start}..{end} of {list(sx)}; only flatten(x, 1) is supported")
@@ -675,21 +885,30 @@ class _Walker(_Groups, ChannelMoves):
             return
         x = self.first_input(node)
         sx, so = self.tshape(x), self.tshape(node)
+        c = self.cd(x)
+        moved = [d for d in range(1, len(so)) if so[d] == sx[c]]
         if so == sx:
             self.layout[node] = self.layout[x]
             self.rewrites[node] = "identity"
-        elif len(so) == 2 and so[0] == sx[0] and so[1] == math.prod(sx[1:]):
+            if c != 1:
+                self.cdim[node] = c
+        elif c == 1 and len(so) == 2 and so[0] == sx[0] and so[1] == math.prod(sx[1:]):
             self.flatten(node, 1, -1)
             self.rewrites[node] = "flatten"
-        elif len(sx) == 2 and so[:2] == sx and math.prod(so[2:]) == 1:  # [N, C] -> [N, C, 1, 1] (an SE gate)
+        elif c == 1 and len(sx) == 2 and so[:2] == sx and math.prod(so[2:]) == 1:  # [N, C] -> [N, C, 1, 1] (an SE gate)
             self.layout[node] = self.layout[x]
             self.rewrites[node] = f"expand{len(so) - 2}"
+        elif so[0] == sx[0] and math.prod(sx) == math.prod(so) == sx[0] * sx[c] and len(moved) == 1:
+            self.layout[node] = self.layout[x]  # a pooled vector viewed with its channels elsewhere ([N, 1, C]: ECA)
+            if moved[0] != 1:
+                self.cdim[node] = moved[0]
         else:
             self.refuse(node, f"reshapes {list(sx)} to {list(so)}; only reshapes to [N, features] are supported")
 
     def same_channels(self, node: fx.Node) -> None:
         """Ops that only add or drop size-1 spatial dims (or crop them): channels pass through."""
         x = self.first_input(node)
+        self.channels_first(node, x)
         sx, so = self.tshape(x), self.shape(node)
         if (
             so is None
@@ -704,9 +923,42 @@ class _Walker(_Groups, ChannelMoves):
         x = self.first_input(node)
         sx = self.tshape(x)
         d = self._dims(dims, len(sx))
-        if d is None or 0 in d or 1 in d:
+        c = self.cd(x)
+        if d is None or 0 in d or c in d:
             self.refuse(node, "reduces over the batch or channel dimension")
         self.layout[node] = self.layout[x]
+        c -= 0 if keepdim else sum(k < c for k in d)
+        if c != 1:
+            self.cdim[node] = c
+
+
+def _tensor(module: nn.Module | None, target: str) -> torch.Tensor:
+    """The tensor at dotted ``target`` under ``module``."""
+    obj: Any = module
+    for part in target.split("."):
+        obj = getattr(obj, part)
+    if not isinstance(obj, torch.Tensor):
+        raise TypeError(f"{target} is a {type(obj).__name__}, not a tensor")
+    return obj
+
+
+def _resize_args(node: fx.Node, kind: str, parts: list[Layout], w: Callable[[Layout], int]) -> None:
+    """A split's sizes or a channel slice's bounds from its parts' new widths."""
+    x = node.args[0]
+    if kind == "split_size":
+        node.args, node.kwargs = (
+            (x, w(parts[0])) + tuple(node.args[2:]),
+            {k: v for k, v in node.kwargs.items() if k not in ("split_size", "split_size_or_sections")},
+        )
+    elif kind == "split_sizes":
+        node.args, node.kwargs = (
+            (x, [w(p) for p in parts]) + tuple(node.args[2:]),
+            {k: v for k, v in node.kwargs.items() if k not in ("split_size", "split_size_or_sections")},
+        )
+    else:
+        start, stop = w(parts[0]), w(parts[0]) + w(parts[1])
+        idx = cast(tuple, node.args[1])
+        node.args = (x, (idx[0], slice(start, stop), *idx[2:]))
 
 
 def _node(arg: fx.node.Argument) -> fx.Node:
@@ -729,24 +981,114 @@ def _arg(node: fx.Node, pos: int, name: str, default: Any) -> Any:
     return node.kwargs.get(name, default)
 
 
+class _Proxy(fx.Proxy):
+    """fx's proxy, whose ``device`` and ``dtype`` are read on the example input (``torch.autocast(
+    device_type=x.device.type)`` needs a string, not a traced value)."""
+
+    def __getattr__(self, k: str) -> Any:
+        tracer = self.tracer
+        if k in ("device", "dtype") and isinstance(tracer, _Tracer) and tracer.example is not None:
+            return getattr(tracer.evaluate(self.node), k)
+        return super().__getattr__(k)
+
+
 class _Tracer(fx.Tracer):
-    """fx's tracer, with every convolution and linear layer a leaf, subclasses too (a masked or
-    binarised convolution is one layer, its own forward kept)."""
+    """fx's tracer, with every convolution, linear and channel-wise layer a leaf, subclasses too (a
+    masked or binarised convolution, a BatchNorm with its activation, is one layer, its own forward
+    kept). Given an example input, a branch on a traced value (``if x.shape[-1] < 7``) is decided
+    by running the graph traced so far on that input: the graph is the path that input executes."""
+
+    def __init__(self, example: torch.Tensor | None = None) -> None:
+        super().__init__()
+        self.example = example
+        self._copy: nn.Module | None = None
+        self._evaluating = False
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, (nn.Conv2d, nn.Linear)) or super().is_leaf_module(m, module_qualified_name)
+        return (
+            isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Linear))
+            or channel_count(m) is not None
+            or super().is_leaf_module(m, module_qualified_name)
+        )
+
+    def call_module(self, m: nn.Module, forward: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+        if self._evaluating:  # fx patches Module.__call__ while it traces: run the module itself
+            return forward(*args, **kwargs)
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        except Exception as exc:  # the innermost module whose forward could not be followed
+            if not hasattr(exc, "_ft_module"):
+                exc._ft_module = f"module '{self.path_of_module(m)}' ({type(m).__name__})"  # type: ignore[attr-defined]
+            raise
+
+    def proxy(self, node: fx.Node) -> fx.Proxy:
+        return _Proxy(node, self)
+
+    def getattr(self, attr: str, attr_val: Any, parameter_proxy_cache: dict[str, Any]) -> Any:
+        if self._evaluating:
+            return attr_val
+        return super().getattr(attr, attr_val, parameter_proxy_cache)
+
+    def to_bool(self, obj: fx.Proxy) -> bool:
+        if self.example is None or not _on_sizes(obj.node):
+            return super().to_bool(obj)  # a branch on a tensor's values: refused
+        return bool(self.evaluate(obj.node))
+
+    def evaluate(self, node: fx.Node) -> Any:
+        """The value ``node`` takes on the example input (on a copy of the model: a BatchNorm in
+        training mode would otherwise update the user's running statistics)."""
+        if self._copy is None:
+            self._copy = copy.deepcopy(self.root)
+        graph: fx.Graph = fx.Graph()
+        env: dict[fx.Node, fx.Node] = {}
+        for n in self.graph.nodes:
+            env[n] = graph.node_copy(n, lambda a: env[a])
+            if n is node:
+                break
+        graph.output(env[node])
+        self._evaluating = True
+        try:
+            with torch.no_grad():
+                return fx.GraphModule(self._copy, graph)(self.example)
+        finally:
+            self._evaluating = False
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """The model's torch.fx graph module; UsageError in one line when fx cannot trace it."""
+_SIZE_QUERIES = {"shape", "ndim", "dtype", "device"}
+
+
+def _on_sizes(node: fx.Node) -> bool:
+    """Whether ``node``'s value follows from tensors' sizes alone (``x.shape[-1] < 7``), not their values."""
+    todo, seen = [node], set()
+    while todo:
+        n = todo.pop()
+        if n in seen:
+            continue
+        seen.add(n)
+        if n.op == "call_method" and n.target in ("size", "dim"):
+            continue
+        if n.op == "call_function" and n.target is getattr and n.args[1] in _SIZE_QUERIES:
+            continue
+        if n.op in ("placeholder", "call_module", "get_attr"):
+            return False
+        if n.op == "call_function" and getattr(n.target, "__module__", "") not in ("_operator", "builtins", "math"):
+            return False
+        todo.extend(a for a in n.all_input_nodes)
+    return True
+
+
+def trace(model: nn.Module, example: torch.Tensor | None = None) -> fx.GraphModule:
+    """The model's torch.fx graph module, its branches decided on ``example`` when given;
+    UsageError in one line when fx cannot trace it."""
     try:
-        graph = _Tracer().trace(model)
+        graph = _Tracer(example).trace(model)
         return fx.GraphModule(model, graph, class_name=type(model).__name__)
     except Exception as exc:  # control flow on tensors, unsupported Python: say so in one line
         msg = " ".join(str(exc).split())[:300]
+        inside = getattr(exc, "_ft_module", f"the forward of {type(model).__name__}")
         raise UsageError(
-            f"cannot trace the model with torch.fx ({type(exc).__name__}: {msg}); its forward must "
-            "not branch on tensor values"
+            f"cannot trace {inside} with torch.fx ({type(exc).__name__}: {msg}); its forward must not "
+            "branch on a tensor's values (a branch on sizes is read on the example input)"
         ) from None
 
 
@@ -760,32 +1102,88 @@ def discover(
 ) -> Plan:
     """The channel groups of ``model`` on inputs of ``input_shape``; ``fixed`` names modules (or
     parents of modules) whose output groups are fixed rather than template layers; ``reading``
-    (:mod:`.readings`) says which groups share one template layer. Read in eval mode; a forward that
-    traces differently in train mode (stochastic depth, shake-shake) is rebuilt as a copy of the
-    user's module, checked by running it at other widths."""
+    (:mod:`.readings`) says which groups share one template layer. Read on the path the training
+    forward executes (auxiliary heads included), or the evaluation forward's where the training one
+    cannot be followed. A model is rebuilt as a copy of the user's module with new layers put in
+    (its own forward runs), checked by running it at other widths in both modes; where that copy
+    does not run (sizes written into its forward) and both modes trace alike, as the traced graph
+    with those sizes rewritten."""
+    example = torch.zeros(2, *input_shape)
     with torch.device("cpu"):
         was_training = model.training
         try:
-            gm_eval = trace(model.eval())
+            _runs(model.eval(), example)
+            gm_eval = trace(model, example)
             try:
-                gm: fx.GraphModule | None = trace(model.train())
+                gm: fx.GraphModule | None = trace(model.train(), example)
             except UsageError:  # e.g. float() of a tensor in a training-only branch
                 gm = None
+            if gm is not None:
+                _runs(copy.deepcopy(model), example)  # a copy: training mode updates running statistics
         finally:
             model.train(was_training)
         _normalise_dropout(gm_eval)
         if gm is not None:
             _normalise_dropout(gm)
-        own = gm is None or gm.code != gm_eval.code
-        chosen = gm_eval if own or gm is None else gm
-        chosen.eval()
+        graph_ok = gm is not None and gm.code == gm_eval.code
+        chosen = gm if gm is not None else gm_eval
         _shapes(chosen, input_shape)
+        chosen.eval()
     walker = _Walker(chosen)
     walker.run()
-    plan = _plan(walker, chosen, tuple(fixed), name, reading, copy.deepcopy(model).eval() if own else None)
-    if own:
+    plan = _plan(walker, chosen, tuple(fixed), name, reading, copy.deepcopy(model).eval())
+    try:
+        _check_own(plan, input_shape)
+    except UsageError:
+        if not graph_ok:
+            raise
+        plan.source = None
         _check_own(plan, input_shape)
     return plan
+
+
+def _runs(model: nn.Module, example: torch.Tensor) -> None:
+    """The model runs on ``example`` in its current mode; else a one-line refusal, naming the smallest
+    square input that runs where a larger one does (a stem or pool that needs more pixels)."""
+    try:
+        with torch.no_grad():
+            model(example)
+        return
+    except Exception as exc:
+        msg = " ".join(str(exc).split())[:300]
+        failure = f"{type(exc).__name__}: {msg}"
+    mode = "training" if model.training else "evaluation"
+    side = example.shape[-1]
+    smallest = _smallest_side(model, example)
+    if smallest is not None:
+        raise UsageError(
+            f"the model needs inputs of at least {smallest} px in {mode} mode (--image-size {smallest}); "
+            f"on {side} px it fails ({failure})"
+        )
+    raise UsageError(f"the model does not run on a {list(example.shape)} input in {mode} mode ({failure})")
+
+
+def _smallest_side(model: nn.Module, example: torch.Tensor, limit: int = 1024) -> int | None:
+    """The smallest square side above ``example``'s at which ``model`` runs (the sides between are
+    searched by halving, so a model that runs on a side runs on every larger one), or None."""
+
+    def ok(side: int) -> bool:
+        try:
+            with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+                model(torch.zeros(*example.shape[:-2], side, side))
+            return True
+        except Exception:
+            return False
+
+    low, high = int(example.shape[-1]), int(example.shape[-1]) * 2
+    while not ok(high):
+        low, high = high, high * 2
+        if high > limit:
+            return None
+    while high - low > 1:
+        mid = (low + high) // 2
+        low, high = (low, mid) if ok(mid) else (mid, high)
+    return high
 
 
 def _shapes(gm: fx.GraphModule, input_shape: tuple[int, ...]) -> None:
@@ -810,14 +1208,16 @@ def _check_own(plan: Plan, input_shape: tuple[int, ...]) -> None:
         with torch.no_grad():
             for mode in (True, False):
                 out = model.train(mode)(torch.zeros(2, *input_shape))
+                out = out[0] if isinstance(out, tuple) else out  # logits first, then auxiliary heads'
                 if tuple(out.shape) != (2, 10):
                     raise RuntimeError(f"it returns shape {list(out.shape)}")
     except Exception as exc:
         msg = " ".join(str(exc).split())[:200]
+        how = "a copy of its module" if plan.source is not None else "its traced graph"
         raise UsageError(
-            "the model's forward depends on self.training and does not run with its layers at other "
-            f"widths ({type(exc).__name__}: {msg}); sizes written into its forward are not "
-            "supported there"
+            f"the model, rebuilt as {how} with its layers at other widths, does not run "
+            f"({type(exc).__name__}: {msg}); a forward with channel counts written into it and "
+            "different paths in training and evaluation is not supported"
         ) from None
 
 
@@ -852,8 +1252,15 @@ def _plan(
     cats = [(scope, tuple((root_of[r], m) for r, m in terms)) for scope, terms in wk.cats]
     derived = {index[r]: layout for r, layout in wk.alias.items()}
     pads = {n: (None if a is None else root_of[a], None if b is None else root_of[b]) for n, (a, b) in wk.pads.items()}
+    direct = {t: tuple((r, m) for r, m in lay) for t, lay in wk.direct.items()}
+    resized = {n: (kind, [tuple((r, m) for r, m in p) for p in parts]) for n, (kind, parts) in wk.resized.items()}
     layers = read(
-        groups, sums, cats, reading, {i: tuple((root_of[r], m) for r, m in lay) for i, lay in derived.items()}
+        groups,
+        sums,
+        cats,
+        reading,
+        {i: tuple((root_of[r], m) for r, m in lay) for i, lay in derived.items()},
+        _follows(wk, root_of),
     )
     fp = _fingerprint(graph, originals, groups, layers, reading, source)
     return Plan(
@@ -871,7 +1278,31 @@ def _plan(
         reading=reading,
         source=source,
         pads=pads,
+        direct=direct,
+        resized=resized,
     )
+
+
+def _follows(wk: _Walker, root_of: dict[int, int]) -> list[tuple[int, int]]:
+    """``(group, source)``: groups an architecture defines by another's width. An expansion: a layer
+    on one group that no depthwise convolution takes, whose output a depthwise convolution takes (an
+    inverted residual's, a multiple of the block's input; in a MobileNet-v1 chain every group passes
+    a depthwise convolution and none is an expansion). A squeeze: a layer on one group whose output comes back, through another
+    layer, as that group (squeeze-excitation's reduction, a fraction of what it gates)."""
+
+    def one(layout: Layout) -> int | None:
+        return root_of[layout[0][0]] if len(layout) == 1 and layout[0][1] == 1 else None
+
+    made = [(one(rec.ins), one(rec.outs), rec.kind) for rec in wk.records.values()]
+    depthwise_in = {i for i, _, kind in made if kind == "dwconv" and i is not None}
+    back = {(i, o) for i, o, kind in made if kind in ("conv", "linear")}
+    out: list[tuple[int, int]] = []
+    for i, o, kind in made:
+        if kind not in ("conv", "linear") or i is None or o is None or i == o:
+            continue
+        if (o in depthwise_in and i not in depthwise_in) or (o, i) in back:
+            out.append((o, i))
+    return out
 
 
 def _members(wk: _Walker) -> dict[int, list[int]]:

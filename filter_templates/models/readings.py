@@ -6,7 +6,11 @@ residual stream, each SE squeeze).
 ``modules`` (the paper's "blocks as single layers"): a residual stream (a group tied by additions)
 together with every group made inside the units that add into it is one template layer, a stage;
 a module whose output concatenates branches made inside it is one template layer with its inner
-groups; any other free group is its own. A layer's count is its output width (the stream's, or the
+groups; a dense block (a module that concatenates its input with several parts made inside it, the
+stream it grows) is one template layer counted by the channels it adds; a unit of a stage list that
+adds into no stream (a stage's single block) is one template layer with the groups made inside it,
+counted by its last (output) group; any other free group is its own. The pieces of one layer's
+output cut apart (a split, a slice) stay in that layer. A layer's count is its output width (the stream's, or the
 module's concatenated output); every group inside it scales in proportion, so expansions,
 bottlenecks, SE reductions and branch ratios keep their ratios.
 """
@@ -45,14 +49,24 @@ def check_reading(reading: str) -> str:
 
 
 def read(
-    groups: Sequence, sums: Sums, cats: Cats, reading: str, derived: Mapping[int, Sequence[tuple[int, int]]] = {}
+    groups: Sequence,
+    sums: Sums,
+    cats: Cats,
+    reading: str,
+    derived: Mapping[int, Sequence[tuple[int, int]]] = {},
+    follows: Sequence[tuple[int, int]] = (),
 ) -> list[Layer]:
     """The template layers of ``groups`` (the :class:`~.discover.Group` list) under ``reading``;
-    ``derived``: groups whose width is the sum of others' (a stream made by a concatenation)."""
-    free = [i for i, g in enumerate(groups) if g.role == "free"]
+    ``derived``: groups whose width is the sum of others' (a stream made by a concatenation);
+    ``follows``: ``(group, source)`` pairs where a group is defined by its source's width, so it
+    scales with the source's layer in the ``modules`` reading (an inverted residual's expansion of
+    its input, a squeeze-excitation's reduction of what it gates)."""
     if check_reading(reading) == "groups":
-        return [Layer(groups[i].base, _label(groups[i]), (i,)) for i in free]
-    parent = {i: i for i in free}
+        return [Layer(groups[i].base, _label(groups[i]), (i,)) for i in groups_free(groups)]
+    free_all = groups_free(groups)
+    followers = {g for g, a in follows if g in free_all and a in free_all}
+    free = [i for i in free_all if i not in followers]
+    parent = {i: i for i in free_all}
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -81,11 +95,22 @@ def read(
         anchors.append((0, -groups[stream].base, stream, _common(scopes) or _label(groups[stream]), head))
     for scope, joined in cats:
         inner = [g for g in free if _inside(groups[g], scope)]
-        if not scope or len(joined) < 2 or not inner or not all(_inside(groups[g], scope) for g, _ in joined):
+        made = [(g, m) for g, m in joined if _inside(groups[g], scope)]
+        dense = len(made) >= 2 and len(made) == len(joined) - 1  # a dense block: its input and what it grew
+        if not scope or len(joined) < 2 or not inner or (len(made) != len(joined) and not dense):
             continue
         for g in inner:
             union(inner[0], g)
-        anchors.append((1, -sum(m * groups[g].base for g, m in joined), inner[0], scope, inner[0]))
+        anchors.append((1, -sum(m * groups[g].base for g, m in made), inner[0], scope, inner[0]))
+    _units(groups, free, sums, find, union, anchors)
+    by_producers: dict[tuple[str, ...], int] = {}
+    for g in free:  # the pieces of one layer's output
+        if groups[g].producers:
+            union(by_producers.setdefault(groups[g].producers, g), g)
+    for g, a in follows:
+        if g in followers and a in parent:
+            union(a, g)
+    free = free_all
     chosen: dict[int, tuple[int, str]] = {}
     for _, width, _, label, member in sorted(anchors, key=lambda a: a[:3]):  # a stage's widest stream
         root = find(member)
@@ -99,6 +124,38 @@ def read(
         base, label = chosen.get(root, (groups[root].base, _label(groups[root])))
         out.append(Layer(base, label, tuple(members)))
     return out
+
+
+def groups_free(groups: Sequence) -> list[int]:
+    return [i for i, g in enumerate(groups) if g.role == "free"]
+
+
+def _units(groups: Sequence, free: list[int], sums: Sums, find, union, anchors: list) -> None:
+    """A stage list's units that add into no stream (a stage of one block): each is one template
+    layer, its last group (the unit's output) counting, the groups made inside it in proportion. The
+    units are the modules at the depth, and under the same grandparent, as those that add."""
+    patterns = set()
+    for scope, _ in sums:
+        parts = scope.split(".")
+        if len(parts) >= 3:
+            patterns.add((".".join(parts[:-2]), len(parts)))
+    if not patterns:
+        return
+    alone = [g for g in free if find(g) == g and not any(find(h) == g for h in free if h != g)]
+    by_unit: dict[str, list[int]] = {}
+    for g in alone:
+        for p in groups[g].producers[:1]:
+            parts = p.split(".")
+            for top, depth in patterns:
+                if len(parts) > depth and ".".join(parts[: len(top.split("."))]) == top:
+                    by_unit.setdefault(".".join(parts[:depth]), []).append(g)
+    for unit, members in by_unit.items():
+        if len(members) < 2:
+            continue
+        out = max(members)  # groups are in execution order: the unit's last is its output
+        for g in members:
+            union(out, g)
+        anchors.append((2, -groups[out].base, out, unit, out))
 
 
 def _streams(sums: Sums) -> dict[int, list[str]]:

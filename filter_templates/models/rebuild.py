@@ -3,7 +3,13 @@
 A plain ``Conv2d``/``Linear``/norm is made anew from its settings. A subclass of ``Conv2d`` or
 ``Linear`` (a weight-standardised, masked or binarised convolution) is made by calling its own
 class with its own settings, read from the attributes its constructor names, so its forward and
-its parameters' initialisation stay its own.
+its parameters' initialisation stay its own. A channel-wise layer of any other class (a norm with
+its activation, a layer scale) is a copy of itself on the new channels (:mod:`.channelwise`).
+
+A user's network is rebuilt as a copy of its module with these layers and its directly used
+per-channel tensors put in (:func:`into_copy`); a model that exposes ``init_weights()`` (timm's
+ResNet, ResNetV2, HRNet, ByobNet families) is then initialised by it, so every template, ``base``
+included, starts from the same rule.
 """
 
 from __future__ import annotations
@@ -12,11 +18,13 @@ import copy
 import inspect
 import math
 
+import torch
 from torch import nn
 
 from filter_templates.core.errors import UsageError
+from filter_templates.models.channelwise import resized
 
-__all__ = ["into_copy", "put", "rebuild"]
+__all__ = ["into_copy", "put", "put_tensor", "rebuild"]
 
 _CONV_SETTINGS = ("kernel_size", "stride", "padding", "dilation", "padding_mode")
 
@@ -31,12 +39,39 @@ def put(root: nn.Module, name: str, module: nn.Module) -> None:
     root.add_module(leaf, module)
 
 
-def into_copy(source: nn.Module, layers: dict[str, nn.Module]) -> nn.Module:
-    """A deep copy of ``source`` with ``layers`` (dotted name -> new module) put in: the user's own
-    forward (its branches on ``self.training``, its autograd functions) then runs as written."""
-    model = copy.deepcopy(source)
+def put_tensor(root: nn.Module, name: str, tensor: torch.Tensor) -> None:
+    """Set a parameter (or buffer) at dotted ``name`` under ``root``, replacing the one there."""
+    *parents, leaf = name.split(".")
+    for p in parents:
+        if not hasattr(root, p):
+            root.add_module(p, nn.Module())
+        root = getattr(root, p)
+    if isinstance(tensor, nn.Parameter):
+        if leaf in root._buffers:
+            del root._buffers[leaf]
+        root.register_parameter(leaf, tensor)
+    else:
+        root.register_buffer(leaf, tensor)
+
+
+def into_copy(
+    source: nn.Module, layers: dict[str, nn.Module], tensors: dict[str, torch.Tensor] | None = None
+) -> nn.Module:
+    """A deep copy of ``source`` with ``layers`` (dotted name -> new module) and ``tensors`` (its own
+    per-channel tensors, resized) put in, initialised by the model's ``init_weights()`` where it has
+    one: the user's own forward (its branches on ``self.training``, its autograd functions, its
+    auxiliary heads) then runs as written."""
+    model = copy.deepcopy(source).to(torch.get_default_device())  # a meta-device build is meta throughout
     for name, layer in layers.items():
         put(model, name, layer)
+    for name, tensor in (tensors or {}).items():
+        put_tensor(model, name, tensor)
+    init = getattr(model, "init_weights", None)
+    if callable(init) and not any(
+        p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        for p in inspect.signature(init).parameters.values()
+    ):
+        init()
     return model.train()
 
 
@@ -60,6 +95,8 @@ def rebuild(orig: nn.Module, kind: str, c_in: int, c_out: int) -> nn.Module:
             bias=orig.bias is not None,
             padding_mode=orig.padding_mode,
         )
+    if kind == "channelwise":
+        return resized(orig, c_out)
     if kind == "linear":
         if type(orig) is not nn.Linear:
             return _own_class(orig, {"in_features": c_in, "out_features": c_out})
