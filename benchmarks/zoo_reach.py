@@ -5,7 +5,9 @@ inception_v3) in a fresh process under ``nice`` with a time limit, the way a use
 is templated when the command exits 0 with its JSON; otherwise the reason is the last line it
 printed on stderr (and a traceback is noted as such: a refusal must be one line).
 
-    python benchmarks/zoo_reach.py [--timeout 600] [--only SUBSTRING] [--write docs/results/]
+    python benchmarks/zoo_reach.py [--timeout 600] [--jobs 2] [--only SUBSTRING] [--write docs/results/]
+
+Each model's seconds are wall time on a machine that may be shared; they are shown, not compared.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import json
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from results_file import add_write_argument, write
@@ -71,14 +74,15 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--timeout", type=float, default=600.0, help="seconds one model may take")
     ap.add_argument("--only", default="", help="only the models whose path contains this")
+    ap.add_argument("--jobs", type=int, default=1, help="models run at once, each in its own process")
     add_write_argument(ap)
     args = ap.parse_args(argv)
-    rows = []
-    for path in [m for m in MODELS if args.only in m]:
-        rows.append(reach(path, args.timeout))
-        r = rows[-1]
+    paths = [m for m in MODELS if args.only in m]
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        rows = list(pool.map(lambda p: reach(p, args.timeout), paths))
+    for r in rows:
         shown = f"{r['layers']} layers" if r["templated"] else r["reason"]
-        print(f"{path:<48} {'yes' if r['templated'] else 'no ':<4} {r['seconds']:>6.1f} s  {shown}", flush=True)
+        print(f"{r['model']:<48} {'yes' if r['templated'] else 'no ':<4} {r['seconds']:>6.1f} s  {shown}", flush=True)
     totals = {
         z: f"{sum(r['templated'] for r in rows if zoo(r['model']) == z)}/{sum(zoo(r['model']) == z for r in rows)}"
         for z in ("timm", "torchvision")

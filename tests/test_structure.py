@@ -34,7 +34,11 @@ ALLOWED: set[tuple[str, str]] = set()
 
 #: The functions that hand ``importlib`` a name known only at run time: the user's own code (a model
 #: or template given as ``package.module:function``), never one of the package's modules.
-USER_CODE = {"filter_templates.method.templates:resolve_template", "filter_templates.models.generic:_import"}
+USER_CODE = {
+    "filter_templates.method.templates:resolve_template",
+    "filter_templates.models.generic:_import",
+    "filter_templates.models.torchvision_ops:import_module",  # the model's module, retried as that module says
+}
 
 
 def _layers() -> list[str]:

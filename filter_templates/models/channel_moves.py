@@ -45,6 +45,7 @@ class ChannelMoves:
         self.chunks: dict[fx.Node, list[Layout]] = {}
         self.pads: dict[str, tuple[int | None, int | None]] = {}  # graph node -> raw groups of its front/back pad
         self.resized: dict[str, tuple[str, list[Layout]]] = {}  # graph node -> its channel sizes' layouts
+        self.padded: dict[int, int] = {}  # a padding's raw group -> the first raw group of what it pads
 
     def cut_at(self, layout: Layout, sizes: list[int], node: fx.Node) -> list[Layout]:
         """``layout`` cut into consecutive parts of ``sizes`` channels; a group cut in the middle
@@ -190,6 +191,9 @@ class ChannelMoves:
             (((front, 1),) if front is not None else ()) + self.layout[x] + (((back, 1),) if back is not None else ())
         )
         self.pads[node.name] = (front, back)
+        for part in (front, back):  # a padding is no layer of its own: it scales with what it pads
+            if part is not None and self.layout[x]:
+                self.padded[part] = self.layout[x][0][0]
 
 
 def _runs(raws: list[int]) -> Layout:

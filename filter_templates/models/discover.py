@@ -903,7 +903,10 @@ class _Walker(_Groups, ChannelMoves):
             if moved[0] != 1:
                 self.cdim[node] = moved[0]
         else:
-            self.refuse(node, f"reshapes {list(sx)} to {list(so)}; only reshapes to [N, features] are supported")
+            self.refuse(
+                node,
+                f"reshapes {list(sx)} to {list(so)}; only reshapes to [N, features] and views that keep the channels whole are supported",
+            )
 
     def same_channels(self, node: fx.Node) -> None:
         """Ops that only add or drop size-1 spatial dims (or crop them): channels pass through."""
@@ -1288,7 +1291,8 @@ def _follows(wk: _Walker, root_of: dict[int, int]) -> list[tuple[int, int]]:
     on one group that no depthwise convolution takes, whose output a depthwise convolution takes (an
     inverted residual's, a multiple of the block's input; in a MobileNet-v1 chain every group passes
     a depthwise convolution and none is an expansion). A squeeze: a layer on one group whose output comes back, through another
-    layer, as that group (squeeze-excitation's reduction, a fraction of what it gates)."""
+    layer, as that group (squeeze-excitation's reduction, a fraction of what it gates). A channel
+    padding: the zeros a PyramidNet shortcut adds follow the channels they pad."""
 
     def one(layout: Layout) -> int | None:
         return root_of[layout[0][0]] if len(layout) == 1 and layout[0][1] == 1 else None
@@ -1302,7 +1306,7 @@ def _follows(wk: _Walker, root_of: dict[int, int]) -> list[tuple[int, int]]:
             continue
         if (o in depthwise_in and i not in depthwise_in) or (o, i) in back:
             out.append((o, i))
-    return out
+    return out + [(root_of[p], root_of[x]) for p, x in wk.padded.items()]
 
 
 def _members(wk: _Walker) -> dict[int, list[int]]:

@@ -61,7 +61,12 @@ def into_copy(
     per-channel tensors, resized) put in, initialised by the model's ``init_weights()`` where it has
     one: the user's own forward (its branches on ``self.training``, its autograd functions, its
     auxiliary heads) then runs as written."""
-    model = copy.deepcopy(source).to(torch.get_default_device())  # a meta-device build is meta throughout
+    memo: dict[int, object] = {id(source.get_submodule(name)): layer for name, layer in layers.items()}
+    for name, tensor in (tensors or {}).items():
+        owner, _, leaf = name.rpartition(".")
+        memo[id(getattr(source.get_submodule(owner), leaf))] = tensor
+    # the layers being replaced are never copied (most of the weights); a meta-device build is meta throughout
+    model = copy.deepcopy(source, memo).to(torch.get_default_device())
     for name, layer in layers.items():
         put(model, name, layer)
     for name, tensor in (tensors or {}).items():
