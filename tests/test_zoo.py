@@ -14,6 +14,7 @@ import zoo_imports  # tests/ is on sys.path
 
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
+from filter_templates.export import load_run_model, run_image_size
 from filter_templates.method.arch import make_arch
 from filter_templates.method.measure import count_params
 from filter_templates.method.templates import BUILTIN_TEMPLATES
@@ -244,3 +245,25 @@ def test_a_forward_making_a_cpu_tensor_is_counted_on_a_real_model(capsys):
     path = "pytorchcv.models.xdensenet_cifar:xdensenet40_2_k24_bc_cifar10"
     assert main(["templates", "--model", path, "--json"]) == 0
     assert all(t["flops"] > 0 for t in json.loads(capsys.readouterr().out)["templates"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("path", ["timm.models.efficientnet:efficientnet_b0", "timm.models.convnext:convnext_atto"])
+def test_zoo_reduce_finishes_every_template_and_exports_the_winner_to_onnx(path, tmp_path, capsys):
+    _skip_missing(path)
+    ort = pytest.importorskip("onnxruntime")
+    out = tmp_path / "R1"
+    argv = ["reduce", "--model", path, "--budget", "params=500K", "--dataset", "digits", "--epochs", "1"]
+    assert main([*argv, "--out", str(out)]) == 0
+    runs = sorted((out / "runs").iterdir())
+    assert len(runs) == len(BUILTIN_TEMPLATES)
+    assert all(json.loads((r / "summary.json").read_text())["status"] == "done" for r in runs)
+    exported = [r for r in runs if (r / "model.onnx").exists()]
+    assert len(exported) == 1
+    model, _ = load_run_model(exported[0])
+    x = torch.randn(4, 3, run_image_size(exported[0]), run_image_size(exported[0]))
+    with torch.no_grad():
+        ref = model.eval()(x)
+    session = ort.InferenceSession(str(exported[0] / "model.onnx"), providers=["CPUExecutionProvider"])
+    got = session.run(None, {session.get_inputs()[0].name: x.numpy()})[0]
+    assert abs(got - ref.numpy()).max() < 1e-4
