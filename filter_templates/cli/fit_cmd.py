@@ -197,7 +197,8 @@ def _print_latency_fits(budget: Budget, results: list[FitResult], fits: list[dic
     )
     for r, d in zip(results, fits):
         lat, nxt = d["latency"], d.get("next_step")
-        after = f"  {nxt['width']:>7.4g}  {nxt['median_s'] * 1e3:>8.4g}" if nxt else f"  {'(capped)':>7}  {'':>8}"
+        gap = "(capped)" if r.capped else "-"  # a table fit interpolates: it times no next step
+        after = f"  {nxt['width']:>7.4g}  {nxt['median_s'] * 1e3:>8.4g}" if nxt else f"  {gap:>7}  {'':>8}"
         print(
             f"{r.template:<{w}}  {r.width:>7.4g}  {d['params']:>11,}  {d['flops'] / 1e9:>7.3f}  "
             f"{lat['median_s'] * 1e3:>8.4g}  {lat['spread_s'] * 1e3:>6.2g}  {lat['margin']:>6.1%}{after}  "

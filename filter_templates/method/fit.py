@@ -347,6 +347,11 @@ def _fit_table(r: FitRequest, fam: Any, budget: Budget, names: list[str], table:
         note = (
             f"the table's widest {name} model (width {width:g}) is within the budget; probe wider" if capped else None
         )
+        if spread > budget.value - median:  # the target's timing was too noisy to place this width
+            note = (
+                f"the table's spread at width {width:g} ({format_value('latency', spread)}) is wider than its margin "
+                f"to the budget ({format_value('latency', budget.value - median)}): time the probe again with more rounds"
+            )
         results.append(FitResult(arch.template, width, arch, res, capped, note, 0))
     return results
 
