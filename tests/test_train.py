@@ -106,6 +106,7 @@ def test_run_writes_the_run_directory(tmp_path):
         "checkpoint.pt",
         "model.pt",
         "summary.json",
+        "outcomes.npz",
     }
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert rows == seen and [r["epoch"] for r in rows] == [1, 2, 3, 4]
