@@ -176,7 +176,9 @@ def test_zoo_network_base_is_the_original_and_a_quarter_width_trains(path):
     name = resolve_model(path, image_size=size)
     base = make_arch(name, "base", 1.0, image_size=size).build()
     original = _original(path)
-    assert type(base) is type(original)  # a copy of the user's module, its own forward
+    # a copy of the user's module, its own forward; its traced graph where that forward has channel
+    # counts written into it (GhostNet's slice, Res2Net's split: rewritten in the graph)
+    assert type(base) is type(original) or isinstance(base, torch.fx.GraphModule)
     assert count_params(base) == count_params(original)
     torch.manual_seed(0)
     model = make_arch(name, "uniform", 0.25, image_size=size).build().train()
