@@ -19,9 +19,10 @@ from filter_templates.cli import main
 from filter_templates.core import checkpoint as ckpt
 from filter_templates.core import rundir
 from filter_templates.core.errors import UsageError
+from filter_templates.core.loss import AUX_LOSS_WEIGHT
 from filter_templates.method.arch import make_arch
 from filter_templates.training.config import RECIPES, TrainConfig
-from filter_templates.training.loop import train
+from filter_templates.training.loop import sgd_step, train
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = dict(dataset="digits", limit_train=192, limit_test=96, batch_size=32)
@@ -687,3 +688,28 @@ def test_stop_at_is_no_part_of_the_run_identity():
     assert experiment(small_config(stop_at=1).to_dict()) == experiment(small_config().to_dict())
     with pytest.raises(UsageError, match="stop_at"):
         small_config(stop_at=0)
+
+
+class _WithAuxHead(torch.nn.Module):
+    """Logits and an auxiliary head's logits in training mode, the logits alone in evaluation
+    (torchvision's GoogLeNet and Inception-v3 behave so)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = torch.nn.Linear(4, 3)
+        self.aux = torch.nn.Linear(4, 3)
+
+    def forward(self, x):
+        return (self.body(x), self.aux(x)) if self.training else self.body(x)
+
+
+def test_a_model_with_an_auxiliary_head_trains_every_head():
+    torch.manual_seed(0)
+    model, x, y = _WithAuxHead(), torch.randn(8, 4), torch.randint(0, 3, (8,))
+    before = model.aux.weight.detach().clone()
+    expected = torch.nn.functional.cross_entropy(
+        model.body(x), y
+    ) + AUX_LOSS_WEIGHT * torch.nn.functional.cross_entropy(model.aux(x), y)
+    loss, logits = sgd_step(model, torch.optim.SGD(model.parameters(), lr=0.1), x, y, amp=False)
+    assert logits.shape == (8, 3) and loss.item() == pytest.approx(expected.item(), rel=1e-6)
+    assert not torch.equal(model.aux.weight, before)  # the auxiliary head got a gradient step

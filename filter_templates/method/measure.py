@@ -57,6 +57,7 @@ from filter_templates.core import validate
 from filter_templates.core.device import DeviceLike, device_name, resolve_device
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
+from filter_templates.core.loss import training_loss
 from filter_templates.models import get_family
 
 __all__ = [
@@ -344,7 +345,7 @@ def train_memory_account(
     try:
         model.train()
         with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-            loss = F.cross_entropy(model(x), y)
+            _, loss = training_loss(model(x), y, 0.0)
         del loss  # frees the graph and with it every saved tensor
     finally:
         model.train(was_training)
@@ -407,7 +408,7 @@ def _cuda_peak(model: nn.Module, batch_size: int, input_shape: tuple[int, ...], 
 
 def _sgd_step(model: nn.Module, opt: torch.optim.Optimizer, x: torch.Tensor, y: torch.Tensor) -> None:
     opt.zero_grad(set_to_none=True)
-    F.cross_entropy(model(x), y).backward()
+    training_loss(model(x), y, 0.0)[1].backward()
     opt.step()
 
 

@@ -34,6 +34,7 @@ from filter_templates.core import checkpoint as ckpt
 from filter_templates.core import rundir
 from filter_templates.core.device import device_name, free_memory, resolve_device
 from filter_templates.core.errors import UsageError
+from filter_templates.core.loss import training_loss
 from filter_templates.core.messages import note
 from filter_templates.core.progress import Progress
 from filter_templates.core.status import DONE, FAILED, PAUSED
@@ -111,8 +112,7 @@ def sgd_step(
     returns the detached loss and logits, still on the device. ``weight`` scales the loss that is
     differentiated (a process's share of a batch; 1: the whole batch, or an equal share)."""
     with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=amp):
-        logits = model(x)
-        loss = F.cross_entropy(logits, y, label_smoothing=label_smoothing)
+        logits, loss = training_loss(model(x), y, label_smoothing)
     optimizer.zero_grad(set_to_none=True)
     (loss if weight == 1.0 else loss * weight).backward()
     optimizer.step()
