@@ -41,7 +41,7 @@ def test_field_lists_come_from_train_config():
 
     assert set(RESULT_KEYS) | set(EXECUTION_KEYS) == set(FIELDS) and not set(RESULT_KEYS) & set(EXECUTION_KEYS)
     assert EXECUTION_FIELDS == EXECUTION_KEYS
-    assert set(_TRAIN_KEYS) == set(FIELDS) - {"arch"}
+    assert set(_TRAIN_KEYS) == set(FIELDS) - {"arch"}  # all but the architecture concern
     # the grid's own axes: the model, the dataset, the seed and the pruning baseline a point runs
     assert set(TRAIN_FIELDS) == set(FIELDS) - {"arch", "dataset", "seed", "prune"}
     assert {"recipe", "ema", "tta", "label_smoothing"} <= set(RESULT_KEYS)

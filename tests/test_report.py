@@ -379,7 +379,7 @@ def test_runs_that_differ_in_a_result_field_are_never_pooled(tmp_path):
     assert by[("fast", "0.05", "3", "0")]["weight_decay"] != by[("paper", "0.1", "3", "0")]["weight_decay"]
     md = files["md"]
     rows = md_rows(md)
-    assert rows[0][:7] == ["family", "width", "recipe", "epochs", "lr", "val_split", "test views"]
+    assert rows[0][:7] == ["family", "width", "val_split", "recipe", "epochs", "lr", "test views"]  # data, then recipe
     assert len({tuple(r[2:7]) for r in rows[1:]}) == 5  # every row says what sets it apart
     assert "weight_decay" not in rows[0]  # paper's own value: the recipe column says it
     assert "Runs: recipes paper, fast (per row); 3/5 epochs (per row); 1/4 test views" in md

@@ -34,14 +34,22 @@ from filter_templates.method.arch import Arch, ArchOptions, floor_warning
 from filter_templates.run import run_config
 from filter_templates.training import distributed
 from filter_templates.training.autotune import threads_for
-from filter_templates.training.config import FIELDS, OPTIMIZERS, RECIPES, SCHEDULES, TrainConfig
+from filter_templates.training.config import (
+    CONCERNS,
+    OPTIMIZERS,
+    RECIPES,
+    SCHEDULES,
+    ArchitectureSettings,
+    TrainConfig,
+    names,
+)
 from filter_templates.training.initialise import WHITEN_SAMPLE
 from filter_templates.training.loop import open_checkpoint, with_world
 
 # TrainConfig fields a --config file may carry (a run's own config.json does; `fit --save` files
 # carry only "arch" among them, and their other keys ("fit", ...) are ignored). A flag's dest is
 # its field's name.
-_TRAIN_KEYS = tuple(k for k in FIELDS if k != "arch")
+_TRAIN_KEYS = names(*(c for c in CONCERNS if c is not ArchitectureSettings))
 #: The model flags (their dests), and the defaults of those an absent --config leaves unset.
 _MODEL_KEYS = ("model", "template", "width", "divisor", "floor", "as_published")
 _DEFAULTS: dict[str, Any] = {"template": "base", "width": 1.0, "divisor": 1, "floor": 1, "as_published": False}

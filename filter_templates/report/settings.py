@@ -16,7 +16,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.data import mirrors
 from filter_templates.sweep.selection import setting_key
-from filter_templates.training.config import ADDED_FIELDS, RECIPES, RESULT_KEYS, experiment, test_views
+from filter_templates.training.config import RECIPES, RESULT_KEYS, VALUE_BEFORE, experiment, test_views
 
 __all__ = ["setting", "setting_key", "differing", "label_fields", "fmt_value", "row_label", "views_of", "caption"]
 
@@ -32,10 +32,10 @@ def setting(record: Mapping[str, Any]) -> dict[str, Any]:
     """The setting of a run's configuration (``TrainConfig.to_dict()``) or of a budget point's
     identity: every result field but the axes, in ``RESULT_KEYS`` order, then the architecture's
     options (divisor, floor, ...). A field the record leaves out has the value runs without it had
-    (``ADDED_FIELDS``), else None. ``tta`` is what the run did: off on a dataset whose mirrored
+    (``VALUE_BEFORE``), else None. ``tta`` is what the run did: off on a dataset whose mirrored
     images are not of their class (:func:`data.mirrors`), as the training loop turns it off."""
     ident = experiment(record)
-    out = {k: ident.get(k, ADDED_FIELDS.get(k)) for k in RESULT_KEYS if k not in AXES}
+    out = {k: ident.get(k, VALUE_BEFORE.get(k)) for k in RESULT_KEYS if k not in AXES}
     if out.get("tta") and "dataset" in record and not mirrors(str(record["dataset"])):
         out["tta"] = False
     arch = ident.get("arch") or {}

@@ -37,8 +37,15 @@ from filter_templates.method.templates import BUILTIN_TEMPLATES, resolve_templat
 from filter_templates.models import get_family
 from filter_templates.pruning import adapter as prune
 from filter_templates.sweep.store import budget_point_key, point_key
-from filter_templates.training.config import FIELDS as CONFIG_FIELDS
-from filter_templates.training.config import PRUNE_BUDGET_KEYS, TrainConfig, experiment
+from filter_templates.training.config import (
+    PRUNE_BUDGET_KEYS,
+    DataSettings,
+    ExecutionSettings,
+    RecipeSettings,
+    TrainConfig,
+    experiment,
+    names,
+)
 
 __all__ = [
     "SweepSpec",
@@ -60,8 +67,12 @@ __all__ = [
 
 PAPER_WIDTHS = (1.6, 1.3, 1.0, 0.8, 0.5, 0.25, 0.1, 0.05)
 
-#: Settings shared by every point, passed through to TrainConfig unchanged (all its fields but the grid's).
-TRAIN_FIELDS = tuple(k for k in CONFIG_FIELDS if k not in ("arch", "dataset", "seed", "prune"))
+#: The TrainConfig fields that are axes of the grid (``datasets``, ``seeds``).
+_POINT_FIELDS = ("dataset", "seed")
+#: Settings shared by every point, passed through to TrainConfig unchanged: the data, recipe and
+#: execution concerns' fields but the grid's axes (each point's architecture and pruning setting are
+#: the grid's too).
+TRAIN_FIELDS = tuple(k for k in names(DataSettings, RecipeSettings, ExecutionSettings) if k not in _POINT_FIELDS)
 #: The axes of the grid and the pruning baselines' settings.
 GRID_FIELDS = ("models", "templates", "widths", "budgets", "datasets", "seeds", "baselines", "prune_at", "prune_from")
 #: The architecture options a sweep file, preset or flag sets (``SweepSpec.options``); the image size

@@ -27,7 +27,14 @@ __all__ = [
     "EXECUTION_KEYS",
     "CHOSEN_KEYS",
     "DATA_MEMORY_SHARE",
-    "ADDED_FIELDS",
+    "CONCERNS",
+    "ArchitectureSettings",
+    "DataSettings",
+    "RecipeSettings",
+    "PruningSettings",
+    "ExecutionSettings",
+    "names",
+    "VALUE_BEFORE",
     "experiment",
     "DEVICES",
     "PRECISIONS",
@@ -125,37 +132,50 @@ PRUNE_BUDGET_KEYS = ("params", "flops", "memory")
 _PRUNE_KEYS = {"method", "budget", "at"}
 
 
-def _result(default: Any = None, **kw: Any) -> Any:
-    """A field whose change makes a different experiment (a checkpoint of another value is refused)."""
-    return field(default=default, metadata={"kind": "result", **kw})
+def _identity(default: Any = None, *, only_with: tuple[str, Any] | None = None, **was: Any) -> Any:
+    """A field of the run's identity: changing it makes another experiment. ``was=value`` (a field
+    added after runs were stored) is the value those runs had: a whole record without the field
+    reads as having it, and identity leaves the field out at it, so those runs keep their store key
+    and checkpoint. ``only_with=(field, value)``: the field acts (and counts) only where that field
+    has that value."""
+    return field(default=default, metadata={"only_with": only_with, **was})
 
 
-def _execution(default: Any = None) -> Any:
-    """A field that says where or how to run, not what: moving the data or the device keeps the run."""
-    return field(default=default, metadata={"kind": "execution"})
-
-
-def _from_recipe() -> Any:
-    """A result field whose default (None) the recipe fills in (``RECIPES``)."""
-    return _result(None)
+def _from_recipe(*, only_with: tuple[str, Any] | None = None, **was: Any) -> Any:
+    """An identity field whose default (None) the recipe fills in (``RECIPES``)."""
+    return _identity(None, only_with=only_with, **was)
 
 
 @dataclass
-class TrainConfig:
-    """Everything that defines a training run. This class is the one list of its fields: each
-    field's metadata says whether it changes the result (``RESULT_KEYS``) or only the execution
-    (``EXECUTION_KEYS``); the CLI, the sweep grid and the results store derive their lists from it.
-    Fields left None take the recipe's value, so ``to_dict()`` (config.json) holds every setting."""
+class ArchitectureSettings:
+    """The architecture concern: the model a run trains (its family, template, width, filters)."""
 
-    arch: Arch = _result()
-    dataset: str = _result("digits")
+    # for a pruning baseline, the base model it prunes (kind_of, method_of)
+    arch: Arch = _identity()
+
+
+@dataclass
+class DataSettings:
+    """The data concern: which images a run trains, selects and is tested on."""
+
+    dataset: str = _identity("digits")
     # which images, where the name does not say it: a folder's content digest (data.data_digest_for),
     # so runs on two folders never pass for one experiment; None for the built-in datasets
-    data_digest: str | None = _result()
-    data_dir: str | None = _execution()
-    download: bool = _execution(False)
-    recipe: str = _result("fast")
-    epochs: int = _result(160)
+    data_digest: str | None = _identity(was=None)
+    limit_train: int | None = _identity()
+    limit_test: int | None = _identity()
+    val_split: int | float = _identity(0, was=0)  # images held out of the training split to select on (data.split)
+    # side of the square images (a folder's are resized to it); arch.image_size too
+    image_size: int = _identity(IMAGE_SIZE, was=IMAGE_SIZE)
+
+
+@dataclass
+class RecipeSettings:
+    """The recipe concern: how the model is trained (the recipe's values fill the fields left
+    None), and the seed."""
+
+    recipe: str = _identity("fast")
+    epochs: int = _identity(160)
     batch_size: int = _from_recipe()
     lr: float = _from_recipe()
     momentum: float = _from_recipe()
@@ -169,39 +189,64 @@ class TrainConfig:
     tta: bool = _from_recipe()
     tta_shift: int = _from_recipe()
     crop_pad: int = _from_recipe()
-    optimizer: str = _from_recipe()
-    muon_lr: float = _from_recipe()
-    whiten_init: bool = _from_recipe()
-    identity_init: bool = _from_recipe()
-    # a pruning baseline: {method, budget, at}; the arch is the base model it prunes (kind_of, method_of)
-    prune: dict | None = _result()
-    seed: int = _result(0)
-    limit_train: int | None = _result()
-    limit_test: int | None = _result()
-    val_split: int | float = _result(0)  # images held out of the training split to select on (data.split)
-    device: str = _execution("auto")
-    precision: str = _execution("auto")
-    memory_format: str = _execution("auto")
-    threads: int | None = _execution()  # torch's CPU threads (None: the caller's, see autotune.threads_for)
+    optimizer: str = _from_recipe(was="sgd")
+    muon_lr: float = _from_recipe(only_with=("optimizer", "muon"))
+    whiten_init: bool = _from_recipe(was=False)
+    identity_init: bool = _from_recipe(was=False)
+    seed: int = _identity(0)
+
+
+@dataclass
+class PruningSettings:
+    """The pruning concern: None for a template's model trained from scratch; for a pruning
+    baseline, ``{method, budget, at}`` (``check_prune``)."""
+
+    prune: dict | None = _identity(was=None)
+
+
+@dataclass
+class ExecutionSettings:
+    """The execution concern: where and how to run, not what. No part of a run's identity: moving
+    the data, the device or the trackers keeps the run (the ``CHOSEN_KEYS`` that change the numbers
+    are kept by its checkpoint instead). Distributed training and pausing belong here."""
+
+    data_dir: str | None = None
+    download: bool = False
+    device: str = "auto"
+    precision: str = "auto"
+    memory_format: str = "auto"
+    threads: int | None = None  # torch's CPU threads (None: the caller's, see autotune.threads_for)
     # bytes the padded training split may take on the device; a larger one is streamed from its
     # memory-mapped cache (data.stream), with the same batches. None: DATA_MEMORY_SHARE of the
     # device's free memory, filled in when the run starts (config.json records the bytes)
-    data_memory: int | None = _execution()
+    data_memory: int | None = None
     # the processes training this run (torchrun's WORLD_SIZE; None: those started, filled in). It
     # changes the numbers (each takes a share of every batch): a checkpoint resumes only with as many
-    world_size: int | None = _execution()
-    sync_bn: bool | None = _execution()  # BatchNorm statistics over the whole batch, not each process's share
-    compile: bool | None = _execution()  # torch.compile the training step (None: the profile's, else off)
+    world_size: int | None = None
+    sync_bn: bool | None = None  # BatchNorm statistics over the whole batch, not each process's share
+    compile: bool | None = None  # torch.compile the training step (None: the profile's, else off)
     # the machine profile to read (training.profile): PROFILE_AUTO (the user's config directory), PROFILE_OFF or a file
-    profile: str = _execution(PROFILE_AUTO)
+    profile: str = PROFILE_AUTO
     # pause after this epoch of the planned ``epochs`` (None: run to the end); the schedule stays
     # the full run's, so continuing later ends exactly where a run never paused would
-    stop_at: int | None = _execution()
+    stop_at: int | None = None
     # the trackers that receive the run (TensorBoard, MLflow, W&B) and where: core.trackers' normal form
-    log: dict | None = _execution()
-    image_size: int = _result(
-        IMAGE_SIZE
-    )  # side of the square images (a folder's are resized to it); arch.image_size too
+    log: dict | None = None
+
+
+#: The concerns of a run, in the order a config lists their fields. Identity is every concern but
+#: ``ExecutionSettings``.
+CONCERNS = (ArchitectureSettings, DataSettings, RecipeSettings, PruningSettings, ExecutionSettings)
+
+
+@dataclass
+class TrainConfig(ExecutionSettings, PruningSettings, RecipeSettings, DataSettings, ArchitectureSettings):
+    """Everything that defines a training run: the fields of its concerns (``CONCERNS``), each
+    declared once in its concern's class and read flat (``cfg.lr``, ``cfg.device``). The class a
+    field is declared in decides its part: every concern but execution is the run's identity
+    (``RESULT_KEYS``, :func:`experiment`); the CLI, the sweep grid and the results store derive
+    their lists from these classes. Fields left None take the recipe's value, so ``to_dict()``
+    (config.json, flat) holds every setting."""
 
     def __post_init__(self) -> None:
         if self.recipe in RECIPES:
@@ -298,20 +343,31 @@ class TrainConfig:
         if unknown:
             raise UsageError(f"training config has unknown keys: {', '.join(sorted(unknown))}")
         kw = dict(d)
-        if all(k in d for k in RECIPE_FIELDS if k not in ADDED_FIELDS):  # a whole record, maybe from before them
-            kw = {**{k: v for k, v in ADDED_FIELDS.items() if v is not None}, **kw}
+        if all(k in d for k in _ALWAYS_WRITTEN):  # a whole record, maybe from before some fields
+            kw = {**VALUE_BEFORE, **kw}
         kw["arch"] = d["arch"] if isinstance(d["arch"], Arch) else Arch.from_dict(d["arch"])
         return cls(**kw)
 
 
-FIELDS = tuple(f.name for f in dataclasses.fields(TrainConfig))
+def names(*concerns: type) -> tuple[str, ...]:
+    """The field names of ``concerns`` (classes of ``CONCERNS``), in declaration order."""
+    return tuple(f.name for c in concerns for f in dataclasses.fields(c))
+
+
+FIELDS = names(*CONCERNS)
 # The fields typed float (an int read from JSON becomes one) and bool (nothing else is accepted).
 _FLOATS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type == "float")
 _BOOLS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.type == "bool")
-#: Keys whose change makes a checkpoint belong to a different experiment.
-RESULT_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["kind"] == "result")
 #: Keys that say where/how to run: they may differ on resume and are no part of a sweep point's identity.
-EXECUTION_KEYS = tuple(f.name for f in dataclasses.fields(TrainConfig) if f.metadata["kind"] == "execution")
+EXECUTION_KEYS = names(ExecutionSettings)
+#: Keys whose change makes a checkpoint belong to a different experiment: every other concern's.
+RESULT_KEYS = names(*(c for c in CONCERNS if c is not ExecutionSettings))
+_IDENTITY = tuple(f for f in dataclasses.fields(TrainConfig) if f.name in RESULT_KEYS)
+#: Each identity field added after runs were stored, with the value those runs had (its ``was``).
+VALUE_BEFORE = {f.name: f.metadata["was"] for f in _IDENTITY if "was" in f.metadata}
+# The identity fields every stored record holds (none added later, none acting only with another):
+# a record with them all is a whole ``to_dict()``, whose missing fields were added since.
+_ALWAYS_WRITTEN = tuple(f.name for f in _IDENTITY if f.name not in VALUE_BEFORE and f.metadata["only_with"] is None)
 #: Execution fields that change the numbers: a run decides them once and its checkpoint keeps them.
 CHOSEN_KEYS = ("precision", "memory_format", "threads", "sync_bn", "compile")
 #: The share of the device's free memory a training split may take when ``data_memory`` is not
@@ -319,31 +375,22 @@ CHOSEN_KEYS = ("precision", "memory_format", "threads", "sync_bn", "compile")
 DATA_MEMORY_SHARE = 0.5
 
 
-#: Result fields added after runs were already stored, each with the value those runs had (None: it
-#: had no effect on them). A complete stored config without them reads as having these values, and a
-#: config at them keeps the identity (sweep key, checkpoint check) it had before the field existed.
-ADDED_FIELDS: dict[str, Any] = {
-    "optimizer": "sgd",
-    "muon_lr": None,
-    "whiten_init": False,
-    "identity_init": False,
-    "prune": None,
-    "val_split": 0,
-    "image_size": IMAGE_SIZE,
-    "data_digest": None,
-}
-
-
 def experiment(config: Mapping[str, Any]) -> dict[str, Any]:
-    """What makes a run's experiment, as stored records are compared: the result fields of a
-    ``to_dict()``, less ``muon_lr`` where no Muon step is taken and less an added field at the value
-    every older run had (so records written before the field existed still match)."""
-    muon = config.get("optimizer") == "muon"
-    return {
-        k: v
-        for k, v in config.items()
-        if k in RESULT_KEYS and not (k == "muon_lr" and not muon) and not (k in ADDED_FIELDS and v == ADDED_FIELDS[k])
-    }
+    """What makes a run's experiment, as stored records are compared: the identity fields of a
+    ``to_dict()`` (every concern but execution), less a field that does not act (its ``only_with``
+    unmet: ``muon_lr`` without Muon) and less a field at the value runs had before it existed (its
+    ``was``), so records written before the field still match."""
+    out = {}
+    for f in _IDENTITY:
+        if f.name not in config:
+            continue
+        v, only = config[f.name], f.metadata["only_with"]
+        if (f.name in VALUE_BEFORE and v == VALUE_BEFORE[f.name]) or (
+            only is not None and config.get(only[0]) != only[1]
+        ):
+            continue
+        out[f.name] = v
+    return out
 
 
 def test_views(tta: bool, shift: int) -> int:
