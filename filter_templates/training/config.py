@@ -1,6 +1,7 @@
-"""The run schema: what a run is (``TrainConfig``), which of its fields make the experiment and
-which only say how to execute it, the recipes' values for the fields left unset, the pruning
-setting's shape, and what a finished run writes (``Summary``).
+"""The run schema: what a run is (``TrainConfig``, the union of its concerns: architecture, data,
+recipe, pruning, execution), which of them make the experiment (all but execution) and which only
+say how to execute it, the recipes' values for the fields left unset, the pruning setting's shape,
+and what a finished run writes (``Summary``).
 
 It lives apart from the training loop so that everything that only reads runs -- the results
 store, the grid and plan of a sweep, the report -- learns the field names here without importing
