@@ -133,18 +133,21 @@ PRUNE_BUDGET_KEYS = ("params", "flops", "memory")
 _PRUNE_KEYS = {"method", "budget", "at"}
 
 
-def _identity(default: Any = None, *, only_with: tuple[str, Any] | None = None, **was: Any) -> Any:
-    """A field of the run's identity: changing it makes another experiment. ``was=value`` (a field
-    added after runs were stored) is the value those runs had: a whole record without the field
-    reads as having it, and identity leaves the field out at it, so those runs keep their store key
-    and checkpoint. ``only_with=(field, value)``: the field acts (and counts) only where that field
-    has that value."""
-    return field(default=default, metadata={"only_with": only_with, **was})
+_NOT_ADDED = object()  # an identity field every stored run has
 
 
-def _from_recipe(*, only_with: tuple[str, Any] | None = None, **was: Any) -> Any:
+def _identity(default: Any = None, *, was: Any = _NOT_ADDED, only_with: tuple[str, Any] | None = None) -> Any:
+    """A field of the run's identity: changing it makes another experiment. ``was`` (a field added
+    after runs were stored) is the value those runs had: a whole record without the field reads as
+    having it, and identity leaves the field out at it, so those runs keep their store key and
+    checkpoint. ``only_with=(field, value)``: the field acts (and counts) only where that field has
+    that value."""
+    return field(default=default, metadata={"was": was, "only_with": only_with})
+
+
+def _from_recipe(*, was: Any = _NOT_ADDED, only_with: tuple[str, Any] | None = None) -> Any:
     """An identity field whose default (None) the recipe fills in (``RECIPES``)."""
-    return _identity(None, only_with=only_with, **was)
+    return _identity(None, was=was, only_with=only_with)
 
 
 @dataclass
@@ -365,7 +368,7 @@ EXECUTION_KEYS = names(ExecutionSettings)
 RESULT_KEYS = names(*(c for c in CONCERNS if c is not ExecutionSettings))
 _IDENTITY = tuple(f for f in dataclasses.fields(TrainConfig) if f.name in RESULT_KEYS)
 #: Each identity field added after runs were stored, with the value those runs had (its ``was``).
-VALUE_BEFORE = {f.name: f.metadata["was"] for f in _IDENTITY if "was" in f.metadata}
+VALUE_BEFORE = {f.name: f.metadata["was"] for f in _IDENTITY if f.metadata["was"] is not _NOT_ADDED}
 # The identity fields every stored record holds (none added later, none acting only with another):
 # a record with them all is a whole ``to_dict()``, whose missing fields were added since.
 _ALWAYS_WRITTEN = tuple(f.name for f in _IDENTITY if f.name not in VALUE_BEFORE and f.metadata["only_with"] is None)
