@@ -374,7 +374,7 @@ def test_paper_preset_is_as_published():
     configs = expand(preset("paper"), classes_of=lambda d: 10)
     assert configs and all(c.arch.as_published for c in configs)
     toml = load_config(Path(__file__).resolve().parents[1] / "configs" / "paper.toml")
-    assert toml.as_published is True
+    assert toml.options.as_published is True
 
 
 def test_report_keeps_the_readings_apart(tmp_path, capsys):
