@@ -72,6 +72,8 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
+# a second Ray cluster started by `ray start` (about 40 s): the local-Ray tests cover the engine by default
+@pytest.mark.slow
 def test_joining_a_ray_start_head_cluster_needs_nothing_exported(tmp_path):
     """A real head started with `ray start --head` (Ray >= 2.59 turns token authentication on when
     a token exists); the sweep joins it with the token that is in ~/.ray/auth_token and nothing in

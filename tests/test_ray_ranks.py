@@ -130,6 +130,8 @@ def _job_processes(marker: str) -> list[int]:
     return pids
 
 
+# kills a two-process trial mid-run (about 30 s); the default suite keeps the two-process trial itself
+@pytest.mark.slow
 def test_a_trial_killed_takes_its_processes_with_it(tmp_path, clean_env):
     """SIGKILL of the trial (as Ray stops a trial whose node or driver goes): the launcher and both
     ranks end within seconds, and the run resumes from its checkpoint to a finished run."""
