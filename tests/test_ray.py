@@ -23,6 +23,7 @@ from filter_templates.cli import main
 from filter_templates.sweep.store import Store
 
 
+@pytest.mark.slow  # 8-20 s of Ray or process start-up: the slow suite (-m slow) runs it
 def test_a_trial_that_cannot_fit_a_local_ray_is_refused(tmp_path, capsys):
     ray = pytest.importorskip("ray")
     assert not ray.is_initialized()  # runs before the module's shared Ray starts
@@ -244,6 +245,7 @@ def test_two_point_grid_on_a_local_ray(tmp_path, capsys, monkeypatch, local_ray)
     assert (again["done"], again["skipped_done"]) == (0, 2)
 
 
+@pytest.mark.slow  # 8-20 s of Ray or process start-up: the slow suite (-m slow) runs it
 def test_a_trial_on_two_processes(tmp_path, capsys, monkeypatch, local_ray):
     """--procs-per-trial 2: each trial's run is one 2-process run (gloo) on the trial's node, its
     two CPUs split between the processes; every epoch reaches the store as rank 0 records it."""
@@ -266,6 +268,7 @@ def test_a_trial_on_two_processes(tmp_path, capsys, monkeypatch, local_ray):
     assert summary["threads"] == 1 and "2 processes" in summary["execution"]["threads_source"]
 
 
+@pytest.mark.slow  # 8-20 s of Ray or process start-up: the slow suite (-m slow) runs it
 def test_budget_sweep_on_a_local_ray(tmp_path, capsys, monkeypatch, local_ray):
     """Budget points are fitted by the driver, trained as trials, recorded with their fit; an
     unreachable budget is recorded as skipped and the sweep goes on."""

@@ -76,6 +76,7 @@ def test_bad_trial_shapes_are_one_line_before_anything_runs(tmp_path, capsys, fl
     assert not db.exists() and not (tmp_path / "runs").exists()
 
 
+@pytest.mark.slow  # 8-20 s of Ray or process start-up: the slow suite (-m slow) runs it
 def test_two_processes_report_every_epoch_and_match_nproc(tmp_path, clean_env):
     """The trial's two processes leave the weights ``train --nproc 2`` leaves (one thread each),
     and each epoch reaches ``report`` once, in order, after its checkpoint."""
@@ -97,6 +98,7 @@ def test_two_processes_report_every_epoch_and_match_nproc(tmp_path, clean_env):
     assert_same_weights(weights(run / rundir.MODEL), weights(nproc / rundir.MODEL))
 
 
+@pytest.mark.slow  # 8-20 s of Ray or process start-up: the slow suite (-m slow) runs it
 def test_a_rank_that_fails_is_one_line_for_tune(tmp_path, clean_env):
     """--sync-bn on CPU is refused by every rank: the trial raises with the rank's own line (so
     Tune records it, and retries from the checkpoint when a crash was a node's fault)."""

@@ -566,6 +566,7 @@ def test_concurrent_budget_sweeps_on_one_file_run_each_point_once(tmp_path):
     assert sum(log.read_text().count("done   ") for _, log in procs) == 3
 
 
+@pytest.mark.slow  # three sweep processes (about 14 s); the two-process budget-sweep test stays by default
 def test_three_concurrent_sweeps_on_one_file_run_each_point_once(tmp_path):
     """The middle sweep runs two jobs (a worker process of its own): four processes in all."""
     db = tmp_path / "r.sqlite"
