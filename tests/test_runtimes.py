@@ -86,11 +86,20 @@ def test_each_runtime_times_a_model_and_records_how(runtime):
     assert rec["version"] and 0 < rec["median_s"] < 1 and rec["rounds"] == 3
 
 
-def test_separable_and_noise_line():
+def test_separable():
     a, b = R.Timing(1e-3, 1e-4, 5), R.Timing(1.05e-3, 1e-4, 5)
     assert not R.separable(a, b) and R.separable(a, R.Timing(2e-3, 1e-4, 5))
-    line = R.noise_line("x", a, b, {"load": 3.0, "cores": 2})
-    assert "less than the timing spread 0.1 ms" in line and "load 3.0 on 2 cores" in line
+
+
+def test_within_one_step_accepts_neighbours_closer_than_the_spread():
+    # An idle 2-core EPYC in onnxruntime: VGG-19 negative-quadratic at 0.157 and 0.164, 0.0254 ms
+    # apart with a 0.037 ms spread, against a limit of 0.97 ms: either neighbour is close, but the
+    # answer cannot move by more than one step.
+    chosen, above = R.Timing(0.9645e-3, 0.037e-3, 9), R.Timing(0.9899e-3, 0.037e-3, 9)
+    assert not R.separable(chosen, above) and latency_fit.within_one_step(chosen, above, 0.97e-3)
+    wide = R.Timing(0.9645e-3, 0.2e-3, 9)  # noise that could hide the steps on either side
+    assert not latency_fit.within_one_step(wide, above, 0.97e-3)
+    assert not latency_fit.within_one_step(chosen, R.Timing(0.9899e-3, 0.2e-3, 9), 0.97e-3)
 
 
 def test_latency_search_lands_on_the_boundary_step(monkeypatch):
@@ -105,8 +114,18 @@ def test_latency_search_lands_on_the_boundary_step(monkeypatch):
 
 def test_fit_refuses_when_the_spread_hides_the_step(monkeypatch):
     fake_clock(monkeypatch, spread=1.0)  # a spread far wider than any step
-    with pytest.raises(UsageError, match="cannot decide the width from noise.*less than the timing spread"):
+    with pytest.raises(
+        UsageError, match="cannot place the width within one step from noise.*timing spread is 1e\\+03 ms"
+    ):
         fit(FitRequest("vgg19", Budget("latency", 2e-3), ["base"]))
+
+
+def test_fit_answers_when_neighbouring_steps_are_closer_than_the_spread(monkeypatch):
+    # a step adds about 0.2 ms at 2 ms; a 0.25 ms spread hides one step, not two
+    fake_clock(monkeypatch, spread=0.25e-3)
+    (r,) = fit(FitRequest("vgg19", Budget("latency", 2e-3), ["base"]))
+    step = r.resources["next_step"]["median_s"] - r.resources["latency"]["median_s"]
+    assert 0 < step < 0.25e-3 and r.resources["latency"]["median_s"] <= 2e-3 * 0.97
 
 
 def test_budget_below_the_smallest_model_names_its_latency(monkeypatch):

@@ -13,10 +13,14 @@ timed once.
 
 A probe fits when its median is at most ``limit`` (the budget less the noise tolerance). At the
 end the chosen model and the next step up are timed again, together and alternately
-(``runtimes.time_models``): when their medians are closer than either one's spread, or the chosen
-model no longer meets the budget, the search cannot tell the two apart on this machine and the
-fit refuses in one line naming the spread and the load, rather than answer from noise. Otherwise
-the answer carries both records and the chosen model's margin to the budget.
+(``runtimes.time_models``), and the answer must hold within one width step whatever the noise
+(:func:`within_one_step`): the chosen model must still meet the budget, and the timings' noise
+(half their spread, the inter-quartile range over rounds) must be too small to let the step below
+miss the limit or the step above the next one meet it. Two neighbouring steps may well be closer
+than the spread (at small widths a step adds a few per cent of latency); that is the one-step
+uncertainty every fit has, not a reason to refuse. When the noise is wider, the fit refuses in one
+line naming the spread and the machine's load, rather than answer from noise. Otherwise the answer
+carries both records and the chosen model's margin to the budget.
 """
 
 from __future__ import annotations
@@ -28,9 +32,9 @@ from typing import Any, Callable, Optional
 from filter_templates.core.errors import UsageError
 from filter_templates.method.arch import Arch
 from filter_templates.method.measure import arch_shape
-from filter_templates.method.runtimes import Runtime, Timing, load_text, noise_line, open_arch, separable, time_models
+from filter_templates.method.runtimes import Runtime, Timing, load_text, open_arch, time_models
 
-__all__ = ["WIDTH_STEP", "width_of", "step_of", "LatencyAnswer", "LatencyFitter", "Unreachable"]
+__all__ = ["WIDTH_STEP", "width_of", "step_of", "within_one_step", "LatencyAnswer", "LatencyFitter", "Unreachable"]
 
 WIDTH_STEP = 1.05
 
@@ -43,6 +47,16 @@ def width_of(k: int) -> float:
 def step_of(width: float) -> int:
     """The grid step at or below ``width``."""
     return math.floor(math.log(width) / math.log(WIDTH_STEP) + 1e-9)
+
+
+def within_one_step(chosen: Timing, above: Timing, limit: float) -> bool:
+    """Whether "``chosen`` fits the limit, the step ``above`` it does not" holds within one width
+    step despite the noise: with ``noise`` half the wider spread and ``step`` the latency one width
+    step adds, the step below ``chosen`` (about ``chosen - step``) fits even when ``noise`` slower,
+    and the step above ``above`` (about ``above + step``) misses even when ``noise`` faster."""
+    step = above.median_s - chosen.median_s
+    noise = max(chosen.spread_s, above.spread_s) / 2
+    return chosen.median_s - step + noise <= limit < above.median_s + step - noise
 
 
 class Unreachable(Exception):
@@ -123,13 +137,13 @@ class LatencyFitter:
             )
         next_step = None
         if nxt is not None and hi is not None:
-            if not separable(timed[0], timed[1]):
-                line = noise_line(
-                    f"width {width_of(lo):g} and the next step {width_of(hi):g}", timed[0], timed[1], record
-                )
+            if not within_one_step(timed[0], timed[1], self.limit):
                 raise UsageError(
-                    f"{template}: cannot decide the width from noise: {line}; rerun on a quieter machine "
-                    "or with more --latency-rounds"
+                    f"{template}: cannot place the width within one step from noise: width {width_of(lo):g} takes "
+                    f"{timed[0].median_s * 1e3:.4g} ms and the next step {width_of(hi):g} {timed[1].median_s * 1e3:.4g} ms "
+                    f"against a limit of {self.limit * 1e3:.4g} ms, but the timing spread is "
+                    f"{max(timed[0].spread_s, timed[1].spread_s) * 1e3:.3g} ms{load_text(record)}; rerun on a "
+                    "quieter machine or with more --latency-rounds"
                 )
             next_step = {"width": width_of(hi), "filters": list(nxt.filters), **self._record(timed[1])}
         self._flops_hint = arch_shape(chosen).flops

@@ -39,7 +39,6 @@ __all__ = [
     "time_models",
     "open_arch",
     "time_archs",
-    "noise_line",
     "ranking_noise",
     "load_text",
     "separable",
@@ -245,16 +244,6 @@ def ranking_noise(names: Sequence[str], records: Sequence[dict[str, Any]]) -> st
         return None
     return f"latency differences under the timing spread, their order is noise: {', '.join(close)}" + load_text(
         records[0]
-    )
-
-
-def noise_line(what: str, a: Timing, b: Timing, record: dict[str, Any]) -> str:
-    """One line saying that two timings are closer than their spread, with the machine's load."""
-    spread = max(a.spread_s, b.spread_s)
-    return (
-        f"{what}: {a.median_s * 1e3:.4g} ms and {b.median_s * 1e3:.4g} ms differ by "
-        f"{abs(a.median_s - b.median_s) * 1e3:.3g} ms, less than the timing spread {spread * 1e3:.3g} ms"
-        + load_text(record)
     )
 
 
