@@ -191,8 +191,9 @@ def _title(mine: Sequence[Cell], dataset: str, axis: str, widths: Sequence[float
     )
     how = f"one curve per template across widths {some}" if curves else f"one point per template, width {some}"
     title = f"{dataset}: accuracy versus {what}, {how}\nbars: {interval_words(len(c.done) for c in mine)}"
-    if axis in ("latency", "memory"):
-        title += f"\nmeasured on {measured_on([r for c in mine for r in c.done])}"
+    if axis in ("latency", "memory"):  # the runs' own latency: eager PyTorch on the training device
+        engine = "eager PyTorch " if axis == "latency" else ""
+        title += f"\nmeasured {engine}on {measured_on([r for c in mine for r in c.done])}"
     return title + "\n" + runs_line(mine)
 
 

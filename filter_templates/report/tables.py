@@ -476,7 +476,8 @@ def resource_table(rows: list[ResourceRow], dataset: str) -> Table:
             labels.caption(),
             f"{rows[0].classes if rows else '?'} classes. Parameters and FLOPs are exact; training memory is "
             "one SGD step at the run's batch size (on CPU the exact account of its tensors, on CUDA the "
-            "allocator peak); latency is the median eval forward pass over the seeds, comparable only between "
+            "allocator peak); latency is the median eval forward pass in eager PyTorch over the seeds (the budget "
+            "tables of a latency budget use the runtime it was fitted in), comparable only between "
             "rows measured on the same device and thread count, and not on a busy machine.",
         ],
         align="lll"
