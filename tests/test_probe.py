@@ -12,11 +12,13 @@ import sys
 import pytest
 
 from filter_templates.cli import main
+from filter_templates.core.errors import UsageError
 from filter_templates.method import deploy_timing
 from filter_templates.method.arch import make_arch
 from filter_templates.method.deploy_timing import MANIFEST, TABLE, TABLE_FORMAT
+from filter_templates.method.fit import LATENCY_TOLERANCE
 from filter_templates.method.latency_fit import step_of, width_of
-from filter_templates.method.latency_table import SCRIPT
+from filter_templates.method.latency_table import SCRIPT, read_table, refined_widths
 
 pytest.importorskip("onnxscript")
 
@@ -121,3 +123,54 @@ def test_table_refusals_are_one_line_and_write_nothing(probed, tmp_path, capsys)
 def test_probe_refuses_a_folder_with_files(probed, capsys):
     assert main(["probe", "--model", "vgg19", "--widths", "0.02", "--out", str(probed)]) == 2
     assert "not empty" in capsys.readouterr().err
+
+
+def _stair(probed, tmp_path, widths, latencies):
+    """A table of ``widths`` (this model's base template) with made-up latencies."""
+    doc = json.loads((probed / MANIFEST).read_text())
+    doc.update(format=TABLE_FORMAT, runtime="onnxruntime", version="1", threads=1, batch=1, rounds=3, machine="x")
+    doc["entries"] = [
+        {"template": "base", "width": w, "filters": list(make_arch("vgg19", "base", w).filters), "median_s": m}
+        | {"spread_s": 1e-6}
+        for w, m in zip(widths, latencies)
+    ]
+    path = tmp_path / "coarse.json"
+    path.write_text(json.dumps(doc))
+    return path
+
+
+def test_refined_widths_are_every_grid_step_between_the_probed_widths_around_a_budget(probed, tmp_path):
+    table = read_table(_stair(probed, tmp_path, [0.02, 0.04, 0.08], [2e-3, 4e-3, 8e-3]))
+    widths = refined_widths(table, "base", [3e-3])
+    assert widths[0] <= 0.02 < widths[1] and widths[-2] < 0.04 <= widths[-1]
+    assert all(b / a == pytest.approx(1.05, rel=1e-4) for a, b in zip(widths, widths[1:]))
+    both = refined_widths(table, "base", [3e-3, 5e-3])  # two budgets: the union of their brackets
+    assert set(widths) < set(both) and max(both) >= 0.08
+    for limit, message in [(1e-3, "smallest base model probed .* takes 2 ms"), (9e-3, "widest base model .* wider")]:
+        with pytest.raises(UsageError, match=message):
+            refined_widths(table, "base", [limit])
+
+
+def test_probe_refine_writes_the_steps_a_stair_hides(probed, tmp_path, capsys):
+    coarse = _stair(probed, tmp_path, [0.02, 0.0205], [1e-3, 2e-3])  # a stair between two close widths
+    out = tmp_path / "fine"
+    args = ["probe", "--model", "vgg19", "--template", "base", "--refine", str(coarse), "--budget", "latency=1.5ms"]
+    assert main([*args, "--out", str(out), "--json"]) == 0
+    widths = [e["width"] for e in json.loads(capsys.readouterr().out)["entries"]]
+    assert widths == refined_widths(read_table(coarse), "base", [1.5e-3 * (1 - LATENCY_TOLERANCE)])
+    assert len(widths) >= 2 and all(
+        (out / e["file"]).stat().st_size > 0 for e in json.loads((out / MANIFEST).read_text())["entries"]
+    )
+    bad = [
+        (["--refine", str(coarse)], "--refine and --budget go together"),
+        (["--refine", str(coarse), "--budget", "params=1M"], "--refine refines latency budgets"),
+        (["--refine", str(coarse), "--budget", "latency=1.5ms", "--widths", "0.1"], "exclude each other"),
+        (["--refine", str(out / MANIFEST), "--budget", "latency=1.5ms"], "--refine .*not a latency table"),
+        (["--refine", str(coarse), "--budget", "latency=0.5ms"], "smallest base model probed"),
+    ]
+    for extra, message in bad:
+        target = tmp_path / "never"
+        code = main(["probe", "--model", "vgg19", "--template", "base", *extra, "--out", str(target)])
+        err = capsys.readouterr().err.strip()
+        assert code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
+        assert not target.exists()

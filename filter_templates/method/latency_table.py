@@ -15,6 +15,12 @@ interpolated linearly in log latency over log width; the answer is the widest st
 width grid whose interpolated latency is within the limit. A table is only read for the model it
 was probed for: every entry's filter counts must be what this request builds at that width, so a
 table of another model, template set, class count, divisor or image size is refused in one line.
+
+Refining: runtimes pick kernels by channel count, so latency climbs in stairs, and between two
+probed widths 20% apart interpolation can miss a stair by a few 5% steps. ``probe --refine TABLE
+--budget latency=...`` therefore writes a second probe of every step of the fit's grid between the
+two probed widths around each budget (:func:`refined_widths`); its table, timed on the target,
+answers those budgets to one step.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ from filter_templates.method.latency_fit import step_of, width_of
 from filter_templates.method.measure import arch_shape
 from filter_templates.method.onnx_model import onnx_bytes
 
-__all__ = ["SCRIPT", "MODELS_DIR", "DEFAULT_WIDTHS", "write_probe", "LatencyTable", "read_table"]
+__all__ = ["SCRIPT", "MODELS_DIR", "DEFAULT_WIDTHS", "write_probe", "LatencyTable", "read_table", "refined_widths"]
 
 SCRIPT = "time_models.py"
 MODELS_DIR = "models"
@@ -94,19 +100,20 @@ class LatencyTable:
     path: Path
     doc: dict[str, Any]
     points: dict[str, list[tuple[float, float, float]]]
+    flag: str = "--latency-table"  # the option that named it, for messages
 
     def check(self, arch_at: Callable[[str, float], Arch], templates: Sequence[str]) -> None:
         """Refuse (one line) a table not probed for the model ``arch_at`` builds, or lacking a template."""
         mine = _build(arch_at(templates[0], 1.0))
         if mine != self.doc.get("build"):
             raise UsageError(
-                f"--latency-table {self.path}: a table of {_describe(self.doc.get('build'))}, not of "
+                f"{self.flag} {self.path}: a table of {_describe(self.doc.get('build'))}, not of "
                 f"{_describe(mine)}; run probe for this model"
             )
         missing = [t for t in templates if t not in self.points]
         if missing:
             raise UsageError(
-                f"--latency-table {self.path}: no entries for template {', '.join(missing)} "
+                f"{self.flag} {self.path}: no entries for template {', '.join(missing)} "
                 f"(it holds {', '.join(self.points)}); probe them"
             )
         for e in self.doc["entries"]:
@@ -115,9 +122,17 @@ class LatencyTable:
             arch = arch_at(e["template"], float(e["width"]))
             if list(arch.filters) != list(e["filters"]):
                 raise UsageError(
-                    f"--latency-table {self.path}: a table of another template set ({e['template']} at width "
+                    f"{self.flag} {self.path}: a table of another template set ({e['template']} at width "
                     f"{e['width']:g} was {_short(e['filters'])}, here {_short(arch.filters)}); run probe for this model"
                 )
+
+    def monotone(self, template: str) -> list[tuple[float, float]]:
+        """(width, median) of ``template``'s entries, the median made monotone in width (the
+        latency at a width is the largest measured at or below it: a model never gets faster by growing)."""
+        out: list[tuple[float, float]] = []
+        for width, median, _ in self.points[template]:
+            out.append((width, max(median, out[-1][1]) if out else median))
+        return out
 
     def smallest(self, templates: Sequence[str]) -> float:
         return min(self.points[t][0][1] for t in templates)
@@ -127,9 +142,7 @@ class LatencyTable:
         ``limit``; ``capped`` when the table's widest entry (or ``max_width``) is within it."""
         pts = self.points[template]
         widths = [p[0] for p in pts]
-        mono: list[float] = []
-        for _, median, _ in pts:
-            mono.append(max(median, mono[-1]) if mono else median)
+        mono = [m for _, m in self.monotone(template)]
         top = min(widths[-1], max_width)
         k = step_of(top)
         while width_of(k) > widths[0]:
@@ -160,6 +173,32 @@ class LatencyTable:
         }
 
 
+def refined_widths(table: LatencyTable, template: str, limits: Sequence[float]) -> list[float]:
+    """Every step of the fit's width grid from the widest probed width within each limit to the next
+    probed width (both included): what a second probe times so that its table places those budgets
+    to one step. A limit below the smallest probed model or above the widest is one line."""
+    mono = table.monotone(template)
+    steps: set[int] = set()
+    for limit in limits:
+        inside = [i for i, (_, m) in enumerate(mono) if m <= limit]
+        if not inside:
+            raise UsageError(
+                f"{table.flag} {table.path}: the smallest {template} model probed (width {mono[0][0]:g}) takes "
+                f"{mono[0][1] * 1e3:.4g} ms, over {limit * 1e3:.4g} ms; probe smaller widths"
+            )
+        i = inside[-1]
+        if i == len(mono) - 1:
+            raise UsageError(
+                f"{table.flag} {table.path}: the widest {template} model probed (width {mono[i][0]:g}) takes "
+                f"{mono[i][1] * 1e3:.4g} ms, within {limit * 1e3:.4g} ms; probe wider widths"
+            )
+        lo, hi = mono[i][0], mono[i + 1][0]
+        top = step_of(hi)
+        top += width_of(top) < hi * (1 - 1e-9)  # the grid step at or above the next probed width
+        steps.update(range(step_of(lo), top + 1))
+    return [width_of(k) for k in sorted(steps)]
+
+
 def _interpolate(w: float, widths: list[float], medians: list[float], spreads: list[float]) -> tuple[float, float]:
     """Median (linear in log latency over log width) and spread (the larger neighbour's) at ``w``."""
     for i in range(1, len(widths)):
@@ -185,13 +224,13 @@ def _short(filters: Sequence[int]) -> str:
     return " ".join(f if len(f) <= 6 else f[:3] + ["..."] + f[-2:])
 
 
-def read_table(path: str | Path) -> LatencyTable:
+def read_table(path: str | Path, flag: str = "--latency-table") -> LatencyTable:
     """A latency table written by the probe's script; anything else is one line."""
     p = Path(path)
     doc = rundir.read_json(p) if p.is_file() else None
     if not isinstance(doc, dict) or doc.get("format") != TABLE_FORMAT:
         what = "no such file" if not p.is_file() else f"not a latency table ({TABLE} written by the probe's {SCRIPT})"
-        raise UsageError(f"--latency-table {p}: {what}")
+        raise UsageError(f"{flag} {p}: {what}")
     points: dict[str, list[tuple[float, float, float]]] = {}
     try:
         for e in doc["entries"]:
@@ -201,9 +240,9 @@ def read_table(path: str | Path) -> LatencyTable:
         for key in ("runtime", "version", "threads", "batch", "build"):
             doc[key]  # noqa: B018 - present, or the table is refused
     except (KeyError, TypeError, ValueError) as exc:
-        raise UsageError(f"--latency-table {p}: malformed latency table ({type(exc).__name__}: {exc})") from None
+        raise UsageError(f"{flag} {p}: malformed latency table ({type(exc).__name__}: {exc})") from None
     for t in points:
         points[t].sort()
         if any(m <= 0 or not math.isfinite(m) for _, m, _ in points[t]):
-            raise UsageError(f"--latency-table {p}: template {t} has a latency that is not a positive number")
-    return LatencyTable(p, doc, points)
+            raise UsageError(f"{flag} {p}: template {t} has a latency that is not a positive number")
+    return LatencyTable(p, doc, points, flag)
