@@ -6,7 +6,9 @@ it (the file a user deploys), opened with the runtime's plain Python API, and ti
 its own (the two models of a template alternately, median of per-call times over repeats). A fit passes when the
 chosen model is within 10% of the budget or under it and the next step up measures above 90% of it.
 With ``--probe`` the same budget is also fitted against a latency table that `probe` wrote and
-`time_models.py` timed on this machine, and the widths are compared step by step. With ``--busy N``
+`time_models.py` timed on this machine, and again against the table of a second probe refined
+around the budget (``probe --refine``); the widths are compared step by step with the direct fit's
+(the refined table must agree within one step). With ``--busy N``
 the first runtime's fit is run again beside N CPU-bound processes: it must give the same widths
 within one step or refuse in one line naming the spread, never a silent answer further off.
 
@@ -162,27 +164,26 @@ def main() -> None:
     if args.probe:
         rt = args.runtimes[0]
         with tempfile.TemporaryDirectory() as tmp:
-            folder = Path(tmp) / "probe"
-            cli("probe", "--model", args.model, "--out", str(folder))
-            subprocess.run(
-                [sys.executable, "time_models.py", "--runtime", rt, "--threads", str(args.threads)],
-                cwd=folder,
-                check=True,
-            )
-            table = cli(*base, "--latency-table", str(folder / "latency_table.json"))
-        by = {f["template"]: f["width"] for f in table["fits"]}
+            coarse, fine = Path(tmp) / "probe", Path(tmp) / "fine"
+            timer = [sys.executable, "time_models.py", "--runtime", rt, "--threads", str(args.threads)]
+            cli("probe", "--model", args.model, "--out", str(coarse))
+            subprocess.run(timer, cwd=coarse, check=True)
+            tables = {"table": cli(*base, "--latency-table", str(coarse / "latency_table.json"))}
+            refine = ["--refine", str(coarse / "latency_table.json"), "--budget", f"latency={args.budget}"]
+            cli("probe", "--model", args.model, *refine, "--out", str(fine))
+            subprocess.run(timer, cwd=fine, check=True)
+            tables["refined"] = cli(*base, "--latency-table", str(fine / "latency_table.json"))
+        by = {k: {f["template"]: f["width"] for f in t["fits"]} for k, t in tables.items()}
         out["probe"] = [
-            {
-                "template": f["template"],
-                "direct": f["width"],
-                "table": by[f["template"]],
-                "steps_apart": steps_apart(f["width"], by[f["template"]]),
-            }
+            {"template": f["template"], "direct": f["width"]}
+            | {k: by[k][f["template"]] for k in tables}
+            | {f"{k}_steps_apart": steps_apart(f["width"], by[k][f["template"]]) for k in tables}
             for f in direct[rt]["fits"]
         ]
         for p in out["probe"]:
             print(
-                f"  probe {rt}: {p['template']:<19} direct {p['direct']:g}, table {p['table']:g}, {p['steps_apart']:+d} steps"
+                f"  probe {rt}: {p['template']:<19} direct {p['direct']:g}, table {p['table']:g} "
+                f"({p['table_steps_apart']:+d} steps), refined {p['refined']:g} ({p['refined_steps_apart']:+d} steps)"
             )
     if args.busy:
         rt = args.runtimes[0]
@@ -197,7 +198,7 @@ def main() -> None:
         out["busy"] = {"processes": args.busy, **got}
     out["load_after"] = os.getloadavg()[0]
     passed = all(r["chosen_ok"] and r.get("next_ok", True) for rt in args.runtimes for r in out[rt])
-    passed &= all(abs(p["steps_apart"]) <= 1 for p in out.get("probe", []))
+    passed &= all(abs(p["refined_steps_apart"]) <= 1 for p in out.get("probe", []))
     if "busy" in out:  # within one step, or one line naming the spread with exit 2
         b = out["busy"]
         ok = (
@@ -233,7 +234,8 @@ def main() -> None:
                 f"(median of {REPEATS} alternating blocks); passes when within 10% of the budget or under it and the next "
                 "width step (5% wider) measures above 90% of it."
                 + (
-                    " numbers.probe compares the direct fit with a fit against a probe's latency table."
+                    " numbers.probe compares the direct fit with fits against a probe's latency table and against"
+                    " the table of a probe refined around the budget."
                     if args.probe
                     else ""
                 )

@@ -96,9 +96,13 @@ def main() -> None:
             views="no data: random weights, one fixed random input",
             note=(
                 f"Median ± inter-quartile range over {args.rounds} alternating rounds, {args.threads} thread(s), "
-                "all fifteen models of a batch size timed together; the machine was shared with other jobs "
-                "(load averages in numbers.load_average), so spreads are wide. Ranking (fastest first) per "
-                "runtime in numbers.ranking."
+                "all fifteen models of a batch size timed together; "
+                + (
+                    "the machine was shared with other jobs (load averages in numbers.load_average), so spreads are wide. "
+                    if max(v for x in loads.values() for v in x.values()) > (os.cpu_count() or 1)
+                    else "the machine was otherwise idle (load averages in numbers.load_average). "
+                )
+                + "Ranking (fastest first) per runtime in numbers.ranking."
             ),
             table={"columns": columns, "rows": rows},
         )

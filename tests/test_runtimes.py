@@ -183,6 +183,15 @@ def test_a_latency_budget_point_carries_its_runtime_record(monkeypatch):
     assert cell.resource("latency_batch_s") == rec["median_s"]  # the runtime's, not the training device's
 
 
+def test_a_noisy_machine_stops_a_sweep_instead_of_marking_budgets_unreachable(monkeypatch):
+    from filter_templates.sweep.grid import SweepSpec, known_classes, plan_grid
+
+    fake_clock(monkeypatch, spread=1.0)
+    spec = SweepSpec(["vgg19"], ["base"], [], ["digits"], budgets=["latency=2ms"], latency=R.LatencySetting(rounds=2))
+    with pytest.raises(latency_fit.NoisyTiming, match="timing spread is"):
+        plan_grid(spec, classes_of=known_classes)
+
+
 def test_a_slow_smallest_model_does_not_end_the_search(monkeypatch):
     # OpenVINO runs one-filter layers slower than a few filters: latency is not monotone at the bottom
     fake_clock(monkeypatch)

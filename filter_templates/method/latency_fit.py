@@ -34,7 +34,16 @@ from filter_templates.method.arch import Arch
 from filter_templates.method.measure import arch_shape
 from filter_templates.method.runtimes import Runtime, Timing, load_text, open_arch, time_models
 
-__all__ = ["WIDTH_STEP", "width_of", "step_of", "within_one_step", "LatencyAnswer", "LatencyFitter", "Unreachable"]
+__all__ = [
+    "WIDTH_STEP",
+    "width_of",
+    "step_of",
+    "within_one_step",
+    "LatencyAnswer",
+    "LatencyFitter",
+    "Unreachable",
+    "NoisyTiming",
+]
 
 WIDTH_STEP = 1.05
 
@@ -57,6 +66,11 @@ def within_one_step(chosen: Timing, above: Timing, limit: float) -> bool:
     step = above.median_s - chosen.median_s
     noise = max(chosen.spread_s, above.spread_s) / 2
     return chosen.median_s - step + noise <= limit < above.median_s + step - noise
+
+
+class NoisyTiming(UsageError):
+    """This machine's timing noise is wider than what the fit must decide: a fact about the run,
+    not the budget, so a sweep stops with this line instead of recording the budget unreachable."""
 
 
 class Unreachable(Exception):
@@ -130,7 +144,7 @@ class LatencyFitter:
         timed = time_models(self.runtime, calls)
         record = self._record(timed[0])
         if timed[0].median_s > self.budget:
-            raise UsageError(
+            raise NoisyTiming(
                 f"{template}: width {width_of(lo):g} met the budget during the search but measures "
                 f"{timed[0].median_s * 1e3:.4g} ms ± {timed[0].spread_s * 1e3:.3g} ms when timed again, over "
                 f"{self.budget * 1e3:.4g} ms{load_text(record)}: timing is not stable here, not answering from noise"
@@ -138,7 +152,7 @@ class LatencyFitter:
         next_step = None
         if nxt is not None and hi is not None:
             if not within_one_step(timed[0], timed[1], self.limit):
-                raise UsageError(
+                raise NoisyTiming(
                     f"{template}: cannot place the width within one step from noise: width {width_of(lo):g} takes "
                     f"{timed[0].median_s * 1e3:.4g} ms and the next step {width_of(hi):g} {timed[1].median_s * 1e3:.4g} ms "
                     f"against a limit of {self.limit * 1e3:.4g} ms, but the timing spread is "

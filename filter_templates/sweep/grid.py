@@ -32,6 +32,7 @@ from filter_templates.core.status import FITTED, UNREACHABLE
 from filter_templates.data import data_facts, num_classes
 from filter_templates.method.arch import ArchOptions
 from filter_templates.method.fit import Budget, FitRequest, fit, parse_budget
+from filter_templates.method.latency_fit import NoisyTiming
 from filter_templates.method.measure import resources
 from filter_templates.method.templates import BUILTIN_TEMPLATES, resolve_template
 from filter_templates.models import get_family
@@ -467,6 +468,8 @@ def _budget_points(
                 latency_table=spec.latency_table,
             )
         )
+    except NoisyTiming:  # the machine, not the budget: stop rather than record it unreachable
+        raise
     except UsageError as exc:  # below the smallest model this template can build
         arch, fitted, reason = None, None, " ".join(str(exc).split())
     else:
