@@ -42,9 +42,12 @@ MIN_BLOCK_S = 0.05
 
 
 def cli(*args: str) -> dict[str, Any]:
-    """One `filter-templates` command's JSON answer (its stderr passed through)."""
+    """One `filter-templates` command's JSON answer (its stderr passed through); a refusal ends the
+    check with its line."""
     cmd = [sys.executable, "-m", "filter_templates", *args, "--json"]
-    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, check=True)
+    done = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        sys.exit(f"FAIL: filter-templates {' '.join(args)} exited {done.returncode}")
     return json.loads(done.stdout)
 
 

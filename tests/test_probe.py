@@ -13,12 +13,12 @@ import pytest
 
 from filter_templates.cli import main
 from filter_templates.core.errors import UsageError
-from filter_templates.method import deploy_timing
+from filter_templates.method import deploy_timing, latency_table
 from filter_templates.method.arch import make_arch
 from filter_templates.method.deploy_timing import MANIFEST, TABLE, TABLE_FORMAT
 from filter_templates.method.fit import LATENCY_TOLERANCE
 from filter_templates.method.latency_fit import step_of, width_of
-from filter_templates.method.latency_table import SCRIPT, read_table, refined_widths
+from filter_templates.method.latency_table import REFINE_MARGIN, SCRIPT, read_table, refined_widths
 
 pytest.importorskip("onnxscript")
 
@@ -142,7 +142,8 @@ def _stair(probed, tmp_path, widths, latencies):
 def test_refined_widths_are_every_grid_step_between_the_probed_widths_around_a_budget(probed, tmp_path):
     table = read_table(_stair(probed, tmp_path, [0.02, 0.04, 0.08], [2e-3, 4e-3, 8e-3]))
     widths = refined_widths(table, "base", [3e-3])
-    assert widths[0] <= 0.02 < widths[1] and widths[-2] < 0.04 <= widths[-1]
+    m = REFINE_MARGIN  # steps beyond the bracket on either side
+    assert widths[m] <= 0.02 < widths[m + 1] and widths[-2 - m] < 0.04 <= widths[-1 - m]
     assert all(b / a == pytest.approx(1.05, rel=1e-4) for a, b in zip(widths, widths[1:]))
     both = refined_widths(table, "base", [3e-3, 5e-3])  # two budgets: the union of their brackets
     assert set(widths) < set(both) and max(both) >= 0.08
@@ -151,7 +152,8 @@ def test_refined_widths_are_every_grid_step_between_the_probed_widths_around_a_b
             refined_widths(table, "base", [limit])
 
 
-def test_probe_refine_writes_the_steps_a_stair_hides(probed, tmp_path, capsys):
+def test_probe_refine_writes_the_steps_a_stair_hides(probed, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(latency_table, "REFINE_MARGIN", 0)  # the bracket alone: fewer exports
     coarse = _stair(probed, tmp_path, [0.02, 0.0205], [1e-3, 2e-3])  # a stair between two close widths
     out = tmp_path / "fine"
     args = ["probe", "--model", "vgg19", "--template", "base", "--refine", str(coarse), "--budget", "latency=1.5ms"]

@@ -46,6 +46,9 @@ SCRIPT = "time_models.py"
 MODELS_DIR = "models"
 #: Every fourth step of the fit's width grid from 0.05 to 1 (about 20% apart): 17 widths.
 DEFAULT_WIDTHS = tuple(width_of(k) for k in range(step_of(1.0), step_of(0.05), -4))[::-1]
+#: Steps ``--refine`` adds on either side of the bracket: the second probe is timed apart from the
+#: first, and a width measured just within the limit once can measure just over it the next time.
+REFINE_MARGIN = 2
 _BUILD_KEYS = ("family", "classes", "divisor", "floor", "as_published", "image_size")
 
 
@@ -175,8 +178,9 @@ class LatencyTable:
 
 def refined_widths(table: LatencyTable, template: str, limits: Sequence[float]) -> list[float]:
     """Every step of the fit's width grid from the widest probed width within each limit to the next
-    probed width (both included): what a second probe times so that its table places those budgets
-    to one step. A limit below the smallest probed model or above the widest is one line."""
+    probed width, and ``REFINE_MARGIN`` steps beyond on either side: what a second probe times so
+    that its table places those budgets to one step. A limit below the smallest probed model or
+    above the widest is one line."""
     mono = table.monotone(template)
     steps: set[int] = set()
     for limit in limits:
@@ -195,7 +199,7 @@ def refined_widths(table: LatencyTable, template: str, limits: Sequence[float]) 
         lo, hi = mono[i][0], mono[i + 1][0]
         top = step_of(hi)
         top += width_of(top) < hi * (1 - 1e-9)  # the grid step at or above the next probed width
-        steps.update(range(step_of(lo), top + 1))
+        steps.update(range(step_of(lo) - REFINE_MARGIN, top + REFINE_MARGIN + 1))
     return [width_of(k) for k in sorted(steps)]
 
 
