@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,7 +70,7 @@ def busy_fit(args: list[str], processes: int) -> dict[str, Any]:
 
 
 def steps_apart(a: float, b: float) -> int:
-    return step_of(b * (1 + 1e-9)) - step_of(a * (1 + 1e-9))
+    return step_of(b) - step_of(a)
 
 
 def session(runtime: str, onnx: bytes, image_size: int, threads: int) -> Callable[[], object]:
@@ -117,6 +119,7 @@ def time_pair(calls: list[Callable[[], object]]) -> list[float]:
 
 def check(fitted: dict[str, Any], runtime: str, threads: int) -> list[dict[str, Any]]:
     """Every template's chosen model and next step, exported and timed here."""
+    torch.set_num_threads(threads)
     budget, size, rows = fitted["budget"]["value"], fitted["image_size"], []
     for f in fitted["fits"]:
         models, widths = [], [f["width"]] + ([f["next_step"]["width"]] if f.get("next_step") else [])
@@ -163,7 +166,10 @@ def main() -> None:
     for rt in args.runtimes:
         print(f"fit in {rt} ...", flush=True)
         direct[rt] = cli(*base, "--runtime", rt)
-        out[rt] = check(direct[rt], rt, args.threads)
+        # a fresh process per runtime, as a deployment has: one runtime's threads and placement
+        # (onnxruntime's, say) would otherwise be the next one's conditions
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+            out[rt] = pool.submit(check, direct[rt], rt, args.threads).result()
     if args.probe:
         rt = args.runtimes[0]
         with tempfile.TemporaryDirectory() as tmp:

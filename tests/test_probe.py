@@ -1,5 +1,5 @@
 """probe writes ONNX models, a manifest and a standalone script; the script's table fits budgets by
-monotone interpolation over widths; a table of another model is refused in one line."""
+interpolation over widths; a table of another model is refused in one line."""
 
 from __future__ import annotations
 
@@ -176,3 +176,35 @@ def test_probe_refine_writes_the_steps_a_stair_hides(probed, tmp_path, capsys, m
         err = capsys.readouterr().err.strip()
         assert code == 2 and len(err.splitlines()) == 1 and re.search(message, err), err
         assert not target.exists()
+
+
+def test_a_table_fit_takes_the_widest_step_within_the_limit_where_latency_is_not_monotone(probed, tmp_path):
+    # kernels picked by channel count: the third width is faster than the second
+    k = step_of(0.02)
+    widths = [width_of(k + i) for i in range(4)]
+    table = read_table(_stair(probed, tmp_path, widths, [1.0e-3, 2.5e-3, 1.2e-3, 3.0e-3]))
+    width, median, _, capped = table.fit("base", 2e-3, 1.0)
+    assert width == widths[2] and median == pytest.approx(1.2e-3) and not capped
+    assert refined_widths(table, "base", [2e-3])[0] <= widths[2]  # the bracket is around the widest that fits
+
+
+def test_onnxruntime_threads_do_not_spin_between_calls_when_there_are_several(monkeypatch):
+    seen = {}
+
+    class Options:
+        def add_session_config_entry(self, key, value):
+            seen[key] = value
+
+    class Session:
+        def __init__(self, model, options, providers):
+            pass
+
+        def get_inputs(self):
+            return [type("I", (), {"name": "input"})]
+
+    fake = type("ort", (), {"SessionOptions": Options, "InferenceSession": Session})
+    monkeypatch.setattr(deploy_timing, "_import", lambda runtime: fake)
+    deploy_timing.open_model("onnxruntime", b"", (1, 3, 8, 8), 1)
+    assert seen == {}  # one thread: no pool to spin
+    deploy_timing.open_model("onnxruntime", b"", (1, 3, 8, 8), 2)
+    assert seen == {"session.intra_op.allow_spinning": "0"}

@@ -86,6 +86,10 @@ def test_each_runtime_times_a_model_and_records_how(runtime):
     assert rec["version"] and 0 < rec["median_s"] < 1 and rec["rounds"] == 3
 
 
+def test_every_grid_width_is_its_own_step():
+    assert all(latency_fit.step_of(latency_fit.width_of(k)) == k for k in range(-120, 20))
+
+
 def test_separable():
     a, b = R.Timing(1e-3, 1e-4, 5), R.Timing(1.05e-3, 1e-4, 5)
     assert not R.separable(a, b) and R.separable(a, R.Timing(2e-3, 1e-4, 5))

@@ -334,7 +334,7 @@ def add_latency_args(
             "--latency-table",
             metavar="FILE",
             help="fit a latency budget against this table (latency_table.json, written on the target device "
-            "by the script `probe` writes) instead of timing here: monotone interpolation over the probed widths",
+            "by the script `probe` writes) instead of timing here: interpolation over the probed widths",
         )
 
 

@@ -2,8 +2,9 @@
 runtime, stays within the budget.
 
 Widths are searched on a grid of steps, ``w = WIDTH_STEP**k`` for integer ``k`` (5% apart: about
-10% of latency where it grows with the square of the width), and latency is taken as monotone in
-the width. A probe in onnxruntime or OpenVINO costs an ONNX export (seconds), so the search
+10% of latency where it grows with the square of the width). The search takes latency as monotone
+in the width, which it is only roughly: runtimes pick kernels by channel count, so a narrower model
+can be slower. The answer is a step that fits with the next step up not fitting. A probe in onnxruntime or OpenVINO costs an ONNX export (seconds), so the search
 predicts instead of bisecting: latency is close to affine in FLOPs, which cost nothing to count,
 so the next probe is the width whose FLOPs the line through the two nearest measured probes
 puts at the budget (falling back to bisection when two probes in a row land on the same side),
@@ -54,8 +55,9 @@ def width_of(k: int) -> float:
 
 
 def step_of(width: float) -> int:
-    """The grid step at or below ``width``."""
-    return math.floor(math.log(width) / math.log(WIDTH_STEP) + 1e-9)
+    """The grid step at or below ``width`` (a width rounded by :func:`width_of` is its own step: the
+    six digits move it by up to 1e-5 of a step)."""
+    return math.floor(math.log(width) / math.log(WIDTH_STEP) + 1e-4)
 
 
 def within_one_step(chosen: Timing, above: Timing, limit: float) -> bool:
