@@ -196,6 +196,23 @@ def test_a_noisy_machine_stops_a_sweep_instead_of_marking_budgets_unreachable(mo
         plan_grid(spec, classes_of=known_classes)
 
 
+def test_the_search_looks_past_the_first_miss_for_a_wider_model_that_fits(monkeypatch):
+    # a runtime that runs one wider model faster (its channel counts suit the kernels)
+    fake_clock(monkeypatch)
+    request = FitRequest("vgg19", Budget("latency", 2e-3), ["base"], latency_tolerance=0.0)
+    (plain,) = fit(request)
+    k = latency_fit.step_of(plain.width)
+    dip = count_params(make_arch("vgg19", "base", latency_fit.width_of(k + 2)).build())
+    fake_time = latency_fit.time_models
+
+    def with_dip(runtime, calls, rounds=None):
+        return [R.Timing(0.0, 0.0, 1) if c() == dip else t for c, t in zip(calls, fake_time(runtime, calls, rounds))]
+
+    monkeypatch.setattr(latency_fit, "time_models", with_dip)
+    (r,) = fit(request)
+    assert latency_fit.step_of(r.width) == k + 2 and r.resources["next_step"]["median_s"] > 2e-3
+
+
 def test_a_slow_smallest_model_does_not_end_the_search(monkeypatch):
     # OpenVINO runs one-filter layers slower than a few filters: latency is not monotone at the bottom
     fake_clock(monkeypatch)
