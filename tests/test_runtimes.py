@@ -124,6 +124,21 @@ def test_fit_refuses_when_the_spread_hides_the_step(monkeypatch):
         fit(FitRequest("vgg19", Budget("latency", 2e-3), ["base"]))
 
 
+def test_fit_refuses_when_its_choice_is_over_the_budget_timed_again(monkeypatch):
+    fake_clock(monkeypatch, spread=1e-4)
+    fake_time = latency_fit.time_models
+
+    def slower_later(runtime, calls, rounds=None):  # the search times one model at a time, the check two
+        return [
+            R.Timing(t.median_s * (2 if len(calls) > 1 else 1), t.spread_s, t.rounds)
+            for t in fake_time(runtime, calls, rounds)
+        ]
+
+    monkeypatch.setattr(latency_fit, "time_models", slower_later)
+    with pytest.raises(latency_fit.NoisyTiming, match=r"when timed again \(timing spread 0.1 ms\), over 2 ms"):
+        fit(FitRequest("vgg19", Budget("latency", 2e-3), ["base"]))
+
+
 def test_fit_answers_when_neighbouring_steps_are_closer_than_the_spread(monkeypatch):
     # a step adds about 0.2 ms at 2 ms; a 0.25 ms spread hides one step, not two
     fake_clock(monkeypatch, spread=0.25e-3)

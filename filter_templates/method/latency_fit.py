@@ -152,8 +152,8 @@ class LatencyFitter:
         if timed[0].median_s > self.budget:
             raise NoisyTiming(
                 f"{template}: width {width_of(lo):g} met the budget during the search but measures "
-                f"{timed[0].median_s * 1e3:.4g} ms ± {timed[0].spread_s * 1e3:.3g} ms when timed again, over "
-                f"{self.budget * 1e3:.4g} ms{load_text(record)}: timing is not stable here, not answering from noise"
+                f"{timed[0].median_s * 1e3:.4g} ms when timed again (timing spread {timed[0].spread_s * 1e3:.3g} ms), "
+                f"over {self.budget * 1e3:.4g} ms{load_text(record)}: timing is not stable here, not answering from noise"
             )
         next_step = None
         if nxt is not None and hi is not None:
