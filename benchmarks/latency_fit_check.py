@@ -73,8 +73,8 @@ def steps_apart(a: float, b: float) -> int:
     return step_of(b) - step_of(a)
 
 
-def session(runtime: str, onnx: bytes, image_size: int, threads: int) -> Callable[[], object]:
-    """The runtime's plain Python API at batch 1: a session (OpenVINO: a model compiled at a static
+def deployed_call(runtime: str, onnx: bytes, image_size: int, threads: int) -> Callable[[], object]:
+    """The runtime's plain Python API at batch 1: the model opened (OpenVINO: compiled at a static
     shape) and a call that feeds it an input and returns its outputs, as a user's server would."""
     x = np.random.default_rng(1).standard_normal((1, 3, image_size, image_size)).astype(np.float32)
     if runtime == "onnxruntime":
@@ -127,7 +127,7 @@ def check(fitted: dict[str, Any], runtime: str, threads: int) -> list[dict[str, 
             arch = make_arch(fitted["model"], f["template"], w, 10)
             assert list(arch.filters) == list(filters), (f["template"], w, arch.filters, filters)
             torch.manual_seed(0)
-            models.append(session(runtime, onnx_bytes(arch.build(), size), size, threads))
+            models.append(deployed_call(runtime, onnx_bytes(arch.build(), size), size, threads))
         times = time_pair(models)
         row = {
             "template": f["template"],

@@ -82,7 +82,7 @@ def open_model(
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         if threads > 1:
-            # Idle pool threads spin by default, and a spinning session steals the cores of the one
+            # Idle pool threads spin by default, and a model whose threads spin steals the cores of the one
             # timed next: MobileNet at 2 threads took 0.49 ms alone and 0.96 ms alternating. Not
             # spinning costs a wake-up per call (0.63 ms either way), so the figure is an upper bound.
             options.add_session_config_entry("session.intra_op.allow_spinning", "0")
