@@ -365,20 +365,17 @@ def add_rounding_args(p: "argparse.ArgumentParser | argparse._ArgumentGroup", *,
     """--divisor, --floor, --as-published: how a model's counts are rounded. ``defaults=False``: absent
     flags are None, so that a config file's or a preset's values stand (``train --config``, ``sweep``)."""
     given = "" if defaults else "the config's or preset's, else "
-    p.add_argument(
-        "--divisor",
-        type=positive_int,
-        default=1 if defaults else None,
-        metavar="K",
-        help=f"round every layer to a multiple of K, e.g. 8 for tensor cores (default: {given}1)",
-    )
-    p.add_argument(
-        "--floor",
-        type=positive_int,
-        default=1 if defaults else None,
-        metavar="N",
-        help=f"smallest filter count of any layer (default: {given}1)",
-    )
+    for flag, metavar, what in (
+        ("--divisor", "K", "round every layer to a multiple of K, e.g. 8 for tensor cores"),
+        ("--floor", "N", "smallest filter count of any layer"),
+    ):
+        p.add_argument(
+            flag,
+            type=positive_int,
+            default=1 if defaults else None,
+            metavar=metavar,
+            help=f"{what} (default: {given}1)",
+        )
     add_as_published(p)
 
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
 from filter_templates.cli.args import add_model_args, arch_options, model_from_args, positive_float
 from filter_templates.core.errors import UsageError
 from filter_templates.core.images import IMAGE_SIZE
 from filter_templates.core.progress import Progress
 from filter_templates.core.rundir import check_writable, writing
+from filter_templates.method.arch import Arch
 from filter_templates.method.deploy_timing import MANIFEST, TABLE
 from filter_templates.method.fit import LATENCY_TOLERANCE, parse_budget
 from filter_templates.method.latency_table import DEFAULT_WIDTHS, SCRIPT, read_table, refined_widths, write_probe
@@ -87,7 +88,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _refined(args: argparse.Namespace, names: list[str], arch_at: Any) -> dict[str, list[float]]:
+def _refined(
+    args: argparse.Namespace, names: list[str], arch_at: Callable[[str, float], Arch]
+) -> dict[str, list[float]]:
     """Per template, the width steps ``--refine`` asks for around each ``--budget``."""
     if args.refine is None or not args.budget:
         raise UsageError("--refine and --budget go together: --refine TABLE --budget latency=T")
@@ -98,5 +101,5 @@ def _refined(args: argparse.Namespace, names: list[str], arch_at: Any) -> dict[s
         raise UsageError(f"--refine refines latency budgets, got {', '.join(str(b) for b in budgets)}")
     table = read_table(args.refine, "--refine")
     table.check(arch_at, names)
-    limits = [b.value * (1 - LATENCY_TOLERANCE) for b in budgets]
+    limits = [b.limit(LATENCY_TOLERANCE) for b in budgets]
     return {name: refined_widths(table, name, limits) for name in names}

@@ -91,6 +91,10 @@ class Budget:
     def __str__(self) -> str:
         return f"{self.key}={format_value(self.key, self.value)}"
 
+    def limit(self, tolerance: float = 0.0) -> float:
+        """What a measured probe must stay within: the budget less a noise ``tolerance`` (a fraction)."""
+        return self.value * (1 - tolerance)
+
 
 def format_value(key: str, value: float) -> str:
     """A resource value the way a user reads it, in the units the tables use: 100K params, 20M
@@ -296,7 +300,7 @@ def _fit_latency(r: FitRequest, fam: Any, budget: Budget, names: list[str]) -> l
     if r.latency_table is not None:
         return _fit_table(r, fam, budget, names, r.latency_table)
     runtime = open_runtime(r.latency_setting())
-    limit = budget.value * (1 - r.latency_tolerance)
+    limit = budget.limit(r.latency_tolerance)
     fitter = LatencyFitter(runtime, lambda t, w: r.arch(fam.name, t, w), budget.value, limit, W_TINY)
     results = []
     for name in Progress(names, desc=f"fit {fam.name} latency in {runtime.name}", enabled=r.progress):
@@ -329,7 +333,7 @@ def _fit_latency(r: FitRequest, fam: Any, budget: Budget, names: list[str]) -> l
 def _fit_table(r: FitRequest, fam: Any, budget: Budget, names: list[str], table: LatencyTable) -> list[FitResult]:
     """Every template fitted against a latency table (``latency_table``), interpolated over widths."""
     table.check(lambda t, w: r.arch(fam.name, t, w), names)
-    limit = budget.value * (1 - r.latency_tolerance)
+    limit = budget.limit(r.latency_tolerance)
     results = []
     for name in names:
         cap = _width_cap(r.arch(fam.name, name, 1.0), fam, float(r.max_width), r.options.divisor)

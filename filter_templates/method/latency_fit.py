@@ -6,8 +6,8 @@ Widths are searched on a grid of steps, ``w = WIDTH_STEP**k`` for integer ``k`` 
 in the width, which it is only roughly: runtimes pick kernels by channel count, so a narrower model
 can be slower. Once it has a step that fits below one that misses, it times ``LOOK_PAST`` more steps
 beyond the miss and moves up to any that fits. The answer is a step that fits with the next step up
-(and the ``LOOK_PAST`` after it) not fitting. A probe in onnxruntime or OpenVINO costs an ONNX export (seconds), so the search
-predicts instead of bisecting: latency is close to affine in FLOPs, which cost nothing to count,
+(and the ``LOOK_PAST`` after it) not fitting. A probe in onnxruntime or OpenVINO costs an ONNX
+export (seconds), so the search predicts instead of bisecting: latency is close to affine in FLOPs, which cost nothing to count,
 so the next probe is the width whose FLOPs the line through the two nearest measured probes
 puts at the budget (falling back to bisection when two probes in a row land on the same side),
 and a template starts from the FLOPs of the template fitted before it. A VGG-19 template takes

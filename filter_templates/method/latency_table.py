@@ -139,15 +139,16 @@ class LatencyTable:
         pts = self.points[template]
         widths = [p[0] for p in pts]
         medians = [p[1] for p in pts]
+        spreads = [p[2] for p in pts]
         top = min(widths[-1], max_width)
         k = step_of(top)
         while width_of(k) > widths[0]:
             w = width_of(k)
-            median, spread = _interpolate(w, widths, medians, [p[2] for p in pts])
+            median, spread = _interpolate(w, widths, medians, spreads)
             if median <= limit:
                 return w, median, spread, k == step_of(top)
             k -= 1
-        return widths[0], medians[0], pts[0][2], False
+        return widths[0], medians[0], spreads[0], False
 
     def record(self, median: float, spread: float, budget: float) -> dict[str, Any]:
         d = self.doc
